@@ -1,0 +1,4 @@
+//! Shared types.
+#![no_std]
+
+pub mod maps;

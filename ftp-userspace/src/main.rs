@@ -1,0 +1,64 @@
+//! `ftpnat`: loads and attaches the FTP ALG's TC programs (`ftpnat run`) and inspects their pinned
+//! state from another process (`ftpnat stats`).
+
+mod agent;
+mod attach;
+mod pins;
+mod stats;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Where `ftpnat run` pins its maps unless told otherwise; the inspection commands read from here.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ftpnat",
+    version,
+    about = "FTP connection tracking and NAT helper (FTP ALG) for eBPF router datapaths",
+    long_about = "ftpnat attaches eBPF TC programs to a router's interfaces and tracks the FTP \
+                  sessions crossing them. `ftpnat run` is the agent; the other commands read its \
+                  pinned state from another process."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load the programs, attach them to the router's interfaces and run until SIGINT/SIGTERM.
+    Run(agent::RunArgs),
+    /// Show packet and byte counters per interface and direction.
+    Stats(StatsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StatsArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The pin directory of the `ftpnat run` to inspect.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => agent::run(args),
+        Command::Stats(args) => stats::print(&args.pin_dir, args.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ftpnat: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

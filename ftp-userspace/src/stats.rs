@@ -1,0 +1,138 @@
+//! `ftpnat stats`: reads the pinned counters of a running agent.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
+use ftp_common::maps::{
+    Direction, InterfaceInfo, InterfaceRole, TrafficCounters, TrafficKey, names,
+};
+use serde::Serialize;
+
+#[derive(Serialize, Debug, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl From<TrafficCounters> for Counters {
+    fn from(c: TrafficCounters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct InterfaceStats {
+    pub name: String,
+    pub ifindex: u32,
+    pub role: String,
+    pub ingress: Counters,
+    pub egress: Counters,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Stats {
+    pub interfaces: Vec<InterfaceStats>,
+    pub total: Counters,
+}
+
+fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "no ftpnat state at {}: is `ftpnat run` running with --pin-dir {}?",
+            path.display(),
+            pin_dir.display()
+        );
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
+    let traffic: PerCpuHashMap<_, TrafficKey, TrafficCounters> =
+        PerCpuHashMap::try_from(open_pinned(pin_dir, names::TRAFFIC)?)?;
+    let interfaces: HashMap<_, u32, InterfaceInfo> =
+        HashMap::try_from(open_pinned(pin_dir, names::INTERFACES)?)?;
+
+    let mut by_ifindex: BTreeMap<u32, InterfaceStats> = BTreeMap::new();
+    for entry in interfaces.iter() {
+        let (ifindex, info) = entry.context("reading the interface table")?;
+        by_ifindex.insert(
+            ifindex,
+            InterfaceStats {
+                name: info.name().unwrap_or("?").to_owned(),
+                ifindex,
+                role: InterfaceRole::from_raw(info.role)
+                    .map_or("unknown", InterfaceRole::as_str)
+                    .to_owned(),
+                ingress: Counters::default(),
+                egress: Counters::default(),
+            },
+        );
+    }
+    let mut total = TrafficCounters::default();
+    for entry in traffic.iter() {
+        let (key, per_cpu) = entry.context("reading the traffic counters")?;
+        let mut sum = TrafficCounters::default();
+        for counters in per_cpu.iter() {
+            sum.add(counters);
+        }
+        total.add(&sum);
+        // Counters of an interface the agent did not record (it cannot happen with one agent per
+        // pin dir, but the map is shared state) are still reported, by ifindex.
+        let row = by_ifindex
+            .entry(key.ifindex)
+            .or_insert_with(|| InterfaceStats {
+                name: format!("ifindex{}", key.ifindex),
+                ifindex: key.ifindex,
+                role: "unknown".to_owned(),
+                ingress: Counters::default(),
+                egress: Counters::default(),
+            });
+        if key.direction == Direction::Ingress as u32 {
+            row.ingress = sum.into();
+        } else if key.direction == Direction::Egress as u32 {
+            row.egress = sum.into();
+        }
+    }
+    Ok(Stats {
+        interfaces: by_ifindex.into_values().collect(),
+        total: total.into(),
+    })
+}
+
+pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let stats = collect(pin_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<5} {:<8} {:>12} {:>16}",
+        "INTERFACE", "ROLE", "HOOK", "PACKETS", "BYTES"
+    );
+    for row in &stats.interfaces {
+        for (hook, counters) in [
+            (Direction::Ingress, &row.ingress),
+            (Direction::Egress, &row.egress),
+        ] {
+            println!(
+                "{:<16} {:<5} {:<8} {:>12} {:>16}",
+                row.name,
+                row.role,
+                hook.as_str(),
+                counters.packets,
+                counters.bytes
+            );
+        }
+    }
+    println!(
+        "{:<16} {:<5} {:<8} {:>12} {:>16}",
+        "total", "", "", stats.total.packets, stats.total.bytes
+    );
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Real FTP clients run in the lab's client namespace: curl, lftp and Python's ftplib.
+
+use std::{net::Ipv4Addr, path::Path, process::Output};
+
+use anyhow::bail;
+
+use crate::netns::NetNs;
+
+/// Which data-connection command family the client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Passive, `PASV` / `227`.
+    Pasv,
+    /// Passive, `EPSV` / `229`.
+    Epsv,
+    /// Active, `PORT`.
+    Port,
+    /// Active, `EPRT`.
+    Eprt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Curl,
+    Lftp,
+    /// Python's ftplib (under the system interpreter).
+    Ftplib,
+}
+
+/// One download: which client, which mode, from where, to where.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer<'a> {
+    pub client: Client,
+    pub mode: Mode,
+    pub server: Ipv4Addr,
+    pub port: u16,
+    pub remote: &'a str,
+    pub local: &'a Path,
+    /// Whole-transfer limit, so a broken data path fails the test instead of hanging it.
+    pub timeout_secs: u32,
+}
+
+impl Transfer<'_> {
+    /// Runs the download in `ns`; an error carries the client's output.
+    pub fn run(&self, ns: &NetNs) -> anyhow::Result<Output> {
+        let url = format!("ftp://{}:{}/{}", self.server, self.port, self.remote);
+        let local = self.local.to_string_lossy().into_owned();
+        let timeout = self.timeout_secs.to_string();
+        let args: Vec<String> = match self.client {
+            Client::Curl => {
+                let mut args: Vec<String> = ["-sS", "--fail", "--max-time", &timeout, "-o", &local]
+                    .map(str::to_owned)
+                    .to_vec();
+                match self.mode {
+                    Mode::Pasv => args.push("--disable-epsv".into()),
+                    Mode::Epsv => {}
+                    Mode::Port => args.extend(["-P".into(), "-".into(), "--disable-eprt".into()]),
+                    Mode::Eprt => args.extend(["-P".into(), "-".into()]),
+                }
+                args.push(url);
+                ["curl".to_owned()].into_iter().chain(args).collect()
+            }
+            Client::Lftp => {
+                let settings = match self.mode {
+                    Mode::Pasv => "set ftp:passive-mode on; set ftp:prefer-epsv no",
+                    Mode::Epsv => "set ftp:passive-mode on; set ftp:prefer-epsv yes",
+                    Mode::Port => "set ftp:passive-mode off",
+                    Mode::Eprt => bail!("lftp uses EPRT only over IPv6"),
+                };
+                let script = format!(
+                    "set net:max-retries 1; set net:timeout 20; {settings}; \
+                     open ftp://{}:{}; get {} -o {local}; bye",
+                    self.server, self.port, self.remote
+                );
+                [
+                    "timeout".into(),
+                    timeout,
+                    "lftp".into(),
+                    "-c".into(),
+                    script,
+                ]
+                .to_vec()
+            }
+            Client::Ftplib => {
+                let passive = match self.mode {
+                    Mode::Pasv => "True",
+                    Mode::Port => "False",
+                    Mode::Epsv | Mode::Eprt => bail!("ftplib uses EPSV/EPRT only over IPv6"),
+                };
+                let script = format!(
+                    "import ftplib\n\
+                     ftp = ftplib.FTP()\n\
+                     ftp.connect('{}', {}, timeout=20)\n\
+                     ftp.login()\n\
+                     ftp.set_pasv({passive})\n\
+                     with open('{local}', 'wb') as out:\n    \
+                         ftp.retrbinary('RETR {}', out.write)\n\
+                     ftp.quit()\n",
+                    self.server, self.port, self.remote
+                );
+                [
+                    "timeout".into(),
+                    timeout,
+                    "/usr/bin/python3".into(),
+                    "-c".into(),
+                    script,
+                ]
+                .to_vec()
+            }
+        };
+        let (program, rest) = args.split_first().expect("a command line has a program");
+        let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let output = ns.command(program, &rest).output()?;
+        if !output.status.success() {
+            bail!(
+                "{:?} {:?} download of {} failed ({}): {}{}",
+                self.client,
+                self.mode,
+                self.remote,
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
+    }
+}

@@ -1,0 +1,381 @@
+//! The lab topology: a client namespace on the LAN, a router namespace, a server namespace on
+//! the WAN, joined by veth pairs.
+//!
+//! ```text
+//!   client            router                     server
+//!   eth0 ───────── lan0      wan0 ──────────────── eth0
+//!   10.0.0.2/24    10.0.0.1  203.0.113.254/24      203.0.113.10/24
+//! ```
+//!
+//! The addresses are those of `LabSpec::default()`; they exist only inside the lab's namespaces.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    agent::Agent,
+    netns::{NetNs, run, unique_prefix},
+};
+
+/// Names of the interfaces inside the namespaces (each namespace has its own, so they can repeat).
+pub const ROUTER_LAN_IF: &str = "lan0";
+pub const ROUTER_WAN_IF: &str = "wan0";
+pub const HOST_IF: &str = "eth0";
+
+/// Whether the server can reach the LAN without the router translating addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The server has a route to the LAN through the router: plain routing, no NAT needed.
+    Routed,
+    /// The server has no route to the LAN: only translated traffic can come back.
+    Nat,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub lan_prefix_len: u8,
+    pub client: Ipv4Addr,
+    pub router_lan: Ipv4Addr,
+    pub wan_prefix_len: u8,
+    pub router_wan: Ipv4Addr,
+    pub server: Ipv4Addr,
+    pub routing: Routing,
+    /// Capture the router's interfaces (kept only if the test fails).
+    pub capture: bool,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        Self {
+            lan_prefix_len: 24,
+            client: Ipv4Addr::new(10, 0, 0, 2),
+            router_lan: Ipv4Addr::new(10, 0, 0, 1),
+            wan_prefix_len: 24,
+            router_wan: Ipv4Addr::new(203, 0, 113, 254),
+            server: Ipv4Addr::new(203, 0, 113, 10),
+            routing: Routing::Nat,
+            capture: true,
+        }
+    }
+}
+
+/// A running lab. Dropping it stops every process it started, removes the namespaces (and with
+/// them the veths and any programs attached to them), unmounts its bpffs and deletes its files —
+/// unless the test is panicking, in which case the directory with the captures and logs is kept
+/// and its path printed.
+pub struct Lab {
+    pub spec: LabSpec,
+    pub name: String,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    captures: Vec<Child>,
+    /// Declared after the processes that run inside the namespaces so they drop first.
+    pub client: NetNs,
+    pub router: NetNs,
+    pub server: NetNs,
+}
+
+impl Lab {
+    pub fn new(spec: LabSpec) -> anyhow::Result<Self> {
+        let name = unique_prefix();
+        let dir = std::env::temp_dir().join("ftpnat-lab").join(&name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The FTP servers drop privileges: their files must be reachable by other users.
+        for path in [dir.parent().unwrap_or(&dir), &dir] {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+        }
+        let client = NetNs::create(&format!("{name}-client"))?;
+        let router = NetNs::create(&format!("{name}-router"))?;
+        let server = NetNs::create(&format!("{name}-server"))?;
+        let bpffs = dir.join("bpffs");
+        let mut lab = Self {
+            spec,
+            name,
+            dir,
+            bpffs,
+            captures: Vec::new(),
+            client,
+            router,
+            server,
+        };
+        lab.wire()?;
+        if lab.spec.capture {
+            lab.start_captures()?;
+        }
+        Ok(lab)
+    }
+
+    fn wire(&mut self) -> anyhow::Result<()> {
+        let spec = self.spec.clone();
+        self.router.ip(&[
+            "link",
+            "add",
+            ROUTER_LAN_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
+            self.client.name(),
+        ])?;
+        self.router.ip(&[
+            "link",
+            "add",
+            ROUTER_WAN_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
+            self.server.name(),
+        ])?;
+        let lan = format!("{}/{}", spec.router_lan, spec.lan_prefix_len);
+        let wan = format!("{}/{}", spec.router_wan, spec.wan_prefix_len);
+        let client = format!("{}/{}", spec.client, spec.lan_prefix_len);
+        let server = format!("{}/{}", spec.server, spec.wan_prefix_len);
+        self.router
+            .ip(&["addr", "add", &lan, "dev", ROUTER_LAN_IF])?;
+        self.router
+            .ip(&["addr", "add", &wan, "dev", ROUTER_WAN_IF])?;
+        self.router.ip(&["link", "set", ROUTER_LAN_IF, "up"])?;
+        self.router.ip(&["link", "set", ROUTER_WAN_IF, "up"])?;
+        self.router.sysctl("net.ipv4.ip_forward", "1")?;
+        self.client.ip(&["addr", "add", &client, "dev", HOST_IF])?;
+        self.client.ip(&["link", "set", HOST_IF, "up"])?;
+        self.client.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &spec.router_lan.to_string(),
+        ])?;
+        self.server.ip(&["addr", "add", &server, "dev", HOST_IF])?;
+        self.server.ip(&["link", "set", HOST_IF, "up"])?;
+        if spec.routing == Routing::Routed {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(spec.lan_prefix_len))
+                .unwrap_or(0);
+            let lan_net = format!(
+                "{}/{}",
+                Ipv4Addr::from(u32::from(spec.client) & mask),
+                spec.lan_prefix_len
+            );
+            self.server.ip(&[
+                "route",
+                "add",
+                &lan_net,
+                "via",
+                &spec.router_wan.to_string(),
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn start_captures(&mut self) -> anyhow::Result<()> {
+        for iface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+            let pcap = self.dir.join(format!("router-{iface}.pcap"));
+            let child = self
+                .router
+                .command(
+                    "tcpdump",
+                    &[
+                        "-i",
+                        iface,
+                        "-s",
+                        "256",
+                        "-U",
+                        "-n",
+                        "-w",
+                        &pcap.to_string_lossy(),
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting tcpdump (is it installed? `cargo xtask setup`)")?;
+            self.captures.push(child);
+            wait_until(Duration::from_secs(5), || {
+                fs::metadata(&pcap).is_ok_and(|m| m.len() > 0)
+            })
+            .with_context(|| format!("tcpdump on router {iface} did not start"))?;
+        }
+        Ok(())
+    }
+
+    /// The lab's private directory (logs, captures, server roots, downloads).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A subdirectory of the lab directory, created world-readable.
+    pub fn subdir(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join(name);
+        fs::create_dir_all(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+        Ok(path)
+    }
+
+    /// A bpffs mounted for this lab alone, for the agent's pins: `ip netns exec` would hide
+    /// /sys/fs/bpf, and a private mount keeps parallel labs apart.
+    pub fn pin_dir(&self) -> anyhow::Result<PathBuf> {
+        if !self.bpffs.exists() {
+            fs::create_dir_all(&self.bpffs)?;
+            run(
+                "mount",
+                &["-t", "bpf", "bpf", &self.bpffs.to_string_lossy()],
+            )?;
+        }
+        Ok(self.bpffs.join("ftpnat"))
+    }
+
+    /// Starts `ftpnat run` on the router for the lab's interfaces, with its pins in the lab's
+    /// bpffs, and waits until it reports its programs attached.
+    pub fn start_ftpnat(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
+        let pin_dir = self.pin_dir()?;
+        let mut args = vec![
+            "run".to_owned(),
+            "--wan".to_owned(),
+            ROUTER_WAN_IF.to_owned(),
+            "--lan".to_owned(),
+            ROUTER_LAN_IF.to_owned(),
+            "--pin-dir".to_owned(),
+            pin_dir.to_string_lossy().into_owned(),
+        ];
+        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
+        Agent::start(self, &args)
+    }
+
+    /// Runs an ftpnat command (e.g. `stats --json`) on the router, with the lab's pin dir.
+    pub fn ftpnat(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let pin_dir = self.pin_dir()?;
+        let output = self
+            .in_router(&crate::agent::ftpnat_bin()?.to_string_lossy(), args)
+            .args(["--pin-dir", &pin_dir.to_string_lossy()])
+            .output()?;
+        Ok(output)
+    }
+
+    /// A command run in the router's network namespace only (unlike `ip netns exec`, it keeps
+    /// this process's mounts, so it sees the lab's bpffs).
+    pub fn in_router(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.router.path()))
+            .arg(program)
+            .args(args);
+        cmd
+    }
+
+    /// Names of the TC programs attached to a router interface, as the kernel reports them.
+    pub fn router_tc_programs(&self, iface: &str) -> anyhow::Result<Vec<String>> {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        let iface = iface.to_owned();
+        self.router.run_inside(move || {
+            let mut names = Vec::new();
+            for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let (_, programs) = SchedClassifier::query_tcx(&iface, attach_type)?;
+                names.extend(
+                    programs
+                        .iter()
+                        .map(|p| p.name_as_str().unwrap_or("?").to_owned()),
+                );
+            }
+            Ok::<_, anyhow::Error>(names)
+        })?
+    }
+
+    /// Packets received by a namespace's interface, from the kernel's own counters.
+    pub fn rx_packets(ns: &NetNs, iface: &str) -> anyhow::Result<u64> {
+        let out = ns.exec(
+            "cat",
+            &[&format!("/sys/class/net/{iface}/statistics/rx_packets")],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    }
+
+    /// Makes the router masquerade the LAN behind its WAN address with netfilter, and (if
+    /// `ftp_helper`) attach the kernel's FTP helper to control connections: the reference setup.
+    pub fn netfilter_masquerade(&self, ftp_helper: bool) -> anyhow::Result<()> {
+        self.router.exec(
+            "iptables",
+            &[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                ROUTER_WAN_IF,
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        if ftp_helper {
+            self.router.exec(
+                "iptables",
+                &[
+                    "-t",
+                    "raw",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    ROUTER_LAN_IF,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    "21",
+                    "-j",
+                    "CT",
+                    "--helper",
+                    "ftp",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.captures {
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        // Namespaces go next (fields drop after this body), taking the veths with them; the bpffs
+        // and the files are ours to remove.
+        if self.bpffs.exists() {
+            let _ = run("umount", &["-l", &self.bpffs.to_string_lossy()]);
+        }
+        if thread::panicking() {
+            eprintln!(
+                "lab {}: test failed; captures and logs kept in {}",
+                self.name,
+                self.dir.display()
+            );
+        } else if let Err(err) = fs::remove_dir_all(&self.dir) {
+            eprintln!("lab cleanup: removing {}: {err}", self.dir.display());
+        }
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > limit {
+            bail!("still not ready after {limit:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Real FTP servers in the lab's server namespace: vsftpd from a generated config, and pyftpdlib.
+
+use std::{
+    fs::{self, File},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{lab::wait_until, netns::NetNs};
+
+/// Settings of a vsftpd instance beyond the lab's defaults (anonymous, read/write).
+#[derive(Debug, Clone, Default)]
+pub struct VsftpdOptions {
+    /// `pasv_min_port`/`pasv_max_port`.
+    pub pasv_ports: Option<(u16, u16)>,
+    /// `pasv_address`: the address vsftpd announces in 227 instead of its own.
+    pub pasv_address: Option<Ipv4Addr>,
+    pub port: Option<u16>,
+}
+
+pub struct FtpServer {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    /// Directory served (anonymous root).
+    pub root: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl FtpServer {
+    /// Starts vsftpd in `ns`, serving `root` anonymously on `addr`.
+    pub fn vsftpd(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        root: &Path,
+        work_dir: &Path,
+        options: &VsftpdOptions,
+    ) -> anyhow::Result<Self> {
+        let port = options.port.unwrap_or(21);
+        let log = work_dir.join(format!("vsftpd-{port}.log"));
+        let mut config = format!(
+            "listen=YES\n\
+             listen_ipv6=NO\n\
+             listen_address={addr}\n\
+             listen_port={port}\n\
+             background=NO\n\
+             anonymous_enable=YES\n\
+             local_enable=NO\n\
+             no_anon_password=YES\n\
+             anon_root={root}\n\
+             write_enable=YES\n\
+             anon_upload_enable=YES\n\
+             anon_umask=022\n\
+             pasv_enable=YES\n\
+             port_enable=YES\n\
+             connect_from_port_20=YES\n\
+             seccomp_sandbox=NO\n\
+             secure_chroot_dir=/var/run/vsftpd/empty\n\
+             vsftpd_log_file={log}\n\
+             xferlog_enable=YES\n\
+             log_ftp_protocol=YES\n\
+             dual_log_enable=NO\n\
+             idle_session_timeout=120\n\
+             data_connection_timeout=60\n",
+            root = root.display(),
+            log = log.display(),
+        );
+        if let Some((min, max)) = options.pasv_ports {
+            config.push_str(&format!("pasv_min_port={min}\npasv_max_port={max}\n"));
+        }
+        if let Some(public) = options.pasv_address {
+            config.push_str(&format!("pasv_address={public}\n"));
+        }
+        let config_path = work_dir.join(format!("vsftpd-{port}.conf"));
+        fs::write(&config_path, config)?;
+        // vsftpd checks this directory exists; Debian creates it only when its service starts.
+        fs::create_dir_all("/var/run/vsftpd/empty")?;
+        let child = ns
+            .command("vsftpd", &[&config_path.to_string_lossy()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(
+                work_dir.join(format!("vsftpd-{port}.stderr")),
+            )?)
+            .spawn()
+            .context("starting vsftpd (is it installed? `cargo xtask setup`)")?;
+        Self::wait_listening(ns, addr, port, root, log, child)
+    }
+
+    /// Starts pyftpdlib (anonymous, writable) in `ns`, serving `root` on `addr:port`.
+    pub fn pyftpdlib(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        port: u16,
+        root: &Path,
+        work_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let log = work_dir.join(format!("pyftpdlib-{port}.log"));
+        // Debian's python3-pyftpdlib belongs to the system interpreter, not a pyenv one on PATH.
+        let child = ns
+            .command(
+                "/usr/bin/python3",
+                &[
+                    "-m",
+                    "pyftpdlib",
+                    "-i",
+                    &addr.to_string(),
+                    "-p",
+                    &port.to_string(),
+                    "-d",
+                    &root.to_string_lossy(),
+                    "-w",
+                ],
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("starting pyftpdlib (is python3-pyftpdlib installed? `cargo xtask setup`)")?;
+        Self::wait_listening(ns, addr, port, root, log, child)
+    }
+
+    fn wait_listening(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        port: u16,
+        root: &Path,
+        log: PathBuf,
+        mut child: Child,
+    ) -> anyhow::Result<Self> {
+        let filter = format!("sport = :{port}");
+        let listening = wait_until(Duration::from_secs(10), || {
+            ns.exec("ss", &["-Hltn", &filter])
+                .is_ok_and(|out| !out.stdout.is_empty())
+        });
+        if listening.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "FTP server on {addr}:{port} did not start listening; its log: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Ok(Self {
+            addr,
+            port,
+            root: root.to_owned(),
+            log,
+            child,
+        })
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

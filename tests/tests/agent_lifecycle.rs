@@ -1,0 +1,257 @@
+//! `ftpnat run` on a routed lab (no NAT yet): it attaches its programs, transfers still work, the
+//! counters account for the traffic, bad input is refused cleanly, and SIGTERM leaves nothing.
+
+use std::time::Duration;
+
+use ftpnat_tests::{
+    Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer,
+    files::assert_same_content,
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
+    servers::VsftpdOptions,
+};
+use serde_json::Value;
+
+fn routed_lab() -> Lab {
+    Lab::new(LabSpec {
+        routing: Routing::Routed,
+        ..LabSpec::default()
+    })
+    .expect("lab")
+}
+
+fn stats_json(lab: &Lab) -> Value {
+    let out = lab.ftpnat(&["stats", "--json"]).expect("ftpnat stats");
+    assert!(
+        out.status.success(),
+        "ftpnat stats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stats JSON")
+}
+
+fn counter(stats: &Value, iface: &str, hook: &str, field: &str) -> u64 {
+    stats["interfaces"]
+        .as_array()
+        .expect("interfaces array")
+        .iter()
+        .find(|row| row["name"] == iface)
+        .unwrap_or_else(|| panic!("no row for {iface} in {stats}"))[hook][field]
+        .as_u64()
+        .expect("counter")
+}
+
+#[test]
+fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
+    let lab = routed_lab();
+    let root = lab.subdir("srv").expect("server root");
+    let file = TestFile::create(&root.join("data.bin"), 8 * 1024 * 1024, 2).expect("test file");
+    let server = FtpServer::vsftpd(
+        &lab.server,
+        lab.spec.server,
+        &root,
+        lab.dir(),
+        &VsftpdOptions::default(),
+    )
+    .expect("vsftpd");
+    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+
+    let attached = lab.router_tc_programs(ROUTER_WAN_IF).expect("query tcx");
+    assert_eq!(attached, ["ftpnat_ingress", "ftpnat_egress"]);
+
+    let server_rx_before = Lab::rx_packets(&lab.server, HOST_IF).expect("server counters");
+    let before = stats_json(&lab);
+    let downloads = lab.subdir("client").expect("client dir");
+    for mode in [Mode::Port, Mode::Pasv] {
+        let local = downloads.join(format!("{mode:?}.bin"));
+        Transfer {
+            client: Client::Curl,
+            mode,
+            server: server.addr,
+            port: server.port,
+            remote: file.name(),
+            local: &local,
+            timeout_secs: 60,
+        }
+        .run(&lab.client)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_same_content(&local, &file);
+    }
+    let server_rx =
+        Lab::rx_packets(&lab.server, HOST_IF).expect("server counters") - server_rx_before;
+    let after = stats_json(&lab);
+
+    // Everything the server received left the router through wan0's egress.
+    let wan_out = counter(&after, ROUTER_WAN_IF, "egress", "packets")
+        - counter(&before, ROUTER_WAN_IF, "egress", "packets");
+    assert!(
+        wan_out >= server_rx,
+        "wan0 egress counted {wan_out} packets, the server received {server_rx}"
+    );
+    // And it entered through lan0 (the client's side); the replies went the other way.
+    for (iface, hook) in [
+        (ROUTER_LAN_IF, "ingress"),
+        (ROUTER_WAN_IF, "ingress"),
+        (ROUTER_LAN_IF, "egress"),
+    ] {
+        assert!(
+            counter(&after, iface, hook, "packets") > counter(&before, iface, hook, "packets"),
+            "{iface} {hook} did not grow: {after}"
+        );
+    }
+    assert!(
+        counter(&after, ROUTER_LAN_IF, "egress", "bytes") >= 2 * file.size,
+        "lan0 egress carried fewer bytes than the two downloads: {after}"
+    );
+    assert_eq!(after["total"]["packets"].as_u64().unwrap(), {
+        let rows = after["interfaces"].as_array().unwrap();
+        rows.iter()
+            .map(|r| {
+                r["ingress"]["packets"].as_u64().unwrap() + r["egress"]["packets"].as_u64().unwrap()
+            })
+            .sum::<u64>()
+    });
+
+    let (status, log) = agent.stop().expect("stop");
+    assert!(status.success(), "agent exited with {status}:\n{log}");
+}
+
+#[test]
+fn sigterm_detaches_programs_and_removes_pins() {
+    let lab = routed_lab();
+    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let pin_dir = lab.pin_dir().expect("pin dir");
+    assert!(
+        pin_dir.join("TRAFFIC").exists(),
+        "maps are pinned while running"
+    );
+    assert!(!lab.router_tc_programs(ROUTER_LAN_IF).unwrap().is_empty());
+
+    let (status, log) = agent.stop_with(libc::SIGTERM).expect("stop");
+    assert!(status.success(), "agent exited with {status}:\n{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+    for iface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+        assert_eq!(
+            lab.router_tc_programs(iface).unwrap(),
+            Vec::<String>::new(),
+            "{iface} still has programs after SIGTERM"
+        );
+    }
+    assert!(
+        !pin_dir.exists(),
+        "{} still exists after SIGTERM",
+        pin_dir.display()
+    );
+
+    // The inspection CLI now says plainly that nothing is running.
+    let out = lab.ftpnat(&["stats"]).expect("ftpnat stats");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `ftpnat run` running"));
+}
+
+#[test]
+fn sigint_detaches_too() {
+    let lab = routed_lab();
+    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let (status, log) = agent.stop_with(libc::SIGINT).expect("stop");
+    assert!(status.success(), "agent exited with {status}:\n{log}");
+    assert!(lab.router_tc_programs(ROUTER_WAN_IF).unwrap().is_empty());
+}
+
+#[test]
+fn unknown_interface_is_refused_and_nothing_is_attached() {
+    let lab = routed_lab();
+    let pin_dir = lab.pin_dir().expect("pin dir");
+    for (flag_args, bad) in [
+        (["--wan", "nosuch0", "--lan", ROUTER_LAN_IF], "nosuch0"),
+        (["--wan", ROUTER_WAN_IF, "--lan", "nosuch1"], "nosuch1"),
+    ] {
+        let mut args = vec!["run"];
+        args.extend(flag_args);
+        let out = lab
+            .in_router(
+                &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
+                &args,
+            )
+            .args(["--pin-dir", &pin_dir.to_string_lossy()])
+            .output()
+            .expect("ftpnat run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "exit status {}", out.status);
+        assert!(
+            stderr.contains(bad),
+            "message does not name {bad}: {stderr}"
+        );
+        for iface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+            assert!(lab.router_tc_programs(iface).unwrap().is_empty());
+        }
+        assert!(!pin_dir.exists(), "pins left behind");
+    }
+}
+
+#[test]
+fn second_agent_on_the_same_interfaces_is_refused_and_the_first_keeps_running() {
+    let lab = routed_lab();
+    let _first = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let other_pins = lab.pin_dir().unwrap().with_file_name("second");
+    let out = lab
+        .in_router(
+            &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
+            &["run", "--wan", ROUTER_WAN_IF, "--lan", ROUTER_LAN_IF],
+        )
+        .args(["--pin-dir", &other_pins.to_string_lossy()])
+        .output()
+        .expect("second ftpnat run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("another `ftpnat run` manages it"),
+        "{stderr}"
+    );
+    assert!(!other_pins.exists());
+    assert_eq!(
+        lab.router_tc_programs(ROUTER_WAN_IF).unwrap(),
+        ["ftpnat_ingress", "ftpnat_egress"]
+    );
+}
+
+#[test]
+fn pin_dir_outside_bpffs_is_refused_with_the_fix() {
+    let lab = routed_lab();
+    let not_bpffs = lab.dir().join("plain-dir/ftpnat");
+    let out = lab
+        .in_router(
+            &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
+            &["run", "--wan", ROUTER_WAN_IF, "--lan", ROUTER_LAN_IF],
+        )
+        .args(["--pin-dir", &not_bpffs.to_string_lossy()])
+        .output()
+        .expect("ftpnat run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("mount -t bpf"), "{stderr}");
+    assert!(lab.router_tc_programs(ROUTER_WAN_IF).unwrap().is_empty());
+}
+
+#[test]
+fn killed_agent_leaves_pins_that_the_next_run_replaces() {
+    let lab = routed_lab();
+    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let pin_dir = lab.pin_dir().unwrap();
+    agent.stop_with(libc::SIGKILL).expect("kill -9");
+    // The links died with the process; the pins did not.
+    wait_until(Duration::from_secs(5), || {
+        lab.router_tc_programs(ROUTER_WAN_IF)
+            .is_ok_and(|p| p.is_empty())
+    })
+    .expect("links gone after kill -9");
+    assert!(pin_dir.join("TRAFFIC").exists());
+    let mut again = lab.start_ftpnat(&[]).expect("second ftpnat run");
+    assert!(
+        again.log_text().contains("stale pins"),
+        "{}",
+        again.log_text()
+    );
+    let (status, _) = again.stop().expect("stop");
+    assert!(status.success());
+    assert!(!pin_dir.exists());
+}

@@ -1,0 +1,52 @@
+//! Proof that the lab itself is sound: with the kernel's own FTP helper (netfilter MASQUERADE plus
+//! `CT --helper ftp`) a client behind the router completes active and passive transfers to a server
+//! that has no route back to the LAN. If these fail, the lab is broken, not ftpnat.
+
+use ftpnat_tests::{
+    Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer, files::assert_same_content,
+    servers::VsftpdOptions,
+};
+
+const FILE_SIZE: u64 = 50 * 1024 * 1024;
+
+#[test]
+fn kernel_ftp_helper_masquerades_active_and_passive_50mb() {
+    let lab = Lab::new(LabSpec {
+        routing: Routing::Nat,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    lab.netfilter_masquerade(true).expect("netfilter rules");
+    let root = lab.subdir("srv").expect("server root");
+    let file = TestFile::create(&root.join("big.bin"), FILE_SIZE, 1).expect("test file");
+    let server = FtpServer::vsftpd(
+        &lab.server,
+        lab.spec.server,
+        &root,
+        lab.dir(),
+        &VsftpdOptions::default(),
+    )
+    .expect("vsftpd");
+    let downloads = lab.subdir("client").expect("client dir");
+
+    for mode in [Mode::Port, Mode::Pasv] {
+        let local = downloads.join(format!("{mode:?}.bin"));
+        Transfer {
+            client: Client::Curl,
+            mode,
+            server: server.addr,
+            port: server.port,
+            remote: file.name(),
+            local: &local,
+            timeout_secs: 120,
+        }
+        .run(&lab.client)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_same_content(&local, &file);
+    }
+
+    // The helper really was involved: the data connections were expected by it.
+    let conntrack = lab.router.exec("conntrack", &["-L"]).expect("conntrack -L");
+    let table = String::from_utf8_lossy(&conntrack.stdout);
+    assert!(table.contains("helper=ftp"), "no helper=ftp in:\n{table}");
+}

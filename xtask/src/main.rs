@@ -1,0 +1,100 @@
+//! `cargo xtask`: the project's tasks. `setup` installs what is missing; `build`, `test`, `demo` and
+//! `fuzz` run it first, so each works on a fresh machine and is idempotent.
+
+mod demo;
+mod fuzz;
+mod setup;
+mod test;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ftpnat project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, nightly rust-src, bpf-linker).
+    Setup,
+    /// Build the eBPF object and the `ftpnat` agent with the object embedded.
+    Build {
+        /// Optimised build, left at target/release/ftpnat.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run the unit tests, then the integration tests in the netns lab; ends with "N passed, M failed".
+    Test,
+    /// Build, create a lab, run ftpnat on its router, transfer files through it and show the counters.
+    Demo,
+    /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build { release } => setup::run().and_then(|()| build(release).map(drop)),
+        Task::Test => setup::run().and_then(|()| test::run()),
+        Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+}
+
+/// Builds the agent (and, through its build script, the eBPF object); returns the binary's path.
+pub fn build(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace_root())
+        .args(["build", "--package", "ftp-userspace", "--bin", "ftpnat"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run_checked(&mut cmd)?;
+    let binary = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" })
+        .join("ftpnat");
+    if !binary.exists() {
+        bail!("the build succeeded but {} is missing", binary.display());
+    }
+    println!("xtask: built {}", binary.display());
+    Ok(binary)
+}
+
+/// Runs a command with inherited output and fails if it fails.
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
