@@ -29,7 +29,7 @@ pub fn count(ctx: &TcContext, direction: Direction) {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let bytes = u64::from(ctx.len());
     let key = TrafficKey::new(ifindex, direction);
-    if let Some(counters) = TRAFFIC.get_ptr_mut(&key) {
+    if let Some(counters) = TRAFFIC.get_ptr_mut(key) {
         // SAFETY: the pointer is this CPU's slot of a live map value; nothing else writes it while
         // this program runs on this CPU.
         unsafe {
@@ -41,7 +41,7 @@ pub fn count(ctx: &TcContext, direction: Direction) {
     let first = TrafficCounters { packets: 1, bytes };
     // BPF_NOEXIST: if another CPU created the entry in the meantime, its slot for this CPU is zero
     // and the next packet here counts into it; losing this one packet's count is not worth a retry.
-    if TRAFFIC.insert(&key, &first, u64::from(BPF_NOEXIST)).is_ok() {
+    if TRAFFIC.insert(key, first, u64::from(BPF_NOEXIST)).is_ok() {
         let attached = INTERFACES.get_ptr(ifindex).is_some();
         debug!(
             ctx,

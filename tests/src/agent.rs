@@ -115,10 +115,10 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            if let Err(err) = self.stop() {
-                eprintln!("lab cleanup: {err:#}");
-            }
+        if self.child.is_some()
+            && let Err(err) = self.stop()
+        {
+            eprintln!("lab cleanup: {err:#}");
         }
     }
 }
