@@ -36,7 +36,11 @@ pub fn run() -> anyhow::Result<()> {
         lab.dir(),
         &VsftpdOptions::default(),
     )?;
-    println!("demo: vsftpd serving {} ({} MiB)", file.name(), FILE_SIZE >> 20);
+    println!(
+        "demo: vsftpd serving {} ({} MiB)",
+        file.name(),
+        FILE_SIZE >> 20
+    );
 
     let mut agent = lab.start_ftpnat(&[])?;
     println!("demo: ftpnat run attached on the router:");
@@ -45,7 +49,10 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     let downloads = lab.subdir("client")?;
-    for (mode, label) in [(Mode::Port, "active (PORT)"), (Mode::Pasv, "passive (PASV)")] {
+    for (mode, label) in [
+        (Mode::Port, "active (PORT)"),
+        (Mode::Pasv, "passive (PASV)"),
+    ] {
         let local = downloads.join(format!("{mode:?}.bin"));
         Transfer {
             client: Client::Curl,
@@ -59,7 +66,10 @@ pub fn run() -> anyhow::Result<()> {
         .run(&lab.client)?;
         let digest = sha256_of(&local)?;
         if digest != file.sha256 {
-            bail!("{label} download is corrupt: sha256 {digest}, expected {}", file.sha256);
+            bail!(
+                "{label} download is corrupt: sha256 {digest}, expected {}",
+                file.sha256
+            );
         }
         println!("demo: {label} download with curl: sha256 matches ({digest})");
     }
@@ -68,7 +78,10 @@ pub fn run() -> anyhow::Result<()> {
     let stats = lab.ftpnat(&["stats"])?;
     print!("{}", String::from_utf8_lossy(&stats.stdout));
     if !stats.status.success() {
-        bail!("ftpnat stats failed: {}", String::from_utf8_lossy(&stats.stderr));
+        bail!(
+            "ftpnat stats failed: {}",
+            String::from_utf8_lossy(&stats.stderr)
+        );
     }
 
     let (status, _) = agent.stop().context("stopping the agent")?;

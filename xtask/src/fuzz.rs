@@ -27,7 +27,15 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     run_checked(
         Command::new("rustup")
             .current_dir(root)
-            .args(["run", "nightly", "cargo", "fuzz", "run", TARGET, "--fuzz-dir"])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "fuzz",
+                "run",
+                TARGET,
+                "--fuzz-dir",
+            ])
             .arg(&fuzz_dir)
             .arg(&corpus)
             .arg(&seeds)

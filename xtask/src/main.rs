@@ -71,8 +71,13 @@ pub fn workspace_root() -> &'static Path {
 /// Builds the agent (and, through its build script, the eBPF object); returns the binary's path.
 pub fn build(release: bool) -> anyhow::Result<PathBuf> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(workspace_root())
-        .args(["build", "--package", "ftp-userspace", "--bin", "ftpnat"]);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--package",
+        "ftp-userspace",
+        "--bin",
+        "ftpnat",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -90,9 +95,7 @@ pub fn build(release: bool) -> anyhow::Result<PathBuf> {
 
 /// Runs a command with inherited output and fails if it fails.
 pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }

@@ -7,8 +7,14 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages, by what needs them.
 const PACKAGES: &[(&str, &str)] = &[
-    ("llvm-22-dev", "bpf-linker (links the eBPF object; LLVM must match nightly rustc's)"),
-    ("libpolly-22-dev", "bpf-linker (LLVM 22's Polly, linked by llvm-config --libs)"),
+    (
+        "llvm-22-dev",
+        "bpf-linker (links the eBPF object; LLVM must match nightly rustc's)",
+    ),
+    (
+        "libpolly-22-dev",
+        "bpf-linker (LLVM 22's Polly, linked by llvm-config --libs)",
+    ),
     ("iproute2", "the lab (ip netns, veth, ss)"),
     ("iputils-ping", "the lab (reachability checks)"),
     ("procps", "the lab (sysctl)"),
@@ -19,7 +25,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "the lab's FTP client"),
     ("tcpdump", "the lab's captures"),
     ("ethtool", "the lab (offload settings)"),
-    ("iptables", "the kernel-helper reference and coexistence tests"),
+    (
+        "iptables",
+        "the kernel-helper reference and coexistence tests",
+    ),
     ("conntrack", "the kernel-helper reference tests"),
     ("bpftool", "inspecting programs and maps by hand"),
     ("socat", "plain TCP traffic in the coexistence tests"),
@@ -73,7 +82,10 @@ fn install_packages() -> anyhow::Result<()> {
         .status()
         .context("running apt-get install")?;
     if !install.success() {
-        bail!("could not install {}; as root, run: {hint}", names.join(", "));
+        bail!(
+            "could not install {}; as root, run: {hint}",
+            names.join(", ")
+        );
     }
     if let Some((name, _)) = missing.iter().find(|(name, _)| !package_installed(name)) {
         bail!("{name} is still not installed after apt-get; as root, run: {hint}");
@@ -99,7 +111,9 @@ fn rustup(args: &[&str]) -> anyhow::Result<String> {
 fn install_rust_src() -> anyhow::Result<()> {
     let toolchains = rustup(&["toolchain", "list"])?;
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
-        println!("xtask setup: installing the nightly toolchain — for the eBPF build (-Z build-std)");
+        println!(
+            "xtask setup: installing the nightly toolchain — for the eBPF build (-Z build-std)"
+        );
         rustup(&["toolchain", "install", NIGHTLY, "--profile", "minimal"]).context(
             "could not install the nightly toolchain; run `rustup toolchain install nightly`",
         )?;
@@ -109,7 +123,9 @@ fn install_rust_src() -> anyhow::Result<()> {
         println!("xtask setup: nightly rust-src present");
         return Ok(());
     }
-    println!("xtask setup: installing nightly rust-src — for building `core` for bpfel-unknown-none");
+    println!(
+        "xtask setup: installing nightly rust-src — for building `core` for bpfel-unknown-none"
+    );
     rustup(&["component", "add", "rust-src", "--toolchain", NIGHTLY]).context(
         "could not add rust-src; run `rustup component add rust-src --toolchain nightly`",
     )?;

@@ -28,7 +28,14 @@ pub fn run() -> anyhow::Result<()> {
     cargo_test(
         &mut tally,
         "unit tests",
-        &["--package", "ftp-common", "--package", "ftp-userspace", "--package", "xtask"],
+        &[
+            "--package",
+            "ftp-common",
+            "--package",
+            "ftp-userspace",
+            "--package",
+            "xtask",
+        ],
         &[],
         &[],
     )?;
@@ -49,9 +56,10 @@ pub fn run() -> anyhow::Result<()> {
         .collect();
     if !leftovers.is_empty() {
         tally.failed += 1;
-        tally
-            .failed_suites
-            .push(format!("cleanup: namespaces left behind: {}", leftovers.join(" ")));
+        tally.failed_suites.push(format!(
+            "cleanup: namespaces left behind: {}",
+            leftovers.join(" ")
+        ));
     }
 
     for suite in &tally.failed_suites {
