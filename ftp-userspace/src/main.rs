@@ -3,9 +3,7 @@
 
 mod agent;
 mod attach;
-mod expire;
 mod pins;
-mod settings;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode};
