@@ -132,20 +132,12 @@ impl InterfaceInfo {
 
     /// The name up to its first NUL; `None` if it is not UTF-8.
     pub fn name(&self) -> Option<&str> {
-        let end = self
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(IFNAME_LEN);
+        let end = self.name.iter().position(|&b| b == 0).unwrap_or(IFNAME_LEN);
         core::str::from_utf8(&self.name[..end]).ok()
     }
 }
 
 #[cfg(feature = "user")]
-#[allow(
-    unsafe_code,
-    reason = "aya::Pod is an unsafe marker trait; the types below meet its contract"
-)]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays with no
     // implicit padding, so every bit pattern is a valid value.
@@ -193,6 +185,12 @@ mod tests {
             packets: 2,
             bytes: 2,
         });
-        assert_eq!(total, TrafficCounters { packets: 1, bytes: 3 });
+        assert_eq!(
+            total,
+            TrafficCounters {
+                packets: 1,
+                bytes: 3
+            }
+        );
     }
 }

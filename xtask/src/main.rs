@@ -3,6 +3,7 @@
 
 mod demo;
 mod fuzz;
+mod lint;
 mod setup;
 mod test;
 
@@ -35,6 +36,8 @@ enum Task {
     Test,
     /// Build, create a lab, run ftpnat on its router, transfer files through it and show the counters.
     Demo,
+    /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
+    Lint,
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
     Fuzz {
         /// How long to fuzz.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(drop)),
         Task::Test => setup::run().and_then(|()| test::run()),
         Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
     };
     match result {

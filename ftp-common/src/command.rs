@@ -1,0 +1,608 @@
+//! Client commands (RFC 959 section 4, RFC 2428, RFC 4217), read one byte at a time.
+//!
+//! A command line is a verb, matched without regard to case, optionally followed by one space and
+//! an argument, and ended by CRLF or a bare LF. The verbs the core knows are parsed into
+//! [`Command`]; any other verb is [`Command::Other`].
+//!
+//! [`CommandScanner`] is the grammar: it takes the client's bytes one at a time (a BPF program
+//! calls [`CommandScanner::push`] from a `bpf_loop` callback) and keeps its state between
+//! segments. [`parse_command`] runs it over one line held in memory.
+//!
+//! The `field` span of `PORT` and `EPRT` covers the whole argument (for EPRT, outer delimiters
+//! included): exactly what [`format_port_field`](crate::format_port_field) and
+//! [`format_eprt_field`](crate::format_eprt_field) render. The verb, its case and the line
+//! terminator lie outside it and survive a rewrite.
+
+use core::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use crate::address::{
+    DOTTED_QUAD, HOST_PORT, Ipv6Text, MAX_IPV6_TEXT_LEN, Octets, OctetsStep, is_delimiter,
+};
+use crate::line::{Framed, Framing};
+use crate::number::{Decimal, MAX_OCTET_DIGITS, MAX_PORT_DIGITS};
+use crate::{MAX_LINE_LEN, MalformedReason, Span};
+
+/// The longest `USER` or transfer argument reported; a longer one is cut to this length in the
+/// span (it is only for reporting).
+pub const MAX_ARGUMENT_LEN: u16 = 255;
+
+/// The transfer commands whose argument is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TransferVerb {
+    Retr,
+    Stor,
+    Stou,
+    Appe,
+    List,
+    Nlst,
+    Mlsd,
+}
+
+impl TransferVerb {
+    /// The verb in upper case.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TransferVerb::Retr => "RETR",
+            TransferVerb::Stor => "STOR",
+            TransferVerb::Stou => "STOU",
+            TransferVerb::Appe => "APPE",
+            TransferVerb::List => "LIST",
+            TransferVerb::Nlst => "NLST",
+            TransferVerb::Mlsd => "MLSD",
+        }
+    }
+}
+
+/// The argument of `EPSV` (RFC 2428 section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EpsvArg {
+    /// No argument: the server picks the protocol of the control connection.
+    Any,
+    /// `EPSV 1`: IPv4.
+    Ipv4,
+    /// `EPSV 2`: IPv6.
+    Ipv6,
+    /// `EPSV ALL`: from now on only EPSV sets up data connections (RFC 2428 section 4).
+    All,
+}
+
+/// The mechanism named by `AUTH` (RFC 2228, RFC 4217).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuthMechanism {
+    Tls,
+    /// The historical name some clients still send for TLS.
+    Ssl,
+    /// Anything else; a `234` reply to it still means the channel is about to be protected.
+    Other,
+}
+
+/// One parsed client command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `PORT h1,h2,h3,h4,p1,p2` (RFC 959): `field` covers the six numbers.
+    Port { addr: SocketAddrV4, field: Span },
+    /// `EPRT <d>1<d>a.b.c.d<d>port<d>` or `EPRT <d>2<d>ipv6<d>port<d>` (RFC 2428): `field` covers the
+    /// whole argument, from the first delimiter to the last.
+    Eprt {
+        addr: SocketAddr,
+        delimiter: u8,
+        field: Span,
+    },
+    /// `PASV`. Any argument is ignored, as servers do.
+    Pasv,
+    /// `EPSV` with its argument.
+    Epsv(EpsvArg),
+    /// `AUTH <mechanism>`.
+    Auth(AuthMechanism),
+    /// `CCC`, clear command channel (RFC 4217). Any argument is ignored.
+    Ccc,
+    /// `USER <name>`: `name` covers the name (at most [`MAX_ARGUMENT_LEN`] bytes of it).
+    User { name: Span },
+    /// `PASS`: recognised so it can be redacted; the password is never reported.
+    Pass,
+    /// A transfer command; `arg` covers its argument (empty if none, at most
+    /// [`MAX_ARGUMENT_LEN`] bytes).
+    Transfer { verb: TransferVerb, arg: Span },
+    /// `REST <marker>`.
+    Rest,
+    /// `QUIT`. Any argument is ignored.
+    Quit,
+    /// Any other verb.
+    Other,
+    /// A known verb with an invalid argument, or a line that is unterminated or too long.
+    Malformed(MalformedReason),
+}
+
+// The verbs the scanner knows, as stored.
+const VERB_OTHER: u8 = 0;
+const VERB_PORT: u8 = 1;
+const VERB_EPRT: u8 = 2;
+const VERB_PASV: u8 = 3;
+const VERB_EPSV: u8 = 4;
+const VERB_AUTH: u8 = 5;
+const VERB_CCC: u8 = 6;
+const VERB_USER: u8 = 7;
+const VERB_PASS: u8 = 8;
+const VERB_REST: u8 = 9;
+const VERB_QUIT: u8 = 10;
+const VERB_RETR: u8 = 11;
+const VERB_STOR: u8 = 12;
+const VERB_STOU: u8 = 13;
+const VERB_APPE: u8 = 14;
+const VERB_LIST: u8 = 15;
+const VERB_NLST: u8 = 16;
+const VERB_MLSD: u8 = 17;
+
+/// The verb in `word` (upper-cased, `len` bytes long).
+#[inline(always)]
+fn verb_code(word: [u8; 4], len: u8) -> u8 {
+    match (len, &word) {
+        (3, b"CCC\0") => VERB_CCC,
+        (4, b"PORT") => VERB_PORT,
+        (4, b"EPRT") => VERB_EPRT,
+        (4, b"PASV") => VERB_PASV,
+        (4, b"EPSV") => VERB_EPSV,
+        (4, b"AUTH") => VERB_AUTH,
+        (4, b"USER") => VERB_USER,
+        (4, b"PASS") => VERB_PASS,
+        (4, b"REST") => VERB_REST,
+        (4, b"QUIT") => VERB_QUIT,
+        (4, b"RETR") => VERB_RETR,
+        (4, b"STOR") => VERB_STOR,
+        (4, b"STOU") => VERB_STOU,
+        (4, b"APPE") => VERB_APPE,
+        (4, b"LIST") => VERB_LIST,
+        (4, b"NLST") => VERB_NLST,
+        (4, b"MLSD") => VERB_MLSD,
+        _ => VERB_OTHER,
+    }
+}
+
+#[inline(always)]
+fn transfer_verb(verb: u8) -> Option<TransferVerb> {
+    Some(match verb {
+        VERB_RETR => TransferVerb::Retr,
+        VERB_STOR => TransferVerb::Stor,
+        VERB_STOU => TransferVerb::Stou,
+        VERB_APPE => TransferVerb::Appe,
+        VERB_LIST => TransferVerb::List,
+        VERB_NLST => TransferVerb::Nlst,
+        VERB_MLSD => TransferVerb::Mlsd,
+        _ => return None,
+    })
+}
+
+// Where the scanner is in the line, as stored.
+/// Reading the verb.
+const AT_VERB: u8 = 0;
+/// Nothing more in the line matters.
+const AT_IGNORED: u8 = 1;
+/// An argument that is only measured, and its first four bytes kept (AUTH, EPSV, USER, REST,
+/// transfers).
+const AT_ARGUMENT: u8 = 2;
+/// The PORT numbers.
+const AT_PORT: u8 = 3;
+/// EPRT: the first delimiter, the family, the address, the port, after the last delimiter.
+const AT_EPRT_DELIMITER: u8 = 4;
+const AT_EPRT_FAMILY: u8 = 5;
+const AT_EPRT_ADDRESS: u8 = 6;
+const AT_EPRT_PORT: u8 = 7;
+const AT_EPRT_CLOSED: u8 = 8;
+/// The line is malformed (`error` says why); the rest is ignored.
+const AT_ERROR: u8 = 9;
+
+/// Where the argument of `verb` is read.
+#[inline(always)]
+fn argument_phase(verb: u8) -> u8 {
+    match verb {
+        VERB_PORT => AT_PORT,
+        VERB_EPRT => AT_EPRT_DELIMITER,
+        VERB_EPSV | VERB_AUTH | VERB_USER | VERB_REST => AT_ARGUMENT,
+        _ if transfer_verb(verb).is_some() => AT_ARGUMENT,
+        _ => AT_IGNORED,
+    }
+}
+
+/// The client direction's grammar, one byte at a time.
+///
+/// Stored per control connection (in a BPF map by the datapath): `#[repr(C)]`, 92 bytes, no
+/// padding. Every bit pattern is a valid state — a corrupt value can only make the current line
+/// malformed — and the all-zero value is [`CommandScanner::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandScanner {
+    /// The EPRT IPv6 address.
+    ipv6: Ipv6Text,
+    /// The PORT numbers, or the EPRT IPv4 address.
+    octets: Octets,
+    /// The EPRT family, then the EPRT port.
+    number: Decimal,
+    framing: Framing,
+    /// Where the argument starts (after the verb and its space).
+    arg_start: u16,
+    /// Bytes of the line without its terminator, once it has ended.
+    content_len: u16,
+    /// One of the `AT_*` values.
+    phase: u8,
+    /// One of the `VERB_*` values, once the verb is read.
+    verb: u8,
+    /// The verb's bytes upper-cased, then the argument's first four.
+    word: [u8; 4],
+    /// Bytes of the verb (saturating), then of `word`'s argument.
+    word_len: u8,
+    delimiter: u8,
+    family: u8,
+    /// Bytes of the EPRT address text.
+    address_len: u8,
+    /// The first error in the EPRT address, reported only once the address is delimited.
+    address_error: u8,
+    /// A [`MalformedReason`] code, 0 while the line is fine.
+    error: u8,
+    _pad: [u8; 3],
+}
+
+impl CommandScanner {
+    pub const fn new() -> Self {
+        Self {
+            ipv6: Ipv6Text::new(),
+            octets: Octets::new(),
+            number: Decimal::new(),
+            framing: Framing::new(),
+            arg_start: 0,
+            content_len: 0,
+            phase: AT_VERB,
+            verb: VERB_OTHER,
+            word: [0; 4],
+            word_len: 0,
+            delimiter: 0,
+            family: 0,
+            address_len: 0,
+            address_error: 0,
+            error: 0,
+            _pad: [0; 3],
+        }
+    }
+
+    /// Forgets the line being read: the next byte starts a line.
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Takes the next byte of the client's stream. True when it was the LF that ends a line: then
+    /// [`command`](Self::command) is that line's command, and the next byte starts a new line.
+    pub fn push(&mut self, byte: u8) -> bool {
+        if self.framing.ended() {
+            self.reset();
+        }
+        match self.framing.push(byte) {
+            Framed::Content {
+                held_cr,
+                byte,
+                index,
+            } => {
+                if held_cr {
+                    self.consume(b'\r', index.wrapping_sub(1));
+                }
+                if let Some(byte) = byte {
+                    self.consume(byte, index);
+                }
+                false
+            }
+            Framed::Beyond => false,
+            Framed::End(content_len) => {
+                self.finish(content_len);
+                true
+            }
+        }
+    }
+
+    /// Bytes of the line so far, its LF included once it has ended. When a line ends, its first
+    /// byte was this many bytes before the byte after the LF, whichever segment it was in.
+    pub fn line_len(&self) -> u16 {
+        self.framing.len()
+    }
+
+    /// The command of the line that just ended; `Malformed(Unterminated)` while a line is being
+    /// read.
+    pub fn command(&self) -> Command {
+        if !self.framing.ended() {
+            return Command::Malformed(MalformedReason::Unterminated);
+        }
+        if let Some(reason) = MalformedReason::from_code(u32::from(self.error)) {
+            return Command::Malformed(reason);
+        }
+        let arg_len = self.content_len.saturating_sub(self.arg_start);
+        let field = Span {
+            start: self.arg_start,
+            len: arg_len,
+        };
+        let reported = Span {
+            start: self.arg_start,
+            len: arg_len.min(MAX_ARGUMENT_LEN),
+        };
+        match self.verb {
+            VERB_PORT => match self.octets.host_port() {
+                Ok(addr) => Command::Port { addr, field },
+                Err(reason) => Command::Malformed(reason),
+            },
+            VERB_EPRT => match self.number.port() {
+                Ok(port) => Command::Eprt {
+                    addr: SocketAddr::new(self.eprt_address(), port),
+                    delimiter: self.delimiter,
+                    field,
+                },
+                Err(reason) => Command::Malformed(reason),
+            },
+            VERB_PASV => Command::Pasv,
+            VERB_EPSV => Command::Epsv(self.epsv_argument()),
+            VERB_AUTH => Command::Auth(self.auth_mechanism()),
+            VERB_CCC => Command::Ccc,
+            VERB_USER => Command::User { name: reported },
+            VERB_PASS => Command::Pass,
+            VERB_REST => Command::Rest,
+            VERB_QUIT => Command::Quit,
+            verb => match transfer_verb(verb) {
+                Some(verb) => Command::Transfer {
+                    verb,
+                    arg: reported,
+                },
+                None => Command::Other,
+            },
+        }
+    }
+
+    /// Records the first error; the rest of the line is ignored.
+    #[inline(always)]
+    fn fail(&mut self, reason: MalformedReason) {
+        if self.error == 0 {
+            self.error = u8::try_from(reason.code()).unwrap_or(u8::MAX);
+        }
+        self.phase = AT_ERROR;
+    }
+
+    /// One content byte at `index` in the line.
+    fn consume(&mut self, byte: u8, index: u16) {
+        match self.phase {
+            AT_VERB => self.verb_byte(byte, index),
+            AT_ARGUMENT => self.keep_word(byte),
+            AT_PORT => match self.octets.push(byte, HOST_PORT) {
+                Ok(OctetsStep::Consumed) => {}
+                // The six numbers are complete and more follows.
+                Ok(OctetsStep::Ended) => self.fail(
+                    self.octets
+                        .host_port()
+                        .err()
+                        .unwrap_or(MalformedReason::TrailingBytes),
+                ),
+                Err(reason) => self.fail(reason),
+            },
+            AT_EPRT_DELIMITER => {
+                if is_delimiter(byte) {
+                    self.delimiter = byte;
+                    self.phase = AT_EPRT_FAMILY;
+                } else {
+                    self.fail(MalformedReason::BadDelimiter);
+                }
+            }
+            AT_EPRT_FAMILY => self.eprt_family_byte(byte),
+            AT_EPRT_ADDRESS => self.eprt_address_byte(byte),
+            AT_EPRT_PORT => self.eprt_port_byte(byte),
+            AT_EPRT_CLOSED => self.fail(MalformedReason::TrailingBytes),
+            _ => {}
+        }
+    }
+
+    #[inline(always)]
+    fn verb_byte(&mut self, byte: u8, index: u16) {
+        if byte == b' ' {
+            self.start_argument(index.saturating_add(1));
+        } else {
+            self.keep_word(byte.to_ascii_uppercase());
+        }
+    }
+
+    /// The verb is complete; its argument starts at `arg_start`.
+    #[inline(always)]
+    fn start_argument(&mut self, arg_start: u16) {
+        self.verb = verb_code(self.word, self.word_len);
+        self.arg_start = arg_start;
+        self.phase = argument_phase(self.verb);
+        self.word = [0; 4];
+        self.word_len = 0;
+    }
+
+    /// Keeps the first four bytes in `word` and counts them all.
+    #[inline(always)]
+    fn keep_word(&mut self, byte: u8) {
+        if let Some(slot) = self.word.get_mut(usize::from(self.word_len)) {
+            *slot = byte;
+        }
+        self.word_len = self.word_len.saturating_add(1);
+    }
+
+    #[inline(always)]
+    fn eprt_family_byte(&mut self, byte: u8) {
+        match self.number.push::<MAX_OCTET_DIGITS>(byte) {
+            Ok(true) => {}
+            Ok(false) => match self.number.family() {
+                Ok(family) if byte == self.delimiter => {
+                    self.family = family;
+                    self.number = Decimal::new();
+                    self.phase = AT_EPRT_ADDRESS;
+                }
+                Ok(_) => self.fail(MalformedReason::BadDelimiter),
+                Err(reason) => self.fail(reason),
+            },
+            Err(_) => self.fail(MalformedReason::UnsupportedAddressFamily),
+        }
+    }
+
+    #[inline(always)]
+    fn eprt_address_byte(&mut self, byte: u8) {
+        if byte == self.delimiter {
+            self.end_eprt_address();
+            return;
+        }
+        self.address_len = self.address_len.saturating_add(1);
+        if self.address_len > MAX_IPV6_TEXT_LEN {
+            self.fail(MalformedReason::BadDelimiter);
+            return;
+        }
+        match self.family {
+            1 if self.address_error == 0 => {
+                let error = match self.octets.push(byte, DOTTED_QUAD) {
+                    Ok(OctetsStep::Consumed) => None,
+                    Ok(OctetsStep::Ended) => Some(MalformedReason::TrailingBytes),
+                    Err(reason) => Some(reason),
+                };
+                if let Some(reason) = error {
+                    self.address_error = u8::try_from(reason.code()).unwrap_or(u8::MAX);
+                }
+            }
+            2 => self.ipv6.push(byte),
+            _ => {}
+        }
+    }
+
+    /// The delimiter after the address: the family, then the address, must be valid.
+    #[inline(always)]
+    fn end_eprt_address(&mut self) {
+        let result = match self.family {
+            1 => match MalformedReason::from_code(u32::from(self.address_error)) {
+                Some(reason) => Err(reason),
+                None => self.octets.finish(DOTTED_QUAD),
+            },
+            2 => self
+                .ipv6
+                .finish()
+                .map(|_| ())
+                .ok_or(MalformedReason::BadIpv6Address),
+            _ => Err(MalformedReason::UnsupportedAddressFamily),
+        };
+        match result {
+            Ok(()) => self.phase = AT_EPRT_PORT,
+            Err(reason) => self.fail(reason),
+        }
+    }
+
+    #[inline(always)]
+    fn eprt_port_byte(&mut self, byte: u8) {
+        match self.number.push::<MAX_PORT_DIGITS>(byte) {
+            Ok(true) => {}
+            Ok(false) => match self.number.port() {
+                Ok(_) if byte == self.delimiter => self.phase = AT_EPRT_CLOSED,
+                Ok(_) => self.fail(MalformedReason::BadDelimiter),
+                Err(reason) => self.fail(reason),
+            },
+            Err(reason) => self.fail(reason),
+        }
+    }
+
+    /// The LF: settles what the end of the line means for the argument.
+    fn finish(&mut self, content_len: Result<u16, MalformedReason>) {
+        let content_len = match content_len {
+            Ok(len) => len,
+            Err(reason) => {
+                self.error = 0;
+                self.fail(reason);
+                return;
+            }
+        };
+        self.content_len = content_len;
+        if self.phase == AT_VERB {
+            // No argument: an empty one right after where the verb's space would be.
+            self.start_argument(content_len.saturating_add(1));
+        }
+        if self.phase == AT_ERROR {
+            return;
+        }
+        let empty = content_len <= self.arg_start;
+        let needs_argument = matches!(
+            self.verb,
+            VERB_PORT | VERB_EPRT | VERB_AUTH | VERB_USER | VERB_REST
+        );
+        if empty && needs_argument {
+            self.fail(MalformedReason::MissingArgument);
+            return;
+        }
+        let result = match self.phase {
+            AT_PORT => self
+                .octets
+                .finish(HOST_PORT)
+                .and_then(|()| self.octets.host_port().map(|_| ())),
+            AT_EPRT_FAMILY => self
+                .number
+                .family()
+                .and(Err(MalformedReason::BadDelimiter)),
+            AT_EPRT_DELIMITER | AT_EPRT_ADDRESS => Err(MalformedReason::BadDelimiter),
+            AT_EPRT_PORT => self.number.port().and(Err(MalformedReason::BadDelimiter)),
+            AT_ARGUMENT if self.verb == VERB_EPSV && self.epsv_value().is_none() => {
+                Err(MalformedReason::BadEpsvArgument)
+            }
+            _ => Ok(()),
+        };
+        if let Err(reason) = result {
+            self.fail(reason);
+        }
+    }
+
+    /// The address of a complete EPRT.
+    #[inline(always)]
+    fn eprt_address(&self) -> IpAddr {
+        if self.family == 1 {
+            IpAddr::V4(self.octets.ipv4())
+        } else {
+            IpAddr::V6(self.ipv6.addr())
+        }
+    }
+
+    /// The EPSV argument, if it is one of the defined ones.
+    #[inline(always)]
+    fn epsv_value(&self) -> Option<EpsvArg> {
+        let [first, second, third, _] = self.word;
+        match (self.word_len, first, second, third) {
+            (0, ..) => Some(EpsvArg::Any),
+            (1, b'1', ..) => Some(EpsvArg::Ipv4),
+            (1, b'2', ..) => Some(EpsvArg::Ipv6),
+            (3, ..) if [first, second, third].eq_ignore_ascii_case(b"ALL") => Some(EpsvArg::All),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn epsv_argument(&self) -> EpsvArg {
+        self.epsv_value().unwrap_or(EpsvArg::Any)
+    }
+
+    #[inline(always)]
+    fn auth_mechanism(&self) -> AuthMechanism {
+        let [first, second, third, _] = self.word;
+        let word = [first, second, third];
+        match self.word_len {
+            3 if word.eq_ignore_ascii_case(b"TLS") => AuthMechanism::Tls,
+            3 if word.eq_ignore_ascii_case(b"SSL") => AuthMechanism::Ssl,
+            _ => AuthMechanism::Other,
+        }
+    }
+}
+
+/// Parses one client line held in memory (see the [module documentation](self)).
+///
+/// `line` starts at a line boundary; the command ends at its first LF, which must come within
+/// [`MAX_LINE_LEN`] bytes. Never panics; any byte sequence gives some [`Command`].
+pub fn parse_command(line: &[u8]) -> Command {
+    let mut scanner = CommandScanner::new();
+    for &byte in line.iter().take(MAX_LINE_LEN) {
+        if scanner.push(byte) {
+            return scanner.command();
+        }
+    }
+    Command::Malformed(if line.len() < MAX_LINE_LEN {
+        MalformedReason::Unterminated
+    } else {
+        MalformedReason::TooLong
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,508 @@
+use super::*;
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use MalformedReason::*;
+
+fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(a, b, c, d), port)
+}
+
+fn span(start: u16, len: u16) -> Span {
+    Span { start, len }
+}
+
+// PORT
+
+#[test]
+fn port_with_crlf() {
+    assert_eq!(
+        parse_command(b"PORT 10,0,0,2,4,1\r\n"),
+        Command::Port {
+            addr: v4(10, 0, 0, 2, 1025),
+            field: span(5, 12)
+        }
+    );
+}
+
+#[test]
+fn port_with_bare_lf() {
+    assert_eq!(
+        parse_command(b"PORT 192,168,1,2,7,138\n"),
+        Command::Port {
+            addr: v4(192, 168, 1, 2, 1930),
+            field: span(5, 17)
+        }
+    );
+}
+
+#[test]
+fn port_verb_is_case_insensitive() {
+    for line in [&b"port 10,0,0,2,4,1\r\n"[..], b"Port 10,0,0,2,4,1\r\n", b"pOrT 10,0,0,2,4,1\r\n"] {
+        assert_eq!(
+            parse_command(line),
+            Command::Port {
+                addr: v4(10, 0, 0, 2, 1025),
+                field: span(5, 12)
+            }
+        );
+    }
+}
+
+#[test]
+fn port_field_span_covers_the_numbers_only() {
+    let line = b"PORT 255,255,255,255,255,255\r\n";
+    let Command::Port { field, .. } = parse_command(line) else {
+        panic!("not a PORT");
+    };
+    assert_eq!(field.get(line), Some(&b"255,255,255,255,255,255"[..]));
+}
+
+#[test]
+fn port_ignores_bytes_after_the_first_lf() {
+    assert_eq!(
+        parse_command(b"PORT 10,0,0,2,4,1\r\nPORT 1,1,1,1,1,1\r\n"),
+        Command::Port {
+            addr: v4(10, 0, 0, 2, 1025),
+            field: span(5, 12)
+        }
+    );
+}
+
+#[test]
+fn port_refuses_octet_above_255() {
+    assert_eq!(
+        parse_command(b"PORT 10,0,0,1,256,22\r\n"),
+        Command::Malformed(OctetOutOfRange)
+    );
+    assert_eq!(
+        parse_command(b"PORT 10,0,300,1,4,1\r\n"),
+        Command::Malformed(OctetOutOfRange)
+    );
+}
+
+#[test]
+fn port_refuses_port_zero() {
+    assert_eq!(parse_command(b"PORT 10,0,0,1,0,0\r\n"), Command::Malformed(PortOutOfRange));
+}
+
+#[test]
+fn port_refuses_long_digit_runs() {
+    assert_eq!(
+        parse_command(b"PORT 10,0,0,1,000000000000000001,1\r\n"),
+        Command::Malformed(TooManyDigits)
+    );
+    assert_eq!(
+        parse_command(b"PORT 0010,0,0,1,4,1\r\n"),
+        Command::Malformed(TooManyDigits)
+    );
+}
+
+#[test]
+fn port_refuses_wrong_separators_and_counts() {
+    for line in [
+        &b"PORT 10.0.0.1.4.1\r\n"[..],
+        b"PORT 10,0,0,1,4\r\n",
+        b"PORT 10;0;0;1;4;1\r\n",
+    ] {
+        assert_eq!(parse_command(line), Command::Malformed(ExpectedSeparator), "{line:?}");
+    }
+}
+
+#[test]
+fn port_refuses_spaces_signs_and_trailing_bytes() {
+    assert_eq!(parse_command(b"PORT 10, 0,0,1,4,1\r\n"), Command::Malformed(ExpectedDigit));
+    assert_eq!(parse_command(b"PORT  10,0,0,1,4,1\r\n"), Command::Malformed(ExpectedDigit));
+    assert_eq!(parse_command(b"PORT +10,0,0,1,4,1\r\n"), Command::Malformed(ExpectedDigit));
+    assert_eq!(parse_command(b"PORT 10,0,0,1,4,1 \r\n"), Command::Malformed(TrailingBytes));
+    assert_eq!(parse_command(b"PORT 10,0,0,1,4,1,7\r\n"), Command::Malformed(TrailingBytes));
+    assert_eq!(parse_command(b"PORT 10,0,0,1,4,1\r\r\n"), Command::Malformed(TrailingBytes));
+}
+
+#[test]
+fn port_without_argument_is_malformed() {
+    assert_eq!(parse_command(b"PORT\r\n"), Command::Malformed(MissingArgument));
+    assert_eq!(parse_command(b"PORT \r\n"), Command::Malformed(MissingArgument));
+}
+
+// EPRT
+
+#[test]
+fn eprt_ipv4() {
+    assert_eq!(
+        parse_command(b"EPRT |1|132.235.1.2|6275|\r\n"),
+        Command::Eprt {
+            addr: SocketAddr::V4(v4(132, 235, 1, 2, 6275)),
+            delimiter: b'|',
+            field: span(5, 20)
+        }
+    );
+}
+
+#[test]
+fn eprt_ipv6() {
+    let line = b"EPRT |2|1080::8:800:200C:417A|5282|\r\n";
+    assert_eq!(
+        parse_command(line),
+        Command::Eprt {
+            addr: SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::new(0x1080, 0, 0, 0, 8, 0x800, 0x200c, 0x417a),
+                5282,
+                0,
+                0
+            )),
+            delimiter: b'|',
+            field: span(5, 30)
+        }
+    );
+    let Command::Eprt { field, .. } = parse_command(line) else {
+        panic!("not an EPRT");
+    };
+    assert_eq!(field.get(line), Some(&b"|2|1080::8:800:200C:417A|5282|"[..]));
+}
+
+#[test]
+fn eprt_accepts_any_non_digit_printable_delimiter() {
+    for delimiter in (33u8..=126).filter(|byte| !byte.is_ascii_digit() && *byte != b'.') {
+        let mut line = std::vec::Vec::new();
+        line.extend_from_slice(b"EPRT ");
+        for part in [&b"1"[..], b"10.0.0.2", b"2000", b""] {
+            line.push(delimiter);
+            line.extend_from_slice(part);
+        }
+        line.extend_from_slice(b"\r\n");
+        assert_eq!(
+            parse_command(&line),
+            Command::Eprt {
+                addr: SocketAddr::V4(v4(10, 0, 0, 2, 2000)),
+                delimiter,
+                field: span(5, 17)
+            },
+            "delimiter {delimiter}"
+        );
+    }
+}
+
+#[test]
+fn eprt_lowercase_verb_and_bare_lf() {
+    assert_eq!(
+        parse_command(b"eprt !1!10.0.0.2!2000!\n"),
+        Command::Eprt {
+            addr: SocketAddr::V4(v4(10, 0, 0, 2, 2000)),
+            delimiter: b'!',
+            field: span(5, 17)
+        }
+    );
+}
+
+#[test]
+fn eprt_ipv4_mapped_ipv6() {
+    assert_eq!(
+        parse_command(b"EPRT |2|::ffff:10.0.0.2|2000|\r\n"),
+        Command::Eprt {
+            addr: SocketAddr::new(IpAddr::V6(Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped()), 2000),
+            delimiter: b'|',
+            field: span(5, 24)
+        }
+    );
+}
+
+#[test]
+fn eprt_refuses_digit_space_and_control_delimiters() {
+    for line in [
+        &b"EPRT 515101.0.0.2520005\r\n"[..],
+        b"EPRT  1 10.0.0.2 2000 \r\n",
+        b"EPRT \x7f1\x7f10.0.0.2\x7f2000\x7f\r\n",
+    ] {
+        assert_eq!(parse_command(line), Command::Malformed(BadDelimiter), "{line:?}");
+    }
+}
+
+#[test]
+fn eprt_refuses_mixed_delimiters() {
+    assert_eq!(
+        parse_command(b"EPRT |1!10.0.0.2|2000|\r\n"),
+        Command::Malformed(BadDelimiter)
+    );
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2|2000!\r\n"),
+        Command::Malformed(BadDelimiter)
+    );
+}
+
+#[test]
+fn eprt_refuses_unknown_families() {
+    for line in [
+        &b"EPRT |3|10.0.0.2|2000|\r\n"[..],
+        b"EPRT |0|10.0.0.2|2000|\r\n",
+        b"EPRT |12|10.0.0.2|2000|\r\n",
+        b"EPRT |9999|10.0.0.2|2000|\r\n",
+    ] {
+        assert_eq!(parse_command(line), Command::Malformed(UnsupportedAddressFamily), "{line:?}");
+    }
+    assert_eq!(parse_command(b"EPRT |x|10.0.0.2|2000|\r\n"), Command::Malformed(ExpectedDigit));
+}
+
+#[test]
+fn eprt_refuses_address_of_the_wrong_family() {
+    assert_eq!(parse_command(b"EPRT |1|::1|2000|\r\n"), Command::Malformed(ExpectedDigit));
+    assert_eq!(
+        parse_command(b"EPRT |2|10.0.0.2|2000|\r\n"),
+        Command::Malformed(BadIpv6Address)
+    );
+}
+
+#[test]
+fn eprt_refuses_bad_ipv4_addresses() {
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.256|2000|\r\n"),
+        Command::Malformed(OctetOutOfRange)
+    );
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0|2000|\r\n"),
+        Command::Malformed(ExpectedSeparator)
+    );
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2.7|2000|\r\n"),
+        Command::Malformed(TrailingBytes)
+    );
+}
+
+#[test]
+fn eprt_refuses_bad_ports() {
+    assert_eq!(parse_command(b"EPRT |1|10.0.0.2|0|\r\n"), Command::Malformed(PortOutOfRange));
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2|65536|\r\n"),
+        Command::Malformed(PortOutOfRange)
+    );
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2|00000000000000000001|\r\n"),
+        Command::Malformed(TooManyDigits)
+    );
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2|18446744073709551617|\r\n"),
+        Command::Malformed(TooManyDigits)
+    );
+    assert_eq!(parse_command(b"EPRT |1|10.0.0.2||\r\n"), Command::Malformed(ExpectedDigit));
+}
+
+#[test]
+fn eprt_refuses_missing_or_extra_closing_delimiter() {
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2|2000\r\n"),
+        Command::Malformed(BadDelimiter)
+    );
+    assert_eq!(
+        parse_command(b"EPRT |1|10.0.0.2|2000||\r\n"),
+        Command::Malformed(TrailingBytes)
+    );
+    assert_eq!(parse_command(b"EPRT |1|10.0.0.2\r\n"), Command::Malformed(BadDelimiter));
+}
+
+#[test]
+fn eprt_refuses_overlong_address_text() {
+    let mut line = std::vec::Vec::from(&b"EPRT |2|"[..]);
+    line.extend(std::iter::repeat_n(b'0', 60));
+    line.extend_from_slice(b"|2000|\r\n");
+    assert_eq!(parse_command(&line), Command::Malformed(BadDelimiter));
+}
+
+#[test]
+fn eprt_without_argument_is_malformed() {
+    assert_eq!(parse_command(b"EPRT\r\n"), Command::Malformed(MissingArgument));
+}
+
+// PASV / EPSV
+
+#[test]
+fn pasv_in_any_case() {
+    assert_eq!(parse_command(b"PASV\r\n"), Command::Pasv);
+    assert_eq!(parse_command(b"pasv\n"), Command::Pasv);
+}
+
+#[test]
+fn pasv_argument_is_ignored_as_servers_do() {
+    assert_eq!(parse_command(b"PASV \r\n"), Command::Pasv);
+    assert_eq!(parse_command(b"PASV please\r\n"), Command::Pasv);
+}
+
+#[test]
+fn epsv_forms() {
+    assert_eq!(parse_command(b"EPSV\r\n"), Command::Epsv(EpsvArg::Any));
+    assert_eq!(parse_command(b"EPSV 1\r\n"), Command::Epsv(EpsvArg::Ipv4));
+    assert_eq!(parse_command(b"EPSV 2\r\n"), Command::Epsv(EpsvArg::Ipv6));
+    assert_eq!(parse_command(b"EPSV ALL\r\n"), Command::Epsv(EpsvArg::All));
+    assert_eq!(parse_command(b"epsv all\n"), Command::Epsv(EpsvArg::All));
+}
+
+#[test]
+fn epsv_refuses_other_arguments() {
+    for line in [&b"EPSV 3\r\n"[..], b"EPSV 12\r\n", b"EPSV ALLL\r\n", b"EPSV  1\r\n"] {
+        assert_eq!(parse_command(line), Command::Malformed(BadEpsvArgument), "{line:?}");
+    }
+}
+
+// AUTH / CCC
+
+#[test]
+fn auth_mechanisms() {
+    assert_eq!(parse_command(b"AUTH TLS\r\n"), Command::Auth(AuthMechanism::Tls));
+    assert_eq!(parse_command(b"auth tls\r\n"), Command::Auth(AuthMechanism::Tls));
+    assert_eq!(parse_command(b"AUTH SSL\r\n"), Command::Auth(AuthMechanism::Ssl));
+    assert_eq!(parse_command(b"AUTH GSSAPI\r\n"), Command::Auth(AuthMechanism::Other));
+    assert_eq!(parse_command(b"AUTH TLS-C\r\n"), Command::Auth(AuthMechanism::Other));
+    assert_eq!(parse_command(b"AUTH\r\n"), Command::Malformed(MissingArgument));
+}
+
+#[test]
+fn ccc() {
+    assert_eq!(parse_command(b"CCC\r\n"), Command::Ccc);
+    assert_eq!(parse_command(b"ccc\n"), Command::Ccc);
+}
+
+// USER / PASS
+
+#[test]
+fn user_reports_the_name_span() {
+    let line = b"USER anonymous\r\n";
+    assert_eq!(parse_command(line), Command::User { name: span(5, 9) });
+    assert_eq!(span(5, 9).get(line), Some(&b"anonymous"[..]));
+    assert_eq!(parse_command(b"USER\r\n"), Command::Malformed(MissingArgument));
+}
+
+#[test]
+fn user_name_span_is_bounded() {
+    let mut line = std::vec::Vec::from(&b"USER "[..]);
+    line.extend(std::iter::repeat_n(b'u', 400));
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(
+        parse_command(&line),
+        Command::User {
+            name: span(5, MAX_ARGUMENT_LEN)
+        }
+    );
+}
+
+#[test]
+fn pass_never_carries_the_password() {
+    assert_eq!(parse_command(b"PASS s3cret\r\n"), Command::Pass);
+    assert_eq!(parse_command(b"pass \r\n"), Command::Pass);
+    assert_eq!(parse_command(b"PASS\r\n"), Command::Pass);
+}
+
+// Transfers, REST, QUIT
+
+#[test]
+fn transfer_verbs_report_their_argument() {
+    for (line, verb) in [
+        (&b"RETR file.txt\r\n"[..], TransferVerb::Retr),
+        (b"STOR file.txt\r\n", TransferVerb::Stor),
+        (b"STOU file.txt\r\n", TransferVerb::Stou),
+        (b"APPE file.txt\r\n", TransferVerb::Appe),
+        (b"LIST file.txt\r\n", TransferVerb::List),
+        (b"NLST file.txt\r\n", TransferVerb::Nlst),
+        (b"MLSD file.txt\r\n", TransferVerb::Mlsd),
+        (b"retr file.txt\n", TransferVerb::Retr),
+    ] {
+        assert_eq!(parse_command(line), Command::Transfer { verb, arg: span(5, 8) }, "{line:?}");
+        assert_eq!(span(5, 8).get(line), Some(&b"file.txt"[..]));
+    }
+}
+
+#[test]
+fn transfer_argument_keeps_spaces_and_may_be_empty() {
+    assert_eq!(
+        parse_command(b"RETR my file.txt\r\n"),
+        Command::Transfer {
+            verb: TransferVerb::Retr,
+            arg: span(5, 11)
+        }
+    );
+    assert_eq!(
+        parse_command(b"LIST\r\n"),
+        Command::Transfer {
+            verb: TransferVerb::List,
+            arg: span(5, 0)
+        }
+    );
+}
+
+#[test]
+fn transfer_argument_span_is_bounded() {
+    let mut line = std::vec::Vec::from(&b"STOR "[..]);
+    line.extend(std::iter::repeat_n(b'f', 500));
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(
+        parse_command(&line),
+        Command::Transfer {
+            verb: TransferVerb::Stor,
+            arg: span(5, MAX_ARGUMENT_LEN)
+        }
+    );
+}
+
+#[test]
+fn transfer_verb_names() {
+    assert_eq!(TransferVerb::Mlsd.as_str(), "MLSD");
+    assert_eq!(TransferVerb::Appe.as_str(), "APPE");
+}
+
+#[test]
+fn rest_and_quit() {
+    assert_eq!(parse_command(b"REST 100\r\n"), Command::Rest);
+    assert_eq!(parse_command(b"REST\r\n"), Command::Malformed(MissingArgument));
+    assert_eq!(parse_command(b"QUIT\r\n"), Command::Quit);
+    assert_eq!(parse_command(b"quit\n"), Command::Quit);
+}
+
+// Other and line-level failures
+
+#[test]
+fn unknown_verbs_are_other() {
+    for line in [
+        &b"NOOP\r\n"[..],
+        b"TYPE I\r\n",
+        b"LPRT 4,4,10,0,0,2,2,4,1\r\n",
+        b"PORTS 10,0,0,2,4,1\r\n",
+        b"POR 10,0,0,2,4,1\r\n",
+        b" PORT 10,0,0,2,4,1\r\n",
+        b"\tPORT 10,0,0,2,4,1\r\n",
+        b"\r\n",
+        b"\n",
+        b"\xffPORT 10,0,0,2,4,1\r\n",
+    ] {
+        assert_eq!(parse_command(line), Command::Other, "{line:?}");
+    }
+}
+
+#[test]
+fn verbs_only_match_as_whole_words() {
+    assert_eq!(parse_command(b"PASV2\r\n"), Command::Other);
+    assert_eq!(parse_command(b"PAS\r\n"), Command::Other);
+    assert_eq!(parse_command(b"CC\r\n"), Command::Other);
+    assert_eq!(parse_command(b"CCC\0\r\n"), Command::Other);
+}
+
+#[test]
+fn unterminated_lines_are_malformed() {
+    assert_eq!(parse_command(b"PORT 10,0,0,2,4,1"), Command::Malformed(Unterminated));
+    assert_eq!(parse_command(b"PORT 10,0,0,2,4,1\r"), Command::Malformed(Unterminated));
+    assert_eq!(parse_command(b""), Command::Malformed(Unterminated));
+}
+
+#[test]
+fn overlong_lines_are_malformed() {
+    let mut line = std::vec::Vec::from(&b"PORT 10,0,0,2,4,1"[..]);
+    line.extend(std::iter::repeat_n(b' ', MAX_LINE_LEN));
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(parse_command(&line), Command::Malformed(TooLong));
+}
+
+#[test]
+fn longest_accepted_line_is_max_line_len() {
+    let mut line = std::vec::Vec::from(&b"NOOP "[..]);
+    line.extend(std::iter::repeat_n(b'x', MAX_LINE_LEN - 5 - 2));
+    line.extend_from_slice(b"\r\n");
+    assert_eq!(line.len(), MAX_LINE_LEN);
+    assert_eq!(parse_command(&line), Command::Other);
+    line.insert(5, b'x');
+    assert_eq!(parse_command(&line), Command::Malformed(TooLong));
+}

@@ -1,0 +1,246 @@
+//! Rendering a new address/port into the field a parser reported.
+//!
+//! Each formatter writes exactly the replacement for one `field` span — the text between the
+//! span's bounds, nothing around it — to the front of a caller buffer and returns its length, or
+//! `None` if the buffer is too small or the value is one the parser would refuse (port 0, an EPRT
+//! delimiter that is not valid or would be ambiguous). The datapath learns the length delta of the
+//! rewrite as `new_len - field.len`.
+//!
+//! For every value `x` a formatter accepts, parsing the line with the field replaced by
+//! `format(x)` gives back `x`, with a span of the formatted length.
+//!
+//! | Field | Rendered as | Longest |
+//! |---|---|---|
+//! | `PORT` argument, 227 numbers | `h1,h2,h3,h4,p1,p2` | [`MAX_PORT_FIELD_LEN`] |
+//! | `EPRT` argument | `<d>1<d>a.b.c.d<d>port<d>`, `<d>2<d>ipv6<d>port<d>` | [`MAX_EPRT_FIELD_LEN`] |
+//! | 229 port | `port` | [`MAX_229_FIELD_LEN`] |
+//!
+//! IPv6 is written in RFC 5952 form (lower-case hex, longest run of two or more zero groups as
+//! `::`), except that hex letters are upper case when the delimiter is one of `a`–`f`, so that the
+//! delimiter never occurs inside the address.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::address::is_delimiter;
+use crate::{MAX_LINE_LEN, Span};
+
+/// `255,255,255,255,255,255`.
+pub const MAX_PORT_FIELD_LEN: usize = 23;
+/// `|2|ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff|65535|`.
+pub const MAX_EPRT_FIELD_LEN: usize = 49;
+/// `65535`.
+pub const MAX_229_FIELD_LEN: usize = 5;
+/// The longest replacement any formatter writes.
+pub const MAX_FIELD_LEN: usize = MAX_EPRT_FIELD_LEN;
+
+/// Writes bytes to the front of a caller buffer, failing instead of overrunning it.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn new(out: &'a mut [u8]) -> Self {
+        Writer { out, len: 0 }
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, byte: u8) -> Option<()> {
+        *self.out.get_mut(self.len)? = byte;
+        self.len = self.len.checked_add(1)?;
+        Some(())
+    }
+
+    /// `value` in decimal without leading zeros.
+    ///
+    /// Digits are produced most significant first with constant divisors, so no digit buffer is
+    /// indexed at a variable position (the BPF verifier rejects the pointer arithmetic that
+    /// reversing such a buffer compiles to).
+    fn decimal(&mut self, value: u16) -> Option<()> {
+        let mut started = false;
+        for divisor in [10_000u16, 1_000, 100, 10, 1] {
+            let digit = value.checked_div(divisor)?.checked_rem(10)?;
+            started |= digit != 0 || divisor == 1;
+            if started {
+                self.byte(b'0'.wrapping_add(u8::try_from(digit).ok()?))?;
+            }
+        }
+        Some(())
+    }
+
+    /// `value` in hex without leading zeros.
+    fn hex(&mut self, value: u16, upper: bool) -> Option<()> {
+        let letter_base = if upper { b'A' } else { b'a' };
+        let mut started = false;
+        for shift in [12u32, 8, 4, 0] {
+            let nibble = u8::try_from(value.checked_shr(shift)? & 0x0f).ok()?;
+            started |= nibble != 0 || shift == 0;
+            if started {
+                self.byte(if nibble < 10 {
+                    b'0'.wrapping_add(nibble)
+                } else {
+                    letter_base.wrapping_add(nibble.wrapping_sub(10))
+                })?;
+            }
+        }
+        Some(())
+    }
+
+    /// The four bytes of `addr` in decimal, separated by `separator`.
+    fn ipv4(&mut self, addr: Ipv4Addr, separator: u8) -> Option<()> {
+        for (index, octet) in addr.octets().into_iter().enumerate() {
+            if index > 0 {
+                self.byte(separator)?;
+            }
+            self.decimal(u16::from(octet))?;
+        }
+        Some(())
+    }
+
+    /// `addr` in RFC 5952 form.
+    fn ipv6(&mut self, addr: Ipv6Addr, upper: bool) -> Option<()> {
+        let groups = addr.segments();
+        // The longest run of zero groups, the first of equals; only runs of two or more are
+        // compressed (RFC 5952 section 4.2.2).
+        let (mut gap_start, mut gap_len) = (0usize, 0usize);
+        let (mut run_start, mut run_len) = (0usize, 0usize);
+        for (index, &group) in groups.iter().enumerate() {
+            if group == 0 {
+                if run_len == 0 {
+                    run_start = index;
+                }
+                run_len = run_len.saturating_add(1);
+                if run_len > gap_len {
+                    (gap_start, gap_len) = (run_start, run_len);
+                }
+            } else {
+                run_len = 0;
+            }
+        }
+        if gap_len < 2 {
+            (gap_start, gap_len) = (groups.len(), 0);
+        }
+        let gap_end = gap_start.saturating_add(gap_len);
+        for (index, &group) in groups.iter().enumerate() {
+            if (gap_start..gap_end).contains(&index) {
+                if index == gap_start {
+                    self.byte(b':')?;
+                    self.byte(b':')?;
+                }
+                continue;
+            }
+            if index > 0 && index != gap_end {
+                self.byte(b':')?;
+            }
+            self.hex(group, upper)?;
+        }
+        Some(())
+    }
+
+    fn written(&self) -> &[u8] {
+        self.out.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// The `PORT` argument for `addr:port`: `h1,h2,h3,h4,p1,p2`. `None` if `port` is 0 or `out` is
+/// shorter than needed ([`MAX_PORT_FIELD_LEN`] always suffices).
+pub fn format_port_field(addr: Ipv4Addr, port: u16, out: &mut [u8]) -> Option<usize> {
+    if port == 0 {
+        return None;
+    }
+    let mut writer = Writer::new(out);
+    writer.ipv4(addr, b',')?;
+    let [high, low] = port.to_be_bytes();
+    for byte in [high, low] {
+        writer.byte(b',')?;
+        writer.decimal(u16::from(byte))?;
+    }
+    Some(writer.len)
+}
+
+/// The six numbers of a 227 reply for `addr:port`; the same text as [`format_port_field`]. The
+/// server's text around the numbers is outside the field and stays as it was.
+#[inline(always)]
+pub fn format_227_field(addr: Ipv4Addr, port: u16, out: &mut [u8]) -> Option<usize> {
+    format_port_field(addr, port, out)
+}
+
+/// The whole `EPRT` argument for `addr:port` with `delimiter`: `<d>1<d>a.b.c.d<d>port<d>` or
+/// `<d>2<d>ipv6<d>port<d>`. `None` if `port` is 0, `delimiter` is not a valid RFC 2428 delimiter,
+/// the delimiter would occur inside the address text (`.` for IPv4, `:` for IPv6), or `out` is too
+/// small ([`MAX_EPRT_FIELD_LEN`] always suffices).
+pub fn format_eprt_field(addr: IpAddr, port: u16, delimiter: u8, out: &mut [u8]) -> Option<usize> {
+    if port == 0 || !is_delimiter(delimiter) {
+        return None;
+    }
+    let mut writer = Writer::new(out);
+    writer.byte(delimiter)?;
+    let address_start = match addr {
+        IpAddr::V4(addr) => {
+            writer.byte(b'1')?;
+            writer.byte(delimiter)?;
+            let start = writer.len;
+            writer.ipv4(addr, b'.')?;
+            start
+        }
+        IpAddr::V6(addr) => {
+            writer.byte(b'2')?;
+            writer.byte(delimiter)?;
+            let start = writer.len;
+            writer.ipv6(addr, matches!(delimiter, b'a'..=b'f'))?;
+            start
+        }
+    };
+    let address = writer.written().get(address_start..).unwrap_or_default();
+    if address
+        .iter()
+        .take(MAX_EPRT_FIELD_LEN)
+        .any(|&byte| byte == delimiter)
+    {
+        return None;
+    }
+    writer.byte(delimiter)?;
+    writer.decimal(port)?;
+    writer.byte(delimiter)?;
+    Some(writer.len)
+}
+
+/// The port digits of a 229 reply. The delimiters and parentheses are outside the field and stay
+/// as they were. `None` if `port` is 0 or `out` is too small ([`MAX_229_FIELD_LEN`] suffices).
+pub fn format_229_field(port: u16, out: &mut [u8]) -> Option<usize> {
+    if port == 0 {
+        return None;
+    }
+    let mut writer = Writer::new(out);
+    writer.decimal(port)?;
+    Some(writer.len)
+}
+
+/// Copies `line` into `out` with the bytes under `field` replaced by `replacement`, and returns
+/// the new length. `None` if `field` does not lie within `line`, `line` is longer than
+/// [`MAX_LINE_LEN`], `replacement` longer than [`MAX_FIELD_LEN`], or `out` is too small.
+///
+/// For tests and the agent; the datapath rewrites the packet in place instead.
+pub fn splice(line: &[u8], field: Span, replacement: &[u8], out: &mut [u8]) -> Option<usize> {
+    if line.len() > MAX_LINE_LEN || replacement.len() > MAX_FIELD_LEN {
+        return None;
+    }
+    let (head, rest) = line.split_at_checked(usize::from(field.start))?;
+    let tail = rest.get(usize::from(field.len)..)?;
+    let len = head
+        .len()
+        .checked_add(replacement.len())?
+        .checked_add(tail.len())?;
+    let out = out.get_mut(..len)?;
+    let (out_head, out_rest) = out.split_at_mut_checked(head.len())?;
+    let (out_middle, out_tail) = out_rest.split_at_mut_checked(replacement.len())?;
+    for (destination, source) in [(out_head, head), (out_middle, replacement), (out_tail, tail)] {
+        for (slot, byte) in destination.iter_mut().zip(source).take(MAX_LINE_LEN) {
+            *slot = *byte;
+        }
+    }
+    Some(len)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+use super::*;
+use crate::{Command, Reply, ReplyBody, parse_command, parse_reply};
+use core::net::{SocketAddr, SocketAddrV4};
+use std::vec::Vec;
+
+fn render(format: impl FnOnce(&mut [u8]) -> Option<usize>) -> Option<Vec<u8>> {
+    let mut out = [0u8; 64];
+    let len = format(&mut out)?;
+    Some(out[..len].to_vec())
+}
+
+fn spliced(line: &[u8], field: Span, replacement: &[u8]) -> Vec<u8> {
+    let mut out = [0u8; MAX_LINE_LEN + MAX_FIELD_LEN];
+    let len = splice(line, field, replacement, &mut out).expect("splice fits");
+    out[..len].to_vec()
+}
+
+#[test]
+fn port_field_text() {
+    let text = render(|out| format_port_field(Ipv4Addr::new(192, 0, 2, 7), 50000, out)).unwrap();
+    assert_eq!(text, b"192,0,2,7,195,80");
+    let text = render(|out| format_port_field(Ipv4Addr::UNSPECIFIED, 1, out)).unwrap();
+    assert_eq!(text, b"0,0,0,0,0,1");
+}
+
+#[test]
+fn port_field_longest_value_fits_the_constant() {
+    let mut out = [0u8; MAX_PORT_FIELD_LEN];
+    assert_eq!(
+        format_port_field(Ipv4Addr::BROADCAST, u16::MAX, &mut out),
+        Some(MAX_PORT_FIELD_LEN)
+    );
+    assert_eq!(&out, b"255,255,255,255,255,255");
+    let mut short = [0u8; MAX_PORT_FIELD_LEN - 1];
+    assert_eq!(format_port_field(Ipv4Addr::BROADCAST, u16::MAX, &mut short), None);
+}
+
+#[test]
+fn port_zero_is_not_rendered() {
+    let mut out = [0u8; 64];
+    assert_eq!(format_port_field(Ipv4Addr::LOCALHOST, 0, &mut out), None);
+    assert_eq!(format_227_field(Ipv4Addr::LOCALHOST, 0, &mut out), None);
+    assert_eq!(format_229_field(0, &mut out), None);
+    assert_eq!(format_eprt_field(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, b'|', &mut out), None);
+}
+
+#[test]
+fn field_227_is_the_six_numbers() {
+    let text = render(|out| format_227_field(Ipv4Addr::new(203, 0, 113, 9), 30000, out)).unwrap();
+    assert_eq!(text, b"203,0,113,9,117,48");
+}
+
+#[test]
+fn field_229_is_the_port_digits() {
+    assert_eq!(render(|out| format_229_field(1, out)).unwrap(), b"1");
+    assert_eq!(render(|out| format_229_field(6446, out)).unwrap(), b"6446");
+    assert_eq!(render(|out| format_229_field(65535, out)).unwrap(), b"65535");
+    let mut short = [0u8; 4];
+    assert_eq!(format_229_field(65535, &mut short), None);
+}
+
+#[test]
+fn eprt_field_ipv4() {
+    let text = render(|out| {
+        format_eprt_field(IpAddr::V4(Ipv4Addr::new(132, 235, 1, 2)), 6275, b'|', out)
+    })
+    .unwrap();
+    assert_eq!(text, b"|1|132.235.1.2|6275|");
+}
+
+#[test]
+fn eprt_field_ipv6_is_rfc_5952() {
+    for (addr, text) in [
+        ("2001:db8::1", &b"|2|2001:db8::1|21|"[..]),
+        ("::", b"|2|::|21|"),
+        ("::1", b"|2|::1|21|"),
+        ("1::", b"|2|1::|21|"),
+        ("2001:db8:0:1:1:1:1:1", b"|2|2001:db8:0:1:1:1:1:1|21|"),
+        ("2001:db8:0:0:1:0:0:1", b"|2|2001:db8::1:0:0:1|21|"),
+        ("1:0:0:2:0:0:0:3", b"|2|1:0:0:2::3|21|"),
+        ("fe80::a:b:c:d", b"|2|fe80::a:b:c:d|21|"),
+    ] {
+        let addr: Ipv6Addr = addr.parse().unwrap();
+        let rendered = render(|out| format_eprt_field(IpAddr::V6(addr), 21, b'|', out)).unwrap();
+        assert_eq!(rendered, text, "{addr}");
+    }
+}
+
+#[test]
+fn eprt_field_longest_value_fits_the_constant() {
+    let addr = IpAddr::V6(Ipv6Addr::from([0xff; 16]));
+    let mut out = [0u8; MAX_EPRT_FIELD_LEN];
+    assert_eq!(format_eprt_field(addr, 65535, b'|', &mut out), Some(MAX_EPRT_FIELD_LEN));
+    let mut short = [0u8; MAX_EPRT_FIELD_LEN - 1];
+    assert_eq!(format_eprt_field(addr, 65535, b'|', &mut short), None);
+}
+
+#[test]
+fn eprt_field_refuses_invalid_and_ambiguous_delimiters() {
+    let mut out = [0u8; 64];
+    let v4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let v6 = IpAddr::V6("2001:db8::1".parse().unwrap());
+    for delimiter in [b' ', b'0', b'9', 0x7f, 0, b'\n'] {
+        assert_eq!(format_eprt_field(v4, 21, delimiter, &mut out), None, "{delimiter}");
+    }
+    assert_eq!(format_eprt_field(v4, 21, b'.', &mut out), None);
+    assert_eq!(format_eprt_field(v6, 21, b':', &mut out), None);
+    assert!(format_eprt_field(v6, 21, b'.', &mut out).is_some());
+    assert!(format_eprt_field(v4, 21, b':', &mut out).is_some());
+}
+
+#[test]
+fn eprt_field_hex_case_avoids_a_letter_delimiter() {
+    let addr = IpAddr::V6("fe80::abcd".parse().unwrap());
+    assert_eq!(render(|out| format_eprt_field(addr, 21, b'a', out)).unwrap(), b"a2aFE80::ABCDa21a");
+    assert_eq!(render(|out| format_eprt_field(addr, 21, b'A', out)).unwrap(), b"A2Afe80::abcdA21A");
+    assert_eq!(render(|out| format_eprt_field(addr, 21, b'z', out)).unwrap(), b"z2zfe80::abcdz21z");
+}
+
+#[test]
+fn splice_replaces_only_the_field() {
+    let line = b"port 10,0,0,2,4,1\n";
+    let Command::Port { field, .. } = parse_command(line) else {
+        panic!("not a PORT");
+    };
+    let mut new = [0u8; MAX_PORT_FIELD_LEN];
+    let len = format_port_field(Ipv4Addr::new(198, 51, 100, 20), 40000, &mut new).unwrap();
+    let rewritten = spliced(line, field, &new[..len]);
+    assert_eq!(rewritten, b"port 198,51,100,20,156,64\n");
+    assert_eq!(
+        parse_command(&rewritten),
+        Command::Port {
+            addr: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 20), 40000),
+            field: Span {
+                start: 5,
+                len: len as u16
+            }
+        }
+    );
+}
+
+#[test]
+fn splice_keeps_the_servers_227_text() {
+    let line = b"227 Entering Passive Mode (192,168,1,10,117,48).\r\n";
+    let Reply::Final {
+        body: ReplyBody::Passive227 { field, .. },
+        ..
+    } = parse_reply(line)
+    else {
+        panic!("not a 227");
+    };
+    let mut new = [0u8; MAX_PORT_FIELD_LEN];
+    let len = format_227_field(Ipv4Addr::new(203, 0, 113, 1), 1024, &mut new).unwrap();
+    assert_eq!(
+        spliced(line, field, &new[..len]),
+        b"227 Entering Passive Mode (203,0,113,1,4,0).\r\n"
+    );
+}
+
+#[test]
+fn splice_keeps_the_229_delimiters() {
+    let line = b"229 Entering Extended Passive Mode (!!!6446!)\r\n";
+    let Reply::Final {
+        body: ReplyBody::Passive229 { field, .. },
+        ..
+    } = parse_reply(line)
+    else {
+        panic!("not a 229");
+    };
+    let mut new = [0u8; MAX_229_FIELD_LEN];
+    let len = format_229_field(61000, &mut new).unwrap();
+    assert_eq!(
+        spliced(line, field, &new[..len]),
+        b"229 Entering Extended Passive Mode (!!!61000!)\r\n"
+    );
+}
+
+#[test]
+fn splice_rewrites_eprt_across_families_of_text_length() {
+    let line = b"EPRT |2|2001:db8::2|2000|\r\n";
+    let Command::Eprt { field, delimiter, .. } = parse_command(line) else {
+        panic!("not an EPRT");
+    };
+    let new_addr: Ipv6Addr = "2001:db8:ffff:ffff:ffff:ffff:ffff:fffe".parse().unwrap();
+    let mut new = [0u8; MAX_EPRT_FIELD_LEN];
+    let len = format_eprt_field(IpAddr::V6(new_addr), 65000, delimiter, &mut new).unwrap();
+    let rewritten = spliced(line, field, &new[..len]);
+    assert_eq!(
+        parse_command(&rewritten),
+        Command::Eprt {
+            addr: SocketAddr::new(IpAddr::V6(new_addr), 65000),
+            delimiter,
+            field: Span {
+                start: 5,
+                len: len as u16
+            }
+        }
+    );
+}
+
+#[test]
+fn splice_refuses_out_of_range_fields_and_small_buffers() {
+    let line = b"PORT 1,2,3,4,5,6\r\n";
+    let mut out = [0u8; 64];
+    assert_eq!(splice(line, Span { start: 17, len: 5 }, b"x", &mut out), None);
+    assert_eq!(splice(line, Span { start: 40, len: 0 }, b"x", &mut out), None);
+    assert_eq!(splice(line, Span { start: 5, len: 11 }, b"x", &mut out[..7]), None);
+    assert_eq!(splice(line, Span { start: 5, len: 11 }, b"x", &mut out), Some(8));
+    assert_eq!(&out[..8], b"PORT x\r\n");
+    assert_eq!(splice(line, Span { start: 0, len: 0 }, &[b'x'; MAX_FIELD_LEN + 1], &mut out), None);
+}

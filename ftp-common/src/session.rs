@@ -1,0 +1,468 @@
+//! The control-channel state machine and policy of one FTP session.
+//!
+//! The caller hands every line that starts at a line boundary (see [`line`](mod@crate::line)), in
+//! stream order, to [`Session::on_client_command`] / [`Session::on_server_reply`] as its scanner
+//! reads it (or, holding the line in memory, to [`Session::on_client_line`] /
+//! [`Session::on_server_line`]), and acts on the verdict: open an expectation and rewrite the field for `OpenActive`/`OpenPassive`, count and pass
+//! the line untouched for everything else. The session has no side effects of its own; its only
+//! state is the [`Session`] value, which the datapath keeps in a BPF map.
+//!
+//! # What the state machine tracks
+//!
+//! - **Passive requests.** `PASV` makes one 227 acceptable, `EPSV` one 229. The request is answered
+//!   (and forgotten) by the next 227 or 229, or by any 4xx/5xx reply; other replies in between (the
+//!   answers to pipelined commands) leave it waiting. A 227 or 229 that answers nothing — or answers
+//!   the other command — is [`ServerVerdict::Unsolicited`] and opens nothing.
+//! - **Multi-line replies** (RFC 959 section 4.2). From `NNN-` until the line starting with the same
+//!   `NNN ` every line is text, however much it looks like a 227 or 229. The closing line is an
+//!   ordinary reply line.
+//! - **Transfers.** A `125`/`150` starts one; the next 2xx–5xx reply ends it. PORT/EPRT in between
+//!   is refused ([`RefusalReason::NotInCommandState`]), as it is while a PASV/EPSV waits for its
+//!   reply: RFC 959 section 5.4 changes transfer parameters between transfers, one command at a
+//!   time.
+//! - **`EPSV ALL`** (RFC 2428 section 4). Once the server accepts it with a 2xx reply, PORT, EPRT and
+//!   PASV are refused ([`RefusalReason::EpsvAllActive`]).
+//! - **TLS** (RFC 4217). A `234` reply — defined only as the success reply to `AUTH` (RFC 2228) —
+//!   makes the session encrypted: from then on no line is parsed and every verdict is `Encrypted`.
+//!   A `234` is honoured even if the `AUTH` was not seen, because parsing ciphertext as commands is
+//!   the unsafe direction. `CCC` travels inside TLS and cannot be seen; a caller that learns the channel
+//!   is clear again calls [`Session::command_channel_cleared`].
+//! - **Expectations.** Every `OpenActive`/`OpenPassive` verdict counts one open expectation; the
+//!   caller reports each one used or expired with [`Session::expectation_closed`]. At
+//!   [`Policy::max_outstanding_expectations`], further ones are refused.
+//!
+//! # Policy checks, in order
+//!
+//! For PORT/EPRT: `EPSV ALL` accepted → transfer running or passive reply pending → address is not
+//! the control connection's client (bounce) → port below 1024 → too many expectations. For a 227:
+//! unsolicited → address is not the control connection's server (if the policy requires it) → too
+//! many expectations. For a 229: unsolicited → too many expectations; the data connection goes to the
+//! control connection's server (RFC 2428 section 3), so the verdict carries only the port.
+
+use core::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use crate::{
+    AuthMechanism, Command, EpsvArg, MalformedReason, RefusalReason, Reply, ReplyBody, Span,
+    TransferVerb, parse_command, parse_reply,
+};
+
+/// Policy settings for a session's checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Allow PORT/EPRT to name a port below 1024 (RFC 2577 advises against it). Default false.
+    pub allow_privileged_data_ports: bool,
+    /// How many expectations one session may hold open at once. Default 4.
+    pub max_outstanding_expectations: u8,
+    /// A 227 must announce the control connection's server address. Default true (masquerade
+    /// mode); a publishing caller sets it false because a server behind it may announce its public
+    /// address.
+    pub passive_address_must_match_server: bool,
+}
+
+impl Policy {
+    pub const fn new() -> Self {
+        Self {
+            allow_privileged_data_ports: false,
+            max_outstanding_expectations: 4,
+            passive_address_must_match_server: true,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a session's checks compare against: the control connection's endpoints, as seen on the
+/// private side of the router, and the policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyContext {
+    /// The FTP client (the side that opened the control connection).
+    pub client: IpAddr,
+    /// The FTP server.
+    pub server: IpAddr,
+    pub policy: Policy,
+}
+
+/// Which command asked for an active-mode data connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveKind {
+    /// Rewrite with [`format_port_field`](crate::format_port_field).
+    Port,
+    /// Rewrite with [`format_eprt_field`](crate::format_eprt_field) and this delimiter.
+    Eprt { delimiter: u8 },
+}
+
+/// Which command asked for a passive-mode data connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassiveKind {
+    Pasv,
+    Epsv,
+}
+
+/// Where a server announced it listens for a passive-mode data connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassiveEndpoint {
+    /// From a 227; rewrite with [`format_227_field`](crate::format_227_field).
+    Pasv(SocketAddrV4),
+    /// From a 229: the address is the control connection's server. Rewrite with
+    /// [`format_229_field`](crate::format_229_field).
+    Epsv { port: u16, delimiter: u8 },
+}
+
+/// What to do about one client line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientVerdict {
+    /// A PORT/EPRT that passed every check: open an expectation for `addr` and rewrite `field`.
+    OpenActive {
+        addr: SocketAddr,
+        field: Span,
+        kind: ActiveKind,
+    },
+    /// A valid PORT/EPRT/PASV that the policy turns down: open nothing, pass the line.
+    Refused(RefusalReason),
+    /// PASV or EPSV: the matching reply is now expected.
+    PassiveRequested(PassiveKind),
+    /// `EPSV ALL`; takes effect when the server accepts it.
+    ExtendedPassiveOnlyRequested,
+    /// `AUTH`; the session becomes encrypted on the `234` reply.
+    TlsRequested(AuthMechanism),
+    /// A transfer command, with its argument for reporting.
+    Transfer { verb: TransferVerb, arg: Span },
+    /// `REST`: the next transfer resumes at a marker.
+    Restart,
+    /// `USER`, with the name for reporting.
+    User { name: Span },
+    /// `PASS`: the line holds a password; never log it.
+    Password,
+    Quit,
+    /// Any other line.
+    Ignored,
+    /// A known command with an invalid argument, or an unterminated/over-long line.
+    Malformed(MalformedReason),
+    /// The control channel is under TLS: nothing is parsed.
+    Encrypted,
+}
+
+/// What to do about one server line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerVerdict {
+    /// A solicited 227/229 that passed every check: open an expectation and rewrite `field`.
+    OpenPassive {
+        endpoint: PassiveEndpoint,
+        field: Span,
+    },
+    /// A solicited, valid 227/229 that the policy turns down: open nothing, pass the line.
+    Refused(RefusalReason),
+    /// A 227 or 229 that no PASV/EPSV asked for: open nothing, pass the line.
+    Unsolicited { code: u16 },
+    /// `234`: the session is now encrypted.
+    TlsStarted,
+    /// `125`/`150`.
+    TransferStarted,
+    /// `226`, or `250` ending a running transfer.
+    TransferCompleted,
+    /// `421`, `425`, `426`.
+    TransferFailed,
+    /// Any other line, including every line inside a multi-line reply.
+    Ignored,
+    /// A solicited 227/229 with an invalid argument, or an unterminated/over-long line.
+    Malformed(MalformedReason),
+    /// The control channel is under TLS: nothing is parsed.
+    Encrypted,
+}
+
+const PENDING_NONE: u8 = 0;
+const PENDING_PASV: u8 = 1;
+const PENDING_EPSV: u8 = 2;
+const PENDING_EPSV_ALL: u8 = 3;
+
+const FLAG_ENCRYPTED: u8 = 1 << 0;
+const FLAG_EPSV_ALL: u8 = 1 << 1;
+const FLAG_TRANSFER: u8 = 1 << 2;
+
+/// The state of one control connection, both directions.
+///
+/// Stored in a BPF map: `#[repr(C)]`, 8 bytes, no padding, and every bit pattern is a valid state
+/// (unknown values count as "nothing pending", a multi-line code outside 100–599 as "not in a
+/// multi-line reply"). The all-zero value is [`Session::new`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Code of the multi-line reply in progress; 0 when none.
+    multiline_code: u16,
+    /// The passive request waiting for its reply, `PENDING_*`.
+    pending: u8,
+    /// `FLAG_*` bits.
+    flags: u8,
+    /// Expectations opened and not yet reported closed.
+    open_expectations: u8,
+    _pad: [u8; 3],
+}
+
+impl Session {
+    pub const fn new() -> Self {
+        Self {
+            multiline_code: 0,
+            pending: PENDING_NONE,
+            flags: 0,
+            open_expectations: 0,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The control channel is under TLS and nothing is parsed.
+    pub fn is_encrypted(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
+    }
+
+    /// The server accepted `EPSV ALL`.
+    pub fn is_extended_passive_only(&self) -> bool {
+        self.flags & FLAG_EPSV_ALL != 0
+    }
+
+    /// Expectations opened and not yet reported closed.
+    pub fn open_expectations(&self) -> u8 {
+        self.open_expectations
+    }
+
+    /// The code of the multi-line reply in progress.
+    pub fn multiline_reply(&self) -> Option<u16> {
+        Some(self.multiline_code).filter(|code| (100..=599).contains(code))
+    }
+
+    /// One expectation this session opened was used or expired.
+    pub fn expectation_closed(&mut self) {
+        self.open_expectations = self.open_expectations.saturating_sub(1);
+    }
+
+    /// Server lines were skipped (the server direction's tracker reported
+    /// [`OutOfSync`](crate::SegmentVerdict::OutOfSync)): the end of a multi-line reply may have
+    /// been among them, so stop treating lines as its body rather than risk ignoring every reply
+    /// that follows.
+    pub fn server_lines_lost(&mut self) {
+        self.multiline_code = 0;
+    }
+
+    /// The control channel is in the clear again after `CCC` (RFC 4217), as learnt by the
+    /// caller. Parsing resumes; the caller also [`desync`](crate::LineTracker::desync)s both line
+    /// trackers (and resets both scanners), since line boundaries inside the TLS records meant
+    /// nothing.
+    pub fn command_channel_cleared(&mut self) {
+        self.flags &= !(FLAG_ENCRYPTED | FLAG_TRANSFER);
+        self.pending = PENDING_NONE;
+        self.multiline_code = 0;
+    }
+
+    /// One whole client line held in memory: [`parse_command`] then
+    /// [`on_client_command`](Self::on_client_command).
+    pub fn on_client_line(&mut self, line: &[u8], ctx: &PolicyContext) -> ClientVerdict {
+        if self.is_encrypted() {
+            return ClientVerdict::Encrypted;
+        }
+        self.on_client_command(parse_command(line), ctx)
+    }
+
+    /// One client command, from a [`CommandScanner`](crate::CommandScanner) at the end of a line
+    /// (see the [module documentation](self)).
+    pub fn on_client_command(&mut self, command: Command, ctx: &PolicyContext) -> ClientVerdict {
+        if self.is_encrypted() {
+            return ClientVerdict::Encrypted;
+        }
+        match command {
+            Command::Port { addr, field } => {
+                self.open_active(SocketAddr::V4(addr), field, ActiveKind::Port, ctx)
+            }
+            Command::Eprt {
+                addr,
+                delimiter,
+                field,
+            } => self.open_active(addr, field, ActiveKind::Eprt { delimiter }, ctx),
+            Command::Pasv if self.is_extended_passive_only() => {
+                ClientVerdict::Refused(RefusalReason::EpsvAllActive)
+            }
+            Command::Pasv => {
+                self.pending = PENDING_PASV;
+                ClientVerdict::PassiveRequested(PassiveKind::Pasv)
+            }
+            Command::Epsv(EpsvArg::All) => {
+                self.pending = PENDING_EPSV_ALL;
+                ClientVerdict::ExtendedPassiveOnlyRequested
+            }
+            Command::Epsv(_) => {
+                self.pending = PENDING_EPSV;
+                ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+            }
+            Command::Auth(mechanism) => ClientVerdict::TlsRequested(mechanism),
+            Command::User { name } => ClientVerdict::User { name },
+            Command::Pass => ClientVerdict::Password,
+            Command::Transfer { verb, arg } => ClientVerdict::Transfer { verb, arg },
+            Command::Rest => ClientVerdict::Restart,
+            Command::Quit => ClientVerdict::Quit,
+            // CCC in the clear changes nothing (RFC 4217: it only applies under TLS).
+            Command::Ccc | Command::Other => ClientVerdict::Ignored,
+            Command::Malformed(reason) => ClientVerdict::Malformed(reason),
+        }
+    }
+
+    /// One whole server line held in memory: [`parse_reply`] then
+    /// [`on_server_reply`](Self::on_server_reply).
+    pub fn on_server_line(&mut self, line: &[u8], ctx: &PolicyContext) -> ServerVerdict {
+        if self.is_encrypted() {
+            return ServerVerdict::Encrypted;
+        }
+        self.on_server_reply(parse_reply(line), ctx)
+    }
+
+    /// One server reply line, from a [`ReplyScanner`](crate::ReplyScanner) at the end of a line
+    /// (see the [module documentation](self)).
+    pub fn on_server_reply(&mut self, reply: Reply, ctx: &PolicyContext) -> ServerVerdict {
+        if self.is_encrypted() {
+            return ServerVerdict::Encrypted;
+        }
+        match reply {
+            Reply::Malformed(reason) => ServerVerdict::Malformed(reason),
+            Reply::Text => ServerVerdict::Ignored,
+            Reply::MultiLineStart { code } => {
+                if self.multiline_reply().is_none() {
+                    self.multiline_code = code;
+                }
+                ServerVerdict::Ignored
+            }
+            Reply::Final { code, body } => match self.multiline_reply() {
+                // Inside a multi-line reply only its own code followed by a space ends it.
+                Some(open) if open != code => ServerVerdict::Ignored,
+                _ => {
+                    self.multiline_code = 0;
+                    self.on_final_reply(code, body, ctx)
+                }
+            },
+        }
+    }
+
+    fn passive_pending(&self) -> bool {
+        matches!(
+            self.pending,
+            PENDING_PASV | PENDING_EPSV | PENDING_EPSV_ALL
+        )
+    }
+
+    /// Counts one more open expectation if the policy allows it.
+    fn reserve_expectation(&mut self, policy: &Policy) -> bool {
+        if self.open_expectations >= policy.max_outstanding_expectations {
+            return false;
+        }
+        self.open_expectations = self.open_expectations.saturating_add(1);
+        true
+    }
+
+    fn open_active(
+        &mut self,
+        addr: SocketAddr,
+        field: Span,
+        kind: ActiveKind,
+        ctx: &PolicyContext,
+    ) -> ClientVerdict {
+        let refusal = if self.is_extended_passive_only() {
+            RefusalReason::EpsvAllActive
+        } else if self.flags & FLAG_TRANSFER != 0 || self.passive_pending() {
+            RefusalReason::NotInCommandState
+        } else if addr.ip() != ctx.client {
+            RefusalReason::Bounce
+        } else if addr.port() < 1024 && !ctx.policy.allow_privileged_data_ports {
+            RefusalReason::PrivilegedPort
+        } else if !self.reserve_expectation(&ctx.policy) {
+            RefusalReason::TooManyExpectations
+        } else {
+            return ClientVerdict::OpenActive { addr, field, kind };
+        };
+        ClientVerdict::Refused(refusal)
+    }
+
+    fn on_final_reply(&mut self, code: u16, body: ReplyBody, ctx: &PolicyContext) -> ServerVerdict {
+        let pending = self.pending;
+        let transferring = self.flags & FLAG_TRANSFER != 0;
+        if code >= 200 {
+            self.flags &= !FLAG_TRANSFER;
+        }
+        match body {
+            ReplyBody::Passive227 { addr, field } => {
+                self.pending = PENDING_NONE;
+                if pending != PENDING_PASV {
+                    ServerVerdict::Unsolicited { code }
+                } else if ctx.policy.passive_address_must_match_server
+                    && IpAddr::V4(*addr.ip()) != ctx.server
+                {
+                    ServerVerdict::Refused(RefusalReason::PassiveAddressMismatch)
+                } else if !self.reserve_expectation(&ctx.policy) {
+                    ServerVerdict::Refused(RefusalReason::TooManyExpectations)
+                } else {
+                    ServerVerdict::OpenPassive {
+                        endpoint: PassiveEndpoint::Pasv(addr),
+                        field,
+                    }
+                }
+            }
+            ReplyBody::Passive229 {
+                port,
+                delimiter,
+                field,
+            } => {
+                self.pending = PENDING_NONE;
+                if pending != PENDING_EPSV {
+                    ServerVerdict::Unsolicited { code }
+                } else if !self.reserve_expectation(&ctx.policy) {
+                    ServerVerdict::Refused(RefusalReason::TooManyExpectations)
+                } else {
+                    ServerVerdict::OpenPassive {
+                        endpoint: PassiveEndpoint::Epsv { port, delimiter },
+                        field,
+                    }
+                }
+            }
+            ReplyBody::Malformed(reason) => {
+                self.pending = PENDING_NONE;
+                let answers = if code == 227 {
+                    PENDING_PASV
+                } else {
+                    PENDING_EPSV
+                };
+                if pending == answers {
+                    ServerVerdict::Malformed(reason)
+                } else {
+                    ServerVerdict::Unsolicited { code }
+                }
+            }
+            ReplyBody::Plain => self.on_plain_reply(code, pending, transferring),
+        }
+    }
+
+    fn on_plain_reply(&mut self, code: u16, pending: u8, transferring: bool) -> ServerVerdict {
+        if code >= 400 {
+            // Whatever was pending was refused, or the session is closing.
+            self.pending = PENDING_NONE;
+        } else if pending == PENDING_EPSV_ALL && (200..300).contains(&code) {
+            self.pending = PENDING_NONE;
+            self.flags |= FLAG_EPSV_ALL;
+        }
+        match code {
+            234 => {
+                self.flags |= FLAG_ENCRYPTED;
+                ServerVerdict::TlsStarted
+            }
+            125 | 150 => {
+                self.flags |= FLAG_TRANSFER;
+                ServerVerdict::TransferStarted
+            }
+            226 => ServerVerdict::TransferCompleted,
+            250 if transferring => ServerVerdict::TransferCompleted,
+            421 | 425 | 426 => ServerVerdict::TransferFailed,
+            _ => ServerVerdict::Ignored,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

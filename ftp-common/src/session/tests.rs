@@ -1,0 +1,735 @@
+use super::*;
+use core::mem::{align_of, size_of};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const SERVER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+
+fn ctx() -> PolicyContext {
+    PolicyContext {
+        client: IpAddr::V4(CLIENT),
+        server: IpAddr::V4(SERVER),
+        policy: Policy::new(),
+    }
+}
+
+fn ctx6() -> PolicyContext {
+    PolicyContext {
+        client: IpAddr::V6("2001:db8::2".parse().unwrap()),
+        server: IpAddr::V6("2001:db8::10".parse().unwrap()),
+        policy: Policy::new(),
+    }
+}
+
+const PORT_LINE: &[u8] = b"PORT 10,0,0,2,195,80\r\n";
+const PASV_227: &[u8] = b"227 Entering Passive Mode (192,168,1,10,117,48).\r\n";
+const EPSV_229: &[u8] = b"229 Entering Extended Passive Mode (|||30000|)\r\n";
+
+fn open_active(verdict: ClientVerdict) -> SocketAddr {
+    match verdict {
+        ClientVerdict::OpenActive { addr, .. } => addr,
+        other => panic!("expected OpenActive, got {other:?}"),
+    }
+}
+
+fn assert_opens_passive(verdict: ServerVerdict) {
+    assert!(
+        matches!(verdict, ServerVerdict::OpenPassive { .. }),
+        "expected OpenPassive, got {verdict:?}"
+    );
+}
+
+// The stored struct
+
+#[test]
+fn session_layout_has_no_padding() {
+    assert_eq!(size_of::<Session>(), 8);
+    assert_eq!(align_of::<Session>(), 2);
+    assert_eq!(Session::default(), Session::new());
+}
+
+#[test]
+fn policy_defaults() {
+    let policy = Policy::default();
+    assert!(!policy.allow_privileged_data_ports);
+    assert_eq!(policy.max_outstanding_expectations, 4);
+    assert!(policy.passive_address_must_match_server);
+}
+
+#[test]
+fn arbitrary_stored_bytes_are_a_usable_state() {
+    let mut session = Session {
+        multiline_code: 0xffff,
+        pending: 0xaa,
+        flags: 0xf8,
+        open_expectations: 0,
+        _pad: [0xff; 3],
+    };
+    assert_eq!(session.multiline_reply(), None);
+    assert!(!session.is_encrypted());
+    assert_eq!(session.on_server_line(PASV_227, &ctx()), ServerVerdict::Unsolicited { code: 227 });
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+// PORT / EPRT
+
+#[test]
+fn port_from_the_client_opens_an_active_expectation() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(PORT_LINE, &ctx()),
+        ClientVerdict::OpenActive {
+            addr: SocketAddr::V4(SocketAddrV4::new(CLIENT, 50000)),
+            field: Span { start: 5, len: 15 },
+            kind: ActiveKind::Port
+        }
+    );
+    assert_eq!(session.open_expectations(), 1);
+}
+
+#[test]
+fn eprt_ipv4_opens_an_active_expectation() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPRT |1|10.0.0.2|50000|\r\n", &ctx()),
+        ClientVerdict::OpenActive {
+            addr: SocketAddr::V4(SocketAddrV4::new(CLIENT, 50000)),
+            field: Span { start: 5, len: 18 },
+            kind: ActiveKind::Eprt { delimiter: b'|' }
+        }
+    );
+}
+
+#[test]
+fn eprt_ipv6_opens_an_active_expectation() {
+    let mut session = Session::new();
+    let client: Ipv6Addr = "2001:db8::2".parse().unwrap();
+    assert_eq!(
+        open_active(session.on_client_line(b"EPRT !2!2001:DB8::2!50000!\r\n", &ctx6())),
+        SocketAddr::V6(SocketAddrV6::new(client, 50000, 0, 0))
+    );
+}
+
+#[test]
+fn port_naming_another_host_is_a_bounce() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,3,195,80\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+    assert_eq!(
+        session.on_client_line(b"PORT 192,168,1,10,195,80\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+    assert_eq!(session.open_expectations(), 0);
+}
+
+#[test]
+fn eprt_naming_another_host_is_a_bounce() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPRT |1|127.0.0.1|50000|\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+    assert_eq!(
+        session.on_client_line(b"EPRT |2|2001:db8::3|50000|\r\n", &ctx6()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+}
+
+#[test]
+fn eprt_of_the_other_family_is_a_bounce() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPRT |2|::ffff:10.0.0.2|50000|\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+    assert_eq!(
+        session.on_client_line(b"EPRT |1|10.0.0.2|50000|\r\n", &ctx6()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+}
+
+#[test]
+fn port_to_a_privileged_port_is_refused() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,2,0,22\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::PrivilegedPort)
+    );
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,2,3,255\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::PrivilegedPort)
+    );
+    open_active(session.on_client_line(b"PORT 10,0,0,2,4,0\r\n", &ctx()));
+}
+
+#[test]
+fn eprt_to_a_privileged_port_is_refused() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPRT |1|10.0.0.2|20|\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::PrivilegedPort)
+    );
+}
+
+#[test]
+fn privileged_ports_can_be_allowed() {
+    let mut session = Session::new();
+    let mut ctx = ctx();
+    ctx.policy.allow_privileged_data_ports = true;
+    assert_eq!(
+        open_active(session.on_client_line(b"PORT 10,0,0,2,0,20\r\n", &ctx)).port(),
+        20
+    );
+}
+
+#[test]
+fn bounce_is_checked_before_the_port() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,9,0,25\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+}
+
+#[test]
+fn too_many_expectations_are_refused_until_one_closes() {
+    let mut session = Session::new();
+    for _ in 0..4 {
+        open_active(session.on_client_line(PORT_LINE, &ctx()));
+    }
+    assert_eq!(
+        session.on_client_line(PORT_LINE, &ctx()),
+        ClientVerdict::Refused(RefusalReason::TooManyExpectations)
+    );
+    session.expectation_closed();
+    assert_eq!(session.open_expectations(), 3);
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+#[test]
+fn zero_allowed_expectations_refuses_everything() {
+    let mut session = Session::new();
+    let mut ctx = ctx();
+    ctx.policy.max_outstanding_expectations = 0;
+    assert_eq!(
+        session.on_client_line(PORT_LINE, &ctx),
+        ClientVerdict::Refused(RefusalReason::TooManyExpectations)
+    );
+    session.on_client_line(b"PASV\r\n", &ctx);
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx),
+        ServerVerdict::Refused(RefusalReason::TooManyExpectations)
+    );
+}
+
+#[test]
+fn expectation_closed_never_underflows() {
+    let mut session = Session::new();
+    session.expectation_closed();
+    assert_eq!(session.open_expectations(), 0);
+}
+
+#[test]
+fn port_during_a_transfer_is_not_in_command_state() {
+    let mut session = Session::new();
+    session.on_server_line(b"150 Opening BINARY mode data connection\r\n", &ctx());
+    assert_eq!(
+        session.on_client_line(PORT_LINE, &ctx()),
+        ClientVerdict::Refused(RefusalReason::NotInCommandState)
+    );
+    assert_eq!(
+        session.on_server_line(b"226 Transfer complete\r\n", &ctx()),
+        ServerVerdict::TransferCompleted
+    );
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+#[test]
+fn port_while_pasv_awaits_its_reply_is_not_in_command_state() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_client_line(PORT_LINE, &ctx()),
+        ClientVerdict::Refused(RefusalReason::NotInCommandState)
+    );
+    assert_eq!(
+        session.on_client_line(b"EPRT |1|10.0.0.2|50000|\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::NotInCommandState)
+    );
+    session.on_server_line(b"502 PASV not implemented\r\n", &ctx());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+#[test]
+fn malformed_port_is_reported_not_refused() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,2,256,80\r\n", &ctx()),
+        ClientVerdict::Malformed(MalformedReason::OctetOutOfRange)
+    );
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,2,0,0\r\n", &ctx()),
+        ClientVerdict::Malformed(MalformedReason::PortOutOfRange)
+    );
+    assert_eq!(session.open_expectations(), 0);
+}
+
+// PASV / 227
+
+#[test]
+fn pasv_then_227_opens_a_passive_expectation() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"PASV\r\n", &ctx()),
+        ClientVerdict::PassiveRequested(PassiveKind::Pasv)
+    );
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Pasv(SocketAddrV4::new(SERVER, 30000)),
+            field: Span { start: 27, len: 19 }
+        }
+    );
+    assert_eq!(session.open_expectations(), 1);
+}
+
+#[test]
+fn unsolicited_227_opens_nothing() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+    assert_eq!(session.open_expectations(), 0);
+}
+
+#[test]
+fn one_pasv_accepts_one_227() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn a_227_answering_epsv_is_unsolicited_and_answers_it() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+    assert_eq!(
+        session.on_server_line(EPSV_229, &ctx()),
+        ServerVerdict::Unsolicited { code: 229 }
+    );
+}
+
+#[test]
+fn a_229_answering_pasv_is_unsolicited() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(EPSV_229, &ctx()),
+        ServerVerdict::Unsolicited { code: 229 }
+    );
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn passive_address_must_match_the_server() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"227 Entering Passive Mode (10,0,0,99,117,48)\r\n", &ctx()),
+        ServerVerdict::Refused(RefusalReason::PassiveAddressMismatch)
+    );
+    assert_eq!(session.open_expectations(), 0);
+}
+
+#[test]
+fn publish_mode_accepts_an_announced_public_address() {
+    let mut session = Session::new();
+    let mut ctx = ctx();
+    ctx.policy.passive_address_must_match_server = false;
+    session.on_client_line(b"PASV\r\n", &ctx);
+    assert_eq!(
+        session.on_server_line(b"227 Entering Passive Mode (203,0,113,5,117,48)\r\n", &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Pasv(SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 5), 30000)),
+            field: Span { start: 27, len: 18 }
+        }
+    );
+}
+
+#[test]
+fn a_227_on_an_ipv6_control_connection_never_matches_the_server() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx6());
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx6()),
+        ServerVerdict::Refused(RefusalReason::PassiveAddressMismatch)
+    );
+}
+
+#[test]
+fn malformed_227_after_pasv_is_malformed_and_answers_it() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"227 Entering Passive Mode (192,168,1,10,256,48)\r\n", &ctx()),
+        ServerVerdict::Malformed(MalformedReason::OctetOutOfRange)
+    );
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn malformed_227_without_pasv_is_unsolicited() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_server_line(b"227 Logout.\r\n", &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn pipelined_replies_leave_the_pasv_waiting() {
+    let mut session = Session::new();
+    session.on_client_line(b"TYPE I\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(session.on_server_line(b"200 Type set to I.\r\n", &ctx()), ServerVerdict::Ignored);
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn an_error_reply_answers_the_pasv() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(session.on_server_line(b"530 Please login\r\n", &ctx()), ServerVerdict::Ignored);
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+// EPSV / 229
+
+#[test]
+fn epsv_then_229_opens_a_passive_expectation_with_just_the_port() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV\r\n", &ctx()),
+        ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+    );
+    assert_eq!(
+        session.on_server_line(EPSV_229, &ctx()),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Epsv {
+                port: 30000,
+                delimiter: b'|'
+            },
+            field: Span { start: 39, len: 5 }
+        }
+    );
+}
+
+#[test]
+fn epsv_with_a_protocol_argument_is_a_passive_request() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV 2\r\n", &ctx6()),
+        ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+    );
+    assert_opens_passive(session.on_server_line(EPSV_229, &ctx6()));
+}
+
+#[test]
+fn unsolicited_229_opens_nothing() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_server_line(EPSV_229, &ctx()),
+        ServerVerdict::Unsolicited { code: 229 }
+    );
+}
+
+#[test]
+fn malformed_229_after_epsv_is_malformed() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"229 Entering Extended Passive Mode (|||0|)\r\n", &ctx()),
+        ServerVerdict::Malformed(MalformedReason::PortOutOfRange)
+    );
+}
+
+#[test]
+fn too_many_expectations_refuse_a_229() {
+    let mut session = Session::new();
+    let mut ctx = ctx();
+    ctx.policy.max_outstanding_expectations = 1;
+    open_active(session.on_client_line(PORT_LINE, &ctx));
+    session.on_client_line(b"EPSV\r\n", &ctx);
+    assert_eq!(
+        session.on_server_line(EPSV_229, &ctx),
+        ServerVerdict::Refused(RefusalReason::TooManyExpectations)
+    );
+}
+
+#[test]
+fn malformed_epsv_requests_nothing() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV 7\r\n", &ctx()),
+        ClientVerdict::Malformed(MalformedReason::BadEpsvArgument)
+    );
+    assert_eq!(
+        session.on_server_line(EPSV_229, &ctx()),
+        ServerVerdict::Unsolicited { code: 229 }
+    );
+}
+
+// EPSV ALL
+
+#[test]
+fn epsv_all_accepted_refuses_port_eprt_and_pasv() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV ALL\r\n", &ctx()),
+        ClientVerdict::ExtendedPassiveOnlyRequested
+    );
+    assert!(!session.is_extended_passive_only());
+    session.on_server_line(b"200 EPSV ALL ok\r\n", &ctx());
+    assert!(session.is_extended_passive_only());
+    for line in [PORT_LINE, b"EPRT |1|10.0.0.2|50000|\r\n", b"PASV\r\n"] {
+        assert_eq!(
+            session.on_client_line(line, &ctx()),
+            ClientVerdict::Refused(RefusalReason::EpsvAllActive),
+            "{line:?}"
+        );
+    }
+    session.on_client_line(b"EPSV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(EPSV_229, &ctx()));
+}
+
+#[test]
+fn epsv_all_rejected_by_the_server_changes_nothing() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV ALL\r\n", &ctx());
+    session.on_server_line(b"500 Unknown command\r\n", &ctx());
+    assert!(!session.is_extended_passive_only());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+// Multi-line replies
+
+#[test]
+fn lines_inside_a_multi_line_reply_are_never_a_227() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"211-Status\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_eq!(session.multiline_reply(), Some(211));
+    assert_eq!(session.on_server_line(PASV_227, &ctx()), ServerVerdict::Ignored);
+    assert_eq!(session.on_server_line(EPSV_229, &ctx()), ServerVerdict::Ignored);
+    assert_eq!(
+        session.on_server_line(b"227-Entering Passive Mode (192,168,1,10,117,48)\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_eq!(session.on_server_line(b"211 End\r\n", &ctx()), ServerVerdict::Ignored);
+    assert_eq!(session.multiline_reply(), None);
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn multi_line_227_opens_on_its_closing_line_only() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"227-Entering Passive Mode (10,9,9,9,1,1)\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_eq!(
+        session.on_server_line(b"  (10,9,9,9,1,1)\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn iis_multi_line_banner() {
+    let mut session = Session::new();
+    for line in [
+        &b"220-Microsoft FTP Service\r\n"[..],
+        b"220-Welcome to the server.\r\n",
+        b"220 Ready.\r\n",
+    ] {
+        assert_eq!(session.on_server_line(line, &ctx()), ServerVerdict::Ignored);
+    }
+    assert_eq!(session.multiline_reply(), None);
+}
+
+#[test]
+fn server_lines_lost_ends_a_multi_line_reply() {
+    let mut session = Session::new();
+    session.on_server_line(b"220-Welcome\r\n", &ctx());
+    session.server_lines_lost();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+// TLS
+
+#[test]
+fn auth_tls_then_234_encrypts_the_session() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"AUTH TLS\r\n", &ctx()),
+        ClientVerdict::TlsRequested(AuthMechanism::Tls)
+    );
+    assert_eq!(
+        session.on_server_line(b"234 Proceed with negotiation.\r\n", &ctx()),
+        ServerVerdict::TlsStarted
+    );
+    assert!(session.is_encrypted());
+    assert_eq!(session.on_client_line(PORT_LINE, &ctx()), ClientVerdict::Encrypted);
+    assert_eq!(session.on_client_line(b"PASV\r\n", &ctx()), ClientVerdict::Encrypted);
+    assert_eq!(session.on_server_line(PASV_227, &ctx()), ServerVerdict::Encrypted);
+    assert_eq!(session.open_expectations(), 0);
+}
+
+#[test]
+fn auth_refused_keeps_the_session_in_the_clear() {
+    let mut session = Session::new();
+    session.on_client_line(b"AUTH SSL\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"504 Unknown AUTH type\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert!(!session.is_encrypted());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+#[test]
+fn a_234_alone_stops_parsing() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_server_line(b"234 AUTH TLS successful\r\n", &ctx()),
+        ServerVerdict::TlsStarted
+    );
+    assert_eq!(session.on_client_line(PORT_LINE, &ctx()), ClientVerdict::Encrypted);
+}
+
+#[test]
+fn a_234_inside_a_multi_line_reply_is_text() {
+    let mut session = Session::new();
+    session.on_server_line(b"214-Help\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"234 looks like a reply\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert!(!session.is_encrypted());
+}
+
+#[test]
+fn ccc_in_the_clear_is_ignored_and_a_cleared_channel_parses_again() {
+    let mut session = Session::new();
+    assert_eq!(session.on_client_line(b"CCC\r\n", &ctx()), ClientVerdict::Ignored);
+    session.on_server_line(b"234 Proceed\r\n", &ctx());
+    assert_eq!(session.on_client_line(b"CCC\r\n", &ctx()), ClientVerdict::Encrypted);
+    session.command_channel_cleared();
+    assert!(!session.is_encrypted());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+// Transfers and reporting
+
+#[test]
+fn transfer_replies_are_reported() {
+    let mut session = Session::new();
+    for (line, verdict) in [
+        (&b"125 Data connection already open\r\n"[..], ServerVerdict::TransferStarted),
+        (b"226 Transfer complete\r\n", ServerVerdict::TransferCompleted),
+        (b"150 Opening data connection\r\n", ServerVerdict::TransferStarted),
+        (b"250 Requested file action okay\r\n", ServerVerdict::TransferCompleted),
+        (b"250 CWD command successful\r\n", ServerVerdict::Ignored),
+        (b"425 Can't open data connection\r\n", ServerVerdict::TransferFailed),
+        (b"426 Connection closed; transfer aborted\r\n", ServerVerdict::TransferFailed),
+        (b"421 Timeout\r\n", ServerVerdict::TransferFailed),
+    ] {
+        assert_eq!(session.on_server_line(line, &ctx()), verdict, "{line:?}");
+    }
+}
+
+#[test]
+fn client_commands_are_reported() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"USER ftp\r\n", &ctx()),
+        ClientVerdict::User {
+            name: Span { start: 5, len: 3 }
+        }
+    );
+    assert_eq!(session.on_client_line(b"PASS hunter2\r\n", &ctx()), ClientVerdict::Password);
+    assert_eq!(
+        session.on_client_line(b"RETR /pub/file\r\n", &ctx()),
+        ClientVerdict::Transfer {
+            verb: TransferVerb::Retr,
+            arg: Span { start: 5, len: 9 }
+        }
+    );
+    assert_eq!(session.on_client_line(b"REST 4096\r\n", &ctx()), ClientVerdict::Restart);
+    assert_eq!(session.on_client_line(b"QUIT\r\n", &ctx()), ClientVerdict::Quit);
+    assert_eq!(session.on_client_line(b"NOOP\r\n", &ctx()), ClientVerdict::Ignored);
+    assert_eq!(
+        session.on_client_line(b"PORT 1,2", &ctx()),
+        ClientVerdict::Malformed(MalformedReason::Unterminated)
+    );
+}
+
+#[test]
+fn server_text_and_malformed_lines() {
+    let mut session = Session::new();
+    assert_eq!(session.on_server_line(b"garbage\r\n", &ctx()), ServerVerdict::Ignored);
+    assert_eq!(
+        session.on_server_line(b"227 Entering", &ctx()),
+        ServerVerdict::Malformed(MalformedReason::Unterminated)
+    );
+}
+
+#[test]
+fn full_active_session() {
+    let mut session = Session::new();
+    let ctx = ctx();
+    assert_eq!(session.on_server_line(b"220 vsFTPd 3.0.5\r\n", &ctx), ServerVerdict::Ignored);
+    session.on_client_line(b"USER anonymous\r\n", &ctx);
+    session.on_server_line(b"331 Please specify the password.\r\n", &ctx);
+    session.on_client_line(b"PASS x\r\n", &ctx);
+    session.on_server_line(b"230 Login successful.\r\n", &ctx);
+    open_active(session.on_client_line(PORT_LINE, &ctx));
+    session.on_server_line(b"200 PORT command successful. Consider using PASV.\r\n", &ctx);
+    session.on_client_line(b"RETR f\r\n", &ctx);
+    assert_eq!(
+        session.on_server_line(b"150 Opening BINARY mode data connection for f (3 bytes).\r\n", &ctx),
+        ServerVerdict::TransferStarted
+    );
+    session.expectation_closed();
+    assert_eq!(
+        session.on_server_line(b"226 Transfer complete.\r\n", &ctx),
+        ServerVerdict::TransferCompleted
+    );
+    assert_eq!(session.open_expectations(), 0);
+    open_active(session.on_client_line(PORT_LINE, &ctx));
+}

@@ -1,0 +1,433 @@
+//! Property tests: every formatter round-trips through its parser, and no input makes any part of
+//! the core panic or break its invariants.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+
+use ftp_common::address::Ipv6Text;
+use ftp_common::{
+    ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN, Policy,
+    PolicyContext, Reply, ReplyBody, ReplyScanner, SegmentVerdict, ServerVerdict, Session, Span,
+    format_227_field, format_229_field, format_eprt_field, format_port_field, parse_command,
+    parse_reply, splice,
+};
+use proptest::prelude::*;
+
+fn valid_port() -> impl Strategy<Value = u16> {
+    1..=u16::MAX
+}
+
+fn any_ipv4() -> impl Strategy<Value = Ipv4Addr> {
+    any::<[u8; 4]>().prop_map(Ipv4Addr::from)
+}
+
+fn any_ipv6() -> impl Strategy<Value = Ipv6Addr> {
+    // Mostly addresses with zero runs, where the compression rules matter.
+    prop_oneof![
+        any::<[u16; 8]>(),
+        proptest::collection::vec(prop_oneof![Just(0u16), Just(1), any::<u16>()], 8)
+            .prop_map(|groups| <[u16; 8]>::try_from(groups).unwrap()),
+    ]
+    .prop_map(Ipv6Addr::from)
+}
+
+/// Delimiters RFC 2428 allows.
+fn delimiter() -> impl Strategy<Value = u8> {
+    (33u8..=126).prop_filter("not a digit", |byte| !byte.is_ascii_digit())
+}
+
+fn terminator() -> impl Strategy<Value = &'static [u8]> {
+    prop_oneof![Just(&b"\r\n"[..]), Just(&b"\n"[..])]
+}
+
+/// Server text before the numbers of a 227: anything without a digit.
+fn text_without_digits() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no digit, no line end", |byte| {
+            !byte.is_ascii_digit() && *byte != b'\n'
+        }),
+        0..40,
+    )
+}
+
+fn line(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn field_text(format: impl FnOnce(&mut [u8]) -> Option<usize>) -> Vec<u8> {
+    let mut out = [0u8; MAX_FIELD_LEN];
+    let len = format(&mut out).expect("valid value formats");
+    out[..len].to_vec()
+}
+
+/// Every span a parser reports lies inside the line.
+fn check_span(line: &[u8], span: Span) {
+    assert!(
+        span.get(line).is_some(),
+        "span {span:?} outside a {}-byte line",
+        line.len()
+    );
+}
+
+fn ipv6(text: &[u8]) -> Option<Ipv6Addr> {
+    let mut reader = Ipv6Text::new();
+    for &byte in text {
+        reader.push(byte);
+    }
+    reader.finish()
+}
+
+/// A dotted-quad part with a leading zero (`01`), which this crate reads as decimal and the
+/// standard library refuses.
+fn has_zero_padded_ipv4_part(text: &str) -> bool {
+    text.contains('.')
+        && text.split(['.', ':']).any(|part| {
+            part.len() > 1 && part.starts_with('0') && part.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+fn ctx() -> PolicyContext {
+    PolicyContext {
+        client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+        server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        policy: Policy::new(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn port_round_trips(
+        addr in any_ipv4(),
+        port in valid_port(),
+        verb in prop_oneof![Just("PORT"), Just("port"), Just("Port")],
+        end in terminator(),
+    ) {
+        let field = field_text(|out| format_port_field(addr, port, out));
+        let text = line(&[verb.as_bytes(), b" ", &field, end]);
+        prop_assert_eq!(
+            parse_command(&text),
+            Command::Port {
+                addr: SocketAddrV4::new(addr, port),
+                field: Span { start: 5, len: field.len() as u16 },
+            }
+        );
+    }
+
+    #[test]
+    fn reply_227_round_trips(
+        addr in any_ipv4(),
+        port in valid_port(),
+        before in text_without_digits(),
+        after in text_without_digits().prop_filter("no seventh number", |text| text.first() != Some(&b',')),
+        end in terminator(),
+    ) {
+        let field = field_text(|out| format_227_field(addr, port, out));
+        let text = line(&[b"227 ", &before, &field, &after, end]);
+        prop_assert_eq!(
+            parse_reply(&text),
+            Reply::Final {
+                code: 227,
+                body: ReplyBody::Passive227 {
+                    addr: SocketAddrV4::new(addr, port),
+                    field: Span { start: (4 + before.len()) as u16, len: field.len() as u16 },
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn eprt_ipv4_round_trips(addr in any_ipv4(), port in valid_port(), delimiter in delimiter()) {
+        let Some(len) = format_eprt_field(IpAddr::V4(addr), port, delimiter, &mut [0u8; MAX_FIELD_LEN]) else {
+            // Only the ambiguous delimiter is refused.
+            prop_assert_eq!(delimiter, b'.');
+            return Ok(());
+        };
+        let field = field_text(|out| format_eprt_field(IpAddr::V4(addr), port, delimiter, out));
+        prop_assert_eq!(field.len(), len);
+        let text = line(&[b"EPRT ", &field, b"\r\n"]);
+        prop_assert_eq!(
+            parse_command(&text),
+            Command::Eprt {
+                addr: SocketAddr::new(IpAddr::V4(addr), port),
+                delimiter,
+                field: Span { start: 5, len: field.len() as u16 },
+            }
+        );
+    }
+
+    #[test]
+    fn eprt_ipv6_round_trips(addr in any_ipv6(), port in valid_port(), delimiter in delimiter()) {
+        if delimiter == b':' {
+            prop_assert_eq!(format_eprt_field(IpAddr::V6(addr), port, delimiter, &mut [0u8; MAX_FIELD_LEN]), None);
+            return Ok(());
+        }
+        let field = field_text(|out| format_eprt_field(IpAddr::V6(addr), port, delimiter, out));
+        let text = line(&[b"eprt ", &field, b"\n"]);
+        prop_assert_eq!(
+            parse_command(&text),
+            Command::Eprt {
+                addr: SocketAddr::new(IpAddr::V6(addr), port),
+                delimiter,
+                field: Span { start: 5, len: field.len() as u16 },
+            }
+        );
+    }
+
+    #[test]
+    fn reply_229_round_trips(
+        port in valid_port(),
+        delimiter in delimiter(),
+        before in text_without_digits().prop_map(|text| text.into_iter().filter(|&b| b != b'(').collect::<Vec<u8>>()),
+        after in text_without_digits(),
+    ) {
+        let field = field_text(|out| format_229_field(port, out));
+        let d = [delimiter];
+        let text = line(&[b"229 ", &before, b"(", &d, &d, &d, &field, &d, b")", &after, b"\r\n"]);
+        prop_assert_eq!(
+            parse_reply(&text),
+            Reply::Final {
+                code: 229,
+                body: ReplyBody::Passive229 {
+                    port,
+                    delimiter,
+                    field: Span { start: (4 + before.len() + 4) as u16, len: field.len() as u16 },
+                },
+            }
+        );
+    }
+
+    /// Rewriting a parsed field with a new value keeps everything around it and parses back to
+    /// the new value.
+    #[test]
+    fn rewrite_keeps_the_rest_of_the_line(
+        old in any_ipv4(), old_port in valid_port(),
+        new in any_ipv4(), new_port in valid_port(),
+        before in text_without_digits(),
+    ) {
+        let old_field = field_text(|out| format_227_field(old, old_port, out));
+        let original = line(&[b"227 ", &before, &old_field, b").\r\n"]);
+        let Reply::Final { body: ReplyBody::Passive227 { field, .. }, .. } = parse_reply(&original) else {
+            panic!("227 did not parse");
+        };
+        let new_field = field_text(|out| format_227_field(new, new_port, out));
+        let mut out = [0u8; MAX_LINE_LEN + MAX_FIELD_LEN];
+        let len = splice(&original, field, &new_field, &mut out).unwrap();
+        let rewritten = &out[..len];
+        prop_assert_eq!(&rewritten[..field.start as usize], &original[..field.start as usize]);
+        prop_assert_eq!(&rewritten[field.start as usize + new_field.len()..], &original[field.end()..]);
+        prop_assert_eq!(
+            parse_reply(rewritten),
+            Reply::Final {
+                code: 227,
+                body: ReplyBody::Passive227 {
+                    addr: SocketAddrV4::new(new, new_port),
+                    field: Span { start: field.start, len: new_field.len() as u16 },
+                },
+            }
+        );
+    }
+
+    /// The IPv6 reader agrees with the standard library on every string built from IPv6-ish
+    /// characters.
+    #[test]
+    fn ipv6_reader_agrees_with_std(text in "[0-9a-fA-F:.]{0,46}") {
+        prop_assume!(!has_zero_padded_ipv4_part(&text));
+        let ours = ipv6(text.as_bytes());
+        let std = text.parse::<Ipv6Addr>().ok();
+        prop_assert_eq!(ours, std, "{}", text);
+    }
+
+    /// The IPv6 reader reads every textual form of an address: compressed, full with leading
+    /// zeros, upper case, and with a dotted-quad tail.
+    #[test]
+    fn ipv6_reader_reads_every_textual_form(addr in any_ipv6()) {
+        let g = addr.segments();
+        let [.., a, b, c, d] = addr.octets();
+        let forms = [
+            addr.to_string(),
+            format!("{:04x}:{:04x}:{:04x}:{:04x}:{:04x}:{:04x}:{:04x}:{:04x}", g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]),
+            addr.to_string().to_uppercase(),
+            format!("{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{a}.{b}.{c}.{d}", g[0], g[1], g[2], g[3], g[4], g[5]),
+        ];
+        for form in forms {
+            prop_assert_eq!(ipv6(form.as_bytes()), Some(addr), "{}", form);
+        }
+    }
+
+    /// The IPv6 text written for EPRT is what the standard library prints (RFC 5952), apart from
+    /// the dotted form std uses for IPv4-mapped addresses.
+    #[test]
+    fn ipv6_text_is_rfc_5952(addr in any_ipv6()) {
+        prop_assume!(addr.to_ipv4_mapped().is_none());
+        let field = field_text(|out| format_eprt_field(IpAddr::V6(addr), 21, b'|', out));
+        let expected = format!("|2|{addr}|21|");
+        prop_assert_eq!(String::from_utf8(field).unwrap(), expected);
+    }
+
+    /// A well-formed command split at any byte into two segments is parsed once, when its LF
+    /// arrives, exactly as if it had come whole; the field is in the second segment when the split
+    /// comes before it.
+    #[test]
+    fn split_lines_parse_as_whole_lines(addr in any_ipv4(), port in valid_port(), split in 1usize..30, isn in any::<u32>()) {
+        let field = field_text(|out| format_port_field(addr, port, out));
+        let text = line(&[b"PORT ", &field, b"\r\n"]);
+        let split = split.min(text.len() - 1);
+        let (head, tail) = text.split_at(split);
+        let mut tracker = LineTracker::new();
+        tracker.on_syn(isn);
+        let mut scanner = CommandScanner::new();
+        let mut seq = isn.wrapping_add(1);
+        let mut commands = Vec::new();
+        for (index, segment) in [head, tail].into_iter().enumerate() {
+            let SegmentVerdict::InSync(in_sync) = tracker.on_segment(seq, segment) else {
+                panic!("segment {index} out of sync");
+            };
+            prop_assert_eq!(in_sync.continues_line, index == 1);
+            if !in_sync.continues_line {
+                scanner.reset();
+            }
+            for &byte in segment {
+                if scanner.push(byte) {
+                    commands.push(scanner.command());
+                }
+            }
+            seq = seq.wrapping_add(segment.len() as u32);
+        }
+        prop_assert_eq!(&commands, &[parse_command(&text)]);
+        prop_assert_eq!(usize::from(scanner.line_len()), text.len());
+        let Command::Port { addr: parsed, field: span } = commands[0] else {
+            panic!("not a PORT");
+        };
+        prop_assert_eq!(parsed, SocketAddrV4::new(addr, port));
+        prop_assert_eq!(usize::from(span.start) >= split, split <= 5);
+    }
+
+    #[test]
+    fn parse_command_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+        match parse_command(&bytes) {
+            Command::Port { field, .. } | Command::Eprt { field, .. } => check_span(&bytes, field),
+            Command::User { name } => check_span(&bytes, name),
+            Command::Transfer { arg, .. } => check_span(&bytes, arg),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn parse_command_never_panics_on_command_like_input(
+        verb in prop_oneof![Just("PORT "), Just("EPRT "), Just("EPSV "), Just("AUTH "), Just("USER ")],
+        rest in "[0-9,.|:!a-fA-F ()\r\n]{0,80}",
+    ) {
+        let text = line(&[verb.as_bytes(), rest.as_bytes()]);
+        match parse_command(&text) {
+            Command::Port { addr, field } => {
+                check_span(&text, field);
+                let rendered = field_text(|out| format_port_field(*addr.ip(), addr.port(), out));
+                let rewritten = line(&[b"PORT ", &rendered, b"\r\n"]);
+                prop_assert_eq!(parse_command(&rewritten), Command::Port { addr, field: Span { start: 5, len: rendered.len() as u16 } });
+            }
+            Command::Eprt { field, .. } | Command::User { name: field } => check_span(&text, field),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn parse_reply_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+        if let Reply::Final { body: ReplyBody::Passive227 { field, .. } | ReplyBody::Passive229 { field, .. }, .. } = parse_reply(&bytes) {
+            check_span(&bytes, field);
+        }
+    }
+
+    #[test]
+    fn parse_reply_never_panics_on_reply_like_input(
+        code in prop_oneof![Just("227 "), Just("229 "), Just("227-"), Just("2270")],
+        rest in "[0-9,.|()= a-zA-Z\r\n]{0,80}",
+    ) {
+        let text = line(&[code.as_bytes(), rest.as_bytes()]);
+        if let Reply::Final { body: ReplyBody::Passive227 { field, .. } | ReplyBody::Passive229 { field, .. }, .. } = parse_reply(&text) {
+            check_span(&text, field);
+        }
+    }
+
+    /// Arbitrary segments in both directions, in any order, through the trackers, the scanners
+    /// and the session.
+    #[test]
+    fn tracker_scanners_and_session_never_panic(
+        segments in proptest::collection::vec(
+            (any::<bool>(), any::<u16>(), proptest::collection::vec(any::<u8>(), 0..200)),
+            0..40,
+        ),
+        max in 0u8..6,
+    ) {
+        let mut ctx = ctx();
+        ctx.policy.max_outstanding_expectations = max;
+        let mut session = Session::new();
+        let mut trackers = [LineTracker::starting_at(0), LineTracker::starting_at(0)];
+        let mut commands = CommandScanner::new();
+        let mut replies = ReplyScanner::new();
+        for (from_client, seq, payload) in &segments {
+            let tracker = &mut trackers[usize::from(*from_client)];
+            let SegmentVerdict::InSync(in_sync) = tracker.on_segment(u32::from(*seq), payload) else {
+                continue;
+            };
+            prop_assert!((in_sync.start as usize) < payload.len());
+            if !in_sync.continues_line {
+                if *from_client {
+                    commands.reset();
+                } else {
+                    replies.reset();
+                }
+            }
+            for &byte in &payload[in_sync.start as usize..] {
+                if *from_client {
+                    if !commands.push(byte) {
+                        continue;
+                    }
+                    prop_assert!(usize::from(commands.line_len()) >= 1);
+                    if let ClientVerdict::OpenActive { field, .. } = session.on_client_command(commands.command(), &ctx) {
+                        prop_assert!(field.end() < usize::from(commands.line_len()));
+                    }
+                } else {
+                    if !replies.push(byte) {
+                        continue;
+                    }
+                    if let ServerVerdict::OpenPassive { field, .. } = session.on_server_reply(replies.reply(), &ctx) {
+                        prop_assert!(field.end() < usize::from(replies.line_len()));
+                    }
+                }
+                prop_assert!(session.open_expectations() <= max);
+            }
+        }
+    }
+
+    /// Arbitrary bytes as stored state never make the state machine or the scanners panic.
+    #[test]
+    fn any_stored_state_is_usable(
+        state in proptest::collection::vec(any::<u8>(), 92),
+        line in proptest::collection::vec(any::<u8>(), 0..80),
+    ) {
+        let session_bytes: [u8; 8] = state[..8].try_into().unwrap();
+        // SAFETY: `Session` is `#[repr(C)]`, 8 bytes of integers with no padding; every bit
+        // pattern is a valid value, which is exactly what this test checks.
+        let mut session: Session = unsafe { std::mem::transmute(session_bytes) };
+        let _ = session.on_client_line(&line, &ctx());
+        let _ = session.on_server_line(&line, &ctx());
+        // SAFETY: as above, for the 8-byte `LineTracker`.
+        let mut tracker: LineTracker = unsafe { std::mem::transmute(session_bytes) };
+        let _ = tracker.on_segment(u32::from_le_bytes([state[0], state[2], state[4], state[6]]), &line);
+        let command_bytes: [u8; 92] = state[..].try_into().unwrap();
+        // SAFETY: as above, for the 92-byte `CommandScanner`.
+        let mut commands: CommandScanner = unsafe { std::mem::transmute(command_bytes) };
+        let reply_bytes: [u8; 40] = state[..40].try_into().unwrap();
+        // SAFETY: as above, for the 40-byte `ReplyScanner`.
+        let mut replies: ReplyScanner = unsafe { std::mem::transmute(reply_bytes) };
+        for &byte in &line {
+            if commands.push(byte) {
+                let _ = session.on_client_command(commands.command(), &ctx());
+            }
+            if replies.push(byte) {
+                let _ = session.on_server_reply(replies.reply(), &ctx());
+            }
+        }
+    }
+}
