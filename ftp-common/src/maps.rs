@@ -9,6 +9,16 @@ pub mod names {
     pub const TRAFFIC: &str = "TRAFFIC";
     /// Interfaces the agent attached to: ifindex to name and role, written by the agent.
     pub const INTERFACES: &str = "INTERFACES";
+    /// The datapath's settings (one [`super::DatapathConfig`]), written by the agent before attach.
+    pub const CONFIG: &str = "CONFIG";
+    /// Masqueraded source prefixes (LPM trie of IPv4 prefixes), written by the agent.
+    pub const MASQUERADE: &str = "MASQUERADE";
+    /// Translated connections, one entry per direction: [`super::FlowKey`] to [`super::FlowEntry`].
+    pub const FLOWS: &str = "FLOWS";
+    /// Free ports of the port window (a queue the agent fills and refills, the kernel pops).
+    pub const FREE_PORTS: &str = "FREE_PORTS";
+    /// Datapath event counters, indexed by [`super::Counter`] (per CPU).
+    pub const COUNTERS: &str = "COUNTERS";
 }
 
 /// Program names in the eBPF object.
@@ -18,6 +28,13 @@ pub mod programs {
     /// TC classifier attached at the egress of every router interface ftpnat manages.
     pub const EGRESS: &str = "ftpnat_egress";
 }
+
+/// Capacity of the flow table (entries; each connection takes two).
+pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of the free-port queue: a window can be at most this many ports.
+pub const MAX_WINDOW_PORTS: u32 = 65_536;
+/// How many FTP control ports the datapath can watch.
+pub const MAX_FTP_PORTS: usize = 8;
 
 /// Maximum number of (interface, direction) pairs the counter map holds.
 pub const MAX_COUNTED_INTERFACES: u32 = 64;
@@ -137,6 +154,171 @@ impl InterfaceInfo {
     }
 }
 
+/// The datapath's settings, the single value of the [`names::CONFIG`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// The address masqueraded connections leave with (network byte order).
+    pub public_ip: [u8; 4],
+    /// Where translated LAN-to-WAN packets are redirected.
+    pub wan_ifindex: u32,
+    /// FTP control ports (host byte order); 0 marks an unused slot.
+    pub ftp_ports: [u16; MAX_FTP_PORTS],
+    /// The port window (host byte order), for reports; the kernel takes ports from
+    /// [`names::FREE_PORTS`].
+    pub window_lo: u16,
+    pub window_hi: u16,
+}
+
+impl DatapathConfig {
+    #[inline(always)]
+    pub fn is_ftp_port(&self, port: u16) -> bool {
+        // A plain loop over a fixed array: bounded, so the verifier accepts it unrolled.
+        let mut i = 0;
+        while i < MAX_FTP_PORTS {
+            if self.ftp_ports[i] != 0 && self.ftp_ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// A TCP connection as seen in one direction, with addresses and ports as they appear in the
+/// headers (network byte order). Byte arrays keep the key free of padding and alignment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+impl FlowKey {
+    /// The same connection seen from the other side.
+    pub const fn reversed(&self) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
+/// What kind of connection a flow entry belongs to.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowKind {
+    /// An FTP control connection from a masqueraded client.
+    Control = 0,
+    /// A data connection opened through an expectation.
+    Data = 1,
+}
+
+impl FlowKind {
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(FlowKind::Control),
+            1 => Some(FlowKind::Data),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FlowKind::Control => "control",
+            FlowKind::Data => "data",
+        }
+    }
+}
+
+/// Which side of its connection a flow entry translates.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowDirection {
+    /// From the side that opened the connection.
+    Original = 0,
+    /// The answers.
+    Reply = 1,
+}
+
+/// [`FlowEntry::flags`] bits, set by the kernel as it sees them, read by the agent's expiry.
+pub mod flow_flags {
+    /// A FIN went this way.
+    pub const FIN: u8 = 1;
+    /// An RST went this way.
+    pub const RST: u8 = 2;
+    /// A packet other than the opening SYN went this way (the connection got an answer).
+    pub const ESTABLISHED: u8 = 4;
+    /// This entry owns [`super::FlowEntry::public_port`]: the port returns to the window with it.
+    pub const OWNS_PORT: u8 = 8;
+}
+
+/// The translation of one direction of a connection: the value of the [`names::FLOWS`] map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub packets: u64,
+    /// IP bytes (header included) that went this way.
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` of the last packet (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+    /// The control connection (original direction key) this flow belongs to.
+    pub session: FlowKey,
+    /// Header values after translation (network byte order).
+    pub new_saddr: [u8; 4],
+    pub new_daddr: [u8; 4],
+    /// Interface the translated packet leaves by.
+    pub out_ifindex: u32,
+    pub new_sport: [u8; 2],
+    pub new_dport: [u8; 2],
+    /// The window port this connection uses on the public side (host byte order).
+    pub public_port: u16,
+    /// A [`FlowKind`] as `u8`.
+    pub kind: u8,
+    /// A [`FlowDirection`] as `u8`.
+    pub direction: u8,
+    /// [`flow_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Indexes of the [`names::COUNTERS`] per-CPU array: what the datapath did, for `ftpnat stats`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Control connections from masqueraded clients that ftpnat took over.
+    ControlSessionsOpened = 0,
+    /// Opening SYNs dropped because the port window had no free port.
+    WindowExhausted = 1,
+    /// Packets translated by a flow entry.
+    PacketsTranslated = 2,
+    /// Translated packets the kernel could not redirect (no route or neighbour): dropped.
+    RedirectFailed = 3,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 4] = [
+        Counter::ControlSessionsOpened,
+        Counter::WindowExhausted,
+        Counter::PacketsTranslated,
+        Counter::RedirectFailed,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Counter::ControlSessionsOpened => "control_sessions_opened",
+            Counter::WindowExhausted => "window_exhausted",
+            Counter::PacketsTranslated => "packets_translated",
+            Counter::RedirectFailed => "redirect_failed",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and byte arrays with no
@@ -146,6 +328,12 @@ mod pod {
     unsafe impl aya::Pod for super::TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InterfaceInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowEntry {}
 }
 
 #[cfg(test)]
@@ -158,6 +346,43 @@ mod tests {
         assert_eq!(size_of::<TrafficKey>(), 8);
         assert_eq!(size_of::<TrafficCounters>(), 16);
         assert_eq!(size_of::<InterfaceInfo>(), IFNAME_LEN + 4);
+        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 * MAX_FTP_PORTS + 4);
+        assert_eq!(size_of::<FlowKey>(), 12);
+        assert_eq!(size_of::<FlowEntry>(), 24 + 12 + 8 + 4 + 4 + 2 + 3 + 7);
+    }
+
+    #[test]
+    fn flow_key_reversal_swaps_ends_and_is_an_involution() {
+        let key = FlowKey {
+            saddr: [10, 0, 0, 2],
+            daddr: [203, 0, 113, 10],
+            sport: 40000u16.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        };
+        let back = key.reversed();
+        assert_eq!(back.saddr, key.daddr);
+        assert_eq!(back.daddr, key.saddr);
+        assert_eq!(back.sport, key.dport);
+        assert_eq!(back.dport, key.sport);
+        assert_eq!(back.reversed(), key);
+    }
+
+    #[test]
+    fn ftp_port_slots_match_only_configured_ports() {
+        let mut config = DatapathConfig {
+            public_ip: [192, 0, 2, 1],
+            wan_ifindex: 2,
+            ftp_ports: [0; MAX_FTP_PORTS],
+            window_lo: 61000,
+            window_hi: 61999,
+        };
+        assert!(!config.is_ftp_port(0), "an empty slot is not port 0");
+        assert!(!config.is_ftp_port(21));
+        config.ftp_ports[0] = 21;
+        config.ftp_ports[MAX_FTP_PORTS - 1] = 2121;
+        assert!(config.is_ftp_port(21));
+        assert!(config.is_ftp_port(2121));
+        assert!(!config.is_ftp_port(22));
     }
 
     #[test]

@@ -5,9 +5,19 @@
 #![no_main]
 
 mod counters;
+mod flows;
+mod headers;
+mod maps;
+mod nat;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    macros::classifier,
+    programs::TcContext,
+};
 use ftp_common::maps::Direction;
+
+use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 
 /// The packet goes on unchanged. Under TCX `TC_ACT_UNSPEC` (`TCX_NEXT`) hands it to the next
 /// program on the interface, so ftpnat composes with other TC programs instead of ending the chain.
@@ -16,7 +26,27 @@ const PASS: i32 = TC_ACT_UNSPEC;
 #[classifier]
 pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Ingress);
-    PASS
+    let Some(packet) = Tcp4::parse(&ctx) else {
+        return PASS;
+    };
+    let key = packet.key();
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        nat::account(entry, &packet);
+        // SAFETY: a live map value; copied so the rewrite works on a stable snapshot.
+        let entry = unsafe { *entry };
+        return nat::translate_and_forward(&ctx, &packet, &entry).action(PASS);
+    }
+    if !packet.is_opening_syn() {
+        return PASS;
+    }
+    let Some(config) = maps::config() else {
+        return PASS;
+    };
+    match flows::open_control(&ctx, &packet, config) {
+        Ok(entry) => nat::translate_and_forward(&ctx, &packet, &entry).action(PASS),
+        Err(OpenError::WindowExhausted) => TC_ACT_SHOT,
+        Err(OpenError::NotOurs) => PASS,
+    }
 }
 
 #[classifier]

@@ -1,6 +1,6 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
-use std::path::PathBuf;
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -12,9 +12,14 @@ use tokio::{
 
 use crate::{
     DEFAULT_PIN_DIR,
-    attach::{Datapath, Interface, LoadOptions, hook_name},
+    attach::{Datapath, Interface, LoadOptions, NatSettings, hook_name},
+    expire::{self, ExpiryPolicy},
     pins,
+    settings::{self, Ipv4Prefix, PortWindow},
 };
+
+/// How often finished and idle connections are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -27,20 +32,34 @@ pub struct RunArgs {
     /// Directory on a bpffs mount where the maps are pinned for `ftpnat stats` and friends.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4 prefixes
+    /// of the --lan interfaces].
+    #[arg(long, value_name = "CIDR")]
+    masquerade: Vec<Ipv4Prefix>,
+    /// Address the masqueraded connections leave with [default: the first IPv4 address of --wan].
+    #[arg(long, value_name = "IPV4")]
+    public_ip: Option<Ipv4Addr>,
+    /// FTP control port to watch (repeatable, at most 8) [default: 21].
+    #[arg(long = "ftp-port", value_name = "PORT")]
+    ftp_ports: Vec<u16>,
+    /// Public ports ftpnat hands out, LO-HI [default: 4096 ports next to the kernel's
+    /// ip_local_port_range, outside it].
+    #[arg(long, value_name = "LO-HI")]
+    port_window: Option<PortWindow>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let interfaces = preflight(&args)?;
+    let (interfaces, nat) = preflight(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&args, &interfaces))
+    runtime.block_on(serve(&args, &interfaces, &nat))
 }
 
 /// Everything that can be checked before touching the kernel, so that a wrong flag or a busy
 /// interface fails with a clear message and leaves nothing behind.
-fn preflight(args: &RunArgs) -> anyhow::Result<Vec<Interface>> {
+fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -55,6 +74,7 @@ fn preflight(args: &RunArgs) -> anyhow::Result<Vec<Interface>> {
         }
         interfaces.push(Interface::resolve(lan, InterfaceRole::Lan, "--lan")?);
     }
+    let nat = nat_settings(args)?;
     pins::require_bpffs(&args.pin_dir)?;
     for interface in &interfaces {
         refuse_if_already_attached(interface)?;
@@ -69,7 +89,30 @@ fn preflight(args: &RunArgs) -> anyhow::Result<Vec<Interface>> {
         );
         pins::remove_pins(&args.pin_dir)?;
     }
-    Ok(interfaces)
+    Ok((interfaces, nat))
+}
+
+fn nat_settings(args: &RunArgs) -> anyhow::Result<NatSettings> {
+    let local = settings::local_port_range()?;
+    let window = match args.port_window {
+        Some(window) => {
+            settings::validate_window(window, &local)?;
+            window
+        }
+        None => settings::default_window(&local)?,
+    };
+    let ftp_ports = if args.ftp_ports.is_empty() {
+        vec![21]
+    } else {
+        args.ftp_ports.clone()
+    };
+    settings::validate_ftp_ports(&ftp_ports)?;
+    Ok(NatSettings {
+        public_ip: settings::public_ip(args.public_ip, &args.wan)?,
+        masquerade: settings::masquerade_prefixes(&args.masquerade, &args.lan)?,
+        ftp_ports,
+        window,
+    })
 }
 
 fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
@@ -101,17 +144,31 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<()> {
+async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
     let options = LoadOptions {
         pin_dir: &args.pin_dir,
         kernel_log_level: kernel_log_level(log::max_level()),
     };
-    let mut datapath = Datapath::load_and_attach(&options, interfaces)?;
+    let mut datapath = Datapath::load_and_attach(&options, interfaces, nat)?;
     log::info!(
         "attached to {}; maps pinned under {}",
         datapath.attached().join(", "),
         datapath.pin_dir().display()
     );
+    log::info!(
+        "masquerading FTP (ports {:?}) from {} behind {}, port window {} ({} ports)",
+        nat.ftp_ports,
+        nat.masquerade
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        nat.public_ip,
+        nat.window,
+        nat.window.len()
+    );
+    let policy = ExpiryPolicy::default();
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -129,6 +186,13 @@ async fn serve(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<()> {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
+            _ = sweep.tick() => {
+                let (mut flows, mut free) = datapath.flows_and_free_ports()?;
+                let swept = expire::sweep(&mut flows, &mut free, expire::monotonic_now_ns(), &policy)?;
+                if swept.connections > 0 {
+                    log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
+                }
+            }
             readable = async {
                 match kernel_log.as_mut() {
                     Some(fd) => fd.readable_mut().await,

@@ -13,12 +13,21 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::HashMap,
+    maps::{
+        Array, HashMap, MapData, Queue,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
-use ftp_common::maps::{InterfaceInfo, InterfaceRole, names, programs};
+use ftp_common::maps::{
+    DatapathConfig, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, names,
+    programs,
+};
 
-use crate::pins;
+use crate::{
+    pins,
+    settings::{Ipv4Prefix, PortWindow},
+};
 
 /// The object built from ftp-ebpf, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));
@@ -72,12 +81,22 @@ pub struct LoadOptions<'a> {
     pub kernel_log_level: u8,
 }
 
+/// What the datapath translates, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct NatSettings {
+    pub public_ip: std::net::Ipv4Addr,
+    pub masquerade: Vec<Ipv4Prefix>,
+    pub ftp_ports: Vec<u16>,
+    pub window: PortWindow,
+}
+
 impl Datapath {
     /// Loads the object with its maps pinned under `options.pin_dir`, then attaches the ingress and
     /// egress programs to every interface. On error nothing stays attached or pinned.
     pub fn load_and_attach(
         options: &LoadOptions<'_>,
         interfaces: &[Interface],
+        nat: &NatSettings,
     ) -> anyhow::Result<Self> {
         fs::create_dir_all(options.pin_dir)
             .with_context(|| format!("creating pin directory {}", options.pin_dir.display()))?;
@@ -100,6 +119,9 @@ impl Datapath {
             logger: None,
         };
         datapath.start_kernel_log();
+        // Configured before anything is attached, so the first packet already meets the settings.
+        datapath.record_interfaces(interfaces)?;
+        datapath.configure(interfaces, nat)?;
         for (program, attach_type) in [
             (programs::INGRESS, TcAttachType::Ingress),
             (programs::EGRESS, TcAttachType::Egress),
@@ -109,7 +131,6 @@ impl Datapath {
                 datapath.attach_program(program, interface, attach_type)?;
             }
         }
-        datapath.record_interfaces(interfaces)?;
         Ok(datapath)
     }
 
@@ -162,6 +183,63 @@ impl Datapath {
             .with_context(|| format!("attaching {program} to {} {hook}", interface.name))?;
         self.attached.push(format!("{}/{hook}", interface.name));
         Ok(())
+    }
+
+    fn configure(&mut self, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
+        let wan = interfaces
+            .iter()
+            .find(|i| i.role == InterfaceRole::Wan)
+            .ok_or_else(|| anyhow!("no WAN interface"))?;
+        let mut ftp_ports = [0u16; MAX_FTP_PORTS];
+        for (slot, port) in ftp_ports.iter_mut().zip(&nat.ftp_ports) {
+            *slot = *port;
+        }
+        let config = DatapathConfig {
+            public_ip: nat.public_ip.octets(),
+            wan_ifindex: wan.ifindex,
+            ftp_ports,
+            window_lo: nat.window.lo,
+            window_hi: nat.window.hi,
+        };
+        let mut array: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        array
+            .set(0, config, 0)
+            .context("writing the datapath config")?;
+
+        let mut trie: LpmTrie<_, [u8; 4], u8> =
+            LpmTrie::try_from(self.map_mut(names::MASQUERADE)?)?;
+        for prefix in &nat.masquerade {
+            trie.insert(&Key::new(u32::from(prefix.len), prefix.addr.octets()), 1, 0)
+                .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
+        }
+
+        let mut free: Queue<_, u16> = Queue::try_from(self.map_mut(names::FREE_PORTS)?)?;
+        for port in nat.window.ports() {
+            free.push(port, 0)
+                .with_context(|| format!("filling the port window with {port}"))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} is missing from the embedded object"))
+    }
+
+    /// The flow table and the free-port queue, for expiry.
+    pub fn flows_and_free_ports(
+        &mut self,
+    ) -> anyhow::Result<(
+        HashMap<&mut MapData, FlowKey, FlowEntry>,
+        Queue<&mut MapData, u16>,
+    )> {
+        let [flows, free] = self
+            .ebpf
+            .maps_disjoint_mut([names::FLOWS, names::FREE_PORTS]);
+        let flows = flows.ok_or_else(|| anyhow!("map {} is missing", names::FLOWS))?;
+        let free = free.ok_or_else(|| anyhow!("map {} is missing", names::FREE_PORTS))?;
+        Ok((HashMap::try_from(flows)?, Queue::try_from(free)?))
     }
 
     fn record_interfaces(&mut self, interfaces: &[Interface]) -> anyhow::Result<()> {

@@ -3,7 +3,9 @@
 
 mod agent;
 mod attach;
+mod expire;
 mod pins;
+mod settings;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode};

@@ -15,7 +15,15 @@ use ftp_common::maps::names;
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
-pub const PINNED_MAPS: [&str; 2] = [names::TRAFFIC, names::INTERFACES];
+pub const PINNED_MAPS: [&str; 7] = [
+    names::TRAFFIC,
+    names::INTERFACES,
+    names::CONFIG,
+    names::MASQUERADE,
+    names::FLOWS,
+    names::FREE_PORTS,
+    names::COUNTERS,
+];
 
 /// Checks that `pin_dir` is (or would be created) on a bpffs mount, before anything is loaded.
 pub fn require_bpffs(pin_dir: &Path) -> anyhow::Result<()> {

@@ -1,0 +1,80 @@
+//! Locating the IPv4 and TCP headers of a packet. Headers are copied out with `bpf_skb_load_bytes`
+//! (through `TcContext::load`), which works on non-linear skbs and keeps the verifier's job simple.
+
+use aya_ebpf::programs::TcContext;
+use ftp_common::maps::FlowKey;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+/// The MF flag and fragment offset bits of the IPv4 `frag_off` field.
+const IP_FRAGMENT_MASK: u16 = 0x3fff;
+
+pub const IP_OFF: usize = EthHdr::LEN;
+/// Offsets of the fields ftpnat rewrites, from the start of their header.
+pub const IP_CHECK_OFF: usize = 10;
+pub const IP_TTL_OFF: usize = 8;
+pub const IP_SADDR_OFF: usize = 12;
+pub const IP_DADDR_OFF: usize = 16;
+pub const TCP_SPORT_OFF: usize = 0;
+pub const TCP_DPORT_OFF: usize = 2;
+pub const TCP_CHECK_OFF: usize = 16;
+
+/// An unfragmented IPv4 TCP packet.
+pub struct Tcp4 {
+    pub ip: Ipv4Hdr,
+    pub tcp: TcpHdr,
+    pub tcp_off: usize,
+}
+
+impl Tcp4 {
+    #[inline(always)]
+    pub fn parse(ctx: &TcContext) -> Option<Self> {
+        let eth: EthHdr = ctx.load(0).ok()?;
+        if u16::from_be(eth.ether_type) != ETH_P_IP {
+            return None;
+        }
+        let ip: Ipv4Hdr = ctx.load(IP_OFF).ok()?;
+        if ip.vihl >> 4 != 4 || ip.proto != IPPROTO_TCP {
+            return None;
+        }
+        // Only whole datagrams carry a TCP header ftpnat can translate; fragments go their way.
+        if u16::from_be_bytes(ip.frags) & IP_FRAGMENT_MASK != 0 {
+            return None;
+        }
+        let ihl = usize::from(ip.vihl & 0x0f) * 4;
+        if ihl < Ipv4Hdr::LEN {
+            return None;
+        }
+        let tcp_off = IP_OFF + ihl;
+        let tcp: TcpHdr = ctx.load(tcp_off).ok()?;
+        Some(Self { ip, tcp, tcp_off })
+    }
+
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.ip.src_addr,
+            daddr: self.ip.dst_addr,
+            sport: self.tcp.source,
+            dport: self.tcp.dest,
+        }
+    }
+
+    /// A connection's opening segment: SYN without ACK.
+    #[inline(always)]
+    pub fn is_opening_syn(&self) -> bool {
+        self.tcp.syn() != 0 && self.tcp.ack() == 0
+    }
+
+    #[inline(always)]
+    pub fn dport(&self) -> u16 {
+        u16::from_be_bytes(self.tcp.dest)
+    }
+
+    /// Length of the IP datagram, from its header.
+    #[inline(always)]
+    pub fn ip_len(&self) -> u16 {
+        u16::from_be_bytes(self.ip.tot_len)
+    }
+}

@@ -1,0 +1,49 @@
+//! The maps of the FTP datapath (the traffic counters live with their code in `counters`). All are
+//! pinned by name so the agent and the inspection CLI reach them from other processes.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, Queue},
+};
+use ftp_common::maps::{Counter, DatapathConfig, FlowEntry, FlowKey, MAX_FLOWS, MAX_WINDOW_PORTS};
+
+/// Masqueraded prefixes the agent configured; the trie's values are unused.
+pub const MAX_MASQUERADE_PREFIXES: u32 = 256;
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+#[map(name = "MASQUERADE")]
+pub static MASQUERADE: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(
+    MAX_MASQUERADE_PREFIXES,
+    aya_ebpf::bindings::BPF_F_NO_PREALLOC,
+);
+
+#[map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::pinned(MAX_FLOWS, 0);
+
+#[map(name = "FREE_PORTS")]
+pub static FREE_PORTS: Queue<u16> = Queue::pinned(MAX_WINDOW_PORTS, 0);
+
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array; no other writer while we run here.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static DatapathConfig> {
+    CONFIG.get(0)
+}

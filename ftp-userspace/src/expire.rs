@@ -1,0 +1,224 @@
+//! Expiry of translated connections: the kernel marks what it sees (FIN, RST, answers, last
+//! packet); the agent removes finished or idle connections and returns their ports to the window.
+
+use std::time::Duration;
+
+use aya::maps::{HashMap, MapData, Queue};
+use ftp_common::maps::{FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags};
+
+/// How long a connection may stay in each state before it is removed.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpiryPolicy {
+    /// Both sides sent FIN, or one sent RST: kept this long for the last ACKs.
+    pub closed_linger: Duration,
+    /// No answer to the opening SYN.
+    pub unanswered: Duration,
+    /// Idle control connection (FTP servers drop idle sessions after minutes; NAT should outlast them).
+    pub control_idle: Duration,
+    /// Idle data connection.
+    pub data_idle: Duration,
+}
+
+impl Default for ExpiryPolicy {
+    fn default() -> Self {
+        Self {
+            closed_linger: Duration::from_secs(2),
+            unanswered: Duration::from_secs(30),
+            control_idle: Duration::from_secs(900),
+            data_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What one sweep removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub connections: usize,
+    pub ports_returned: usize,
+}
+
+/// The reply-direction key of an original-direction entry: the translated packet, reversed.
+pub fn reply_key_of(original: &FlowEntry) -> FlowKey {
+    FlowKey {
+        saddr: original.new_daddr,
+        daddr: original.new_saddr,
+        sport: original.new_dport,
+        dport: original.new_sport,
+    }
+}
+
+/// Whether a connection (its two directions) is over at `now_ns` (CLOCK_MONOTONIC).
+pub fn expired(
+    original: &FlowEntry,
+    reply: Option<&FlowEntry>,
+    now_ns: u64,
+    policy: &ExpiryPolicy,
+) -> bool {
+    let reply_flags = reply.map_or(0, |r| r.flags);
+    let last_seen = reply.map_or(original.last_seen_ns, |r| {
+        r.last_seen_ns.max(original.last_seen_ns)
+    });
+    let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
+    let flags = original.flags | reply_flags;
+    if flags & flow_flags::RST != 0
+        || (original.flags & flow_flags::FIN != 0 && reply_flags & flow_flags::FIN != 0)
+    {
+        return idle >= policy.closed_linger;
+    }
+    if reply_flags & flow_flags::ESTABLISHED == 0 {
+        return idle >= policy.unanswered;
+    }
+    match FlowKind::from_raw(original.kind) {
+        Some(FlowKind::Control) => idle >= policy.control_idle,
+        _ => idle >= policy.data_idle,
+    }
+}
+
+/// Removes every expired connection and gives its port back to the window.
+pub fn sweep(
+    flows: &mut HashMap<&mut MapData, FlowKey, FlowEntry>,
+    free_ports: &mut Queue<&mut MapData, u16>,
+    now_ns: u64,
+    policy: &ExpiryPolicy,
+) -> anyhow::Result<Swept> {
+    let entries: Vec<(FlowKey, FlowEntry)> = flows.iter().filter_map(Result::ok).collect();
+    let mut swept = Swept::default();
+    for (key, entry) in &entries {
+        if entry.direction != FlowDirection::Original as u8 {
+            continue;
+        }
+        let reply_key = reply_key_of(entry);
+        let reply = entries
+            .iter()
+            .find(|(k, _)| *k == reply_key)
+            .map(|(_, e)| e);
+        if !expired(entry, reply, now_ns, policy) {
+            continue;
+        }
+        // The original side first: once it is gone no new packet refreshes the connection.
+        let _ = flows.remove(key);
+        let _ = flows.remove(&reply_key);
+        swept.connections += 1;
+        if entry.flags & flow_flags::OWNS_PORT != 0 {
+            free_ports.push(entry.public_port, 0)?;
+            swept.ports_returned += 1;
+        }
+    }
+    Ok(swept)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn entry(kind: FlowKind, direction: FlowDirection, flags: u8, last_seen_s: u64) -> FlowEntry {
+        FlowEntry {
+            packets: 1,
+            bytes: 60,
+            last_seen_ns: last_seen_s * SEC,
+            session: FlowKey {
+                saddr: [10, 0, 0, 2],
+                daddr: [203, 0, 113, 10],
+                sport: 40000u16.to_be_bytes(),
+                dport: 21u16.to_be_bytes(),
+            },
+            new_saddr: [203, 0, 113, 254],
+            new_daddr: [203, 0, 113, 10],
+            out_ifindex: 3,
+            new_sport: 61000u16.to_be_bytes(),
+            new_dport: 21u16.to_be_bytes(),
+            public_port: 61000,
+            kind: kind as u8,
+            direction: direction as u8,
+            flags,
+            _pad: [0; 7],
+        }
+    }
+
+    #[test]
+    fn reply_key_is_the_translated_packet_reversed() {
+        let original = entry(FlowKind::Control, FlowDirection::Original, 0, 0);
+        let reply = reply_key_of(&original);
+        assert_eq!(reply.saddr, [203, 0, 113, 10]);
+        assert_eq!(reply.daddr, [203, 0, 113, 254]);
+        assert_eq!(reply.sport, 21u16.to_be_bytes());
+        assert_eq!(reply.dport, 61000u16.to_be_bytes());
+    }
+
+    #[test]
+    fn closed_connections_linger_briefly() {
+        let policy = ExpiryPolicy::default();
+        let original = entry(
+            FlowKind::Data,
+            FlowDirection::Original,
+            flow_flags::FIN,
+            100,
+        );
+        let reply = entry(
+            FlowKind::Data,
+            FlowDirection::Reply,
+            flow_flags::FIN | flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(!expired(&original, Some(&reply), 101 * SEC, &policy));
+        assert!(expired(&original, Some(&reply), 103 * SEC, &policy));
+        let reset = entry(FlowKind::Data, FlowDirection::Reply, flow_flags::RST, 100);
+        assert!(expired(&original, Some(&reset), 103 * SEC, &policy));
+    }
+
+    #[test]
+    fn half_closed_connection_is_not_closed() {
+        let policy = ExpiryPolicy::default();
+        let original = entry(
+            FlowKind::Control,
+            FlowDirection::Original,
+            flow_flags::FIN,
+            100,
+        );
+        let reply = entry(
+            FlowKind::Control,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(!expired(&original, Some(&reply), 110 * SEC, &policy));
+    }
+
+    #[test]
+    fn unanswered_and_idle_connections_expire_by_kind() {
+        let policy = ExpiryPolicy::default();
+        let syn_only = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        assert!(!expired(&syn_only, None, 120 * SEC, &policy));
+        assert!(expired(&syn_only, None, 131 * SEC, &policy));
+        let control = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let answered = entry(
+            FlowKind::Control,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(!expired(&control, Some(&answered), 900 * SEC, &policy));
+        assert!(expired(&control, Some(&answered), 1000 * SEC, &policy));
+        let data = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        let data_reply = entry(
+            FlowKind::Data,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(expired(&data, Some(&data_reply), 400 * SEC, &policy));
+    }
+}

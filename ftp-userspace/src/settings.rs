@@ -1,0 +1,337 @@
+//! `ftpnat run`'s NAT settings: flags resolved against the router's interfaces into what the
+//! datapath is configured with. Every invalid value is refused naming the flag and the fix.
+
+use std::{ffi::CStr, fs, net::Ipv4Addr, ops::RangeInclusive, str::FromStr};
+
+use anyhow::{Context as _, anyhow, bail};
+use ftp_common::maps::{MAX_FTP_PORTS, MAX_WINDOW_PORTS};
+
+/// An IPv4 prefix, `a.b.c.d/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Prefix {
+    /// The prefix with the host bits cleared.
+    pub fn network(self) -> Self {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+        Self {
+            addr: Ipv4Addr::from(u32::from(self.addr) & mask),
+            len: self.len,
+        }
+    }
+}
+
+impl std::fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Ipv4Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IPv4 prefix like 10.0.0.0/24"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|len| *len <= 32)
+            .ok_or_else(|| format!("'{s}': the prefix length must be 0 to 32"))?;
+        Ok(Self { addr, len }.network())
+    }
+}
+
+/// The port window, `LO-HI`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortWindow {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortWindow {
+    pub fn ports(self) -> RangeInclusive<u16> {
+        self.lo..=self.hi
+    }
+
+    pub fn len(self) -> u32 {
+        u32::from(self.hi) - u32::from(self.lo) + 1
+    }
+
+    fn overlaps(self, other: RangeInclusive<u16>) -> bool {
+        self.lo <= *other.end() && *other.start() <= self.hi
+    }
+}
+
+impl std::fmt::Display for PortWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.lo, self.hi)
+    }
+}
+
+impl FromStr for PortWindow {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not a port range like 61000-61999");
+        let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+        if lo < 1024 {
+            return Err(format!(
+                "'{s}' starts below 1024: privileged ports are for services, use 1024-65535"
+            ));
+        }
+        if lo > hi {
+            return Err(format!("'{s}' is empty: write the lower port first"));
+        }
+        Ok(Self { lo, hi })
+    }
+}
+
+/// The kernel's ephemeral range, which the window must stay out of so that the router's own
+/// connections never take a port ftpnat hands out.
+pub fn local_port_range() -> anyhow::Result<RangeInclusive<u16>> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) => Ok(lo..=hi),
+        _ => bail!("cannot read {path}: {text:?}"),
+    }
+}
+
+/// Default window: 4096 ports just above the ephemeral range, or just below it if that is full.
+pub fn default_window(local: &RangeInclusive<u16>) -> anyhow::Result<PortWindow> {
+    const SIZE: u16 = 4096;
+    if *local.end() <= u16::MAX - SIZE {
+        Ok(PortWindow {
+            lo: local.end() + 1,
+            hi: local.end() + SIZE,
+        })
+    } else if *local.start() >= 1024 + SIZE {
+        Ok(PortWindow {
+            lo: local.start() - SIZE,
+            hi: local.start() - 1,
+        })
+    } else {
+        bail!(
+            "the kernel's ip_local_port_range ({}-{}) leaves no room for a default port window; \
+             pass --port-window LO-HI",
+            local.start(),
+            local.end()
+        )
+    }
+}
+
+/// Checks a window chosen by the operator.
+pub fn validate_window(window: PortWindow, local: &RangeInclusive<u16>) -> anyhow::Result<()> {
+    if window.len() > MAX_WINDOW_PORTS {
+        bail!("--port-window {window} has more than {MAX_WINDOW_PORTS} ports");
+    }
+    if window.overlaps(local.clone()) {
+        bail!(
+            "--port-window {window} overlaps the kernel's ip_local_port_range ({}-{}), so the \
+             router's own connections could take its ports; choose a window outside it (for \
+             example {}) or shrink net.ipv4.ip_local_port_range",
+            local.start(),
+            local.end(),
+            default_window(local).map_or_else(|_| "another range".to_owned(), |w| w.to_string())
+        );
+    }
+    Ok(())
+}
+
+/// Validates the FTP control ports.
+pub fn validate_ftp_ports(ports: &[u16]) -> anyhow::Result<()> {
+    if ports.len() > MAX_FTP_PORTS {
+        bail!(
+            "--ftp-port is given {} times; at most {MAX_FTP_PORTS} ports",
+            ports.len()
+        );
+    }
+    if ports.contains(&0) {
+        bail!("--ftp-port 0 is not a port; use 1-65535");
+    }
+    Ok(())
+}
+
+/// IPv4 addresses with their prefix lengths, per interface, from getifaddrs.
+pub fn ipv4_addresses(iface: &str) -> anyhow::Result<Vec<Ipv4Prefix>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut found = Vec::new();
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_netmask.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: non-null, NUL-terminated name owned by the list.
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of at least sa_family.
+        if name.to_bytes() != iface.as_bytes()
+            || i32::from(unsafe { (*entry.ifa_addr).sa_family }) != libc::AF_INET
+        {
+            continue;
+        }
+        // SAFETY: AF_INET entries carry sockaddr_in address and netmask.
+        let (addr, mask) = unsafe {
+            (
+                (*entry.ifa_addr.cast::<libc::sockaddr_in>())
+                    .sin_addr
+                    .s_addr,
+                (*entry.ifa_netmask.cast::<libc::sockaddr_in>())
+                    .sin_addr
+                    .s_addr,
+            )
+        };
+        found.push(Ipv4Prefix {
+            addr: Ipv4Addr::from(u32::from_be(addr)),
+            len: u32::from_be(mask).count_ones() as u8,
+        });
+    }
+    // SAFETY: the list came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+/// The public address: `--public-ip`, else the first IPv4 address of the WAN interface.
+pub fn public_ip(flag: Option<Ipv4Addr>, wan: &str) -> anyhow::Result<Ipv4Addr> {
+    if let Some(ip) = flag {
+        return Ok(ip);
+    }
+    ipv4_addresses(wan)?
+        .first()
+        .map(|prefix| prefix.addr)
+        .ok_or_else(|| {
+            anyhow!(
+                "--wan {wan} has no IPv4 address to masquerade behind; add one or pass --public-ip"
+            )
+        })
+}
+
+/// The masqueraded prefixes: `--masquerade`, else the IPv4 prefixes of the LAN interfaces.
+pub fn masquerade_prefixes(
+    flags: &[Ipv4Prefix],
+    lans: &[String],
+) -> anyhow::Result<Vec<Ipv4Prefix>> {
+    if !flags.is_empty() {
+        return Ok(flags.to_vec());
+    }
+    let mut prefixes = Vec::new();
+    for lan in lans {
+        prefixes.extend(ipv4_addresses(lan)?.into_iter().map(Ipv4Prefix::network));
+    }
+    if prefixes.is_empty() {
+        bail!(
+            "the --lan interfaces ({}) have no IPv4 prefixes to masquerade; pass --masquerade CIDR",
+            lans.join(", ")
+        );
+    }
+    prefixes.dedup();
+    Ok(prefixes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_parse_and_normalise() {
+        let p: Ipv4Prefix = "10.1.2.3/24".parse().unwrap();
+        assert_eq!(p.to_string(), "10.1.2.0/24");
+        assert_eq!(
+            "192.0.2.7".parse::<Ipv4Prefix>().unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Prefix>().unwrap().len, 0);
+        assert!(
+            "10.0.0.0/33"
+                .parse::<Ipv4Prefix>()
+                .unwrap_err()
+                .contains("0 to 32")
+        );
+        assert!("ten/8".parse::<Ipv4Prefix>().is_err());
+    }
+
+    #[test]
+    fn windows_parse_and_refuse_nonsense() {
+        assert_eq!(
+            "61000-61999".parse::<PortWindow>().unwrap(),
+            PortWindow {
+                lo: 61000,
+                hi: 61999
+            }
+        );
+        assert!(
+            "900-2000"
+                .parse::<PortWindow>()
+                .unwrap_err()
+                .contains("below 1024")
+        );
+        assert!(
+            "5000-4000"
+                .parse::<PortWindow>()
+                .unwrap_err()
+                .contains("lower port first")
+        );
+        assert!("5000".parse::<PortWindow>().is_err());
+        assert!("5000-70000".parse::<PortWindow>().is_err());
+    }
+
+    #[test]
+    fn default_window_avoids_the_ephemeral_range() {
+        let local = 32768..=60999;
+        let window = default_window(&local).unwrap();
+        assert_eq!(
+            window,
+            PortWindow {
+                lo: 61000,
+                hi: 65095
+            }
+        );
+        assert!(validate_window(window, &local).is_ok());
+        let full_top = 20000..=65535;
+        let below = default_window(&full_top).unwrap();
+        assert_eq!(
+            below,
+            PortWindow {
+                lo: 15904,
+                hi: 19999
+            }
+        );
+        assert!(default_window(&(1024..=65535)).is_err());
+    }
+
+    #[test]
+    fn overlapping_window_is_refused_with_a_suggestion() {
+        let err = validate_window(
+            PortWindow {
+                lo: 50000,
+                hi: 62000,
+            },
+            &(32768..=60999),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("overlaps") && err.contains("61000-"), "{err}");
+    }
+
+    #[test]
+    fn ftp_ports_are_checked() {
+        assert!(validate_ftp_ports(&[21, 2121]).is_ok());
+        assert!(validate_ftp_ports(&[0]).is_err());
+        assert!(validate_ftp_ports(&[1; 9]).is_err());
+    }
+}
