@@ -19,6 +19,10 @@ pub mod names {
     pub const FREE_PORTS: &str = "FREE_PORTS";
     /// Datapath event counters, indexed by [`super::Counter`] (per CPU).
     pub const COUNTERS: &str = "COUNTERS";
+    /// FTP control sessions: session key ([`super::FlowKey`]) to [`super::SessionEntry`].
+    pub const SESSIONS: &str = "SESSIONS";
+    /// Announced data connections not yet opened: [`super::ExpectKey`] to [`super::Expectation`].
+    pub const EXPECTS: &str = "EXPECTS";
 }
 
 /// Program names in the eBPF object.
@@ -33,6 +37,10 @@ pub mod programs {
 pub const MAX_FLOWS: u32 = 65_536;
 /// Capacity of the free-port queue: a window can be at most this many ports.
 pub const MAX_WINDOW_PORTS: u32 = 65_536;
+/// Capacity of the session table.
+pub const MAX_SESSIONS: u32 = 16_384;
+/// Capacity of the expectation table.
+pub const MAX_EXPECTATIONS: u32 = 8_192;
 /// How many FTP control ports the datapath can watch.
 pub const MAX_FTP_PORTS: usize = 8;
 
@@ -158,6 +166,8 @@ impl InterfaceInfo {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DatapathConfig {
+    /// How long an announced data connection may take to open (`--expect-timeout`).
+    pub expect_timeout_ns: u64,
     /// The address masqueraded connections leave with (network byte order).
     pub public_ip: [u8; 4],
     /// Where translated LAN-to-WAN packets are redirected.
@@ -168,6 +178,7 @@ pub struct DatapathConfig {
     /// [`names::FREE_PORTS`].
     pub window_lo: u16,
     pub window_hi: u16,
+    pub _pad: u32,
 }
 
 impl DatapathConfig {
@@ -286,6 +297,88 @@ pub struct FlowEntry {
     pub _pad: [u8; 7],
 }
 
+/// One FTP control session: the value of the [`names::SESSIONS`] map, keyed by the control
+/// connection's original-direction [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// `bpf_ktime_get_ns` when the control connection opened.
+    pub opened_ns: u64,
+    /// The control channel's protocol state.
+    pub state: crate::Session,
+    /// Line boundaries of the client's commands.
+    pub client_lines: crate::LineTracker,
+    /// Line boundaries of the server's replies.
+    pub server_lines: crate::LineTracker,
+    /// Interface of the client side.
+    pub lan_ifindex: u32,
+    /// Data connections opened so far.
+    pub data_flows: u32,
+    /// Lines that could not be parsed (passed through untouched).
+    pub malformed_lines: u32,
+    /// PORT/EPRT/227/229 the policy refused (passed through untouched, nothing opened).
+    pub refusals: u32,
+}
+
+/// The data connection an expectation admits, as its opening SYN arrives at the router: from
+/// `saddr` (any source port) to `daddr:dport`. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExpectKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub dport: [u8; 2],
+    pub _pad: [u8; 2],
+}
+
+/// Which way the announced data connection goes.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectationKind {
+    /// PORT/EPRT: the server connects to the client through a window port of the public address.
+    Active = 0,
+    /// 227/229: the client connects to the port the server announced.
+    Passive = 1,
+}
+
+impl ExpectationKind {
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(ExpectationKind::Active),
+            1 => Some(ExpectationKind::Passive),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ExpectationKind::Active => "active",
+            ExpectationKind::Passive => "passive",
+        }
+    }
+}
+
+/// An announced data connection, admitted once: the value of the [`names::EXPECTS`] map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expectation {
+    /// `bpf_ktime_get_ns` after which it no longer admits anything.
+    pub expires_ns: u64,
+    /// The control connection (original direction key) that announced it.
+    pub session: FlowKey,
+    /// Where the data connection is delivered: the client's announced address (active) or the
+    /// server (passive). Network byte order.
+    pub target_addr: [u8; 4],
+    /// The client side's interface (where active data connections are delivered).
+    pub lan_ifindex: u32,
+    pub target_port: [u8; 2],
+    /// The window port reserved for it (active), 0 while none is (passive). Host byte order.
+    pub public_port: u16,
+    /// An [`ExpectationKind`] as `u8`.
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Indexes of the [`names::COUNTERS`] per-CPU array: what the datapath did, for `ftpnat stats`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,14 +391,32 @@ pub enum Counter {
     PacketsTranslated = 2,
     /// Translated packets the kernel could not redirect (no route or neighbour): dropped.
     RedirectFailed = 3,
+    /// Data connections opened through an expectation.
+    ExpectationsUsed = 4,
+    /// Opening SYNs that matched an expectation after it had expired.
+    ExpectationsExpired = 5,
+    /// Expectations created from the control channel.
+    ExpectationsCreated = 6,
+    /// Control lines that could not be parsed; passed through untouched.
+    MalformedLines = 7,
+    /// PORT/EPRT/227/229 refused by policy (bounce, privileged port, too many, unsolicited).
+    Refusals = 8,
+    /// Expectations that could not be recorded (table full); the line passed untouched.
+    ExpectationTableFull = 9,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] = [
+    pub const ALL: [Counter; 10] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
         Counter::RedirectFailed,
+        Counter::ExpectationsUsed,
+        Counter::ExpectationsExpired,
+        Counter::ExpectationsCreated,
+        Counter::MalformedLines,
+        Counter::Refusals,
+        Counter::ExpectationTableFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -315,6 +426,12 @@ impl Counter {
             Counter::WindowExhausted => "window_exhausted",
             Counter::PacketsTranslated => "packets_translated",
             Counter::RedirectFailed => "redirect_failed",
+            Counter::ExpectationsUsed => "expectations_used",
+            Counter::ExpectationsExpired => "expectations_expired",
+            Counter::ExpectationsCreated => "expectations_created",
+            Counter::MalformedLines => "malformed_lines",
+            Counter::Refusals => "refusals",
+            Counter::ExpectationTableFull => "expectation_table_full",
         }
     }
 }
@@ -334,6 +451,12 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ExpectKey {}
+    // SAFETY: as above (the protocol state types are documented as valid for every bit pattern).
+    unsafe impl aya::Pod for super::SessionEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Expectation {}
 }
 
 #[cfg(test)]
@@ -346,8 +469,14 @@ mod tests {
         assert_eq!(size_of::<TrafficKey>(), 8);
         assert_eq!(size_of::<TrafficCounters>(), 16);
         assert_eq!(size_of::<InterfaceInfo>(), IFNAME_LEN + 4);
-        assert_eq!(size_of::<DatapathConfig>(), 4 + 4 + 2 * MAX_FTP_PORTS + 4);
+        assert_eq!(
+            size_of::<DatapathConfig>(),
+            8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4
+        );
+        assert_eq!(size_of::<SessionEntry>(), 8 + 3 * 8 + 4 * 4);
         assert_eq!(size_of::<FlowKey>(), 12);
+        assert_eq!(size_of::<ExpectKey>(), 12);
+        assert_eq!(size_of::<Expectation>(), 8 + 12 + 4 + 4 + 2 + 2 + 1 + 7);
         assert_eq!(size_of::<FlowEntry>(), 24 + 12 + 8 + 4 + 4 + 2 + 3 + 7);
     }
 
@@ -370,6 +499,8 @@ mod tests {
     #[test]
     fn ftp_port_slots_match_only_configured_ports() {
         let mut config = DatapathConfig {
+            expect_timeout_ns: 0,
+            _pad: 0,
             public_ip: [192, 0, 2, 1],
             wan_ifindex: 2,
             ftp_ports: [0; MAX_FTP_PORTS],

@@ -88,6 +88,7 @@ pub fn open_control(
         let _ = FREE_PORTS.push(public_port, 0);
         return Err(OpenError::NotOurs);
     }
+    crate::alg::open_session(packet, in_ifindex);
     bump(Counter::ControlSessionsOpened);
     Ok(original)
 }

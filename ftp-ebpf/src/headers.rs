@@ -72,6 +72,18 @@ impl Tcp4 {
         u16::from_be_bytes(self.tcp.dest)
     }
 
+    /// Offset and length of the TCP payload, from the headers' length fields.
+    #[inline(always)]
+    pub fn payload(&self) -> Option<(usize, usize)> {
+        let ihl = usize::from(self.ip.vihl & 0x0f) * 4;
+        let doff = usize::from(self.tcp.doff()) * 4;
+        let len = usize::from(self.ip_len())
+            .checked_sub(ihl)?
+            .checked_sub(doff)?;
+        // Bounded for the verifier: no IPv4 datagram is longer.
+        Some((self.tcp_off + doff, len & 0xffff))
+    }
+
     /// Length of the IP datagram, from its header.
     #[inline(always)]
     pub fn ip_len(&self) -> u16 {

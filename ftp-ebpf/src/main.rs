@@ -4,7 +4,9 @@
 #![no_std]
 #![no_main]
 
+mod alg;
 mod counters;
+mod expect;
 mod flows;
 mod headers;
 mod maps;
@@ -15,7 +17,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ftp_common::maps::Direction;
+use ftp_common::maps::{Direction, FlowKind};
 
 use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 
@@ -29,20 +31,27 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
     let Some(packet) = Tcp4::parse(&ctx) else {
         return PASS;
     };
+    let Some(config) = maps::config() else {
+        return PASS;
+    };
     let key = packet.key();
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         nat::account(entry, &packet);
         // SAFETY: a live map value; copied so the rewrite works on a stable snapshot.
         let entry = unsafe { *entry };
+        if entry.kind == FlowKind::Control as u8 {
+            alg::control_packet(&ctx, &packet, &entry, config);
+        }
         return nat::translate_and_forward(&ctx, &packet, &entry).action(PASS);
     }
     if !packet.is_opening_syn() {
         return PASS;
     }
-    let Some(config) = maps::config() else {
-        return PASS;
+    let opened = match expect::open_data(&ctx, &packet, config) {
+        Err(OpenError::NotOurs) => flows::open_control(&ctx, &packet, config),
+        other => other,
     };
-    match flows::open_control(&ctx, &packet, config) {
+    match opened {
         Ok(entry) => nat::translate_and_forward(&ctx, &packet, &entry).action(PASS),
         Err(OpenError::WindowExhausted) => TC_ACT_SHOT,
         Err(OpenError::NotOurs) => PASS,

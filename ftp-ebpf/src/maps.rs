@@ -47,3 +47,31 @@ pub fn now_ns() -> u64 {
 pub fn config() -> Option<&'static DatapathConfig> {
     CONFIG.get(0)
 }
+
+#[map(name = "EXPECTS")]
+pub static EXPECTS: HashMap<ftp_common::maps::ExpectKey, ftp_common::maps::Expectation> =
+    HashMap::pinned(ftp_common::maps::MAX_EXPECTATIONS, 0);
+
+#[map(name = "SESSIONS")]
+pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
+    HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);
+
+/// How many payload bytes of a control segment are copied out and parsed. FTP commands and the
+/// replies that matter are far shorter; a longer segment has its first lines parsed and the rest
+/// of it only tracked for line boundaries.
+pub const SCRATCH_LEN: usize = ftp_common::MAX_LINE_LEN;
+
+/// Size of the scratch buffer. Larger than what is ever copied into it ([`SCRATCH_LEN`]): the
+/// verifier cannot relate a slice's end pointer to its length, so it bounds every index the parser
+/// may compute by its own arithmetic (an offset plus a bounded scan), which can exceed the copied
+/// length but stays within this.
+pub const SCRATCH_SIZE: usize = 4 * SCRATCH_LEN;
+
+/// A per-CPU copy of a control segment's payload: too large for the 512-byte stack.
+#[repr(C)]
+pub struct Scratch {
+    pub bytes: [u8; SCRATCH_SIZE],
+}
+
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// ip_local_port_range, outside it].
     #[arg(long, value_name = "LO-HI")]
     port_window: Option<PortWindow>,
+    /// Seconds an announced data connection may take to open before its pinhole closes.
+    #[arg(long, value_name = "SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    expect_timeout: u64,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -112,6 +116,7 @@ fn nat_settings(args: &RunArgs) -> anyhow::Result<NatSettings> {
         masquerade: settings::masquerade_prefixes(&args.masquerade, &args.lan)?,
         ftp_ports,
         window,
+        expect_timeout: Duration::from_secs(args.expect_timeout),
     })
 }
 
@@ -187,8 +192,7 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sweep.tick() => {
-                let (mut flows, mut free) = datapath.flows_and_free_ports()?;
-                let swept = expire::sweep(&mut flows, &mut free, expire::monotonic_now_ns(), &policy)?;
+                let swept = expire::sweep(&mut datapath.state_tables()?, expire::monotonic_now_ns(), &policy)?;
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
                 }

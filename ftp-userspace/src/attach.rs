@@ -20,8 +20,8 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TcAttachType},
 };
 use ftp_common::maps::{
-    DatapathConfig, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, names,
-    programs,
+    DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole,
+    MAX_FTP_PORTS, SessionEntry, names, programs,
 };
 
 use crate::{
@@ -73,6 +73,14 @@ pub struct Datapath {
     logger: Option<KernelLogger>,
 }
 
+/// The datapath's state, as the agent's expiry sees it.
+pub struct StateTables<'a> {
+    pub flows: HashMap<&'a mut MapData, FlowKey, FlowEntry>,
+    pub free_ports: Queue<&'a mut MapData, u16>,
+    pub expects: HashMap<&'a mut MapData, ExpectKey, Expectation>,
+    pub sessions: HashMap<&'a mut MapData, FlowKey, SessionEntry>,
+}
+
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 pub struct LoadOptions<'a> {
@@ -88,6 +96,7 @@ pub struct NatSettings {
     pub masquerade: Vec<Ipv4Prefix>,
     pub ftp_ports: Vec<u16>,
     pub window: PortWindow,
+    pub expect_timeout: std::time::Duration,
 }
 
 impl Datapath {
@@ -195,6 +204,8 @@ impl Datapath {
             *slot = *port;
         }
         let config = DatapathConfig {
+            expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
+            _pad: 0,
             public_ip: nat.public_ip.octets(),
             wan_ifindex: wan.ifindex,
             ftp_ports,
@@ -227,19 +238,21 @@ impl Datapath {
             .ok_or_else(|| anyhow!("map {name} is missing from the embedded object"))
     }
 
-    /// The flow table and the free-port queue, for expiry.
-    pub fn flows_and_free_ports(
-        &mut self,
-    ) -> anyhow::Result<(
-        HashMap<&mut MapData, FlowKey, FlowEntry>,
-        Queue<&mut MapData, u16>,
-    )> {
-        let [flows, free] = self
-            .ebpf
-            .maps_disjoint_mut([names::FLOWS, names::FREE_PORTS]);
-        let flows = flows.ok_or_else(|| anyhow!("map {} is missing", names::FLOWS))?;
-        let free = free.ok_or_else(|| anyhow!("map {} is missing", names::FREE_PORTS))?;
-        Ok((HashMap::try_from(flows)?, Queue::try_from(free)?))
+    /// The tables expiry works on.
+    pub fn state_tables(&mut self) -> anyhow::Result<StateTables<'_>> {
+        let [flows, free, expects, sessions] = self.ebpf.maps_disjoint_mut([
+            names::FLOWS,
+            names::FREE_PORTS,
+            names::EXPECTS,
+            names::SESSIONS,
+        ]);
+        let missing = |name: &str| anyhow!("map {name} is missing from the embedded object");
+        Ok(StateTables {
+            flows: HashMap::try_from(flows.ok_or_else(|| missing(names::FLOWS))?)?,
+            free_ports: Queue::try_from(free.ok_or_else(|| missing(names::FREE_PORTS))?)?,
+            expects: HashMap::try_from(expects.ok_or_else(|| missing(names::EXPECTS))?)?,
+            sessions: HashMap::try_from(sessions.ok_or_else(|| missing(names::SESSIONS))?)?,
+        })
     }
 
     fn record_interfaces(&mut self, interfaces: &[Interface]) -> anyhow::Result<()> {

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use aya::maps::{HashMap, MapData, Queue};
-use ftp_common::maps::{FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags};
+use ftp_common::maps::{ExpectationKind, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags};
+
+use crate::attach::StateTables;
 
 /// How long a connection may stay in each state before it is removed.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +35,8 @@ impl Default for ExpiryPolicy {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
     pub connections: usize,
+    pub expectations: usize,
+    pub sessions: usize,
     pub ports_returned: usize,
 }
 
@@ -74,13 +77,19 @@ pub fn expired(
     }
 }
 
-/// Removes every expired connection and gives its port back to the window.
+/// Removes every expired connection, expectation and ended session, and gives their ports back to
+/// the window.
 pub fn sweep(
-    flows: &mut HashMap<&mut MapData, FlowKey, FlowEntry>,
-    free_ports: &mut Queue<&mut MapData, u16>,
+    tables: &mut StateTables<'_>,
     now_ns: u64,
     policy: &ExpiryPolicy,
 ) -> anyhow::Result<Swept> {
+    let StateTables {
+        flows,
+        free_ports,
+        expects,
+        sessions,
+    } = tables;
     let entries: Vec<(FlowKey, FlowEntry)> = flows.iter().filter_map(Result::ok).collect();
     let mut swept = Swept::default();
     for (key, entry) in &entries {
@@ -103,6 +112,41 @@ pub fn sweep(
             free_ports.push(entry.public_port, 0)?;
             swept.ports_returned += 1;
         }
+    }
+
+    let expired_expectations: Vec<_> = expects
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, e)| e.expires_ns < now_ns)
+        .collect();
+    for (key, expectation) in expired_expectations {
+        // Whoever removes it owns it: the kernel may have just taken it for a SYN.
+        if expects.remove(&key).is_err() {
+            continue;
+        }
+        swept.expectations += 1;
+        if let Ok(mut session) = sessions.get(&expectation.session, 0) {
+            session.state.expectation_closed();
+            let _ = sessions.insert(expectation.session, session, 0);
+        }
+        if ExpectationKind::from_raw(expectation.kind) == Some(ExpectationKind::Active)
+            && expectation.public_port != 0
+        {
+            free_ports.push(expectation.public_port, 0)?;
+            swept.ports_returned += 1;
+        }
+    }
+
+    // A session ends with its control connection.
+    let live: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+    let ended: Vec<FlowKey> = sessions
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !live.contains(key))
+        .collect();
+    for key in ended {
+        let _ = sessions.remove(&key);
+        swept.sessions += 1;
     }
     Ok(swept)
 }

@@ -15,7 +15,9 @@ use ftp_common::maps::names;
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 9] = [
+    names::SESSIONS,
+    names::EXPECTS,
     names::TRAFFIC,
     names::INTERFACES,
     names::CONFIG,
