@@ -22,7 +22,7 @@ use crate::{
 
 /// At most this many lines of one segment go through the state machine: a bound the verifier can
 /// see. Clients send one command per segment; longer replies are multi-line bodies anyway.
-const MAX_LINES_PER_SEGMENT: usize = 8;
+const MAX_LINES_PER_SEGMENT: usize = 0;
 
 /// Creates the session record when a control connection opens.
 #[inline(always)]
@@ -87,6 +87,12 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
     // SAFETY: this CPU's scratch buffer; nothing else uses it while this program runs here.
     let buf = unsafe { &mut (*scratch).bytes };
     let copied = copy_payload(ctx, payload_off, payload_len, buf);
+    if copied == 0 {
+        return;
+    }
+    if probe_227(buf, 0, copied) != 0 {
+        bump(Counter::ExpectationsCreated);
+    }
     let Some(payload) = buf.get(..copied) else {
         return;
     };
@@ -116,10 +122,12 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
 /// Copies up to [`SCRATCH_LEN`] payload bytes; returns how many.
 #[inline(always)]
 fn copy_payload(ctx: &TcContext, offset: usize, len: usize, buf: &mut [u8; SCRATCH_SIZE]) -> usize {
-    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
     if len == 0 {
         return 0;
     }
+    let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
+    // Rewritten so the verifier sees 1 ≤ len ≤ SCRATCH_LEN (the helper refuses a possible 0).
+    let len = ((len - 1) & (SCRATCH_LEN - 1)) + 1;
     // SAFETY: `buf` has room for `len` ≤ SCRATCH_LEN bytes; the helper checks the packet bounds.
     let ret = unsafe {
         bpf_skb_load_bytes(
@@ -193,4 +201,61 @@ fn on_server_verdict(
         }
         _ => {}
     }
+}
+
+const MASK: usize = SCRATCH_SIZE - 1;
+
+/// Verifier probe: a byte-at-a-time 227 scanner driven by bpf_loop.
+#[repr(C)]
+struct Probe {
+    len: u32,
+    state: u32,
+    value: u32,
+    numbers: u32,
+    digits: u32,
+    port: u32,
+}
+
+extern "C" fn probe_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer we gave it.
+    let probe = unsafe { &mut *ctx.cast::<Probe>() };
+    if index >= u64::from(probe.len) {
+        return 1;
+    }
+    let Some(scratch) = SCRATCH.get_ptr(0) else { return 1 };
+    // SAFETY: masked index into this CPU's scratch buffer.
+    let b = unsafe { (*scratch).bytes[(index as usize) & MASK] };
+    match probe.state {
+        0 => { if index >= 4 && b.is_ascii_digit() { probe.state = 1; probe.value = u32::from(b - b'0'); probe.digits = 1; } }
+        1 => {
+            if b.is_ascii_digit() {
+                probe.value = probe.value * 10 + u32::from(b - b'0');
+                probe.digits += 1;
+                if probe.digits > 3 || probe.value > 255 { probe.state = 3; return 1; }
+            } else {
+                probe.numbers += 1;
+                if probe.numbers == 5 { probe.port = probe.value << 8; }
+                if probe.numbers == 6 { probe.port |= probe.value; probe.state = 2; return 1; }
+                if b != b',' { probe.state = 3; return 1; }
+                probe.value = 0; probe.digits = 0;
+            }
+        }
+        _ => return 1,
+    }
+    0
+}
+
+#[inline(always)]
+fn probe_227(_buf: &[u8; SCRATCH_SIZE], _start: usize, len: usize) -> u32 {
+    let mut probe = Probe { len: len as u32, state: 0, value: 0, numbers: 0, digits: 0, port: 0 };
+    // SAFETY: plain helper call with a static callback and a stack context.
+    unsafe {
+        aya_ebpf::helpers::bpf_loop(
+            SCRATCH_LEN as u32,
+            probe_step as *mut core::ffi::c_void,
+            (&raw mut probe).cast(),
+            0,
+        )
+    };
+    if probe.state == 2 { probe.port } else { 0 }
 }
