@@ -318,6 +318,11 @@ pub struct SessionEntry {
     pub malformed_lines: u32,
     /// PORT/EPRT/227/229 the policy refused (passed through untouched, nothing opened).
     pub refusals: u32,
+    /// The client's command being read (carries across segments).
+    pub commands: crate::CommandScanner,
+    /// The server's reply being read (carries across segments).
+    pub replies: crate::ReplyScanner,
+    pub _pad: [u8; 4],
 }
 
 /// The data connection an expectation admits, as its opening SYN arrives at the router: from
@@ -473,7 +478,7 @@ mod tests {
             size_of::<DatapathConfig>(),
             8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4
         );
-        assert_eq!(size_of::<SessionEntry>(), 8 + 3 * 8 + 4 * 4);
+        assert_eq!(size_of::<SessionEntry>(), 8 + 3 * 8 + 4 * 4 + 92 + 40 + 4);
         assert_eq!(size_of::<FlowKey>(), 12);
         assert_eq!(size_of::<ExpectKey>(), 12);
         assert_eq!(size_of::<Expectation>(), 8 + 12 + 4 + 4 + 2 + 2 + 1 + 7);

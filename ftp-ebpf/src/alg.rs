@@ -1,12 +1,22 @@
-//! The FTP ALG proper: follows the control channel of each session with ftp-common's line tracker
-//! and state machine, and records the data connections it announces as expectations.
+//! The FTP ALG proper: follows the control channel of each session with ftp-common's line tracker,
+//! byte scanners and state machine, and records the data connections it announces.
 //!
-//! Nothing here re-implements FTP parsing: the segment's payload is copied into a per-CPU buffer
-//! and handed to ftp-common. A line it cannot parse passes untouched and is counted; a refused
-//! line passes untouched, opens nothing and is counted.
+//! Nothing here re-implements FTP parsing. The new bytes of a segment are copied into a per-CPU
+//! buffer and fed one at a time to the session's scanner from a `bpf_loop` callback: the verifier
+//! checks the callback once, whatever the segment holds. The scanners keep their state in the
+//! session record, so a command split over two segments is read whole. A line ftp-common cannot
+//! parse passes untouched and is counted; a refused line passes untouched, opens nothing and is
+//! counted.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_skb_load_bytes, programs::TcContext};
-use core::net::{IpAddr, Ipv4Addr};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_loop, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use core::{
+    ffi::c_void,
+    net::{IpAddr, Ipv4Addr},
+};
 use ftp_common::{
     ClientVerdict, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict, ServerVerdict,
     maps::{
@@ -20,43 +30,78 @@ use crate::{
     maps::{EXPECTS, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
 };
 
-/// At most this many lines of one segment go through the state machine: a bound the verifier can
-/// see. Clients send one command per segment; longer replies are multi-line bodies anyway.
-const MAX_LINES_PER_SEGMENT: usize = 0;
+/// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
+const SCRATCH_MASK: usize = SCRATCH_SIZE - 1;
+
+/// A new session's record. All-zero is the initial state of every ftp-common state type; kept in
+/// read-only data so that creating a session does not build 184 bytes on the 512-byte stack.
+static NEW_SESSION: SessionEntry = SessionEntry {
+    opened_ns: 0,
+    state: ftp_common::Session::new(),
+    client_lines: ftp_common::LineTracker::new(),
+    server_lines: ftp_common::LineTracker::new(),
+    lan_ifindex: 0,
+    data_flows: 0,
+    malformed_lines: 0,
+    refusals: 0,
+    commands: ftp_common::CommandScanner::new(),
+    replies: ftp_common::ReplyScanner::new(),
+    _pad: [0; 4],
+};
 
 /// Creates the session record when a control connection opens.
 #[inline(always)]
 pub fn open_session(packet: &Tcp4, lan_ifindex: u32) {
-    let mut entry = SessionEntry {
-        opened_ns: now_ns(),
-        state: ftp_common::Session::new(),
-        client_lines: ftp_common::LineTracker::new(),
-        server_lines: ftp_common::LineTracker::new(),
-        lan_ifindex,
-        data_flows: 0,
-        malformed_lines: 0,
-        refusals: 0,
-    };
-    entry
-        .client_lines
-        .on_syn(u32::from_be_bytes(packet.tcp.seq));
-    let _ = SESSIONS.insert(packet.key(), entry, u64::from(BPF_ANY));
+    let key = packet.key();
+    if SESSIONS
+        .insert(key, &NEW_SESSION, u64::from(BPF_ANY))
+        .is_err()
+    {
+        return;
+    }
+    if let Some(entry) = SESSIONS.get_ptr_mut(key) {
+        // SAFETY: the map value just inserted; no packet of this connection can race its SYN.
+        unsafe {
+            (*entry).opened_ns = now_ns();
+            (*entry).lan_ifindex = lan_ifindex;
+            (*entry)
+                .client_lines
+                .on_syn(u32::from_be_bytes(packet.tcp.seq));
+        }
+    }
+}
+
+/// What the scan of one segment asks the caller to do.
+#[repr(C)]
+struct Scan {
+    session: *mut SessionEntry,
+    /// Scratch offsets of the first byte to feed and one past the last.
+    start: u32,
+    end: u32,
+    from_client: u32,
+    client: [u8; 4],
+    server: [u8; 4],
+    lan_ifindex: u32,
+    expect_timeout_ns: u64,
+    session_key: ftp_common::maps::FlowKey,
+    _pad: [u8; 4],
 }
 
 /// Follows one packet of a control connection, before its headers are translated.
-#[inline(always)]
+// A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
+#[inline(never)]
 pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: &DatapathConfig) {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
         return;
     };
-    // SAFETY: a live map value; one control connection's packets are handled one at a time in
-    // practice (one CPU per flow), and a torn update only costs a missed line.
-    let session = unsafe { &mut *session };
     let from_client = flow.direction == FlowDirection::Original as u8;
     let seq = u32::from_be_bytes(packet.tcp.seq);
+    // SAFETY: a live map value. One control connection's packets are handled one at a time in
+    // practice (one CPU per flow); a torn update would cost a missed line, never memory safety.
+    let entry = unsafe { &mut *session };
     if packet.tcp.syn() != 0 {
         if !from_client {
-            session.server_lines.on_syn(seq);
+            entry.server_lines.on_syn(seq);
         }
         return;
     }
@@ -70,74 +115,127 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
         return;
     };
     let tracker = if from_client {
-        &mut session.client_lines
+        &mut entry.client_lines
     } else {
-        &mut session.server_lines
+        &mut entry.server_lines
     };
     let verdict = tracker.on_segment_len(seq, payload_len as u32, last == b'\n');
     let SegmentVerdict::InSync(in_sync) = verdict else {
-        if !from_client && matches!(verdict, SegmentVerdict::OutOfSync) {
-            session.state.server_lines_lost();
+        if matches!(verdict, SegmentVerdict::OutOfSync) {
+            // Bytes were skipped: whatever line was being read is lost.
+            if from_client {
+                entry.commands.reset();
+            } else {
+                entry.replies.reset();
+                entry.state.server_lines_lost();
+            }
         }
         return;
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch buffer; nothing else uses it while this program runs here.
-    let buf = unsafe { &mut (*scratch).bytes };
-    let copied = copy_payload(ctx, payload_off, payload_len, buf);
-    if copied == 0 {
-        return;
-    }
-    if probe_227(buf, 0, copied) != 0 {
-        bump(Counter::ExpectationsCreated);
-    }
-    let Some(payload) = buf.get(..copied) else {
-        return;
-    };
-    let policy = PolicyContext {
-        client: IpAddr::V4(Ipv4Addr::from(flow.session.saddr)),
-        server: IpAddr::V4(Ipv4Addr::from(flow.session.daddr)),
-        policy: Policy::new(),
-    };
-    let mut lines = in_sync.lines(payload);
-    for _ in 0..MAX_LINES_PER_SEGMENT {
-        let Some(line) = lines.next() else {
-            break;
-        };
-        if !line.is_whole() {
-            continue;
-        }
+    if !in_sync.continues_line {
         if from_client {
-            let verdict = session.state.on_client_line(line.bytes, &policy);
-            on_client_verdict(session, &verdict);
+            entry.commands.reset();
         } else {
-            let verdict = session.state.on_server_line(line.bytes, &policy);
-            on_server_verdict(session, &verdict, flow, config);
+            entry.replies.reset();
         }
     }
+    let copied = copy_payload(ctx, payload_off, payload_len);
+    if copied == 0 || in_sync.start as usize >= copied {
+        return;
+    }
+    let mut scan = Scan {
+        session,
+        start: in_sync.start,
+        end: copied as u32,
+        from_client: u32::from(from_client),
+        client: flow.session.saddr,
+        server: flow.session.daddr,
+        lan_ifindex: entry.lan_ifindex,
+        expect_timeout_ns: config.expect_timeout_ns,
+        session_key: flow.session,
+        _pad: [0; 4],
+    };
+    // SAFETY: plain helper call: a static callback and a context on this stack frame.
+    unsafe {
+        bpf_loop(
+            SCRATCH_LEN as u32,
+            scan_byte as *mut c_void,
+            (&raw mut scan).cast(),
+            0,
+        )
+    };
 }
 
-/// Copies up to [`SCRATCH_LEN`] payload bytes; returns how many.
+/// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer; returns how many.
 #[inline(always)]
-fn copy_payload(ctx: &TcContext, offset: usize, len: usize, buf: &mut [u8; SCRATCH_SIZE]) -> usize {
+fn copy_payload(ctx: &TcContext, offset: usize, len: usize) -> usize {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
     if len == 0 {
         return 0;
     }
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
-    // Rewritten so the verifier sees 1 ≤ len ≤ SCRATCH_LEN (the helper refuses a possible 0).
+    // Written so the verifier sees 1 ≤ len ≤ SCRATCH_LEN: the helper refuses a length that may be 0.
     let len = ((len - 1) & (SCRATCH_LEN - 1)) + 1;
-    // SAFETY: `buf` has room for `len` ≤ SCRATCH_LEN bytes; the helper checks the packet bounds.
+    // SAFETY: the buffer holds SCRATCH_SIZE ≥ len bytes; the helper checks the packet's bounds.
     let ret = unsafe {
         bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
+            ctx.skb.skb as *const c_void,
             offset as u32,
-            buf.as_mut_ptr().cast(),
+            scratch.cast(),
             len as u32,
         )
     };
     if ret == 0 { len } else { 0 }
+}
+
+/// `bpf_loop` callback: feeds byte `start + index` to the session's scanner and acts on each line
+/// it completes. Returns 1 to stop the loop.
+extern "C" fn scan_byte(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
+    let scan = unsafe { &mut *ctx.cast::<Scan>() };
+    let position = u64::from(scan.start) + index;
+    if position >= u64::from(scan.end) {
+        return 1;
+    }
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch buffer, indexed with a mask that keeps the read inside it.
+    let byte = unsafe {
+        *(*scratch)
+            .bytes
+            .as_ptr()
+            .add(position as usize & SCRATCH_MASK)
+    };
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let session = unsafe { &mut *scan.session };
+    let policy = PolicyContext {
+        client: IpAddr::V4(Ipv4Addr::from(scan.client)),
+        server: IpAddr::V4(Ipv4Addr::from(scan.server)),
+        policy: Policy::new(),
+    };
+    if scan.from_client != 0 {
+        if !session.commands.push(byte) {
+            return 0;
+        }
+        let verdict = session
+            .state
+            .on_client_command(session.commands.command(), &policy);
+        session.commands.reset();
+        on_client_verdict(session, &verdict);
+    } else {
+        if !session.replies.push(byte) {
+            return 0;
+        }
+        let verdict = session
+            .state
+            .on_server_reply(session.replies.reply(), &policy);
+        session.replies.reset();
+        on_server_verdict(scan, session, &verdict);
+    }
+    0
 }
 
 #[inline(always)]
@@ -156,29 +254,24 @@ fn on_client_verdict(session: &mut SessionEntry, verdict: &ClientVerdict) {
 }
 
 #[inline(always)]
-fn on_server_verdict(
-    session: &mut SessionEntry,
-    verdict: &ServerVerdict,
-    flow: &FlowEntry,
-    config: &DatapathConfig,
-) {
+fn on_server_verdict(scan: &Scan, session: &mut SessionEntry, verdict: &ServerVerdict) {
     match *verdict {
         ServerVerdict::OpenPassive { endpoint, .. } => {
             let (addr, port) = match endpoint {
                 PassiveEndpoint::Pasv(addr) => (addr.ip().octets(), addr.port()),
-                PassiveEndpoint::Epsv { port, .. } => (flow.session.daddr, port),
+                PassiveEndpoint::Epsv { port, .. } => (scan.server, port),
             };
             let key = ExpectKey {
-                saddr: flow.session.saddr,
+                saddr: scan.client,
                 daddr: addr,
                 dport: port.to_be_bytes(),
                 _pad: [0; 2],
             };
             let expectation = Expectation {
-                expires_ns: now_ns() + config.expect_timeout_ns,
-                session: flow.session,
+                expires_ns: now_ns() + scan.expect_timeout_ns,
+                session: scan.session_key,
                 target_addr: addr,
-                lan_ifindex: session.lan_ifindex,
+                lan_ifindex: scan.lan_ifindex,
                 target_port: port.to_be_bytes(),
                 public_port: 0,
                 kind: ExpectationKind::Passive as u8,
@@ -201,61 +294,4 @@ fn on_server_verdict(
         }
         _ => {}
     }
-}
-
-const MASK: usize = SCRATCH_SIZE - 1;
-
-/// Verifier probe: a byte-at-a-time 227 scanner driven by bpf_loop.
-#[repr(C)]
-struct Probe {
-    len: u32,
-    state: u32,
-    value: u32,
-    numbers: u32,
-    digits: u32,
-    port: u32,
-}
-
-extern "C" fn probe_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer we gave it.
-    let probe = unsafe { &mut *ctx.cast::<Probe>() };
-    if index >= u64::from(probe.len) {
-        return 1;
-    }
-    let Some(scratch) = SCRATCH.get_ptr(0) else { return 1 };
-    // SAFETY: masked index into this CPU's scratch buffer.
-    let b = unsafe { (*scratch).bytes[(index as usize) & MASK] };
-    match probe.state {
-        0 => { if index >= 4 && b.is_ascii_digit() { probe.state = 1; probe.value = u32::from(b - b'0'); probe.digits = 1; } }
-        1 => {
-            if b.is_ascii_digit() {
-                probe.value = probe.value * 10 + u32::from(b - b'0');
-                probe.digits += 1;
-                if probe.digits > 3 || probe.value > 255 { probe.state = 3; return 1; }
-            } else {
-                probe.numbers += 1;
-                if probe.numbers == 5 { probe.port = probe.value << 8; }
-                if probe.numbers == 6 { probe.port |= probe.value; probe.state = 2; return 1; }
-                if b != b',' { probe.state = 3; return 1; }
-                probe.value = 0; probe.digits = 0;
-            }
-        }
-        _ => return 1,
-    }
-    0
-}
-
-#[inline(always)]
-fn probe_227(_buf: &[u8; SCRATCH_SIZE], _start: usize, len: usize) -> u32 {
-    let mut probe = Probe { len: len as u32, state: 0, value: 0, numbers: 0, digits: 0, port: 0 };
-    // SAFETY: plain helper call with a static callback and a stack context.
-    unsafe {
-        aya_ebpf::helpers::bpf_loop(
-            SCRATCH_LEN as u32,
-            probe_step as *mut core::ffi::c_void,
-            (&raw mut probe).cast(),
-            0,
-        )
-    };
-    if probe.state == 2 { probe.port } else { 0 }
 }

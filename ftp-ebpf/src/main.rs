@@ -35,27 +35,28 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
         return PASS;
     };
     let key = packet.key();
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        nat::account(entry, &packet);
-        // SAFETY: a live map value; copied so the rewrite works on a stable snapshot.
-        let entry = unsafe { *entry };
-        if entry.kind == FlowKind::Control as u8 {
-            alg::control_packet(&ctx, &packet, &entry, config);
+    let mut entry = FLOWS.get_ptr_mut(key);
+    if entry.is_none() && packet.is_opening_syn() {
+        let opened = match expect::open_data(&ctx, &packet, config) {
+            Err(OpenError::NotOurs) => flows::open_control(&ctx, &packet, config),
+            other => other,
+        };
+        match opened {
+            Ok(()) => entry = FLOWS.get_ptr_mut(key),
+            Err(OpenError::WindowExhausted) => return TC_ACT_SHOT,
+            Err(OpenError::NotOurs) => return PASS,
         }
-        return nat::translate_and_forward(&ctx, &packet, &entry).action(PASS);
     }
-    if !packet.is_opening_syn() {
+    let Some(entry) = entry else {
         return PASS;
-    }
-    let opened = match expect::open_data(&ctx, &packet, config) {
-        Err(OpenError::NotOurs) => flows::open_control(&ctx, &packet, config),
-        other => other,
     };
-    match opened {
-        Ok(entry) => nat::translate_and_forward(&ctx, &packet, &entry).action(PASS),
-        Err(OpenError::WindowExhausted) => TC_ACT_SHOT,
-        Err(OpenError::NotOurs) => PASS,
+    nat::account(entry, &packet);
+    // SAFETY: a live map value; the fields read below are written only when the entry is created.
+    let entry = unsafe { &*entry };
+    if entry.kind == FlowKind::Control as u8 {
+        alg::control_packet(&ctx, &packet, entry, config);
     }
+    nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
 }
 
 #[classifier]
