@@ -86,7 +86,7 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, command, format, line, number, reason, reply, session, span
+    address, command, format, line, number, reason, reply, seqadj, session, span
 );
 
 pub use command::{AuthMechanism, Command, CommandScanner, EpsvArg, TransferVerb, parse_command};
@@ -97,6 +97,7 @@ pub use format::{
 pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict};
 pub use reason::{MalformedReason, RefusalReason};
 pub use reply::{Reply, ReplyBody, ReplyScanner, parse_reply};
+pub use seqadj::SeqAdjust;
 pub use session::{
     ActiveKind, ClientVerdict, PassiveEndpoint, PassiveKind, Policy, PolicyContext, ServerVerdict,
     Session,

@@ -322,7 +322,37 @@ pub struct SessionEntry {
     pub commands: crate::CommandScanner,
     /// The server's reply being read (carries across segments).
     pub replies: crate::ReplyScanner,
-    pub _pad: [u8; 4],
+    /// How the client's byte stream moved when its PORT/EPRT lines were rewritten.
+    pub client_seq: crate::SeqAdjust,
+    /// The last rewrite of a client segment, repeated identically if the segment is retransmitted.
+    pub last_rewrite: RewriteRecord,
+}
+
+/// What kind of line a [`RewriteRecord`] rewrote.
+pub mod rewrite_kind {
+    pub const NONE: u8 = 0;
+    pub const PORT: u8 = 1;
+    pub const EPRT: u8 = 2;
+}
+
+/// One rewritten PORT/EPRT: where its address field sat in the segment and what replaced it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RewriteRecord {
+    /// Sequence number of the segment (client space).
+    pub seq: u32,
+    /// The segment's original payload length.
+    pub payload_len: u16,
+    /// The field's offset in the payload and its original length.
+    pub field_off: u16,
+    pub field_len: u16,
+    /// The window port announced instead of the client's (host byte order).
+    pub public_port: u16,
+    /// A [`rewrite_kind`] value.
+    pub kind: u8,
+    /// The EPRT delimiter.
+    pub delimiter: u8,
+    pub _pad: [u8; 2],
 }
 
 /// The data connection an expectation admits, as its opening SYN arrives at the router: from
@@ -408,10 +438,13 @@ pub enum Counter {
     Refusals = 8,
     /// Expectations that could not be recorded (table full); the line passed untouched.
     ExpectationTableFull = 9,
+    /// Accepted PORT/EPRT lines that could not be rewritten (field split across segments, window
+    /// exhausted, segment too long); passed untouched, nothing opened.
+    RewritesSkipped = 10,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -422,6 +455,7 @@ impl Counter {
         Counter::MalformedLines,
         Counter::Refusals,
         Counter::ExpectationTableFull,
+        Counter::RewritesSkipped,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -437,6 +471,7 @@ impl Counter {
             Counter::MalformedLines => "malformed_lines",
             Counter::Refusals => "refusals",
             Counter::ExpectationTableFull => "expectation_table_full",
+            Counter::RewritesSkipped => "rewrites_skipped",
         }
     }
 }
@@ -478,7 +513,11 @@ mod tests {
             size_of::<DatapathConfig>(),
             8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4
         );
-        assert_eq!(size_of::<SessionEntry>(), 8 + 3 * 8 + 4 * 4 + 92 + 40 + 4);
+        assert_eq!(size_of::<RewriteRecord>(), 16);
+        assert_eq!(
+            size_of::<SessionEntry>(),
+            8 + 3 * 8 + 4 * 4 + 92 + 40 + 12 + 16
+        );
         assert_eq!(size_of::<FlowKey>(), 12);
         assert_eq!(size_of::<ExpectKey>(), 12);
         assert_eq!(size_of::<Expectation>(), 8 + 12 + 4 + 4 + 2 + 2 + 1 + 7);

@@ -15,19 +15,21 @@ use aya_ebpf::{
 };
 use core::{
     ffi::c_void,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 use ftp_common::{
-    ClientVerdict, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict, ServerVerdict,
+    ActiveKind, ClientVerdict, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict,
+    ServerVerdict,
     maps::{
         Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, FlowDirection, FlowEntry,
-        SessionEntry,
+        RewriteRecord, SessionEntry, rewrite_kind,
     },
 };
 
 use crate::{
     headers::Tcp4,
     maps::{EXPECTS, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
+    rewrite::ActiveRequest,
 };
 
 /// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
@@ -46,7 +48,17 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     refusals: 0,
     commands: ftp_common::CommandScanner::new(),
     replies: ftp_common::ReplyScanner::new(),
-    _pad: [0; 4],
+    client_seq: ftp_common::SeqAdjust::new(),
+    last_rewrite: RewriteRecord {
+        seq: 0,
+        payload_len: 0,
+        field_off: 0,
+        field_len: 0,
+        public_port: 0,
+        kind: rewrite_kind::NONE,
+        delimiter: 0,
+        _pad: [0; 2],
+    },
 };
 
 /// Creates the session record when a control connection opens.
@@ -84,16 +96,59 @@ struct Scan {
     lan_ifindex: u32,
     expect_timeout_ns: u64,
     session_key: ftp_common::maps::FlowKey,
-    _pad: [u8; 4],
+    /// A PORT/EPRT accepted in this segment (its `kind` is a `rewrite_kind`; NONE if none).
+    active_kind: u8,
+    active_delimiter: u8,
+    active_field_off: u16,
+    active_field_len: u16,
+    active_port: u16,
+    active_addr: [u8; 4],
 }
 
 /// Follows one packet of a control connection, before its headers are translated.
+/// Follows one packet of a control connection, before its headers are translated. Returns true
+/// if it accepted a PORT/EPRT whose rewrite is waiting in the scratch buffer's `pending`: the
+/// caller then runs [`crate::rewrite::rewrite_pending`] (kept out of this call chain for stack).
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
 #[inline(never)]
-pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: &DatapathConfig) {
+pub fn control_packet(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    flow: &FlowEntry,
+    config: &DatapathConfig,
+) -> bool {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
+        return false;
+    };
+    follow_segment(ctx, packet, flow, config, session)
+}
+
+/// Shifts the control packet's sequence or acknowledgement number by what the session's rewrites
+/// added to the client's stream; after any rewrite of this very packet.
+#[inline(never)]
+pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) {
+    let Some(session) = SESSIONS.get_ptr(flow.session) else {
         return;
     };
+    // SAFETY: a live map value, read only.
+    let client_seq = unsafe { (*session).client_seq };
+    crate::seqadj::adjust(
+        ctx,
+        packet,
+        &client_seq,
+        flow.direction == FlowDirection::Original as u8,
+    );
+}
+
+/// Tracks and scans one segment; true if a PORT/EPRT rewrite is pending.
+#[inline(always)]
+fn follow_segment(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    flow: &FlowEntry,
+    config: &DatapathConfig,
+    session: *mut SessionEntry,
+) -> bool {
     let from_client = flow.direction == FlowDirection::Original as u8;
     let seq = u32::from_be_bytes(packet.tcp.seq);
     // SAFETY: a live map value. One control connection's packets are handled one at a time in
@@ -103,16 +158,16 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
         if !from_client {
             entry.server_lines.on_syn(seq);
         }
-        return;
+        return false;
     }
     let Some((payload_off, payload_len)) = packet.payload() else {
-        return;
+        return false;
     };
     if payload_len == 0 {
-        return;
+        return false;
     }
     let Ok(last) = ctx.load::<u8>(payload_off + payload_len - 1) else {
-        return;
+        return false;
     };
     let tracker = if from_client {
         &mut entry.client_lines
@@ -120,6 +175,10 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
         &mut entry.server_lines
     };
     let verdict = tracker.on_segment_len(seq, payload_len as u32, last == b'\n');
+    if from_client && matches!(verdict, SegmentVerdict::Retransmission) {
+        crate::rewrite::replay(ctx, packet, entry, config);
+        return false;
+    }
     let SegmentVerdict::InSync(in_sync) = verdict else {
         if matches!(verdict, SegmentVerdict::OutOfSync) {
             // Bytes were skipped: whatever line was being read is lost.
@@ -130,7 +189,7 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
                 entry.state.server_lines_lost();
             }
         }
-        return;
+        return false;
     };
     if !in_sync.continues_line {
         if from_client {
@@ -141,7 +200,7 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
     }
     let copied = copy_payload(ctx, payload_off, payload_len);
     if copied == 0 || in_sync.start as usize >= copied {
-        return;
+        return false;
     }
     let mut scan = Scan {
         session,
@@ -153,17 +212,39 @@ pub fn control_packet(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry, config: 
         lan_ifindex: entry.lan_ifindex,
         expect_timeout_ns: config.expect_timeout_ns,
         session_key: flow.session,
-        _pad: [0; 4],
+        active_kind: rewrite_kind::NONE,
+        active_delimiter: 0,
+        active_field_off: 0,
+        active_field_len: 0,
+        active_port: 0,
+        active_addr: [0; 4],
+    };
+    let callback = if from_client {
+        scan_client_byte as *mut c_void
+    } else {
+        scan_server_byte as *mut c_void
     };
     // SAFETY: plain helper call: a static callback and a context on this stack frame.
-    unsafe {
-        bpf_loop(
-            SCRATCH_LEN as u32,
-            scan_byte as *mut c_void,
-            (&raw mut scan).cast(),
-            0,
-        )
+    unsafe { bpf_loop(scan.end - scan.start, callback, (&raw mut scan).cast(), 0) };
+    if scan.active_kind == rewrite_kind::NONE {
+        return false;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
+    // SAFETY: this CPU's scratch area, valid for the rest of this program run.
+    unsafe {
+        (*scratch).pending = ActiveRequest {
+            kind: scan.active_kind,
+            delimiter: scan.active_delimiter,
+            field_off: scan.active_field_off,
+            field_len: scan.active_field_len,
+            addr: scan.active_addr,
+            port: scan.active_port,
+            session_key: flow.session,
+        };
+    }
+    true
 }
 
 /// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer; returns how many.
@@ -190,51 +271,101 @@ fn copy_payload(ctx: &TcContext, offset: usize, len: usize) -> usize {
     if ret == 0 { len } else { 0 }
 }
 
-/// `bpf_loop` callback: feeds byte `start + index` to the session's scanner and acts on each line
-/// it completes. Returns 1 to stop the loop.
-extern "C" fn scan_byte(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
-    let scan = unsafe { &mut *ctx.cast::<Scan>() };
-    let position = u64::from(scan.start) + index;
-    if position >= u64::from(scan.end) {
-        return 1;
+/// The byte `start + index` of the scratch buffer, or None past the segment's end.
+#[inline(always)]
+fn scan_input(scan: &Scan, index: u32) -> Option<u8> {
+    let position = scan.start.wrapping_add(index);
+    if position >= scan.end {
+        return None;
     }
-    let Some(scratch) = SCRATCH.get_ptr(0) else {
-        return 1;
-    };
+    let scratch = SCRATCH.get_ptr(0)?;
     // SAFETY: this CPU's scratch buffer, indexed with a mask that keeps the read inside it.
-    let byte = unsafe {
+    Some(unsafe {
         *(*scratch)
             .bytes
             .as_ptr()
             .add(position as usize & SCRATCH_MASK)
-    };
-    // SAFETY: the session's map value, looked up by the caller in this same program run.
-    let session = unsafe { &mut *scan.session };
-    let policy = PolicyContext {
+    })
+}
+
+#[inline(always)]
+fn scan_policy(scan: &Scan) -> PolicyContext {
+    PolicyContext {
         client: IpAddr::V4(Ipv4Addr::from(scan.client)),
         server: IpAddr::V4(Ipv4Addr::from(scan.server)),
         policy: Policy::new(),
-    };
-    if scan.from_client != 0 {
-        if !session.commands.push(byte) {
-            return 0;
-        }
-        let verdict = session
-            .state
-            .on_client_command(session.commands.command(), &policy);
-        session.commands.reset();
-        on_client_verdict(session, &verdict);
-    } else {
-        if !session.replies.push(byte) {
-            return 0;
-        }
-        let verdict = session
-            .state
-            .on_server_reply(session.replies.reply(), &policy);
-        session.replies.reset();
-        on_server_verdict(scan, session, &verdict);
     }
+}
+
+/// `bpf_loop` callback for the client direction: feeds one byte to the command scanner and acts on
+/// each command it completes. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
+    let scan = unsafe { &mut *ctx.cast::<Scan>() };
+    let Some(byte) = scan_input(scan, index) else {
+        return 1;
+    };
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let session = unsafe { &mut *scan.session };
+    if !session.commands.push(byte) {
+        return 0;
+    }
+    let policy = scan_policy(scan);
+    match session
+        .state
+        .on_client_command(session.commands.command(), &policy)
+    {
+        ClientVerdict::OpenActive { addr, field, kind } => {
+            // The field's offset in this segment's payload. Below `start` it began in a segment
+            // already forwarded and cannot be rewritten here; one rewrite per segment.
+            let line_start = (scan.start.wrapping_add(index) + 1)
+                .wrapping_sub(u32::from(session.commands.line_len()));
+            let field_off = line_start.wrapping_add(u32::from(field.start));
+            let rewritable = scan.active_kind == rewrite_kind::NONE
+                && field_off >= scan.start
+                && field_off < scan.end;
+            match (addr, rewritable) {
+                (SocketAddr::V4(addr), true) => {
+                    (scan.active_kind, scan.active_delimiter) = match kind {
+                        ActiveKind::Port => (rewrite_kind::PORT, 0),
+                        ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
+                    };
+                    scan.active_field_off = field_off as u16;
+                    scan.active_field_len = field.len;
+                    scan.active_port = addr.port();
+                    scan.active_addr = addr.ip().octets();
+                }
+                _ => {
+                    session.state.expectation_closed();
+                    bump(Counter::RewritesSkipped);
+                }
+            }
+        }
+        verdict => on_client_verdict(session, &verdict),
+    }
+    0
+}
+
+/// `bpf_loop` callback for the server direction: feeds one byte to the reply scanner and acts on
+/// each reply line it completes. Returns 1 to stop the loop.
+#[inline(never)]
+extern "C" fn scan_server_byte(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
+    let scan = unsafe { &mut *ctx.cast::<Scan>() };
+    let Some(byte) = scan_input(scan, index) else {
+        return 1;
+    };
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let session = unsafe { &mut *scan.session };
+    if !session.replies.push(byte) {
+        return 0;
+    }
+    let policy = scan_policy(scan);
+    let verdict = session
+        .state
+        .on_server_reply(session.replies.reply(), &policy);
+    on_server_verdict(scan, session, &verdict);
     0
 }
 

@@ -21,6 +21,7 @@ pub const TCP_DPORT_OFF: usize = 2;
 pub const TCP_CHECK_OFF: usize = 16;
 
 /// An unfragmented IPv4 TCP packet.
+#[derive(Clone, Copy)]
 pub struct Tcp4 {
     pub ip: Ipv4Hdr,
     pub tcp: TcpHdr,
@@ -28,8 +29,22 @@ pub struct Tcp4 {
 }
 
 impl Tcp4 {
+    /// Reads the headers into `out`; false if the packet is not an unfragmented IPv4 TCP packet.
+    /// A subprogram of its own (with an out-parameter: BPF functions cannot return aggregates), so
+    /// the header copies it makes do not stay on the entry point's stack.
+    #[inline(never)]
+    pub fn parse_into(ctx: &TcContext, out: &mut Tcp4) -> bool {
+        match Self::parse(ctx) {
+            Some(packet) => {
+                *out = packet;
+                true
+            }
+            None => false,
+        }
+    }
+
     #[inline(always)]
-    pub fn parse(ctx: &TcContext) -> Option<Self> {
+    fn parse(ctx: &TcContext) -> Option<Self> {
         let eth: EthHdr = ctx.load(0).ok()?;
         if u16::from_be(eth.ether_type) != ETH_P_IP {
             return None;

@@ -11,6 +11,8 @@ mod flows;
 mod headers;
 mod maps;
 mod nat;
+mod rewrite;
+mod seqadj;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -28,9 +30,11 @@ const PASS: i32 = TC_ACT_UNSPEC;
 #[classifier]
 pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Ingress);
-    let Some(packet) = Tcp4::parse(&ctx) else {
+    // SAFETY: all-zero is a valid value of these plain header structs; parse_into overwrites it.
+    let mut packet: Tcp4 = unsafe { core::mem::zeroed() };
+    if !Tcp4::parse_into(&ctx, &mut packet) {
         return PASS;
-    };
+    }
     let Some(config) = maps::config() else {
         return PASS;
     };
@@ -54,7 +58,10 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
     // SAFETY: a live map value; the fields read below are written only when the entry is created.
     let entry = unsafe { &*entry };
     if entry.kind == FlowKind::Control as u8 {
-        alg::control_packet(&ctx, &packet, entry, config);
+        if alg::control_packet(&ctx, &packet, entry, config) {
+            rewrite::rewrite_pending(&ctx, &packet, config);
+        }
+        alg::adjust_sequence(&ctx, &packet, entry);
     }
     nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
 }

@@ -65,12 +65,15 @@ pub const SCRATCH_LEN: usize = ftp_common::MAX_LINE_LEN;
 /// verifier cannot relate a slice's end pointer to its length, so it bounds every index the parser
 /// may compute by its own arithmetic (an offset plus a bounded scan), which can exceed the copied
 /// length but stays within this.
-pub const SCRATCH_SIZE: usize = 4 * SCRATCH_LEN;
+pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
 
-/// A per-CPU copy of a control segment's payload: too large for the 512-byte stack.
+/// Per-CPU working memory of one program run: too large for the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
+    /// The control segment's payload (from 0) and the rewrite's old and new tails.
     pub bytes: [u8; SCRATCH_SIZE],
+    /// A PORT/EPRT the ALG accepted in this segment, for the rewrite that follows.
+    pub pending: crate::rewrite::ActiveRequest,
 }
 
 #[map(name = "SCRATCH")]

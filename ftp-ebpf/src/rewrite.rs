@@ -1,0 +1,302 @@
+//! Rewriting a client's PORT/EPRT in flight: the announced address becomes the public address and
+//! a window port, the segment grows or shrinks with the text, and every later byte of the stream
+//! shifts (see ftp-common's `SeqAdjust`).
+//!
+//! Only the bytes from the field on change. They are rebuilt in the scratch buffer and written
+//! back with one helper call; the TCP checksum is updated with the difference of the old and new
+//! tails (a no-op for CHECKSUM_PARTIAL skbs, whose payload the stack or the NIC sums later) and the
+//! new TCP length in the pseudo-header.
+
+use aya_ebpf::{
+    bindings::{BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    programs::TcContext,
+};
+use core::{
+    ffi::c_void,
+    net::{IpAddr, Ipv4Addr},
+};
+use ftp_common::{
+    MAX_FIELD_LEN, format_eprt_field, format_port_field,
+    maps::{
+        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, RewriteRecord,
+        SessionEntry, rewrite_kind,
+    },
+};
+
+use crate::{
+    headers::{IP_CHECK_OFF, IP_OFF, TCP_CHECK_OFF, Tcp4},
+    maps::{EXPECTS, FREE_PORTS, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
+};
+
+/// Scratch regions: the payload copy is at 0; the old and new tails are built here.
+const OLD_TAIL: usize = 2 * SCRATCH_LEN;
+const NEW_TAIL: usize = 3 * SCRATCH_LEN;
+const MASK: usize = SCRATCH_SIZE - 1;
+/// IPv4 `tot_len` offset in its header.
+const IP_TOT_LEN_OFF: usize = 2;
+
+/// A PORT/EPRT the scan accepted, to rewrite in this segment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ActiveRequest {
+    pub kind: u8,
+    pub delimiter: u8,
+    /// The field's offset in the payload and its length.
+    pub field_off: u16,
+    pub field_len: u16,
+    /// The client's announced address and port.
+    pub addr: [u8; 4],
+    pub port: u16,
+    /// The control connection (original direction key).
+    pub session_key: ftp_common::maps::FlowKey,
+}
+
+/// Rewrites the PORT/EPRT the ALG left pending in the scratch area. If it cannot (window exhausted,
+/// table full, segment too long) the segment passes unchanged, nothing is opened, and it is
+/// counted.
+#[inline(never)]
+pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch area, written by the ALG earlier in this program run.
+    let request = unsafe { (*scratch).pending };
+    let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
+        return;
+    };
+    // SAFETY: a live map value; see alg::control_packet on concurrent updates.
+    let session = unsafe { &mut *session };
+    if !rewrite_active(ctx, packet, session, config, &request) {
+        session.state.expectation_closed();
+        bump(Counter::RewritesSkipped);
+    }
+}
+
+#[inline(always)]
+fn rewrite_active(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    session: &mut SessionEntry,
+    config: &DatapathConfig,
+    request: &ActiveRequest,
+) -> bool {
+    let Some((payload_off, payload_len)) = packet.payload() else {
+        return false;
+    };
+    if payload_len > SCRATCH_LEN {
+        return false;
+    }
+    let Ok(Some(public_port)) = FREE_PORTS.pop() else {
+        bump(Counter::WindowExhausted);
+        return false;
+    };
+    let key = ExpectKey {
+        saddr: request.session_key.daddr,
+        daddr: config.public_ip,
+        dport: public_port.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    let expectation = Expectation {
+        expires_ns: now_ns() + config.expect_timeout_ns,
+        session: request.session_key,
+        target_addr: request.addr,
+        lan_ifindex: session.lan_ifindex,
+        target_port: request.port.to_be_bytes(),
+        public_port,
+        kind: ExpectationKind::Active as u8,
+        _pad: [0; 7],
+    };
+    if EXPECTS
+        .insert(key, expectation, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        bump(Counter::ExpectationTableFull);
+        let _ = FREE_PORTS.push(public_port, 0);
+        return false;
+    }
+    let record = RewriteRecord {
+        seq: u32::from_be_bytes(packet.tcp.seq),
+        payload_len: payload_len as u16,
+        field_off: request.field_off,
+        field_len: request.field_len,
+        public_port,
+        kind: request.kind,
+        delimiter: request.delimiter,
+        _pad: [0; 2],
+    };
+    let Some(delta) = splice(ctx, packet, payload_off, payload_len, &record, config) else {
+        let _ = EXPECTS.remove(key);
+        let _ = FREE_PORTS.push(public_port, 0);
+        return false;
+    };
+    session.client_seq.record(record.seq, delta);
+    session.last_rewrite = record;
+    bump(Counter::ExpectationsCreated);
+    true
+}
+
+/// Repeats the last rewrite on a retransmission of its segment, so the receiver sees the same
+/// bytes at the same sequence numbers.
+#[inline(never)]
+pub fn replay(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    session: &SessionEntry,
+    config: &DatapathConfig,
+) -> bool {
+    let record = session.last_rewrite;
+    let Some((payload_off, payload_len)) = packet.payload() else {
+        return false;
+    };
+    if record.kind == rewrite_kind::NONE
+        || record.seq != u32::from_be_bytes(packet.tcp.seq)
+        || usize::from(record.payload_len) != payload_len
+    {
+        return false;
+    }
+    splice(ctx, packet, payload_off, payload_len, &record, config).is_some()
+}
+
+/// Replaces the field `record` names with the public address and its port; returns the length
+/// change.
+#[inline(always)]
+fn splice(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    payload_off: usize,
+    payload_len: usize,
+    record: &RewriteRecord,
+    config: &DatapathConfig,
+) -> Option<i32> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch buffer; nothing else uses it while this program runs here.
+    let buf = unsafe { &mut (*scratch).bytes };
+    let field_off = usize::from(record.field_off) & (SCRATCH_LEN - 1);
+    let field_end = field_off + usize::from(record.field_len);
+    if field_end >= payload_len || payload_len > SCRATCH_LEN {
+        return None;
+    }
+    // The checksum works on 16-bit words from the TCP header on: start the tails on a word.
+    let aligned = field_off & !1;
+    let prefix = field_off - aligned;
+    let old_tail_len = payload_len - aligned;
+    let suffix_len = payload_len - field_end;
+
+    // The replacement text, after the odd byte before the field if there is one.
+    *buf.get_mut(NEW_TAIL)? = *buf.get(aligned & (SCRATCH_LEN - 1))?;
+    let public = Ipv4Addr::from(config.public_ip);
+    let out = buf.get_mut(NEW_TAIL + prefix..NEW_TAIL + prefix + MAX_FIELD_LEN)?;
+    let replacement_len = match record.kind {
+        rewrite_kind::PORT => format_port_field(public, record.public_port, out)?,
+        rewrite_kind::EPRT => format_eprt_field(
+            IpAddr::V4(public),
+            record.public_port,
+            record.delimiter,
+            out,
+        )?,
+        _ => return None,
+    };
+    let replacement_len = replacement_len & 63;
+    let new_tail_len = prefix + replacement_len + suffix_len;
+    if new_tail_len > SCRATCH_LEN || old_tail_len > SCRATCH_LEN {
+        return None;
+    }
+    // Masked again so the verifier knows both fit their regions.
+    let new_tail_len = new_tail_len & (2 * SCRATCH_LEN - 1);
+    let old_tail_len = old_tail_len & (2 * SCRATCH_LEN - 1);
+
+    let skb = ctx.skb.skb;
+    // SAFETY: helper calls on this program's skb; every destination is inside the scratch buffer
+    // (offsets and lengths are masked to regions of SCRATCH_LEN bytes).
+    unsafe {
+        // The rest of the segment after the field, behind the replacement.
+        let suffix_dst = buf
+            .as_mut_ptr()
+            .add(NEW_TAIL + ((prefix + replacement_len) & 127));
+        if load(skb, payload_off + field_end, suffix_dst, suffix_len) != 0 {
+            return None;
+        }
+        let old_dst = buf.as_mut_ptr().add(OLD_TAIL);
+        if load(skb, payload_off + aligned, old_dst, old_tail_len) != 0 {
+            return None;
+        }
+        // Zero the bytes up to the next multiple of 4: bpf_csum_diff sums whole words.
+        for i in 0..3u32 {
+            let old_pad = (OLD_TAIL as u32 + old_tail_len as u32 + i) & MASK as u32;
+            let new_pad = (NEW_TAIL as u32 + new_tail_len as u32 + i) & MASK as u32;
+            *buf.as_mut_ptr().add(old_pad as usize) = 0;
+            *buf.as_mut_ptr().add(new_pad as usize) = 0;
+        }
+        let old_words = ((old_tail_len + 3) & !3) & (2 * SCRATCH_LEN - 1);
+        let new_words = ((new_tail_len + 3) & !3) & (2 * SCRATCH_LEN - 1);
+        if old_words > SCRATCH_LEN || new_words > SCRATCH_LEN {
+            return None;
+        }
+        let diff = bpf_csum_diff(
+            old_dst.cast(),
+            old_words as u32,
+            buf.as_mut_ptr().add(NEW_TAIL).cast(),
+            new_words as u32,
+            0,
+        );
+        if diff < 0 {
+            return None;
+        }
+        let delta = new_tail_len as i32 - old_tail_len as i32;
+        if delta != 0 && bpf_skb_change_tail(skb, ((*skb).len as i32 + delta) as u32, 0) != 0 {
+            return None;
+        }
+        let len = ((new_tail_len - 1) & (SCRATCH_LEN - 1)) + 1;
+        if bpf_skb_store_bytes(
+            skb,
+            (payload_off + aligned) as u32,
+            buf.as_ptr().add(NEW_TAIL).cast(),
+            len as u32,
+            0,
+        ) != 0
+        {
+            return None;
+        }
+        let old_ip_len = packet.ip_len();
+        let new_ip_len = (i32::from(old_ip_len) + delta) as u16;
+        let ihl = usize::from(packet.ip.vihl & 0x0f) * 4;
+        let old_tcp_len = old_ip_len - ihl as u16;
+        let new_tcp_len = new_ip_len - ihl as u16;
+        let tcp_check = packet.tcp_off + TCP_CHECK_OFF;
+        ctx.store(IP_OFF + IP_TOT_LEN_OFF, &new_ip_len.to_be_bytes(), 0)
+            .ok()?;
+        ctx.l3_csum_replace(
+            IP_OFF + IP_CHECK_OFF,
+            u64::from(u16::from_ne_bytes(old_ip_len.to_be_bytes())),
+            u64::from(u16::from_ne_bytes(new_ip_len.to_be_bytes())),
+            2,
+        )
+        .ok()?;
+        ctx.l4_csum_replace(tcp_check, 0, diff as u64, 0).ok()?;
+        ctx.l4_csum_replace(
+            tcp_check,
+            u64::from(u16::from_ne_bytes(old_tcp_len.to_be_bytes())),
+            u64::from(u16::from_ne_bytes(new_tcp_len.to_be_bytes())),
+            u64::from(BPF_F_PSEUDO_HDR) | 2,
+        )
+        .ok()?;
+        Some(delta)
+    }
+}
+
+/// `bpf_skb_load_bytes` of `len` bytes, `len` made provably 1..=SCRATCH_LEN for the verifier.
+#[inline(always)]
+unsafe fn load(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    offset: usize,
+    dst: *mut u8,
+    len: usize,
+) -> i64 {
+    if len == 0 || len > SCRATCH_LEN {
+        return -1;
+    }
+    let len = ((len - 1) & (SCRATCH_LEN - 1)) + 1;
+    // SAFETY: the caller guarantees `dst` has room for SCRATCH_LEN bytes.
+    unsafe { bpf_skb_load_bytes(skb as *const c_void, offset as u32, dst.cast(), len as u32) }
+}
