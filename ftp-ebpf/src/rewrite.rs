@@ -87,6 +87,21 @@ fn rewrite_active(
     if payload_len > SCRATCH_LEN {
         return false;
     }
+    // A new PORT/EPRT supersedes the previous one (RFC 959: the server uses the last address it
+    // was given), so the previous active expectation of this session goes, if still unused.
+    let previous = session.last_rewrite;
+    if previous.kind != rewrite_kind::NONE && previous.public_port != 0 {
+        let stale = ExpectKey {
+            saddr: request.session_key.daddr,
+            daddr: config.public_ip,
+            dport: previous.public_port.to_be_bytes(),
+            _pad: [0; 2],
+        };
+        if EXPECTS.remove(stale).is_ok() {
+            let _ = FREE_PORTS.push(previous.public_port, 0);
+            session.state.expectation_closed();
+        }
+    }
     let Ok(Some(public_port)) = FREE_PORTS.pop() else {
         bump(Counter::WindowExhausted);
         return false;

@@ -4,6 +4,7 @@
 mod agent;
 mod attach;
 mod expire;
+mod inspect;
 mod pins;
 mod settings;
 mod stats;
@@ -33,10 +34,17 @@ struct Cli {
 enum Command {
     /// Load the programs, attach them to the router's interfaces and run until SIGINT/SIGTERM.
     Run(agent::RunArgs),
-    /// Show packet and byte counters per interface and direction.
+    /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
+    /// List the FTP control sessions ftpnat tracks.
+    Sessions(StatsArgs),
+    /// List the announced data connections not yet opened.
+    Expectations(StatsArgs),
+    /// List the connections ftpnat translates (control and data).
+    Flows(StatsArgs),
 }
 
+/// Options of the commands that read a running agent's state.
 #[derive(clap::Args, Debug)]
 struct StatsArgs {
     /// Print JSON instead of a table.
@@ -48,6 +56,10 @@ struct StatsArgs {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`ftpnat flows | head`) instead of panicking on the broken pipe.
+    // SAFETY: restoring a signal's default disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
@@ -55,6 +67,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => agent::run(args),
         Command::Stats(args) => stats::print(&args.pin_dir, args.json),
+        Command::Sessions(args) => inspect::print("sessions", &args.pin_dir, args.json),
+        Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
+        Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

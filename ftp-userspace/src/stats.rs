@@ -3,9 +3,11 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use ftp_common::maps::{
-    Direction, InterfaceInfo, InterfaceRole, TrafficCounters, TrafficKey, names,
+    Counter, DatapathConfig, Direction, ExpectKey, Expectation, ExpectationKind, FlowEntry,
+    FlowKey, InterfaceInfo, InterfaceRole, SessionEntry, TrafficCounters, TrafficKey, flow_flags,
+    names,
 };
 use serde::Serialize;
 
@@ -33,13 +35,29 @@ pub struct InterfaceStats {
     pub egress: Counters,
 }
 
+/// The port window: how many public ports ftpnat hands out and how many are taken.
+#[derive(Serialize, Debug)]
+pub struct WindowStats {
+    pub range: String,
+    pub size: u32,
+    pub in_use: u32,
+    /// Times a connection or PORT/EPRT found no free port.
+    pub exhausted: u64,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Stats {
     pub interfaces: Vec<InterfaceStats>,
     pub total: Counters,
+    pub window: WindowStats,
+    /// What the datapath did, by event (see `Counter` in ftp-common).
+    pub datapath: BTreeMap<&'static str, u64>,
+    pub sessions: usize,
+    pub flows: usize,
+    pub expectations: usize,
 }
 
-fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
+pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = pin_dir.join(name);
     if !path.exists() {
         bail!(
@@ -99,9 +117,56 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
             row.egress = sum.into();
         }
     }
+    let config: Array<_, DatapathConfig> = Array::try_from(open_pinned(pin_dir, names::CONFIG)?)?;
+    let config = config.get(&0, 0).context("reading the datapath config")?;
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(open_pinned(pin_dir, names::COUNTERS)?)?;
+    let mut datapath = BTreeMap::new();
+    for counter in Counter::ALL {
+        let per_cpu = counters.get(&(counter as u32), 0)?;
+        datapath.insert(counter.as_str(), per_cpu.iter().sum());
+    }
+    let flows: HashMap<_, FlowKey, FlowEntry> =
+        HashMap::try_from(open_pinned(pin_dir, names::FLOWS)?)?;
+    let flow_entries: Vec<FlowEntry> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, v)| v)
+        .collect();
+    let expects: HashMap<_, ExpectKey, Expectation> =
+        HashMap::try_from(open_pinned(pin_dir, names::EXPECTS)?)?;
+    let expectations: Vec<Expectation> = expects
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(_, v)| v)
+        .collect();
+    let sessions: HashMap<_, FlowKey, SessionEntry> =
+        HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
+    let in_use = flow_entries
+        .iter()
+        .filter(|f| f.flags & flow_flags::OWNS_PORT != 0)
+        .count()
+        + expectations
+            .iter()
+            .filter(|e| e.kind == ExpectationKind::Active as u8 && e.public_port != 0)
+            .count();
+    let size = u32::from(config.window_hi).saturating_sub(u32::from(config.window_lo)) + 1;
     Ok(Stats {
         interfaces: by_ifindex.into_values().collect(),
         total: total.into(),
+        window: WindowStats {
+            range: format!("{}-{}", config.window_lo, config.window_hi),
+            size,
+            in_use: in_use as u32,
+            exhausted: datapath
+                .get(Counter::WindowExhausted.as_str())
+                .copied()
+                .unwrap_or(0),
+        },
+        datapath,
+        sessions: sessions.keys().filter_map(Result::ok).count(),
+        flows: flow_entries.len() / 2,
+        expectations: expectations.len(),
     })
 }
 
@@ -134,5 +199,19 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         "{:<16} {:<5} {:<8} {:>12} {:>16}",
         "total", "", "", stats.total.packets, stats.total.bytes
     );
+    println!();
+    println!(
+        "sessions {}  connections {}  expectations {}  port window {} ({} ports, {} in use, exhausted {} times)",
+        stats.sessions,
+        stats.flows,
+        stats.expectations,
+        stats.window.range,
+        stats.window.size,
+        stats.window.in_use,
+        stats.window.exhausted
+    );
+    for (name, value) in &stats.datapath {
+        println!("  {name:<28} {value:>12}");
+    }
     Ok(())
 }

@@ -1,0 +1,283 @@
+//! `ftpnat sessions|expectations|flows`: the datapath's tables, read from the pins of a running
+//! agent, as aligned tables or JSON.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap};
+use ftp_common::maps::{
+    DatapathConfig, ExpectKey, Expectation, ExpectationKind, FlowDirection, FlowEntry, FlowKey,
+    FlowKind, SessionEntry, names,
+};
+use serde::Serialize;
+
+use crate::{expire::monotonic_now_ns, stats::open_pinned};
+
+fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
+    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+}
+
+/// A session's identifier: its public address and port, unique while it lives.
+fn session_id(public: &str) -> String {
+    public.to_owned()
+}
+
+#[derive(Serialize)]
+pub struct SessionRow {
+    pub id: String,
+    pub kind: &'static str,
+    pub client: String,
+    pub server: String,
+    pub public: String,
+    pub data_flows: u32,
+    pub age_ms: u64,
+    pub malformed_lines: u32,
+    pub refusals: u32,
+}
+
+#[derive(Serialize)]
+pub struct ExpectationRow {
+    pub session: String,
+    pub kind: &'static str,
+    /// Who may connect (any source port).
+    pub peer: String,
+    /// Where they connect to, as the router sees it.
+    pub public: String,
+    /// Where the connection is delivered.
+    pub target: String,
+    pub expires_in_ms: u64,
+}
+
+#[derive(Serialize)]
+pub struct FlowRow {
+    pub session: String,
+    pub kind: &'static str,
+    /// The connection as its opener sent it.
+    pub orig: String,
+    /// The connection's answers as they arrive from the other side.
+    pub reply: String,
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+struct Tables {
+    config: DatapathConfig,
+    flows: Vec<(FlowKey, FlowEntry)>,
+    sessions: Vec<(FlowKey, SessionEntry)>,
+    expects: Vec<(ExpectKey, Expectation)>,
+}
+
+fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
+    let config: Array<_, DatapathConfig> = Array::try_from(open_pinned(pin_dir, names::CONFIG)?)?;
+    let flows: HashMap<_, FlowKey, FlowEntry> =
+        HashMap::try_from(open_pinned(pin_dir, names::FLOWS)?)?;
+    let sessions: HashMap<_, FlowKey, SessionEntry> =
+        HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
+    let expects: HashMap<_, ExpectKey, Expectation> =
+        HashMap::try_from(open_pinned(pin_dir, names::EXPECTS)?)?;
+    Ok(Tables {
+        config: config.get(&0, 0).context("reading the datapath config")?,
+        flows: flows.iter().filter_map(Result::ok).collect(),
+        sessions: sessions.iter().filter_map(Result::ok).collect(),
+        expects: expects.iter().filter_map(Result::ok).collect(),
+    })
+}
+
+impl Tables {
+    /// The public endpoint of a session: its control connection's translated source.
+    fn public_of(&self, session: &FlowKey) -> String {
+        self.flows
+            .iter()
+            .find(|(key, _)| key == session)
+            .map_or_else(
+                || "-".to_owned(),
+                |(_, e)| endpoint(e.new_saddr, e.new_sport),
+            )
+    }
+}
+
+pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
+    let tables = read_tables(pin_dir)?;
+    let now = monotonic_now_ns();
+    let mut rows: Vec<SessionRow> = tables
+        .sessions
+        .iter()
+        .map(|(key, entry)| {
+            let public = tables.public_of(key);
+            SessionRow {
+                id: session_id(&public),
+                kind: "masquerade",
+                client: endpoint(key.saddr, key.sport),
+                server: endpoint(key.daddr, key.dport),
+                public,
+                data_flows: entry.data_flows,
+                age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
+                malformed_lines: entry.malformed_lines,
+                refusals: entry.refusals,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(rows)
+}
+
+pub fn expectations(pin_dir: &Path) -> anyhow::Result<Vec<ExpectationRow>> {
+    let tables = read_tables(pin_dir)?;
+    let now = monotonic_now_ns();
+    let public_ip = tables.config.public_ip;
+    Ok(tables
+        .expects
+        .iter()
+        .map(|(key, e)| {
+            let kind = ExpectationKind::from_raw(e.kind);
+            let session = session_id(&tables.public_of(&e.session));
+            ExpectationRow {
+                session,
+                kind: kind.map_or("unknown", ExpectationKind::as_str),
+                peer: Ipv4Addr::from(key.saddr).to_string(),
+                public: match kind {
+                    Some(ExpectationKind::Active) => endpoint(public_ip, key.dport),
+                    _ => endpoint(key.daddr, key.dport),
+                },
+                target: endpoint(e.target_addr, e.target_port),
+                expires_in_ms: e.expires_ns.saturating_sub(now) / 1_000_000,
+            }
+        })
+        .collect())
+}
+
+pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
+    let tables = read_tables(pin_dir)?;
+    Ok(tables
+        .flows
+        .iter()
+        .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
+        .map(|(key, e)| {
+            let reply_key = crate::expire::reply_key_of(e);
+            let reply = tables
+                .flows
+                .iter()
+                .find(|(k, _)| *k == reply_key)
+                .map(|(_, r)| r);
+            FlowRow {
+                session: session_id(&tables.public_of(&e.session)),
+                kind: FlowKind::from_raw(e.kind).map_or("unknown", FlowKind::as_str),
+                orig: format!(
+                    "{} -> {}",
+                    endpoint(key.saddr, key.sport),
+                    endpoint(key.daddr, key.dport)
+                ),
+                reply: format!(
+                    "{} -> {}",
+                    endpoint(reply_key.saddr, reply_key.sport),
+                    endpoint(reply_key.daddr, reply_key.dport)
+                ),
+                bytes: e.bytes + reply.map_or(0, |r| r.bytes),
+                packets: e.packets + reply.map_or(0, |r| r.packets),
+            }
+        })
+        .collect())
+}
+
+pub fn print_table(rows: &[Vec<String>]) {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    match what {
+        "sessions" => {
+            let rows = sessions(pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let mut table = vec![
+                [
+                    "ID",
+                    "KIND",
+                    "CLIENT",
+                    "PUBLIC",
+                    "SERVER",
+                    "DATA FLOWS",
+                    "AGE",
+                    "MALFORMED",
+                    "REFUSED",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            table.extend(rows.iter().map(|r| {
+                vec![
+                    r.id.clone(),
+                    r.kind.to_owned(),
+                    r.client.clone(),
+                    r.public.clone(),
+                    r.server.clone(),
+                    r.data_flows.to_string(),
+                    format!("{:.1}s", r.age_ms as f64 / 1000.0),
+                    r.malformed_lines.to_string(),
+                    r.refusals.to_string(),
+                ]
+            }));
+            print_table(&table);
+        }
+        "expectations" => {
+            let rows = expectations(pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let mut table = vec![
+                ["SESSION", "KIND", "PEER", "PUBLIC", "TARGET", "EXPIRES IN"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            table.extend(rows.iter().map(|r| {
+                vec![
+                    r.session.clone(),
+                    r.kind.to_owned(),
+                    r.peer.clone(),
+                    r.public.clone(),
+                    r.target.clone(),
+                    format!("{:.1}s", r.expires_in_ms as f64 / 1000.0),
+                ]
+            }));
+            print_table(&table);
+        }
+        _ => {
+            let rows = flows(pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let mut table = vec![
+                ["SESSION", "KIND", "ORIG", "REPLY", "PACKETS", "BYTES"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            table.extend(rows.iter().map(|r| {
+                vec![
+                    r.session.clone(),
+                    r.kind.to_owned(),
+                    r.orig.clone(),
+                    r.reply.clone(),
+                    r.packets.to_string(),
+                    r.bytes.to_string(),
+                ]
+            }));
+            print_table(&table);
+        }
+    }
+    Ok(())
+}
