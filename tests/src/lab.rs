@@ -195,6 +195,9 @@ impl Lab {
                         "-s",
                         "256",
                         "-U",
+                        // Hand each packet over at once, not when a kernel block fills: a test
+                        // reads the capture while it runs.
+                        "--immediate-mode",
                         "-n",
                         "-w",
                         &pcap.to_string_lossy(),
@@ -292,6 +295,40 @@ impl Lab {
             }
             Ok::<_, anyhow::Error>(names)
         })?
+    }
+
+    /// What the router's capture of `iface` holds so far, as tcpdump prints it with payloads
+    /// (`-A`): for checking which addresses crossed that side.
+    pub fn capture_text(&self, iface: &str) -> anyhow::Result<String> {
+        let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        let out = run("tcpdump", &["-nn", "-A", "-r", &pcap.to_string_lossy()])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs a Python script (system interpreter, for Debian's modules) in the client namespace.
+    pub fn client_python(
+        &self,
+        script: &str,
+        args: &[&str],
+        timeout_secs: u32,
+    ) -> anyhow::Result<Output> {
+        let path = self.dir.join(format!("script-{}.py", args.len()));
+        fs::write(&path, script)?;
+        let timeout = timeout_secs.to_string();
+        let mut full = vec![timeout.as_str(), "/usr/bin/python3"];
+        let path = path.to_string_lossy().into_owned();
+        full.push(&path);
+        full.extend_from_slice(args);
+        let output = self.client.command("timeout", &full).output()?;
+        if !output.status.success() {
+            bail!(
+                "python script failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
     }
 
     /// Packets received by a namespace's interface, from the kernel's own counters.

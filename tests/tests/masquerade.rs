@@ -1,0 +1,369 @@
+//! Issue 4: FTP clients behind the router reach a server that has no route back to the LAN, with
+//! ftpnat translating the control and data connections in eBPF and no netfilter rule at all.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use ftpnat_tests::{
+    Client, FtpServer, Lab, LabSpec, Mode, TestFile, Transfer,
+    files::assert_same_content,
+    lab::{ROUTER_WAN_IF, wait_until},
+    servers::VsftpdOptions,
+};
+use serde_json::Value;
+
+const MIB: u64 = 1024 * 1024;
+
+struct Setup {
+    lab: Lab,
+    server: FtpServer,
+    file: TestFile,
+}
+
+fn setup(spec: LabSpec, file_size: u64) -> Setup {
+    let lab = Lab::new(spec).expect("lab");
+    let root = lab.subdir("srv").expect("server root");
+    let file = TestFile::create(&root.join("data.bin"), file_size, 4).expect("test file");
+    let server = FtpServer::vsftpd(
+        &lab.server,
+        lab.spec.server,
+        &root,
+        lab.dir(),
+        &VsftpdOptions::default(),
+    )
+    .expect("vsftpd");
+    Setup { lab, server, file }
+}
+
+fn download(setup: &Setup, client: Client, mode: Mode, name: &str) {
+    let local = setup.lab.subdir("client").expect("client dir").join(name);
+    Transfer {
+        client,
+        mode,
+        server: setup.server.addr,
+        port: setup.server.port,
+        remote: setup.file.name(),
+        local: &local,
+        timeout_secs: 120,
+    }
+    .run(&setup.lab.client)
+    .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_same_content(&local, &setup.file);
+}
+
+fn ftpnat_json(lab: &Lab, command: &str) -> Value {
+    let out = lab.ftpnat(&[command, "--json"]).expect("ftpnat");
+    assert!(
+        out.status.success(),
+        "ftpnat {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+#[test]
+fn curl_port_eprt_pasv_and_epsv_200mb_without_netfilter() {
+    let setup = setup(LabSpec::default(), 200 * MIB);
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Eprt, Mode::Pasv, Mode::Epsv] {
+        download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+    }
+    // The server's side saw only the public address: in the IP headers and in PORT/EPRT.
+    let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        !wan.contains("10.0.0.2"),
+        "the client's address leaked to the WAN"
+    );
+    assert!(
+        !wan.contains("10,0,0,2"),
+        "a PORT with the client's address reached the server"
+    );
+    assert!(
+        wan.contains("PORT 203,0,113,254,"),
+        "no rewritten PORT on the WAN"
+    );
+    assert!(
+        wan.contains("|1|203.0.113.254|"),
+        "no rewritten EPRT on the WAN"
+    );
+    let stats = ftpnat_json(&setup.lab, "stats");
+    assert_eq!(stats["datapath"]["expectations_used"], 4, "{stats}");
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
+
+#[test]
+fn lftp_five_transfers_per_session_and_python_ftplib() {
+    let setup = setup(LabSpec::default(), 20 * MIB);
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    let dir = setup.lab.subdir("client").expect("client dir");
+    for (passive, label) in [("off", "active"), ("on", "passive")] {
+        let gets: String = (0..5)
+            .map(|i| {
+                format!(
+                    "get {} -o {}/{label}-{i}.bin; ",
+                    setup.file.name(),
+                    dir.display()
+                )
+            })
+            .collect();
+        let script = format!(
+            "set net:max-retries 1; set net:timeout 20; set ftp:passive-mode {passive}; \
+             open ftp://{}; {gets}bye",
+            setup.server.addr
+        );
+        let out = setup
+            .lab
+            .client
+            .command("timeout", &["120", "lftp", "-c", &script])
+            .output()
+            .expect("lftp");
+        assert!(
+            out.status.success(),
+            "lftp {label}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for i in 0..5 {
+            assert_same_content(&dir.join(format!("{label}-{i}.bin")), &setup.file);
+        }
+    }
+    for mode in [Mode::Port, Mode::Pasv] {
+        download(
+            &setup,
+            Client::Ftplib,
+            mode,
+            &format!("ftplib-{mode:?}.bin"),
+        );
+    }
+}
+
+/// The address text changes length both ways: `10,0,0,2` grows into `203,0,113,254` (the default
+/// lab) and `192,168,100,200` shrinks into `192,0,2,1`.
+#[test]
+fn rewritten_address_may_be_shorter_than_the_original() {
+    let spec = LabSpec {
+        client: Ipv4Addr::new(192, 168, 100, 200),
+        router_lan: Ipv4Addr::new(192, 168, 100, 1),
+        router_wan: Ipv4Addr::new(192, 0, 2, 1),
+        server: Ipv4Addr::new(192, 0, 2, 10),
+        ..LabSpec::default()
+    };
+    let setup = setup(spec, 20 * MIB);
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Eprt] {
+        download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+    }
+    let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        wan.contains("PORT 192,0,2,1,"),
+        "no shortened PORT on the WAN"
+    );
+    assert!(!wan.contains("192,168,100,200"));
+}
+
+const FIFTY_PORTS: &str = r#"
+import ftplib, hashlib, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login()
+me = ftp.sock.getsockname()[0].replace('.', ',')
+for i in range(50):
+    reply = ftp.sendcmd(f"PORT {me},{200 + i // 256},{i % 256}")
+    assert reply.startswith('200'), reply
+ftp.set_pasv(False)
+digest = hashlib.sha256()
+ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
+print(digest.hexdigest())
+ftp.quit()
+"#;
+
+#[test]
+fn fifty_port_commands_then_a_transfer_keep_the_stream_in_step() {
+    let setup = setup(LabSpec::default(), 8 * MIB);
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(FIFTY_PORTS, &[&server, setup.file.name()], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        setup.file.sha256
+    );
+}
+
+#[test]
+fn without_ftpnat_the_same_active_transfer_fails() {
+    let setup = setup(LabSpec::default(), MIB);
+    let local = setup.lab.dir().join("never.bin");
+    let result = Transfer {
+        client: Client::Curl,
+        mode: Mode::Port,
+        server: setup.server.addr,
+        port: setup.server.port,
+        remote: setup.file.name(),
+        local: &local,
+        timeout_secs: 10,
+    }
+    .run(&setup.lab.client);
+    assert!(
+        result.is_err(),
+        "an active transfer through a plain router worked"
+    );
+}
+
+const BOUNCE: &str = r#"
+import ftplib, hashlib, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login()
+try:
+    ftp.sendcmd("PORT 10,0,0,99,195,80")
+except ftplib.error_perm as refused:
+    print("server refused:", refused, file=sys.stderr)
+digest = hashlib.sha256()
+ftp.set_pasv(True)
+ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
+print(digest.hexdigest())
+ftp.quit()
+"#;
+
+#[test]
+fn port_naming_another_host_opens_nothing_and_the_session_goes_on() {
+    let setup = setup(LabSpec::default(), 4 * MIB);
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(BOUNCE, &[&server, setup.file.name()], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        setup.file.sha256
+    );
+    let stats = ftpnat_json(&setup.lab, "stats");
+    assert_eq!(stats["datapath"]["refusals"], 1, "{stats}");
+    // Only the passive transfer's expectation was ever created.
+    assert_eq!(stats["datapath"]["expectations_created"], 1, "{stats}");
+    let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        wan.contains("PORT 10,0,0,99,195,80"),
+        "the refused line did not pass untouched: {:?}",
+        wan.lines()
+            .filter(|l| l.contains("PORT") || l.contains("IP "))
+            .take(8)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn coexists_with_a_netfilter_masquerade_for_other_traffic() {
+    let setup = setup(LabSpec::default(), 20 * MIB);
+    setup.lab.netfilter_masquerade(false).expect("iptables");
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Pasv] {
+        download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+    }
+    // Plain traffic still goes through netfilter's masquerade.
+    let server = setup.server.addr.to_string();
+    setup
+        .lab
+        .client
+        .exec("ping", &["-c", "2", "-W", "2", &server])
+        .expect("ping through the masquerade");
+    let listener = setup
+        .lab
+        .server
+        .command(
+            "socat",
+            &["-u", "TCP-LISTEN:8080,reuseaddr", "OPEN:/dev/null"],
+        )
+        .spawn()
+        .expect("socat listener");
+    let mut listener = ChildGuard(listener);
+    wait_until(Duration::from_secs(5), || {
+        setup
+            .lab
+            .server
+            .exec("ss", &["-Hltn", "sport = :8080"])
+            .is_ok_and(|o| !o.stdout.is_empty())
+    })
+    .expect("listener up");
+    setup
+        .lab
+        .client
+        .exec(
+            "sh",
+            &[
+                "-c",
+                &format!("echo hello | socat -u STDIN TCP:{server}:8080"),
+            ],
+        )
+        .expect("a TCP exchange through the masquerade");
+    let _ = listener.0.kill();
+    // netfilter tracked the plain traffic, never with the FTP helper.
+    let table = setup
+        .lab
+        .router
+        .exec("conntrack", &["-L"])
+        .expect("conntrack");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("dport=8080"),
+        "no conntrack entry for the plain TCP exchange"
+    );
+    assert!(
+        !table.contains("helper=ftp"),
+        "the kernel's FTP helper was involved:\n{table}"
+    );
+}
+
+/// Kills the child on drop, so a failing assertion does not leave it running.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PORT_THEN_QUIT: &str = r#"
+import ftplib, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login()
+me = ftp.sock.getsockname()[0].replace('.', ',')
+ftp.sendcmd(f"PORT {me},200,1")
+ftp.quit()
+"#;
+
+#[test]
+fn tables_drain_and_every_window_port_returns_when_sessions_end() {
+    let setup = setup(LabSpec::default(), 2 * MIB);
+    let _agent = setup
+        .lab
+        .start_ftpnat(&["--port-window", "61000-61007", "--expect-timeout", "2"])
+        .expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Epsv] {
+        download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+    }
+    // An announced connection that never comes: its expectation must time out.
+    let server = setup.server.addr.to_string();
+    setup
+        .lab
+        .client_python(PORT_THEN_QUIT, &[&server], 30)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let drained = wait_until(Duration::from_secs(15), || {
+        let stats = ftpnat_json(&setup.lab, "stats");
+        stats["sessions"] == 0
+            && stats["flows"] == 0
+            && stats["expectations"] == 0
+            && stats["window"]["in_use"] == 0
+    });
+    let stats = ftpnat_json(&setup.lab, "stats");
+    assert!(drained.is_ok(), "tables did not drain: {stats}");
+    assert_eq!(stats["window"]["size"], 8);
+    // The window is really whole again: eight more sessions can each take a port.
+    for i in 0..8 {
+        download(&setup, Client::Curl, Mode::Pasv, &format!("again-{i}.bin"));
+    }
+}
