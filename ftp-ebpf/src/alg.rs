@@ -63,6 +63,10 @@ static NEW_SESSION: SessionEntry = SessionEntry {
 
 /// Creates the session record when a control connection opens.
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "inserted by reference: a by-value template would be copied onto the stack"
+)]
 pub fn open_session(packet: &Tcp4, lan_ifindex: u32) {
     let key = packet.key();
     if SESSIONS

@@ -35,7 +35,7 @@ impl Verdict {
     #[inline(always)]
     pub fn action(self, pass: i32) -> i32 {
         match self {
-            Verdict::Redirected => TC_ACT_REDIRECT as i32,
+            Verdict::Redirected => TC_ACT_REDIRECT,
             Verdict::Pass => pass,
             Verdict::Drop => TC_ACT_SHOT,
         }

@@ -180,9 +180,8 @@ pub fn ipv4_addresses(iface: &str) -> anyhow::Result<Vec<Ipv4Prefix>> {
         // SAFETY: non-null, NUL-terminated name owned by the list.
         let name = unsafe { CStr::from_ptr(entry.ifa_name) };
         // SAFETY: ifa_addr is non-null and points to a sockaddr of at least sa_family.
-        if name.to_bytes() != iface.as_bytes()
-            || i32::from(unsafe { (*entry.ifa_addr).sa_family }) != libc::AF_INET
-        {
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
             continue;
         }
         // SAFETY: AF_INET entries carry sockaddr_in address and netmask.

@@ -1,6 +1,10 @@
-//! `cargo xtask demo`: the whole path on an embedded default. A lab (client | router | server) with
-//! vsftpd on the server, `ftpnat run` on the router, one active and one passive download from the
-//! client, the agent's counters, and a full teardown.
+//! `cargo xtask demo`: the whole path on an embedded default. A lab (client | router | server)
+//! where the server has no route back to the client's network and the router has no netfilter
+//! rule, vsftpd on the server, `ftpnat run` on the router, active and passive downloads from the
+//! client through ftpnat's eBPF masquerade, the live session table, the counters, and a full
+//! teardown.
+
+use std::{process::Stdio, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
 use ftpnat_tests::{
@@ -19,13 +23,17 @@ pub fn run() -> anyhow::Result<()> {
     unsafe { std::env::set_var("FTPNAT_BIN", &binary) };
 
     let lab = Lab::new(LabSpec {
-        routing: Routing::Routed,
+        routing: Routing::Nat,
         ..LabSpec::default()
     })?;
     let spec = &lab.spec;
     println!(
-        "demo: lab {}: client {} | router {} / {} | server {} (routed, no NAT yet)",
+        "demo: lab {}: client {} | router {} / {} | server {}",
         lab.name, spec.client, spec.router_lan, spec.router_wan, spec.server
+    );
+    println!(
+        "demo: the server has no route to {}/24 and the router no netfilter rule",
+        spec.client
     );
     let root = lab.subdir("srv")?;
     let file = TestFile::create(&root.join("demo.bin"), FILE_SIZE, 7)?;
@@ -43,7 +51,7 @@ pub fn run() -> anyhow::Result<()> {
     );
 
     let mut agent = lab.start_ftpnat(&[])?;
-    println!("demo: ftpnat run attached on the router:");
+    println!("demo: ftpnat run on the router:");
     for line in agent.log_text().lines() {
         println!("  | {line}");
     }
@@ -51,7 +59,9 @@ pub fn run() -> anyhow::Result<()> {
     let downloads = lab.subdir("client")?;
     for (mode, label) in [
         (Mode::Port, "active (PORT)"),
+        (Mode::Eprt, "active (EPRT)"),
         (Mode::Pasv, "passive (PASV)"),
+        (Mode::Epsv, "passive (EPSV)"),
     ] {
         let local = downloads.join(format!("{mode:?}.bin"));
         Transfer {
@@ -71,23 +81,63 @@ pub fn run() -> anyhow::Result<()> {
                 file.sha256
             );
         }
-        println!("demo: {label} download with curl: sha256 matches ({digest})");
+        println!("demo: {label} download with curl through ftpnat: sha256 matches");
     }
 
-    println!("demo: ftpnat stats on the router:");
-    let stats = lab.ftpnat(&["stats"])?;
-    print!("{}", String::from_utf8_lossy(&stats.stdout));
-    if !stats.status.success() {
-        bail!(
-            "ftpnat stats failed: {}",
-            String::from_utf8_lossy(&stats.stderr)
-        );
+    // A slow download keeps a session open while we look at the tables.
+    let slow = lab
+        .client
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--limit-rate",
+                "4M",
+                "-P",
+                "-",
+                "-o",
+                &downloads.join("slow.bin").to_string_lossy(),
+                &format!("ftp://{}/{}", server.addr, file.name()),
+            ],
+        )
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting curl")?;
+    thread::sleep(Duration::from_secs(2));
+    for command in ["sessions", "flows"] {
+        println!("demo: ftpnat {command} (during a rate-limited active download):");
+        print_ftpnat(&lab, command)?;
     }
+    wait(slow)?;
+    println!("demo: ftpnat stats:");
+    print_ftpnat(&lab, "stats")?;
 
     let (status, _) = agent.stop().context("stopping the agent")?;
     println!("demo: ftpnat run stopped on SIGTERM ({status}); programs detached, pins removed");
     drop(server);
     drop(lab);
     println!("demo: lab removed");
+    Ok(())
+}
+
+fn print_ftpnat(lab: &Lab, command: &str) -> anyhow::Result<()> {
+    let out = lab.ftpnat(&[command])?;
+    if !out.status.success() {
+        bail!(
+            "ftpnat {command} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("  {line}");
+    }
+    Ok(())
+}
+
+fn wait(mut child: std::process::Child) -> anyhow::Result<()> {
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the slow download failed ({status})");
+    }
     Ok(())
 }
