@@ -91,8 +91,8 @@ fn curl_port_eprt_pasv_and_epsv_200mb_without_netfilter() {
 }
 
 #[test]
-fn lftp_five_transfers_per_session_and_python_ftplib() {
-    let setup = setup(LabSpec::default(), 20 * MIB);
+fn lftp_five_transfers_per_session_and_python_ftplib_200mb() {
+    let setup = setup(LabSpec::default(), 200 * MIB);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let dir = setup.lab.subdir("client").expect("client dir");
     for (passive, label) in [("off", "active"), ("on", "passive")] {
@@ -365,4 +365,43 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     for i in 0..8 {
         download(&setup, Client::Curl, Mode::Pasv, &format!("again-{i}.bin"));
     }
+}
+
+/// With checksum offload off on every veth, the endpoints compute full checksums and verify what
+/// they receive: a wrong incremental update (headers, or the payload of a rewritten PORT/EPRT)
+/// would drop the packet and stall the transfer. With offload on, veth would mark everything
+/// verified and hide such a bug.
+#[test]
+fn checksums_hold_when_endpoints_compute_and_verify_them() {
+    let setup = setup(LabSpec::default(), 20 * MIB);
+    for (ns, iface) in [
+        (&setup.lab.client, "eth0"),
+        (&setup.lab.server, "eth0"),
+        (&setup.lab.router, "lan0"),
+        (&setup.lab.router, "wan0"),
+    ] {
+        ns.exec("ethtool", &["-K", iface, "rx", "off", "tx", "off"])
+            .expect("ethtool");
+    }
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Eprt, Mode::Pasv, Mode::Epsv] {
+        download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+    }
+    let snmp = setup
+        .lab
+        .server
+        .exec("cat", &["/proc/net/snmp"])
+        .expect("snmp");
+    let snmp = String::from_utf8_lossy(&snmp.stdout);
+    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let (names, values) = (tcp[0].split_whitespace(), tcp[1].split_whitespace());
+    let in_csum_errors = names
+        .zip(values)
+        .find(|(name, _)| *name == "InCsumErrors")
+        .map(|(_, value)| value.to_owned());
+    assert_eq!(
+        in_csum_errors.as_deref(),
+        Some("0"),
+        "the server saw bad TCP checksums"
+    );
 }
