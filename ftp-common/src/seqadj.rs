@@ -88,9 +88,200 @@ impl SeqAdjust {
     }
 }
 
+/// Longest TCP options area (60-byte header minus the fixed 20).
+pub const MAX_TCP_OPTIONS: usize = 40;
+const TCPOPT_EOL: u8 = 0;
+const TCPOPT_NOP: u8 = 1;
+const TCPOPT_SACK: u8 = 5;
+/// A SACK option holds at most four blocks of two 32-bit edges.
+const MAX_SACK_BLOCKS: usize = 4;
+
+/// What one step of a SACK walk did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SackStep {
+    /// Offset of the next option.
+    pub next: usize,
+    /// Edges this option had changed.
+    pub changed: u32,
+}
+
+impl SeqAdjust {
+    /// Translates the edges of every SACK block in a TCP options area (the first `len` bytes of
+    /// `options`), sent by the side that acknowledges this direction's bytes, like
+    /// [`backward_ack`](Self::backward_ack). Returns how many edges changed. A malformed options
+    /// area is left as it is from the first bad option on.
+    pub fn backward_sack(&self, options: &mut [u8; MAX_TCP_OPTIONS], len: usize) -> u32 {
+        let mut changed: u32 = 0;
+        let mut at = 0usize;
+        // Each step consumes at least one byte, so MAX_TCP_OPTIONS steps cover the area.
+        for _ in 0..MAX_TCP_OPTIONS {
+            let Some(step) = self.backward_sack_step(options, len, at) else {
+                break;
+            };
+            changed = changed.saturating_add(step.changed);
+            at = step.next;
+        }
+        changed
+    }
+
+    /// One option of [`backward_sack`](Self::backward_sack)'s walk, the one at `at`: for a BPF
+    /// caller that drives the walk from a `bpf_loop` callback (a loop over options of unknown
+    /// lengths is more than the verifier can follow inline). `None` when the walk is over.
+    pub fn backward_sack_step(
+        &self,
+        options: &mut [u8; MAX_TCP_OPTIONS],
+        len: usize,
+        at: usize,
+    ) -> Option<SackStep> {
+        let len = len.min(MAX_TCP_OPTIONS);
+        if at >= len {
+            return None;
+        }
+        let kind = *options.get(at)?;
+        if kind == TCPOPT_EOL {
+            return None;
+        }
+        if kind == TCPOPT_NOP {
+            return Some(SackStep {
+                next: at.saturating_add(1),
+                changed: 0,
+            });
+        }
+        let option_len = usize::from(*options.get(at.saturating_add(1))?);
+        if option_len < 2 || at.saturating_add(option_len) > len {
+            return None;
+        }
+        let mut changed: u32 = 0;
+        if kind == TCPOPT_SACK {
+            let blocks = (option_len.saturating_sub(2) / 8).min(MAX_SACK_BLOCKS);
+            for block in 0..MAX_SACK_BLOCKS {
+                if block >= blocks {
+                    break;
+                }
+                for edge in 0..2usize {
+                    let offset = at
+                        .saturating_add(2)
+                        .saturating_add(block.saturating_mul(8))
+                        .saturating_add(edge.saturating_mul(4));
+                    changed = changed.saturating_add(u32::from(self.translate_edge(options, offset)));
+                }
+            }
+        }
+        Some(SackStep {
+            next: at.saturating_add(option_len),
+            changed,
+        })
+    }
+
+    /// Translates the big-endian edge at `offset`; true if it changed.
+    #[inline(always)]
+    fn translate_edge(&self, options: &mut [u8; MAX_TCP_OPTIONS], offset: usize) -> bool {
+        let Some(bytes) = options.get_mut(offset..offset.saturating_add(4)) else {
+            return false;
+        };
+        let Ok(edge) = <[u8; 4]>::try_from(&*bytes) else {
+            return false;
+        };
+        let old = u32::from_be_bytes(edge);
+        let new = self.backward_ack(old);
+        bytes.copy_from_slice(&new.to_be_bytes());
+        new != old
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec::Vec;
+
+    /// NOP, NOP, SACK with the given blocks, NOP-padded to a multiple of 4.
+    fn sack_options(blocks: &[(u32, u32)]) -> ([u8; MAX_TCP_OPTIONS], usize) {
+        let mut options = [0u8; MAX_TCP_OPTIONS];
+        options[0] = TCPOPT_NOP;
+        options[1] = TCPOPT_NOP;
+        options[2] = TCPOPT_SACK;
+        options[3] = (2 + 8 * blocks.len()) as u8;
+        for (i, (left, right)) in blocks.iter().enumerate() {
+            options[4 + 8 * i..8 + 8 * i].copy_from_slice(&left.to_be_bytes());
+            options[8 + 8 * i..12 + 8 * i].copy_from_slice(&right.to_be_bytes());
+        }
+        (options, 4 + 8 * blocks.len())
+    }
+
+    fn edges(options: &[u8; MAX_TCP_OPTIONS], blocks: usize) -> Vec<u32> {
+        (0..blocks * 2)
+            .map(|i| u32::from_be_bytes(options[4 + 4 * i..8 + 4 * i].try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn sack_edges_after_the_rewrite_move_back() {
+        let mut adj = SeqAdjust::new();
+        assert!(adj.record(1000, 5));
+        // The server holds 1025..1045 (rewritten space) and 1100..1200.
+        let (mut options, len) = sack_options(&[(1025, 1045), (1100, 1200)]);
+        assert_eq!(adj.backward_sack(&mut options, len), 4);
+        assert_eq!(edges(&options, 2), [1020, 1040, 1095, 1195]);
+    }
+
+    #[test]
+    fn sack_edges_before_the_rewrite_and_identity_are_untouched() {
+        let mut adj = SeqAdjust::new();
+        let (mut options, len) = sack_options(&[(500, 600)]);
+        assert_eq!(adj.backward_sack(&mut options, len), 0, "no rewrite yet");
+        assert!(adj.record(1000, -3));
+        assert_eq!(adj.backward_sack(&mut options, len), 0);
+        assert_eq!(edges(&options, 1), [500, 600]);
+    }
+
+    #[test]
+    fn sack_after_timestamps_with_four_blocks() {
+        let mut adj = SeqAdjust::new();
+        assert!(adj.record(0, 10));
+        let mut options = [0u8; MAX_TCP_OPTIONS];
+        // Timestamps (10 bytes), then SACK with 3 blocks would overflow 40; real stacks send at
+        // most 3 blocks with timestamps: TS + NOP NOP + SACK(26) = 38 bytes.
+        options[0] = TCPOPT_NOP;
+        options[1] = TCPOPT_NOP;
+        options[2] = 8; // timestamps
+        options[3] = 10;
+        options[12] = TCPOPT_NOP;
+        options[13] = TCPOPT_NOP;
+        options[14] = TCPOPT_SACK;
+        options[15] = 26;
+        for i in 0..6u32 {
+            let at = 16 + 4 * i as usize;
+            options[at..at + 4].copy_from_slice(&(100 + 10 * i).to_be_bytes());
+        }
+        assert_eq!(adj.backward_sack(&mut options, 40), 6);
+        for i in 0..6u32 {
+            let at = 16 + 4 * i as usize;
+            assert_eq!(
+                u32::from_be_bytes(options[at..at + 4].try_into().unwrap()),
+                90 + 10 * i
+            );
+        }
+        // The timestamps were not touched.
+        assert_eq!(&options[2..4], &[8, 10]);
+    }
+
+    #[test]
+    fn malformed_options_stop_the_walk_without_panicking() {
+        let mut adj = SeqAdjust::new();
+        assert!(adj.record(0, 4));
+        for bad_len in [0u8, 1, 39, 255] {
+            let mut options = [0u8; MAX_TCP_OPTIONS];
+            options[0] = TCPOPT_SACK;
+            options[1] = bad_len;
+            let before = options;
+            adj.backward_sack(&mut options, MAX_TCP_OPTIONS);
+            if bad_len < 2 || usize::from(bad_len) > MAX_TCP_OPTIONS {
+                assert_eq!(options, before);
+            }
+        }
+        let mut options = [0xffu8; MAX_TCP_OPTIONS];
+        adj.backward_sack(&mut options, 100);
+    }
 
     #[test]
     fn identity_until_something_is_recorded() {

@@ -74,6 +74,13 @@ pub struct Scratch {
     pub bytes: [u8; SCRATCH_SIZE],
     /// A PORT/EPRT the ALG accepted in this segment, for the rewrite that follows.
     pub pending: crate::rewrite::ActiveRequest,
+    /// A TCP options area before and after its SACK edges are translated (read at variable
+    /// offsets, which the verifier allows in a map value but not on the stack).
+    pub options_before: [u8; ftp_common::MAX_TCP_OPTIONS],
+    pub options_after: [u8; ftp_common::MAX_TCP_OPTIONS],
+    /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which
+    /// can reach a little past it; this keeps every such address inside the map value.
+    pub _verifier_slack: [u8; 64],
 }
 
 #[map(name = "SCRATCH")]

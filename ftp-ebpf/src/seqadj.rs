@@ -1,11 +1,19 @@
 //! Applying a session's sequence adjustment to the control connection's packets: the client's
 //! sequence numbers move forward by what its rewritten lines added, and the server's
-//! acknowledgements move back by the same, so both ends keep their own view of the stream.
+//! acknowledgements and SACK blocks move back by the same, so both ends keep their own view of
+//! the stream.
 
-use aya_ebpf::programs::TcContext;
-use ftp_common::SeqAdjust;
+use aya_ebpf::{
+    helpers::{bpf_csum_diff, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    programs::TcContext,
+};
+use core::ffi::c_void;
+use ftp_common::{MAX_TCP_OPTIONS, SeqAdjust};
 
-use crate::headers::{TCP_CHECK_OFF, Tcp4};
+use crate::{
+    headers::{TCP_CHECK_OFF, Tcp4},
+    maps::SCRATCH,
+};
 
 const TCP_SEQ_OFF: usize = 4;
 const TCP_ACK_OFF: usize = 8;
@@ -21,6 +29,120 @@ pub fn adjust(ctx: &TcContext, packet: &Tcp4, client: &SeqAdjust, from_client: b
     } else if packet.tcp.ack() != 0 {
         let ack = u32::from_be_bytes(packet.tcp.ack_seq);
         let _ = rewrite_u32(ctx, packet, TCP_ACK_OFF, ack, client.backward_ack(ack));
+        if packet.tcp.doff() > 5 {
+            adjust_sack(ctx, packet, client);
+        }
+    }
+}
+
+/// Moves the SACK edges in the server's options back into the client's sequence space.
+// A subprogram of its own: the two option copies stay off the callers' stack frames.
+#[inline(never)]
+fn adjust_sack(ctx: &TcContext, packet: &Tcp4, client: &SeqAdjust) {
+    let len = (usize::from(packet.tcp.doff()) * 4).saturating_sub(20);
+    if len == 0 || len > MAX_TCP_OPTIONS {
+        return;
+    }
+    // Written so the verifier sees 1 ≤ len ≤ 40 for the helpers below.
+    let len = ((len - 1) & 63) + 1;
+    if len > MAX_TCP_OPTIONS {
+        return;
+    }
+    let offset = packet.tcp_off + 20;
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch area; nothing else uses it while this program runs here.
+    let (old, new) = unsafe {
+        (
+            &mut (*scratch).options_before,
+            &mut (*scratch).options_after,
+        )
+    };
+    *old = [0; MAX_TCP_OPTIONS];
+    let skb = ctx.skb.skb;
+    // SAFETY: `old` has room for MAX_TCP_OPTIONS ≥ len bytes; the helper checks the packet bounds.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            skb as *const c_void,
+            offset as u32,
+            old.as_mut_ptr().cast(),
+            len as u32,
+        )
+    };
+    if loaded != 0 {
+        return;
+    }
+    *new = *old;
+    let mut walk = SackWalk {
+        adjust: *client,
+        len: len as u32,
+        at: 0,
+        changed: 0,
+    };
+    // SAFETY: plain helper call: a static callback and a context on this stack frame.
+    unsafe {
+        bpf_loop(
+            MAX_TCP_OPTIONS as u32,
+            sack_step as *mut c_void,
+            (&raw mut walk).cast(),
+            0,
+        )
+    };
+    if walk.changed == 0 {
+        return;
+    }
+    // SAFETY: both buffers are MAX_TCP_OPTIONS (a multiple of 4) bytes of the scratch map value;
+    // the bytes past `len` are zero in both, so they add nothing to the difference.
+    let diff = unsafe {
+        bpf_csum_diff(
+            old.as_mut_ptr().cast(),
+            MAX_TCP_OPTIONS as u32,
+            new.as_mut_ptr().cast(),
+            MAX_TCP_OPTIONS as u32,
+            0,
+        )
+    };
+    if diff < 0 {
+        return;
+    }
+    // SAFETY: storing `len` bytes of `new` at the options' offset of this program's skb.
+    if unsafe { bpf_skb_store_bytes(skb, offset as u32, new.as_ptr().cast(), len as u32, 0) } != 0 {
+        return;
+    }
+    let _ = ctx.l4_csum_replace(packet.tcp_off + TCP_CHECK_OFF, 0, diff as u64, 0);
+}
+
+/// The state of a SACK walk between `bpf_loop` steps.
+#[repr(C)]
+struct SackWalk {
+    adjust: SeqAdjust,
+    len: u32,
+    at: u32,
+    changed: u32,
+}
+
+/// `bpf_loop` callback: translates one option of the scratch area's `options_after`.
+#[inline(never)]
+extern "C" fn sack_step(_index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop hands back the `SackWalk` on the caller's stack.
+    let walk = unsafe { &mut *ctx.cast::<SackWalk>() };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch area, filled by the caller in this program run.
+    let options = unsafe { &mut (*scratch).options_after };
+    let at = (walk.at as usize) & 63;
+    match walk
+        .adjust
+        .backward_sack_step(options, walk.len as usize, at)
+    {
+        Some(step) => {
+            walk.at = step.next as u32;
+            walk.changed = walk.changed.saturating_add(step.changed);
+            0
+        }
+        None => 1,
     }
 }
 
