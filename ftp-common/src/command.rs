@@ -18,7 +18,7 @@ use core::net::{IpAddr, SocketAddr, SocketAddrV4};
 use crate::address::{
     DOTTED_QUAD, HOST_PORT, Ipv6Text, MAX_IPV6_TEXT_LEN, Octets, OctetsStep, is_delimiter,
 };
-use crate::line::{Framed, Framing};
+use crate::line::{Framing, LineGrammar, scan_byte};
 use crate::number::{Decimal, MAX_OCTET_DIGITS, MAX_PORT_DIGITS};
 use crate::{MAX_LINE_LEN, MalformedReason, Span};
 
@@ -271,29 +271,7 @@ impl CommandScanner {
     /// Takes the next byte of the client's stream. True when it was the LF that ends a line: then
     /// [`command`](Self::command) is that line's command, and the next byte starts a new line.
     pub fn push(&mut self, byte: u8) -> bool {
-        if self.framing.ended() {
-            self.reset();
-        }
-        match self.framing.push(byte) {
-            Framed::Content {
-                held_cr,
-                byte,
-                index,
-            } => {
-                if held_cr {
-                    self.consume(b'\r', index.wrapping_sub(1));
-                }
-                if let Some(byte) = byte {
-                    self.consume(byte, index);
-                }
-                false
-            }
-            Framed::Beyond => false,
-            Framed::End(content_len) => {
-                self.finish(content_len);
-                true
-            }
-        }
+        scan_byte(self, byte)
     }
 
     /// Bytes of the line so far, its LF included once it has ended. When a line ends, its first
@@ -606,3 +584,25 @@ pub fn parse_command(line: &[u8]) -> Command {
 
 #[cfg(test)]
 mod tests;
+
+impl LineGrammar for CommandScanner {
+    #[inline(always)]
+    fn framing(&mut self) -> &mut Framing {
+        &mut self.framing
+    }
+
+    #[inline(always)]
+    fn restart(&mut self) {
+        self.reset();
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, byte: u8, index: u16) {
+        CommandScanner::consume(self, byte, index);
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, content_len: Result<u16, MalformedReason>) {
+        CommandScanner::finish(self, content_len);
+    }
+}

@@ -75,6 +75,47 @@ pub(crate) enum Framed {
     End(Result<u16, MalformedReason>),
 }
 
+/// A grammar read one byte at a time behind a [`Framing`]: what the command and reply scanners
+/// have in common, so that [`scan_byte`] drives both.
+pub(crate) trait LineGrammar {
+    fn framing(&mut self) -> &mut Framing;
+    /// Forget the line: the next byte starts one.
+    fn restart(&mut self);
+    /// Content byte `byte` at `index` in the line.
+    fn consume(&mut self, byte: u8, index: u16);
+    /// The LF arrived; the content was this long (or the line too long).
+    fn finish(&mut self, content_len: Result<u16, MalformedReason>);
+}
+
+/// Takes the next byte of a stream for `grammar`: true when it was the LF that ends a line (the
+/// next byte then starts a new one).
+#[inline(always)]
+pub(crate) fn scan_byte<G: LineGrammar>(grammar: &mut G, byte: u8) -> bool {
+    if grammar.framing().ended() {
+        grammar.restart();
+    }
+    match grammar.framing().push(byte) {
+        Framed::Content {
+            held_cr,
+            byte,
+            index,
+        } => {
+            if held_cr {
+                grammar.consume(b'\r', index.wrapping_sub(1));
+            }
+            if let Some(byte) = byte {
+                grammar.consume(byte, index);
+            }
+            false
+        }
+        Framed::Beyond => false,
+        Framed::End(content_len) => {
+            grammar.finish(content_len);
+            true
+        }
+    }
+}
+
 impl Framing {
     pub(crate) const fn new() -> Self {
         Self {

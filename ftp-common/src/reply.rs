@@ -22,7 +22,7 @@
 use core::net::SocketAddrV4;
 
 use crate::address::{HOST_PORT, Octets, OctetsStep, is_delimiter};
-use crate::line::{Framed, Framing};
+use crate::line::{Framing, LineGrammar, scan_byte};
 use crate::number::{Decimal, MAX_PORT_DIGITS, decimal_digit};
 use crate::{MAX_LINE_LEN, MalformedReason, Span};
 
@@ -139,29 +139,7 @@ impl ReplyScanner {
     /// Takes the next byte of the server's stream. True when it was the LF that ends a line: then
     /// [`reply`](Self::reply) is that line's reply, and the next byte starts a new line.
     pub fn push(&mut self, byte: u8) -> bool {
-        if self.framing.ended() {
-            self.reset();
-        }
-        match self.framing.push(byte) {
-            Framed::Content {
-                held_cr,
-                byte,
-                index,
-            } => {
-                if held_cr {
-                    self.consume(b'\r', index.wrapping_sub(1));
-                }
-                if let Some(byte) = byte {
-                    self.consume(byte, index);
-                }
-                false
-            }
-            Framed::Beyond => false,
-            Framed::End(content_len) => {
-                self.finish(content_len);
-                true
-            }
-        }
+        scan_byte(self, byte)
     }
 
     /// Bytes of the line so far, its LF included once it has ended.
@@ -385,3 +363,25 @@ pub fn parse_reply(line: &[u8]) -> Reply {
 
 #[cfg(test)]
 mod tests;
+
+impl LineGrammar for ReplyScanner {
+    #[inline(always)]
+    fn framing(&mut self) -> &mut Framing {
+        &mut self.framing
+    }
+
+    #[inline(always)]
+    fn restart(&mut self) {
+        self.reset();
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, byte: u8, index: u16) {
+        ReplyScanner::consume(self, byte, index);
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, content_len: Result<u16, MalformedReason>) {
+        ReplyScanner::finish(self, content_len);
+    }
+}

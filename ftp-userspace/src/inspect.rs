@@ -194,30 +194,44 @@ pub fn print_table(rows: &[Vec<String>]) {
     }
 }
 
+/// Prints `rows` as JSON, or as a table with `headers` and the cells `cells` makes of a row.
+fn emit<T: Serialize>(
+    rows: &[T],
+    json: bool,
+    headers: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    let mut table = vec![headers.iter().map(|h| (*h).to_owned()).collect()];
+    table.extend(rows.iter().map(cells));
+    print_table(&table);
+    Ok(())
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
 pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     match what {
-        "sessions" => {
-            let rows = sessions(pin_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-                return Ok(());
-            }
-            let mut table = vec![
-                [
-                    "ID",
-                    "KIND",
-                    "CLIENT",
-                    "PUBLIC",
-                    "SERVER",
-                    "DATA FLOWS",
-                    "AGE",
-                    "MALFORMED",
-                    "REFUSED",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            table.extend(rows.iter().map(|r| {
+        "sessions" => emit(
+            &sessions(pin_dir)?,
+            json,
+            &[
+                "ID",
+                "KIND",
+                "CLIENT",
+                "PUBLIC",
+                "SERVER",
+                "DATA FLOWS",
+                "AGE",
+                "MALFORMED",
+                "REFUSED",
+            ],
+            |r| {
                 vec![
                     r.id.clone(),
                     r.kind.to_owned(),
@@ -225,48 +239,32 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                     r.public.clone(),
                     r.server.clone(),
                     r.data_flows.to_string(),
-                    format!("{:.1}s", r.age_ms as f64 / 1000.0),
+                    seconds(r.age_ms),
                     r.malformed_lines.to_string(),
                     r.refusals.to_string(),
                 ]
-            }));
-            print_table(&table);
-        }
-        "expectations" => {
-            let rows = expectations(pin_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-                return Ok(());
-            }
-            let mut table = vec![
-                ["SESSION", "KIND", "PEER", "PUBLIC", "TARGET", "EXPIRES IN"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
-            table.extend(rows.iter().map(|r| {
+            },
+        ),
+        "expectations" => emit(
+            &expectations(pin_dir)?,
+            json,
+            &["SESSION", "KIND", "PEER", "PUBLIC", "TARGET", "EXPIRES IN"],
+            |r| {
                 vec![
                     r.session.clone(),
                     r.kind.to_owned(),
                     r.peer.clone(),
                     r.public.clone(),
                     r.target.clone(),
-                    format!("{:.1}s", r.expires_in_ms as f64 / 1000.0),
+                    seconds(r.expires_in_ms),
                 ]
-            }));
-            print_table(&table);
-        }
-        _ => {
-            let rows = flows(pin_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-                return Ok(());
-            }
-            let mut table = vec![
-                ["SESSION", "KIND", "ORIG", "REPLY", "PACKETS", "BYTES"]
-                    .map(String::from)
-                    .to_vec(),
-            ];
-            table.extend(rows.iter().map(|r| {
+            },
+        ),
+        _ => emit(
+            &flows(pin_dir)?,
+            json,
+            &["SESSION", "KIND", "ORIG", "REPLY", "PACKETS", "BYTES"],
+            |r| {
                 vec![
                     r.session.clone(),
                     r.kind.to_owned(),
@@ -275,9 +273,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                     r.packets.to_string(),
                     r.bytes.to_string(),
                 ]
-            }));
-            print_table(&table);
-        }
+            },
+        ),
     }
-    Ok(())
 }

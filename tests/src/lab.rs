@@ -331,6 +331,25 @@ impl Lab {
         Ok(output)
     }
 
+    /// A file of `size` pseudo-random bytes served by vsftpd on the server, anonymously: what most
+    /// tests transfer.
+    pub fn serve_file(
+        &self,
+        size: u64,
+        seed: u64,
+    ) -> anyhow::Result<(crate::FtpServer, crate::TestFile)> {
+        let root = self.subdir("srv")?;
+        let file = crate::TestFile::create(&root.join(format!("data-{seed}.bin")), size, seed)?;
+        let server = crate::FtpServer::vsftpd(
+            &self.server,
+            self.spec.server,
+            &root,
+            self.dir(),
+            &crate::servers::VsftpdOptions::default(),
+        )?;
+        Ok((server, file))
+    }
+
     /// Packets received by a namespace's interface, from the kernel's own counters.
     pub fn rx_packets(ns: &NetNs, iface: &str) -> anyhow::Result<u64> {
         let out = ns.exec(

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use ftpnat_tests::{
-    Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer,
+    Client, Lab, LabSpec, Mode, Routing, Transfer,
     files::assert_same_content,
     lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
-    servers::VsftpdOptions,
 };
 use serde_json::Value;
 
@@ -43,16 +42,9 @@ fn counter(stats: &Value, iface: &str, hook: &str, field: &str) -> u64 {
 #[test]
 fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     let lab = routed_lab();
-    let root = lab.subdir("srv").expect("server root");
-    let file = TestFile::create(&root.join("data.bin"), 8 * 1024 * 1024, 2).expect("test file");
-    let server = FtpServer::vsftpd(
-        &lab.server,
-        lab.spec.server,
-        &root,
-        lab.dir(),
-        &VsftpdOptions::default(),
-    )
-    .expect("vsftpd");
+    let (server, file) = lab
+        .serve_file(8 * 1024 * 1024, 2)
+        .expect("vsftpd serving a file");
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
 
     let attached = lab.router_tc_programs(ROUTER_WAN_IF).expect("query tcx");

@@ -2,10 +2,7 @@
 //! `CT --helper ftp`) a client behind the router completes active and passive transfers to a server
 //! that has no route back to the LAN. If these fail, the lab is broken, not ftpnat.
 
-use ftpnat_tests::{
-    Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer, files::assert_same_content,
-    servers::VsftpdOptions,
-};
+use ftpnat_tests::{Client, Lab, LabSpec, Mode, Routing, Transfer, files::assert_same_content};
 
 const FILE_SIZE: u64 = 50 * 1024 * 1024;
 
@@ -17,16 +14,7 @@ fn kernel_ftp_helper_masquerades_active_and_passive_50mb() {
     })
     .expect("lab");
     lab.netfilter_masquerade(true).expect("netfilter rules");
-    let root = lab.subdir("srv").expect("server root");
-    let file = TestFile::create(&root.join("big.bin"), FILE_SIZE, 1).expect("test file");
-    let server = FtpServer::vsftpd(
-        &lab.server,
-        lab.spec.server,
-        &root,
-        lab.dir(),
-        &VsftpdOptions::default(),
-    )
-    .expect("vsftpd");
+    let (server, file) = lab.serve_file(FILE_SIZE, 1).expect("vsftpd serving a file");
     let downloads = lab.subdir("client").expect("client dir");
 
     for mode in [Mode::Port, Mode::Pasv] {

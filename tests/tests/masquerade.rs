@@ -7,7 +7,6 @@ use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, Mode, TestFile, Transfer,
     files::assert_same_content,
     lab::{ROUTER_WAN_IF, wait_until},
-    servers::VsftpdOptions,
 };
 use serde_json::Value;
 
@@ -21,16 +20,7 @@ struct Setup {
 
 fn setup(spec: LabSpec, file_size: u64) -> Setup {
     let lab = Lab::new(spec).expect("lab");
-    let root = lab.subdir("srv").expect("server root");
-    let file = TestFile::create(&root.join("data.bin"), file_size, 4).expect("test file");
-    let server = FtpServer::vsftpd(
-        &lab.server,
-        lab.spec.server,
-        &root,
-        lab.dir(),
-        &VsftpdOptions::default(),
-    )
-    .expect("vsftpd");
+    let (server, file) = lab.serve_file(file_size, 4).expect("vsftpd serving a file");
     Setup { lab, server, file }
 }
 
