@@ -77,6 +77,8 @@ pub struct Lab {
     pub name: String,
     dir: PathBuf,
     bpffs: PathBuf,
+    /// Set once the lab has mounted its bpffs (on first use), so that drop unmounts it.
+    bpffs_mounted: std::cell::OnceCell<()>,
     captures: Vec<Child>,
     /// Declared after the processes that run inside the namespaces so they drop first.
     pub client: NetNs,
@@ -88,6 +90,12 @@ impl Lab {
     pub fn new(spec: LabSpec) -> anyhow::Result<Self> {
         let name = unique_prefix();
         let dir = std::env::temp_dir().join("ftpnat-lab").join(&name);
+        if dir.exists() {
+            // Kept by a failed run of an earlier process that had our pid: start clean.
+            let _ = run("umount", &["-l", &dir.join("bpffs").to_string_lossy()]);
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing stale {}", dir.display()))?;
+        }
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // The FTP servers drop privileges: their files must be reachable by other users.
         for path in [dir.parent().unwrap_or(&dir), &dir] {
@@ -102,6 +110,7 @@ impl Lab {
             name,
             dir,
             bpffs,
+            bpffs_mounted: std::cell::OnceCell::new(),
             captures: Vec::new(),
             client,
             router,
@@ -232,12 +241,13 @@ impl Lab {
     /// A bpffs mounted for this lab alone, for the agent's pins: `ip netns exec` would hide
     /// /sys/fs/bpf, and a private mount keeps parallel labs apart.
     pub fn pin_dir(&self) -> anyhow::Result<PathBuf> {
-        if !self.bpffs.exists() {
+        // Checked on every use, not remembered: the mount is what the agent needs, whatever
+        // happened to the directory since.
+        let path = self.bpffs.to_string_lossy().into_owned();
+        if run("mountpoint", &["-q", &path]).is_err() {
             fs::create_dir_all(&self.bpffs)?;
-            run(
-                "mount",
-                &["-t", "bpf", "bpf", &self.bpffs.to_string_lossy()],
-            )?;
+            run("mount", &["-t", "bpf", "bpf", &path])?;
+            let _ = self.bpffs_mounted.set(());
         }
         Ok(self.bpffs.join("ftpnat"))
     }
@@ -409,7 +419,7 @@ impl Drop for Lab {
         }
         // Namespaces go next (fields drop after this body), taking the veths with them; the bpffs
         // and the files are ours to remove.
-        if self.bpffs.exists() {
+        if self.bpffs_mounted.get().is_some() {
             let _ = run("umount", &["-l", &self.bpffs.to_string_lossy()]);
         }
         if thread::panicking() {
