@@ -205,10 +205,11 @@ import ftplib, hashlib, sys
 ftp = ftplib.FTP()
 ftp.connect(sys.argv[1], 21, timeout=20)
 ftp.login()
-try:
-    ftp.sendcmd("PORT 10,0,0,99,195,80")
-except ftplib.error_perm as refused:
-    print("server refused:", refused, file=sys.stderr)
+for line in ("PORT 10,0,0,99,195,80", "PORT 10,0,0,2,256,80"):
+    try:
+        ftp.sendcmd(line)
+    except ftplib.error_perm as refused:
+        print("server refused:", refused, file=sys.stderr)
 digest = hashlib.sha256()
 ftp.set_pasv(True)
 ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
@@ -217,7 +218,7 @@ ftp.quit()
 "#;
 
 #[test]
-fn port_naming_another_host_opens_nothing_and_the_session_goes_on() {
+fn bounce_and_malformed_ports_open_nothing_and_the_session_goes_on() {
     let setup = setup(LabSpec::default(), 4 * MIB);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
@@ -231,9 +232,14 @@ fn port_naming_another_host_opens_nothing_and_the_session_goes_on() {
     );
     let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(stats["datapath"]["refusals"], 1, "{stats}");
+    assert_eq!(stats["datapath"]["malformed_lines"], 1, "{stats}");
     // Only the passive transfer's expectation was ever created.
     assert_eq!(stats["datapath"]["expectations_created"], 1, "{stats}");
     let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        wan.contains("PORT 10,0,0,2,256,80"),
+        "the malformed line did not pass untouched"
+    );
     assert!(
         wan.contains("PORT 10,0,0,99,195,80"),
         "the refused line did not pass untouched: {:?}",
