@@ -149,13 +149,14 @@ fn rewritten_address_may_be_shorter_than_the_original() {
     assert!(!wan.contains("192,168,100,200"));
 }
 
-const FIFTY_PORTS: &str = r#"
+/// Sends `argv[3]` PORT commands, then downloads `argv[2]` in active mode; prints its sha256.
+const PORTS_THEN_RETR: &str = r#"
 import ftplib, hashlib, sys
 ftp = ftplib.FTP()
 ftp.connect(sys.argv[1], 21, timeout=20)
 ftp.login()
 me = ftp.sock.getsockname()[0].replace('.', ',')
-for i in range(50):
+for i in range(int(sys.argv[3])):
     reply = ftp.sendcmd(f"PORT {me},{200 + i // 256},{i % 256}")
     assert reply.startswith('200'), reply
 ftp.set_pasv(False)
@@ -172,11 +173,75 @@ fn fifty_port_commands_then_a_transfer_keep_the_stream_in_step() {
     let server = setup.server.addr.to_string();
     let out = setup
         .lab
-        .client_python(FIFTY_PORTS, &[&server, setup.file.name()], 60)
+        .client_python(PORTS_THEN_RETR, &[&server, setup.file.name(), "50"], 60)
         .unwrap_or_else(|err| panic!("{err:#}"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         setup.file.sha256
+    );
+}
+
+/// The server drops the first copy of every segment carrying a PORT, so each rewritten PORT is
+/// retransmitted by the client and must be rewritten again, byte for byte, at the same place in
+/// the stream: a retransmission passed through unrewritten would no longer fit the sequence space
+/// the server has seen, and the control channel would come apart.
+#[test]
+fn retransmitted_ports_are_rewritten_identically() {
+    let setup = setup(LabSpec::default(), MIB);
+    setup
+        .lab
+        .server
+        .exec(
+            "iptables",
+            &[
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "21",
+                "-m",
+                "string",
+                "--string",
+                "PORT ",
+                "--algo",
+                "bm",
+                "-m",
+                "statistic",
+                "--mode",
+                "nth",
+                "--every",
+                "2",
+                "--packet",
+                "0",
+                "-j",
+                "DROP",
+            ],
+        )
+        .expect("iptables on the server");
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(PORTS_THEN_RETR, &[&server, setup.file.name(), "5"], 90)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        setup.file.sha256
+    );
+    let rules = setup
+        .lab
+        .server
+        .exec("iptables", &["-L", "INPUT", "-v", "-x", "-n"])
+        .expect("iptables -L");
+    let dropped: u64 = String::from_utf8_lossy(&rules.stdout)
+        .lines()
+        .find(|line| line.contains("DROP"))
+        .and_then(|line| line.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        dropped >= 6,
+        "only {dropped} PORT segments were dropped: the test did not bite"
     );
 }
 
