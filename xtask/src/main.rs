@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks. `setup` installs what is missing; `build`, `test`, `demo` and
 //! `fuzz` run it first, so each works on a fresh machine and is idempotent.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod lint;
@@ -36,6 +37,8 @@ enum Task {
     Test,
     /// Build, create a lab, run ftpnat on its router, transfer files through it and show the counters.
     Demo,
+    /// Measure download throughput through plain routing, netfilter's FTP helper and ftpnat.
+    Bench,
     /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
     Lint,
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(drop)),
         Task::Test => setup::run().and_then(|()| test::run()),
         Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Bench => setup::run().and_then(|()| bench::run()),
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
     };
