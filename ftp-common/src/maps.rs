@@ -56,8 +56,6 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub const ALL: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
     pub const fn as_str(self) -> &'static str {
         match self {
             Direction::Ingress => "ingress",

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::{run_checked, workspace_root};
+use crate::{HOST_PACKAGES, run_checked, workspace_root};
 
 pub fn run() -> anyhow::Result<()> {
     let root = workspace_root();
@@ -12,21 +12,20 @@ pub fn run() -> anyhow::Result<()> {
             .current_dir(root)
             .args(["fmt", "--all", "--check"]),
     )?;
-    run_checked(Command::new(env!("CARGO")).current_dir(root).args([
-        "clippy",
-        "--package",
-        "ftp-common",
-        "--package",
-        "ftp-userspace",
-        "--package",
-        "xtask",
-        "--package",
-        "ftpnat-tests",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run_checked(
+        Command::new(env!("CARGO"))
+            .current_dir(root)
+            .arg("clippy")
+            .args(HOST_PACKAGES)
+            .args([
+                "--package",
+                "ftpnat-tests",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+    )?;
     run_checked(Command::new(env!("CARGO")).current_dir(root).args([
         "clippy",
         "--package",

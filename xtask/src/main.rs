@@ -69,6 +69,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cargo` arguments selecting the crates whose tests need no root and no kernel (the eBPF crate
+/// only builds for its own target; the lab tests run separately).
+pub const HOST_PACKAGES: [&str; 6] = [
+    "--package",
+    "ftp-common",
+    "--package",
+    "ftp-userspace",
+    "--package",
+    "xtask",
+];
+
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, workspace_root};
+use crate::{HOST_PACKAGES, build, workspace_root};
 
 /// Integration tests run two at a time: each has its own namespaces, so they cannot collide, and
 /// two matches the CI machine's cores.
@@ -25,20 +25,7 @@ pub fn run() -> anyhow::Result<()> {
     let namespaces_before = lab_namespaces()?;
 
     println!("xtask test: unit tests");
-    cargo_test(
-        &mut tally,
-        "unit tests",
-        &[
-            "--package",
-            "ftp-common",
-            "--package",
-            "ftp-userspace",
-            "--package",
-            "xtask",
-        ],
-        &[],
-        &[],
-    )?;
+    cargo_test(&mut tally, "unit tests", &HOST_PACKAGES, &[], &[])?;
 
     println!("xtask test: integration tests (netns lab)");
     let binary = build(false)?;
