@@ -198,8 +198,9 @@ fn splice(
     let old_tail_len = payload_len - aligned;
     let suffix_len = payload_len - field_end;
 
-    // The replacement text, after the odd byte before the field if there is one.
-    *buf.get_mut(NEW_TAIL)? = *buf.get(aligned & (SCRATCH_LEN - 1))?;
+    // The replacement text, after the odd byte before the field if there is one. That byte is
+    // read from the packet: on a retransmission (replay) the scratch area holds another packet.
+    *buf.get_mut(NEW_TAIL)? = ctx.load::<u8>(payload_off + aligned).ok()?;
     let public = Ipv4Addr::from(config.public_ip);
     let out = buf.get_mut(NEW_TAIL + prefix..NEW_TAIL + prefix + MAX_FIELD_LEN)?;
     let replacement_len = match record.kind {
