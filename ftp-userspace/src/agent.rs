@@ -154,6 +154,10 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
         pin_dir: &args.pin_dir,
         kernel_log_level: kernel_log_level(log::max_level()),
     };
+    // Handlers first: a SIGTERM that arrives while (or right after) the programs attach must still
+    // take the orderly detach path below, not kill the process with the pins left behind.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut datapath = Datapath::load_and_attach(&options, interfaces, nat)?;
     log::info!(
         "attached to {}; maps pinned under {}",
@@ -175,8 +179,6 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
     let policy = ExpiryPolicy::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut kernel_log = match datapath.take_kernel_logger() {
         // SAFETY: the logger owns the ring buffer's fd and is moved into the AsyncFd, so the fd
         // stays open for as long as it is registered.

@@ -243,7 +243,7 @@ fn killed_agent_leaves_pins_that_the_next_run_replaces() {
         "{}",
         again.log_text()
     );
-    let (status, _) = again.stop().expect("stop");
-    assert!(status.success());
+    let (status, log) = again.stop().expect("stop");
+    assert!(status.success(), "{status}:\n{log}");
     assert!(!pin_dir.exists());
 }
