@@ -22,6 +22,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::address::is_delimiter;
+use crate::maps::{RewriteRecord, rewrite_kind};
 use crate::{MAX_LINE_LEN, Span};
 
 /// `255,255,255,255,255,255`.
@@ -213,6 +214,61 @@ pub fn format_229_field(port: u16, out: &mut [u8]) -> Option<usize> {
     }
     let mut writer = Writer::new(out);
     writer.decimal(port)?;
+    Some(writer.len)
+}
+
+/// Written over a PORT argument when the port window has no free port: port 0 at 0.0.0.0, which
+/// servers refuse at once (a privileged port, and not the client's address), so the client's
+/// PORT fails with an error reply instead of the server connecting to a private address that
+/// cannot answer.
+pub const REFUSED_PORT_FIELD: &[u8] = b"0,0,0,0,0,0";
+
+/// Written over a whole 227/229 line (all of it but the LF) when the port window has no free
+/// port: a `425` the client fails on at once, instead of an address it would wait on.
+pub const REFUSED_PASSIVE_LINE: &[u8] = b"425 ftpnat: data port window exhausted.\r";
+
+/// The EPRT argument counterpart of [`REFUSED_PORT_FIELD`]: `<d>1<d>0.0.0.0<d>0<d>`.
+pub fn format_refused_eprt_field(delimiter: u8, out: &mut [u8]) -> Option<usize> {
+    if !is_delimiter(delimiter) || delimiter == b'.' {
+        return None;
+    }
+    let mut writer = Writer::new(out);
+    for byte in [delimiter, b'1', delimiter] {
+        writer.byte(byte)?;
+    }
+    writer.ipv4(Ipv4Addr::UNSPECIFIED, b'.')?;
+    for byte in [delimiter, b'0', delimiter] {
+        writer.byte(byte)?;
+    }
+    Some(writer.len)
+}
+
+/// The replacement text of one datapath rewrite, by its [`rewrite_kind`]: `addr` and the
+/// record's `public_port` are the public address and window port announced instead of the
+/// original ones (unused by the refusals). `None` for an unknown kind or a value the formatter
+/// refuses.
+// Not inlined: the datapath calls it from two places, and each kind's formatter is verified once
+// per call instead of once per path into the caller.
+#[inline(never)]
+pub fn format_rewrite(record: &RewriteRecord, addr: Ipv4Addr, out: &mut [u8]) -> Option<usize> {
+    let (port, delimiter) = (record.public_port, record.delimiter);
+    match record.kind {
+        rewrite_kind::PORT => format_port_field(addr, port, out),
+        rewrite_kind::EPRT => format_eprt_field(IpAddr::V4(addr), port, delimiter, out),
+        rewrite_kind::PASV_227 => format_227_field(addr, port, out),
+        rewrite_kind::EPSV_229 => format_229_field(port, out),
+        rewrite_kind::PORT_REFUSED => copy_text(REFUSED_PORT_FIELD, out),
+        rewrite_kind::EPRT_REFUSED => format_refused_eprt_field(delimiter, out),
+        rewrite_kind::PASSIVE_REFUSED => copy_text(REFUSED_PASSIVE_LINE, out),
+        _ => None,
+    }
+}
+
+fn copy_text(text: &[u8], out: &mut [u8]) -> Option<usize> {
+    let mut writer = Writer::new(out);
+    for &byte in text.iter().take(MAX_FIELD_LEN) {
+        writer.byte(byte)?;
+    }
     Some(writer.len)
 }
 

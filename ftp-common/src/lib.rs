@@ -91,8 +91,9 @@ datapath_modules!(
 
 pub use command::{AuthMechanism, Command, CommandScanner, EpsvArg, TransferVerb, parse_command};
 pub use format::{
-    MAX_229_FIELD_LEN, MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN, format_227_field,
-    format_229_field, format_eprt_field, format_port_field, splice,
+    MAX_229_FIELD_LEN, MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN, REFUSED_PASSIVE_LINE,
+    REFUSED_PORT_FIELD, format_227_field, format_229_field, format_eprt_field, format_port_field,
+    format_refused_eprt_field, format_rewrite, splice,
 };
 pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict};
 pub use reason::{MalformedReason, RefusalReason};

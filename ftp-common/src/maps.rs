@@ -23,6 +23,8 @@ pub mod names {
     pub const SESSIONS: &str = "SESSIONS";
     /// Announced data connections not yet opened: [`super::ExpectKey`] to [`super::Expectation`].
     pub const EXPECTS: &str = "EXPECTS";
+    /// Published servers: public port (`u16`, host byte order) to [`super::PublishTarget`].
+    pub const PUBLISH: &str = "PUBLISH";
 }
 
 /// Program names in the eBPF object.
@@ -43,6 +45,8 @@ pub const MAX_SESSIONS: u32 = 16_384;
 pub const MAX_EXPECTATIONS: u32 = 8_192;
 /// How many FTP control ports the datapath can watch.
 pub const MAX_FTP_PORTS: usize = 8;
+/// How many servers one agent can publish.
+pub const MAX_PUBLISHED: u32 = 64;
 
 /// Maximum number of (interface, direction) pairs the counter map holds.
 pub const MAX_COUNTED_INTERFACES: u32 = 64;
@@ -192,6 +196,51 @@ impl DatapathConfig {
         }
         false
     }
+
+    /// Whether `port` (host byte order) belongs to the port window.
+    #[inline(always)]
+    pub fn in_window(&self, port: u16) -> bool {
+        self.window_lo <= port && port <= self.window_hi
+    }
+}
+
+/// Where a published server is reached: the value of the [`names::PUBLISH`] map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishTarget {
+    /// The server's own address and control port (network byte order).
+    pub server_addr: [u8; 4],
+    pub server_port: [u8; 2],
+    pub _pad: [u8; 2],
+    /// The interface the server is reached by.
+    pub lan_ifindex: u32,
+}
+
+/// What a control session translates.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A client behind the router, masqueraded behind the public address.
+    Masquerade = 0,
+    /// An outside client of a server behind the router, published on a public port.
+    Publish = 1,
+}
+
+impl SessionKind {
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(SessionKind::Masquerade),
+            1 => Some(SessionKind::Publish),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Masquerade => "masquerade",
+            SessionKind::Publish => "publish",
+        }
+    }
 }
 
 /// A TCP connection as seen in one direction, with addresses and ports as they appear in the
@@ -322,18 +371,48 @@ pub struct SessionEntry {
     pub replies: crate::ReplyScanner,
     /// How the client's byte stream moved when its PORT/EPRT lines were rewritten.
     pub client_seq: crate::SeqAdjust,
+    /// How the server's byte stream moved when its 227/229 lines were rewritten (publish mode).
+    pub server_seq: crate::SeqAdjust,
     /// The last rewrite of a client segment, repeated identically if the segment is retransmitted.
-    pub last_rewrite: RewriteRecord,
+    pub client_rewrite: RewriteRecord,
+    /// The same for the server's segments.
+    pub server_rewrite: RewriteRecord,
+    /// The server's own address and control port (network byte order): the control connection's
+    /// destination when masquerading, the published server when publishing.
+    pub server_addr: [u8; 4],
+    pub server_port: [u8; 2],
+    /// A [`SessionKind`] as `u8`.
+    pub kind: u8,
+    pub _pad: [u8; 5],
 }
 
 /// What kind of line a [`RewriteRecord`] rewrote.
 pub mod rewrite_kind {
     pub const NONE: u8 = 0;
+    /// A client's PORT argument, now the public address and a window port.
     pub const PORT: u8 = 1;
+    /// A client's EPRT argument, likewise.
     pub const EPRT: u8 = 2;
+    /// A server's 227 numbers (publish mode), now the public address and a window port.
+    pub const PASV_227: u8 = 3;
+    /// A server's 229 port (publish mode), now a window port.
+    pub const EPSV_229: u8 = 4;
+    /// A PORT argument replaced because the window had no free port: see
+    /// [`crate::REFUSED_PORT_FIELD`].
+    pub const PORT_REFUSED: u8 = 5;
+    /// An EPRT argument replaced because the window had no free port.
+    pub const EPRT_REFUSED: u8 = 6;
+    /// A whole 227/229 line replaced by a 425 because the window had no free port: see
+    /// [`crate::REFUSED_PASSIVE_LINE`].
+    pub const PASSIVE_REFUSED: u8 = 7;
+
+    /// Whether `kind` rewrites a server reply (else a client command).
+    pub const fn is_reply(kind: u8) -> bool {
+        matches!(kind, PASV_227 | EPSV_229 | PASSIVE_REFUSED)
+    }
 }
 
-/// One rewritten PORT/EPRT: where its address field sat in the segment and what replaced it.
+/// One rewritten control line: where its field sat in the segment and what replaced it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RewriteRecord {
@@ -344,7 +423,8 @@ pub struct RewriteRecord {
     /// The field's offset in the payload and its original length.
     pub field_off: u16,
     pub field_len: u16,
-    /// The window port announced instead of the client's (host byte order).
+    /// The window port announced instead of the original one (host byte order); 0 for the
+    /// refusals.
     pub public_port: u16,
     /// A [`rewrite_kind`] value.
     pub kind: u8,
@@ -355,6 +435,10 @@ pub struct RewriteRecord {
 
 /// The data connection an expectation admits, as its opening SYN arrives at the router: from
 /// `saddr` (any source port) to `daddr:dport`. Network byte order.
+///
+/// An [`ExpectationPath::Inbound`] expectation is keyed with `saddr` all zero: the window port in
+/// `dport` is unique, and a SYN from the wrong peer must still find the expectation so that it is
+/// told apart from a SYN nobody announced (see [`Expectation::peer`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExpectKey {
@@ -391,6 +475,28 @@ impl ExpectationKind {
     }
 }
 
+/// How the router carries an expected data connection.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectationPath {
+    /// It arrives from the WAN at a window port of the public address, reserved when the address
+    /// was announced, and is DNATed to the target (masquerade PORT/EPRT, publish 227/229).
+    Inbound = 0,
+    /// It leaves from behind the router for the announced address and is SNATed behind a window
+    /// port taken when it opens (masquerade 227/229, publish PORT/EPRT).
+    Outbound = 1,
+}
+
+impl ExpectationPath {
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        match raw {
+            0 => Some(ExpectationPath::Inbound),
+            1 => Some(ExpectationPath::Outbound),
+            _ => None,
+        }
+    }
+}
+
 /// An announced data connection, admitted once: the value of the [`names::EXPECTS`] map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,20 +511,25 @@ pub struct Expectation {
     /// The client side's interface (where active data connections are delivered).
     pub lan_ifindex: u32,
     pub target_port: [u8; 2],
-    /// The window port reserved for it (active), 0 while none is (passive). Host byte order.
+    /// The window port reserved for it (inbound), 0 while none is (outbound). Host byte order.
     pub public_port: u16,
-    /// An [`ExpectationKind`] as `u8`.
+    /// The only address the data connection may come from (network byte order).
+    pub peer: [u8; 4],
+    /// An [`ExpectationKind`] as `u8` (the FTP mode, for reports).
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// An [`ExpectationPath`] as `u8`.
+    pub path: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Indexes of the [`names::COUNTERS`] per-CPU array: what the datapath did, for `ftpnat stats`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Control connections from masqueraded clients that ftpnat took over.
+    /// Control connections ftpnat took over (masqueraded clients and published servers).
     ControlSessionsOpened = 0,
-    /// Opening SYNs dropped because the port window had no free port.
+    /// Requests for a window port that found none free: the opening SYN was answered with a
+    /// reset, or the PORT/EPRT/227/229 rewritten into one that fails at once.
     WindowExhausted = 1,
     /// Packets translated by a flow entry.
     PacketsTranslated = 2,
@@ -439,10 +550,18 @@ pub enum Counter {
     /// Accepted PORT/EPRT lines that could not be rewritten (field split across segments, window
     /// exhausted, segment too long); passed untouched, nothing opened.
     RewritesSkipped = 10,
+    /// Opening SYNs from the WAN to a window port that no expectation announced: dropped.
+    PinholeNoExpectation = 11,
+    /// Opening SYNs to a window port announced for another peer: dropped (the expectation stays
+    /// for its peer).
+    PinholeWrongPeer = 12,
+    /// Control packets whose sequence or acknowledgement numbers were shifted because an earlier
+    /// rewrite changed a line's length.
+    SequenceAdjusted = 13,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 14] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -454,6 +573,9 @@ impl Counter {
         Counter::Refusals,
         Counter::ExpectationTableFull,
         Counter::RewritesSkipped,
+        Counter::PinholeNoExpectation,
+        Counter::PinholeWrongPeer,
+        Counter::SequenceAdjusted,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -470,6 +592,9 @@ impl Counter {
             Counter::Refusals => "refusals",
             Counter::ExpectationTableFull => "expectation_table_full",
             Counter::RewritesSkipped => "rewrites_skipped",
+            Counter::PinholeNoExpectation => "pinhole_no_expectation",
+            Counter::PinholeWrongPeer => "pinhole_wrong_peer",
+            Counter::SequenceAdjusted => "sequence_adjusted",
         }
     }
 }
@@ -495,6 +620,8 @@ mod pod {
     unsafe impl aya::Pod for super::SessionEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Expectation {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PublishTarget {}
 }
 
 #[cfg(test)]
@@ -514,11 +641,12 @@ mod tests {
         assert_eq!(size_of::<RewriteRecord>(), 16);
         assert_eq!(
             size_of::<SessionEntry>(),
-            8 + 3 * 8 + 4 * 4 + 92 + 40 + 12 + 16
+            8 + 3 * 8 + 4 * 4 + 92 + 40 + 2 * 12 + 2 * 16 + 4 + 2 + 1 + 5
         );
+        assert_eq!(size_of::<PublishTarget>(), 12);
         assert_eq!(size_of::<FlowKey>(), 12);
         assert_eq!(size_of::<ExpectKey>(), 12);
-        assert_eq!(size_of::<Expectation>(), 8 + 12 + 4 + 4 + 2 + 2 + 1 + 7);
+        assert_eq!(size_of::<Expectation>(), 8 + 12 + 4 + 4 + 2 + 2 + 4 + 2 + 2);
         assert_eq!(size_of::<FlowEntry>(), 24 + 12 + 8 + 4 + 4 + 2 + 3 + 7);
     }
 

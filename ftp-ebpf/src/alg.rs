@@ -1,6 +1,12 @@
 //! The FTP ALG proper: follows the control channel of each session with ftp-common's line tracker,
 //! byte scanners and state machine, and records the data connections it announces.
 //!
+//! What an announcement means depends on the session's kind. Masquerading (client behind the
+//! router): a PORT/EPRT is rewritten to the public address and a window port, a 227/229 opens an
+//! outbound expectation. Publishing (server behind the router): a 227/229 is rewritten to the
+//! public address and a window port, a PORT/EPRT opens an outbound expectation for the server's
+//! connection to the client.
+//!
 //! Nothing here re-implements FTP parsing. The new bytes of a segment are copied into a per-CPU
 //! buffer and fed one at a time to the session's scanner from a `bpf_loop` callback: the verifier
 //! checks the callback once, whatever the segment holds. The scanners keep their state in the
@@ -21,15 +27,15 @@ use ftp_common::{
     ActiveKind, ClientVerdict, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict,
     ServerVerdict,
     maps::{
-        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, FlowDirection, FlowEntry,
-        RewriteRecord, SessionEntry, rewrite_kind,
+        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath,
+        FlowDirection, FlowEntry, RewriteRecord, SessionEntry, SessionKind, rewrite_kind,
     },
 };
 
 use crate::{
     headers::Tcp4,
     maps::{EXPECTS, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
-    rewrite::ActiveRequest,
+    rewrite::RewriteRequest,
 };
 
 /// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
@@ -49,17 +55,35 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     commands: ftp_common::CommandScanner::new(),
     replies: ftp_common::ReplyScanner::new(),
     client_seq: ftp_common::SeqAdjust::new(),
-    last_rewrite: RewriteRecord {
-        seq: 0,
-        payload_len: 0,
-        field_off: 0,
-        field_len: 0,
-        public_port: 0,
-        kind: rewrite_kind::NONE,
-        delimiter: 0,
-        _pad: [0; 2],
-    },
+    server_seq: ftp_common::SeqAdjust::new(),
+    client_rewrite: NO_REWRITE,
+    server_rewrite: NO_REWRITE,
+    server_addr: [0; 4],
+    server_port: [0; 2],
+    kind: SessionKind::Masquerade as u8,
+    _pad: [0; 5],
 };
+
+const NO_REWRITE: RewriteRecord = RewriteRecord {
+    seq: 0,
+    payload_len: 0,
+    field_off: 0,
+    field_len: 0,
+    public_port: 0,
+    kind: rewrite_kind::NONE,
+    delimiter: 0,
+    _pad: [0; 2],
+};
+
+/// What a new session record says beyond the initial protocol state.
+pub struct NewSession {
+    pub kind: SessionKind,
+    /// The interface of the side behind the router (the client's or the published server's).
+    pub lan_ifindex: u32,
+    /// The server's own address and control port (network byte order).
+    pub server_addr: [u8; 4],
+    pub server_port: [u8; 2],
+}
 
 /// Creates the session record when a control connection opens.
 #[inline(always)]
@@ -67,7 +91,7 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     clippy::needless_borrows_for_generic_args,
     reason = "inserted by reference: a by-value template would be copied onto the stack"
 )]
-pub fn open_session(packet: &Tcp4, lan_ifindex: u32) {
+pub fn open_session(packet: &Tcp4, new: &NewSession) {
     let key = packet.key();
     if SESSIONS
         .insert(key, &NEW_SESSION, u64::from(BPF_ANY))
@@ -79,7 +103,10 @@ pub fn open_session(packet: &Tcp4, lan_ifindex: u32) {
         // SAFETY: the map value just inserted; no packet of this connection can race its SYN.
         unsafe {
             (*entry).opened_ns = now_ns();
-            (*entry).lan_ifindex = lan_ifindex;
+            (*entry).lan_ifindex = new.lan_ifindex;
+            (*entry).server_addr = new.server_addr;
+            (*entry).server_port = new.server_port;
+            (*entry).kind = new.kind as u8;
             (*entry)
                 .client_lines
                 .on_syn(u32::from_be_bytes(packet.tcp.seq));
@@ -95,24 +122,31 @@ struct Scan {
     start: u32,
     end: u32,
     from_client: u32,
+    /// The control connection's client, as the router sees it on the client's side.
     client: [u8; 4],
+    /// The server's own address (behind the router when publishing).
     server: [u8; 4],
     lan_ifindex: u32,
     expect_timeout_ns: u64,
     session_key: ftp_common::maps::FlowKey,
-    /// A PORT/EPRT accepted in this segment (its `kind` is a `rewrite_kind`; NONE if none).
-    active_kind: u8,
-    active_delimiter: u8,
-    active_field_off: u16,
-    active_field_len: u16,
-    active_port: u16,
-    active_addr: [u8; 4],
+    /// A [`SessionKind`] as `u8`.
+    session_kind: u8,
+    /// The line accepted for a rewrite in this segment: its `kind` is a `rewrite_kind` (NONE if
+    /// none), the rest as in [`RewriteRequest`].
+    rewrite_kind: u8,
+    rewrite_delimiter: u8,
+    rewrite_line_in_segment: u8,
+    rewrite_field_off: u16,
+    rewrite_field_len: u16,
+    rewrite_line_off: u16,
+    rewrite_line_len: u16,
+    rewrite_port: u16,
+    rewrite_addr: [u8; 4],
 }
 
-/// Follows one packet of a control connection, before its headers are translated.
 /// Follows one packet of a control connection, before its headers are translated. Returns true
-/// if it accepted a PORT/EPRT whose rewrite is waiting in the scratch buffer's `pending`: the
-/// caller then runs [`crate::rewrite::rewrite_pending`] (kept out of this call chain for stack).
+/// if it accepted a line whose rewrite is waiting in the scratch buffer's `pending`: the caller
+/// then runs [`crate::rewrite::rewrite_pending`] (kept out of this call chain for stack).
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
 #[inline(never)]
 pub fn control_packet(
@@ -127,24 +161,25 @@ pub fn control_packet(
     follow_segment(ctx, packet, flow, config, session)
 }
 
-/// Shifts the control packet's sequence or acknowledgement number by what the session's rewrites
-/// added to the client's stream; after any rewrite of this very packet.
+/// Shifts the control packet's sequence number by what the session's rewrites added to its
+/// sender's stream, and its acknowledgement (and SACK blocks) by what they added to the other
+/// side's; after any rewrite of this very packet. Returns whether the packet changed.
 #[inline(never)]
-pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) {
+pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> bool {
     let Some(session) = SESSIONS.get_ptr(flow.session) else {
-        return;
+        return false;
     };
     // SAFETY: a live map value, read only.
-    let client_seq = unsafe { (*session).client_seq };
-    crate::seqadj::adjust(
-        ctx,
-        packet,
-        &client_seq,
-        flow.direction == FlowDirection::Original as u8,
-    );
+    let (client_seq, server_seq) = unsafe { ((*session).client_seq, (*session).server_seq) };
+    let (own, peer) = if flow.direction == FlowDirection::Original as u8 {
+        (client_seq, server_seq)
+    } else {
+        (server_seq, client_seq)
+    };
+    crate::seqadj::adjust(ctx, packet, &own, &peer)
 }
 
-/// Tracks and scans one segment; true if a PORT/EPRT rewrite is pending.
+/// Tracks and scans one segment; true if a rewrite is pending.
 #[inline(always)]
 fn follow_segment(
     ctx: &TcContext,
@@ -179,8 +214,13 @@ fn follow_segment(
         &mut entry.server_lines
     };
     let verdict = tracker.on_segment_len(seq, payload_len as u32, last == b'\n');
-    if from_client && matches!(verdict, SegmentVerdict::Retransmission) {
-        crate::rewrite::replay(ctx, packet, entry, config);
+    if matches!(verdict, SegmentVerdict::Retransmission) {
+        let record = if from_client {
+            entry.client_rewrite
+        } else {
+            entry.server_rewrite
+        };
+        crate::rewrite::replay(ctx, packet, &record, config);
         return false;
     }
     let SegmentVerdict::InSync(in_sync) = verdict else {
@@ -212,16 +252,20 @@ fn follow_segment(
         end: copied as u32,
         from_client: u32::from(from_client),
         client: flow.session.saddr,
-        server: flow.session.daddr,
+        server: entry.server_addr,
         lan_ifindex: entry.lan_ifindex,
         expect_timeout_ns: config.expect_timeout_ns,
         session_key: flow.session,
-        active_kind: rewrite_kind::NONE,
-        active_delimiter: 0,
-        active_field_off: 0,
-        active_field_len: 0,
-        active_port: 0,
-        active_addr: [0; 4],
+        session_kind: entry.kind,
+        rewrite_kind: rewrite_kind::NONE,
+        rewrite_delimiter: 0,
+        rewrite_line_in_segment: 0,
+        rewrite_field_off: 0,
+        rewrite_field_len: 0,
+        rewrite_line_off: 0,
+        rewrite_line_len: 0,
+        rewrite_port: 0,
+        rewrite_addr: [0; 4],
     };
     let callback = if from_client {
         scan_client_byte as *mut c_void
@@ -230,7 +274,7 @@ fn follow_segment(
     };
     // SAFETY: plain helper call: a static callback and a context on this stack frame.
     unsafe { bpf_loop(scan.end - scan.start, callback, (&raw mut scan).cast(), 0) };
-    if scan.active_kind == rewrite_kind::NONE {
+    if scan.rewrite_kind == rewrite_kind::NONE {
         return false;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -238,13 +282,18 @@ fn follow_segment(
     };
     // SAFETY: this CPU's scratch area, valid for the rest of this program run.
     unsafe {
-        (*scratch).pending = ActiveRequest {
-            kind: scan.active_kind,
-            delimiter: scan.active_delimiter,
-            field_off: scan.active_field_off,
-            field_len: scan.active_field_len,
-            addr: scan.active_addr,
-            port: scan.active_port,
+        (*scratch).pending = RewriteRequest {
+            kind: scan.rewrite_kind,
+            delimiter: scan.rewrite_delimiter,
+            line_in_segment: scan.rewrite_line_in_segment,
+            _pad: 0,
+            field_off: scan.rewrite_field_off,
+            field_len: scan.rewrite_field_len,
+            line_off: scan.rewrite_line_off,
+            line_len: scan.rewrite_line_len,
+            addr: scan.rewrite_addr,
+            port: scan.rewrite_port,
+            _pad2: [0; 2],
             session_key: flow.session,
         };
     }
@@ -294,10 +343,83 @@ fn scan_input(scan: &Scan, index: u32) -> Option<u8> {
 
 #[inline(always)]
 fn scan_policy(scan: &Scan) -> PolicyContext {
+    let mut policy = Policy::new();
+    // A published server may announce its public address (e.g. vsftpd's pasv_address): whatever
+    // it wrote is replaced, and the data connection goes to the server itself.
+    policy.passive_address_must_match_server = scan.session_kind != SessionKind::Publish as u8;
     PolicyContext {
         client: IpAddr::V4(Ipv4Addr::from(scan.client)),
         server: IpAddr::V4(Ipv4Addr::from(scan.server)),
-        policy: Policy::new(),
+        policy,
+    }
+}
+
+/// Where the line that ends at scan position `index` starts in this segment's payload. A line
+/// read across segments began in one already forwarded: its start wraps below 0 (or lies below
+/// `scan.start`), which [`request_rewrite`] checks.
+#[inline(always)]
+fn line_start(scan: &Scan, index: u32, line_len: u16) -> u32 {
+    (scan.start.wrapping_add(index) + 1).wrapping_sub(u32::from(line_len))
+}
+
+/// Records the field of an accepted line for the rewrite after the scan, if it lies in this
+/// segment and the segment has no rewrite yet (one per segment). False if it cannot be rewritten.
+#[inline(always)]
+fn request_rewrite(
+    scan: &mut Scan,
+    kind: u8,
+    delimiter: u8,
+    (line_off, line_len): (u32, u16),
+    field: ftp_common::Span,
+) -> bool {
+    let field_off = line_off.wrapping_add(u32::from(field.start));
+    if scan.rewrite_kind != rewrite_kind::NONE || field_off < scan.start || field_off >= scan.end {
+        return false;
+    }
+    scan.rewrite_kind = kind;
+    scan.rewrite_delimiter = delimiter;
+    scan.rewrite_field_off = field_off as u16;
+    scan.rewrite_field_len = field.len;
+    let line_in_segment = line_off >= scan.start && line_off < scan.end;
+    scan.rewrite_line_in_segment = u8::from(line_in_segment);
+    scan.rewrite_line_off = line_off as u16;
+    // All of the line but its LF: a CR, if any, is replaced too.
+    scan.rewrite_line_len = line_len.saturating_sub(1);
+    true
+}
+
+/// Records an outbound expectation: `from` (behind the router) may connect to `to:port` once.
+#[inline(always)]
+fn expect_outbound(
+    scan: &Scan,
+    session: &mut SessionEntry,
+    [from, to]: [[u8; 4]; 2],
+    port: u16,
+    kind: ExpectationKind,
+) {
+    let key = ExpectKey {
+        saddr: from,
+        daddr: to,
+        dport: port.to_be_bytes(),
+        _pad: [0; 2],
+    };
+    let expectation = Expectation {
+        expires_ns: now_ns() + scan.expect_timeout_ns,
+        session: scan.session_key,
+        target_addr: to,
+        lan_ifindex: scan.lan_ifindex,
+        target_port: port.to_be_bytes(),
+        public_port: 0,
+        peer: from,
+        kind: kind as u8,
+        path: ExpectationPath::Outbound as u8,
+        _pad: [0; 2],
+    };
+    if EXPECTS.insert(key, expectation, u64::from(BPF_ANY)).is_ok() {
+        bump(Counter::ExpectationsCreated);
+    } else {
+        session.state.expectation_closed();
+        bump(Counter::ExpectationTableFull);
     }
 }
 
@@ -320,31 +442,41 @@ extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
         .state
         .on_client_command(session.commands.command(), &policy)
     {
-        ClientVerdict::OpenActive { addr, field, kind } => {
-            // The field's offset in this segment's payload. Below `start` it began in a segment
-            // already forwarded and cannot be rewritten here; one rewrite per segment.
-            let line_start = (scan.start.wrapping_add(index) + 1)
-                .wrapping_sub(u32::from(session.commands.line_len()));
-            let field_off = line_start.wrapping_add(u32::from(field.start));
-            let rewritable = scan.active_kind == rewrite_kind::NONE
-                && field_off >= scan.start
-                && field_off < scan.end;
-            match (addr, rewritable) {
-                (SocketAddr::V4(addr), true) => {
-                    (scan.active_kind, scan.active_delimiter) = match kind {
-                        ActiveKind::Port => (rewrite_kind::PORT, 0),
-                        ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
-                    };
-                    scan.active_field_off = field_off as u16;
-                    scan.active_field_len = field.len;
-                    scan.active_port = addr.port();
-                    scan.active_addr = addr.ip().octets();
-                }
-                _ => {
-                    session.state.expectation_closed();
-                    bump(Counter::RewritesSkipped);
-                }
+        ClientVerdict::OpenActive {
+            addr: SocketAddr::V4(addr),
+            field,
+            kind,
+        } => {
+            if scan.session_kind == SessionKind::Publish as u8 {
+                // The outside client names its own address (the policy checked it): the server's
+                // connection to it leaves through the router, SNATed.
+                expect_outbound(
+                    scan,
+                    session,
+                    [scan.server, addr.ip().octets()],
+                    addr.port(),
+                    ExpectationKind::Active,
+                );
+                return 0;
             }
+            let (rewrite, delimiter) = match kind {
+                ActiveKind::Port => (rewrite_kind::PORT, 0),
+                ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
+            };
+            let line_len = session.commands.line_len();
+            let line = line_start(scan, index, line_len);
+            if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
+                scan.rewrite_port = addr.port();
+                scan.rewrite_addr = addr.ip().octets();
+            } else {
+                session.state.expectation_closed();
+                bump(Counter::RewritesSkipped);
+            }
+        }
+        ClientVerdict::OpenActive { .. } => {
+            // IPv6 through an IPv4 router: nothing to open.
+            session.state.expectation_closed();
+            bump(Counter::RewritesSkipped);
         }
         verdict => on_client_verdict(session, &verdict),
     }
@@ -369,7 +501,7 @@ extern "C" fn scan_server_byte(index: u32, ctx: *mut c_void) -> i64 {
     let verdict = session
         .state
         .on_server_reply(session.replies.reply(), &policy);
-    on_server_verdict(scan, session, &verdict);
+    on_server_verdict(scan, index, session, &verdict);
     0
 }
 
@@ -389,34 +521,42 @@ fn on_client_verdict(session: &mut SessionEntry, verdict: &ClientVerdict) {
 }
 
 #[inline(always)]
-fn on_server_verdict(scan: &Scan, session: &mut SessionEntry, verdict: &ServerVerdict) {
+fn on_server_verdict(
+    scan: &mut Scan,
+    index: u32,
+    session: &mut SessionEntry,
+    verdict: &ServerVerdict,
+) {
     match *verdict {
-        ServerVerdict::OpenPassive { endpoint, .. } => {
-            let (addr, port) = match endpoint {
-                PassiveEndpoint::Pasv(addr) => (addr.ip().octets(), addr.port()),
-                PassiveEndpoint::Epsv { port, .. } => (scan.server, port),
+        ServerVerdict::OpenPassive { endpoint, field } => {
+            let (addr, port, rewrite, delimiter) = match endpoint {
+                PassiveEndpoint::Pasv(addr) => {
+                    (addr.ip().octets(), addr.port(), rewrite_kind::PASV_227, 0)
+                }
+                PassiveEndpoint::Epsv { port, delimiter } => {
+                    (scan.server, port, rewrite_kind::EPSV_229, delimiter)
+                }
             };
-            let key = ExpectKey {
-                saddr: scan.client,
-                daddr: addr,
-                dport: port.to_be_bytes(),
-                _pad: [0; 2],
-            };
-            let expectation = Expectation {
-                expires_ns: now_ns() + scan.expect_timeout_ns,
-                session: scan.session_key,
-                target_addr: addr,
-                lan_ifindex: scan.lan_ifindex,
-                target_port: port.to_be_bytes(),
-                public_port: 0,
-                kind: ExpectationKind::Passive as u8,
-                _pad: [0; 7],
-            };
-            if EXPECTS.insert(key, expectation, u64::from(BPF_ANY)).is_ok() {
-                bump(Counter::ExpectationsCreated);
+            if scan.session_kind != SessionKind::Publish as u8 {
+                // Masquerading: the client connects out to what the server announced.
+                expect_outbound(
+                    scan,
+                    session,
+                    [scan.client, addr],
+                    port,
+                    ExpectationKind::Passive,
+                );
+                return;
+            }
+            // Publishing: the reply must name the public address and a window port instead.
+            let line_len = session.replies.line_len();
+            let line = line_start(scan, index, line_len);
+            if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
+                scan.rewrite_port = port;
+                scan.rewrite_addr = addr;
             } else {
                 session.state.expectation_closed();
-                bump(Counter::ExpectationTableFull);
+                bump(Counter::RewritesSkipped);
             }
         }
         ServerVerdict::Malformed(_) => {

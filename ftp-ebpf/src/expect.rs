@@ -1,54 +1,84 @@
 //! Opening the data connections the control channel announced. An expectation admits exactly one
-//! opening SYN from the announced peer to the announced address and port, before it expires; the
-//! SYN consumes it and installs the connection's two flow entries.
+//! opening SYN from its peer to the announced address and port, before it expires; the SYN
+//! consumes it and installs the connection's two flow entries.
+//!
+//! Inbound expectations (to a window port of the public address) are keyed without the source, so
+//! a SYN to a window port from anyone else is told apart from one nobody announced: both are
+//! dropped and counted, and the expectation stays for its peer. Window ports are pinholes, never
+//! an open range.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use ftp_common::maps::{
-    Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, FlowDirection, FlowEntry,
+    Counter, DatapathConfig, ExpectKey, Expectation, ExpectationPath, FlowDirection, FlowEntry,
     FlowKey, FlowKind, flow_flags,
 };
 
 use crate::{
-    flows::OpenError,
+    flows::{OpenError, install},
     headers::Tcp4,
-    maps::{EXPECTS, FLOWS, FREE_PORTS, SESSIONS, bump, now_ns},
+    maps::{EXPECTS, FREE_PORTS, SESSIONS, bump, now_ns},
 };
 
-/// Takes the expectation this opening SYN matches, if any, and installs its connection. Returns
-/// the entry to translate the SYN with.
+/// Takes the expectation this opening SYN matches, if any, and installs its connection.
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
 #[inline(never)]
 pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError> {
     let key = packet.key();
-    let expect_key = ExpectKey {
+    // SAFETY: reading the context's ifindex field, as TC programs may.
+    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let outbound_key = ExpectKey {
         saddr: key.saddr,
         daddr: key.daddr,
         dport: key.dport,
         _pad: [0; 2],
     };
     // SAFETY: the value is copied out at once; the entry is removed below.
-    let Some(expectation) = (unsafe { EXPECTS.get(expect_key) }).copied() else {
-        return Err(OpenError::NotOurs);
+    let (expect_key, expectation) = match unsafe { EXPECTS.get(outbound_key) } {
+        Some(expectation) => (outbound_key, *expectation),
+        None => {
+            if in_ifindex != config.wan_ifindex || key.daddr != config.public_ip {
+                return Err(OpenError::NotOurs);
+            }
+            let inbound_key = ExpectKey {
+                saddr: [0; 4],
+                ..outbound_key
+            };
+            // SAFETY: as above.
+            match unsafe { EXPECTS.get(inbound_key) } {
+                Some(expectation) if expectation.peer == key.saddr => (inbound_key, *expectation),
+                Some(_) => {
+                    bump(Counter::PinholeWrongPeer);
+                    return Err(OpenError::Pinhole);
+                }
+                None if config.in_window(packet.dport()) => {
+                    bump(Counter::PinholeNoExpectation);
+                    return Err(OpenError::Pinhole);
+                }
+                None => return Err(OpenError::NotOurs),
+            }
+        }
     };
     // One-shot: whoever removes it owns it (a retransmitted SYN on another CPU finds nothing).
     if EXPECTS.remove(expect_key).is_err() {
         return Err(OpenError::NotOurs);
     }
     let now = now_ns();
+    let path = ExpectationPath::from_raw(expectation.path);
     if now > expectation.expires_ns {
         bump(Counter::ExpectationsExpired);
-        // The agent returns an active expectation's port when it sweeps: it will not find this one,
-        // so give the port back here.
-        if expectation.public_port != 0 {
+        // The agent returns an inbound expectation's port when it sweeps: it will not find this
+        // one, so give the port back here.
+        if path == Some(ExpectationPath::Inbound) && expectation.public_port != 0 {
             let _ = FREE_PORTS.push(expectation.public_port, 0);
         }
-        return Err(OpenError::NotOurs);
+        return Err(match path {
+            Some(ExpectationPath::Inbound) => OpenError::Pinhole,
+            _ => OpenError::NotOurs,
+        });
     }
-    // SAFETY: reading the context's ifindex field, as TC programs may.
-    let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let (original, reply_key, reply) = match ExpectationKind::from_raw(expectation.kind) {
-        Some(ExpectationKind::Passive) => {
-            // Client → server:announced. SNAT the client behind a fresh window port.
+    let (original, reply_key, reply) = match path {
+        Some(ExpectationPath::Outbound) => {
+            // From behind the router to the announced address: SNAT behind a fresh window port.
             let Ok(Some(public_port)) = FREE_PORTS.pop() else {
                 bump(Counter::WindowExhausted);
                 return Err(OpenError::WindowExhausted);
@@ -80,8 +110,8 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             );
             (original, reply_key, reply)
         }
-        Some(ExpectationKind::Active) => {
-            // Server → public:window port. DNAT to the client's announced address and port.
+        Some(ExpectationPath::Inbound) => {
+            // From the WAN to public:window port: DNAT to the target behind the router.
             let original = data_entry(
                 &expectation,
                 now,
@@ -110,12 +140,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         }
         None => return Err(OpenError::NotOurs),
     };
-    if FLOWS
-        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-        .is_err()
-        || FLOWS.insert(key, original, u64::from(BPF_NOEXIST)).is_err()
-    {
-        let _ = FLOWS.remove(reply_key);
+    if !install(key, &original, reply_key, &reply) {
         let _ = FREE_PORTS.push(original.public_port, 0);
         return Err(OpenError::NotOurs);
     }

@@ -1,26 +1,31 @@
-//! Opening translated connections: a control connection from a masqueraded client takes a port from
-//! the window and gets two flow entries, one per direction.
+//! Opening translated control connections. A masqueraded client's connection to an FTP port takes
+//! a port from the window for its public side; an outside client's connection to a published port
+//! is DNATed to the server behind it. Either way it gets two flow entries, one per direction, and
+//! a session record.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 use ftp_common::maps::{
-    Counter, DatapathConfig, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags,
+    Counter, DatapathConfig, FlowDirection, FlowEntry, FlowKey, FlowKind, SessionKind, flow_flags,
 };
 
 use crate::{
+    alg::NewSession,
     headers::Tcp4,
-    maps::{FLOWS, FREE_PORTS, MASQUERADE, bump, now_ns},
+    maps::{FLOWS, FREE_PORTS, MASQUERADE, PUBLISH, bump, now_ns},
 };
 
 /// Why an opening SYN was not taken over.
 pub enum OpenError {
-    /// Not an FTP control connection from a masqueraded client: not ours.
+    /// Not a connection ftpnat translates: not ours.
     NotOurs,
-    /// Ours, but the window has no free port: the SYN is dropped (the client retries).
+    /// Ours, but the window has no free port: the SYN is refused with a reset.
     WindowExhausted,
+    /// A SYN to a window port that no expectation admits from its source: dropped.
+    Pinhole,
 }
 
-/// Takes over a client's opening SYN to an FTP port: allocates the public port and installs both
-/// directions. Returns the original-direction entry to translate this SYN with.
+/// Takes over an opening SYN of an FTP control connection, from a masqueraded client or to a
+/// published server, and installs both directions.
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
 #[inline(never)]
 pub fn open_control(
@@ -30,7 +35,21 @@ pub fn open_control(
 ) -> Result<(), OpenError> {
     // SAFETY: reading the context's ifindex field, as TC programs may.
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if in_ifindex == config.wan_ifindex || !config.is_ftp_port(packet.dport()) {
+    if in_ifindex == config.wan_ifindex {
+        open_published(packet, config, in_ifindex)
+    } else {
+        open_masqueraded(packet, config, in_ifindex)
+    }
+}
+
+/// A masqueraded client's connection: SNAT behind the public address and a window port.
+#[inline(always)]
+fn open_masqueraded(
+    packet: &Tcp4,
+    config: &DatapathConfig,
+    in_ifindex: u32,
+) -> Result<(), OpenError> {
+    if !config.is_ftp_port(packet.dport()) {
         return Err(OpenError::NotOurs);
     }
     let prefix = Key::new(32, packet.ip.src_addr);
@@ -43,11 +62,10 @@ pub fn open_control(
     };
     let key = packet.key();
     let public_port_be = public_port.to_be_bytes();
-    let now = now_ns();
     let original = FlowEntry {
         packets: 0,
         bytes: 0,
-        last_seen_ns: now,
+        last_seen_ns: now_ns(),
         session: key,
         new_saddr: config.public_ip,
         new_daddr: key.daddr,
@@ -76,20 +94,102 @@ pub fn open_control(
         flags: 0,
         ..original
     };
-    // The reply side first: once the original entry exists, packets flow, and their answers must
-    // find their way back.
-    if FLOWS
-        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-        .is_err()
-        || FLOWS.insert(key, original, u64::from(BPF_NOEXIST)).is_err()
-    {
-        // A retransmitted SYN raced us on another CPU (or the table is full): give the port back
-        // and let this SYN go as the entries, if any, say.
-        let _ = FLOWS.remove(reply_key);
+    if !install(key, &original, reply_key, &reply) {
         let _ = FREE_PORTS.push(public_port, 0);
         return Err(OpenError::NotOurs);
     }
-    crate::alg::open_session(packet, in_ifindex);
+    crate::alg::open_session(
+        packet,
+        &NewSession {
+            kind: SessionKind::Masquerade,
+            lan_ifindex: in_ifindex,
+            server_addr: key.daddr,
+            server_port: key.dport,
+        },
+    );
     bump(Counter::ControlSessionsOpened);
     Ok(())
+}
+
+/// An outside client's connection to a published port: DNAT to the server; the client's address
+/// stays as it is, so the server sees who it talks to.
+#[inline(always)]
+fn open_published(
+    packet: &Tcp4,
+    config: &DatapathConfig,
+    in_ifindex: u32,
+) -> Result<(), OpenError> {
+    if packet.ip.dst_addr != config.public_ip {
+        return Err(OpenError::NotOurs);
+    }
+    let public_port = packet.dport();
+    // SAFETY: the value is copied out at once.
+    let Some(target) = (unsafe { PUBLISH.get(public_port) }).copied() else {
+        return Err(OpenError::NotOurs);
+    };
+    let key = packet.key();
+    let original = FlowEntry {
+        packets: 0,
+        bytes: 0,
+        last_seen_ns: now_ns(),
+        session: key,
+        new_saddr: key.saddr,
+        new_daddr: target.server_addr,
+        out_ifindex: target.lan_ifindex,
+        new_sport: key.sport,
+        new_dport: target.server_port,
+        public_port,
+        kind: FlowKind::Control as u8,
+        direction: FlowDirection::Original as u8,
+        // The published port is configuration, not a window port: nothing to give back.
+        flags: 0,
+        _pad: [0; 7],
+    };
+    let reply_key = FlowKey {
+        saddr: target.server_addr,
+        daddr: key.saddr,
+        sport: target.server_port,
+        dport: key.sport,
+    };
+    let reply = FlowEntry {
+        new_saddr: config.public_ip,
+        new_daddr: key.saddr,
+        out_ifindex: in_ifindex,
+        new_sport: key.dport,
+        new_dport: key.sport,
+        direction: FlowDirection::Reply as u8,
+        ..original
+    };
+    if !install(key, &original, reply_key, &reply) {
+        return Err(OpenError::NotOurs);
+    }
+    crate::alg::open_session(
+        packet,
+        &NewSession {
+            kind: SessionKind::Publish,
+            lan_ifindex: target.lan_ifindex,
+            server_addr: target.server_addr,
+            server_port: target.server_port,
+        },
+    );
+    bump(Counter::ControlSessionsOpened);
+    Ok(())
+}
+
+/// Inserts a connection's two entries, the reply side first: once the original entry exists,
+/// packets flow, and their answers must find their way back. False (and nothing left behind) if
+/// either exists already — a retransmitted SYN raced us on another CPU — or the table is full.
+#[inline(always)]
+pub fn install(key: FlowKey, original: &FlowEntry, reply_key: FlowKey, reply: &FlowEntry) -> bool {
+    if FLOWS
+        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        return false;
+    }
+    if FLOWS.insert(key, original, u64::from(BPF_NOEXIST)).is_err() {
+        let _ = FLOWS.remove(reply_key);
+        return false;
+    }
+    true
 }

@@ -11,6 +11,7 @@ mod flows;
 mod headers;
 mod maps;
 mod nat;
+mod reset;
 mod rewrite;
 mod seqadj;
 
@@ -19,7 +20,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ftp_common::maps::{Direction, FlowKind};
+use ftp_common::maps::{Counter, Direction, FlowKind};
 
 use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 
@@ -47,7 +48,8 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
         };
         match opened {
             Ok(()) => entry = FLOWS.get_ptr_mut(key),
-            Err(OpenError::WindowExhausted) => return TC_ACT_SHOT,
+            Err(OpenError::WindowExhausted) => return reset::refuse_syn(&ctx, &packet),
+            Err(OpenError::Pinhole) => return TC_ACT_SHOT,
             Err(OpenError::NotOurs) => return PASS,
         }
     }
@@ -61,7 +63,9 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
         if alg::control_packet(&ctx, &packet, entry, config) {
             rewrite::rewrite_pending(&ctx, &packet, config);
         }
-        alg::adjust_sequence(&ctx, &packet, entry);
+        if alg::adjust_sequence(&ctx, &packet, entry) {
+            maps::bump(Counter::SequenceAdjusted);
+        }
     }
     nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
 }

@@ -23,6 +23,10 @@ pub static MASQUERADE: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::pinned(MAX_FLOWS, 0);
 
+#[map(name = "PUBLISH")]
+pub static PUBLISH: HashMap<u16, ftp_common::maps::PublishTarget> =
+    HashMap::pinned(ftp_common::maps::MAX_PUBLISHED, 0);
+
 #[map(name = "FREE_PORTS")]
 pub static FREE_PORTS: Queue<u16> = Queue::pinned(MAX_WINDOW_PORTS, 0);
 
@@ -72,8 +76,8 @@ pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
 pub struct Scratch {
     /// The control segment's payload (from 0) and the rewrite's old and new tails.
     pub bytes: [u8; SCRATCH_SIZE],
-    /// A PORT/EPRT the ALG accepted in this segment, for the rewrite that follows.
-    pub pending: crate::rewrite::ActiveRequest,
+    /// A PORT/EPRT/227/229 the ALG accepted in this segment, for the rewrite that follows.
+    pub pending: crate::rewrite::RewriteRequest,
     /// A TCP options area before and after its SACK edges are translated (read at variable
     /// offsets, which the verifier allows in a map value but not on the stack).
     pub options_before: [u8; ftp_common::MAX_TCP_OPTIONS],

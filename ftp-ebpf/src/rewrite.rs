@@ -1,6 +1,12 @@
-//! Rewriting a client's PORT/EPRT in flight: the announced address becomes the public address and
-//! a window port, the segment grows or shrinks with the text, and every later byte of the stream
-//! shifts (see ftp-common's `SeqAdjust`).
+//! Rewriting announced addresses in flight: a masqueraded client's PORT/EPRT, or a published
+//! server's 227/229, comes to name the public address and a window port. The segment grows or
+//! shrinks with the text, and every later byte of that direction's stream shifts (see
+//! ftp-common's `SeqAdjust`).
+//!
+//! The window port is reserved for an inbound expectation that admits only the other side of the
+//! control connection. When the window has no free port the line is rewritten anyway, into one
+//! that fails at once (a PORT to port 0, a 425 reply), so the session learns promptly instead of
+//! waiting on an address nobody can reach.
 //!
 //! Only the bytes from the field on change. They are rebuilt in the scratch buffer and written
 //! back with one helper call; the TCP checksum is updated with the difference of the old and new
@@ -12,15 +18,12 @@ use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
-use core::{
-    ffi::c_void,
-    net::{IpAddr, Ipv4Addr},
-};
+use core::{ffi::c_void, net::Ipv4Addr};
 use ftp_common::{
-    MAX_FIELD_LEN, format_eprt_field, format_port_field,
+    MAX_FIELD_LEN, format_rewrite,
     maps::{
-        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, RewriteRecord,
-        SessionEntry, rewrite_kind,
+        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath,
+        RewriteRecord, SessionEntry, rewrite_kind,
     },
 };
 
@@ -36,25 +39,34 @@ const MASK: usize = SCRATCH_SIZE - 1;
 /// IPv4 `tot_len` offset in its header.
 const IP_TOT_LEN_OFF: usize = 2;
 
-/// A PORT/EPRT the scan accepted, to rewrite in this segment.
+/// A PORT/EPRT/227/229 the scan accepted, to rewrite in this segment.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ActiveRequest {
+pub struct RewriteRequest {
+    /// A `rewrite_kind` (PORT, EPRT, PASV_227 or EPSV_229).
     pub kind: u8,
     pub delimiter: u8,
+    /// Whether the whole line (not only the field) lies in this segment: a refusal replaces the
+    /// whole of a 227/229 line.
+    pub line_in_segment: u8,
+    pub _pad: u8,
     /// The field's offset in the payload and its length.
     pub field_off: u16,
     pub field_len: u16,
-    /// The client's announced address and port.
+    /// The line's offset in the payload and its length without the LF.
+    pub line_off: u16,
+    pub line_len: u16,
+    /// The announced address and port.
     pub addr: [u8; 4],
     pub port: u16,
+    pub _pad2: [u8; 2],
     /// The control connection (original direction key).
     pub session_key: ftp_common::maps::FlowKey,
 }
 
-/// Rewrites the PORT/EPRT the ALG left pending in the scratch area. If it cannot (window exhausted,
-/// table full, segment too long) the segment passes unchanged, nothing is opened, and it is
-/// counted.
+/// Rewrites the line the ALG left pending in the scratch area. If it cannot (table full, field
+/// split across segments, segment too long) the segment passes unchanged, nothing is opened, and
+/// it is counted.
 #[inline(never)]
 pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) {
     let Some(scratch) = SCRATCH.get_ptr(0) else {
@@ -67,19 +79,19 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     };
     // SAFETY: a live map value; see alg::control_packet on concurrent updates.
     let session = unsafe { &mut *session };
-    if !rewrite_active(ctx, packet, session, config, &request) {
+    if !rewrite(ctx, packet, session, config, &request) {
         session.state.expectation_closed();
         bump(Counter::RewritesSkipped);
     }
 }
 
 #[inline(always)]
-fn rewrite_active(
+fn rewrite(
     ctx: &TcContext,
     packet: &Tcp4,
     session: &mut SessionEntry,
     config: &DatapathConfig,
-    request: &ActiveRequest,
+    request: &RewriteRequest,
 ) -> bool {
     let Some((payload_off, payload_len)) = packet.payload() else {
         return false;
@@ -87,80 +99,138 @@ fn rewrite_active(
     if payload_len > SCRATCH_LEN {
         return false;
     }
-    // A new PORT/EPRT supersedes the previous one (RFC 959: the server uses the last address it
-    // was given), so the previous active expectation of this session goes, if still unused.
-    let previous = session.last_rewrite;
-    if previous.kind != rewrite_kind::NONE && previous.public_port != 0 {
-        let stale = ExpectKey {
-            saddr: request.session_key.daddr,
-            daddr: config.public_ip,
-            dport: previous.public_port.to_be_bytes(),
-            _pad: [0; 2],
-        };
-        if EXPECTS.remove(stale).is_ok() {
-            let _ = FREE_PORTS.push(previous.public_port, 0);
-            session.state.expectation_closed();
-        }
+    let from_client = !rewrite_kind::is_reply(request.kind);
+    // A new announcement supersedes the previous one in the same direction (RFC 959: the server
+    // uses the last address it was given; a server closes its previous passive listener), so the
+    // previous expectation goes, if still unused.
+    let previous = if from_client {
+        session.client_rewrite
+    } else {
+        session.server_rewrite
+    };
+    if previous.public_port != 0 {
+        release_unused(session, request, config, previous.public_port);
     }
-    let Ok(Some(public_port)) = FREE_PORTS.pop() else {
-        bump(Counter::WindowExhausted);
-        return false;
-    };
-    let key = ExpectKey {
-        saddr: request.session_key.daddr,
-        daddr: config.public_ip,
-        dport: public_port.to_be_bytes(),
-        _pad: [0; 2],
-    };
-    let expectation = Expectation {
-        expires_ns: now_ns() + config.expect_timeout_ns,
-        session: request.session_key,
-        target_addr: request.addr,
-        lan_ifindex: session.lan_ifindex,
-        target_port: request.port.to_be_bytes(),
-        public_port,
-        kind: ExpectationKind::Active as u8,
-        _pad: [0; 7],
-    };
-    if EXPECTS
-        .insert(key, expectation, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        bump(Counter::ExpectationTableFull);
-        let _ = FREE_PORTS.push(public_port, 0);
-        return false;
-    }
-    let record = RewriteRecord {
+    let mut record = RewriteRecord {
         seq: u32::from_be_bytes(packet.tcp.seq),
         payload_len: payload_len as u16,
         field_off: request.field_off,
         field_len: request.field_len,
-        public_port,
+        public_port: 0,
         kind: request.kind,
         delimiter: request.delimiter,
         _pad: [0; 2],
     };
+    let mut reserved = None;
+    if let Ok(Some(public_port)) = FREE_PORTS.pop() {
+        let key = inbound_key(config, public_port);
+        // Active (client's PORT/EPRT): the server connects, to the client's announced port.
+        // Passive (publishing, server's 227/229): the client connects, to the server's port.
+        let (peer, target, kind) = if from_client {
+            (session.server_addr, request.addr, ExpectationKind::Active)
+        } else {
+            (
+                request.session_key.saddr,
+                session.server_addr,
+                ExpectationKind::Passive,
+            )
+        };
+        let expectation = Expectation {
+            expires_ns: now_ns() + config.expect_timeout_ns,
+            session: request.session_key,
+            target_addr: target,
+            lan_ifindex: session.lan_ifindex,
+            target_port: request.port.to_be_bytes(),
+            public_port,
+            peer,
+            kind: kind as u8,
+            path: ExpectationPath::Inbound as u8,
+            _pad: [0; 2],
+        };
+        if EXPECTS
+            .insert(key, expectation, u64::from(BPF_NOEXIST))
+            .is_err()
+        {
+            bump(Counter::ExpectationTableFull);
+            let _ = FREE_PORTS.push(public_port, 0);
+            return false;
+        }
+        record.public_port = public_port;
+        reserved = Some(key);
+    } else {
+        bump(Counter::WindowExhausted);
+        record.kind = match request.kind {
+            rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
+            rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
+            _ if request.line_in_segment != 0 => {
+                record.field_off = request.line_off;
+                record.field_len = request.line_len;
+                rewrite_kind::PASSIVE_REFUSED
+            }
+            _ => return false,
+        };
+    }
     let Some(delta) = splice(ctx, packet, payload_off, payload_len, &record, config) else {
-        let _ = EXPECTS.remove(key);
-        let _ = FREE_PORTS.push(public_port, 0);
+        if let Some(key) = reserved {
+            let _ = EXPECTS.remove(key);
+            let _ = FREE_PORTS.push(record.public_port, 0);
+        }
         return false;
     };
-    session.client_seq.record(record.seq, delta);
-    session.last_rewrite = record;
-    bump(Counter::ExpectationsCreated);
+    if from_client {
+        session.client_seq.record(record.seq, delta);
+        session.client_rewrite = record;
+    } else {
+        session.server_seq.record(record.seq, delta);
+        session.server_rewrite = record;
+    }
+    if reserved.is_some() {
+        bump(Counter::ExpectationsCreated);
+    } else {
+        // The refusal opened nothing.
+        session.state.expectation_closed();
+    }
     true
 }
 
-/// Repeats the last rewrite on a retransmission of its segment, so the receiver sees the same
-/// bytes at the same sequence numbers.
+/// The key of the inbound expectation for a window port.
+#[inline(always)]
+fn inbound_key(config: &DatapathConfig, public_port: u16) -> ExpectKey {
+    ExpectKey {
+        saddr: [0; 4],
+        daddr: config.public_ip,
+        dport: public_port.to_be_bytes(),
+        _pad: [0; 2],
+    }
+}
+
+/// Removes the session's expectation for `public_port` if no connection used it yet, and gives
+/// the port back. The port may since have gone to another session: only our own is removed.
+#[inline(always)]
+fn release_unused(
+    session: &mut SessionEntry,
+    request: &RewriteRequest,
+    config: &DatapathConfig,
+    public_port: u16,
+) {
+    let key = inbound_key(config, public_port);
+    // SAFETY: read at once.
+    let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == request.session_key);
+    if ours && EXPECTS.remove(key).is_ok() {
+        let _ = FREE_PORTS.push(public_port, 0);
+        session.state.expectation_closed();
+    }
+}
+
+/// Repeats a rewrite on a retransmission of its segment, so the receiver sees the same bytes at
+/// the same sequence numbers.
 #[inline(never)]
 pub fn replay(
     ctx: &TcContext,
     packet: &Tcp4,
-    session: &SessionEntry,
+    record: &RewriteRecord,
     config: &DatapathConfig,
 ) -> bool {
-    let record = session.last_rewrite;
     let Some((payload_off, payload_len)) = packet.payload() else {
         return false;
     };
@@ -170,11 +240,10 @@ pub fn replay(
     {
         return false;
     }
-    splice(ctx, packet, payload_off, payload_len, &record, config).is_some()
+    splice(ctx, packet, payload_off, payload_len, record, config).is_some()
 }
 
-/// Replaces the field `record` names with the public address and its port; returns the length
-/// change.
+/// Replaces the field `record` names with its replacement text; returns the length change.
 #[inline(always)]
 fn splice(
     ctx: &TcContext,
@@ -201,18 +270,8 @@ fn splice(
     // The replacement text, after the odd byte before the field if there is one. That byte is
     // read from the packet: on a retransmission (replay) the scratch area holds another packet.
     *buf.get_mut(NEW_TAIL)? = ctx.load::<u8>(payload_off + aligned).ok()?;
-    let public = Ipv4Addr::from(config.public_ip);
     let out = buf.get_mut(NEW_TAIL + prefix..NEW_TAIL + prefix + MAX_FIELD_LEN)?;
-    let replacement_len = match record.kind {
-        rewrite_kind::PORT => format_port_field(public, record.public_port, out)?,
-        rewrite_kind::EPRT => format_eprt_field(
-            IpAddr::V4(public),
-            record.public_port,
-            record.delimiter,
-            out,
-        )?,
-        _ => return None,
-    };
+    let replacement_len = format_rewrite(record, Ipv4Addr::from(config.public_ip), out)?;
     let replacement_len = replacement_len & 63;
     let new_tail_len = prefix + replacement_len + suffix_len;
     if new_tail_len > SCRATCH_LEN || old_tail_len > SCRATCH_LEN {

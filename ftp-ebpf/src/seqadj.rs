@@ -1,7 +1,7 @@
-//! Applying a session's sequence adjustment to the control connection's packets: the client's
-//! sequence numbers move forward by what its rewritten lines added, and the server's
+//! Applying a session's sequence adjustments to the control connection's packets: a sender's
+//! sequence numbers move forward by what its rewritten lines added, and the other side's
 //! acknowledgements and SACK blocks move back by the same, so both ends keep their own view of
-//! the stream.
+//! each stream.
 
 use aya_ebpf::{
     helpers::{bpf_csum_diff, bpf_loop, bpf_skb_load_bytes, bpf_skb_store_bytes},
@@ -18,27 +18,29 @@ use crate::{
 const TCP_SEQ_OFF: usize = 4;
 const TCP_ACK_OFF: usize = 8;
 
+/// `own` is how the packet's sender's stream moved, `peer` how the receiver's did. Returns
+/// whether the packet changed.
 #[inline(always)]
-pub fn adjust(ctx: &TcContext, packet: &Tcp4, client: &SeqAdjust, from_client: bool) {
-    if client.is_identity() {
-        return;
-    }
-    if from_client {
+pub fn adjust(ctx: &TcContext, packet: &Tcp4, own: &SeqAdjust, peer: &SeqAdjust) -> bool {
+    let mut changed = false;
+    if !own.is_identity() {
         let seq = u32::from_be_bytes(packet.tcp.seq);
-        let _ = rewrite_u32(ctx, packet, TCP_SEQ_OFF, seq, client.forward_seq(seq));
-    } else if packet.tcp.ack() != 0 {
+        changed |= rewrite_u32(ctx, packet, TCP_SEQ_OFF, seq, own.forward_seq(seq)).is_ok();
+    }
+    if packet.tcp.ack() != 0 && !peer.is_identity() {
         let ack = u32::from_be_bytes(packet.tcp.ack_seq);
-        let _ = rewrite_u32(ctx, packet, TCP_ACK_OFF, ack, client.backward_ack(ack));
+        changed |= rewrite_u32(ctx, packet, TCP_ACK_OFF, ack, peer.backward_ack(ack)).is_ok();
         if packet.tcp.doff() > 5 {
-            adjust_sack(ctx, packet, client);
+            adjust_sack(ctx, packet, peer);
         }
     }
+    changed
 }
 
-/// Moves the SACK edges in the server's options back into the client's sequence space.
+/// Moves the SACK edges in the packet's options back into the receiver's sequence space.
 // A subprogram of its own: the two option copies stay off the callers' stack frames.
 #[inline(never)]
-fn adjust_sack(ctx: &TcContext, packet: &Tcp4, client: &SeqAdjust) {
+fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
     let len = (usize::from(packet.tcp.doff()) * 4).saturating_sub(20);
     if len == 0 || len > MAX_TCP_OPTIONS {
         return;
@@ -75,7 +77,7 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, client: &SeqAdjust) {
     }
     *new = *old;
     let mut walk = SackWalk {
-        adjust: *client,
+        adjust: *peer,
         len: len as u32,
         at: 0,
         changed: 0,

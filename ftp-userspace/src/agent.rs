@@ -4,7 +4,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
-use ftp_common::maps::{InterfaceRole, programs};
+use ftp_common::maps::{Counter, InterfaceRole, programs};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -15,7 +15,8 @@ use crate::{
     attach::{Datapath, Interface, LoadOptions, NatSettings, hook_name},
     expire::{self, ExpiryPolicy},
     pins,
-    settings::{self, Ipv4Prefix, PortWindow},
+    settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
+    stats,
 };
 
 /// How often finished and idle connections are swept.
@@ -46,6 +47,11 @@ pub struct RunArgs {
     /// ip_local_port_range, outside it].
     #[arg(long, value_name = "LO-HI")]
     port_window: Option<PortWindow>,
+    /// Publish an FTP server behind the router: outside clients reach SERVER_IP:PORT [default
+    /// 21] at the public address's PUBLIC_PORT [default PORT]; its 227/229 replies name the public
+    /// address and a window port (repeatable).
+    #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT]")]
+    publish: Vec<PublishSpec>,
     /// Seconds an announced data connection may take to open before its pinhole closes.
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -78,7 +84,7 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
         }
         interfaces.push(Interface::resolve(lan, InterfaceRole::Lan, "--lan")?);
     }
-    let nat = nat_settings(args)?;
+    let nat = nat_settings(args, &interfaces)?;
     pins::require_bpffs(&args.pin_dir)?;
     for interface in &interfaces {
         refuse_if_already_attached(interface)?;
@@ -96,7 +102,7 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
     Ok((interfaces, nat))
 }
 
-fn nat_settings(args: &RunArgs) -> anyhow::Result<NatSettings> {
+fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
     let local = settings::local_port_range()?;
     let window = match args.port_window {
         Some(window) => {
@@ -111,7 +117,17 @@ fn nat_settings(args: &RunArgs) -> anyhow::Result<NatSettings> {
         args.ftp_ports.clone()
     };
     settings::validate_ftp_ports(&ftp_ports)?;
+    let mut lans = Vec::new();
+    for lan in interfaces.iter().filter(|i| i.role == InterfaceRole::Lan) {
+        let prefixes = settings::ipv4_addresses(&lan.name)?
+            .into_iter()
+            .map(Ipv4Prefix::network)
+            .collect();
+        lans.push((lan.name.clone(), lan.ifindex, prefixes));
+    }
+    let published = settings::resolve_published(&args.publish, window, &lans)?;
     Ok(NatSettings {
+        published,
         public_ip: settings::public_ip(args.public_ip, &args.wan)?,
         masquerade: settings::masquerade_prefixes(&args.masquerade, &args.lan)?,
         ftp_ports,
@@ -176,7 +192,18 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
         nat.window,
         nat.window.len()
     );
+    for published in &nat.published {
+        log::info!(
+            "publishing {}:{} -> {}:{} (via {})",
+            nat.public_ip,
+            published.spec.public_port,
+            published.spec.server,
+            published.spec.server_port,
+            published.lan
+        );
+    }
     let policy = ExpiryPolicy::default();
+    let mut exhaustion = ExhaustionWatch::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
 
     let mut kernel_log = match datapath.take_kernel_logger() {
@@ -198,6 +225,7 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
                 }
+                exhaustion.check(datapath.pin_dir(), nat.window);
             }
             readable = async {
                 match kernel_log.as_mut() {
@@ -220,6 +248,30 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
         pin_dir.display()
     );
     Ok(())
+}
+
+/// Reports window exhaustion once per sweep in which it happened, naming the window and the fix:
+/// the datapath refused data connections (promptly, see the README), and the operator should know.
+#[derive(Default)]
+struct ExhaustionWatch {
+    seen: u64,
+}
+
+impl ExhaustionWatch {
+    fn check(&mut self, pin_dir: &std::path::Path, window: PortWindow) {
+        let Ok(now) = stats::datapath_counter(pin_dir, Counter::WindowExhausted) else {
+            return;
+        };
+        if now > self.seen {
+            log::warn!(
+                "port window {window} ({} ports) exhausted: {} requests for a data port refused \
+                 since the last check ({now} in all); widen it with --port-window",
+                window.len(),
+                now - self.seen
+            );
+        }
+        self.seen = now;
+    }
 }
 
 /// aya-log's level numbering (error = 1 … trace = 5, 0 = nothing), so the kernel side does not

@@ -21,12 +21,12 @@ use aya::{
 };
 use ftp_common::maps::{
     DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole,
-    MAX_FTP_PORTS, SessionEntry, names, programs,
+    MAX_FTP_PORTS, PublishTarget, SessionEntry, names, programs,
 };
 
 use crate::{
     pins,
-    settings::{Ipv4Prefix, PortWindow},
+    settings::{Ipv4Prefix, PortWindow, Published},
 };
 
 /// The object built from ftp-ebpf, embedded at build time.
@@ -97,6 +97,7 @@ pub struct NatSettings {
     pub ftp_ports: Vec<u16>,
     pub window: PortWindow,
     pub expect_timeout: std::time::Duration,
+    pub published: Vec<Published>,
 }
 
 impl Datapath {
@@ -222,6 +223,20 @@ impl Datapath {
         for prefix in &nat.masquerade {
             trie.insert(&Key::new(u32::from(prefix.len), prefix.addr.octets()), 1, 0)
                 .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
+        }
+
+        let mut publish: HashMap<_, u16, PublishTarget> =
+            HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
+        for published in &nat.published {
+            let target = PublishTarget {
+                server_addr: published.spec.server.octets(),
+                server_port: published.spec.server_port.to_be_bytes(),
+                _pad: [0; 2],
+                lan_ifindex: published.lan_ifindex,
+            };
+            publish
+                .insert(published.spec.public_port, target, 0)
+                .with_context(|| format!("adding published server {}", published.spec))?;
         }
 
         let mut free: Queue<_, u16> = Queue::try_from(self.map_mut(names::FREE_PORTS)?)?;

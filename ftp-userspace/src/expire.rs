@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ftp_common::maps::{ExpectationKind, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags};
+use ftp_common::maps::{ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags};
 
 use crate::attach::StateTables;
 
@@ -129,7 +129,7 @@ pub fn sweep(
             session.state.expectation_closed();
             let _ = sessions.insert(expectation.session, session, 0);
         }
-        if ExpectationKind::from_raw(expectation.kind) == Some(ExpectationKind::Active)
+        if ExpectationPath::from_raw(expectation.path) == Some(ExpectationPath::Inbound)
             && expectation.public_port != 0
         {
             free_ports.push(expectation.public_port, 0)?;
@@ -144,6 +144,24 @@ pub fn sweep(
         .filter_map(Result::ok)
         .filter(|key| !live.contains(key))
         .collect();
+    // Its pinholes close with it: an announced connection nobody made by then never will be.
+    let orphaned: Vec<_> = expects
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, e)| ended.contains(&e.session))
+        .collect();
+    for (key, expectation) in orphaned {
+        if expects.remove(&key).is_err() {
+            continue;
+        }
+        swept.expectations += 1;
+        if ExpectationPath::from_raw(expectation.path) == Some(ExpectationPath::Inbound)
+            && expectation.public_port != 0
+        {
+            free_ports.push(expectation.public_port, 0)?;
+            swept.ports_returned += 1;
+        }
+    }
     for key in ended {
         let _ = sessions.remove(&key);
         swept.sessions += 1;

@@ -6,8 +6,8 @@ use std::{net::Ipv4Addr, path::Path};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap};
 use ftp_common::maps::{
-    DatapathConfig, ExpectKey, Expectation, ExpectationKind, FlowDirection, FlowEntry, FlowKey,
-    FlowKind, SessionEntry, names,
+    DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
+    FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, names,
 };
 use serde::Serialize;
 
@@ -15,11 +15,6 @@ use crate::{expire::monotonic_now_ns, stats::open_pinned};
 
 fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
     format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
-}
-
-/// A session's identifier: its public address and port, unique while it lives.
-fn session_id(public: &str) -> String {
-    public.to_owned()
 }
 
 #[derive(Serialize)]
@@ -84,8 +79,19 @@ fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
 }
 
 impl Tables {
-    /// The public endpoint of a session: its control connection's translated source.
+    fn kind_of(&self, session: &FlowKey) -> Option<SessionKind> {
+        self.sessions
+            .iter()
+            .find(|(key, _)| key == session)
+            .and_then(|(_, entry)| SessionKind::from_raw(entry.kind))
+    }
+
+    /// The public endpoint of a session: for a masqueraded client its control connection's
+    /// translated source, for a published server the address and port the client connected to.
     fn public_of(&self, session: &FlowKey) -> String {
+        if self.kind_of(session) == Some(SessionKind::Publish) {
+            return endpoint(session.daddr, session.dport);
+        }
         self.flows
             .iter()
             .find(|(key, _)| key == session)
@@ -93,6 +99,20 @@ impl Tables {
                 || "-".to_owned(),
                 |(_, e)| endpoint(e.new_saddr, e.new_sport),
             )
+    }
+
+    /// A session's identifier, unique while it lives: a masqueraded session's public address and
+    /// port; a published session's client address and port `@` the published port (all sessions
+    /// of a published server share its public endpoint).
+    fn id_of(&self, session: &FlowKey) -> String {
+        match self.kind_of(session) {
+            Some(SessionKind::Publish) => format!(
+                "{}@{}",
+                endpoint(session.saddr, session.sport),
+                u16::from_be_bytes(session.dport)
+            ),
+            _ => self.public_of(session),
+        }
     }
 }
 
@@ -102,19 +122,16 @@ pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
     let mut rows: Vec<SessionRow> = tables
         .sessions
         .iter()
-        .map(|(key, entry)| {
-            let public = tables.public_of(key);
-            SessionRow {
-                id: session_id(&public),
-                kind: "masquerade",
-                client: endpoint(key.saddr, key.sport),
-                server: endpoint(key.daddr, key.dport),
-                public,
-                data_flows: entry.data_flows,
-                age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
-                malformed_lines: entry.malformed_lines,
-                refusals: entry.refusals,
-            }
+        .map(|(key, entry)| SessionRow {
+            id: tables.id_of(key),
+            kind: SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str),
+            client: endpoint(key.saddr, key.sport),
+            server: endpoint(entry.server_addr, entry.server_port),
+            public: tables.public_of(key),
+            data_flows: entry.data_flows,
+            age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
+            malformed_lines: entry.malformed_lines,
+            refusals: entry.refusals,
         })
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -129,14 +146,14 @@ pub fn expectations(pin_dir: &Path) -> anyhow::Result<Vec<ExpectationRow>> {
         .expects
         .iter()
         .map(|(key, e)| {
-            let kind = ExpectationKind::from_raw(e.kind);
-            let session = session_id(&tables.public_of(&e.session));
             ExpectationRow {
-                session,
-                kind: kind.map_or("unknown", ExpectationKind::as_str),
-                peer: Ipv4Addr::from(key.saddr).to_string(),
-                public: match kind {
-                    Some(ExpectationKind::Active) => endpoint(public_ip, key.dport),
+                session: tables.id_of(&e.session),
+                kind: ExpectationKind::from_raw(e.kind).map_or("unknown", ExpectationKind::as_str),
+                peer: Ipv4Addr::from(e.peer).to_string(),
+                // Inbound: the reserved window port. Outbound: the announced address, which the
+                // connection leaves for (its window port is taken when it opens).
+                public: match ExpectationPath::from_raw(e.path) {
+                    Some(ExpectationPath::Inbound) => endpoint(public_ip, key.dport),
                     _ => endpoint(key.daddr, key.dport),
                 },
                 target: endpoint(e.target_addr, e.target_port),
@@ -160,7 +177,7 @@ pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
                 .find(|(k, _)| *k == reply_key)
                 .map(|(_, r)| r);
             FlowRow {
-                session: session_id(&tables.public_of(&e.session)),
+                session: tables.id_of(&e.session),
                 kind: FlowKind::from_raw(e.kind).map_or("unknown", FlowKind::as_str),
                 orig: format!(
                     "{} -> {}",

@@ -15,7 +15,7 @@ use ftp_common::maps::names;
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     names::SESSIONS,
     names::EXPECTS,
     names::TRAFFIC,
@@ -25,6 +25,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     names::FLOWS,
     names::FREE_PORTS,
     names::COUNTERS,
+    names::PUBLISH,
 ];
 
 /// Checks that `pin_dir` is (or would be created) on a bpffs mount, before anything is loaded.

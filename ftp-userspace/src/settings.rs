@@ -4,7 +4,7 @@
 use std::{ffi::CStr, fs, net::Ipv4Addr, ops::RangeInclusive, str::FromStr};
 
 use anyhow::{Context as _, anyhow, bail};
-use ftp_common::maps::{MAX_FTP_PORTS, MAX_WINDOW_PORTS};
+use ftp_common::maps::{MAX_FTP_PORTS, MAX_PUBLISHED, MAX_WINDOW_PORTS};
 
 /// An IPv4 prefix, `a.b.c.d/len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +14,12 @@ pub struct Ipv4Prefix {
 }
 
 impl Ipv4Prefix {
+    /// Whether `addr` lies in the prefix.
+    pub fn contains(self, addr: Ipv4Addr) -> bool {
+        let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+        u32::from(addr) & mask == u32::from(self.addr) & mask
+    }
+
     /// The prefix with the host bits cleared.
     pub fn network(self) -> Self {
         let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
@@ -92,6 +98,128 @@ impl FromStr for PortWindow {
         }
         Ok(Self { lo, hi })
     }
+}
+
+/// A `--publish [PUBLIC_PORT=]SERVER_IP[:PORT]` value: outside clients reach the FTP server at
+/// `SERVER_IP:PORT` (default 21) through the public address's `PUBLIC_PORT` (default `PORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishSpec {
+    pub public_port: u16,
+    pub server: Ipv4Addr,
+    pub server_port: u16,
+}
+
+impl std::fmt::Display for PublishSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}:{}",
+            self.public_port, self.server, self.server_port
+        )
+    }
+}
+
+impl FromStr for PublishSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "'{s}' is not [PUBLIC_PORT=]SERVER_IP[:PORT], e.g. 21=192.168.1.10 or \
+                 2121=192.168.1.11:21"
+            )
+        };
+        let port = |text: &str| text.parse::<u16>().ok().filter(|port| *port != 0);
+        let (public, target) = match s.split_once('=') {
+            Some((public, target)) => (Some(port(public).ok_or_else(bad)?), target),
+            None => (None, s),
+        };
+        let (server, server_port) = match target.split_once(':') {
+            Some((addr, server_port)) => (addr, port(server_port).ok_or_else(bad)?),
+            None => (target, 21),
+        };
+        let server: Ipv4Addr = server.parse().map_err(|_| bad())?;
+        Ok(Self {
+            public_port: public.unwrap_or(server_port),
+            server,
+            server_port,
+        })
+    }
+}
+
+/// A published server with the LAN interface it is reached by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub spec: PublishSpec,
+    pub lan: String,
+    pub lan_ifindex: u32,
+}
+
+/// Checks the `--publish` values against each other, the window and the LAN interfaces (given as
+/// name, ifindex and their IPv4 prefixes), and finds each server's interface.
+pub fn resolve_published(
+    specs: &[PublishSpec],
+    window: PortWindow,
+    lans: &[(String, u32, Vec<Ipv4Prefix>)],
+) -> anyhow::Result<Vec<Published>> {
+    if specs.len() > MAX_PUBLISHED as usize {
+        bail!("at most {MAX_PUBLISHED} --publish servers are supported");
+    }
+    let mut published: Vec<Published> = Vec::new();
+    for spec in specs {
+        if let Some(other) = published
+            .iter()
+            .find(|p| p.spec.public_port == spec.public_port)
+        {
+            bail!(
+                "--publish {spec} and --publish {} both use public port {}; give each server its \
+                 own public port",
+                other.spec,
+                spec.public_port
+            );
+        }
+        if let Some(other) = published
+            .iter()
+            .find(|p| (p.spec.server, p.spec.server_port) == (spec.server, spec.server_port))
+        {
+            bail!(
+                "--publish {spec} and --publish {} name the same server; publish it once",
+                other.spec
+            );
+        }
+        if window.ports().contains(&spec.public_port) {
+            bail!(
+                "--publish {spec}: public port {} lies in --port-window {window}, whose ports are \
+                 handed out for data connections; choose a public port outside the window",
+                spec.public_port
+            );
+        }
+        let Some((lan, lan_ifindex, _)) = lans
+            .iter()
+            .find(|(_, _, prefixes)| prefixes.iter().any(|prefix| prefix.contains(spec.server)))
+        else {
+            let known: Vec<String> = lans
+                .iter()
+                .flat_map(|(name, _, prefixes)| prefixes.iter().map(move |p| format!("{name} {p}")))
+                .collect();
+            bail!(
+                "--publish {spec}: {} is on none of the --lan interfaces' networks ({}); a \
+                 published server must be directly attached to a --lan interface",
+                spec.server,
+                if known.is_empty() {
+                    "none has an IPv4 address".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            );
+        };
+        published.push(Published {
+            spec: *spec,
+            lan: lan.clone(),
+            lan_ifindex: *lan_ifindex,
+        });
+    }
+    Ok(published)
 }
 
 /// The kernel's ephemeral range, which the window must stay out of so that the router's own
@@ -332,5 +460,92 @@ mod tests {
         assert!(validate_ftp_ports(&[21, 2121]).is_ok());
         assert!(validate_ftp_ports(&[0]).is_err());
         assert!(validate_ftp_ports(&[1; 9]).is_err());
+    }
+
+    #[test]
+    fn publish_values_parse_with_their_defaults() {
+        let spec: PublishSpec = "21=192.168.1.10".parse().unwrap();
+        assert_eq!(
+            (spec.public_port, spec.server, spec.server_port),
+            (21, Ipv4Addr::new(192, 168, 1, 10), 21)
+        );
+        let spec: PublishSpec = "2121=192.168.1.11:21".parse().unwrap();
+        assert_eq!((spec.public_port, spec.server_port), (2121, 21));
+        let spec: PublishSpec = "192.168.1.12:2100".parse().unwrap();
+        assert_eq!((spec.public_port, spec.server_port), (2100, 2100));
+        let spec: PublishSpec = "192.168.1.12".parse().unwrap();
+        assert_eq!((spec.public_port, spec.server_port), (21, 21));
+        assert_eq!(spec.to_string(), "21=192.168.1.12:21");
+        for bad in [
+            "",
+            "21=",
+            "=10.0.0.1",
+            "0=10.0.0.1",
+            "21=10.0.0.1:0",
+            "21=host",
+            "70000=10.0.0.1",
+            "21=10.0.0.1:x",
+        ] {
+            let err = bad.parse::<PublishSpec>().unwrap_err();
+            assert!(
+                err.contains("[PUBLIC_PORT=]SERVER_IP[:PORT]"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn published_servers_are_checked_and_find_their_interface() {
+        let window = PortWindow {
+            lo: 40000,
+            hi: 40099,
+        };
+        let lans = vec![
+            ("lan0".to_owned(), 3, vec!["10.0.0.1/24".parse().unwrap()]),
+            (
+                "lan1".to_owned(),
+                4,
+                vec!["192.168.7.1/24".parse().unwrap()],
+            ),
+        ];
+        let spec = |s: &str| s.parse::<PublishSpec>().unwrap();
+        let published = resolve_published(
+            &[spec("21=10.0.0.2"), spec("2121=192.168.7.9:21")],
+            window,
+            &lans,
+        )
+        .unwrap();
+        assert_eq!(
+            (published[0].lan.as_str(), published[0].lan_ifindex),
+            ("lan0", 3)
+        );
+        assert_eq!(
+            (published[1].lan.as_str(), published[1].lan_ifindex),
+            ("lan1", 4)
+        );
+
+        let err = resolve_published(&[spec("21=10.0.0.2"), spec("21=10.0.0.3")], window, &lans)
+            .unwrap_err();
+        assert!(err.to_string().contains("both use public port 21"), "{err}");
+        let err = resolve_published(
+            &[spec("21=10.0.0.2"), spec("2121=10.0.0.2:21")],
+            window,
+            &lans,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("name the same server"), "{err}");
+        let err = resolve_published(&[spec("40050=10.0.0.2")], window, &lans).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("lies in --port-window 40000-40099"),
+            "{err}"
+        );
+        let err = resolve_published(&[spec("21=172.16.0.5")], window, &lans).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "none of the --lan interfaces' networks (lan0 10.0.0.0/24, lan1 192.168.7.0/24)"
+            ),
+            "{err}"
+        );
     }
 }

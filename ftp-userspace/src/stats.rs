@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use ftp_common::maps::{
-    Counter, DatapathConfig, Direction, ExpectKey, Expectation, ExpectationKind, FlowEntry,
+    Counter, DatapathConfig, Direction, ExpectKey, Expectation, ExpectationPath, FlowEntry,
     FlowKey, InterfaceInfo, InterfaceRole, SessionEntry, TrafficCounters, TrafficKey, flow_flags,
     names,
 };
@@ -68,6 +68,13 @@ pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     }
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))
+}
+
+/// One datapath counter, summed over the CPUs.
+pub fn datapath_counter(pin_dir: &Path, counter: Counter) -> anyhow::Result<u64> {
+    let counters: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(open_pinned(pin_dir, names::COUNTERS)?)?;
+    Ok(counters.get(&(counter as u32), 0)?.iter().sum())
 }
 
 pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
@@ -148,7 +155,7 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         .count()
         + expectations
             .iter()
-            .filter(|e| e.kind == ExpectationKind::Active as u8 && e.public_port != 0)
+            .filter(|e| e.path == ExpectationPath::Inbound as u8 && e.public_port != 0)
             .count();
     let size = u32::from(config.window_hi).saturating_sub(u32::from(config.window_lo)) + 1;
     Ok(Stats {

@@ -78,7 +78,7 @@ pub struct Lab {
     dir: PathBuf,
     bpffs: PathBuf,
     /// Set once the lab has mounted its bpffs (on first use), so that drop unmounts it.
-    bpffs_mounted: std::cell::OnceCell<()>,
+    bpffs_mounted: std::sync::OnceLock<()>,
     captures: Vec<Child>,
     /// Declared after the processes that run inside the namespaces so they drop first.
     pub client: NetNs,
@@ -110,7 +110,7 @@ impl Lab {
             name,
             dir,
             bpffs,
-            bpffs_mounted: std::cell::OnceCell::new(),
+            bpffs_mounted: std::sync::OnceLock::new(),
             captures: Vec::new(),
             client,
             router,
@@ -322,14 +322,26 @@ impl Lab {
         args: &[&str],
         timeout_secs: u32,
     ) -> anyhow::Result<Output> {
-        let path = self.dir.join(format!("script-{}.py", args.len()));
+        self.python(&self.client, script, args, timeout_secs)
+    }
+
+    /// Runs a Python script (system interpreter) in `ns`; an error carries its output.
+    pub fn python(
+        &self,
+        ns: &NetNs,
+        script: &str,
+        args: &[&str],
+        timeout_secs: u32,
+    ) -> anyhow::Result<Output> {
+        static SCRIPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("script-{n}.py"));
         fs::write(&path, script)?;
         let timeout = timeout_secs.to_string();
-        let mut full = vec![timeout.as_str(), "/usr/bin/python3"];
         let path = path.to_string_lossy().into_owned();
-        full.push(&path);
+        let mut full = vec![timeout.as_str(), "/usr/bin/python3", path.as_str()];
         full.extend_from_slice(args);
-        let output = self.client.command("timeout", &full).output()?;
+        let output = ns.command("timeout", &full).output()?;
         if !output.status.success() {
             bail!(
                 "python script failed ({}): {}{}",

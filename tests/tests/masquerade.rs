@@ -422,10 +422,16 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     let stats = ftpnat_json(&setup.lab, "stats");
     assert!(drained.is_ok(), "tables did not drain: {stats}");
     assert_eq!(stats["window"]["size"], 8);
-    // The window is really whole again: eight more sessions can each take a port.
-    for i in 0..8 {
-        download(&setup, Client::Curl, Mode::Pasv, &format!("again-{i}.bin"));
-    }
+    // The window is really whole again: four sessions at once, each taking two ports (control
+    // and data), need all eight. A missing port would show as a refused connection.
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let setup = &setup;
+            scope.spawn(move || {
+                download(setup, Client::Curl, Mode::Pasv, &format!("again-{i}.bin"));
+            });
+        }
+    });
 }
 
 /// With checksum offload off on every veth, the endpoints compute full checksums and verify what
@@ -465,4 +471,58 @@ fn checksums_hold_when_endpoints_compute_and_verify_them() {
         Some("0"),
         "the server saw bad TCP checksums"
     );
+}
+
+/// With the only window port taken by the control connection, a PORT is rewritten into one the
+/// server refuses at once, and a second control connection is reset at once: both ask for a port
+/// the window does not have, and both learn it promptly instead of waiting on silence.
+const EXHAUST_ONE_PORT: &str = r#"
+import ftplib, socket, sys
+server = sys.argv[1]
+ftp = ftplib.FTP()
+ftp.connect(server, 21, timeout=20)
+ftp.login()
+me = ftp.sock.getsockname()[0].replace('.', ',')
+try:
+    print('port', ftp.sendcmd(f"PORT {me},200,1"))
+except ftplib.error_perm as err:
+    print('port', err)
+second = socket.socket()
+second.settimeout(10)
+try:
+    second.connect((server, 21))
+    print('second connected')
+except ConnectionRefusedError:
+    print('second refused')
+except socket.timeout:
+    print('second timeout')
+ftp.quit()
+"#;
+
+#[test]
+fn exhausted_window_fails_port_and_new_sessions_promptly() {
+    let setup = setup(LabSpec::default(), MIB);
+    let _agent = setup
+        .lab
+        .start_ftpnat(&["--port-window", "61000-61000"])
+        .expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(EXHAUST_ONE_PORT, &[&server], 30)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("port 500"),
+        "the server accepted a PORT ftpnat could not serve: {text}"
+    );
+    assert!(text.contains("second refused"), "{text}");
+    let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        wan.contains("PORT 0,0,0,0,0,0"),
+        "no refused PORT on the WAN"
+    );
+    let stats = ftpnat_json(&setup.lab, "stats");
+    assert_eq!(stats["datapath"]["window_exhausted"], 2, "{stats}");
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }

@@ -209,3 +209,56 @@ fn splice_refuses_out_of_range_fields_and_small_buffers() {
     assert_eq!(&out[..8], b"PORT x\r\n");
     assert_eq!(splice(line, Span { start: 0, len: 0 }, &[b'x'; MAX_FIELD_LEN + 1], &mut out), None);
 }
+
+#[test]
+fn refused_port_is_a_port_command_no_server_accepts() {
+    let line = spliced(b"PORT 10,0,0,2,195,80\r\n", Span { start: 5, len: 15 }, REFUSED_PORT_FIELD);
+    assert_eq!(line, b"PORT 0,0,0,0,0,0\r\n");
+    // Port 0 is not a port: our own parser (and every server) turns it down.
+    assert!(matches!(parse_command(&line), Command::Malformed(_)));
+}
+
+#[test]
+fn refused_eprt_keeps_the_delimiter_and_names_port_zero() {
+    assert_eq!(render(|out| format_refused_eprt_field(b'|', out)).unwrap(), b"|1|0.0.0.0|0|");
+    assert_eq!(render(|out| format_refused_eprt_field(b'!', out)).unwrap(), b"!1!0.0.0.0!0!");
+    let mut out = [0u8; 64];
+    assert_eq!(format_refused_eprt_field(b'.', &mut out), None, "'.' occurs in the address");
+    assert_eq!(format_refused_eprt_field(b'7', &mut out), None);
+    let line = [b"EPRT ".as_slice(), &render(|out| format_refused_eprt_field(b'|', out)).unwrap(), b"\r\n"].concat();
+    assert!(matches!(parse_command(&line), Command::Malformed(_)));
+}
+
+#[test]
+fn refused_passive_line_is_a_425_reply() {
+    let line = [REFUSED_PASSIVE_LINE, b"\n"].concat();
+    assert!(line.ends_with(b"\r\n"));
+    assert!(REFUSED_PASSIVE_LINE.len() <= MAX_FIELD_LEN);
+    assert!(matches!(parse_reply(&line), Reply::Final { code: 425, .. }));
+}
+
+#[test]
+fn format_rewrite_dispatches_on_the_kind() {
+    let public = Ipv4Addr::new(203, 0, 113, 254);
+    let by_kind = |kind| {
+        let record = RewriteRecord {
+            kind,
+            public_port: 40000,
+            delimiter: b'|',
+            ..RewriteRecord::default()
+        };
+        render(|out| format_rewrite(&record, public, out))
+    };
+    assert_eq!(by_kind(rewrite_kind::PORT).unwrap(), b"203,0,113,254,156,64");
+    assert_eq!(by_kind(rewrite_kind::PASV_227).unwrap(), b"203,0,113,254,156,64");
+    assert_eq!(by_kind(rewrite_kind::EPRT).unwrap(), b"|1|203.0.113.254|40000|");
+    assert_eq!(by_kind(rewrite_kind::EPSV_229).unwrap(), b"40000");
+    assert_eq!(by_kind(rewrite_kind::PORT_REFUSED).unwrap(), REFUSED_PORT_FIELD);
+    assert_eq!(by_kind(rewrite_kind::EPRT_REFUSED).unwrap(), b"|1|0.0.0.0|0|");
+    assert_eq!(by_kind(rewrite_kind::PASSIVE_REFUSED).unwrap(), REFUSED_PASSIVE_LINE);
+    assert_eq!(by_kind(rewrite_kind::NONE), None);
+    assert_eq!(by_kind(200), None);
+    assert!(rewrite_kind::is_reply(rewrite_kind::PASV_227));
+    assert!(rewrite_kind::is_reply(rewrite_kind::PASSIVE_REFUSED));
+    assert!(!rewrite_kind::is_reply(rewrite_kind::EPRT_REFUSED));
+}
