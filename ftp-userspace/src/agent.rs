@@ -12,7 +12,7 @@ use tokio::{
 
 use crate::{
     DEFAULT_PIN_DIR,
-    attach::{Datapath, Interface, LoadOptions, NatSettings, hook_name},
+    attach::{Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
     expire::{self, ExpiryPolicy},
     pins,
     settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
@@ -52,6 +52,11 @@ pub struct RunArgs {
     /// address and a window port (repeatable).
     #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT]")]
     publish: Vec<PublishSpec>,
+    /// Detach the programs and remove the pins when stopped by SIGINT/SIGTERM. Without it the
+    /// datapath keeps forwarding after the agent exits, for the next `ftpnat run` to adopt (or
+    /// `ftpnat detach` to remove).
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Seconds an announced data connection may take to open before its pinhole closes.
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -59,7 +64,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (interfaces, nat) = preflight(&args)?;
+    let (interfaces, nat, _lock) = preflight(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -69,7 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Everything that can be checked before touching the kernel, so that a wrong flag or a busy
 /// interface fails with a clear message and leaves nothing behind.
-fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
+fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings, pins::PinDirLock)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -86,20 +91,16 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
     }
     let nat = nat_settings(args, &interfaces)?;
     pins::require_bpffs(&args.pin_dir)?;
-    for interface in &interfaces {
-        refuse_if_already_attached(interface)?;
+    let lock = pins::lock(&args.pin_dir)?;
+    pins::refuse_foreign_state(&args.pin_dir)?;
+    // A datapath pinned here is ours to adopt (checked when loading); programs attached any other
+    // way belong to another agent or another pin dir.
+    if pins::existing_links(&pins::state_dir(&args.pin_dir)).is_empty() {
+        for interface in &interfaces {
+            refuse_if_already_attached(interface)?;
+        }
     }
-    let stale = pins::existing_pins(&args.pin_dir);
-    if !stale.is_empty() {
-        // No ftpnat program is attached to our interfaces (checked above), so these pins are left
-        // over from an agent that was killed; reusing them would resurrect its counters.
-        log::warn!(
-            "removing stale pins from a previous run under {}",
-            args.pin_dir.display()
-        );
-        pins::remove_pins(&args.pin_dir)?;
-    }
-    Ok((interfaces, nat))
+    Ok((interfaces, nat, lock))
 }
 
 fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
@@ -154,7 +155,9 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
         }) {
             bail!(
                 "interface '{}' already has ftpnat's {} program attached at {} (program id {}): \
-                 another `ftpnat run` manages it; stop that agent first",
+                 another `ftpnat run` manages it, or a stopped one left its datapath under \
+                 another --pin-dir; stop that agent, or remove that datapath with `ftpnat detach \
+                 --pin-dir DIR`",
                 interface.name,
                 ours.name_as_str().unwrap_or("?"),
                 hook_name(attach_type),
@@ -175,11 +178,19 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut datapath = Datapath::load_and_attach(&options, interfaces, nat)?;
-    log::info!(
-        "attached to {}; maps pinned under {}",
-        datapath.attached().join(", "),
-        datapath.pin_dir().display()
-    );
+    match datapath.origin() {
+        Origin::Fresh => log::info!(
+            "attached to {}; maps and links pinned under {}",
+            datapath.attached().join(", "),
+            datapath.pin_dir().display()
+        ),
+        Origin::Adopted => log::info!(
+            "adopted the datapath pinned under {} (its sessions, expectations and port window \
+             carry on); attached to {}",
+            datapath.pin_dir().display(),
+            datapath.attached().join(", ")
+        ),
+    }
     log::info!(
         "masquerading FTP (ports {:?}) from {} behind {}, port window {} ({} ports)",
         nat.ftp_ports,
@@ -239,14 +250,24 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
             }
         }
     };
-    log::info!("{signal_name} received: detaching");
     drop(kernel_log);
     let pin_dir = datapath.pin_dir().to_owned();
-    drop(datapath);
-    log::info!(
-        "detached from all interfaces; pins under {} removed",
-        pin_dir.display()
-    );
+    if args.detach_on_exit {
+        log::info!("{signal_name} received: detaching");
+        datapath.detach()?;
+        log::info!(
+            "detached from all interfaces; pins under {} removed",
+            pin_dir.display()
+        );
+    } else {
+        log::info!(
+            "{signal_name} received: exiting and leaving the datapath attached (pinned under {}): \
+             transfers go on; `ftpnat run` with the same settings adopts it, `ftpnat detach \
+             --pin-dir {}` removes it",
+            pin_dir.display(),
+            pin_dir.display()
+        );
+    }
     Ok(())
 }
 

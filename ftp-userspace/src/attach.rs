@@ -1,12 +1,17 @@
-//! Loading the object and attaching its programs, all or nothing.
+//! Loading the object and attaching its programs, all or nothing; or adopting the datapath a
+//! previous agent left pinned.
 //!
-//! [`Datapath`] owns the loaded object. Its TC links are TCX file-descriptor links, so they detach
-//! when it is dropped; its `Drop` also removes the pins. Every failure after loading therefore
-//! unwinds to "nothing attached, nothing pinned", and so does a clean shutdown.
+//! [`Datapath`] owns the loaded object. Its TC links are TCX links pinned in the state dir (see
+//! [`pins`]), so the programs stay attached when the agent exits or dies. A new agent with the same
+//! settings loads the object over the pinned maps and swaps its programs into the pinned links
+//! atomically (`bpf_link_update`): no packet meets an unattached interface, no session is lost.
+//! A failed fresh start unwinds to "nothing attached, nothing pinned"; a failed adoption leaves
+//! the running datapath as it was.
 
 use std::{
     ffi::CString,
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -17,7 +22,11 @@ use aya::{
         Array, HashMap, MapData, Queue,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{ProgramError, SchedClassifier, TcAttachType},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use ftp_common::maps::{
     DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole,
@@ -71,7 +80,14 @@ pub struct Datapath {
     /// Reader of the kernel programs' log map; it must outlive the programs' load, then the agent
     /// takes it to drain it.
     logger: Option<KernelLogger>,
+    origin: Origin,
 }
+
+/// The programs and where they attach, in attach order.
+const HOOKS: [(&str, TcAttachType); 2] = [
+    (programs::INGRESS, TcAttachType::Ingress),
+    (programs::EGRESS, TcAttachType::Egress),
+];
 
 /// The datapath's state, as the agent's expiry sees it.
 pub struct StateTables<'a> {
@@ -100,48 +116,160 @@ pub struct NatSettings {
     pub published: Vec<Published>,
 }
 
+/// How the agent came by its datapath.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded, configured and attached by this agent.
+    Fresh,
+    /// Left pinned by a previous agent and taken over, sessions and all.
+    Adopted,
+}
+
 impl Datapath {
-    /// Loads the object with its maps pinned under `options.pin_dir`, then attaches the ingress and
-    /// egress programs to every interface. On error nothing stays attached or pinned.
+    /// Attaches the datapath: adopts the one pinned under `options.pin_dir` if there is one (it
+    /// must have been made with the same settings), else loads and attaches a fresh one.
     pub fn load_and_attach(
         options: &LoadOptions<'_>,
         interfaces: &[Interface],
         nat: &NatSettings,
     ) -> anyhow::Result<Self> {
-        fs::create_dir_all(options.pin_dir)
-            .with_context(|| format!("creating pin directory {}", options.pin_dir.display()))?;
-        let ebpf = match EbpfLoader::new()
-            .default_map_pin_directory(options.pin_dir)
+        let state_dir = pins::state_dir(options.pin_dir);
+        if pins::existing_links(&state_dir).is_empty() {
+            Self::fresh(options, &state_dir, interfaces, nat)
+        } else {
+            Self::adopt(options, &state_dir, interfaces, nat)
+        }
+    }
+
+    fn load(options: &LoadOptions<'_>, state_dir: &Path) -> anyhow::Result<Ebpf> {
+        // Maps already pinned there are reused, not recreated: that is what adoption relies on.
+        EbpfLoader::new()
+            .default_map_pin_directory(state_dir)
             .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
             .load(EBPF_OBJECT)
-        {
-            Ok(ebpf) => ebpf,
-            Err(err) => {
-                // Maps pinned before the failure must not outlive it.
-                let _ = pins::remove_pins(options.pin_dir);
-                return Err(err).context("loading the eBPF object");
+            .context("loading the eBPF object")
+    }
+
+    fn fresh(
+        options: &LoadOptions<'_>,
+        state_dir: &Path,
+        interfaces: &[Interface],
+        nat: &NatSettings,
+    ) -> anyhow::Result<Self> {
+        if !pins::existing_maps(state_dir).is_empty() {
+            // Maps without links: a datapath that was detached half-way or failed to start.
+            // Reusing them would resurrect its sessions and ports without programs behind them.
+            log::warn!("removing stale pins under {}", state_dir.display());
+            pins::remove_state(options.pin_dir, false)?;
+        }
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let started = Self::load(options, state_dir).and_then(|ebpf| {
+            let mut datapath = Datapath {
+                ebpf,
+                pin_dir: options.pin_dir.to_owned(),
+                attached: Vec::new(),
+                logger: None,
+                origin: Origin::Fresh,
+            };
+            datapath.start_kernel_log();
+            // Configured before anything is attached, so the first packet already meets the
+            // settings.
+            datapath.record_interfaces(interfaces)?;
+            datapath.configure(interfaces, nat)?;
+            for (program, attach_type) in HOOKS {
+                datapath.load_program(program)?;
+                for interface in interfaces {
+                    datapath.attach_and_pin(program, interface, attach_type, state_dir)?;
+                }
             }
-        };
+            Ok(datapath)
+        });
+        if started.is_err() {
+            // Links and maps pinned before the failure must not outlive it.
+            let _ = pins::remove_state(options.pin_dir, false);
+        }
+        started
+    }
+
+    fn adopt(
+        options: &LoadOptions<'_>,
+        state_dir: &Path,
+        interfaces: &[Interface],
+        nat: &NatSettings,
+    ) -> anyhow::Result<Self> {
+        let detach_hint = format!(
+            "run with the same settings to adopt it, or remove it with `ftpnat detach --pin-dir {}` \
+             (this ends the transfers it carries)",
+            options.pin_dir.display()
+        );
+        let expected: Vec<PathBuf> = HOOKS
+            .iter()
+            .flat_map(|(_, attach_type)| {
+                interfaces
+                    .iter()
+                    .map(|i| pins::link_pin(state_dir, &i.name, hook_name(*attach_type)))
+            })
+            .collect();
+        let mut sorted = expected.clone();
+        sorted.sort();
+        let present = pins::existing_links(state_dir);
+        if present != sorted {
+            let names = |paths: &[PathBuf]| {
+                paths
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            bail!(
+                "the datapath under {} is attached by {} but this run would attach {}: the \
+                 interfaces differ; {detach_hint}",
+                state_dir.display(),
+                names(&present),
+                names(&sorted)
+            );
+        }
         let mut datapath = Datapath {
-            ebpf,
+            ebpf: Self::load(options, state_dir)?,
             pin_dir: options.pin_dir.to_owned(),
             attached: Vec::new(),
             logger: None,
+            origin: Origin::Adopted,
         };
+        let differences = datapath.settings_differences(interfaces, nat)?;
+        if !differences.is_empty() {
+            bail!(
+                "the datapath under {} runs with other settings ({}); {detach_hint}",
+                state_dir.display(),
+                differences.join("; ")
+            );
+        }
         datapath.start_kernel_log();
-        // Configured before anything is attached, so the first packet already meets the settings.
-        datapath.record_interfaces(interfaces)?;
-        datapath.configure(interfaces, nat)?;
-        for (program, attach_type) in [
-            (programs::INGRESS, TcAttachType::Ingress),
-            (programs::EGRESS, TcAttachType::Egress),
-        ] {
+        let mut links = expected.iter();
+        for (program, attach_type) in HOOKS {
             datapath.load_program(program)?;
             for interface in interfaces {
-                datapath.attach_program(program, interface, attach_type)?;
+                let Some(pin) = links.next() else {
+                    bail!("internal error: fewer link pins than hooks");
+                };
+                datapath.replace_program(program, interface, attach_type, pin)?;
             }
         }
         Ok(datapath)
+    }
+
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Removes the links (detaching the programs) and the maps, and the pin dir if that empties it.
+    pub fn detach(self) -> anyhow::Result<pins::Removed> {
+        let pin_dir = self.pin_dir.clone();
+        // Our own descriptors to the links and maps go first, so that removing the pins destroys
+        // them.
+        drop(self);
+        pins::remove_state(&pin_dir, false)
     }
 
     /// Interfaces and hooks attached, e.g. `wan0/ingress`, for the agent's log.
@@ -181,38 +309,50 @@ impl Datapath {
             .map_err(|err| explain_load_error(program, err))
     }
 
-    fn attach_program(
+    /// Attaches `program` with a new TCX link and pins the link, so that it outlives the agent.
+    fn attach_and_pin(
         &mut self,
         program: &str,
         interface: &Interface,
         attach_type: TcAttachType,
+        state_dir: &Path,
     ) -> anyhow::Result<()> {
         let hook = hook_name(attach_type);
-        self.classifier(program)?
+        let context = || format!("attaching {program} to {} {hook}", interface.name);
+        let classifier = self.classifier(program)?;
+        let id = classifier
             .attach(&interface.name, attach_type)
-            .with_context(|| format!("attaching {program} to {} {hook}", interface.name))?;
+            .with_context(context)?;
+        let link = FdLink::try_from(classifier.take_link(id).with_context(context)?)
+            .with_context(context)?;
+        let pin = pins::link_pin(state_dir, &interface.name, hook);
+        link.pin(&pin)
+            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+        self.attached.push(format!("{}/{hook}", interface.name));
+        Ok(())
+    }
+
+    /// Swaps `program` into the pinned link of a previous agent, atomically.
+    fn replace_program(
+        &mut self,
+        program: &str,
+        interface: &Interface,
+        attach_type: TcAttachType,
+        pin: &Path,
+    ) -> anyhow::Result<()> {
+        let hook = hook_name(attach_type);
+        let context = || format!("taking over the link {}", pin.display());
+        let link = PinnedLink::from_pin(pin).with_context(context)?;
+        let link = SchedClassifierLink::try_from(FdLink::from(link)).with_context(context)?;
+        self.classifier(program)?
+            .attach_to_link(link)
+            .with_context(context)?;
         self.attached.push(format!("{}/{hook}", interface.name));
         Ok(())
     }
 
     fn configure(&mut self, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
-        let wan = interfaces
-            .iter()
-            .find(|i| i.role == InterfaceRole::Wan)
-            .ok_or_else(|| anyhow!("no WAN interface"))?;
-        let mut ftp_ports = [0u16; MAX_FTP_PORTS];
-        for (slot, port) in ftp_ports.iter_mut().zip(&nat.ftp_ports) {
-            *slot = *port;
-        }
-        let config = DatapathConfig {
-            expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
-            _pad: 0,
-            public_ip: nat.public_ip.octets(),
-            wan_ifindex: wan.ifindex,
-            ftp_ports,
-            window_lo: nat.window.lo,
-            window_hi: nat.window.hi,
-        };
+        let config = datapath_config(interfaces, nat)?;
         let mut array: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
         array
             .set(0, config, 0)
@@ -228,14 +368,8 @@ impl Datapath {
         let mut publish: HashMap<_, u16, PublishTarget> =
             HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
         for published in &nat.published {
-            let target = PublishTarget {
-                server_addr: published.spec.server.octets(),
-                server_port: published.spec.server_port.to_be_bytes(),
-                _pad: [0; 2],
-                lan_ifindex: published.lan_ifindex,
-            };
             publish
-                .insert(published.spec.public_port, target, 0)
+                .insert(published.spec.public_port, publish_target(published), 0)
                 .with_context(|| format!("adding published server {}", published.spec))?;
         }
 
@@ -245,6 +379,99 @@ impl Datapath {
                 .with_context(|| format!("filling the port window with {port}"))?;
         }
         Ok(())
+    }
+
+    /// How the settings the pinned maps hold differ from `nat` and `interfaces`, for the operator.
+    fn settings_differences(
+        &mut self,
+        interfaces: &[Interface],
+        nat: &NatSettings,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut differences = Vec::new();
+        let wanted = datapath_config(interfaces, nat)?;
+        let config: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        let pinned = config.get(&0, 0).context("reading the pinned config")?;
+        let mut differ = |what: &str, pinned: String, wanted: String| {
+            if pinned != wanted {
+                differences.push(format!("{what} {pinned}, not {wanted}"));
+            }
+        };
+        differ(
+            "public address",
+            Ipv4Addr::from(pinned.public_ip).to_string(),
+            nat.public_ip.to_string(),
+        );
+        differ(
+            "port window",
+            format!("{}-{}", pinned.window_lo, pinned.window_hi),
+            nat.window.to_string(),
+        );
+        differ(
+            "FTP ports",
+            format!("{:?}", ports_of(&pinned.ftp_ports)),
+            format!("{:?}", ports_of(&wanted.ftp_ports)),
+        );
+        differ(
+            "expect timeout",
+            format!("{} s", pinned.expect_timeout_ns / 1_000_000_000),
+            format!("{} s", wanted.expect_timeout_ns / 1_000_000_000),
+        );
+        differ(
+            "WAN ifindex",
+            pinned.wan_ifindex.to_string(),
+            wanted.wan_ifindex.to_string(),
+        );
+
+        let trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(self.map_mut(names::MASQUERADE)?)?;
+        let mut pinned_prefixes: Vec<String> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| format!("{}/{}", Ipv4Addr::from(key.data()), key.prefix_len()))
+            .collect();
+        pinned_prefixes.sort();
+        let mut wanted_prefixes: Vec<String> =
+            nat.masquerade.iter().map(ToString::to_string).collect();
+        wanted_prefixes.sort();
+        wanted_prefixes.dedup();
+        differences.extend((pinned_prefixes != wanted_prefixes).then(|| {
+            format!(
+                "masqueraded prefixes [{}], not [{}]",
+                pinned_prefixes.join(", "),
+                wanted_prefixes.join(", ")
+            )
+        }));
+
+        let publish: HashMap<_, u16, PublishTarget> =
+            HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
+        let mut pinned_published: Vec<(u16, PublishTarget)> =
+            publish.iter().filter_map(Result::ok).collect();
+        pinned_published.sort_by_key(|(port, _)| *port);
+        let mut wanted_published: Vec<(u16, PublishTarget)> = nat
+            .published
+            .iter()
+            .map(|p| (p.spec.public_port, publish_target(p)))
+            .collect();
+        wanted_published.sort_by_key(|(port, _)| *port);
+        let show = |list: &[(u16, PublishTarget)]| {
+            list.iter()
+                .map(|(port, t)| {
+                    format!(
+                        "{port}={}:{}",
+                        Ipv4Addr::from(t.server_addr),
+                        u16::from_be_bytes(t.server_port)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if pinned_published != wanted_published {
+            differences.push(format!(
+                "published servers [{}], not [{}]",
+                show(&pinned_published),
+                show(&wanted_published)
+            ));
+        }
+        Ok(differences)
     }
 
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
@@ -287,12 +514,39 @@ impl Datapath {
     }
 }
 
-impl Drop for Datapath {
-    fn drop(&mut self) {
-        // The links detach when `ebpf` drops right after this; the pins would otherwise outlive us.
-        if let Err(err) = pins::remove_pins(&self.pin_dir) {
-            log::error!("{err:#}");
-        }
+/// The datapath's settings as the CONFIG map holds them.
+fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<DatapathConfig> {
+    let wan = interfaces
+        .iter()
+        .find(|i| i.role == InterfaceRole::Wan)
+        .ok_or_else(|| anyhow!("no WAN interface"))?;
+    let mut ftp_ports = [0u16; MAX_FTP_PORTS];
+    for (slot, port) in ftp_ports.iter_mut().zip(&nat.ftp_ports) {
+        *slot = *port;
+    }
+    Ok(DatapathConfig {
+        expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
+        _pad: 0,
+        public_ip: nat.public_ip.octets(),
+        wan_ifindex: wan.ifindex,
+        ftp_ports,
+        window_lo: nat.window.lo,
+        window_hi: nat.window.hi,
+    })
+}
+
+fn ports_of(slots: &[u16; MAX_FTP_PORTS]) -> Vec<u16> {
+    let mut ports: Vec<u16> = slots.iter().copied().filter(|p| *p != 0).collect();
+    ports.sort_unstable();
+    ports
+}
+
+fn publish_target(published: &Published) -> PublishTarget {
+    PublishTarget {
+        server_addr: published.spec.server.octets(),
+        server_port: published.spec.server_port.to_be_bytes(),
+        _pad: [0; 2],
+        lan_ifindex: published.lan_ifindex,
     }
 }
 

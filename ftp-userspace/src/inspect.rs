@@ -25,6 +25,9 @@ pub struct SessionRow {
     pub server: String,
     pub public: String,
     pub data_flows: u32,
+    /// IP bytes its live connections (control and data) carried from the client's side, and to it.
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
     pub age_ms: u64,
     pub malformed_lines: u32,
     pub refusals: u32,
@@ -101,6 +104,21 @@ impl Tables {
             )
     }
 
+    /// Bytes of the session's live flows, (from the client's side, towards it): an entry keyed
+    /// by a packet from the client's own address carries the first.
+    fn bytes_of(&self, session: &FlowKey) -> (u64, u64) {
+        self.flows
+            .iter()
+            .filter(|(_, entry)| entry.session == *session)
+            .fold((0, 0), |(from, to), (key, entry)| {
+                if key.saddr == session.saddr {
+                    (from + entry.bytes, to)
+                } else {
+                    (from, to + entry.bytes)
+                }
+            })
+    }
+
     /// A session's identifier, unique while it lives: a masqueraded session's public address and
     /// port; a published session's client address and port `@` the published port (all sessions
     /// of a published server share its public endpoint).
@@ -124,6 +142,8 @@ pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
         .iter()
         .map(|(key, entry)| SessionRow {
             id: tables.id_of(key),
+            bytes_from_client: tables.bytes_of(key).0,
+            bytes_to_client: tables.bytes_of(key).1,
             kind: SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str),
             client: endpoint(key.saddr, key.sport),
             server: endpoint(entry.server_addr, entry.server_port),
@@ -244,6 +264,8 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 "PUBLIC",
                 "SERVER",
                 "DATA FLOWS",
+                "FROM CLIENT",
+                "TO CLIENT",
                 "AGE",
                 "MALFORMED",
                 "REFUSED",
@@ -256,6 +278,8 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                     r.public.clone(),
                     r.server.clone(),
                     r.data_flows.to_string(),
+                    r.bytes_from_client.to_string(),
+                    r.bytes_to_client.to_string(),
                     seconds(r.age_ms),
                     r.malformed_lines.to_string(),
                     r.refusals.to_string(),

@@ -42,6 +42,16 @@ enum Command {
     Expectations(StatsArgs),
     /// List the connections ftpnat translates (control and data).
     Flows(StatsArgs),
+    /// Remove the datapath a stopped agent left attached: its programs, links and pins (also those
+    /// of another ftpnat version). Transfers it carries end.
+    Detach(DetachArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DetachArgs {
+    /// The pin directory of the datapath to remove.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
 }
 
 /// Options of the commands that read a running agent's state.
@@ -53,6 +63,22 @@ struct StatsArgs {
     /// The pin directory of the `ftpnat run` to inspect.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+}
+
+fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !pin_dir.exists() {
+        println!("nothing to detach: {} does not exist", pin_dir.display());
+        return Ok(());
+    }
+    let _lock = pins::lock(pin_dir)?;
+    let removed = pins::remove_state(pin_dir, true)?;
+    println!(
+        "removed {} links (their programs are detached) and {} maps under {}",
+        removed.links,
+        removed.maps,
+        pin_dir.display()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -70,6 +96,7 @@ fn main() -> ExitCode {
         Command::Sessions(args) => inspect::print("sessions", &args.pin_dir, args.json),
         Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
+        Command::Detach(args) => detach(&args.pin_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

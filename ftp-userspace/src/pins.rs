@@ -1,10 +1,18 @@
-//! The pin directory: where the maps live on bpffs so that other processes (`ftpnat stats`) can
-//! read them while the agent runs.
+//! The pin directory: where the datapath lives on bpffs, so that it outlives the agent and other
+//! processes (`ftpnat stats`) can read it.
+//!
+//! Layout: `<pin-dir>/v<STATE_LAYOUT_VERSION>/` holds the maps (pinned by name) and the TC links
+//! (`link-<interface>-<hook>`). Because the links are pinned, the programs stay attached when the
+//! agent exits or is killed, and a new agent adopts them, maps and all. The version names the
+//! layout of the pinned maps: an agent never reuses maps laid out by another version. The pin
+//! directory itself is flock'ed by whoever manages it (`ftpnat run`, `ftpnat detach`), so two
+//! never manage one datapath at once.
 
 use std::{
     ffi::CString,
-    fs, io,
-    os::unix::ffi::OsStrExt as _,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
 };
 
@@ -13,6 +21,11 @@ use ftp_common::maps::names;
 
 /// `BPF_FS_MAGIC` from linux/magic.h: the `f_type` statfs reports for a bpffs mount.
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+
+/// The layout of the pinned maps (their key and value types and sizes). Bump it with any change to
+/// a pinned map's definition: pins of another layout are refused, never reused.
+/// (Layout 1 pinned the maps directly in the pin dir, without links.)
+pub const STATE_LAYOUT_VERSION: u32 = 2;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
 pub const PINNED_MAPS: [&str; 10] = [
@@ -69,31 +82,175 @@ fn filesystem_magic(path: &Path) -> anyhow::Result<libc::c_long> {
     Ok(stat.f_type)
 }
 
-/// Paths of our pins that exist under `pin_dir`.
-pub fn existing_pins(pin_dir: &Path) -> Vec<PathBuf> {
+/// Where the current layout's maps and links are pinned.
+pub fn state_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("v{STATE_LAYOUT_VERSION}"))
+}
+
+/// The pin of the TC link attaching a program to `interface` at `hook`.
+pub fn link_pin(state_dir: &Path, interface: &str, hook: &str) -> PathBuf {
+    state_dir.join(format!("{LINK_PREFIX}{interface}-{hook}"))
+}
+
+const LINK_PREFIX: &str = "link-";
+
+/// Link pins present in the state dir.
+pub fn existing_links(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(state_dir) else {
+        return Vec::new();
+    };
+    let mut links: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .as_bytes()
+                .starts_with(LINK_PREFIX.as_bytes())
+        })
+        .map(|entry| entry.path())
+        .collect();
+    links.sort();
+    links
+}
+
+/// Map pins present in the state dir.
+pub fn existing_maps(state_dir: &Path) -> Vec<PathBuf> {
     PINNED_MAPS
         .iter()
-        .map(|name| pin_dir.join(name))
+        .map(|name| state_dir.join(name))
         .filter(|path| path.exists())
         .collect()
 }
 
-/// Removes our pins and then the directory if that leaves it empty. Anything else in the directory
-/// is not ours and stays.
-pub fn remove_pins(pin_dir: &Path) -> anyhow::Result<()> {
-    for path in existing_pins(pin_dir) {
-        fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+/// State of other layouts in the pin dir: `v<N>` directories of other versions, and the maps of
+/// layout 1 pinned directly in it.
+pub fn foreign_state(pin_dir: &Path) -> Vec<PathBuf> {
+    let current = format!("v{STATE_LAYOUT_VERSION}");
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let versioned = name.len() > 1
+                && name.starts_with('v')
+                && name[1..].bytes().all(|b| b.is_ascii_digit());
+            (versioned && name != current) || PINNED_MAPS.contains(&name.as_ref())
+        })
+        .map(|entry| entry.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Refuses a pin dir that holds state of another layout, with the way out.
+pub fn refuse_foreign_state(pin_dir: &Path) -> anyhow::Result<()> {
+    let foreign = foreign_state(pin_dir);
+    if !foreign.is_empty() {
+        bail!(
+            "{} holds the datapath of another ftpnat version ({}), which this one cannot reuse; \
+             remove it with `ftpnat detach --pin-dir {}` (this detaches its programs and ends \
+             the transfers it carries), then start again",
+            pin_dir.display(),
+            foreign
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// An exclusive lock on the pin dir, held while managing its datapath; released on drop (and by
+/// the kernel when the process dies, so a killed agent never blocks the next one).
+pub struct PinDirLock {
+    _dir: File,
+    path: PathBuf,
+}
+
+impl Drop for PinDirLock {
+    fn drop(&mut self) {
+        // A pin dir left empty (a run refused after locking, a detach) is of no use to anyone;
+        // one holding a datapath is not empty and stays.
+        let _ = fs::remove_dir(&self.path);
+    }
+}
+
+/// Creates the pin dir if needed and locks it, or explains who holds it.
+pub fn lock(pin_dir: &Path) -> anyhow::Result<PinDirLock> {
+    fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+    let dir = File::open(pin_dir).with_context(|| format!("opening {}", pin_dir.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::WouldBlock {
+            bail!(
+                "another ftpnat process (`ftpnat run` or `ftpnat detach`) manages --pin-dir {}; \
+                 stop it first, or give this one another --pin-dir",
+                pin_dir.display()
+            );
+        }
+        return Err(err).with_context(|| format!("locking {}", pin_dir.display()));
+    }
+    Ok(PinDirLock {
+        _dir: dir,
+        path: pin_dir.to_owned(),
+    })
+}
+
+/// What [`remove_state`] removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: usize,
+    pub maps: usize,
+}
+
+/// Removes the current layout's links (which detaches their programs once no process holds them),
+/// then its maps, then the state dir; with `foreign`, the state of other layouts too. Finally the
+/// pin dir, if that leaves it empty: anything else in it is not ours and stays.
+pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
+    let mut removed = Removed::default();
+    let mut dirs = vec![state_dir(pin_dir)];
+    if foreign {
+        for path in foreign_state(pin_dir) {
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+                removed.maps += 1;
+            }
+        }
+    }
+    for dir in &dirs {
+        for path in existing_links(dir) {
+            fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            removed.links += 1;
+        }
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            removed.maps += 1;
+        }
+        fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     match fs::remove_dir(pin_dir) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty => {
             log::warn!(
                 "left {} in place: it holds files ftpnat did not create",
                 pin_dir.display()
             );
-            Ok(())
         }
-        Err(err) => Err(err).with_context(|| format!("removing {}", pin_dir.display())),
+        Err(err) => return Err(err).with_context(|| format!("removing {}", pin_dir.display())),
     }
+    Ok(removed)
 }

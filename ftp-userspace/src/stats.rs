@@ -58,8 +58,9 @@ pub struct Stats {
 }
 
 pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = pin_dir.join(name);
+    let path = crate::pins::state_dir(pin_dir).join(name);
     if !path.exists() {
+        crate::pins::refuse_foreign_state(pin_dir)?;
         bail!(
             "no ftpnat state at {}: is `ftpnat run` running with --pin-dir {}?",
             path.display(),

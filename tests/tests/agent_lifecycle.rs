@@ -1,12 +1,11 @@
-//! `ftpnat run` on a routed lab (no NAT yet): it attaches its programs, transfers still work, the
-//! counters account for the traffic, bad input is refused cleanly, and SIGTERM leaves nothing.
-
-use std::time::Duration;
+//! `ftpnat run` on a routed lab: it attaches its programs, transfers still work, the counters
+//! account for the traffic, bad input is refused cleanly; the datapath outlives the agent (SIGTERM,
+//! kill -9) for the next agent to adopt, and `ftpnat detach` removes it.
 
 use ftpnat_tests::{
     Client, Lab, LabSpec, Mode, Routing, Transfer,
     files::assert_same_content,
-    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF},
 };
 use serde_json::Value;
 
@@ -107,46 +106,134 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     assert!(status.success(), "agent exited with {status}:\n{log}");
 }
 
+fn both_hooks_attached(lab: &Lab) -> bool {
+    [ROUTER_LAN_IF, ROUTER_WAN_IF]
+        .iter()
+        .all(|iface| lab.router_tc_programs(iface).unwrap() == ["ftpnat_ingress", "ftpnat_egress"])
+}
+
+fn nothing_attached(lab: &Lab) -> bool {
+    [ROUTER_LAN_IF, ROUTER_WAN_IF]
+        .iter()
+        .all(|iface| lab.router_tc_programs(iface).unwrap().is_empty())
+}
+
+fn detach(lab: &Lab) -> String {
+    let out = lab.ftpnat(&["detach"]).expect("ftpnat detach");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ftpnat detach failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[test]
-fn sigterm_detaches_programs_and_removes_pins() {
+fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
     let lab = routed_lab();
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let pin_dir = lab.pin_dir().expect("pin dir");
+    let state = pin_dir.join("v2");
     assert!(
-        pin_dir.join("TRAFFIC").exists(),
+        state.join("TRAFFIC").exists(),
         "maps are pinned while running"
     );
-    assert!(!lab.router_tc_programs(ROUTER_LAN_IF).unwrap().is_empty());
+    assert!(
+        state.join("link-wan0-ingress").exists(),
+        "links are pinned while running"
+    );
+    assert!(both_hooks_attached(&lab));
 
     let (status, log) = agent.stop_with(libc::SIGTERM).expect("stop");
     assert!(status.success(), "agent exited with {status}:\n{log}");
     assert!(log.contains("SIGTERM received"), "{log}");
-    for iface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
-        assert_eq!(
-            lab.router_tc_programs(iface).unwrap(),
-            Vec::<String>::new(),
-            "{iface} still has programs after SIGTERM"
-        );
-    }
+    assert!(log.contains("leaving the datapath attached"), "{log}");
+    assert!(
+        both_hooks_attached(&lab),
+        "a restart must not interrupt the datapath"
+    );
+    stats_json(&lab);
+
+    assert!(detach(&lab).contains("removed 4 links"));
+    assert!(nothing_attached(&lab));
     assert!(
         !pin_dir.exists(),
-        "{} still exists after SIGTERM",
+        "{} still exists after detach",
         pin_dir.display()
     );
-
-    // The inspection CLI now says plainly that nothing is running.
+    // The inspection CLI now says plainly that nothing is running, and detach is idempotent.
     let out = lab.ftpnat(&["stats"]).expect("ftpnat stats");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `ftpnat run` running"));
+    assert!(detach(&lab).contains("nothing to detach"));
 }
 
 #[test]
-fn sigint_detaches_too() {
+fn detach_on_exit_removes_programs_and_pins_on_sigint() {
     let lab = routed_lab();
-    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let mut agent = lab.start_ftpnat(&["--detach-on-exit"]).expect("ftpnat run");
     let (status, log) = agent.stop_with(libc::SIGINT).expect("stop");
     assert!(status.success(), "agent exited with {status}:\n{log}");
-    assert!(lab.router_tc_programs(ROUTER_WAN_IF).unwrap().is_empty());
+    assert!(log.contains("pins under"), "{log}");
+    assert!(nothing_attached(&lab));
+    assert!(!lab.pin_dir().unwrap().exists());
+}
+
+#[test]
+fn killed_agent_keeps_forwarding_and_the_next_run_adopts_it() {
+    let lab = routed_lab();
+    let mut agent = lab
+        .start_ftpnat(&["--port-window", "61000-61099"])
+        .expect("ftpnat run");
+    agent.stop_with(libc::SIGKILL).expect("kill -9");
+    assert!(
+        both_hooks_attached(&lab),
+        "the pinned links keep the programs attached"
+    );
+
+    // Other settings would reinterpret its sessions and ports: refused, datapath untouched.
+    let refused = lab.start_ftpnat(&["--port-window", "61000-61009"]);
+    let message = format!("{:#}", refused.err().expect("adoption with other settings"));
+    assert!(
+        message.contains("port window 61000-61099, not 61000-61009"),
+        "{message}"
+    );
+    assert!(message.contains("ftpnat detach"), "{message}");
+    assert!(both_hooks_attached(&lab));
+
+    let mut again = lab
+        .start_ftpnat(&["--port-window", "61000-61099"])
+        .expect("second ftpnat run");
+    assert!(
+        again.log_text().contains("adopted the datapath"),
+        "{}",
+        again.log_text()
+    );
+    assert!(
+        both_hooks_attached(&lab),
+        "adoption swaps programs in place, never adds any"
+    );
+    assert_eq!(stats_json(&lab)["window"]["range"], "61000-61099");
+    let (status, log) = again.stop().expect("stop");
+    assert!(status.success(), "{status}:\n{log}");
+    detach(&lab);
+    assert!(nothing_attached(&lab));
+}
+
+#[test]
+fn datapath_of_another_version_is_refused_until_detached() {
+    let lab = routed_lab();
+    let pin_dir = lab.pin_dir().expect("pin dir");
+    std::fs::create_dir_all(pin_dir.join("v1")).expect("an older layout's directory");
+    let refused = lab.start_ftpnat(&[]);
+    let message = format!("{:#}", refused.err().expect("refused"));
+    assert!(message.contains("another ftpnat version"), "{message}");
+    assert!(message.contains("ftpnat detach --pin-dir"), "{message}");
+    assert!(nothing_attached(&lab));
+    detach(&lab);
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run after detach");
+    assert!(both_hooks_attached(&lab));
 }
 
 #[test]
@@ -204,6 +291,17 @@ fn second_agent_on_the_same_interfaces_is_refused_and_the_first_keeps_running() 
         lab.router_tc_programs(ROUTER_WAN_IF).unwrap(),
         ["ftpnat_ingress", "ftpnat_egress"]
     );
+    // The same pin dir is locked by the first agent; so is `ftpnat detach` while it runs.
+    let same = lab.start_ftpnat(&[]);
+    let message = format!(
+        "{:#}",
+        same.err().expect("second agent on the same pin dir")
+    );
+    assert!(message.contains("another ftpnat process"), "{message}");
+    let out = lab.ftpnat(&["detach"]).expect("ftpnat detach");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another ftpnat process"));
+    assert!(both_hooks_attached(&lab));
 }
 
 #[test]
@@ -222,28 +320,4 @@ fn pin_dir_outside_bpffs_is_refused_with_the_fix() {
     assert!(!out.status.success());
     assert!(stderr.contains("mount -t bpf"), "{stderr}");
     assert!(lab.router_tc_programs(ROUTER_WAN_IF).unwrap().is_empty());
-}
-
-#[test]
-fn killed_agent_leaves_pins_that_the_next_run_replaces() {
-    let lab = routed_lab();
-    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
-    let pin_dir = lab.pin_dir().unwrap();
-    agent.stop_with(libc::SIGKILL).expect("kill -9");
-    // The links died with the process; the pins did not.
-    wait_until(Duration::from_secs(5), || {
-        lab.router_tc_programs(ROUTER_WAN_IF)
-            .is_ok_and(|p| p.is_empty())
-    })
-    .expect("links gone after kill -9");
-    assert!(pin_dir.join("TRAFFIC").exists());
-    let mut again = lab.start_ftpnat(&[]).expect("second ftpnat run");
-    assert!(
-        again.log_text().contains("stale pins"),
-        "{}",
-        again.log_text()
-    );
-    let (status, log) = again.stop().expect("stop");
-    assert!(status.success(), "{status}:\n{log}");
-    assert!(!pin_dir.exists());
 }

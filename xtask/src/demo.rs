@@ -113,7 +113,12 @@ pub fn run() -> anyhow::Result<()> {
     print_ftpnat(&lab, "stats")?;
 
     let (status, _) = agent.stop().context("stopping the agent")?;
-    println!("demo: ftpnat run stopped on SIGTERM ({status}); programs detached, pins removed");
+    println!(
+        "demo: ftpnat run stopped on SIGTERM ({status}); its datapath stays attached for the next \
+         agent to adopt"
+    );
+    println!("demo: ftpnat detach:");
+    print_ftpnat(&lab, "detach")?;
     drop(server);
     drop(lab);
     println!("demo: lab removed");

@@ -1,0 +1,93 @@
+//! Issue 6: the agent as a service. Its datapath outlives it: a `kill -9` does not interrupt a
+//! transfer, and the next agent adopts the running sessions.
+
+use std::time::Duration;
+
+use ftpnat_tests::{Lab, LabSpec, files::assert_same_content, lab::wait_until};
+use serde_json::Value;
+
+const MIB: u64 = 1024 * 1024;
+
+fn ftpnat_json(lab: &Lab, command: &str) -> Value {
+    let out = lab.ftpnat(&[command, "--json"]).expect("ftpnat");
+    assert!(
+        out.status.success(),
+        "ftpnat {command} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// A 200 MB download limited to 25 MB/s (about 8 s) through a NAT lab, where nothing but ftpnat
+/// can carry it; the agent is killed with SIGKILL a moment in, and a new one started.
+#[test]
+fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(200 * MIB, 9).expect("vsftpd");
+    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let local = lab.subdir("client").expect("client dir").join("big.bin");
+    let url = format!("ftp://{}/{}", server.addr, file.name());
+    std::thread::scope(|scope| {
+        let transfer = scope.spawn(|| {
+            lab.client
+                .command(
+                    "curl",
+                    &[
+                        "-sS",
+                        "--fail",
+                        "--disable-epsv",
+                        "--limit-rate",
+                        "25M",
+                        "--max-time",
+                        "120",
+                        "-o",
+                        &local.to_string_lossy(),
+                        &url,
+                    ],
+                )
+                .output()
+                .expect("curl")
+        });
+        let flowing = wait_until(Duration::from_secs(20), || {
+            ftpnat_json(&lab, "flows")
+                .as_array()
+                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
+        });
+        assert!(flowing.is_ok(), "the data connection never opened");
+        agent.stop_with(libc::SIGKILL).expect("kill -9");
+
+        // Nothing runs the agent now; the pinned datapath still carries the transfer.
+        let size = || std::fs::metadata(&local).map_or(0, |m| m.len());
+        let before = size();
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(size() > before, "the transfer stalled with the agent gone");
+
+        let mut again = lab.start_ftpnat(&[]).expect("ftpnat run after kill -9");
+        assert!(
+            again.log_text().contains("adopted the datapath"),
+            "{}",
+            again.log_text()
+        );
+        let sessions = ftpnat_json(&lab, "sessions");
+        let session = sessions
+            .as_array()
+            .and_then(|s| s.first())
+            .unwrap_or_else(|| panic!("no session after adoption: {sessions}"));
+        assert_eq!(session["kind"], "masquerade", "{sessions}");
+        assert!(session["data_flows"].as_u64().unwrap() >= 1, "{sessions}");
+        assert!(
+            session["bytes_to_client"].as_u64().unwrap() > 10 * MIB,
+            "{sessions}"
+        );
+
+        let out = transfer.join().expect("transfer thread");
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_same_content(&local, &file);
+        let (status, log) = again.stop().expect("stop");
+        assert!(status.success(), "{status}:\n{log}");
+    });
+}
