@@ -53,6 +53,123 @@ impl TransferVerb {
     }
 }
 
+/// A command's name as events report it: one code per verb the core knows.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CommandName {
+    Other = 0,
+    Port = 1,
+    Eprt = 2,
+    Pasv = 3,
+    Epsv = 4,
+    Auth = 5,
+    Ccc = 6,
+    User = 7,
+    Pass = 8,
+    Retr = 9,
+    Stor = 10,
+    Stou = 11,
+    Appe = 12,
+    List = 13,
+    Nlst = 14,
+    Mlsd = 15,
+    Rest = 16,
+    Quit = 17,
+    /// A known verb with an invalid argument, or an unterminated/over-long line.
+    Malformed = 18,
+}
+
+impl CommandName {
+    /// Every name, in code order.
+    pub const ALL: [CommandName; 19] = [
+        CommandName::Other,
+        CommandName::Port,
+        CommandName::Eprt,
+        CommandName::Pasv,
+        CommandName::Epsv,
+        CommandName::Auth,
+        CommandName::Ccc,
+        CommandName::User,
+        CommandName::Pass,
+        CommandName::Retr,
+        CommandName::Stor,
+        CommandName::Stou,
+        CommandName::Appe,
+        CommandName::List,
+        CommandName::Nlst,
+        CommandName::Mlsd,
+        CommandName::Rest,
+        CommandName::Quit,
+        CommandName::Malformed,
+    ];
+
+    pub const fn of(command: &Command) -> Self {
+        match command {
+            Command::Port { .. } => CommandName::Port,
+            Command::Eprt { .. } => CommandName::Eprt,
+            Command::Pasv => CommandName::Pasv,
+            Command::Epsv(_) => CommandName::Epsv,
+            Command::Auth(_) => CommandName::Auth,
+            Command::Ccc => CommandName::Ccc,
+            Command::User { .. } => CommandName::User,
+            Command::Pass => CommandName::Pass,
+            Command::Transfer { verb, .. } => match verb {
+                TransferVerb::Retr => CommandName::Retr,
+                TransferVerb::Stor => CommandName::Stor,
+                TransferVerb::Stou => CommandName::Stou,
+                TransferVerb::Appe => CommandName::Appe,
+                TransferVerb::List => CommandName::List,
+                TransferVerb::Nlst => CommandName::Nlst,
+                TransferVerb::Mlsd => CommandName::Mlsd,
+            },
+            Command::Rest => CommandName::Rest,
+            Command::Quit => CommandName::Quit,
+            Command::Other => CommandName::Other,
+            Command::Malformed(_) => CommandName::Malformed,
+        }
+    }
+
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(raw)).copied()
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CommandName::Other => "other",
+            CommandName::Port => "PORT",
+            CommandName::Eprt => "EPRT",
+            CommandName::Pasv => "PASV",
+            CommandName::Epsv => "EPSV",
+            CommandName::Auth => "AUTH",
+            CommandName::Ccc => "CCC",
+            CommandName::User => "USER",
+            CommandName::Pass => "PASS",
+            CommandName::Retr => "RETR",
+            CommandName::Stor => "STOR",
+            CommandName::Stou => "STOU",
+            CommandName::Appe => "APPE",
+            CommandName::List => "LIST",
+            CommandName::Nlst => "NLST",
+            CommandName::Mlsd => "MLSD",
+            CommandName::Rest => "REST",
+            CommandName::Quit => "QUIT",
+            CommandName::Malformed => "malformed",
+        }
+    }
+}
+
+impl Command {
+    /// The part of the line an event may report: a USER's name or a transfer's argument. Never
+    /// anything of `PASS`, whose argument is a password.
+    pub const fn reported_argument(&self) -> Option<Span> {
+        match self {
+            Command::User { name } => Some(*name),
+            Command::Transfer { arg, .. } => Some(*arg),
+            _ => None,
+        }
+    }
+}
+
 /// The argument of `EPSV` (RFC 2428 section 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EpsvArg {

@@ -89,7 +89,9 @@ datapath_modules!(
     address, command, format, line, number, reason, reply, seqadj, session, span
 );
 
-pub use command::{AuthMechanism, Command, CommandScanner, EpsvArg, TransferVerb, parse_command};
+pub use command::{
+    AuthMechanism, Command, CommandName, CommandScanner, EpsvArg, TransferVerb, parse_command,
+};
 pub use format::{
     MAX_229_FIELD_LEN, MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN, REFUSED_PASSIVE_LINE,
     REFUSED_PORT_FIELD, format_227_field, format_229_field, format_eprt_field, format_port_field,

@@ -24,11 +24,12 @@ use core::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 use ftp_common::{
-    ActiveKind, ClientVerdict, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict,
+    ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict,
     ServerVerdict,
     maps::{
-        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath,
-        FlowDirection, FlowEntry, RewriteRecord, SessionEntry, SessionKind, rewrite_kind,
+        Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
+        ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SessionEntry, SessionKind,
+        rewrite_kind,
     },
 };
 
@@ -111,6 +112,13 @@ pub fn open_session(packet: &Tcp4, new: &NewSession) {
                 .client_lines
                 .on_syn(u32::from_be_bytes(packet.tcp.seq));
         }
+        crate::events::emit(
+            &key,
+            EventKind::SessionOpened,
+            new.kind as u8,
+            new.server_addr,
+            u16::from_be_bytes(new.server_port),
+        );
     }
 }
 
@@ -417,6 +425,13 @@ fn expect_outbound(
     };
     if EXPECTS.insert(key, expectation, u64::from(BPF_ANY)).is_ok() {
         bump(Counter::ExpectationsCreated);
+        crate::events::emit(
+            &scan.session_key,
+            EventKind::ExpectationCreated,
+            kind as u8,
+            to,
+            port,
+        );
     } else {
         session.state.expectation_closed();
         bump(Counter::ExpectationTableFull);
@@ -438,10 +453,9 @@ extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let policy = scan_policy(scan);
-    match session
-        .state
-        .on_client_command(session.commands.command(), &policy)
-    {
+    let command = session.commands.command();
+    report_command(scan, index, session, &command);
+    match session.state.on_client_command(command, &policy) {
         ClientVerdict::OpenActive {
             addr: SocketAddr::V4(addr),
             field,
@@ -478,7 +492,7 @@ extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
             session.state.expectation_closed();
             bump(Counter::RewritesSkipped);
         }
-        verdict => on_client_verdict(session, &verdict),
+        verdict => on_client_verdict(scan, session, &verdict),
     }
     0
 }
@@ -505,20 +519,58 @@ extern "C" fn scan_server_byte(index: u32, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Reports a command the client sent, with its argument if it is a USER name or a transfer's
+/// file (never a password) and lies in this segment.
 #[inline(always)]
-fn on_client_verdict(session: &mut SessionEntry, verdict: &ClientVerdict) {
+fn report_command(scan: &Scan, index: u32, session: &SessionEntry, command: &ftp_common::Command) {
+    if session.state.is_encrypted() {
+        return;
+    }
+    let (text_off, text_len) = match command.reported_argument() {
+        Some(arg) => {
+            let line = line_start(scan, index, session.commands.line_len());
+            let off = line.wrapping_add(u32::from(arg.start));
+            if off >= scan.start && off < scan.end {
+                (off, u32::from(arg.len))
+            } else {
+                (0, 0)
+            }
+        }
+        None => (0, 0),
+    };
+    crate::events::emit_command(
+        &scan.session_key,
+        CommandName::of(command) as u8,
+        text_off,
+        text_len,
+    );
+}
+
+#[inline(always)]
+fn on_client_verdict(scan: &Scan, session: &mut SessionEntry, verdict: &ClientVerdict) {
     match verdict {
-        ClientVerdict::Malformed(_) => {
+        ClientVerdict::Malformed(reason) => {
             session.malformed_lines += 1;
             bump(Counter::MalformedLines);
+            report(scan, EventKind::Malformed, *reason as u8);
         }
-        ClientVerdict::Refused(_) => {
+        ClientVerdict::Refused(reason) => {
             session.refusals += 1;
             bump(Counter::Refusals);
+            report(scan, EventKind::Refused, *reason as u8);
         }
         _ => {}
     }
 }
+
+/// Reports an event of this session that carries no address.
+#[inline(always)]
+fn report(scan: &Scan, kind: EventKind, detail: u8) {
+    crate::events::emit(&scan.session_key, kind, detail, [0; 4], 0);
+}
+
+/// Refusal detail for a 227/229 nobody asked for (outside the `RefusalReason` codes).
+const UNSOLICITED_REPLY: u8 = 0;
 
 #[inline(always)]
 fn on_server_verdict(
@@ -537,6 +589,12 @@ fn on_server_verdict(
                     (scan.server, port, rewrite_kind::EPSV_229, delimiter)
                 }
             };
+            let code = if rewrite == rewrite_kind::PASV_227 {
+                27
+            } else {
+                29
+            };
+            crate::events::emit(&scan.session_key, EventKind::PassiveReply, code, addr, port);
             if scan.session_kind != SessionKind::Publish as u8 {
                 // Masquerading: the client connects out to what the server announced.
                 expect_outbound(
@@ -559,14 +617,22 @@ fn on_server_verdict(
                 bump(Counter::RewritesSkipped);
             }
         }
-        ServerVerdict::Malformed(_) => {
+        ServerVerdict::Malformed(reason) => {
             session.malformed_lines += 1;
             bump(Counter::MalformedLines);
+            report(scan, EventKind::Malformed, reason as u8);
         }
-        ServerVerdict::Refused(_) | ServerVerdict::Unsolicited { .. } => {
+        ServerVerdict::Refused(reason) => {
             session.refusals += 1;
             bump(Counter::Refusals);
+            report(scan, EventKind::Refused, reason as u8);
         }
+        ServerVerdict::Unsolicited { .. } => {
+            session.refusals += 1;
+            bump(Counter::Refusals);
+            report(scan, EventKind::Refused, UNSOLICITED_REPLY);
+        }
+        ServerVerdict::TlsStarted => report(scan, EventKind::TlsStarted, 0),
         _ => {}
     }
 }

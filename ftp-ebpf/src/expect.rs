@@ -9,8 +9,8 @@
 
 use aya_ebpf::programs::TcContext;
 use ftp_common::maps::{
-    Counter, DatapathConfig, ExpectKey, Expectation, ExpectationPath, FlowDirection, FlowEntry,
-    FlowKey, FlowKind, flow_flags,
+    Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationPath, FlowDirection,
+    FlowEntry, FlowKey, FlowKind, flow_flags,
 };
 
 use crate::{
@@ -81,6 +81,13 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             // From behind the router to the announced address: SNAT behind a fresh window port.
             let Ok(Some(public_port)) = FREE_PORTS.pop() else {
                 bump(Counter::WindowExhausted);
+                crate::events::emit(
+                    &expectation.session,
+                    EventKind::WindowExhausted,
+                    0,
+                    [0; 4],
+                    0,
+                );
                 return Err(OpenError::WindowExhausted);
             };
             let public_be = public_port.to_be_bytes();
@@ -152,6 +159,13 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         }
     }
     bump(Counter::ExpectationsUsed);
+    crate::events::emit(
+        &expectation.session,
+        EventKind::DataFlowOpened,
+        expectation.kind,
+        key.daddr,
+        u16::from_be_bytes(key.dport),
+    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 mod alg;
 mod counters;
+mod events;
 mod expect;
 mod flows;
 mod headers;

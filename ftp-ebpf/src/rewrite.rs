@@ -22,8 +22,8 @@ use core::{ffi::c_void, net::Ipv4Addr};
 use ftp_common::{
     MAX_FIELD_LEN, format_rewrite,
     maps::{
-        Counter, DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath,
-        RewriteRecord, SessionEntry, rewrite_kind,
+        Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
+        ExpectationPath, RewriteRecord, SessionEntry, rewrite_kind,
     },
 };
 
@@ -159,6 +159,13 @@ fn rewrite(
         reserved = Some(key);
     } else {
         bump(Counter::WindowExhausted);
+        crate::events::emit(
+            &request.session_key,
+            EventKind::WindowExhausted,
+            0,
+            [0; 4],
+            0,
+        );
         record.kind = match request.kind {
             rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
             rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
@@ -186,6 +193,18 @@ fn rewrite(
     }
     if reserved.is_some() {
         bump(Counter::ExpectationsCreated);
+        let kind = if from_client {
+            ExpectationKind::Active
+        } else {
+            ExpectationKind::Passive
+        };
+        crate::events::emit(
+            &request.session_key,
+            EventKind::ExpectationCreated,
+            kind as u8,
+            config.public_ip,
+            record.public_port,
+        );
     } else {
         // The refusal opened nothing.
         session.state.expectation_closed();

@@ -4,15 +4,17 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
-use ftp_common::maps::{Counter, InterfaceRole, programs};
+use ftp_common::maps::{Counter, Event, EventKind, InterfaceRole, programs};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::broadcast,
 };
 
 use crate::{
     DEFAULT_PIN_DIR,
     attach::{Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
+    events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
     pins,
     settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
@@ -57,6 +59,9 @@ pub struct RunArgs {
     /// `ftpnat detach` to remove).
     #[arg(long)]
     detach_on_exit: bool,
+    /// How the agent writes its log (and the events in it).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Seconds an announced data connection may take to open before its pinhole closes.
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -177,6 +182,9 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
     // take the orderly detach path below, not kill the process with the pins left behind.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // The event socket next: failing to serve it must not leave a datapath behind.
+    let (events, _) = broadcast::channel(EVENT_BACKLOG);
+    let _subscribers = events::serve_subscribers(&args.pin_dir, &events)?;
     let mut datapath = Datapath::load_and_attach(&options, interfaces, nat)?;
     match datapath.origin() {
         Origin::Fresh => log::info!(
@@ -227,16 +235,38 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
         ),
         None => None,
     };
+    // SAFETY: the ring buffer owns its map fd and is moved into the AsyncFd, so the fd stays open
+    // for as long as it is registered.
+    let mut ring =
+        unsafe { AsyncFd::register_with_interest(datapath.take_events()?, Interest::READABLE) }
+            .map_err(|err| err.into_parts().1)
+            .context("watching the event ring buffer")?;
+    let mut reporter = EventReporter {
+        sender: events,
+        ids: SessionIds::default(),
+        json: args.log_format == LogFormat::Json,
+    };
     let signal_name = loop {
         tokio::select! {
             _ = sigterm.recv() => break "SIGTERM",
             _ = sigint.recv() => break "SIGINT",
             _ = sweep.tick() => {
+                // The datapath's events first, so that what a connection did is reported before
+                // its end.
+                drain_events(ring.get_mut(), &mut datapath, &mut reporter)?;
                 let swept = expire::sweep(&mut datapath.state_tables()?, expire::monotonic_now_ns(), &policy)?;
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
                 }
+                for event in &swept.events {
+                    reporter.report(&mut datapath, event)?;
+                }
                 exhaustion.check(datapath.pin_dir(), nat.window);
+            }
+            readable = ring.readable_mut() => {
+                let mut guard = readable.context("waiting on the event ring buffer")?;
+                drain_events(guard.get_inner_mut(), &mut datapath, &mut reporter)?;
+                guard.clear_ready();
             }
             readable = async {
                 match kernel_log.as_mut() {
@@ -270,6 +300,76 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
     }
     Ok(())
 }
+
+/// How many events a slow `ftpnat events` reader may fall behind before it skips some.
+const EVENT_BACKLOG: usize = 4096;
+
+/// The format of the agent's log lines.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`.
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, target, and the message or the event.
+    Json,
+}
+
+/// Logs events and passes them on to `ftpnat events` readers.
+struct EventReporter {
+    sender: broadcast::Sender<String>,
+    ids: SessionIds,
+    json: bool,
+}
+
+impl EventReporter {
+    fn report(&mut self, datapath: &mut Datapath, event: &Event) -> anyhow::Result<()> {
+        let tables = datapath.state_tables()?;
+        let entry = tables.sessions.get(&event.session, 0).ok();
+        let public = tables
+            .flows
+            .get(&event.session, 0)
+            .ok()
+            .map(|flow| (flow.new_saddr, flow.new_sport));
+        let id = self.ids.id(&event.session, entry.as_ref(), public);
+        if event.kind == EventKind::SessionClosed as u8 {
+            self.ids.forget(&event.session);
+        }
+        let Some(record) = events::record(event, id) else {
+            return Ok(());
+        };
+        let line = serde_json::to_string(&record)?;
+        if self.json {
+            log::info!(target: EVENT_LOG_TARGET, "{line}");
+        } else {
+            log::info!(target: EVENT_LOG_TARGET, "{}", record.text());
+        }
+        // No reader connected is not an error.
+        let _ = self.sender.send(line);
+        Ok(())
+    }
+}
+
+/// Reports every event waiting in the ring buffer.
+fn drain_events(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    datapath: &mut Datapath,
+    reporter: &mut EventReporter,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<Event>() {
+            continue;
+        }
+        // SAFETY: the record holds an `Event` as the datapath wrote it; `Event` is plain data for
+        // which every bit pattern is valid, and the read does not assume alignment.
+        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+        drop(item);
+        reporter.report(datapath, &event)?;
+    }
+    Ok(())
+}
+
+/// Log target of the events, which the JSON log format embeds as objects.
+pub const EVENT_LOG_TARGET: &str = "ftpnat::event";
 
 /// Reports window exhaustion once per sweep in which it happened, naming the window and the fix:
 /// the datapath refused data connections (promptly, see the README), and the operator should know.

@@ -289,6 +289,15 @@ impl Datapath {
         }
     }
 
+    /// Hands over the datapath's event ring buffer (once).
+    pub fn take_events(&mut self) -> anyhow::Result<aya::maps::RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or_else(|| anyhow!("map {} is missing from the embedded object", names::EVENTS))?;
+        Ok(aya::maps::RingBuf::try_from(map)?)
+    }
+
     /// Hands over the reader of the kernel programs' log (once the programs are loaded).
     pub fn take_kernel_logger(&mut self) -> Option<KernelLogger> {
         self.logger.take()

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use ftp_common::maps::{ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags};
+use ftp_common::maps::{
+    EVENT_TEXT_LEN, Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
+    flow_flags,
+};
 
 use crate::attach::StateTables;
 
@@ -38,6 +41,33 @@ pub struct Swept {
     pub expectations: usize,
     pub sessions: usize,
     pub ports_returned: usize,
+    /// What ended, as events: data connections closed (with their bytes), expectations expired,
+    /// sessions closed.
+    pub events: Vec<Event>,
+}
+
+/// An event the agent reports about what it swept.
+fn swept_event(
+    kind: EventKind,
+    session: FlowKey,
+    detail: u8,
+    endpoint: ([u8; 4], [u8; 2]),
+    value: u64,
+    now_ns: u64,
+) -> Event {
+    Event {
+        ts_ns: now_ns,
+        session,
+        kind: kind as u8,
+        detail,
+        text_len: 0,
+        _pad: 0,
+        addr: endpoint.0,
+        port: endpoint.1,
+        _pad2: [0; 2],
+        value,
+        text: [0; EVENT_TEXT_LEN],
+    }
 }
 
 /// The reply-direction key of an original-direction entry: the translated packet, reversed.
@@ -108,6 +138,16 @@ pub fn sweep(
         let _ = flows.remove(key);
         let _ = flows.remove(&reply_key);
         swept.connections += 1;
+        if entry.kind == FlowKind::Data as u8 {
+            swept.events.push(swept_event(
+                EventKind::DataFlowClosed,
+                entry.session,
+                0,
+                (key.daddr, key.dport),
+                entry.bytes + reply.map_or(0, |r| r.bytes),
+                now_ns,
+            ));
+        }
         if entry.flags & flow_flags::OWNS_PORT != 0 {
             free_ports.push(entry.public_port, 0)?;
             swept.ports_returned += 1;
@@ -125,6 +165,14 @@ pub fn sweep(
             continue;
         }
         swept.expectations += 1;
+        swept.events.push(swept_event(
+            EventKind::ExpectationExpired,
+            expectation.session,
+            expectation.kind,
+            (key.daddr, key.dport),
+            0,
+            now_ns,
+        ));
         if let Ok(mut session) = sessions.get(&expectation.session, 0) {
             session.state.expectation_closed();
             let _ = sessions.insert(expectation.session, session, 0);
@@ -163,8 +211,17 @@ pub fn sweep(
         }
     }
     for key in ended {
+        let data_flows = sessions.get(&key, 0).map_or(0, |s| s.data_flows);
         let _ = sessions.remove(&key);
         swept.sessions += 1;
+        swept.events.push(swept_event(
+            EventKind::SessionClosed,
+            key,
+            0,
+            (key.daddr, key.dport),
+            u64::from(data_flows),
+            now_ns,
+        ));
     }
     Ok(swept)
 }

@@ -3,6 +3,7 @@
 
 mod agent;
 mod attach;
+mod events;
 mod expire;
 mod inspect;
 mod pins;
@@ -42,6 +43,9 @@ enum Command {
     Expectations(StatsArgs),
     /// List the connections ftpnat translates (control and data).
     Flows(StatsArgs),
+    /// Follow the running agent's events live: sessions opening and closing, each command (PASS
+    /// redacted), expectations, data connections with their bytes, refusals, anomalies.
+    Events(StatsArgs),
     /// Remove the datapath a stopped agent left attached: its programs, links and pins (also those
     /// of another ftpnat version). Transfers it carries end.
     Detach(DetachArgs),
@@ -81,21 +85,52 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--log-format json`: one object per line. An event (already JSON) is embedded as an object;
+/// any other message as a string.
+fn json_log_line(
+    out: &mut env_logger::fmt::Formatter,
+    record: &log::Record<'_>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let message = record.args().to_string();
+    let body = if record.target() == agent::EVENT_LOG_TARGET {
+        format!("\"event\":{message}")
+    } else {
+        format!("\"message\":{}", serde_json::Value::String(message))
+    };
+    writeln!(
+        out,
+        "{{\"time\":\"{}\",\"level\":\"{}\",\"target\":{},{body}}}",
+        out.timestamp_millis(),
+        record.level(),
+        serde_json::Value::String(record.target().to_owned())
+    )
+}
+
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when the reader of our output goes away
     // (`ftpnat flows | head`) instead of panicking on the broken pipe.
     // SAFETY: restoring a signal's default disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    match &cli.command {
+        Command::Run(args) if args.log_format == agent::LogFormat::Json => {
+            logger.format(json_log_line);
+        }
+        _ => {
+            logger.format_timestamp_millis();
+        }
+    }
+    logger.init();
     let result = match cli.command {
         Command::Run(args) => agent::run(args),
         Command::Stats(args) => stats::print(&args.pin_dir, args.json),
         Command::Sessions(args) => inspect::print("sessions", &args.pin_dir, args.json),
         Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
+        Command::Events(args) => events::follow(&args.pin_dir, args.json),
         Command::Detach(args) => detach(&args.pin_dir),
     };
     match result {

@@ -506,3 +506,25 @@ fn longest_accepted_line_is_max_line_len() {
     line.insert(5, b'x');
     assert_eq!(parse_command(&line), Command::Malformed(TooLong));
 }
+
+#[test]
+fn command_names_round_trip_and_never_report_a_password() {
+    for (code, name) in CommandName::ALL.iter().enumerate() {
+        assert_eq!(*name as usize, code);
+        assert_eq!(CommandName::from_raw(code as u8), Some(*name));
+    }
+    assert_eq!(CommandName::from_raw(CommandName::ALL.len() as u8), None);
+    let pass = parse_command(b"PASS secret\r\n");
+    assert_eq!(CommandName::of(&pass), CommandName::Pass);
+    assert_eq!(pass.reported_argument(), None);
+    let user = parse_command(b"USER alice\r\n");
+    assert_eq!(CommandName::of(&user), CommandName::User);
+    assert_eq!(user.reported_argument(), Some(Span { start: 5, len: 5 }));
+    let retr = parse_command(b"retr some file.bin\r\n");
+    assert_eq!(CommandName::of(&retr).as_str(), "RETR");
+    assert_eq!(retr.reported_argument(), Some(Span { start: 5, len: 13 }));
+    assert_eq!(CommandName::of(&parse_command(b"PASV\r\n")), CommandName::Pasv);
+    assert_eq!(parse_command(b"PASV\r\n").reported_argument(), None);
+    assert_eq!(CommandName::of(&parse_command(b"NOOP\r\n")), CommandName::Other);
+    assert_eq!(CommandName::of(&parse_command(b"PORT 1,2\r\n")), CommandName::Malformed);
+}

@@ -1,0 +1,77 @@
+//! Events for the agent: what the datapath saw, one [`Event`] per record of a ring buffer. The
+//! agent logs them and passes them on to `ftpnat events`. A full ring buffer drops events, never
+//! packets: they are reports, not state.
+
+use aya_ebpf::{macros::map, maps::RingBuf};
+use ftp_common::maps::{EVENT_TEXT_LEN, Event, EventKind, FlowKey};
+
+use crate::maps::{SCRATCH, SCRATCH_SIZE, now_ns};
+
+/// Room for a few thousand events between two reads of the agent.
+const EVENTS_BYTES: u32 = 256 * 1024;
+
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Reports `kind` for `session`, with an address and port as the kind defines them.
+// A subprogram of its own: the event is built in the ring buffer, not on the callers' stacks.
+#[inline(never)]
+pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: [u8; 4], port: u16) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        return;
+    };
+    entry.write(Event {
+        ts_ns: now_ns(),
+        session: *session,
+        kind: kind as u8,
+        detail,
+        text_len: 0,
+        _pad: 0,
+        addr,
+        port: port.to_be_bytes(),
+        _pad2: [0; 2],
+        value: 0,
+        text: [0; EVENT_TEXT_LEN],
+    });
+    entry.submit(0);
+}
+
+/// Reports a client command, with up to [`EVENT_TEXT_LEN`] bytes of its argument copied from this
+/// CPU's scratch buffer at `text_off` (the payload copy the ALG scans).
+#[inline(never)]
+pub fn emit_command(session: &FlowKey, name: u8, text_off: u32, text_len: u32) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        return;
+    };
+    let text_len = if text_len > EVENT_TEXT_LEN as u32 {
+        EVENT_TEXT_LEN as u32
+    } else {
+        text_len
+    };
+    let event = entry.write(Event {
+        ts_ns: now_ns(),
+        session: *session,
+        kind: EventKind::Command as u8,
+        detail: name,
+        text_len: text_len as u8,
+        _pad: 0,
+        addr: [0; 4],
+        port: [0; 2],
+        _pad2: [0; 2],
+        value: 0,
+        text: [0; EVENT_TEXT_LEN],
+    });
+    if let Some(scratch) = SCRATCH.get_ptr(0) {
+        let mut i = 0;
+        while i < EVENT_TEXT_LEN {
+            if i as u32 >= text_len {
+                break;
+            }
+            let at = (text_off as usize + i) & (SCRATCH_SIZE - 1);
+            // SAFETY: `at` is masked into the scratch buffer.
+            event.text[i] = unsafe { *(*scratch).bytes.as_ptr().add(at) };
+            i += 1;
+        }
+    }
+    entry.submit(0);
+}
