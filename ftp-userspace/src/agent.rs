@@ -1,6 +1,10 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -14,7 +18,7 @@ use crate::{
     DEFAULT_PIN_DIR,
     attach::{Datapath, Interface, LoadOptions, NatSettings, hook_name},
     expire::{self, ExpiryPolicy},
-    pins,
+    metrics, pins,
     settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
     stats,
 };
@@ -56,20 +60,31 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     expect_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+}
+
+/// What preflight checked and prepared for `serve`.
+struct Prepared {
+    interfaces: Vec<Interface>,
+    nat: NatSettings,
+    /// The bound `--metrics` socket.
+    metrics: Option<TcpListener>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (interfaces, nat) = preflight(&args)?;
+    let prepared = preflight(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&args, &interfaces, &nat))
+    runtime.block_on(serve(&args, prepared))
 }
 
 /// Everything that can be checked before touching the kernel, so that a wrong flag or a busy
 /// interface fails with a clear message and leaves nothing behind.
-fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
+fn preflight(args: &RunArgs) -> anyhow::Result<Prepared> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -89,6 +104,9 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
     for interface in &interfaces {
         refuse_if_already_attached(interface)?;
     }
+    // Bound now, not once the agent runs: a busy or foreign address must fail before anything is
+    // attached, and before the stale pins below are removed.
+    let metrics = args.metrics.map(metrics::bind).transpose()?;
     let stale = pins::existing_pins(&args.pin_dir);
     if !stale.is_empty() {
         // No ftpnat program is attached to our interfaces (checked above), so these pins are left
@@ -99,7 +117,11 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
         );
         pins::remove_pins(&args.pin_dir)?;
     }
-    Ok((interfaces, nat))
+    Ok(Prepared {
+        interfaces,
+        nat,
+        metrics,
+    })
 }
 
 fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
@@ -165,7 +187,12 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
+async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        interfaces,
+        nat,
+        metrics,
+    } = prepared;
     let options = LoadOptions {
         pin_dir: &args.pin_dir,
         kernel_log_level: kernel_log_level(log::max_level()),
@@ -174,7 +201,7 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
     // take the orderly detach path below, not kill the process with the pins left behind.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut datapath = Datapath::load_and_attach(&options, interfaces, nat)?;
+    let mut datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
     log::info!(
         "attached to {}; maps pinned under {}",
         datapath.attached().join(", "),
@@ -202,6 +229,10 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
             published.lan
         );
     }
+    // Served from its own task: a slow scraper never delays the sweep or the kernel log.
+    let metrics = metrics
+        .map(|listener| metrics::spawn(listener, datapath.pin_dir().to_owned()))
+        .transpose()?;
     let policy = ExpiryPolicy::default();
     let mut exhaustion = ExhaustionWatch::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -240,6 +271,10 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
         }
     };
     log::info!("{signal_name} received: detaching");
+    // Stop answering scrapes first: they would only find the pins gone.
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     drop(kernel_log);
     let pin_dir = datapath.pin_dir().to_owned();
     drop(datapath);

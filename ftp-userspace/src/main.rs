@@ -5,6 +5,7 @@ mod agent;
 mod attach;
 mod expire;
 mod inspect;
+mod metrics;
 mod pins;
 mod settings;
 mod stats;
