@@ -218,6 +218,12 @@ impl Session {
         self.flags & FLAG_ENCRYPTED != 0
     }
 
+    /// A transfer is running: the server answered `125`/`150` and has not sent the reply that
+    /// ends it yet.
+    pub fn is_transferring(&self) -> bool {
+        self.flags & FLAG_TRANSFER != 0
+    }
+
     /// The server accepted `EPSV ALL`.
     pub fn is_extended_passive_only(&self) -> bool {
         self.flags & FLAG_EPSV_ALL != 0
@@ -367,7 +373,7 @@ impl Session {
     ) -> ClientVerdict {
         let refusal = if self.is_extended_passive_only() {
             RefusalReason::EpsvAllActive
-        } else if self.flags & FLAG_TRANSFER != 0 || self.passive_pending() {
+        } else if self.is_transferring() || self.passive_pending() {
             RefusalReason::NotInCommandState
         } else if addr.ip() != ctx.client {
             RefusalReason::Bounce
@@ -383,7 +389,7 @@ impl Session {
 
     fn on_final_reply(&mut self, code: u16, body: ReplyBody, ctx: &PolicyContext) -> ServerVerdict {
         let pending = self.pending;
-        let transferring = self.flags & FLAG_TRANSFER != 0;
+        let transferring = self.is_transferring();
         if code >= 200 {
             self.flags &= !FLAG_TRANSFER;
         }

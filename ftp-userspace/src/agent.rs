@@ -1,6 +1,10 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -16,7 +20,7 @@ use crate::{
     attach::{Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
-    pins,
+    metrics, pins,
     settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
     stats,
 };
@@ -66,20 +70,33 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     expect_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 [default: off].
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
+}
+
+/// What preflight checked and prepared for `serve`.
+struct Prepared {
+    interfaces: Vec<Interface>,
+    nat: NatSettings,
+    /// The bound `--metrics` socket.
+    metrics: Option<TcpListener>,
+    /// Held for the agent's life: no other ftpnat process manages the pin dir meanwhile.
+    _lock: pins::PinDirLock,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (interfaces, nat, _lock) = preflight(&args)?;
+    let prepared = preflight(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&args, &interfaces, &nat))
+    runtime.block_on(serve(&args, prepared))
 }
 
 /// Everything that can be checked before touching the kernel, so that a wrong flag or a busy
 /// interface fails with a clear message and leaves nothing behind.
-fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings, pins::PinDirLock)> {
+fn preflight(args: &RunArgs) -> anyhow::Result<Prepared> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -105,7 +122,15 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings, pin
             refuse_if_already_attached(interface)?;
         }
     }
-    Ok((interfaces, nat, lock))
+    // Bound now, not once the agent runs: a busy or foreign address must fail before anything is
+    // attached.
+    let metrics = args.metrics.map(metrics::bind).transpose()?;
+    Ok(Prepared {
+        interfaces,
+        nat,
+        metrics,
+        _lock: lock,
+    })
 }
 
 fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
@@ -173,7 +198,13 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
+async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        interfaces,
+        nat,
+        metrics,
+        _lock,
+    } = prepared;
     let options = LoadOptions {
         pin_dir: &args.pin_dir,
         kernel_log_level: kernel_log_level(log::max_level()),
@@ -185,7 +216,7 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
     // The event socket next: failing to serve it must not leave a datapath behind.
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let _subscribers = events::serve_subscribers(&args.pin_dir, &events)?;
-    let mut datapath = Datapath::load_and_attach(&options, interfaces, nat)?;
+    let mut datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
     match datapath.origin() {
         Origin::Fresh => log::info!(
             "attached to {}; maps and links pinned under {}",
@@ -221,6 +252,10 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
             published.lan
         );
     }
+    // Served from its own task: a slow scraper never delays the sweep or the kernel log.
+    let metrics = metrics
+        .map(|listener| metrics::spawn(listener, datapath.pin_dir().to_owned()))
+        .transpose()?;
     let policy = ExpiryPolicy::default();
     let mut exhaustion = ExhaustionWatch::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -280,6 +315,10 @@ async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> a
             }
         }
     };
+    // Stop answering scrapes first: they would find the agent gone half-way.
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     drop(kernel_log);
     let pin_dir = datapath.pin_dir().to_owned();
     if args.detach_on_exit {

@@ -1,13 +1,16 @@
 //! `ftpnat sessions|expectations|flows`: the datapath's tables, read from the pins of a running
 //! agent, as aligned tables or JSON.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap};
-use ftp_common::maps::{
-    DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
-    FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, names,
+use ftp_common::{
+    Session,
+    maps::{
+        DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
+        FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, flow_flags, names,
+    },
 };
 use serde::Serialize;
 
@@ -17,10 +20,73 @@ fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
     format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
 }
 
+/// Where a session stands, as `ftpnat sessions` and the metrics report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Between transfers: commands are read and PORT/EPRT/PASV/EPSV are acted on.
+    Command,
+    /// A transfer is running (from the server's 125/150 to the reply that ends it).
+    Transfer,
+    /// The control channel is under TLS: ftpnat reads nothing of it and opens no data connection.
+    Encrypted,
+    /// The control connection has seen a FIN or RST; the sweep removes it.
+    Closing,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 4] = [
+        SessionState::Command,
+        SessionState::Transfer,
+        SessionState::Encrypted,
+        SessionState::Closing,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Command => "command",
+            SessionState::Transfer => "transfer",
+            SessionState::Encrypted => "encrypted",
+            SessionState::Closing => "closing",
+        }
+    }
+
+    /// The state of a session's control channel; `closing`: whether its control connection is
+    /// among the [`closing_sessions`].
+    ///
+    /// Encrypted comes first: ftpnat can help none of those sessions, and an operator counting
+    /// them (to see why data connections fail) wants them all, closing or not. Closing comes
+    /// before transfer because a connection torn down mid-transfer never sees the reply that ends
+    /// the transfer.
+    pub fn of(session: &Session, closing: bool) -> Self {
+        if session.is_encrypted() {
+            SessionState::Encrypted
+        } else if closing {
+            SessionState::Closing
+        } else if session.is_transferring() {
+            SessionState::Transfer
+        } else {
+            SessionState::Command
+        }
+    }
+}
+
+/// The sessions whose control connection has seen a FIN or RST in either direction, from the flow
+/// table's entries (a set, so that classifying every session stays linear in the tables' sizes).
+pub fn closing_sessions<'a>(flows: impl IntoIterator<Item = &'a FlowEntry>) -> HashSet<FlowKey> {
+    flows
+        .into_iter()
+        .filter(|e| {
+            e.kind == FlowKind::Control as u8 && e.flags & (flow_flags::FIN | flow_flags::RST) != 0
+        })
+        .map(|e| e.session)
+        .collect()
+}
+
 #[derive(Serialize)]
 pub struct SessionRow {
     pub id: String,
     pub kind: &'static str,
+    pub state: &'static str,
     pub client: String,
     pub server: String,
     pub public: String,
@@ -137,6 +203,7 @@ impl Tables {
 pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
     let tables = read_tables(pin_dir)?;
     let now = monotonic_now_ns();
+    let closing = closing_sessions(tables.flows.iter().map(|(_, e)| e));
     let mut rows: Vec<SessionRow> = tables
         .sessions
         .iter()
@@ -145,6 +212,7 @@ pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
             bytes_from_client: tables.bytes_of(key).0,
             bytes_to_client: tables.bytes_of(key).1,
             kind: SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str),
+            state: SessionState::of(&entry.state, closing.contains(key)).as_str(),
             client: endpoint(key.saddr, key.sport),
             server: endpoint(entry.server_addr, entry.server_port),
             public: tables.public_of(key),
@@ -260,6 +328,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
             &[
                 "ID",
                 "KIND",
+                "STATE",
                 "CLIENT",
                 "PUBLIC",
                 "SERVER",
@@ -274,6 +343,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 vec![
                     r.id.clone(),
                     r.kind.to_owned(),
+                    r.state.to_owned(),
                     r.client.clone(),
                     r.public.clone(),
                     r.server.clone(),
@@ -316,5 +386,84 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 ]
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ftp_common::{Policy, PolicyContext};
+
+    use super::*;
+
+    fn ctx() -> PolicyContext {
+        PolicyContext {
+            client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            policy: Policy::new(),
+        }
+    }
+
+    fn flow(session: FlowKey, kind: FlowKind, flags: u8) -> FlowEntry {
+        FlowEntry {
+            packets: 0,
+            bytes: 0,
+            last_seen_ns: 0,
+            session,
+            new_saddr: [0; 4],
+            new_daddr: [0; 4],
+            out_ifindex: 0,
+            new_sport: [0; 2],
+            new_dport: [0; 2],
+            public_port: 0,
+            kind: kind as u8,
+            direction: FlowDirection::Original as u8,
+            flags,
+            _pad: [0; 7],
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            saddr: [10, 0, 0, 2],
+            daddr: [192, 0, 2, 10],
+            sport: port.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        }
+    }
+
+    #[test]
+    fn session_state_follows_the_control_channel() {
+        let mut session = Session::new();
+        assert_eq!(SessionState::of(&session, false), SessionState::Command);
+        session.on_server_line(b"150 Opening data connection\r\n", &ctx());
+        assert_eq!(SessionState::of(&session, false), SessionState::Transfer);
+        assert_eq!(SessionState::of(&session, true), SessionState::Closing);
+        session.on_server_line(b"226 Transfer complete\r\n", &ctx());
+        assert_eq!(SessionState::of(&session, false), SessionState::Command);
+        session.on_server_line(b"234 Proceed with negotiation\r\n", &ctx());
+        assert_eq!(SessionState::of(&session, false), SessionState::Encrypted);
+        assert_eq!(SessionState::of(&session, true), SessionState::Encrypted);
+    }
+
+    #[test]
+    fn only_a_control_connection_s_fin_or_rst_closes_a_session() {
+        let flows = [
+            flow(key(1), FlowKind::Control, flow_flags::FIN),
+            flow(
+                key(2),
+                FlowKind::Control,
+                flow_flags::RST | flow_flags::ESTABLISHED,
+            ),
+            flow(key(3), FlowKind::Data, flow_flags::FIN),
+            flow(
+                key(4),
+                FlowKind::Control,
+                flow_flags::ESTABLISHED | flow_flags::OWNS_PORT,
+            ),
+        ];
+        let closing = closing_sessions(&flows);
+        assert_eq!(closing, HashSet::from([key(1), key(2)]));
     }
 }

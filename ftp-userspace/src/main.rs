@@ -6,6 +6,7 @@ mod attach;
 mod events;
 mod expire;
 mod inspect;
+mod metrics;
 mod pins;
 mod settings;
 mod stats;

@@ -5,11 +5,13 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::{Context as _, bail};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
 use ftp_common::maps::{
-    Counter, DatapathConfig, Direction, ExpectKey, Expectation, ExpectationPath, FlowEntry,
-    FlowKey, InterfaceInfo, InterfaceRole, SessionEntry, TrafficCounters, TrafficKey, flow_flags,
-    names,
+    Counter, DatapathConfig, Direction, ExpectKey, Expectation, ExpectationPath, FlowDirection,
+    FlowEntry, FlowKey, FlowKind, InterfaceInfo, InterfaceRole, SessionEntry, SessionKind,
+    TrafficCounters, TrafficKey, flow_flags, names,
 };
 use serde::Serialize;
+
+use crate::inspect::{SessionState, closing_sessions};
 
 #[derive(Serialize, Debug, Default)]
 pub struct Counters {
@@ -55,6 +57,15 @@ pub struct Stats {
     pub sessions: usize,
     pub flows: usize,
     pub expectations: usize,
+    /// Sessions by kind and state, every known pair present (zeros included), for the metrics'
+    /// labels. Left out of the JSON, whose shape scripts depend on: `ftpnat sessions --json` has
+    /// both per session.
+    #[serde(skip)]
+    pub sessions_by: BTreeMap<(&'static str, &'static str), usize>,
+    /// Connections by kind, every known kind present; left out of the JSON like `sessions_by`
+    /// (`ftpnat flows --json` has the kind per connection).
+    #[serde(skip)]
+    pub flows_by: BTreeMap<&'static str, usize>,
 }
 
 pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
@@ -150,6 +161,32 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         .collect();
     let sessions: HashMap<_, FlowKey, SessionEntry> =
         HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
+    let closing = closing_sessions(&flow_entries);
+    let mut sessions_by: BTreeMap<_, usize> = BTreeMap::new();
+    for kind in [SessionKind::Masquerade, SessionKind::Publish] {
+        for state in SessionState::ALL {
+            sessions_by.insert((kind.as_str(), state.as_str()), 0);
+        }
+    }
+    for (key, entry) in sessions.iter().filter_map(Result::ok) {
+        let kind = SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str);
+        let state = SessionState::of(&entry.state, closing.contains(&key));
+        *sessions_by.entry((kind, state.as_str())).or_default() += 1;
+    }
+    // A connection is its original-direction entry, as `ftpnat flows` lists it: counting those
+    // (rather than halving the entries) keeps the total equal to the sum by kind even if a read
+    // catches a connection with one entry of its pair installed or removed.
+    let mut flows_by: BTreeMap<_, usize> = [FlowKind::Control, FlowKind::Data]
+        .into_iter()
+        .map(|kind| (kind.as_str(), 0))
+        .collect();
+    for entry in flow_entries
+        .iter()
+        .filter(|e| e.direction == FlowDirection::Original as u8)
+    {
+        let kind = FlowKind::from_raw(entry.kind).map_or("unknown", FlowKind::as_str);
+        *flows_by.entry(kind).or_default() += 1;
+    }
     let in_use = flow_entries
         .iter()
         .filter(|f| f.flags & flow_flags::OWNS_PORT != 0)
@@ -172,9 +209,11 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
                 .unwrap_or(0),
         },
         datapath,
-        sessions: sessions.keys().filter_map(Result::ok).count(),
-        flows: flow_entries.len() / 2,
+        sessions: sessions_by.values().sum(),
+        flows: flows_by.values().sum(),
         expectations: expectations.len(),
+        sessions_by,
+        flows_by,
     })
 }
 

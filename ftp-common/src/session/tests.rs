@@ -674,6 +674,29 @@ fn transfer_replies_are_reported() {
 }
 
 #[test]
+fn a_transfer_runs_from_its_preliminary_reply_to_the_next_final_one() {
+    let mut session = Session::new();
+    assert!(!session.is_transferring());
+    for (start, end) in [
+        (&b"150 Opening data connection\r\n"[..], &b"226 Transfer complete\r\n"[..]),
+        (b"125 Data connection already open\r\n", b"250 Requested file action okay\r\n"),
+        (b"150 Opening data connection\r\n", b"426 Connection closed; transfer aborted\r\n"),
+    ] {
+        session.on_server_line(start, &ctx());
+        assert!(session.is_transferring(), "{start:?}");
+        // The lines of a multi-line reply are text, not the reply that ends the transfer.
+        session.on_server_line(b"226-Statistics follow\r\n", &ctx());
+        session.on_server_line(b"150 bytes were sent\r\n", &ctx());
+        assert!(session.is_transferring(), "{start:?}");
+        session.on_server_line(b"226 Done\r\n", &ctx());
+        assert!(!session.is_transferring(), "{start:?}");
+        session.on_server_line(start, &ctx());
+        session.on_server_line(end, &ctx());
+        assert!(!session.is_transferring(), "{end:?}");
+    }
+}
+
+#[test]
 fn client_commands_are_reported() {
     let mut session = Session::new();
     assert_eq!(
