@@ -1,6 +1,6 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -11,65 +11,31 @@ use tokio::{
 };
 
 use crate::{
-    DEFAULT_PIN_DIR,
     attach::{Datapath, Interface, LoadOptions, NatSettings, hook_name},
+    config::{self, RunArgs, RunOptions},
     expire::{self, ExpiryPolicy},
     pins,
-    settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
+    settings::{self, Ipv4Prefix, PortWindow},
     stats,
 };
 
 /// How often finished and idle connections are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// The router interface facing the FTP servers (the public side).
-    #[arg(long, value_name = "IFACE")]
-    wan: String,
-    /// The router interface facing the FTP clients (repeat for several).
-    #[arg(long, value_name = "IFACE", required = true)]
-    lan: Vec<String>,
-    /// Directory on a bpffs mount where the maps are pinned for `ftpnat stats` and friends.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// Source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4 prefixes
-    /// of the --lan interfaces].
-    #[arg(long, value_name = "CIDR")]
-    masquerade: Vec<Ipv4Prefix>,
-    /// Address the masqueraded connections leave with [default: the first IPv4 address of --wan].
-    #[arg(long, value_name = "IPV4")]
-    public_ip: Option<Ipv4Addr>,
-    /// FTP control port to watch (repeatable, at most 8) [default: 21].
-    #[arg(long = "ftp-port", value_name = "PORT")]
-    ftp_ports: Vec<u16>,
-    /// Public ports ftpnat hands out, LO-HI [default: 4096 ports next to the kernel's
-    /// ip_local_port_range, outside it].
-    #[arg(long, value_name = "LO-HI")]
-    port_window: Option<PortWindow>,
-    /// Publish an FTP server behind the router: outside clients reach SERVER_IP:PORT [default
-    /// 21] at the public address's PUBLIC_PORT [default PORT]; its 227/229 replies name the public
-    /// address and a window port (repeatable).
-    #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT]")]
-    publish: Vec<PublishSpec>,
-    /// Seconds an announced data connection may take to open before its pinhole closes.
-    #[arg(long, value_name = "SECS", default_value_t = 120,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    expect_timeout: u64,
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (interfaces, nat) = preflight(&args)?;
+    let options = config::resolve(args)?;
+    let (interfaces, nat) = preflight(&options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(&args, &interfaces, &nat))
+    runtime.block_on(serve(options.pin_dir(), &interfaces, &nat))
 }
 
 /// Everything that can be checked before touching the kernel, so that a wrong flag or a busy
 /// interface fails with a clear message and leaves nothing behind.
-fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
+fn preflight(options: &RunOptions) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
+    let (wan, lans) = (options.wan()?, options.lan()?);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -77,44 +43,50 @@ fn preflight(args: &RunArgs) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
              (CAP_BPF, CAP_NET_ADMIN)"
         );
     }
-    let mut interfaces = vec![Interface::resolve(&args.wan, InterfaceRole::Wan, "--wan")?];
-    for lan in &args.lan {
+    let mut interfaces = vec![Interface::resolve(wan, InterfaceRole::Wan, "--wan")?];
+    for lan in lans {
         if interfaces.iter().any(|known| &known.name == lan) {
             bail!("interface '{lan}' is given twice (--wan/--lan); each interface has one role");
         }
         interfaces.push(Interface::resolve(lan, InterfaceRole::Lan, "--lan")?);
     }
-    let nat = nat_settings(args, &interfaces)?;
-    pins::require_bpffs(&args.pin_dir)?;
+    let nat = nat_settings(options, wan, lans, &interfaces)?;
+    let pin_dir = options.pin_dir();
+    pins::require_bpffs(pin_dir)?;
     for interface in &interfaces {
         refuse_if_already_attached(interface)?;
     }
-    let stale = pins::existing_pins(&args.pin_dir);
+    let stale = pins::existing_pins(pin_dir);
     if !stale.is_empty() {
         // No ftpnat program is attached to our interfaces (checked above), so these pins are left
         // over from an agent that was killed; reusing them would resurrect its counters.
         log::warn!(
             "removing stale pins from a previous run under {}",
-            args.pin_dir.display()
+            pin_dir.display()
         );
-        pins::remove_pins(&args.pin_dir)?;
+        pins::remove_pins(pin_dir)?;
     }
     Ok((interfaces, nat))
 }
 
-fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
+fn nat_settings(
+    options: &RunOptions,
+    wan: &str,
+    lan_names: &[String],
+    interfaces: &[Interface],
+) -> anyhow::Result<NatSettings> {
     let local = settings::local_port_range()?;
-    let window = match args.port_window {
+    let window = match options.port_window {
         Some(window) => {
             settings::validate_window(window, &local)?;
             window
         }
         None => settings::default_window(&local)?,
     };
-    let ftp_ports = if args.ftp_ports.is_empty() {
+    let ftp_ports = if options.ftp_ports.is_empty() {
         vec![21]
     } else {
-        args.ftp_ports.clone()
+        options.ftp_ports.clone()
     };
     settings::validate_ftp_ports(&ftp_ports)?;
     let mut lans = Vec::new();
@@ -125,14 +97,14 @@ fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatS
             .collect();
         lans.push((lan.name.clone(), lan.ifindex, prefixes));
     }
-    let published = settings::resolve_published(&args.publish, window, &lans)?;
+    let published = settings::resolve_published(&options.publish, window, &lans)?;
     Ok(NatSettings {
         published,
-        public_ip: settings::public_ip(args.public_ip, &args.wan)?,
-        masquerade: settings::masquerade_prefixes(&args.masquerade, &args.lan)?,
+        public_ip: settings::public_ip(options.public_ip, wan)?,
+        masquerade: settings::masquerade_prefixes(&options.masquerade, lan_names)?,
         ftp_ports,
         window,
-        expect_timeout: Duration::from_secs(args.expect_timeout),
+        expect_timeout: options.expect_timeout(),
     })
 }
 
@@ -165,9 +137,9 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: &RunArgs, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
+async fn serve(pin_dir: &Path, interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<()> {
     let options = LoadOptions {
-        pin_dir: &args.pin_dir,
+        pin_dir,
         kernel_log_level: kernel_log_level(log::max_level()),
     };
     // Handlers first: a SIGTERM that arrives while (or right after) the programs attach must still
@@ -258,7 +230,7 @@ struct ExhaustionWatch {
 }
 
 impl ExhaustionWatch {
-    fn check(&mut self, pin_dir: &std::path::Path, window: PortWindow) {
+    fn check(&mut self, pin_dir: &Path, window: PortWindow) {
         let Ok(now) = stats::datapath_counter(pin_dir, Counter::WindowExhausted) else {
             return;
         };

@@ -3,6 +3,7 @@
 
 mod agent;
 mod attach;
+mod config;
 mod expire;
 mod inspect;
 mod pins;
@@ -33,7 +34,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Load the programs, attach them to the router's interfaces and run until SIGINT/SIGTERM.
-    Run(agent::RunArgs),
+    Run(config::RunArgs),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
     /// List the FTP control sessions ftpnat tracks.
