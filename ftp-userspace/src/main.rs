@@ -10,9 +10,10 @@ mod pins;
 mod settings;
 mod stats;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use clap_complete::Shell;
 
 /// Where `ftpnat run` pins its maps unless told otherwise; the inspection commands read from here.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
@@ -43,6 +44,15 @@ enum Command {
     Expectations(StatsArgs),
     /// List the connections ftpnat translates (control and data).
     Flows(StatsArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// For instance `ftpnat completions bash > /etc/bash_completion.d/ftpnat`, or `ftpnat
+    /// completions zsh > "${fpath[1]}/_ftpnat"`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 /// Options of the commands that read a running agent's state.
@@ -71,12 +81,63 @@ fn main() -> ExitCode {
         Command::Sessions(args) => inspect::print("sessions", &args.pin_dir, args.json),
         Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ftpnat: error: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_and_flag_is_documented() {
+        fn check(command: &clap::Command, path: &str) {
+            assert!(command.get_about().is_some(), "`{path}` has no about text");
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{path}` argument '{}' has no help",
+                    arg.get_id()
+                );
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let mut cli = Cli::command();
+        // The generated --help/--version and `help` entries exist only once built.
+        cli.build();
+        check(&cli, "ftpnat");
+    }
+
+    #[test]
+    fn bash_completion_knows_the_commands_and_the_run_flags() {
+        let mut script = Vec::new();
+        clap_complete::generate(Shell::Bash, &mut Cli::command(), "ftpnat", &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for word in [
+            "run",
+            "--publish",
+            "--config",
+            "--port-window",
+            "completions",
+        ] {
+            assert!(script.contains(word), "the bash completion lacks {word}");
         }
     }
 }
