@@ -1,10 +1,6 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::TcpListener, time::Duration};
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -16,64 +12,17 @@ use tokio::{
 };
 
 use crate::{
-    DEFAULT_PIN_DIR,
     attach::{Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
+    config::RunOptions,
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
     metrics, pins,
-    settings::{self, Ipv4Prefix, PortWindow, PublishSpec},
+    settings::{self, Ipv4Prefix, PortWindow},
     stats,
 };
 
 /// How often finished and idle connections are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// The router interface facing the FTP servers (the public side).
-    #[arg(long, value_name = "IFACE")]
-    wan: String,
-    /// The router interface facing the FTP clients (repeat for several).
-    #[arg(long, value_name = "IFACE", required = true)]
-    lan: Vec<String>,
-    /// Directory on a bpffs mount where the maps are pinned for `ftpnat stats` and friends.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// Source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4 prefixes
-    /// of the --lan interfaces].
-    #[arg(long, value_name = "CIDR")]
-    masquerade: Vec<Ipv4Prefix>,
-    /// Address the masqueraded connections leave with [default: the first IPv4 address of --wan].
-    #[arg(long, value_name = "IPV4")]
-    public_ip: Option<Ipv4Addr>,
-    /// FTP control port to watch (repeatable, at most 8) [default: 21].
-    #[arg(long = "ftp-port", value_name = "PORT")]
-    ftp_ports: Vec<u16>,
-    /// Public ports ftpnat hands out, LO-HI [default: 4096 ports next to the kernel's
-    /// ip_local_port_range, outside it].
-    #[arg(long, value_name = "LO-HI")]
-    port_window: Option<PortWindow>,
-    /// Publish an FTP server behind the router: outside clients reach SERVER_IP:PORT [default
-    /// 21] at the public address's PUBLIC_PORT [default PORT]; its 227/229 replies name the public
-    /// address and a window port (repeatable).
-    #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT]")]
-    publish: Vec<PublishSpec>,
-    /// Detach the programs and remove the pins when stopped by SIGINT/SIGTERM. Without it the
-    /// datapath keeps forwarding after the agent exits, for the next `ftpnat run` to adopt (or
-    /// `ftpnat detach` to remove).
-    #[arg(long)]
-    detach_on_exit: bool,
-    /// How the agent writes its log (and the events in it).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Seconds an announced data connection may take to open before its pinhole closes.
-    #[arg(long, value_name = "SECS", default_value_t = 120,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    expect_timeout: u64,
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 [default: off].
-    #[arg(long, value_name = "ADDR:PORT")]
-    metrics: Option<SocketAddr>,
-}
 
 /// What preflight checked and prepared for `serve`.
 struct Prepared {
@@ -85,7 +34,7 @@ struct Prepared {
     _lock: pins::PinDirLock,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(args: RunOptions) -> anyhow::Result<()> {
     let prepared = preflight(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,7 +45,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Everything that can be checked before touching the kernel, so that a wrong flag or a busy
 /// interface fails with a clear message and leaves nothing behind.
-fn preflight(args: &RunArgs) -> anyhow::Result<Prepared> {
+fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
+    let (wan, lans) = (args.wan()?, args.lan()?);
+    let pin_dir = args.pin_dir();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -104,20 +55,20 @@ fn preflight(args: &RunArgs) -> anyhow::Result<Prepared> {
              (CAP_BPF, CAP_NET_ADMIN)"
         );
     }
-    let mut interfaces = vec![Interface::resolve(&args.wan, InterfaceRole::Wan, "--wan")?];
-    for lan in &args.lan {
+    let mut interfaces = vec![Interface::resolve(wan, InterfaceRole::Wan, "--wan")?];
+    for lan in lans {
         if interfaces.iter().any(|known| &known.name == lan) {
             bail!("interface '{lan}' is given twice (--wan/--lan); each interface has one role");
         }
         interfaces.push(Interface::resolve(lan, InterfaceRole::Lan, "--lan")?);
     }
     let nat = nat_settings(args, &interfaces)?;
-    pins::require_bpffs(&args.pin_dir)?;
-    let lock = pins::lock(&args.pin_dir)?;
-    pins::refuse_foreign_state(&args.pin_dir)?;
+    pins::require_bpffs(pin_dir)?;
+    let lock = pins::lock(pin_dir)?;
+    pins::refuse_foreign_state(pin_dir)?;
     // A datapath pinned here is ours to adopt (checked when loading); programs attached any other
     // way belong to another agent or another pin dir.
-    if pins::existing_links(&pins::state_dir(&args.pin_dir)).is_empty() {
+    if pins::existing_links(&pins::state_dir(pin_dir)).is_empty() {
         for interface in &interfaces {
             refuse_if_already_attached(interface)?;
         }
@@ -133,7 +84,7 @@ fn preflight(args: &RunArgs) -> anyhow::Result<Prepared> {
     })
 }
 
-fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
+fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
     let local = settings::local_port_range()?;
     let window = match args.port_window {
         Some(window) => {
@@ -159,11 +110,11 @@ fn nat_settings(args: &RunArgs, interfaces: &[Interface]) -> anyhow::Result<NatS
     let published = settings::resolve_published(&args.publish, window, &lans)?;
     Ok(NatSettings {
         published,
-        public_ip: settings::public_ip(args.public_ip, &args.wan)?,
-        masquerade: settings::masquerade_prefixes(&args.masquerade, &args.lan)?,
+        public_ip: settings::public_ip(args.public_ip, args.wan()?)?,
+        masquerade: settings::masquerade_prefixes(&args.masquerade, args.lan()?)?,
         ftp_ports,
         window,
-        expect_timeout: Duration::from_secs(args.expect_timeout),
+        expect_timeout: args.expect_timeout(),
     })
 }
 
@@ -198,7 +149,7 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
+async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
         interfaces,
         nat,
@@ -206,7 +157,7 @@ async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
         _lock,
     } = prepared;
     let options = LoadOptions {
-        pin_dir: &args.pin_dir,
+        pin_dir: args.pin_dir(),
         kernel_log_level: kernel_log_level(log::max_level()),
     };
     // Handlers first: a SIGTERM that arrives while (or right after) the programs attach must still
@@ -215,7 +166,7 @@ async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // The event socket next: failing to serve it must not leave a datapath behind.
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
-    let _subscribers = events::serve_subscribers(&args.pin_dir, &events)?;
+    let _subscribers = events::serve_subscribers(args.pin_dir(), &events)?;
     let mut datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
     match datapath.origin() {
         Origin::Fresh => log::info!(
@@ -279,7 +230,7 @@ async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
     let mut reporter = EventReporter {
         sender: events,
         ids: SessionIds::default(),
-        json: args.log_format == LogFormat::Json,
+        json: args.log_format() == crate::config::LogFormat::Json,
     };
     let signal_name = loop {
         tokio::select! {
@@ -342,16 +293,6 @@ async fn serve(args: &RunArgs, prepared: Prepared) -> anyhow::Result<()> {
 
 /// How many events a slow `ftpnat events` reader may fall behind before it skips some.
 const EVENT_BACKLOG: usize = 4096;
-
-/// The format of the agent's log lines.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// `[time LEVEL target] message`.
-    #[default]
-    Text,
-    /// One JSON object per line: time, level, target, and the message or the event.
-    Json,
-}
 
 /// Logs events and passes them on to `ftpnat events` readers.
 struct EventReporter {

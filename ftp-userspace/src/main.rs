@@ -3,6 +3,7 @@
 
 mod agent;
 mod attach;
+mod config;
 mod events;
 mod expire;
 mod inspect;
@@ -11,9 +12,10 @@ mod pins;
 mod settings;
 mod stats;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use clap_complete::Shell;
 
 /// Where `ftpnat run` pins its maps unless told otherwise; the inspection commands read from here.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
@@ -35,7 +37,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Load the programs, attach them to the router's interfaces and run until SIGINT/SIGTERM.
-    Run(agent::RunArgs),
+    Run(config::RunArgs),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
     /// List the FTP control sessions ftpnat tracks.
@@ -50,6 +52,15 @@ enum Command {
     /// Remove the datapath a stopped agent left attached: its programs, links and pins (also those
     /// of another ftpnat version). Transfers it carries end.
     Detach(DetachArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// For instance `ftpnat completions bash > /etc/bash_completion.d/ftpnat`, or `ftpnat
+    /// completions zsh > "${fpath[1]}/_ftpnat"`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -114,31 +125,88 @@ fn main() -> ExitCode {
     // SAFETY: restoring a signal's default disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    match &cli.command {
-        Command::Run(args) if args.log_format == agent::LogFormat::Json => {
-            logger.format(json_log_line);
-        }
-        _ => {
-            logger.format_timestamp_millis();
-        }
+    // `run` picks its log format from its settings (flags or --config); the others log text.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logger(config::LogFormat::Text);
     }
-    logger.init();
     let result = match cli.command {
-        Command::Run(args) => agent::run(args),
+        Command::Run(args) => config::resolve(args).and_then(|options| {
+            init_logger(options.log_format());
+            agent::run(options)
+        }),
         Command::Stats(args) => stats::print(&args.pin_dir, args.json),
         Command::Sessions(args) => inspect::print("sessions", &args.pin_dir, args.json),
         Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
         Command::Events(args) => events::follow(&args.pin_dir, args.json),
         Command::Detach(args) => detach(&args.pin_dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ftpnat: error: {err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logger(format: config::LogFormat) {
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    match format {
+        config::LogFormat::Json => logger.format(json_log_line),
+        config::LogFormat::Text => logger.format_timestamp_millis(),
+    };
+    logger.init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_and_flag_is_documented() {
+        fn check(command: &clap::Command, path: &str) {
+            assert!(command.get_about().is_some(), "`{path}` has no about text");
+            for arg in command.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "`{path}` argument '{}' has no help",
+                    arg.get_id()
+                );
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let mut cli = Cli::command();
+        // The generated --help/--version and `help` entries exist only once built.
+        cli.build();
+        check(&cli, "ftpnat");
+    }
+
+    #[test]
+    fn bash_completion_knows_the_commands_and_the_run_flags() {
+        let mut script = Vec::new();
+        clap_complete::generate(Shell::Bash, &mut Cli::command(), "ftpnat", &mut script);
+        let script = String::from_utf8(script).unwrap();
+        for word in [
+            "run",
+            "--publish",
+            "--config",
+            "--port-window",
+            "completions",
+        ] {
+            assert!(script.contains(word), "the bash completion lacks {word}");
         }
     }
 }

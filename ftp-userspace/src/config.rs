@@ -1,0 +1,517 @@
+//! `ftpnat run`'s settings from the command line and from a TOML file (`--config`).
+//!
+//! Every setting is declared once, as a field of [`RunOptions`]: the field is the flag (clap), the
+//! file's key (serde, same name) and its place in the merge (generated from the declaration). A
+//! value from the file goes through the flag's parser, so it is refused for the same reason.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::{
+    DEFAULT_PIN_DIR,
+    settings::{Ipv4Prefix, PortWindow, PublishSpec},
+};
+
+/// The --expect-timeout values accepted, in seconds.
+const EXPECT_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
+const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 120;
+
+/// `ftpnat run`'s command line: its settings and the file holding more of them.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// TOML file with the settings below, each key named like its flag with '_' for '-'
+    /// (`ftp_ports` for --ftp-port); flags given here override the file, a repeated flag
+    /// replacing the file's list.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+/// Declares the settings struct and generates, from the same field list, its config keys and the
+/// merge of the command line over the file, so that a new setting is a new field and nothing else.
+macro_rules! run_options {
+    (
+        $(#[$struct_attr:meta])*
+        pub struct $name:ident {
+            $( $(#[$field_attr:meta])* pub $field:ident: $ty:ty, )*
+        }
+    ) => {
+        $(#[$struct_attr])*
+        pub struct $name {
+            $( $(#[$field_attr])* pub $field: $ty, )*
+        }
+
+        impl $name {
+            /// The config file's keys, in declaration order.
+            pub const KEYS: &[&str] = &[$(stringify!($field)),*];
+
+            /// These settings over `below`'s: each one given here wins, a list replacing the
+            /// other's whole.
+            fn over(self, below: Self) -> Self {
+                Self { $( $field: Layer::over(self.$field, below.$field), )* }
+            }
+        }
+    };
+}
+
+run_options! {
+    /// `ftpnat run`'s settings. Every field is an `Option` or a `Vec`, so that "not given" stays
+    /// visible until the command line and the file are merged; the defaults come after that (the
+    /// methods below, and settings.rs for those that depend on the router).
+    #[derive(clap::Args, Deserialize, Debug, Default, PartialEq)]
+    #[serde(default)]
+    pub struct RunOptions {
+        /// The router interface facing the FTP servers (the public side) [required here or in
+        /// --config].
+        #[arg(long, value_name = "IFACE")]
+        pub wan: Option<String>,
+        /// The router interface facing the FTP clients (repeat for several) [required here or in
+        /// --config].
+        #[arg(long, value_name = "IFACE")]
+        pub lan: Vec<String>,
+        /// Directory on a bpffs mount where the maps are pinned for `ftpnat stats` and friends
+        /// [default: /sys/fs/bpf/ftpnat].
+        #[arg(long, value_name = "DIR")]
+        pub pin_dir: Option<PathBuf>,
+        /// Source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4
+        /// prefixes of the --lan interfaces].
+        #[arg(long, value_name = "CIDR")]
+        pub masquerade: Vec<Ipv4Prefix>,
+        /// Address the masqueraded connections leave with [default: the first IPv4 address of
+        /// --wan].
+        #[arg(long, value_name = "IPV4")]
+        pub public_ip: Option<Ipv4Addr>,
+        /// FTP control port to watch (repeatable, at most 8) [default: 21].
+        #[arg(long = "ftp-port", value_name = "PORT")]
+        pub ftp_ports: Vec<u16>,
+        /// Public ports ftpnat hands out, LO-HI [default: 4096 ports next to the kernel's
+        /// ip_local_port_range, outside it].
+        #[arg(long, value_name = "LO-HI")]
+        pub port_window: Option<PortWindow>,
+        /// Publish an FTP server behind the router: outside clients reach SERVER_IP:PORT [default
+        /// 21] at the public address's PUBLIC_PORT [default PORT]; its 227/229 replies name the
+        /// public address and a window port (repeatable).
+        #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT]")]
+        pub publish: Vec<PublishSpec>,
+        /// Seconds an announced data connection may take to open before its pinhole closes
+        /// [default: 120].
+        #[arg(long, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(EXPECT_TIMEOUT_SECS))]
+        #[serde(deserialize_with = "expect_timeout_secs")]
+        pub expect_timeout: Option<u64>,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 [default:
+        /// off].
+        #[arg(long, value_name = "ADDR:PORT")]
+        pub metrics: Option<SocketAddr>,
+        /// How the agent writes its log and the events in it: text or json [default: text].
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        pub log_format: Option<LogFormat>,
+        /// Detach the programs and remove the pins when stopped by SIGINT/SIGTERM. Without it
+        /// the datapath keeps forwarding after the agent exits, for the next `ftpnat run` to
+        /// adopt (or `ftpnat detach` to remove).
+        #[arg(long)]
+        pub detach_on_exit: bool,
+    }
+}
+
+/// The format of the agent's log lines.
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`.
+    #[default]
+    Text,
+    /// One JSON object per line: time, level, target, and the message or the event.
+    Json,
+}
+
+/// How a setting from an upper source (the command line) combines with the one below (the file).
+trait Layer {
+    fn over(self, below: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn over(self, below: Self) -> Self {
+        self.or(below)
+    }
+}
+
+impl Layer for bool {
+    /// A switch given on either side is on.
+    fn over(self, below: Self) -> Self {
+        self || below
+    }
+}
+
+impl<T> Layer for Vec<T> {
+    /// A repeated flag states the whole list: it replaces the file's instead of adding to it.
+    fn over(self, below: Self) -> Self {
+        if self.is_empty() { below } else { self }
+    }
+}
+
+impl RunOptions {
+    /// The WAN interface, which the command line or the file must name.
+    pub fn wan(&self) -> anyhow::Result<&str> {
+        self.wan.as_deref().ok_or_else(|| {
+            anyhow!(
+                "no WAN interface: pass --wan IFACE, or set wan = \"IFACE\" in the --config file"
+            )
+        })
+    }
+
+    /// The LAN interfaces, of which the command line or the file must name at least one.
+    pub fn lan(&self) -> anyhow::Result<&[String]> {
+        if self.lan.is_empty() {
+            bail!(
+                "no LAN interface: pass --lan IFACE (repeatable), or set lan = [\"IFACE\"] in the \
+                 --config file"
+            );
+        }
+        Ok(&self.lan)
+    }
+
+    /// The pin directory, by default [`DEFAULT_PIN_DIR`].
+    pub fn pin_dir(&self) -> &Path {
+        self.pin_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_PIN_DIR))
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or_default()
+    }
+
+    /// How long an announced data connection may take to open, by default 120 s.
+    pub fn expect_timeout(&self) -> Duration {
+        Duration::from_secs(self.expect_timeout.unwrap_or(DEFAULT_EXPECT_TIMEOUT_SECS))
+    }
+}
+
+/// The settings `ftpnat run` runs with: its flags over the `--config` file's keys.
+pub fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
+    let file = match &args.config {
+        Some(path) => load(path)?,
+        None => RunOptions::default(),
+    };
+    Ok(args.options.over(file))
+}
+
+fn load(path: &Path) -> anyhow::Result<RunOptions> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    parse(path, &text)
+}
+
+/// Parses a config file's text; `path` is only for the messages.
+fn parse(path: &Path, text: &str) -> anyhow::Result<RunOptions> {
+    let path = path.display();
+    // toml's message says where and what ("TOML parse error at line 3, column 7 ...").
+    let table: toml::Table = text.parse().with_context(|| path.to_string())?;
+    let mut options = RunOptions::default();
+    for (key, value) in table {
+        if !RunOptions::KEYS.contains(&key.as_str()) {
+            bail!(
+                "{path}: unknown key '{key}' (known keys: {})",
+                RunOptions::KEYS.join(", ")
+            );
+        }
+        // One key at a time, so that a bad value's message names its key.
+        let one = RunOptions::deserialize(toml::Value::Table(toml::Table::from_iter([(
+            key.clone(),
+            value,
+        )])))
+        .map_err(|err| anyhow!("{path}: key '{key}': {}", err.message()))?;
+        options = one.over(options);
+    }
+    Ok(options)
+}
+
+/// The file's strings for these types go through the flags' parsers.
+macro_rules! deserialize_with_from_str {
+    ($($ty:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer)?
+                    .parse()
+                    .map_err(D::Error::custom)
+            }
+        }
+    )*};
+}
+
+deserialize_with_from_str!(Ipv4Prefix, PortWindow, PublishSpec);
+
+/// `expect_timeout`, held to the flag's range with the flag's wording.
+fn expect_timeout_secs<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let secs = u64::deserialize(deserializer)?;
+    if !EXPECT_TIMEOUT_SECS.contains(&secs) {
+        return Err(D::Error::custom(format!(
+            "{secs} is not in {}..={}",
+            EXPECT_TIMEOUT_SECS.start(),
+            EXPECT_TIMEOUT_SECS.end()
+        )));
+    }
+    Ok(Some(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    /// `ftpnat run`'s argument parsing alone.
+    #[derive(clap::Parser, Debug)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    fn flags(args: &[&str]) -> RunArgs {
+        Run::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .unwrap_or_else(|err| panic!("{err}"))
+            .args
+    }
+
+    fn parse_text(text: &str) -> anyhow::Result<RunOptions> {
+        parse(Path::new("/etc/ftpnat/ftpnat.toml"), text)
+    }
+
+    fn parse_err(text: &str) -> String {
+        format!("{:#}", parse_text(text).unwrap_err())
+    }
+
+    const EVERY_KEY: &str = r#"
+        wan = "eth0"
+        lan = ["eth1", "eth2"]
+        pin_dir = "/sys/fs/bpf/other"
+        masquerade = ["192.168.1.0/24", "10.1.0.0/16"]
+        public_ip = "198.51.100.7"
+        ftp_ports = [21, 2121]
+        port_window = "61000-61999"
+        publish = ["21=192.168.1.10", "2121=192.168.1.11:21"]
+        expect_timeout = 30
+    "#;
+
+    #[test]
+    fn every_key_parses_into_its_setting() {
+        let options = parse_text(EVERY_KEY).unwrap();
+        assert_eq!(options.wan().unwrap(), "eth0");
+        assert_eq!(options.lan().unwrap(), ["eth1", "eth2"]);
+        assert_eq!(options.pin_dir(), Path::new("/sys/fs/bpf/other"));
+        assert_eq!(
+            options.masquerade,
+            [
+                "192.168.1.0/24".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap()
+            ]
+        );
+        assert_eq!(options.public_ip, Some(Ipv4Addr::new(198, 51, 100, 7)));
+        assert_eq!(options.ftp_ports, [21, 2121]);
+        assert_eq!(options.port_window, Some("61000-61999".parse().unwrap()));
+        assert_eq!(
+            options.publish,
+            [
+                "21=192.168.1.10".parse().unwrap(),
+                "2121=192.168.1.11:21".parse().unwrap()
+            ]
+        );
+        assert_eq!(options.expect_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn file_and_flags_give_the_same_settings() {
+        let from_flags = resolve(flags(&[
+            "--wan",
+            "eth0",
+            "--lan",
+            "eth1",
+            "--lan",
+            "eth2",
+            "--pin-dir",
+            "/sys/fs/bpf/other",
+            "--masquerade",
+            "192.168.1.0/24",
+            "--masquerade",
+            "10.1.0.0/16",
+            "--public-ip",
+            "198.51.100.7",
+            "--ftp-port",
+            "21",
+            "--ftp-port",
+            "2121",
+            "--port-window",
+            "61000-61999",
+            "--publish",
+            "21=192.168.1.10",
+            "--publish",
+            "2121=192.168.1.11:21",
+            "--expect-timeout",
+            "30",
+        ]))
+        .unwrap();
+        assert_eq!(from_flags, parse_text(EVERY_KEY).unwrap());
+    }
+
+    #[test]
+    fn an_empty_file_leaves_the_defaults() {
+        let options = parse_text("# nothing set\n").unwrap();
+        assert_eq!(options, RunOptions::default());
+        assert_eq!(options.pin_dir(), Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(options.expect_timeout(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_naming_file_key_and_the_known_ones() {
+        let err = parse_err("wan = \"eth0\"\nport_windw = \"61000-61999\"\n");
+        assert!(
+            err.starts_with(
+                "/etc/ftpnat/ftpnat.toml: unknown key 'port_windw' (known keys: wan, lan, pin_dir"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("port_window"), "{err}");
+        // Only the flag is spelled with a dash.
+        assert!(parse_err("ftp-ports = [21]").contains("unknown key 'ftp-ports'"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_file_key_and_the_flags_reason() {
+        for (text, key, reason) in [
+            ("wan = 3", "wan", "expected a string"),
+            ("lan = \"eth1\"", "lan", "expected a sequence"),
+            ("pin_dir = []", "pin_dir", "invalid type"),
+            (
+                "masquerade = [\"10.0.0.0/33\"]",
+                "masquerade",
+                "'10.0.0.0/33': the prefix length must be 0 to 32",
+            ),
+            ("public_ip = \"1.2.3\"", "public_ip", "invalid IPv4 address"),
+            ("ftp_ports = [70000]", "ftp_ports", "70000"),
+            ("ftp_ports = 21", "ftp_ports", "expected a sequence"),
+            (
+                "port_window = \"5000-4000\"",
+                "port_window",
+                "'5000-4000' is empty: write the lower port first",
+            ),
+            (
+                "publish = [\"21=host\"]",
+                "publish",
+                "'21=host' is not [PUBLIC_PORT=]SERVER_IP[:PORT]",
+            ),
+            (
+                "expect_timeout = 0",
+                "expect_timeout",
+                "0 is not in 1..=3600",
+            ),
+            ("expect_timeout = \"7\"", "expect_timeout", "expected u64"),
+        ] {
+            let err = parse_err(text);
+            let start = format!("/etc/ftpnat/ftpnat.toml: key '{key}': ");
+            assert!(
+                err.starts_with(&start) && err.contains(reason),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_flags_refuse_the_same_values_for_the_same_reasons() {
+        for (flag, value, reason) in [
+            (
+                "--masquerade",
+                "10.0.0.0/33",
+                "the prefix length must be 0 to 32",
+            ),
+            ("--port-window", "5000-4000", "write the lower port first"),
+            (
+                "--publish",
+                "21=host",
+                "is not [PUBLIC_PORT=]SERVER_IP[:PORT]",
+            ),
+            ("--expect-timeout", "0", "0 is not in 1..=3600"),
+        ] {
+            let err = Run::try_parse_from(["run", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(reason), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn broken_toml_is_refused_naming_the_file() {
+        let err = parse_err("wan = \"eth0\nlan = [\"eth1\"]\n");
+        assert!(
+            err.starts_with("/etc/ftpnat/ftpnat.toml: TOML parse error at line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn flags_override_the_file_and_lists_replace_it() {
+        let file = parse_text(EVERY_KEY).unwrap();
+        let options = flags(&[
+            "--wan",
+            "wan9",
+            "--lan",
+            "lan9",
+            "--publish",
+            "2100=192.168.1.12",
+            "--expect-timeout",
+            "7",
+        ])
+        .options
+        .over(file);
+        assert_eq!(options.wan().unwrap(), "wan9");
+        assert_eq!(options.lan().unwrap(), ["lan9"]);
+        assert_eq!(options.publish, ["2100=192.168.1.12".parse().unwrap()]);
+        assert_eq!(options.expect_timeout(), Duration::from_secs(7));
+        // What the command line left out comes from the file.
+        assert_eq!(options.pin_dir(), Path::new("/sys/fs/bpf/other"));
+        assert_eq!(options.ftp_ports, [21, 2121]);
+        assert_eq!(options.port_window, Some("61000-61999".parse().unwrap()));
+    }
+
+    #[test]
+    fn wan_and_lan_are_required_from_one_source_or_the_other() {
+        let nothing = resolve(flags(&[])).unwrap();
+        let err = nothing.wan().unwrap_err().to_string();
+        assert!(err.contains("--wan") && err.contains("wan = "), "{err}");
+        let err = nothing.lan().unwrap_err().to_string();
+        assert!(err.contains("--lan") && err.contains("lan = "), "{err}");
+
+        let file_only = flags(&[]).options.over(parse_text(EVERY_KEY).unwrap());
+        assert!(file_only.wan().is_ok() && file_only.lan().is_ok());
+        let flags_only = resolve(flags(&["--wan", "eth0", "--lan", "eth1"])).unwrap();
+        assert!(flags_only.wan().is_ok() && flags_only.lan().is_ok());
+    }
+
+    #[test]
+    fn the_sample_config_parses_and_sets_every_key() {
+        let sample = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../contrib/ftpnat.toml"
+        ));
+        let options = load(sample).unwrap_or_else(|err| panic!("{err:#}"));
+        assert!(options.wan().is_ok() && options.lan().is_ok());
+        // A new setting belongs in the sample too: it is the file's documentation.
+        let text = fs::read_to_string(sample).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        for key in RunOptions::KEYS {
+            assert!(
+                table.contains_key(*key),
+                "contrib/ftpnat.toml does not set '{key}'"
+            );
+        }
+    }
+}
