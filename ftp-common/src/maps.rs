@@ -386,8 +386,15 @@ pub struct SessionEntry {
     pub server_port: [u8; 2],
     /// A [`SessionKind`] as `u8`.
     pub kind: u8,
-    pub _pad: [u8; 5],
+    /// Bytes of `user` in use.
+    pub user_len: u8,
+    pub _pad: [u8; 4],
+    /// The name of the client's last USER command (at most [`SESSION_USER_LEN`] bytes of it).
+    pub user: [u8; SESSION_USER_LEN],
 }
+
+/// How many bytes of a USER name a session keeps.
+pub const SESSION_USER_LEN: usize = 32;
 
 /// What kind of line a [`RewriteRecord`] rewrote.
 pub mod rewrite_kind {
@@ -582,6 +589,13 @@ impl EventKind {
         })
     }
 
+    /// The kind [`EventKind::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        (1..=12)
+            .filter_map(Self::from_raw)
+            .find(|kind| kind.as_str() == name)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             EventKind::SessionOpened => "session_opened",
@@ -745,7 +759,7 @@ mod tests {
         assert_eq!(size_of::<RewriteRecord>(), 16);
         assert_eq!(
             size_of::<SessionEntry>(),
-            8 + 3 * 8 + 4 * 4 + 92 + 40 + 2 * 12 + 2 * 16 + 4 + 2 + 1 + 5
+            8 + 3 * 8 + 4 * 4 + 92 + 40 + 2 * 12 + 2 * 16 + 4 + 2 + 1 + 1 + 4 + SESSION_USER_LEN
         );
         assert_eq!(size_of::<PublishTarget>(), 12);
         assert_eq!(

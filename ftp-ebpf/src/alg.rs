@@ -28,8 +28,8 @@ use ftp_common::{
     ServerVerdict,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SessionEntry, SessionKind,
-        rewrite_kind,
+        ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SESSION_USER_LEN, SessionEntry,
+        SessionKind, rewrite_kind,
     },
 };
 
@@ -62,7 +62,9 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     server_addr: [0; 4],
     server_port: [0; 2],
     kind: SessionKind::Masquerade as u8,
-    _pad: [0; 5],
+    user_len: 0,
+    _pad: [0; 4],
+    user: [0; SESSION_USER_LEN],
 };
 
 const NO_REWRITE: RewriteRecord = RewriteRecord {
@@ -544,6 +546,40 @@ fn report_command(scan: &Scan, index: u32, session: &SessionEntry, command: &ftp
         text_off,
         text_len,
     );
+    if matches!(command, ftp_common::Command::User { .. }) {
+        remember_user(scan.session, text_off, text_len);
+    }
+}
+
+/// Keeps a USER name in the session record, for `ftpnat sessions`.
+// A subprogram of its own: the copy loop is verified once.
+#[inline(never)]
+fn remember_user(session: *mut SessionEntry, text_off: u32, text_len: u32) {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return;
+    };
+    let len = if text_len > SESSION_USER_LEN as u32 {
+        SESSION_USER_LEN as u32
+    } else {
+        text_len
+    };
+    // SAFETY: the session's map value and this CPU's scratch buffer, read at masked offsets.
+    unsafe {
+        let mut i = 0;
+        while i < SESSION_USER_LEN {
+            let byte = if (i as u32) < len {
+                *(*scratch)
+                    .bytes
+                    .as_ptr()
+                    .add((text_off as usize + i) & SCRATCH_MASK)
+            } else {
+                0
+            };
+            (*session).user[i] = byte;
+            i += 1;
+        }
+        (*session).user_len = len as u8;
+    }
 }
 
 #[inline(always)]

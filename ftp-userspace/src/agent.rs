@@ -166,7 +166,8 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // The event socket next: failing to serve it must not leave a datapath behind.
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
-    let _subscribers = events::serve_subscribers(args.pin_dir(), &events)?;
+    let transfer_log = events::SharedTransferLog::default();
+    let _subscribers = events::serve_subscribers(args.pin_dir(), &events, &transfer_log)?;
     let mut datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
     match datapath.origin() {
         Origin::Fresh => log::info!(
@@ -230,6 +231,7 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let mut reporter = EventReporter {
         sender: events,
         ids: SessionIds::default(),
+        transfers: transfer_log,
         json: args.log_format() == crate::config::LogFormat::Json,
     };
     let signal_name = loop {
@@ -298,6 +300,7 @@ const EVENT_BACKLOG: usize = 4096;
 struct EventReporter {
     sender: broadcast::Sender<String>,
     ids: SessionIds,
+    transfers: events::SharedTransferLog,
     json: bool,
 }
 
@@ -317,6 +320,9 @@ impl EventReporter {
         let Some(record) = events::record(event, id) else {
             return Ok(());
         };
+        if let Ok(mut transfers) = self.transfers.lock() {
+            transfers.observe(&record, event.ts_ns);
+        }
         let line = serde_json::to_string(&record)?;
         if self.json {
             log::info!(target: EVENT_LOG_TARGET, "{line}");

@@ -2,12 +2,17 @@
 //! The agent logs each event and passes it, as a JSON line, to every `ftpnat events` connected to
 //! its event socket. The socket is an abstract Unix socket named after the pin dir: it lives in the
 //! router's network namespace, like the agent, and vanishes with it.
+//!
+//! From the same stream the agent keeps each live session's transfers (command, file, mode,
+//! bytes, duration), which `ftpnat sessions ID` asks it for over the same socket: a client's
+//! first line is its request, `events` or `transfers <session id>`.
 
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
     os::linux::net::SocketAddrExt as _,
     path::Path,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -215,15 +220,120 @@ impl SessionIds {
     }
 }
 
+/// One transfer of a session, as `ftpnat sessions ID` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    /// RETR, STOR, LIST, … (none if the data connection came without one).
+    pub command: Option<String>,
+    pub file: Option<String>,
+    /// `active` or `passive`, once its data connection opened.
+    pub mode: Option<String>,
+    /// Bytes of its data connection, both ways, once it closed.
+    pub bytes: Option<u64>,
+    /// From its data connection's first packet to its last.
+    pub duration_ms: Option<u64>,
+    /// When the transfer command or its data connection came, whichever first.
+    pub started: String,
+    #[serde(skip)]
+    flow_opened_ns: Option<u64>,
+}
+
+/// How many transfers of one session the agent remembers (the latest).
+const TRANSFERS_PER_SESSION: usize = 256;
+
+/// The transfers of the live sessions, by session id, built from the events.
+#[derive(Default)]
+pub struct TransferLog {
+    sessions: HashMap<String, Vec<TransferRecord>>,
+}
+
+/// The log shared between the agent's loop and the socket's request handlers.
+pub type SharedTransferLog = Arc<Mutex<TransferLog>>;
+
+impl TransferLog {
+    /// Follows one event. A transfer pairs a transfer command with a data connection, in either
+    /// order: passive clients connect before they send RETR, active ones after.
+    pub fn observe(&mut self, record: &EventRecord, ts_ns: u64) {
+        if record.event == EventKind::SessionClosed.as_str() {
+            self.sessions.remove(&record.session);
+            return;
+        }
+        let transfers = self.sessions.entry(record.session.clone()).or_default();
+        let new = |record: &EventRecord| TransferRecord {
+            command: None,
+            file: None,
+            mode: None,
+            bytes: None,
+            duration_ms: None,
+            started: record.time.clone(),
+            flow_opened_ns: None,
+        };
+        match EventKind::from_name(&record.event) {
+            Some(EventKind::Command) if is_transfer(record.command.as_deref()) => {
+                let waiting = transfers
+                    .last()
+                    .is_some_and(|t| t.command.is_none() && t.bytes.is_none());
+                if !waiting {
+                    transfers.push(new(record));
+                }
+                if let Some(transfer) = transfers.last_mut() {
+                    transfer.command = record.command.clone();
+                    transfer.file = record.argument.clone();
+                }
+            }
+            Some(EventKind::DataFlowOpened) => {
+                let waiting = transfers
+                    .last()
+                    .is_some_and(|t| t.flow_opened_ns.is_none() && t.command.is_some());
+                if !waiting {
+                    transfers.push(new(record));
+                }
+                if let Some(transfer) = transfers.last_mut() {
+                    transfer.mode = record.kind.clone();
+                    transfer.flow_opened_ns = Some(ts_ns);
+                }
+            }
+            Some(EventKind::DataFlowClosed) => {
+                if let Some(transfer) = transfers
+                    .iter_mut()
+                    .find(|t| t.flow_opened_ns.is_some() && t.bytes.is_none())
+                {
+                    transfer.bytes = record.bytes;
+                    transfer.duration_ms = transfer
+                        .flow_opened_ns
+                        .map(|opened| ts_ns.saturating_sub(opened) / 1_000_000);
+                }
+            }
+            _ => {}
+        }
+        if transfers.len() > TRANSFERS_PER_SESSION {
+            transfers.drain(..transfers.len() - TRANSFERS_PER_SESSION);
+        }
+    }
+
+    pub fn transfers(&self, session: &str) -> Vec<TransferRecord> {
+        self.sessions.get(session).cloned().unwrap_or_default()
+    }
+}
+
+fn is_transfer(command: Option<&str>) -> bool {
+    matches!(
+        command,
+        Some("RETR" | "STOR" | "STOU" | "APPE" | "LIST" | "NLST" | "MLSD")
+    )
+}
+
 /// The abstract socket the agent serves events on, for a pin dir.
 fn socket_name(pin_dir: &Path) -> String {
     format!("ftpnat-events:{}", pin_dir.display())
 }
 
-/// Listens on the event socket and hands every subscriber the events sent on `events`.
+/// Listens on the event socket: hands every `events` subscriber the events sent on `events`, and
+/// answers `transfers <id>` from `log`.
 pub fn serve_subscribers(
     pin_dir: &Path,
     events: &broadcast::Sender<String>,
+    log: &SharedTransferLog,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let name = socket_name(pin_dir);
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -234,11 +344,27 @@ pub fn serve_subscribers(
     listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(listener)?;
     let events = events.clone();
+    let log = Arc::clone(log);
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let mut receiver = events.subscribe();
+            let log = Arc::clone(&log);
             tokio::spawn(async move {
-                let mut stream = stream;
+                let mut stream = BufReader::new(stream);
+                let mut request = String::new();
+                if stream.read_line(&mut request).await.is_err() {
+                    return;
+                }
+                if let Some(id) = request.trim().strip_prefix("transfers ") {
+                    let transfers = log.lock().map(|log| log.transfers(id)).unwrap_or_default();
+                    let reply = serde_json::to_string(&transfers).unwrap_or_else(|_| "[]".into());
+                    let _ = stream
+                        .get_mut()
+                        .write_all(format!("{reply}\n").as_bytes())
+                        .await;
+                    return;
+                }
+                let mut stream = stream.into_inner();
                 loop {
                     let line = match receiver.recv().await {
                         Ok(line) => line,
@@ -263,6 +389,29 @@ pub fn serve_subscribers(
     }))
 }
 
+fn connect(pin_dir: &Path) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    let name = socket_name(pin_dir);
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|err| {
+        anyhow!(
+            "no `ftpnat run` serves events for --pin-dir {} in this network namespace ({err}): \
+             is it running, with that pin dir?",
+            pin_dir.display()
+        )
+    })
+}
+
+/// Asks the agent for a session's transfers.
+pub fn query_transfers(pin_dir: &Path, session: &str) -> anyhow::Result<Vec<TransferRecord>> {
+    use std::io::{BufRead as _, Write as _};
+    let mut stream = connect(pin_dir)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("transfers {session}\n").as_bytes())?;
+    let mut reply = String::new();
+    std::io::BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply).context("reading the agent's answer")
+}
+
 /// `ftpnat events`: follows the agent's events until interrupted.
 pub fn follow(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -270,17 +419,11 @@ pub fn follow(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let name = socket_name(pin_dir);
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        let stream = std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|err| {
-            anyhow!(
-                "no `ftpnat run` serves events for --pin-dir {} in this network namespace ({err}): \
-                 is it running, with that pin dir?",
-                pin_dir.display()
-            )
-        })?;
+        let stream = connect(pin_dir)?;
         stream.set_nonblocking(true)?;
-        let mut lines = BufReader::new(UnixStream::from_std(stream)?).lines();
+        let mut stream = UnixStream::from_std(stream)?;
+        stream.write_all(b"events\n").await?;
+        let mut lines = BufReader::new(stream).lines();
         while let Some(line) = lines.next_line().await? {
             if json {
                 println!("{line}");
@@ -388,6 +531,76 @@ mod tests {
             user.text().contains("command=RETR argument=\"data.bin\""),
             "{}",
             user.text()
+        );
+    }
+
+    fn event(
+        event: EventKind,
+        command: Option<&str>,
+        argument: Option<&str>,
+        kind: Option<&str>,
+        bytes: Option<u64>,
+    ) -> EventRecord {
+        EventRecord {
+            time: "t".into(),
+            event: event.as_str().into(),
+            session: "s".into(),
+            kind: kind.map(Into::into),
+            command: command.map(Into::into),
+            argument: argument.map(Into::into),
+            reason: None,
+            endpoint: None,
+            bytes,
+            data_flows: None,
+        }
+    }
+
+    #[test]
+    fn transfers_pair_commands_with_data_connections_in_either_order() {
+        let mut log = TransferLog::default();
+        // Passive: the data connection opens, then RETR comes.
+        log.observe(
+            &event(EventKind::DataFlowOpened, None, None, Some("passive"), None),
+            1_000_000_000,
+        );
+        log.observe(
+            &event(EventKind::Command, Some("RETR"), Some("a.bin"), None, None),
+            1_100_000_000,
+        );
+        log.observe(
+            &event(EventKind::Command, Some("PASV"), None, None, None),
+            1_200_000_000,
+        );
+        log.observe(
+            &event(EventKind::DataFlowClosed, None, None, None, Some(500)),
+            3_000_000_000,
+        );
+        // Active: STOR comes, then the data connection.
+        log.observe(
+            &event(EventKind::Command, Some("STOR"), Some("b.bin"), None, None),
+            4_000_000_000,
+        );
+        log.observe(
+            &event(EventKind::DataFlowOpened, None, None, Some("active"), None),
+            4_100_000_000,
+        );
+        let transfers = log.transfers("s");
+        assert_eq!(transfers.len(), 2, "{transfers:?}");
+        assert_eq!(transfers[0].command.as_deref(), Some("RETR"));
+        assert_eq!(transfers[0].file.as_deref(), Some("a.bin"));
+        assert_eq!(transfers[0].mode.as_deref(), Some("passive"));
+        assert_eq!(transfers[0].bytes, Some(500));
+        assert_eq!(transfers[0].duration_ms, Some(2000));
+        assert_eq!(transfers[1].command.as_deref(), Some("STOR"));
+        assert_eq!(transfers[1].mode.as_deref(), Some("active"));
+        assert_eq!(transfers[1].bytes, None, "still running");
+        log.observe(
+            &event(EventKind::SessionClosed, None, None, None, None),
+            5_000_000_000,
+        );
+        assert!(
+            log.transfers("s").is_empty(),
+            "a closed session's transfers go with it"
         );
     }
 

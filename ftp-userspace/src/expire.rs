@@ -139,13 +139,17 @@ pub fn sweep(
         let _ = flows.remove(&reply_key);
         swept.connections += 1;
         if entry.kind == FlowKind::Data as u8 {
+            // Dated by its last packet, not by this sweep: that is when the transfer ended.
+            let last_seen = reply.map_or(entry.last_seen_ns, |r| {
+                r.last_seen_ns.max(entry.last_seen_ns)
+            });
             swept.events.push(swept_event(
                 EventKind::DataFlowClosed,
                 entry.session,
                 0,
                 (key.daddr, key.dport),
                 entry.bytes + reply.map_or(0, |r| r.bytes),
-                now_ns,
+                last_seen,
             ));
         }
         if entry.flags & flow_flags::OWNS_PORT != 0 {

@@ -90,6 +90,8 @@ pub struct SessionRow {
     pub client: String,
     pub server: String,
     pub public: String,
+    /// The name of the client's last USER command ("" before any).
+    pub user: String,
     pub data_flows: u32,
     /// IP bytes its live connections (control and data) carried from the client's side, and to it.
     pub bytes_from_client: u64,
@@ -216,6 +218,13 @@ pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
             client: endpoint(key.saddr, key.sport),
             server: endpoint(entry.server_addr, entry.server_port),
             public: tables.public_of(key),
+            user: String::from_utf8_lossy(
+                entry
+                    .user
+                    .get(..usize::from(entry.user_len))
+                    .unwrap_or_default(),
+            )
+            .into_owned(),
             data_flows: entry.data_flows,
             age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
             malformed_lines: entry.malformed_lines,
@@ -320,6 +329,81 @@ fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
+/// `ftpnat sessions ID`: one session, its transfers (from the agent, which follows them) and its
+/// expectations.
+pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()> {
+    let session = sessions(pin_dir)?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no session {id} under {}; `ftpnat sessions` lists them",
+                pin_dir.display()
+            )
+        })?;
+    let expectations: Vec<ExpectationRow> = expectations(pin_dir)?
+        .into_iter()
+        .filter(|e| e.session == id)
+        .collect();
+    let transfers = crate::events::query_transfers(pin_dir, id);
+    if json {
+        let report = serde_json::json!({
+            "session": session,
+            "transfers": transfers.as_ref().ok(),
+            "expectations": expectations,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let fields = serde_json::to_value(&session)?;
+    if let Some(fields) = fields.as_object() {
+        let rows: Vec<Vec<String>> = fields
+            .iter()
+            .map(|(key, value)| {
+                let value = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                vec![format!("{key}:"), value]
+            })
+            .collect();
+        print_table(&rows);
+    }
+    println!();
+    match &transfers {
+        Ok(transfers) => emit(
+            transfers,
+            false,
+            &["TRANSFER", "FILE", "MODE", "BYTES", "DURATION", "STARTED"],
+            |t| {
+                vec![
+                    t.command.clone().unwrap_or_else(|| "-".into()),
+                    t.file.clone().unwrap_or_else(|| "-".into()),
+                    t.mode.clone().unwrap_or_else(|| "-".into()),
+                    t.bytes.map_or_else(|| "running".into(), |b| b.to_string()),
+                    t.duration_ms.map_or_else(|| "-".into(), seconds),
+                    t.started.clone(),
+                ]
+            },
+        )?,
+        Err(err) => println!("transfers: unavailable ({err:#})"),
+    }
+    println!();
+    emit(
+        &expectations,
+        false,
+        &["EXPECTATION", "PEER", "PUBLIC", "TARGET", "EXPIRES IN"],
+        |e| {
+            vec![
+                e.kind.to_owned(),
+                e.peer.clone(),
+                e.public.clone(),
+                e.target.clone(),
+                seconds(e.expires_in_ms),
+            ]
+        },
+    )
+}
+
 pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     match what {
         "sessions" => emit(
@@ -332,6 +416,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 "CLIENT",
                 "PUBLIC",
                 "SERVER",
+                "USER",
                 "DATA FLOWS",
                 "FROM CLIENT",
                 "TO CLIENT",
@@ -347,6 +432,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                     r.client.clone(),
                     r.public.clone(),
                     r.server.clone(),
+                    r.user.clone(),
                     r.data_flows.to_string(),
                     r.bytes_from_client.to_string(),
                     r.bytes_to_client.to_string(),

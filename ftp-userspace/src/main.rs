@@ -40,8 +40,9 @@ enum Command {
     Run(config::RunArgs),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
-    /// List the FTP control sessions ftpnat tracks.
-    Sessions(StatsArgs),
+    /// List the FTP control sessions ftpnat tracks; with an ID, that session's transfers and
+    /// expectations.
+    Sessions(SessionsArgs),
     /// List the announced data connections not yet opened.
     Expectations(StatsArgs),
     /// List the connections ftpnat translates (control and data).
@@ -68,6 +69,14 @@ struct DetachArgs {
     /// The pin directory of the datapath to remove.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct SessionsArgs {
+    /// A session's id (the first column of `ftpnat sessions`).
+    id: Option<String>,
+    #[command(flatten)]
+    view: StatsArgs,
 }
 
 /// Options of the commands that read a running agent's state.
@@ -135,7 +144,12 @@ fn main() -> ExitCode {
             agent::run(options)
         }),
         Command::Stats(args) => stats::print(&args.pin_dir, args.json),
-        Command::Sessions(args) => inspect::print("sessions", &args.pin_dir, args.json),
+        Command::Sessions(SessionsArgs { id: Some(id), view }) => {
+            inspect::print_session(&view.pin_dir, &id, view.json)
+        }
+        Command::Sessions(SessionsArgs { id: None, view }) => {
+            inspect::print("sessions", &view.pin_dir, view.json)
+        }
         Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
         Command::Events(args) => events::follow(&args.pin_dir, args.json),

@@ -74,9 +74,17 @@ fn settings_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-fn stop(agent: &mut Agent) -> String {
+/// Stops the agent and removes its datapath, so that the next run starts afresh with its own
+/// settings instead of being refused the running datapath's.
+fn stop(lab: &Lab, agent: &mut Agent) -> String {
     let (status, log) = agent.stop().expect("stop");
     assert!(status.success(), "agent exited with {status}:\n{log}");
+    let detached = lab.ftpnat(&["detach"]).expect("ftpnat detach");
+    assert!(
+        detached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&detached.stderr)
+    );
     log
 }
 
@@ -125,7 +133,7 @@ fn a_config_file_behaves_like_the_same_flags_and_flags_override_it() {
         ])
         .expect("ftpnat run with flags");
     let flags_window = stats_window(&lab);
-    let flags_log = stop(&mut agent);
+    let flags_log = stop(&lab, &mut agent);
     assert_eq!(flags_window, ("62000-62009".to_owned(), 10));
 
     let config = write_config(
@@ -135,7 +143,7 @@ fn a_config_file_behaves_like_the_same_flags_and_flags_override_it() {
     );
     let mut agent = start_with_config(&lab, &config, &[]);
     let file_window = stats_window(&lab);
-    let file_log = stop(&mut agent);
+    let file_log = stop(&lab, &mut agent);
     assert_eq!(file_window, flags_window);
     let said = settings_lines(&flags_log);
     assert!(
@@ -148,5 +156,5 @@ fn a_config_file_behaves_like_the_same_flags_and_flags_override_it() {
     // A flag on the command line wins over its key in the file.
     let mut agent = start_with_config(&lab, &config, &["--port-window", "62100-62119"]);
     assert_eq!(stats_window(&lab), ("62100-62119".to_owned(), 20));
-    stop(&mut agent);
+    stop(&lab, &mut agent);
 }

@@ -142,3 +142,69 @@ fn events_follow_a_session_in_order_with_the_password_redacted() {
         "{log}"
     );
 }
+
+/// `ftpnat sessions` names the session's user; `ftpnat sessions ID` lists its transfers as the
+/// agent followed them (command, file, mode, bytes, duration).
+#[test]
+fn session_report_shows_the_user_and_each_transfer() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(2 * 1024 * 1024, 12).expect("vsftpd");
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let script = r#"
+import ftplib, sys, time
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login('anonymous', 'x')
+ftp.retrbinary('RETR ' + sys.argv[2], lambda chunk: None)
+ftp.set_pasv(False)
+ftp.retrbinary('RETR ' + sys.argv[2], lambda chunk: None)
+print('done', flush=True)
+time.sleep(8)
+ftp.quit()
+"#;
+    let server_addr = server.addr.to_string();
+    std::thread::scope(|scope| {
+        let client = scope.spawn(|| lab.client_python(script, &[&server_addr, file.name()], 40));
+        let json = |args: &[&str]| -> Value {
+            let out = lab.ftpnat(args).expect("ftpnat");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).expect("JSON")
+        };
+        // Both transfers reported closed (the agent sees a data connection end when it sweeps).
+        let mut report = Value::Null;
+        let done = wait_until(Duration::from_secs(20), || {
+            let sessions = json(&["sessions", "--json"]);
+            let Some(id) = sessions[0]["id"].as_str() else {
+                return false;
+            };
+            report = json(&["sessions", id, "--json"]);
+            report["transfers"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["bytes"].is_u64()))
+        });
+        assert!(done.is_ok(), "{report}");
+        assert_eq!(report["session"]["user"], "anonymous", "{report}");
+        let transfers = report["transfers"].as_array().unwrap();
+        for (transfer, mode) in transfers.iter().zip(["passive", "active"]) {
+            assert_eq!(transfer["command"], "RETR", "{report}");
+            assert_eq!(transfer["file"], file.name(), "{report}");
+            assert_eq!(transfer["mode"], mode, "{report}");
+            assert!(transfer["bytes"].as_u64().unwrap() >= file.size, "{report}");
+            assert!(transfer["duration_ms"].is_u64(), "{report}");
+        }
+        // The table form says the same.
+        let id = report["session"]["id"].as_str().unwrap().to_owned();
+        let out = lab.ftpnat(&["sessions", &id]).expect("ftpnat sessions ID");
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            table.contains("user:") && table.contains("anonymous"),
+            "{table}"
+        );
+        assert!(table.contains(file.name()), "{table}");
+        client.join().expect("client thread").expect("client");
+    });
+}

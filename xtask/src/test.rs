@@ -70,6 +70,8 @@ fn cargo_test(
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
         .arg("test")
+        // Every suite runs and is counted, even after one fails.
+        .arg("--no-fail-fast")
         .args(cargo_args)
         .arg("--")
         .args(harness_args)
