@@ -52,7 +52,7 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
     if unsafe { libc::geteuid() } != 0 {
         bail!(
             "ftpnat run must run as root: it loads eBPF programs and attaches them to interfaces \
-             (CAP_BPF, CAP_NET_ADMIN)"
+             (CAP_BPF, CAP_NET_ADMIN, and CAP_SYS_ADMIN or CAP_PERFMON for the verifier)"
         );
     }
     let mut interfaces = vec![Interface::resolve(wan, InterfaceRole::Wan, "--wan")?];
