@@ -279,6 +279,48 @@ impl Lab {
         Ok(output)
     }
 
+    /// Runs an ftpnat command with `--json` on the router and parses its output; an error carries
+    /// its stderr.
+    pub fn ftpnat_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let out = self.ftpnat(&full)?;
+        if !out.status.success() {
+            bail!(
+                "ftpnat {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("ftpnat's JSON")
+    }
+
+    /// Downloads `file` from `server` with curl in `mode` from the client namespace, and checks
+    /// it by sha256.
+    pub fn curl_from_client(
+        &self,
+        server: &crate::FtpServer,
+        file: &crate::TestFile,
+        mode: crate::Mode,
+    ) -> anyhow::Result<()> {
+        let local = self.subdir("client")?.join(format!("{mode:?}.bin"));
+        crate::Transfer {
+            client: crate::Client::Curl,
+            mode,
+            server: server.addr,
+            port: server.port,
+            remote: file.name(),
+            local: &local,
+            timeout_secs: 120,
+        }
+        .run(&self.client)?;
+        let got = crate::files::sha256_of(&local)?;
+        if got != file.sha256 {
+            bail!("{} differs from {}", local.display(), file.path.display());
+        }
+        Ok(())
+    }
+
     /// A command run in the router's network namespace only (unlike `ip netns exec`, it keeps
     /// this process's mounts, so it sees the lab's bpffs).
     pub fn in_router(&self, program: &str, args: &[&str]) -> Command {

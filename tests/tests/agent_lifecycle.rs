@@ -3,8 +3,7 @@
 //! kill -9) for the next agent to adopt, and `ftpnat detach` removes it.
 
 use ftpnat_tests::{
-    Client, Lab, LabSpec, Mode, Routing, Transfer,
-    files::assert_same_content,
+    Lab, LabSpec, Mode, Routing,
     lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF},
 };
 use serde_json::Value;
@@ -18,13 +17,8 @@ fn routed_lab() -> Lab {
 }
 
 fn stats_json(lab: &Lab) -> Value {
-    let out = lab.ftpnat(&["stats", "--json"]).expect("ftpnat stats");
-    assert!(
-        out.status.success(),
-        "ftpnat stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stats JSON")
+    lab.ftpnat_json(&["stats"])
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 fn counter(stats: &Value, iface: &str, hook: &str, field: &str) -> u64 {
@@ -51,21 +45,9 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
 
     let server_rx_before = Lab::rx_packets(&lab.server, HOST_IF).expect("server counters");
     let before = stats_json(&lab);
-    let downloads = lab.subdir("client").expect("client dir");
     for mode in [Mode::Port, Mode::Pasv] {
-        let local = downloads.join(format!("{mode:?}.bin"));
-        Transfer {
-            client: Client::Curl,
-            mode,
-            server: server.addr,
-            port: server.port,
-            remote: file.name(),
-            local: &local,
-            timeout_secs: 60,
-        }
-        .run(&lab.client)
-        .unwrap_or_else(|err| panic!("{err:#}"));
-        assert_same_content(&local, &file);
+        lab.curl_from_client(&server, &file, mode)
+            .unwrap_or_else(|err| panic!("{err:#}"));
     }
     let server_rx =
         Lab::rx_packets(&lab.server, HOST_IF).expect("server counters") - server_rx_before;

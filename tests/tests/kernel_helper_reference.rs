@@ -2,7 +2,7 @@
 //! `CT --helper ftp`) a client behind the router completes active and passive transfers to a server
 //! that has no route back to the LAN. If these fail, the lab is broken, not ftpnat.
 
-use ftpnat_tests::{Client, Lab, LabSpec, Mode, Routing, Transfer, files::assert_same_content};
+use ftpnat_tests::{Lab, LabSpec, Mode, Routing};
 
 const FILE_SIZE: u64 = 50 * 1024 * 1024;
 
@@ -15,22 +15,9 @@ fn kernel_ftp_helper_masquerades_active_and_passive_50mb() {
     .expect("lab");
     lab.netfilter_masquerade(true).expect("netfilter rules");
     let (server, file) = lab.serve_file(FILE_SIZE, 1).expect("vsftpd serving a file");
-    let downloads = lab.subdir("client").expect("client dir");
-
     for mode in [Mode::Port, Mode::Pasv] {
-        let local = downloads.join(format!("{mode:?}.bin"));
-        Transfer {
-            client: Client::Curl,
-            mode,
-            server: server.addr,
-            port: server.port,
-            remote: file.name(),
-            local: &local,
-            timeout_secs: 120,
-        }
-        .run(&lab.client)
-        .unwrap_or_else(|err| panic!("{err:#}"));
-        assert_same_content(&local, &file);
+        lab.curl_from_client(&server, &file, mode)
+            .unwrap_or_else(|err| panic!("{err:#}"));
     }
 
     // The helper really was involved: the data connections were expected by it.

@@ -41,13 +41,8 @@ fn download(setup: &Setup, client: Client, mode: Mode, name: &str) {
 }
 
 fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    let out = lab.ftpnat(&[command, "--json"]).expect("ftpnat");
-    assert!(
-        out.status.success(),
-        "ftpnat {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    lab.ftpnat_json(&[command])
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 #[test]

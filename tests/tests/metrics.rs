@@ -9,8 +9,7 @@ use std::{
 };
 
 use ftpnat_tests::{
-    Client, Lab, LabSpec, Mode, Transfer,
-    files::assert_same_content,
+    Lab, LabSpec, Mode,
     lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
 };
 use serde_json::Value;
@@ -206,13 +205,8 @@ fn scrape(lab: &Lab) -> Vec<Sample> {
 }
 
 fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    let out = lab.ftpnat(&[command, "--json"]).expect("ftpnat");
-    assert!(
-        out.status.success(),
-        "ftpnat {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    lab.ftpnat_json(&[command])
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 /// A scrape, `stats --json` and `sessions --json` of one moment: the two JSON reports are taken
@@ -309,21 +303,9 @@ fn metrics_parse_as_prometheus_text_and_match_stats() {
         "{}",
         agent.log_text()
     );
-    let downloads = lab.subdir("client").expect("client dir");
     for mode in [Mode::Pasv, Mode::Port] {
-        let local = downloads.join(format!("{mode:?}.bin"));
-        Transfer {
-            client: Client::Curl,
-            mode,
-            server: server.addr,
-            port: server.port,
-            remote: file.name(),
-            local: &local,
-            timeout_secs: 60,
-        }
-        .run(&lab.client)
-        .unwrap_or_else(|err| panic!("{err:#}"));
-        assert_same_content(&local, &file);
+        lab.curl_from_client(&server, &file, mode)
+            .unwrap_or_else(|err| panic!("{err:#}"));
     }
     let held = HeldSessions::start(&lab, &server.addr.to_string(), file.name());
     let expected: BTreeMap<(String, String), u64> = ["command", "transfer", "closing"]

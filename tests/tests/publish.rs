@@ -89,13 +89,8 @@ fn every_client_and_mode(lab: &Lab, port: u16, file: &TestFile, label: &str) {
 }
 
 fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    let out = lab.ftpnat(&[command, "--json"]).expect("ftpnat");
-    assert!(
-        out.status.success(),
-        "ftpnat {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    lab.ftpnat_json(&[command])
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 /// Every 227/229 the outside clients received names the public address and a window port.

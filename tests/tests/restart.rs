@@ -9,13 +9,8 @@ use serde_json::Value;
 const MIB: u64 = 1024 * 1024;
 
 fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    let out = lab.ftpnat(&[command, "--json"]).expect("ftpnat");
-    assert!(
-        out.status.success(),
-        "ftpnat {command} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    lab.ftpnat_json(&[command])
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 /// A 200 MB download limited to 25 MB/s (about 8 s) through a NAT lab, where nothing but ftpnat
