@@ -189,7 +189,8 @@ fn vsftpd_announcing_the_public_address_serves_every_mode_200mb() {
 }
 
 /// vsftpd on 10.0.0.2:21 as public port 21 and pyftpdlib on a second LAN address as public port
-/// 2121, in one agent, transferring at the same time.
+/// 2121, in one agent, transferring at the same time, while the same agent masquerades the LAN
+/// host's own downloads from a server outside.
 #[test]
 fn two_published_servers_vsftpd_and_pyftpdlib_at_once() {
     let lab = Lab::new(LabSpec::default()).expect("lab");
@@ -201,11 +202,20 @@ fn two_published_servers_vsftpd_and_pyftpdlib_at_once() {
     let root: PathBuf = lab.subdir("srv").expect("server root");
     let _pyftpdlib =
         FtpServer::pyftpdlib(&lab.client, second, 21, &root, lab.dir()).expect("pyftpdlib");
+    // And an FTP server outside, for the LAN host to reach through the masquerade of the same
+    // agent at the same time.
+    let (outside, outside_file) = lab.serve_file(20 * MIB, 13).expect("vsftpd outside");
     let _agent = start_publishing(&lab, &["21=10.0.0.2", "2121=10.0.0.3:21"], &[]);
     std::thread::scope(|scope| {
         let lab = &lab;
         let file = &file;
         scope.spawn(move || every_client_and_mode(lab, 2121, file, "pyftpdlib"));
+        scope.spawn(|| {
+            for mode in [Mode::Pasv, Mode::Port] {
+                lab.curl_from_client(&outside, &outside_file, mode)
+                    .unwrap_or_else(|err| panic!("masquerade beside publish: {err:#}"));
+            }
+        });
         scope.spawn(move || {
             for mode in [Mode::Pasv, Mode::Port] {
                 download(
@@ -219,8 +229,8 @@ fn two_published_servers_vsftpd_and_pyftpdlib_at_once() {
             }
         });
     });
-    let sessions = ftpnat_json(&lab, "stats");
-    assert_eq!(sessions["datapath"]["rewrites_skipped"], 0, "{sessions}");
+    let stats = ftpnat_json(&lab, "stats");
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
 
 /// Opens `count` control connections to the public address, sends PASV on each and prints each
