@@ -78,8 +78,8 @@ run_options! {
         /// --config].
         #[arg(long, value_name = "IFACE")]
         pub lan: Vec<String>,
-        /// Directory on a bpffs mount where the maps are pinned for `ftpnat stats` and friends
-        /// [default: /sys/fs/bpf/ftpnat].
+        /// Directory on a bpffs mount where the datapath (maps and links) is pinned, for the next
+        /// agent and for `ftpnat stats` and friends [default: /sys/fs/bpf/ftpnat].
         #[arg(long, value_name = "DIR")]
         pub pin_dir: Option<PathBuf>,
         /// Source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4

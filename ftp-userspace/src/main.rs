@@ -36,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Load the programs, attach them to the router's interfaces and run until SIGINT/SIGTERM.
+    /// Attach the programs to the router's interfaces (or adopt the datapath a previous agent
+    /// left pinned) and run until SIGINT/SIGTERM.
     Run(config::RunArgs),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
