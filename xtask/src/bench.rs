@@ -6,8 +6,8 @@ use ftpnat_tests::{Lab, LabSpec, Routing};
 
 use crate::build;
 
-const FILE_SIZE: u64 = 512 * 1024 * 1024;
-const RUNS: usize = 3;
+const FILE_SIZE: u64 = 1024 * 1024 * 1024;
+const RUNS: usize = 7;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Router {
