@@ -25,6 +25,9 @@ pub mod names {
     pub const EXPECTS: &str = "EXPECTS";
     /// Published servers: public port (`u16`, host byte order) to [`super::PublishTarget`].
     pub const PUBLISH: &str = "PUBLISH";
+    /// Refusals and unparseable lines by reason: a per-CPU array of `u64` indexed by
+    /// [`super::refusal_slot`] and [`super::malformed_slot`].
+    pub const REASONS: &str = "REASONS";
     /// What the datapath saw, for the agent: a ring buffer of [`super::Event`]. Not pinned: each
     /// agent reads its own programs' events.
     pub const EVENTS: &str = "EVENTS";
@@ -530,6 +533,20 @@ pub struct Expectation {
     /// An [`ExpectationPath`] as `u8`.
     pub path: u8,
     pub _pad: [u8; 2],
+}
+
+/// Slots of the [`names::REASONS`] array: 16 for refusals, then 16 for unparseable lines.
+pub const REASON_SLOTS: u32 = 32;
+
+/// The [`names::REASONS`] slot of a refusal: its [`crate::RefusalReason`] code, or 0 for a 227/229
+/// nobody asked for.
+pub const fn refusal_slot(code: u8) -> u32 {
+    code as u32 & 15
+}
+
+/// The [`names::REASONS`] slot of an unparseable line, by its [`crate::MalformedReason`] code.
+pub const fn malformed_slot(code: u8) -> u32 {
+    16 + (code as u32 & 15)
 }
 
 /// How many bytes of a command's argument an [`Event`] carries.

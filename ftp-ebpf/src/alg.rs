@@ -29,7 +29,7 @@ use ftp_common::{
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
         ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SESSION_USER_LEN, SessionEntry,
-        SessionKind, rewrite_kind,
+        SessionKind, malformed_slot, refusal_slot, rewrite_kind,
     },
 };
 
@@ -599,9 +599,15 @@ fn on_client_verdict(scan: &Scan, session: &mut SessionEntry, verdict: &ClientVe
     }
 }
 
-/// Reports an event of this session that carries no address.
+/// Reports an event of this session that carries no address; refusals and unparseable lines
+/// are also counted by reason.
 #[inline(always)]
 fn report(scan: &Scan, kind: EventKind, detail: u8) {
+    match kind {
+        EventKind::Refused => crate::maps::bump_reason(refusal_slot(detail)),
+        EventKind::Malformed => crate::maps::bump_reason(malformed_slot(detail)),
+        _ => {}
+    }
     crate::events::emit(&scan.session_key, kind, detail, [0; 4], 0);
 }
 

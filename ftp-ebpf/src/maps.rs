@@ -33,6 +33,18 @@ pub static FREE_PORTS: Queue<u16> = Queue::pinned(MAX_WINDOW_PORTS, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 
+#[map(name = "REASONS")]
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(ftp_common::maps::REASON_SLOTS, 0);
+
+/// Counts a refusal or an unparseable line under its reason (a `REASONS` slot).
+#[inline(always)]
+pub fn bump_reason(slot: u32) {
+    if let Some(value) = REASONS.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array; no other writer while we run here.
+        unsafe { *value += 1 };
+    }
+}
+
 #[inline(always)]
 pub fn bump(counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {

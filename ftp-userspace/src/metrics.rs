@@ -239,6 +239,25 @@ pub fn render(stats: &Stats) -> String {
         events.sample(&[("event", event)], count);
     }
 
+    let mut refusals = Metric::start(
+        &mut out,
+        "ftpnat_refusals_total",
+        "counter",
+        "PORT/EPRT/227/229 refused by policy (passed untouched, nothing opened), by reason.",
+    );
+    for (&reason, &count) in &stats.refusals_by_reason {
+        refusals.sample(&[("reason", reason)], count);
+    }
+    let mut malformed = Metric::start(
+        &mut out,
+        "ftpnat_malformed_lines_total",
+        "counter",
+        "Control lines that could not be parsed (passed untouched), by reason.",
+    );
+    for (&reason, &count) in &stats.malformed_by_reason {
+        malformed.sample(&[("reason", reason)], count);
+    }
+
     for (name, help, bytes) in [
         (
             "ftpnat_interface_packets_total",
@@ -340,6 +359,8 @@ mod tests {
                 exhausted: 2,
             },
             datapath: BTreeMap::from([("refusals", 4), ("window_exhausted", 2)]),
+            refusals_by_reason: BTreeMap::from([("bounce", 3), ("unsolicited_reply", 1)]),
+            malformed_by_reason: BTreeMap::from([("port_out_of_range", 5)]),
             sessions: 2,
             flows: 3,
             expectations: 1,
@@ -397,6 +418,9 @@ mod tests {
             "ftpnat_flows{kind=\"control\"} 2\n",
             "ftpnat_flows{kind=\"data\"} 1\n",
             "ftpnat_expectations 1\n",
+            "ftpnat_refusals_total{reason=\"bounce\"} 3\n",
+            "ftpnat_refusals_total{reason=\"unsolicited_reply\"} 1\n",
+            "ftpnat_malformed_lines_total{reason=\"port_out_of_range\"} 5\n",
             "ftpnat_port_window_size 1000\n",
             "ftpnat_port_window_in_use 3\n",
             "ftpnat_port_window_exhausted_total 2\n",

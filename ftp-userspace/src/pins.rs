@@ -28,7 +28,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 pub const STATE_LAYOUT_VERSION: u32 = 2;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     names::SESSIONS,
     names::EXPECTS,
     names::TRAFFIC,
@@ -39,6 +39,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     names::FREE_PORTS,
     names::COUNTERS,
     names::PUBLISH,
+    names::REASONS,
 ];
 
 /// Checks that `pin_dir` is (or would be created) on a bpffs mount, before anything is loaded.

@@ -9,6 +9,10 @@ use ftp_common::maps::{
     FlowEntry, FlowKey, FlowKind, InterfaceInfo, InterfaceRole, SessionEntry, SessionKind,
     TrafficCounters, TrafficKey, flow_flags, names,
 };
+use ftp_common::{
+    MalformedReason, RefusalReason,
+    maps::{malformed_slot, refusal_slot},
+};
 use serde::Serialize;
 
 use crate::inspect::{SessionState, closing_sessions};
@@ -54,6 +58,10 @@ pub struct Stats {
     pub window: WindowStats,
     /// What the datapath did, by event (see `Counter` in ftp-common).
     pub datapath: BTreeMap<&'static str, u64>,
+    /// PORT/EPRT/227/229 the policy refused, by reason (every reason, zeros included).
+    pub refusals_by_reason: BTreeMap<&'static str, u64>,
+    /// Control lines that could not be parsed, by reason (every reason, zeros included).
+    pub malformed_by_reason: BTreeMap<&'static str, u64>,
     pub sessions: usize,
     pub flows: usize,
     pub expectations: usize,
@@ -67,6 +75,9 @@ pub struct Stats {
     #[serde(skip)]
     pub flows_by: BTreeMap<&'static str, usize>,
 }
+
+/// The refusal reason of a 227/229 nobody asked for (not a policy `RefusalReason`).
+pub const UNSOLICITED_REPLY: &str = "unsolicited_reply";
 
 pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     let path = crate::pins::state_dir(pin_dir).join(name);
@@ -145,6 +156,19 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         let per_cpu = counters.get(&(counter as u32), 0)?;
         datapath.insert(counter.as_str(), per_cpu.iter().sum());
     }
+    let reasons: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(open_pinned(pin_dir, names::REASONS)?)?;
+    let reason_count =
+        |slot: u32| -> anyhow::Result<u64> { Ok(reasons.get(&slot, 0)?.iter().sum()) };
+    let mut refusals_by_reason =
+        BTreeMap::from([(UNSOLICITED_REPLY, reason_count(refusal_slot(0))?)]);
+    for reason in RefusalReason::ALL {
+        refusals_by_reason.insert(reason.as_str(), reason_count(refusal_slot(reason as u8))?);
+    }
+    let mut malformed_by_reason = BTreeMap::new();
+    for reason in MalformedReason::ALL {
+        malformed_by_reason.insert(reason.as_str(), reason_count(malformed_slot(reason as u8))?);
+    }
     let flows: HashMap<_, FlowKey, FlowEntry> =
         HashMap::try_from(open_pinned(pin_dir, names::FLOWS)?)?;
     let flow_entries: Vec<FlowEntry> = flows
@@ -209,6 +233,8 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
                 .unwrap_or(0),
         },
         datapath,
+        refusals_by_reason,
+        malformed_by_reason,
         sessions: sessions_by.values().sum(),
         flows: flows_by.values().sum(),
         expectations: expectations.len(),

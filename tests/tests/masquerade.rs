@@ -293,6 +293,12 @@ fn bounce_and_malformed_ports_open_nothing_and_the_session_goes_on() {
     let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(stats["datapath"]["refusals"], 1, "{stats}");
     assert_eq!(stats["datapath"]["malformed_lines"], 1, "{stats}");
+    // Each counted under its reason too.
+    assert_eq!(stats["refusals_by_reason"]["bounce"], 1, "{stats}");
+    assert_eq!(
+        stats["malformed_by_reason"]["octet_out_of_range"], 1,
+        "{stats}"
+    );
     // Only the passive transfer's expectation was ever created.
     assert_eq!(stats["datapath"]["expectations_created"], 1, "{stats}");
     let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
