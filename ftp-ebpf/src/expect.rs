@@ -66,6 +66,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
     let path = ExpectationPath::from_raw(expectation.path);
     if now > expectation.expires_ns {
         bump(Counter::ExpectationsExpired);
+        expectation_ended(&expectation.session);
         // The agent returns an inbound expectation's port when it sweeps: it will not find this
         // one, so give the port back here.
         if path == Some(ExpectationPath::Inbound) && expectation.public_port != 0 {
@@ -81,6 +82,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             // From behind the router to the announced address: SNAT behind a fresh window port.
             let Ok(Some(public_port)) = FREE_PORTS.pop() else {
                 bump(Counter::WindowExhausted);
+                expectation_ended(&expectation.session);
                 crate::events::emit(
                     &expectation.session,
                     EventKind::WindowExhausted,
@@ -149,6 +151,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
     };
     if !install(key, &original, reply_key, &reply) {
         let _ = FREE_PORTS.push(original.public_port, 0);
+        expectation_ended(&expectation.session);
         return Err(OpenError::NotOurs);
     }
     if let Some(session) = SESSIONS.get_ptr_mut(expectation.session) {
@@ -167,6 +170,16 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         u16::from_be_bytes(key.dport),
     );
     Ok(())
+}
+
+/// Tells the session an expectation of its ended without a connection (it was removed here, so
+/// nobody else will), freeing its place under the policy's limit.
+#[inline(always)]
+fn expectation_ended(session: &FlowKey) {
+    if let Some(session) = SESSIONS.get_ptr_mut(session) {
+        // SAFETY: a live map value; see alg::control_packet on concurrent updates.
+        unsafe { (*session).state.expectation_closed() };
+    }
 }
 
 #[inline(always)]

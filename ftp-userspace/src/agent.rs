@@ -66,6 +66,7 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
     pins::require_bpffs(pin_dir)?;
     let lock = pins::lock(pin_dir)?;
     pins::refuse_foreign_state(pin_dir)?;
+    pins::refuse_foreign_shapes(pin_dir)?;
     // A datapath pinned here is ours to adopt (checked when loading); programs attached any other
     // way belong to another agent or another pin dir.
     if pins::existing_links(&pins::state_dir(pin_dir)).is_empty() {

@@ -23,7 +23,7 @@ use ftp_common::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::broadcast,
 };
@@ -211,7 +211,11 @@ impl SessionIds {
                 None => endpoint(session.saddr, session.sport),
             },
         };
-        self.known.insert(*session, id.clone());
+        // Remembered only while the session lives: a late event of a session already gone must
+        // not pin its id on a later session of the same addresses.
+        if entry.is_some() {
+            self.known.insert(*session, id.clone());
+        }
         id
     }
 
@@ -258,7 +262,18 @@ impl TransferLog {
             self.sessions.remove(&record.session);
             return;
         }
-        let transfers = self.sessions.entry(record.session.clone()).or_default();
+        // Only a transfer's start makes a session known here: a late close of a session already
+        // gone must not bring it back.
+        let starts = matches!(
+            EventKind::from_name(&record.event),
+            Some(EventKind::DataFlowOpened)
+        ) || (record.event == EventKind::Command.as_str()
+            && is_transfer(record.command.as_deref()));
+        let transfers = match self.sessions.get_mut(&record.session) {
+            Some(transfers) => transfers,
+            None if starts => self.sessions.entry(record.session.clone()).or_default(),
+            None => return,
+        };
         let new = |record: &EventRecord| TransferRecord {
             command: None,
             file: None,
@@ -323,6 +338,9 @@ fn is_transfer(command: Option<&str>) -> bool {
     )
 }
 
+/// The longest request line a client may send (`transfers <session id>`).
+const MAX_REQUEST_LEN: u64 = 256;
+
 /// The abstract socket the agent serves events on, for a pin dir.
 fn socket_name(pin_dir: &Path) -> String {
     format!("ftpnat-events:{}", pin_dir.display())
@@ -347,12 +365,28 @@ pub fn serve_subscribers(
     let log = Arc::clone(log);
     Ok(tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            // The stream names users and files: for root and the agent's own user only (an
+            // abstract socket has no file permissions to say so).
+            // SAFETY: geteuid has no preconditions.
+            let agent_uid = unsafe { libc::geteuid() };
+            let allowed = stream
+                .peer_cred()
+                .is_ok_and(|cred| cred.uid() == 0 || cred.uid() == agent_uid);
+            if !allowed {
+                continue;
+            }
             let mut receiver = events.subscribe();
             let log = Arc::clone(&log);
             tokio::spawn(async move {
                 let mut stream = BufReader::new(stream);
                 let mut request = String::new();
-                if stream.read_line(&mut request).await.is_err() {
+                // A request is one short line; a longer one is not a request.
+                if (&mut stream)
+                    .take(MAX_REQUEST_LEN)
+                    .read_line(&mut request)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 if let Some(id) = request.trim().strip_prefix("transfers ") {

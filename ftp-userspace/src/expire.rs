@@ -1,7 +1,10 @@
 //! Expiry of translated connections: the kernel marks what it sees (FIN, RST, answers, last
 //! packet); the agent removes finished or idle connections and returns their ports to the window.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use ftp_common::maps::{
     EVENT_TEXT_LEN, Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
@@ -120,22 +123,26 @@ pub fn sweep(
         expects,
         sessions,
     } = tables;
-    let entries: Vec<(FlowKey, FlowEntry)> = flows.iter().filter_map(Result::ok).collect();
+    // Sessions before flows: a control connection installs its flows before its session, so a
+    // session of this snapshot whose flows are missing from the later one has really ended (the
+    // other order would take a session opening between the two reads for an ended one).
+    let known_sessions: Vec<FlowKey> = sessions.keys().filter_map(Result::ok).collect();
+    let entries: HashMap<FlowKey, FlowEntry> = flows.iter().filter_map(Result::ok).collect();
     let mut swept = Swept::default();
     for (key, entry) in &entries {
         if entry.direction != FlowDirection::Original as u8 {
             continue;
         }
         let reply_key = reply_key_of(entry);
-        let reply = entries
-            .iter()
-            .find(|(k, _)| *k == reply_key)
-            .map(|(_, e)| e);
+        let reply = entries.get(&reply_key);
         if !expired(entry, reply, now_ns, policy) {
             continue;
         }
-        // The original side first: once it is gone no new packet refreshes the connection.
-        let _ = flows.remove(key);
+        // The original side first: once it is gone no new packet refreshes the connection. Who
+        // removes it owns its port: never return a port for an entry already gone.
+        if flows.remove(key).is_err() {
+            continue;
+        }
         let _ = flows.remove(&reply_key);
         swept.connections += 1;
         if entry.kind == FlowKind::Data as u8 {
@@ -190,10 +197,9 @@ pub fn sweep(
     }
 
     // A session ends with its control connection.
-    let live: Vec<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-    let ended: Vec<FlowKey> = sessions
-        .keys()
-        .filter_map(Result::ok)
+    let live: HashSet<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+    let ended: Vec<FlowKey> = known_sessions
+        .into_iter()
         .filter(|key| !live.contains(key))
         .collect();
     // Its pinholes close with it: an announced connection nobody made by then never will be.

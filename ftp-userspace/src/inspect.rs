@@ -325,6 +325,20 @@ fn emit<T: Serialize>(
     Ok(())
 }
 
+/// Text from the wire (a USER name, a file name) made safe for a terminal: control characters are
+/// shown escaped instead of acted on.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
@@ -360,9 +374,7 @@ pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()>
         let rows: Vec<Vec<String>> = fields
             .iter()
             .map(|(key, value)| {
-                let value = value
-                    .as_str()
-                    .map_or_else(|| value.to_string(), str::to_owned);
+                let value = value.as_str().map_or_else(|| value.to_string(), printable);
                 vec![format!("{key}:"), value]
             })
             .collect();
@@ -377,7 +389,7 @@ pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()>
             |t| {
                 vec![
                     t.command.clone().unwrap_or_else(|| "-".into()),
-                    t.file.clone().unwrap_or_else(|| "-".into()),
+                    t.file.as_deref().map_or_else(|| "-".into(), printable),
                     t.mode.clone().unwrap_or_else(|| "-".into()),
                     t.bytes.map_or_else(|| "running".into(), |b| b.to_string()),
                     t.duration_ms.map_or_else(|| "-".into(), seconds),
@@ -432,7 +444,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                     r.client.clone(),
                     r.public.clone(),
                     r.server.clone(),
-                    r.user.clone(),
+                    printable(&r.user),
                     r.data_flows.to_string(),
                     r.bytes_from_client.to_string(),
                     r.bytes_to_client.to_string(),

@@ -83,6 +83,72 @@ fn filesystem_magic(path: &Path) -> anyhow::Result<libc::c_long> {
     Ok(stat.f_type)
 }
 
+/// Key and value sizes of every pinned map, as this build's datapath defines them.
+fn map_shapes() -> [(&'static str, usize, usize); PINNED_MAPS.len()] {
+    use ftp_common::maps::{
+        DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, PublishTarget,
+        SessionEntry, TrafficCounters, TrafficKey,
+    };
+    use std::mem::size_of;
+    [
+        (
+            names::SESSIONS,
+            size_of::<FlowKey>(),
+            size_of::<SessionEntry>(),
+        ),
+        (
+            names::EXPECTS,
+            size_of::<ExpectKey>(),
+            size_of::<Expectation>(),
+        ),
+        (
+            names::TRAFFIC,
+            size_of::<TrafficKey>(),
+            size_of::<TrafficCounters>(),
+        ),
+        (
+            names::INTERFACES,
+            size_of::<u32>(),
+            size_of::<InterfaceInfo>(),
+        ),
+        (names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
+        // An LPM trie key is the prefix length (u32) and the address.
+        (names::MASQUERADE, size_of::<u32>() + 4, size_of::<u8>()),
+        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>()),
+        (names::FREE_PORTS, 0, size_of::<u16>()),
+        (names::COUNTERS, size_of::<u32>(), size_of::<u64>()),
+        (names::PUBLISH, size_of::<u16>(), size_of::<PublishTarget>()),
+        (names::REASONS, size_of::<u32>(), size_of::<u64>()),
+    ]
+}
+
+/// Refuses pinned maps whose key or value size is not this build's: maps of another build under
+/// the same layout version would be reused and misread (a forgotten version bump, a downgrade).
+pub fn refuse_foreign_shapes(pin_dir: &Path) -> anyhow::Result<()> {
+    let state = state_dir(pin_dir);
+    for (name, key, value) in map_shapes() {
+        let path = state.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let pinned = (info.key_size() as usize, info.value_size() as usize);
+        if pinned != (key, value) {
+            bail!(
+                "{} was pinned by another ftpnat build (key/value {}/{} bytes; this one uses \
+                 {key}/{value}), which this one cannot reuse; remove that datapath with `ftpnat \
+                 detach --pin-dir {}` (this ends the transfers it carries), then start again",
+                path.display(),
+                pinned.0,
+                pinned.1,
+                pin_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Where the current layout's maps and links are pinned.
 pub fn state_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("v{STATE_LAYOUT_VERSION}"))
@@ -254,4 +320,19 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
         Err(err) => return Err(err).with_context(|| format!("removing {}", pin_dir.display())),
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_has_a_shape() {
+        let shaped: Vec<&str> = map_shapes().iter().map(|(name, _, _)| *name).collect();
+        let mut pinned = PINNED_MAPS.to_vec();
+        pinned.sort_unstable();
+        let mut shaped_sorted = shaped.clone();
+        shaped_sorted.sort_unstable();
+        assert_eq!(pinned, shaped_sorted);
+    }
 }
