@@ -25,6 +25,10 @@ pub mod names {
     pub const EXPECTS: &str = "EXPECTS";
     /// Published servers: public port (`u16`, host byte order) to [`super::PublishTarget`].
     pub const PUBLISH: &str = "PUBLISH";
+    /// Expectations the agent let expire, per session: [`super::FlowKey`] to a `u32` count that
+    /// only the agent writes and only grows; the datapath applies the growth to the session (see
+    /// [`super::SessionEntry::released_seen`]), so the agent never writes a session record.
+    pub const RELEASED: &str = "RELEASED";
     /// Refusals and unparseable lines by reason: a per-CPU array of `u64` indexed by
     /// [`super::refusal_slot`] and [`super::malformed_slot`].
     pub const REASONS: &str = "REASONS";
@@ -391,7 +395,9 @@ pub struct SessionEntry {
     pub kind: u8,
     /// Bytes of `user` in use.
     pub user_len: u8,
-    pub _pad: [u8; 4],
+    /// The [`names::RELEASED`] count of this session the datapath has applied (a `u32`, as bytes
+    /// to keep the record free of padding).
+    pub released_seen: [u8; 4],
     /// The name of the client's last USER command (at most [`SESSION_USER_LEN`] bytes of it).
     pub user: [u8; SESSION_USER_LEN],
 }

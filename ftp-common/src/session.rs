@@ -241,7 +241,12 @@ impl Session {
 
     /// One expectation this session opened was used or expired.
     pub fn expectation_closed(&mut self) {
-        self.open_expectations = self.open_expectations.saturating_sub(1);
+        self.expectations_closed(1);
+    }
+
+    /// `count` expectations were used or went away at once.
+    pub fn expectations_closed(&mut self, count: u8) {
+        self.open_expectations = self.open_expectations.saturating_sub(count);
     }
 
     /// Server lines were skipped (the server direction's tracker reported

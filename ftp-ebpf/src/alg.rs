@@ -35,7 +35,7 @@ use ftp_common::{
 
 use crate::{
     headers::Tcp4,
-    maps::{EXPECTS, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
+    maps::{EXPECTS, RELEASED, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
     rewrite::RewriteRequest,
 };
 
@@ -63,7 +63,7 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     server_port: [0; 2],
     kind: SessionKind::Masquerade as u8,
     user_len: 0,
-    _pad: [0; 4],
+    released_seen: [0; 4],
     user: [0; SESSION_USER_LEN],
 };
 
@@ -168,7 +168,28 @@ pub fn control_packet(
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
         return false;
     };
+    apply_releases(&flow.session, session);
     follow_segment(ctx, packet, flow, config, session)
+}
+
+/// Frees the places of the expectations the agent let expire since the last packet: the agent
+/// counts them in `RELEASED` rather than writing the session record, which only the datapath
+/// writes.
+#[inline(always)]
+fn apply_releases(key: &ftp_common::maps::FlowKey, session: *mut SessionEntry) {
+    // SAFETY: the value is read at once.
+    let Some(released) = (unsafe { RELEASED.get(key) }).copied() else {
+        return;
+    };
+    // SAFETY: a live map value; see follow_segment on concurrent updates.
+    let entry = unsafe { &mut *session };
+    let seen = u32::from_ne_bytes(entry.released_seen);
+    let pending = released.wrapping_sub(seen);
+    // More than a session can hold open is as good as all of them.
+    entry
+        .state
+        .expectations_closed(u8::try_from(pending).unwrap_or(u8::MAX));
+    entry.released_seen = released.to_ne_bytes();
 }
 
 /// Shifts the control packet's sequence number by what the session's rewrites added to its

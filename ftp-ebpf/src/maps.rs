@@ -33,6 +33,9 @@ pub static FREE_PORTS: Queue<u16> = Queue::pinned(MAX_WINDOW_PORTS, 0);
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 
+#[map(name = "RELEASED")]
+pub static RELEASED: HashMap<FlowKey, u32> = HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);
+
 #[map(name = "REASONS")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(ftp_common::maps::REASON_SLOTS, 0);
 

@@ -94,7 +94,10 @@ pub struct StateTables<'a> {
     pub flows: HashMap<&'a mut MapData, FlowKey, FlowEntry>,
     pub free_ports: Queue<&'a mut MapData, u16>,
     pub expects: HashMap<&'a mut MapData, ExpectKey, Expectation>,
+    /// Read only: the datapath alone writes session records.
     pub sessions: HashMap<&'a mut MapData, FlowKey, SessionEntry>,
+    /// Expectations released per session, which only the agent writes.
+    pub released: HashMap<&'a mut MapData, FlowKey, u32>,
 }
 
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -491,11 +494,12 @@ impl Datapath {
 
     /// The tables expiry works on.
     pub fn state_tables(&mut self) -> anyhow::Result<StateTables<'_>> {
-        let [flows, free, expects, sessions] = self.ebpf.maps_disjoint_mut([
+        let [flows, free, expects, sessions, released] = self.ebpf.maps_disjoint_mut([
             names::FLOWS,
             names::FREE_PORTS,
             names::EXPECTS,
             names::SESSIONS,
+            names::RELEASED,
         ]);
         let missing = |name: &str| anyhow!("map {name} is missing from the embedded object");
         Ok(StateTables {
@@ -503,6 +507,7 @@ impl Datapath {
             free_ports: Queue::try_from(free.ok_or_else(|| missing(names::FREE_PORTS))?)?,
             expects: HashMap::try_from(expects.ok_or_else(|| missing(names::EXPECTS))?)?,
             sessions: HashMap::try_from(sessions.ok_or_else(|| missing(names::SESSIONS))?)?,
+            released: HashMap::try_from(released.ok_or_else(|| missing(names::RELEASED))?)?,
         })
     }
 

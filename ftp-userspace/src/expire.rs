@@ -122,6 +122,7 @@ pub fn sweep(
         free_ports,
         expects,
         sessions,
+        released,
     } = tables;
     // Sessions before flows: a control connection installs its flows before its session, so a
     // session of this snapshot whose flows are missing from the later one has really ended (the
@@ -184,9 +185,11 @@ pub fn sweep(
             0,
             now_ns,
         ));
-        if let Ok(mut session) = sessions.get(&expectation.session, 0) {
-            session.state.expectation_closed();
-            let _ = sessions.insert(expectation.session, session, 0);
+        // Its place under the session's limit is free again; the datapath applies the count (the
+        // agent never writes a session record, which the datapath updates concurrently).
+        if sessions.get(&expectation.session, 0).is_ok() {
+            let count = released.get(&expectation.session, 0).unwrap_or(0);
+            released.insert(expectation.session, count.wrapping_add(1), 0)?;
         }
         if ExpectationPath::from_raw(expectation.path) == Some(ExpectationPath::Inbound)
             && expectation.public_port != 0
@@ -223,6 +226,7 @@ pub fn sweep(
     for key in ended {
         let data_flows = sessions.get(&key, 0).map_or(0, |s| s.data_flows);
         let _ = sessions.remove(&key);
+        let _ = released.remove(&key);
         swept.sessions += 1;
         swept.events.push(swept_event(
             EventKind::SessionClosed,

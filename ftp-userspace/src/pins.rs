@@ -28,7 +28,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 pub const STATE_LAYOUT_VERSION: u32 = 2;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     names::SESSIONS,
     names::EXPECTS,
     names::TRAFFIC,
@@ -40,6 +40,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     names::COUNTERS,
     names::PUBLISH,
     names::REASONS,
+    names::RELEASED,
 ];
 
 /// Checks that `pin_dir` is (or would be created) on a bpffs mount, before anything is loaded.
@@ -119,6 +120,7 @@ fn map_shapes() -> [(&'static str, usize, usize); PINNED_MAPS.len()] {
         (names::COUNTERS, size_of::<u32>(), size_of::<u64>()),
         (names::PUBLISH, size_of::<u16>(), size_of::<PublishTarget>()),
         (names::REASONS, size_of::<u32>(), size_of::<u64>()),
+        (names::RELEASED, size_of::<FlowKey>(), size_of::<u32>()),
     ]
 }
 

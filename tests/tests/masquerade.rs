@@ -527,3 +527,44 @@ fn exhausted_window_fails_port_and_new_sessions_promptly() {
     assert_eq!(stats["datapath"]["window_exhausted"], 2, "{stats}");
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
+
+/// Four PASV replies never used fill the session's limit of outstanding expectations; once they
+/// expire (the agent counts them released, the datapath applies the count) the same session
+/// opens a data connection again.
+const UNUSED_PASV_THEN_RETR: &str = r#"
+import ftplib, hashlib, sys, time
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login()
+for _ in range(4):
+    ftp.sendcmd('PASV')
+time.sleep(5)
+digest = hashlib.sha256()
+ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
+print(digest.hexdigest())
+ftp.quit()
+"#;
+
+#[test]
+fn expired_expectations_free_their_places_under_the_session_limit() {
+    let setup = setup(LabSpec::default(), MIB);
+    let _agent = setup
+        .lab
+        .start_ftpnat(&["--expect-timeout", "2"])
+        .expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(UNUSED_PASV_THEN_RETR, &[&server, setup.file.name()], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        setup.file.sha256
+    );
+    let stats = ftpnat_json(&setup.lab, "stats");
+    assert_eq!(
+        stats["refusals_by_reason"]["too_many_expectations"], 0,
+        "{stats}"
+    );
+    assert_eq!(stats["datapath"]["expectations_used"], 1, "{stats}");
+}

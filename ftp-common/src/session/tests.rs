@@ -209,6 +209,20 @@ fn too_many_expectations_are_refused_until_one_closes() {
 }
 
 #[test]
+fn several_expectations_close_at_once_and_never_below_zero() {
+    let mut session = Session::new();
+    for _ in 0..3 {
+        open_active(session.on_client_line(PORT_LINE, &ctx()));
+    }
+    session.expectations_closed(2);
+    assert_eq!(session.open_expectations(), 1);
+    session.expectations_closed(u8::MAX);
+    assert_eq!(session.open_expectations(), 0);
+    session.expectations_closed(0);
+    assert_eq!(session.open_expectations(), 0);
+}
+
+#[test]
 fn zero_allowed_expectations_refuses_everything() {
     let mut session = Session::new();
     let mut ctx = ctx();
