@@ -201,7 +201,7 @@ pub fn sweep(
 
     // A session ends with its control connection.
     let live: HashSet<FlowKey> = flows.keys().filter_map(Result::ok).collect();
-    let ended: Vec<FlowKey> = known_sessions
+    let ended: HashSet<FlowKey> = known_sessions
         .into_iter()
         .filter(|key| !live.contains(key))
         .collect();

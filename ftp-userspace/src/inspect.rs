@@ -1,7 +1,11 @@
 //! `ftpnat sessions|expectations|flows`: the datapath's tables, read from the pins of a running
 //! agent, as aligned tables or JSON.
 
-use std::{collections::HashSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap};
@@ -126,11 +130,15 @@ pub struct FlowRow {
     pub packets: u64,
 }
 
+/// The pinned tables, read once and indexed: the reports look entries up by key, and a full
+/// table holds tens of thousands of them.
 struct Tables {
     config: DatapathConfig,
-    flows: Vec<(FlowKey, FlowEntry)>,
-    sessions: Vec<(FlowKey, SessionEntry)>,
+    flows: StdHashMap<FlowKey, FlowEntry>,
+    sessions: StdHashMap<FlowKey, SessionEntry>,
     expects: Vec<(ExpectKey, Expectation)>,
+    /// Bytes of each session's live flows: (from the client's side, towards it).
+    bytes: StdHashMap<FlowKey, (u64, u64)>,
 }
 
 fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
@@ -141,20 +149,31 @@ fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
         HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
     let expects: HashMap<_, ExpectKey, Expectation> =
         HashMap::try_from(open_pinned(pin_dir, names::EXPECTS)?)?;
+    let flows: StdHashMap<FlowKey, FlowEntry> = flows.iter().filter_map(Result::ok).collect();
+    // An entry keyed by a packet from the session's client carries bytes from the client.
+    let mut bytes: StdHashMap<FlowKey, (u64, u64)> = StdHashMap::new();
+    for (key, entry) in &flows {
+        let (from, to) = bytes.entry(entry.session).or_default();
+        if key.saddr == entry.session.saddr {
+            *from += entry.bytes;
+        } else {
+            *to += entry.bytes;
+        }
+    }
     Ok(Tables {
         config: config.get(&0, 0).context("reading the datapath config")?,
-        flows: flows.iter().filter_map(Result::ok).collect(),
+        flows,
         sessions: sessions.iter().filter_map(Result::ok).collect(),
         expects: expects.iter().filter_map(Result::ok).collect(),
+        bytes,
     })
 }
 
 impl Tables {
     fn kind_of(&self, session: &FlowKey) -> Option<SessionKind> {
         self.sessions
-            .iter()
-            .find(|(key, _)| key == session)
-            .and_then(|(_, entry)| SessionKind::from_raw(entry.kind))
+            .get(session)
+            .and_then(|entry| SessionKind::from_raw(entry.kind))
     }
 
     /// The public endpoint of a session: for a masqueraded client its control connection's
@@ -164,27 +183,13 @@ impl Tables {
             return endpoint(session.daddr, session.dport);
         }
         self.flows
-            .iter()
-            .find(|(key, _)| key == session)
-            .map_or_else(
-                || "-".to_owned(),
-                |(_, e)| endpoint(e.new_saddr, e.new_sport),
-            )
+            .get(session)
+            .map_or_else(|| "-".to_owned(), |e| endpoint(e.new_saddr, e.new_sport))
     }
 
-    /// Bytes of the session's live flows, (from the client's side, towards it): an entry keyed
-    /// by a packet from the client's own address carries the first.
+    /// Bytes of the session's live flows: (from the client's side, towards it).
     fn bytes_of(&self, session: &FlowKey) -> (u64, u64) {
-        self.flows
-            .iter()
-            .filter(|(_, entry)| entry.session == *session)
-            .fold((0, 0), |(from, to), (key, entry)| {
-                if key.saddr == session.saddr {
-                    (from + entry.bytes, to)
-                } else {
-                    (from, to + entry.bytes)
-                }
-            })
+        self.bytes.get(session).copied().unwrap_or_default()
     }
 
     /// A session's identifier, unique while it lives: a masqueraded session's public address and
@@ -205,7 +210,7 @@ impl Tables {
 pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
     let tables = read_tables(pin_dir)?;
     let now = monotonic_now_ns();
-    let closing = closing_sessions(tables.flows.iter().map(|(_, e)| e));
+    let closing = closing_sessions(tables.flows.values());
     let mut rows: Vec<SessionRow> = tables
         .sessions
         .iter()
@@ -262,17 +267,13 @@ pub fn expectations(pin_dir: &Path) -> anyhow::Result<Vec<ExpectationRow>> {
 
 pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
     let tables = read_tables(pin_dir)?;
-    Ok(tables
+    let mut rows: Vec<FlowRow> = tables
         .flows
         .iter()
         .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
         .map(|(key, e)| {
             let reply_key = crate::expire::reply_key_of(e);
-            let reply = tables
-                .flows
-                .iter()
-                .find(|(k, _)| *k == reply_key)
-                .map(|(_, r)| r);
+            let reply = tables.flows.get(&reply_key);
             FlowRow {
                 session: tables.id_of(&e.session),
                 kind: FlowKind::from_raw(e.kind).map_or("unknown", FlowKind::as_str),
@@ -290,7 +291,10 @@ pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
                 packets: e.packets + reply.map_or(0, |r| r.packets),
             }
         })
-        .collect())
+        .collect();
+    // A session's connections together, its control connection first.
+    rows.sort_by(|a, b| (&a.session, a.kind, &a.orig).cmp(&(&b.session, b.kind, &b.orig)));
+    Ok(rows)
 }
 
 pub fn print_table(rows: &[Vec<String>]) {
