@@ -568,3 +568,113 @@ fn expired_expectations_free_their_places_under_the_session_limit() {
     );
     assert_eq!(stats["datapath"]["expectations_used"], 1, "{stats}");
 }
+
+/// After a PORT rewrite has shifted the client's stream (`10,0,0,2` became `203,0,113,254`, and
+/// the port a window port), the server's firewall drops the client's next segment once, so the one after
+/// it arrives out of order and the server acknowledges it with a SACK block. That block is in the
+/// server's (shifted) sequence space; the client must receive it in its own.
+const PORT_THEN_TWO_SEGMENTS: &str = r#"
+import ftplib, socket, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login()
+ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+me = ftp.sock.getsockname()[0].replace('.', ',')
+print(ftp.sendcmd(f"PORT {me},200,1"))
+# Two segments (no Nagle), the second right behind the first: it must reach the server before
+# the first's retransmission does.
+ftp.sock.sendall(b"HELP\r\n")
+ftp.sock.sendall(b"NOOP\r\n")
+print(ftp.getresp())
+print(ftp.getresp())
+ftp.quit()
+"#;
+
+/// The client's segment carrying the command `command` and the SACK block the server sent for it,
+/// as absolute sequence numbers from a capture of the router's `iface`:
+/// ((start, end), (left, right)).
+fn segment_and_its_sack(lab: &Lab, iface: &str, command: &str) -> ((u32, u32), (u32, u32)) {
+    let pcap = lab.dir().join(format!("router-{iface}.pcap"));
+    let out = ftpnat_tests::netns::run(
+        "tcpdump",
+        &["-nn", "-S", "-r", &pcap.to_string_lossy(), "tcp port 21"],
+    )
+    .expect("tcpdump -r");
+    let dump = String::from_utf8_lossy(&out.stdout);
+    let number = |s: &str| {
+        s.parse::<u32>()
+            .unwrap_or_else(|_| panic!("not a number: {s}"))
+    };
+    let between = |line: &'_ str, open: &str, close: char| -> Option<(u32, u32)> {
+        let rest = &line[line.find(open)? + open.len()..];
+        let (left, right) = rest[..rest.find(close)?].split_once(':')?;
+        Some((number(left), number(right)))
+    };
+    // tcpdump names the command of a client segment (to port 21) in its summary.
+    let segment = dump
+        .lines()
+        .find(|line| line.contains(".21: Flags") && line.ends_with(&format!("FTP: {command}")))
+        .and_then(|line| between(line, "seq ", ','))
+        .unwrap_or_else(|| panic!("no {command} segment on {iface}:\n{dump}"));
+    let sack = dump
+        .lines()
+        .filter_map(|line| between(line, "sack 1 {", '}'))
+        .find(|block| block.0 == segment.0 || block.1 == segment.1)
+        .or_else(|| dump.lines().find_map(|line| between(line, "sack 1 {", '}')))
+        .unwrap_or_else(|| panic!("no SACK block on {iface}:\n{dump}"));
+    (segment, sack)
+}
+
+#[test]
+fn sack_blocks_are_moved_back_into_the_clients_sequence_space() {
+    let setup = setup(LabSpec::default(), MIB);
+    setup
+        .lab
+        .server
+        .exec(
+            "iptables",
+            &[
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "21",
+                "-m",
+                "string",
+                "--string",
+                "HELP",
+                "--algo",
+                "bm",
+                "-m",
+                "statistic",
+                "--mode",
+                "nth",
+                "--every",
+                "1000000",
+                "--packet",
+                "0",
+                "-j",
+                "DROP",
+            ],
+        )
+        .expect("iptables on the server");
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(PORT_THEN_TWO_SEGMENTS, &[&server], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("200"), "{text}");
+    assert!(text.contains("214"), "HELP was never answered: {text}");
+
+    let (lan_segment, lan_sack) = segment_and_its_sack(&setup.lab, "lan0", "NOOP");
+    let (wan_segment, wan_sack) = segment_and_its_sack(&setup.lab, ROUTER_WAN_IF, "NOOP");
+    // The server saw the segment further on (the rewritten PORT is longer), and acknowledged it
+    // there...
+    let shift = wan_segment.0.wrapping_sub(lan_segment.0);
+    assert!(shift > 0 && shift < 16, "{lan_segment:?} {wan_segment:?}");
+    assert_eq!(wan_sack, wan_segment, "the server's SACK block");
+    assert_eq!(lan_sack, lan_segment, "the SACK block the client received");
+}
