@@ -180,9 +180,10 @@ fn fifty_port_commands_then_a_transfer_keep_the_stream_in_step() {
 /// retransmitted by the client and must be rewritten again, byte for byte, at the same place in
 /// the stream: a retransmission passed through unrewritten would no longer fit the sequence space
 /// the server has seen, and the control channel would come apart.
-#[test]
-fn retransmitted_ports_are_rewritten_identically() {
-    let setup = setup(LabSpec::default(), MIB);
+/// Makes the server's firewall drop the first of every `every` control-port segments that carry
+/// `text`: lost once, the segment comes again as the client's retransmission.
+fn server_drops_first_of_every(setup: &Setup, text: &str, every: u32) {
+    let every = every.to_string();
     setup
         .lab
         .server
@@ -198,7 +199,7 @@ fn retransmitted_ports_are_rewritten_identically() {
                 "-m",
                 "string",
                 "--string",
-                "PORT ",
+                text,
                 "--algo",
                 "bm",
                 "-m",
@@ -206,7 +207,7 @@ fn retransmitted_ports_are_rewritten_identically() {
                 "--mode",
                 "nth",
                 "--every",
-                "2",
+                &every,
                 "--packet",
                 "0",
                 "-j",
@@ -214,6 +215,12 @@ fn retransmitted_ports_are_rewritten_identically() {
             ],
         )
         .expect("iptables on the server");
+}
+
+#[test]
+fn retransmitted_ports_are_rewritten_identically() {
+    let setup = setup(LabSpec::default(), MIB);
+    server_drops_first_of_every(&setup, "PORT ", 2);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
     let out = setup
@@ -628,37 +635,7 @@ fn segment_and_its_sack(lab: &Lab, iface: &str, command: &str) -> ((u32, u32), (
 #[test]
 fn sack_blocks_are_moved_back_into_the_clients_sequence_space() {
     let setup = setup(LabSpec::default(), MIB);
-    setup
-        .lab
-        .server
-        .exec(
-            "iptables",
-            &[
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                "21",
-                "-m",
-                "string",
-                "--string",
-                "HELP",
-                "--algo",
-                "bm",
-                "-m",
-                "statistic",
-                "--mode",
-                "nth",
-                "--every",
-                "1000000",
-                "--packet",
-                "0",
-                "-j",
-                "DROP",
-            ],
-        )
-        .expect("iptables on the server");
+    server_drops_first_of_every(&setup, "HELP", 1000000);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
     let out = setup
