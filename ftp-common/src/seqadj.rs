@@ -45,12 +45,19 @@ impl SeqAdjust {
         self.offset_before == 0 && self.offset_after == 0
     }
 
+    /// Whether a length change of the segment starting at `seq` can be recorded: true unless an
+    /// earlier correction lies after it.
+    #[inline(always)]
+    pub fn can_record(&self, seq: u32) -> bool {
+        self.offset_before == self.offset_after || seq_after(seq, self.correction_pos)
+    }
+
     /// The segment starting at `seq` grew by `delta` bytes (shrank if negative). Returns false, and
     /// changes nothing, if `seq` lies before the current correction point: the offsets could not
     /// describe both.
     #[inline(always)]
     pub fn record(&mut self, seq: u32, delta: i32) -> bool {
-        if self.offset_before == self.offset_after || seq_after(seq, self.correction_pos) {
+        if self.can_record(seq) {
             self.correction_pos = seq;
             self.offset_before = self.offset_after;
             self.offset_after = self.offset_after.wrapping_add(delta);
@@ -302,6 +309,20 @@ mod tests {
         assert_eq!(adj.backward_ack(1025), 1020);
         // An ack from before the rewritten segment is untouched.
         assert_eq!(adj.backward_ack(1000), 1000);
+    }
+
+    #[test]
+    fn a_change_at_or_before_the_correction_point_cannot_be_recorded() {
+        let mut adj = SeqAdjust::new();
+        assert!(adj.can_record(1000), "nothing recorded yet: anywhere goes");
+        assert!(adj.record(1000, 5));
+        assert!(!adj.can_record(1000), "the same segment again");
+        assert!(!adj.can_record(900), "an older segment");
+        assert!(adj.can_record(1001));
+        // A refused record changes nothing.
+        let before = adj;
+        assert!(!adj.record(900, 7));
+        assert_eq!(adj, before);
     }
 
     #[test]

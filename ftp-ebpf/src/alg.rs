@@ -251,7 +251,9 @@ fn follow_segment(
         } else {
             entry.server_rewrite
         };
-        crate::rewrite::replay(ctx, packet, &record, config);
+        if crate::rewrite::replay(ctx, packet, &record, config) {
+            bump(Counter::RewritesSkipped);
+        }
         return false;
     }
     let SegmentVerdict::InSync(in_sync) = verdict else {

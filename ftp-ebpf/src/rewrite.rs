@@ -25,6 +25,7 @@ use ftp_common::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
         ExpectationPath, RewriteRecord, SessionEntry, rewrite_kind,
     },
+    seqadj::seq_after,
 };
 
 use crate::{
@@ -100,6 +101,17 @@ fn rewrite(
         return false;
     }
     let from_client = !rewrite_kind::is_reply(request.kind);
+    let seq = u32::from_be_bytes(packet.tcp.seq);
+    let adjust = if from_client {
+        &session.client_seq
+    } else {
+        &session.server_seq
+    };
+    // The length change must be recordable before the packet changes, or the stream would shift
+    // with no offset to undo it.
+    if !adjust.can_record(seq) {
+        return false;
+    }
     // A new announcement supersedes the previous one in the same direction (RFC 959: the server
     // uses the last address it was given; a server closes its previous passive listener), so the
     // previous expectation goes, if still unused.
@@ -112,7 +124,7 @@ fn rewrite(
         release_unused(session, request, config, previous.public_port);
     }
     let mut record = RewriteRecord {
-        seq: u32::from_be_bytes(packet.tcp.seq),
+        seq,
         payload_len: payload_len as u16,
         field_off: request.field_off,
         field_len: request.field_len,
@@ -242,7 +254,14 @@ fn release_unused(
 }
 
 /// Repeats a rewrite on a retransmission of its segment, so the receiver sees the same bytes at
-/// the same sequence numbers.
+/// the same sequence numbers. The retransmission need not have the original's length: a sender
+/// may coalesce the following segments into it (Linux does on a timeout) or send less; as long as
+/// it starts where the original did and holds the whole field, the field is rewritten the same
+/// way and the bytes after it follow with the same shift. Returns true for a retransmission that
+/// cannot be given the same bytes (it starts inside the rewritten field, or stops before its
+/// end): it passes as it is, and the caller counts it.
+// The result is used by the caller on purpose: the verifier refuses a subprogram whose unused
+// return register was left holding a stack pointer.
 #[inline(never)]
 pub fn replay(
     ctx: &TcContext,
@@ -253,13 +272,18 @@ pub fn replay(
     let Some((payload_off, payload_len)) = packet.payload() else {
         return false;
     };
-    if record.kind == rewrite_kind::NONE
-        || record.seq != u32::from_be_bytes(packet.tcp.seq)
-        || usize::from(record.payload_len) != payload_len
-    {
+    if record.kind == rewrite_kind::NONE {
         return false;
     }
-    splice(ctx, packet, payload_off, payload_len, record, config).is_some()
+    let seq = u32::from_be_bytes(packet.tcp.seq);
+    if seq != record.seq {
+        // Starting after the field, it needs no rewrite; before the record, it is older.
+        let field_end = record
+            .seq
+            .wrapping_add(u32::from(record.field_off) + u32::from(record.field_len));
+        return seq_after(seq, record.seq) && seq_after(field_end, seq);
+    }
+    splice(ctx, packet, payload_off, payload_len, record, config).is_none()
 }
 
 /// Replaces the field `record` names with its replacement text; returns the length change.
