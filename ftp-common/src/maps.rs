@@ -190,10 +190,27 @@ pub struct DatapathConfig {
     /// [`names::FREE_PORTS`].
     pub window_lo: u16,
     pub window_hi: u16,
-    pub _pad: u32,
+    /// 1 if a PORT/EPRT may name a port below 1024 (`--allow-privileged-data-ports`).
+    pub allow_privileged_data_ports: u8,
+    /// How many announced data connections one session may hold open at once
+    /// (`--max-expectations-per-session`); 0, the value of a record written before this field
+    /// existed, means the default.
+    pub max_expectations_per_session: u8,
+    pub _pad: [u8; 2],
 }
 
 impl DatapathConfig {
+    /// The policy a session's announcements are checked against.
+    #[inline(always)]
+    pub fn policy(&self) -> crate::Policy {
+        let mut policy = crate::Policy::new();
+        policy.allow_privileged_data_ports = self.allow_privileged_data_ports != 0;
+        if self.max_expectations_per_session != 0 {
+            policy.max_outstanding_expectations = self.max_expectations_per_session;
+        }
+        policy
+    }
+
     #[inline(always)]
     pub fn is_ftp_port(&self, port: u16) -> bool {
         // A plain loop over a fixed array: bounded, so the verifier accepts it unrolled.
@@ -811,17 +828,38 @@ mod tests {
         assert_eq!(back.reversed(), key);
     }
 
-    #[test]
-    fn ftp_port_slots_match_only_configured_ports() {
-        let mut config = DatapathConfig {
+    fn test_config() -> DatapathConfig {
+        DatapathConfig {
             expect_timeout_ns: 0,
-            _pad: 0,
             public_ip: [192, 0, 2, 1],
             wan_ifindex: 2,
             ftp_ports: [0; MAX_FTP_PORTS],
             window_lo: 61000,
             window_hi: 61999,
-        };
+            allow_privileged_data_ports: 0,
+            max_expectations_per_session: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn the_policy_follows_the_config_and_zero_means_the_default() {
+        let mut config = test_config();
+        assert_eq!(config.policy(), crate::Policy::new());
+        config.allow_privileged_data_ports = 1;
+        config.max_expectations_per_session = 9;
+        let policy = config.policy();
+        assert!(policy.allow_privileged_data_ports);
+        assert_eq!(policy.max_outstanding_expectations, 9);
+        assert_eq!(
+            policy.passive_address_must_match_server,
+            crate::Policy::new().passive_address_must_match_server
+        );
+    }
+
+    #[test]
+    fn ftp_port_slots_match_only_configured_ports() {
+        let mut config = test_config();
         assert!(!config.is_ftp_port(0), "an empty slot is not port 0");
         assert!(!config.is_ftp_port(21));
         config.ftp_ports[0] = 21;

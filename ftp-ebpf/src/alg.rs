@@ -138,6 +138,8 @@ struct Scan {
     server: [u8; 4],
     lan_ifindex: u32,
     expect_timeout_ns: u64,
+    /// The operator's policy (`--allow-privileged-data-ports`, `--max-expectations-per-session`).
+    policy: Policy,
     session_key: ftp_common::maps::FlowKey,
     /// A [`SessionKind`] as `u8`.
     session_kind: u8,
@@ -288,6 +290,7 @@ fn follow_segment(
         server: entry.server_addr,
         lan_ifindex: entry.lan_ifindex,
         expect_timeout_ns: config.expect_timeout_ns,
+        policy: config.policy(),
         session_key: flow.session,
         session_kind: entry.kind,
         rewrite_kind: rewrite_kind::NONE,
@@ -376,7 +379,7 @@ fn scan_input(scan: &Scan, index: u32) -> Option<u8> {
 
 #[inline(always)]
 fn scan_policy(scan: &Scan) -> PolicyContext {
-    let mut policy = Policy::new();
+    let mut policy = scan.policy;
     // A published server may announce its public address (e.g. vsftpd's pasv_address): whatever
     // it wrote is replaced, and the data connection goes to the server itself.
     policy.passive_address_must_match_server = scan.session_kind != SessionKind::Publish as u8;

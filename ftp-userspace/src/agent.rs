@@ -116,6 +116,8 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
         ftp_ports,
         window,
         expect_timeout: args.expect_timeout(),
+        max_expectations_per_session: args.max_expectations_per_session(),
+        allow_privileged_data_ports: args.allow_privileged_data_ports,
     })
 }
 

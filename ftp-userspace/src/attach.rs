@@ -116,6 +116,8 @@ pub struct NatSettings {
     pub ftp_ports: Vec<u16>,
     pub window: PortWindow,
     pub expect_timeout: std::time::Duration,
+    pub max_expectations_per_session: u8,
+    pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
 }
 
@@ -429,6 +431,16 @@ impl Datapath {
             format!("{} s", wanted.expect_timeout_ns / 1_000_000_000),
         );
         differ(
+            "expectations per session",
+            pinned.policy().max_outstanding_expectations.to_string(),
+            wanted.policy().max_outstanding_expectations.to_string(),
+        );
+        differ(
+            "privileged data ports",
+            allowed(pinned.allow_privileged_data_ports),
+            allowed(wanted.allow_privileged_data_ports),
+        );
+        differ(
             "WAN ifindex",
             pinned.wan_ifindex.to_string(),
             wanted.wan_ifindex.to_string(),
@@ -540,13 +552,19 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
     }
     Ok(DatapathConfig {
         expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
-        _pad: 0,
+        allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
+        max_expectations_per_session: nat.max_expectations_per_session,
+        _pad: [0; 2],
         public_ip: nat.public_ip.octets(),
         wan_ifindex: wan.ifindex,
         ftp_ports,
         window_lo: nat.window.lo,
         window_hi: nat.window.hi,
     })
+}
+
+fn allowed(flag: u8) -> String {
+    if flag != 0 { "allowed" } else { "refused" }.to_owned()
 }
 
 fn ports_of(slots: &[u16; MAX_FTP_PORTS]) -> Vec<u16> {

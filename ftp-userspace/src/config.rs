@@ -23,6 +23,8 @@ use crate::{
 /// The --expect-timeout values accepted, in seconds.
 const EXPECT_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
 const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 120;
+/// `--max-expectations-per-session`'s range (clap ranges small integers as i64).
+const MAX_EXPECTATIONS_PER_SESSION: RangeInclusive<i64> = 1..=64;
 
 /// `ftpnat run`'s command line: its settings and the file holding more of them.
 #[derive(clap::Args, Debug)]
@@ -108,6 +110,17 @@ run_options! {
               value_parser = clap::value_parser!(u64).range(EXPECT_TIMEOUT_SECS))]
         #[serde(deserialize_with = "expect_timeout_secs")]
         pub expect_timeout: Option<u64>,
+        /// How many announced data connections (PORT/EPRT/227/229 not yet used) one control
+        /// session may hold open at once; a further announcement is refused and counted, so one
+        /// client cannot take the whole port window [default: 4].
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u8).range(MAX_EXPECTATIONS_PER_SESSION))]
+        #[serde(deserialize_with = "max_expectations_per_session")]
+        pub max_expectations_per_session: Option<u8>,
+        /// Let a PORT/EPRT announce a data port below 1024. Refused by default (RFC 2577: a
+        /// client could make the server connect to a privileged service).
+        #[arg(long)]
+        pub allow_privileged_data_ports: bool,
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 [default:
         /// off].
         #[arg(long, value_name = "ADDR:PORT")]
@@ -195,6 +208,13 @@ impl RunOptions {
     pub fn expect_timeout(&self) -> Duration {
         Duration::from_secs(self.expect_timeout.unwrap_or(DEFAULT_EXPECT_TIMEOUT_SECS))
     }
+
+    /// How many data connections one session may have announced and not yet opened, by default
+    /// the protocol core's limit.
+    pub fn max_expectations_per_session(&self) -> u8 {
+        self.max_expectations_per_session
+            .unwrap_or(ftp_common::Policy::new().max_outstanding_expectations)
+    }
 }
 
 /// The settings `ftpnat run` runs with: its flags over the `--config` file's keys.
@@ -266,6 +286,21 @@ fn expect_timeout_secs<'de, D: Deserializer<'de>>(
     Ok(Some(secs))
 }
 
+/// `max_expectations_per_session`, held to the flag's range with the flag's wording.
+fn max_expectations_per_session<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u8>, D::Error> {
+    let count = u64::deserialize(deserializer)?;
+    if !i64::try_from(count).is_ok_and(|count| MAX_EXPECTATIONS_PER_SESSION.contains(&count)) {
+        return Err(D::Error::custom(format!(
+            "{count} is not in {}..={}",
+            MAX_EXPECTATIONS_PER_SESSION.start(),
+            MAX_EXPECTATIONS_PER_SESSION.end()
+        )));
+    }
+    Ok(u8::try_from(count).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -303,6 +338,8 @@ mod tests {
         port_window = "61000-61999"
         publish = ["21=192.168.1.10", "2121=192.168.1.11:21"]
         expect_timeout = 30
+        max_expectations_per_session = 8
+        allow_privileged_data_ports = true
     "#;
 
     #[test]
@@ -329,6 +366,8 @@ mod tests {
             ]
         );
         assert_eq!(options.expect_timeout(), Duration::from_secs(30));
+        assert_eq!(options.max_expectations_per_session(), 8);
+        assert!(options.allow_privileged_data_ports);
     }
 
     #[test]
@@ -360,6 +399,9 @@ mod tests {
             "2121=192.168.1.11:21",
             "--expect-timeout",
             "30",
+            "--max-expectations-per-session",
+            "8",
+            "--allow-privileged-data-ports",
         ]))
         .unwrap();
         assert_eq!(from_flags, parse_text(EVERY_KEY).unwrap());
@@ -371,6 +413,8 @@ mod tests {
         assert_eq!(options, RunOptions::default());
         assert_eq!(options.pin_dir(), Path::new(DEFAULT_PIN_DIR));
         assert_eq!(options.expect_timeout(), Duration::from_secs(120));
+        assert_eq!(options.max_expectations_per_session(), 4);
+        assert!(!options.allow_privileged_data_ports);
     }
 
     #[test]
@@ -417,6 +461,16 @@ mod tests {
                 "0 is not in 1..=3600",
             ),
             ("expect_timeout = \"7\"", "expect_timeout", "expected u64"),
+            (
+                "max_expectations_per_session = 0",
+                "max_expectations_per_session",
+                "0 is not in 1..=64",
+            ),
+            (
+                "allow_privileged_data_ports = 1",
+                "allow_privileged_data_ports",
+                "expected a boolean",
+            ),
         ] {
             let err = parse_err(text);
             let start = format!("/etc/ftpnat/ftpnat.toml: key '{key}': ");
@@ -442,6 +496,11 @@ mod tests {
                 "is not [PUBLIC_PORT=]SERVER_IP[:PORT]",
             ),
             ("--expect-timeout", "0", "0 is not in 1..=3600"),
+            (
+                "--max-expectations-per-session",
+                "65",
+                "65 is not in 1..=64",
+            ),
         ] {
             let err = Run::try_parse_from(["run", flag, value]).unwrap_err();
             assert!(err.to_string().contains(reason), "{flag} {value}: {err}");

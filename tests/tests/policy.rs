@@ -1,0 +1,133 @@
+//! The operator's policy flags: `--allow-privileged-data-ports` and
+//! `--max-expectations-per-session`, against their defaults.
+
+use ftpnat_tests::{Lab, LabSpec};
+use serde_json::Value;
+
+/// Active download to the client's port `argv[3]`. Prints the reply to the PORT; then the
+/// file's sha256 if the server accepted it, else the refusal; then a passive download's sha256:
+/// the session goes on either way.
+const PORT_TO_GIVEN_PORT: &str = r#"
+import ftplib, hashlib, socket, sys
+server, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ftp = ftplib.FTP()
+ftp.connect(server, 21, timeout=20)
+ftp.login()
+ftp.voidcmd('TYPE I')
+host = ftp.sock.getsockname()[0]
+listener = socket.create_server((host, port))
+try:
+    print(ftp.sendcmd('PORT %s,%d,%d' % (host.replace('.', ','), port >> 8, port & 255)))
+    ftp.putcmd('RETR ' + name)
+    print(ftp.getresp())
+    listener.settimeout(10)
+    conn, _ = listener.accept()
+    digest = hashlib.sha256()
+    while chunk := conn.recv(65536):
+        digest.update(chunk)
+    conn.close()
+    ftp.voidresp()
+    print(digest.hexdigest())
+except (ftplib.error_perm, ftplib.error_temp, socket.timeout) as failed:
+    print('failed:', failed)
+digest = hashlib.sha256()
+ftp.set_pasv(True)
+ftp.retrbinary('RETR ' + name, digest.update)
+print(digest.hexdigest())
+ftp.quit()
+"#;
+
+/// Two PASV in a row, then (after the expectations expired) a passive download.
+const TWO_PASV_THEN_RETR: &str = r#"
+import ftplib, hashlib, sys, time
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=20)
+ftp.login()
+print(ftp.sendcmd('PASV'))
+print(ftp.sendcmd('PASV'))
+time.sleep(4)
+digest = hashlib.sha256()
+ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
+print(digest.hexdigest())
+ftp.quit()
+"#;
+
+fn stats(lab: &Lab) -> Value {
+    lab.ftpnat_json(&["stats"])
+        .unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+fn output_lines(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_privileged_data_port_is_refused_unless_the_operator_allows_it() {
+    for allowed in [false, true] {
+        let lab = Lab::new(LabSpec::default()).expect("lab");
+        let (server, file) = lab.serve_file(1024 * 1024, 1).expect("vsftpd");
+        let flags: &[&str] = if allowed {
+            &["--allow-privileged-data-ports"]
+        } else {
+            &[]
+        };
+        let _agent = lab.start_ftpnat(flags).expect("ftpnat run");
+        let out = lab
+            .client_python(
+                PORT_TO_GIVEN_PORT,
+                &[&server.addr.to_string(), file.name(), "1000"],
+                60,
+            )
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        let lines = output_lines(&out);
+        let stats = stats(&lab);
+        assert_eq!(
+            lines.last(),
+            Some(&file.sha256),
+            "the session did not go on: {lines:?}"
+        );
+        if allowed {
+            // The server sees a window port, and the data connection reaches the client's 1000.
+            let sums = lines.iter().filter(|l| **l == file.sha256).count();
+            assert_eq!(sums, 2, "the active download failed: {lines:?}");
+            assert_eq!(stats["refusals_by_reason"]["privileged_port"], 0, "{stats}");
+        } else {
+            // Passed untouched: vsftpd itself refuses the client's private address.
+            assert!(
+                lines.first().is_some_and(|l| l.contains("500")),
+                "{lines:?}"
+            );
+            assert_eq!(stats["refusals_by_reason"]["privileged_port"], 1, "{stats}");
+        }
+    }
+}
+
+#[test]
+fn the_per_session_expectation_limit_follows_the_flag() {
+    for (limit, refused) in [(None, 0), (Some("1"), 1)] {
+        let lab = Lab::new(LabSpec::default()).expect("lab");
+        let (server, file) = lab.serve_file(1024 * 1024, 1).expect("vsftpd");
+        let mut flags = vec!["--expect-timeout", "2"];
+        if let Some(limit) = limit {
+            flags.extend(["--max-expectations-per-session", limit]);
+        }
+        let _agent = lab.start_ftpnat(&flags).expect("ftpnat run");
+        let out = lab
+            .client_python(
+                TWO_PASV_THEN_RETR,
+                &[&server.addr.to_string(), file.name()],
+                60,
+            )
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        let lines = output_lines(&out);
+        assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
+        let stats = stats(&lab);
+        assert_eq!(
+            stats["refusals_by_reason"]["too_many_expectations"], refused,
+            "limit {limit:?}: {stats}"
+        );
+    }
+}
