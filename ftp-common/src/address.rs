@@ -106,12 +106,19 @@ impl Octets {
     /// Six complete numbers as an address and the port `p1 * 256 + p2`, which must not be 0.
     #[inline(always)]
     pub fn host_port(&self) -> Result<SocketAddrV4, MalformedReason> {
-        let [h1, h2, h3, h4, p1, p2] = self.octets;
-        let port = u16::from_be_bytes([p1, p2]);
-        if port == 0 {
+        let announced = self.announced();
+        if announced.port() == 0 {
             return Err(MalformedReason::PortOutOfRange);
         }
-        Ok(SocketAddrV4::new(Ipv4Addr::new(h1, h2, h3, h4), port))
+        Ok(announced)
+    }
+
+    /// The six numbers as an address and the port `p1 * 256 + p2`, whatever they are (port 0
+    /// included): [`host_port`](Self::host_port) without the check.
+    #[inline(always)]
+    pub fn announced(&self) -> SocketAddrV4 {
+        let [h1, h2, h3, h4, p1, p2] = self.octets;
+        SocketAddrV4::new(Ipv4Addr::new(h1, h2, h3, h4), u16::from_be_bytes([p1, p2]))
     }
 
     /// Four complete numbers as an address.

@@ -308,6 +308,15 @@ const AT_EPRT_CLOSED: u8 = 8;
 /// The line is malformed (`error` says why); the rest is ignored.
 const AT_ERROR: u8 = 9;
 
+/// An EPRT delimiter that can occur inside the address of `family` (`.` in a dotted quad, `:` in
+/// IPv6 text) would end the address early: such a line is ambiguous and refused as
+/// [`MalformedReason::BadDelimiter`], as the formatter refuses to write one. (`.` with IPv6 is
+/// not ambiguous: the address ends at the first `.`, so an IPv4 tail can only fail.)
+#[inline(always)]
+fn delimiter_fits_family(delimiter: u8, family: u8) -> bool {
+    !matches!((family, delimiter), (1, b'.') | (2, b':'))
+}
+
 /// Where the argument of `verb` is read.
 #[inline(always)]
 fn argument_phase(verb: u8) -> u8 {
@@ -520,7 +529,7 @@ impl CommandScanner {
         match self.number.push::<MAX_OCTET_DIGITS>(byte) {
             Ok(true) => {}
             Ok(false) => match self.number.family() {
-                Ok(family) if byte == self.delimiter => {
+                Ok(family) if byte == self.delimiter && delimiter_fits_family(byte, family) => {
                     self.family = family;
                     self.number = Decimal::new();
                     self.phase = AT_EPRT_ADDRESS;
@@ -540,7 +549,15 @@ impl CommandScanner {
         }
         self.address_len = self.address_len.saturating_add(1);
         if self.address_len > MAX_IPV6_TEXT_LEN {
-            self.fail(MalformedReason::BadDelimiter);
+            // Longer than any address text: what is wrong is the address (or its family), not
+            // the delimiter that has not come.
+            let reason = match self.family {
+                1 => MalformedReason::from_code(u32::from(self.address_error))
+                    .unwrap_or(MalformedReason::TrailingBytes),
+                2 => MalformedReason::BadIpv6Address,
+                _ => MalformedReason::UnsupportedAddressFamily,
+            };
+            self.fail(reason);
             return;
         }
         match self.family {

@@ -62,9 +62,10 @@ extern crate std;
 pub mod maps;
 
 /// Declares the protocol modules. They run inside the eBPF program, where a panic or an unchecked
-/// computation cannot be tolerated, so any indexing, unwrap, overflowing arithmetic or unsafe code
-/// in them is a build error. (The lints are set per module because [`maps`] keeps ordinary
-/// slicing and its `aya::Pod` impls.)
+/// computation cannot be tolerated: unsafe code in them is a compile error, and indexing, unwrap,
+/// panics and overflowing arithmetic are denied clippy lints, errors under `cargo xtask lint` (not
+/// `cargo build`; test code is exempt). (The lints are set per module because [`maps`] keeps
+/// ordinary slicing and its `aya::Pod` impls.)
 macro_rules! datapath_modules {
     ($($name:ident),* $(,)?) => {
         $(

@@ -29,7 +29,8 @@ pub enum MalformedReason {
     ExpectedSeparator = 8,
     /// Bytes after a complete argument where the grammar ends.
     TrailingBytes = 9,
-    /// An EPRT/EPSV delimiter outside 33–126, a digit, or not repeated where it must be.
+    /// An EPRT/EPSV delimiter outside 33–126, a digit, not repeated where it must be, or an EPRT
+    /// delimiter that can occur in the address (`.` with family 1, `:` with family 2).
     BadDelimiter = 10,
     /// An EPRT address family other than 1 (IPv4) or 2 (IPv6).
     UnsupportedAddressFamily = 11,

@@ -150,13 +150,18 @@ impl ReplyScanner {
     /// The reply of the line that just ended; `Malformed(Unterminated)` while a line is being
     /// read.
     pub fn reply(&self) -> Reply {
+        // Read before any branch, though only a valid 227 carries it: every other `Reply` leaves
+        // those bytes undefined, and where the paths join, the compiler may pack whatever its
+        // register holds on an undefined path — a pointer, which the BPF verifier refuses to do
+        // arithmetic on. A value computed before the branches stands in for "undefined" instead.
+        let announced = self.octets.announced();
         if !self.framing.ended() {
             return Reply::Malformed(MalformedReason::Unterminated);
         }
         match self.shape {
             SHAPE_FINAL => Reply::Final {
                 code: self.code,
-                body: self.body(),
+                body: self.body(announced),
             },
             SHAPE_MULTI_LINE => Reply::MultiLineStart { code: self.code },
             SHAPE_TOO_LONG => Reply::Malformed(MalformedReason::TooLong),
@@ -164,8 +169,10 @@ impl ReplyScanner {
         }
     }
 
+    /// The body of a final line; `announced` is the 227 address and port as read (see
+    /// [`reply`](Self::reply)).
     #[inline(always)]
-    fn body(&self) -> ReplyBody {
+    fn body(&self, announced: SocketAddrV4) -> ReplyBody {
         if let Some(reason) = MalformedReason::from_code(u32::from(self.error)) {
             return ReplyBody::Malformed(reason);
         }
@@ -174,9 +181,10 @@ impl ReplyScanner {
             len: self.field_len,
         };
         match self.code {
-            227 => match self.octets.host_port() {
-                Ok(addr) => ReplyBody::Passive227 { addr, field },
-                Err(reason) => ReplyBody::Malformed(reason),
+            227 if announced.port() == 0 => ReplyBody::Malformed(MalformedReason::PortOutOfRange),
+            227 => ReplyBody::Passive227 {
+                addr: announced,
+                field,
             },
             229 => match self.number.port() {
                 Ok(port) => ReplyBody::Passive229 {

@@ -9,10 +9,21 @@
 //!
 //! # What the state machine tracks
 //!
+//! - **Which command a reply answers.** Every whole client line is a command that gets exactly one
+//!   final reply (RFC 959 section 4.2): 2xx–5xx, possibly after 1xx preliminary ones, a multi-line
+//!   reply counting once, at its last line. The session counts the commands still awaiting their
+//!   final reply (saturating; a reply when none is awaited — the 220 banner, an unsolicited 421 —
+//!   counts nothing), so that with pipelined commands (`TYPE I` and `PASV` sent without waiting) a
+//!   reply is attributed to the command it answers, not to the latest one. A line the server never
+//!   answered would shift later attributions by one, failing passive replies as unsolicited (see
+//!   the crate's `README.md`); lost server lines and a 421 reset the count.
 //! - **Passive requests.** `PASV` makes one 227 acceptable, `EPSV` one 229. The request is answered
-//!   (and forgotten) by the next 227 or 229, or by any 4xx/5xx reply; other replies in between (the
-//!   answers to pipelined commands) leave it waiting. A 227 or 229 that answers nothing — or answers
-//!   the other command — is [`ServerVerdict::Unsolicited`] and opens nothing.
+//!   (and forgotten) by the first final reply that arrives once every command sent before it has
+//!   been answered; a 227 or 229 that is not that reply — or answers the other command — is
+//!   [`ServerVerdict::Unsolicited`] and opens nothing, even when it arrives while a PASV waits
+//!   behind earlier commands (whatever a server sends in answer to another command, it is never
+//!   the announcement of a data port). One request is tracked at a time, the oldest: a
+//!   PASV/EPSV/EPSV ALL sent while one is waiting is not.
 //! - **Multi-line replies** (RFC 959 section 4.2). From `NNN-` until the line starting with the same
 //!   `NNN ` every line is text, however much it looks like a 227 or 229. The closing line is an
 //!   ordinary reply line.
@@ -20,8 +31,10 @@
 //!   is refused ([`RefusalReason::NotInCommandState`]), as it is while a PASV/EPSV waits for its
 //!   reply: RFC 959 section 5.4 changes transfer parameters between transfers, one command at a
 //!   time.
-//! - **`EPSV ALL`** (RFC 2428 section 4). Once the server accepts it with a 2xx reply, PORT, EPRT and
-//!   PASV are refused ([`RefusalReason::EpsvAllActive`]).
+//! - **`EPSV ALL`** (RFC 2428 section 4). Once the server accepts it with a 2xx reply (attributed
+//!   like a passive request's), PORT, EPRT and PASV are refused ([`RefusalReason::EpsvAllActive`]).
+//! - **`421`** (service closing) may answer a command or come unsolicited; either way the server is
+//!   closing the connection, so nothing stays awaited or pending.
 //! - **TLS** (RFC 4217). A `234` reply — defined only as the success reply to `AUTH` (RFC 2228) —
 //!   makes the session encrypted: from then on no line is parsed and every verdict is `Encrypted`.
 //!   A `234` is honoured even if the `AUTH` was not seen, because parsing ciphertext as commands is
@@ -187,7 +200,8 @@ const FLAG_TRANSFER: u8 = 1 << 2;
 ///
 /// Stored in a BPF map: `#[repr(C)]`, 8 bytes, no padding, and every bit pattern is a valid state
 /// (unknown values count as "nothing pending", a multi-line code outside 100–599 as "not in a
-/// multi-line reply"). The all-zero value is [`Session::new`].
+/// multi-line reply", counts that do not add up only delay or hasten an attribution). The all-zero
+/// value is [`Session::new`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Session {
@@ -199,7 +213,11 @@ pub struct Session {
     flags: u8,
     /// Expectations opened and not yet reported closed.
     open_expectations: u8,
-    _pad: [u8; 3],
+    /// Commands seen whose final reply has not been (saturating).
+    awaited_replies: u8,
+    /// Of those, the ones sent before the pending request: the final replies due before its own.
+    replies_before_pending: u8,
+    _pad: u8,
 }
 
 impl Session {
@@ -209,7 +227,9 @@ impl Session {
             pending: PENDING_NONE,
             flags: 0,
             open_expectations: 0,
-            _pad: [0; 3],
+            awaited_replies: 0,
+            replies_before_pending: 0,
+            _pad: 0,
         }
     }
 
@@ -250,11 +270,16 @@ impl Session {
     }
 
     /// Server lines were skipped (the server direction's tracker reported
-    /// [`OutOfSync`](crate::SegmentVerdict::OutOfSync)): the end of a multi-line reply may have
-    /// been among them, so stop treating lines as its body rather than risk ignoring every reply
-    /// that follows.
+    /// [`OutOfSync`](crate::SegmentVerdict::OutOfSync)). Whatever they held is unknown: the end of
+    /// a multi-line reply, the reply to a pending PASV/EPSV or the one ending a transfer, replies
+    /// to awaited commands. Forget all of that rather than wait forever for lines already gone
+    /// (which would refuse every later PORT as out of command state, and ignore every reply inside
+    /// a multi-line reply that never ends). Only the bookkeeping goes: the policy checks of later
+    /// commands and replies still apply, and a lost 227/229 cannot be accepted later.
     pub fn server_lines_lost(&mut self) {
         self.multiline_code = 0;
+        self.flags &= !FLAG_TRANSFER;
+        self.forget_awaited_replies();
     }
 
     /// The control channel is in the clear again after `CCC` (RFC 4217), as learnt by the
@@ -263,8 +288,9 @@ impl Session {
     /// nothing.
     pub fn command_channel_cleared(&mut self) {
         self.flags &= !(FLAG_ENCRYPTED | FLAG_TRANSFER);
-        self.pending = PENDING_NONE;
         self.multiline_code = 0;
+        // Commands and replies inside TLS went unseen.
+        self.forget_awaited_replies();
     }
 
     /// One whole client line held in memory: [`parse_command`] then
@@ -282,6 +308,17 @@ impl Session {
         if self.is_encrypted() {
             return ClientVerdict::Encrypted;
         }
+        if matches!(command, Command::Malformed(MalformedReason::Unterminated)) {
+            // Not a whole line yet: the server has nothing to answer.
+            return ClientVerdict::Malformed(MalformedReason::Unterminated);
+        }
+        let verdict = self.client_verdict(command, ctx);
+        // Whatever the verdict, the line reaches the server, which answers it.
+        self.awaited_replies = self.awaited_replies.saturating_add(1);
+        verdict
+    }
+
+    fn client_verdict(&mut self, command: Command, ctx: &PolicyContext) -> ClientVerdict {
         match command {
             Command::Port { addr, field } => {
                 self.open_active(SocketAddr::V4(addr), field, ActiveKind::Port, ctx)
@@ -295,15 +332,15 @@ impl Session {
                 ClientVerdict::Refused(RefusalReason::EpsvAllActive)
             }
             Command::Pasv => {
-                self.pending = PENDING_PASV;
+                self.request(PENDING_PASV);
                 ClientVerdict::PassiveRequested(PassiveKind::Pasv)
             }
             Command::Epsv(EpsvArg::All) => {
-                self.pending = PENDING_EPSV_ALL;
+                self.request(PENDING_EPSV_ALL);
                 ClientVerdict::ExtendedPassiveOnlyRequested
             }
             Command::Epsv(_) => {
-                self.pending = PENDING_EPSV;
+                self.request(PENDING_EPSV);
                 ClientVerdict::PassiveRequested(PassiveKind::Epsv)
             }
             Command::Auth(mechanism) => ClientVerdict::TlsRequested(mechanism),
@@ -334,6 +371,16 @@ impl Session {
             return ServerVerdict::Encrypted;
         }
         match reply {
+            Reply::Malformed(MalformedReason::TooLong) => {
+                // Outside a multi-line reply, most likely a final reply (a long file name in a
+                // 550, say) whose code is unknown. Counting it when it was not one attributes a
+                // later reply early, until the next time nothing is awaited; not counting a final
+                // reply would hold every later attribution back for good.
+                if self.multiline_reply().is_none() {
+                    self.count_final_reply();
+                }
+                ServerVerdict::Malformed(MalformedReason::TooLong)
+            }
             Reply::Malformed(reason) => ServerVerdict::Malformed(reason),
             Reply::Text => ServerVerdict::Ignored,
             Reply::MultiLineStart { code } => {
@@ -358,6 +405,41 @@ impl Session {
             self.pending,
             PENDING_PASV | PENDING_EPSV | PENDING_EPSV_ALL
         )
+    }
+
+    /// A PASV/EPSV/EPSV ALL (`PENDING_*`) is being sent: its reply is due after those of the
+    /// commands still awaited. Only one request is tracked: the oldest.
+    fn request(&mut self, kind: u8) {
+        if !self.passive_pending() {
+            self.pending = kind;
+            self.replies_before_pending = self.awaited_replies;
+        }
+    }
+
+    fn forget_awaited_replies(&mut self) {
+        self.pending = PENDING_NONE;
+        self.awaited_replies = 0;
+        self.replies_before_pending = 0;
+    }
+
+    /// One final reply arrived. Returns what it answers: the pending request (`PENDING_*`) if every
+    /// command sent before that one has been answered, else `PENDING_NONE`.
+    fn count_final_reply(&mut self) -> u8 {
+        self.awaited_replies = self.awaited_replies.saturating_sub(1);
+        if !self.passive_pending() {
+            return PENDING_NONE;
+        }
+        match self.replies_before_pending.checked_sub(1) {
+            Some(still_due) => {
+                self.replies_before_pending = still_due;
+                PENDING_NONE
+            }
+            None => {
+                let answered = self.pending;
+                self.pending = PENDING_NONE;
+                answered
+            }
+        }
     }
 
     /// Counts one more open expectation if the policy allows it.
@@ -393,15 +475,21 @@ impl Session {
     }
 
     fn on_final_reply(&mut self, code: u16, body: ReplyBody, ctx: &PolicyContext) -> ServerVerdict {
-        let pending = self.pending;
         let transferring = self.is_transferring();
-        if code >= 200 {
+        let answered = if code >= 200 {
             self.flags &= !FLAG_TRANSFER;
+            self.count_final_reply()
+        } else {
+            // 1xx is preliminary: the final reply is still to come.
+            PENDING_NONE
+        };
+        if code == 421 {
+            // The server is closing the connection: nothing more will be answered.
+            self.forget_awaited_replies();
         }
         match body {
             ReplyBody::Passive227 { addr, field } => {
-                self.pending = PENDING_NONE;
-                if pending != PENDING_PASV {
+                if answered != PENDING_PASV {
                     ServerVerdict::Unsolicited { code }
                 } else if ctx.policy.passive_address_must_match_server
                     && IpAddr::V4(*addr.ip()) != ctx.server
@@ -421,8 +509,7 @@ impl Session {
                 delimiter,
                 field,
             } => {
-                self.pending = PENDING_NONE;
-                if pending != PENDING_EPSV {
+                if answered != PENDING_EPSV {
                     ServerVerdict::Unsolicited { code }
                 } else if !self.reserve_expectation(&ctx.policy) {
                     ServerVerdict::Refused(RefusalReason::TooManyExpectations)
@@ -434,28 +521,23 @@ impl Session {
                 }
             }
             ReplyBody::Malformed(reason) => {
-                self.pending = PENDING_NONE;
-                let answers = if code == 227 {
+                let request = if code == 227 {
                     PENDING_PASV
                 } else {
                     PENDING_EPSV
                 };
-                if pending == answers {
+                if answered == request {
                     ServerVerdict::Malformed(reason)
                 } else {
                     ServerVerdict::Unsolicited { code }
                 }
             }
-            ReplyBody::Plain => self.on_plain_reply(code, pending, transferring),
+            ReplyBody::Plain => self.on_plain_reply(code, answered, transferring),
         }
     }
 
-    fn on_plain_reply(&mut self, code: u16, pending: u8, transferring: bool) -> ServerVerdict {
-        if code >= 400 {
-            // Whatever was pending was refused, or the session is closing.
-            self.pending = PENDING_NONE;
-        } else if pending == PENDING_EPSV_ALL && (200..300).contains(&code) {
-            self.pending = PENDING_NONE;
+    fn on_plain_reply(&mut self, code: u16, answered: u8, transferring: bool) -> ServerVerdict {
+        if answered == PENDING_EPSV_ALL && (200..300).contains(&code) {
             self.flags |= FLAG_EPSV_ALL;
         }
         match code {

@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::address::Ipv6Text;
 use ftp_common::{
-    ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN, Policy,
-    PolicyContext, Reply, ReplyBody, ReplyScanner, SegmentVerdict, ServerVerdict, Session, Span,
-    format_227_field, format_229_field, format_eprt_field, format_port_field, parse_command,
-    parse_reply, splice,
+    ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN,
+    PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner, SegmentVerdict,
+    ServerVerdict, Session, Span, format_227_field, format_229_field, format_eprt_field,
+    format_port_field, parse_command, parse_reply, splice,
 };
 use proptest::prelude::*;
 
@@ -427,6 +427,175 @@ proptest! {
             }
             if replies.push(byte) {
                 let _ = session.on_server_reply(replies.reply(), &ctx());
+            }
+        }
+    }
+}
+
+/// A command of the pipelining model below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ModelCommand {
+    Pasv,
+    Epsv,
+    EpsvAll,
+    Type,
+    Noop,
+    Retr,
+}
+
+impl ModelCommand {
+    fn line(self) -> &'static [u8] {
+        match self {
+            ModelCommand::Pasv => b"PASV\r\n",
+            ModelCommand::Epsv => b"EPSV\r\n",
+            ModelCommand::EpsvAll => b"EPSV ALL\r\n",
+            ModelCommand::Type => b"TYPE I\r\n",
+            ModelCommand::Noop => b"NOOP\r\n",
+            ModelCommand::Retr => b"RETR f\r\n",
+        }
+    }
+
+    fn is_passive_request(self) -> bool {
+        matches!(
+            self,
+            ModelCommand::Pasv | ModelCommand::Epsv | ModelCommand::EpsvAll
+        )
+    }
+}
+
+/// How the server answers one command of the model: any answer to any command, so a server that
+/// answers a NOOP with a 227 is in it too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ModelReply {
+    Passive227,
+    Passive229,
+    Malformed227,
+    Success,
+    Error,
+    /// A multi-line reply whose body looks like a 227 and a 229.
+    MultiLine,
+    /// `150`, then `226`.
+    Transfer,
+}
+
+impl ModelReply {
+    /// The reply's lines; the last one is the final reply.
+    fn lines(self) -> &'static [&'static [u8]] {
+        match self {
+            ModelReply::Passive227 => &[b"227 Entering Passive Mode (192,0,2,1,117,48).\r\n"],
+            ModelReply::Passive229 => &[b"229 Entering Extended Passive Mode (|||30000|)\r\n"],
+            ModelReply::Malformed227 => &[b"227 Logout.\r\n"],
+            ModelReply::Success => &[b"200 OK\r\n"],
+            ModelReply::Error => &[b"500 No.\r\n"],
+            ModelReply::MultiLine => &[
+                b"211-Status\r\n",
+                b"227 Entering Passive Mode (192,0,2,1,1,2)\r\n",
+                b" 229 (|||1000|)\r\n",
+                b"211 End\r\n",
+            ],
+            ModelReply::Transfer => &[b"150 Opening data connection.\r\n", b"226 Done.\r\n"],
+        }
+    }
+}
+
+fn model_command() -> impl Strategy<Value = ModelCommand> {
+    prop_oneof![
+        Just(ModelCommand::Pasv),
+        Just(ModelCommand::Epsv),
+        Just(ModelCommand::EpsvAll),
+        Just(ModelCommand::Type),
+        Just(ModelCommand::Noop),
+        Just(ModelCommand::Retr),
+    ]
+}
+
+fn model_reply() -> impl Strategy<Value = ModelReply> {
+    prop_oneof![
+        Just(ModelReply::Passive227),
+        Just(ModelReply::Passive229),
+        Just(ModelReply::Malformed227),
+        Just(ModelReply::Success),
+        Just(ModelReply::Error),
+        Just(ModelReply::MultiLine),
+        Just(ModelReply::Transfer),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    /// A client pipelines commands and a server answers each one, in order, with exactly one
+    /// final reply (the way RFC 959 pairs them), the two interleaved at random. The session
+    /// opens a passive expectation only for a 227 that answers a PASV or a 229 that answers an
+    /// EPSV — never for one answering another command — and it does open one for such a reply
+    /// whenever its request was the only passive request outstanding.
+    #[test]
+    fn a_passive_reply_opens_only_when_it_answers_its_request(
+        exchange in proptest::collection::vec((model_command(), model_reply()), 1..12),
+        schedule in proptest::collection::vec(any::<bool>(), 0..80),
+    ) {
+        let mut ctx = ctx();
+        ctx.policy.max_outstanding_expectations = u8::MAX;
+        // EPSV ALL is refused: once accepted it would refuse later PASVs, which is not what this
+        // property is about (unit tests cover it).
+        let exchange: Vec<(ModelCommand, ModelReply)> = exchange
+            .into_iter()
+            .map(|(command, reply)| match command {
+                ModelCommand::EpsvAll => (command, ModelReply::Error),
+                _ => (command, reply),
+            })
+            .collect();
+        // Every server line: which command it answers, whether it is the final reply.
+        let lines: Vec<(usize, bool, &[u8])> = exchange
+            .iter()
+            .enumerate()
+            .flat_map(|(index, (_, reply))| {
+                let lines = reply.lines();
+                lines
+                    .iter()
+                    .enumerate()
+                    .map(move |(at, line)| (index, at + 1 == lines.len(), *line))
+            })
+            .collect();
+        let mut session = Session::new();
+        prop_assert_eq!(session.on_server_line(b"220 ready\r\n", &ctx), ServerVerdict::Ignored);
+        let mut answered = vec![false; exchange.len()];
+        // Whether the request sent as command N must get its passive reply accepted.
+        let mut must_open = vec![false; exchange.len()];
+        let (mut sent, mut delivered) = (0, 0);
+        let mut schedule = schedule.into_iter();
+        while delivered < lines.len() {
+            let can_reply = lines[delivered].0 < sent;
+            let send = sent < exchange.len() && (!can_reply || schedule.next().unwrap_or(true));
+            if send {
+                let (command, _) = exchange[sent];
+                must_open[sent] = (0..sent)
+                    .all(|index| answered[index] || !exchange[index].0.is_passive_request());
+                session.on_client_line(command.line(), &ctx);
+                sent += 1;
+                continue;
+            }
+            let (index, is_final, line) = lines[delivered];
+            delivered += 1;
+            let verdict = session.on_server_line(line, &ctx);
+            if is_final {
+                answered[index] = true;
+            }
+            let (command, reply) = exchange[index];
+            if let ServerVerdict::OpenPassive { endpoint, .. } = verdict {
+                prop_assert!(is_final, "{line:?} is not a final reply");
+                match endpoint {
+                    PassiveEndpoint::Pasv(_) => prop_assert_eq!(command, ModelCommand::Pasv),
+                    PassiveEndpoint::Epsv { .. } => prop_assert_eq!(command, ModelCommand::Epsv),
+                }
+                session.expectation_closed();
+            } else if is_final && must_open[index] {
+                let answers_its_request = matches!(
+                    (command, reply),
+                    (ModelCommand::Pasv, ModelReply::Passive227)
+                        | (ModelCommand::Epsv, ModelReply::Passive229)
+                );
+                prop_assert!(!answers_its_request, "{command:?} answered by {line:?}: {verdict:?}");
             }
         }
     }

@@ -161,6 +161,8 @@ fn eprt_ipv6() {
 
 #[test]
 fn eprt_accepts_any_non_digit_printable_delimiter() {
+    // `.` is the one delimiter an IPv4 address contains: see
+    // eprt_refuses_a_delimiter_that_occurs_in_the_address.
     for delimiter in (33u8..=126).filter(|byte| !byte.is_ascii_digit() && *byte != b'.') {
         let mut line = std::vec::Vec::new();
         line.extend_from_slice(b"EPRT ");
@@ -298,11 +300,68 @@ fn eprt_refuses_missing_or_extra_closing_delimiter() {
 }
 
 #[test]
-fn eprt_refuses_overlong_address_text() {
-    let mut line = std::vec::Vec::from(&b"EPRT |2|"[..]);
-    line.extend(std::iter::repeat_n(b'0', 60));
-    line.extend_from_slice(b"|2000|\r\n");
-    assert_eq!(parse_command(&line), Command::Malformed(BadDelimiter));
+fn eprt_refuses_a_delimiter_that_occurs_in_the_address() {
+    // The first `.` or `:` would end the address: ambiguous, refused for what it is.
+    for line in [
+        &b"EPRT .1.10.0.0.2.2000.\r\n"[..],
+        b"EPRT .1.10.2000.\r\n",
+        b"EPRT :2:2001:db8::2:2000:\r\n",
+        b"EPRT :2:::1:2000:\r\n",
+        b"EPRT :2::2000:\r\n",
+    ] {
+        assert_eq!(parse_command(line), Command::Malformed(BadDelimiter), "{line:?}");
+    }
+    // The same delimiters with the other family cannot occur in the address (`.` ends an IPv6
+    // address at its first byte of an IPv4 tail, which then fails).
+    assert_eq!(
+        parse_command(b"EPRT :1:10.0.0.2:2000:\r\n"),
+        Command::Eprt {
+            addr: SocketAddr::V4(v4(10, 0, 0, 2, 2000)),
+            delimiter: b':',
+            field: span(5, 17)
+        }
+    );
+    assert_eq!(
+        parse_command(b"EPRT .2.2001:db8::2.2000.\r\n"),
+        Command::Eprt {
+            addr: SocketAddr::new(IpAddr::V6("2001:db8::2".parse().unwrap()), 2000),
+            delimiter: b'.',
+            field: span(5, 20)
+        }
+    );
+    assert_eq!(
+        parse_command(b"EPRT .2.::ffff:10.1.2.3.2000.\r\n"),
+        Command::Malformed(TrailingBytes)
+    );
+}
+
+#[test]
+fn eprt_overlong_address_text_is_a_bad_address() {
+    // The longest IPv6 text, 45 bytes, is accepted.
+    let longest = b"0000:0000:0000:0000:0000:ffff:255.255.255.255";
+    assert_eq!(longest.len(), 45);
+    let line = [&b"EPRT |2|"[..], longest, b"|2000|\r\n"].concat();
+    assert_eq!(
+        parse_command(&line),
+        Command::Eprt {
+            addr: SocketAddr::new(IpAddr::V6(Ipv4Addr::BROADCAST.to_ipv6_mapped()), 2000),
+            delimiter: b'|',
+            field: span(5, 54)
+        }
+    );
+    // One byte more, or far more, and the address is what is wrong, whatever follows.
+    let one_more = [&b"EPRT |2|0"[..], longest, b"|2000|\r\n"].concat();
+    assert_eq!(parse_command(&one_more), Command::Malformed(BadIpv6Address));
+    let zeros = |family: &[u8], count: usize| {
+        let mut line = [&b"EPRT |"[..], family, b"|"].concat();
+        line.extend(std::iter::repeat_n(b'0', count));
+        line.extend_from_slice(b"|2000|\r\n");
+        parse_command(&line)
+    };
+    assert_eq!(zeros(b"2", 60), Command::Malformed(BadIpv6Address));
+    assert_eq!(zeros(b"2", 400), Command::Malformed(BadIpv6Address));
+    assert_eq!(zeros(b"1", 60), Command::Malformed(TooManyDigits));
+    assert_eq!(zeros(b"3", 60), Command::Malformed(UnsupportedAddressFamily));
 }
 
 #[test]

@@ -63,7 +63,9 @@ fn arbitrary_stored_bytes_are_a_usable_state() {
         pending: 0xaa,
         flags: 0xf8,
         open_expectations: 0,
-        _pad: [0xff; 3],
+        awaited_replies: 0xff,
+        replies_before_pending: 0xff,
+        _pad: 0xff,
     };
     assert_eq!(session.multiline_reply(), None);
     assert!(!session.is_encrypted());
@@ -231,6 +233,8 @@ fn zero_allowed_expectations_refuses_everything() {
         session.on_client_line(PORT_LINE, &ctx),
         ClientVerdict::Refused(RefusalReason::TooManyExpectations)
     );
+    // The refused PORT still reached the server.
+    session.on_server_line(b"200 PORT command successful.\r\n", &ctx);
     session.on_client_line(b"PASV\r\n", &ctx);
     assert_eq!(
         session.on_server_line(PASV_227, &ctx),
@@ -437,6 +441,212 @@ fn an_error_reply_answers_the_pasv() {
     );
 }
 
+// Which command a reply answers (pipelining)
+
+#[test]
+fn an_error_answering_a_command_before_the_pasv_leaves_it_waiting() {
+    let mut session = Session::new();
+    session.on_client_line(b"TYPE X\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"504 Command not implemented for that parameter.\r\n", &ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn a_success_answering_a_command_before_epsv_all_does_not_accept_it() {
+    let mut session = Session::new();
+    session.on_client_line(b"TYPE I\r\n", &ctx());
+    session.on_client_line(b"EPSV ALL\r\n", &ctx());
+    session.on_server_line(b"200 Type set to I.\r\n", &ctx());
+    assert!(!session.is_extended_passive_only());
+    session.on_server_line(b"200 EPSV ALL ok.\r\n", &ctx());
+    assert!(session.is_extended_passive_only());
+
+    // And when the server refuses EPSV ALL after accepting the TYPE, nothing changes.
+    let mut session = Session::new();
+    session.on_client_line(b"TYPE I\r\n", &ctx());
+    session.on_client_line(b"EPSV ALL\r\n", &ctx());
+    session.on_server_line(b"200 Type set to I.\r\n", &ctx());
+    session.on_server_line(b"500 Unknown command.\r\n", &ctx());
+    assert!(!session.is_extended_passive_only());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+#[test]
+fn several_pipelined_commands_are_answered_in_order() {
+    let mut session = Session::new();
+    let ctx = ctx();
+    session.on_server_line(b"220 ready\r\n", &ctx);
+    for line in [
+        &b"USER anonymous\r\n"[..],
+        b"PASS x\r\n",
+        b"FEAT\r\n",
+        b"RETR f\r\n",
+        b"PASV\r\n",
+    ] {
+        session.on_client_line(line, &ctx);
+    }
+    for line in [
+        &b"331 Please specify the password.\r\n"[..],
+        b"230 Login successful.\r\n",
+        // A multi-line reply is one reply, counted at its last line; the 227 in its body is text.
+        b"211-Features:\r\n",
+        b"227 Entering Passive Mode (192,168,1,10,117,48).\r\n",
+        b"211 End\r\n",
+        // 1xx is preliminary: the RETR is answered by the 226.
+        b"150 Opening BINARY mode data connection.\r\n",
+        b"226 Transfer complete.\r\n",
+    ] {
+        let verdict = session.on_server_line(line, &ctx);
+        assert!(!matches!(verdict, ServerVerdict::OpenPassive { .. }), "{line:?}: {verdict:?}");
+    }
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx));
+}
+
+#[test]
+fn the_reply_to_a_pipelined_pasv_is_its_own_even_when_it_is_an_error() {
+    let mut session = Session::new();
+    for line in [&b"TYPE I\r\n"[..], b"PASV\r\n", b"NOOP\r\n"] {
+        session.on_client_line(line, &ctx());
+    }
+    session.on_server_line(b"200 Type set to I.\r\n", &ctx());
+    session.on_server_line(b"425 Can't open passive connection.\r\n", &ctx());
+    // A 227 now answers the NOOP, not the PASV.
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn a_227_answering_a_command_before_the_pasv_is_unsolicited() {
+    let mut session = Session::new();
+    session.on_client_line(b"NOOP\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn only_the_oldest_of_pipelined_passive_requests_is_tracked() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+    session.on_client_line(b"EPSV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(EPSV_229, &ctx()));
+}
+
+#[test]
+fn replies_that_answer_nothing_never_count_below_zero() {
+    let mut session = Session::new();
+    for line in [
+        &b"220 Service ready\r\n"[..],
+        b"421 Timeout\r\n",
+        b"200 stray\r\n",
+    ] {
+        session.on_server_line(line, &ctx());
+    }
+    assert_eq!(session.awaited_replies, 0);
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn a_421_ends_everything_awaited() {
+    let mut session = Session::new();
+    session.on_client_line(b"TYPE I\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(b"421 Service not available, closing control connection.\r\n", &ctx()),
+        ServerVerdict::TransferFailed
+    );
+    assert_eq!(session.awaited_replies, 0);
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+}
+
+#[test]
+fn an_over_long_reply_counts_as_a_final_reply_outside_a_multi_line_one() {
+    let over_long = |code: &[u8]| {
+        let mut line = std::vec::Vec::from(code);
+        line.extend(std::iter::repeat_n(b'x', crate::MAX_LINE_LEN));
+        line.extend_from_slice(b"\r\n");
+        line
+    };
+    let mut session = Session::new();
+    session.on_client_line(b"RETR /a/very/long/name\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(&over_long(b"550 "), &ctx()),
+        ServerVerdict::Malformed(MalformedReason::TooLong)
+    );
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+
+    // Inside a multi-line reply it is only text.
+    session.on_client_line(b"STAT\r\n", &ctx());
+    session.on_client_line(b"PASV\r\n", &ctx());
+    session.on_server_line(b"211-Status\r\n", &ctx());
+    session.on_server_line(&over_long(b" "), &ctx());
+    session.on_server_line(b"211 End\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn an_unterminated_command_is_not_awaiting_a_reply() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"NOOP", &ctx()),
+        ClientVerdict::Malformed(MalformedReason::Unterminated)
+    );
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn commands_in_the_normal_alternation_are_answered_one_by_one() {
+    let mut session = Session::new();
+    let ctx = ctx();
+    let conversation: [(&[u8], &[u8]); 8] = [
+        (b"USER anonymous\r\n", b"331 Please specify the password.\r\n"),
+        (b"PASS x\r\n", b"230 Login successful.\r\n"),
+        (b"TYPE X\r\n", b"504 Command not implemented for that parameter.\r\n"),
+        (b"TYPE I\r\n", b"200 Switching to Binary mode.\r\n"),
+        (b"EPSV\r\n", b"500 Unknown command.\r\n"),
+        (b"SIZE f\r\n", b"213 3\r\n"),
+        (b"MODE S\r\n", b"200 Mode set to S.\r\n"),
+        (b"CWD /pub\r\n", b"250 Directory successfully changed.\r\n"),
+    ];
+    session.on_server_line(b"220 (vsFTPd 3.0.5)\r\n", &ctx);
+    for (command, reply) in conversation {
+        session.on_client_line(command, &ctx);
+        assert_eq!(session.awaited_replies, 1, "{command:?}");
+        session.on_server_line(reply, &ctx);
+        assert_eq!(session.awaited_replies, 0, "{reply:?}");
+    }
+    for _ in 0..3 {
+        session.on_client_line(b"PASV\r\n", &ctx);
+        assert_opens_passive(session.on_server_line(PASV_227, &ctx));
+        session.on_client_line(b"RETR f\r\n", &ctx);
+        session.on_server_line(b"150 Opening BINARY mode data connection.\r\n", &ctx);
+        session.expectation_closed();
+        session.on_server_line(b"226 Transfer complete.\r\n", &ctx);
+        assert_eq!(session.awaited_replies, 0);
+    }
+}
+
 // EPSV / 229
 
 #[test]
@@ -493,6 +703,7 @@ fn too_many_expectations_refuse_a_229() {
     let mut ctx = ctx();
     ctx.policy.max_outstanding_expectations = 1;
     open_active(session.on_client_line(PORT_LINE, &ctx));
+    session.on_server_line(b"200 PORT command successful.\r\n", &ctx);
     session.on_client_line(b"EPSV\r\n", &ctx);
     assert_eq!(
         session.on_server_line(EPSV_229, &ctx),
@@ -531,6 +742,8 @@ fn epsv_all_accepted_refuses_port_eprt_and_pasv() {
             ClientVerdict::Refused(RefusalReason::EpsvAllActive),
             "{line:?}"
         );
+        // The server refuses it too.
+        session.on_server_line(b"520 EPSV ALL in effect\r\n", &ctx());
     }
     session.on_client_line(b"EPSV\r\n", &ctx());
     assert_opens_passive(session.on_server_line(EPSV_229, &ctx()));
@@ -550,6 +763,7 @@ fn epsv_all_rejected_by_the_server_changes_nothing() {
 #[test]
 fn lines_inside_a_multi_line_reply_are_never_a_227() {
     let mut session = Session::new();
+    session.on_client_line(b"STAT\r\n", &ctx());
     session.on_client_line(b"PASV\r\n", &ctx());
     assert_eq!(
         session.on_server_line(b"211-Status\r\n", &ctx()),
@@ -602,6 +816,50 @@ fn server_lines_lost_ends_a_multi_line_reply() {
     session.server_lines_lost();
     session.on_client_line(b"PASV\r\n", &ctx());
     assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+}
+
+#[test]
+fn server_lines_lost_forgets_what_the_lost_replies_would_have_settled() {
+    // The 227 to a PASV was lost: PORT is back in command state, and a later 227 answers nothing.
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    session.server_lines_lost();
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+    session.on_server_line(b"200 PORT command successful.\r\n", &ctx());
+    assert_eq!(
+        session.on_server_line(PASV_227, &ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+
+    // The 226 ending a transfer was lost.
+    let mut session = Session::new();
+    session.on_server_line(b"150 Opening BINARY mode data connection.\r\n", &ctx());
+    session.server_lines_lost();
+    assert!(!session.is_transferring());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
+
+    // Replies to pipelined commands were lost: nothing is awaited any more.
+    let mut session = Session::new();
+    for line in [&b"TYPE I\r\n"[..], b"MODE S\r\n", b"STRU F\r\n"] {
+        session.on_client_line(line, &ctx());
+    }
+    session.server_lines_lost();
+    assert_eq!(session.awaited_replies, 0);
+    session.on_client_line(b"PASV\r\n", &ctx());
+    assert_opens_passive(session.on_server_line(PASV_227, &ctx()));
+
+    // The policy still applies.
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx());
+    session.server_lines_lost();
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,3,195,80\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+    assert_eq!(
+        session.on_client_line(b"PORT 10,0,0,2,0,22\r\n", &ctx()),
+        ClientVerdict::Refused(RefusalReason::PrivilegedPort)
+    );
 }
 
 // TLS
