@@ -7,9 +7,14 @@ use std::{
     path::PathBuf,
     sync::Barrier,
     thread,
+    time::Duration,
 };
 
-use ftpnat_tests::{Lab, LabSpec, Mode, netns::run};
+use ftpnat_tests::{
+    Lab, LabSpec, Mode,
+    lab::wait_until,
+    netns::{remove_stale, run, unique_prefix},
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -93,4 +98,37 @@ fn two_labs_at_once_each_carry_their_own_transfers() {
     for name in &names {
         assert_eq!(namespaces_named(&format!("{name}-")), Vec::<String>::new());
     }
+}
+
+/// What `Lab::new` relies on when a killed run's namespaces carry the prefix it is about to use:
+/// those go, with any process in them; namespaces of another prefix stay, even one that merely
+/// starts with the same characters.
+#[test]
+fn stale_namespaces_of_a_prefix_are_removed_and_no_others() {
+    let prefix = unique_prefix();
+    let stale = [format!("{prefix}-client"), format!("{prefix}-router")];
+    let other = format!("{prefix}0-router");
+    for name in stale.iter().chain([&other]) {
+        run("ip", &["netns", "add", name]).expect("ip netns add");
+    }
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &stale[1], "sleep", "600"])
+        .spawn()
+        .expect("a process in a stale namespace");
+
+    let mut removed = remove_stale(&prefix).expect("remove_stale");
+    removed.sort();
+    let still_there = namespaces_named(&prefix);
+    let sleeper_killed = wait_until(Duration::from_secs(10), || {
+        sleeper.try_wait().ok().flatten().is_some()
+    });
+    if sleeper_killed.is_err() {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    run("ip", &["netns", "del", &other]).expect("removing the other namespace");
+
+    assert_eq!(removed, stale);
+    assert_eq!(still_there, [other]);
+    assert!(sleeper_killed.is_ok(), "the process inside was not killed");
 }
