@@ -2,12 +2,12 @@
 
 use std::{net::TcpListener, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
 use ftp_common::maps::{Counter, Event, EventKind, InterfaceRole, programs};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::broadcast,
 };
 
@@ -207,10 +207,60 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             published.lan
         );
     }
+    let reporter = EventReporter {
+        sender: events,
+        ids: SessionIds::default(),
+        transfers: transfer_log,
+        json: args.log_format() == crate::config::LogFormat::Json,
+    };
     // Served from its own task: a slow scraper never delays the sweep or the kernel log.
     let metrics = metrics
         .map(|listener| metrics::spawn(listener, datapath.pin_dir().to_owned()))
-        .transpose()?;
+        .transpose();
+    let watched = match metrics {
+        Ok(metrics) => {
+            let watched = watch(&nat, &mut datapath, reporter, &mut sigterm, &mut sigint).await;
+            // Stop answering scrapes first: they would find the agent gone half-way.
+            if let Some(metrics) = metrics {
+                metrics.abort();
+            }
+            watched
+        }
+        Err(err) => Err(err),
+    };
+    let signal_name = match watched {
+        Ok(signal_name) => signal_name,
+        Err(err) => return Err(stop_on_error(datapath, args.detach_on_exit, err)),
+    };
+    let pin_dir = datapath.pin_dir().to_owned();
+    if args.detach_on_exit {
+        log::info!("{signal_name} received: detaching");
+        datapath.detach()?;
+        log::info!(
+            "detached from all interfaces; pins under {} removed",
+            pin_dir.display()
+        );
+    } else {
+        log::info!(
+            "{signal_name} received: exiting and leaving the datapath attached (pinned under {}): \
+             transfers go on; `ftpnat run` with the same settings adopts it, `ftpnat detach \
+             --pin-dir {}` removes it",
+            pin_dir.display(),
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Follows the attached datapath (its events, its kernel log, the sweep) until SIGTERM or SIGINT,
+/// whose name it returns.
+async fn watch(
+    nat: &NatSettings,
+    datapath: &mut Datapath,
+    mut reporter: EventReporter,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> anyhow::Result<&'static str> {
     let policy = ExpiryPolicy::default();
     let mut exhaustion = ExhaustionWatch::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
@@ -231,32 +281,27 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         unsafe { AsyncFd::register_with_interest(datapath.take_events()?, Interest::READABLE) }
             .map_err(|err| err.into_parts().1)
             .context("watching the event ring buffer")?;
-    let mut reporter = EventReporter {
-        sender: events,
-        ids: SessionIds::default(),
-        transfers: transfer_log,
-        json: args.log_format() == crate::config::LogFormat::Json,
-    };
-    let signal_name = loop {
+    loop {
         tokio::select! {
-            _ = sigterm.recv() => break "SIGTERM",
-            _ = sigint.recv() => break "SIGINT",
+            _ = sigterm.recv() => return Ok("SIGTERM"),
+            _ = sigint.recv() => return Ok("SIGINT"),
             _ = sweep.tick() => {
                 // The datapath's events first, so that what a connection did is reported before
                 // its end.
-                drain_events(ring.get_mut(), &mut datapath, &mut reporter)?;
-                let swept = expire::sweep(&mut datapath.state_tables()?, expire::monotonic_now_ns(), &policy)?;
+                drain_events(ring.get_mut(), datapath, &mut reporter)?;
+                let swept = expire::sweep(&mut datapath.state_tables()?, expire::monotonic_now_ns(), &policy)
+                    .context("sweeping finished connections and expired expectations")?;
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
                 }
                 for event in &swept.events {
-                    reporter.report(&mut datapath, event)?;
+                    reporter.report(datapath, event)?;
                 }
                 exhaustion.check(datapath.pin_dir(), nat.window);
             }
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the event ring buffer")?;
-                drain_events(guard.get_inner_mut(), &mut datapath, &mut reporter)?;
+                drain_events(guard.get_inner_mut(), datapath, &mut reporter)?;
                 guard.clear_ready();
             }
             readable = async {
@@ -270,30 +315,43 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
                 guard.clear_ready();
             }
         }
-    };
-    // Stop answering scrapes first: they would find the agent gone half-way.
-    if let Some(metrics) = metrics {
-        metrics.abort();
     }
-    drop(kernel_log);
+}
+
+/// Whether an agent that fails after attaching removes the datapath: one it attached itself would
+/// otherwise be left behind by a run that never served it (and `--detach-on-exit` asks for the
+/// removal anyway); an adopted one carries a previous run's transfers and stays for the next agent.
+fn detach_after_error(origin: Origin, detach_on_exit: bool) -> bool {
+    detach_on_exit || origin == Origin::Fresh
+}
+
+/// Ends a run that failed with the datapath attached: detaches it if [`detach_after_error`] says
+/// so, and returns the error (with the detach's own failure, if any).
+fn stop_on_error(datapath: Datapath, detach_on_exit: bool, err: anyhow::Error) -> anyhow::Error {
     let pin_dir = datapath.pin_dir().to_owned();
-    if args.detach_on_exit {
-        log::info!("{signal_name} received: detaching");
-        datapath.detach()?;
-        log::info!(
-            "detached from all interfaces; pins under {} removed",
-            pin_dir.display()
-        );
-    } else {
-        log::info!(
-            "{signal_name} received: exiting and leaving the datapath attached (pinned under {}): \
-             transfers go on; `ftpnat run` with the same settings adopts it, `ftpnat detach \
-             --pin-dir {}` removes it",
+    if !detach_after_error(datapath.origin(), detach_on_exit) {
+        log::warn!(
+            "stopping on an error; the adopted datapath under {} stays attached (its transfers go \
+             on): `ftpnat run` adopts it again, `ftpnat detach --pin-dir {}` removes it",
             pin_dir.display(),
             pin_dir.display()
         );
+        return err;
     }
-    Ok(())
+    match datapath.detach() {
+        Ok(_) => {
+            log::warn!(
+                "stopping on an error: detached from all interfaces; pins under {} removed",
+                pin_dir.display()
+            );
+            err
+        }
+        Err(detach_err) => anyhow!(
+            "{err:#}; detaching after it failed too ({detach_err:#}): remove the datapath with \
+             `ftpnat detach --pin-dir {}`",
+            pin_dir.display()
+        ),
+    }
 }
 
 /// How many events a slow `ftpnat events` reader may fall behind before it skips some.
@@ -394,5 +452,18 @@ fn kernel_log_level(filter: log::LevelFilter) -> u8 {
         log::LevelFilter::Info => 3,
         log::LevelFilter::Debug => 4,
         log::LevelFilter::Trace => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_after_attaching_detaches_only_what_this_run_attached_unless_told_to() {
+        assert!(detach_after_error(Origin::Fresh, false));
+        assert!(detach_after_error(Origin::Fresh, true));
+        assert!(!detach_after_error(Origin::Adopted, false));
+        assert!(detach_after_error(Origin::Adopted, true));
     }
 }

@@ -4,6 +4,7 @@ use std::{
     fs::{self, File},
     path::PathBuf,
     process::{Child, ExitStatus, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -38,7 +39,10 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent in the router's network namespace and waits until it has attached.
     pub fn start(lab: &Lab, args: &[String]) -> anyhow::Result<Self> {
-        let log = lab.dir().join("ftpnat-run.log");
+        // One log per agent: a second agent in the same lab must not truncate the first one's.
+        static STARTED: AtomicUsize = AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let log = lab.dir().join(format!("ftpnat-run-{n}.log"));
         let out = File::create(&log)?;
         let err = out.try_clone()?;
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -88,19 +92,30 @@ impl Agent {
 
     /// Sends `signal` and waits (up to 10 s) for the agent to exit; returns its status and log.
     pub fn stop_with(&mut self, signal: i32) -> anyhow::Result<(ExitStatus, String)> {
-        let mut child = self.child.take().context("the agent was already stopped")?;
+        let child = self
+            .child
+            .as_ref()
+            .context("the agent was already stopped")?;
         // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
         unsafe { libc::kill(child.id() as i32, signal) };
+        self.wait_for_exit(Duration::from_secs(10))
+            .with_context(|| format!("after signal {signal}"))
+    }
+
+    /// Waits up to `limit` for the agent to exit on its own (killing it after that); returns its
+    /// status and log.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> anyhow::Result<(ExitStatus, String)> {
+        let mut child = self.child.take().context("the agent was already stopped")?;
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait()? {
                 return Ok((status, self.log_text()));
             }
-            if start.elapsed() > Duration::from_secs(10) {
+            if start.elapsed() > limit {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
-                    "ftpnat run ignored signal {signal} for 10 s:\n{}",
+                    "ftpnat run was still running after {limit:?}:\n{}",
                     self.log_text()
                 );
             }

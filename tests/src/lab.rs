@@ -23,7 +23,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     agent::Agent,
-    netns::{NetNs, run, unique_prefix},
+    netns::{NetNs, remove_stale, run, tcx_programs, unique_prefix},
 };
 
 /// Names of the interfaces inside the namespaces (each namespace has its own, so they can repeat).
@@ -95,6 +95,10 @@ impl Lab {
             let _ = run("umount", &["-l", &dir.join("bpffs").to_string_lossy()]);
             fs::remove_dir_all(&dir)
                 .with_context(|| format!("removing stale {}", dir.display()))?;
+        }
+        // Namespaces of that earlier process, too: ours are about to take their names.
+        for stale in remove_stale(&name)? {
+            eprintln!("lab {name}: removed stale namespace {stale}");
         }
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // The FTP servers drop privileges: their files must be reachable by other users.
@@ -333,20 +337,9 @@ impl Lab {
 
     /// Names of the TC programs attached to a router interface, as the kernel reports them.
     pub fn router_tc_programs(&self, iface: &str) -> anyhow::Result<Vec<String>> {
-        use aya::programs::{SchedClassifier, TcAttachType};
         let iface = iface.to_owned();
-        self.router.run_inside(move || {
-            let mut names = Vec::new();
-            for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-                let (_, programs) = SchedClassifier::query_tcx(&iface, attach_type)?;
-                names.extend(
-                    programs
-                        .iter()
-                        .map(|p| p.name_as_str().unwrap_or("?").to_owned()),
-                );
-            }
-            Ok::<_, anyhow::Error>(names)
-        })?
+        let programs = self.router.run_inside(move || tcx_programs(&iface))??;
+        Ok(programs.into_iter().map(|(name, _id)| name).collect())
     }
 
     /// What the router's capture of `iface` holds so far, as tcpdump prints it with payloads

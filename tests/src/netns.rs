@@ -40,6 +40,43 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<Output> {
     Ok(output)
 }
 
+/// The TC programs attached through TCX to `iface` in the calling thread's network namespace, as
+/// (name, program id), ingress first. (Debian's bpftool predates TCX and lists none of them.)
+pub fn tcx_programs(iface: &str) -> anyhow::Result<Vec<(String, u32)>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut programs = Vec::new();
+    for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, attached) = SchedClassifier::query_tcx(iface, attach_type)
+            .with_context(|| format!("querying the TCX programs of {iface}"))?;
+        programs.extend(
+            attached
+                .iter()
+                .map(|p| (p.name_as_str().unwrap_or("?").to_owned(), p.id())),
+        );
+    }
+    Ok(programs)
+}
+
+/// Removes the namespaces named `<prefix>-…` (with every process in them), returning their names:
+/// those a killed earlier process left behind under a prefix that is now ours again (pids repeat).
+pub fn remove_stale(prefix: &str) -> anyhow::Result<Vec<String>> {
+    let out = run("ip", &["netns", "list"])?;
+    let stale: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| {
+            name.strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .map(str::to_owned)
+        .collect();
+    for name in &stale {
+        // Dropping it kills what runs inside and deletes it.
+        drop(NetNs { name: name.clone() });
+    }
+    Ok(stale)
+}
+
 #[derive(Debug)]
 pub struct NetNs {
     name: String,

@@ -1,10 +1,19 @@
 //! `ftpnat run` on a routed lab: it attaches its programs, transfers still work, the counters
-//! account for the traffic, bad input is refused cleanly; the datapath outlives the agent (SIGTERM,
-//! kill -9) for the next agent to adopt, and `ftpnat detach` removes it.
+//! account for the traffic, bad input, missing privileges and a verifier refusal are refused
+//! cleanly; the datapath outlives the agent (SIGTERM, kill -9) for the next agent to adopt, and
+//! `ftpnat detach` removes it; an agent failing after attaching removes only what it attached.
 
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{ExitStatus, Output, Stdio},
+    time::Duration,
+};
+
+use aya::maps::{Map, MapData, Queue};
 use ftpnat_tests::{
-    Lab, LabSpec, Mode, Routing,
-    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF},
+    Agent, Lab, LabSpec, Mode, Routing,
+    agent::ftpnat_bin,
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
 };
 use serde_json::Value;
 
@@ -94,10 +103,16 @@ fn both_hooks_attached(lab: &Lab) -> bool {
         .all(|iface| lab.router_tc_programs(iface).unwrap() == ["ftpnat_ingress", "ftpnat_egress"])
 }
 
+/// Whether the router's interfaces are (or become, within 10 s) free of TC programs. The kernel
+/// releases a link whose pin was removed a little later (after an RCU grace period, from a work
+/// queue), so a detach is seen to complete shortly after the process that did it returned.
 fn nothing_attached(lab: &Lab) -> bool {
-    [ROUTER_LAN_IF, ROUTER_WAN_IF]
-        .iter()
-        .all(|iface| lab.router_tc_programs(iface).unwrap().is_empty())
+    wait_until(Duration::from_secs(10), || {
+        [ROUTER_LAN_IF, ROUTER_WAN_IF]
+            .iter()
+            .all(|iface| lab.router_tc_programs(iface).unwrap().is_empty())
+    })
+    .is_ok()
 }
 
 fn detach(lab: &Lab) -> String {
@@ -152,14 +167,30 @@ fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
 }
 
 #[test]
-fn detach_on_exit_removes_programs_and_pins_on_sigint() {
+fn detach_on_exit_removes_programs_and_pins_on_sigint_and_sigterm() {
     let lab = routed_lab();
-    let mut agent = lab.start_ftpnat(&["--detach-on-exit"]).expect("ftpnat run");
-    let (status, log) = agent.stop_with(libc::SIGINT).expect("stop");
-    assert!(status.success(), "agent exited with {status}:\n{log}");
-    assert!(log.contains("pins under"), "{log}");
-    assert!(nothing_attached(&lab));
-    assert!(!lab.pin_dir().unwrap().exists());
+    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
+        let mut agent = lab.start_ftpnat(&["--detach-on-exit"]).expect("ftpnat run");
+        assert!(both_hooks_attached(&lab));
+        let (status, log) = agent.stop_with(signal).expect("stop");
+        assert!(
+            status.success(),
+            "agent exited with {status} on {name}:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("{name} received: detaching")),
+            "{log}"
+        );
+        assert!(log.contains("pins under"), "{log}");
+        assert!(
+            nothing_attached(&lab),
+            "programs left attached after {name}"
+        );
+        assert!(
+            !lab.pin_dir().unwrap().exists(),
+            "pins left behind after {name}"
+        );
+    }
 }
 
 #[test]
@@ -302,4 +333,215 @@ fn pin_dir_outside_bpffs_is_refused_with_the_fix() {
     assert!(!out.status.success());
     assert!(stderr.contains("mount -t bpf"), "{stderr}");
     assert!(lab.router_tc_programs(ROUTER_WAN_IF).unwrap().is_empty());
+    assert!(
+        !lab.dir().join("plain-dir").exists(),
+        "the refused pin dir was created"
+    );
+}
+
+/// `ftpnat run` on the lab's interfaces with the lab's pin dir, in the router's namespace, through
+/// `wrapper` (a program and its arguments that then run ftpnat, such as setpriv), to its end.
+fn run_wrapped(lab: &Lab, wrapper: &[&str]) -> Output {
+    let pin_dir = lab.pin_dir().expect("pin dir");
+    let bin = ftpnat_bin().expect("ftpnat binary");
+    let bin = bin.to_string_lossy();
+    let pin_dir = pin_dir.to_string_lossy();
+    let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+    let mut args = wrapper_args.to_vec();
+    args.extend([
+        &*bin,
+        "run",
+        "--wan",
+        ROUTER_WAN_IF,
+        "--lan",
+        ROUTER_LAN_IF,
+        "--pin-dir",
+        &*pin_dir,
+    ]);
+    lab.in_router(program, &args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("ftpnat run")
+}
+
+#[test]
+fn verifier_refusal_without_perfmon_or_sys_admin_shows_its_log_and_leaves_nothing() {
+    let lab = routed_lab();
+    // Root with CAP_BPF and CAP_NET_ADMIN, but neither capability that lets the verifier accept
+    // pointer arithmetic.
+    let out = run_wrapped(
+        &lab,
+        &[
+            "setpriv",
+            "--bounding-set=-sys_admin,-perfmon",
+            "--inh-caps=-sys_admin,-perfmon",
+            "--",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    let (headline, log_tail) = stderr
+        .split_once("the kernel's verifier rejected program ftpnat_")
+        .and_then(|(_, refusal)| refusal.split_once('\n'))
+        .unwrap_or_else(|| panic!("not a verifier refusal: {stderr}"));
+    // "… (Permission denied …); last N lines of its log:", then those lines, ending the output.
+    let shown: usize = headline
+        .rsplit_once("; last ")
+        .and_then(|(_, count)| count.strip_suffix(" lines of its log:"))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no line count: {stderr}"));
+    let tail: Vec<&str> = log_tail.lines().collect();
+    assert!(shown > 0, "{stderr}");
+    assert_eq!(tail.len(), shown, "{stderr}");
+    assert!(
+        tail.iter()
+            .any(|line| line.contains("pointer arithmetic") && line.contains("prohibited")),
+        "the log's tail does not give the verifier's reason: {stderr}"
+    );
+    assert!(nothing_attached(&lab));
+    assert!(
+        !lab.pin_dir().unwrap().exists(),
+        "maps pinned before the refusal were left behind"
+    );
+}
+
+#[test]
+fn non_root_is_refused_before_anything_is_created() {
+    let lab = routed_lab();
+    let out = run_wrapped(
+        &lab,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "exit status {}", out.status);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+    assert!(nothing_attached(&lab));
+    assert!(!lab.pin_dir().unwrap().exists(), "the pin dir was created");
+}
+
+/// Makes the running agent fail after attaching: a control connection through the masquerade takes
+/// a window port; the queue of free ports is then filled to the brim from outside, so that when
+/// the connection has ended the agent's sweep cannot push the port back and stops with an error.
+/// Returns the agent's exit status and log.
+fn fail_the_sweep(lab: &Lab, agent: &mut Agent) -> (ExitStatus, String) {
+    // Held open (banner read) until told otherwise on stdin.
+    const HOLD_CONTROL_CONNECTION: &str = "\
+import socket, sys
+conn = socket.create_connection((sys.argv[1], 21), timeout=30)
+conn.recv(1024)
+print('connected', flush=True)
+sys.stdin.readline()
+conn.close()
+";
+    let server = lab.spec.server.to_string();
+    let mut client = lab
+        .client
+        .command(
+            "timeout",
+            &[
+                "60",
+                "/usr/bin/python3",
+                "-c",
+                HOLD_CONTROL_CONNECTION,
+                &server,
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the client's first line");
+    assert_eq!(
+        line.trim(),
+        "connected",
+        "the control connection did not open"
+    );
+
+    let free_ports = lab.pin_dir().unwrap().join("v2/FREE_PORTS");
+    let mut queue: Queue<_, u16> = Queue::try_from(Map::Queue(
+        MapData::from_pin(&free_ports).expect("the pinned FREE_PORTS"),
+    ))
+    .expect("a queue of ports");
+    let capacity = queue.capacity();
+    let room = (0..=capacity)
+        .take_while(|_| queue.push(WINDOW_LO, 0).is_ok())
+        .count();
+    assert!(
+        room <= capacity as usize,
+        "the queue of {capacity} ports never filled"
+    );
+
+    drop(client.stdin.take().expect("stdin"));
+    client.wait().expect("the client's end");
+    agent
+        .wait_for_exit(Duration::from_secs(60))
+        .expect("the agent stops on the sweep's error")
+}
+
+const WINDOW_LO: u16 = 61000;
+const WINDOW: &str = "61000-61009";
+
+#[test]
+fn error_after_a_fresh_attach_detaches_the_datapath() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let _server = lab.serve_file(1024, 3).expect("vsftpd");
+    let mut agent = lab
+        .start_ftpnat(&["--port-window", WINDOW])
+        .expect("ftpnat run");
+    let (status, log) = fail_the_sweep(&lab, &mut agent);
+    assert!(!status.success(), "agent exited with {status}:\n{log}");
+    assert!(log.contains("sweeping finished connections"), "{log}");
+    assert!(
+        log.contains("stopping on an error: detached from all interfaces"),
+        "{log}"
+    );
+    assert!(nothing_attached(&lab), "{log}");
+    assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
+}
+
+#[test]
+fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let _server = lab.serve_file(1024, 4).expect("vsftpd");
+    let mut first = lab
+        .start_ftpnat(&["--port-window", WINDOW])
+        .expect("ftpnat run");
+    first
+        .stop()
+        .expect("first agent stops, leaving its datapath");
+
+    let mut adopter = lab
+        .start_ftpnat(&["--port-window", WINDOW])
+        .expect("ftpnat run adopting");
+    assert!(adopter.log_text().contains("adopted the datapath"));
+    let (status, log) = fail_the_sweep(&lab, &mut adopter);
+    assert!(!status.success(), "agent exited with {status}:\n{log}");
+    assert!(log.contains("sweeping finished connections"), "{log}");
+    assert!(log.contains("stays attached"), "{log}");
+    assert!(
+        both_hooks_attached(&lab),
+        "a previous run's datapath was removed:\n{log}"
+    );
+    stats_json(&lab);
+
+    let mut told_to_detach = lab
+        .start_ftpnat(&["--port-window", WINDOW, "--detach-on-exit"])
+        .expect("ftpnat run adopting again");
+    let (status, log) = fail_the_sweep(&lab, &mut told_to_detach);
+    assert!(!status.success(), "agent exited with {status}:\n{log}");
+    assert!(
+        log.contains("stopping on an error: detached from all interfaces"),
+        "{log}"
+    );
+    assert!(nothing_attached(&lab), "{log}");
+    assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
 }

@@ -54,7 +54,8 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::run(),
         Task::Build { release } => setup::run().and_then(|()| build(release).map(drop)),
-        Task::Test => setup::run().and_then(|()| test::run()),
+        // Runs setup itself, so that every failure ends up in its closing tally.
+        Task::Test => return test::run(),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Bench => setup::run().and_then(|()| bench::run()),
         Task::Lint => setup::run().and_then(|()| lint::run()),
