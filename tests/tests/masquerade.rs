@@ -1,12 +1,17 @@
 //! Issue 4: FTP clients behind the router reach a server that has no route back to the LAN, with
 //! ftpnat translating the control and data connections in eBPF and no netfilter rule at all.
+//!
+//! Every download here is checked twice: by sha256, and in the server's protocol log, which must
+//! show the data connection opened in the mode the test claims (curl falls back from EPRT to PORT
+//! and from EPSV to PASV and still gets its file) and never the client's private address.
 
 use std::{net::Ipv4Addr, time::Duration};
 
 use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, Mode, TestFile, Transfer,
     files::assert_same_content,
-    lab::{ROUTER_WAN_IF, wait_until},
+    lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
+    servers::{VsftpdOptions, data_commands_in_mode, vsftpd_dialogue},
 };
 use serde_json::Value;
 
@@ -19,13 +24,38 @@ struct Setup {
 }
 
 fn setup(spec: LabSpec, file_size: u64) -> Setup {
+    setup_with(spec, file_size, &VsftpdOptions::default())
+}
+
+fn setup_with(spec: LabSpec, file_size: u64, options: &VsftpdOptions) -> Setup {
     let lab = Lab::new(spec).expect("lab");
-    let (server, file) = lab.serve_file(file_size, 4).expect("vsftpd serving a file");
+    let (server, file) = lab
+        .serve_file_with(file_size, 4, options)
+        .expect("vsftpd serving a file");
     Setup { lab, server, file }
 }
 
-fn download(setup: &Setup, client: Client, mode: Mode, name: &str) {
+/// The server's protocol dialogue since `mark` (see [`FtpServer::log_mark`]), after checking that
+/// the client's private address appears nowhere in it: neither as the peer of the control
+/// connection nor inside a command.
+fn dialogue_since(setup: &Setup, mark: u64) -> Vec<String> {
+    let log = setup.server.log_since(mark).expect("server log");
+    let client = setup.lab.spec.client;
+    for private in [client.to_string(), commas(client)] {
+        assert!(
+            !log.contains(&private),
+            "the server saw the client's private address {private}:\n{log}"
+        );
+    }
+    vsftpd_dialogue(&log)
+}
+
+/// Downloads the served file with `client` in `mode`, checks it by sha256 and checks in the
+/// server's log that the data connection was opened in `mode`, as the server accepted it. Returns
+/// the session's dialogue.
+fn download(setup: &Setup, client: Client, mode: Mode, name: &str) -> Vec<String> {
     let local = setup.lab.subdir("client").expect("client dir").join(name);
+    let mark = setup.server.log_mark();
     Transfer {
         client,
         mode,
@@ -38,11 +68,26 @@ fn download(setup: &Setup, client: Client, mode: Mode, name: &str) {
     .run(&setup.lab.client)
     .unwrap_or_else(|err| panic!("{err:#}"));
     assert_same_content(&local, &setup.file);
+    let dialogue = dialogue_since(setup, mark);
+    data_commands_in_mode(&dialogue, mode).unwrap_or_else(|err| panic!("{err:#}"));
+    dialogue
 }
 
 fn ftpnat_json(lab: &Lab, command: &str) -> Value {
     lab.ftpnat_json(&[command])
         .unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+fn datapath_counter(lab: &Lab, name: &str) -> u64 {
+    let stats = ftpnat_json(lab, "stats");
+    stats["datapath"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no datapath counter {name}: {stats}"))
+}
+
+/// An address as PORT and 227 write it: `10,0,0,2`.
+fn commas(addr: Ipv4Addr) -> String {
+    addr.octets().map(|o| o.to_string()).join(",")
 }
 
 #[test]
@@ -75,16 +120,19 @@ fn curl_port_eprt_pasv_and_epsv_200mb_without_netfilter() {
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
 
+/// Five gets in one lftp session, active then passive: each run is one control session (a
+/// reconnecting client would pass the checksums too) whose five data connections each used an
+/// expectation, in the mode the server accepted five times.
 #[test]
 fn lftp_five_transfers_per_session_and_python_ftplib_200mb() {
     let setup = setup(LabSpec::default(), 200 * MIB);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let dir = setup.lab.subdir("client").expect("client dir");
-    for (passive, label) in [("off", "active"), ("on", "passive")] {
+    for (passive, mode) in [("off", Mode::Port), ("on", Mode::Pasv)] {
         let gets: String = (0..5)
             .map(|i| {
                 format!(
-                    "get {} -o {}/{label}-{i}.bin; ",
+                    "get {} -o {}/{mode:?}-{i}.bin; ",
                     setup.file.name(),
                     dir.display()
                 )
@@ -92,23 +140,43 @@ fn lftp_five_transfers_per_session_and_python_ftplib_200mb() {
             .collect();
         let script = format!(
             "set net:max-retries 1; set net:timeout 20; set ftp:passive-mode {passive}; \
-             open ftp://{}; {gets}bye",
+             set ftp:prefer-epsv no; open ftp://{}; {gets}bye",
             setup.server.addr
         );
+        let sessions_before = datapath_counter(&setup.lab, "control_sessions_opened");
+        let used_before = datapath_counter(&setup.lab, "expectations_used");
+        let mark = setup.server.log_mark();
         let out = setup
             .lab
             .client
-            .command("timeout", &["120", "lftp", "-c", &script])
+            .command("timeout", &["300", "lftp", "-c", &script])
             .output()
             .expect("lftp");
         assert!(
             out.status.success(),
-            "lftp {label}: {}",
+            "lftp {mode:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         for i in 0..5 {
-            assert_same_content(&dir.join(format!("{label}-{i}.bin")), &setup.file);
+            assert_same_content(&dir.join(format!("{mode:?}-{i}.bin")), &setup.file);
         }
+        assert_eq!(
+            datapath_counter(&setup.lab, "control_sessions_opened") - sessions_before,
+            1,
+            "lftp {mode:?} did not keep to one control session"
+        );
+        assert_eq!(
+            datapath_counter(&setup.lab, "expectations_used") - used_before,
+            5,
+            "lftp {mode:?}: data connections"
+        );
+        let dialogue = dialogue_since(&setup, mark);
+        assert_eq!(
+            data_commands_in_mode(&dialogue, mode).unwrap_or_else(|err| panic!("{err:#}")),
+            5,
+            "{}",
+            dialogue.join("\n")
+        );
     }
     for mode in [Mode::Port, Mode::Pasv] {
         download(
@@ -121,7 +189,9 @@ fn lftp_five_transfers_per_session_and_python_ftplib_200mb() {
 }
 
 /// The address text changes length both ways: `10,0,0,2` grows into `203,0,113,254` (the default
-/// lab) and `192,168,100,200` shrinks into `192,0,2,1`.
+/// lab) and `192,168,100,200` shrinks into `192,0,2,1`, in PORT and in EPRT; then twenty PORTs in
+/// one session shrink the stream twenty times before a transfer, which works only if every later
+/// segment and acknowledgement is moved by the sum of the changes.
 #[test]
 fn rewritten_address_may_be_shorter_than_the_original() {
     let spec = LabSpec {
@@ -131,17 +201,55 @@ fn rewritten_address_may_be_shorter_than_the_original() {
         server: Ipv4Addr::new(192, 0, 2, 10),
         ..LabSpec::default()
     };
-    let setup = setup(spec, 20 * MIB);
+    let setup = setup(spec, 8 * MIB);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     for mode in [Mode::Port, Mode::Eprt] {
         download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
     }
+    let server = setup.server.addr.to_string();
+    let mark = setup.server.log_mark();
+    let out = setup
+        .lab
+        .client_python(PORTS_THEN_RETR, &[&server, setup.file.name(), "20"], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        setup.file.sha256
+    );
+    // Twenty PORTs of the script's own and ftplib's for the transfer, all rewritten and accepted.
+    let dialogue = dialogue_since(&setup, mark);
+    assert_eq!(data_commands_in_mode(&dialogue, Mode::Port).unwrap(), 21);
+    assert_eq!(
+        dialogue
+            .iter()
+            .filter(|line| line.starts_with("> PORT 192,0,2,1,"))
+            .count(),
+        21
+    );
+
+    // On the server's side only the public address, in the IP headers and in PORT/EPRT.
     let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
     assert!(
         wan.contains("PORT 192,0,2,1,"),
         "no shortened PORT on the WAN"
     );
-    assert!(!wan.contains("192,168,100,200"));
+    assert!(
+        wan.contains("EPRT |1|192.0.2.1|"),
+        "no shortened EPRT on the WAN"
+    );
+    assert!(
+        !wan.contains("192,168,100,200"),
+        "a PORT with the client's address reached the WAN"
+    );
+    assert!(
+        !wan.contains("192.168.100.200"),
+        "the client's address reached the WAN (IP header or EPRT)"
+    );
+    let lan = setup.lab.capture_text(ROUTER_LAN_IF).expect("capture");
+    assert!(
+        lan.contains("EPRT |1|192.168.100.200|"),
+        "the capture of the LAN side missed the client's own EPRT"
+    );
 }
 
 /// Sends `argv[3]` PORT commands, then downloads `argv[2]` in active mode; prints its sha256.
@@ -166,6 +274,7 @@ fn fifty_port_commands_then_a_transfer_keep_the_stream_in_step() {
     let setup = setup(LabSpec::default(), 8 * MIB);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
+    let mark = setup.server.log_mark();
     let out = setup
         .lab
         .client_python(PORTS_THEN_RETR, &[&server, setup.file.name(), "50"], 60)
@@ -174,12 +283,16 @@ fn fifty_port_commands_then_a_transfer_keep_the_stream_in_step() {
         String::from_utf8_lossy(&out.stdout).trim(),
         setup.file.sha256
     );
+    // The server accepted all fifty and ftplib's own, each naming the public address.
+    let dialogue = dialogue_since(&setup, mark);
+    assert_eq!(data_commands_in_mode(&dialogue, Mode::Port).unwrap(), 51);
+    let public = format!("> PORT {},", commas(setup.lab.spec.router_wan));
+    assert_eq!(
+        dialogue.iter().filter(|l| l.starts_with(&public)).count(),
+        51
+    );
 }
 
-/// The server drops the first copy of every segment carrying a PORT, so each rewritten PORT is
-/// retransmitted by the client and must be rewritten again, byte for byte, at the same place in
-/// the stream: a retransmission passed through unrewritten would no longer fit the sequence space
-/// the server has seen, and the control channel would come apart.
 /// Makes the server's firewall drop the first of every `every` control-port segments that carry
 /// `text`: lost once, the segment comes again as the client's retransmission.
 fn server_drops_first_of_every(setup: &Setup, text: &str, every: u32) {
@@ -217,6 +330,10 @@ fn server_drops_first_of_every(setup: &Setup, text: &str, every: u32) {
         .expect("iptables on the server");
 }
 
+/// The server drops the first copy of every segment carrying a PORT, so each rewritten PORT is
+/// retransmitted by the client and must be rewritten again, byte for byte, at the same place in
+/// the stream: a retransmission passed through unrewritten would no longer fit the sequence space
+/// the server has seen, and the control channel would come apart.
 #[test]
 fn retransmitted_ports_are_rewritten_identically() {
     let setup = setup(LabSpec::default(), MIB);
@@ -247,9 +364,17 @@ fn retransmitted_ports_are_rewritten_identically() {
     );
 }
 
+/// The router masquerades the LAN with netfilter alone (no FTP helper): a passive transfer works,
+/// so the lab routes and translates; the same active transfer fails, because the PORT names the
+/// client's private address, which the server refuses. Once ftpnat runs it works: ftpnat, and
+/// nothing else in the lab, makes active FTP work through the NAT.
 #[test]
 fn without_ftpnat_the_same_active_transfer_fails() {
-    let setup = setup(LabSpec::default(), MIB);
+    let setup = setup(LabSpec::default(), 4 * MIB);
+    setup.lab.netfilter_masquerade(false).expect("iptables");
+    download(&setup, Client::Curl, Mode::Pasv, "pasv-without.bin");
+
+    let mark = setup.server.log_mark();
     let local = setup.lab.dir().join("never.bin");
     let result = Transfer {
         client: Client::Curl,
@@ -258,21 +383,60 @@ fn without_ftpnat_the_same_active_transfer_fails() {
         port: setup.server.port,
         remote: setup.file.name(),
         local: &local,
-        timeout_secs: 10,
+        timeout_secs: 20,
     }
     .run(&setup.lab.client);
     assert!(
         result.is_err(),
-        "an active transfer through a plain router worked"
+        "an active transfer through a plain masquerade worked"
+    );
+    let log = setup.server.log_since(mark).expect("server log");
+    let dialogue = vsftpd_dialogue(&log);
+    let port = dialogue
+        .iter()
+        .position(|line| line.starts_with(&format!("> PORT {},", commas(setup.lab.spec.client))))
+        .unwrap_or_else(|| panic!("no PORT with the private address reached the server:\n{log}"));
+    assert!(
+        dialogue
+            .get(port + 1)
+            .is_some_and(|reply| reply.starts_with("< 500 Illegal PORT command")),
+        "the server did not refuse the private PORT:\n{log}"
+    );
+    assert!(
+        !dialogue.iter().any(|line| line.starts_with("< 150")),
+        "a data connection opened:\n{log}"
+    );
+
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    download(&setup, Client::Curl, Mode::Port, "port-with.bin");
+    assert_eq!(datapath_counter(&setup.lab, "expectations_used"), 1);
+
+    // netfilter tracked the masqueraded control connections, and never with its FTP helper.
+    let table = setup
+        .lab
+        .router
+        .exec("conntrack", &["-L"])
+        .expect("conntrack");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("dport=21 "),
+        "netfilter did not track the FTP control connections:\n{table}"
+    );
+    assert!(
+        !table.contains("helper=ftp"),
+        "the kernel's FTP helper was involved:\n{table}"
     );
 }
 
+/// A PORT naming another host (bounce), one naming the client's privileged port 80, and one that
+/// does not parse; then a passive download in the same session.
 const BOUNCE: &str = r#"
 import ftplib, hashlib, sys
 ftp = ftplib.FTP()
 ftp.connect(sys.argv[1], 21, timeout=20)
 ftp.login()
-for line in ("PORT 10,0,0,99,195,80", "PORT 10,0,0,2,256,80"):
+me = ftp.sock.getsockname()[0].replace('.', ',')
+for line in ("PORT 10,0,0,99,195,80", f"PORT {me},0,80", f"PORT {me},256,80"):
     try:
         ftp.sendcmd(line)
     except ftplib.error_perm as refused:
@@ -285,7 +449,7 @@ ftp.quit()
 "#;
 
 #[test]
-fn bounce_and_malformed_ports_open_nothing_and_the_session_goes_on() {
+fn bounce_privileged_and_malformed_ports_open_nothing_and_the_session_goes_on() {
     let setup = setup(LabSpec::default(), 4 * MIB);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
@@ -298,28 +462,30 @@ fn bounce_and_malformed_ports_open_nothing_and_the_session_goes_on() {
         setup.file.sha256
     );
     let stats = ftpnat_json(&setup.lab, "stats");
-    assert_eq!(stats["datapath"]["refusals"], 1, "{stats}");
+    assert_eq!(stats["datapath"]["refusals"], 2, "{stats}");
     assert_eq!(stats["datapath"]["malformed_lines"], 1, "{stats}");
     // Each counted under its reason too.
     assert_eq!(stats["refusals_by_reason"]["bounce"], 1, "{stats}");
+    assert_eq!(stats["refusals_by_reason"]["privileged_port"], 1, "{stats}");
     assert_eq!(
         stats["malformed_by_reason"]["octet_out_of_range"], 1,
         "{stats}"
     );
     // Only the passive transfer's expectation was ever created.
     assert_eq!(stats["datapath"]["expectations_created"], 1, "{stats}");
+    assert_eq!(stats["datapath"]["expectations_used"], 1, "{stats}");
     let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
-    assert!(
-        wan.contains("PORT 10,0,0,2,256,80"),
-        "the malformed line did not pass untouched"
-    );
-    assert!(
-        wan.contains("PORT 10,0,0,99,195,80"),
-        "the refused line did not pass untouched: {:?}",
-        wan.lines()
-            .filter(|l| l.contains("PORT"))
-            .collect::<Vec<_>>()
-    );
+    let ports: Vec<&str> = wan.lines().filter(|l| l.contains("PORT")).collect();
+    for untouched in [
+        "PORT 10,0,0,99,195,80",
+        "PORT 10,0,0,2,0,80",
+        "PORT 10,0,0,2,256,80",
+    ] {
+        assert!(
+            ports.iter().any(|line| line.contains(untouched)),
+            "{untouched} did not pass untouched: {ports:?}"
+        );
+    }
 }
 
 #[test]
@@ -654,4 +820,50 @@ fn sack_blocks_are_moved_back_into_the_clients_sequence_space() {
     assert!(shift > 0 && shift < 16, "{lan_segment:?} {wan_segment:?}");
     assert_eq!(wan_sack, wan_segment, "the server's SACK block");
     assert_eq!(lan_sack, lan_segment, "the SACK block the client received");
+}
+
+/// The server refuses EPRT and EPSV: curl falls back to PORT and PASV and still gets its file,
+/// which is why every download here is also checked in the server's log. The check must see the
+/// fallback.
+#[test]
+fn the_mode_check_sees_curl_fall_back_from_eprt_and_epsv() {
+    let setup = setup_with(
+        LabSpec::default(),
+        MIB,
+        &VsftpdOptions {
+            denied_commands: vec!["EPRT", "EPSV"],
+            ..VsftpdOptions::default()
+        },
+    );
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    for (asked, fallback) in [
+        (Mode::Eprt, "< 200 PORT command successful"),
+        (Mode::Epsv, "< 227 Entering Passive Mode"),
+    ] {
+        let local = setup.lab.dir().join(format!("{asked:?}.bin"));
+        let mark = setup.server.log_mark();
+        Transfer {
+            client: Client::Curl,
+            mode: asked,
+            server: setup.server.addr,
+            port: setup.server.port,
+            remote: setup.file.name(),
+            local: &local,
+            timeout_secs: 60,
+        }
+        .run(&setup.lab.client)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+        assert_same_content(&local, &setup.file);
+        let dialogue = dialogue_since(&setup, mark);
+        let text = dialogue.join("\n");
+        assert!(text.contains("< 550 Permission denied."), "{text}");
+        assert!(
+            dialogue.iter().any(|line| line.starts_with(fallback)),
+            "curl did not fall back:\n{text}"
+        );
+        assert!(
+            data_commands_in_mode(&dialogue, asked).is_err(),
+            "the check took the fallback for {asked:?}:\n{text}"
+        );
+    }
 }
