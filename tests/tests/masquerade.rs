@@ -5,7 +5,7 @@
 //! show the data connection opened in the mode the test claims (curl falls back from EPRT to PORT
 //! and from EPSV to PASV and still gets its file) and never the client's private address.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, ops::RangeInclusive, time::Duration};
 
 use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, Mode, TestFile, Transfer,
@@ -88,6 +88,29 @@ fn datapath_counter(lab: &Lab, name: &str) -> u64 {
 /// An address as PORT and 227 write it: `10,0,0,2`.
 fn commas(addr: Ipv4Addr) -> String {
     addr.octets().map(|o| o.to_string()).join(",")
+}
+
+/// The port window ftpnat reports in `ftpnat stats --json`.
+fn window_of(stats: &Value) -> RangeInclusive<u16> {
+    let range = stats["window"]["range"].as_str().expect("window range");
+    let (lo, hi) = range.split_once('-').expect("LO-HI");
+    lo.parse().expect("window start")..=hi.parse().expect("window end")
+}
+
+/// The port of `endpoint` (`"ip:port"`), after checking its address is `addr` and its port lies in
+/// `window`.
+fn window_port(endpoint: &Value, addr: Ipv4Addr, window: &RangeInclusive<u16>) -> u16 {
+    let text = endpoint
+        .as_str()
+        .unwrap_or_else(|| panic!("not an endpoint: {endpoint}"));
+    let (ip, port) = text.rsplit_once(':').expect("ip:port");
+    assert_eq!(ip, addr.to_string(), "{text}");
+    let port: u16 = port.parse().expect("port");
+    assert!(
+        window.contains(&port),
+        "{text} is outside the window {window:?}"
+    );
+    port
 }
 
 #[test]
@@ -570,6 +593,43 @@ ftp.sendcmd(f"PORT {me},200,1")
 ftp.quit()
 "#;
 
+/// Announces a port it listens on with PORT, then waits for a line on stdin before it quits: a
+/// session that outlives its expectation, and a client that would accept a connection ftpnat
+/// wrongly let through.
+const PORT_THEN_WAIT: &str = r#"
+import ftplib, socket, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=30)
+ftp.login()
+host = ftp.sock.getsockname()[0]
+listener = socket.create_server((host, 0))
+port = listener.getsockname()[1]
+ftp.sendcmd('PORT ' + ','.join(host.split('.') + [str(port >> 8), str(port & 255)]))
+print('announced', flush=True)
+sys.stdin.readline()
+ftp.quit()
+"#;
+
+/// Connects to `argv[1]:argv[2]` and says how that went.
+const CONNECT: &str = r#"
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    print('connected')
+except ConnectionRefusedError:
+    print('refused')
+except socket.timeout:
+    print('timed out')
+"#;
+
+fn drained(lab: &Lab) -> bool {
+    let stats = ftpnat_json(lab, "stats");
+    stats["sessions"] == 0
+        && stats["flows"] == 0
+        && stats["expectations"] == 0
+        && stats["window"]["in_use"] == 0
+}
+
 #[test]
 fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     let setup = setup(LabSpec::default(), 2 * MIB);
@@ -580,21 +640,56 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     for mode in [Mode::Port, Mode::Epsv] {
         download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
     }
-    // An announced connection that never comes: its expectation must time out.
+    // An announced connection that never comes, in a session that ends at once: the expectation
+    // goes with its session.
     let server = setup.server.addr.to_string();
     setup
         .lab
         .client_python(PORT_THEN_QUIT, &[&server], 30)
         .unwrap_or_else(|err| panic!("{err:#}"));
-    let drained = wait_until(Duration::from_secs(15), || {
-        let stats = ftpnat_json(&setup.lab, "stats");
-        stats["sessions"] == 0
-            && stats["flows"] == 0
-            && stats["expectations"] == 0
-            && stats["window"]["in_use"] == 0
-    });
+    wait_until(Duration::from_secs(15), || drained(&setup.lab))
+        .unwrap_or_else(|_| panic!("tables did not drain: {}", ftpnat_json(&setup.lab, "stats")));
+
+    // One in a session that stays: the expectation expires while the session lives, and its port
+    // returns to the window.
+    let mut held = setup
+        .lab
+        .python_stepped(&setup.lab.client, PORT_THEN_WAIT, &[&server], 60)
+        .expect("held session");
+    held.expect("announced").expect("PORT sent");
+    let expectations = ftpnat_json(&setup.lab, "expectations");
+    let public = expectations[0]["public"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no expectation for the PORT: {expectations}"));
+    let (public_ip, public_port) = public.rsplit_once(':').expect("ip:port");
+    wait_until(Duration::from_secs(10), || {
+        ftpnat_json(&setup.lab, "expectations") == Value::Array(Vec::new())
+    })
+    .expect("the expectation did not expire");
     let stats = ftpnat_json(&setup.lab, "stats");
-    assert!(drained.is_ok(), "tables did not drain: {stats}");
+    assert_eq!(stats["sessions"], 1, "{stats}");
+    assert_eq!(
+        stats["window"]["in_use"], 1,
+        "only the control connection should hold a port: {stats}"
+    );
+    // The server's connection, come too late, is turned away and counted.
+    let turned_away = datapath_counter(&setup.lab, "pinhole_no_expectation");
+    let out = setup
+        .lab
+        .python(&setup.lab.server, CONNECT, &[public_ip, public_port], 10)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let outcome = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(outcome.trim(), "connected", "a late connection got through");
+    assert!(
+        datapath_counter(&setup.lab, "pinhole_no_expectation") > turned_away,
+        "the late connection was not counted"
+    );
+    held.proceed().expect("QUIT");
+    held.finish().unwrap_or_else(|err| panic!("{err:#}"));
+
+    wait_until(Duration::from_secs(15), || drained(&setup.lab))
+        .unwrap_or_else(|_| panic!("tables did not drain: {}", ftpnat_json(&setup.lab, "stats")));
+    let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(stats["window"]["size"], 8);
     // The window is really whole again: four sessions at once, each taking two ports (control
     // and data), need all eight. A missing port would show as a refused connection.
@@ -606,6 +701,78 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
             });
         }
     });
+}
+
+/// Starts an active download with a small receive buffer, so that it stalls with data unread,
+/// reads a little and waits to be killed.
+const STALLED_ACTIVE_DOWNLOAD: &str = r#"
+import ftplib, os, socket, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=30)
+ftp.login()
+ftp.voidcmd('TYPE I')
+host = ftp.sock.getsockname()[0]
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+listener.bind((host, 0))
+listener.listen(1)
+port = listener.getsockname()[1]
+ftp.voidcmd('PORT ' + ','.join(host.split('.') + [str(port >> 8), str(port & 255)]))
+ftp.sendcmd('RETR ' + sys.argv[2])
+data, _ = listener.accept()
+data.recv(1024)
+print('transferring', os.getpid(), flush=True)
+sys.stdin.readline()
+"#;
+
+/// A client killed in the middle of an active download: its kernel resets the data connection
+/// (unread data in the socket) and closes the control connection, and ftpnat sweeps both soon
+/// after, long before the idle timeouts (minutes) would.
+#[test]
+fn a_client_killed_mid_transfer_is_swept_after_its_reset() {
+    let setup = setup(LabSpec::default(), 8 * MIB);
+    let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let mut client = setup
+        .lab
+        .python_stepped(
+            &setup.lab.client,
+            STALLED_ACTIVE_DOWNLOAD,
+            &[&server, setup.file.name()],
+            60,
+        )
+        .expect("client");
+    let pid: i32 = client.expect("transferring").expect("download started")[0]
+        .parse()
+        .expect("pid");
+    let stats = ftpnat_json(&setup.lab, "stats");
+    assert_eq!(stats["sessions"], 1, "{stats}");
+    assert_eq!(stats["flows"], 2, "{stats}");
+    assert_eq!(stats["window"]["in_use"], 2, "{stats}");
+    // SAFETY: kill has no memory-safety preconditions; the pid is the script's, which waits.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    wait_until(Duration::from_secs(15), || drained(&setup.lab)).unwrap_or_else(|_| {
+        panic!(
+            "tables did not drain after the reset: {}",
+            ftpnat_json(&setup.lab, "stats")
+        )
+    });
+    let resets = setup
+        .lab
+        .capture_dump(
+            ROUTER_LAN_IF,
+            &[],
+            &format!(
+                "src host {} and tcp[tcpflags] & tcp-rst != 0",
+                setup.lab.spec.client
+            ),
+        )
+        .expect("capture");
+    assert!(
+        !resets.is_empty(),
+        "the client sent no reset: the test did not bite"
+    );
 }
 
 /// With checksum offload off on every veth, the endpoints compute full checksums and verify what
@@ -866,4 +1033,227 @@ fn the_mode_check_sees_curl_fall_back_from_eprt_and_epsv() {
             "the check took the fallback for {asked:?}:\n{text}"
         );
     }
+}
+
+/// Logs in and announces a listening port of its own with PORT, then waits; retrieves `argv[2]`
+/// over it, reads a first chunk and waits again; then reads the rest and prints its sha256.
+const INSPECTED_ACTIVE_SESSION: &str = r#"
+import ftplib, hashlib, socket, sys
+ftp = ftplib.FTP()
+ftp.connect(sys.argv[1], 21, timeout=30)
+ftp.login()
+ftp.voidcmd('TYPE I')
+host, control_port = ftp.sock.getsockname()
+listener = socket.create_server((host, 0))
+data_port = listener.getsockname()[1]
+ftp.voidcmd('PORT ' + ','.join(host.split('.') + [str(data_port >> 8), str(data_port & 255)]))
+print('announced', control_port, data_port, flush=True)
+sys.stdin.readline()
+ftp.sendcmd('RETR ' + sys.argv[2])
+data, _ = listener.accept()
+digest = hashlib.sha256(data.recv(65536))
+print('transferring', flush=True)
+sys.stdin.readline()
+while chunk := data.recv(1 << 16):
+    digest.update(chunk)
+data.close()
+ftp.voidresp()
+print('done', digest.hexdigest(), flush=True)
+ftp.quit()
+"#;
+
+/// The single entry of an inspection table.
+fn only_entry(table: &Value) -> &Value {
+    match table.as_array().map(Vec::as_slice) {
+        Some([entry]) => entry,
+        _ => panic!("one entry expected: {table}"),
+    }
+}
+
+/// `ftpnat <command>` without `--json`: a header line, then one row per entry of `json`, each
+/// with the entry's value of every `(HEADER, field)` in `columns` starting under that header.
+fn assert_human_table(lab: &Lab, command: &str, json: &Value, columns: &[(&str, &str)]) {
+    let out = lab.ftpnat(&[command]).expect("ftpnat");
+    assert!(out.status.success(), "ftpnat {command}: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let entries = json.as_array().expect("entries");
+    assert_eq!(lines.len(), entries.len() + 1, "ftpnat {command}:\n{text}");
+    let header = lines[0];
+    for entry in entries {
+        let cells: Vec<(usize, String)> = columns
+            .iter()
+            .map(|(name, field)| {
+                let at = header
+                    .find(name)
+                    .unwrap_or_else(|| panic!("no column {name} in {header:?}"));
+                let value = match &entry[*field] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (at, value)
+            })
+            .collect();
+        assert!(
+            lines[1..].iter().any(|row| {
+                cells.iter().all(|(at, value)| {
+                    row.get(*at..)
+                        .is_some_and(|r| r.starts_with(value.as_str()))
+                })
+            }),
+            "ftpnat {command}: no row aligned under its header for {entry}:\n{text}"
+        );
+    }
+}
+
+/// What `ftpnat sessions|expectations|flows` report while an active session is open, checked
+/// field by field against what the client and the server saw.
+#[test]
+fn inspection_shows_a_live_session_its_expectation_and_its_connections() {
+    let setup = setup(LabSpec::default(), 8 * MIB);
+    let _agent = setup
+        .lab
+        .start_ftpnat(&["--expect-timeout", "30"])
+        .expect("ftpnat run");
+    let lab = &setup.lab;
+    let (client_ip, public_ip, server_ip) = (lab.spec.client, lab.spec.router_wan, lab.spec.server);
+    let window = window_of(&ftpnat_json(lab, "stats"));
+    let mark = setup.server.log_mark();
+    let server = server_ip.to_string();
+    let mut client = lab
+        .python_stepped(
+            &lab.client,
+            INSPECTED_ACTIVE_SESSION,
+            &[&server, setup.file.name()],
+            90,
+        )
+        .expect("client");
+    let announced = client.expect("announced").expect("PORT sent");
+    let (control_port, data_port) = (&announced[0], &announced[1]);
+
+    let sessions = ftpnat_json(lab, "sessions");
+    let session = only_entry(&sessions);
+    let session_public = window_port(&session["public"], public_ip, &window);
+    let id = format!("{public_ip}:{session_public}");
+    assert_eq!(session["id"], id.as_str(), "{session}");
+    assert_eq!(session["kind"], "masquerade", "{session}");
+    assert_eq!(
+        session["client"],
+        format!("{client_ip}:{control_port}"),
+        "{session}"
+    );
+    assert_eq!(session["server"], format!("{server_ip}:21"), "{session}");
+    assert_eq!(session["data_flows"], 0, "{session}");
+
+    let expectations = ftpnat_json(lab, "expectations");
+    let expectation = only_entry(&expectations);
+    assert_eq!(expectation["session"], id.as_str(), "{expectation}");
+    assert_eq!(expectation["peer"], server_ip.to_string(), "{expectation}");
+    let expected_port = window_port(&expectation["public"], public_ip, &window);
+    assert_ne!(expected_port, session_public);
+    assert_eq!(
+        expectation["target"],
+        format!("{client_ip}:{data_port}"),
+        "{expectation}"
+    );
+    let expires_in = expectation["expires_in_ms"]
+        .as_u64()
+        .expect("expires_in_ms");
+    assert!(expires_in > 0 && expires_in <= 30_000, "{expectation}");
+    // The expectation waits where the server was told to connect.
+    let told = format!(
+        "> PORT {},{},{}",
+        commas(public_ip),
+        expected_port >> 8,
+        expected_port & 0xff
+    );
+    let dialogue = dialogue_since(&setup, mark);
+    assert!(
+        dialogue.contains(&told),
+        "no `{told}` in:\n{}",
+        dialogue.join("\n")
+    );
+
+    assert_human_table(
+        lab,
+        "sessions",
+        &sessions,
+        &[
+            ("ID", "id"),
+            ("KIND", "kind"),
+            ("CLIENT", "client"),
+            ("PUBLIC", "public"),
+            ("SERVER", "server"),
+            ("DATA FLOWS", "data_flows"),
+        ],
+    );
+    assert_human_table(
+        lab,
+        "expectations",
+        &expectations,
+        &[
+            ("SESSION", "session"),
+            ("PEER", "peer"),
+            ("PUBLIC", "public"),
+            ("TARGET", "target"),
+        ],
+    );
+
+    // The transfer runs (and stalls: the client reads no more for now).
+    client.proceed().expect("RETR");
+    client.expect("transferring").expect("data connection open");
+    assert_eq!(ftpnat_json(lab, "expectations"), Value::Array(Vec::new()));
+    let session = ftpnat_json(lab, "sessions");
+    assert_eq!(only_entry(&session)["data_flows"], 1, "{session}");
+    let flows = ftpnat_json(lab, "flows");
+    let rows = flows.as_array().expect("flows");
+    assert_eq!(rows.len(), 2, "{flows}");
+    let of_kind = |kind: &str| {
+        rows.iter()
+            .find(|row| row["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} flow: {flows}"))
+    };
+    let control = of_kind("control");
+    assert_eq!(control["session"], id.as_str(), "{control}");
+    assert_eq!(
+        control["orig"],
+        format!("{client_ip}:{control_port} -> {server_ip}:21"),
+        "{control}"
+    );
+    assert_eq!(
+        control["reply"],
+        format!("{server_ip}:21 -> {id}"),
+        "{control}"
+    );
+    assert!(control["bytes"].as_u64() > Some(0), "{control}");
+    let data = of_kind("data");
+    assert_eq!(data["session"], id.as_str(), "{data}");
+    // vsftpd connects from port 20 to the public port it was told, and reaches the client's.
+    assert_eq!(
+        data["orig"],
+        format!("{server_ip}:20 -> {public_ip}:{expected_port}"),
+        "{data}"
+    );
+    assert_eq!(
+        data["reply"],
+        format!("{client_ip}:{data_port} -> {server_ip}:20"),
+        "{data}"
+    );
+    assert!(data["bytes"].as_u64() > Some(0), "{data}");
+    assert_human_table(
+        lab,
+        "flows",
+        &flows,
+        &[
+            ("SESSION", "session"),
+            ("KIND", "kind"),
+            ("ORIG", "orig"),
+            ("REPLY", "reply"),
+        ],
+    );
+
+    client.proceed().expect("rest of the transfer");
+    let done = client.expect("done").expect("transfer done");
+    assert_eq!(done.first(), Some(&setup.file.sha256));
+    client.finish().unwrap_or_else(|err| panic!("{err:#}"));
 }
