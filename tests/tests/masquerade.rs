@@ -10,7 +10,8 @@ use std::{net::Ipv4Addr, ops::RangeInclusive, time::Duration};
 use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, Mode, TestFile, Transfer,
     files::assert_same_content,
-    lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
+    netns::NetNs,
     servers::{VsftpdOptions, data_commands_in_mode, vsftpd_dialogue},
 };
 use serde_json::Value;
@@ -795,22 +796,15 @@ fn checksums_hold_when_endpoints_compute_and_verify_them() {
     for mode in [Mode::Port, Mode::Eprt, Mode::Pasv, Mode::Epsv] {
         download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
     }
-    let snmp = setup
-        .lab
-        .server
-        .exec("cat", &["/proc/net/snmp"])
-        .expect("snmp");
-    let snmp = String::from_utf8_lossy(&snmp.stdout);
-    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
-    let (names, values) = (tcp[0].split_whitespace(), tcp[1].split_whitespace());
-    let in_csum_errors = names
-        .zip(values)
-        .find(|(name, _)| *name == "InCsumErrors")
-        .map(|(_, value)| value.to_owned());
     assert_eq!(
-        in_csum_errors.as_deref(),
-        Some("0"),
+        tcp_in_csum_errors(&setup.lab.server),
+        0,
         "the server saw bad TCP checksums"
+    );
+    assert_eq!(
+        tcp_in_csum_errors(&setup.lab.client),
+        0,
+        "the client saw bad TCP checksums"
     );
 }
 
@@ -1256,4 +1250,272 @@ fn inspection_shows_a_live_session_its_expectation_and_its_connections() {
     let done = client.expect("done").expect("transfer done");
     assert_eq!(done.first(), Some(&setup.file.sha256));
     client.finish().unwrap_or_else(|err| panic!("{err:#}"));
+}
+
+/// Without `--port-window`, ftpnat picks a window outside the router's own ephemeral range (the
+/// router namespace's, set here to one that the window ftpnat would pick for the kernel's default
+/// range overlaps); a window inside it, which the default range would allow, is refused naming
+/// the flag, with nothing attached and nothing pinned.
+#[test]
+fn default_window_avoids_the_routers_ephemeral_range_and_an_overlapping_one_is_refused() {
+    let setup = setup(LabSpec::default(), 4 * MIB);
+    let lab = &setup.lab;
+    lab.router
+        .sysctl("net.ipv4.ip_local_port_range", "50000 62000")
+        .expect("sysctl");
+    let ephemeral = 50000..=62000u16;
+
+    let pin_dir = lab.pin_dir().expect("pin dir");
+    let out = lab
+        .in_router(
+            &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
+            &[
+                "run",
+                "--wan",
+                ROUTER_WAN_IF,
+                "--lan",
+                ROUTER_LAN_IF,
+                "--port-window",
+                "61000-61099",
+                "--pin-dir",
+                &pin_dir.to_string_lossy(),
+            ],
+        )
+        .output()
+        .expect("ftpnat run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an overlapping window was taken");
+    assert!(stderr.contains("--port-window 61000-61099"), "{stderr}");
+    assert!(
+        stderr.contains("ip_local_port_range (50000-62000)"),
+        "{stderr}"
+    );
+    for iface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+        assert!(lab.router_tc_programs(iface).unwrap().is_empty(), "{iface}");
+    }
+    assert!(!pin_dir.exists(), "pins left behind");
+
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let window = window_of(&ftpnat_json(lab, "stats"));
+    assert!(
+        window.end() < ephemeral.start() || window.start() > ephemeral.end(),
+        "default window {window:?} overlaps the ephemeral range {ephemeral:?}"
+    );
+    // The port the server is told comes from that window.
+    let dialogue = download(&setup, Client::Curl, Mode::Port, "port.bin");
+    let port = dialogue
+        .iter()
+        .find_map(|line| line.strip_prefix("> PORT "))
+        .and_then(|args| {
+            let fields: Vec<u16> = args.split(',').filter_map(|f| f.parse().ok()).collect();
+            Some(fields.get(4)? * 256 + fields.get(5)?)
+        })
+        .unwrap_or_else(|| panic!("no PORT in:\n{}", dialogue.join("\n")));
+    assert!(
+        window.contains(&port),
+        "PORT names {port}, outside {window:?}"
+    );
+}
+
+/// `--ftp-port`, `--public-ip` and `--masquerade` are honoured: the server listens on 2121 only,
+/// and the client is masqueraded (by its /32) behind a second address of the WAN, not the first
+/// one ftpnat would default to.
+#[test]
+fn ftp_port_public_ip_and_masquerade_prefix_are_honoured() {
+    let setup = setup_with(
+        LabSpec::default(),
+        4 * MIB,
+        &VsftpdOptions {
+            port: Some(2121),
+            ..VsftpdOptions::default()
+        },
+    );
+    let lab = &setup.lab;
+    let public = Ipv4Addr::new(203, 0, 113, 253);
+    lab.router
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{public}/{}", lab.spec.wan_prefix_len),
+            "dev",
+            ROUTER_WAN_IF,
+        ])
+        .expect("second WAN address");
+    let client = format!("{}/32", lab.spec.client);
+    let _agent = lab
+        .start_ftpnat(&[
+            "--ftp-port",
+            "2121",
+            "--public-ip",
+            &public.to_string(),
+            "--masquerade",
+            &client,
+        ])
+        .expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Pasv] {
+        let mark = setup.server.log_mark();
+        let dialogue = download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+        let log = setup.server.log_since(mark).expect("server log");
+        assert!(
+            log.contains(&format!("Client \"{public}\"")),
+            "the control connection did not come from {public}:\n{log}"
+        );
+        if mode == Mode::Port {
+            let port = format!("> PORT {},", commas(public));
+            assert!(
+                dialogue.iter().any(|line| line.starts_with(&port)),
+                "{}",
+                dialogue.join("\n")
+            );
+        }
+    }
+    // A LAN address outside the --masquerade prefix is not translated: its connection, untouched,
+    // cannot come back from a server with no route to the LAN.
+    let outside = Ipv4Addr::new(10, 0, 0, 3);
+    lab.client
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{outside}/{}", lab.spec.lan_prefix_len),
+            "dev",
+            HOST_IF,
+        ])
+        .expect("second client address");
+    let url = format!("ftp://{}:2121/{}", setup.server.addr, setup.file.name());
+    let out = lab
+        .client
+        .command(
+            "curl",
+            &[
+                "-sS",
+                "--interface",
+                &outside.to_string(),
+                "--connect-timeout",
+                "3",
+                "--disable-epsv",
+                "-o",
+                "/dev/null",
+                &url,
+            ],
+        )
+        .output()
+        .expect("curl");
+    assert!(
+        !out.status.success(),
+        "a client outside --masquerade {client} got through"
+    );
+    let stats = ftpnat_json(lab, "stats");
+    assert_eq!(stats["datapath"]["control_sessions_opened"], 2, "{stats}");
+    assert_eq!(stats["datapath"]["expectations_used"], 2, "{stats}");
+}
+
+/// The `Tcp: InCsumErrors` counter of a namespace: segments its TCP dropped for a bad checksum.
+fn tcp_in_csum_errors(ns: &NetNs) -> u64 {
+    let snmp = ns.exec("cat", &["/proc/net/snmp"]).expect("snmp");
+    let snmp = String::from_utf8_lossy(&snmp.stdout);
+    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let (names, values) = (tcp[0].split_whitespace(), tcp[1].split_whitespace());
+    names
+        .zip(values)
+        .find(|(name, _)| *name == "InCsumErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("InCsumErrors")
+}
+
+/// Both endpoints leave checksum offload on for what they send, so their segments reach the
+/// router CHECKSUM_PARTIAL (the checksum field holds only the pseudo-header's sum); the router's
+/// interfaces have it off, so the kernel completes each checksum from what ftpnat left in the
+/// field after translating and rewriting; and the endpoints verify what they receive. A rewrite
+/// that updated a partial checksum as if it were complete (or the reverse) shows as a wrong
+/// checksum on the way out of the router, and as a drop at the endpoint.
+#[test]
+fn checksums_hold_when_packets_arrive_checksum_partial() {
+    let setup = setup(LabSpec::default(), 8 * MIB);
+    let lab = &setup.lab;
+    for ns in [&lab.client, &lab.server] {
+        ns.exec("ethtool", &["-K", "eth0", "rx", "off", "tx", "on"])
+            .expect("ethtool");
+    }
+    for iface in [ROUTER_LAN_IF, ROUTER_WAN_IF] {
+        lab.router
+            .exec("ethtool", &["-K", iface, "tx", "off"])
+            .expect("ethtool");
+    }
+    // The server loses the client's HELP once, so that it acknowledges the NOOP behind it with a
+    // SACK block, which ftpnat moves into the client's sequence space: an option rewritten in a
+    // partial-checksum segment.
+    server_drops_first_of_every(&setup, "HELP", 1000000);
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    for mode in [Mode::Port, Mode::Eprt] {
+        download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
+    }
+    let out = lab
+        .client_python(PORT_THEN_TWO_SEGMENTS, &[&lab.spec.server.to_string()], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("214"), "HELP was never answered: {text}");
+    assert_eq!(
+        tcp_in_csum_errors(&lab.server),
+        0,
+        "the server saw bad checksums"
+    );
+    assert_eq!(
+        tcp_in_csum_errors(&lab.client),
+        0,
+        "the client saw bad checksums"
+    );
+
+    let (client, public, server) = (lab.spec.client, lab.spec.router_wan, lab.spec.server);
+    let verified =
+        |iface: &str, filter: String| lab.capture_dump(iface, &["-vv"], &filter).expect("capture");
+    // The premise: control segments from both endpoints arrived with partial checksums (tcpdump
+    // checks the whole packets it captured, and calls those incorrect).
+    let from_client = verified(
+        ROUTER_LAN_IF,
+        format!("src host {client} and tcp dst port 21"),
+    );
+    assert!(
+        from_client.contains("(incorrect"),
+        "no partial checksum from the client:\n{from_client}"
+    );
+    let from_server = verified(
+        ROUTER_WAN_IF,
+        format!("src host {server} and tcp src port 21"),
+    );
+    assert!(
+        from_server.contains("(incorrect"),
+        "no partial checksum from the server:\n{from_server}"
+    );
+    // What left the router towards each side, the rewritten PORT/EPRT and the shifted
+    // acknowledgements among it, carries complete and correct checksums.
+    let to_server = verified(
+        ROUTER_WAN_IF,
+        format!("src host {public} and tcp dst port 21"),
+    );
+    assert!(to_server.contains("(correct)"), "{to_server}");
+    assert!(
+        !to_server.contains("(incorrect"),
+        "bad checksum towards the server:\n{to_server}"
+    );
+    let to_client = verified(
+        ROUTER_LAN_IF,
+        format!("dst host {client} and tcp src port 21"),
+    );
+    assert!(to_client.contains("(correct)"), "{to_client}");
+    assert!(
+        !to_client.contains("(incorrect"),
+        "bad checksum towards the client:\n{to_client}"
+    );
+    let sacks: Vec<&str> = to_client
+        .lines()
+        .filter(|line| line.contains("sack 1 {"))
+        .collect();
+    assert!(
+        !sacks.is_empty(),
+        "no SACK block reached the client:\n{to_client}"
+    );
+    assert!(
+        sacks.iter().all(|line| line.contains("(correct)")),
+        "{sacks:?}"
+    );
 }
