@@ -1,8 +1,14 @@
 //! Real FTP clients run in the lab's client namespace: curl, lftp and Python's ftplib.
 
-use std::{net::Ipv4Addr, path::Path, process::Output};
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use crate::netns::NetNs;
 
@@ -123,5 +129,81 @@ impl Transfer<'_> {
             );
         }
         Ok(output)
+    }
+}
+
+/// A script running in the background, driven line by line: it prints a line when it reaches a
+/// point the test wants to look at, then waits there for a line on its stdin. Killed on drop, so a
+/// failing assertion does not leave it running.
+pub struct SteppedScript {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    /// Where its stderr goes, for the error when it ends early.
+    stderr: PathBuf,
+}
+
+impl SteppedScript {
+    /// Starts `command` with its stdin and stdout piped to the test and its stderr into `stderr`.
+    pub fn spawn(mut command: Command, stderr: &Path) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(File::create(stderr)?)
+            .spawn()
+            .context("starting a stepped script")?;
+        let stdin = child.stdin.take().context("piped stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("piped stdout")?);
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+            stderr: stderr.to_owned(),
+        })
+    }
+
+    /// Waits for the script's next line, which must start with `word`, and returns its other
+    /// words.
+    pub fn expect(&mut self, word: &str) -> anyhow::Result<Vec<String>> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let mut words = line.split_whitespace().map(str::to_owned);
+        if words.next().as_deref() != Some(word) {
+            bail!(
+                "the script printed {line:?} instead of {word:?}; its stderr: {}",
+                fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+        Ok(words.collect())
+    }
+
+    /// Lets the script go on past the point where it waits.
+    pub fn proceed(&mut self) -> anyhow::Result<()> {
+        self.stdin.write_all(b"\n")?;
+        self.stdin.flush()?;
+        Ok(())
+    }
+
+    /// Waits for the script to end, and returns the rest of its output; an error if it failed.
+    pub fn finish(&mut self) -> anyhow::Result<String> {
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!(
+                "the script failed ({status}): {rest}{}",
+                fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+        }
+        Ok(rest)
+    }
+}
+
+impl Drop for SteppedScript {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: the child is `timeout`, which passes it on to the script.
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
     }
 }

@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     agent::Agent,
+    clients::SteppedScript,
     netns::{NetNs, remove_stale, run, tcx_programs, unique_prefix},
 };
 
@@ -350,6 +351,23 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The router's capture of `iface` so far, as tcpdump prints it with `options` (e.g. `-vv`
+    /// to have each checksum verified), limited to the packets `filter` selects.
+    pub fn capture_dump(
+        &self,
+        iface: &str,
+        options: &[&str],
+        filter: &str,
+    ) -> anyhow::Result<String> {
+        let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        let pcap = pcap.to_string_lossy();
+        let mut args = vec!["-nn", "-r", &pcap];
+        args.extend_from_slice(options);
+        args.push(filter);
+        let out = run("tcpdump", &args)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Runs a Python script (system interpreter, for Debian's modules) in the client namespace.
     pub fn client_python(
         &self,
@@ -368,15 +386,9 @@ impl Lab {
         args: &[&str],
         timeout_secs: u32,
     ) -> anyhow::Result<Output> {
-        static SCRIPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = self.dir.join(format!("script-{n}.py"));
-        fs::write(&path, script)?;
-        let timeout = timeout_secs.to_string();
-        let path = path.to_string_lossy().into_owned();
-        let mut full = vec![timeout.as_str(), "/usr/bin/python3", path.as_str()];
-        full.extend_from_slice(args);
-        let output = ns.command("timeout", &full).output()?;
+        let output = self
+            .python_command(ns, script, args, timeout_secs)?
+            .output()?;
         if !output.status.success() {
             bail!(
                 "python script failed ({}): {}{}",
@@ -388,6 +400,40 @@ impl Lab {
         Ok(output)
     }
 
+    /// A Python script (system interpreter) in `ns`, written to the lab directory, under
+    /// `timeout`.
+    fn python_command(
+        &self,
+        ns: &NetNs,
+        script: &str,
+        args: &[&str],
+        timeout_secs: u32,
+    ) -> anyhow::Result<Command> {
+        static SCRIPTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("script-{n}.py"));
+        fs::write(&path, script)?;
+        let timeout = timeout_secs.to_string();
+        let path = path.to_string_lossy().into_owned();
+        let mut full = vec![timeout.as_str(), "/usr/bin/python3", path.as_str()];
+        full.extend_from_slice(args);
+        Ok(ns.command("timeout", &full))
+    }
+
+    /// Starts a Python script in `ns` that the test drives line by line (see [`SteppedScript`]).
+    pub fn python_stepped(
+        &self,
+        ns: &NetNs,
+        script: &str,
+        args: &[&str],
+        timeout_secs: u32,
+    ) -> anyhow::Result<SteppedScript> {
+        let command = self.python_command(ns, script, args, timeout_secs)?;
+        static STEPPED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STEPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        SteppedScript::spawn(command, &self.dir.join(format!("stepped-{n}.stderr")))
+    }
+
     /// A file of `size` pseudo-random bytes served by vsftpd on the server, anonymously: what most
     /// tests transfer.
     pub fn serve_file(
@@ -395,15 +441,20 @@ impl Lab {
         size: u64,
         seed: u64,
     ) -> anyhow::Result<(crate::FtpServer, crate::TestFile)> {
+        self.serve_file_with(size, seed, &crate::servers::VsftpdOptions::default())
+    }
+
+    /// As [`Lab::serve_file`], with vsftpd configured by `options`.
+    pub fn serve_file_with(
+        &self,
+        size: u64,
+        seed: u64,
+        options: &crate::servers::VsftpdOptions,
+    ) -> anyhow::Result<(crate::FtpServer, crate::TestFile)> {
         let root = self.subdir("srv")?;
         let file = crate::TestFile::create(&root.join(format!("data-{seed}.bin")), size, seed)?;
-        let server = crate::FtpServer::vsftpd(
-            &self.server,
-            self.spec.server,
-            &root,
-            self.dir(),
-            &crate::servers::VsftpdOptions::default(),
-        )?;
+        let server =
+            crate::FtpServer::vsftpd(&self.server, self.spec.server, &root, self.dir(), options)?;
         Ok((server, file))
     }
 

@@ -20,6 +20,8 @@ pub struct VsftpdOptions {
     /// `pasv_address`: the address vsftpd announces in 227 instead of its own.
     pub pasv_address: Option<Ipv4Addr>,
     pub port: Option<u16>,
+    /// `cmds_denied`: commands vsftpd answers with 550, e.g. `EPRT` to make curl fall back to PORT.
+    pub denied_commands: Vec<&'static str>,
 }
 
 pub struct FtpServer {
@@ -74,6 +76,12 @@ impl FtpServer {
         }
         if let Some(public) = options.pasv_address {
             config.push_str(&format!("pasv_address={public}\n"));
+        }
+        if !options.denied_commands.is_empty() {
+            config.push_str(&format!(
+                "cmds_denied={}\n",
+                options.denied_commands.join(",")
+            ));
         }
         let config_path = work_dir.join(format!("vsftpd-{port}.conf"));
         fs::write(&config_path, config)?;
@@ -153,6 +161,88 @@ impl FtpServer {
             child,
         })
     }
+}
+
+impl FtpServer {
+    /// How far the server's log is written: a mark for [`FtpServer::log_since`], taken before a
+    /// session so that its lines can be told from earlier sessions'.
+    pub fn log_mark(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// What the server logged since `mark`.
+    pub fn log_since(&self, mark: u64) -> anyhow::Result<String> {
+        let log = fs::read(&self.log).with_context(|| format!("reading {}", self.log.display()))?;
+        let from = usize::try_from(mark)?.min(log.len());
+        Ok(String::from_utf8_lossy(&log[from..]).into_owned())
+    }
+}
+
+/// The FTP dialogue in a vsftpd log (`log_ftp_protocol=YES`), in order: each command the server
+/// received as `"> PORT 203,0,113,254,238,72"`, each reply it sent as `"< 200 PORT command
+/// successful. Consider using PASV."`. What the server received is what crossed the router.
+pub fn vsftpd_dialogue(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| {
+            let (arrow, rest) = if let Some((_, rest)) = line.split_once("FTP command: Client \"") {
+                (">", rest)
+            } else {
+                ("<", line.split_once("FTP response: Client \"")?.1)
+            };
+            // `ADDRESS", "TEXT"`
+            let text = rest.split_once("\", \"")?.1.strip_suffix('"')?;
+            Some(format!("{arrow} {text}"))
+        })
+        .collect()
+}
+
+/// How many data connections a dialogue set up in `mode`, each command accepted by the server;
+/// an error if it set up none, if the server refused one, or if the client used any other data
+/// command. curl retries with PORT after a refused EPRT, and with PASV after an EPSV that failed,
+/// and still gets its file: only the server's side of the dialogue shows which mode really ran.
+pub fn data_commands_in_mode(dialogue: &[String], mode: crate::Mode) -> anyhow::Result<usize> {
+    use crate::Mode;
+    let (wanted, accepted) = match mode {
+        Mode::Port => ("PORT", "200 PORT command successful"),
+        Mode::Eprt => ("EPRT", "200 EPRT command successful"),
+        Mode::Pasv => ("PASV", "227 Entering Passive Mode"),
+        Mode::Epsv => ("EPSV", "229 Entering Extended Passive Mode"),
+    };
+    let mut count = 0;
+    for (i, line) in dialogue.iter().enumerate() {
+        let Some(command) = line.strip_prefix("> ") else {
+            continue;
+        };
+        let verb = command
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        if !["PORT", "EPRT", "PASV", "EPSV"].contains(&verb.as_str()) {
+            continue;
+        }
+        if verb != wanted {
+            bail!(
+                "{mode:?} expected, but the client sent `{command}`:\n{}",
+                dialogue.join("\n")
+            );
+        }
+        let reply = dialogue[i + 1..]
+            .iter()
+            .find_map(|l| l.strip_prefix("< "))
+            .unwrap_or("(none)");
+        if !reply.starts_with(accepted) {
+            bail!(
+                "the server answered `{command}` with `{reply}`:\n{}",
+                dialogue.join("\n")
+            );
+        }
+        count += 1;
+    }
+    if count == 0 {
+        bail!("no {wanted} in the dialogue:\n{}", dialogue.join("\n"));
+    }
+    Ok(count)
 }
 
 impl Drop for FtpServer {
