@@ -406,6 +406,19 @@ impl CommandScanner {
         self.framing.len()
     }
 
+    /// Where the argument of the line being read starts (in bytes from the line's first byte),
+    /// while that line is a PORT or EPRT whose argument has begun, nothing in it is wrong so far
+    /// and its last byte read is part of the argument (not a CR that may end it): the datapath
+    /// holds such a line's address back when a segment ends inside it, and rewrites it whole in
+    /// the next. `None` otherwise, also once the line has ended.
+    pub fn pending_address_start(&self) -> Option<u16> {
+        let argument_begun = self.framing.len() > self.arg_start;
+        let reading_address = matches!(self.verb, VERB_PORT | VERB_EPRT)
+            && !matches!(self.phase, AT_VERB | AT_ERROR | AT_IGNORED);
+        (reading_address && argument_begun && !self.framing.ended() && !self.framing.cr_held())
+            .then_some(self.arg_start)
+    }
+
     /// The command of the line that just ended; `Malformed(Unterminated)` while a line is being
     /// read.
     pub fn command(&self) -> Command {

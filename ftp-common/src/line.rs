@@ -137,6 +137,12 @@ impl Framing {
         self.len
     }
 
+    /// The last byte was a CR, held back until the next shows whether it ends the line.
+    #[inline(always)]
+    pub(crate) fn cr_held(&self) -> bool {
+        self.flags & FRAMING_CR_HELD != 0
+    }
+
     #[inline(always)]
     pub(crate) fn push(&mut self, byte: u8) -> Framed {
         let index = self.len;

@@ -417,6 +417,80 @@ pub struct SessionEntry {
     pub released_seen: [u8; 4],
     /// The name of the client's last USER command (at most [`SESSION_USER_LEN`] bytes of it).
     pub user: [u8; SESSION_USER_LEN],
+    /// The last address held back because a segment ended inside it.
+    pub held: HeldField,
+}
+
+/// Bytes of an announced address a [`HeldField`] can keep: an IPv4 PORT argument is at most 23,
+/// an EPRT one 25.
+pub const HELD_FIELD_MAX: usize = 36;
+
+/// The [`HeldField::state`] values.
+pub mod hold_state {
+    /// Nothing was ever held.
+    pub const NONE: u8 = 0;
+    /// The bytes are held: the next segment completes the line (or gets them back).
+    pub const HOLDING: u8 = 1;
+    /// The line was completed; the record stays to repeat the cut on a retransmission.
+    pub const RELEASED: u8 = 2;
+}
+
+/// The tail of a segment that ended inside an address ftpnat rewrites (a masqueraded client's
+/// PORT/EPRT). The part already in that segment cannot be rewritten once forwarded, so it is cut
+/// from the segment and kept here; the next segment then carries the whole rewritten address or,
+/// if the completed line is not rewritten, these bytes put back in front of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldField {
+    /// The cut segment's sequence number (sender's space) and original payload length.
+    pub seq: u32,
+    pub payload_len: u16,
+    /// Where in that payload the held bytes began; they ran to its end.
+    pub off: u16,
+    /// How many bytes are held.
+    pub len: u8,
+    /// A [`hold_state`] value.
+    pub state: u8,
+    pub _pad: [u8; 2],
+    pub bytes: [u8; HELD_FIELD_MAX],
+}
+
+impl Default for HeldField {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeldField {
+    pub const fn new() -> Self {
+        Self {
+            seq: 0,
+            payload_len: 0,
+            off: 0,
+            len: 0,
+            state: hold_state::NONE,
+            _pad: [0; 2],
+            bytes: [0; HELD_FIELD_MAX],
+        }
+    }
+
+    /// Sequence number of the byte after the cut segment: where the line continues.
+    #[inline(always)]
+    pub fn next_seq(&self) -> u32 {
+        self.seq.wrapping_add(u32::from(self.payload_len))
+    }
+
+    /// Copies the held bytes to the start of `out`; their count, or `None` if `out` is shorter.
+    #[inline(always)]
+    pub fn copy_into(&self, out: &mut [u8]) -> Option<usize> {
+        let len = usize::from(self.len).min(HELD_FIELD_MAX);
+        let mut i = 0;
+        while i < len {
+            *out.get_mut(i)? = *self.bytes.get(i)?;
+            i += 1;
+        }
+        Some(len)
+    }
 }
 
 /// How many bytes of a USER name a session keeps.
@@ -441,6 +515,11 @@ pub mod rewrite_kind {
     /// A whole 227/229 line replaced by a 425 because the window had no free port: see
     /// [`crate::REFUSED_PASSIVE_LINE`].
     pub const PASSIVE_REFUSED: u8 = 7;
+    /// The tail of a segment that ended inside an address, removed and held
+    /// ([`super::HeldField`]); nothing replaces it.
+    pub const CUT: u8 = 8;
+    /// Held bytes put back in front of the next segment, the line being passed as it was.
+    pub const RESTORE: u8 = 9;
 
     /// Whether `kind` rewrites a server reply (else a client command).
     pub const fn is_reply(kind: u8) -> bool {
@@ -799,8 +878,21 @@ mod tests {
         assert_eq!(size_of::<RewriteRecord>(), 16);
         assert_eq!(
             size_of::<SessionEntry>(),
-            8 + 3 * 8 + 4 * 4 + 92 + 40 + 2 * 12 + 2 * 16 + 4 + 2 + 1 + 1 + 4 + SESSION_USER_LEN
+            8 + 3 * 8
+                + 4 * 4
+                + 92
+                + 40
+                + 2 * 20
+                + 2 * 16
+                + 4
+                + 2
+                + 1
+                + 1
+                + 4
+                + SESSION_USER_LEN
+                + size_of::<HeldField>()
         );
+        assert_eq!(size_of::<HeldField>(), 12 + HELD_FIELD_MAX);
         assert_eq!(size_of::<PublishTarget>(), 12);
         assert_eq!(
             size_of::<Event>(),

@@ -1,12 +1,17 @@
 //! Sequence-number adjustment after the datapath changed the length of a direction's byte stream
 //! (a rewritten PORT/EPRT/227/229 line is longer or shorter than the original).
 //!
-//! Like Linux's `nf_conntrack_seqadj`, one correction point is kept per direction: bytes before it
-//! are shifted by `offset_before`, bytes after it by `offset_after`. That is exact as long as a new
-//! correction only happens after the previous one is behind us, which FTP's command–reply rhythm
-//! guarantees for the lines ftpnat rewrites. A retransmission of the rewritten segment starts at
-//! the correction point itself and takes `offset_before`, the right value for its first byte; its
-//! rewrite is re-applied by the caller.
+//! Linux's `nf_conntrack_seqadj` keeps one correction point per direction: bytes before it are
+//! shifted by one offset, bytes after it by another. ftpnat keeps the last two, because one
+//! announcement may change the stream at two places close together: when the address of a PORT
+//! is cut over two segments, the first segment gives up its part of the address and the second
+//! carries the whole rewritten one (see the datapath's `alg` module), and either may be
+//! retransmitted after the other was corrected. Three ranges follow: segments starting at or
+//! before `earlier_pos` take `offset_earlier`, those after it and at or before `correction_pos`
+//! take `offset_before`, later ones `offset_after`. A correction only ever follows the previous
+//! one in the stream, which FTP's command–reply rhythm guarantees for separate lines. A
+//! retransmission of a rewritten segment starts at its correction point and takes the offset
+//! before it, the right value for its first byte; its rewrite is re-applied by the caller.
 //!
 //! Sequence numbers compare in serial-number arithmetic (RFC 1982), so everything works across
 //! the 2^32 wrap.
@@ -17,17 +22,21 @@ pub fn seq_after(a: u32, b: u32) -> bool {
     (b.wrapping_sub(a) as i32) < 0
 }
 
-/// The correction state of one direction. Stored in a BPF map: `#[repr(C)]`, 12 bytes, no padding,
+/// The correction state of one direction. Stored in a BPF map: `#[repr(C)]`, 20 bytes, no padding,
 /// every bit pattern valid; all-zero (no correction) is [`SeqAdjust::new`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SeqAdjust {
     /// Sequence number (in the sender's space) of the segment the last correction was made in.
     pub correction_pos: u32,
-    /// Shift of bytes up to and including the segment at `correction_pos`.
+    /// Shift of bytes after `earlier_pos`, up to and including the segment at `correction_pos`.
     pub offset_before: i32,
-    /// Shift of bytes after it.
+    /// Shift of bytes after `correction_pos`.
     pub offset_after: i32,
+    /// The correction point before `correction_pos`.
+    pub earlier_pos: u32,
+    /// Shift of bytes up to and including the segment at `earlier_pos`.
+    pub offset_earlier: i32,
 }
 
 impl SeqAdjust {
@@ -36,35 +45,37 @@ impl SeqAdjust {
             correction_pos: 0,
             offset_before: 0,
             offset_after: 0,
+            earlier_pos: 0,
+            offset_earlier: 0,
         }
     }
 
     /// No byte of this direction was ever moved.
     #[inline(always)]
     pub fn is_identity(&self) -> bool {
-        self.offset_before == 0 && self.offset_after == 0
+        self.offset_before == 0 && self.offset_after == 0 && self.offset_earlier == 0
     }
 
-    /// Whether a length change of the segment starting at `seq` can be recorded: true unless an
-    /// earlier correction lies after it.
+    /// Whether a length change of the segment starting at `seq` can be recorded: true unless a
+    /// correction lies at or after it.
     #[inline(always)]
     pub fn can_record(&self, seq: u32) -> bool {
-        self.offset_before == self.offset_after || seq_after(seq, self.correction_pos)
+        self.is_identity() || seq_after(seq, self.correction_pos)
     }
 
     /// The segment starting at `seq` grew by `delta` bytes (shrank if negative). Returns false, and
-    /// changes nothing, if `seq` lies before the current correction point: the offsets could not
-    /// describe both.
+    /// changes nothing, if `seq` does not lie after the current correction point.
     #[inline(always)]
     pub fn record(&mut self, seq: u32, delta: i32) -> bool {
-        if self.can_record(seq) {
-            self.correction_pos = seq;
-            self.offset_before = self.offset_after;
-            self.offset_after = self.offset_after.wrapping_add(delta);
-            true
-        } else {
-            false
+        if !self.can_record(seq) {
+            return false;
         }
+        self.earlier_pos = self.correction_pos;
+        self.offset_earlier = self.offset_before;
+        self.correction_pos = seq;
+        self.offset_before = self.offset_after;
+        self.offset_after = self.offset_after.wrapping_add(delta);
+        true
     }
 
     /// The sequence number a segment of this direction starting at `seq` carries on the wire
@@ -73,8 +84,10 @@ impl SeqAdjust {
     pub fn forward_seq(&self, seq: u32) -> u32 {
         let offset = if seq_after(seq, self.correction_pos) {
             self.offset_after
-        } else {
+        } else if seq_after(seq, self.earlier_pos) {
             self.offset_before
+        } else {
+            self.offset_earlier
         };
         seq.wrapping_add(offset as u32)
     }
@@ -88,8 +101,13 @@ impl SeqAdjust {
             self.correction_pos,
         ) {
             self.offset_after
-        } else {
+        } else if seq_after(
+            ack.wrapping_sub(self.offset_earlier as u32),
+            self.earlier_pos,
+        ) {
             self.offset_before
+        } else {
+            self.offset_earlier
         };
         ack.wrapping_sub(offset as u32)
     }
@@ -363,7 +381,38 @@ mod tests {
         let mut adj = SeqAdjust::new();
         assert!(adj.record(500, 2));
         assert!(!adj.record(400, 2));
-        assert_eq!(adj, SeqAdjust { correction_pos: 500, offset_before: 0, offset_after: 2 });
+        let expected = SeqAdjust {
+            correction_pos: 500,
+            offset_before: 0,
+            offset_after: 2,
+            earlier_pos: 0,
+            offset_earlier: 0,
+        };
+        assert_eq!(adj, expected);
+    }
+
+    /// A PORT whose address is cut over two segments: the first (at 1000, 30 bytes) gives up its
+    /// last 6 bytes, the second (at 1030) carries the whole rewritten address, 9 bytes longer
+    /// than its own part. Both may be retransmitted after both corrections.
+    #[test]
+    fn two_corrections_close_together_keep_three_ranges() {
+        let mut adj = SeqAdjust::new();
+        assert!(adj.record(1000, -6));
+        assert!(adj.record(1030, 9));
+        assert_eq!(adj.forward_seq(1000), 1000, "the first segment, resent, starts in place");
+        assert_eq!(adj.forward_seq(1030), 1024, "the second follows the shortened first");
+        assert_eq!(adj.forward_seq(1050), 1053, "what follows moves by both changes");
+        assert_eq!(adj.forward_seq(900), 900, "older bytes never moved");
+        // Acknowledgements of each segment's end map back to the sender's ends.
+        assert_eq!(adj.backward_ack(1024), 1030);
+        assert_eq!(adj.backward_ack(1053), 1050);
+        assert_eq!(adj.backward_ack(1000), 1000);
+        assert_eq!(adj.backward_ack(950), 950);
+        // A third correction forgets the first point: the oldest range merges into the middle.
+        assert!(adj.record(2000, 1));
+        assert_eq!(adj.forward_seq(1030), 1024);
+        assert_eq!(adj.forward_seq(1050), 1053);
+        assert_eq!(adj.forward_seq(2010), 2014);
     }
 
     #[test]
@@ -380,6 +429,6 @@ mod tests {
 
     #[test]
     fn size_is_fixed() {
-        assert_eq!(core::mem::size_of::<SeqAdjust>(), 12);
+        assert_eq!(core::mem::size_of::<SeqAdjust>(), 20);
     }
 }

@@ -28,8 +28,8 @@ use ftp_common::{
     ServerVerdict,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SESSION_USER_LEN, SessionEntry,
-        SessionKind, malformed_slot, refusal_slot, rewrite_kind,
+        ExpectationPath, FlowDirection, FlowEntry, HELD_FIELD_MAX, RewriteRecord, SESSION_USER_LEN,
+        SessionEntry, SessionKind, hold_state, malformed_slot, refusal_slot, rewrite_kind,
     },
 };
 
@@ -65,6 +65,7 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     user_len: 0,
     released_seen: [0; 4],
     user: [0; SESSION_USER_LEN],
+    held: ftp_common::maps::HeldField::new(),
 };
 
 const NO_REWRITE: RewriteRecord = RewriteRecord {
@@ -131,7 +132,6 @@ struct Scan {
     /// Scratch offsets of the first byte to feed and one past the last.
     start: u32,
     end: u32,
-    from_client: u32,
     /// The control connection's client, as the router sees it on the client's side.
     client: [u8; 4],
     /// The server's own address (behind the router when publishing).
@@ -154,6 +154,9 @@ struct Scan {
     rewrite_line_len: u16,
     rewrite_port: u16,
     rewrite_addr: [u8; 4],
+    /// The lowest scratch offset a field to rewrite may start at: where this segment's new bytes
+    /// start, or the held bytes in front of them.
+    field_floor: u32,
 }
 
 /// Follows one packet of a control connection, before its headers are translated. Returns true
@@ -166,12 +169,23 @@ pub fn control_packet(
     packet: &Tcp4,
     flow: &FlowEntry,
     config: &DatapathConfig,
-) -> bool {
+) -> Pending {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
-        return false;
+        return Pending::Nothing;
     };
     apply_releases(&flow.session, session);
     follow_segment(ctx, packet, flow, config, session)
+}
+
+/// What [`control_packet`] left in the scratch area for the caller to carry out.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Nothing,
+    /// `pending`: [`crate::rewrite::rewrite_pending`].
+    Rewrite,
+    /// `replay`: [`crate::rewrite::replay_pending`].
+    Replay,
 }
 
 /// Frees the places of the expectations the agent let expire since the last packet: the agent
@@ -212,7 +226,53 @@ pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> bool
     crate::seqadj::adjust(ctx, packet, &own, &peer)
 }
 
-/// Tracks and scans one segment; true if a rewrite is pending.
+/// A segment whose every byte was seen before: what was done to it (a rewrite, a cut) is to be
+/// repeated, or, for the segment after a held address seen only while out of step, the held
+/// bytes are to be given back. A retransmission that cannot get the same bytes is counted.
+#[inline(always)]
+fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> Pending {
+    let from_client = flow.direction == FlowDirection::Original as u8;
+    let seq = u32::from_be_bytes(packet.tcp.seq);
+    let Some((_, payload_len)) = packet.payload() else {
+        return Pending::Nothing;
+    };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Pending::Nothing;
+    };
+    let record = if from_client {
+        &entry.client_rewrite
+    } else {
+        &entry.server_rewrite
+    };
+    let held = from_client && entry.held.state != hold_state::NONE;
+    if held && entry.held.state == hold_state::HOLDING && seq == entry.held.next_seq() {
+        // The segment after the cut one, seen before while out of step (so not scanned): it
+        // gets the held bytes back, and its line is not rewritten.
+        bump(Counter::RewritesSkipped);
+        return if request_give_back(flow) {
+            Pending::Rewrite
+        } else {
+            Pending::Nothing
+        };
+    }
+    let record = if held && seq == entry.held.seq {
+        crate::rewrite::cut_replay(&entry.held, record, payload_len)
+    } else {
+        Some(*record)
+    };
+    let Some(record) = record else {
+        bump(Counter::RewritesSkipped);
+        return Pending::Nothing;
+    };
+    // SAFETY: this CPU's scratch area, valid for the rest of this program run.
+    unsafe {
+        (*scratch).replay = record;
+        (*scratch).pending.session_key = flow.session;
+    }
+    Pending::Replay
+}
+
+/// Tracks and scans one segment; says what it left pending.
 #[inline(always)]
 fn follow_segment(
     ctx: &TcContext,
@@ -220,7 +280,7 @@ fn follow_segment(
     flow: &FlowEntry,
     config: &DatapathConfig,
     session: *mut SessionEntry,
-) -> bool {
+) -> Pending {
     let from_client = flow.direction == FlowDirection::Original as u8;
     let seq = u32::from_be_bytes(packet.tcp.seq);
     // SAFETY: a live map value. One control connection's packets are handled one at a time in
@@ -230,16 +290,16 @@ fn follow_segment(
         if !from_client {
             entry.server_lines.on_syn(seq);
         }
-        return false;
+        return Pending::Nothing;
     }
     let Some((payload_off, payload_len)) = packet.payload() else {
-        return false;
+        return Pending::Nothing;
     };
     if payload_len == 0 {
-        return false;
+        return Pending::Nothing;
     }
     let Ok(last) = ctx.load::<u8>(payload_off + payload_len - 1) else {
-        return false;
+        return Pending::Nothing;
     };
     let tracker = if from_client {
         &mut entry.client_lines
@@ -248,15 +308,7 @@ fn follow_segment(
     };
     let verdict = tracker.on_segment_len(seq, payload_len as u32, last == b'\n');
     if matches!(verdict, SegmentVerdict::Retransmission) {
-        let record = if from_client {
-            entry.client_rewrite
-        } else {
-            entry.server_rewrite
-        };
-        if crate::rewrite::replay(ctx, packet, &record, config) {
-            bump(Counter::RewritesSkipped);
-        }
-        return false;
+        return on_retransmission(packet, flow, entry);
     }
     let SegmentVerdict::InSync(in_sync) = verdict else {
         if matches!(verdict, SegmentVerdict::OutOfSync) {
@@ -268,7 +320,7 @@ fn follow_segment(
                 entry.state.server_lines_lost();
             }
         }
-        return false;
+        return Pending::Nothing;
     };
     if !in_sync.continues_line {
         if from_client {
@@ -277,15 +329,21 @@ fn follow_segment(
             entry.replies.reset();
         }
     }
-    let copied = copy_payload(ctx, payload_off, payload_len);
+    // Held bytes go in front of the payload's copy, so that the scan sees the held line's address
+    // whole: scratch offsets are then the payload's plus `held_len` (0 if nothing is held).
+    let held_len = if from_client {
+        stage_held(session, in_sync.start) as usize
+    } else {
+        0
+    };
+    let copied = copy_payload(ctx, payload_off, payload_len, held_len);
     if copied == 0 || in_sync.start as usize >= copied {
-        return false;
+        return Pending::Nothing;
     }
     let mut scan = Scan {
         session,
-        start: in_sync.start,
-        end: copied as u32,
-        from_client: u32::from(from_client),
+        start: in_sync.start + held_len as u32,
+        end: (held_len + copied) as u32,
         client: flow.session.saddr,
         server: entry.server_addr,
         lan_ifindex: entry.lan_ifindex,
@@ -302,6 +360,9 @@ fn follow_segment(
         rewrite_line_len: 0,
         rewrite_port: 0,
         rewrite_addr: [0; 4],
+        // Where this segment's new bytes start in the payload: held bytes, if any, start at 0
+        // (a held line is only continued by a segment with nothing seen before).
+        field_floor: in_sync.start,
     };
     let callback = if from_client {
         scan_client_byte as *mut c_void
@@ -310,11 +371,14 @@ fn follow_segment(
     };
     // SAFETY: plain helper call: a static callback and a context on this stack frame.
     unsafe { bpf_loop(scan.end - scan.start, callback, (&raw mut scan).cast(), 0) };
+    if from_client && after_client_scan(&mut scan, held_len as u32, copied == payload_len) == 0 {
+        return Pending::Nothing;
+    }
     if scan.rewrite_kind == rewrite_kind::NONE {
-        return false;
+        return Pending::Nothing;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return false;
+        return Pending::Nothing;
     };
     // SAFETY: this CPU's scratch area, valid for the rest of this program run.
     unsafe {
@@ -322,7 +386,7 @@ fn follow_segment(
             kind: scan.rewrite_kind,
             delimiter: scan.rewrite_delimiter,
             line_in_segment: scan.rewrite_line_in_segment,
-            _pad: 0,
+            completes_hold: u8::from(held_len != 0),
             field_off: scan.rewrite_field_off,
             field_len: scan.rewrite_field_len,
             line_off: scan.rewrite_line_off,
@@ -333,12 +397,121 @@ fn follow_segment(
             session_key: flow.session,
         };
     }
+    Pending::Rewrite
+}
+
+/// Asks for the tail of this client segment to be held if the segment ends inside the address of
+/// a masqueraded PORT/EPRT (see [`ftp_common::maps::HeldField`]): only when that address began in
+/// this segment (the bytes before it are gone unchanged), the whole payload was scanned, and the
+/// tail fits.
+#[inline(always)]
+fn hold_if_cut_inside_address(scan: &mut Scan, entry: &mut SessionEntry, scanned_all: bool) {
+    if !scanned_all || entry.kind != SessionKind::Masquerade as u8 {
+        return;
+    }
+    let Some(address_start) = entry.commands.pending_address_start() else {
+        return;
+    };
+    let line_start = scan.end.wrapping_sub(u32::from(entry.commands.line_len()));
+    let field_off = line_start.wrapping_add(u32::from(address_start));
+    let held_len = scan.end.wrapping_sub(field_off);
+    // At least one byte stays in the segment: an empty one would not be a segment.
+    if field_off < scan.start || field_off == 0 || held_len == 0 || held_len > HELD_FIELD_MAX as u32
+    {
+        return;
+    }
+    scan.rewrite_kind = rewrite_kind::CUT;
+    scan.rewrite_field_off = field_off as u16;
+    scan.rewrite_field_len = held_len as u16;
+}
+
+/// After the scan of a client segment: completes or gives back a hold (`held_len` bytes of an
+/// address held in front of this segment), or asks for a new one. Returns the requested
+/// `rewrite_kind` (NONE if nothing is to be done).
+#[inline(always)]
+fn after_client_scan(scan: &mut Scan, held_len: u32, scanned_all: bool) -> u8 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let entry = unsafe { &mut *scan.session };
+    if held_len != 0 {
+        complete_or_give_back(scan, entry, held_len as u16);
+    } else if scan.rewrite_kind == rewrite_kind::NONE {
+        hold_if_cut_inside_address(scan, entry, scanned_all);
+    }
+    scan.rewrite_kind
+}
+
+/// After the scan of the segment that follows a held address: a rewrite of the held line's
+/// address (which starts at scratch offset 0) completes the hold, its field translated to the
+/// payload's offsets; anything else (the line refused, malformed, or not ended in this segment)
+/// gives the held bytes back, and a rewrite of a later line in the segment is given up for that.
+#[inline(always)]
+fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u16) {
+    let completes = matches!(scan.rewrite_kind, rewrite_kind::PORT | rewrite_kind::EPRT)
+        && scan.rewrite_field_off == 0
+        && scan.rewrite_field_len >= held_len;
+    if completes {
+        scan.rewrite_field_len -= held_len;
+        return;
+    }
+    if scan.rewrite_kind != rewrite_kind::NONE {
+        entry.state.expectation_closed();
+        bump(Counter::RewritesSkipped);
+    }
+    scan.rewrite_kind = rewrite_kind::RESTORE;
+    scan.rewrite_field_off = 0;
+    scan.rewrite_field_len = 0;
+}
+
+/// If this client segment continues a line whose address is held, copies the held bytes to the
+/// start of the scratch buffer and returns how many; else 0. A segment that starts before the
+/// held bytes' successor (new bytes at `new_bytes_start`, after a retransmission of the cut
+/// segment merged into it) carries the held bytes in their place when forwarded as it is: the
+/// hold ends there.
+#[inline(never)]
+fn stage_held(session: *mut SessionEntry, new_bytes_start: u32) -> u32 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let entry = unsafe { &mut *session };
+    if entry.held.state != hold_state::HOLDING {
+        return 0;
+    }
+    if new_bytes_start != 0 {
+        crate::rewrite::given_back_in_place(entry);
+        return 0;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let len = u32::from(entry.held.len);
+    if len > HELD_FIELD_MAX as u32 {
+        return 0;
+    }
+    let mut i = 0;
+    while i < HELD_FIELD_MAX {
+        // SAFETY: this CPU's scratch buffer; i < HELD_FIELD_MAX < its size.
+        unsafe { *(*scratch).bytes.as_mut_ptr().add(i) = entry.held.bytes[i] };
+        i += 1;
+    }
+    len
+}
+
+/// Asks for the held bytes to be put back in front of this segment.
+#[inline(always)]
+fn request_give_back(flow: &FlowEntry) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch area, valid for the rest of this program run.
+    unsafe {
+        (*scratch).pending.kind = rewrite_kind::RESTORE;
+        (*scratch).pending.session_key = flow.session;
+    }
     true
 }
 
-/// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer; returns how many.
+/// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer, from `dst` on (at
+/// most [`HELD_FIELD_MAX`]); returns how many.
 #[inline(always)]
-fn copy_payload(ctx: &TcContext, offset: usize, len: usize) -> usize {
+fn copy_payload(ctx: &TcContext, offset: usize, len: usize, dst: usize) -> usize {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -348,12 +521,13 @@ fn copy_payload(ctx: &TcContext, offset: usize, len: usize) -> usize {
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
     // Written so the verifier sees 1 ≤ len ≤ SCRATCH_LEN: the helper refuses a length that may be 0.
     let len = ((len - 1) & (SCRATCH_LEN - 1)) + 1;
-    // SAFETY: the buffer holds SCRATCH_SIZE ≥ len bytes; the helper checks the packet's bounds.
+    // SAFETY: the buffer holds SCRATCH_SIZE ≥ 64 + len bytes; the helper checks the packet's
+    // bounds.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
             offset as u32,
-            scratch.cast(),
+            scratch.cast::<u8>().add(dst & 63).cast(),
             len as u32,
         )
     };
@@ -409,7 +583,10 @@ fn request_rewrite(
     field: ftp_common::Span,
 ) -> bool {
     let field_off = line_off.wrapping_add(u32::from(field.start));
-    if scan.rewrite_kind != rewrite_kind::NONE || field_off < scan.start || field_off >= scan.end {
+    if scan.rewrite_kind != rewrite_kind::NONE
+        || field_off < scan.field_floor
+        || field_off >= scan.end
+    {
         return false;
     }
     scan.rewrite_kind = kind;

@@ -21,6 +21,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use ftp_common::maps::{Counter, Direction, FlowKind};
 
 use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
@@ -61,8 +62,22 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
     // SAFETY: a live map value; the fields read below are written only when the entry is created.
     let entry = unsafe { &*entry };
     if entry.kind == FlowKind::Control as u8 {
-        if alg::control_packet(&ctx, &packet, entry, config) {
-            rewrite::rewrite_pending(&ctx, &packet, config);
+        // Each step is a subprogram called from here, none under another: their stack frames
+        // never add up.
+        match alg::control_packet(&ctx, &packet, entry, config) {
+            alg::Pending::Rewrite => {
+                if rewrite::rewrite_pending(&ctx, &packet, config)
+                    && !rewrite::splice_held_pending(&ctx, &packet, config)
+                {
+                    debug!(&ctx, "held bytes of a control line could not be given back");
+                }
+            }
+            alg::Pending::Replay => {
+                if rewrite::replay_pending(&ctx, &packet, config) {
+                    maps::bump(Counter::RewritesSkipped);
+                }
+            }
+            alg::Pending::Nothing => {}
         }
         if alg::adjust_sequence(&ctx, &packet, entry) {
             maps::bump(Counter::SequenceAdjusted);

@@ -93,6 +93,8 @@ pub struct Scratch {
     pub bytes: [u8; SCRATCH_SIZE],
     /// A PORT/EPRT/227/229 the ALG accepted in this segment, for the rewrite that follows.
     pub pending: crate::rewrite::RewriteRequest,
+    /// What to repeat on a retransmission in this program run (its session in `pending`).
+    pub replay: ftp_common::maps::RewriteRecord,
     /// A TCP options area before and after its SACK edges are translated (read at variable
     /// offsets, which the verifier allows in a map value but not on the stack).
     pub options_before: [u8; ftp_common::MAX_TCP_OPTIONS],

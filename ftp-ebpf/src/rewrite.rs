@@ -23,7 +23,8 @@ use ftp_common::{
     MAX_FIELD_LEN, format_rewrite,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, RewriteRecord, SessionEntry, rewrite_kind,
+        ExpectationPath, HELD_FIELD_MAX, HeldField, RewriteRecord, SessionEntry, hold_state,
+        rewrite_kind,
     },
     seqadj::seq_after,
 };
@@ -50,7 +51,9 @@ pub struct RewriteRequest {
     /// Whether the whole line (not only the field) lies in this segment: a refusal replaces the
     /// whole of a 227/229 line.
     pub line_in_segment: u8,
-    pub _pad: u8,
+    /// 1 if the field began in the previous segment, whose part of it is held
+    /// ([`ftp_common::maps::HeldField`]): the field here is only the rest of it.
+    pub completes_hold: u8,
     /// The field's offset in the payload and its length.
     pub field_off: u16,
     pub field_len: u16,
@@ -65,25 +68,219 @@ pub struct RewriteRequest {
     pub session_key: ftp_common::maps::FlowKey,
 }
 
-/// Rewrites the line the ALG left pending in the scratch area. If it cannot (table full, field
-/// split across segments, segment too long) the segment passes unchanged, nothing is opened, and
-/// it is counted.
+/// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
+/// full, field begun in an earlier segment that was not held, segment too long) the segment
+/// passes unchanged, nothing is opened, and it is counted. Returns true if held bytes are to be
+/// cut or given back next ([`splice_held_pending`]; the request then says which): a hold or a
+/// give-back asked for by the ALG, or the give-back of a hold this rewrite was to complete.
 #[inline(never)]
-pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) {
-    let Some(scratch) = SCRATCH.get_ptr(0) else {
-        return;
+pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
     // SAFETY: this CPU's scratch area, written by the ALG earlier in this program run.
     let request = unsafe { (*scratch).pending };
+    if matches!(request.kind, rewrite_kind::CUT | rewrite_kind::RESTORE) {
+        return true;
+    }
     let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
-        return;
+        return false;
     };
     // SAFETY: a live map value; see alg::control_packet on concurrent updates.
-    let session = unsafe { &mut *session };
-    if !rewrite(ctx, packet, session, config, &request) {
-        session.state.expectation_closed();
+    let entry = unsafe { &mut *session };
+    let rewritten = rewrite(ctx, packet, entry, config, &request);
+    if !rewritten {
+        entry.state.expectation_closed();
         bump(Counter::RewritesSkipped);
     }
+    if request.completes_hold == 0 {
+        return false;
+    }
+    if rewritten {
+        entry.held.state = hold_state::RELEASED;
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { (*scratch).pending.kind = rewrite_kind::RESTORE };
+    true
+}
+
+/// Cuts or gives back held bytes as the pending request says (after [`rewrite_pending`], beside
+/// it rather than under it: the two stack frames never add up). Returns false if held bytes were
+/// to go back and could not: they are lost to the stream, and that is counted.
+#[inline(never)]
+pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch area, written earlier in this program run.
+    let request = unsafe { (*scratch).pending };
+    let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
+        return false;
+    };
+    let done = splice_held(ctx, packet, session, config, &request);
+    if !done {
+        bump(Counter::RewritesSkipped);
+    }
+    done
+}
+
+/// A CUT request: cuts the address this client segment ended inside of (the field runs to the
+/// end of the payload) and keeps its bytes in the session, for the next segment to carry the
+/// address whole; if it cannot, the segment passes as it is. A RESTORE request: puts the held
+/// bytes back in front of this segment, which starts where the cut one ended, so the line
+/// reaches the server as the client sent it (counted by the caller, as a refusal, a malformed
+/// line or a skipped rewrite, whatever kept it from being rewritten). False if held bytes were
+/// to go back and could not: they are lost to the stream.
+#[inline(always)]
+fn splice_held(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    session: *mut SessionEntry,
+    config: &DatapathConfig,
+    request: &RewriteRequest,
+) -> bool {
+    // SAFETY: a live map value; see alg::control_packet on concurrent updates.
+    let session = unsafe { &mut *session };
+    let cut = request.kind == rewrite_kind::CUT;
+    let Some((payload_off, payload_len)) = packet.payload() else {
+        return cut;
+    };
+    let seq = u32::from_be_bytes(packet.tcp.seq);
+    if !session.client_seq.can_record(seq) {
+        return cut;
+    }
+    let record = if cut {
+        let len = usize::from(request.field_len);
+        if len == 0 || len > HELD_FIELD_MAX || !copy_held(session, request.field_off, len) {
+            return true;
+        }
+        RewriteRecord {
+            seq,
+            payload_len: payload_len as u16,
+            field_off: request.field_off,
+            field_len: request.field_len,
+            public_port: 0,
+            kind: rewrite_kind::CUT,
+            delimiter: 0,
+            _pad: [0; 2],
+        }
+    } else {
+        if session.held.state != hold_state::HOLDING || seq != session.held.next_seq() {
+            return false;
+        }
+        session.held.state = hold_state::RELEASED;
+        RewriteRecord {
+            seq,
+            payload_len: payload_len as u16,
+            field_off: 0,
+            field_len: 0,
+            public_port: 0,
+            kind: rewrite_kind::RESTORE,
+            delimiter: 0,
+            _pad: [0; 2],
+        }
+    };
+    let Some(delta) = splice(
+        ctx,
+        packet,
+        payload_off,
+        payload_len,
+        &record,
+        &session.held,
+        config,
+    ) else {
+        return cut;
+    };
+    session.client_seq.record(seq, delta);
+    if cut {
+        session.held.seq = seq;
+        session.held.payload_len = payload_len as u16;
+        session.held.off = request.field_off;
+        session.held.state = hold_state::HOLDING;
+    } else {
+        session.client_rewrite = record;
+    }
+    true
+}
+
+/// Keeps `len` payload bytes from `off` in the session's held field, from the payload's copy at
+/// the start of the scratch buffer (where the scan read it).
+#[inline(always)]
+fn copy_held(session: &mut SessionEntry, off: u16, len: usize) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    let mut i = 0;
+    while i < HELD_FIELD_MAX {
+        // SAFETY: this CPU's scratch buffer, read at a masked offset.
+        let byte = unsafe { *(*scratch).bytes.as_ptr().add((usize::from(off) + i) & MASK) };
+        if let Some(slot) = session.held.bytes.get_mut(i) {
+            *slot = if i < len { byte } else { 0 };
+        }
+        i += 1;
+    }
+    session.held.len = len as u8;
+    true
+}
+
+/// The held bytes were sent again in their place (a retransmission of the cut segment merged
+/// with the bytes after it, forwarded as it is): the stream is as the client sent it from there
+/// on, which the sequence adjustment is told. The line's rewrite is then skipped (and counted)
+/// when the scan finds its address began before the new bytes.
+#[inline(always)]
+pub fn given_back_in_place(session: &mut SessionEntry) {
+    if session.held.state != hold_state::HOLDING {
+        return;
+    }
+    session.held.state = hold_state::RELEASED;
+    session
+        .client_seq
+        .record(session.held.next_seq(), i32::from(session.held.len));
+}
+
+/// What to repeat on a retransmission of a segment whose tail was held (see [`replay`]): the
+/// same cut if it has the original's length; if the segment after it was merged in (Linux
+/// resends that way on a timeout), the whole address replaced the way that segment completed it.
+/// `None` if it cannot get the same bytes.
+#[inline(always)]
+pub fn cut_replay(
+    held: &HeldField,
+    completion: &RewriteRecord,
+    payload_len: usize,
+) -> Option<RewriteRecord> {
+    let original = usize::from(held.payload_len);
+    if payload_len == original {
+        return Some(RewriteRecord {
+            seq: held.seq,
+            payload_len: held.payload_len,
+            field_off: held.off,
+            field_len: u16::from(held.len),
+            public_port: 0,
+            kind: rewrite_kind::CUT,
+            delimiter: 0,
+            _pad: [0; 2],
+        });
+    }
+    if payload_len < original
+        || held.state != hold_state::RELEASED
+        || completion.seq != held.next_seq()
+    {
+        return None;
+    }
+    if completion.kind == rewrite_kind::RESTORE {
+        // The bytes as the client sent them are what the receiver was given.
+        return Some(RewriteRecord {
+            kind: rewrite_kind::NONE,
+            ..*completion
+        });
+    }
+    Some(RewriteRecord {
+        seq: held.seq,
+        field_off: held.off,
+        field_len: u16::from(held.len) + completion.field_len,
+        ..*completion
+    })
 }
 
 #[inline(always)]
@@ -189,7 +386,15 @@ fn rewrite(
             _ => return false,
         };
     }
-    let Some(delta) = splice(ctx, packet, payload_off, payload_len, &record, config) else {
+    let Some(delta) = splice(
+        ctx,
+        packet,
+        payload_off,
+        payload_len,
+        &record,
+        &session.held,
+        config,
+    ) else {
         if let Some(key) = reserved {
             let _ = EXPECTS.remove(key);
             let _ = FREE_PORTS.push(record.public_port, 0);
@@ -253,6 +458,22 @@ fn release_unused(
     }
 }
 
+/// Repeats on a retransmission what the ALG found was done to its segment (the `replay` record in
+/// the scratch area). True if it cannot be given the same bytes (counted by the caller).
+#[inline(never)]
+pub fn replay_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch area, written by the ALG earlier in this program run.
+    let (record, session_key) = unsafe { ((*scratch).replay, (*scratch).pending.session_key) };
+    // SAFETY: read at once, for the held bytes a restore puts back.
+    let Some(session) = (unsafe { SESSIONS.get(session_key) }) else {
+        return false;
+    };
+    replay(ctx, packet, &record, &session.held, config)
+}
+
 /// Repeats a rewrite on a retransmission of its segment, so the receiver sees the same bytes at
 /// the same sequence numbers. The retransmission need not have the original's length: a sender
 /// may coalesce the following segments into it (Linux does on a timeout) or send less; as long as
@@ -260,13 +481,12 @@ fn release_unused(
 /// way and the bytes after it follow with the same shift. Returns true for a retransmission that
 /// cannot be given the same bytes (it starts inside the rewritten field, or stops before its
 /// end): it passes as it is, and the caller counts it.
-// The result is used by the caller on purpose: the verifier refuses a subprogram whose unused
-// return register was left holding a stack pointer.
-#[inline(never)]
-pub fn replay(
+#[inline(always)]
+fn replay(
     ctx: &TcContext,
     packet: &Tcp4,
     record: &RewriteRecord,
+    held: &HeldField,
     config: &DatapathConfig,
 ) -> bool {
     let Some((payload_off, payload_len)) = packet.payload() else {
@@ -283,10 +503,11 @@ pub fn replay(
             .wrapping_add(u32::from(record.field_off) + u32::from(record.field_len));
         return seq_after(seq, record.seq) && seq_after(field_end, seq);
     }
-    splice(ctx, packet, payload_off, payload_len, record, config).is_none()
+    splice(ctx, packet, payload_off, payload_len, record, held, config).is_none()
 }
 
-/// Replaces the field `record` names with its replacement text; returns the length change.
+/// Replaces the field `record` names with its replacement text (nothing for a cut, the held bytes
+/// for a restore); returns the length change.
 #[inline(always)]
 fn splice(
     ctx: &TcContext,
@@ -294,6 +515,7 @@ fn splice(
     payload_off: usize,
     payload_len: usize,
     record: &RewriteRecord,
+    held: &HeldField,
     config: &DatapathConfig,
 ) -> Option<i32> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
@@ -301,7 +523,8 @@ fn splice(
     let buf = unsafe { &mut (*scratch).bytes };
     let field_off = usize::from(record.field_off) & (SCRATCH_LEN - 1);
     let field_end = field_off + usize::from(record.field_len);
-    if field_end >= payload_len || payload_len > SCRATCH_LEN {
+    // A field runs at most to the payload's end (a cut's does).
+    if field_end > payload_len || payload_len > SCRATCH_LEN {
         return None;
     }
     // The checksum works on 16-bit words from the TCP header on: start the tails on a word.
@@ -314,7 +537,11 @@ fn splice(
     // read from the packet: on a retransmission (replay) the scratch area holds another packet.
     *buf.get_mut(NEW_TAIL)? = ctx.load::<u8>(payload_off + aligned).ok()?;
     let out = buf.get_mut(NEW_TAIL + prefix..NEW_TAIL + prefix + MAX_FIELD_LEN)?;
-    let replacement_len = format_rewrite(record, Ipv4Addr::from(config.public_ip), out)?;
+    let replacement_len = match record.kind {
+        rewrite_kind::CUT => 0,
+        rewrite_kind::RESTORE => held.copy_into(out)?,
+        _ => format_rewrite(record, Ipv4Addr::from(config.public_ip), out)?,
+    };
     let replacement_len = replacement_len & 63;
     let new_tail_len = prefix + replacement_len + suffix_len;
     if new_tail_len > SCRATCH_LEN || old_tail_len > SCRATCH_LEN {
@@ -332,7 +559,7 @@ fn splice(
         let suffix_dst = buf
             .as_mut_ptr()
             .add(NEW_TAIL + ((prefix + replacement_len) & 127));
-        if load(skb, payload_off + field_end, suffix_dst, suffix_len) != 0 {
+        if suffix_len > 0 && load(skb, payload_off + field_end, suffix_dst, suffix_len) != 0 {
             return None;
         }
         let old_dst = buf.as_mut_ptr().add(OLD_TAIL);
@@ -365,16 +592,19 @@ fn splice(
         if delta != 0 && bpf_skb_change_tail(skb, ((*skb).len as i32 + delta) as u32, 0) != 0 {
             return None;
         }
-        let len = ((new_tail_len - 1) & (SCRATCH_LEN - 1)) + 1;
-        if bpf_skb_store_bytes(
-            skb,
-            (payload_off + aligned) as u32,
-            buf.as_ptr().add(NEW_TAIL).cast(),
-            len as u32,
-            0,
-        ) != 0
-        {
-            return None;
+        // A cut at an even offset leaves no new tail to store.
+        if new_tail_len > 0 {
+            let len = ((new_tail_len - 1) & (SCRATCH_LEN - 1)) + 1;
+            if bpf_skb_store_bytes(
+                skb,
+                (payload_off + aligned) as u32,
+                buf.as_ptr().add(NEW_TAIL).cast(),
+                len as u32,
+                0,
+            ) != 0
+            {
+                return None;
+            }
         }
         let old_ip_len = packet.ip_len();
         let new_ip_len = (i32::from(old_ip_len) + delta) as u16;

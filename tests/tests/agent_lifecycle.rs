@@ -131,7 +131,7 @@ fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
     let lab = routed_lab();
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let pin_dir = lab.pin_dir().expect("pin dir");
-    let state = pin_dir.join("v2");
+    let state = pin_dir.join("v3");
     assert!(
         state.join("TRAFFIC").exists(),
         "maps are pinned while running"

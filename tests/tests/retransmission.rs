@@ -35,6 +35,35 @@ print(digest.hexdigest())
 ftp.quit()
 "#;
 
+/// Active download whose PORT line goes out in two segments, cut inside the address after 9
+/// bytes ("PORT 10,0" | ",0,2,…"). Prints the reply to the PORT, then the file's sha256.
+const PORT_CUT_IN_ITS_ADDRESS_THEN_RETR: &str = r#"
+import ftplib, hashlib, socket, sys
+server, name = sys.argv[1], sys.argv[2]
+ftp = ftplib.FTP()
+ftp.connect(server, 21, timeout=30)
+ftp.login()
+ftp.voidcmd('TYPE I')
+ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+host = ftp.sock.getsockname()[0]
+listener = socket.create_server((host, 0))
+port = listener.getsockname()[1]
+line = 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
+ftp.sock.sendall(line[:9].encode())
+ftp.sock.sendall(line[9:].encode())
+print(ftp.getresp())
+ftp.putcmd('RETR ' + name)
+print(ftp.getresp())
+conn, _ = listener.accept()
+digest = hashlib.sha256()
+while chunk := conn.recv(65536):
+    digest.update(chunk)
+conn.close()
+ftp.voidresp()
+print(digest.hexdigest())
+ftp.quit()
+"#;
+
 /// The server's firewall drops the first control segment that contains `text`, once.
 fn server_drops_first(server: &NetNs, text: &str) {
     let args = [
@@ -145,4 +174,70 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
 
     let stats: Value = lab.ftpnat_json(&["stats"]).expect("stats");
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
+
+/// A PORT cut inside its address: ftpnat sends "PORT " and holds "10,0", and the next segment
+/// carries the whole rewritten address. The server loses the first segment (`drop_first`), or
+/// both; the client's retransmission (on its own, or with the second merged into it) must get
+/// the same bytes as the first time.
+fn held_address_survives_retransmission(drop_second_too: bool) {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(1024 * 1024, 1).expect("vsftpd");
+    lab.client
+        .exec("sysctl", &["-qw", "net.ipv4.tcp_early_retrans=0"])
+        .expect("sysctl in the client namespace");
+    server_drops_first(&lab.server, "PORT ");
+    if drop_second_too {
+        server_drops_first(&lab.server, "203,0,113,254,");
+    }
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let out = lab
+        .client_python(
+            PORT_CUT_IN_ITS_ADDRESS_THEN_RETR,
+            &[&server.addr.to_string(), file.name()],
+            90,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("200")),
+        "the server did not get the rewritten PORT: {lines:?}"
+    );
+    assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
+    let segments = segments_to_port_21(&lab.capture_text(ROUTER_WAN_IF).expect("capture"));
+    let cut = segments.iter().filter(|s| s.ends_with("PORT ")).count();
+    let completion = segments
+        .iter()
+        .find_map(|s| Some(&s[s.find("203,0,113,254,")?..]))
+        .expect("the second segment, with the whole rewritten address");
+    if drop_second_too {
+        let merged = segments
+            .iter()
+            .find(|s| s.contains("PORT 203,0,113,254,"))
+            .expect("a retransmission with both segments merged: the test did not bite");
+        assert!(
+            merged.ends_with(&format!("PORT {completion}")),
+            "the merged retransmission carries other bytes than the two segments: {segments:?}"
+        );
+    } else {
+        assert_eq!(
+            cut, 2,
+            "the first segment was not cut to \"PORT \" both times: {segments:?}"
+        );
+    }
+    let stats: Value = lab.ftpnat_json(&["stats"]).expect("stats");
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
+
+#[test]
+fn a_segment_whose_address_was_held_is_cut_again_when_resent() {
+    held_address_survives_retransmission(false);
+}
+
+#[test]
+fn a_resent_held_segment_with_the_next_merged_in_gets_the_whole_address() {
+    held_address_survives_retransmission(true);
 }

@@ -1,8 +1,10 @@
-//! A control line that arrives in two TCP segments. Linux's helper drops such a segment and waits
-//! for a retransmission that puts the line back together, which a sender that keeps its segment
-//! boundaries never sends: the session hangs. ftpnat reads the line across the segments; where the
-//! announced address itself is cut in two, the first half has already left the router unchanged,
-//! so the line passes as it is, the skip is counted and the session goes on.
+//! A control line that arrives in several TCP segments. Linux's helper drops such a segment and
+//! waits for a retransmission that puts the line back together, which a sender that keeps its
+//! segment boundaries never sends: the session hangs. ftpnat reads the line across the segments.
+//! Cut before the address, the line is rewritten in the segment that holds the address. Cut
+//! inside it, ftpnat holds the first segment's part of the address back and the next segment
+//! carries the whole rewritten address; if that line is not to be rewritten after all (refused,
+//! or cut again), the held bytes go back in front of the next segment and it passes as sent.
 
 use ftpnat_tests::{
     Lab, LabSpec,
@@ -10,13 +12,15 @@ use ftpnat_tests::{
 };
 use serde_json::Value;
 
-/// An active download whose `PORT`/`EPRT` line is sent in two segments, cut after `argv[4]`
-/// bytes, 300 ms apart. Prints the server's reply to the line, then the sha256 of the file if the
-/// server accepted it; then downloads the file again in passive mode and prints that sha256 too:
-/// the session must still work.
+/// An active download whose `PORT`/`EPRT` line is sent in pieces, cut after each of the byte
+/// counts in `argv[4]` (comma-separated), 300 ms apart; `argv[5]`, if given, is the address to
+/// announce instead of the client's own. Prints the server's reply to the line, then the sha256
+/// of the file if the server accepted it; then downloads the file again in passive mode and
+/// prints that sha256 too: the session must still work.
 const SPLIT_ANNOUNCEMENT: &str = r#"
 import ftplib, hashlib, socket, sys, time
-server, name, verb, cut = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+server, name, verb = sys.argv[1], sys.argv[2], sys.argv[3]
+cuts = [int(c) for c in sys.argv[4].split(',')]  # from the end if negative
 ftp = ftplib.FTP()
 ftp.connect(server, 21, timeout=20)
 ftp.login()
@@ -25,13 +29,17 @@ ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 host = ftp.sock.getsockname()[0]
 listener = socket.create_server((host, 0))
 port = listener.getsockname()[1]
+announced = sys.argv[5] if len(sys.argv) > 5 else host
 if verb == 'PORT':
-    line = 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
+    line = 'PORT %s,%d,%d\r\n' % (announced.replace('.', ','), port >> 8, port & 255)
 else:
-    line = 'EPRT |1|%s|%d|\r\n' % (host, port)
-ftp.sock.sendall(line[:cut].encode())
-time.sleep(0.3)
-ftp.sock.sendall(line[cut:].encode())
+    line = 'EPRT |1|%s|%d|\r\n' % (announced, port)
+cuts = [c if c >= 0 else len(line) + c for c in cuts]
+start = 0
+for cut in cuts + [len(line)]:
+    ftp.sock.sendall(line[start:cut].encode())
+    start = cut
+    time.sleep(0.3)
 try:
     print(ftp.getresp())
     ftp.putcmd('RETR ' + name)
@@ -58,91 +66,132 @@ fn counter(stats: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
 }
 
-/// Runs the split download with the line cut after `cut` bytes; returns the script's output lines.
-fn split_download(lab: &Lab, server: &str, file: &str, verb: &str, cut: usize) -> Vec<String> {
+/// Runs the split download with the line cut after `cuts` bytes (and announcing `announced`
+/// instead of the client's address, if given); returns the script's output lines.
+fn split_download(
+    lab: &Lab,
+    server: &str,
+    file: &str,
+    verb: &str,
+    cuts: &str,
+    announced: Option<&str>,
+) -> Vec<String> {
+    let mut args = vec![server, file, verb, cuts];
+    args.extend(announced);
     let out = lab
-        .client_python(
-            SPLIT_ANNOUNCEMENT,
-            &[server, file, verb, &cut.to_string()],
-            60,
-        )
-        .unwrap_or_else(|err| panic!("{verb} cut at {cut}: {err:#}"));
+        .client_python(SPLIT_ANNOUNCEMENT, &args, 60)
+        .unwrap_or_else(|err| panic!("{verb} cut at {cuts}: {err:#}"));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
         .collect()
 }
 
+/// The client's segments to the FTP port in a capture have exactly these payload lengths.
+fn assert_segment_sent(capture: &str, verb: &str, length: usize) {
+    let length = format!("length {length}");
+    assert!(
+        capture.lines().any(|l| l.contains(".21: Flags [P.], seq")
+            && (l.ends_with(&length) || l.contains(&format!("{length}:")))),
+        "{verb}: no segment of {length} to the server in the capture: the line was not cut"
+    );
+}
+
 #[test]
-fn a_line_cut_before_its_address_is_rewritten_across_segments() {
+fn a_line_cut_before_or_inside_its_address_is_rewritten_whole() {
     let lab = Lab::new(LabSpec::default()).expect("lab");
     let (server, file) = lab.serve_file(2 * 1024 * 1024, 2).expect("vsftpd");
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = server.addr.to_string();
-    // In the verb, right after it, and after its space: the address is whole in the second
-    // segment, which is where ftpnat rewrites it.
+    // In the verb, right after it, after its space (the address whole in the second segment),
+    // and inside the address: "PORT 10,0" | ",0,2,…", "EPRT |1|10.0" | ".0.2|…", and right
+    // before the CR LF (the whole address held).
     let cuts = [
         ("PORT", 2),
         ("PORT", 4),
         ("PORT", 5),
+        ("PORT", 9),
         ("EPRT", 3),
         ("EPRT", 5),
+        ("EPRT", 12),
+        ("PORT", 6),
+        ("PORT", -2),
     ];
     for (verb, cut) in cuts {
-        let lines = split_download(&lab, &server, file.name(), verb, cut);
+        let lines = split_download(&lab, &server, file.name(), verb, &cut.to_string(), None);
         assert!(
             lines.first().is_some_and(|l| l.starts_with("200")),
             "{verb} cut at {cut}: the server did not accept the rewritten line: {lines:?}"
         );
-        let sums: Vec<&String> = lines.iter().filter(|l| **l == file.sha256).collect();
-        assert_eq!(sums.len(), 2, "{verb} cut at {cut}: {lines:?}");
+        let sums = lines.iter().filter(|l| **l == file.sha256).count();
+        assert_eq!(sums, 2, "{verb} cut at {cut}: {lines:?}");
     }
     let stats = lab.ftpnat_json(&["stats"]).expect("stats");
     assert_eq!(counter(&stats, "rewrites_skipped"), 0, "{stats}");
-    // Every active transfer went through its own window port.
+    // Every active transfer went through its own window port, every passive one its own
+    // expectation.
     assert_eq!(
         counter(&stats, "expectations_created"),
         2 * cuts.len() as u64,
         "{stats}"
     );
-    // The lines really were cut: the client's first segments are exactly the cut lengths.
     let lan = lab.capture_text(ROUTER_LAN_IF).expect("capture");
     for (verb, cut) in cuts {
-        let length = format!("length {cut}");
-        assert!(
-            lan.lines().any(|l| l.contains(".21: Flags [P.], seq")
-                && (l.ends_with(&length) || l.contains(&format!("{length}:")))),
-            "{verb} cut at {cut}: no {cut}-byte segment to the server in the LAN capture"
-        );
+        // (The cut before the CR LF shows as the 2-byte segment after it.)
+        assert_segment_sent(&lan, verb, usize::try_from(cut).unwrap_or(2));
     }
     let wan = lab.capture_text(ROUTER_WAN_IF).expect("capture");
     assert!(
-        !wan.contains("10,0,0,2") && !wan.contains("|10.0.0.2|"),
-        "the client's own address reached the WAN"
+        !wan.contains("10,0,0,2") && !wan.contains("|10.0.0.2|") && !wan.contains("10,0"),
+        "a part of the client's own address reached the WAN"
     );
 }
 
 #[test]
-fn a_line_cut_inside_its_address_passes_counted_and_the_session_goes_on() {
+fn a_held_address_goes_back_as_sent_when_its_line_is_not_rewritten() {
     let lab = Lab::new(LabSpec::default()).expect("lab");
     let (server, file) = lab.serve_file(2 * 1024 * 1024, 2).expect("vsftpd");
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = server.addr.to_string();
-    // "PORT 10,0" | ",0,2,…" and "EPRT |1|10.0" | ".0.2|…": the first half left unchanged.
-    for (verb, cut) in [("PORT", 9), ("EPRT", 12)] {
-        let lines = split_download(&lab, &server, file.name(), verb, cut);
-        assert!(
-            lines.first().is_some_and(|l| l.starts_with('5')),
-            "{verb} cut at {cut}: the server should refuse the client's private address: {lines:?}"
-        );
-        assert_eq!(
-            lines.last(),
-            Some(&file.sha256),
-            "{verb} cut at {cut}: the session did not go on: {lines:?}"
-        );
-    }
+
+    // Cut twice inside the address: the second segment does not end the line, so the held
+    // bytes go back in front of it and the line reaches the server as the client sent it.
+    let lines = split_download(&lab, &server, file.name(), "PORT", "9,12", None);
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with('5')),
+        "the server should refuse the client's private address: {lines:?}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&file.sha256),
+        "the session did not go on"
+    );
+    // (vsftpd refuses it because it names the client's private address: had any of it been
+    // rewritten, the server would have seen a malformed line or the public address.)
+    let lan = lab.capture_text(ROUTER_LAN_IF).expect("capture");
+    assert_segment_sent(&lan, "PORT", 9);
+    assert_segment_sent(&lan, "PORT", 3);
+
+    // A bounce cut inside its address: refused, given back untouched, counted as a refusal.
+    let lines = split_download(&lab, &server, file.name(), "EPRT", "12", Some("10.0.0.99"));
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with('5')),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&file.sha256),
+        "the session did not go on"
+    );
+    let wan = lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        wan.contains("|1|10.0.0.99|"),
+        "the refused line did not pass as sent"
+    );
+
     let stats = lab.ftpnat_json(&["stats"]).expect("stats");
-    assert_eq!(counter(&stats, "rewrites_skipped"), 2, "{stats}");
+    assert_eq!(counter(&stats, "rewrites_skipped"), 1, "{stats}");
+    assert_eq!(stats["refusals_by_reason"]["bounce"], 1, "{stats}");
     // Only the two passive downloads opened anything.
     assert_eq!(counter(&stats, "expectations_created"), 2, "{stats}");
 }

@@ -587,3 +587,73 @@ fn command_names_round_trip_and_never_report_a_password() {
     assert_eq!(CommandName::of(&parse_command(b"NOOP\r\n")), CommandName::Other);
     assert_eq!(CommandName::of(&parse_command(b"PORT 1,2\r\n")), CommandName::Malformed);
 }
+
+// The address a segment may end inside of.
+
+fn scanner_after(bytes: &[u8]) -> CommandScanner {
+    let mut scanner = CommandScanner::new();
+    for &byte in bytes {
+        scanner.push(byte);
+    }
+    scanner
+}
+
+#[test]
+fn a_port_or_eprt_address_in_progress_is_pending_from_its_first_byte() {
+    for partial in [
+        &b"PORT 1"[..],
+        b"PORT 10,0,0,2,4",
+        b"port 10,0,",
+        b"EPRT |",
+        b"EPRT |1|10.0.0.2|10",
+    ] {
+        assert_eq!(
+            scanner_after(partial).pending_address_start(),
+            Some(5),
+            "{:?}",
+            core::str::from_utf8(partial)
+        );
+    }
+}
+
+#[test]
+fn nothing_is_pending_before_the_address_after_it_or_in_other_lines() {
+    for partial in [
+        &b"PO"[..],
+        b"PORT",
+        b"PORT ",
+        // The CR may end the line: the address is complete.
+        b"PORT 10,0,0,2,4,1\r",
+        // Already wrong: it passes as it is.
+        b"PORT x",
+        b"PORT 10,,",
+        b"EPRT 5",
+        b"RETR 10,0,0,2",
+        b"STOR PORT 1,2",
+        b"PASV",
+        b"PORT 10,0,0,2,4,1\r\n",
+        b"",
+    ] {
+        assert_eq!(
+            scanner_after(partial).pending_address_start(),
+            None,
+            "{:?}",
+            core::str::from_utf8(partial)
+        );
+    }
+}
+
+#[test]
+fn the_pending_address_is_the_field_the_completed_line_reports() {
+    let line = b"EPRT |1|10.0.0.2|1025|\r\n";
+    for cut in 6..line.len() - 2 {
+        let start = scanner_after(&line[..cut])
+            .pending_address_start()
+            .unwrap_or_else(|| panic!("cut at {cut}"));
+        let done = scanner_after(line);
+        let Command::Eprt { field, .. } = done.command() else {
+            panic!("{:?}", done.command());
+        };
+        assert_eq!(start, field.start, "cut at {cut}");
+    }
+}
