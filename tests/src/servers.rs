@@ -178,22 +178,43 @@ impl FtpServer {
     }
 }
 
-/// The FTP dialogue in a vsftpd log (`log_ftp_protocol=YES`), in order: each command the server
-/// received as `"> PORT 203,0,113,254,238,72"`, each reply it sent as `"< 200 PORT command
-/// successful. Consider using PASV."`. What the server received is what crossed the router.
+/// The FTP dialogue in a vsftpd log (`log_ftp_protocol=YES`): each command the server received
+/// as `"> PORT 203,0,113,254,238,72"`, each reply it sent as `"< 200 PORT command successful.
+/// Consider using PASV."`. What the server received is what crossed the router. Sessions that ran
+/// at the same time are told apart by vsftpd's process (`[pid N]`; one before the login, one
+/// after): the lines of each process come together, in order, processes in the order they first
+/// logged.
 pub fn vsftpd_dialogue(log: &str) -> Vec<String> {
-    log.lines()
-        .filter_map(|line| {
-            let (arrow, rest) = if let Some((_, rest)) = line.split_once("FTP command: Client \"") {
-                (">", rest)
-            } else {
-                ("<", line.split_once("FTP response: Client \"")?.1)
-            };
-            // `ADDRESS", "TEXT"`
-            let text = rest.split_once("\", \"")?.1.strip_suffix('"')?;
-            Some(format!("{arrow} {text}"))
-        })
-        .collect()
+    let mut processes: Vec<(&str, Vec<String>)> = Vec::new();
+    for line in log.lines() {
+        let Some(pid) = line
+            .split_once("[pid ")
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(pid, _)| pid)
+        else {
+            continue;
+        };
+        let (arrow, rest) = if let Some((_, rest)) = line.split_once("FTP command: Client \"") {
+            (">", rest)
+        } else if let Some((_, rest)) = line.split_once("FTP response: Client \"") {
+            ("<", rest)
+        } else {
+            continue;
+        };
+        // `ADDRESS", "TEXT"`
+        let Some(text) = rest
+            .split_once("\", \"")
+            .and_then(|(_, text)| text.strip_suffix('"'))
+        else {
+            continue;
+        };
+        let entry = format!("{arrow} {text}");
+        match processes.iter_mut().find(|(p, _)| *p == pid) {
+            Some((_, lines)) => lines.push(entry),
+            None => processes.push((pid, vec![entry])),
+        }
+    }
+    processes.into_iter().flat_map(|(_, lines)| lines).collect()
 }
 
 /// How many data connections a dialogue set up in `mode`, each command accepted by the server;
@@ -249,5 +270,33 @@ impl Drop for FtpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vsftpd_dialogue;
+
+    #[test]
+    fn sessions_logged_at_once_are_told_apart_by_process() {
+        let log = r#"Fri Nov 27 10:05:27 2026 [pid 11] CONNECT: Client "203.0.113.254"
+Fri Nov 27 10:05:27 2026 [pid 11] FTP command: Client "203.0.113.254", "USER anonymous"
+Fri Nov 27 10:05:27 2026 [pid 12] [ftp] FTP response: Client "203.0.113.254", "230 Login successful."
+Fri Nov 27 10:05:27 2026 [pid 21] FTP command: Client "203.0.113.254", "USER anonymous"
+Fri Nov 27 10:05:27 2026 [pid 12] [ftp] FTP command: Client "203.0.113.254", "PASV"
+Fri Nov 27 10:05:27 2026 [pid 22] [ftp] FTP response: Client "203.0.113.254", "230 Login successful."
+Fri Nov 27 10:05:27 2026 [pid 12] [ftp] FTP response: Client "203.0.113.254", "227 Entering Passive Mode (203,0,113,10,32,109)."
+"#;
+        assert_eq!(
+            vsftpd_dialogue(log),
+            [
+                "> USER anonymous",
+                "< 230 Login successful.",
+                "> PASV",
+                "< 227 Entering Passive Mode (203,0,113,10,32,109).",
+                "> USER anonymous",
+                "< 230 Login successful.",
+            ]
+        );
     }
 }
