@@ -36,11 +36,15 @@ impl Tally {
 /// the tally.
 pub fn run() -> ExitCode {
     let mut tally = Tally::default();
-    let before = KernelState::snapshot()
-        .map_err(|err| tally.fail(format!("cleanup check: before the tests: {err:#}")))
-        .ok();
+    let mut before = None;
     match setup::run() {
-        Ok(()) => run_suites(&mut tally),
+        Ok(()) => {
+            // After setup: on a fresh machine the tools the snapshot uses (`ip`) come with it.
+            before = KernelState::snapshot()
+                .map_err(|err| tally.fail(format!("cleanup check: before the tests: {err:#}")))
+                .ok();
+            run_suites(&mut tally);
+        }
         Err(err) => tally.fail(format!("setup: {err:#}")),
     }
     if let Some(before) = before {
