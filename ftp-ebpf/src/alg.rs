@@ -31,6 +31,7 @@ use ftp_common::{
         ExpectationPath, FlowDirection, FlowEntry, HELD_FIELD_MAX, RewriteRecord, SESSION_USER_LEN,
         SessionEntry, SessionKind, hold_state, malformed_slot, refusal_slot, rewrite_kind,
     },
+    seqadj::seq_after,
 };
 
 use crate::{
@@ -186,6 +187,8 @@ pub enum Pending {
     Rewrite,
     /// `replay`: [`crate::rewrite::replay_pending`].
     Replay,
+    /// Nothing: the segment is to be dropped.
+    Drop,
 }
 
 /// Frees the places of the expectations the agent let expire since the last packet: the agent
@@ -227,8 +230,7 @@ pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> bool
 }
 
 /// A segment whose every byte was seen before: what was done to it (a rewrite, a cut) is to be
-/// repeated, or, for the segment after a held address seen only while out of step, the held
-/// bytes are to be given back. A retransmission that cannot get the same bytes is counted.
+/// repeated. A retransmission that cannot get the same bytes is counted.
 #[inline(always)]
 fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> Pending {
     let from_client = flow.direction == FlowDirection::Original as u8;
@@ -245,16 +247,6 @@ fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> P
         &entry.server_rewrite
     };
     let held = from_client && entry.held.state != hold_state::NONE;
-    if held && entry.held.state == hold_state::HOLDING && seq == entry.held.next_seq() {
-        // The segment after the cut one, seen before while out of step (so not scanned): it
-        // gets the held bytes back, and its line is not rewritten.
-        bump(Counter::RewritesSkipped);
-        return if request_give_back(flow) {
-            Pending::Rewrite
-        } else {
-            Pending::Nothing
-        };
-    }
     let record = if held && seq == entry.held.seq {
         crate::rewrite::cut_replay(&entry.held, record, payload_len)
     } else {
@@ -298,6 +290,14 @@ fn follow_segment(
     if payload_len == 0 {
         return Pending::Nothing;
     }
+    if from_client
+        && entry.held.state == hold_state::HOLDING
+        && seq_after(seq, entry.held.next_seq())
+    {
+        // Bytes after the held line's continuation arrived first: forwarded now, they would take
+        // the place the held bytes are to fill. Dropped; the client sends them again.
+        return Pending::Drop;
+    }
     let Ok(last) = ctx.load::<u8>(payload_off + payload_len - 1) else {
         return Pending::Nothing;
     };
@@ -332,7 +332,7 @@ fn follow_segment(
     // Held bytes go in front of the payload's copy, so that the scan sees the held line's address
     // whole: scratch offsets are then the payload's plus `held_len` (0 if nothing is held).
     let held_len = if from_client {
-        stage_held(session, in_sync.start) as usize
+        stage_held(session, in_sync.start, seq) as usize
     } else {
         0
     };
@@ -406,7 +406,7 @@ fn follow_segment(
 /// tail fits.
 #[inline(always)]
 fn hold_if_cut_inside_address(scan: &mut Scan, entry: &mut SessionEntry, scanned_all: bool) {
-    if !scanned_all || entry.kind != SessionKind::Masquerade as u8 {
+    if !scanned_all || entry.kind != SessionKind::Masquerade as u8 || entry.state.is_encrypted() {
         return;
     }
     let Some(address_start) = entry.commands.pending_address_start() else {
@@ -468,7 +468,7 @@ fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u1
 /// segment merged into it) carries the held bytes in their place when forwarded as it is: the
 /// hold ends there.
 #[inline(never)]
-fn stage_held(session: *mut SessionEntry, new_bytes_start: u32) -> u32 {
+fn stage_held(session: *mut SessionEntry, new_bytes_start: u32, seq: u32) -> u32 {
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let entry = unsafe { &mut *session };
     if entry.held.state != hold_state::HOLDING {
@@ -476,6 +476,13 @@ fn stage_held(session: *mut SessionEntry, new_bytes_start: u32) -> u32 {
     }
     if new_bytes_start != 0 {
         crate::rewrite::given_back_in_place(entry);
+        return 0;
+    }
+    if seq != entry.held.next_seq() {
+        // Not where the held line goes on (its continuation was never seen): the held bytes
+        // cannot be placed any more. Lost, and counted; the session goes on.
+        entry.held.state = hold_state::RELEASED;
+        bump(Counter::RewritesSkipped);
         return 0;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -492,20 +499,6 @@ fn stage_held(session: *mut SessionEntry, new_bytes_start: u32) -> u32 {
         i += 1;
     }
     len
-}
-
-/// Asks for the held bytes to be put back in front of this segment.
-#[inline(always)]
-fn request_give_back(flow: &FlowEntry) -> bool {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch area, valid for the rest of this program run.
-    unsafe {
-        (*scratch).pending.kind = rewrite_kind::RESTORE;
-        (*scratch).pending.session_key = flow.session;
-    }
-    true
 }
 
 /// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer, from `dst` on (at

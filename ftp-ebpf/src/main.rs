@@ -77,6 +77,7 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
                     maps::bump(Counter::RewritesSkipped);
                 }
             }
+            alg::Pending::Drop => return TC_ACT_SHOT,
             alg::Pending::Nothing => {}
         }
         if alg::adjust_sequence(&ctx, &packet, entry) {

@@ -143,6 +143,14 @@ fn splice_held(
     // SAFETY: a live map value; see alg::control_packet on concurrent updates.
     let session = unsafe { &mut *session };
     let cut = request.kind == rewrite_kind::CUT;
+    if !cut {
+        if session.held.state != hold_state::HOLDING {
+            return false;
+        }
+        // Whatever happens next, the hold ends here: if the bytes cannot go back now, they are
+        // lost (the caller counts it) rather than put in front of some later segment.
+        session.held.state = hold_state::RELEASED;
+    }
     let Some((payload_off, payload_len)) = packet.payload() else {
         return cut;
     };
@@ -166,16 +174,17 @@ fn splice_held(
             _pad: [0; 2],
         }
     } else {
-        if session.held.state != hold_state::HOLDING || seq != session.held.next_seq() {
+        if seq != session.held.next_seq() {
             return false;
         }
-        session.held.state = hold_state::RELEASED;
         RewriteRecord {
             seq,
             payload_len: payload_len as u16,
             field_off: 0,
             field_len: 0,
-            public_port: 0,
+            // The previous rewrite's window port, which the next announcement's rewrite
+            // releases if it is still unused.
+            public_port: session.client_rewrite.public_port,
             kind: rewrite_kind::RESTORE,
             delimiter: 0,
             _pad: [0; 2],
