@@ -226,11 +226,16 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             }
             watched
         }
-        Err(err) => Err(err),
+        Err(error) => Err(WatchError {
+            served: false,
+            error,
+        }),
     };
     let signal_name = match watched {
         Ok(signal_name) => signal_name,
-        Err(err) => return Err(stop_on_error(datapath, args.detach_on_exit, err)),
+        Err(WatchError { served, error }) => {
+            return Err(stop_on_error(datapath, args.detach_on_exit, served, error));
+        }
     };
     let pin_dir = datapath.pin_dir().to_owned();
     if args.detach_on_exit {
@@ -252,35 +257,66 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why [`watch`] stopped other than by a signal.
+struct WatchError {
+    /// Whether the agent had begun serving the datapath (its loop ran): from then on the
+    /// datapath carries transfers.
+    served: bool,
+    error: anyhow::Error,
+}
+
 /// Follows the attached datapath (its events, its kernel log, the sweep) until SIGTERM or SIGINT,
 /// whose name it returns.
 async fn watch(
     nat: &NatSettings,
     datapath: &mut Datapath,
+    reporter: EventReporter,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> Result<&'static str, WatchError> {
+    let not_served = |error| WatchError {
+        served: false,
+        error,
+    };
+    let kernel_log = match datapath.take_kernel_logger() {
+        // SAFETY: the logger owns the ring buffer's fd and is moved into the AsyncFd, so the fd
+        // stays open for as long as it is registered.
+        Some(logger) => Some(
+            unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+                .map_err(|err| err.into_parts().1)
+                .context("watching the kernel log map")
+                .map_err(not_served)?,
+        ),
+        None => None,
+    };
+    let events = datapath.take_events().map_err(not_served)?;
+    // SAFETY: the ring buffer owns its map fd and is moved into the AsyncFd, so the fd stays open
+    // for as long as it is registered.
+    let ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)
+        .context("watching the event ring buffer")
+        .map_err(not_served)?;
+    follow(nat, datapath, reporter, kernel_log, ring, sigterm, sigint)
+        .await
+        .map_err(|error| WatchError {
+            served: true,
+            error,
+        })
+}
+
+/// The agent's loop: events, kernel log and sweep, until a signal.
+async fn follow(
+    nat: &NatSettings,
+    datapath: &mut Datapath,
     mut reporter: EventReporter,
+    mut kernel_log: Option<AsyncFd<crate::attach::KernelLogger>>,
+    mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     sigterm: &mut Signal,
     sigint: &mut Signal,
 ) -> anyhow::Result<&'static str> {
     let policy = ExpiryPolicy::default();
     let mut exhaustion = ExhaustionWatch::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-
-    let mut kernel_log = match datapath.take_kernel_logger() {
-        // SAFETY: the logger owns the ring buffer's fd and is moved into the AsyncFd, so the fd
-        // stays open for as long as it is registered.
-        Some(logger) => Some(
-            unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-                .map_err(|err| err.into_parts().1)
-                .context("watching the kernel log map")?,
-        ),
-        None => None,
-    };
-    // SAFETY: the ring buffer owns its map fd and is moved into the AsyncFd, so the fd stays open
-    // for as long as it is registered.
-    let mut ring =
-        unsafe { AsyncFd::register_with_interest(datapath.take_events()?, Interest::READABLE) }
-            .map_err(|err| err.into_parts().1)
-            .context("watching the event ring buffer")?;
     loop {
         tokio::select! {
             _ = sigterm.recv() => return Ok("SIGTERM"),
@@ -318,21 +354,27 @@ async fn watch(
     }
 }
 
-/// Whether an agent that fails after attaching removes the datapath: one it attached itself would
-/// otherwise be left behind by a run that never served it (and `--detach-on-exit` asks for the
-/// removal anyway); an adopted one carries a previous run's transfers and stays for the next agent.
-fn detach_after_error(origin: Origin, detach_on_exit: bool) -> bool {
-    detach_on_exit || origin == Origin::Fresh
+/// Whether an agent that fails after attaching removes the datapath: one it attached itself and
+/// never served would otherwise be left behind for nothing (and `--detach-on-exit` asks for the
+/// removal anyway). One that carries transfers — adopted from a previous run, or served by this
+/// one — stays, as on SIGTERM, for the next agent to adopt.
+fn detach_after_error(origin: Origin, detach_on_exit: bool, served: bool) -> bool {
+    detach_on_exit || (origin == Origin::Fresh && !served)
 }
 
 /// Ends a run that failed with the datapath attached: detaches it if [`detach_after_error`] says
 /// so, and returns the error (with the detach's own failure, if any).
-fn stop_on_error(datapath: Datapath, detach_on_exit: bool, err: anyhow::Error) -> anyhow::Error {
+fn stop_on_error(
+    datapath: Datapath,
+    detach_on_exit: bool,
+    served: bool,
+    err: anyhow::Error,
+) -> anyhow::Error {
     let pin_dir = datapath.pin_dir().to_owned();
-    if !detach_after_error(datapath.origin(), detach_on_exit) {
+    if !detach_after_error(datapath.origin(), detach_on_exit, served) {
         log::warn!(
-            "stopping on an error; the adopted datapath under {} stays attached (its transfers go \
-             on): `ftpnat run` adopts it again, `ftpnat detach --pin-dir {}` removes it",
+            "stopping on an error; the datapath under {} stays attached (its transfers go on): \
+             `ftpnat run` adopts it, `ftpnat detach --pin-dir {}` removes it",
             pin_dir.display(),
             pin_dir.display()
         );
@@ -461,9 +503,17 @@ mod tests {
 
     #[test]
     fn an_error_after_attaching_detaches_only_what_this_run_attached_unless_told_to() {
-        assert!(detach_after_error(Origin::Fresh, false));
-        assert!(detach_after_error(Origin::Fresh, true));
-        assert!(!detach_after_error(Origin::Adopted, false));
-        assert!(detach_after_error(Origin::Adopted, true));
+        // Before serving: only a datapath of this run's own goes.
+        assert!(detach_after_error(Origin::Fresh, false, false));
+        assert!(!detach_after_error(Origin::Adopted, false, false));
+        // Serving, it carries transfers: it stays, as on SIGTERM.
+        assert!(!detach_after_error(Origin::Fresh, false, true));
+        assert!(!detach_after_error(Origin::Adopted, false, true));
+        // Unless told otherwise.
+        for origin in [Origin::Fresh, Origin::Adopted] {
+            for served in [false, true] {
+                assert!(detach_after_error(origin, true, served));
+            }
+        }
     }
 }
