@@ -201,8 +201,12 @@ impl SteppedScript {
 
 impl Drop for SteppedScript {
     fn drop(&mut self) {
+        // Already reaped (by `finish`), its pid may belong to another process by now.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         // SIGTERM, not SIGKILL: the child is `timeout`, which passes it on to the script.
-        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }

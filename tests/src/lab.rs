@@ -27,6 +27,25 @@ use crate::{
     netns::{NetNs, remove_stale, run, tcx_programs, unique_prefix},
 };
 
+/// `ftpnat_lab.py`, the Python module the test scripts share.
+const PYTHON_HELPERS: &str = r#"
+import hashlib
+
+def retr_active(ftp, listener, name, timeout=None):
+    """RETR `name` after an accepted PORT/EPRT naming `listener`: prints the server's first reply
+    and returns the sha256 of what arrived over the connection the server made."""
+    ftp.putcmd('RETR ' + name)
+    print(ftp.getresp())
+    listener.settimeout(timeout)
+    conn, _ = listener.accept()
+    digest = hashlib.sha256()
+    while chunk := conn.recv(65536):
+        digest.update(chunk)
+    conn.close()
+    ftp.voidresp()
+    return digest.hexdigest()
+"#;
+
 /// Names of the interfaces inside the namespaces (each namespace has its own, so they can repeat).
 pub const ROUTER_LAN_IF: &str = "lan0";
 pub const ROUTER_WAN_IF: &str = "wan0";
@@ -257,6 +276,25 @@ impl Lab {
         Ok(self.bpffs.join("ftpnat"))
     }
 
+    /// The agent's state directory in the pin dir (`v<layout version>`, the only one there while
+    /// an agent's datapath is pinned).
+    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        let pin_dir = self.pin_dir()?;
+        let mut versions = fs::read_dir(&pin_dir)
+            .with_context(|| format!("reading {}", pin_dir.display()))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with('v'))
+            });
+        match (versions.next(), versions.next()) {
+            (Some(dir), None) => Ok(dir),
+            _ => bail!("not exactly one state directory in {}", pin_dir.display()),
+        }
+    }
+
     /// Starts `ftpnat run` on the router for the lab's interfaces, with its pins in the lab's
     /// bpffs, and waits until it reports its programs attached.
     pub fn start_ftpnat(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
@@ -378,6 +416,39 @@ impl Lab {
         self.python(&self.client, script, args, timeout_secs)
     }
 
+    /// The server's firewall drops the first of every `every` segments to the FTP port that
+    /// contain `text` (a `every` larger than the test's segments: only the first).
+    pub fn server_drops_first_of_every(&self, text: &str, every: u32) {
+        let every = every.to_string();
+        let args = [
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "21",
+            "-m",
+            "string",
+            "--string",
+            text,
+            "--algo",
+            "bm",
+            "-m",
+            "statistic",
+            "--mode",
+            "nth",
+            "--every",
+            &every,
+            "--packet",
+            "0",
+            "-j",
+            "DROP",
+        ];
+        self.server
+            .exec("iptables", &args)
+            .expect("iptables on the server");
+    }
+
     /// Runs a Python script (system interpreter) in `ns`; an error carries its output.
     pub fn python(
         &self,
@@ -413,6 +484,9 @@ impl Lab {
         let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.dir.join(format!("script-{n}.py"));
         fs::write(&path, script)?;
+        // Beside every script, for `from ftpnat_lab import …` (a script's directory is on
+        // Python's import path).
+        fs::write(self.dir.join("ftpnat_lab.py"), PYTHON_HELPERS)?;
         let timeout = timeout_secs.to_string();
         let path = path.to_string_lossy().into_owned();
         let mut full = vec![timeout.as_str(), "/usr/bin/python3", path.as_str()];

@@ -317,43 +317,6 @@ fn fifty_port_commands_then_a_transfer_keep_the_stream_in_step() {
     );
 }
 
-/// Makes the server's firewall drop the first of every `every` control-port segments that carry
-/// `text`: lost once, the segment comes again as the client's retransmission.
-fn server_drops_first_of_every(setup: &Setup, text: &str, every: u32) {
-    let every = every.to_string();
-    setup
-        .lab
-        .server
-        .exec(
-            "iptables",
-            &[
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                "21",
-                "-m",
-                "string",
-                "--string",
-                text,
-                "--algo",
-                "bm",
-                "-m",
-                "statistic",
-                "--mode",
-                "nth",
-                "--every",
-                &every,
-                "--packet",
-                "0",
-                "-j",
-                "DROP",
-            ],
-        )
-        .expect("iptables on the server");
-}
-
 /// The server drops the first copy of every segment carrying a PORT, so each rewritten PORT is
 /// retransmitted by the client and must be rewritten again, byte for byte, at the same place in
 /// the stream: a retransmission passed through unrewritten would no longer fit the sequence space
@@ -361,7 +324,7 @@ fn server_drops_first_of_every(setup: &Setup, text: &str, every: u32) {
 #[test]
 fn retransmitted_ports_are_rewritten_identically() {
     let setup = setup(LabSpec::default(), MIB);
-    server_drops_first_of_every(&setup, "PORT ", 2);
+    setup.lab.server_drops_first_of_every("PORT ", 2);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
     let out = setup
@@ -962,7 +925,7 @@ fn segment_and_its_sack(lab: &Lab, iface: &str, command: &str) -> ((u32, u32), (
 #[test]
 fn sack_blocks_are_moved_back_into_the_clients_sequence_space() {
     let setup = setup(LabSpec::default(), MIB);
-    server_drops_first_of_every(&setup, "HELP", 1000000);
+    setup.lab.server_drops_first_of_every("HELP", 1000000);
     let _agent = setup.lab.start_ftpnat(&[]).expect("ftpnat run");
     let server = setup.server.addr.to_string();
     let out = setup
@@ -1444,7 +1407,7 @@ fn checksums_hold_when_packets_arrive_checksum_partial() {
     // The server loses the client's HELP once, so that it acknowledges the NOOP behind it with a
     // SACK block, which ftpnat moves into the client's sequence space: an option rewritten in a
     // partial-checksum segment.
-    server_drops_first_of_every(&setup, "HELP", 1000000);
+    setup.lab.server_drops_first_of_every("HELP", 1000000);
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     for mode in [Mode::Port, Mode::Eprt] {
         download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));

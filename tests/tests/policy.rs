@@ -9,6 +9,7 @@ use serde_json::Value;
 /// the session goes on either way.
 const PORT_TO_GIVEN_PORT: &str = r#"
 import ftplib, hashlib, socket, sys
+from ftpnat_lab import retr_active
 server, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ftp = ftplib.FTP()
 ftp.connect(server, 21, timeout=20)
@@ -18,16 +19,7 @@ host = ftp.sock.getsockname()[0]
 listener = socket.create_server((host, port))
 try:
     print(ftp.sendcmd('PORT %s,%d,%d' % (host.replace('.', ','), port >> 8, port & 255)))
-    ftp.putcmd('RETR ' + name)
-    print(ftp.getresp())
-    listener.settimeout(10)
-    conn, _ = listener.accept()
-    digest = hashlib.sha256()
-    while chunk := conn.recv(65536):
-        digest.update(chunk)
-    conn.close()
-    ftp.voidresp()
-    print(digest.hexdigest())
+    print(retr_active(ftp, listener, name, timeout=10))
 except (ftplib.error_perm, ftplib.error_temp, socket.timeout) as failed:
     print('failed:', failed)
 digest = hashlib.sha256()

@@ -3,13 +3,17 @@
 //! not a copy of it: Linux, when its retransmission timer fires, merges the following unacknowledged
 //! segments into the one it resends.
 
-use ftpnat_tests::{Lab, LabSpec, lab::ROUTER_WAN_IF, netns::NetNs};
+use ftpnat_tests::{Lab, LabSpec, lab::ROUTER_WAN_IF};
 use serde_json::Value;
+
+/// For the server's firewall: drop only the first segment that matches.
+const ONCE: u32 = 1_000_000;
 
 /// Active download whose PORT is followed at once by a NOOP in a segment of its own (no Nagle).
 /// Prints both replies, then the file's sha256.
 const PORT_AND_NOOP_THEN_RETR: &str = r#"
-import ftplib, hashlib, socket, sys
+import ftplib, socket, sys
+from ftpnat_lab import retr_active
 server, name = sys.argv[1], sys.argv[2]
 ftp = ftplib.FTP()
 ftp.connect(server, 21, timeout=30)
@@ -23,22 +27,15 @@ ftp.sock.sendall(('PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port
 ftp.sock.sendall(b'NOOP\r\n')
 print(ftp.getresp())
 print(ftp.getresp())
-ftp.putcmd('RETR ' + name)
-print(ftp.getresp())
-conn, _ = listener.accept()
-digest = hashlib.sha256()
-while chunk := conn.recv(65536):
-    digest.update(chunk)
-conn.close()
-ftp.voidresp()
-print(digest.hexdigest())
+print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
 
 /// Active download whose PORT line goes out in two segments, cut inside the address after 9
 /// bytes ("PORT 10,0" | ",0,2,…"). Prints the reply to the PORT, then the file's sha256.
 const PORT_CUT_IN_ITS_ADDRESS_THEN_RETR: &str = r#"
-import ftplib, hashlib, socket, sys
+import ftplib, socket, sys
+from ftpnat_lab import retr_active
 server, name = sys.argv[1], sys.argv[2]
 ftp = ftplib.FTP()
 ftp.connect(server, 21, timeout=30)
@@ -52,48 +49,9 @@ line = 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
 ftp.sock.sendall(line[:9].encode())
 ftp.sock.sendall(line[9:].encode())
 print(ftp.getresp())
-ftp.putcmd('RETR ' + name)
-print(ftp.getresp())
-conn, _ = listener.accept()
-digest = hashlib.sha256()
-while chunk := conn.recv(65536):
-    digest.update(chunk)
-conn.close()
-ftp.voidresp()
-print(digest.hexdigest())
+print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
-
-/// The server's firewall drops the first control segment that contains `text`, once.
-fn server_drops_first(server: &NetNs, text: &str) {
-    let args = [
-        "-A",
-        "INPUT",
-        "-p",
-        "tcp",
-        "--dport",
-        "21",
-        "-m",
-        "string",
-        "--string",
-        text,
-        "--algo",
-        "bm",
-        "-m",
-        "statistic",
-        "--mode",
-        "nth",
-        "--every",
-        "1000000",
-        "--packet",
-        "0",
-        "-j",
-        "DROP",
-    ];
-    server
-        .exec("iptables", &args)
-        .expect("iptables on the server");
-}
 
 /// The payloads of the client's segments to the FTP port in a text capture, in order.
 fn segments_to_port_21(capture: &str) -> Vec<String> {
@@ -134,8 +92,8 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
     lab.client
         .exec("sysctl", &["-qw", "net.ipv4.tcp_early_retrans=0"])
         .expect("sysctl in the client namespace");
-    server_drops_first(&lab.server, "PORT ");
-    server_drops_first(&lab.server, "NOOP");
+    lab.server_drops_first_of_every("PORT ", ONCE);
+    lab.server_drops_first_of_every("NOOP", ONCE);
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let out = lab
         .client_python(
@@ -186,9 +144,9 @@ fn held_address_survives_retransmission(drop_second_too: bool) {
     lab.client
         .exec("sysctl", &["-qw", "net.ipv4.tcp_early_retrans=0"])
         .expect("sysctl in the client namespace");
-    server_drops_first(&lab.server, "PORT ");
+    lab.server_drops_first_of_every("PORT ", ONCE);
     if drop_second_too {
-        server_drops_first(&lab.server, "203,0,113,254,");
+        lab.server_drops_first_of_every("203,0,113,254,", ONCE);
     }
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let out = lab

@@ -19,6 +19,7 @@ use serde_json::Value;
 /// prints that sha256 too: the session must still work.
 const SPLIT_ANNOUNCEMENT: &str = r#"
 import ftplib, hashlib, socket, sys, time
+from ftpnat_lab import retr_active
 server, name, verb = sys.argv[1], sys.argv[2], sys.argv[3]
 cuts = [int(c) for c in sys.argv[4].split(',')]  # from the end if negative
 ftp = ftplib.FTP()
@@ -42,15 +43,7 @@ for cut in cuts + [len(line)]:
     time.sleep(0.3)
 try:
     print(ftp.getresp())
-    ftp.putcmd('RETR ' + name)
-    print(ftp.getresp())
-    conn, _ = listener.accept()
-    digest = hashlib.sha256()
-    while chunk := conn.recv(65536):
-        digest.update(chunk)
-    conn.close()
-    ftp.voidresp()
-    print(digest.hexdigest())
+    print(retr_active(ftp, listener, name))
 except ftplib.error_perm as refused:
     print(refused)
 digest = hashlib.sha256()
