@@ -178,8 +178,13 @@ impl KernelState {
 
     /// What `self` holds that `before` did not, described.
     fn new_since(&self, before: &Self) -> Vec<String> {
+        // New since `before`, and not a live process's: at the end of this run its own test
+        // processes are gone, while another run's (started in the meantime) may still be at work.
         let added = |now: &[String], then: &[String]| -> Vec<String> {
-            now.iter().filter(|x| !then.contains(x)).cloned().collect()
+            now.iter()
+                .filter(|x| !then.contains(x) && !of_a_live_process(x))
+                .cloned()
+                .collect()
         };
         let mut leftovers = Vec::new();
         for (what, found) in [
@@ -202,6 +207,22 @@ impl KernelState {
         }
         leftovers
     }
+}
+
+/// Whether a lab's namespace or mount (named after its test process, `…ftpnat-<pid>-<n>…`)
+/// belongs to a process that is still running.
+fn of_a_live_process(name: &str) -> bool {
+    let Some((_, rest)) = name.rsplit_once("ftpnat-") else {
+        return false;
+    };
+    let Some(pid) = rest
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Namespaces the lab creates (`ftpnat-<pid>-<n>-<role>`).
@@ -231,7 +252,12 @@ fn host_ftpnat_programs() -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
     for entry in fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
         let iface = entry?.file_name().to_string_lossy().into_owned();
-        for (name, id) in ftpnat_tests::netns::tcx_programs(&iface)? {
+        // Not every entry is an interface one can query (`bonding_masters`), and an interface
+        // may go away meanwhile: those hold no program of ours.
+        let Ok(programs) = ftpnat_tests::netns::tcx_programs(&iface) else {
+            continue;
+        };
+        for (name, id) in programs {
             if name.starts_with("ftpnat_") {
                 found.push(format!("{iface}: {name} (program id {id})"));
             }
@@ -301,12 +327,15 @@ mod tests {
     }
 
     #[test]
-    fn only_what_appeared_during_the_run_is_left_behind() {
+    fn only_what_appeared_during_the_run_and_outlived_its_process_is_left_behind() {
         let state = |namespaces: &[&str], programs: &[&str], mounts: &[&str]| KernelState {
             namespaces: namespaces.iter().map(|s| (*s).to_owned()).collect(),
             host_programs: programs.iter().map(|s| (*s).to_owned()).collect(),
             bpffs_mounts: mounts.iter().map(|s| (*s).to_owned()).collect(),
         };
+        // Above the kernel's highest pid: a process that cannot be running.
+        const GONE: u32 = 4_194_999;
+        let live = std::process::id();
         let before = state(
             &["ftpnat-1-0-router"],
             &["eth0: ftpnat_ingress (program id 5)"],
@@ -314,19 +343,28 @@ mod tests {
         );
         assert!(before.new_since(&before).is_empty());
         let after = state(
-            &["ftpnat-1-0-router", "ftpnat-2-0-router"],
+            &[
+                "ftpnat-1-0-router",
+                &format!("ftpnat-{GONE}-0-router"),
+                // Another run's, still at work.
+                &format!("ftpnat-{live}-3-router"),
+            ],
             &[
                 "eth0: ftpnat_ingress (program id 5)",
                 "eth0: ftpnat_egress (program id 9)",
             ],
-            &["/tmp/ftpnat-lab/ftpnat-2-0/bpffs"],
+            &[
+                &format!("/tmp/ftpnat-lab/ftpnat-{GONE}-0/bpffs"),
+                &format!("/tmp/ftpnat-lab/ftpnat-{live}-3/bpffs"),
+            ],
         );
         assert_eq!(
             after.new_since(&before),
             [
-                "namespaces left behind: ftpnat-2-0-router",
-                "ftpnat programs left attached to host interfaces: eth0: ftpnat_egress (program id 9)",
-                "bpffs left mounted: /tmp/ftpnat-lab/ftpnat-2-0/bpffs",
+                format!("namespaces left behind: ftpnat-{GONE}-0-router"),
+                "ftpnat programs left attached to host interfaces: eth0: ftpnat_egress (program id 9)"
+                    .to_owned(),
+                format!("bpffs left mounted: /tmp/ftpnat-lab/ftpnat-{GONE}-0/bpffs"),
             ]
         );
     }
