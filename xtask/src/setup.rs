@@ -306,6 +306,11 @@ mod tests {
 
     use super::*;
 
+    /// Held by each test that writes a stand-in and runs it. A script being written while another
+    /// test thread forks is open for writing in that fork's child until it execs, and running the
+    /// script then fails with ETXTBSY ("text file busy").
+    static WRITE_THEN_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// A stand-in bpf-linker (a shell script, so it loads no LLVM) that reports `version`.
     fn fake_linker(dir_name: &str, version: &str) -> PathBuf {
         let dir =
@@ -319,6 +324,9 @@ mod tests {
 
     #[test]
     fn another_bpf_linker_version_does_not_fit() {
+        let _alone = WRITE_THEN_RUN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let linker = fake_linker("old", "0.12.4");
         let problem = bpf_linker_problem(&linker).expect("0.12 refused");
         assert!(problem.contains("\"bpf-linker 0.12.4\""), "{problem}");
@@ -328,6 +336,9 @@ mod tests {
 
     #[test]
     fn a_bpf_linker_without_llvm_22_does_not_fit() {
+        let _alone = WRITE_THEN_RUN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let linker = fake_linker("no-llvm", "0.13.0");
         let problem = bpf_linker_problem(&linker).expect("no LLVM 22 refused");
         assert!(problem.contains("not built against LLVM 22"), "{problem}");
