@@ -29,7 +29,20 @@ use crate::{
 
 /// `ftpnat_lab.py`, the Python module the test scripts share.
 const PYTHON_HELPERS: &str = r#"
-import hashlib
+import ftplib, hashlib, socket
+
+def session_with_listener(server):
+    """An anonymous session with `server` on port 21, binary, with Nagle off (each send leaves as
+    a segment of its own), and a socket listening on the client's address for the server's data
+    connection: (ftp, listener, client address, listener's port)."""
+    ftp = ftplib.FTP()
+    ftp.connect(server, 21, timeout=30)
+    ftp.login()
+    ftp.voidcmd('TYPE I')
+    ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    host = ftp.sock.getsockname()[0]
+    listener = socket.create_server((host, 0))
+    return ftp, listener, host, listener.getsockname()[1]
 
 def retr_active(ftp, listener, name, timeout=None):
     """RETR `name` after an accepted PORT/EPRT naming `listener`: prints the server's first reply

@@ -12,17 +12,10 @@ const ONCE: u32 = 1_000_000;
 /// Active download whose PORT is followed at once by a NOOP in a segment of its own (no Nagle).
 /// Prints both replies, then the file's sha256.
 const PORT_AND_NOOP_THEN_RETR: &str = r#"
-import ftplib, socket, sys
-from ftpnat_lab import retr_active
+import sys
+from ftpnat_lab import retr_active, session_with_listener
 server, name = sys.argv[1], sys.argv[2]
-ftp = ftplib.FTP()
-ftp.connect(server, 21, timeout=30)
-ftp.login()
-ftp.voidcmd('TYPE I')
-ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-host = ftp.sock.getsockname()[0]
-listener = socket.create_server((host, 0))
-port = listener.getsockname()[1]
+ftp, listener, host, port = session_with_listener(server)
 ftp.sock.sendall(('PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)).encode())
 ftp.sock.sendall(b'NOOP\r\n')
 print(ftp.getresp())
@@ -34,17 +27,10 @@ ftp.quit()
 /// Active download whose PORT line goes out in two segments, cut inside the address after 9
 /// bytes ("PORT 10,0" | ",0,2,…"). Prints the reply to the PORT, then the file's sha256.
 const PORT_CUT_IN_ITS_ADDRESS_THEN_RETR: &str = r#"
-import ftplib, socket, sys
-from ftpnat_lab import retr_active
+import sys
+from ftpnat_lab import retr_active, session_with_listener
 server, name = sys.argv[1], sys.argv[2]
-ftp = ftplib.FTP()
-ftp.connect(server, 21, timeout=30)
-ftp.login()
-ftp.voidcmd('TYPE I')
-ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-host = ftp.sock.getsockname()[0]
-listener = socket.create_server((host, 0))
-port = listener.getsockname()[1]
+ftp, listener, host, port = session_with_listener(server)
 line = 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
 ftp.sock.sendall(line[:9].encode())
 ftp.sock.sendall(line[9:].encode())

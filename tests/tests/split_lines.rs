@@ -18,18 +18,11 @@ use serde_json::Value;
 /// of the file if the server accepted it; then downloads the file again in passive mode and
 /// prints that sha256 too: the session must still work.
 const SPLIT_ANNOUNCEMENT: &str = r#"
-import ftplib, hashlib, socket, sys, time
-from ftpnat_lab import retr_active
+import ftplib, hashlib, sys, time
+from ftpnat_lab import retr_active, session_with_listener
 server, name, verb = sys.argv[1], sys.argv[2], sys.argv[3]
 cuts = [int(c) for c in sys.argv[4].split(',')]  # from the end if negative
-ftp = ftplib.FTP()
-ftp.connect(server, 21, timeout=20)
-ftp.login()
-ftp.voidcmd('TYPE I')
-ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-host = ftp.sock.getsockname()[0]
-listener = socket.create_server((host, 0))
-port = listener.getsockname()[1]
+ftp, listener, host, port = session_with_listener(server)
 announced = sys.argv[5] if len(sys.argv) > 5 else host
 if verb == 'PORT':
     line = 'PORT %s,%d,%d\r\n' % (announced.replace('.', ','), port >> 8, port & 255)
