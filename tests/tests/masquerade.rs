@@ -74,6 +74,21 @@ fn download(setup: &Setup, client: Client, mode: Mode, name: &str) -> Vec<String
     dialogue
 }
 
+/// netfilter's connection table on the router has an entry with `entry` (traffic it tracked),
+/// and none with the kernel's FTP helper.
+fn assert_tracked_without_ftp_helper(lab: &Lab, entry: &str) {
+    let table = lab.router.exec("conntrack", &["-L"]).expect("conntrack");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(entry),
+        "netfilter tracked nothing with {entry}:\n{table}"
+    );
+    assert!(
+        !table.contains("helper=ftp"),
+        "the kernel's FTP helper was involved:\n{table}"
+    );
+}
+
 fn ftpnat_json(lab: &Lab, command: &str) -> Value {
     lab.ftpnat_json(&[command])
         .unwrap_or_else(|err| panic!("{err:#}"))
@@ -393,20 +408,7 @@ fn without_ftpnat_the_same_active_transfer_fails() {
     assert_eq!(datapath_counter(&setup.lab, "expectations_used"), 1);
 
     // netfilter tracked the masqueraded control connections, and never with its FTP helper.
-    let table = setup
-        .lab
-        .router
-        .exec("conntrack", &["-L"])
-        .expect("conntrack");
-    let table = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        table.contains("dport=21 "),
-        "netfilter did not track the FTP control connections:\n{table}"
-    );
-    assert!(
-        !table.contains("helper=ftp"),
-        "the kernel's FTP helper was involved:\n{table}"
-    );
+    assert_tracked_without_ftp_helper(&setup.lab, "dport=21 ");
 }
 
 /// A PORT naming another host (bounce), one naming the client's privileged port 80, and one that
@@ -515,20 +517,7 @@ fn coexists_with_a_netfilter_masquerade_for_other_traffic() {
         .expect("a TCP exchange through the masquerade");
     let _ = listener.0.kill();
     // netfilter tracked the plain traffic, never with the FTP helper.
-    let table = setup
-        .lab
-        .router
-        .exec("conntrack", &["-L"])
-        .expect("conntrack");
-    let table = String::from_utf8_lossy(&table.stdout);
-    assert!(
-        table.contains("dport=8080"),
-        "no conntrack entry for the plain TCP exchange"
-    );
-    assert!(
-        !table.contains("helper=ftp"),
-        "the kernel's FTP helper was involved:\n{table}"
-    );
+    assert_tracked_without_ftp_helper(&setup.lab, "dport=8080");
 }
 
 /// Kills the child on drop, so a failing assertion does not leave it running.

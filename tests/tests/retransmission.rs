@@ -3,7 +3,7 @@
 //! not a copy of it: Linux, when its retransmission timer fires, merges the following unacknowledged
 //! segments into the one it resends.
 
-use ftpnat_tests::{Lab, LabSpec, lab::ROUTER_WAN_IF};
+use ftpnat_tests::{Agent, Lab, LabSpec, lab::ROUTER_WAN_IF};
 use serde_json::Value;
 
 /// For the server's firewall: drop only the first segment that matches.
@@ -69,24 +69,22 @@ fn port_line(payload: &str) -> Option<&str> {
     Some(&rest[..end])
 }
 
-#[test]
-fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
+/// Runs an active-download `script` (it prints the PORT's reply first and the file's sha256
+/// last) through ftpnat while the server's firewall drops the first segment carrying each of
+/// `lost`, with tail loss probes off in the client, so that the client's retransmission timer
+/// resends and merges what was lost. Checks the server accepted the PORT and the file arrived.
+fn download_with_first_copies_lost(script: &str, lost: &[&str]) -> (Lab, Agent) {
     let lab = Lab::new(LabSpec::default()).expect("lab");
     let (server, file) = lab.serve_file(1024 * 1024, 1).expect("vsftpd");
-    // Without tail loss probes the lost NOOP is not resent on its own first: the retransmission
-    // timer resends the PORT with the NOOP merged into it.
     lab.client
         .exec("sysctl", &["-qw", "net.ipv4.tcp_early_retrans=0"])
         .expect("sysctl in the client namespace");
-    lab.server_drops_first_of_every("PORT ", ONCE);
-    lab.server_drops_first_of_every("NOOP", ONCE);
-    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    for text in lost {
+        lab.server_drops_first_of_every(text, ONCE);
+    }
+    let agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let out = lab
-        .client_python(
-            PORT_AND_NOOP_THEN_RETR,
-            &[&server.addr.to_string(), file.name()],
-            90,
-        )
+        .client_python(script, &[&server.addr.to_string(), file.name()], 90)
         .unwrap_or_else(|err| panic!("{err:#}"));
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -94,9 +92,16 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
         .collect();
     assert!(
         lines.first().is_some_and(|l| l.starts_with("200")),
-        "the server refused the retransmitted PORT: {lines:?}"
+        "the server did not accept the rewritten PORT: {lines:?}"
     );
     assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
+    (lab, agent)
+}
+
+#[test]
+fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
+    let (lab, _agent) =
+        download_with_first_copies_lost(PORT_AND_NOOP_THEN_RETR, &["PORT ", "NOOP"]);
 
     let segments = segments_to_port_21(&lab.capture_text(ROUTER_WAN_IF).expect("capture"));
     let first = segments
@@ -125,32 +130,12 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
 /// both; the client's retransmission (on its own, or with the second merged into it) must get
 /// the same bytes as the first time.
 fn held_address_survives_retransmission(drop_second_too: bool) {
-    let lab = Lab::new(LabSpec::default()).expect("lab");
-    let (server, file) = lab.serve_file(1024 * 1024, 1).expect("vsftpd");
-    lab.client
-        .exec("sysctl", &["-qw", "net.ipv4.tcp_early_retrans=0"])
-        .expect("sysctl in the client namespace");
-    lab.server_drops_first_of_every("PORT ", ONCE);
-    if drop_second_too {
-        lab.server_drops_first_of_every("203,0,113,254,", ONCE);
-    }
-    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
-    let out = lab
-        .client_python(
-            PORT_CUT_IN_ITS_ADDRESS_THEN_RETR,
-            &[&server.addr.to_string(), file.name()],
-            90,
-        )
-        .unwrap_or_else(|err| panic!("{err:#}"));
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        lines.first().is_some_and(|l| l.starts_with("200")),
-        "the server did not get the rewritten PORT: {lines:?}"
-    );
-    assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
+    let lost: &[&str] = if drop_second_too {
+        &["PORT ", "203,0,113,254,"]
+    } else {
+        &["PORT "]
+    };
+    let (lab, _agent) = download_with_first_copies_lost(PORT_CUT_IN_ITS_ADDRESS_THEN_RETR, lost);
     let segments = segments_to_port_21(&lab.capture_text(ROUTER_WAN_IF).expect("capture"));
     let cut = segments.iter().filter(|s| s.ends_with("PORT ")).count();
     let completion = segments
