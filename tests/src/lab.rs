@@ -23,6 +23,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     agent::Agent,
+    capture::{self, TcpSegment},
     clients::SteppedScript,
     netns::{NetNs, remove_stale, run, tcx_programs, unique_prefix},
 };
@@ -400,6 +401,14 @@ impl Lab {
         let pcap = self.dir.join(format!("router-{iface}.pcap"));
         let out = run("tcpdump", &["-nn", "-A", "-r", &pcap.to_string_lossy()])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The IPv4 TCP segments in the router's capture of `iface` so far, in capture order: for
+    /// checking exactly what one segment carried.
+    pub fn capture_segments(&self, iface: &str) -> anyhow::Result<Vec<TcpSegment>> {
+        let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        let bytes = fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
+        capture::tcp_segments(&bytes).with_context(|| format!("reading {}", pcap.display()))
     }
 
     /// The router's capture of `iface` so far, as tcpdump prints it with `options` (e.g. `-vv`

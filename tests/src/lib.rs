@@ -4,6 +4,7 @@
 //! tests can run in parallel and never touch anything outside their own namespaces.
 
 pub mod agent;
+pub mod capture;
 pub mod clients;
 pub mod files;
 pub mod lab;
@@ -11,6 +12,7 @@ pub mod netns;
 pub mod servers;
 
 pub use agent::Agent;
+pub use capture::TcpSegment;
 pub use clients::{Client, Mode, Transfer};
 pub use files::TestFile;
 pub use lab::{Lab, LabSpec, Routing};

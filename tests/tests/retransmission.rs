@@ -3,7 +3,7 @@
 //! not a copy of it: Linux, when its retransmission timer fires, merges the following unacknowledged
 //! segments into the one it resends.
 
-use ftpnat_tests::{Agent, Lab, LabSpec, lab::ROUTER_WAN_IF};
+use ftpnat_tests::{Agent, Lab, LabSpec, TcpSegment, lab::ROUTER_WAN_IF};
 use serde_json::Value;
 
 /// For the server's firewall: drop only the first segment that matches.
@@ -39,24 +39,14 @@ print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
 
-/// The payloads of the client's segments to the FTP port in a text capture, in order.
-fn segments_to_port_21(capture: &str) -> Vec<String> {
-    let mut segments = Vec::new();
-    let mut current: Option<String> = None;
-    for line in capture.lines() {
-        // Packet lines start with a timestamp ("12:34:56.789012 IP …"); the payload follows.
-        let is_header = line.get(2..3) == Some(":") && line.contains(" IP ");
-        if is_header {
-            segments.extend(current.take());
-            if line.contains(".21: Flags [P.]") {
-                current = Some(String::new());
-            }
-        } else if let Some(payload) = current.as_mut() {
-            payload.push_str(line);
-        }
-    }
-    segments.extend(current);
-    segments
+/// The payloads of the client's segments to the FTP port on the router's WAN side, in order.
+fn segments_to_port_21(lab: &Lab) -> Vec<String> {
+    lab.capture_segments(ROUTER_WAN_IF)
+        .expect("capture")
+        .iter()
+        .filter(|s| s.dst.port() == 21 && !s.payload.is_empty())
+        .map(TcpSegment::text)
+        .collect()
 }
 
 /// The `PORT h,h,h,h,p,p` text in a payload.
@@ -103,7 +93,7 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
     let (lab, _agent) =
         download_with_first_copies_lost(PORT_AND_NOOP_THEN_RETR, &["PORT ", "NOOP"]);
 
-    let segments = segments_to_port_21(&lab.capture_text(ROUTER_WAN_IF).expect("capture"));
+    let segments = segments_to_port_21(&lab);
     let first = segments
         .iter()
         .find(|s| s.contains("PORT ") && !s.contains("NOOP"))
@@ -136,7 +126,7 @@ fn held_address_survives_retransmission(drop_second_too: bool) {
         &["PORT "]
     };
     let (lab, _agent) = download_with_first_copies_lost(PORT_CUT_IN_ITS_ADDRESS_THEN_RETR, lost);
-    let segments = segments_to_port_21(&lab.capture_text(ROUTER_WAN_IF).expect("capture"));
+    let segments = segments_to_port_21(&lab);
     let cut = segments.iter().filter(|s| s.ends_with("PORT ")).count();
     let completion = segments
         .iter()

@@ -1,0 +1,176 @@
+//! Reading the router's packet captures segment by segment. tcpdump's text output mixes every
+//! packet of the interface (an IPv6 multicast report from the veth coming up, ARP) into the lines
+//! of payload, so tests that look at what one TCP segment carried read the pcap file itself.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context as _, bail};
+
+/// One IPv4 TCP segment as captured (its payload cut at the capture's snap length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub seq: u32,
+    pub payload: Vec<u8>,
+}
+
+impl TcpSegment {
+    /// The payload as text (non-UTF-8 bytes replaced), for comparing control-channel lines.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.payload).into_owned()
+    }
+}
+
+const LINKTYPE_ETHERNET: u32 = 1;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+
+/// The IPv4 TCP segments of a classic pcap file written by tcpdump on an Ethernet (veth)
+/// interface, in capture order. Everything else (IPv6, ARP, fragments) is skipped; a record cut
+/// short because tcpdump is still writing it ends the list.
+pub fn tcp_segments(pcap: &[u8]) -> anyhow::Result<Vec<TcpSegment>> {
+    let header = pcap.get(..24).context("the capture has no pcap header")?;
+    let magic = u32::from_le_bytes(word(header, 0));
+    let little_endian = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        _ if magic.swap_bytes() == 0xa1b2_c3d4 || magic.swap_bytes() == 0xa1b2_3c4d => false,
+        _ => bail!("not a pcap file (magic {magic:#x})"),
+    };
+    let read_u32 = |bytes: &[u8], at: usize| {
+        if little_endian {
+            u32::from_le_bytes(word(bytes, at))
+        } else {
+            u32::from_be_bytes(word(bytes, at))
+        }
+    };
+    let link_type = read_u32(header, 20);
+    if link_type != LINKTYPE_ETHERNET {
+        bail!("the capture's link type is {link_type}, not Ethernet");
+    }
+    let mut segments = Vec::new();
+    let mut rest = &pcap[24..];
+    while let Some(record) = rest.get(..16) {
+        let captured = usize::try_from(read_u32(record, 8))?;
+        let Some(frame) = rest.get(16..16 + captured) else {
+            break;
+        };
+        segments.extend(tcp_segment(frame));
+        rest = &rest[16 + captured..];
+    }
+    Ok(segments)
+}
+
+fn word(bytes: &[u8], at: usize) -> [u8; 4] {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    word
+}
+
+/// The TCP segment in an Ethernet frame, if it holds an unfragmented IPv4 TCP packet.
+fn tcp_segment(frame: &[u8]) -> Option<TcpSegment> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if ethertype != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let fragment = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff;
+    if *ip.get(9)? != IPPROTO_TCP || fragment != 0 || header_len < 20 {
+        return None;
+    }
+    let address = |at: usize| {
+        Some(Ipv4Addr::new(
+            *ip.get(at)?,
+            *ip.get(at + 1)?,
+            *ip.get(at + 2)?,
+            *ip.get(at + 3)?,
+        ))
+    };
+    let (src_ip, dst_ip) = (address(12)?, address(16)?);
+    // The IP length bounds the payload: a short frame is padded to Ethernet's minimum.
+    let tcp = ip.get(header_len..total_len.min(ip.len()))?;
+    let port = |at: usize| Some(u16::from_be_bytes([*tcp.get(at)?, *tcp.get(at + 1)?]));
+    let seq = u32::from_be_bytes([*tcp.get(4)?, *tcp.get(5)?, *tcp.get(6)?, *tcp.get(7)?]);
+    let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
+    Some(TcpSegment {
+        src: SocketAddrV4::new(src_ip, port(0)?),
+        dst: SocketAddrV4::new(dst_ip, port(2)?),
+        seq,
+        payload: tcp.get(data_offset..)?.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(ethertype: u16, protocol: u8, payload: &[u8], padding: usize) -> Vec<u8> {
+        let mut frame = vec![0; 12];
+        frame.extend(ethertype.to_be_bytes());
+        let total = u16::try_from(20 + 20 + payload.len()).unwrap();
+        let mut ip = vec![0x45, 0];
+        ip.extend(total.to_be_bytes());
+        ip.extend([
+            0, 0, 0x40, 0, 64, protocol, 0, 0, 10, 0, 0, 2, 198, 51, 100, 2,
+        ]);
+        frame.extend(ip);
+        let mut tcp = vec![0xc3, 0x50, 0, 21];
+        tcp.extend(7u32.to_be_bytes());
+        tcp.extend([0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0]);
+        frame.extend(tcp);
+        frame.extend(payload);
+        frame.extend(vec![0; padding]);
+        frame
+    }
+
+    fn pcap(frames: &[Vec<u8>], cut_last: usize) -> Vec<u8> {
+        let mut file = Vec::new();
+        file.extend(0xa1b2_c3d4u32.to_le_bytes());
+        file.extend([2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0]);
+        for frame in frames {
+            let len = u32::try_from(frame.len()).unwrap();
+            file.extend([0; 8]);
+            file.extend(len.to_le_bytes());
+            file.extend(len.to_le_bytes());
+            file.extend(frame);
+        }
+        file.truncate(file.len() - cut_last);
+        file
+    }
+
+    #[test]
+    fn reads_tcp_segments_and_skips_everything_else() {
+        let file = pcap(
+            &[
+                frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"PORT ", 0),
+                frame(0x86dd, IPPROTO_TCP, b"not ipv4", 0),
+                frame(ETHERTYPE_IPV4, 17, b"udp", 0),
+                frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"", 6),
+            ],
+            0,
+        );
+        let segments = tcp_segments(&file).unwrap();
+        assert_eq!(segments.len(), 2);
+        assert_eq!(segments[0].text(), "PORT ");
+        assert_eq!(segments[0].src, "10.0.0.2:50000".parse().unwrap());
+        assert_eq!(segments[0].dst, "198.51.100.2:21".parse().unwrap());
+        assert_eq!(segments[0].seq, 7);
+        assert!(
+            segments[1].payload.is_empty(),
+            "Ethernet padding read as payload"
+        );
+    }
+
+    #[test]
+    fn a_record_still_being_written_ends_the_list() {
+        let frames = [
+            frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"USER anonymous\r\n", 0),
+            frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"PASS x\r\n", 0),
+        ];
+        let segments = tcp_segments(&pcap(&frames, 3)).unwrap();
+        assert_eq!(segments.len(), 1);
+        assert!(tcp_segments(b"text").is_err());
+    }
+}
