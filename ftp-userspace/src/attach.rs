@@ -13,6 +13,8 @@ use std::{
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -191,8 +193,11 @@ impl Datapath {
             Ok(datapath)
         });
         if started.is_err() {
-            // Links and maps pinned before the failure must not outlive it.
-            let _ = pins::remove_state(options.pin_dir, false);
+            // Links and maps pinned before the failure must not outlive it, nor its programs
+            // the error message (which says nothing is attached).
+            if let Ok(removed) = pins::remove_state(options.pin_dir, false) {
+                let _ = await_detached(&removed.hooks);
+            }
         }
         started
     }
@@ -274,7 +279,9 @@ impl Datapath {
         // Our own descriptors to the links and maps go first, so that removing the pins destroys
         // them.
         drop(self);
-        pins::remove_state(&pin_dir, false)
+        let removed = pins::remove_state(&pin_dir, false)?;
+        await_detached(&removed.hooks)?;
+        Ok(removed)
     }
 
     /// Interfaces and hooks attached, e.g. `wan0/ingress`, for the agent's log.
@@ -580,6 +587,53 @@ fn publish_target(published: &Published) -> PublishTarget {
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
     }
+}
+
+/// How long the kernel may take to release links whose last pin is gone.
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits until the kernel lists none of ftpnat's programs at `hooks`, whose links' pins were just
+/// removed. The kernel releases such a link a moment later (after an RCU grace period, from a work
+/// queue): without waiting, "detached" would be said too early and an `ftpnat run` started right
+/// after would find the old programs still attached and refuse. An interface that is gone (or
+/// cannot be queried here) holds nothing of ours.
+pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + DETACH_WAIT;
+    loop {
+        let remaining: Vec<String> = hooks
+            .iter()
+            .filter(|hook| still_attached(hook))
+            .map(|hook| format!("{}/{}", hook.interface, hook.hook))
+            .collect();
+        if remaining.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the links' pins are removed, but {} s later the kernel still lists ftpnat's                  programs at {}: another process holds those links open (find it with                  `bpftool link show` and stop it)",
+                DETACH_WAIT.as_secs(),
+                remaining.join(", ")
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn still_attached(hook: &pins::LinkHook) -> bool {
+    let Some((_, attach_type)) = HOOKS
+        .iter()
+        .find(|(_, attach_type)| hook_name(*attach_type) == hook.hook)
+    else {
+        return false;
+    };
+    SchedClassifier::query_tcx(&hook.interface, *attach_type).is_ok_and(|(_, attached)| {
+        attached.iter().any(|info| {
+            matches!(
+                info.name_as_str(),
+                Some(programs::INGRESS | programs::EGRESS)
+            )
+        })
+    })
 }
 
 pub fn hook_name(attach_type: TcAttachType) -> &'static str {

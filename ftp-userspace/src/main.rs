@@ -98,6 +98,7 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     }
     let _lock = pins::lock(pin_dir)?;
     let removed = pins::remove_state(pin_dir, true)?;
+    attach::await_detached(&removed.hooks)?;
     println!(
         "removed {} links (their programs are detached) and {} maps under {}",
         removed.links,

@@ -277,6 +277,27 @@ pub fn lock(pin_dir: &Path) -> anyhow::Result<PinDirLock> {
 pub struct Removed {
     pub links: usize,
     pub maps: usize,
+    /// Where the removed links attached programs (as their pins' names say).
+    pub hooks: Vec<LinkHook>,
+}
+
+/// An interface and TC hook (`ingress`/`egress`) a pinned link attaches a program to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkHook {
+    pub interface: String,
+    pub hook: String,
+}
+
+impl LinkHook {
+    /// The hook named by a link pin (`link-<interface>-<hook>`; interface names may hold `-`).
+    fn of_pin(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?.strip_prefix(LINK_PREFIX)?;
+        let (interface, hook) = name.rsplit_once('-')?;
+        Some(Self {
+            interface: interface.to_owned(),
+            hook: hook.to_owned(),
+        })
+    }
 }
 
 /// Removes the current layout's links (which detaches their programs once no process holds them),
@@ -299,6 +320,7 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
         for path in existing_links(dir) {
             fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
             removed.links += 1;
+            removed.hooks.extend(LinkHook::of_pin(&path));
         }
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
@@ -327,6 +349,20 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_pin_names_its_interface_and_hook() {
+        let state = Path::new("/sys/fs/bpf/ftpnat/v3");
+        let hook = LinkHook::of_pin(&link_pin(state, "eth-wan.7", "egress"));
+        assert_eq!(
+            hook,
+            Some(LinkHook {
+                interface: "eth-wan.7".to_owned(),
+                hook: "egress".to_owned()
+            })
+        );
+        assert_eq!(LinkHook::of_pin(&state.join("sessions")), None);
+    }
 
     #[test]
     fn every_pinned_map_has_a_shape() {
