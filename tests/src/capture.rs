@@ -30,7 +30,26 @@ const IPPROTO_TCP: u8 = 6;
 /// interface, in capture order. Everything else (IPv6, ARP, fragments) is skipped; a record cut
 /// short because tcpdump is still writing it ends the list.
 pub fn tcp_segments(pcap: &[u8]) -> anyhow::Result<Vec<TcpSegment>> {
-    let header = pcap.get(..24).context("the capture has no pcap header")?;
+    let (frames, _) = whole_records(pcap)?;
+    Ok(frames.into_iter().filter_map(tcp_segment).collect())
+}
+
+/// How many leading bytes of a pcap file hold whole records: tcpdump reports a record still
+/// being written as a "truncated dump file" and fails, so a reader during the capture stops there.
+pub fn complete_len(pcap: &[u8]) -> anyhow::Result<usize> {
+    let (_, len) = whole_records(pcap)?;
+    Ok(len)
+}
+
+const PCAP_HEADER_LEN: usize = 24;
+const RECORD_HEADER_LEN: usize = 16;
+
+/// The frames of a pcap file's whole records, and how many bytes the header and those records
+/// take.
+fn whole_records(pcap: &[u8]) -> anyhow::Result<(Vec<&[u8]>, usize)> {
+    let header = pcap
+        .get(..PCAP_HEADER_LEN)
+        .context("the capture has no pcap header")?;
     let magic = u32::from_le_bytes(word(header, 0));
     let little_endian = match magic {
         0xa1b2_c3d4 | 0xa1b2_3c4d => true,
@@ -48,17 +67,18 @@ pub fn tcp_segments(pcap: &[u8]) -> anyhow::Result<Vec<TcpSegment>> {
     if link_type != LINKTYPE_ETHERNET {
         bail!("the capture's link type is {link_type}, not Ethernet");
     }
-    let mut segments = Vec::new();
-    let mut rest = &pcap[24..];
-    while let Some(record) = rest.get(..16) {
+    let mut frames = Vec::new();
+    let mut len = PCAP_HEADER_LEN;
+    while let Some(record) = pcap.get(len..len + RECORD_HEADER_LEN) {
         let captured = usize::try_from(read_u32(record, 8))?;
-        let Some(frame) = rest.get(16..16 + captured) else {
+        let start = len + RECORD_HEADER_LEN;
+        let Some(frame) = pcap.get(start..start + captured) else {
             break;
         };
-        segments.extend(tcp_segment(frame));
-        rest = &rest[16 + captured..];
+        frames.push(frame);
+        len = start + captured;
     }
-    Ok(segments)
+    Ok((frames, len))
 }
 
 fn word(bytes: &[u8], at: usize) -> [u8; 4] {
@@ -169,8 +189,13 @@ mod tests {
             frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"USER anonymous\r\n", 0),
             frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"PASS x\r\n", 0),
         ];
-        let segments = tcp_segments(&pcap(&frames, 3)).unwrap();
+        let file = pcap(&frames, 3);
+        let segments = tcp_segments(&file).unwrap();
         assert_eq!(segments.len(), 1);
+        let whole = 24 + 16 + frames[0].len();
+        assert_eq!(complete_len(&file).unwrap(), whole);
+        assert_eq!(complete_len(&pcap(&frames, 0)).unwrap(), file.len() + 3);
+        assert_eq!(complete_len(&pcap(&[], 0)).unwrap(), 24);
         assert!(tcp_segments(b"text").is_err());
     }
 }

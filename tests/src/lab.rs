@@ -15,6 +15,7 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -139,6 +140,10 @@ impl Lab {
         for path in [dir.parent().unwrap_or(&dir), &dir] {
             fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
         }
+        // Beside every script written later, for `from ftpnat_lab import …` (a script's
+        // directory is on Python's import path). Written once: rewriting it while another script
+        // starts could let that one import a half-written module.
+        fs::write(dir.join("ftpnat_lab.py"), PYTHON_HELPERS)?;
         let client = NetNs::create(&format!("{name}-client"))?;
         let router = NetNs::create(&format!("{name}-router"))?;
         let server = NetNs::create(&format!("{name}-server"))?;
@@ -241,6 +246,10 @@ impl Lab {
                         iface,
                         "-s",
                         "256",
+                        // A 32 MiB ring instead of 2 MiB: the 200 MB transfers must not make it
+                        // drop the control segments a test looks for.
+                        "-B",
+                        "32768",
                         "-U",
                         // Hand each packet over at once, not when a kernel block fills: a test
                         // reads the capture while it runs.
@@ -398,9 +407,25 @@ impl Lab {
     /// What the router's capture of `iface` holds so far, as tcpdump prints it with payloads
     /// (`-A`): for checking which addresses crossed that side.
     pub fn capture_text(&self, iface: &str) -> anyhow::Result<String> {
-        let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        let pcap = self.capture_snapshot(iface)?;
         let out = run("tcpdump", &["-nn", "-A", "-r", &pcap.to_string_lossy()])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A copy of the whole records of the router's running capture of `iface`, for tcpdump to
+    /// read: it fails on a record still being written ("truncated dump file").
+    fn capture_snapshot(&self, iface: &str) -> anyhow::Result<PathBuf> {
+        let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        let bytes = fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
+        let whole =
+            capture::complete_len(&bytes).with_context(|| format!("reading {}", pcap.display()))?;
+        // Numbered, so that two threads reading the same capture do not share a file.
+        static SNAPSHOTS: AtomicUsize = AtomicUsize::new(0);
+        let n = SNAPSHOTS.fetch_add(1, Ordering::Relaxed);
+        let snapshot = self.dir.join(format!("router-{iface}.snapshot-{n}.pcap"));
+        fs::write(&snapshot, &bytes[..whole])
+            .with_context(|| format!("writing {}", snapshot.display()))?;
+        Ok(snapshot)
     }
 
     /// The IPv4 TCP segments in the router's capture of `iface` so far, in capture order: for
@@ -419,7 +444,7 @@ impl Lab {
         options: &[&str],
         filter: &str,
     ) -> anyhow::Result<String> {
-        let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        let pcap = self.capture_snapshot(iface)?;
         let pcap = pcap.to_string_lossy();
         let mut args = vec!["-nn", "-r", &pcap];
         args.extend_from_slice(options);
@@ -506,9 +531,6 @@ impl Lab {
         let n = SCRIPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.dir.join(format!("script-{n}.py"));
         fs::write(&path, script)?;
-        // Beside every script, for `from ftpnat_lab import …` (a script's directory is on
-        // Python's import path).
-        fs::write(self.dir.join("ftpnat_lab.py"), PYTHON_HELPERS)?;
         let timeout = timeout_secs.to_string();
         let path = path.to_string_lossy().into_owned();
         let mut full = vec![timeout.as_str(), "/usr/bin/python3", path.as_str()];

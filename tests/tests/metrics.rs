@@ -296,13 +296,13 @@ fn metrics_parse_as_prometheus_text_and_match_stats() {
     let mut agent = lab
         .start_ftpnat(&["--metrics", METRICS_ADDR])
         .expect("ftpnat run --metrics");
-    assert!(
+    // The agent says where it serves metrics a moment after it says it attached.
+    wait_until(Duration::from_secs(10), || {
         agent
             .log_text()
-            .contains(&format!("http://{METRICS_ADDR}/metrics")),
-        "{}",
-        agent.log_text()
-    );
+            .contains(&format!("http://{METRICS_ADDR}/metrics"))
+    })
+    .unwrap_or_else(|_| panic!("no metrics address in the log:\n{}", agent.log_text()));
     for mode in [Mode::Pasv, Mode::Port] {
         lab.curl_from_client(&server, &file, mode)
             .unwrap_or_else(|err| panic!("{err:#}"));

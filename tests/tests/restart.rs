@@ -13,7 +13,8 @@ fn ftpnat_json(lab: &Lab, command: &str) -> Value {
         .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
-/// A 200 MB download limited to 25 MB/s (about 8 s) through a NAT lab, where nothing but ftpnat
+/// A 200 MB download limited to 10 MB/s (about 20 s, leaving a loaded machine time to kill one
+/// agent and start the next while it runs) through a NAT lab, where nothing but ftpnat
 /// can carry it; the agent is killed with SIGKILL a moment in, and a new one started.
 #[test]
 fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session() {
@@ -32,7 +33,7 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
                         "--fail",
                         "--disable-epsv",
                         "--limit-rate",
-                        "25M",
+                        "10M",
                         "--max-time",
                         "120",
                         "-o",
