@@ -576,6 +576,11 @@ except socket.timeout:
     print('timed out')
 "#;
 
+/// Whether ftpnat holds no expectation at all (`ftpnat expectations` lists none).
+fn no_expectations(lab: &Lab) -> bool {
+    ftpnat_json(lab, "expectations") == Value::Array(Vec::new())
+}
+
 fn drained(lab: &Lab) -> bool {
     let stats = ftpnat_json(lab, "stats");
     stats["sessions"] == 0
@@ -587,9 +592,11 @@ fn drained(lab: &Lab) -> bool {
 #[test]
 fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     let setup = setup(LabSpec::default(), 2 * MIB);
+    // Long enough that the expectation read once the PORT is answered is still there on a
+    // loaded machine; its expiry is then waited for, not timed.
     let _agent = setup
         .lab
-        .start_ftpnat(&["--port-window", "61000-61007", "--expect-timeout", "2"])
+        .start_ftpnat(&["--port-window", "61000-61007", "--expect-timeout", "10"])
         .expect("ftpnat run");
     for mode in [Mode::Port, Mode::Epsv] {
         download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
@@ -608,7 +615,7 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     // returns to the window.
     let mut held = setup
         .lab
-        .python_stepped(&setup.lab.client, PORT_THEN_WAIT, &[&server], 60)
+        .python_stepped(&setup.lab.client, PORT_THEN_WAIT, &[&server], 120)
         .expect("held session");
     held.expect("announced").expect("PORT sent");
     let expectations = ftpnat_json(&setup.lab, "expectations");
@@ -616,10 +623,8 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
         .as_str()
         .unwrap_or_else(|| panic!("no expectation for the PORT: {expectations}"));
     let (public_ip, public_port) = public.rsplit_once(':').expect("ip:port");
-    wait_until(Duration::from_secs(10), || {
-        ftpnat_json(&setup.lab, "expectations") == Value::Array(Vec::new())
-    })
-    .expect("the expectation did not expire");
+    wait_until(Duration::from_secs(40), || no_expectations(&setup.lab))
+        .expect("the expectation did not expire");
     let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(stats["sessions"], 1, "{stats}");
     assert_eq!(
