@@ -831,15 +831,17 @@ fn exhausted_window_fails_port_and_new_sessions_promptly() {
 
 /// Four PASV replies never used fill the session's limit of outstanding expectations; once they
 /// expire (the agent counts them released, the datapath applies the count) the same session
-/// opens a data connection again.
+/// opens a data connection again. Waits on stdin after the fourth reply, for the test to see
+/// them expired.
 const UNUSED_PASV_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys, time
+import ftplib, hashlib, sys
 ftp = ftplib.FTP()
 ftp.connect(sys.argv[1], 21, timeout=20)
 ftp.login()
 for _ in range(4):
     ftp.sendcmd('PASV')
-time.sleep(5)
+print('announced', flush=True)
+sys.stdin.readline()
 digest = hashlib.sha256()
 ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
 print(digest.hexdigest())
@@ -854,14 +856,23 @@ fn expired_expectations_free_their_places_under_the_session_limit() {
         .start_ftpnat(&["--expect-timeout", "2"])
         .expect("ftpnat run");
     let server = setup.server.addr.to_string();
-    let out = setup
+    let mut client = setup
         .lab
-        .client_python(UNUSED_PASV_THEN_RETR, &[&server, setup.file.name()], 60)
-        .unwrap_or_else(|err| panic!("{err:#}"));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        setup.file.sha256
-    );
+        .python_stepped(
+            &setup.lab.client,
+            UNUSED_PASV_THEN_RETR,
+            &[&server, setup.file.name()],
+            120,
+        )
+        .expect("client");
+    client.expect("announced").expect("four PASV answered");
+    // The RETR's PASV finds the places free only once the agent has swept the four: a fixed
+    // pause would be too short on a loaded machine, and the refusal counter would say so.
+    wait_until(Duration::from_secs(40), || no_expectations(&setup.lab))
+        .expect("the four expectations did not expire");
+    client.proceed().expect("RETR");
+    let out = client.finish().unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(out.trim(), setup.file.sha256);
     let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(
         stats["refusals_by_reason"]["too_many_expectations"], 0,
