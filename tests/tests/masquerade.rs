@@ -55,8 +55,18 @@ fn dialogue_since(setup: &Setup, mark: u64) -> Vec<String> {
 /// server's log that the data connection was opened in `mode`, as the server accepted it. Returns
 /// the session's dialogue.
 fn download(setup: &Setup, client: Client, mode: Mode, name: &str) -> Vec<String> {
-    let local = setup.lab.subdir("client").expect("client dir").join(name);
     let mark = setup.server.log_mark();
+    download_intact(setup, client, mode, name);
+    let dialogue = dialogue_since(setup, mark);
+    data_commands_in_mode(&dialogue, mode).unwrap_or_else(|err| panic!("{err:#}"));
+    dialogue
+}
+
+/// Downloads the served file with `client` in `mode` into `name` and checks it by sha256, without
+/// looking at the server's log: for downloads that run at the same time, where one session's
+/// check would also read the others' lines, maybe a command whose reply is not logged yet.
+fn download_intact(setup: &Setup, client: Client, mode: Mode, name: &str) {
+    let local = setup.lab.subdir("client").expect("client dir").join(name);
     Transfer {
         client,
         mode,
@@ -69,9 +79,6 @@ fn download(setup: &Setup, client: Client, mode: Mode, name: &str) -> Vec<String
     .run(&setup.lab.client)
     .unwrap_or_else(|err| panic!("{err:#}"));
     assert_same_content(&local, &setup.file);
-    let dialogue = dialogue_since(setup, mark);
-    data_commands_in_mode(&dialogue, mode).unwrap_or_else(|err| panic!("{err:#}"));
-    dialogue
 }
 
 /// netfilter's connection table on the router has an entry with `entry` (traffic it tracked),
@@ -569,6 +576,11 @@ except socket.timeout:
     print('timed out')
 "#;
 
+/// Whether ftpnat holds no expectation at all (`ftpnat expectations` lists none).
+fn no_expectations(lab: &Lab) -> bool {
+    ftpnat_json(lab, "expectations") == Value::Array(Vec::new())
+}
+
 fn drained(lab: &Lab) -> bool {
     let stats = ftpnat_json(lab, "stats");
     stats["sessions"] == 0
@@ -580,9 +592,11 @@ fn drained(lab: &Lab) -> bool {
 #[test]
 fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     let setup = setup(LabSpec::default(), 2 * MIB);
+    // Long enough that the expectation read once the PORT is answered is still there on a
+    // loaded machine; its expiry is then waited for, not timed.
     let _agent = setup
         .lab
-        .start_ftpnat(&["--port-window", "61000-61007", "--expect-timeout", "2"])
+        .start_ftpnat(&["--port-window", "61000-61007", "--expect-timeout", "10"])
         .expect("ftpnat run");
     for mode in [Mode::Port, Mode::Epsv] {
         download(&setup, Client::Curl, mode, &format!("{mode:?}.bin"));
@@ -601,7 +615,7 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     // returns to the window.
     let mut held = setup
         .lab
-        .python_stepped(&setup.lab.client, PORT_THEN_WAIT, &[&server], 60)
+        .python_stepped(&setup.lab.client, PORT_THEN_WAIT, &[&server], 120)
         .expect("held session");
     held.expect("announced").expect("PORT sent");
     let expectations = ftpnat_json(&setup.lab, "expectations");
@@ -609,10 +623,8 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
         .as_str()
         .unwrap_or_else(|| panic!("no expectation for the PORT: {expectations}"));
     let (public_ip, public_port) = public.rsplit_once(':').expect("ip:port");
-    wait_until(Duration::from_secs(10), || {
-        ftpnat_json(&setup.lab, "expectations") == Value::Array(Vec::new())
-    })
-    .expect("the expectation did not expire");
+    wait_until(Duration::from_secs(40), || no_expectations(&setup.lab))
+        .expect("the expectation did not expire");
     let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(stats["sessions"], 1, "{stats}");
     assert_eq!(
@@ -640,14 +652,23 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     assert_eq!(stats["window"]["size"], 8);
     // The window is really whole again: four sessions at once, each taking two ports (control
     // and data), need all eight. A missing port would show as a refused connection.
+    let mark = setup.server.log_mark();
     std::thread::scope(|scope| {
         for i in 0..4 {
             let setup = &setup;
             scope.spawn(move || {
-                download(setup, Client::Curl, Mode::Pasv, &format!("again-{i}.bin"));
+                download_intact(setup, Client::Curl, Mode::Pasv, &format!("again-{i}.bin"));
             });
         }
     });
+    // Read once all four have their files: each 227 reached its client, so it is logged.
+    let dialogue = dialogue_since(&setup, mark);
+    assert_eq!(
+        data_commands_in_mode(&dialogue, Mode::Pasv).unwrap_or_else(|err| panic!("{err:#}")),
+        4,
+        "{}",
+        dialogue.join("\n")
+    );
 }
 
 /// Starts an active download with a small receive buffer, so that it stalls with data unread,
@@ -810,15 +831,17 @@ fn exhausted_window_fails_port_and_new_sessions_promptly() {
 
 /// Four PASV replies never used fill the session's limit of outstanding expectations; once they
 /// expire (the agent counts them released, the datapath applies the count) the same session
-/// opens a data connection again.
+/// opens a data connection again. Waits on stdin after the fourth reply, for the test to see
+/// them expired.
 const UNUSED_PASV_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys, time
+import ftplib, hashlib, sys
 ftp = ftplib.FTP()
 ftp.connect(sys.argv[1], 21, timeout=20)
 ftp.login()
 for _ in range(4):
     ftp.sendcmd('PASV')
-time.sleep(5)
+print('announced', flush=True)
+sys.stdin.readline()
 digest = hashlib.sha256()
 ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
 print(digest.hexdigest())
@@ -833,14 +856,23 @@ fn expired_expectations_free_their_places_under_the_session_limit() {
         .start_ftpnat(&["--expect-timeout", "2"])
         .expect("ftpnat run");
     let server = setup.server.addr.to_string();
-    let out = setup
+    let mut client = setup
         .lab
-        .client_python(UNUSED_PASV_THEN_RETR, &[&server, setup.file.name()], 60)
-        .unwrap_or_else(|err| panic!("{err:#}"));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        setup.file.sha256
-    );
+        .python_stepped(
+            &setup.lab.client,
+            UNUSED_PASV_THEN_RETR,
+            &[&server, setup.file.name()],
+            120,
+        )
+        .expect("client");
+    client.expect("announced").expect("four PASV answered");
+    // The RETR's PASV finds the places free only once the agent has swept the four: a fixed
+    // pause would be too short on a loaded machine, and the refusal counter would say so.
+    wait_until(Duration::from_secs(40), || no_expectations(&setup.lab))
+        .expect("the four expectations did not expire");
+    client.proceed().expect("RETR");
+    let out = client.finish().unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(out.trim(), setup.file.sha256);
     let stats = ftpnat_json(&setup.lab, "stats");
     assert_eq!(
         stats["refusals_by_reason"]["too_many_expectations"], 0,

@@ -1,7 +1,9 @@
 //! The operator's policy flags: `--allow-privileged-data-ports` and
 //! `--max-expectations-per-session`, against their defaults.
 
-use ftpnat_tests::{Lab, LabSpec};
+use std::time::Duration;
+
+use ftpnat_tests::{Lab, LabSpec, lab::wait_until};
 use serde_json::Value;
 
 /// Active download to the client's port `argv[3]`. Prints the reply to the PORT; then the
@@ -29,15 +31,16 @@ print(digest.hexdigest())
 ftp.quit()
 "#;
 
-/// Two PASV in a row, then (after the expectations expired) a passive download.
+/// Two PASV in a row, each reply printed as `passive REPLY`; then, once the test lets it go on
+/// (after the expectations expired), a passive download.
 const TWO_PASV_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys, time
+import ftplib, hashlib, sys
 ftp = ftplib.FTP()
 ftp.connect(sys.argv[1], 21, timeout=20)
 ftp.login()
-print(ftp.sendcmd('PASV'))
-print(ftp.sendcmd('PASV'))
-time.sleep(4)
+for _ in range(2):
+    print('passive', ftp.sendcmd('PASV'), flush=True)
+sys.stdin.readline()
 digest = hashlib.sha256()
 ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
 print(digest.hexdigest())
@@ -107,15 +110,33 @@ fn the_per_session_expectation_limit_follows_the_flag() {
             flags.extend(["--max-expectations-per-session", limit]);
         }
         let _agent = lab.start_ftpnat(&flags).expect("ftpnat run");
-        let out = lab
-            .client_python(
+        let mut client = lab
+            .python_stepped(
+                &lab.client,
                 TWO_PASV_THEN_RETR,
                 &[&server.addr.to_string(), file.name()],
-                60,
+                120,
             )
-            .unwrap_or_else(|err| panic!("{err:#}"));
-        let lines = output_lines(&out);
-        assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
+            .expect("client");
+        let replies: Vec<String> = (0..2)
+            .map(|_| client.expect("passive").expect("PASV answered").join(" "))
+            .collect();
+        // Under the limit of 1 the RETR's PASV has a place only once the agent has swept the
+        // first expectation: a fixed pause would be too short on a loaded machine, and the
+        // refusal counter would read 2.
+        wait_until(Duration::from_secs(40), || {
+            lab.ftpnat_json(&["expectations"])
+                .unwrap_or_else(|err| panic!("{err:#}"))
+                == Value::Array(Vec::new())
+        })
+        .expect("the expectations did not expire");
+        client.proceed().expect("RETR");
+        let rest = client.finish().unwrap_or_else(|err| panic!("{err:#}"));
+        assert_eq!(
+            rest.lines().last(),
+            Some(file.sha256.as_str()),
+            "{replies:?} {rest}"
+        );
         let stats = stats(&lab);
         assert_eq!(
             stats["refusals_by_reason"]["too_many_expectations"], refused,
