@@ -109,7 +109,7 @@ fn the_per_session_expectation_limit_follows_the_flag() {
         if let Some(limit) = limit {
             flags.extend(["--max-expectations-per-session", limit]);
         }
-        let _agent = lab.start_ftpnat(&flags).expect("ftpnat run");
+        let agent = lab.start_ftpnat(&flags).expect("ftpnat run");
         let mut client = lab
             .python_stepped(
                 &lab.client,
@@ -123,13 +123,18 @@ fn the_per_session_expectation_limit_follows_the_flag() {
             .collect();
         // Under the limit of 1 the RETR's PASV has a place only once the agent has swept the
         // first expectation: a fixed pause would be too short on a loaded machine, and the
-        // refusal counter would read 2.
+        // refusal counter would read 2. The agent logs an expiry after its sweep has also given
+        // the place back, which it does a moment after the expectation leaves the table.
+        let created = stats(&lab)["datapath"]["expectations_created"]
+            .as_u64()
+            .expect("expectations_created");
         wait_until(Duration::from_secs(40), || {
             lab.ftpnat_json(&["expectations"])
                 .unwrap_or_else(|err| panic!("{err:#}"))
                 == Value::Array(Vec::new())
+                && agent.log_text().matches("expectation_expired").count() as u64 == created
         })
-        .expect("the expectations did not expire");
+        .unwrap_or_else(|_| panic!("the expectations did not expire:\n{}", agent.log_text()));
         client.proceed().expect("RETR");
         let rest = client.finish().unwrap_or_else(|err| panic!("{err:#}"));
         assert_eq!(
