@@ -610,7 +610,9 @@ pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "the links' pins are removed, but {} s later the kernel still lists ftpnat's                  programs at {}: another process holds those links open (find it with                  `bpftool link show` and stop it)",
+                "the links' pins are removed, but {} s later the kernel still lists ftpnat's \
+                 programs at {}: another process holds those links open (find it with \
+                 `bpftool link show` and stop it)",
                 DETACH_WAIT.as_secs(),
                 remaining.join(", ")
             );
