@@ -180,6 +180,28 @@ impl Lab {
             "netns",
             self.client.name(),
         ])?;
+        let lan = format!("{}/{}", spec.router_lan, spec.lan_prefix_len);
+        let client = format!("{}/{}", spec.client, spec.lan_prefix_len);
+        self.router
+            .ip(&["addr", "add", &lan, "dev", ROUTER_LAN_IF])?;
+        self.router.ip(&["link", "set", ROUTER_LAN_IF, "up"])?;
+        self.router.sysctl("net.ipv4.ip_forward", "1")?;
+        self.client.ip(&["addr", "add", &client, "dev", HOST_IF])?;
+        self.client.ip(&["link", "set", HOST_IF, "up"])?;
+        self.client.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &spec.router_lan.to_string(),
+        ])?;
+        self.wire_wan()
+    }
+
+    /// The router's WAN veth to the server, with its addresses (and the server's route back to
+    /// the LAN when routed).
+    fn wire_wan(&self) -> anyhow::Result<()> {
+        let spec = &self.spec;
         self.router.ip(&[
             "link",
             "add",
@@ -192,26 +214,11 @@ impl Lab {
             "netns",
             self.server.name(),
         ])?;
-        let lan = format!("{}/{}", spec.router_lan, spec.lan_prefix_len);
         let wan = format!("{}/{}", spec.router_wan, spec.wan_prefix_len);
-        let client = format!("{}/{}", spec.client, spec.lan_prefix_len);
         let server = format!("{}/{}", spec.server, spec.wan_prefix_len);
         self.router
-            .ip(&["addr", "add", &lan, "dev", ROUTER_LAN_IF])?;
-        self.router
             .ip(&["addr", "add", &wan, "dev", ROUTER_WAN_IF])?;
-        self.router.ip(&["link", "set", ROUTER_LAN_IF, "up"])?;
         self.router.ip(&["link", "set", ROUTER_WAN_IF, "up"])?;
-        self.router.sysctl("net.ipv4.ip_forward", "1")?;
-        self.client.ip(&["addr", "add", &client, "dev", HOST_IF])?;
-        self.client.ip(&["link", "set", HOST_IF, "up"])?;
-        self.client.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &spec.router_lan.to_string(),
-        ])?;
         self.server.ip(&["addr", "add", &server, "dev", HOST_IF])?;
         self.server.ip(&["link", "set", HOST_IF, "up"])?;
         if spec.routing == Routing::Routed {
@@ -232,6 +239,14 @@ impl Lab {
             ])?;
         }
         Ok(())
+    }
+
+    /// Deletes the router's WAN interface and creates it again under the same name and addresses,
+    /// as a PPPoE reconnect does: programs attached to the old one are gone with it. (The
+    /// capture of that side ends.)
+    pub fn recreate_wan(&self) -> anyhow::Result<()> {
+        self.router.ip(&["link", "del", ROUTER_WAN_IF])?;
+        self.wire_wan()
     }
 
     fn start_captures(&mut self) -> anyhow::Result<()> {
