@@ -219,7 +219,15 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         .transpose();
     let watched = match metrics {
         Ok(metrics) => {
-            let watched = watch(&nat, &mut datapath, reporter, &mut sigterm, &mut sigint).await;
+            let watched = watch(
+                &nat,
+                &interfaces,
+                &mut datapath,
+                reporter,
+                &mut sigterm,
+                &mut sigint,
+            )
+            .await;
             // Stop answering scrapes first: they would find the agent gone half-way.
             if let Some(metrics) = metrics {
                 metrics.abort();
@@ -234,7 +242,10 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let signal_name = match watched {
         Ok(signal_name) => signal_name,
         Err(WatchError { served, error }) => {
-            return Err(stop_on_error(datapath, args.detach_on_exit, served, error));
+            // A datapath that lost an interface carries nothing through it any more: removed,
+            // not left for the next agent to adopt.
+            let detach = args.detach_on_exit || error.is::<InterfaceReplaced>();
+            return Err(stop_on_error(datapath, detach, served, error));
         }
     };
     let pin_dir = datapath.pin_dir().to_owned();
@@ -257,6 +268,27 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An interface the datapath is attached to was deleted, or deleted and created again: its
+/// programs are gone, and what the datapath holds for it (the interface's index in every flow)
+/// points nowhere. The agent removes the datapath and stops, so that the next `ftpnat run` (a
+/// supervisor's restart) attaches afresh; until then FTP takes the router's ordinary path.
+#[derive(Debug)]
+struct InterfaceReplaced(String);
+
+impl std::fmt::Display for InterfaceReplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the interface {} is not the one ftpnat attached to: it was deleted or created again \
+             (a PPPoE reconnect, a restarted VPN), taking ftpnat's programs with it; start \
+             `ftpnat run` again (systemd's Restart= does) to attach to it afresh",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for InterfaceReplaced {}
+
 /// Why [`watch`] stopped other than by a signal.
 struct WatchError {
     /// Whether the agent had begun serving the datapath (its loop ran): from then on the
@@ -269,6 +301,7 @@ struct WatchError {
 /// whose name it returns.
 async fn watch(
     nat: &NatSettings,
+    interfaces: &[Interface],
     datapath: &mut Datapath,
     reporter: EventReporter,
     sigterm: &mut Signal,
@@ -296,17 +329,23 @@ async fn watch(
         .map_err(|err| err.into_parts().1)
         .context("watching the event ring buffer")
         .map_err(not_served)?;
-    follow(nat, datapath, reporter, kernel_log, ring, sigterm, sigint)
-        .await
-        .map_err(|error| WatchError {
-            served: true,
-            error,
-        })
+    follow(
+        nat, interfaces, datapath, reporter, kernel_log, ring, sigterm, sigint,
+    )
+    .await
+    .map_err(|error| WatchError {
+        served: true,
+        error,
+    })
 }
 
-/// The agent's loop: events, kernel log and sweep, until a signal.
+/// The agent's loop: events, kernel log and sweep, until a signal — or until an interface loses
+/// its programs.
+// Each argument is a separate piece the loop drives; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     nat: &NatSettings,
+    interfaces: &[Interface],
     datapath: &mut Datapath,
     mut reporter: EventReporter,
     mut kernel_log: Option<AsyncFd<crate::attach::KernelLogger>>,
@@ -334,6 +373,10 @@ async fn follow(
                     reporter.report(datapath, event)?;
                 }
                 exhaustion.check(datapath.pin_dir(), nat.window);
+                let replaced = crate::attach::replaced_interfaces(interfaces);
+                if !replaced.is_empty() {
+                    return Err(InterfaceReplaced(replaced.join(", ")).into());
+                }
             }
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the event ring buffer")?;

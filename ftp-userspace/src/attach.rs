@@ -141,11 +141,32 @@ impl Datapath {
         nat: &NatSettings,
     ) -> anyhow::Result<Self> {
         let state_dir = pins::state_dir(options.pin_dir);
-        if pins::existing_links(&state_dir).is_empty() {
-            Self::fresh(options, &state_dir, interfaces, nat)
-        } else {
-            Self::adopt(options, &state_dir, interfaces, nat)
+        let links = pins::existing_links(&state_dir);
+        if links.is_empty() {
+            return Self::fresh(options, &state_dir, interfaces, nat);
         }
+        // A pinned link whose program the kernel no longer lists was attached to an interface
+        // that has since been deleted (and maybe created again under its name, as a PPPoE
+        // reconnect does). Such a datapath carries nothing through it any more: adopting it would
+        // leave that interface without programs, so it makes way for a fresh one.
+        let lost: Vec<String> = links
+            .iter()
+            .filter_map(|link| pins::LinkHook::of_pin(link))
+            .filter(|hook| ours_attached(hook) == Some(false))
+            .map(|hook| format!("{}/{}", hook.interface, hook.hook))
+            .collect();
+        if lost.is_empty() {
+            return Self::adopt(options, &state_dir, interfaces, nat);
+        }
+        log::warn!(
+            "the datapath pinned under {} is no longer attached at {} (the interface was deleted \
+             or created again): removing it and attaching afresh",
+            options.pin_dir.display(),
+            lost.join(", ")
+        );
+        let removed = pins::remove_state(options.pin_dir, false)?;
+        await_detached(&removed.hooks)?;
+        Self::fresh(options, &state_dir, interfaces, nat)
     }
 
     fn load(options: &LoadOptions<'_>, state_dir: &Path) -> anyhow::Result<Ebpf> {
@@ -622,20 +643,54 @@ pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
 }
 
 fn still_attached(hook: &pins::LinkHook) -> bool {
-    let Some((_, attach_type)) = HOOKS
+    ours_attached(hook) == Some(true)
+}
+
+/// Whether the kernel lists one of ftpnat's programs at a hook: `None` if it cannot tell (the
+/// query failed); an interface that does not exist has none.
+fn ours_attached(hook: &pins::LinkHook) -> Option<bool> {
+    let (_, attach_type) = HOOKS
         .iter()
-        .find(|(_, attach_type)| hook_name(*attach_type) == hook.hook)
-    else {
-        return false;
+        .find(|(_, attach_type)| hook_name(*attach_type) == hook.hook)?;
+    let Ok(name) = CString::new(hook.interface.as_str()) else {
+        return Some(false);
     };
-    SchedClassifier::query_tcx(&hook.interface, *attach_type).is_ok_and(|(_, attached)| {
-        attached.iter().any(|info| {
-            matches!(
-                info.name_as_str(),
-                Some(programs::INGRESS | programs::EGRESS)
-            )
+    // SAFETY: `name` is a valid NUL-terminated string.
+    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+        return Some(false);
+    }
+    let (_, attached) = SchedClassifier::query_tcx(&hook.interface, *attach_type).ok()?;
+    Some(attached.iter().any(|info| {
+        matches!(
+            info.name_as_str(),
+            Some(programs::INGRESS | programs::EGRESS)
+        )
+    }))
+}
+
+/// The interfaces that are no longer the ones ftpnat attached to — deleted, or deleted and
+/// created again under the same name (a PPPoE reconnect, a restarted VPN) — each as
+/// `wan0 (ifindex 5, now gone)` or `wan0 (ifindex 5, now 7)`. Their programs went with them.
+pub fn replaced_interfaces(interfaces: &[Interface]) -> Vec<String> {
+    interfaces
+        .iter()
+        .filter_map(|interface| {
+            let now = CString::new(interface.name.as_str())
+                .ok()
+                // SAFETY: a valid NUL-terminated string.
+                .map_or(0, |name| unsafe { libc::if_nametoindex(name.as_ptr()) });
+            (now != interface.ifindex).then(|| match now {
+                0 => format!(
+                    "{} (ifindex {}, now gone)",
+                    interface.name, interface.ifindex
+                ),
+                now => format!(
+                    "{} (ifindex {}, now {now})",
+                    interface.name, interface.ifindex
+                ),
+            })
         })
-    })
+        .collect()
 }
 
 pub fn hook_name(attach_type: TcAttachType) -> &'static str {

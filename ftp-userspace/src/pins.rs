@@ -290,7 +290,7 @@ pub struct LinkHook {
 
 impl LinkHook {
     /// The hook named by a link pin (`link-<interface>-<hook>`; interface names may hold `-`).
-    fn of_pin(path: &Path) -> Option<Self> {
+    pub fn of_pin(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_str()?.strip_prefix(LINK_PREFIX)?;
         let (interface, hook) = name.rsplit_once('-')?;
         Some(Self {

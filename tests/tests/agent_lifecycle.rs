@@ -1,7 +1,8 @@
 //! `ftpnat run` on a routed lab: it attaches its programs, transfers still work, the counters
 //! account for the traffic, bad input, missing privileges and a verifier refusal are refused
 //! cleanly; the datapath outlives the agent (SIGTERM, kill -9) for the next agent to adopt, and
-//! `ftpnat detach` removes it; an agent failing after attaching removes only what it attached.
+//! `ftpnat detach` removes it; an agent failing after attaching removes only what it attached;
+//! an interface created again (a PPPoE reconnect) gets a fresh datapath.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -550,4 +551,56 @@ fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
     );
     assert!(nothing_attached(&lab), "{log}");
     assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
+}
+
+/// A PPPoE reconnect deletes the WAN interface and creates it again under its name, taking the
+/// programs with it. The agent notices, removes its datapath (nothing would pass through it) and
+/// stops with an error naming the interface, for its supervisor to start it again; the next run
+/// attaches to the new interface. A run that finds such a datapath still pinned — its agent was
+/// killed before it could notice — replaces it instead of adopting it.
+#[test]
+fn a_recreated_wan_interface_stops_the_agent_and_the_next_run_attaches_afresh() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab
+        .serve_file(4 * 1024 * 1024, 8)
+        .expect("vsftpd serving a file");
+    let download = || {
+        lab.curl_from_client(&server, &file, Mode::Port)
+            .unwrap_or_else(|err| panic!("{err:#}"))
+    };
+    let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    download();
+
+    lab.recreate_wan().expect("re-creating wan0");
+    let (status, log) = agent
+        .wait_for_exit(Duration::from_secs(20))
+        .expect("the agent did not notice that wan0 was created again");
+    assert!(!status.success(), "{status}:\n{log}");
+    assert!(
+        log.contains("the interface wan0 (ifindex") && log.contains("created again"),
+        "{log}"
+    );
+    assert!(log.contains("detached from all interfaces"), "{log}");
+    assert!(nothing_attached(&lab), "{log}");
+    assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
+
+    let mut again = lab
+        .start_ftpnat(&[])
+        .expect("ftpnat run after the reconnect");
+    assert!(both_hooks_attached(&lab));
+    download();
+
+    again.stop_with(libc::SIGKILL).expect("kill -9");
+    lab.recreate_wan().expect("re-creating wan0 again");
+    let third = lab
+        .start_ftpnat(&[])
+        .expect("ftpnat run over a datapath that lost wan0");
+    let log = third.log_text();
+    assert!(
+        log.contains("no longer attached at wan0/egress, wan0/ingress")
+            && log.contains("attaching afresh"),
+        "{log}"
+    );
+    assert!(both_hooks_attached(&lab));
+    download();
 }
