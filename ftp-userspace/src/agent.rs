@@ -3,8 +3,8 @@
 use std::{net::TcpListener, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::programs::{SchedClassifier, TcAttachType};
-use ftp_common::maps::{Counter, Event, EventKind, InterfaceRole, programs};
+use aya::programs::TcAttachType;
+use ftp_common::maps::{Counter, Event, EventKind, InterfaceRole};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind, signal},
@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use crate::{
-    attach::{Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
+    attach::{self, Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
     config::RunOptions,
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
@@ -55,14 +55,7 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
              (CAP_BPF, CAP_NET_ADMIN, and CAP_SYS_ADMIN or CAP_PERFMON for the verifier)"
         );
     }
-    let mut interfaces = vec![Interface::resolve(wan, InterfaceRole::Wan, "--wan")?];
-    for lan in lans {
-        if interfaces.iter().any(|known| &known.name == lan) {
-            bail!("interface '{lan}' is given twice (--wan/--lan); each interface has one role");
-        }
-        interfaces.push(Interface::resolve(lan, InterfaceRole::Lan, "--lan")?);
-    }
-    let nat = nat_settings(args, &interfaces)?;
+    let (interfaces, nat) = resolve(args, wan, lans)?;
     pins::require_bpffs(pin_dir)?;
     let lock = pins::lock(pin_dir)?;
     pins::refuse_foreign_state(pin_dir)?;
@@ -83,6 +76,24 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
         metrics,
         _lock: lock,
     })
+}
+
+/// The interfaces (by index) and the translation settings the flags ask for, as this network
+/// namespace has them now.
+fn resolve(
+    args: &RunOptions,
+    wan: &str,
+    lans: &[String],
+) -> anyhow::Result<(Vec<Interface>, NatSettings)> {
+    let mut interfaces = vec![Interface::resolve(wan, InterfaceRole::Wan, "--wan")?];
+    for lan in lans {
+        if interfaces.iter().any(|known| &known.name == lan) {
+            bail!("interface '{lan}' is given twice (--wan/--lan); each interface has one role");
+        }
+        interfaces.push(Interface::resolve(lan, InterfaceRole::Lan, "--lan")?);
+    }
+    let nat = nat_settings(args, &interfaces)?;
+    Ok((interfaces, nat))
 }
 
 fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
@@ -123,20 +134,7 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
 
 fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        let (_revision, attached) = SchedClassifier::query_tcx(&interface.name, attach_type)
-            .with_context(|| {
-                format!(
-                    "querying the TC programs on {} {}",
-                    interface.name,
-                    hook_name(attach_type)
-                )
-            })?;
-        if let Some(ours) = attached.iter().find(|info| {
-            matches!(
-                info.name_as_str(),
-                Some(programs::INGRESS | programs::EGRESS)
-            )
-        }) {
+        if let Some(ours) = attach::ftpnat_programs_at(&interface.name, attach_type)?.first() {
             bail!(
                 "interface '{}' already has ftpnat's {} program attached at {} (program id {}): \
                  another `ftpnat run` manages it, or a stopped one left its datapath under \
@@ -154,8 +152,8 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
 
 async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
-        interfaces,
-        nat,
+        mut interfaces,
+        mut nat,
         metrics,
         _lock,
     } = prepared;
@@ -172,6 +170,83 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let transfer_log = events::SharedTransferLog::default();
     let _subscribers = events::serve_subscribers(args.pin_dir(), &events, &transfer_log)?;
     let mut datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
+    log_attached(&datapath, &nat);
+    // Served from its own task: a slow scraper never delays the sweep or the kernel log.
+    let metrics = match metrics
+        .map(|listener| metrics::spawn(listener, datapath.pin_dir().to_owned()))
+        .transpose()
+    {
+        Ok(metrics) => metrics,
+        Err(error) => return Err(stop_on_error(datapath, args.detach_on_exit, false, error)),
+    };
+    let watched = loop {
+        let reporter = EventReporter {
+            sender: events.clone(),
+            ids: SessionIds::default(),
+            transfers: transfer_log.clone(),
+            json: args.log_format() == crate::config::LogFormat::Json,
+        };
+        let watched = watch(
+            &nat,
+            &interfaces,
+            &mut datapath,
+            reporter,
+            &mut sigterm,
+            &mut sigint,
+        )
+        .await;
+        let gone = match watched {
+            Err(WatchError { error, .. }) if error.is::<InterfacesGone>() => error,
+            other => break other,
+        };
+        // The programs went with the interface, and the datapath's flows name its old index:
+        // nothing it holds can carry a transfer again. It is removed (FTP takes the router's
+        // ordinary path meanwhile) and a fresh one attached once the interfaces are back.
+        log::warn!("{gone:#}: detaching, and attaching afresh when it is back");
+        datapath
+            .detach()
+            .context("detaching after an interface was lost")?;
+        log::warn!("detached from all interfaces; waiting for them to be back");
+        let Some((back, settings)) = wait_for_interfaces(args, &mut sigterm, &mut sigint).await?
+        else {
+            return Ok(());
+        };
+        (interfaces, nat) = (back, settings);
+        datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
+        log_attached(&datapath, &nat);
+    };
+    // Stop answering scrapes first: they would find the agent gone half-way.
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    let signal_name = match watched {
+        Ok(signal_name) => signal_name,
+        Err(WatchError { served, error }) => {
+            return Err(stop_on_error(datapath, args.detach_on_exit, served, error));
+        }
+    };
+    let pin_dir = datapath.pin_dir().to_owned();
+    if args.detach_on_exit {
+        log::info!("{signal_name} received: detaching");
+        datapath.detach()?;
+        log::info!(
+            "detached from all interfaces; pins under {} removed",
+            pin_dir.display()
+        );
+    } else {
+        log::info!(
+            "{signal_name} received: exiting and leaving the datapath attached (pinned under {}): \
+             transfers go on; `ftpnat run` with the same settings adopts it, `ftpnat detach \
+             --pin-dir {}` removes it",
+            pin_dir.display(),
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Says what the agent attached (or adopted) and what it translates.
+fn log_attached(datapath: &Datapath, nat: &NatSettings) {
     match datapath.origin() {
         Origin::Fresh => log::info!(
             "attached to {}; maps and links pinned under {}",
@@ -207,87 +282,58 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             published.lan
         );
     }
-    let reporter = EventReporter {
-        sender: events,
-        ids: SessionIds::default(),
-        transfers: transfer_log,
-        json: args.log_format() == crate::config::LogFormat::Json,
-    };
-    // Served from its own task: a slow scraper never delays the sweep or the kernel log.
-    let metrics = metrics
-        .map(|listener| metrics::spawn(listener, datapath.pin_dir().to_owned()))
-        .transpose();
-    let watched = match metrics {
-        Ok(metrics) => {
-            let watched = watch(
-                &nat,
-                &interfaces,
-                &mut datapath,
-                reporter,
-                &mut sigterm,
-                &mut sigint,
-            )
-            .await;
-            // Stop answering scrapes first: they would find the agent gone half-way.
-            if let Some(metrics) = metrics {
-                metrics.abort();
-            }
-            watched
-        }
-        Err(error) => Err(WatchError {
-            served: false,
-            error,
-        }),
-    };
-    let signal_name = match watched {
-        Ok(signal_name) => signal_name,
-        Err(WatchError { served, error }) => {
-            // A datapath that lost an interface carries nothing through it any more: removed,
-            // not left for the next agent to adopt.
-            let detach = args.detach_on_exit || error.is::<InterfaceReplaced>();
-            return Err(stop_on_error(datapath, detach, served, error));
-        }
-    };
-    let pin_dir = datapath.pin_dir().to_owned();
-    if args.detach_on_exit {
-        log::info!("{signal_name} received: detaching");
-        datapath.detach()?;
-        log::info!(
-            "detached from all interfaces; pins under {} removed",
-            pin_dir.display()
-        );
-    } else {
-        log::info!(
-            "{signal_name} received: exiting and leaving the datapath attached (pinned under {}): \
-             transfers go on; `ftpnat run` with the same settings adopts it, `ftpnat detach \
-             --pin-dir {}` removes it",
-            pin_dir.display(),
-            pin_dir.display()
-        );
-    }
-    Ok(())
 }
 
-/// An interface the datapath is attached to was deleted, or deleted and created again: its
-/// programs are gone, and what the datapath holds for it (the interface's index in every flow)
-/// points nowhere. The agent removes the datapath and stops, so that the next `ftpnat run` (a
-/// supervisor's restart) attaches afresh; until then FTP takes the router's ordinary path.
-#[derive(Debug)]
-struct InterfaceReplaced(String);
+/// How often the agent looks for lost interfaces to come back.
+const INTERFACE_POLL: Duration = Duration::from_secs(1);
 
-impl std::fmt::Display for InterfaceReplaced {
+/// Waits until the interfaces exist again and the settings resolve on them (a new PPPoE interface
+/// has no address until its link is up, and the public address may come from it); returns them,
+/// or `None` on SIGTERM/SIGINT (nothing is attached then).
+async fn wait_for_interfaces(
+    args: &RunOptions,
+    sigterm: &mut Signal,
+    sigint: &mut Signal,
+) -> anyhow::Result<Option<(Vec<Interface>, NatSettings)>> {
+    let (wan, lans) = (args.wan()?, args.lan()?);
+    let mut poll = tokio::time::interval(INTERFACE_POLL);
+    let mut last_reason = String::new();
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => return Ok(None),
+            _ = sigint.recv() => return Ok(None),
+            _ = poll.tick() => match resolve(args, wan, lans) {
+                Ok(resolved) => return Ok(Some(resolved)),
+                Err(err) => {
+                    // Said once per reason, not every second.
+                    let reason = format!("{err:#}");
+                    if reason != last_reason {
+                        log::info!("not attaching yet: {reason}");
+                        last_reason = reason;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Interfaces the datapath is attached to whose device is gone: deleted, perhaps created again
+/// under the same name (a PPPoE reconnect, a restarted VPN), or moved to another namespace.
+#[derive(Debug)]
+struct InterfacesGone(Vec<String>);
+
+impl std::fmt::Display for InterfacesGone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the interface {} is not the one ftpnat attached to: it was deleted or created again \
-             (a PPPoE reconnect, a restarted VPN), taking ftpnat's programs with it; start \
-             `ftpnat run` again (systemd's Restart= does) to attach to it afresh",
-            self.0
+            "{} went away (deleted, created again as a PPPoE reconnect or a restarted VPN does, or \
+             moved to another network namespace), taking ftpnat's programs with it",
+            self.0.join(", ")
         )
     }
 }
 
-impl std::error::Error for InterfaceReplaced {}
+impl std::error::Error for InterfacesGone {}
 
 /// Why [`watch`] stopped other than by a signal.
 struct WatchError {
@@ -298,7 +344,7 @@ struct WatchError {
 }
 
 /// Follows the attached datapath (its events, its kernel log, the sweep) until SIGTERM or SIGINT,
-/// whose name it returns.
+/// whose name it returns, or until an error — among them [`InterfacesGone`].
 async fn watch(
     nat: &NatSettings,
     interfaces: &[Interface],
@@ -373,9 +419,13 @@ async fn follow(
                     reporter.report(datapath, event)?;
                 }
                 exhaustion.check(datapath.pin_dir(), nat.window);
-                let replaced = crate::attach::replaced_interfaces(interfaces);
-                if !replaced.is_empty() {
-                    return Err(InterfaceReplaced(replaced.join(", ")).into());
+                let gone = attach::gone_interfaces(interfaces);
+                if !gone.is_empty() {
+                    let names = gone
+                        .iter()
+                        .map(|i| format!("{} (ifindex {})", i.name, i.ifindex))
+                        .collect();
+                    return Err(InterfacesGone(names).into());
                 }
             }
             readable = ring.readable_mut() => {

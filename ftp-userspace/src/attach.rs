@@ -10,7 +10,7 @@
 
 use std::{
     ffi::CString,
-    fs,
+    fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     thread,
@@ -25,7 +25,7 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        ProgramError, SchedClassifier, TcAttachType,
+        ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
     },
@@ -57,21 +57,47 @@ pub struct Interface {
 impl Interface {
     /// Resolves `name` in the current network namespace; `flag` names the option it came from.
     pub fn resolve(name: &str, role: InterfaceRole, flag: &str) -> anyhow::Result<Self> {
-        let c_name = CString::new(name).map_err(|_| anyhow!("{flag} {name:?} contains a NUL"))?;
-        // SAFETY: `c_name` is a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-        if ifindex == 0 {
+        let Some(ifindex) =
+            ifindex_of(name).with_context(|| format!("looking up interface '{name}' ({flag})"))?
+        else {
             bail!(
                 "interface '{name}' ({flag}) does not exist in this network namespace; \
                  list the interfaces with `ip link` and pass an existing one"
             );
-        }
+        };
         Ok(Self {
             name: name.to_owned(),
             ifindex,
             role,
         })
     }
+}
+
+/// The index of the interface named `name`, `None` if there is none in this network namespace.
+fn ifindex_of(name: &str) -> io::Result<Option<u32>> {
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => match io::Error::last_os_error() {
+            err if err.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+            err => Err(err),
+        },
+        ifindex => Ok(Some(ifindex)),
+    }
+}
+
+/// Whether an interface with index `ifindex` exists in this network namespace.
+fn ifindex_exists(ifindex: u32) -> io::Result<bool> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENXIO | libc::ENODEV) => Ok(false),
+            _ => Err(err),
+        };
+    }
+    Ok(true)
 }
 
 /// The loaded object with its programs attached and its maps pinned.
@@ -134,7 +160,8 @@ pub enum Origin {
 
 impl Datapath {
     /// Attaches the datapath: adopts the one pinned under `options.pin_dir` if there is one (it
-    /// must have been made with the same settings), else loads and attaches a fresh one.
+    /// must have been made with the same settings) and it is still attached where its links say;
+    /// else loads and attaches a fresh one.
     pub fn load_and_attach(
         options: &LoadOptions<'_>,
         interfaces: &[Interface],
@@ -632,8 +659,9 @@ pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
         if Instant::now() >= deadline {
             bail!(
                 "the links' pins are removed, but {} s later the kernel still lists ftpnat's \
-                 programs at {}: another process holds those links open (find it with \
-                 `bpftool link show` and stop it)",
+                 programs at {}: another process holds those links open (`grep link_id \
+                 /proc/*/fdinfo/*` finds it), or another ftpnat with another --pin-dir attached \
+                 there",
                 DETACH_WAIT.as_secs(),
                 remaining.join(", ")
             );
@@ -646,50 +674,50 @@ fn still_attached(hook: &pins::LinkHook) -> bool {
     ours_attached(hook) == Some(true)
 }
 
-/// Whether the kernel lists one of ftpnat's programs at a hook: `None` if it cannot tell (the
-/// query failed); an interface that does not exist has none.
+/// Whether the kernel lists one of ftpnat's programs at a hook: `None` if it cannot tell (a
+/// lookup failed); an interface that does not exist has none.
 fn ours_attached(hook: &pins::LinkHook) -> Option<bool> {
     let (_, attach_type) = HOOKS
         .iter()
         .find(|(_, attach_type)| hook_name(*attach_type) == hook.hook)?;
-    let Ok(name) = CString::new(hook.interface.as_str()) else {
-        return Some(false);
-    };
-    // SAFETY: `name` is a valid NUL-terminated string.
-    if unsafe { libc::if_nametoindex(name.as_ptr()) } == 0 {
+    if ifindex_of(&hook.interface).ok()?.is_none() {
         return Some(false);
     }
-    let (_, attached) = SchedClassifier::query_tcx(&hook.interface, *attach_type).ok()?;
-    Some(attached.iter().any(|info| {
-        matches!(
-            info.name_as_str(),
-            Some(programs::INGRESS | programs::EGRESS)
-        )
-    }))
+    let programs = ftpnat_programs_at(&hook.interface, *attach_type).ok()?;
+    Some(!programs.is_empty())
 }
 
-/// The interfaces that are no longer the ones ftpnat attached to — deleted, or deleted and
-/// created again under the same name (a PPPoE reconnect, a restarted VPN) — each as
-/// `wan0 (ifindex 5, now gone)` or `wan0 (ifindex 5, now 7)`. Their programs went with them.
-pub fn replaced_interfaces(interfaces: &[Interface]) -> Vec<String> {
+/// ftpnat's programs the kernel lists at `interface`'s hook (by name: those of any ftpnat).
+pub fn ftpnat_programs_at(
+    interface: &str,
+    attach_type: TcAttachType,
+) -> anyhow::Result<Vec<ProgramInfo>> {
+    let (_revision, attached) =
+        SchedClassifier::query_tcx(interface, attach_type).with_context(|| {
+            format!(
+                "querying the TC programs on {interface} {}",
+                hook_name(attach_type)
+            )
+        })?;
+    Ok(attached
+        .into_iter()
+        .filter(|info| {
+            matches!(
+                info.name_as_str(),
+                Some(programs::INGRESS | programs::EGRESS)
+            )
+        })
+        .collect())
+}
+
+/// The interfaces whose device is gone: deleted, possibly created again under the same name (a
+/// PPPoE reconnect, a restarted VPN; the new one has a new index), or moved to another network
+/// namespace. Their programs went with them. A renamed interface keeps its index and programs,
+/// and is not gone; an index that cannot be looked up right now is not taken for gone either.
+pub fn gone_interfaces(interfaces: &[Interface]) -> Vec<&Interface> {
     interfaces
         .iter()
-        .filter_map(|interface| {
-            let now = CString::new(interface.name.as_str())
-                .ok()
-                // SAFETY: a valid NUL-terminated string.
-                .map_or(0, |name| unsafe { libc::if_nametoindex(name.as_ptr()) });
-            (now != interface.ifindex).then(|| match now {
-                0 => format!(
-                    "{} (ifindex {}, now gone)",
-                    interface.name, interface.ifindex
-                ),
-                now => format!(
-                    "{} (ifindex {}, now {now})",
-                    interface.name, interface.ifindex
-                ),
-            })
-        })
+        .filter(|interface| matches!(ifindex_exists(interface.ifindex), Ok(false)))
         .collect()
 }
 
@@ -770,5 +798,20 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn an_interface_is_gone_when_its_index_is() {
+        let lo = |ifindex| Interface {
+            name: "lo".to_owned(),
+            ifindex,
+            role: InterfaceRole::Lan,
+        };
+        let present = ifindex_of("lo").unwrap().expect("lo exists");
+        assert!(gone_interfaces(&[lo(present)]).is_empty());
+        // The name now names another index, as after a delete and re-create: the old one is gone.
+        let stale = [lo(u32::MAX - 7)];
+        assert_eq!(gone_interfaces(&stale).len(), 1);
+        assert_eq!(ifindex_of("no-such-if0").unwrap(), None);
     }
 }

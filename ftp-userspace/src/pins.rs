@@ -301,8 +301,9 @@ impl LinkHook {
 }
 
 /// Removes the current layout's links (which detaches their programs once no process holds them),
-/// then its maps, then the state dir; with `foreign`, the state of other layouts too. Finally the
-/// pin dir, if that leaves it empty: anything else in it is not ours and stays.
+/// then its maps, then the state dir; with `foreign`, the state of other layouts too. The pin dir
+/// itself stays: the caller holds its lock, which removes it when released if it is empty by
+/// then (an agent attaching afresh after this keeps managing the same, still locked, directory).
 pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
     let mut removed = Removed::default();
     let mut dirs = vec![state_dir(pin_dir)];
@@ -331,17 +332,6 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
             removed.maps += 1;
         }
         fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    match fs::remove_dir(pin_dir) {
-        Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty => {
-            log::warn!(
-                "left {} in place: it holds files ftpnat did not create",
-                pin_dir.display()
-            );
-        }
-        Err(err) => return Err(err).with_context(|| format!("removing {}", pin_dir.display())),
     }
     Ok(removed)
 }

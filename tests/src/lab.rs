@@ -199,8 +199,8 @@ impl Lab {
     }
 
     /// The router's WAN veth to the server, with its addresses (and the server's route back to
-    /// the LAN when routed).
-    fn wire_wan(&self) -> anyhow::Result<()> {
+    /// the LAN when routed): made with the lab, or again after [`Lab::delete_wan`].
+    pub fn wire_wan(&self) -> anyhow::Result<()> {
         let spec = &self.spec;
         self.router.ip(&[
             "link",
@@ -241,11 +241,17 @@ impl Lab {
         Ok(())
     }
 
-    /// Deletes the router's WAN interface and creates it again under the same name and addresses,
-    /// as a PPPoE reconnect does: programs attached to the old one are gone with it. (The
-    /// capture of that side ends.)
-    pub fn recreate_wan(&self) -> anyhow::Result<()> {
+    /// Deletes the router's WAN interface (and its peer), as a PPPoE link going down does:
+    /// programs attached to it go with it. (The capture of that side ends.)
+    pub fn delete_wan(&self) -> anyhow::Result<()> {
         self.router.ip(&["link", "del", ROUTER_WAN_IF])?;
+        Ok(())
+    }
+
+    /// Deletes the router's WAN interface and creates it again at once under the same name and
+    /// addresses.
+    pub fn recreate_wan(&self) -> anyhow::Result<()> {
+        self.delete_wan()?;
         self.wire_wan()
     }
 

@@ -14,7 +14,7 @@ use aya::maps::{Map, MapData, Queue};
 use ftpnat_tests::{
     Agent, Lab, LabSpec, Mode, Routing,
     agent::ftpnat_bin,
-    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF},
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
 };
 use serde_json::Value;
 
@@ -553,13 +553,13 @@ fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
     assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
 }
 
-/// A PPPoE reconnect deletes the WAN interface and creates it again under its name, taking the
-/// programs with it. The agent notices, removes its datapath (nothing would pass through it) and
-/// stops with an error naming the interface, for its supervisor to start it again; the next run
-/// attaches to the new interface. A run that finds such a datapath still pinned — its agent was
+/// A PPPoE reconnect deletes the WAN interface and, a while later, creates it again under its
+/// name; the programs go with the old one. The agent notices, removes its datapath (FTP takes the
+/// router's ordinary path meanwhile), waits, and attaches afresh to the new interface, keeping
+/// its pin dir locked throughout. A run that finds such a datapath still pinned — its agent was
 /// killed before it could notice — replaces it instead of adopting it.
 #[test]
-fn a_recreated_wan_interface_stops_the_agent_and_the_next_run_attaches_afresh() {
+fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     let lab = Lab::new(LabSpec::default()).expect("lab");
     let (server, file) = lab
         .serve_file(4 * 1024 * 1024, 8)
@@ -571,27 +571,36 @@ fn a_recreated_wan_interface_stops_the_agent_and_the_next_run_attaches_afresh() 
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     download();
 
-    lab.recreate_wan().expect("re-creating wan0");
-    let (status, log) = agent
-        .wait_for_exit(Duration::from_secs(20))
-        .expect("the agent did not notice that wan0 was created again");
-    assert!(!status.success(), "{status}:\n{log}");
+    lab.delete_wan().expect("deleting wan0");
+    let waiting = wait_until(Duration::from_secs(20), || {
+        agent.log_text().contains("waiting for them to be back")
+    });
+    let log = agent.log_text();
+    assert!(waiting.is_ok(), "the agent did not notice wan0 go:\n{log}");
     assert!(
-        log.contains("the interface wan0 (ifindex") && log.contains("created again"),
+        log.contains("wan0 (ifindex") && log.contains("went away"),
         "{log}"
     );
-    assert!(log.contains("detached from all interfaces"), "{log}");
-    assert!(nothing_attached(&lab), "{log}");
-    assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
+    assert!(
+        lab.router_tc_programs(ROUTER_LAN_IF).unwrap().is_empty(),
+        "lan0 kept programs that lead to a WAN that is gone"
+    );
 
-    let mut again = lab
-        .start_ftpnat(&[])
-        .expect("ftpnat run after the reconnect");
-    assert!(both_hooks_attached(&lab));
+    lab.wire_wan().expect("creating wan0 again");
+    let attached = wait_until(Duration::from_secs(20), || both_hooks_attached(&lab));
+    assert!(attached.is_ok(), "no fresh datapath:\n{}", agent.log_text());
     download();
+    let refused = lab.ftpnat(&["detach"]).expect("ftpnat detach");
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("another ftpnat process"),
+        "the pin dir is not locked by the agent any more: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
 
-    again.stop_with(libc::SIGKILL).expect("kill -9");
-    lab.recreate_wan().expect("re-creating wan0 again");
+    agent.stop_with(libc::SIGKILL).expect("kill -9");
+    lab.recreate_wan()
+        .expect("creating wan0 again, with no agent");
     let third = lab
         .start_ftpnat(&[])
         .expect("ftpnat run over a datapath that lost wan0");
