@@ -195,18 +195,19 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             &mut sigint,
         )
         .await;
-        let gone = match watched {
-            Err(WatchError { error, .. }) if error.is::<InterfacesGone>() => error,
+        let lost = match watched {
+            Err(WatchError { error, .. }) if error.is::<InterfacesLost>() => error,
             other => break other,
         };
-        // The programs went with the interface, and the datapath's flows name its old index:
-        // nothing it holds can carry a transfer again. It is removed (FTP takes the router's
-        // ordinary path meanwhile) and a fresh one attached once the interfaces are back.
-        log::warn!("{gone:#}: detaching, and attaching afresh when it is back");
+        // Nothing passes an interface without the programs, and one created again is not the
+        // index the datapath's flows name: the sessions cannot go on. The datapath is removed
+        // (FTP takes the router's ordinary path meanwhile) and a fresh one attached as soon as
+        // the interfaces exist and the settings resolve on them.
+        log::warn!("{lost:#}: detaching, to attach afresh");
         datapath
             .detach()
-            .context("detaching after an interface was lost")?;
-        log::warn!("detached from all interfaces; waiting for them to be back");
+            .context("detaching after an interface lost its programs")?;
+        log::warn!("detached from all interfaces; attaching again once they are all there");
         let Some((back, settings)) = wait_for_interfaces(args, &mut sigterm, &mut sigint).await?
         else {
             return Ok(());
@@ -317,23 +318,24 @@ async fn wait_for_interfaces(
     }
 }
 
-/// Interfaces the datapath is attached to whose device is gone: deleted, perhaps created again
-/// under the same name (a PPPoE reconnect, a restarted VPN), or moved to another namespace.
+/// Interfaces the datapath is attached to that no longer carry its programs (see
+/// [`attach::lost_interfaces`]).
 #[derive(Debug)]
-struct InterfacesGone(Vec<String>);
+struct InterfacesLost(Vec<String>);
 
-impl std::fmt::Display for InterfacesGone {
+impl std::fmt::Display for InterfacesLost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} went away (deleted, created again as a PPPoE reconnect or a restarted VPN does, or \
-             moved to another network namespace), taking ftpnat's programs with it",
+            "{} lost ftpnat's programs: the interface went away (deleted, created again as a \
+             PPPoE reconnect or a restarted VPN does, or moved to another network namespace), or \
+             its programs were detached by hand",
             self.0.join(", ")
         )
     }
 }
 
-impl std::error::Error for InterfacesGone {}
+impl std::error::Error for InterfacesLost {}
 
 /// Why [`watch`] stopped other than by a signal.
 struct WatchError {
@@ -344,7 +346,7 @@ struct WatchError {
 }
 
 /// Follows the attached datapath (its events, its kernel log, the sweep) until SIGTERM or SIGINT,
-/// whose name it returns, or until an error — among them [`InterfacesGone`].
+/// whose name it returns, or until an error — among them [`InterfacesLost`].
 async fn watch(
     nat: &NatSettings,
     interfaces: &[Interface],
@@ -419,13 +421,13 @@ async fn follow(
                     reporter.report(datapath, event)?;
                 }
                 exhaustion.check(datapath.pin_dir(), nat.window);
-                let gone = attach::gone_interfaces(interfaces);
-                if !gone.is_empty() {
-                    let names = gone
+                let lost = attach::lost_interfaces(interfaces);
+                if !lost.is_empty() {
+                    let names = lost
                         .iter()
                         .map(|i| format!("{} (ifindex {})", i.name, i.ifindex))
                         .collect();
-                    return Err(InterfacesGone(names).into());
+                    return Err(InterfacesLost(names).into());
                 }
             }
             readable = ring.readable_mut() => {

@@ -710,14 +710,23 @@ pub fn ftpnat_programs_at(
         .collect())
 }
 
-/// The interfaces whose device is gone: deleted, possibly created again under the same name (a
-/// PPPoE reconnect, a restarted VPN; the new one has a new index), or moved to another network
-/// namespace. Their programs went with them. A renamed interface keeps its index and programs,
-/// and is not gone; an index that cannot be looked up right now is not taken for gone either.
-pub fn gone_interfaces(interfaces: &[Interface]) -> Vec<&Interface> {
+/// The interfaces that no longer carry ftpnat's programs: their device is gone — deleted,
+/// possibly created again under the same name (a PPPoE reconnect, a restarted VPN), or moved to
+/// another network namespace — or the kernel lists none of ftpnat's programs on them any more (an
+/// interface created again with the same index, a link detached by hand). A renamed interface
+/// keeps its index and programs and is not lost; neither is one that cannot be looked up or
+/// queried right now.
+pub fn lost_interfaces(interfaces: &[Interface]) -> Vec<&Interface> {
     interfaces
         .iter()
-        .filter(|interface| matches!(ifindex_exists(interface.ifindex), Ok(false)))
+        .filter(|interface| match ifindex_exists(interface.ifindex) {
+            Ok(false) => true,
+            Ok(true) => HOOKS.iter().any(|(_, attach_type)| {
+                ftpnat_programs_at(&interface.name, *attach_type)
+                    .is_ok_and(|programs| programs.is_empty())
+            }),
+            Err(_) => false,
+        })
         .collect()
 }
 
@@ -801,17 +810,18 @@ mod tests {
     }
 
     #[test]
-    fn an_interface_is_gone_when_its_index_is() {
+    fn an_interface_is_lost_when_its_index_is_gone() {
         let lo = |ifindex| Interface {
             name: "lo".to_owned(),
             ifindex,
             role: InterfaceRole::Lan,
         };
-        let present = ifindex_of("lo").unwrap().expect("lo exists");
-        assert!(gone_interfaces(&[lo(present)]).is_empty());
         // The name now names another index, as after a delete and re-create: the old one is gone.
         let stale = [lo(u32::MAX - 7)];
-        assert_eq!(gone_interfaces(&stale).len(), 1);
+        assert_eq!(lost_interfaces(&stale).len(), 1);
+        assert!(!ifindex_exists(u32::MAX - 7).unwrap());
+        let present = ifindex_of("lo").unwrap().expect("lo exists");
+        assert!(ifindex_exists(present).unwrap());
         assert_eq!(ifindex_of("no-such-if0").unwrap(), None);
     }
 }

@@ -201,11 +201,17 @@ impl Lab {
     /// The router's WAN veth to the server, with its addresses (and the server's route back to
     /// the LAN when routed): made with the lab, or again after [`Lab::delete_wan`].
     pub fn wire_wan(&self) -> anyhow::Result<()> {
+        self.wire_wan_at(None)
+    }
+
+    /// [`Lab::wire_wan`], the router's interface with the index `index` if given.
+    fn wire_wan_at(&self, index: Option<&str>) -> anyhow::Result<()> {
         let spec = &self.spec;
-        self.router.ip(&[
-            "link",
-            "add",
-            ROUTER_WAN_IF,
+        let mut add = vec!["link", "add", ROUTER_WAN_IF];
+        if let Some(index) = index {
+            add.extend(["index", index]);
+        }
+        add.extend([
             "type",
             "veth",
             "peer",
@@ -213,7 +219,8 @@ impl Lab {
             HOST_IF,
             "netns",
             self.server.name(),
-        ])?;
+        ]);
+        self.router.ip(&add)?;
         let wan = format!("{}/{}", spec.router_wan, spec.wan_prefix_len);
         let server = format!("{}/{}", spec.server, spec.wan_prefix_len);
         self.router
@@ -253,6 +260,19 @@ impl Lab {
     pub fn recreate_wan(&self) -> anyhow::Result<()> {
         self.delete_wan()?;
         self.wire_wan()
+    }
+
+    /// [`Lab::recreate_wan`] under the old interface's index too: a new device all the same.
+    pub fn recreate_wan_keeping_its_index(&self) -> anyhow::Result<()> {
+        let shown = self.router.ip(&["-o", "link", "show", ROUTER_WAN_IF])?;
+        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+        // "7: wan0@if2: <…"
+        let index = shown
+            .split_once(':')
+            .map(|(index, _)| index.trim().to_owned())
+            .with_context(|| format!("no index in {shown:?}"))?;
+        self.delete_wan()?;
+        self.wire_wan_at(Some(&index))
     }
 
     fn start_captures(&mut self) -> anyhow::Result<()> {

@@ -556,7 +556,8 @@ fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
 /// A PPPoE reconnect deletes the WAN interface and, a while later, creates it again under its
 /// name; the programs go with the old one. The agent notices, removes its datapath (FTP takes the
 /// router's ordinary path meanwhile), waits, and attaches afresh to the new interface, keeping
-/// its pin dir locked throughout. A run that finds such a datapath still pinned — its agent was
+/// its pin dir locked throughout; also when the new interface has the old one's index. A run
+/// that finds such a datapath still pinned — its agent was
 /// killed before it could notice — replaces it instead of adopting it.
 #[test]
 fn a_wan_interface_created_again_gets_a_fresh_datapath() {
@@ -573,12 +574,14 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
 
     lab.delete_wan().expect("deleting wan0");
     let waiting = wait_until(Duration::from_secs(20), || {
-        agent.log_text().contains("waiting for them to be back")
+        agent
+            .log_text()
+            .contains("attaching again once they are all there")
     });
     let log = agent.log_text();
     assert!(waiting.is_ok(), "the agent did not notice wan0 go:\n{log}");
     assert!(
-        log.contains("wan0 (ifindex") && log.contains("went away"),
+        log.contains("wan0 (ifindex") && log.contains("lost ftpnat's programs"),
         "{log}"
     );
     assert!(
@@ -597,6 +600,19 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
         "the pin dir is not locked by the agent any more: {}",
         String::from_utf8_lossy(&refused.stdout)
     );
+
+    // Created again under the same index: the index is no clue, the missing programs are.
+    lab.recreate_wan_keeping_its_index()
+        .expect("creating wan0 again with its index");
+    let reattached = wait_until(Duration::from_secs(20), || {
+        agent.log_text().matches("lost ftpnat's programs").count() == 2 && both_hooks_attached(&lab)
+    });
+    assert!(
+        reattached.is_ok(),
+        "no fresh datapath after wan0 came back with its index:\n{}",
+        agent.log_text()
+    );
+    download();
 
     agent.stop_with(libc::SIGKILL).expect("kill -9");
     lab.recreate_wan()
