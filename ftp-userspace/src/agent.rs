@@ -1,6 +1,9 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
-use std::{net::TcpListener, time::Duration};
+use std::{
+    net::TcpListener,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::TcAttachType;
@@ -179,6 +182,8 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         Ok(metrics) => metrics,
         Err(error) => return Err(stop_on_error(datapath, args.detach_on_exit, false, error)),
     };
+    let mut attached_at = Instant::now();
+    let mut delay = Duration::ZERO;
     let watched = loop {
         let reporter = EventReporter {
             sender: events.clone(),
@@ -204,16 +209,24 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         // (FTP takes the router's ordinary path meanwhile) and a fresh one attached as soon as
         // the interfaces exist and the settings resolve on them.
         log::warn!("{lost:#}: detaching, to attach afresh");
-        datapath
-            .detach()
-            .context("detaching after an interface lost its programs")?;
-        log::warn!("detached from all interfaces; attaching again once they are all there");
-        let Some((back, settings)) = wait_for_interfaces(args, &mut sigterm, &mut sigint).await?
+        if let Err(err) = datapath.detach() {
+            // Whatever it left is replaced by the next attach (links without programs are).
+            log::warn!("detaching after the loss failed: {err:#}");
+        }
+        log::warn!("detached; attaching again once the interfaces are all there");
+        // A datapath lost soon after it was attached (a flapping link, a tool that detaches
+        // links) waits longer each time before the next one, instead of reloading every second.
+        delay = if attached_at.elapsed() >= STABLE_ATTACHMENT {
+            Duration::ZERO
+        } else {
+            next_delay(delay)
+        };
+        let Some(reattached) = reattach(args, &options, delay, &mut sigterm, &mut sigint).await?
         else {
             return Ok(());
         };
-        (interfaces, nat) = (back, settings);
-        datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
+        (interfaces, nat, datapath) = reattached;
+        attached_at = Instant::now();
         log_attached(&datapath, &nat);
     };
     // Stop answering scrapes first: they would find the agent gone half-way.
@@ -288,34 +301,82 @@ fn log_attached(datapath: &Datapath, nat: &NatSettings) {
 /// How often the agent looks for lost interfaces to come back.
 const INTERFACE_POLL: Duration = Duration::from_secs(1);
 
-/// Waits until the interfaces exist again and the settings resolve on them (a new PPPoE interface
-/// has no address until its link is up, and the public address may come from it); returns them,
-/// or `None` on SIGTERM/SIGINT (nothing is attached then).
-async fn wait_for_interfaces(
+/// A datapath that served this long before it lost an interface was no flapping: the next one
+/// is attached without delay.
+const STABLE_ATTACHMENT: Duration = Duration::from_secs(60);
+
+/// The longest wait between two attempts to attach again.
+const LONGEST_DELAY: Duration = Duration::from_secs(60);
+
+/// The wait before the next attempt after one that failed or did not last: 1 s, then doubled.
+fn next_delay(delay: Duration) -> Duration {
+    (delay * 2).clamp(Duration::from_secs(1), LONGEST_DELAY)
+}
+
+/// Waits `delay`, then until the interfaces exist again, the settings resolve on them (a new
+/// PPPoE interface has no address until its link is up, and the public address may come from it)
+/// and no other agent has attached there, and attaches a fresh datapath; tries again, waiting
+/// longer each time, when that fails (the interface went away again while the programs loaded).
+/// `None` on SIGTERM/SIGINT: nothing is attached then.
+async fn reattach(
     args: &RunOptions,
+    options: &LoadOptions<'_>,
+    mut delay: Duration,
     sigterm: &mut Signal,
     sigint: &mut Signal,
-) -> anyhow::Result<Option<(Vec<Interface>, NatSettings)>> {
+) -> anyhow::Result<Option<(Vec<Interface>, NatSettings, Datapath)>> {
     let (wan, lans) = (args.wan()?, args.lan()?);
-    let mut poll = tokio::time::interval(INTERFACE_POLL);
     let mut last_reason = String::new();
     loop {
-        tokio::select! {
-            _ = sigterm.recv() => return Ok(None),
-            _ = sigint.recv() => return Ok(None),
-            _ = poll.tick() => match resolve(args, wan, lans) {
-                Ok(resolved) => return Ok(Some(resolved)),
-                Err(err) => {
-                    // Said once per reason, not every second.
-                    let reason = format!("{err:#}");
-                    if reason != last_reason {
-                        log::info!("not attaching yet: {reason}");
-                        last_reason = reason;
+        let pause = tokio::time::sleep(delay);
+        tokio::pin!(pause);
+        let mut poll = tokio::time::interval(INTERFACE_POLL);
+        let resolved = loop {
+            tokio::select! {
+                // Signals first: one that arrives as the interface comes back must not leave a
+                // datapath attached behind the agent's exit.
+                biased;
+                _ = sigterm.recv() => return Ok(stopped_waiting("SIGTERM")),
+                _ = sigint.recv() => return Ok(stopped_waiting("SIGINT")),
+                () = &mut pause, if !pause.is_elapsed() => {}
+                _ = poll.tick(), if pause.is_elapsed() => {
+                    let attempt = resolve(args, wan, lans).and_then(|(interfaces, nat)| {
+                        interfaces.iter().try_for_each(refuse_if_already_attached)?;
+                        Ok((interfaces, nat))
+                    });
+                    match attempt {
+                        Ok(resolved) => break resolved,
+                        Err(err) => {
+                            // Said once per reason, not every second.
+                            let reason = format!("{err:#}");
+                            if reason != last_reason {
+                                log::info!("not attaching yet: {reason}");
+                                last_reason = reason;
+                            }
+                        }
                     }
                 }
-            },
+            }
+        };
+        let (interfaces, nat) = resolved;
+        match Datapath::load_and_attach(options, &interfaces, &nat) {
+            Ok(datapath) => return Ok(Some((interfaces, nat, datapath))),
+            Err(err) => {
+                delay = next_delay(delay);
+                log::warn!(
+                    "attaching again failed ({err:#}); trying again in {} s",
+                    delay.as_secs()
+                );
+            }
         }
     }
+}
+
+fn stopped_waiting<T>(signal_name: &str) -> Option<T> {
+    log::info!(
+        "{signal_name} received while waiting for the interfaces: exiting, nothing attached"
+    );
+    None
 }
 
 /// Interfaces the datapath is attached to that no longer carry its programs (see
@@ -595,6 +656,14 @@ fn kernel_log_level(filter: log::LevelFilter) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_to_attach_again_wait_longer_each_time_up_to_a_minute() {
+        assert_eq!(next_delay(Duration::ZERO), Duration::from_secs(1));
+        assert_eq!(next_delay(Duration::from_secs(1)), Duration::from_secs(2));
+        assert_eq!(next_delay(Duration::from_secs(40)), LONGEST_DELAY);
+        assert_eq!(next_delay(LONGEST_DELAY), LONGEST_DELAY);
+    }
 
     #[test]
     fn an_error_after_attaching_detaches_only_what_this_run_attached_unless_told_to() {

@@ -321,7 +321,8 @@ impl Datapath {
         self.origin
     }
 
-    /// Removes the links (detaching the programs) and the maps, and the pin dir if that empties it.
+    /// Removes the links (detaching the programs, and waiting until the kernel has released them)
+    /// and the maps; the pin dir goes when its lock is released, if empty by then.
     pub fn detach(self) -> anyhow::Result<pins::Removed> {
         let pin_dir = self.pin_dir.clone();
         // Our own descriptors to the links and maps go first, so that removing the pins destroys
@@ -714,17 +715,20 @@ pub fn ftpnat_programs_at(
 /// possibly created again under the same name (a PPPoE reconnect, a restarted VPN), or moved to
 /// another network namespace — or the kernel lists none of ftpnat's programs on them any more (an
 /// interface created again with the same index, a link detached by hand). A renamed interface
-/// keeps its index and programs and is not lost; neither is one that cannot be looked up or
-/// queried right now.
+/// keeps its index and programs and is not lost (its name is asked about only while it still
+/// names that index); neither is one that cannot be looked up or queried right now.
 pub fn lost_interfaces(interfaces: &[Interface]) -> Vec<&Interface> {
     interfaces
         .iter()
         .filter(|interface| match ifindex_exists(interface.ifindex) {
             Ok(false) => true,
-            Ok(true) => HOOKS.iter().any(|(_, attach_type)| {
-                ftpnat_programs_at(&interface.name, *attach_type)
-                    .is_ok_and(|programs| programs.is_empty())
-            }),
+            Ok(true) => {
+                matches!(ifindex_of(&interface.name), Ok(Some(now)) if now == interface.ifindex)
+                    && HOOKS.iter().any(|(_, attach_type)| {
+                        ftpnat_programs_at(&interface.name, *attach_type)
+                            .is_ok_and(|programs| programs.is_empty())
+                    })
+            }
             Err(_) => false,
         })
         .collect()

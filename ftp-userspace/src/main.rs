@@ -12,7 +12,7 @@ mod pins;
 mod settings;
 mod stats;
 
-use std::{io, path::PathBuf, process::ExitCode};
+use std::{fs, io, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
@@ -99,6 +99,13 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     let _lock = pins::lock(pin_dir)?;
     let removed = pins::remove_state(pin_dir, true)?;
     attach::await_detached(&removed.hooks)?;
+    // The lock's release removes the pin dir if this emptied it.
+    if fs::read_dir(pin_dir).is_ok_and(|mut entries| entries.next().is_some()) {
+        log::warn!(
+            "leaving {} in place: it holds files ftpnat did not create",
+            pin_dir.display()
+        );
+    }
     println!(
         "removed {} links (their programs are detached) and {} maps under {}",
         removed.links,

@@ -576,7 +576,7 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     let waiting = wait_until(Duration::from_secs(20), || {
         agent
             .log_text()
-            .contains("attaching again once they are all there")
+            .contains("attaching again once the interfaces are all there")
     });
     let log = agent.log_text();
     assert!(waiting.is_ok(), "the agent did not notice wan0 go:\n{log}");
@@ -617,7 +617,7 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     agent.stop_with(libc::SIGKILL).expect("kill -9");
     lab.recreate_wan()
         .expect("creating wan0 again, with no agent");
-    let third = lab
+    let mut third = lab
         .start_ftpnat(&[])
         .expect("ftpnat run over a datapath that lost wan0");
     let log = third.log_text();
@@ -628,4 +628,18 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     );
     assert!(both_hooks_attached(&lab));
     download();
+
+    // Stopped while it waits for a lost interface: nothing attached, nothing pinned.
+    lab.delete_wan().expect("deleting wan0 again");
+    let waiting = wait_until(Duration::from_secs(20), || {
+        third
+            .log_text()
+            .contains("attaching again once the interfaces are all there")
+    });
+    assert!(waiting.is_ok(), "{}", third.log_text());
+    let (status, log) = third.stop().expect("SIGTERM while waiting");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("SIGTERM received while waiting"), "{log}");
+    assert!(lab.router_tc_programs(ROUTER_LAN_IF).unwrap().is_empty());
+    assert!(!lab.pin_dir().unwrap().exists(), "pins left behind:\n{log}");
 }
