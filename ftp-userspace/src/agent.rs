@@ -209,11 +209,14 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         // (FTP takes the router's ordinary path meanwhile) and a fresh one attached as soon as
         // the interfaces exist and the settings resolve on them.
         log::warn!("{lost:#}: detaching, to attach afresh");
-        if let Err(err) = datapath.detach() {
+        match datapath.detach() {
+            Ok(_) => log::warn!("detached; attaching again once the interfaces are all there"),
             // Whatever it left is replaced by the next attach (links without programs are).
-            log::warn!("detaching after the loss failed: {err:#}");
+            Err(err) => log::warn!(
+                "detaching after the loss failed ({err:#}); attaching again once the interfaces \
+                 are all there"
+            ),
         }
-        log::warn!("detached; attaching again once the interfaces are all there");
         // A datapath lost soon after it was attached (a flapping link, a tool that detaches
         // links) waits longer each time before the next one, instead of reloading every second.
         delay = if attached_at.elapsed() >= STABLE_ATTACHMENT {
