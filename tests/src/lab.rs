@@ -168,26 +168,14 @@ impl Lab {
 
     fn wire(&mut self) -> anyhow::Result<()> {
         let spec = self.spec.clone();
-        self.router.ip(&[
-            "link",
-            "add",
+        self.join(
             ROUTER_LAN_IF,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IF,
-            "netns",
-            self.client.name(),
-        ])?;
-        let lan = format!("{}/{}", spec.router_lan, spec.lan_prefix_len);
-        let client = format!("{}/{}", spec.client, spec.lan_prefix_len);
-        self.router
-            .ip(&["addr", "add", &lan, "dev", ROUTER_LAN_IF])?;
-        self.router.ip(&["link", "set", ROUTER_LAN_IF, "up"])?;
+            None,
+            (spec.router_lan, spec.client),
+            spec.lan_prefix_len,
+            &self.client,
+        )?;
         self.router.sysctl("net.ipv4.ip_forward", "1")?;
-        self.client.ip(&["addr", "add", &client, "dev", HOST_IF])?;
-        self.client.ip(&["link", "set", HOST_IF, "up"])?;
         self.client.ip(&[
             "route",
             "add",
@@ -196,6 +184,42 @@ impl Lab {
             &spec.router_lan.to_string(),
         ])?;
         self.wire_wan()
+    }
+
+    /// A veth pair from the router's `router_if` (with index `index` if given) to `HOST_IF` in
+    /// `host`, the two ends addressed `addresses` (router's, host's) in one `/prefix_len`, up.
+    fn join(
+        &self,
+        router_if: &str,
+        index: Option<&str>,
+        addresses: (Ipv4Addr, Ipv4Addr),
+        prefix_len: u8,
+        host: &NetNs,
+    ) -> anyhow::Result<()> {
+        let mut add = vec!["link", "add", router_if];
+        if let Some(index) = index {
+            add.extend(["index", index]);
+        }
+        add.extend([
+            "type",
+            "veth",
+            "peer",
+            "name",
+            HOST_IF,
+            "netns",
+            host.name(),
+        ]);
+        self.router.ip(&add)?;
+        let (router_addr, host_addr) = (
+            format!("{}/{prefix_len}", addresses.0),
+            format!("{}/{prefix_len}", addresses.1),
+        );
+        self.router
+            .ip(&["addr", "add", &router_addr, "dev", router_if])?;
+        self.router.ip(&["link", "set", router_if, "up"])?;
+        host.ip(&["addr", "add", &host_addr, "dev", HOST_IF])?;
+        host.ip(&["link", "set", HOST_IF, "up"])?;
+        Ok(())
     }
 
     /// The router's WAN veth to the server, with its addresses (and the server's route back to
@@ -207,27 +231,13 @@ impl Lab {
     /// [`Lab::wire_wan`], the router's interface with the index `index` if given.
     fn wire_wan_at(&self, index: Option<&str>) -> anyhow::Result<()> {
         let spec = &self.spec;
-        let mut add = vec!["link", "add", ROUTER_WAN_IF];
-        if let Some(index) = index {
-            add.extend(["index", index]);
-        }
-        add.extend([
-            "type",
-            "veth",
-            "peer",
-            "name",
-            HOST_IF,
-            "netns",
-            self.server.name(),
-        ]);
-        self.router.ip(&add)?;
-        let wan = format!("{}/{}", spec.router_wan, spec.wan_prefix_len);
-        let server = format!("{}/{}", spec.server, spec.wan_prefix_len);
-        self.router
-            .ip(&["addr", "add", &wan, "dev", ROUTER_WAN_IF])?;
-        self.router.ip(&["link", "set", ROUTER_WAN_IF, "up"])?;
-        self.server.ip(&["addr", "add", &server, "dev", HOST_IF])?;
-        self.server.ip(&["link", "set", HOST_IF, "up"])?;
+        self.join(
+            ROUTER_WAN_IF,
+            index,
+            (spec.router_wan, spec.server),
+            spec.wan_prefix_len,
+            &self.server,
+        )?;
         if spec.routing == Routing::Routed {
             let mask = u32::MAX
                 .checked_shl(32 - u32::from(spec.lan_prefix_len))
