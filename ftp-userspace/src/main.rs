@@ -25,6 +25,15 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
 #[command(
     name = "ftpnat",
     version,
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        "\ncommit: ",
+        env!("FTPNAT_COMMIT"),
+        "\neBPF object: ",
+        env!("FTPNAT_EBPF_OBJECT"),
+        "\neBPF object built by: ",
+        env!("FTPNAT_EBPF_BUILT_BY"),
+    ),
     about = "FTP connection tracking and NAT helper (FTP ALG) for eBPF router datapaths",
     long_about = "ftpnat attaches eBPF TC programs to a router's interfaces and tracks the FTP \
                   sessions crossing them. `ftpnat run` is the agent; the other commands read its \
