@@ -23,7 +23,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, Queue,
+        Array, HashMap, MapData, ProgramArray, Queue,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -46,7 +46,7 @@ use crate::{
 };
 
 /// The object built from ftp-ebpf, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));
 
 /// How many lines of the verifier's log to show when it rejects a program: the reason is at the end.
 const VERIFIER_LOG_TAIL_LINES: usize = 30;
@@ -310,6 +310,9 @@ impl Datapath {
             // settings.
             datapath.record_interfaces(interfaces)?;
             datapath.configure(interfaces, nat)?;
+            // The stages first: an attached ingress program continues in them at once.
+            datapath.load_stages()?;
+            datapath.pin_stages(state_dir)?;
             for (program, attach_type) in HOOKS {
                 datapath.load_program(program)?;
                 for interface in interfaces {
@@ -413,6 +416,9 @@ impl Datapath {
             );
         }
         datapath.start_kernel_log();
+        // This load's own stages, filled before its ingress program replaces the running one:
+        // the running programs keep the previous agent's stages until the swap.
+        datapath.load_stages()?;
         let mut attachments = expected.iter();
         for (program, attach_type) in HOOKS {
             datapath.load_program(program)?;
@@ -430,6 +436,7 @@ impl Datapath {
                 }
             }
         }
+        datapath.pin_stages(state_dir)?;
         Ok(datapath)
     }
 
@@ -756,6 +763,42 @@ impl Datapath {
         Ok(differences)
     }
 
+    /// Loads the ingress program's stages and fills this load's stage table with them.
+    fn load_stages(&mut self) -> anyhow::Result<()> {
+        let mut loaded = Vec::new();
+        for (slot, program) in programs::STAGES {
+            self.load_program(program)?;
+            let fd = self
+                .classifier(program)?
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+                .with_context(|| format!("taking a descriptor of program {program}"))?;
+            loaded.push((slot, program, fd));
+        }
+        let mut stages: ProgramArray<_> = ProgramArray::try_from(self.map_mut(names::STAGES)?)?;
+        for (slot, program, fd) in &loaded {
+            stages
+                .set(*slot, fd, 0)
+                .with_context(|| format!("putting {program} in the stage table"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins this load's stage table in the state dir, in place of a previous agent's: a program
+    /// array is emptied when nothing holds it any more, and the attached programs outlive the
+    /// agent.
+    fn pin_stages(&mut self, state_dir: &Path) -> anyhow::Result<()> {
+        let pin = state_dir.join(names::STAGES);
+        match fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("unpinning {}", pin.display())),
+        }
+        ProgramArray::try_from(self.map_mut(names::STAGES)?)?
+            .pin(&pin)
+            .with_context(|| format!("pinning the stage table at {}", pin.display()))
+    }
+
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
@@ -983,7 +1026,7 @@ pub fn attach_type_of(hook: &str) -> Option<TcAttachType> {
         .find(|attach_type| hook_name(*attach_type) == hook)
 }
 
-fn explain_load_error(program: &str, err: ProgramError) -> anyhow::Error {
+pub fn explain_load_error(program: &str, err: ProgramError) -> anyhow::Error {
     match err {
         ProgramError::LoadError {
             io_error,

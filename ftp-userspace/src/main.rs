@@ -12,6 +12,7 @@ mod metrics;
 mod pins;
 mod settings;
 mod stats;
+mod verify;
 
 use std::{fs, io, path::PathBuf, process::ExitCode};
 
@@ -55,6 +56,14 @@ enum Command {
     /// Remove the datapath a stopped agent left attached: its programs, links or TC filters, and
     /// pins (also those of another ftpnat version). Transfers it carries end.
     Detach(DetachArgs),
+    /// Load every program on this kernel without attaching anything, and report what its
+    /// verifier made of each (processed instructions against the limit, time, code size): to
+    /// check a kernel before running ftpnat on it.
+    Verify {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// For instance `ftpnat completions bash > /etc/bash_completion.d/ftpnat`, or `ftpnat
@@ -168,6 +177,7 @@ fn main() -> ExitCode {
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
         Command::Events(args) => events::follow(&args.pin_dir, args.json),
         Command::Detach(args) => detach(&args.pin_dir),
+        Command::Verify { json } => verify::print(json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
             Ok(())

@@ -29,7 +29,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 /// The layout of the pinned maps (their key and value types and sizes). Bump it with any change to
 /// a pinned map's definition: pins of another layout are refused, never reused.
 /// (Layout 1 pinned the maps directly in the pin dir, without links.)
-pub const STATE_LAYOUT_VERSION: u32 = 3;
+pub const STATE_LAYOUT_VERSION: u32 = 4;
 
 /// Maps the agent pins, by name; the inspection commands open exactly these.
 pub const PINNED_MAPS: [&str; 12] = [
