@@ -7,6 +7,7 @@ mod fuzz;
 mod lint;
 mod setup;
 mod test;
+mod verify;
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +40,13 @@ enum Task {
     Demo,
     /// Measure download throughput through plain routing, netfilter's FTP helper and ftpnat.
     Bench,
+    /// Load every eBPF program on the running kernel and hold each to its budget (25% of the
+    /// verifier's instruction limit).
+    Verify {
+        /// Check the optimised build.
+        #[arg(long)]
+        release: bool,
+    },
     /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
     Lint,
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
@@ -59,6 +67,7 @@ fn main() -> ExitCode {
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Bench => setup::run().and_then(|()| bench::run()),
         Task::Lint => setup::run().and_then(|()| lint::run()),
+        Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
     };
     match result {
