@@ -3,6 +3,7 @@
 
 mod agent;
 mod attach;
+mod classic_tc;
 mod config;
 mod events;
 mod expire;
@@ -61,8 +62,8 @@ enum Command {
     /// Follow the running agent's events live: sessions opening and closing, each command (PASS
     /// redacted), expectations, data connections with their bytes, refusals, anomalies.
     Events(StatsArgs),
-    /// Remove the datapath a stopped agent left attached: its programs, links and pins (also those
-    /// of another ftpnat version). Transfers it carries end.
+    /// Remove the datapath a stopped agent left attached: its programs, links or TC filters, and
+    /// pins (also those of another ftpnat version). Transfers it carries end.
     Detach(DetachArgs),
     /// Load every program on this kernel without attaching anything, and report what its
     /// verifier made of each (processed instructions against the limit, time, code size): to
@@ -124,9 +125,13 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
             pin_dir.display()
         );
     }
+    let attachments = match (removed.links, removed.filters) {
+        (links, 0) => format!("{links} links"),
+        (0, filters) => format!("{filters} TC filters"),
+        (links, filters) => format!("{links} links and {filters} TC filters"),
+    };
     println!(
-        "removed {} links (their programs are detached) and {} maps under {}",
-        removed.links,
+        "removed {attachments} (their programs are detached) and {} maps under {}",
         removed.maps,
         pin_dir.display()
     );
