@@ -100,7 +100,7 @@ pub use format::{
 };
 pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict};
 pub use reason::{MalformedReason, RefusalReason};
-pub use reply::{Reply, ReplyBody, ReplyScanner, parse_reply};
+pub use reply::{Reply, ReplyBody, ReplyScanner, ReplyShape, parse_reply};
 pub use seqadj::{MAX_TCP_OPTIONS, SackStep, SeqAdjust};
 pub use session::{
     ActiveKind, ClientVerdict, PassiveEndpoint, PassiveKind, Policy, PolicyContext, ServerVerdict,

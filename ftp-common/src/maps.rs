@@ -831,9 +831,9 @@ pub enum Counter {
     /// Packets whose stage program was missing from the stage table (never, once the agent has
     /// filled it): a control packet is dropped, an opening SYN passes untouched.
     StageMissing = 14,
-    /// Complete lines of a segment with more lines than the client or server stage may stop at
-    /// (`MAX_LINE_PASSES`): tracked for line boundaries, not acted on.
-    LinesNotExamined = 15,
+    /// Control segments with more lines to examine, or more bytes, than the client or server stage
+    /// has passes for (`MAX_LINE_PASSES`): the rest of the segment passed on unexamined.
+    SegmentsPartlyExamined = 15,
 }
 
 impl Counter {
@@ -853,7 +853,7 @@ impl Counter {
         Counter::PinholeWrongPeer,
         Counter::SequenceAdjusted,
         Counter::StageMissing,
-        Counter::LinesNotExamined,
+        Counter::SegmentsPartlyExamined,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -874,7 +874,7 @@ impl Counter {
             Counter::PinholeWrongPeer => "pinhole_wrong_peer",
             Counter::SequenceAdjusted => "sequence_adjusted",
             Counter::StageMissing => "stage_missing",
-            Counter::LinesNotExamined => "lines_not_examined",
+            Counter::SegmentsPartlyExamined => "segments_partly_examined",
         }
     }
 }

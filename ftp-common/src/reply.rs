@@ -39,6 +39,17 @@ pub enum Reply {
     Malformed(MalformedReason),
 }
 
+/// A reply line's kind as [`ReplyScanner::shape`] tells it: a [`Reply`] without the argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyShape {
+    Final { code: u16 },
+    MultiLineStart { code: u16 },
+    Text,
+    TooLong,
+    /// The line has not ended.
+    Unterminated,
+}
+
 /// What a final-form reply line carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplyBody {
@@ -147,10 +158,19 @@ impl ReplyScanner {
         self.framing.len()
     }
 
-    /// True if the line that just ended is [`Reply::Text`]: no reply code, nothing for the session
-    /// to act on (the body of a multi-line reply). A BPF caller skips such lines cheaply.
-    pub fn ended_text_line(&self) -> bool {
-        self.framing.ended() && self.shape == SHAPE_TEXT
+    /// What kind of line the scanner is on, without its argument: all
+    /// [`Session::acts_on_reply`](crate::Session::acts_on_reply) needs to tell a line the session
+    /// ignores (cheaper than [`reply`](Self::reply), for a BPF caller that skips those lines).
+    pub fn shape(&self) -> ReplyShape {
+        if !self.framing.ended() {
+            return ReplyShape::Unterminated;
+        }
+        match self.shape {
+            SHAPE_FINAL => ReplyShape::Final { code: self.code },
+            SHAPE_MULTI_LINE => ReplyShape::MultiLineStart { code: self.code },
+            SHAPE_TOO_LONG => ReplyShape::TooLong,
+            _ => ReplyShape::Text,
+        }
     }
 
     /// The reply of the line that just ended; `Malformed(Unterminated)` while a line is being

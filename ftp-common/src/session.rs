@@ -55,7 +55,8 @@
 use core::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::{
-    AuthMechanism, Command, EpsvArg, MalformedReason, RefusalReason, Reply, ReplyBody, Span,
+    AuthMechanism, Command, EpsvArg, MalformedReason, RefusalReason, Reply, ReplyBody, ReplyShape,
+    Span,
     TransferVerb, parse_command, parse_reply,
 };
 
@@ -257,6 +258,23 @@ impl Session {
     /// The code of the multi-line reply in progress.
     pub fn multiline_reply(&self) -> Option<u16> {
         Some(self.multiline_code).filter(|code| (100..=599).contains(code))
+    }
+
+    /// Whether [`on_server_reply`](Self::on_server_reply) acts on a line of this shape (changes
+    /// the session or reports it) rather than ignoring it: under TLS it ignores every line; it
+    /// ignores text lines, and inside a multi-line reply every line but the one that ends it (an
+    /// overlong line it reports). A BPF caller stops only at the lines that matter: it can
+    /// examine one line per program pass, and a long multi-line reply must not use them up.
+    pub fn acts_on_reply(&self, shape: ReplyShape) -> bool {
+        if self.is_encrypted() {
+            return false;
+        }
+        match shape {
+            ReplyShape::Text => false,
+            ReplyShape::TooLong | ReplyShape::Unterminated => true,
+            ReplyShape::MultiLineStart { .. } => self.multiline_reply().is_none(),
+            ReplyShape::Final { code } => self.multiline_reply().is_none_or(|open| open == code),
+        }
     }
 
     /// One expectation this session opened was used or expired.

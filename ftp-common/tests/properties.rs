@@ -600,3 +600,89 @@ proptest! {
         }
     }
 }
+
+/// Server lines of every shape, as a server may interleave them: multi-line replies with their
+/// bodies, other codes inside them, passive replies, text, overlong lines, AUTH's 234.
+fn server_line() -> impl Strategy<Value = Vec<u8>> {
+    let code = prop_oneof![
+        Just(150u16),
+        Just(200),
+        Just(211),
+        Just(220),
+        Just(226),
+        Just(227),
+        Just(229),
+        Just(230),
+        Just(234),
+        Just(550),
+        100u16..600,
+    ];
+    let body = proptest::collection::vec(
+        any::<u8>().prop_filter("no line end", |b| *b != b'\n'),
+        0..24,
+    );
+    prop_oneof![
+        (code.clone(), body.clone()).prop_map(|(c, b)| [format!("{c} ").into_bytes(), b].concat()),
+        (code.clone(), body.clone()).prop_map(|(c, b)| [format!("{c}-").into_bytes(), b].concat()),
+        (any_ipv4(), valid_port()).prop_map(|(ip, port)| {
+            let o = ip.octets();
+            format!(
+                "227 Entering Passive Mode ({},{},{},{},{},{})",
+                o[0],
+                o[1],
+                o[2],
+                o[3],
+                port >> 8,
+                port & 0xff
+            )
+            .into_bytes()
+        }),
+        valid_port()
+            .prop_map(|port| format!("229 Extended Passive Mode (|||{port}|)").into_bytes()),
+        body.prop_map(|b| [b" ".to_vec(), b].concat()),
+        Just(vec![b'x'; MAX_LINE_LEN + 10]),
+    ]
+    .prop_map(|mut line| {
+        line.extend_from_slice(b"\r\n");
+        line
+    })
+}
+
+proptest! {
+    /// A line `acts_on_reply` says the session ignores changes nothing and reports nothing: a
+    /// session that skips those lines (as the BPF server stage does, to keep its passes for the
+    /// lines that matter) stays identical to one that sees every line.
+    #[test]
+    fn skipping_the_lines_a_session_ignores_changes_nothing(
+        commands in proptest::collection::vec(
+            prop_oneof![Just(&b"PASV\r\n"[..]), Just(&b"EPSV\r\n"[..]), Just(&b"NOOP\r\n"[..])],
+            0..6,
+        ),
+        lines in proptest::collection::vec(server_line(), 1..40),
+    ) {
+        let mut every_line = Session::new();
+        for command in &commands {
+            let _ = every_line.on_client_line(command, &ctx());
+        }
+        let mut examined_only = every_line;
+        let mut replies = ReplyScanner::new();
+        for line in &lines {
+            let mut ended = false;
+            for &byte in line {
+                ended = replies.push(byte);
+            }
+            prop_assert!(ended);
+            let acts = examined_only.acts_on_reply(replies.shape());
+            let verdict = every_line.on_server_reply(replies.reply(), &ctx());
+            if acts {
+                let _ = examined_only.on_server_reply(replies.reply(), &ctx());
+            } else {
+                prop_assert!(
+                    matches!(verdict, ServerVerdict::Ignored | ServerVerdict::Encrypted),
+                    "a skipped line had a verdict: {verdict:?}"
+                );
+            }
+            prop_assert_eq!(every_line, examined_only);
+        }
+    }
+}

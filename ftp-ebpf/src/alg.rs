@@ -141,11 +141,14 @@ pub struct Scan {
     line_end: u32,
     /// 1 if the pass stopped at a complete line.
     line_found: u32,
-    /// 1 on the last pass: lines are tracked, not stopped at.
-    track_only: u32,
     /// Held bytes in front of the payload's copy, and 1 if the whole payload was copied.
     held_len: u32,
     scanned_all: u32,
+    /// The payload's offset in the packet and its length, and how much of it the windows copied
+    /// so far: a payload longer than the scratch area is scanned a window at a time.
+    payload_off: u32,
+    payload_len: u32,
+    window_end: u32,
     /// The control connection's client, as the router sees it on the client's side.
     client: [u8; 4],
     /// The server's own address (behind the router when publishing).
@@ -208,7 +211,7 @@ pub fn client_packet(
             return pending;
         }
     }
-    next_line(session, true, pass)
+    next_line(ctx, session, true, pass)
 }
 
 /// Follows a packet a control connection's server sent; see [`client_packet`].
@@ -229,14 +232,15 @@ pub fn server_packet(
             return pending;
         }
     }
-    next_line(session, false, pass)
+    next_line(ctx, session, false, pass)
 }
 
-/// How many passes of a client or server stage may stop at a line each. The stage goes on in
-/// itself by a tail call for each further line of a segment, and a packet may make at most 33
-/// tail calls (32 before Linux 5.12): this leaves room for the entry's and the two after the scan.
-/// Lines past it in one segment are only tracked ([`Counter::LinesNotExamined`]); a server's text
-/// lines (the body of a multi-line reply) need no pass of their own.
+/// How many passes a client or server stage may make over one segment, each stopping at one line
+/// to examine or at the end of one window of the payload (a scratch area's worth). The stage goes
+/// on in itself by a tail call for each, and a packet may make at most 33 tail calls (32 before
+/// Linux 5.12): this leaves room for the entry's and the two after the scan. What a segment holds
+/// beyond that passes unexamined ([`Counter::SegmentsPartlyExamined`]); the server lines the
+/// session ignores (multi-line reply bodies) take no pass of their own.
 pub const MAX_LINE_PASSES: u32 = 26;
 
 /// What [`client_packet`] or [`server_packet`] left in the scratch area for the caller to carry out.
@@ -411,9 +415,11 @@ fn begin_segment(
         next: in_sync.start + held_len as u32,
         line_end: 0,
         line_found: 0,
-        track_only: 0,
         held_len: held_len as u32,
         scanned_all: u32::from(copied == payload_len),
+        payload_off: payload_off as u32,
+        payload_len: payload_len as u32,
+        window_end: copied as u32,
         client: flow.session.saddr,
         server: entry.server_addr,
         lan_ifindex: entry.lan_ifindex,
@@ -439,10 +445,10 @@ fn begin_segment(
 }
 
 /// One pass: feeds the segment's bytes to the session's scanner from where the last pass stopped
-/// until a line ends, and examines that line. `More` while bytes are left, then what the whole
-/// segment asks for.
+/// until a line the session acts on ends, and examines that line. `More` while bytes are left and
+/// passes remain, then what the whole segment asks for.
 #[inline(always)]
-fn next_line(session: *mut SessionEntry, from_client: bool, pass: u32) -> Pending {
+fn next_line(ctx: &TcContext, session: *mut SessionEntry, from_client: bool, pass: u32) -> Pending {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Pending::Nothing;
     };
@@ -450,17 +456,29 @@ fn next_line(session: *mut SessionEntry, from_client: bool, pass: u32) -> Pendin
     let mut scan = unsafe { (*scratch).scan };
     scan.session = session;
     scan.line_found = 0;
-    scan.track_only = u32::from(pass + 1 >= MAX_LINE_PASSES);
-    if scan.next < scan.end {
-        let callback = if from_client {
-            find_client_line as *mut c_void
-        } else {
-            find_server_line as *mut c_void
-        };
-        // SAFETY: plain helper call: a static callback and a context on this stack frame.
-        unsafe { bpf_loop(scan.end - scan.next, callback, (&raw mut scan).cast(), 0) };
+    if scan.next >= scan.end {
+        // A pass of its own: the verifier would otherwise walk the scan and the line's
+        // examination once more for the window's other bounds.
+        if scan.window_end < scan.payload_len && pass + 1 >= MAX_LINE_PASSES {
+            bump(Counter::SegmentsPartlyExamined);
+        }
+        if pass + 1 >= MAX_LINE_PASSES || !next_window(ctx, &mut scan) {
+            return end_segment(&mut scan, from_client);
+        }
+        scan.save(scratch);
+        return Pending::More;
     }
-    if scan.line_found != 0 {
+    let callback = if from_client {
+        find_client_line as *mut c_void
+    } else {
+        find_server_line as *mut c_void
+    };
+    // SAFETY: plain helper call: a static callback and a context on this stack frame.
+    unsafe { bpf_loop(scan.end - scan.next, callback, (&raw mut scan).cast(), 0) };
+    if scan.line_found == 0 {
+        // The window's bytes all went to the scanner without ending a line it acts on.
+        scan.next = scan.end;
+    } else {
         let line_end = scan.line_end;
         if from_client {
             examine_client_line(&mut scan, line_end);
@@ -468,12 +486,43 @@ fn next_line(session: *mut SessionEntry, from_client: bool, pass: u32) -> Pendin
             examine_server_line(&mut scan, line_end);
         }
         scan.next = line_end.wrapping_add(1);
-        if scan.next < scan.end {
+    }
+    let bytes_left = scan.next < scan.end || scan.window_end < scan.payload_len;
+    if bytes_left {
+        if pass + 1 < MAX_LINE_PASSES {
             scan.save(scratch);
             return Pending::More;
         }
+        // Out of passes: the rest of the segment goes on unexamined, and its lines are lost to
+        // the scanner, which starts afresh with the next segment that starts a line.
+        bump(Counter::SegmentsPartlyExamined);
     }
     end_segment(&mut scan, from_client)
+}
+
+/// Copies the segment's next window of payload into the scratch area for the scan; false if the
+/// payload has no more. Nothing in a later window is rewritten (a segment longer than the scratch
+/// area never is): only followed.
+#[inline(always)]
+fn next_window(ctx: &TcContext, scan: &mut Scan) -> bool {
+    if scan.window_end >= scan.payload_len {
+        return false;
+    }
+    let copied = copy_payload(
+        ctx,
+        (scan.payload_off + scan.window_end) as usize,
+        (scan.payload_len - scan.window_end) as usize,
+        0,
+    );
+    if copied == 0 {
+        return false;
+    }
+    scan.start = 0;
+    scan.next = 0;
+    scan.end = copied as u32;
+    scan.window_end += copied as u32;
+    scan.field_floor = u32::MAX;
+    true
 }
 
 /// After the last line of a segment: what the scan asks the next stage to do.
@@ -760,10 +809,6 @@ extern "C" fn find_client_line(index: u32, ctx: *mut c_void) -> i64 {
     if !session.commands.push(byte) {
         return 0;
     }
-    if scan.track_only != 0 {
-        bump(Counter::LinesNotExamined);
-        return 0;
-    }
     scan.line_found = 1;
     scan.line_end = scan.next.wrapping_add(index);
     1
@@ -820,8 +865,9 @@ fn examine_client_line(scan: &mut Scan, line_end: u32) -> i64 {
 }
 
 /// `bpf_loop` callback for the server direction: feeds one byte to the reply scanner and stops the
-/// loop (returns 1) at the end of a line the state machine acts on, or of the segment. Text lines
-/// (the body of a multi-line reply) change nothing and are passed over here.
+/// loop (returns 1) at the end of a line the session acts on, or of the segment. The lines it
+/// ignores (text, and all but the last line of a multi-line reply: a long banner or FEAT) are
+/// passed over here, so they take no pass of the stage.
 #[inline(never)]
 extern "C" fn find_server_line(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
@@ -831,11 +877,7 @@ extern "C" fn find_server_line(index: u32, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
-    if !session.replies.push(byte) || session.replies.ended_text_line() {
-        return 0;
-    }
-    if scan.track_only != 0 {
-        bump(Counter::LinesNotExamined);
+    if !session.replies.push(byte) || !session.state.acts_on_reply(session.replies.shape()) {
         return 0;
     }
     scan.line_found = 1;

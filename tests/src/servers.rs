@@ -22,6 +22,9 @@ pub struct VsftpdOptions {
     pub port: Option<u16>,
     /// `cmds_denied`: commands vsftpd answers with 550, e.g. `EPRT` to make curl fall back to PORT.
     pub denied_commands: Vec<&'static str>,
+    /// A `banner_file` of this many lines: vsftpd greets with a multi-line 220 reply of as many
+    /// `220-` lines, as servers with a long legal notice do.
+    pub banner_lines: usize,
 }
 
 pub struct FtpServer {
@@ -82,6 +85,14 @@ impl FtpServer {
                 "cmds_denied={}\n",
                 options.denied_commands.join(",")
             ));
+        }
+        if options.banner_lines > 0 {
+            let banner = work_dir.join(format!("vsftpd-{port}.banner"));
+            let text: String = (1..=options.banner_lines)
+                .map(|n| format!("Line {n} of the notice every user of this server is shown.\n"))
+                .collect();
+            fs::write(&banner, text)?;
+            config.push_str(&format!("banner_file={}\n", banner.display()));
         }
         let config_path = work_dir.join(format!("vsftpd-{port}.conf"));
         fs::write(&config_path, config)?;

@@ -166,6 +166,33 @@ fn curl_port_eprt_pasv_and_epsv_200mb_without_netfilter() {
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
 
+/// A greeting of 120 `220-` lines (several segments, each with more lines than the server stage
+/// may stop at) ends in its `220 ` line as the session sees it: the lines inside a multi-line reply
+/// take no pass, so the replies after it are read and every mode works.
+#[test]
+fn a_long_multi_line_banner_leaves_every_mode_working() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab
+        .serve_file_with(
+            MIB,
+            31,
+            &VsftpdOptions {
+                banner_lines: 120,
+                ..VsftpdOptions::default()
+            },
+        )
+        .expect("vsftpd");
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    for mode in [Mode::Pasv, Mode::Epsv, Mode::Port, Mode::Eprt] {
+        lab.curl_from_client(&server, &file, mode)
+            .unwrap_or_else(|err| panic!("{mode:?} after a long banner: {err:#}"));
+    }
+    let stats = ftpnat_json(&lab, "stats");
+    assert_eq!(stats["datapath"]["expectations_used"], 4, "{stats}");
+    assert_eq!(stats["datapath"]["segments_partly_examined"], 0, "{stats}");
+    assert_eq!(stats["datapath"]["refusals"], 0, "{stats}");
+}
+
 /// Five gets in one lftp session, active then passive: each run is one control session (a
 /// reconnecting client would pass the checksums too) whose five data connections each used an
 /// expectation, in the mode the server accepted five times.
