@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod kernels;
 mod lint;
 mod setup;
 mod test;
@@ -39,6 +40,9 @@ enum Task {
     Demo,
     /// Measure download throughput through plain routing, netfilter's FTP helper and ftpnat.
     Bench,
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run load, attach and an active and a
+    /// passive masquerade download in each, and natively; print the matrix.
+    Kernels,
     /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
     Lint,
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Task::Test => return test::run(),
         Task::Demo => setup::run().and_then(|()| demo::run()),
         Task::Bench => setup::run().and_then(|()| bench::run()),
+        Task::Kernels => setup::run().and_then(|()| kernels::run()),
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
     };
