@@ -35,6 +35,10 @@ pub mod names {
     /// What the datapath saw, for the agent: a ring buffer of [`super::Event`]. Not pinned: each
     /// agent reads its own programs' events.
     pub const EVENTS: &str = "EVENTS";
+    /// The program array of the ingress program's stages (see [`super::stage`]). Each load has its
+    /// own, pinned by the agent once filled: a program array is emptied when no process or pin
+    /// holds it, which would leave the attached programs without their stages.
+    pub const STAGES: &str = "STAGES";
 }
 
 /// Program names in the eBPF object.
@@ -43,6 +47,37 @@ pub mod programs {
     pub const INGRESS: &str = "ftpnat_ingress";
     /// TC classifier attached at the egress of every router interface ftpnat manages.
     pub const EGRESS: &str = "ftpnat_egress";
+    /// The stages the ingress program continues in (tail calls through the [`super::names::STAGES`]
+    /// program array), by their slot in it. Each is verified as a program of its own, so the
+    /// verifier's work on one does not add to another's.
+    pub const STAGES: [(u32, &str); super::stage::COUNT as usize] = [
+        (super::stage::OPEN, "ftpnat_open"),
+        (super::stage::CLIENT, "ftpnat_client"),
+        (super::stage::SERVER, "ftpnat_server"),
+        (super::stage::REWRITE, "ftpnat_rewrite"),
+        (super::stage::REPLAY, "ftpnat_replay"),
+        (super::stage::CONTROL_FORWARD, "ftpnat_control_forward"),
+    ];
+}
+
+/// Slots of the [`names::STAGES`] program array.
+pub mod stage {
+    /// An opening SYN no flow knows: expectations, new control sessions, pinholes, resets.
+    pub const OPEN: u32 = 0;
+    /// A packet from a control connection's client: line tracking, the command scanner, the
+    /// state machine.
+    pub const CLIENT: u32 = 1;
+    /// A packet from a control connection's server: line tracking, the reply scanner, the state
+    /// machine.
+    pub const SERVER: u32 = 2;
+    /// A PORT/EPRT/227/229 the client or server stage accepted: the text is rewritten, or held
+    /// bytes cut or given back.
+    pub const REWRITE: u32 = 3;
+    /// A retransmission of a rewritten segment: the same rewrite again.
+    pub const REPLAY: u32 = 4;
+    /// Every control packet last: sequence adjustment, translation, redirect.
+    pub const CONTROL_FORWARD: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Capacity of the flow table (entries; each connection takes two).
@@ -793,10 +828,16 @@ pub enum Counter {
     /// Control packets whose sequence or acknowledgement numbers were shifted because an earlier
     /// rewrite changed a line's length.
     SequenceAdjusted = 13,
+    /// Packets whose stage program was missing from the stage table (never, once the agent has
+    /// filled it): a control packet is dropped, an opening SYN passes untouched.
+    StageMissing = 14,
+    /// Complete lines of a segment with more lines than the client or server stage may stop at
+    /// (`MAX_LINE_PASSES`): tracked for line boundaries, not acted on.
+    LinesNotExamined = 15,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 16] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -811,6 +852,8 @@ impl Counter {
         Counter::PinholeNoExpectation,
         Counter::PinholeWrongPeer,
         Counter::SequenceAdjusted,
+        Counter::StageMissing,
+        Counter::LinesNotExamined,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -830,6 +873,8 @@ impl Counter {
             Counter::PinholeNoExpectation => "pinhole_no_expectation",
             Counter::PinholeWrongPeer => "pinhole_wrong_peer",
             Counter::SequenceAdjusted => "sequence_adjusted",
+            Counter::StageMissing => "stage_missing",
+            Counter::LinesNotExamined => "lines_not_examined",
         }
     }
 }

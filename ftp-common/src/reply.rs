@@ -147,6 +147,12 @@ impl ReplyScanner {
         self.framing.len()
     }
 
+    /// True if the line that just ended is [`Reply::Text`]: no reply code, nothing for the session
+    /// to act on (the body of a multi-line reply). A BPF caller skips such lines cheaply.
+    pub fn ended_text_line(&self) -> bool {
+        self.framing.ended() && self.shape == SHAPE_TEXT
+    }
+
     /// The reply of the line that just ended; `Malformed(Unterminated)` while a line is being
     /// read.
     pub fn reply(&self) -> Reply {

@@ -126,13 +126,26 @@ pub fn open_session(packet: &Tcp4, new: &NewSession) {
     }
 }
 
-/// What the scan of one segment asks the caller to do.
+/// The scan of one segment, kept in the scratch area between the passes of its stage.
 #[repr(C)]
-struct Scan {
+#[derive(Clone, Copy)]
+pub struct Scan {
+    /// The session's map value, set again by each pass (the verifier does not let a pointer to a
+    /// map value be kept in a map).
     session: *mut SessionEntry,
-    /// Scratch offsets of the first byte to feed and one past the last.
+    /// Scratch offsets of the first new byte and one past the last.
     start: u32,
     end: u32,
+    /// Where the pass goes on feeding bytes, and where the line it stopped at ends (its LF).
+    next: u32,
+    line_end: u32,
+    /// 1 if the pass stopped at a complete line.
+    line_found: u32,
+    /// 1 on the last pass: lines are tracked, not stopped at.
+    track_only: u32,
+    /// Held bytes in front of the payload's copy, and 1 if the whole payload was copied.
+    held_len: u32,
+    scanned_all: u32,
     /// The control connection's client, as the router sees it on the client's side.
     client: [u8; 4],
     /// The server's own address (behind the router when publishing).
@@ -160,25 +173,73 @@ struct Scan {
     field_floor: u32,
 }
 
-/// Follows one packet of a control connection, before its headers are translated. Returns true
-/// if it accepted a line whose rewrite is waiting in the scratch buffer's `pending`: the caller
-/// then runs [`crate::rewrite::rewrite_pending`] (kept out of this call chain for stack).
-// A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
+// SAFETY: a Scan is kept in a per-CPU map only with its session pointer cleared (`save`); the
+// pointer is set again by the pass that reads it back.
+unsafe impl Sync for Scan {}
+
+impl Scan {
+    /// Keeps the scan in this CPU's scratch area for the next pass.
+    #[inline(always)]
+    fn save(mut self, scratch: *mut crate::maps::Scratch) {
+        self.session = core::ptr::null_mut();
+        // SAFETY: this CPU's scratch area; the stage's passes run one after another on this CPU.
+        unsafe { (*scratch).scan = self };
+    }
+}
+
+/// Follows a packet a control connection's client sent, before its headers are translated. The
+/// stage's first pass (`pass` 0) tracks the segment and copies its new bytes; every pass then
+/// examines the next complete line. Says what it left pending in the scratch area.
+// The two directions are separate subprograms (and stages): each verifies only its own scanner.
 #[inline(never)]
-pub fn control_packet(
+pub fn client_packet(
     ctx: &TcContext,
     packet: &Tcp4,
     flow: &FlowEntry,
     config: &DatapathConfig,
+    pass: u32,
 ) -> Pending {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
         return Pending::Nothing;
     };
-    apply_releases(&flow.session, session);
-    follow_segment(ctx, packet, flow, config, session)
+    if pass == 0 {
+        apply_releases(&flow.session, session);
+        if let Some(pending) = begin_segment(ctx, packet, flow, config, session, true) {
+            return pending;
+        }
+    }
+    next_line(session, true, pass)
 }
 
-/// What [`control_packet`] left in the scratch area for the caller to carry out.
+/// Follows a packet a control connection's server sent; see [`client_packet`].
+#[inline(never)]
+pub fn server_packet(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    flow: &FlowEntry,
+    config: &DatapathConfig,
+    pass: u32,
+) -> Pending {
+    let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
+        return Pending::Nothing;
+    };
+    if pass == 0 {
+        apply_releases(&flow.session, session);
+        if let Some(pending) = begin_segment(ctx, packet, flow, config, session, false) {
+            return pending;
+        }
+    }
+    next_line(session, false, pass)
+}
+
+/// How many passes of a client or server stage may stop at a line each. The stage goes on in
+/// itself by a tail call for each further line of a segment, and a packet may make at most 33
+/// tail calls (32 before Linux 5.12): this leaves room for the entry's and the two after the scan.
+/// Lines past it in one segment are only tracked ([`Counter::LinesNotExamined`]); a server's text
+/// lines (the body of a multi-line reply) need no pass of their own.
+pub const MAX_LINE_PASSES: u32 = 26;
+
+/// What [`client_packet`] or [`server_packet`] left in the scratch area for the caller to carry out.
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Pending {
@@ -189,6 +250,8 @@ pub enum Pending {
     Replay,
     /// Nothing: the segment is to be dropped.
     Drop,
+    /// The segment has more bytes to examine: the same stage goes on with them.
+    More,
 }
 
 /// Frees the places of the expectations the agent let expire since the last packet: the agent
@@ -264,16 +327,17 @@ fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> P
     Pending::Replay
 }
 
-/// Tracks and scans one segment; says what it left pending.
+/// Tracks one segment and copies its new bytes for the scan, which it leaves in the scratch area;
+/// `Some` if there is nothing to scan (and what is pending instead).
 #[inline(always)]
-fn follow_segment(
+fn begin_segment(
     ctx: &TcContext,
     packet: &Tcp4,
     flow: &FlowEntry,
     config: &DatapathConfig,
     session: *mut SessionEntry,
-) -> Pending {
-    let from_client = flow.direction == FlowDirection::Original as u8;
+    from_client: bool,
+) -> Option<Pending> {
     let seq = u32::from_be_bytes(packet.tcp.seq);
     // SAFETY: a live map value. One control connection's packets are handled one at a time in
     // practice (one CPU per flow); a torn update would cost a missed line, never memory safety.
@@ -282,13 +346,13 @@ fn follow_segment(
         if !from_client {
             entry.server_lines.on_syn(seq);
         }
-        return Pending::Nothing;
+        return Some(Pending::Nothing);
     }
     let Some((payload_off, payload_len)) = packet.payload() else {
-        return Pending::Nothing;
+        return Some(Pending::Nothing);
     };
     if payload_len == 0 {
-        return Pending::Nothing;
+        return Some(Pending::Nothing);
     }
     if from_client
         && entry.held.state == hold_state::HOLDING
@@ -296,10 +360,10 @@ fn follow_segment(
     {
         // Bytes after the held line's continuation arrived first: forwarded now, they would take
         // the place the held bytes are to fill. Dropped; the client sends them again.
-        return Pending::Drop;
+        return Some(Pending::Drop);
     }
     let Ok(last) = ctx.load::<u8>(payload_off + payload_len - 1) else {
-        return Pending::Nothing;
+        return Some(Pending::Nothing);
     };
     let tracker = if from_client {
         &mut entry.client_lines
@@ -308,7 +372,7 @@ fn follow_segment(
     };
     let verdict = tracker.on_segment_len(seq, payload_len as u32, last == b'\n');
     if matches!(verdict, SegmentVerdict::Retransmission) {
-        return on_retransmission(packet, flow, entry);
+        return Some(on_retransmission(packet, flow, entry));
     }
     let SegmentVerdict::InSync(in_sync) = verdict else {
         if matches!(verdict, SegmentVerdict::OutOfSync) {
@@ -320,7 +384,7 @@ fn follow_segment(
                 entry.state.server_lines_lost();
             }
         }
-        return Pending::Nothing;
+        return Some(Pending::Nothing);
     };
     if !in_sync.continues_line {
         if from_client {
@@ -338,12 +402,18 @@ fn follow_segment(
     };
     let copied = copy_payload(ctx, payload_off, payload_len, held_len);
     if copied == 0 || in_sync.start as usize >= copied {
-        return Pending::Nothing;
+        return Some(Pending::Nothing);
     }
-    let mut scan = Scan {
+    let scan = Scan {
         session,
         start: in_sync.start + held_len as u32,
         end: (held_len + copied) as u32,
+        next: in_sync.start + held_len as u32,
+        line_end: 0,
+        line_found: 0,
+        track_only: 0,
+        held_len: held_len as u32,
+        scanned_all: u32::from(copied == payload_len),
         client: flow.session.saddr,
         server: entry.server_addr,
         lan_ifindex: entry.lan_ifindex,
@@ -364,14 +434,52 @@ fn follow_segment(
         // (a held line is only continued by a segment with nothing seen before).
         field_floor: in_sync.start,
     };
-    let callback = if from_client {
-        scan_client_byte as *mut c_void
-    } else {
-        scan_server_byte as *mut c_void
+    scan.save(SCRATCH.get_ptr_mut(0)?);
+    None
+}
+
+/// One pass: feeds the segment's bytes to the session's scanner from where the last pass stopped
+/// until a line ends, and examines that line. `More` while bytes are left, then what the whole
+/// segment asks for.
+#[inline(always)]
+fn next_line(session: *mut SessionEntry, from_client: bool, pass: u32) -> Pending {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return Pending::Nothing;
     };
-    // SAFETY: plain helper call: a static callback and a context on this stack frame.
-    unsafe { bpf_loop(scan.end - scan.start, callback, (&raw mut scan).cast(), 0) };
-    if from_client && after_client_scan(&mut scan, held_len as u32, copied == payload_len) == 0 {
+    // SAFETY: this CPU's scratch area, where the first pass left the scan.
+    let mut scan = unsafe { (*scratch).scan };
+    scan.session = session;
+    scan.line_found = 0;
+    scan.track_only = u32::from(pass + 1 >= MAX_LINE_PASSES);
+    if scan.next < scan.end {
+        let callback = if from_client {
+            find_client_line as *mut c_void
+        } else {
+            find_server_line as *mut c_void
+        };
+        // SAFETY: plain helper call: a static callback and a context on this stack frame.
+        unsafe { bpf_loop(scan.end - scan.next, callback, (&raw mut scan).cast(), 0) };
+    }
+    if scan.line_found != 0 {
+        let line_end = scan.line_end;
+        if from_client {
+            examine_client_line(&mut scan, line_end);
+        } else {
+            examine_server_line(&mut scan, line_end);
+        }
+        scan.next = line_end.wrapping_add(1);
+        if scan.next < scan.end {
+            scan.save(scratch);
+            return Pending::More;
+        }
+    }
+    end_segment(&mut scan, from_client)
+}
+
+/// After the last line of a segment: what the scan asks the next stage to do.
+#[inline(always)]
+fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
+    if from_client && after_client_scan(scan, scan.held_len, scan.scanned_all != 0) == 0 {
         return Pending::Nothing;
     }
     if scan.rewrite_kind == rewrite_kind::NONE {
@@ -386,7 +494,7 @@ fn follow_segment(
             kind: scan.rewrite_kind,
             delimiter: scan.rewrite_delimiter,
             line_in_segment: scan.rewrite_line_in_segment,
-            completes_hold: u8::from(held_len != 0),
+            completes_hold: u8::from(scan.held_len != 0),
             field_off: scan.rewrite_field_off,
             field_len: scan.rewrite_field_len,
             line_off: scan.rewrite_line_off,
@@ -394,7 +502,7 @@ fn follow_segment(
             addr: scan.rewrite_addr,
             port: scan.rewrite_port,
             _pad2: [0; 2],
-            session_key: flow.session,
+            session_key: scan.session_key,
         };
     }
     Pending::Rewrite
@@ -527,10 +635,10 @@ fn copy_payload(ctx: &TcContext, offset: usize, len: usize, dst: usize) -> usize
     if ret == 0 { len } else { 0 }
 }
 
-/// The byte `start + index` of the scratch buffer, or None past the segment's end.
+/// The byte `next + index` of the scratch buffer, or None past the segment's end.
 #[inline(always)]
 fn scan_input(scan: &Scan, index: u32) -> Option<u8> {
-    let position = scan.start.wrapping_add(index);
+    let position = scan.next.wrapping_add(index);
     if position >= scan.end {
         return None;
     }
@@ -557,12 +665,12 @@ fn scan_policy(scan: &Scan) -> PolicyContext {
     }
 }
 
-/// Where the line that ends at scan position `index` starts in this segment's payload. A line
-/// read across segments began in one already forwarded: its start wraps below 0 (or lies below
-/// `scan.start`), which [`request_rewrite`] checks.
+/// Where the line whose LF is at scratch offset `line_end` starts. A line read across segments
+/// began in one already forwarded: its start wraps below 0 (or lies below `scan.start`), which
+/// [`request_rewrite`] checks.
 #[inline(always)]
-fn line_start(scan: &Scan, index: u32, line_len: u16) -> u32 {
-    (scan.start.wrapping_add(index) + 1).wrapping_sub(u32::from(line_len))
+fn line_start(line_end: u32, line_len: u16) -> u32 {
+    line_end.wrapping_add(1).wrapping_sub(u32::from(line_len))
 }
 
 /// Records the field of an accepted line for the rewrite after the scan, if it lies in this
@@ -636,10 +744,12 @@ fn expect_outbound(
     }
 }
 
-/// `bpf_loop` callback for the client direction: feeds one byte to the command scanner and acts on
-/// each command it completes. Returns 1 to stop the loop.
+/// `bpf_loop` callback for the client direction: feeds one byte to the command scanner and stops
+/// the loop (returns 1) at the end of a line, or of the segment. Nothing else happens here: the
+/// verifier walks a callback once for every state it is entered with, so the line is examined
+/// after the loop.
 #[inline(never)]
-extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn find_client_line(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     let Some(byte) = scan_input(scan, index) else {
@@ -650,9 +760,23 @@ extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
     if !session.commands.push(byte) {
         return 0;
     }
+    if scan.track_only != 0 {
+        bump(Counter::LinesNotExamined);
+        return 0;
+    }
+    scan.line_found = 1;
+    scan.line_end = scan.next.wrapping_add(index);
+    1
+}
+
+/// Acts on the command the client's line ending at scratch offset `line_end` carries.
+#[inline(never)]
+fn examine_client_line(scan: &mut Scan, line_end: u32) -> i64 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let session = unsafe { &mut *scan.session };
     let policy = scan_policy(scan);
     let command = session.commands.command();
-    report_command(scan, index, session, &command);
+    report_command(scan, line_end, session, &command);
     match session.state.on_client_command(command, &policy) {
         ClientVerdict::OpenActive {
             addr: SocketAddr::V4(addr),
@@ -676,7 +800,7 @@ extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
                 ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
             };
             let line_len = session.commands.line_len();
-            let line = line_start(scan, index, line_len);
+            let line = line_start(line_end, line_len);
             if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
                 scan.rewrite_port = addr.port();
                 scan.rewrite_addr = addr.ip().octets();
@@ -695,10 +819,11 @@ extern "C" fn scan_client_byte(index: u32, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// `bpf_loop` callback for the server direction: feeds one byte to the reply scanner and acts on
-/// each reply line it completes. Returns 1 to stop the loop.
+/// `bpf_loop` callback for the server direction: feeds one byte to the reply scanner and stops the
+/// loop (returns 1) at the end of a line the state machine acts on, or of the segment. Text lines
+/// (the body of a multi-line reply) change nothing and are passed over here.
 #[inline(never)]
-extern "C" fn scan_server_byte(index: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn find_server_line(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop hands back the `Scan` on the caller's stack.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     let Some(byte) = scan_input(scan, index) else {
@@ -706,27 +831,46 @@ extern "C" fn scan_server_byte(index: u32, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
-    if !session.replies.push(byte) {
+    if !session.replies.push(byte) || session.replies.ended_text_line() {
         return 0;
     }
+    if scan.track_only != 0 {
+        bump(Counter::LinesNotExamined);
+        return 0;
+    }
+    scan.line_found = 1;
+    scan.line_end = scan.next.wrapping_add(index);
+    1
+}
+
+/// Acts on the reply line ending at scratch offset `line_end`.
+#[inline(never)]
+fn examine_server_line(scan: &mut Scan, line_end: u32) -> i64 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let session = unsafe { &mut *scan.session };
     let policy = scan_policy(scan);
     let verdict = session
         .state
         .on_server_reply(session.replies.reply(), &policy);
-    on_server_verdict(scan, index, session, &verdict);
+    on_server_verdict(scan, line_end, session, &verdict);
     0
 }
 
 /// Reports a command the client sent, with its argument if it is a USER name or a transfer's
 /// file (never a password) and lies in this segment.
 #[inline(always)]
-fn report_command(scan: &Scan, index: u32, session: &SessionEntry, command: &ftp_common::Command) {
+fn report_command(
+    scan: &Scan,
+    line_end: u32,
+    session: &SessionEntry,
+    command: &ftp_common::Command,
+) {
     if session.state.is_encrypted() {
         return;
     }
     let (text_off, text_len) = match command.reported_argument() {
         Some(arg) => {
-            let line = line_start(scan, index, session.commands.line_len());
+            let line = line_start(line_end, session.commands.line_len());
             let off = line.wrapping_add(u32::from(arg.start));
             if off >= scan.start && off < scan.end {
                 (off, u32::from(arg.len))
@@ -813,7 +957,7 @@ const UNSOLICITED_REPLY: u8 = 0;
 #[inline(always)]
 fn on_server_verdict(
     scan: &mut Scan,
-    index: u32,
+    line_end: u32,
     session: &mut SessionEntry,
     verdict: &ServerVerdict,
 ) {
@@ -846,7 +990,7 @@ fn on_server_verdict(
             }
             // Publishing: the reply must name the public address and a window port instead.
             let line_len = session.replies.line_len();
-            let line = line_start(scan, index, line_len);
+            let line = line_start(line_end, line_len);
             if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
                 scan.rewrite_port = port;
                 scan.rewrite_addr = addr;

@@ -1,6 +1,22 @@
 //! ftpnat's TC programs. One classifier runs at the ingress and one at the egress of every router
-//! interface the agent attaches to; each is a thin entry point over the modules below, one per
-//! concern.
+//! interface the agent attaches to. The ingress program is the data fast path (flow lookup,
+//! translation, redirect); an opening SYN it does not know, and every control-connection packet,
+//! continue in stages, each a program of its own entered by a tail call (see [`stage`]):
+//!
+//! ```text
+//! ftpnat_ingress ─┬─ data packet of a known flow ─────────── translate, redirect
+//!                 ├─ opening SYN, no flow ─► ftpnat_open ─── expectation / control / reset
+//!                 ├─ control, from the client ─► ftpnat_client ─┐
+//!                 └─ control, from the server ─► ftpnat_server ─┤
+//!                     ┌─────────────────────────────────────────┘
+//!                     ├─ a line to rewrite ─► ftpnat_rewrite ─┐
+//!                     ├─ a retransmission ─► ftpnat_replay ───┤
+//!                     └───────────────────────────────────────┴─► ftpnat_control_forward
+//!                                                  (sequence adjustment, translate, redirect)
+//! ```
+//!
+//! Each stage parses the headers again (the rewrite may have changed the packet's length) and looks
+//! its flow up again; what a stage hands the next beyond that is in the per-CPU `SCRATCH` area.
 #![no_std]
 #![no_main]
 
@@ -15,6 +31,7 @@ mod nat;
 mod reset;
 mod rewrite;
 mod seqadj;
+mod stage;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -22,7 +39,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use ftp_common::maps::{Counter, Direction, FlowKind};
+use ftp_common::maps::{Counter, Direction, FlowDirection, FlowEntry, FlowKind, stage::*};
 
 use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 
@@ -31,58 +48,149 @@ use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 const PASS: i32 = TC_ACT_UNSPEC;
 
 #[classifier]
-pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
+pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Ingress);
-    // SAFETY: all-zero is a valid value of these plain header structs; parse_into overwrites it.
-    let mut packet: Tcp4 = unsafe { core::mem::zeroed() };
-    if !Tcp4::parse_into(&ctx, &mut packet) {
-        return PASS;
-    }
-    let Some(config) = maps::config() else {
+    let Some(packet) = parse(&ctx) else {
         return PASS;
     };
-    let key = packet.key();
-    let mut entry = FLOWS.get_ptr_mut(key);
-    if entry.is_none() && packet.is_opening_syn() {
-        let opened = match expect::open_data(&ctx, &packet, config) {
-            Err(OpenError::NotOurs) => flows::open_control(&ctx, &packet, config),
-            other => other,
-        };
-        match opened {
-            Ok(()) => entry = FLOWS.get_ptr_mut(key),
-            Err(OpenError::WindowExhausted) => return reset::refuse_syn(&ctx, &packet),
-            Err(OpenError::Pinhole) => return TC_ACT_SHOT,
-            Err(OpenError::NotOurs) => return PASS,
+    let Some(entry) = FLOWS.get_ptr_mut(packet.key()) else {
+        if packet.is_opening_syn() {
+            return stage::continue_opening(&ctx, PASS);
         }
-    }
-    let Some(entry) = entry else {
         return PASS;
     };
     nat::account(entry, &packet);
     // SAFETY: a live map value; the fields read below are written only when the entry is created.
     let entry = unsafe { &*entry };
     if entry.kind == FlowKind::Control as u8 {
-        // Each step is a subprogram called from here, none under another: their stack frames
-        // never add up.
-        match alg::control_packet(&ctx, &packet, entry, config) {
-            alg::Pending::Rewrite => {
-                if rewrite::rewrite_pending(&ctx, &packet, config)
-                    && !rewrite::splice_held_pending(&ctx, &packet, config)
-                {
-                    debug!(&ctx, "held bytes of a control line could not be given back");
-                }
-            }
-            alg::Pending::Replay => {
-                if rewrite::replay_pending(&ctx, &packet, config) {
-                    maps::bump(Counter::RewritesSkipped);
-                }
-            }
-            alg::Pending::Drop => return TC_ACT_SHOT,
-            alg::Pending::Nothing => {}
-        }
-        if alg::adjust_sequence(&ctx, &packet, entry) {
-            maps::bump(Counter::SequenceAdjusted);
-        }
+        let slot = if entry.direction == FlowDirection::Original as u8 {
+            CLIENT
+        } else {
+            SERVER
+        };
+        stage::set_pass(&mut ctx, 0);
+        return stage::continue_control(&ctx, slot);
+    }
+    nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
+}
+
+/// An opening SYN no flow knows: an announced data connection, a new control connection, or
+/// neither (it passes). Installs the connection's flows and forwards the SYN through them.
+#[classifier]
+pub fn ftpnat_open(ctx: TcContext) -> i32 {
+    let Some(packet) = parse(&ctx) else {
+        return PASS;
+    };
+    let Some(config) = maps::config() else {
+        return PASS;
+    };
+    let opened = match expect::open_data(&ctx, &packet, config) {
+        Err(OpenError::NotOurs) => flows::open_control(&ctx, &packet, config),
+        other => other,
+    };
+    match opened {
+        Ok(()) => {}
+        Err(OpenError::WindowExhausted) => return reset::refuse_syn(&ctx, &packet),
+        Err(OpenError::Pinhole) => return TC_ACT_SHOT,
+        Err(OpenError::NotOurs) => return PASS,
+    }
+    let Some(entry) = FLOWS.get_ptr_mut(packet.key()) else {
+        return PASS;
+    };
+    nat::account(entry, &packet);
+    // SAFETY: as in ftpnat_ingress.
+    nat::translate_and_forward(&ctx, &packet, unsafe { &*entry }).action(PASS)
+}
+
+/// A packet from a control connection's client: the ALG follows its bytes and says what is left
+/// to do.
+#[classifier]
+pub fn ftpnat_client(mut ctx: TcContext) -> i32 {
+    let Some((packet, entry)) = control_flow(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let Some(config) = maps::config() else {
+        return TC_ACT_SHOT;
+    };
+    let pass = stage::pass(&ctx);
+    let pending = alg::client_packet(&ctx, &packet, entry, config, pass);
+    if pending == alg::Pending::More {
+        stage::set_pass(&mut ctx, pass + 1);
+        return stage::continue_control(&ctx, CLIENT);
+    }
+    after_scan(&ctx, pending)
+}
+
+/// A packet from a control connection's server; as [`ftpnat_client`].
+#[classifier]
+pub fn ftpnat_server(mut ctx: TcContext) -> i32 {
+    let Some((packet, entry)) = control_flow(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let Some(config) = maps::config() else {
+        return TC_ACT_SHOT;
+    };
+    let pass = stage::pass(&ctx);
+    let pending = alg::server_packet(&ctx, &packet, entry, config, pass);
+    if pending == alg::Pending::More {
+        stage::set_pass(&mut ctx, pass + 1);
+        return stage::continue_control(&ctx, SERVER);
+    }
+    after_scan(&ctx, pending)
+}
+
+/// The stage that carries out what the scan left pending.
+#[inline(always)]
+fn after_scan(ctx: &TcContext, pending: alg::Pending) -> i32 {
+    match pending {
+        alg::Pending::Rewrite => stage::continue_control(ctx, REWRITE),
+        alg::Pending::Replay => stage::continue_control(ctx, REPLAY),
+        alg::Pending::Drop => TC_ACT_SHOT,
+        alg::Pending::Nothing | alg::Pending::More => stage::continue_control(ctx, CONTROL_FORWARD),
+    }
+}
+
+/// Carries out the rewrite (or the cut or give-back of held bytes) the control stage accepted.
+#[classifier]
+pub fn ftpnat_rewrite(ctx: TcContext) -> i32 {
+    let Some(packet) = parse(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let Some(config) = maps::config() else {
+        return TC_ACT_SHOT;
+    };
+    if rewrite::rewrite_pending(&ctx, &packet, config)
+        && !rewrite::splice_held_pending(&ctx, &packet, config)
+    {
+        debug!(&ctx, "held bytes of a control line could not be given back");
+    }
+    stage::continue_control(&ctx, CONTROL_FORWARD)
+}
+
+/// Repeats on a retransmission what was done to its segment the first time.
+#[classifier]
+pub fn ftpnat_replay(ctx: TcContext) -> i32 {
+    let Some(packet) = parse(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    let Some(config) = maps::config() else {
+        return TC_ACT_SHOT;
+    };
+    if rewrite::replay_pending(&ctx, &packet, config) {
+        maps::bump(Counter::RewritesSkipped);
+    }
+    stage::continue_control(&ctx, CONTROL_FORWARD)
+}
+
+/// The last stage of every control packet: its sequence numbers shifted by the session's
+/// rewrites, its headers translated, and on its way.
+#[classifier]
+pub fn ftpnat_control_forward(ctx: TcContext) -> i32 {
+    let Some((packet, entry)) = control_flow(&ctx) else {
+        return TC_ACT_SHOT;
+    };
+    if alg::adjust_sequence(&ctx, &packet, entry) {
+        maps::bump(Counter::SequenceAdjusted);
     }
     nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
 }
@@ -91,6 +199,24 @@ pub fn ftpnat_ingress(ctx: TcContext) -> i32 {
 pub fn ftpnat_egress(ctx: TcContext) -> i32 {
     counters::count(&ctx, Direction::Egress);
     PASS
+}
+
+/// The packet's IPv4 and TCP headers, or None if it is not an unfragmented IPv4 TCP packet.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Tcp4> {
+    // SAFETY: all-zero is a valid value of these plain header structs; parse_into overwrites it.
+    let mut packet: Tcp4 = unsafe { core::mem::zeroed() };
+    Tcp4::parse_into(ctx, &mut packet).then_some(packet)
+}
+
+/// A control stage's packet and its flow entry. None if the entry went in the meantime (the
+/// agent's sweep ended the connection): the packet is then dropped, not sent untranslated.
+#[inline(always)]
+fn control_flow(ctx: &TcContext) -> Option<(Tcp4, &'static FlowEntry)> {
+    let packet = parse(ctx)?;
+    let entry = FLOWS.get_ptr(packet.key())?;
+    // SAFETY: a live map value, read only here; see ftpnat_ingress.
+    Some((packet, unsafe { &*entry }))
 }
 
 #[cfg(not(test))]

@@ -91,6 +91,8 @@ pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
 pub struct Scratch {
     /// The control segment's payload (from 0) and the rewrite's old and new tails.
     pub bytes: [u8; SCRATCH_SIZE],
+    /// The scan of the segment the client or server stage is on, between its passes.
+    pub scan: crate::alg::Scan,
     /// A PORT/EPRT/227/229 the ALG accepted in this segment, for the rewrite that follows.
     pub pending: crate::rewrite::RewriteRequest,
     /// What to repeat on a retransmission in this program run (its session in `pending`).

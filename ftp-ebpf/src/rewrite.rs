@@ -86,7 +86,7 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
         return false;
     };
-    // SAFETY: a live map value; see alg::control_packet on concurrent updates.
+    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
     let entry = unsafe { &mut *session };
     let rewritten = rewrite(ctx, packet, entry, config, &request);
     if !rewritten {
@@ -140,7 +140,7 @@ fn splice_held(
     config: &DatapathConfig,
     request: &RewriteRequest,
 ) -> bool {
-    // SAFETY: a live map value; see alg::control_packet on concurrent updates.
+    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
     let session = unsafe { &mut *session };
     let cut = request.kind == rewrite_kind::CUT;
     if !cut {

@@ -80,7 +80,6 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
         adjust: *peer,
         len: len as u32,
         at: 0,
-        changed: 0,
     };
     // SAFETY: plain helper call: a static callback and a context on this stack frame.
     unsafe {
@@ -91,9 +90,9 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
             0,
         )
     };
-    if walk.changed == 0 {
-        return;
-    }
+    // Whether an edge changed is not tracked through the walk (a value that varies from step to
+    // step makes the verifier walk the callback again for each): unchanged options give a zero
+    // difference, and storing them back changes nothing.
     // SAFETY: both buffers are MAX_TCP_OPTIONS (a multiple of 4) bytes of the scratch map value;
     // the bytes past `len` are zero in both, so they add nothing to the difference.
     let diff = unsafe {
@@ -121,7 +120,6 @@ struct SackWalk {
     adjust: SeqAdjust,
     len: u32,
     at: u32,
-    changed: u32,
 }
 
 /// `bpf_loop` callback: translates one option of the scratch area's `options_after`.
@@ -141,7 +139,6 @@ extern "C" fn sack_step(_index: u32, ctx: *mut c_void) -> i64 {
     {
         Some(step) => {
             walk.at = step.next as u32;
-            walk.changed = walk.changed.saturating_add(step.changed);
             0
         }
         None => 1,

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    attach::{self, Datapath, Interface, LoadOptions, NatSettings, Origin, hook_name},
+    attach::{self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name},
     config::RunOptions,
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
@@ -31,6 +31,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 struct Prepared {
     interfaces: Vec<Interface>,
     nat: NatSettings,
+    mechanism: Mechanism,
     /// The bound `--metrics` socket.
     metrics: Option<TcpListener>,
     /// Held for the agent's life: no other ftpnat process manages the pin dir meanwhile.
@@ -65,17 +66,20 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
     pins::refuse_foreign_shapes(pin_dir)?;
     // A datapath pinned here is ours to adopt (checked when loading); programs attached any other
     // way belong to another agent or another pin dir.
-    if pins::existing_links(&pins::state_dir(pin_dir)).is_empty() {
+    if pins::existing_attachments(&pins::state_dir(pin_dir)).is_empty() {
         for interface in &interfaces {
             refuse_if_already_attached(interface)?;
         }
     }
+    let (mechanism, why) = Mechanism::choose(args.tc_attach(), &interfaces[0].name)?;
+    log::info!("attaching through {mechanism}: {why}");
     // Bound now, not once the agent runs: a busy or foreign address must fail before anything is
     // attached.
     let metrics = args.metrics.map(metrics::bind).transpose()?;
     Ok(Prepared {
         interfaces,
         nat,
+        mechanism,
         metrics,
         _lock: lock,
     })
@@ -139,14 +143,15 @@ fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
         if let Some(ours) = attach::ftpnat_programs_at(&interface.name, attach_type)?.first() {
             bail!(
-                "interface '{}' already has ftpnat's {} program attached at {} (program id {}): \
-                 another `ftpnat run` manages it, or a stopped one left its datapath under \
-                 another --pin-dir; stop that agent, or remove that datapath with `ftpnat detach \
-                 --pin-dir DIR`",
+                "interface '{}' already has ftpnat's {} program attached at {} (program id {}, \
+                 through {}): another `ftpnat run` manages it, or a stopped one left its datapath \
+                 under another --pin-dir; stop that agent, or remove that datapath with `ftpnat \
+                 detach --pin-dir DIR`",
                 interface.name,
-                ours.name_as_str().unwrap_or("?"),
+                ours.name,
                 hook_name(attach_type),
-                ours.id()
+                ours.id,
+                ours.through
             );
         }
     }
@@ -157,12 +162,14 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let Prepared {
         mut interfaces,
         mut nat,
+        mechanism,
         metrics,
         _lock,
     } = prepared;
     let options = LoadOptions {
         pin_dir: args.pin_dir(),
         kernel_log_level: kernel_log_level(log::max_level()),
+        mechanism,
     };
     // Handlers first: a SIGTERM that arrives while (or right after) the programs attach must still
     // take the orderly detach path below, not kill the process with the pins left behind.
@@ -264,17 +271,23 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
 
 /// Says what the agent attached (or adopted) and what it translates.
 fn log_attached(datapath: &Datapath, nat: &NatSettings) {
+    let records = match datapath.mechanism() {
+        Mechanism::Tcx => "links",
+        Mechanism::Netlink => "filter records",
+    };
     match datapath.origin() {
         Origin::Fresh => log::info!(
-            "attached to {}; maps and links pinned under {}",
+            "attached to {} through {}; maps and {records} pinned under {}",
             datapath.attached().join(", "),
+            datapath.mechanism(),
             datapath.pin_dir().display()
         ),
         Origin::Adopted => log::info!(
             "adopted the datapath pinned under {} (its sessions, expectations and port window \
-             carry on); attached to {}",
+             carry on); attached to {} through {}",
             datapath.pin_dir().display(),
-            datapath.attached().join(", ")
+            datapath.attached().join(", "),
+            datapath.mechanism()
         ),
     }
     log::info!(

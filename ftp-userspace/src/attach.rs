@@ -1,12 +1,14 @@
 //! Loading the object and attaching its programs, all or nothing; or adopting the datapath a
 //! previous agent left pinned.
 //!
-//! [`Datapath`] owns the loaded object. Its TC links are TCX links pinned in the state dir (see
-//! [`pins`]), so the programs stay attached when the agent exits or dies. A new agent with the same
-//! settings loads the object over the pinned maps and swaps its programs into the pinned links
-//! atomically (`bpf_link_update`): no packet meets an unattached interface, no session is lost.
-//! A failed fresh start unwinds to "nothing attached, nothing pinned"; a failed adoption leaves
-//! the running datapath as it was.
+//! [`Datapath`] owns the loaded object. Its programs attach through TCX links pinned in the state
+//! dir (see [`pins`]), or, on kernels without TCX, through classic TC filters recorded there (see
+//! [`classic_tc`]); either way they stay attached when the agent exits or dies. A new agent with
+//! the same settings loads the object over the pinned maps and swaps its programs in atomically —
+//! into the pinned links (`bpf_link_update`), or into the filters at their priority and handle
+//! (the kernel replaces a cls_bpf filter's program in place): no packet meets an unattached
+//! interface, no session is lost. A failed fresh start unwinds to "nothing attached, nothing
+//! pinned"; a failed adoption leaves the running datapath as it was.
 
 use std::{
     ffi::CString,
@@ -21,14 +23,15 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, Queue,
+        Array, HashMap, MapData, ProgramArray, Queue,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
+        ProgramError, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
     },
+    sys::SyscallError,
 };
 use ftp_common::maps::{
     DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole,
@@ -36,12 +39,14 @@ use ftp_common::maps::{
 };
 
 use crate::{
-    pins,
+    classic_tc,
+    config::TcAttach,
+    pins::{self, FilterRecord},
     settings::{Ipv4Prefix, PortWindow, Published},
 };
 
 /// The object built from ftp-ebpf, embedded at build time.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));
 
 /// How many lines of the verifier's log to show when it rejects a program: the reason is at the end.
 const VERIFIER_LOG_TAIL_LINES: usize = 30;
@@ -74,7 +79,7 @@ impl Interface {
 }
 
 /// The index of the interface named `name`, `None` if there is none in this network namespace.
-fn ifindex_of(name: &str) -> io::Result<Option<u32>> {
+pub fn ifindex_of(name: &str) -> io::Result<Option<u32>> {
     let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `name` is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
@@ -109,6 +114,7 @@ pub struct Datapath {
     /// takes it to drain it.
     logger: Option<KernelLogger>,
     origin: Origin,
+    mechanism: Mechanism,
 }
 
 /// The programs and where they attach, in attach order.
@@ -134,6 +140,76 @@ pub struct LoadOptions<'a> {
     pub pin_dir: &'a Path,
     /// Highest level the kernel side should emit (aya-log's numbering: 0 = off … 5 = trace).
     pub kernel_log_level: u8,
+    /// How the programs attach; a pinned datapath attached another way is not adopted.
+    pub mechanism: Mechanism,
+}
+
+/// How the programs attach to an interface's TC hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// TCX links (Linux ≥ 6.6), pinned in the state dir.
+    Tcx,
+    /// Classic TC: a clsact qdisc and a direct-action cls_bpf filter per hook, made over netlink
+    /// and recorded in the state dir. Any kernel ftpnat runs on has it.
+    Netlink,
+}
+
+impl Mechanism {
+    /// The mechanism `requested` resolves to on this kernel, and why, for the log. The kernel is
+    /// asked, not its version compared: a TCX query on `probe` (an interface of the datapath)
+    /// fails with EINVAL on a kernel without TCX, whatever its version says or its vendor
+    /// backported.
+    pub fn choose(requested: TcAttach, probe: &str) -> anyhow::Result<(Self, String)> {
+        if requested == TcAttach::Netlink {
+            return Ok((Self::Netlink, "--tc-attach netlink asks for it".to_owned()));
+        }
+        let tcx = match SchedClassifier::query_tcx(probe, TcAttachType::Ingress) {
+            Ok(_) => Ok(format!("the kernel answered a TCX query on {probe}")),
+            Err(err) if lacks_tcx(&err) => Err(format!(
+                "the kernel has no TCX: a TCX query on {probe} failed with EINVAL (TCX came with \
+                 Linux 6.6)"
+            )),
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("asking the kernel whether it has TCX (on {probe})")));
+            }
+        };
+        match (requested, tcx) {
+            (TcAttach::Tcx, Ok(_)) => Ok((Self::Tcx, "--tc-attach tcx asks for it".to_owned())),
+            (TcAttach::Tcx, Err(why)) => bail!(
+                "--tc-attach tcx cannot be honoured: {why}; use --tc-attach netlink (classic TC) \
+                 or auto (tc_attach in the config file)"
+            ),
+            (_, Ok(why)) => Ok((Self::Tcx, why)),
+            (_, Err(why)) => Ok((Self::Netlink, why)),
+        }
+    }
+
+    /// The `--tc-attach` value that asks for this mechanism.
+    fn flag_value(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        }
+    }
+}
+
+impl std::fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcx => "TCX links",
+            Self::Netlink => "classic TC filters (a clsact qdisc and cls_bpf over netlink)",
+        })
+    }
+}
+
+/// Whether a TCX query failed because the kernel has no TCX: it does not know the attach type.
+fn lacks_tcx(err: &ProgramError) -> bool {
+    matches!(
+        err,
+        ProgramError::SyscallError(SyscallError { io_error, .. })
+            if io_error.raw_os_error() == Some(libc::EINVAL)
+    )
 }
 
 /// What the datapath translates, resolved from the flags.
@@ -160,25 +236,25 @@ pub enum Origin {
 
 impl Datapath {
     /// Attaches the datapath: adopts the one pinned under `options.pin_dir` if there is one (it
-    /// must have been made with the same settings) and it is still attached where its links say;
-    /// else loads and attaches a fresh one.
+    /// must have been made with the same settings and mechanism) and it is still attached where
+    /// its links or filters say; else loads and attaches a fresh one.
     pub fn load_and_attach(
         options: &LoadOptions<'_>,
         interfaces: &[Interface],
         nat: &NatSettings,
     ) -> anyhow::Result<Self> {
         let state_dir = pins::state_dir(options.pin_dir);
-        let links = pins::existing_links(&state_dir);
-        if links.is_empty() {
+        let attachments = pins::existing_attachments(&state_dir);
+        if attachments.is_empty() {
             return Self::fresh(options, &state_dir, interfaces, nat);
         }
-        // A pinned link whose program the kernel no longer lists was attached to an interface
-        // that has since been deleted (and maybe created again under its name, as a PPPoE
-        // reconnect does). Such a datapath carries nothing through it any more: adopting it would
-        // leave that interface without programs, so it makes way for a fresh one.
-        let lost: Vec<String> = links
+        // A pinned link or recorded filter whose program the kernel no longer lists was attached
+        // to an interface that has since been deleted (and maybe created again under its name, as
+        // a PPPoE reconnect does). Such a datapath carries nothing through it any more: adopting
+        // it would leave that interface without programs, so it makes way for a fresh one.
+        let lost: Vec<String> = attachments
             .iter()
-            .filter_map(|link| pins::LinkHook::of_pin(link))
+            .filter_map(|path| pins::PinnedHook::of_path(path))
             .filter(|hook| ours_attached(hook) == Some(false))
             .map(|hook| format!("{}/{}", hook.interface, hook.hook))
             .collect();
@@ -212,7 +288,8 @@ impl Datapath {
         nat: &NatSettings,
     ) -> anyhow::Result<Self> {
         if !pins::existing_maps(state_dir).is_empty() {
-            // Maps without links: a datapath that was detached half-way or failed to start.
+            // Maps without links or filters: a datapath that was detached half-way or failed to
+            // start.
             // Reusing them would resurrect its sessions and ports without programs behind them.
             log::warn!("removing stale pins under {}", state_dir.display());
             pins::remove_state(options.pin_dir, false)?;
@@ -226,23 +303,37 @@ impl Datapath {
                 attached: Vec::new(),
                 logger: None,
                 origin: Origin::Fresh,
+                mechanism: options.mechanism,
             };
             datapath.start_kernel_log();
             // Configured before anything is attached, so the first packet already meets the
             // settings.
             datapath.record_interfaces(interfaces)?;
             datapath.configure(interfaces, nat)?;
+            // The stages first: an attached ingress program continues in them at once.
+            datapath.load_stages()?;
+            datapath.pin_stages(state_dir)?;
             for (program, attach_type) in HOOKS {
                 datapath.load_program(program)?;
                 for interface in interfaces {
-                    datapath.attach_and_pin(program, interface, attach_type, state_dir)?;
+                    match options.mechanism {
+                        Mechanism::Tcx => {
+                            datapath.attach_and_pin(program, interface, attach_type, state_dir)?;
+                        }
+                        Mechanism::Netlink => datapath.attach_filter_and_record(
+                            program,
+                            interface,
+                            attach_type,
+                            state_dir,
+                        )?,
+                    }
                 }
             }
             Ok(datapath)
         });
         if started.is_err() {
-            // Links and maps pinned before the failure must not outlive it, nor its programs
-            // the error message (which says nothing is attached).
+            // Links, filters and maps made before the failure must not outlive it, nor its
+            // programs the error message (which says nothing is attached).
             if let Ok(removed) = pins::remove_state(options.pin_dir, false) {
                 let _ = await_detached(&removed.hooks);
             }
@@ -261,17 +352,37 @@ impl Datapath {
              (this ends the transfers it carries)",
             options.pin_dir.display()
         );
+        let pinned_mechanism = if pins::existing_links(state_dir).is_empty() {
+            Mechanism::Netlink
+        } else {
+            Mechanism::Tcx
+        };
+        if pinned_mechanism != options.mechanism {
+            bail!(
+                "the datapath under {} is attached through {pinned_mechanism}, not {} as this run \
+                 would attach it; run with --tc-attach {} to adopt it, or remove it with `ftpnat \
+                 detach --pin-dir {}` (this ends the transfers it carries)",
+                state_dir.display(),
+                options.mechanism,
+                pinned_mechanism.flag_value(),
+                options.pin_dir.display()
+            );
+        }
+        let record = match options.mechanism {
+            Mechanism::Tcx => pins::link_pin,
+            Mechanism::Netlink => pins::filter_record,
+        };
         let expected: Vec<PathBuf> = HOOKS
             .iter()
             .flat_map(|(_, attach_type)| {
                 interfaces
                     .iter()
-                    .map(|i| pins::link_pin(state_dir, &i.name, hook_name(*attach_type)))
+                    .map(move |i| record(state_dir, &i.name, hook_name(*attach_type)))
             })
             .collect();
         let mut sorted = expected.clone();
         sorted.sort();
-        let present = pins::existing_links(state_dir);
+        let present = pins::existing_attachments(state_dir);
         if present != sorted {
             let names = |paths: &[PathBuf]| {
                 paths
@@ -294,6 +405,7 @@ impl Datapath {
             attached: Vec::new(),
             logger: None,
             origin: Origin::Adopted,
+            mechanism: options.mechanism,
         };
         let differences = datapath.settings_differences(interfaces, nat)?;
         if !differences.is_empty() {
@@ -304,16 +416,27 @@ impl Datapath {
             );
         }
         datapath.start_kernel_log();
-        let mut links = expected.iter();
+        // This load's own stages, filled before its ingress program replaces the running one:
+        // the running programs keep the previous agent's stages until the swap.
+        datapath.load_stages()?;
+        let mut attachments = expected.iter();
         for (program, attach_type) in HOOKS {
             datapath.load_program(program)?;
             for interface in interfaces {
-                let Some(pin) = links.next() else {
-                    bail!("internal error: fewer link pins than hooks");
+                let Some(pin) = attachments.next() else {
+                    bail!("internal error: fewer link pins or filter records than hooks");
                 };
-                datapath.replace_program(program, interface, attach_type, pin)?;
+                match options.mechanism {
+                    Mechanism::Tcx => {
+                        datapath.replace_program(program, interface, attach_type, pin)?;
+                    }
+                    Mechanism::Netlink => {
+                        datapath.replace_filter_program(program, interface, attach_type, pin)?;
+                    }
+                }
             }
         }
+        datapath.pin_stages(state_dir)?;
         Ok(datapath)
     }
 
@@ -321,8 +444,12 @@ impl Datapath {
         self.origin
     }
 
-    /// Removes the links (detaching the programs, and waiting until the kernel has released them)
-    /// and the maps; the pin dir goes when its lock is released, if empty by then.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// Removes the links or filters (detaching the programs, and waiting until the kernel has
+    /// released them) and the maps; the pin dir goes when its lock is released, if empty by then.
     pub fn detach(self) -> anyhow::Result<pins::Removed> {
         let pin_dir = self.pin_dir.clone();
         // Our own descriptors to the links and maps go first, so that removing the pins destroys
@@ -398,6 +525,88 @@ impl Datapath {
         let pin = pins::link_pin(state_dir, &interface.name, hook);
         link.pin(&pin)
             .with_context(|| format!("pinning the link at {}", pin.display()))?;
+        self.attached.push(format!("{}/{hook}", interface.name));
+        Ok(())
+    }
+
+    /// Attaches `program` with a new classic TC filter (adding a clsact qdisc if the interface has
+    /// none) and records the filter, so that the next agent finds it. The kernel holds the
+    /// program for as long as the filter exists, agent or not.
+    fn attach_filter_and_record(
+        &mut self,
+        program: &str,
+        interface: &Interface,
+        attach_type: TcAttachType,
+        state_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let hook = hook_name(attach_type);
+        let context = || format!("attaching {program} to {} {hook}", interface.name);
+        classic_tc::ensure_clsact(&interface.name, interface.ifindex)?;
+        let classifier = self.classifier(program)?;
+        // Priority and handle 0: the kernel picks them (the priority ahead of the filters already
+        // there, as with `tc filter add` without `pref`); the record keeps what it picked.
+        let id = classifier
+            .attach_with_options(
+                &interface.name,
+                attach_type,
+                TcAttachOptions::Netlink(NlOptions::default()),
+            )
+            .with_context(context)?;
+        let filter = classifier.take_link(id).with_context(context)?;
+        let record = FilterRecord {
+            ifindex: interface.ifindex,
+            priority: filter.priority().with_context(context)?,
+            handle: filter.handle().with_context(context)?.into(),
+        };
+        // On an error `filter` is dropped, which deletes the filter: none stays unrecorded.
+        record.write(&pins::filter_record(state_dir, &interface.name, hook))?;
+        // Recorded, the filter must outlive this agent: dropping aya's handle would delete it.
+        std::mem::forget(filter);
+        self.attached.push(format!("{}/{hook}", interface.name));
+        Ok(())
+    }
+
+    /// Swaps `program` into the filter a previous agent recorded at `record`: the kernel replaces
+    /// the program of an existing cls_bpf filter in place (same priority and handle, one RCU
+    /// pointer swap), as `bpf_link_update` does a link's.
+    fn replace_filter_program(
+        &mut self,
+        program: &str,
+        interface: &Interface,
+        attach_type: TcAttachType,
+        record: &Path,
+    ) -> anyhow::Result<()> {
+        let hook = hook_name(attach_type);
+        let filter = FilterRecord::read(record)?;
+        let context = || {
+            format!(
+                "taking over the filter {filter} at {}/{hook}",
+                interface.name
+            )
+        };
+        if filter.ifindex != interface.ifindex {
+            bail!(
+                "{}: the filter was made on ifindex {}, but {} is ifindex {} now; remove that \
+                 datapath with `ftpnat detach --pin-dir {}`",
+                context(),
+                filter.ifindex,
+                interface.name,
+                interface.ifindex,
+                self.pin_dir.display()
+            );
+        }
+        let link = SchedClassifierLink::attached(
+            &interface.name,
+            attach_type,
+            filter.priority,
+            filter.handle.into(),
+            None,
+        )
+        .with_context(context)?;
+        let classifier = self.classifier(program)?;
+        let id = classifier.attach_to_link(link).with_context(context)?;
+        // As after attaching: the filter outlives this agent, whose handle would delete it.
+        std::mem::forget(classifier.take_link(id).with_context(context)?);
         self.attached.push(format!("{}/{hook}", interface.name));
         Ok(())
     }
@@ -554,6 +763,42 @@ impl Datapath {
         Ok(differences)
     }
 
+    /// Loads the ingress program's stages and fills this load's stage table with them.
+    fn load_stages(&mut self) -> anyhow::Result<()> {
+        let mut loaded = Vec::new();
+        for (slot, program) in programs::STAGES {
+            self.load_program(program)?;
+            let fd = self
+                .classifier(program)?
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+                .with_context(|| format!("taking a descriptor of program {program}"))?;
+            loaded.push((slot, program, fd));
+        }
+        let mut stages: ProgramArray<_> = ProgramArray::try_from(self.map_mut(names::STAGES)?)?;
+        for (slot, program, fd) in &loaded {
+            stages
+                .set(*slot, fd, 0)
+                .with_context(|| format!("putting {program} in the stage table"))?;
+        }
+        Ok(())
+    }
+
+    /// Pins this load's stage table in the state dir, in place of a previous agent's: a program
+    /// array is emptied when nothing holds it any more, and the attached programs outlive the
+    /// agent.
+    fn pin_stages(&mut self, state_dir: &Path) -> anyhow::Result<()> {
+        let pin = state_dir.join(names::STAGES);
+        match fs::remove_file(&pin) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("unpinning {}", pin.display())),
+        }
+        ProgramArray::try_from(self.map_mut(names::STAGES)?)?
+            .pin(&pin)
+            .with_context(|| format!("pinning the stage table at {}", pin.display()))
+    }
+
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
@@ -642,11 +887,12 @@ fn publish_target(published: &Published) -> PublishTarget {
 const DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits until the kernel lists none of ftpnat's programs at `hooks`, whose links' pins were just
-/// removed. The kernel releases such a link a moment later (after an RCU grace period, from a work
-/// queue): without waiting, "detached" would be said too early and an `ftpnat run` started right
-/// after would find the old programs still attached and refuse. An interface that is gone (or
-/// cannot be queried here) holds nothing of ours.
-pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
+/// removed (or whose filters were deleted, which detaches at once). The kernel releases a link a
+/// moment later (after an RCU grace period, from a work queue): without waiting, "detached" would
+/// be said too early and an `ftpnat run` started right after would find the old programs still
+/// attached and refuse. An interface that is gone (or cannot be queried here) holds nothing of
+/// ours.
+pub fn await_detached(hooks: &[pins::PinnedHook]) -> anyhow::Result<()> {
     let deadline = Instant::now() + DETACH_WAIT;
     loop {
         let remaining: Vec<String> = hooks
@@ -659,10 +905,10 @@ pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "the links' pins are removed, but {} s later the kernel still lists ftpnat's \
-                 programs at {}: another process holds those links open (`grep link_id \
-                 /proc/*/fdinfo/*` finds it), or another ftpnat with another --pin-dir attached \
-                 there",
+                "the links' pins are removed (and the filters deleted), but {} s later the \
+                 kernel still lists ftpnat's programs at {}: another process holds those links \
+                 open (`grep link_id /proc/*/fdinfo/*` finds it), or another ftpnat with another \
+                 --pin-dir attached there",
                 DETACH_WAIT.as_secs(),
                 remaining.join(", ")
             );
@@ -671,44 +917,74 @@ pub fn await_detached(hooks: &[pins::LinkHook]) -> anyhow::Result<()> {
     }
 }
 
-fn still_attached(hook: &pins::LinkHook) -> bool {
+fn still_attached(hook: &pins::PinnedHook) -> bool {
     ours_attached(hook) == Some(true)
 }
 
 /// Whether the kernel lists one of ftpnat's programs at a hook: `None` if it cannot tell (a
 /// lookup failed); an interface that does not exist has none.
-fn ours_attached(hook: &pins::LinkHook) -> Option<bool> {
-    let (_, attach_type) = HOOKS
-        .iter()
-        .find(|(_, attach_type)| hook_name(*attach_type) == hook.hook)?;
+fn ours_attached(hook: &pins::PinnedHook) -> Option<bool> {
+    let attach_type = attach_type_of(&hook.hook)?;
     if ifindex_of(&hook.interface).ok()?.is_none() {
         return Some(false);
     }
-    let programs = ftpnat_programs_at(&hook.interface, *attach_type).ok()?;
+    let programs = ftpnat_programs_at(&hook.interface, attach_type).ok()?;
     Some(!programs.is_empty())
 }
 
-/// ftpnat's programs the kernel lists at `interface`'s hook (by name: those of any ftpnat).
+/// One of ftpnat's programs attached at an interface's hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedProgram {
+    pub name: String,
+    pub id: u32,
+    pub through: Mechanism,
+}
+
+/// Whether `name` is one of ftpnat's attached programs (of any ftpnat).
+pub fn is_ftpnat_program(name: &str) -> bool {
+    matches!(name, programs::INGRESS | programs::EGRESS)
+}
+
+/// ftpnat's programs the kernel lists at `interface`'s hook (by name: those of any ftpnat),
+/// through either mechanism: another agent may have attached the other way.
 pub fn ftpnat_programs_at(
     interface: &str,
     attach_type: TcAttachType,
-) -> anyhow::Result<Vec<ProgramInfo>> {
-    let (_revision, attached) =
-        SchedClassifier::query_tcx(interface, attach_type).with_context(|| {
-            format!(
-                "querying the TC programs on {interface} {}",
-                hook_name(attach_type)
-            )
-        })?;
-    Ok(attached
-        .into_iter()
-        .filter(|info| {
-            matches!(
-                info.name_as_str(),
-                Some(programs::INGRESS | programs::EGRESS)
-            )
-        })
-        .collect())
+) -> anyhow::Result<Vec<AttachedProgram>> {
+    let context = || {
+        format!(
+            "querying the TC programs on {interface} {}",
+            hook_name(attach_type)
+        )
+    };
+    let mut found = Vec::new();
+    match SchedClassifier::query_tcx(interface, attach_type) {
+        Ok((_revision, attached)) => found.extend(attached.into_iter().filter_map(|info| {
+            let name = info.name_as_str()?;
+            is_ftpnat_program(name).then(|| AttachedProgram {
+                name: name.to_owned(),
+                id: info.id(),
+                through: Mechanism::Tcx,
+            })
+        })),
+        // A kernel without TCX has no TCX programs.
+        Err(err) if lacks_tcx(&err) => {}
+        Err(err) => return Err(anyhow::Error::new(err).context(context())),
+    }
+    if let Some(ifindex) = ifindex_of(interface).with_context(context)? {
+        let filters = classic_tc::bpf_filters(ifindex, attach_type).with_context(context)?;
+        found.extend(
+            filters
+                .into_iter()
+                .filter(|filter| is_ftpnat_program(&filter.name))
+                .map(|filter| AttachedProgram {
+                    name: filter.name,
+                    id: filter.program_id,
+                    through: Mechanism::Netlink,
+                }),
+        );
+    }
+    Ok(found)
 }
 
 /// The interfaces that no longer carry ftpnat's programs: their device is gone — deleted,
@@ -742,7 +1018,15 @@ pub fn hook_name(attach_type: TcAttachType) -> &'static str {
     }
 }
 
-fn explain_load_error(program: &str, err: ProgramError) -> anyhow::Error {
+/// The hook [`hook_name`] names, if it is one ftpnat attaches to.
+pub fn attach_type_of(hook: &str) -> Option<TcAttachType> {
+    HOOKS
+        .iter()
+        .map(|(_, attach_type)| *attach_type)
+        .find(|attach_type| hook_name(*attach_type) == hook)
+}
+
+pub fn explain_load_error(program: &str, err: ProgramError) -> anyhow::Error {
     match err {
         ProgramError::LoadError {
             io_error,

@@ -128,6 +128,11 @@ run_options! {
         /// How the agent writes its log and the events in it: text or json [default: text].
         #[arg(long, value_enum, value_name = "FORMAT")]
         pub log_format: Option<LogFormat>,
+        /// How the programs attach to the interfaces: tcx (TCX links, Linux ≥ 6.6), netlink
+        /// (classic TC: a clsact qdisc and cls_bpf filters, for older kernels), or auto: TCX if
+        /// the kernel has it, else netlink [default: auto].
+        #[arg(long, value_enum, value_name = "MECHANISM")]
+        pub tc_attach: Option<TcAttach>,
         /// Detach the programs and remove the pins when stopped by SIGINT/SIGTERM. Without it
         /// the datapath keeps forwarding after the agent exits, for the next `ftpnat run` to
         /// adopt (or `ftpnat detach` to remove).
@@ -145,6 +150,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line: time, level, target, and the message or the event.
     Json,
+}
+
+/// How the programs attach to the interfaces' TC hooks (see `attach::Mechanism`).
+#[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// TCX if the kernel has it (Linux ≥ 6.6), else classic TC.
+    #[default]
+    Auto,
+    /// TCX links; refused on a kernel without TCX.
+    Tcx,
+    /// Classic TC: a clsact qdisc and a direct-action cls_bpf filter per hook, over netlink.
+    Netlink,
 }
 
 /// How a setting from an upper source (the command line) combines with the one below (the file).
@@ -202,6 +220,10 @@ impl RunOptions {
 
     pub fn log_format(&self) -> LogFormat {
         self.log_format.unwrap_or_default()
+    }
+
+    pub fn tc_attach(&self) -> TcAttach {
+        self.tc_attach.unwrap_or_default()
     }
 
     /// How long an announced data connection may take to open, by default 120 s.
@@ -340,6 +362,7 @@ mod tests {
         expect_timeout = 30
         max_expectations_per_session = 8
         allow_privileged_data_ports = true
+        tc_attach = "netlink"
     "#;
 
     #[test]
@@ -368,6 +391,7 @@ mod tests {
         assert_eq!(options.expect_timeout(), Duration::from_secs(30));
         assert_eq!(options.max_expectations_per_session(), 8);
         assert!(options.allow_privileged_data_ports);
+        assert_eq!(options.tc_attach(), TcAttach::Netlink);
     }
 
     #[test]
@@ -402,6 +426,8 @@ mod tests {
             "--max-expectations-per-session",
             "8",
             "--allow-privileged-data-ports",
+            "--tc-attach",
+            "netlink",
         ]))
         .unwrap();
         assert_eq!(from_flags, parse_text(EVERY_KEY).unwrap());
@@ -415,6 +441,7 @@ mod tests {
         assert_eq!(options.expect_timeout(), Duration::from_secs(120));
         assert_eq!(options.max_expectations_per_session(), 4);
         assert!(!options.allow_privileged_data_ports);
+        assert_eq!(options.tc_attach(), TcAttach::Auto);
     }
 
     #[test]
@@ -471,6 +498,11 @@ mod tests {
                 "allow_privileged_data_ports",
                 "expected a boolean",
             ),
+            (
+                "tc_attach = \"classic\"",
+                "tc_attach",
+                "unknown variant `classic`, expected one of `auto`, `tcx`, `netlink`",
+            ),
         ] {
             let err = parse_err(text);
             let start = format!("/etc/ftpnat/ftpnat.toml: key '{key}': ");
@@ -500,6 +532,11 @@ mod tests {
                 "--max-expectations-per-session",
                 "65",
                 "65 is not in 1..=64",
+            ),
+            (
+                "--tc-attach",
+                "classic",
+                "[possible values: auto, tcx, netlink]",
             ),
         ] {
             let err = Run::try_parse_from(["run", flag, value]).unwrap_err();

@@ -3,6 +3,7 @@
 
 mod agent;
 mod attach;
+mod classic_tc;
 mod config;
 mod events;
 mod expire;
@@ -11,6 +12,7 @@ mod metrics;
 mod pins;
 mod settings;
 mod stats;
+mod verify;
 
 use std::{fs, io, path::PathBuf, process::ExitCode};
 
@@ -24,6 +26,15 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
 #[command(
     name = "ftpnat",
     version,
+    long_version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        "\ncommit: ",
+        env!("FTPNAT_COMMIT"),
+        "\neBPF object: ",
+        env!("FTPNAT_EBPF_OBJECT"),
+        "\neBPF object built by: ",
+        env!("FTPNAT_EBPF_BUILT_BY"),
+    ),
     about = "FTP connection tracking and NAT helper (FTP ALG) for eBPF router datapaths",
     long_about = "ftpnat attaches eBPF TC programs to a router's interfaces and tracks the FTP \
                   sessions crossing them. `ftpnat run` is the agent; the other commands read its \
@@ -51,9 +62,17 @@ enum Command {
     /// Follow the running agent's events live: sessions opening and closing, each command (PASS
     /// redacted), expectations, data connections with their bytes, refusals, anomalies.
     Events(StatsArgs),
-    /// Remove the datapath a stopped agent left attached: its programs, links and pins (also those
-    /// of another ftpnat version). Transfers it carries end.
+    /// Remove the datapath a stopped agent left attached: its programs, links or TC filters, and
+    /// pins (also those of another ftpnat version). Transfers it carries end.
     Detach(DetachArgs),
+    /// Load every program on this kernel without attaching anything, and report what its
+    /// verifier made of each (processed instructions against the limit, time, code size): to
+    /// check a kernel before running ftpnat on it.
+    Verify {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// For instance `ftpnat completions bash > /etc/bash_completion.d/ftpnat`, or `ftpnat
@@ -106,9 +125,13 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
             pin_dir.display()
         );
     }
+    let attachments = match (removed.links, removed.filters) {
+        (links, 0) => format!("{links} links"),
+        (0, filters) => format!("{filters} TC filters"),
+        (links, filters) => format!("{links} links and {filters} TC filters"),
+    };
     println!(
-        "removed {} links (their programs are detached) and {} maps under {}",
-        removed.links,
+        "removed {attachments} (their programs are detached) and {} maps under {}",
         removed.maps,
         pin_dir.display()
     );
@@ -163,6 +186,7 @@ fn main() -> ExitCode {
         Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
         Command::Events(args) => events::follow(&args.pin_dir, args.json),
         Command::Detach(args) => detach(&args.pin_dir),
+        Command::Verify { json } => verify::print(json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
             Ok(())

@@ -455,6 +455,24 @@ impl Lab {
         Ok(programs.into_iter().map(|(name, _id)| name).collect())
     }
 
+    /// The cls_bpf filters at a router interface's clsact hooks, ingress first, as iproute2's
+    /// `tc filter show` lists them: how a datapath attached through classic TC shows (a TCX query
+    /// does not see it).
+    pub fn router_tc_filters(&self, iface: &str) -> anyhow::Result<Vec<TcFilter>> {
+        let mut filters = Vec::new();
+        for hook in ["ingress", "egress"] {
+            let out = self
+                .router
+                .exec("tc", &["filter", "show", "dev", iface, hook])?;
+            filters.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|line| TcFilter::parse(hook, line)),
+            );
+        }
+        Ok(filters)
+    }
+
     /// What the router's capture of `iface` holds so far, as tcpdump prints it with payloads
     /// (`-A`): for checking which addresses crossed that side.
     pub fn capture_text(&self, iface: &str) -> anyhow::Result<String> {
@@ -698,6 +716,47 @@ impl Drop for Lab {
         } else if let Err(err) = fs::remove_dir_all(&self.dir) {
             eprintln!("lab cleanup: removing {}: {err}", self.dir.display());
         }
+    }
+}
+
+/// A cls_bpf filter as `tc filter show` prints it: `filter protocol all pref 49152 bpf chain 0
+/// handle 0x1 ftpnat_ingress direct-action not_in_hw id 42 name ftpnat_ingress tag … jited`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcFilter {
+    pub hook: &'static str,
+    pub pref: u16,
+    pub handle: String,
+    /// The filter's own name (the loader's), which follows the handle.
+    pub name: String,
+    pub program_id: u32,
+}
+
+impl TcFilter {
+    /// The filter a line describes; `None` for the line tc prints for each priority, which has no
+    /// handle, and for filters of other kinds than bpf.
+    fn parse(hook: &'static str, line: &str) -> Option<Self> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|word| *word == key)
+                .and_then(|at| words.get(at + 1))
+                .copied()
+        };
+        if !words.contains(&"bpf") {
+            return None;
+        }
+        Some(Self {
+            hook,
+            pref: after("pref")?.parse().ok()?,
+            handle: after("handle")?.to_owned(),
+            name: words
+                .iter()
+                .position(|word| *word == "handle")
+                .and_then(|at| words.get(at + 2))?
+                .to_string(),
+            program_id: after("id")?.parse().ok()?,
+        })
     }
 }
 

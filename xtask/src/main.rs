@@ -8,6 +8,7 @@ mod kernels;
 mod lint;
 mod setup;
 mod test;
+mod verify;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +44,13 @@ enum Task {
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run load, attach and an active and a
     /// passive masquerade download in each, and natively; print the matrix.
     Kernels,
+    /// Load every eBPF program on the running kernel and hold each to its budget (25% of the
+    /// verifier's instruction limit).
+    Verify {
+        /// Check the optimised build.
+        #[arg(long)]
+        release: bool,
+    },
     /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
     Lint,
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
@@ -64,6 +72,7 @@ fn main() -> ExitCode {
         Task::Bench => setup::run().and_then(|()| bench::run()),
         Task::Kernels => setup::run().and_then(|()| kernels::run()),
         Task::Lint => setup::run().and_then(|()| lint::run()),
+        Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
     };
     match result {

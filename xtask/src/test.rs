@@ -83,6 +83,7 @@ fn run_suites(tally: &mut Tally) {
             return;
         }
     };
+    verify_budgets(tally, &binary);
     if let Err(err) = cargo_test(
         tally,
         "integration tests",
@@ -91,6 +92,29 @@ fn run_suites(tally: &mut Tally) {
         &[("FTPNAT_BIN", binary.to_string_lossy().as_ref())],
     ) {
         tally.fail(format!("integration tests: {err:#}"));
+    }
+}
+
+/// Every program within its verifier budget on this kernel: one test per program.
+fn verify_budgets(tally: &mut Tally, binary: &Path) {
+    println!("xtask test: verifier budgets (ftpnat verify)");
+    match crate::verify::measure(binary) {
+        Ok(figures) => {
+            for f in &figures {
+                match f.over_budget() {
+                    None => {
+                        println!(
+                            "verify {}: {} processed instructions, ok",
+                            f.program,
+                            f.processed_insns.unwrap_or(0)
+                        );
+                        tally.passed += 1;
+                    }
+                    Some(why) => tally.fail(format!("verify: {why}")),
+                }
+            }
+        }
+        Err(err) => tally.fail(format!("verify: {err:#}")),
     }
 }
 
