@@ -42,12 +42,13 @@ mkdir -p /run/netns "$PIN_ROOT" /run/vsftpd/empty /srv/ftp
 mount -t bpf bpf "$PIN_ROOT"
 echo "@@ftpnat-kernels release $(uname -r)"
 
-# Runs STEP's function FUNCTION in a subshell with `set -e` (not under `if`, where the shell would
-# ignore -e), its output in /tmp/STEP.log; reports its result and returns non-zero if it failed.
+# Runs the function STEP in a subshell with `set -e`, its output in /tmp/STEP.log; reports its
+# result and returns non-zero if it failed. Call it as a plain command: under `if`, `while`, `&&`
+# or `||` the shell ignores -e, inside the subshell too, and a failed command would not stop it.
 run_step() {
     step=$1
     echo "@@ftpnat-kernels start $step"
-    (set -e; "$2") >"/tmp/$step.log" 2>&1
+    (set -e; "$step") >"/tmp/$step.log" 2>&1
     status=$?
     if [ "$status" -eq 0 ]; then
         echo "@@ftpnat-kernels result $step ok"
@@ -195,11 +196,10 @@ passive() {
 }
 
 run_all() {
-    run_step lab lab || return
-    run_step loads loads || return
-    run_step attaches attaches || return
-    run_step active active || return
-    run_step passive passive || return
+    for step in lab loads attaches active passive; do
+        run_step "$step"
+        [ "$?" -eq 0 ] || return
+    done
 }
 
 run_all
