@@ -43,8 +43,9 @@ use ftp_common::maps::{Counter, Direction, FlowDirection, FlowEntry, FlowKind, s
 
 use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 
-/// The packet goes on unchanged. Under TCX `TC_ACT_UNSPEC` (`TCX_NEXT`) hands it to the next
-/// program on the interface, so ftpnat composes with other TC programs instead of ending the chain.
+/// The packet goes on unchanged. `TC_ACT_UNSPEC` hands it to the next program on the interface
+/// (`TCX_NEXT` under TCX; the next filter under classic TC's direct-action `cls_bpf`), so ftpnat
+/// composes with other TC programs instead of ending the chain.
 const PASS: i32 = TC_ACT_UNSPEC;
 
 #[classifier]

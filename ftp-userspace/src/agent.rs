@@ -179,8 +179,9 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     let (events, _) = broadcast::channel(EVENT_BACKLOG);
     let transfer_log = events::SharedTransferLog::default();
     let _subscribers = events::serve_subscribers(args.pin_dir(), &events, &transfer_log)?;
+    let loading = Instant::now();
     let mut datapath = Datapath::load_and_attach(&options, &interfaces, &nat)?;
-    log_attached(&datapath, &nat);
+    log_attached(&datapath, &nat, loading);
     // Served from its own task: a slow scraper never delays the sweep or the kernel log.
     let metrics = match metrics
         .map(|listener| metrics::spawn(listener, datapath.pin_dir().to_owned()))
@@ -231,13 +232,14 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         } else {
             next_delay(delay)
         };
-        let Some(reattached) = reattach(args, &options, delay, &mut sigterm, &mut sigint).await?
+        let Some((reattached, loading)) =
+            reattach(args, &options, delay, &mut sigterm, &mut sigint).await?
         else {
             return Ok(());
         };
         (interfaces, nat, datapath) = reattached;
         attached_at = Instant::now();
-        log_attached(&datapath, &nat);
+        log_attached(&datapath, &nat, loading);
     };
     // Stop answering scrapes first: they would find the agent gone half-way.
     if let Some(metrics) = metrics {
@@ -269,22 +271,24 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Says what the agent attached (or adopted) and what it translates.
-fn log_attached(datapath: &Datapath, nat: &NatSettings) {
+/// Says what the agent attached (or adopted), how long loading it took since `loading` (the
+/// verifier's work, mostly), and what it translates.
+fn log_attached(datapath: &Datapath, nat: &NatSettings, loading: Instant) {
+    let took = format!("{:.2} s", loading.elapsed().as_secs_f64());
     let records = match datapath.mechanism() {
         Mechanism::Tcx => "links",
         Mechanism::Netlink => "filter records",
     };
     match datapath.origin() {
         Origin::Fresh => log::info!(
-            "attached to {} through {}; maps and {records} pinned under {}",
+            "attached to {} through {} in {took}; maps and {records} pinned under {}",
             datapath.attached().join(", "),
             datapath.mechanism(),
             datapath.pin_dir().display()
         ),
         Origin::Adopted => log::info!(
             "adopted the datapath pinned under {} (its sessions, expectations and port window \
-             carry on); attached to {} through {}",
+             carry on); attached to {} through {} in {took}",
             datapath.pin_dir().display(),
             datapath.attached().join(", "),
             datapath.mechanism()
@@ -333,6 +337,9 @@ fn next_delay(delay: Duration) -> Duration {
 /// PPPoE interface has no address until its link is up, and the public address may come from it)
 /// and no other agent has attached there, and attaches a fresh datapath; tries again, waiting
 /// longer each time, when that fails (the interface went away again while the programs loaded).
+/// What a fresh attachment after a lost interface resolved and attached.
+type Reattached = (Vec<Interface>, NatSettings, Datapath);
+
 /// `None` on SIGTERM/SIGINT: nothing is attached then.
 async fn reattach(
     args: &RunOptions,
@@ -340,7 +347,7 @@ async fn reattach(
     mut delay: Duration,
     sigterm: &mut Signal,
     sigint: &mut Signal,
-) -> anyhow::Result<Option<(Vec<Interface>, NatSettings, Datapath)>> {
+) -> anyhow::Result<Option<(Reattached, Instant)>> {
     let (wan, lans) = (args.wan()?, args.lan()?);
     let mut last_reason = String::new();
     loop {
@@ -375,8 +382,9 @@ async fn reattach(
             }
         };
         let (interfaces, nat) = resolved;
+        let loading = Instant::now();
         match Datapath::load_and_attach(options, &interfaces, &nat) {
-            Ok(datapath) => return Ok(Some((interfaces, nat, datapath))),
+            Ok(datapath) => return Ok(Some(((interfaces, nat, datapath), loading))),
             Err(err) => {
                 delay = next_delay(delay);
                 log::warn!(

@@ -68,7 +68,12 @@ fn main() -> ExitCode {
         Task::Build { release } => setup::run().and_then(|()| build(release).map(drop)),
         // Runs setup itself, so that every failure ends up in its closing tally.
         Task::Test => return test::run(),
-        Task::Demo => setup::run().and_then(|()| demo::run()),
+        Task::Demo => {
+            let started = std::time::Instant::now();
+            let result = setup::run().and_then(|()| demo::run());
+            println!("xtask demo: took {}", elapsed(started));
+            result
+        }
         Task::Bench => setup::run().and_then(|()| bench::run()),
         // Runs setup itself, so that its closing time includes the downloads.
         Task::Kernels => kernels::run(),
@@ -126,6 +131,12 @@ pub fn build(release: bool) -> anyhow::Result<PathBuf> {
     }
     println!("xtask: built {}", binary.display());
     Ok(binary)
+}
+
+/// Time since `started`, as a person reads it ("4 min 07 s").
+pub fn elapsed(started: std::time::Instant) -> String {
+    let secs = started.elapsed().as_secs();
+    format!("{} min {:02} s", secs / 60, secs % 60)
 }
 
 /// Runs a command with inherited output and fails if it fails.

@@ -35,6 +35,7 @@ impl Tally {
 /// nothing of ours in the kernel. Whatever fails on the way is counted, and the last line is always
 /// the tally.
 pub fn run() -> ExitCode {
+    let started = std::time::Instant::now();
     let mut tally = Tally::default();
     let mut before = None;
     match setup::run() {
@@ -61,6 +62,7 @@ pub fn run() -> ExitCode {
     for suite in &tally.failed_suites {
         eprintln!("xtask test: FAILED: {suite}");
     }
+    println!("xtask test: took {}", crate::elapsed(started));
     println!("{} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         ExitCode::FAILURE

@@ -18,6 +18,8 @@ pub struct ProgramFigures {
     pub insn_limit: u64,
     pub insn_budget: u64,
     pub verification_us: Option<u64>,
+    pub peak_states: Option<u64>,
+    pub stack_depth: Option<String>,
     pub xlated_bytes: Option<u64>,
     pub jited_bytes: Option<u64>,
     pub error: Option<String>,
@@ -101,6 +103,11 @@ pub fn parse(report: &Value) -> anyhow::Result<Vec<ProgramFigures>> {
                 insn_limit: number("insn_limit").context("a row without insn_limit")?,
                 insn_budget: number("insn_budget").context("a row without insn_budget")?,
                 verification_us: number("verification_us"),
+                peak_states: number("peak_states"),
+                stack_depth: row
+                    .get("stack_depth")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
                 xlated_bytes: number("xlated_bytes"),
                 jited_bytes: number("jited_bytes"),
                 error: row.get("error").and_then(Value::as_str).map(str::to_owned),
@@ -117,8 +124,8 @@ fn print_table(figures: &[ProgramFigures]) {
         .unwrap_or_default();
     println!("xtask verify: kernel {kernel}");
     println!(
-        "{:<24} {:>10} {:>7} {:>7} {:>10} {:>8} {:>8}",
-        "program", "processed", "limit", "budget", "time", "xlated", "jited"
+        "{:<24} {:>10} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8}  stack bytes per subprogram",
+        "program", "processed", "limit", "budget", "peak st.", "time", "xlated", "jited"
     );
     let show = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for f in figures {
@@ -133,14 +140,16 @@ fn print_table(figures: &[ProgramFigures]) {
             |us| format!("{:.1} ms", us as f64 / 1000.0),
         );
         println!(
-            "{:<24} {:>10} {:>7} {:>7} {:>10} {:>8} {:>8}{}",
+            "{:<24} {:>10} {:>7} {:>7} {:>8} {:>10} {:>8} {:>8}  {}{}",
             f.program,
             show(f.processed_insns),
             share(f.insn_limit),
             share(f.insn_budget),
+            show(f.peak_states),
             time,
             show(f.xlated_bytes),
             show(f.jited_bytes),
+            f.stack_depth.as_deref().unwrap_or("-"),
             if f.loaded { "" } else { "  REFUSED" }
         );
     }
@@ -158,6 +167,8 @@ mod tests {
             insn_limit: 1_000_000,
             insn_budget: 250_000,
             verification_us: Some(1),
+            peak_states: None,
+            stack_depth: None,
             xlated_bytes: None,
             jited_bytes: None,
             error: (!loaded).then(|| "R1 invalid".to_owned()),

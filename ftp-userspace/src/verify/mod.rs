@@ -4,6 +4,9 @@
 //! that verifies with little headroom fails on the next kernel whose verifier works a little
 //! harder, so the project's tests hold every program to [`INSN_BUDGET`].
 //!
+//! The programs are loaded with every kernel-side log statement live (aya-log's level at trace):
+//! the most the verifier will ever walk for this object, whatever `RUST_LOG` the agent runs with.
+//!
 //! The maps the programs use must exist to load them, and some are pinned by name: they are made
 //! on a bpffs of this process's own, mounted in a private mount namespace, so nothing is left
 //! behind on the system and nothing of a running datapath is touched.
@@ -12,7 +15,6 @@ use std::{
     ffi::CString,
     io,
     os::fd::{AsFd as _, AsRawFd as _},
-    time::Instant,
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -20,6 +22,11 @@ use aya::{EbpfLoader, programs::SchedClassifier};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
 use ftp_common::maps::programs;
 use serde::Serialize;
+
+mod stats;
+
+/// aya-log's most verbose level (trace): every log statement of the programs stays reachable.
+const ALL_KERNEL_LOGS: u8 = 5;
 
 /// The kernel's limit on instructions processed while verifying one program.
 pub const INSN_LIMIT: u32 = 1_000_000;
@@ -39,8 +46,13 @@ pub struct ProgramReport {
     pub processed_insns: Option<u32>,
     pub insn_limit: u32,
     pub insn_budget: u32,
-    /// Wall-clock time of the load, which is nearly all verification.
+    /// The verifier's own time, from its log.
     pub verification_us: Option<u64>,
+    /// Verifier states at their peak, and in all, from its log.
+    pub peak_states: Option<u32>,
+    pub total_states: Option<u32>,
+    /// Stack bytes of each subprogram, as the verifier prints them (`80+0+160`).
+    pub stack_depth: Option<String>,
     /// Size of the program after the verifier's rewrites, and of its machine code.
     pub xlated_bytes: Option<u32>,
     pub jited_bytes: Option<u32>,
@@ -81,8 +93,15 @@ fn print_table(reports: &[ProgramReport]) {
     let kernel = kernel_release();
     println!("kernel {kernel}; limit {INSN_LIMIT} processed instructions, budget {INSN_BUDGET}");
     println!(
-        "{:<24} {:>10} {:>7} {:>10} {:>9} {:>9}",
-        "program", "processed", "limit%", "time", "xlated", "jited"
+        "{:<24} {:>10} {:>7} {:>8} {:>10} {:>8} {:>8}  {}",
+        "program",
+        "processed",
+        "limit%",
+        "peak st.",
+        "time",
+        "xlated",
+        "jited",
+        "stack bytes per subprogram"
     );
     let show = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for r in reports {
@@ -102,13 +121,15 @@ fn print_table(reports: &[ProgramReport]) {
             |us| format!("{:.1} ms", us as f64 / 1000.0),
         );
         println!(
-            "{:<24} {:>10} {:>7} {:>10} {:>9} {:>9}",
+            "{:<24} {:>10} {:>7} {:>8} {:>10} {:>8} {:>8}  {}",
             r.program,
             show(r.processed_insns),
             share,
+            show(r.peak_states),
             time,
             show(r.xlated_bytes),
-            show(r.jited_bytes)
+            show(r.jited_bytes),
+            r.stack_depth.as_deref().unwrap_or("-"),
         );
     }
 }
@@ -132,8 +153,13 @@ pub fn verify_all() -> anyhow::Result<Vec<ProgramReport>> {
     enter_private_bpffs()?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(PRIVATE_BPFFS)
+        .override_global(aya_log::LEVEL, &ALL_KERNEL_LOGS, false)
         .load(crate::attach::EBPF_OBJECT)
         .context("loading the eBPF object (its maps)")?;
+    let level = [ALL_KERNEL_LOGS];
+    let verifier_stats =
+        stats::of_every_program(crate::attach::EBPF_OBJECT, &[(aya_log::LEVEL, &level)])
+            .context("loading the programs again for the verifier's statistics")?;
     let mut reports = Vec::new();
     for name in program_names() {
         let program: &mut SchedClassifier = ebpf
@@ -141,23 +167,24 @@ pub fn verify_all() -> anyhow::Result<Vec<ProgramReport>> {
             .ok_or_else(|| anyhow!("program {name} is missing from the embedded object"))?
             .try_into()
             .with_context(|| format!("program {name} is not a TC classifier"))?;
-        let started = Instant::now();
         let loaded = program.load();
-        let elapsed = started.elapsed();
+        let figures = verifier_stats.get(name).cloned().unwrap_or_default();
         let mut report = ProgramReport {
             program: name.to_owned(),
             loaded: loaded.is_ok(),
             processed_insns: None,
             insn_limit: INSN_LIMIT,
             insn_budget: INSN_BUDGET,
-            verification_us: None,
+            verification_us: figures.verification_us,
+            peak_states: figures.peak_states,
+            total_states: figures.total_states,
+            stack_depth: figures.stack_depth,
             xlated_bytes: None,
             jited_bytes: None,
             error: None,
         };
         match loaded {
             Ok(()) => {
-                report.verification_us = u64::try_from(elapsed.as_micros()).ok();
                 let fd = program.fd().context("the loaded program's descriptor")?;
                 let info = program_info(fd.as_fd().as_raw_fd())
                     .with_context(|| format!("reading what the kernel says of {name}"))?;
