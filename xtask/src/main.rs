@@ -4,6 +4,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod kernels;
 mod lint;
 mod setup;
 mod test;
@@ -40,6 +41,9 @@ enum Task {
     Demo,
     /// Measure download throughput through plain routing, netfilter's FTP helper and ftpnat.
     Bench,
+    /// Boot Debian's 6.1 and 6.12 kernels under qemu and run load, attach and an active and a
+    /// passive masquerade download in each, and natively; print the matrix.
+    Kernels,
     /// Load every eBPF program on the running kernel and hold each to its budget (25% of the
     /// verifier's instruction limit).
     Verify {
@@ -71,6 +75,8 @@ fn main() -> ExitCode {
             result
         }
         Task::Bench => setup::run().and_then(|()| bench::run()),
+        // Runs setup itself, so that its closing time includes the downloads.
+        Task::Kernels => kernels::run(),
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
         Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),

@@ -35,6 +35,23 @@ const PACKAGES: &[(&str, &str)] = &[
     ("conntrack", "the kernel-helper reference tests"),
     ("bpftool", "inspecting programs and maps by hand"),
     ("socat", "plain TCP traffic in the coexistence tests"),
+    (
+        "qemu-system-x86",
+        "the kernel matrix (boots Debian's kernels under TCG)",
+    ),
+    (
+        "busybox-static",
+        "the kernel matrix (the VMs' shell and tools, without libraries)",
+    ),
+    ("cpio", "the kernel matrix (packs the VMs' initramfs)"),
+    (
+        "kmod",
+        "the kernel matrix (depmod and modprobe --show-depends order the VMs' modules)",
+    ),
+    (
+        "xz-utils",
+        "the kernel matrix (decompresses modules for busybox's insmod)",
+    ),
 ];
 
 const NIGHTLY: &str = "nightly";
@@ -50,6 +67,7 @@ pub fn run() -> anyhow::Result<()> {
     install_packages()?;
     install_rust_src()?;
     install_bpf_linker()?;
+    crate::kernels::fetch_kernel_packages()?;
     println!("xtask setup: everything is in place");
     Ok(())
 }

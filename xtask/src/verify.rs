@@ -85,7 +85,7 @@ pub fn measure(binary: &Path) -> anyhow::Result<Vec<ProgramFigures>> {
     parse(&report)
 }
 
-fn parse(report: &Value) -> anyhow::Result<Vec<ProgramFigures>> {
+pub fn parse(report: &Value) -> anyhow::Result<Vec<ProgramFigures>> {
     let rows = report
         .as_array()
         .context("`ftpnat verify --json` did not print an array")?;
