@@ -669,15 +669,14 @@ fn copy_payload(ctx: &TcContext, offset: usize, len: usize, dst: usize) -> usize
         return 0;
     }
     let len = if len > SCRATCH_LEN { SCRATCH_LEN } else { len };
-    // Written so the verifier sees 1 ≤ len ≤ SCRATCH_LEN: the helper refuses a length that may be 0.
-    let len = ((len - 1) & (SCRATCH_LEN - 1)) + 1;
+    let len = crate::maps::helper_len(len, SCRATCH_LEN - 1);
     // SAFETY: the buffer holds SCRATCH_SIZE ≥ 64 + len bytes; the helper checks the packet's
     // bounds.
     let ret = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
             offset as u32,
-            scratch.cast::<u8>().add(dst & 63).cast(),
+            (*scratch).bytes.as_mut_ptr().add(dst & 63).cast(),
             len as u32,
         )
     };

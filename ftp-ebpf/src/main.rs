@@ -79,28 +79,28 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
 /// neither (it passes). Installs the connection's flows and forwards the SYN through them.
 #[classifier]
 pub fn ftpnat_open(ctx: TcContext) -> i32 {
-    let Some(packet) = parse(&ctx) else {
+    let Some(packet) = stage_packet(&ctx) else {
         return PASS;
     };
     let Some(config) = maps::config() else {
         return PASS;
     };
-    let opened = match expect::open_data(&ctx, &packet, config) {
-        Err(OpenError::NotOurs) => flows::open_control(&ctx, &packet, config),
+    let opened = match expect::open_data(&ctx, packet, config) {
+        Err(OpenError::NotOurs) => flows::open_control(&ctx, packet, config),
         other => other,
     };
     match opened {
         Ok(()) => {}
-        Err(OpenError::WindowExhausted) => return reset::refuse_syn(&ctx, &packet),
+        Err(OpenError::WindowExhausted) => return reset::refuse_syn(&ctx, packet),
         Err(OpenError::Pinhole) => return TC_ACT_SHOT,
         Err(OpenError::NotOurs) => return PASS,
     }
     let Some(entry) = FLOWS.get_ptr_mut(packet.key()) else {
         return PASS;
     };
-    nat::account(entry, &packet);
+    nat::account(entry, packet);
     // SAFETY: as in ftpnat_ingress.
-    nat::translate_and_forward(&ctx, &packet, unsafe { &*entry }).action(PASS)
+    nat::translate_and_forward(&ctx, packet, unsafe { &*entry }).action(PASS)
 }
 
 /// A packet from a control connection's client: the ALG follows its bytes and says what is left
@@ -114,7 +114,7 @@ pub fn ftpnat_client(mut ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     let pass = stage::pass(&ctx);
-    let pending = alg::client_packet(&ctx, &packet, entry, config, pass);
+    let pending = alg::client_packet(&ctx, packet, entry, config, pass);
     if pending == alg::Pending::More {
         stage::set_pass(&mut ctx, pass + 1);
         return stage::continue_control(&ctx, CLIENT);
@@ -132,7 +132,7 @@ pub fn ftpnat_server(mut ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     let pass = stage::pass(&ctx);
-    let pending = alg::server_packet(&ctx, &packet, entry, config, pass);
+    let pending = alg::server_packet(&ctx, packet, entry, config, pass);
     if pending == alg::Pending::More {
         stage::set_pass(&mut ctx, pass + 1);
         return stage::continue_control(&ctx, SERVER);
@@ -154,14 +154,14 @@ fn after_scan(ctx: &TcContext, pending: alg::Pending) -> i32 {
 /// Carries out the rewrite (or the cut or give-back of held bytes) the control stage accepted.
 #[classifier]
 pub fn ftpnat_rewrite(ctx: TcContext) -> i32 {
-    let Some(packet) = parse(&ctx) else {
+    let Some(packet) = stage_packet(&ctx) else {
         return TC_ACT_SHOT;
     };
     let Some(config) = maps::config() else {
         return TC_ACT_SHOT;
     };
-    if rewrite::rewrite_pending(&ctx, &packet, config)
-        && !rewrite::splice_held_pending(&ctx, &packet, config)
+    if rewrite::rewrite_pending(&ctx, packet, config)
+        && !rewrite::splice_held_pending(&ctx, packet, config)
     {
         debug!(&ctx, "held bytes of a control line could not be given back");
     }
@@ -171,13 +171,13 @@ pub fn ftpnat_rewrite(ctx: TcContext) -> i32 {
 /// Repeats on a retransmission what was done to its segment the first time.
 #[classifier]
 pub fn ftpnat_replay(ctx: TcContext) -> i32 {
-    let Some(packet) = parse(&ctx) else {
+    let Some(packet) = stage_packet(&ctx) else {
         return TC_ACT_SHOT;
     };
     let Some(config) = maps::config() else {
         return TC_ACT_SHOT;
     };
-    if rewrite::replay_pending(&ctx, &packet, config) {
+    if rewrite::replay_pending(&ctx, packet, config) {
         maps::bump(Counter::RewritesSkipped);
     }
     stage::continue_control(&ctx, CONTROL_FORWARD)
@@ -190,10 +190,10 @@ pub fn ftpnat_control_forward(ctx: TcContext) -> i32 {
     let Some((packet, entry)) = control_flow(&ctx) else {
         return TC_ACT_SHOT;
     };
-    if alg::adjust_sequence(&ctx, &packet, entry) {
+    if alg::adjust_sequence(&ctx, packet, entry) {
         maps::bump(Counter::SequenceAdjusted);
     }
-    nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
+    nat::translate_and_forward(&ctx, packet, entry).action(PASS)
 }
 
 #[classifier]
@@ -210,11 +210,22 @@ fn parse(ctx: &TcContext) -> Option<Tcp4> {
     Tcp4::parse_into(ctx, &mut packet).then_some(packet)
 }
 
+/// A stage's packet headers, parsed into this CPU's scratch area rather than onto the stack:
+/// Linux 6.1 rounds every frame of a call chain up to 32 bytes and refuses chains over 512, and
+/// the stages' chains are deep.
+#[inline(always)]
+fn stage_packet(ctx: &TcContext) -> Option<&'static Tcp4> {
+    let scratch = maps::SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch area; each stage parses the packet again on entry.
+    let packet = unsafe { &mut (*scratch).packet };
+    Tcp4::parse_into(ctx, packet).then_some(&*packet)
+}
+
 /// A control stage's packet and its flow entry. None if the entry went in the meantime (the
 /// agent's sweep ended the connection): the packet is then dropped, not sent untranslated.
 #[inline(always)]
-fn control_flow(ctx: &TcContext) -> Option<(Tcp4, &'static FlowEntry)> {
-    let packet = parse(ctx)?;
+fn control_flow(ctx: &TcContext) -> Option<(&'static Tcp4, &'static FlowEntry)> {
+    let packet = stage_packet(ctx)?;
     let entry = FLOWS.get_ptr(packet.key())?;
     // SAFETY: a live map value, read only here; see ftpnat_ingress.
     Some((packet, unsafe { &*entry }))

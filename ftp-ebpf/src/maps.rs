@@ -56,6 +56,26 @@ pub fn bump(counter: Counter) {
     }
 }
 
+/// `len` (which the caller has checked is within `1..=mask + 1`) as a helper's length argument
+/// must reach the verifier: provably non-zero and bounded. Written `((len - 1) & mask) + 1`; where
+/// the compiler can prove the mask changes nothing it would drop it, leaving only the caller's
+/// `len != 0` test, from which Linux 6.1's verifier learns nothing (it refused `size=0`).
+/// `black_box` hides the value from the compiler, so the mask stays in the code.
+#[inline(always)]
+pub fn helper_len(len: usize, mask: usize) -> usize {
+    (core::hint::black_box(len).wrapping_sub(1) & mask) + 1
+}
+
+/// `offset & mask` for an offset into a map value, with the mask kept in the code (see
+/// [`helper_len`]). Where the compiler proves the offset in range it drops the mask, and the
+/// verifier must then know the bound from the offset's history, which Linux 6.1 loses when the
+/// value was spilled to the stack ("math between map_value pointer and register with unbounded
+/// min value").
+#[inline(always)]
+pub fn masked(offset: usize, mask: usize) -> usize {
+    core::hint::black_box(offset) & mask
+}
+
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
@@ -89,6 +109,8 @@ pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
 /// Per-CPU working memory of one program run: too large for the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
+    /// The headers of the packet a stage works on (see `stage_packet` in main.rs).
+    pub packet: crate::headers::Tcp4,
     /// The control segment's payload (from 0) and the rewrite's old and new tails.
     pub bytes: [u8; SCRATCH_SIZE],
     /// The scan of the segment the client or server stage is on, between its passes.

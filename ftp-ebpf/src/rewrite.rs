@@ -576,11 +576,11 @@ fn splice(
             return None;
         }
         // Zero the bytes up to the next multiple of 4: bpf_csum_diff sums whole words.
-        for i in 0..3u32 {
-            let old_pad = (OLD_TAIL as u32 + old_tail_len as u32 + i) & MASK as u32;
-            let new_pad = (NEW_TAIL as u32 + new_tail_len as u32 + i) & MASK as u32;
-            *buf.as_mut_ptr().add(old_pad as usize) = 0;
-            *buf.as_mut_ptr().add(new_pad as usize) = 0;
+        for i in 0..3usize {
+            let old_pad = crate::maps::masked(OLD_TAIL + old_tail_len + i, MASK);
+            let new_pad = crate::maps::masked(NEW_TAIL + new_tail_len + i, MASK);
+            *buf.as_mut_ptr().add(old_pad) = 0;
+            *buf.as_mut_ptr().add(new_pad) = 0;
         }
         let old_words = ((old_tail_len + 3) & !3) & (2 * SCRATCH_LEN - 1);
         let new_words = ((new_tail_len + 3) & !3) & (2 * SCRATCH_LEN - 1);
@@ -603,7 +603,7 @@ fn splice(
         }
         // A cut at an even offset leaves no new tail to store.
         if new_tail_len > 0 {
-            let len = ((new_tail_len - 1) & (SCRATCH_LEN - 1)) + 1;
+            let len = crate::maps::helper_len(new_tail_len, SCRATCH_LEN - 1);
             if bpf_skb_store_bytes(
                 skb,
                 (payload_off + aligned) as u32,
@@ -653,7 +653,7 @@ unsafe fn load(
     if len == 0 || len > SCRATCH_LEN {
         return -1;
     }
-    let len = ((len - 1) & (SCRATCH_LEN - 1)) + 1;
+    let len = crate::maps::helper_len(len, SCRATCH_LEN - 1);
     // SAFETY: the caller guarantees `dst` has room for SCRATCH_LEN bytes.
     unsafe { bpf_skb_load_bytes(skb as *const c_void, offset as u32, dst.cast(), len as u32) }
 }
