@@ -896,12 +896,21 @@ fn run_native(ftpnat: &Path) -> KernelRun {
 /// the native row is short), prints the tables and how long it all took.
 pub fn run() -> anyhow::Result<()> {
     let start = Instant::now();
-    let result = setup::run().and_then(|()| run_matrix());
+    let result = setup::run().and_then(|()| matrix());
     println!("kernels: took {} s", start.elapsed().as_secs());
-    result
+    let failed: Vec<String> = result?
+        .into_iter()
+        .filter(|(_, passed)| !passed)
+        .map(|(kernel, _)| kernel)
+        .collect();
+    if !failed.is_empty() {
+        bail!("the matrix failed on {}", failed.join(", "));
+    }
+    Ok(())
 }
 
-fn run_matrix() -> anyhow::Result<()> {
+/// Runs the matrix (setup done) and prints it; each kernel with whether it passed every step.
+pub fn matrix() -> anyhow::Result<Vec<(String, bool)>> {
     let ftpnat = build(true)?;
     // The native lab finds the agent through this variable, as the integration tests do.
     // SAFETY: set before this process starts any other thread.
@@ -943,15 +952,10 @@ fn run_matrix() -> anyhow::Result<()> {
     });
 
     print!("{}", render_table(&runs));
-    let failed: Vec<&str> = runs
+    Ok(runs
         .iter()
-        .filter(|run| !run.all_passed())
-        .map(|run| run.kernel.as_str())
-        .collect();
-    if !failed.is_empty() {
-        bail!("the matrix failed on {}", failed.join(", "));
-    }
-    Ok(())
+        .map(|run| (run.kernel.clone(), run.all_passed()))
+        .collect())
 }
 
 /// `1,234,567`

@@ -95,6 +95,22 @@ fn run_suites(tally: &mut Tally) {
     ) {
         tally.fail(format!("integration tests: {err:#}"));
     }
+
+    // Last: the same datapath on other kernels (qemu) and this one, one test per kernel. It
+    // builds the optimised agent and takes about a minute once the kernels are downloaded.
+    println!("xtask test: kernel matrix (cargo xtask kernels)");
+    match crate::kernels::matrix() {
+        Ok(kernels) => {
+            for (kernel, passed) in kernels {
+                if passed {
+                    tally.passed += 1;
+                } else {
+                    tally.fail(format!("kernel matrix: {kernel} (see the table above)"));
+                }
+            }
+        }
+        Err(err) => tally.fail(format!("kernel matrix: {err:#}")),
+    }
 }
 
 /// Every program within its verifier budget on this kernel: one test per program.
