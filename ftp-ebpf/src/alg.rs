@@ -202,16 +202,7 @@ pub fn client_packet(
     config: &DatapathConfig,
     pass: u32,
 ) -> Pending {
-    let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
-        return Pending::Nothing;
-    };
-    if pass == 0 {
-        apply_releases(&flow.session, session);
-        if let Some(pending) = begin_segment(ctx, packet, flow, config, session, true) {
-            return pending;
-        }
-    }
-    next_line(ctx, session, true, pass)
+    follow_packet(ctx, packet, flow, config, pass, true)
 }
 
 /// Follows a packet a control connection's server sent; see [`client_packet`].
@@ -223,16 +214,28 @@ pub fn server_packet(
     config: &DatapathConfig,
     pass: u32,
 ) -> Pending {
+    follow_packet(ctx, packet, flow, config, pass, false)
+}
+
+#[inline(always)]
+fn follow_packet(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    flow: &FlowEntry,
+    config: &DatapathConfig,
+    pass: u32,
+    from_client: bool,
+) -> Pending {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
         return Pending::Nothing;
     };
     if pass == 0 {
         apply_releases(&flow.session, session);
-        if let Some(pending) = begin_segment(ctx, packet, flow, config, session, false) {
+        if let Some(pending) = begin_segment(ctx, packet, flow, config, session, from_client) {
             return pending;
         }
     }
-    next_line(ctx, session, false, pass)
+    next_line(ctx, session, from_client, pass)
 }
 
 /// How many passes a client or server stage may make over one segment, each stopping at one line

@@ -106,25 +106,21 @@ pub fn ftpnat_open(ctx: TcContext) -> i32 {
 /// A packet from a control connection's client: the ALG follows its bytes and says what is left
 /// to do.
 #[classifier]
-pub fn ftpnat_client(mut ctx: TcContext) -> i32 {
-    let Some((packet, entry)) = control_flow(&ctx) else {
-        return TC_ACT_SHOT;
-    };
-    let Some(config) = maps::config() else {
-        return TC_ACT_SHOT;
-    };
-    let pass = stage::pass(&ctx);
-    let pending = alg::client_packet(&ctx, packet, entry, config, pass);
-    if pending == alg::Pending::More {
-        stage::set_pass(&mut ctx, pass + 1);
-        return stage::continue_control(&ctx, CLIENT);
-    }
-    after_scan(&ctx, pending)
+pub fn ftpnat_client(ctx: TcContext) -> i32 {
+    scan_stage(ctx, CLIENT)
 }
 
 /// A packet from a control connection's server; as [`ftpnat_client`].
 #[classifier]
-pub fn ftpnat_server(mut ctx: TcContext) -> i32 {
+pub fn ftpnat_server(ctx: TcContext) -> i32 {
+    scan_stage(ctx, SERVER)
+}
+
+/// The client or server stage (`slot`): one pass over the packet's bytes, then the same stage
+/// again for the next line, or the stage that carries out what the scan left pending. Inlined
+/// into each program, which so verifies only its own direction's scanner.
+#[inline(always)]
+fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
     let Some((packet, entry)) = control_flow(&ctx) else {
         return TC_ACT_SHOT;
     };
@@ -132,10 +128,14 @@ pub fn ftpnat_server(mut ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     let pass = stage::pass(&ctx);
-    let pending = alg::server_packet(&ctx, packet, entry, config, pass);
+    let pending = if slot == CLIENT {
+        alg::client_packet(&ctx, packet, entry, config, pass)
+    } else {
+        alg::server_packet(&ctx, packet, entry, config, pass)
+    };
     if pending == alg::Pending::More {
         stage::set_pass(&mut ctx, pass + 1);
-        return stage::continue_control(&ctx, SERVER);
+        return stage::continue_control(&ctx, slot);
     }
     after_scan(&ctx, pending)
 }

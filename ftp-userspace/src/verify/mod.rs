@@ -93,15 +93,8 @@ fn print_table(reports: &[ProgramReport]) {
     let kernel = kernel_release();
     println!("kernel {kernel}; limit {INSN_LIMIT} processed instructions, budget {INSN_BUDGET}");
     println!(
-        "{:<24} {:>10} {:>7} {:>8} {:>10} {:>8} {:>8}  {}",
-        "program",
-        "processed",
-        "limit%",
-        "peak st.",
-        "time",
-        "xlated",
-        "jited",
-        "stack bytes per subprogram"
+        "{:<24} {:>10} {:>7} {:>8} {:>10} {:>8} {:>8}  stack bytes per subprogram",
+        "program", "processed", "limit%", "peak st.", "time", "xlated", "jited"
     );
     let show = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
     for r in reports {
