@@ -24,7 +24,7 @@ use core::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 use ftp_common::{
-    ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, Policy, PolicyContext, SegmentVerdict,
+    ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, PolicyContext, SegmentVerdict,
     ServerVerdict,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
@@ -36,8 +36,8 @@ use ftp_common::{
 
 use crate::{
     headers::Tcp4,
-    maps::{EXPECTS, RELEASED, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
-    rewrite::RewriteRequest,
+    maps::{EXPECTS, RELEASED, SESSIONS, bump, now_ns},
+    scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, Scan},
 };
 
 /// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
@@ -123,70 +123,6 @@ pub fn open_session(packet: &Tcp4, new: &NewSession) {
             new.server_addr,
             u16::from_be_bytes(new.server_port),
         );
-    }
-}
-
-/// The scan of one segment, kept in the scratch area between the passes of its stage.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Scan {
-    /// The session's map value, set again by each pass (the verifier does not let a pointer to a
-    /// map value be kept in a map).
-    session: *mut SessionEntry,
-    /// Scratch offsets of the first new byte and one past the last.
-    start: u32,
-    end: u32,
-    /// Where the pass goes on feeding bytes, and where the line it stopped at ends (its LF).
-    next: u32,
-    line_end: u32,
-    /// 1 if the pass stopped at a complete line.
-    line_found: u32,
-    /// Held bytes in front of the payload's copy, and 1 if the whole payload was copied.
-    held_len: u32,
-    scanned_all: u32,
-    /// The payload's offset in the packet and its length, and how much of it the windows copied
-    /// so far: a payload longer than the scratch area is scanned a window at a time.
-    payload_off: u32,
-    payload_len: u32,
-    window_end: u32,
-    /// The control connection's client, as the router sees it on the client's side.
-    client: [u8; 4],
-    /// The server's own address (behind the router when publishing).
-    server: [u8; 4],
-    lan_ifindex: u32,
-    expect_timeout_ns: u64,
-    /// The operator's policy (`--allow-privileged-data-ports`, `--max-expectations-per-session`).
-    policy: Policy,
-    session_key: ftp_common::maps::FlowKey,
-    /// A [`SessionKind`] as `u8`.
-    session_kind: u8,
-    /// The line accepted for a rewrite in this segment: its `kind` is a `rewrite_kind` (NONE if
-    /// none), the rest as in [`RewriteRequest`].
-    rewrite_kind: u8,
-    rewrite_delimiter: u8,
-    rewrite_line_in_segment: u8,
-    rewrite_field_off: u16,
-    rewrite_field_len: u16,
-    rewrite_line_off: u16,
-    rewrite_line_len: u16,
-    rewrite_port: u16,
-    rewrite_addr: [u8; 4],
-    /// The lowest scratch offset a field to rewrite may start at: where this segment's new bytes
-    /// start, or the held bytes in front of them.
-    field_floor: u32,
-}
-
-// SAFETY: a Scan is kept in a per-CPU map only with its session pointer cleared (`save`); the
-// pointer is set again by the pass that reads it back.
-unsafe impl Sync for Scan {}
-
-impl Scan {
-    /// Keeps the scan in this CPU's scratch area for the next pass.
-    #[inline(always)]
-    fn save(mut self, scratch: *mut crate::maps::Scratch) {
-        self.session = core::ptr::null_mut();
-        // SAFETY: this CPU's scratch area; the stage's passes run one after another on this CPU.
-        unsafe { (*scratch).scan = self };
     }
 }
 

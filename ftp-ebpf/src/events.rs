@@ -5,7 +5,10 @@
 use aya_ebpf::{macros::map, maps::RingBuf};
 use ftp_common::maps::{EVENT_TEXT_LEN, Event, EventKind, FlowKey};
 
-use crate::maps::{SCRATCH, SCRATCH_SIZE, now_ns};
+use crate::{
+    maps::now_ns,
+    scratch::{SCRATCH, SCRATCH_SIZE},
+};
 
 /// Room for a few thousand events between two reads of the agent.
 const EVENTS_BYTES: u32 = 256 * 1024;

@@ -94,39 +94,3 @@ pub static EXPECTS: HashMap<ftp_common::maps::ExpectKey, ftp_common::maps::Expec
 #[map(name = "SESSIONS")]
 pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
     HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);
-
-/// How many payload bytes of a control segment are copied out and parsed. FTP commands and the
-/// replies that matter are far shorter; a longer segment has its first lines parsed and the rest
-/// of it only tracked for line boundaries.
-pub const SCRATCH_LEN: usize = ftp_common::MAX_LINE_LEN;
-
-/// Size of the scratch buffer. Larger than what is ever copied into it ([`SCRATCH_LEN`]): the
-/// verifier cannot relate a slice's end pointer to its length, so it bounds every index the parser
-/// may compute by its own arithmetic (an offset plus a bounded scan), which can exceed the copied
-/// length but stays within this.
-pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
-
-/// Per-CPU working memory of one program run: too large for the 512-byte stack.
-#[repr(C)]
-pub struct Scratch {
-    /// The headers of the packet a stage works on (see `stage_packet` in main.rs).
-    pub packet: crate::headers::Tcp4,
-    /// The control segment's payload (from 0) and the rewrite's old and new tails.
-    pub bytes: [u8; SCRATCH_SIZE],
-    /// The scan of the segment the client or server stage is on, between its passes.
-    pub scan: crate::alg::Scan,
-    /// A PORT/EPRT/227/229 the ALG accepted in this segment, for the rewrite that follows.
-    pub pending: crate::rewrite::RewriteRequest,
-    /// What to repeat on a retransmission in this program run (its session in `pending`).
-    pub replay: ftp_common::maps::RewriteRecord,
-    /// A TCP options area before and after its SACK edges are translated (read at variable
-    /// offsets, which the verifier allows in a map value but not on the stack).
-    pub options_before: [u8; ftp_common::MAX_TCP_OPTIONS],
-    pub options_after: [u8; ftp_common::MAX_TCP_OPTIONS],
-    /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which
-    /// can reach a little past it; this keeps every such address inside the map value.
-    pub _verifier_slack: [u8; 64],
-}
-
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -31,7 +31,8 @@ use ftp_common::{
 
 use crate::{
     headers::{IP_CHECK_OFF, IP_OFF, TCP_CHECK_OFF, Tcp4},
-    maps::{EXPECTS, FREE_PORTS, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, SESSIONS, bump, now_ns},
+    maps::{EXPECTS, FREE_PORTS, SESSIONS, bump, now_ns},
+    scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE},
 };
 
 /// Scratch regions: the payload copy is at 0; the old and new tails are built here.
@@ -40,33 +41,6 @@ const NEW_TAIL: usize = 3 * SCRATCH_LEN;
 const MASK: usize = SCRATCH_SIZE - 1;
 /// IPv4 `tot_len` offset in its header.
 const IP_TOT_LEN_OFF: usize = 2;
-
-/// A PORT/EPRT/227/229 the scan accepted, to rewrite in this segment.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct RewriteRequest {
-    /// A `rewrite_kind` (PORT, EPRT, PASV_227 or EPSV_229).
-    pub kind: u8,
-    pub delimiter: u8,
-    /// Whether the whole line (not only the field) lies in this segment: a refusal replaces the
-    /// whole of a 227/229 line.
-    pub line_in_segment: u8,
-    /// 1 if the field began in the previous segment, whose part of it is held
-    /// ([`ftp_common::maps::HeldField`]): the field here is only the rest of it.
-    pub completes_hold: u8,
-    /// The field's offset in the payload and its length.
-    pub field_off: u16,
-    pub field_len: u16,
-    /// The line's offset in the payload and its length without the LF.
-    pub line_off: u16,
-    pub line_len: u16,
-    /// The announced address and port.
-    pub addr: [u8; 4],
-    pub port: u16,
-    pub _pad2: [u8; 2],
-    /// The control connection (original direction key).
-    pub session_key: ftp_common::maps::FlowKey,
-}
 
 /// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
 /// full, field begun in an earlier segment that was not held, segment too long) the segment

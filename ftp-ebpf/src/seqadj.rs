@@ -12,7 +12,7 @@ use ftp_common::{MAX_TCP_OPTIONS, SeqAdjust};
 
 use crate::{
     headers::{TCP_CHECK_OFF, Tcp4},
-    maps::SCRATCH,
+    scratch::SCRATCH,
 };
 
 const TCP_SEQ_OFF: usize = 4;

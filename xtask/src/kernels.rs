@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use ftpnat_tests::{Lab, LabSpec, Mode, Routing};
 
 use crate::{
-    build, setup,
+    build,
     verify::{self, ProgramFigures},
     workspace_root,
 };
@@ -894,11 +894,10 @@ fn run_native(ftpnat: &Path) -> KernelRun {
 /// `cargo xtask kernels`: setup (which downloads the kernels), builds ftpnat, prepares every
 /// kernel, runs the VMs and the native row at once (each VM is one single-threaded TCG process;
 /// the native row is short), prints the tables and how long it all took.
+/// `cargo xtask kernels`, once setup has downloaded the kernels: the matrix, failing if any kernel
+/// failed a step.
 pub fn run() -> anyhow::Result<()> {
-    let start = Instant::now();
-    let result = setup::run().and_then(|()| matrix());
-    println!("kernels: took {} s", start.elapsed().as_secs());
-    let failed: Vec<String> = result?
+    let failed: Vec<String> = matrix()?
         .into_iter()
         .filter(|(_, passed)| !passed)
         .map(|(kernel, _)| kernel)

@@ -1,0 +1,132 @@
+//! This CPU's scratch area: working memory too large for the 512-byte stack, and what the stages
+//! of one packet hand each other (a tail-call chain stays on its CPU). A stage reads here only
+//! what a stage before it wrote for the same packet.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+
+/// How many payload bytes of a control segment are copied out and parsed at a time. FTP commands
+/// and the replies that matter are far shorter; a longer segment is scanned a window of this size
+/// at a time (and never rewritten).
+pub const SCRATCH_LEN: usize = ftp_common::MAX_LINE_LEN;
+
+/// Size of the scratch buffer. Larger than what is ever copied into it ([`SCRATCH_LEN`]): the
+/// verifier cannot relate a slice's end pointer to its length, so it bounds every index the parser
+/// may compute by its own arithmetic (an offset plus a bounded scan), which can exceed the copied
+/// length but stays within this.
+pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
+
+/// Per-CPU working memory of one program run: too large for the 512-byte stack.
+#[repr(C)]
+pub struct Scratch {
+    /// The headers of the packet a stage works on (see `stage_packet` in main.rs).
+    pub packet: crate::headers::Tcp4,
+    /// The control segment's payload (from 0) and the rewrite's old and new tails.
+    pub bytes: [u8; SCRATCH_SIZE],
+    /// The scan of the segment the client or server stage is on, between its passes.
+    pub scan: Scan,
+    /// A PORT/EPRT/227/229 the ALG accepted in this segment, for the rewrite that follows.
+    pub pending: RewriteRequest,
+    /// What to repeat on a retransmission in this program run (its session in `pending`).
+    pub replay: ftp_common::maps::RewriteRecord,
+    /// A TCP options area before and after its SACK edges are translated (read at variable
+    /// offsets, which the verifier allows in a map value but not on the stack).
+    pub options_before: [u8; ftp_common::MAX_TCP_OPTIONS],
+    pub options_after: [u8; ftp_common::MAX_TCP_OPTIONS],
+    /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which
+    /// can reach a little past it; this keeps every such address inside the map value.
+    pub _verifier_slack: [u8; 64],
+}
+
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The scan of one segment, kept in the scratch area between the passes of its stage.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scan {
+    /// The session's map value, set again by each pass (the verifier does not let a pointer to a
+    /// map value be kept in a map).
+    pub(crate) session: *mut ftp_common::maps::SessionEntry,
+    /// Scratch offsets of the first new byte and one past the last.
+    pub(crate) start: u32,
+    pub(crate) end: u32,
+    /// Where the pass goes on feeding bytes, and where the line it stopped at ends (its LF).
+    pub(crate) next: u32,
+    pub(crate) line_end: u32,
+    /// 1 if the pass stopped at a complete line.
+    pub(crate) line_found: u32,
+    /// Held bytes in front of the payload's copy, and 1 if the whole payload was copied.
+    pub(crate) held_len: u32,
+    pub(crate) scanned_all: u32,
+    /// The payload's offset in the packet and its length, and how much of it the windows copied
+    /// so far: a payload longer than the scratch area is scanned a window at a time.
+    pub(crate) payload_off: u32,
+    pub(crate) payload_len: u32,
+    pub(crate) window_end: u32,
+    /// The control connection's client, as the router sees it on the client's side.
+    pub(crate) client: [u8; 4],
+    /// The server's own address (behind the router when publishing).
+    pub(crate) server: [u8; 4],
+    pub(crate) lan_ifindex: u32,
+    pub(crate) expect_timeout_ns: u64,
+    /// The operator's policy (`--allow-privileged-data-ports`, `--max-expectations-per-session`).
+    pub(crate) policy: ftp_common::Policy,
+    pub(crate) session_key: ftp_common::maps::FlowKey,
+    /// A `SessionKind` as `u8`.
+    pub(crate) session_kind: u8,
+    /// The line accepted for a rewrite in this segment: its `kind` is a `rewrite_kind` (NONE if
+    /// none), the rest as in [`RewriteRequest`].
+    pub(crate) rewrite_kind: u8,
+    pub(crate) rewrite_delimiter: u8,
+    pub(crate) rewrite_line_in_segment: u8,
+    pub(crate) rewrite_field_off: u16,
+    pub(crate) rewrite_field_len: u16,
+    pub(crate) rewrite_line_off: u16,
+    pub(crate) rewrite_line_len: u16,
+    pub(crate) rewrite_port: u16,
+    pub(crate) rewrite_addr: [u8; 4],
+    /// The lowest scratch offset a field to rewrite may start at: where this segment's new bytes
+    /// start, or the held bytes in front of them.
+    pub(crate) field_floor: u32,
+}
+
+// SAFETY: a Scan is kept in a per-CPU map only with its session pointer cleared (`save`); the
+// pointer is set again by the pass that reads it back.
+unsafe impl Sync for Scan {}
+
+impl Scan {
+    /// Keeps the scan in this CPU's scratch area for the next pass.
+    #[inline(always)]
+    pub(crate) fn save(mut self, scratch: *mut Scratch) {
+        self.session = core::ptr::null_mut();
+        // SAFETY: this CPU's scratch area; the stage's passes run one after another on this CPU.
+        unsafe { (*scratch).scan = self };
+    }
+}
+
+/// A PORT/EPRT/227/229 the scan accepted, to rewrite in this segment.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RewriteRequest {
+    /// A `rewrite_kind` (PORT, EPRT, PASV_227 or EPSV_229).
+    pub kind: u8,
+    pub delimiter: u8,
+    /// Whether the whole line (not only the field) lies in this segment: a refusal replaces the
+    /// whole of a 227/229 line.
+    pub line_in_segment: u8,
+    /// 1 if the field began in the previous segment, whose part of it is held
+    /// ([`ftp_common::maps::HeldField`]): the field here is only the rest of it.
+    pub completes_hold: u8,
+    /// The field's offset in the payload and its length.
+    pub field_off: u16,
+    pub field_len: u16,
+    /// The line's offset in the payload and its length without the LF.
+    pub line_off: u16,
+    pub line_len: u16,
+    /// The announced address and port.
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad2: [u8; 2],
+    /// The control connection (original direction key).
+    pub session_key: ftp_common::maps::FlowKey,
+}
