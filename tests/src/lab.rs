@@ -398,7 +398,7 @@ impl Lab {
 
     /// Runs an ftpnat command with `--json` on the router and parses its output; an error carries
     /// its stderr.
-    pub fn ftpnat_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    pub fn try_ftpnat_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         let mut full = args.to_vec();
         full.push("--json");
         let out = self.ftpnat(&full)?;
@@ -410,6 +410,21 @@ impl Lab {
             );
         }
         serde_json::from_slice(&out.stdout).context("ftpnat's JSON")
+    }
+
+    /// [`Lab::try_ftpnat_json`] for a report the test needs (`&["stats"]`, `&["sessions", id]`):
+    /// panics with ftpnat's error if it fails.
+    pub fn ftpnat_json(&self, args: &[&str]) -> serde_json::Value {
+        self.try_ftpnat_json(args)
+            .unwrap_or_else(|err| panic!("{err:#}"))
+    }
+
+    /// The datapath counter `name` of `ftpnat stats --json`.
+    pub fn datapath_counter(&self, name: &str) -> u64 {
+        let stats = self.ftpnat_json(&["stats"]);
+        stats["datapath"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no datapath counter {name}: {stats}"))
     }
 
     /// Downloads `file` from `server` with curl in `mode` from the client namespace, and checks

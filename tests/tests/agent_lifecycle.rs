@@ -26,11 +26,6 @@ fn routed_lab() -> Lab {
     .expect("lab")
 }
 
-fn stats_json(lab: &Lab) -> Value {
-    lab.ftpnat_json(&["stats"])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
-
 fn counter(stats: &Value, iface: &str, hook: &str, field: &str) -> u64 {
     stats["interfaces"]
         .as_array()
@@ -56,7 +51,7 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     // The router's counters are read before the server's and after them at the end, so that a
     // packet crossing between two reads (an IPv6 router solicitation, ARP) can only add to
     // wan0's count: the comparison below stays one-sided.
-    let before = stats_json(&lab);
+    let before = lab.ftpnat_json(&["stats"]);
     let server_rx_before = Lab::rx_packets(&lab.server, HOST_IF).expect("server counters");
     for mode in [Mode::Port, Mode::Pasv] {
         lab.curl_from_client(&server, &file, mode)
@@ -64,7 +59,7 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     }
     let server_rx =
         Lab::rx_packets(&lab.server, HOST_IF).expect("server counters") - server_rx_before;
-    let after = stats_json(&lab);
+    let after = lab.ftpnat_json(&["stats"]);
 
     // Everything the server received left the router through wan0's egress.
     let wan_out = counter(&after, ROUTER_WAN_IF, "egress", "packets")
@@ -152,7 +147,7 @@ fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
         both_hooks_attached(&lab),
         "a restart must not interrupt the datapath"
     );
-    stats_json(&lab);
+    lab.ftpnat_json(&["stats"]);
 
     assert!(detach(&lab).contains("removed 4 links"));
     assert!(nothing_attached(&lab));
@@ -229,7 +224,10 @@ fn killed_agent_keeps_forwarding_and_the_next_run_adopts_it() {
         both_hooks_attached(&lab),
         "adoption swaps programs in place, never adds any"
     );
-    assert_eq!(stats_json(&lab)["window"]["range"], "61000-61099");
+    assert_eq!(
+        lab.ftpnat_json(&["stats"])["window"]["range"],
+        "61000-61099"
+    );
     let (status, log) = again.stop().expect("stop");
     assert!(status.success(), "{status}:\n{log}");
     detach(&lab);
@@ -538,7 +536,7 @@ fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
         both_hooks_attached(&lab),
         "a previous run's datapath was removed:\n{log}"
     );
-    stats_json(&lab);
+    lab.ftpnat_json(&["stats"]);
 
     let mut told_to_detach = lab
         .start_ftpnat(&["--port-window", WINDOW, "--detach-on-exit"])

@@ -8,14 +8,11 @@
 use std::time::Duration;
 
 use ftpnat_tests::{
-    Agent, Lab, LabSpec, Mode,
+    Agent, Lab, LabSpec, MIB, Mode,
     agent::ftpnat_bin,
     files::assert_same_content,
     lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, TcFilter, wait_until},
 };
-use serde_json::Value;
-
-const MIB: u64 = 1024 * 1024;
 
 fn netlink_agent(lab: &Lab, extra: &[&str]) -> anyhow::Result<Agent> {
     let mut args = vec!["--tc-attach", "netlink"];
@@ -48,11 +45,6 @@ fn no_filters(lab: &Lab) -> bool {
     [ROUTER_LAN_IF, ROUTER_WAN_IF].iter().all(|iface| {
         filters(lab, iface).is_empty() && lab.router_tc_programs(iface).unwrap().is_empty()
     })
-}
-
-fn json(lab: &Lab, command: &str) -> Value {
-    lab.ftpnat_json(&[command])
-        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 fn detach(lab: &Lab) -> String {
@@ -123,7 +115,7 @@ fn classic_tc_carries_transfers_refuses_a_second_agent_and_detach_removes_every_
         lab.curl_from_client(&server, &file, mode)
             .unwrap_or_else(|err| panic!("{err:#}"));
     }
-    let stats = json(&lab, "stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     let wan = stats["interfaces"]
         .as_array()
         .and_then(|rows| rows.iter().find(|row| row["name"] == ROUTER_WAN_IF))
@@ -204,7 +196,7 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
                 .expect("curl")
         });
         let flowing = wait_until(Duration::from_secs(20), || {
-            json(&lab, "flows")
+            lab.ftpnat_json(&["flows"])
                 .as_array()
                 .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
         });
@@ -238,7 +230,7 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
             );
             assert_ne!(old.program_id, new.program_id, "{old:?} kept its program");
         }
-        let sessions = json(&lab, "sessions");
+        let sessions = lab.ftpnat_json(&["sessions"]);
         let session = sessions
             .as_array()
             .and_then(|s| s.first())

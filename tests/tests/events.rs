@@ -219,10 +219,10 @@ ftp.quit()
     let mut report = Value::Null;
     let mut last_failure = String::new();
     let done = wait_until(Duration::from_secs(20), || {
-        let result = lab.ftpnat_json(&["sessions"]).and_then(|sessions| {
+        let result = lab.try_ftpnat_json(&["sessions"]).and_then(|sessions| {
             match sessions[0]["id"].as_str() {
                 // `-`: no translation to name the session by (the session is ending).
-                Some(id) if id != "-" => lab.ftpnat_json(&["sessions", id]),
+                Some(id) if id != "-" => lab.try_ftpnat_json(&["sessions", id]),
                 _ => anyhow::bail!("no session id in {sessions}"),
             }
         });

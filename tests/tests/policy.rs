@@ -47,11 +47,6 @@ print(digest.hexdigest())
 ftp.quit()
 "#;
 
-fn stats(lab: &Lab) -> Value {
-    lab.ftpnat_json(&["stats"])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
-
 fn output_lines(out: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -78,7 +73,7 @@ fn a_privileged_data_port_is_refused_unless_the_operator_allows_it() {
             )
             .unwrap_or_else(|err| panic!("{err:#}"));
         let lines = output_lines(&out);
-        let stats = stats(&lab);
+        let stats = lab.ftpnat_json(&["stats"]);
         assert_eq!(
             lines.last(),
             Some(&file.sha256),
@@ -125,13 +120,11 @@ fn the_per_session_expectation_limit_follows_the_flag() {
         // first expectation: a fixed pause would be too short on a loaded machine, and the
         // refusal counter would read 2. The agent logs an expiry after its sweep has also given
         // the place back, which it does a moment after the expectation leaves the table.
-        let created = stats(&lab)["datapath"]["expectations_created"]
+        let created = lab.ftpnat_json(&["stats"])["datapath"]["expectations_created"]
             .as_u64()
             .expect("expectations_created");
         wait_until(Duration::from_secs(40), || {
-            lab.ftpnat_json(&["expectations"])
-                .unwrap_or_else(|err| panic!("{err:#}"))
-                == Value::Array(Vec::new())
+            lab.ftpnat_json(&["expectations"]) == Value::Array(Vec::new())
                 && agent.log_text().matches("expectation_expired").count() as u64 == created
         })
         .unwrap_or_else(|_| panic!("the expectations did not expire:\n{}", agent.log_text()));
@@ -142,7 +135,7 @@ fn the_per_session_expectation_limit_follows_the_flag() {
             Some(file.sha256.as_str()),
             "{replies:?} {rest}"
         );
-        let stats = stats(&lab);
+        let stats = lab.ftpnat_json(&["stats"]);
         assert_eq!(
             stats["refusals_by_reason"]["too_many_expectations"], refused,
             "limit {limit:?}: {stats}"

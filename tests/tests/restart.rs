@@ -3,15 +3,7 @@
 
 use std::time::Duration;
 
-use ftpnat_tests::{Lab, LabSpec, files::assert_same_content, lab::wait_until};
-use serde_json::Value;
-
-const MIB: u64 = 1024 * 1024;
-
-fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    lab.ftpnat_json(&[command])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
+use ftpnat_tests::{Lab, LabSpec, MIB, files::assert_same_content, lab::wait_until};
 
 /// A 200 MB download limited to 10 MB/s (about 20 s, leaving a loaded machine time to kill one
 /// agent and start the next while it runs) through a NAT lab, where nothing but ftpnat
@@ -45,7 +37,7 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
                 .expect("curl")
         });
         let flowing = wait_until(Duration::from_secs(20), || {
-            ftpnat_json(&lab, "flows")
+            lab.ftpnat_json(&["flows"])
                 .as_array()
                 .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
         });
@@ -64,7 +56,7 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
             "{}",
             again.log_text()
         );
-        let sessions = ftpnat_json(&lab, "sessions");
+        let sessions = lab.ftpnat_json(&["sessions"]);
         let session = sessions
             .as_array()
             .and_then(|s| s.first())
