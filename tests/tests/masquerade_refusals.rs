@@ -138,25 +138,8 @@ fn default_window_avoids_the_routers_ephemeral_range_and_an_overlapping_one_is_r
     let ephemeral = 50000..=62000u16;
 
     let pin_dir = lab.pin_dir().expect("pin dir");
-    let out = lab
-        .in_router(
-            &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
-            &[
-                "run",
-                "--wan",
-                ROUTER_WAN_IF,
-                "--lan",
-                ROUTER_LAN_IF,
-                "--port-window",
-                "61000-61099",
-                "--pin-dir",
-                &pin_dir.to_string_lossy(),
-            ],
-        )
-        .output()
-        .expect("ftpnat run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "an overlapping window was taken");
+    let (status, stderr) = lab.run_ftpnat_to_end(&pin_dir, &["--port-window", "61000-61099"]);
+    assert!(!status.success(), "an overlapping window was taken");
     assert!(stderr.contains("--port-window 61000-61099"), "{stderr}");
     assert!(
         stderr.contains("ip_local_port_range (50000-62000)"),

@@ -460,24 +460,8 @@ fn unusable_metrics_address_fails_before_anything_is_attached() {
         ),
         ("localhost-9464", "invalid"),
     ] {
-        let out = lab
-            .in_router(
-                &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
-                &[
-                    "run",
-                    "--wan",
-                    ROUTER_WAN_IF,
-                    "--lan",
-                    ROUTER_LAN_IF,
-                    "--metrics",
-                    addr,
-                ],
-            )
-            .args(["--pin-dir", &pin_dir.to_string_lossy()])
-            .output()
-            .expect("ftpnat run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{addr}: exit status {}", out.status);
+        let (status, stderr) = lab.run_ftpnat_to_end(&pin_dir, &["--metrics", addr]);
+        assert!(!status.success(), "{addr}: exit status {status}");
         assert!(
             stderr.contains("--metrics"),
             "{addr}: flag not named: {stderr}"

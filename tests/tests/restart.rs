@@ -14,33 +14,9 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
     let (server, file) = lab.serve_file(200 * MIB, 9).expect("vsftpd");
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let local = lab.subdir("client").expect("client dir").join("big.bin");
-    let url = format!("ftp://{}/{}", server.addr, file.name());
     std::thread::scope(|scope| {
-        let transfer = scope.spawn(|| {
-            lab.client
-                .command(
-                    "curl",
-                    &[
-                        "-sS",
-                        "--fail",
-                        "--disable-epsv",
-                        "--limit-rate",
-                        "10M",
-                        "--max-time",
-                        "120",
-                        "-o",
-                        &local.to_string_lossy(),
-                        &url,
-                    ],
-                )
-                .output()
-                .expect("curl")
-        });
-        let flowing = wait_until(Duration::from_secs(20), || {
-            lab.ftpnat_json(&["flows"])
-                .as_array()
-                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
-        });
+        let transfer = scope.spawn(|| lab.curl_slowly(&server, &file, "10M", &local));
+        let flowing = wait_until(Duration::from_secs(20), || lab.data_flow_open());
         assert!(flowing.is_ok(), "the data connection never opened");
         agent.stop_with(libc::SIGKILL).expect("kill -9");
 
