@@ -33,6 +33,20 @@ use crate::{
 const PYTHON_HELPERS: &str = r#"
 import ftplib, hashlib, socket
 
+def login(server, timeout=20):
+    """An anonymous session with `server` on port 21."""
+    ftp = ftplib.FTP()
+    ftp.connect(server, 21, timeout=timeout)
+    ftp.login()
+    return ftp
+
+def retr_digest(ftp, name):
+    """RETR `name` in the session's mode (passive unless told otherwise): the sha256 of what
+    arrived."""
+    digest = hashlib.sha256()
+    ftp.retrbinary('RETR ' + name, digest.update)
+    return digest.hexdigest()
+
 def session_with_listener(server):
     """An anonymous session with `server` on port 21, binary, with Nagle off (each send leaves as
     a segment of its own), and a socket listening on the client's address for the server's data

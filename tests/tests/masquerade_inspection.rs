@@ -31,10 +31,9 @@ fn window_port(endpoint: &Value, addr: Ipv4Addr, window: &RangeInclusive<u16>) -
 /// Logs in and announces a listening port of its own with PORT, then waits; retrieves `argv[2]`
 /// over it, reads a first chunk and waits again; then reads the rest and prints its sha256.
 const INSPECTED_ACTIVE_SESSION: &str = r#"
-import ftplib, hashlib, socket, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=30)
-ftp.login()
+import hashlib, socket, sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1], timeout=30)
 ftp.voidcmd('TYPE I')
 host, control_port = ftp.sock.getsockname()
 listener = socket.create_server((host, 0))

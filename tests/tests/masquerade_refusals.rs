@@ -13,20 +13,17 @@ use ftpnat_tests::{
 /// A PORT naming another host (bounce), one naming the client's privileged port 80, and one that
 /// does not parse; then a passive download in the same session.
 const BOUNCE: &str = r#"
-import ftplib, hashlib, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import ftplib, sys
+from ftpnat_lab import login, retr_digest
+ftp = login(sys.argv[1])
 me = ftp.sock.getsockname()[0].replace('.', ',')
 for line in ("PORT 10,0,0,99,195,80", f"PORT {me},0,80", f"PORT {me},256,80"):
     try:
         ftp.sendcmd(line)
     except ftplib.error_perm as refused:
         print("server refused:", refused, file=sys.stderr)
-digest = hashlib.sha256()
 ftp.set_pasv(True)
-ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, sys.argv[2]))
 ftp.quit()
 "#;
 
@@ -75,10 +72,9 @@ fn bounce_privileged_and_malformed_ports_open_nothing_and_the_session_goes_on() 
 /// the window does not have, and both learn it promptly instead of waiting on silence.
 const EXHAUST_ONE_PORT: &str = r#"
 import ftplib, socket, sys
+from ftpnat_lab import login
 server = sys.argv[1]
-ftp = ftplib.FTP()
-ftp.connect(server, 21, timeout=20)
-ftp.login()
+ftp = login(server)
 me = ftp.sock.getsockname()[0].replace('.', ',')
 try:
     print('port', ftp.sendcmd(f"PORT {me},200,1"))

@@ -61,18 +61,15 @@ fn rewritten_address_may_be_shorter_than_the_original() {
 
 /// Sends `argv[3]` PORT commands, then downloads `argv[2]` in active mode; prints its sha256.
 const PORTS_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import sys
+from ftpnat_lab import login, retr_digest
+ftp = login(sys.argv[1])
 me = ftp.sock.getsockname()[0].replace('.', ',')
 for i in range(int(sys.argv[3])):
     reply = ftp.sendcmd(f"PORT {me},{200 + i // 256},{i % 256}")
     assert reply.startswith('200'), reply
 ftp.set_pasv(False)
-digest = hashlib.sha256()
-ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, sys.argv[2]))
 ftp.quit()
 "#;
 
@@ -184,10 +181,9 @@ fn checksums_hold_when_endpoints_compute_and_verify_them() {
 /// it arrives out of order and the server acknowledges it with a SACK block. That block is in the
 /// server's (shifted) sequence space; the client must receive it in its own.
 const PORT_THEN_TWO_SEGMENTS: &str = r#"
-import ftplib, socket, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import socket, sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1])
 ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 me = ftp.sock.getsockname()[0].replace('.', ',')
 print(ftp.sendcmd(f"PORT {me},200,1"))

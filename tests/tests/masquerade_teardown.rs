@@ -14,10 +14,9 @@ use ftpnat_tests::{
 use serde_json::Value;
 
 const PORT_THEN_QUIT: &str = r#"
-import ftplib, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1])
 me = ftp.sock.getsockname()[0].replace('.', ',')
 ftp.sendcmd(f"PORT {me},200,1")
 ftp.quit()
@@ -27,10 +26,9 @@ ftp.quit()
 /// session that outlives its expectation, and a client that would accept a connection ftpnat
 /// wrongly let through.
 const PORT_THEN_WAIT: &str = r#"
-import ftplib, socket, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=30)
-ftp.login()
+import socket, sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1], timeout=30)
 host = ftp.sock.getsockname()[0]
 listener = socket.create_server((host, 0))
 port = listener.getsockname()[1]
@@ -158,10 +156,9 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
 /// Starts an active download with a small receive buffer, so that it stalls with data unread,
 /// reads a little and waits to be killed.
 const STALLED_ACTIVE_DOWNLOAD: &str = r#"
-import ftplib, os, socket, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=30)
-ftp.login()
+import os, socket, sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1], timeout=30)
 ftp.voidcmd('TYPE I')
 host = ftp.sock.getsockname()[0]
 listener = socket.socket()
@@ -232,17 +229,14 @@ fn a_client_killed_mid_transfer_is_swept_after_its_reset() {
 /// opens a data connection again. Waits on stdin after the fourth reply, for the test to see
 /// them expired.
 const UNUSED_PASV_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import sys
+from ftpnat_lab import login, retr_digest
+ftp = login(sys.argv[1])
 for _ in range(4):
     ftp.sendcmd('PASV')
 print('announced', flush=True)
 sys.stdin.readline()
-digest = hashlib.sha256()
-ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, sys.argv[2]))
 ftp.quit()
 "#;
 

@@ -10,12 +10,10 @@ use serde_json::Value;
 /// file's sha256 if the server accepted it, else the refusal; then a passive download's sha256:
 /// the session goes on either way.
 const PORT_TO_GIVEN_PORT: &str = r#"
-import ftplib, hashlib, socket, sys
-from ftpnat_lab import retr_active
+import ftplib, socket, sys
+from ftpnat_lab import login, retr_active, retr_digest
 server, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ftp = ftplib.FTP()
-ftp.connect(server, 21, timeout=20)
-ftp.login()
+ftp = login(server)
 ftp.voidcmd('TYPE I')
 host = ftp.sock.getsockname()[0]
 listener = socket.create_server((host, port))
@@ -24,26 +22,21 @@ try:
     print(retr_active(ftp, listener, name, timeout=10))
 except (ftplib.error_perm, ftplib.error_temp, socket.timeout) as failed:
     print('failed:', failed)
-digest = hashlib.sha256()
 ftp.set_pasv(True)
-ftp.retrbinary('RETR ' + name, digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, name))
 ftp.quit()
 "#;
 
 /// Two PASV in a row, each reply printed as `passive REPLY`; then, once the test lets it go on
 /// (after the expectations expired), a passive download.
 const TWO_PASV_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import sys
+from ftpnat_lab import login, retr_digest
+ftp = login(sys.argv[1])
 for _ in range(2):
     print('passive', ftp.sendcmd('PASV'), flush=True)
 sys.stdin.readline()
-digest = hashlib.sha256()
-ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, sys.argv[2]))
 ftp.quit()
 "#;
 

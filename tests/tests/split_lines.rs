@@ -18,8 +18,8 @@ use serde_json::Value;
 /// of the file if the server accepted it; then downloads the file again in passive mode and
 /// prints that sha256 too: the session must still work.
 const SPLIT_ANNOUNCEMENT: &str = r#"
-import ftplib, hashlib, sys, time
-from ftpnat_lab import retr_active, session_with_listener
+import ftplib, sys, time
+from ftpnat_lab import retr_active, retr_digest, session_with_listener
 server, name, verb = sys.argv[1], sys.argv[2], sys.argv[3]
 cuts = [int(c) for c in sys.argv[4].split(',')]  # from the end if negative
 ftp, listener, host, port = session_with_listener(server)
@@ -39,10 +39,8 @@ try:
     print(retr_active(ftp, listener, name))
 except ftplib.error_perm as refused:
     print(refused)
-digest = hashlib.sha256()
 ftp.set_pasv(True)
-ftp.retrbinary('RETR ' + name, digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, name))
 ftp.quit()
 "#;
 
