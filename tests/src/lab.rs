@@ -479,16 +479,17 @@ impl Lab {
 
     /// A passive (PASV) curl download of `file` from `server` into `local`, from the client
     /// namespace, limited to `rate` (curl's `--limit-rate`, such as `10M`) so that it lasts while
-    /// the test acts on the router: curl's output, whatever it was.
+    /// the test acts on the router; checked by sha256. An error carries curl's stderr.
     pub fn curl_slowly(
         &self,
         server: &crate::FtpServer,
         file: &crate::TestFile,
         rate: &str,
         local: &Path,
-    ) -> Output {
+    ) -> anyhow::Result<()> {
         let url = format!("ftp://{}/{}", server.addr, file.name());
-        self.client
+        let out = self
+            .client
             .command(
                 "curl",
                 &[
@@ -504,8 +505,14 @@ impl Lab {
                     &url,
                 ],
             )
-            .output()
-            .expect("curl")
+            .output()?;
+        if !out.status.success() {
+            bail!("curl: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if crate::files::sha256_of(local)? != file.sha256 {
+            bail!("{} differs from {}", local.display(), file.path.display());
+        }
+        Ok(())
     }
 
     /// Whether `ftpnat flows` lists a data connection.

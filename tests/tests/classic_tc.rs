@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use ftpnat_tests::{
     Agent, Lab, LabSpec, MIB, Mode,
-    files::assert_same_content,
     lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, TcFilter, wait_until},
 };
 
@@ -177,13 +176,10 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
             .unwrap_or_else(|| panic!("no session after adoption: {sessions}"));
         assert!(session["data_flows"].as_u64().unwrap() >= 1, "{sessions}");
 
-        let out = transfer.join().expect("transfer thread");
-        assert!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_same_content(&local, &file);
+        transfer
+            .join()
+            .expect("transfer thread")
+            .unwrap_or_else(|err| panic!("{err:#}"));
         let (status, log) = again.stop().expect("stop");
         assert!(status.success(), "{status}:\n{log}");
     });

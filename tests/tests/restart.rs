@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ftpnat_tests::{Lab, LabSpec, MIB, files::assert_same_content, lab::wait_until};
+use ftpnat_tests::{Lab, LabSpec, MIB, lab::wait_until};
 
 /// A 200 MB download limited to 10 MB/s (about 20 s, leaving a loaded machine time to kill one
 /// agent and start the next while it runs) through a NAT lab, where nothing but ftpnat
@@ -44,13 +44,10 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
             "{sessions}"
         );
 
-        let out = transfer.join().expect("transfer thread");
-        assert!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_same_content(&local, &file);
+        transfer
+            .join()
+            .expect("transfer thread")
+            .unwrap_or_else(|err| panic!("{err:#}"));
         let (status, log) = again.stop().expect("stop");
         assert!(status.success(), "{status}:\n{log}");
     });
