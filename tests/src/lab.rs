@@ -515,11 +515,16 @@ impl Lab {
         Ok(())
     }
 
-    /// Whether `ftpnat flows` lists a data connection.
-    pub fn data_flow_open(&self) -> bool {
-        self.ftpnat_json(&["flows"])
-            .as_array()
-            .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
+    /// An agent gone mid-transfer: waits (up to 20 s) until `ftpnat flows` lists a data
+    /// connection, then kills `agent` with SIGKILL.
+    pub fn kill_agent_once_data_flows(&self, agent: &mut Agent) {
+        let flowing = wait_until(Duration::from_secs(20), || {
+            self.ftpnat_json(&["flows"])
+                .as_array()
+                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
+        });
+        assert!(flowing.is_ok(), "the data connection never opened");
+        agent.stop_with(libc::SIGKILL).expect("kill -9");
     }
 
     /// Downloads `file` from `server` with curl in `mode` from the client namespace, and checks

@@ -138,9 +138,7 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
     let local = lab.subdir("client").expect("client dir").join("big.bin");
     std::thread::scope(|scope| {
         let transfer = scope.spawn(|| lab.curl_slowly(&server, &file, "5M", &local));
-        let flowing = wait_until(Duration::from_secs(20), || lab.data_flow_open());
-        assert!(flowing.is_ok(), "the data connection never opened");
-        agent.stop_with(libc::SIGKILL).expect("kill -9");
+        lab.kill_agent_once_data_flows(&mut agent);
 
         // Another mechanism would leave these filters behind and attach twice: refused, the
         // datapath untouched.

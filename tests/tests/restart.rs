@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ftpnat_tests::{Lab, LabSpec, MIB, lab::wait_until};
+use ftpnat_tests::{Lab, LabSpec, MIB};
 
 /// A 200 MB download limited to 10 MB/s (about 20 s, leaving a loaded machine time to kill one
 /// agent and start the next while it runs) through a NAT lab, where nothing but ftpnat
@@ -16,9 +16,7 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
     let local = lab.subdir("client").expect("client dir").join("big.bin");
     std::thread::scope(|scope| {
         let transfer = scope.spawn(|| lab.curl_slowly(&server, &file, "10M", &local));
-        let flowing = wait_until(Duration::from_secs(20), || lab.data_flow_open());
-        assert!(flowing.is_ok(), "the data connection never opened");
-        agent.stop_with(libc::SIGKILL).expect("kill -9");
+        lab.kill_agent_once_data_flows(&mut agent);
 
         // Nothing runs the agent now; the pinned datapath still carries the transfer.
         let size = || std::fs::metadata(&local).map_or(0, |m| m.len());
