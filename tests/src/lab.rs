@@ -478,8 +478,26 @@ impl Lab {
     }
 
     /// A passive (PASV) curl download of `file` from `server` into `local`, from the client
-    /// namespace, limited to `rate` (curl's `--limit-rate`, such as `10M`) so that it lasts while
-    /// the test acts on the router; checked by sha256. An error carries curl's stderr.
+    /// namespace, with curl's `options` (such as `-u USER:PASSWORD`): curl's output, whatever it
+    /// was.
+    pub fn curl_passive(
+        &self,
+        server: &crate::FtpServer,
+        file: &crate::TestFile,
+        local: &Path,
+        options: &[&str],
+    ) -> anyhow::Result<Output> {
+        let url = format!("ftp://{}/{}", server.addr, file.name());
+        let local = local.to_string_lossy();
+        let mut args = vec!["-sS", "--fail", "--disable-epsv"];
+        args.extend_from_slice(options);
+        args.extend(["-o", &local, &url]);
+        Ok(self.client.command("curl", &args).output()?)
+    }
+
+    /// [`Lab::curl_passive`] limited to `rate` (curl's `--limit-rate`, such as `10M`), so that
+    /// the download lasts while the test acts on the router; checked by sha256. An error carries
+    /// curl's stderr.
     pub fn curl_slowly(
         &self,
         server: &crate::FtpServer,
@@ -487,25 +505,8 @@ impl Lab {
         rate: &str,
         local: &Path,
     ) -> anyhow::Result<()> {
-        let url = format!("ftp://{}/{}", server.addr, file.name());
-        let out = self
-            .client
-            .command(
-                "curl",
-                &[
-                    "-sS",
-                    "--fail",
-                    "--disable-epsv",
-                    "--limit-rate",
-                    rate,
-                    "--max-time",
-                    "120",
-                    "-o",
-                    &local.to_string_lossy(),
-                    &url,
-                ],
-            )
-            .output()?;
+        let options = ["--limit-rate", rate, "--max-time", "120"];
+        let out = self.curl_passive(server, file, local, &options)?;
         if !out.status.success() {
             bail!("curl: {}", String::from_utf8_lossy(&out.stderr));
         }

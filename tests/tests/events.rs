@@ -57,22 +57,9 @@ fn events_follow_a_session_in_order_with_the_password_redacted() {
     );
 
     let local = lab.subdir("client").expect("client dir").join("file.bin");
+    let credentials = format!("anonymous:{PASSWORD}");
     let out = lab
-        .client
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--fail",
-                "--disable-epsv",
-                "-u",
-                &format!("anonymous:{PASSWORD}"),
-                "-o",
-                &local.to_string_lossy(),
-                &format!("ftp://{}/{}", server.addr, file.name()),
-            ],
-        )
-        .output()
+        .curl_passive(&server, &file, &local, &["-u", &credentials])
         .expect("curl");
     assert!(
         out.status.success(),
