@@ -698,12 +698,7 @@ fn expect_outbound(
     port: u16,
     kind: ExpectationKind,
 ) {
-    let key = ExpectKey {
-        saddr: from,
-        daddr: to,
-        dport: port.to_be_bytes(),
-        _pad: [0; 2],
-    };
+    let key = ExpectKey::outbound(from, to, port);
     let expectation = Expectation {
         expires_ns: now_ns() + scan.expect_timeout_ns,
         session: scan.session_key,

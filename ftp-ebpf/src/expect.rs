@@ -16,7 +16,8 @@ use ftp_common::maps::{
 use crate::{
     flows::{OpenError, install},
     headers::Tcp4,
-    maps::{EXPECTS, FREE_PORTS, SESSIONS, bump, now_ns},
+    maps::{EXPECTS, SESSIONS, bump, now_ns},
+    window::{return_port, take_port},
 };
 
 /// Takes the expectation this opening SYN matches, if any, and installs its connection.
@@ -26,12 +27,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
     let key = packet.key();
     // SAFETY: reading the context's ifindex field, as TC programs may.
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let outbound_key = ExpectKey {
-        saddr: key.saddr,
-        daddr: key.daddr,
-        dport: key.dport,
-        _pad: [0; 2],
-    };
+    let outbound_key = ExpectKey::outbound(key.saddr, key.daddr, packet.dport());
     // SAFETY: the value is copied out at once; the entry is removed below.
     let (expect_key, expectation) = match unsafe { EXPECTS.get(outbound_key) } {
         Some(expectation) => (outbound_key, *expectation),
@@ -39,10 +35,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             if in_ifindex != config.wan_ifindex || key.daddr != config.public_ip {
                 return Err(OpenError::NotOurs);
             }
-            let inbound_key = ExpectKey {
-                saddr: [0; 4],
-                ..outbound_key
-            };
+            let inbound_key = ExpectKey::inbound(config.public_ip, packet.dport());
             // SAFETY: as above.
             match unsafe { EXPECTS.get(inbound_key) } {
                 Some(expectation) if expectation.peer == key.saddr => (inbound_key, *expectation),
@@ -70,17 +63,17 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         // The agent returns an inbound expectation's port when it sweeps: it will not find this
         // one, so give the port back here.
         if path == Some(ExpectationPath::Inbound) && expectation.public_port != 0 {
-            let _ = FREE_PORTS.push(expectation.public_port, 0);
+            return_port(expectation.public_port);
         }
         return Err(match path {
             Some(ExpectationPath::Inbound) => OpenError::Pinhole,
             _ => OpenError::NotOurs,
         });
     }
-    let (original, reply_key, reply) = match path {
+    let (original, reply_out_ifindex) = match path {
         Some(ExpectationPath::Outbound) => {
             // From behind the router to the announced address: SNAT behind a fresh window port.
-            let Ok(Some(public_port)) = FREE_PORTS.pop() else {
+            let Some(public_port) = take_port() else {
                 bump(Counter::WindowExhausted);
                 expectation_ended(&expectation.session);
                 crate::events::emit(
@@ -92,32 +85,15 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                 );
                 return Err(OpenError::WindowExhausted);
             };
-            let public_be = public_port.to_be_bytes();
             let original = data_entry(
                 &expectation,
                 now,
                 [config.public_ip, key.daddr],
-                [public_be, key.dport],
+                [public_port.to_be_bytes(), key.dport],
                 config.wan_ifindex,
                 public_port,
-                FlowDirection::Original,
             );
-            let reply_key = FlowKey {
-                saddr: key.daddr,
-                daddr: config.public_ip,
-                sport: key.dport,
-                dport: public_be,
-            };
-            let reply = data_entry(
-                &expectation,
-                now,
-                [key.daddr, key.saddr],
-                [key.dport, key.sport],
-                in_ifindex,
-                public_port,
-                FlowDirection::Reply,
-            );
-            (original, reply_key, reply)
+            (original, in_ifindex)
         }
         Some(ExpectationPath::Inbound) => {
             // From the WAN to public:window port: DNAT to the target behind the router.
@@ -128,29 +104,13 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                 [key.sport, expectation.target_port],
                 expectation.lan_ifindex,
                 expectation.public_port,
-                FlowDirection::Original,
             );
-            let reply_key = FlowKey {
-                saddr: expectation.target_addr,
-                daddr: key.saddr,
-                sport: expectation.target_port,
-                dport: key.sport,
-            };
-            let reply = data_entry(
-                &expectation,
-                now,
-                [key.daddr, key.saddr],
-                [key.dport, key.sport],
-                config.wan_ifindex,
-                expectation.public_port,
-                FlowDirection::Reply,
-            );
-            (original, reply_key, reply)
+            (original, config.wan_ifindex)
         }
         None => return Err(OpenError::NotOurs),
     };
-    if !install(key, &original, reply_key, &reply) {
-        let _ = FREE_PORTS.push(original.public_port, 0);
+    if !install(key, &original, reply_out_ifindex) {
+        return_port(original.public_port);
         expectation_ended(&expectation.session);
         return Err(OpenError::NotOurs);
     }
@@ -182,6 +142,7 @@ fn expectation_ended(session: &FlowKey) {
     }
 }
 
+/// The original direction's entry of a data connection opened through `expectation`.
 #[inline(always)]
 fn data_entry(
     expectation: &Expectation,
@@ -190,7 +151,6 @@ fn data_entry(
     [new_sport, new_dport]: [[u8; 2]; 2],
     out_ifindex: u32,
     public_port: u16,
-    direction: FlowDirection,
 ) -> FlowEntry {
     FlowEntry {
         packets: 0,
@@ -204,12 +164,8 @@ fn data_entry(
         new_dport,
         public_port,
         kind: FlowKind::Data as u8,
-        direction: direction as u8,
-        flags: if matches!(direction, FlowDirection::Original) {
-            flow_flags::OWNS_PORT
-        } else {
-            0
-        },
+        direction: FlowDirection::Original as u8,
+        flags: flow_flags::OWNS_PORT,
         _pad: [0; 7],
     }
 }

@@ -33,6 +33,7 @@ mod rewrite;
 mod scratch;
 mod seqadj;
 mod stage;
+mod window;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},

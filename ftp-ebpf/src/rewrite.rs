@@ -31,8 +31,9 @@ use ftp_common::{
 
 use crate::{
     headers::{IP_CHECK_OFF, IP_OFF, TCP_CHECK_OFF, Tcp4},
-    maps::{EXPECTS, FREE_PORTS, SESSIONS, bump, now_ns},
+    maps::{EXPECTS, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE},
+    window::{return_port, take_port},
 };
 
 /// Scratch regions: the payload copy is at 0; the old and new tails are built here.
@@ -314,8 +315,8 @@ fn rewrite(
         _pad: [0; 2],
     };
     let mut reserved = None;
-    if let Ok(Some(public_port)) = FREE_PORTS.pop() {
-        let key = inbound_key(config, public_port);
+    if let Some(public_port) = take_port() {
+        let key = ExpectKey::inbound(config.public_ip, public_port);
         // Active (client's PORT/EPRT): the server connects, to the client's announced port.
         // Passive (publishing, server's 227/229): the client connects, to the server's port.
         let (peer, target, kind) = if from_client {
@@ -344,7 +345,7 @@ fn rewrite(
             .is_err()
         {
             bump(Counter::ExpectationTableFull);
-            let _ = FREE_PORTS.push(public_port, 0);
+            return_port(public_port);
             return false;
         }
         record.public_port = public_port;
@@ -380,7 +381,7 @@ fn rewrite(
     ) else {
         if let Some(key) = reserved {
             let _ = EXPECTS.remove(key);
-            let _ = FREE_PORTS.push(record.public_port, 0);
+            return_port(record.public_port);
         }
         return false;
     };
@@ -412,17 +413,6 @@ fn rewrite(
     true
 }
 
-/// The key of the inbound expectation for a window port.
-#[inline(always)]
-fn inbound_key(config: &DatapathConfig, public_port: u16) -> ExpectKey {
-    ExpectKey {
-        saddr: [0; 4],
-        daddr: config.public_ip,
-        dport: public_port.to_be_bytes(),
-        _pad: [0; 2],
-    }
-}
-
 /// Removes the session's expectation for `public_port` if no connection used it yet, and gives
 /// the port back. The port may since have gone to another session: only our own is removed.
 #[inline(always)]
@@ -432,11 +422,11 @@ fn release_unused(
     config: &DatapathConfig,
     public_port: u16,
 ) {
-    let key = inbound_key(config, public_port);
+    let key = ExpectKey::inbound(config.public_ip, public_port);
     // SAFETY: read at once.
     let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == request.session_key);
     if ours && EXPECTS.remove(key).is_ok() {
-        let _ = FREE_PORTS.push(public_port, 0);
+        return_port(public_port);
         session.state.expectation_closed();
     }
 }
