@@ -30,7 +30,7 @@ use ftp_common::{
 };
 
 use crate::{
-    headers::{IP_CHECK_OFF, IP_OFF, TCP_CHECK_OFF, Tcp4},
+    headers::{Covered, IP_OFF, IP_TOT_LEN_OFF, Tcp4, store16},
     maps::{EXPECTS, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE},
     window::{return_port, take_port},
@@ -40,8 +40,6 @@ use crate::{
 const OLD_TAIL: usize = 2 * SCRATCH_LEN;
 const NEW_TAIL: usize = 3 * SCRATCH_LEN;
 const MASK: usize = SCRATCH_SIZE - 1;
-/// IPv4 `tot_len` offset in its header.
-const IP_TOT_LEN_OFF: usize = 2;
 
 /// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
 /// full, field begun in an earlier segment that was not held, segment too long) the segment
@@ -581,20 +579,20 @@ fn splice(
         }
         let old_ip_len = packet.ip_len();
         let new_ip_len = (i32::from(old_ip_len) + delta) as u16;
-        let ihl = usize::from(packet.ip.vihl & 0x0f) * 4;
-        let old_tcp_len = old_ip_len - ihl as u16;
-        let new_tcp_len = new_ip_len - ihl as u16;
-        let tcp_check = packet.tcp_off + TCP_CHECK_OFF;
-        ctx.store(IP_OFF + IP_TOT_LEN_OFF, &new_ip_len.to_be_bytes(), 0)
-            .ok()?;
-        ctx.l3_csum_replace(
-            IP_OFF + IP_CHECK_OFF,
-            u64::from(u16::from_ne_bytes(old_ip_len.to_be_bytes())),
-            u64::from(u16::from_ne_bytes(new_ip_len.to_be_bytes())),
-            2,
+        let ip_len_field = [old_ip_len.to_be_bytes(), new_ip_len.to_be_bytes()];
+        store16(
+            ctx,
+            packet,
+            IP_OFF + IP_TOT_LEN_OFF,
+            ip_len_field,
+            Covered::Ip,
         )
         .ok()?;
+        let tcp_check = packet.tcp_check_off();
         ctx.l4_csum_replace(tcp_check, 0, diff as u64, 0).ok()?;
+        // The TCP length is in the pseudo-header only, no header field holds it.
+        let old_tcp_len = packet.tcp_len();
+        let new_tcp_len = (i32::from(old_tcp_len) + delta) as u16;
         ctx.l4_csum_replace(
             tcp_check,
             u64::from(u16::from_ne_bytes(old_tcp_len.to_be_bytes())),
