@@ -28,14 +28,15 @@ use ftp_common::{
     ServerVerdict,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, FlowDirection, FlowEntry, HELD_FIELD_MAX, RewriteRecord, SESSION_USER_LEN,
-        SessionEntry, SessionKind, hold_state, malformed_slot, refusal_slot, rewrite_kind,
+        ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SESSION_USER_LEN, SessionEntry,
+        SessionKind, hold_state, malformed_slot, refusal_slot, rewrite_kind,
     },
     seqadj::seq_after,
 };
 
 use crate::{
     headers::Tcp4,
+    held,
     maps::{EXPECTS, RELEASED, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, Scan},
 };
@@ -254,7 +255,7 @@ fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> P
     };
     let held = from_client && entry.held.state != hold_state::NONE;
     let record = if held && seq == entry.held.seq {
-        crate::rewrite::cut_replay(&entry.held, record, payload_len)
+        held::cut_replay(&entry.held, record, payload_len)
     } else {
         Some(*record)
     };
@@ -339,7 +340,7 @@ fn begin_segment(
     // Held bytes go in front of the payload's copy, so that the scan sees the held line's address
     // whole: scratch offsets are then the payload's plus `held_len` (0 if nothing is held).
     let held_len = if from_client {
-        stage_held(session, in_sync.start, seq) as usize
+        held::stage_held(session, in_sync.start, seq) as usize
     } else {
         0
     };
@@ -467,7 +468,7 @@ fn next_window(ctx: &TcContext, scan: &mut Scan) -> bool {
 /// After the last line of a segment: what the scan asks the next stage to do.
 #[inline(always)]
 fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
-    if from_client && after_client_scan(scan, scan.held_len, scan.scanned_all != 0) == 0 {
+    if from_client && held::after_client_scan(scan, scan.held_len, scan.scanned_all != 0) == 0 {
         return Pending::Nothing;
     }
     if scan.rewrite_kind == rewrite_kind::NONE {
@@ -494,107 +495,6 @@ fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
         };
     }
     Pending::Rewrite
-}
-
-/// Asks for the tail of this client segment to be held if the segment ends inside the address of
-/// a masqueraded PORT/EPRT (see [`ftp_common::maps::HeldField`]): only when that address began in
-/// this segment (the bytes before it are gone unchanged), the whole payload was scanned, and the
-/// tail fits.
-#[inline(always)]
-fn hold_if_cut_inside_address(scan: &mut Scan, entry: &mut SessionEntry, scanned_all: bool) {
-    if !scanned_all || entry.kind != SessionKind::Masquerade as u8 || entry.state.is_encrypted() {
-        return;
-    }
-    let Some(address_start) = entry.commands.pending_address_start() else {
-        return;
-    };
-    let line_start = scan.end.wrapping_sub(u32::from(entry.commands.line_len()));
-    let field_off = line_start.wrapping_add(u32::from(address_start));
-    let held_len = scan.end.wrapping_sub(field_off);
-    // At least one byte stays in the segment: an empty one would not be a segment.
-    if field_off < scan.start || field_off == 0 || held_len == 0 || held_len > HELD_FIELD_MAX as u32
-    {
-        return;
-    }
-    scan.rewrite_kind = rewrite_kind::CUT;
-    scan.rewrite_field_off = field_off as u16;
-    scan.rewrite_field_len = held_len as u16;
-}
-
-/// After the scan of a client segment: completes or gives back a hold (`held_len` bytes of an
-/// address held in front of this segment), or asks for a new one. Returns the requested
-/// `rewrite_kind` (NONE if nothing is to be done).
-#[inline(always)]
-fn after_client_scan(scan: &mut Scan, held_len: u32, scanned_all: bool) -> u8 {
-    // SAFETY: the session's map value, looked up by the caller in this same program run.
-    let entry = unsafe { &mut *scan.session };
-    if held_len != 0 {
-        complete_or_give_back(scan, entry, held_len as u16);
-    } else if scan.rewrite_kind == rewrite_kind::NONE {
-        hold_if_cut_inside_address(scan, entry, scanned_all);
-    }
-    scan.rewrite_kind
-}
-
-/// After the scan of the segment that follows a held address: a rewrite of the held line's
-/// address (which starts at scratch offset 0) completes the hold, its field translated to the
-/// payload's offsets; anything else (the line refused, malformed, or not ended in this segment)
-/// gives the held bytes back, and a rewrite of a later line in the segment is given up for that.
-#[inline(always)]
-fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u16) {
-    let completes = matches!(scan.rewrite_kind, rewrite_kind::PORT | rewrite_kind::EPRT)
-        && scan.rewrite_field_off == 0
-        && scan.rewrite_field_len >= held_len;
-    if completes {
-        scan.rewrite_field_len -= held_len;
-        return;
-    }
-    if scan.rewrite_kind != rewrite_kind::NONE {
-        entry.state.expectation_closed();
-        bump(Counter::RewritesSkipped);
-    }
-    scan.rewrite_kind = rewrite_kind::RESTORE;
-    scan.rewrite_field_off = 0;
-    scan.rewrite_field_len = 0;
-}
-
-/// If this client segment continues a line whose address is held, copies the held bytes to the
-/// start of the scratch buffer and returns how many; else 0. A segment that starts before the
-/// held bytes' successor (new bytes at `new_bytes_start`, after a retransmission of the cut
-/// segment merged into it) carries the held bytes in their place when forwarded as it is: the
-/// hold ends there.
-#[inline(never)]
-fn stage_held(session: *mut SessionEntry, new_bytes_start: u32, seq: u32) -> u32 {
-    // SAFETY: the session's map value, looked up by the caller in this same program run.
-    let entry = unsafe { &mut *session };
-    if entry.held.state != hold_state::HOLDING {
-        return 0;
-    }
-    if new_bytes_start != 0 {
-        crate::rewrite::given_back_in_place(entry);
-        return 0;
-    }
-    if seq != entry.held.next_seq() {
-        // Not where the held line goes on (its continuation was never seen): the held bytes
-        // cannot be placed any more. Lost, and counted; the session goes on.
-        entry.held.state = hold_state::RELEASED;
-        bump(Counter::RewritesSkipped);
-        return 0;
-    }
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    let len = u32::from(entry.held.len);
-    if len > HELD_FIELD_MAX as u32 {
-        return 0;
-    }
-    let mut i = 0;
-    while i < HELD_FIELD_MAX {
-        // SAFETY: this CPU's scratch buffer; i < HELD_FIELD_MAX < its size.
-        unsafe { *(*scratch).bytes.as_mut_ptr().add(i) = entry.held.bytes[i] };
-        i += 1;
-    }
-    len
 }
 
 /// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer, from `dst` on (at

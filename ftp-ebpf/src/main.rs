@@ -26,6 +26,7 @@ mod events;
 mod expect;
 mod flows;
 mod headers;
+mod held;
 mod maps;
 mod nat;
 mod reset;
@@ -163,7 +164,7 @@ pub fn ftpnat_rewrite(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     if rewrite::rewrite_pending(&ctx, packet, config)
-        && !rewrite::splice_held_pending(&ctx, packet, config)
+        && !held::splice_held_pending(&ctx, packet, config)
     {
         debug!(&ctx, "held bytes of a control line could not be given back");
     }

@@ -23,8 +23,7 @@ use ftp_common::{
     MAX_FIELD_LEN, format_rewrite,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, HELD_FIELD_MAX, HeldField, RewriteRecord, SessionEntry, hold_state,
-        rewrite_kind,
+        ExpectationPath, HeldField, RewriteRecord, SessionEntry, hold_state, rewrite_kind,
     },
     seqadj::seq_after,
 };
@@ -44,7 +43,7 @@ const MASK: usize = SCRATCH_SIZE - 1;
 /// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
 /// full, field begun in an earlier segment that was not held, segment too long) the segment
 /// passes unchanged, nothing is opened, and it is counted. Returns true if held bytes are to be
-/// cut or given back next ([`splice_held_pending`]; the request then says which): a hold or a
+/// cut or given back next ([`crate::held::splice_held_pending`]; the request then says which): a hold or a
 /// give-back asked for by the ALG, or the give-back of a hold this rewrite was to complete.
 #[inline(never)]
 pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
@@ -76,193 +75,6 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     // SAFETY: as above.
     unsafe { (*scratch).pending.kind = rewrite_kind::RESTORE };
     true
-}
-
-/// Cuts or gives back held bytes as the pending request says (after [`rewrite_pending`], beside
-/// it rather than under it: the two stack frames never add up). Returns false if held bytes were
-/// to go back and could not: they are lost to the stream, and that is counted.
-#[inline(never)]
-pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
-    let Some(scratch) = SCRATCH.get_ptr(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch area, written earlier in this program run.
-    let request = unsafe { (*scratch).pending };
-    let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
-        return false;
-    };
-    let done = splice_held(ctx, packet, session, config, &request);
-    if !done {
-        bump(Counter::RewritesSkipped);
-    }
-    done
-}
-
-/// A CUT request: cuts the address this client segment ended inside of (the field runs to the
-/// end of the payload) and keeps its bytes in the session, for the next segment to carry the
-/// address whole; if it cannot, the segment passes as it is. A RESTORE request: puts the held
-/// bytes back in front of this segment, which starts where the cut one ended, so the line
-/// reaches the server as the client sent it (counted by the caller, as a refusal, a malformed
-/// line or a skipped rewrite, whatever kept it from being rewritten). False if held bytes were
-/// to go back and could not: they are lost to the stream.
-#[inline(always)]
-fn splice_held(
-    ctx: &TcContext,
-    packet: &Tcp4,
-    session: *mut SessionEntry,
-    config: &DatapathConfig,
-    request: &RewriteRequest,
-) -> bool {
-    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
-    let session = unsafe { &mut *session };
-    let cut = request.kind == rewrite_kind::CUT;
-    if !cut {
-        if session.held.state != hold_state::HOLDING {
-            return false;
-        }
-        // Whatever happens next, the hold ends here: if the bytes cannot go back now, they are
-        // lost (the caller counts it) rather than put in front of some later segment.
-        session.held.state = hold_state::RELEASED;
-    }
-    let Some((payload_off, payload_len)) = packet.payload() else {
-        return cut;
-    };
-    let seq = u32::from_be_bytes(packet.tcp.seq);
-    if !session.client_seq.can_record(seq) {
-        return cut;
-    }
-    let record = if cut {
-        let len = usize::from(request.field_len);
-        if len == 0 || len > HELD_FIELD_MAX || !copy_held(session, request.field_off, len) {
-            return true;
-        }
-        RewriteRecord {
-            seq,
-            payload_len: payload_len as u16,
-            field_off: request.field_off,
-            field_len: request.field_len,
-            public_port: 0,
-            kind: rewrite_kind::CUT,
-            delimiter: 0,
-            _pad: [0; 2],
-        }
-    } else {
-        if seq != session.held.next_seq() {
-            return false;
-        }
-        RewriteRecord {
-            seq,
-            payload_len: payload_len as u16,
-            field_off: 0,
-            field_len: 0,
-            // The previous rewrite's window port, which the next announcement's rewrite
-            // releases if it is still unused.
-            public_port: session.client_rewrite.public_port,
-            kind: rewrite_kind::RESTORE,
-            delimiter: 0,
-            _pad: [0; 2],
-        }
-    };
-    let Some(delta) = splice(
-        ctx,
-        packet,
-        payload_off,
-        payload_len,
-        &record,
-        &session.held,
-        config,
-    ) else {
-        return cut;
-    };
-    session.client_seq.record(seq, delta);
-    if cut {
-        session.held.seq = seq;
-        session.held.payload_len = payload_len as u16;
-        session.held.off = request.field_off;
-        session.held.state = hold_state::HOLDING;
-    } else {
-        session.client_rewrite = record;
-    }
-    true
-}
-
-/// Keeps `len` payload bytes from `off` in the session's held field, from the payload's copy at
-/// the start of the scratch buffer (where the scan read it).
-#[inline(always)]
-fn copy_held(session: &mut SessionEntry, off: u16, len: usize) -> bool {
-    let Some(scratch) = SCRATCH.get_ptr(0) else {
-        return false;
-    };
-    let mut i = 0;
-    while i < HELD_FIELD_MAX {
-        // SAFETY: this CPU's scratch buffer, read at a masked offset.
-        let byte = unsafe { *(*scratch).bytes.as_ptr().add((usize::from(off) + i) & MASK) };
-        if let Some(slot) = session.held.bytes.get_mut(i) {
-            *slot = if i < len { byte } else { 0 };
-        }
-        i += 1;
-    }
-    session.held.len = len as u8;
-    true
-}
-
-/// The held bytes were sent again in their place (a retransmission of the cut segment merged
-/// with the bytes after it, forwarded as it is): the stream is as the client sent it from there
-/// on, which the sequence adjustment is told. The line's rewrite is then skipped (and counted)
-/// when the scan finds its address began before the new bytes.
-#[inline(always)]
-pub fn given_back_in_place(session: &mut SessionEntry) {
-    if session.held.state != hold_state::HOLDING {
-        return;
-    }
-    session.held.state = hold_state::RELEASED;
-    session
-        .client_seq
-        .record(session.held.next_seq(), i32::from(session.held.len));
-}
-
-/// What to repeat on a retransmission of a segment whose tail was held (see [`replay`]): the
-/// same cut if it has the original's length; if the segment after it was merged in (Linux
-/// resends that way on a timeout), the whole address replaced the way that segment completed it.
-/// `None` if it cannot get the same bytes.
-#[inline(always)]
-pub fn cut_replay(
-    held: &HeldField,
-    completion: &RewriteRecord,
-    payload_len: usize,
-) -> Option<RewriteRecord> {
-    let original = usize::from(held.payload_len);
-    if payload_len == original {
-        return Some(RewriteRecord {
-            seq: held.seq,
-            payload_len: held.payload_len,
-            field_off: held.off,
-            field_len: u16::from(held.len),
-            public_port: 0,
-            kind: rewrite_kind::CUT,
-            delimiter: 0,
-            _pad: [0; 2],
-        });
-    }
-    if payload_len < original
-        || held.state != hold_state::RELEASED
-        || completion.seq != held.next_seq()
-    {
-        return None;
-    }
-    if completion.kind == rewrite_kind::RESTORE {
-        // The bytes as the client sent them are what the receiver was given.
-        return Some(RewriteRecord {
-            kind: rewrite_kind::NONE,
-            ..*completion
-        });
-    }
-    Some(RewriteRecord {
-        seq: held.seq,
-        field_off: held.off,
-        field_len: u16::from(held.len) + completion.field_len,
-        ..*completion
-    })
 }
 
 #[inline(always)]
@@ -480,7 +292,7 @@ fn replay(
 /// Replaces the field `record` names with its replacement text (nothing for a cut, the held bytes
 /// for a restore); returns the length change.
 #[inline(always)]
-fn splice(
+pub fn splice(
     ctx: &TcContext,
     packet: &Tcp4,
     payload_off: usize,
