@@ -37,8 +37,8 @@ use ftp_common::{
 use crate::{
     headers::Tcp4,
     held,
-    maps::{EXPECTS, RELEASED, SESSIONS, bump, now_ns},
-    scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE, Scan},
+    maps::{EXPECTS, RELEASED, SCRATCH, SESSIONS, bump, now_ns},
+    scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_SIZE, Scan},
 };
 
 /// Indexes into the scratch buffer are masked with this, so every read is provably inside it.

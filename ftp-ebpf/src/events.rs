@@ -2,19 +2,12 @@
 //! agent logs them and passes them on to `ftpnat events`. A full ring buffer drops events, never
 //! packets: they are reports, not state.
 
-use aya_ebpf::{macros::map, maps::RingBuf};
 use ftp_common::maps::{EVENT_TEXT_LEN, Event, EventKind, FlowKey};
 
 use crate::{
-    maps::now_ns,
-    scratch::{SCRATCH, SCRATCH_SIZE},
+    maps::{EVENTS, SCRATCH, now_ns},
+    scratch::SCRATCH_SIZE,
 };
-
-/// Room for a few thousand events between two reads of the agent.
-const EVENTS_BYTES: u32 = 256 * 1024;
-
-#[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Reports `kind` for `session`, with an address and port as the kind defines them.
 // A subprogram of its own: the event is built in the ring buffer, not on the callers' stacks.

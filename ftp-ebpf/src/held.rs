@@ -17,9 +17,9 @@ use ftp_common::maps::{
 
 use crate::{
     headers::Tcp4,
-    maps::{SESSIONS, bump},
+    maps::{SCRATCH, SESSIONS, bump},
     rewrite::splice,
-    scratch::{RewriteRequest, SCRATCH, SCRATCH_SIZE, Scan},
+    scratch::{RewriteRequest, SCRATCH_SIZE, Scan},
 };
 
 /// Indexes into the scratch buffer are masked with this, so every read is provably inside it.

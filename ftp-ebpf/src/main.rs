@@ -218,7 +218,7 @@ fn parse(ctx: &TcContext) -> Option<Tcp4> {
 /// the stages' chains are deep.
 #[inline(always)]
 fn stage_packet(ctx: &TcContext) -> Option<&'static Tcp4> {
-    let scratch = scratch::SCRATCH.get_ptr_mut(0)?;
+    let scratch = maps::SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch area; each stage parses the packet again on entry.
     let packet = unsafe { &mut (*scratch).packet };
     Tcp4::parse_into(ctx, packet).then_some(&*packet)

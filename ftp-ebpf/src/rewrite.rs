@@ -30,8 +30,8 @@ use ftp_common::{
 
 use crate::{
     headers::{Covered, IP_OFF, IP_TOT_LEN_OFF, Tcp4, store16},
-    maps::{EXPECTS, SESSIONS, bump, now_ns},
-    scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE},
+    maps::{EXPECTS, SCRATCH, SESSIONS, bump, now_ns},
+    scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_SIZE},
     window::{return_port, take_port},
 };
 

@@ -12,7 +12,7 @@ use ftp_common::{MAX_TCP_OPTIONS, SeqAdjust};
 
 use crate::{
     headers::{Covered, TCP_ACK_OFF, TCP_SEQ_OFF, Tcp4, store32},
-    scratch::SCRATCH,
+    maps::SCRATCH,
 };
 
 /// `own` is how the packet's sender's stream moved, `peer` how the receiver's did. Returns
