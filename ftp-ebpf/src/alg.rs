@@ -27,17 +27,18 @@ use ftp_common::{
     ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, PolicyContext, SegmentVerdict,
     ServerVerdict,
     maps::{
-        Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, FlowDirection, FlowEntry, RewriteRecord, SESSION_USER_LEN, SessionEntry,
-        SessionKind, hold_state, malformed_slot, refusal_slot, rewrite_kind,
+        Counter, DatapathConfig, EventKind, ExpectationKind, FlowDirection, FlowEntry,
+        RewriteRecord, SESSION_USER_LEN, SessionEntry, SessionKind, hold_state, malformed_slot,
+        refusal_slot, rewrite_kind,
     },
     seqadj::seq_after,
 };
 
 use crate::{
+    expect,
     headers::Tcp4,
     held,
-    maps::{EXPECTS, RELEASED, SCRATCH, SESSIONS, bump, now_ns},
+    maps::{RELEASED, SCRATCH, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_SIZE, Scan},
 };
 
@@ -589,43 +590,6 @@ fn request_rewrite(
     true
 }
 
-/// Records an outbound expectation: `from` (behind the router) may connect to `to:port` once.
-#[inline(always)]
-fn expect_outbound(
-    scan: &Scan,
-    session: &mut SessionEntry,
-    [from, to]: [[u8; 4]; 2],
-    port: u16,
-    kind: ExpectationKind,
-) {
-    let key = ExpectKey::outbound(from, to, port);
-    let expectation = Expectation {
-        expires_ns: now_ns() + scan.expect_timeout_ns,
-        session: scan.session_key,
-        target_addr: to,
-        lan_ifindex: scan.lan_ifindex,
-        target_port: port.to_be_bytes(),
-        public_port: 0,
-        peer: from,
-        kind: kind as u8,
-        path: ExpectationPath::Outbound as u8,
-        _pad: [0; 2],
-    };
-    if EXPECTS.insert(key, expectation, u64::from(BPF_ANY)).is_ok() {
-        bump(Counter::ExpectationsCreated);
-        crate::events::emit(
-            &scan.session_key,
-            EventKind::ExpectationCreated,
-            kind as u8,
-            to,
-            port,
-        );
-    } else {
-        session.state.expectation_closed();
-        bump(Counter::ExpectationTableFull);
-    }
-}
-
 /// `bpf_loop` callback for the client direction: feeds one byte to the command scanner and stops
 /// the loop (returns 1) at the end of a line, or of the segment. Nothing else happens here: the
 /// verifier walks a callback once for every state it is entered with, so the line is examined
@@ -664,7 +628,7 @@ fn examine_client_line(scan: &mut Scan, line_end: u32) -> i64 {
             if scan.session_kind == SessionKind::Publish as u8 {
                 // The outside client names its own address (the policy checked it): the server's
                 // connection to it leaves through the router, SNATed.
-                expect_outbound(
+                expect::create_outbound(
                     scan,
                     session,
                     [scan.server, addr.ip().octets()],
@@ -854,7 +818,7 @@ fn on_server_verdict(
             crate::events::emit(&scan.session_key, EventKind::PassiveReply, code, addr, port);
             if scan.session_kind != SessionKind::Publish as u8 {
                 // Masquerading: the client connects out to what the server announced.
-                expect_outbound(
+                expect::create_outbound(
                     scan,
                     session,
                     [scan.client, addr],

@@ -1,24 +1,158 @@
-//! Opening the data connections the control channel announced. An expectation admits exactly one
-//! opening SYN from its peer to the announced address and port, before it expires; the SYN
-//! consumes it and installs the connection's two flow entries.
+//! Expectations: the data connections the control channel announced, from their creation to the
+//! SYN that consumes them. An expectation admits exactly one opening SYN from its peer to the
+//! announced address and port, before it expires; the SYN consumes it and installs the
+//! connection's two flow entries. Outbound ones (announced from outside: a server's 227/229 to a
+//! masqueraded client, an outside client's PORT/EPRT to a published server) are created as they
+//! are read; inbound ones (announced from behind the router) reserve a window port, and a newer
+//! announcement releases the session's unused one.
 //!
 //! Inbound expectations (to a window port of the public address) are keyed without the source, so
 //! a SYN to a window port from anyone else is told apart from one nobody announced: both are
 //! dropped and counted, and the expectation stays for its peer. Window ports are pinholes, never
 //! an open range.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    programs::TcContext,
+};
 use ftp_common::maps::{
-    Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationPath, FlowDirection,
-    FlowEntry, FlowKey, FlowKind, flow_flags,
+    Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind, ExpectationPath,
+    FlowDirection, FlowEntry, FlowKey, FlowKind, SessionEntry, flow_flags, rewrite_kind,
 };
 
 use crate::{
     flows::{OpenError, install},
     headers::Tcp4,
     maps::{EXPECTS, SESSIONS, bump, now_ns},
+    scratch::{RewriteRequest, Scan},
     window::{return_port, take_port},
 };
+
+/// Creates an outbound expectation (announced by the side outside the router): `from` (behind the router) may connect to `to:port` once.
+#[inline(always)]
+pub fn create_outbound(
+    scan: &Scan,
+    session: &mut SessionEntry,
+    [from, to]: [[u8; 4]; 2],
+    port: u16,
+    kind: ExpectationKind,
+) {
+    let key = ExpectKey::outbound(from, to, port);
+    let expectation = Expectation {
+        expires_ns: now_ns() + scan.expect_timeout_ns,
+        session: scan.session_key,
+        target_addr: to,
+        lan_ifindex: scan.lan_ifindex,
+        target_port: port.to_be_bytes(),
+        public_port: 0,
+        peer: from,
+        kind: kind as u8,
+        path: ExpectationPath::Outbound as u8,
+        _pad: [0; 2],
+    };
+    if EXPECTS.insert(key, expectation, u64::from(BPF_ANY)).is_ok() {
+        bump(Counter::ExpectationsCreated);
+        crate::events::emit(
+            &scan.session_key,
+            EventKind::ExpectationCreated,
+            kind as u8,
+            to,
+            port,
+        );
+    } else {
+        session.state.expectation_closed();
+        bump(Counter::ExpectationTableFull);
+    }
+}
+
+/// What [`reserve_inbound`] got.
+pub enum Reservation {
+    /// This window port now admits the announced connection.
+    Reserved(u16),
+    /// No port is free (counted, reported): the announcement is to be refused in the text.
+    WindowExhausted,
+    /// The expectation table is full (counted): the line passes as it is.
+    TableFull,
+}
+
+/// Reserves a window port for the announcement in `request` (from the side behind the router) and
+/// creates the inbound expectation that admits only the other side of the control connection:
+/// for a client's PORT/EPRT the server, connecting to the client's announced port; for a published
+/// server's 227/229 the client, connecting to the server's port.
+#[inline(always)]
+pub fn reserve_inbound(
+    config: &DatapathConfig,
+    session: &SessionEntry,
+    request: &RewriteRequest,
+) -> Reservation {
+    let Some(public_port) = take_port() else {
+        bump(Counter::WindowExhausted);
+        crate::events::emit(
+            &request.session_key,
+            EventKind::WindowExhausted,
+            0,
+            [0; 4],
+            0,
+        );
+        return Reservation::WindowExhausted;
+    };
+    let (peer, target, kind) = if rewrite_kind::is_reply(request.kind) {
+        (
+            request.session_key.saddr,
+            session.server_addr,
+            ExpectationKind::Passive,
+        )
+    } else {
+        (session.server_addr, request.addr, ExpectationKind::Active)
+    };
+    let expectation = Expectation {
+        expires_ns: now_ns() + config.expect_timeout_ns,
+        session: request.session_key,
+        target_addr: target,
+        lan_ifindex: session.lan_ifindex,
+        target_port: request.port.to_be_bytes(),
+        public_port,
+        peer,
+        kind: kind as u8,
+        path: ExpectationPath::Inbound as u8,
+        _pad: [0; 2],
+    };
+    let key = ExpectKey::inbound(config.public_ip, public_port);
+    if EXPECTS
+        .insert(key, expectation, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
+        bump(Counter::ExpectationTableFull);
+        return_port(public_port);
+        return Reservation::TableFull;
+    }
+    Reservation::Reserved(public_port)
+}
+
+/// Undoes [`reserve_inbound`] when the announcement could not be rewritten after all.
+#[inline(always)]
+pub fn unreserve(config: &DatapathConfig, public_port: u16) {
+    let _ = EXPECTS.remove(ExpectKey::inbound(config.public_ip, public_port));
+    return_port(public_port);
+}
+
+/// Removes the session's expectation for `public_port` if no connection used it yet, and gives
+/// the port back. The port may since have gone to another session: only our own is removed.
+#[inline(always)]
+pub fn release_unused(
+    session: &mut SessionEntry,
+    session_key: &FlowKey,
+    config: &DatapathConfig,
+    public_port: u16,
+) {
+    let key = ExpectKey::inbound(config.public_ip, public_port);
+    // SAFETY: read at once.
+    let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == *session_key);
+    if ours && EXPECTS.remove(key).is_ok() {
+        return_port(public_port);
+        session.state.expectation_closed();
+    }
+}
 
 /// Takes the expectation this opening SYN matches, if any, and installs its connection.
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.

@@ -14,7 +14,7 @@
 //! new TCP length in the pseudo-header.
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::BPF_F_PSEUDO_HDR,
     helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
@@ -22,17 +22,17 @@ use core::{ffi::c_void, net::Ipv4Addr};
 use ftp_common::{
     MAX_FIELD_LEN, format_rewrite,
     maps::{
-        Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, HeldField, RewriteRecord, SessionEntry, hold_state, rewrite_kind,
+        Counter, DatapathConfig, EventKind, ExpectationKind, HeldField, RewriteRecord,
+        SessionEntry, hold_state, rewrite_kind,
     },
     seqadj::seq_after,
 };
 
 use crate::{
+    expect::{self, Reservation},
     headers::{Covered, IP_OFF, IP_TOT_LEN_OFF, Tcp4, store16},
-    maps::{EXPECTS, SCRATCH, SESSIONS, bump, now_ns},
+    maps::{SCRATCH, SESSIONS, bump},
     scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_SIZE},
-    window::{return_port, take_port},
 };
 
 /// Scratch regions: the payload copy is at 0; the old and new tails are built here.
@@ -112,7 +112,7 @@ fn rewrite(
         session.server_rewrite
     };
     if previous.public_port != 0 {
-        release_unused(session, request, config, previous.public_port);
+        expect::release_unused(session, &request.session_key, config, previous.public_port);
     }
     let mut record = RewriteRecord {
         seq,
@@ -124,62 +124,26 @@ fn rewrite(
         delimiter: request.delimiter,
         _pad: [0; 2],
     };
-    let mut reserved = None;
-    if let Some(public_port) = take_port() {
-        let key = ExpectKey::inbound(config.public_ip, public_port);
-        // Active (client's PORT/EPRT): the server connects, to the client's announced port.
-        // Passive (publishing, server's 227/229): the client connects, to the server's port.
-        let (peer, target, kind) = if from_client {
-            (session.server_addr, request.addr, ExpectationKind::Active)
-        } else {
-            (
-                request.session_key.saddr,
-                session.server_addr,
-                ExpectationKind::Passive,
-            )
-        };
-        let expectation = Expectation {
-            expires_ns: now_ns() + config.expect_timeout_ns,
-            session: request.session_key,
-            target_addr: target,
-            lan_ifindex: session.lan_ifindex,
-            target_port: request.port.to_be_bytes(),
-            public_port,
-            peer,
-            kind: kind as u8,
-            path: ExpectationPath::Inbound as u8,
-            _pad: [0; 2],
-        };
-        if EXPECTS
-            .insert(key, expectation, u64::from(BPF_NOEXIST))
-            .is_err()
-        {
-            bump(Counter::ExpectationTableFull);
-            return_port(public_port);
-            return false;
+    let reserved = match expect::reserve_inbound(config, session, request) {
+        Reservation::Reserved(public_port) => {
+            record.public_port = public_port;
+            true
         }
-        record.public_port = public_port;
-        reserved = Some(key);
-    } else {
-        bump(Counter::WindowExhausted);
-        crate::events::emit(
-            &request.session_key,
-            EventKind::WindowExhausted,
-            0,
-            [0; 4],
-            0,
-        );
-        record.kind = match request.kind {
-            rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
-            rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
-            _ if request.line_in_segment != 0 => {
-                record.field_off = request.line_off;
-                record.field_len = request.line_len;
-                rewrite_kind::PASSIVE_REFUSED
-            }
-            _ => return false,
-        };
-    }
+        Reservation::TableFull => return false,
+        Reservation::WindowExhausted => {
+            record.kind = match request.kind {
+                rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
+                rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
+                _ if request.line_in_segment != 0 => {
+                    record.field_off = request.line_off;
+                    record.field_len = request.line_len;
+                    rewrite_kind::PASSIVE_REFUSED
+                }
+                _ => return false,
+            };
+            false
+        }
+    };
     let Some(delta) = splice(
         ctx,
         packet,
@@ -189,9 +153,8 @@ fn rewrite(
         &session.held,
         config,
     ) else {
-        if let Some(key) = reserved {
-            let _ = EXPECTS.remove(key);
-            return_port(record.public_port);
+        if reserved {
+            expect::unreserve(config, record.public_port);
         }
         return false;
     };
@@ -202,7 +165,7 @@ fn rewrite(
         session.server_seq.record(record.seq, delta);
         session.server_rewrite = record;
     }
-    if reserved.is_some() {
+    if reserved {
         bump(Counter::ExpectationsCreated);
         let kind = if from_client {
             ExpectationKind::Active
@@ -221,24 +184,6 @@ fn rewrite(
         session.state.expectation_closed();
     }
     true
-}
-
-/// Removes the session's expectation for `public_port` if no connection used it yet, and gives
-/// the port back. The port may since have gone to another session: only our own is removed.
-#[inline(always)]
-fn release_unused(
-    session: &mut SessionEntry,
-    request: &RewriteRequest,
-    config: &DatapathConfig,
-    public_port: u16,
-) {
-    let key = ExpectKey::inbound(config.public_ip, public_port);
-    // SAFETY: read at once.
-    let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == request.session_key);
-    if ours && EXPECTS.remove(key).is_ok() {
-        return_port(public_port);
-        session.state.expectation_closed();
-    }
 }
 
 /// Repeats on a retransmission what the ALG found was done to its segment (the `replay` record in
