@@ -839,6 +839,32 @@ pub struct Event {
     pub text: [u8; EVENT_TEXT_LEN],
 }
 
+impl Event {
+    /// An event of `session` at `ts_ns` with an address and port (host byte order) as `kind`
+    /// defines them, no count and no text.
+    pub const fn new(
+        ts_ns: u64,
+        session: FlowKey,
+        kind: EventKind,
+        detail: u8,
+        (addr, port): ([u8; 4], u16),
+    ) -> Self {
+        Self {
+            ts_ns,
+            session,
+            kind: kind as u8,
+            detail,
+            text_len: 0,
+            _pad: 0,
+            addr,
+            port: port.to_be_bytes(),
+            _pad2: [0; 2],
+            value: 0,
+            text: [0; EVENT_TEXT_LEN],
+        }
+    }
+}
+
 /// Indexes of the [`names::COUNTERS`] per-CPU array: what the datapath did, for `ftpnat stats`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
