@@ -249,7 +249,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         return Err(OpenError::NotOurs);
     }
     if let Some(session) = SESSIONS.get_ptr_mut(expectation.session) {
-        // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
+        // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
         unsafe {
             (*session).state.expectation_closed();
             (*session).data_flows += 1;
@@ -271,7 +271,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
 #[inline(always)]
 fn expectation_ended(session: &FlowKey) {
     if let Some(session) = SESSIONS.get_ptr_mut(session) {
-        // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
+        // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
         unsafe { (*session).state.expectation_closed() };
     }
 }

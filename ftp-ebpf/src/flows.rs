@@ -9,9 +9,9 @@ use ftp_common::maps::{
 };
 
 use crate::{
-    alg::NewSession,
     headers::Tcp4,
     maps::{FLOWS, MASQUERADE, PUBLISH, bump, now_ns},
+    session::NewSession,
     window::{return_port, take_port},
 };
 
@@ -82,7 +82,7 @@ fn open_masqueraded(
         return_port(public_port);
         return Err(OpenError::NotOurs);
     }
-    crate::alg::open_session(
+    crate::session::open_session(
         packet,
         &NewSession {
             kind: SessionKind::Masquerade,
@@ -132,7 +132,7 @@ fn open_published(
     if !install(key, &original, in_ifindex) {
         return Err(OpenError::NotOurs);
     }
-    crate::alg::open_session(
+    crate::session::open_session(
         packet,
         &NewSession {
             kind: SessionKind::Publish,

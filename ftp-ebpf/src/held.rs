@@ -19,11 +19,8 @@ use crate::{
     headers::Tcp4,
     maps::{SCRATCH, SESSIONS, bump},
     rewrite::splice,
-    scratch::{RewriteRequest, SCRATCH_SIZE, Scan},
+    scratch::{RewriteRequest, SCRATCH_MASK, Scan},
 };
-
-/// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
-const SCRATCH_MASK: usize = SCRATCH_SIZE - 1;
 
 /// Asks for the tail of this client segment to be held if the segment ends inside the address of
 /// a masqueraded PORT/EPRT (see [`ftp_common::maps::HeldField`]): only when that address began in
@@ -161,7 +158,7 @@ fn splice_held(
     config: &DatapathConfig,
     request: &RewriteRequest,
 ) -> bool {
-    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
+    // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
     let session = unsafe { &mut *session };
     let cut = request.kind == rewrite_kind::CUT;
     if !cut {

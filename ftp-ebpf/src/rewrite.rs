@@ -32,13 +32,12 @@ use crate::{
     expect::{self, Reservation},
     headers::{Covered, IP_OFF, IP_TOT_LEN_OFF, Tcp4, store16},
     maps::{SCRATCH, SESSIONS, bump},
-    scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_SIZE},
+    scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_MASK},
 };
 
 /// Scratch regions: the payload copy is at 0; the old and new tails are built here.
 const OLD_TAIL: usize = 2 * SCRATCH_LEN;
 const NEW_TAIL: usize = 3 * SCRATCH_LEN;
-const MASK: usize = SCRATCH_SIZE - 1;
 
 /// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
 /// full, field begun in an earlier segment that was not held, segment too long) the segment
@@ -58,7 +57,7 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
         return false;
     };
-    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
+    // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
     let entry = unsafe { &mut *session };
     let rewritten = rewrite(ctx, packet, entry, config, &request);
     if !rewritten {
@@ -296,8 +295,8 @@ pub fn splice(
         }
         // Zero the bytes up to the next multiple of 4: bpf_csum_diff sums whole words.
         for i in 0..3usize {
-            let old_pad = crate::maps::masked(OLD_TAIL + old_tail_len + i, MASK);
-            let new_pad = crate::maps::masked(NEW_TAIL + new_tail_len + i, MASK);
+            let old_pad = crate::maps::masked(OLD_TAIL + old_tail_len + i, SCRATCH_MASK);
+            let new_pad = crate::maps::masked(NEW_TAIL + new_tail_len + i, SCRATCH_MASK);
             *buf.as_mut_ptr().add(old_pad) = 0;
             *buf.as_mut_ptr().add(new_pad) = 0;
         }

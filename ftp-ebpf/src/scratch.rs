@@ -13,6 +13,9 @@ pub const SCRATCH_LEN: usize = ftp_common::MAX_LINE_LEN;
 /// length but stays within this.
 pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
 
+/// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
+pub const SCRATCH_MASK: usize = SCRATCH_SIZE - 1;
+
 /// Per-CPU working memory of one program run: too large for the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
