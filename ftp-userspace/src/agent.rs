@@ -16,12 +16,13 @@ use tokio::{
 
 use crate::{
     attach::{self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name},
-    config::RunOptions,
+    config::{
+        nat::{self, Ipv4Prefix, PortWindow},
+        run::{LogFormat, RunOptions},
+    },
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
-    metrics, pins,
-    settings::{self, Ipv4Prefix, PortWindow},
-    stats,
+    metrics, pins, stats,
 };
 
 /// How often finished and idle connections are swept.
@@ -104,33 +105,33 @@ fn resolve(
 }
 
 fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
-    let local = settings::local_port_range()?;
+    let local = nat::local_port_range()?;
     let window = match args.port_window {
         Some(window) => {
-            settings::validate_window(window, &local)?;
+            nat::validate_window(window, &local)?;
             window
         }
-        None => settings::default_window(&local)?,
+        None => nat::default_window(&local)?,
     };
     let ftp_ports = if args.ftp_ports.is_empty() {
         vec![21]
     } else {
         args.ftp_ports.clone()
     };
-    settings::validate_ftp_ports(&ftp_ports)?;
+    nat::validate_ftp_ports(&ftp_ports)?;
     let mut lans = Vec::new();
     for lan in interfaces.iter().filter(|i| i.role == InterfaceRole::Lan) {
-        let prefixes = settings::ipv4_addresses(&lan.name)?
+        let prefixes = nat::ipv4_addresses(&lan.name)?
             .into_iter()
             .map(Ipv4Prefix::network)
             .collect();
         lans.push((lan.name.clone(), lan.ifindex, prefixes));
     }
-    let published = settings::resolve_published(&args.publish, window, &lans)?;
+    let published = nat::resolve_published(&args.publish, window, &lans)?;
     Ok(NatSettings {
         published,
-        public_ip: settings::public_ip(args.public_ip, args.wan()?)?,
-        masquerade: settings::masquerade_prefixes(&args.masquerade, args.lan()?)?,
+        public_ip: nat::public_ip(args.public_ip, args.wan()?)?,
+        masquerade: nat::masquerade_prefixes(&args.masquerade, args.lan()?)?,
         ftp_ports,
         window,
         expect_timeout: args.expect_timeout(),
@@ -197,7 +198,7 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             sender: events.clone(),
             ids: SessionIds::default(),
             transfers: transfer_log.clone(),
-            json: args.log_format() == crate::config::LogFormat::Json,
+            json: args.log_format() == LogFormat::Json,
         };
         let watched = watch(
             &nat,

@@ -40,9 +40,11 @@ use ftp_common::maps::{
 
 use crate::{
     classic_tc,
-    config::TcAttach,
+    config::{
+        nat::{Ipv4Prefix, PortWindow, Published},
+        run::TcAttach,
+    },
     pins::{self, FilterRecord},
-    settings::{Ipv4Prefix, PortWindow, Published},
 };
 
 /// The object built from ftp-ebpf, embedded at build time.

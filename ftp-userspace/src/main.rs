@@ -10,7 +10,6 @@ mod expire;
 mod inspect;
 mod metrics;
 mod pins;
-mod settings;
 mod stats;
 mod verify;
 
@@ -18,9 +17,7 @@ use std::{fs, io, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
-
-/// Where `ftpnat run` pins its maps unless told otherwise; the inspection commands read from here.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
+use config::DEFAULT_PIN_DIR;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,7 +46,7 @@ struct Cli {
 enum Command {
     /// Attach the programs to the router's interfaces (or adopt the datapath a previous agent
     /// left pinned) and run until SIGINT/SIGTERM.
-    Run(config::RunArgs),
+    Run(config::run::RunArgs),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
     /// List the FTP control sessions ftpnat tracks; with an ID, that session's transfers and
@@ -168,10 +165,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` picks its log format from its settings (flags or --config); the others log text.
     if !matches!(cli.command, Command::Run(_)) {
-        init_logger(config::LogFormat::Text);
+        init_logger(config::run::LogFormat::Text);
     }
     let result = match cli.command {
-        Command::Run(args) => config::resolve(args).and_then(|options| {
+        Command::Run(args) => config::run::resolve(args).and_then(|options| {
             init_logger(options.log_format());
             agent::run(options)
         }),
@@ -201,12 +198,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logger(format: config::LogFormat) {
+fn init_logger(format: config::run::LogFormat) {
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     match format {
-        config::LogFormat::Json => logger.format(json_log_line),
-        config::LogFormat::Text => logger.format_timestamp_millis(),
+        config::run::LogFormat::Json => logger.format(json_log_line),
+        config::run::LogFormat::Text => logger.format_timestamp_millis(),
     };
     logger.init();
 }
