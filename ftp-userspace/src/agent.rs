@@ -15,14 +15,16 @@ use tokio::{
 };
 
 use crate::{
-    attach::{self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name},
     config::{
         nat::{self, Ipv4Prefix, PortWindow},
         run::{LogFormat, RunOptions},
     },
+    datapath::{
+        self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name, pins,
+    },
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
-    metrics, pins, stats,
+    metrics, stats,
 };
 
 /// How often finished and idle connections are swept.
@@ -142,7 +144,7 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
 
 fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        if let Some(ours) = attach::ftpnat_programs_at(&interface.name, attach_type)?.first() {
+        if let Some(ours) = datapath::ftpnat_programs_at(&interface.name, attach_type)?.first() {
             bail!(
                 "interface '{}' already has ftpnat's {} program attached at {} (program id {}, \
                  through {}): another `ftpnat run` manages it, or a stopped one left its datapath \
@@ -405,7 +407,7 @@ fn stopped_waiting<T>(signal_name: &str) -> Option<T> {
 }
 
 /// Interfaces the datapath is attached to that no longer carry its programs (see
-/// [`attach::lost_interfaces`]).
+/// [`datapath::lost_interfaces`]).
 #[derive(Debug)]
 struct InterfacesLost(Vec<String>);
 
@@ -482,7 +484,7 @@ async fn follow(
     interfaces: &[Interface],
     datapath: &mut Datapath,
     mut reporter: EventReporter,
-    mut kernel_log: Option<AsyncFd<crate::attach::KernelLogger>>,
+    mut kernel_log: Option<AsyncFd<datapath::KernelLogger>>,
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     sigterm: &mut Signal,
     sigint: &mut Signal,
@@ -507,7 +509,7 @@ async fn follow(
                     reporter.report(datapath, event)?;
                 }
                 exhaustion.check(datapath.pin_dir(), nat.window);
-                let lost = attach::lost_interfaces(interfaces);
+                let lost = datapath::lost_interfaces(interfaces);
                 if !lost.is_empty() {
                     let names = lost
                         .iter()

@@ -11,7 +11,7 @@ use ftp_common::maps::{
     flow_flags,
 };
 
-use crate::attach::StateTables;
+use crate::datapath::StateTables;
 
 /// How long a connection may stay in each state before it is removed.
 #[derive(Debug, Clone, Copy)]

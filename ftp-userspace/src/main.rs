@@ -2,14 +2,12 @@
 //! state from another process (`ftpnat stats`).
 
 mod agent;
-mod attach;
-mod classic_tc;
 mod config;
+mod datapath;
 mod events;
 mod expire;
 mod inspect;
 mod metrics;
-mod pins;
 mod stats;
 mod verify;
 
@@ -112,9 +110,9 @@ fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
         println!("nothing to detach: {} does not exist", pin_dir.display());
         return Ok(());
     }
-    let _lock = pins::lock(pin_dir)?;
-    let removed = pins::remove_state(pin_dir, true)?;
-    attach::await_detached(&removed.hooks)?;
+    let _lock = datapath::pins::lock(pin_dir)?;
+    let removed = datapath::pins::remove_state(pin_dir, true)?;
+    datapath::await_detached(&removed.hooks)?;
     // The lock's release removes the pin dir if this emptied it.
     if fs::read_dir(pin_dir).is_ok_and(|mut entries| entries.next().is_some()) {
         log::warn!(

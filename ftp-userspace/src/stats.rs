@@ -80,9 +80,9 @@ pub struct Stats {
 pub const UNSOLICITED_REPLY: &str = "unsolicited_reply";
 
 pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = crate::pins::state_dir(pin_dir).join(name);
+    let path = crate::datapath::pins::state_dir(pin_dir).join(name);
     if !path.exists() {
-        crate::pins::refuse_foreign_state(pin_dir)?;
+        crate::datapath::pins::refuse_foreign_state(pin_dir)?;
         bail!(
             "no ftpnat state at {}: is `ftpnat run` running with --pin-dir {}?",
             path.display(),

@@ -152,7 +152,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How the programs attach to the interfaces' TC hooks (see `attach::Mechanism`).
+/// How the programs attach to the interfaces' TC hooks (see `datapath::Mechanism`).
 #[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttach {

@@ -147,11 +147,11 @@ pub fn verify_all() -> anyhow::Result<Vec<ProgramReport>> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(PRIVATE_BPFFS)
         .override_global(aya_log::LEVEL, &ALL_KERNEL_LOGS, false)
-        .load(crate::attach::EBPF_OBJECT)
+        .load(crate::datapath::EBPF_OBJECT)
         .context("loading the eBPF object (its maps)")?;
     let level = [ALL_KERNEL_LOGS];
     let verifier_stats =
-        stats::of_every_program(crate::attach::EBPF_OBJECT, &[(aya_log::LEVEL, &level)])
+        stats::of_every_program(crate::datapath::EBPF_OBJECT, &[(aya_log::LEVEL, &level)])
             .context("loading the programs again for the verifier's statistics")?;
     let mut reports = Vec::new();
     for name in program_names() {
@@ -188,7 +188,7 @@ pub fn verify_all() -> anyhow::Result<Vec<ProgramReport>> {
             Err(err) => {
                 report.error = Some(format!(
                     "{:#}",
-                    crate::attach::explain_load_error(name, err)
+                    crate::datapath::explain_load_error(name, err)
                 ))
             }
         }

@@ -18,8 +18,8 @@ use aya::programs::{
     tc::{self, SchedClassifierLink, TcHandle},
 };
 
-use crate::{
-    attach,
+use super::{
+    self as attach,
     pins::{FilterRecord, PinnedHook},
 };
 

@@ -38,14 +38,14 @@ use ftp_common::maps::{
     MAX_FTP_PORTS, PublishTarget, SessionEntry, names, programs,
 };
 
-use crate::{
-    classic_tc,
-    config::{
-        nat::{Ipv4Prefix, PortWindow, Published},
-        run::TcAttach,
-    },
-    pins::{self, FilterRecord},
+mod classic_tc;
+pub mod pins;
+
+use crate::config::{
+    nat::{Ipv4Prefix, PortWindow, Published},
+    run::TcAttach,
 };
+use pins::FilterRecord;
 
 /// The object built from ftp-ebpf, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));

@@ -21,7 +21,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use ftp_common::maps::names;
 
-use crate::classic_tc;
+use super::classic_tc;
 
 /// `BPF_FS_MAGIC` from linux/magic.h: the `f_type` statfs reports for a bpffs mount.
 const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
