@@ -69,7 +69,7 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
     pins::refuse_foreign_shapes(pin_dir)?;
     // A datapath pinned here is ours to adopt (checked when loading); programs attached any other
     // way belong to another agent or another pin dir.
-    if pins::existing_attachments(&pins::state_dir(pin_dir)).is_empty() {
+    if datapath::records::existing_attachments(&pins::state_dir(pin_dir)).is_empty() {
         for interface in &interfaces {
             refuse_if_already_attached(interface)?;
         }

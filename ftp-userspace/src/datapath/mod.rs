@@ -11,12 +11,9 @@
 //! pinned"; a failed adoption leaves the running datapath as it was.
 
 use std::{
-    ffi::CString,
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -31,81 +28,35 @@ use aya::{
         links::{FdLink, PinnedLink},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
     },
-    sys::SyscallError,
 };
 use ftp_common::maps::{
     DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, InterfaceRole,
     MAX_FTP_PORTS, PublishTarget, SessionEntry, names, programs,
 };
 
+mod attached;
 mod classic_tc;
+mod hooks;
+mod interface;
+mod mechanism;
 pub mod pins;
+pub mod records;
 
-use crate::config::{
-    nat::{Ipv4Prefix, PortWindow, Published},
-    run::TcAttach,
-};
-use pins::FilterRecord;
+use crate::config::nat::{Ipv4Prefix, PortWindow, Published};
+
+use attached::ours_attached;
+pub use attached::{await_detached, ftpnat_programs_at, lost_interfaces};
+use hooks::HOOKS;
+pub use hooks::hook_name;
+pub use interface::Interface;
+pub use mechanism::Mechanism;
+use records::{FilterRecord, PinnedHook};
 
 /// The object built from ftp-ebpf, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ftp-ebpf"));
 
 /// How many lines of the verifier's log to show when it rejects a program: the reason is at the end.
 const VERIFIER_LOG_TAIL_LINES: usize = 30;
-
-/// An interface to attach to and what it faces.
-#[derive(Debug, Clone)]
-pub struct Interface {
-    pub name: String,
-    pub ifindex: u32,
-    pub role: InterfaceRole,
-}
-
-impl Interface {
-    /// Resolves `name` in the current network namespace; `flag` names the option it came from.
-    pub fn resolve(name: &str, role: InterfaceRole, flag: &str) -> anyhow::Result<Self> {
-        let Some(ifindex) =
-            ifindex_of(name).with_context(|| format!("looking up interface '{name}' ({flag})"))?
-        else {
-            bail!(
-                "interface '{name}' ({flag}) does not exist in this network namespace; \
-                 list the interfaces with `ip link` and pass an existing one"
-            );
-        };
-        Ok(Self {
-            name: name.to_owned(),
-            ifindex,
-            role,
-        })
-    }
-}
-
-/// The index of the interface named `name`, `None` if there is none in this network namespace.
-pub fn ifindex_of(name: &str) -> io::Result<Option<u32>> {
-    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => match io::Error::last_os_error() {
-            err if err.raw_os_error() == Some(libc::ENODEV) => Ok(None),
-            err => Err(err),
-        },
-        ifindex => Ok(Some(ifindex)),
-    }
-}
-
-/// Whether an interface with index `ifindex` exists in this network namespace.
-fn ifindex_exists(ifindex: u32) -> io::Result<bool> {
-    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
-    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::ENXIO | libc::ENODEV) => Ok(false),
-            _ => Err(err),
-        };
-    }
-    Ok(true)
-}
 
 /// The loaded object with its programs attached and its maps pinned.
 pub struct Datapath {
@@ -118,12 +69,6 @@ pub struct Datapath {
     origin: Origin,
     mechanism: Mechanism,
 }
-
-/// The programs and where they attach, in attach order.
-const HOOKS: [(&str, TcAttachType); 2] = [
-    (programs::INGRESS, TcAttachType::Ingress),
-    (programs::EGRESS, TcAttachType::Egress),
-];
 
 /// The datapath's state, as the agent's expiry sees it.
 pub struct StateTables<'a> {
@@ -144,74 +89,6 @@ pub struct LoadOptions<'a> {
     pub kernel_log_level: u8,
     /// How the programs attach; a pinned datapath attached another way is not adopted.
     pub mechanism: Mechanism,
-}
-
-/// How the programs attach to an interface's TC hooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    /// TCX links (Linux ≥ 6.6), pinned in the state dir.
-    Tcx,
-    /// Classic TC: a clsact qdisc and a direct-action cls_bpf filter per hook, made over netlink
-    /// and recorded in the state dir. Any kernel ftpnat runs on has it.
-    Netlink,
-}
-
-impl Mechanism {
-    /// The mechanism `requested` resolves to on this kernel, and why, for the log. The kernel is
-    /// asked, not its version compared: a TCX query on `probe` (an interface of the datapath)
-    /// fails with EINVAL on a kernel without TCX, whatever its version says or its vendor
-    /// backported.
-    pub fn choose(requested: TcAttach, probe: &str) -> anyhow::Result<(Self, String)> {
-        if requested == TcAttach::Netlink {
-            return Ok((Self::Netlink, "--tc-attach netlink asks for it".to_owned()));
-        }
-        let tcx = match SchedClassifier::query_tcx(probe, TcAttachType::Ingress) {
-            Ok(_) => Ok(format!("the kernel answered a TCX query on {probe}")),
-            Err(err) if lacks_tcx(&err) => Err(format!(
-                "the kernel has no TCX: a TCX query on {probe} failed with EINVAL (TCX came with \
-                 Linux 6.6)"
-            )),
-            Err(err) => {
-                return Err(anyhow::Error::new(err)
-                    .context(format!("asking the kernel whether it has TCX (on {probe})")));
-            }
-        };
-        match (requested, tcx) {
-            (TcAttach::Tcx, Ok(_)) => Ok((Self::Tcx, "--tc-attach tcx asks for it".to_owned())),
-            (TcAttach::Tcx, Err(why)) => bail!(
-                "--tc-attach tcx cannot be honoured: {why}; use --tc-attach netlink (classic TC) \
-                 or auto (tc_attach in the config file)"
-            ),
-            (_, Ok(why)) => Ok((Self::Tcx, why)),
-            (_, Err(why)) => Ok((Self::Netlink, why)),
-        }
-    }
-
-    /// The `--tc-attach` value that asks for this mechanism.
-    fn flag_value(self) -> &'static str {
-        match self {
-            Self::Tcx => "tcx",
-            Self::Netlink => "netlink",
-        }
-    }
-}
-
-impl std::fmt::Display for Mechanism {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Tcx => "TCX links",
-            Self::Netlink => "classic TC filters (a clsact qdisc and cls_bpf over netlink)",
-        })
-    }
-}
-
-/// Whether a TCX query failed because the kernel has no TCX: it does not know the attach type.
-fn lacks_tcx(err: &ProgramError) -> bool {
-    matches!(
-        err,
-        ProgramError::SyscallError(SyscallError { io_error, .. })
-            if io_error.raw_os_error() == Some(libc::EINVAL)
-    )
 }
 
 /// What the datapath translates, resolved from the flags.
@@ -246,7 +123,7 @@ impl Datapath {
         nat: &NatSettings,
     ) -> anyhow::Result<Self> {
         let state_dir = pins::state_dir(options.pin_dir);
-        let attachments = pins::existing_attachments(&state_dir);
+        let attachments = records::existing_attachments(&state_dir);
         if attachments.is_empty() {
             return Self::fresh(options, &state_dir, interfaces, nat);
         }
@@ -256,7 +133,7 @@ impl Datapath {
         // it would leave that interface without programs, so it makes way for a fresh one.
         let lost: Vec<String> = attachments
             .iter()
-            .filter_map(|path| pins::PinnedHook::of_path(path))
+            .filter_map(|path| PinnedHook::of_path(path))
             .filter(|hook| ours_attached(hook) == Some(false))
             .map(|hook| format!("{}/{}", hook.interface, hook.hook))
             .collect();
@@ -354,7 +231,7 @@ impl Datapath {
              (this ends the transfers it carries)",
             options.pin_dir.display()
         );
-        let pinned_mechanism = if pins::existing_links(state_dir).is_empty() {
+        let pinned_mechanism = if records::existing_links(state_dir).is_empty() {
             Mechanism::Netlink
         } else {
             Mechanism::Tcx
@@ -371,8 +248,8 @@ impl Datapath {
             );
         }
         let record = match options.mechanism {
-            Mechanism::Tcx => pins::link_pin,
-            Mechanism::Netlink => pins::filter_record,
+            Mechanism::Tcx => records::link_pin,
+            Mechanism::Netlink => records::filter_record,
         };
         let expected: Vec<PathBuf> = HOOKS
             .iter()
@@ -384,7 +261,7 @@ impl Datapath {
             .collect();
         let mut sorted = expected.clone();
         sorted.sort();
-        let present = pins::existing_attachments(state_dir);
+        let present = records::existing_attachments(state_dir);
         if present != sorted {
             let names = |paths: &[PathBuf]| {
                 paths
@@ -524,7 +401,7 @@ impl Datapath {
             .with_context(context)?;
         let link = FdLink::try_from(classifier.take_link(id).with_context(context)?)
             .with_context(context)?;
-        let pin = pins::link_pin(state_dir, &interface.name, hook);
+        let pin = records::link_pin(state_dir, &interface.name, hook);
         link.pin(&pin)
             .with_context(|| format!("pinning the link at {}", pin.display()))?;
         self.attached.push(format!("{}/{hook}", interface.name));
@@ -561,7 +438,7 @@ impl Datapath {
             handle: filter.handle().with_context(context)?.into(),
         };
         // On an error `filter` is dropped, which deletes the filter: none stays unrecorded.
-        record.write(&pins::filter_record(state_dir, &interface.name, hook))?;
+        record.write(&records::filter_record(state_dir, &interface.name, hook))?;
         // Recorded, the filter must outlive this agent: dropping aya's handle would delete it.
         std::mem::forget(filter);
         self.attached.push(format!("{}/{hook}", interface.name));
@@ -885,149 +762,6 @@ fn publish_target(published: &Published) -> PublishTarget {
     }
 }
 
-/// How long the kernel may take to release links whose last pin is gone.
-const DETACH_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits until the kernel lists none of ftpnat's programs at `hooks`, whose links' pins were just
-/// removed (or whose filters were deleted, which detaches at once). The kernel releases a link a
-/// moment later (after an RCU grace period, from a work queue): without waiting, "detached" would
-/// be said too early and an `ftpnat run` started right after would find the old programs still
-/// attached and refuse. An interface that is gone (or cannot be queried here) holds nothing of
-/// ours.
-pub fn await_detached(hooks: &[pins::PinnedHook]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + DETACH_WAIT;
-    loop {
-        let remaining: Vec<String> = hooks
-            .iter()
-            .filter(|hook| still_attached(hook))
-            .map(|hook| format!("{}/{}", hook.interface, hook.hook))
-            .collect();
-        if remaining.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the links' pins are removed (and the filters deleted), but {} s later the \
-                 kernel still lists ftpnat's programs at {}: another process holds those links \
-                 open (`grep link_id /proc/*/fdinfo/*` finds it), or another ftpnat with another \
-                 --pin-dir attached there",
-                DETACH_WAIT.as_secs(),
-                remaining.join(", ")
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn still_attached(hook: &pins::PinnedHook) -> bool {
-    ours_attached(hook) == Some(true)
-}
-
-/// Whether the kernel lists one of ftpnat's programs at a hook: `None` if it cannot tell (a
-/// lookup failed); an interface that does not exist has none.
-fn ours_attached(hook: &pins::PinnedHook) -> Option<bool> {
-    let attach_type = attach_type_of(&hook.hook)?;
-    if ifindex_of(&hook.interface).ok()?.is_none() {
-        return Some(false);
-    }
-    let programs = ftpnat_programs_at(&hook.interface, attach_type).ok()?;
-    Some(!programs.is_empty())
-}
-
-/// One of ftpnat's programs attached at an interface's hook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachedProgram {
-    pub name: String,
-    pub id: u32,
-    pub through: Mechanism,
-}
-
-/// Whether `name` is one of ftpnat's attached programs (of any ftpnat).
-pub fn is_ftpnat_program(name: &str) -> bool {
-    matches!(name, programs::INGRESS | programs::EGRESS)
-}
-
-/// ftpnat's programs the kernel lists at `interface`'s hook (by name: those of any ftpnat),
-/// through either mechanism: another agent may have attached the other way.
-pub fn ftpnat_programs_at(
-    interface: &str,
-    attach_type: TcAttachType,
-) -> anyhow::Result<Vec<AttachedProgram>> {
-    let context = || {
-        format!(
-            "querying the TC programs on {interface} {}",
-            hook_name(attach_type)
-        )
-    };
-    let mut found = Vec::new();
-    match SchedClassifier::query_tcx(interface, attach_type) {
-        Ok((_revision, attached)) => found.extend(attached.into_iter().filter_map(|info| {
-            let name = info.name_as_str()?;
-            is_ftpnat_program(name).then(|| AttachedProgram {
-                name: name.to_owned(),
-                id: info.id(),
-                through: Mechanism::Tcx,
-            })
-        })),
-        // A kernel without TCX has no TCX programs.
-        Err(err) if lacks_tcx(&err) => {}
-        Err(err) => return Err(anyhow::Error::new(err).context(context())),
-    }
-    if let Some(ifindex) = ifindex_of(interface).with_context(context)? {
-        let filters = classic_tc::bpf_filters(ifindex, attach_type).with_context(context)?;
-        found.extend(
-            filters
-                .into_iter()
-                .filter(|filter| is_ftpnat_program(&filter.name))
-                .map(|filter| AttachedProgram {
-                    name: filter.name,
-                    id: filter.program_id,
-                    through: Mechanism::Netlink,
-                }),
-        );
-    }
-    Ok(found)
-}
-
-/// The interfaces that no longer carry ftpnat's programs: their device is gone — deleted,
-/// possibly created again under the same name (a PPPoE reconnect, a restarted VPN), or moved to
-/// another network namespace — or the kernel lists none of ftpnat's programs on them any more (an
-/// interface created again with the same index, a link detached by hand). A renamed interface
-/// keeps its index and programs and is not lost (its name is asked about only while it still
-/// names that index); neither is one that cannot be looked up or queried right now.
-pub fn lost_interfaces(interfaces: &[Interface]) -> Vec<&Interface> {
-    interfaces
-        .iter()
-        .filter(|interface| match ifindex_exists(interface.ifindex) {
-            Ok(false) => true,
-            Ok(true) => {
-                matches!(ifindex_of(&interface.name), Ok(Some(now)) if now == interface.ifindex)
-                    && HOOKS.iter().any(|(_, attach_type)| {
-                        ftpnat_programs_at(&interface.name, *attach_type)
-                            .is_ok_and(|programs| programs.is_empty())
-                    })
-            }
-            Err(_) => false,
-        })
-        .collect()
-}
-
-pub fn hook_name(attach_type: TcAttachType) -> &'static str {
-    match attach_type {
-        TcAttachType::Ingress => "ingress",
-        TcAttachType::Egress => "egress",
-        TcAttachType::Custom(_) => "custom",
-    }
-}
-
-/// The hook [`hook_name`] names, if it is one ftpnat attaches to.
-pub fn attach_type_of(hook: &str) -> Option<TcAttachType> {
-    HOOKS
-        .iter()
-        .map(|(_, attach_type)| *attach_type)
-        .find(|attach_type| hook_name(*attach_type) == hook)
-}
-
 pub fn explain_load_error(program: &str, err: ProgramError) -> anyhow::Error {
     match err {
         ProgramError::LoadError {
@@ -1097,21 +831,5 @@ mod tests {
             ),
             "{message}"
         );
-    }
-
-    #[test]
-    fn an_interface_is_lost_when_its_index_is_gone() {
-        let lo = |ifindex| Interface {
-            name: "lo".to_owned(),
-            ifindex,
-            role: InterfaceRole::Lan,
-        };
-        // The name now names another index, as after a delete and re-create: the old one is gone.
-        let stale = [lo(u32::MAX - 7)];
-        assert_eq!(lost_interfaces(&stale).len(), 1);
-        assert!(!ifindex_exists(u32::MAX - 7).unwrap());
-        let present = ifindex_of("lo").unwrap().expect("lo exists");
-        assert!(ifindex_exists(present).unwrap());
-        assert_eq!(ifindex_of("no-such-if0").unwrap(), None);
     }
 }
