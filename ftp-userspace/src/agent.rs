@@ -20,11 +20,12 @@ use crate::{
         run::{LogFormat, RunOptions},
     },
     datapath::{
-        self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name, pins,
+        self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin,
+        clock::monotonic_now_ns, hook_name, maps::PinnedMaps, pins,
     },
     events::{self, SessionIds},
     expire::{self, ExpiryPolicy},
-    metrics, stats,
+    metrics,
 };
 
 /// How often finished and idle connections are swept.
@@ -500,7 +501,7 @@ async fn follow(
                 // The datapath's events first, so that what a connection did is reported before
                 // its end.
                 drain_events(ring.get_mut(), datapath, &mut reporter)?;
-                let swept = expire::sweep(&mut datapath.state_tables()?, expire::monotonic_now_ns(), &policy)
+                let swept = expire::sweep(&mut datapath.state_tables()?, monotonic_now_ns(), &policy)
                     .context("sweeping finished connections and expired expectations")?;
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
@@ -652,7 +653,7 @@ struct ExhaustionWatch {
 
 impl ExhaustionWatch {
     fn check(&mut self, pin_dir: &std::path::Path, window: PortWindow) {
-        let Ok(now) = stats::datapath_counter(pin_dir, Counter::WindowExhausted) else {
+        let Ok(now) = PinnedMaps::new(pin_dir).counter(Counter::WindowExhausted) else {
             return;
         };
         if now > self.seen {

@@ -28,7 +28,7 @@ use tokio::{
     sync::broadcast,
 };
 
-use crate::expire::monotonic_now_ns;
+use crate::datapath::clock::monotonic_now_ns;
 
 /// One event as `ftpnat events --json` prints it and the agent logs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,18 +7,19 @@ use std::{
     path::Path,
 };
 
-use anyhow::Context as _;
-use aya::maps::{Array, HashMap};
 use ftp_common::{
     Session,
     maps::{
         DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
-        FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, flow_flags, names,
+        FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, flow_flags,
     },
 };
 use serde::Serialize;
 
-use crate::{expire::monotonic_now_ns, stats::open_pinned};
+use crate::datapath::{
+    clock::monotonic_now_ns,
+    maps::{PinnedMaps, reply_key_of},
+};
 
 fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
     format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
@@ -142,14 +143,10 @@ struct Tables {
 }
 
 fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
-    let config: Array<_, DatapathConfig> = Array::try_from(open_pinned(pin_dir, names::CONFIG)?)?;
-    let flows: HashMap<_, FlowKey, FlowEntry> =
-        HashMap::try_from(open_pinned(pin_dir, names::FLOWS)?)?;
-    let sessions: HashMap<_, FlowKey, SessionEntry> =
-        HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
-    let expects: HashMap<_, ExpectKey, Expectation> =
-        HashMap::try_from(open_pinned(pin_dir, names::EXPECTS)?)?;
-    let flows: StdHashMap<FlowKey, FlowEntry> = flows.iter().filter_map(Result::ok).collect();
+    let maps = PinnedMaps::new(pin_dir);
+    let config = maps.config()?;
+    let flows: StdHashMap<FlowKey, FlowEntry> =
+        maps.flows()?.iter().filter_map(Result::ok).collect();
     // An entry keyed by a packet from the session's client carries bytes from the client.
     let mut bytes: StdHashMap<FlowKey, (u64, u64)> = StdHashMap::new();
     for (key, entry) in &flows {
@@ -161,10 +158,10 @@ fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
         }
     }
     Ok(Tables {
-        config: config.get(&0, 0).context("reading the datapath config")?,
+        config,
         flows,
-        sessions: sessions.iter().filter_map(Result::ok).collect(),
-        expects: expects.iter().filter_map(Result::ok).collect(),
+        sessions: maps.sessions()?.iter().filter_map(Result::ok).collect(),
+        expects: maps.expects()?.iter().filter_map(Result::ok).collect(),
         bytes,
     })
 }
@@ -272,7 +269,7 @@ pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
         .iter()
         .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
         .map(|(key, e)| {
-            let reply_key = crate::expire::reply_key_of(e);
+            let reply_key = reply_key_of(e);
             let reply = tables.flows.get(&reply_key);
             FlowRow {
                 session: tables.id_of(&e.session),

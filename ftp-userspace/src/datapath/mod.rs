@@ -16,19 +16,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, Queue},
-    programs::SchedClassifier,
-};
-use ftp_common::maps::{ExpectKey, Expectation, FlowEntry, FlowKey, SessionEntry, names};
+use aya::{Ebpf, EbpfLoader, maps::MapData, programs::SchedClassifier};
+use ftp_common::maps::names;
 
 mod attach;
 mod attached;
 mod classic_tc;
+pub mod clock;
 mod configure;
 mod hooks;
 mod interface;
+pub mod maps;
 mod mechanism;
 pub mod object;
 pub mod pins;
@@ -55,17 +53,6 @@ pub struct Datapath {
     logger: Option<KernelLogger>,
     origin: Origin,
     mechanism: Mechanism,
-}
-
-/// The datapath's state, as the agent's expiry sees it.
-pub struct StateTables<'a> {
-    pub flows: HashMap<&'a mut MapData, FlowKey, FlowEntry>,
-    pub free_ports: Queue<&'a mut MapData, u16>,
-    pub expects: HashMap<&'a mut MapData, ExpectKey, Expectation>,
-    /// Read only: the datapath alone writes session records.
-    pub sessions: HashMap<&'a mut MapData, FlowKey, SessionEntry>,
-    /// Expectations released per session, which only the agent writes.
-    pub released: HashMap<&'a mut MapData, FlowKey, u32>,
 }
 
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -356,23 +343,5 @@ impl Datapath {
 
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).ok_or_else(|| missing_map(name))
-    }
-
-    /// The tables expiry works on.
-    pub fn state_tables(&mut self) -> anyhow::Result<StateTables<'_>> {
-        let [flows, free, expects, sessions, released] = self.ebpf.maps_disjoint_mut([
-            names::FLOWS,
-            names::FREE_PORTS,
-            names::EXPECTS,
-            names::SESSIONS,
-            names::RELEASED,
-        ]);
-        Ok(StateTables {
-            flows: HashMap::try_from(flows.ok_or_else(|| missing_map(names::FLOWS))?)?,
-            free_ports: Queue::try_from(free.ok_or_else(|| missing_map(names::FREE_PORTS))?)?,
-            expects: HashMap::try_from(expects.ok_or_else(|| missing_map(names::EXPECTS))?)?,
-            sessions: HashMap::try_from(sessions.ok_or_else(|| missing_map(names::SESSIONS))?)?,
-            released: HashMap::try_from(released.ok_or_else(|| missing_map(names::RELEASED))?)?,
-        })
     }
 }
