@@ -9,7 +9,6 @@
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
     os::linux::net::SocketAddrExt as _,
     path::Path,
     sync::{Arc, Mutex},
@@ -28,7 +27,10 @@ use tokio::{
     sync::broadcast,
 };
 
-use crate::datapath::clock::monotonic_now_ns;
+use crate::{
+    datapath::clock::monotonic_now_ns,
+    report::sessions::{endpoint, session_id},
+};
 
 /// One event as `ftpnat events --json` prints it and the agent logs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,10 +79,6 @@ impl EventRecord {
         }
         line
     }
-}
-
-fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
-    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
 }
 
 fn wall_clock(ts_ns: u64) -> String {
@@ -200,17 +198,11 @@ impl SessionIds {
         if let Some(id) = self.known.get(session) {
             return id.clone();
         }
-        let id = match entry.and_then(|e| SessionKind::from_raw(e.kind)) {
-            Some(SessionKind::Publish) => format!(
-                "{}@{}",
-                endpoint(session.saddr, session.sport),
-                u16::from_be_bytes(session.dport)
-            ),
-            _ => match public {
-                Some((addr, port)) => endpoint(addr, port),
-                None => endpoint(session.saddr, session.sport),
-            },
-        };
+        let kind = entry.and_then(|e| SessionKind::from_raw(e.kind));
+        // A session whose control connection is not (or no longer) in the flow table is named by
+        // its client.
+        let id = session_id(session, kind, public)
+            .unwrap_or_else(|| endpoint(session.saddr, session.sport));
         // Remembered only while the session lives: a late event of a session already gone must
         // not pin its id on a later session of the same addresses.
         if entry.is_some() {

@@ -2,14 +2,13 @@
 //! state from another process (`ftpnat stats`).
 
 mod agent;
+mod cli;
 mod config;
 mod datapath;
 mod events;
 mod expire;
-mod inspect;
 mod metrics;
-mod stats;
-mod verify;
+mod report;
 
 use std::{fs, io, path::PathBuf, process::ExitCode};
 
@@ -170,18 +169,18 @@ fn main() -> ExitCode {
             init_logger(options.log_format());
             agent::run(options)
         }),
-        Command::Stats(args) => stats::print(&args.pin_dir, args.json),
+        Command::Stats(args) => cli::stats::print(&args.pin_dir, args.json),
         Command::Sessions(SessionsArgs { id: Some(id), view }) => {
-            inspect::print_session(&view.pin_dir, &id, view.json)
+            cli::tables::print_session(&view.pin_dir, &id, view.json)
         }
         Command::Sessions(SessionsArgs { id: None, view }) => {
-            inspect::print("sessions", &view.pin_dir, view.json)
+            cli::tables::print("sessions", &view.pin_dir, view.json)
         }
-        Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
-        Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
+        Command::Expectations(args) => cli::tables::print("expectations", &args.pin_dir, args.json),
+        Command::Flows(args) => cli::tables::print("flows", &args.pin_dir, args.json),
         Command::Events(args) => events::follow(&args.pin_dir, args.json),
         Command::Detach(args) => detach(&args.pin_dir),
-        Command::Verify { json } => verify::print(json),
+        Command::Verify { json } => cli::verify::print(json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
             Ok(())

@@ -1,4 +1,5 @@
-//! `ftpnat stats`: reads the pinned counters of a running agent.
+//! The pinned counters and tables of a running agent, summed: what `ftpnat stats` prints and the
+//! agent's metrics expose, read the same way for both.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -14,7 +15,7 @@ use ftp_common::{
 use serde::Serialize;
 
 use crate::datapath::maps::{PinnedMaps, summed};
-use crate::inspect::{SessionState, closing_sessions};
+use crate::report::sessions::{SessionState, closing_sessions};
 
 #[derive(Serialize, Debug, Default)]
 pub struct Counters {
@@ -210,50 +211,4 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         sessions_by,
         flows_by,
     })
-}
-
-pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let stats = collect(pin_dir)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-        return Ok(());
-    }
-    println!(
-        "{:<16} {:<5} {:<8} {:>12} {:>16}",
-        "INTERFACE", "ROLE", "HOOK", "PACKETS", "BYTES"
-    );
-    for row in &stats.interfaces {
-        for (hook, counters) in [
-            (Direction::Ingress, &row.ingress),
-            (Direction::Egress, &row.egress),
-        ] {
-            println!(
-                "{:<16} {:<5} {:<8} {:>12} {:>16}",
-                row.name,
-                row.role,
-                hook.as_str(),
-                counters.packets,
-                counters.bytes
-            );
-        }
-    }
-    println!(
-        "{:<16} {:<5} {:<8} {:>12} {:>16}",
-        "total", "", "", stats.total.packets, stats.total.bytes
-    );
-    println!();
-    println!(
-        "sessions {}  connections {}  expectations {}  port window {} ({} ports, {} in use, exhausted {} times)",
-        stats.sessions,
-        stats.flows,
-        stats.expectations,
-        stats.window.range,
-        stats.window.size,
-        stats.window.in_use,
-        stats.window.exhausted
-    );
-    for (name, value) in &stats.datapath {
-        println!("  {name:<28} {value:>12}");
-    }
-    Ok(())
 }
