@@ -5,9 +5,6 @@ mod agent;
 mod cli;
 mod config;
 mod datapath;
-mod events;
-mod expire;
-mod metrics;
 mod report;
 
 use std::{fs, io, path::PathBuf, process::ExitCode};
@@ -140,7 +137,7 @@ fn json_log_line(
 ) -> std::io::Result<()> {
     use std::io::Write as _;
     let message = record.args().to_string();
-    let body = if record.target() == agent::EVENT_LOG_TARGET {
+    let body = if record.target() == agent::events::EVENT_LOG_TARGET {
         format!("\"event\":{message}")
     } else {
         format!("\"message\":{}", serde_json::Value::String(message))
@@ -178,7 +175,7 @@ fn main() -> ExitCode {
         }
         Command::Expectations(args) => cli::tables::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => cli::tables::print("flows", &args.pin_dir, args.json),
-        Command::Events(args) => events::follow(&args.pin_dir, args.json),
+        Command::Events(args) => cli::events::follow(&args.pin_dir, args.json),
         Command::Detach(args) => detach(&args.pin_dir),
         Command::Verify { json } => cli::verify::print(json),
         Command::Completions { shell } => {

@@ -242,7 +242,7 @@ pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()>
         .into_iter()
         .filter(|e| e.session == id)
         .collect();
-    let transfers = crate::events::query_transfers(pin_dir, id);
+    let transfers = super::events::query_transfers(pin_dir, id);
     if json {
         let report = serde_json::json!({
             "session": session,
