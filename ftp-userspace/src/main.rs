@@ -5,9 +5,10 @@ mod agent;
 mod cli;
 mod config;
 mod datapath;
+mod logging;
 mod report;
 
-use std::{fs, io, path::PathBuf, process::ExitCode};
+use std::{io, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
@@ -101,56 +102,6 @@ struct StatsArgs {
     pin_dir: PathBuf,
 }
 
-fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    if !pin_dir.exists() {
-        println!("nothing to detach: {} does not exist", pin_dir.display());
-        return Ok(());
-    }
-    let _lock = datapath::pins::lock(pin_dir)?;
-    let removed = datapath::pins::remove_state(pin_dir, true)?;
-    datapath::await_detached(&removed.hooks)?;
-    // The lock's release removes the pin dir if this emptied it.
-    if fs::read_dir(pin_dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        log::warn!(
-            "leaving {} in place: it holds files ftpnat did not create",
-            pin_dir.display()
-        );
-    }
-    let attachments = match (removed.links, removed.filters) {
-        (links, 0) => format!("{links} links"),
-        (0, filters) => format!("{filters} TC filters"),
-        (links, filters) => format!("{links} links and {filters} TC filters"),
-    };
-    println!(
-        "removed {attachments} (their programs are detached) and {} maps under {}",
-        removed.maps,
-        pin_dir.display()
-    );
-    Ok(())
-}
-
-/// `--log-format json`: one object per line. An event (already JSON) is embedded as an object;
-/// any other message as a string.
-fn json_log_line(
-    out: &mut env_logger::fmt::Formatter,
-    record: &log::Record<'_>,
-) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let message = record.args().to_string();
-    let body = if record.target() == agent::events::EVENT_LOG_TARGET {
-        format!("\"event\":{message}")
-    } else {
-        format!("\"message\":{}", serde_json::Value::String(message))
-    };
-    writeln!(
-        out,
-        "{{\"time\":\"{}\",\"level\":\"{}\",\"target\":{},{body}}}",
-        out.timestamp_millis(),
-        record.level(),
-        serde_json::Value::String(record.target().to_owned())
-    )
-}
-
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when the reader of our output goes away
     // (`ftpnat flows | head`) instead of panicking on the broken pipe.
@@ -159,11 +110,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` picks its log format from its settings (flags or --config); the others log text.
     if !matches!(cli.command, Command::Run(_)) {
-        init_logger(config::run::LogFormat::Text);
+        logging::init(config::run::LogFormat::Text);
     }
     let result = match cli.command {
         Command::Run(args) => config::run::resolve(args).and_then(|options| {
-            init_logger(options.log_format());
+            logging::init(options.log_format());
             agent::run(options)
         }),
         Command::Stats(args) => cli::stats::print(&args.pin_dir, args.json),
@@ -176,7 +127,7 @@ fn main() -> ExitCode {
         Command::Expectations(args) => cli::tables::print("expectations", &args.pin_dir, args.json),
         Command::Flows(args) => cli::tables::print("flows", &args.pin_dir, args.json),
         Command::Events(args) => cli::events::follow(&args.pin_dir, args.json),
-        Command::Detach(args) => detach(&args.pin_dir),
+        Command::Detach(args) => cli::detach::run(&args.pin_dir),
         Command::Verify { json } => cli::verify::print(json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
@@ -190,16 +141,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logger(format: config::run::LogFormat) {
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    match format {
-        config::run::LogFormat::Json => logger.format(json_log_line),
-        config::run::LogFormat::Text => logger.format_timestamp_millis(),
-    };
-    logger.init();
 }
 
 #[cfg(test)]
