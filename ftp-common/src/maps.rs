@@ -406,6 +406,35 @@ pub struct FlowEntry {
     pub _pad: [u8; 7],
 }
 
+impl FlowEntry {
+    /// The key under which the other direction of this translated connection arrives: the
+    /// translated tuple, reversed. The only place a reply key is derived.
+    pub const fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            saddr: self.new_daddr,
+            daddr: self.new_saddr,
+            sport: self.new_dport,
+            dport: self.new_sport,
+        }
+    }
+
+    /// The entry of the other direction of this translation, which `key` (this entry's own key)
+    /// opened: its packets get `key`'s tuple back, reversed, and leave by `out_ifindex`. It owns no
+    /// port (this direction returns the window port, if any, when the connection ends).
+    pub const fn reply_of(&self, key: &FlowKey, out_ifindex: u32) -> Self {
+        Self {
+            new_saddr: key.daddr,
+            new_daddr: key.saddr,
+            new_sport: key.dport,
+            new_dport: key.sport,
+            out_ifindex,
+            direction: FlowDirection::Reply as u8,
+            flags: 0,
+            ..*self
+        }
+    }
+}
+
 /// One FTP control session: the value of the [`names::SESSIONS`] map, keyed by the control
 /// connection's original-direction [`FlowKey`].
 #[repr(C)]
@@ -596,6 +625,24 @@ pub struct ExpectKey {
     pub daddr: [u8; 4],
     pub dport: [u8; 2],
     pub _pad: [u8; 2],
+}
+
+impl ExpectKey {
+    /// An [`ExpectationPath::Outbound`] expectation: `from` (behind the router) may connect to
+    /// `to:port` (host byte order).
+    pub const fn outbound(from: [u8; 4], to: [u8; 4], port: u16) -> Self {
+        Self {
+            saddr: from,
+            daddr: to,
+            dport: port.to_be_bytes(),
+            _pad: [0; 2],
+        }
+    }
+
+    /// An [`ExpectationPath::Inbound`] expectation for window port `port` of the public address.
+    pub const fn inbound(public_ip: [u8; 4], port: u16) -> Self {
+        Self::outbound([0; 4], public_ip, port)
+    }
 }
 
 /// Which way the announced data connection goes.
@@ -792,6 +839,32 @@ pub struct Event {
     pub text: [u8; EVENT_TEXT_LEN],
 }
 
+impl Event {
+    /// An event of `session` at `ts_ns` with an address and port (host byte order) as `kind`
+    /// defines them, no count and no text.
+    pub const fn new(
+        ts_ns: u64,
+        session: FlowKey,
+        kind: EventKind,
+        detail: u8,
+        (addr, port): ([u8; 4], u16),
+    ) -> Self {
+        Self {
+            ts_ns,
+            session,
+            kind: kind as u8,
+            detail,
+            text_len: 0,
+            _pad: 0,
+            addr,
+            port: port.to_be_bytes(),
+            _pad2: [0; 2],
+            value: 0,
+            text: [0; EVENT_TEXT_LEN],
+        }
+    }
+}
+
 /// Indexes of the [`names::COUNTERS`] per-CPU array: what the datapath did, for `ftpnat stats`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -910,6 +983,84 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    /// The tuple a packet with `key` carries after `entry`'s translation.
+    fn translated(entry: &FlowEntry) -> FlowKey {
+        FlowKey {
+            saddr: entry.new_saddr,
+            daddr: entry.new_daddr,
+            sport: entry.new_sport,
+            dport: entry.new_dport,
+        }
+    }
+
+    #[test]
+    fn a_reply_comes_back_to_the_connections_own_tuple() {
+        // A masqueraded client 10.0.0.2:40000 -> 203.0.113.10:21 behind 198.51.100.1:61000.
+        let key = FlowKey {
+            saddr: [10, 0, 0, 2],
+            daddr: [203, 0, 113, 10],
+            sport: 40000u16.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        };
+        let original = FlowEntry {
+            packets: 0,
+            bytes: 0,
+            last_seen_ns: 7,
+            session: key,
+            new_saddr: [198, 51, 100, 1],
+            new_daddr: key.daddr,
+            out_ifindex: 2,
+            new_sport: 61000u16.to_be_bytes(),
+            new_dport: key.dport,
+            public_port: 61000,
+            kind: FlowKind::Control as u8,
+            direction: FlowDirection::Original as u8,
+            flags: flow_flags::OWNS_PORT,
+            _pad: [0; 7],
+        };
+        let reply_key = original.reply_key();
+        assert_eq!(reply_key, translated(&original).reversed());
+        assert_eq!(
+            reply_key,
+            FlowKey {
+                saddr: [203, 0, 113, 10],
+                daddr: [198, 51, 100, 1],
+                sport: 21u16.to_be_bytes(),
+                dport: 61000u16.to_be_bytes(),
+            }
+        );
+        let reply = original.reply_of(&key, 3);
+        // The server's answer, translated, is the client's own connection seen from the server.
+        assert_eq!(translated(&reply), key.reversed());
+        assert_eq!(reply.reply_key(), key);
+        assert_eq!(reply.out_ifindex, 3);
+        assert_eq!(reply.direction, FlowDirection::Reply as u8);
+        assert_eq!(
+            reply.flags, 0,
+            "only the original direction gives its port back"
+        );
+        assert_eq!(
+            (reply.session, reply.public_port, reply.kind),
+            (key, 61000, original.kind)
+        );
+    }
+
+    #[test]
+    fn inbound_expectations_are_keyed_without_a_source() {
+        let key = ExpectKey::inbound([198, 51, 100, 1], 61001);
+        assert_eq!(key.saddr, [0; 4]);
+        assert_eq!(key.dport, 61001u16.to_be_bytes());
+        assert_eq!(
+            ExpectKey::outbound([10, 0, 0, 2], [203, 0, 113, 10], 20),
+            ExpectKey {
+                saddr: [10, 0, 0, 2],
+                daddr: [203, 0, 113, 10],
+                dport: [0, 20],
+                _pad: [0; 2],
+            }
+        );
+    }
 
     #[test]
     fn map_types_have_no_padding() {

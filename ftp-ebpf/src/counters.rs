@@ -1,26 +1,11 @@
 //! Packet and byte counters per interface and direction, in a per-CPU map so that counting never
 //! contends between CPUs. The agent sums the CPUs when it reports.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    macros::map,
-    maps::{HashMap, PerCpuHashMap},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 use aya_log_ebpf::debug;
-use ftp_common::maps::{
-    Direction, InterfaceInfo, MAX_COUNTED_INTERFACES, TrafficCounters, TrafficKey,
-};
+use ftp_common::maps::{Direction, TrafficCounters, TrafficKey};
 
-#[map(name = "TRAFFIC")]
-static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
-    PerCpuHashMap::pinned(MAX_COUNTED_INTERFACES * 2, 0);
-
-/// Interfaces the agent attached to (ifindex to name and role), written by the agent and read by the
-/// inspection CLI to name the counters. Declared here so it is created and pinned with the object's
-/// other maps; the program itself only consults it for its debug log.
-#[map(name = "INTERFACES")]
-static INTERFACES: HashMap<u32, InterfaceInfo> = HashMap::pinned(MAX_COUNTED_INTERFACES, 0);
+use crate::maps::{INTERFACES, TRAFFIC};
 
 #[inline(always)]
 pub fn count(ctx: &TcContext, direction: Direction) {

@@ -2,19 +2,12 @@
 //! agent logs them and passes them on to `ftpnat events`. A full ring buffer drops events, never
 //! packets: they are reports, not state.
 
-use aya_ebpf::{macros::map, maps::RingBuf};
 use ftp_common::maps::{EVENT_TEXT_LEN, Event, EventKind, FlowKey};
 
 use crate::{
-    maps::now_ns,
-    scratch::{SCRATCH, SCRATCH_SIZE},
+    maps::{EVENTS, SCRATCH, now_ns},
+    scratch::SCRATCH_SIZE,
 };
-
-/// Room for a few thousand events between two reads of the agent.
-const EVENTS_BYTES: u32 = 256 * 1024;
-
-#[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 /// Reports `kind` for `session`, with an address and port as the kind defines them.
 // A subprogram of its own: the event is built in the ring buffer, not on the callers' stacks.
@@ -23,19 +16,7 @@ pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: [u8; 4], port:
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         return;
     };
-    entry.write(Event {
-        ts_ns: now_ns(),
-        session: *session,
-        kind: kind as u8,
-        detail,
-        text_len: 0,
-        _pad: 0,
-        addr,
-        port: port.to_be_bytes(),
-        _pad2: [0; 2],
-        value: 0,
-        text: [0; EVENT_TEXT_LEN],
-    });
+    entry.write(Event::new(now_ns(), *session, kind, detail, (addr, port)));
     entry.submit(0);
 }
 
@@ -52,17 +33,8 @@ pub fn emit_command(session: &FlowKey, name: u8, text_off: u32, text_len: u32) {
         text_len
     };
     let event = entry.write(Event {
-        ts_ns: now_ns(),
-        session: *session,
-        kind: EventKind::Command as u8,
-        detail: name,
         text_len: text_len as u8,
-        _pad: 0,
-        addr: [0; 4],
-        port: [0; 2],
-        _pad2: [0; 2],
-        value: 0,
-        text: [0; EVENT_TEXT_LEN],
+        ..Event::new(now_ns(), *session, EventKind::Command, name, ([0; 4], 0))
     });
     if let Some(scratch) = SCRATCH.get_ptr(0) {
         let mut i = 0;

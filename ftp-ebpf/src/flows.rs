@@ -9,9 +9,10 @@ use ftp_common::maps::{
 };
 
 use crate::{
-    alg::NewSession,
     headers::Tcp4,
-    maps::{FLOWS, FREE_PORTS, MASQUERADE, PUBLISH, bump, now_ns},
+    maps::{FLOWS, MASQUERADE, PUBLISH, bump, now_ns},
+    session::NewSession,
+    window::{return_port, take_port},
 };
 
 /// Why an opening SYN was not taken over.
@@ -56,12 +57,11 @@ fn open_masqueraded(
     if MASQUERADE.get(&prefix).is_none() {
         return Err(OpenError::NotOurs);
     }
-    let Ok(Some(public_port)) = FREE_PORTS.pop() else {
+    let Some(public_port) = take_port() else {
         bump(Counter::WindowExhausted);
         return Err(OpenError::WindowExhausted);
     };
     let key = packet.key();
-    let public_port_be = public_port.to_be_bytes();
     let original = FlowEntry {
         packets: 0,
         bytes: 0,
@@ -70,7 +70,7 @@ fn open_masqueraded(
         new_saddr: config.public_ip,
         new_daddr: key.daddr,
         out_ifindex: config.wan_ifindex,
-        new_sport: public_port_be,
+        new_sport: public_port.to_be_bytes(),
         new_dport: key.dport,
         public_port,
         kind: FlowKind::Control as u8,
@@ -78,27 +78,11 @@ fn open_masqueraded(
         flags: flow_flags::OWNS_PORT,
         _pad: [0; 7],
     };
-    let reply_key = FlowKey {
-        saddr: key.daddr,
-        daddr: config.public_ip,
-        sport: key.dport,
-        dport: public_port_be,
-    };
-    let reply = FlowEntry {
-        new_saddr: key.daddr,
-        new_daddr: key.saddr,
-        out_ifindex: in_ifindex,
-        new_sport: key.dport,
-        new_dport: key.sport,
-        direction: FlowDirection::Reply as u8,
-        flags: 0,
-        ..original
-    };
-    if !install(key, &original, reply_key, &reply) {
-        let _ = FREE_PORTS.push(public_port, 0);
+    if !install(key, &original, in_ifindex) {
+        return_port(public_port);
         return Err(OpenError::NotOurs);
     }
-    crate::alg::open_session(
+    crate::session::open_session(
         packet,
         &NewSession {
             kind: SessionKind::Masquerade,
@@ -145,25 +129,10 @@ fn open_published(
         flags: 0,
         _pad: [0; 7],
     };
-    let reply_key = FlowKey {
-        saddr: target.server_addr,
-        daddr: key.saddr,
-        sport: target.server_port,
-        dport: key.sport,
-    };
-    let reply = FlowEntry {
-        new_saddr: config.public_ip,
-        new_daddr: key.saddr,
-        out_ifindex: in_ifindex,
-        new_sport: key.dport,
-        new_dport: key.sport,
-        direction: FlowDirection::Reply as u8,
-        ..original
-    };
-    if !install(key, &original, reply_key, &reply) {
+    if !install(key, &original, in_ifindex) {
         return Err(OpenError::NotOurs);
     }
-    crate::alg::open_session(
+    crate::session::open_session(
         packet,
         &NewSession {
             kind: SessionKind::Publish,
@@ -176,11 +145,15 @@ fn open_published(
     Ok(())
 }
 
-/// Inserts a connection's two entries, the reply side first: once the original entry exists,
-/// packets flow, and their answers must find their way back. False (and nothing left behind) if
-/// either exists already — a retransmitted SYN raced us on another CPU — or the table is full.
+/// Inserts a connection's two entries: `original` under `key`, and the entry of the other
+/// direction (leaving by `reply_out_ifindex`) under the key its packets arrive with. The reply
+/// side first: once the original entry exists, packets flow, and their answers must find their
+/// way back. False (and nothing left behind) if either exists already — a retransmitted SYN raced
+/// us on another CPU — or the table is full.
 #[inline(always)]
-pub fn install(key: FlowKey, original: &FlowEntry, reply_key: FlowKey, reply: &FlowEntry) -> bool {
+pub fn install(key: FlowKey, original: &FlowEntry, reply_out_ifindex: u32) -> bool {
+    let reply_key = original.reply_key();
+    let reply = original.reply_of(&key, reply_out_ifindex);
     if FLOWS
         .insert(reply_key, reply, u64::from(BPF_NOEXIST))
         .is_err()

@@ -1,7 +1,7 @@
 //! Locating the IPv4 and TCP headers of a packet. Headers are copied out with `bpf_skb_load_bytes`
 //! (through `TcContext::load`), which works on non-linear skbs and keeps the verifier's job simple.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use ftp_common::maps::FlowKey;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -12,13 +12,87 @@ const IP_FRAGMENT_MASK: u16 = 0x3fff;
 
 pub const IP_OFF: usize = EthHdr::LEN;
 /// Offsets of the fields ftpnat rewrites, from the start of their header.
-pub const IP_CHECK_OFF: usize = 10;
+pub const IP_TOT_LEN_OFF: usize = 2;
 pub const IP_TTL_OFF: usize = 8;
+pub const IP_CHECK_OFF: usize = 10;
 pub const IP_SADDR_OFF: usize = 12;
 pub const IP_DADDR_OFF: usize = 16;
 pub const TCP_SPORT_OFF: usize = 0;
 pub const TCP_DPORT_OFF: usize = 2;
+pub const TCP_SEQ_OFF: usize = 4;
+pub const TCP_ACK_OFF: usize = 8;
+/// The 16-bit word holding the data offset and the flags.
+pub const TCP_FLAGS_WORD_OFF: usize = 12;
 pub const TCP_CHECK_OFF: usize = 16;
+
+/// Which checksums cover a header field that changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Covered {
+    /// The IPv4 header's (TTL, total length).
+    Ip,
+    /// TCP's (ports, sequence numbers, flags).
+    Tcp,
+    /// Both: an address, part of the IPv4 header and of TCP's pseudo-header.
+    IpAndPseudoHeader,
+}
+
+/// Stores `new` over the 2-byte field `old` at `offset` (from the packet's start) and updates the
+/// checksums that cover it incrementally (which also suits CHECKSUM_PARTIAL skbs).
+#[inline(always)]
+pub fn store16(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    offset: usize,
+    [old, new]: [[u8; 2]; 2],
+    covered: Covered,
+) -> Result<(), i64> {
+    ctx.store(offset, &new, 0)?;
+    let (old, new) = (
+        u64::from(u16::from_ne_bytes(old)),
+        u64::from(u16::from_ne_bytes(new)),
+    );
+    fix_checksums(ctx, packet, old, new, 2, covered)
+}
+
+/// As [`store16`], for a 4-byte field.
+#[inline(always)]
+pub fn store32(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    offset: usize,
+    [old, new]: [[u8; 4]; 2],
+    covered: Covered,
+) -> Result<(), i64> {
+    ctx.store(offset, &new, 0)?;
+    let (old, new) = (
+        u64::from(u32::from_ne_bytes(old)),
+        u64::from(u32::from_ne_bytes(new)),
+    );
+    fix_checksums(ctx, packet, old, new, 4, covered)
+}
+
+#[inline(always)]
+fn fix_checksums(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    old: u64,
+    new: u64,
+    size: u64,
+    covered: Covered,
+) -> Result<(), i64> {
+    if covered != Covered::Tcp {
+        ctx.l3_csum_replace(IP_OFF + IP_CHECK_OFF, old, new, size)?;
+    }
+    if covered == Covered::Ip {
+        return Ok(());
+    }
+    let pseudo = if covered == Covered::IpAndPseudoHeader {
+        u64::from(BPF_F_PSEUDO_HDR)
+    } else {
+        0
+    };
+    ctx.l4_csum_replace(packet.tcp_check_off(), old, new, pseudo | size)
+}
 
 /// An unfragmented IPv4 TCP packet.
 #[derive(Clone, Copy)]
@@ -57,7 +131,7 @@ impl Tcp4 {
         if u16::from_be_bytes(ip.frags) & IP_FRAGMENT_MASK != 0 {
             return None;
         }
-        let ihl = usize::from(ip.vihl & 0x0f) * 4;
+        let ihl = ip_header_len(&ip);
         if ihl < Ipv4Hdr::LEN {
             return None;
         }
@@ -90,7 +164,7 @@ impl Tcp4 {
     /// Offset and length of the TCP payload, from the headers' length fields.
     #[inline(always)]
     pub fn payload(&self) -> Option<(usize, usize)> {
-        let ihl = usize::from(self.ip.vihl & 0x0f) * 4;
+        let ihl = ip_header_len(&self.ip);
         let doff = usize::from(self.tcp.doff()) * 4;
         let len = usize::from(self.ip_len())
             .checked_sub(ihl)?
@@ -99,9 +173,27 @@ impl Tcp4 {
         Some((self.tcp_off + doff, len & 0xffff))
     }
 
+    /// Length of the TCP segment (header and payload), from the IPv4 header.
+    #[inline(always)]
+    pub fn tcp_len(&self) -> u16 {
+        self.ip_len().wrapping_sub(ip_header_len(&self.ip) as u16)
+    }
+
+    /// Offset of the TCP checksum in the packet.
+    #[inline(always)]
+    pub fn tcp_check_off(&self) -> usize {
+        self.tcp_off + TCP_CHECK_OFF
+    }
+
     /// Length of the IP datagram, from its header.
     #[inline(always)]
     pub fn ip_len(&self) -> u16 {
         u16::from_be_bytes(self.ip.tot_len)
     }
+}
+
+/// The IPv4 header's length in bytes (its IHL field counts 32-bit words).
+#[inline(always)]
+fn ip_header_len(ip: &Ipv4Hdr) -> usize {
+    usize::from(ip.vihl & 0x0f) * 4
 }

@@ -20,19 +20,23 @@
 #![no_std]
 #![no_main]
 
-mod alg;
 mod counters;
 mod events;
+mod examine;
 mod expect;
 mod flows;
 mod headers;
+mod held;
 mod maps;
 mod nat;
 mod reset;
 mod rewrite;
+mod scan;
 mod scratch;
 mod seqadj;
+mod session;
 mod stage;
+mod window;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -130,11 +134,11 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
     };
     let pass = stage::pass(&ctx);
     let pending = if slot == CLIENT {
-        alg::client_packet(&ctx, packet, entry, config, pass)
+        scan::client_packet(&ctx, packet, entry, config, pass)
     } else {
-        alg::server_packet(&ctx, packet, entry, config, pass)
+        scan::server_packet(&ctx, packet, entry, config, pass)
     };
-    if pending == alg::Pending::More {
+    if pending == scan::Pending::More {
         stage::set_pass(&mut ctx, pass + 1);
         return stage::continue_control(&ctx, slot);
     }
@@ -143,12 +147,14 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
 
 /// The stage that carries out what the scan left pending.
 #[inline(always)]
-fn after_scan(ctx: &TcContext, pending: alg::Pending) -> i32 {
+fn after_scan(ctx: &TcContext, pending: scan::Pending) -> i32 {
     match pending {
-        alg::Pending::Rewrite => stage::continue_control(ctx, REWRITE),
-        alg::Pending::Replay => stage::continue_control(ctx, REPLAY),
-        alg::Pending::Drop => TC_ACT_SHOT,
-        alg::Pending::Nothing | alg::Pending::More => stage::continue_control(ctx, CONTROL_FORWARD),
+        scan::Pending::Rewrite => stage::continue_control(ctx, REWRITE),
+        scan::Pending::Replay => stage::continue_control(ctx, REPLAY),
+        scan::Pending::Drop => TC_ACT_SHOT,
+        scan::Pending::Nothing | scan::Pending::More => {
+            stage::continue_control(ctx, CONTROL_FORWARD)
+        }
     }
 }
 
@@ -162,7 +168,7 @@ pub fn ftpnat_rewrite(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     if rewrite::rewrite_pending(&ctx, packet, config)
-        && !rewrite::splice_held_pending(&ctx, packet, config)
+        && !held::splice_held_pending(&ctx, packet, config)
     {
         debug!(&ctx, "held bytes of a control line could not be given back");
     }
@@ -191,7 +197,7 @@ pub fn ftpnat_control_forward(ctx: TcContext) -> i32 {
     let Some((packet, entry)) = control_flow(&ctx) else {
         return TC_ACT_SHOT;
     };
-    if alg::adjust_sequence(&ctx, packet, entry) {
+    if session::adjust_sequence(&ctx, packet, entry) {
         maps::bump(Counter::SequenceAdjusted);
     }
     nat::translate_and_forward(&ctx, packet, entry).action(PASS)
@@ -216,7 +222,7 @@ fn parse(ctx: &TcContext) -> Option<Tcp4> {
 /// the stages' chains are deep.
 #[inline(always)]
 fn stage_packet(ctx: &TcContext) -> Option<&'static Tcp4> {
-    let scratch = scratch::SCRATCH.get_ptr_mut(0)?;
+    let scratch = maps::SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch area; each stage parses the packet again on entry.
     let packet = unsafe { &mut (*scratch).packet };
     Tcp4::parse_into(ctx, packet).then_some(&*packet)

@@ -1,12 +1,19 @@
-//! The maps of the FTP datapath (the traffic counters live with their code in `counters`). All are
-//! pinned by name so the agent and the inspection CLI reach them from other processes.
+//! Every map of the datapath, declared here in one block, and the small accessors every stage
+//! uses. The state maps are pinned by name, so that the agent and the inspection commands reach
+//! them from other processes and a restarted agent adopts them; the others (the event ring, the
+//! stage table, the scratch area) belong to one load.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, Queue},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, Queue, RingBuf},
 };
-use ftp_common::maps::{Counter, DatapathConfig, FlowEntry, FlowKey, MAX_FLOWS, MAX_WINDOW_PORTS};
+use ftp_common::maps::{
+    Counter, DatapathConfig, FlowEntry, FlowKey, InterfaceInfo, MAX_COUNTED_INTERFACES, MAX_FLOWS,
+    MAX_WINDOW_PORTS, TrafficCounters, TrafficKey, stage,
+};
+
+use crate::scratch::Scratch;
 
 /// Masqueraded prefixes the agent configured; the trie's values are unused.
 pub const MAX_MASQUERADE_PREFIXES: u32 = 256;
@@ -38,6 +45,42 @@ pub static RELEASED: HashMap<FlowKey, u32> = HashMap::pinned(ftp_common::maps::M
 
 #[map(name = "REASONS")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::pinned(ftp_common::maps::REASON_SLOTS, 0);
+
+#[map(name = "EXPECTS")]
+pub static EXPECTS: HashMap<ftp_common::maps::ExpectKey, ftp_common::maps::Expectation> =
+    HashMap::pinned(ftp_common::maps::MAX_EXPECTATIONS, 0);
+
+#[map(name = "SESSIONS")]
+pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
+    HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);
+
+/// Packets and bytes per interface and direction (see `counters`).
+#[map(name = "TRAFFIC")]
+pub static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
+    PerCpuHashMap::pinned(MAX_COUNTED_INTERFACES * 2, 0);
+
+/// Interfaces the agent attached to (ifindex to name and role), written by the agent and read by the
+/// inspection CLI to name the counters. Declared with the object's maps so that it is created and pinned with
+/// other maps; the program itself only consults it for its debug log.
+#[map(name = "INTERFACES")]
+pub static INTERFACES: HashMap<u32, InterfaceInfo> = HashMap::pinned(MAX_COUNTED_INTERFACES, 0);
+
+/// Room for a few thousand events between two reads of the agent.
+const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// The events the agent reads (see `events`).
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// Filled by the agent with the stage programs of the same load (`ftp_common::maps::programs::
+/// STAGES`), then pinned by it: not pinned by name, so that an agent adopting a running datapath
+/// never mixes its stages with another build's.
+#[map(name = "STAGES")]
+pub static STAGES: ProgramArray = ProgramArray::with_max_entries(stage::COUNT, 0);
+
+/// This CPU's working memory and what one packet's stages hand each other (see `scratch`).
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts a refusal or an unparseable line under its reason (a `REASONS` slot).
 #[inline(always)]
@@ -86,11 +129,3 @@ pub fn now_ns() -> u64 {
 pub fn config() -> Option<&'static DatapathConfig> {
     CONFIG.get(0)
 }
-
-#[map(name = "EXPECTS")]
-pub static EXPECTS: HashMap<ftp_common::maps::ExpectKey, ftp_common::maps::Expectation> =
-    HashMap::pinned(ftp_common::maps::MAX_EXPECTATIONS, 0);
-
-#[map(name = "SESSIONS")]
-pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
-    HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);

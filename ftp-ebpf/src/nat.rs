@@ -7,7 +7,7 @@
 //! traffic.
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::bpf_redirect_neigh,
     programs::TcContext,
 };
@@ -15,8 +15,9 @@ use ftp_common::maps::{Counter, FlowEntry, flow_flags};
 
 use crate::{
     headers::{
-        IP_CHECK_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, TCP_CHECK_OFF, TCP_DPORT_OFF,
-        TCP_SPORT_OFF, Tcp4,
+        Covered::{Ip, IpAndPseudoHeader, Tcp},
+        IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, TCP_DPORT_OFF, TCP_SPORT_OFF, Tcp4,
+        store16, store32,
     },
     maps::{bump, now_ns},
 };
@@ -92,87 +93,25 @@ pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) 
 
 #[inline(always)]
 fn rewrite_headers(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) -> Result<(), i64> {
-    let tcp_check = packet.tcp_off + TCP_CHECK_OFF;
-    if packet.ip.src_addr != entry.new_saddr {
-        rewrite_addr(
-            ctx,
-            IP_OFF + IP_SADDR_OFF,
-            tcp_check,
-            packet.ip.src_addr,
-            entry.new_saddr,
-        )?;
+    let ip = &packet.ip;
+    if ip.src_addr != entry.new_saddr {
+        let field = [ip.src_addr, entry.new_saddr];
+        store32(ctx, packet, IP_OFF + IP_SADDR_OFF, field, IpAndPseudoHeader)?;
     }
-    if packet.ip.dst_addr != entry.new_daddr {
-        rewrite_addr(
-            ctx,
-            IP_OFF + IP_DADDR_OFF,
-            tcp_check,
-            packet.ip.dst_addr,
-            entry.new_daddr,
-        )?;
+    if ip.dst_addr != entry.new_daddr {
+        let field = [ip.dst_addr, entry.new_daddr];
+        store32(ctx, packet, IP_OFF + IP_DADDR_OFF, field, IpAndPseudoHeader)?;
     }
-    if packet.tcp.source != entry.new_sport {
-        rewrite_port(
-            ctx,
-            packet.tcp_off + TCP_SPORT_OFF,
-            tcp_check,
-            packet.tcp.source,
-            entry.new_sport,
-        )?;
+    let tcp = &packet.tcp;
+    if tcp.source != entry.new_sport {
+        let field = [tcp.source, entry.new_sport];
+        store16(ctx, packet, packet.tcp_off + TCP_SPORT_OFF, field, Tcp)?;
     }
-    if packet.tcp.dest != entry.new_dport {
-        rewrite_port(
-            ctx,
-            packet.tcp_off + TCP_DPORT_OFF,
-            tcp_check,
-            packet.tcp.dest,
-            entry.new_dport,
-        )?;
+    if tcp.dest != entry.new_dport {
+        let field = [tcp.dest, entry.new_dport];
+        store16(ctx, packet, packet.tcp_off + TCP_DPORT_OFF, field, Tcp)?;
     }
     // We forward, so we decrement the TTL like a router; ttl and protocol share a checksum word.
-    let old_word = [packet.ip.ttl, packet.ip.proto];
-    let new_word = [packet.ip.ttl - 1, packet.ip.proto];
-    ctx.store(IP_OFF + IP_TTL_OFF, &new_word[0], 0)?;
-    ctx.l3_csum_replace(
-        IP_OFF + IP_CHECK_OFF,
-        u64::from(u16::from_ne_bytes(old_word)),
-        u64::from(u16::from_ne_bytes(new_word)),
-        2,
-    )?;
-    Ok(())
-}
-
-#[inline(always)]
-fn rewrite_addr(
-    ctx: &TcContext,
-    offset: usize,
-    tcp_check: usize,
-    old: [u8; 4],
-    new: [u8; 4],
-) -> Result<(), i64> {
-    ctx.store(offset, &new, 0)?;
-    let (old, new) = (
-        u64::from(u32::from_ne_bytes(old)),
-        u64::from(u32::from_ne_bytes(new)),
-    );
-    ctx.l3_csum_replace(IP_OFF + IP_CHECK_OFF, old, new, 4)?;
-    // The addresses are part of TCP's pseudo-header.
-    ctx.l4_csum_replace(tcp_check, old, new, u64::from(BPF_F_PSEUDO_HDR) | 4)
-}
-
-#[inline(always)]
-fn rewrite_port(
-    ctx: &TcContext,
-    offset: usize,
-    tcp_check: usize,
-    old: [u8; 2],
-    new: [u8; 2],
-) -> Result<(), i64> {
-    ctx.store(offset, &new, 0)?;
-    ctx.l4_csum_replace(
-        tcp_check,
-        u64::from(u16::from_ne_bytes(old)),
-        u64::from(u16::from_ne_bytes(new)),
-        2,
-    )
+    let ttl_word = [[ip.ttl, ip.proto], [ip.ttl - 1, ip.proto]];
+    store16(ctx, packet, IP_OFF + IP_TTL_OFF, ttl_word, Ip)
 }

@@ -13,11 +13,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::headers::{IP_CHECK_OFF, IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, TCP_CHECK_OFF, Tcp4};
+use crate::headers::{
+    Covered::{Ip, Tcp},
+    IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, TCP_ACK_OFF, TCP_FLAGS_WORD_OFF, TCP_SEQ_OFF, Tcp4, store16,
+    store32,
+};
 
-const TCP_SEQ_OFF: usize = 4;
-/// The 16-bit word holding the data offset and the flags.
-const TCP_FLAGS_WORD_OFF: usize = 12;
 const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 const RESET_TTL: u8 = 64;
@@ -57,36 +58,22 @@ fn rewrite_as_reset(ctx: &TcContext, packet: &Tcp4) -> Result<(), i64> {
     let ports = [packet.tcp.dest, packet.tcp.source];
     ctx.store(packet.tcp_off, &ports, 0)?;
 
-    let tcp_check = packet.tcp_off + TCP_CHECK_OFF;
-    let seq_and_ack = [new_seq, new_ack];
-    ctx.store(packet.tcp_off + TCP_SEQ_OFF, &seq_and_ack, 0)?;
-    for (old, new) in [(old_seq, new_seq), (old_ack, new_ack)] {
-        ctx.l4_csum_replace(
-            tcp_check,
-            u64::from(u32::from_ne_bytes(old)),
-            u64::from(u32::from_ne_bytes(new)),
-            4,
-        )?;
-    }
-    let old_word: [u8; 2] = ctx.load(packet.tcp_off + TCP_FLAGS_WORD_OFF)?;
+    let tcp = packet.tcp_off;
+    store32(ctx, packet, tcp + TCP_SEQ_OFF, [old_seq, new_seq], Tcp)?;
+    store32(ctx, packet, tcp + TCP_ACK_OFF, [old_ack, new_ack], Tcp)?;
+    let old_word: [u8; 2] = ctx.load(tcp + TCP_FLAGS_WORD_OFF)?;
     let new_word = [old_word[0], TCP_FLAG_RST | TCP_FLAG_ACK];
-    ctx.store(packet.tcp_off + TCP_FLAGS_WORD_OFF, &new_word, 0)?;
-    ctx.l4_csum_replace(
-        tcp_check,
-        u64::from(u16::from_ne_bytes(old_word)),
-        u64::from(u16::from_ne_bytes(new_word)),
-        2,
+    store16(
+        ctx,
+        packet,
+        tcp + TCP_FLAGS_WORD_OFF,
+        [old_word, new_word],
+        Tcp,
     )?;
-
     // A fresh packet from the router, not a forwarded one: a fresh TTL.
-    let old_ttl = [packet.ip.ttl, packet.ip.proto];
-    let new_ttl = [RESET_TTL, packet.ip.proto];
-    ctx.store(IP_OFF + IP_TTL_OFF, &new_ttl, 0)?;
-    ctx.l3_csum_replace(
-        IP_OFF + IP_CHECK_OFF,
-        u64::from(u16::from_ne_bytes(old_ttl)),
-        u64::from(u16::from_ne_bytes(new_ttl)),
-        2,
-    )?;
-    Ok(())
+    let ttl_word = [
+        [packet.ip.ttl, packet.ip.proto],
+        [RESET_TTL, packet.ip.proto],
+    ];
+    store16(ctx, packet, IP_OFF + IP_TTL_OFF, ttl_word, Ip)
 }

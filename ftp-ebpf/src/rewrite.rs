@@ -14,7 +14,7 @@
 //! new TCP length in the pseudo-header.
 
 use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, BPF_NOEXIST},
+    bindings::BPF_F_PSEUDO_HDR,
     helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
     programs::TcContext,
 };
@@ -22,30 +22,27 @@ use core::{ffi::c_void, net::Ipv4Addr};
 use ftp_common::{
     MAX_FIELD_LEN, format_rewrite,
     maps::{
-        Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind,
-        ExpectationPath, HELD_FIELD_MAX, HeldField, RewriteRecord, SessionEntry, hold_state,
-        rewrite_kind,
+        Counter, DatapathConfig, EventKind, ExpectationKind, HeldField, RewriteRecord,
+        SessionEntry, hold_state, rewrite_kind,
     },
     seqadj::seq_after,
 };
 
 use crate::{
-    headers::{IP_CHECK_OFF, IP_OFF, TCP_CHECK_OFF, Tcp4},
-    maps::{EXPECTS, FREE_PORTS, SESSIONS, bump, now_ns},
-    scratch::{RewriteRequest, SCRATCH, SCRATCH_LEN, SCRATCH_SIZE},
+    expect::{self, Reservation},
+    headers::{Covered, IP_OFF, IP_TOT_LEN_OFF, Tcp4, store16},
+    maps::{SCRATCH, SESSIONS, bump},
+    scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_MASK},
 };
 
 /// Scratch regions: the payload copy is at 0; the old and new tails are built here.
 const OLD_TAIL: usize = 2 * SCRATCH_LEN;
 const NEW_TAIL: usize = 3 * SCRATCH_LEN;
-const MASK: usize = SCRATCH_SIZE - 1;
-/// IPv4 `tot_len` offset in its header.
-const IP_TOT_LEN_OFF: usize = 2;
 
 /// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
 /// full, field begun in an earlier segment that was not held, segment too long) the segment
 /// passes unchanged, nothing is opened, and it is counted. Returns true if held bytes are to be
-/// cut or given back next ([`splice_held_pending`]; the request then says which): a hold or a
+/// cut or given back next ([`crate::held::splice_held_pending`]; the request then says which): a hold or a
 /// give-back asked for by the ALG, or the give-back of a hold this rewrite was to complete.
 #[inline(never)]
 pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
@@ -60,7 +57,7 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
         return false;
     };
-    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
+    // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
     let entry = unsafe { &mut *session };
     let rewritten = rewrite(ctx, packet, entry, config, &request);
     if !rewritten {
@@ -77,193 +74,6 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     // SAFETY: as above.
     unsafe { (*scratch).pending.kind = rewrite_kind::RESTORE };
     true
-}
-
-/// Cuts or gives back held bytes as the pending request says (after [`rewrite_pending`], beside
-/// it rather than under it: the two stack frames never add up). Returns false if held bytes were
-/// to go back and could not: they are lost to the stream, and that is counted.
-#[inline(never)]
-pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
-    let Some(scratch) = SCRATCH.get_ptr(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's scratch area, written earlier in this program run.
-    let request = unsafe { (*scratch).pending };
-    let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
-        return false;
-    };
-    let done = splice_held(ctx, packet, session, config, &request);
-    if !done {
-        bump(Counter::RewritesSkipped);
-    }
-    done
-}
-
-/// A CUT request: cuts the address this client segment ended inside of (the field runs to the
-/// end of the payload) and keeps its bytes in the session, for the next segment to carry the
-/// address whole; if it cannot, the segment passes as it is. A RESTORE request: puts the held
-/// bytes back in front of this segment, which starts where the cut one ended, so the line
-/// reaches the server as the client sent it (counted by the caller, as a refusal, a malformed
-/// line or a skipped rewrite, whatever kept it from being rewritten). False if held bytes were
-/// to go back and could not: they are lost to the stream.
-#[inline(always)]
-fn splice_held(
-    ctx: &TcContext,
-    packet: &Tcp4,
-    session: *mut SessionEntry,
-    config: &DatapathConfig,
-    request: &RewriteRequest,
-) -> bool {
-    // SAFETY: a live map value; see alg::follow_segment on concurrent updates.
-    let session = unsafe { &mut *session };
-    let cut = request.kind == rewrite_kind::CUT;
-    if !cut {
-        if session.held.state != hold_state::HOLDING {
-            return false;
-        }
-        // Whatever happens next, the hold ends here: if the bytes cannot go back now, they are
-        // lost (the caller counts it) rather than put in front of some later segment.
-        session.held.state = hold_state::RELEASED;
-    }
-    let Some((payload_off, payload_len)) = packet.payload() else {
-        return cut;
-    };
-    let seq = u32::from_be_bytes(packet.tcp.seq);
-    if !session.client_seq.can_record(seq) {
-        return cut;
-    }
-    let record = if cut {
-        let len = usize::from(request.field_len);
-        if len == 0 || len > HELD_FIELD_MAX || !copy_held(session, request.field_off, len) {
-            return true;
-        }
-        RewriteRecord {
-            seq,
-            payload_len: payload_len as u16,
-            field_off: request.field_off,
-            field_len: request.field_len,
-            public_port: 0,
-            kind: rewrite_kind::CUT,
-            delimiter: 0,
-            _pad: [0; 2],
-        }
-    } else {
-        if seq != session.held.next_seq() {
-            return false;
-        }
-        RewriteRecord {
-            seq,
-            payload_len: payload_len as u16,
-            field_off: 0,
-            field_len: 0,
-            // The previous rewrite's window port, which the next announcement's rewrite
-            // releases if it is still unused.
-            public_port: session.client_rewrite.public_port,
-            kind: rewrite_kind::RESTORE,
-            delimiter: 0,
-            _pad: [0; 2],
-        }
-    };
-    let Some(delta) = splice(
-        ctx,
-        packet,
-        payload_off,
-        payload_len,
-        &record,
-        &session.held,
-        config,
-    ) else {
-        return cut;
-    };
-    session.client_seq.record(seq, delta);
-    if cut {
-        session.held.seq = seq;
-        session.held.payload_len = payload_len as u16;
-        session.held.off = request.field_off;
-        session.held.state = hold_state::HOLDING;
-    } else {
-        session.client_rewrite = record;
-    }
-    true
-}
-
-/// Keeps `len` payload bytes from `off` in the session's held field, from the payload's copy at
-/// the start of the scratch buffer (where the scan read it).
-#[inline(always)]
-fn copy_held(session: &mut SessionEntry, off: u16, len: usize) -> bool {
-    let Some(scratch) = SCRATCH.get_ptr(0) else {
-        return false;
-    };
-    let mut i = 0;
-    while i < HELD_FIELD_MAX {
-        // SAFETY: this CPU's scratch buffer, read at a masked offset.
-        let byte = unsafe { *(*scratch).bytes.as_ptr().add((usize::from(off) + i) & MASK) };
-        if let Some(slot) = session.held.bytes.get_mut(i) {
-            *slot = if i < len { byte } else { 0 };
-        }
-        i += 1;
-    }
-    session.held.len = len as u8;
-    true
-}
-
-/// The held bytes were sent again in their place (a retransmission of the cut segment merged
-/// with the bytes after it, forwarded as it is): the stream is as the client sent it from there
-/// on, which the sequence adjustment is told. The line's rewrite is then skipped (and counted)
-/// when the scan finds its address began before the new bytes.
-#[inline(always)]
-pub fn given_back_in_place(session: &mut SessionEntry) {
-    if session.held.state != hold_state::HOLDING {
-        return;
-    }
-    session.held.state = hold_state::RELEASED;
-    session
-        .client_seq
-        .record(session.held.next_seq(), i32::from(session.held.len));
-}
-
-/// What to repeat on a retransmission of a segment whose tail was held (see [`replay`]): the
-/// same cut if it has the original's length; if the segment after it was merged in (Linux
-/// resends that way on a timeout), the whole address replaced the way that segment completed it.
-/// `None` if it cannot get the same bytes.
-#[inline(always)]
-pub fn cut_replay(
-    held: &HeldField,
-    completion: &RewriteRecord,
-    payload_len: usize,
-) -> Option<RewriteRecord> {
-    let original = usize::from(held.payload_len);
-    if payload_len == original {
-        return Some(RewriteRecord {
-            seq: held.seq,
-            payload_len: held.payload_len,
-            field_off: held.off,
-            field_len: u16::from(held.len),
-            public_port: 0,
-            kind: rewrite_kind::CUT,
-            delimiter: 0,
-            _pad: [0; 2],
-        });
-    }
-    if payload_len < original
-        || held.state != hold_state::RELEASED
-        || completion.seq != held.next_seq()
-    {
-        return None;
-    }
-    if completion.kind == rewrite_kind::RESTORE {
-        // The bytes as the client sent them are what the receiver was given.
-        return Some(RewriteRecord {
-            kind: rewrite_kind::NONE,
-            ..*completion
-        });
-    }
-    Some(RewriteRecord {
-        seq: held.seq,
-        field_off: held.off,
-        field_len: u16::from(held.len) + completion.field_len,
-        ..*completion
-    })
 }
 
 #[inline(always)]
@@ -301,7 +111,7 @@ fn rewrite(
         session.server_rewrite
     };
     if previous.public_port != 0 {
-        release_unused(session, request, config, previous.public_port);
+        expect::release_unused(session, &request.session_key, config, previous.public_port);
     }
     let mut record = RewriteRecord {
         seq,
@@ -313,62 +123,26 @@ fn rewrite(
         delimiter: request.delimiter,
         _pad: [0; 2],
     };
-    let mut reserved = None;
-    if let Ok(Some(public_port)) = FREE_PORTS.pop() {
-        let key = inbound_key(config, public_port);
-        // Active (client's PORT/EPRT): the server connects, to the client's announced port.
-        // Passive (publishing, server's 227/229): the client connects, to the server's port.
-        let (peer, target, kind) = if from_client {
-            (session.server_addr, request.addr, ExpectationKind::Active)
-        } else {
-            (
-                request.session_key.saddr,
-                session.server_addr,
-                ExpectationKind::Passive,
-            )
-        };
-        let expectation = Expectation {
-            expires_ns: now_ns() + config.expect_timeout_ns,
-            session: request.session_key,
-            target_addr: target,
-            lan_ifindex: session.lan_ifindex,
-            target_port: request.port.to_be_bytes(),
-            public_port,
-            peer,
-            kind: kind as u8,
-            path: ExpectationPath::Inbound as u8,
-            _pad: [0; 2],
-        };
-        if EXPECTS
-            .insert(key, expectation, u64::from(BPF_NOEXIST))
-            .is_err()
-        {
-            bump(Counter::ExpectationTableFull);
-            let _ = FREE_PORTS.push(public_port, 0);
-            return false;
+    let reserved = match expect::reserve_inbound(config, session, request) {
+        Reservation::Reserved(public_port) => {
+            record.public_port = public_port;
+            true
         }
-        record.public_port = public_port;
-        reserved = Some(key);
-    } else {
-        bump(Counter::WindowExhausted);
-        crate::events::emit(
-            &request.session_key,
-            EventKind::WindowExhausted,
-            0,
-            [0; 4],
-            0,
-        );
-        record.kind = match request.kind {
-            rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
-            rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
-            _ if request.line_in_segment != 0 => {
-                record.field_off = request.line_off;
-                record.field_len = request.line_len;
-                rewrite_kind::PASSIVE_REFUSED
-            }
-            _ => return false,
-        };
-    }
+        Reservation::TableFull => return false,
+        Reservation::WindowExhausted => {
+            record.kind = match request.kind {
+                rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
+                rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
+                _ if request.line_in_segment != 0 => {
+                    record.field_off = request.line_off;
+                    record.field_len = request.line_len;
+                    rewrite_kind::PASSIVE_REFUSED
+                }
+                _ => return false,
+            };
+            false
+        }
+    };
     let Some(delta) = splice(
         ctx,
         packet,
@@ -378,9 +152,8 @@ fn rewrite(
         &session.held,
         config,
     ) else {
-        if let Some(key) = reserved {
-            let _ = EXPECTS.remove(key);
-            let _ = FREE_PORTS.push(record.public_port, 0);
+        if reserved {
+            expect::unreserve(config, record.public_port);
         }
         return false;
     };
@@ -391,7 +164,7 @@ fn rewrite(
         session.server_seq.record(record.seq, delta);
         session.server_rewrite = record;
     }
-    if reserved.is_some() {
+    if reserved {
         bump(Counter::ExpectationsCreated);
         let kind = if from_client {
             ExpectationKind::Active
@@ -410,35 +183,6 @@ fn rewrite(
         session.state.expectation_closed();
     }
     true
-}
-
-/// The key of the inbound expectation for a window port.
-#[inline(always)]
-fn inbound_key(config: &DatapathConfig, public_port: u16) -> ExpectKey {
-    ExpectKey {
-        saddr: [0; 4],
-        daddr: config.public_ip,
-        dport: public_port.to_be_bytes(),
-        _pad: [0; 2],
-    }
-}
-
-/// Removes the session's expectation for `public_port` if no connection used it yet, and gives
-/// the port back. The port may since have gone to another session: only our own is removed.
-#[inline(always)]
-fn release_unused(
-    session: &mut SessionEntry,
-    request: &RewriteRequest,
-    config: &DatapathConfig,
-    public_port: u16,
-) {
-    let key = inbound_key(config, public_port);
-    // SAFETY: read at once.
-    let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == request.session_key);
-    if ours && EXPECTS.remove(key).is_ok() {
-        let _ = FREE_PORTS.push(public_port, 0);
-        session.state.expectation_closed();
-    }
 }
 
 /// Repeats on a retransmission what the ALG found was done to its segment (the `replay` record in
@@ -492,7 +236,7 @@ fn replay(
 /// Replaces the field `record` names with its replacement text (nothing for a cut, the held bytes
 /// for a restore); returns the length change.
 #[inline(always)]
-fn splice(
+pub fn splice(
     ctx: &TcContext,
     packet: &Tcp4,
     payload_off: usize,
@@ -551,8 +295,8 @@ fn splice(
         }
         // Zero the bytes up to the next multiple of 4: bpf_csum_diff sums whole words.
         for i in 0..3usize {
-            let old_pad = crate::maps::masked(OLD_TAIL + old_tail_len + i, MASK);
-            let new_pad = crate::maps::masked(NEW_TAIL + new_tail_len + i, MASK);
+            let old_pad = crate::maps::masked(OLD_TAIL + old_tail_len + i, SCRATCH_MASK);
+            let new_pad = crate::maps::masked(NEW_TAIL + new_tail_len + i, SCRATCH_MASK);
             *buf.as_mut_ptr().add(old_pad) = 0;
             *buf.as_mut_ptr().add(new_pad) = 0;
         }
@@ -591,20 +335,20 @@ fn splice(
         }
         let old_ip_len = packet.ip_len();
         let new_ip_len = (i32::from(old_ip_len) + delta) as u16;
-        let ihl = usize::from(packet.ip.vihl & 0x0f) * 4;
-        let old_tcp_len = old_ip_len - ihl as u16;
-        let new_tcp_len = new_ip_len - ihl as u16;
-        let tcp_check = packet.tcp_off + TCP_CHECK_OFF;
-        ctx.store(IP_OFF + IP_TOT_LEN_OFF, &new_ip_len.to_be_bytes(), 0)
-            .ok()?;
-        ctx.l3_csum_replace(
-            IP_OFF + IP_CHECK_OFF,
-            u64::from(u16::from_ne_bytes(old_ip_len.to_be_bytes())),
-            u64::from(u16::from_ne_bytes(new_ip_len.to_be_bytes())),
-            2,
+        let ip_len_field = [old_ip_len.to_be_bytes(), new_ip_len.to_be_bytes()];
+        store16(
+            ctx,
+            packet,
+            IP_OFF + IP_TOT_LEN_OFF,
+            ip_len_field,
+            Covered::Ip,
         )
         .ok()?;
+        let tcp_check = packet.tcp_check_off();
         ctx.l4_csum_replace(tcp_check, 0, diff as u64, 0).ok()?;
+        // The TCP length is in the pseudo-header only, no header field holds it.
+        let old_tcp_len = packet.tcp_len();
+        let new_tcp_len = (i32::from(old_tcp_len) + delta) as u16;
         ctx.l4_csum_replace(
             tcp_check,
             u64::from(u16::from_ne_bytes(old_tcp_len.to_be_bytes())),

@@ -2,8 +2,6 @@
 //! of one packet hand each other (a tail-call chain stays on its CPU). A stage reads here only
 //! what a stage before it wrote for the same packet.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-
 /// How many payload bytes of a control segment are copied out and parsed at a time. FTP commands
 /// and the replies that matter are far shorter; a longer segment is scanned a window of this size
 /// at a time (and never rewritten).
@@ -14,6 +12,9 @@ pub const SCRATCH_LEN: usize = ftp_common::MAX_LINE_LEN;
 /// may compute by its own arithmetic (an offset plus a bounded scan), which can exceed the copied
 /// length but stays within this.
 pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
+
+/// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
+pub const SCRATCH_MASK: usize = SCRATCH_SIZE - 1;
 
 /// Per-CPU working memory of one program run: too large for the 512-byte stack.
 #[repr(C)]
@@ -36,9 +37,6 @@ pub struct Scratch {
     /// can reach a little past it; this keeps every such address inside the map value.
     pub _verifier_slack: [u8; 64],
 }
-
-#[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// The scan of one segment, kept in the scratch area between the passes of its stage.
 #[repr(C)]

@@ -11,12 +11,9 @@ use core::ffi::c_void;
 use ftp_common::{MAX_TCP_OPTIONS, SeqAdjust};
 
 use crate::{
-    headers::{TCP_CHECK_OFF, Tcp4},
-    scratch::SCRATCH,
+    headers::{Covered, TCP_ACK_OFF, TCP_SEQ_OFF, Tcp4, store32},
+    maps::SCRATCH,
 };
-
-const TCP_SEQ_OFF: usize = 4;
-const TCP_ACK_OFF: usize = 8;
 
 /// `own` is how the packet's sender's stream moved, `peer` how the receiver's did. Returns
 /// whether the packet changed.
@@ -111,7 +108,7 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
     if unsafe { bpf_skb_store_bytes(skb, offset as u32, new.as_ptr().cast(), len as u32, 0) } != 0 {
         return;
     }
-    let _ = ctx.l4_csum_replace(packet.tcp_off + TCP_CHECK_OFF, 0, diff as u64, 0);
+    let _ = ctx.l4_csum_replace(packet.tcp_check_off(), 0, diff as u64, 0);
 }
 
 /// The state of a SACK walk between `bpf_loop` steps.
@@ -156,12 +153,12 @@ fn rewrite_u32(
     if old == new {
         return Ok(());
     }
-    let (old, new) = (old.to_be_bytes(), new.to_be_bytes());
-    ctx.store(packet.tcp_off + field, &new, 0)?;
-    ctx.l4_csum_replace(
-        packet.tcp_off + TCP_CHECK_OFF,
-        u64::from(u32::from_ne_bytes(old)),
-        u64::from(u32::from_ne_bytes(new)),
-        4,
+    let field_bytes = [old.to_be_bytes(), new.to_be_bytes()];
+    store32(
+        ctx,
+        packet,
+        packet.tcp_off + field,
+        field_bytes,
+        Covered::Tcp,
     )
 }

@@ -3,16 +3,10 @@
 //! add up. A stage gets nothing from the one before it but the packet, the maps and what that
 //! stage left in this CPU's `SCRATCH` area (a tail call stays on the CPU it was made on).
 
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::ProgramArray, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use ftp_common::maps::{Counter, stage};
 
-use crate::maps::bump;
-
-/// Filled by the agent with the stage programs of the same load (`ftp_common::maps::programs::
-/// STAGES`), then pinned by it: not pinned by name, so that an agent adopting a running datapath
-/// never mixes its stages with another build's.
-#[map(name = "STAGES")]
-static STAGES: ProgramArray = ProgramArray::with_max_entries(stage::COUNT, 0);
+use crate::maps::{STAGES, bump};
 
 /// Continues the packet in `slot`. Returns only if that stage is missing, having counted it.
 ///

@@ -1,0 +1,316 @@
+//! Addresses held back: when a masqueraded client's segment ends inside the address of a
+//! PORT/EPRT, the datapath cuts that part of the address from the segment and keeps it in the
+//! session record (`HeldField`), so that the next segment carries the whole rewritten address. If
+//! the line is then not to be rewritten, the held bytes go back in front of the next segment and
+//! the line reaches the server as the client sent it. A retransmission of the cut segment gets the
+//! same cut, or, merged with the next one, the whole address. Linux's helper instead drops such a
+//! segment and waits for a retransmission that may never come.
+//!
+//! The client stage decides (`after_client_scan`, `stage_held`); the rewrite stage carries it out
+//! (`splice_held_pending`), with the rewrite's own splice.
+
+use aya_ebpf::programs::TcContext;
+use ftp_common::maps::{
+    Counter, DatapathConfig, HELD_FIELD_MAX, HeldField, RewriteRecord, SessionEntry, SessionKind,
+    hold_state, rewrite_kind,
+};
+
+use crate::{
+    headers::Tcp4,
+    maps::{SCRATCH, SESSIONS, bump},
+    rewrite::splice,
+    scratch::{RewriteRequest, SCRATCH_MASK, Scan},
+};
+
+/// Asks for the tail of this client segment to be held if the segment ends inside the address of
+/// a masqueraded PORT/EPRT (see [`ftp_common::maps::HeldField`]): only when that address began in
+/// this segment (the bytes before it are gone unchanged), the whole payload was scanned, and the
+/// tail fits.
+#[inline(always)]
+fn hold_if_cut_inside_address(scan: &mut Scan, entry: &mut SessionEntry, scanned_all: bool) {
+    if !scanned_all || entry.kind != SessionKind::Masquerade as u8 || entry.state.is_encrypted() {
+        return;
+    }
+    let Some(address_start) = entry.commands.pending_address_start() else {
+        return;
+    };
+    let line_start = scan.end.wrapping_sub(u32::from(entry.commands.line_len()));
+    let field_off = line_start.wrapping_add(u32::from(address_start));
+    let held_len = scan.end.wrapping_sub(field_off);
+    // At least one byte stays in the segment: an empty one would not be a segment.
+    if field_off < scan.start || field_off == 0 || held_len == 0 || held_len > HELD_FIELD_MAX as u32
+    {
+        return;
+    }
+    scan.rewrite_kind = rewrite_kind::CUT;
+    scan.rewrite_field_off = field_off as u16;
+    scan.rewrite_field_len = held_len as u16;
+}
+
+/// After the scan of a client segment: completes or gives back a hold (`held_len` bytes of an
+/// address held in front of this segment), or asks for a new one. Returns the requested
+/// `rewrite_kind` (NONE if nothing is to be done).
+#[inline(always)]
+pub fn after_client_scan(scan: &mut Scan, held_len: u32, scanned_all: bool) -> u8 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let entry = unsafe { &mut *scan.session };
+    if held_len != 0 {
+        complete_or_give_back(scan, entry, held_len as u16);
+    } else if scan.rewrite_kind == rewrite_kind::NONE {
+        hold_if_cut_inside_address(scan, entry, scanned_all);
+    }
+    scan.rewrite_kind
+}
+
+/// After the scan of the segment that follows a held address: a rewrite of the held line's
+/// address (which starts at scratch offset 0) completes the hold, its field translated to the
+/// payload's offsets; anything else (the line refused, malformed, or not ended in this segment)
+/// gives the held bytes back, and a rewrite of a later line in the segment is given up for that.
+#[inline(always)]
+fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u16) {
+    let completes = matches!(scan.rewrite_kind, rewrite_kind::PORT | rewrite_kind::EPRT)
+        && scan.rewrite_field_off == 0
+        && scan.rewrite_field_len >= held_len;
+    if completes {
+        scan.rewrite_field_len -= held_len;
+        return;
+    }
+    if scan.rewrite_kind != rewrite_kind::NONE {
+        entry.state.expectation_closed();
+        bump(Counter::RewritesSkipped);
+    }
+    scan.rewrite_kind = rewrite_kind::RESTORE;
+    scan.rewrite_field_off = 0;
+    scan.rewrite_field_len = 0;
+}
+
+/// If this client segment continues a line whose address is held, copies the held bytes to the
+/// start of the scratch buffer and returns how many; else 0. A segment that starts before the
+/// held bytes' successor (new bytes at `new_bytes_start`, after a retransmission of the cut
+/// segment merged into it) carries the held bytes in their place when forwarded as it is: the
+/// hold ends there.
+#[inline(never)]
+pub fn stage_held(session: *mut SessionEntry, new_bytes_start: u32, seq: u32) -> u32 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let entry = unsafe { &mut *session };
+    if entry.held.state != hold_state::HOLDING {
+        return 0;
+    }
+    if new_bytes_start != 0 {
+        given_back_in_place(entry);
+        return 0;
+    }
+    if seq != entry.held.next_seq() {
+        // Not where the held line goes on (its continuation was never seen): the held bytes
+        // cannot be placed any more. Lost, and counted; the session goes on.
+        entry.held.state = hold_state::RELEASED;
+        bump(Counter::RewritesSkipped);
+        return 0;
+    }
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let len = u32::from(entry.held.len);
+    if len > HELD_FIELD_MAX as u32 {
+        return 0;
+    }
+    let mut i = 0;
+    while i < HELD_FIELD_MAX {
+        // SAFETY: this CPU's scratch buffer; i < HELD_FIELD_MAX < its size.
+        unsafe { *(*scratch).bytes.as_mut_ptr().add(i) = entry.held.bytes[i] };
+        i += 1;
+    }
+    len
+}
+
+/// Cuts or gives back held bytes as the pending request says (after [`rewrite_pending`], beside
+/// it rather than under it: the two stack frames never add up). Returns false if held bytes were
+/// to go back and could not: they are lost to the stream, and that is counted.
+#[inline(never)]
+pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch area, written earlier in this program run.
+    let request = unsafe { (*scratch).pending };
+    let Some(session) = SESSIONS.get_ptr_mut(request.session_key) else {
+        return false;
+    };
+    let done = splice_held(ctx, packet, session, config, &request);
+    if !done {
+        bump(Counter::RewritesSkipped);
+    }
+    done
+}
+
+/// A CUT request: cuts the address this client segment ended inside of (the field runs to the
+/// end of the payload) and keeps its bytes in the session, for the next segment to carry the
+/// address whole; if it cannot, the segment passes as it is. A RESTORE request: puts the held
+/// bytes back in front of this segment, which starts where the cut one ended, so the line
+/// reaches the server as the client sent it (counted by the caller, as a refusal, a malformed
+/// line or a skipped rewrite, whatever kept it from being rewritten). False if held bytes were
+/// to go back and could not: they are lost to the stream.
+#[inline(always)]
+fn splice_held(
+    ctx: &TcContext,
+    packet: &Tcp4,
+    session: *mut SessionEntry,
+    config: &DatapathConfig,
+    request: &RewriteRequest,
+) -> bool {
+    // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
+    let session = unsafe { &mut *session };
+    let cut = request.kind == rewrite_kind::CUT;
+    if !cut {
+        if session.held.state != hold_state::HOLDING {
+            return false;
+        }
+        // Whatever happens next, the hold ends here: if the bytes cannot go back now, they are
+        // lost (the caller counts it) rather than put in front of some later segment.
+        session.held.state = hold_state::RELEASED;
+    }
+    let Some((payload_off, payload_len)) = packet.payload() else {
+        return cut;
+    };
+    let seq = u32::from_be_bytes(packet.tcp.seq);
+    if !session.client_seq.can_record(seq) {
+        return cut;
+    }
+    let record = if cut {
+        let len = usize::from(request.field_len);
+        if len == 0 || len > HELD_FIELD_MAX || !copy_held(session, request.field_off, len) {
+            return true;
+        }
+        RewriteRecord {
+            seq,
+            payload_len: payload_len as u16,
+            field_off: request.field_off,
+            field_len: request.field_len,
+            public_port: 0,
+            kind: rewrite_kind::CUT,
+            delimiter: 0,
+            _pad: [0; 2],
+        }
+    } else {
+        if seq != session.held.next_seq() {
+            return false;
+        }
+        RewriteRecord {
+            seq,
+            payload_len: payload_len as u16,
+            field_off: 0,
+            field_len: 0,
+            // The previous rewrite's window port, which the next announcement's rewrite
+            // releases if it is still unused.
+            public_port: session.client_rewrite.public_port,
+            kind: rewrite_kind::RESTORE,
+            delimiter: 0,
+            _pad: [0; 2],
+        }
+    };
+    let Some(delta) = splice(
+        ctx,
+        packet,
+        payload_off,
+        payload_len,
+        &record,
+        &session.held,
+        config,
+    ) else {
+        return cut;
+    };
+    session.client_seq.record(seq, delta);
+    if cut {
+        session.held.seq = seq;
+        session.held.payload_len = payload_len as u16;
+        session.held.off = request.field_off;
+        session.held.state = hold_state::HOLDING;
+    } else {
+        session.client_rewrite = record;
+    }
+    true
+}
+
+/// Keeps `len` payload bytes from `off` in the session's held field, from the payload's copy at
+/// the start of the scratch buffer (where the scan read it).
+#[inline(always)]
+fn copy_held(session: &mut SessionEntry, off: u16, len: usize) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr(0) else {
+        return false;
+    };
+    let mut i = 0;
+    while i < HELD_FIELD_MAX {
+        // SAFETY: this CPU's scratch buffer, read at a masked offset.
+        let byte = unsafe {
+            *(*scratch)
+                .bytes
+                .as_ptr()
+                .add((usize::from(off) + i) & SCRATCH_MASK)
+        };
+        if let Some(slot) = session.held.bytes.get_mut(i) {
+            *slot = if i < len { byte } else { 0 };
+        }
+        i += 1;
+    }
+    session.held.len = len as u8;
+    true
+}
+
+/// The held bytes were sent again in their place (a retransmission of the cut segment merged
+/// with the bytes after it, forwarded as it is): the stream is as the client sent it from there
+/// on, which the sequence adjustment is told. The line's rewrite is then skipped (and counted)
+/// when the scan finds its address began before the new bytes.
+#[inline(always)]
+pub fn given_back_in_place(session: &mut SessionEntry) {
+    if session.held.state != hold_state::HOLDING {
+        return;
+    }
+    session.held.state = hold_state::RELEASED;
+    session
+        .client_seq
+        .record(session.held.next_seq(), i32::from(session.held.len));
+}
+
+/// What to repeat on a retransmission of a segment whose tail was held (see [`replay`]): the
+/// same cut if it has the original's length; if the segment after it was merged in (Linux
+/// resends that way on a timeout), the whole address replaced the way that segment completed it.
+/// `None` if it cannot get the same bytes.
+#[inline(always)]
+pub fn cut_replay(
+    held: &HeldField,
+    completion: &RewriteRecord,
+    payload_len: usize,
+) -> Option<RewriteRecord> {
+    let original = usize::from(held.payload_len);
+    if payload_len == original {
+        return Some(RewriteRecord {
+            seq: held.seq,
+            payload_len: held.payload_len,
+            field_off: held.off,
+            field_len: u16::from(held.len),
+            public_port: 0,
+            kind: rewrite_kind::CUT,
+            delimiter: 0,
+            _pad: [0; 2],
+        });
+    }
+    if payload_len < original
+        || held.state != hold_state::RELEASED
+        || completion.seq != held.next_seq()
+    {
+        return None;
+    }
+    if completion.kind == rewrite_kind::RESTORE {
+        // The bytes as the client sent them are what the receiver was given.
+        return Some(RewriteRecord {
+            kind: rewrite_kind::NONE,
+            ..*completion
+        });
+    }
+    Some(RewriteRecord {
+        seq: held.seq,
+        field_off: held.off,
+        field_len: u16::from(held.len) + completion.field_len,
+        ..*completion
+    })
+}
