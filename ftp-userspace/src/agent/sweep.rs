@@ -7,8 +7,7 @@ use std::{
 };
 
 use ftp_common::maps::{
-    EVENT_TEXT_LEN, Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
-    flow_flags,
+    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags,
 };
 
 use crate::datapath::maps::{StateTables, reply_key_of};
@@ -59,17 +58,14 @@ fn swept_event(
     now_ns: u64,
 ) -> Event {
     Event {
-        ts_ns: now_ns,
-        session,
-        kind: kind as u8,
-        detail,
-        text_len: 0,
-        _pad: 0,
-        addr: endpoint.0,
-        port: endpoint.1,
-        _pad2: [0; 2],
         value,
-        text: [0; EVENT_TEXT_LEN],
+        ..Event::new(
+            now_ns,
+            session,
+            kind,
+            detail,
+            (endpoint.0, u16::from_be_bytes(endpoint.1)),
+        )
     }
 }
 

@@ -165,23 +165,22 @@ mod tests {
     use super::*;
 
     fn raw(kind: EventKind, detail: u8, text: &[u8]) -> Event {
+        let session = FlowKey {
+            saddr: [10, 0, 0, 2],
+            daddr: [203, 0, 113, 10],
+            sport: 40000u16.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        };
         let mut event = Event {
-            ts_ns: monotonic_now_ns(),
-            session: FlowKey {
-                saddr: [10, 0, 0, 2],
-                daddr: [203, 0, 113, 10],
-                sport: 40000u16.to_be_bytes(),
-                dport: 21u16.to_be_bytes(),
-            },
-            kind: kind as u8,
-            detail,
             text_len: text.len() as u8,
-            _pad: 0,
-            addr: [203, 0, 113, 254],
-            port: 62000u16.to_be_bytes(),
-            _pad2: [0; 2],
             value: 1234,
-            text: [0; EVENT_TEXT_LEN],
+            ..Event::new(
+                monotonic_now_ns(),
+                session,
+                kind,
+                detail,
+                ([203, 0, 113, 254], 62000),
+            )
         };
         event.text[..text.len()].copy_from_slice(text);
         event
