@@ -2,25 +2,17 @@
 //! state from another process (`ftpnat stats`).
 
 mod agent;
-mod attach;
-mod classic_tc;
+mod cli;
 mod config;
-mod events;
-mod expire;
-mod inspect;
-mod metrics;
-mod pins;
-mod settings;
-mod stats;
-mod verify;
+mod datapath;
+mod logging;
+mod report;
 
-use std::{fs, io, path::PathBuf, process::ExitCode};
+use std::{io, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
-
-/// Where `ftpnat run` pins its maps unless told otherwise; the inspection commands read from here.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ftpnat";
+use config::DEFAULT_PIN_DIR;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,7 +41,7 @@ struct Cli {
 enum Command {
     /// Attach the programs to the router's interfaces (or adopt the datapath a previous agent
     /// left pinned) and run until SIGINT/SIGTERM.
-    Run(config::RunArgs),
+    Run(config::run::RunArgs),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
     /// List the FTP control sessions ftpnat tracks; with an ID, that session's transfers and
@@ -110,56 +102,6 @@ struct StatsArgs {
     pin_dir: PathBuf,
 }
 
-fn detach(pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    if !pin_dir.exists() {
-        println!("nothing to detach: {} does not exist", pin_dir.display());
-        return Ok(());
-    }
-    let _lock = pins::lock(pin_dir)?;
-    let removed = pins::remove_state(pin_dir, true)?;
-    attach::await_detached(&removed.hooks)?;
-    // The lock's release removes the pin dir if this emptied it.
-    if fs::read_dir(pin_dir).is_ok_and(|mut entries| entries.next().is_some()) {
-        log::warn!(
-            "leaving {} in place: it holds files ftpnat did not create",
-            pin_dir.display()
-        );
-    }
-    let attachments = match (removed.links, removed.filters) {
-        (links, 0) => format!("{links} links"),
-        (0, filters) => format!("{filters} TC filters"),
-        (links, filters) => format!("{links} links and {filters} TC filters"),
-    };
-    println!(
-        "removed {attachments} (their programs are detached) and {} maps under {}",
-        removed.maps,
-        pin_dir.display()
-    );
-    Ok(())
-}
-
-/// `--log-format json`: one object per line. An event (already JSON) is embedded as an object;
-/// any other message as a string.
-fn json_log_line(
-    out: &mut env_logger::fmt::Formatter,
-    record: &log::Record<'_>,
-) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let message = record.args().to_string();
-    let body = if record.target() == agent::EVENT_LOG_TARGET {
-        format!("\"event\":{message}")
-    } else {
-        format!("\"message\":{}", serde_json::Value::String(message))
-    };
-    writeln!(
-        out,
-        "{{\"time\":\"{}\",\"level\":\"{}\",\"target\":{},{body}}}",
-        out.timestamp_millis(),
-        record.level(),
-        serde_json::Value::String(record.target().to_owned())
-    )
-}
-
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when the reader of our output goes away
     // (`ftpnat flows | head`) instead of panicking on the broken pipe.
@@ -168,25 +110,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `run` picks its log format from its settings (flags or --config); the others log text.
     if !matches!(cli.command, Command::Run(_)) {
-        init_logger(config::LogFormat::Text);
+        logging::init(config::run::LogFormat::Text);
     }
     let result = match cli.command {
-        Command::Run(args) => config::resolve(args).and_then(|options| {
-            init_logger(options.log_format());
+        Command::Run(args) => config::run::resolve(args).and_then(|options| {
+            logging::init(options.log_format());
             agent::run(options)
         }),
-        Command::Stats(args) => stats::print(&args.pin_dir, args.json),
+        Command::Stats(args) => cli::stats::print(&args.pin_dir, args.json),
         Command::Sessions(SessionsArgs { id: Some(id), view }) => {
-            inspect::print_session(&view.pin_dir, &id, view.json)
+            cli::tables::print_session(&view.pin_dir, &id, view.json)
         }
         Command::Sessions(SessionsArgs { id: None, view }) => {
-            inspect::print("sessions", &view.pin_dir, view.json)
+            cli::tables::print("sessions", &view.pin_dir, view.json)
         }
-        Command::Expectations(args) => inspect::print("expectations", &args.pin_dir, args.json),
-        Command::Flows(args) => inspect::print("flows", &args.pin_dir, args.json),
-        Command::Events(args) => events::follow(&args.pin_dir, args.json),
-        Command::Detach(args) => detach(&args.pin_dir),
-        Command::Verify { json } => verify::print(json),
+        Command::Expectations(args) => cli::tables::print("expectations", &args.pin_dir, args.json),
+        Command::Flows(args) => cli::tables::print("flows", &args.pin_dir, args.json),
+        Command::Events(args) => cli::events::follow(&args.pin_dir, args.json),
+        Command::Detach(args) => cli::detach::run(&args.pin_dir),
+        Command::Verify { json } => cli::verify::print(json),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ftpnat", &mut io::stdout());
             Ok(())
@@ -199,16 +141,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logger(format: config::LogFormat) {
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    match format {
-        config::LogFormat::Json => logger.format(json_log_line),
-        config::LogFormat::Text => logger.format_timestamp_millis(),
-    };
-    logger.init();
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
-use crate::{
+use super::{
     DEFAULT_PIN_DIR,
-    settings::{Ipv4Prefix, PortWindow, PublishSpec},
+    nat::{Ipv4Prefix, PortWindow, PublishSpec},
 };
 
 /// The --expect-timeout values accepted, in seconds.
@@ -68,7 +68,7 @@ macro_rules! run_options {
 run_options! {
     /// `ftpnat run`'s settings. Every field is an `Option` or a `Vec`, so that "not given" stays
     /// visible until the command line and the file are merged; the defaults come after that (the
-    /// methods below, and settings.rs for those that depend on the router).
+    /// methods below, and nat.rs for those that depend on the router).
     #[derive(clap::Args, Deserialize, Debug, Default, PartialEq)]
     #[serde(default)]
     pub struct RunOptions {
@@ -152,7 +152,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How the programs attach to the interfaces' TC hooks (see `attach::Mechanism`).
+/// How the programs attach to the interfaces' TC hooks (see `datapath::Mechanism`).
 #[derive(clap::ValueEnum, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttach {

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use ftp_common::maps::Direction;
 use tokio::{net::TcpStream, task::JoinHandle};
 
-use crate::stats::{self, Stats};
+use crate::report::stats::{self, Stats};
 
 /// A request head larger than this is not a scrape: the connection is answered 404.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -331,7 +331,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::stats::{Counters, InterfaceStats, WindowStats};
+    use crate::report::stats::{Counters, InterfaceStats, WindowStats};
 
     fn stats() -> Stats {
         Stats {

@@ -1,90 +1,22 @@
 //! `ftpnat sessions|expectations|flows`: the datapath's tables, read from the pins of a running
 //! agent, as aligned tables or JSON.
 
-use std::{
-    collections::{HashMap as StdHashMap, HashSet},
-    net::Ipv4Addr,
-    path::Path,
-};
+use std::{collections::HashMap as StdHashMap, net::Ipv4Addr, path::Path};
 
-use anyhow::Context as _;
-use aya::maps::{Array, HashMap};
-use ftp_common::{
-    Session,
-    maps::{
-        DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
-        FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, flow_flags, names,
-    },
+use ftp_common::maps::{
+    DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
+    FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind,
 };
 use serde::Serialize;
 
-use crate::{expire::monotonic_now_ns, stats::open_pinned};
-
-fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
-    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
-}
-
-/// Where a session stands, as `ftpnat sessions` and the metrics report it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SessionState {
-    /// Between transfers: commands are read and PORT/EPRT/PASV/EPSV are acted on.
-    Command,
-    /// A transfer is running (from the server's 125/150 to the reply that ends it).
-    Transfer,
-    /// The control channel is under TLS: ftpnat reads nothing of it and opens no data connection.
-    Encrypted,
-    /// The control connection has seen a FIN or RST; the sweep removes it.
-    Closing,
-}
-
-impl SessionState {
-    pub const ALL: [SessionState; 4] = [
-        SessionState::Command,
-        SessionState::Transfer,
-        SessionState::Encrypted,
-        SessionState::Closing,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            SessionState::Command => "command",
-            SessionState::Transfer => "transfer",
-            SessionState::Encrypted => "encrypted",
-            SessionState::Closing => "closing",
-        }
-    }
-
-    /// The state of a session's control channel; `closing`: whether its control connection is
-    /// among the [`closing_sessions`].
-    ///
-    /// Encrypted comes first: ftpnat can help none of those sessions, and an operator counting
-    /// them (to see why data connections fail) wants them all, closing or not. Closing comes
-    /// before transfer because a connection torn down mid-transfer never sees the reply that ends
-    /// the transfer.
-    pub fn of(session: &Session, closing: bool) -> Self {
-        if session.is_encrypted() {
-            SessionState::Encrypted
-        } else if closing {
-            SessionState::Closing
-        } else if session.is_transferring() {
-            SessionState::Transfer
-        } else {
-            SessionState::Command
-        }
-    }
-}
-
-/// The sessions whose control connection has seen a FIN or RST in either direction, from the flow
-/// table's entries (a set, so that classifying every session stays linear in the tables' sizes).
-pub fn closing_sessions<'a>(flows: impl IntoIterator<Item = &'a FlowEntry>) -> HashSet<FlowKey> {
-    flows
-        .into_iter()
-        .filter(|e| {
-            e.kind == FlowKind::Control as u8 && e.flags & (flow_flags::FIN | flow_flags::RST) != 0
-        })
-        .map(|e| e.session)
-        .collect()
-}
+use super::render::{emit, print_table, printable, seconds};
+use crate::{
+    datapath::{
+        clock::monotonic_now_ns,
+        maps::{PinnedMaps, reply_key_of},
+    },
+    report::sessions::{SessionState, closing_sessions, endpoint, session_id},
+};
 
 #[derive(Serialize)]
 pub struct SessionRow {
@@ -142,14 +74,10 @@ struct Tables {
 }
 
 fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
-    let config: Array<_, DatapathConfig> = Array::try_from(open_pinned(pin_dir, names::CONFIG)?)?;
-    let flows: HashMap<_, FlowKey, FlowEntry> =
-        HashMap::try_from(open_pinned(pin_dir, names::FLOWS)?)?;
-    let sessions: HashMap<_, FlowKey, SessionEntry> =
-        HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
-    let expects: HashMap<_, ExpectKey, Expectation> =
-        HashMap::try_from(open_pinned(pin_dir, names::EXPECTS)?)?;
-    let flows: StdHashMap<FlowKey, FlowEntry> = flows.iter().filter_map(Result::ok).collect();
+    let maps = PinnedMaps::new(pin_dir);
+    let config = maps.config()?;
+    let flows: StdHashMap<FlowKey, FlowEntry> =
+        maps.flows()?.iter().filter_map(Result::ok).collect();
     // An entry keyed by a packet from the session's client carries bytes from the client.
     let mut bytes: StdHashMap<FlowKey, (u64, u64)> = StdHashMap::new();
     for (key, entry) in &flows {
@@ -161,10 +89,10 @@ fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
         }
     }
     Ok(Tables {
-        config: config.get(&0, 0).context("reading the datapath config")?,
+        config,
         flows,
-        sessions: sessions.iter().filter_map(Result::ok).collect(),
-        expects: expects.iter().filter_map(Result::ok).collect(),
+        sessions: maps.sessions()?.iter().filter_map(Result::ok).collect(),
+        expects: maps.expects()?.iter().filter_map(Result::ok).collect(),
         bytes,
     })
 }
@@ -182,9 +110,13 @@ impl Tables {
         if self.kind_of(session) == Some(SessionKind::Publish) {
             return endpoint(session.daddr, session.dport);
         }
-        self.flows
-            .get(session)
-            .map_or_else(|| "-".to_owned(), |e| endpoint(e.new_saddr, e.new_sport))
+        self.translated_source(session)
+            .map_or_else(|| "-".to_owned(), |(addr, port)| endpoint(addr, port))
+    }
+
+    /// Where a masqueraded session's control connection leaves the router from, while it lives.
+    fn translated_source(&self, session: &FlowKey) -> Option<([u8; 4], [u8; 2])> {
+        self.flows.get(session).map(|e| (e.new_saddr, e.new_sport))
     }
 
     /// Bytes of the session's live flows: (from the client's side, towards it).
@@ -192,18 +124,15 @@ impl Tables {
         self.bytes.get(session).copied().unwrap_or_default()
     }
 
-    /// A session's identifier, unique while it lives: a masqueraded session's public address and
-    /// port; a published session's client address and port `@` the published port (all sessions
-    /// of a published server share its public endpoint).
+    /// A session's identifier (see [`session_id`]); `-` for a masqueraded session whose control
+    /// connection is gone.
     fn id_of(&self, session: &FlowKey) -> String {
-        match self.kind_of(session) {
-            Some(SessionKind::Publish) => format!(
-                "{}@{}",
-                endpoint(session.saddr, session.sport),
-                u16::from_be_bytes(session.dport)
-            ),
-            _ => self.public_of(session),
-        }
+        session_id(
+            session,
+            self.kind_of(session),
+            self.translated_source(session),
+        )
+        .unwrap_or_else(|| "-".to_owned())
     }
 }
 
@@ -272,7 +201,7 @@ pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
         .iter()
         .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
         .map(|(key, e)| {
-            let reply_key = crate::expire::reply_key_of(e);
+            let reply_key = reply_key_of(e);
             let reply = tables.flows.get(&reply_key);
             FlowRow {
                 session: tables.id_of(&e.session),
@@ -297,56 +226,6 @@ pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
     Ok(rows)
 }
 
-pub fn print_table(rows: &[Vec<String>]) {
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
-}
-
-/// Prints `rows` as JSON, or as a table with `headers` and the cells `cells` makes of a row.
-fn emit<T: Serialize>(
-    rows: &[T],
-    json: bool,
-    headers: &[&str],
-    cells: impl Fn(&T) -> Vec<String>,
-) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(rows)?);
-        return Ok(());
-    }
-    let mut table = vec![headers.iter().map(|h| (*h).to_owned()).collect()];
-    table.extend(rows.iter().map(cells));
-    print_table(&table);
-    Ok(())
-}
-
-/// Text from the wire (a USER name, a file name) made safe for a terminal: control characters are
-/// shown escaped instead of acted on.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-fn seconds(ms: u64) -> String {
-    format!("{:.1}s", ms as f64 / 1000.0)
-}
-
 /// `ftpnat sessions ID`: one session, its transfers (from the agent, which follows them) and its
 /// expectations.
 pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()> {
@@ -363,7 +242,7 @@ pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()>
         .into_iter()
         .filter(|e| e.session == id)
         .collect();
-    let transfers = crate::events::query_transfers(pin_dir, id);
+    let transfers = super::events::query_transfers(pin_dir, id);
     if json {
         let report = serde_json::json!({
             "session": session,
@@ -488,84 +367,5 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 ]
             },
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
-    use ftp_common::{Policy, PolicyContext};
-
-    use super::*;
-
-    fn ctx() -> PolicyContext {
-        PolicyContext {
-            client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
-            policy: Policy::new(),
-        }
-    }
-
-    fn flow(session: FlowKey, kind: FlowKind, flags: u8) -> FlowEntry {
-        FlowEntry {
-            packets: 0,
-            bytes: 0,
-            last_seen_ns: 0,
-            session,
-            new_saddr: [0; 4],
-            new_daddr: [0; 4],
-            out_ifindex: 0,
-            new_sport: [0; 2],
-            new_dport: [0; 2],
-            public_port: 0,
-            kind: kind as u8,
-            direction: FlowDirection::Original as u8,
-            flags,
-            _pad: [0; 7],
-        }
-    }
-
-    fn key(port: u16) -> FlowKey {
-        FlowKey {
-            saddr: [10, 0, 0, 2],
-            daddr: [192, 0, 2, 10],
-            sport: port.to_be_bytes(),
-            dport: 21u16.to_be_bytes(),
-        }
-    }
-
-    #[test]
-    fn session_state_follows_the_control_channel() {
-        let mut session = Session::new();
-        assert_eq!(SessionState::of(&session, false), SessionState::Command);
-        session.on_server_line(b"150 Opening data connection\r\n", &ctx());
-        assert_eq!(SessionState::of(&session, false), SessionState::Transfer);
-        assert_eq!(SessionState::of(&session, true), SessionState::Closing);
-        session.on_server_line(b"226 Transfer complete\r\n", &ctx());
-        assert_eq!(SessionState::of(&session, false), SessionState::Command);
-        session.on_server_line(b"234 Proceed with negotiation\r\n", &ctx());
-        assert_eq!(SessionState::of(&session, false), SessionState::Encrypted);
-        assert_eq!(SessionState::of(&session, true), SessionState::Encrypted);
-    }
-
-    #[test]
-    fn only_a_control_connection_s_fin_or_rst_closes_a_session() {
-        let flows = [
-            flow(key(1), FlowKind::Control, flow_flags::FIN),
-            flow(
-                key(2),
-                FlowKind::Control,
-                flow_flags::RST | flow_flags::ESTABLISHED,
-            ),
-            flow(key(3), FlowKind::Data, flow_flags::FIN),
-            flow(
-                key(4),
-                FlowKind::Control,
-                flow_flags::ESTABLISHED | flow_flags::OWNS_PORT,
-            ),
-        ];
-        let closing = closing_sessions(&flows);
-        assert_eq!(closing, HashSet::from([key(1), key(2)]));
     }
 }

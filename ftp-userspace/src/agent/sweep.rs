@@ -7,11 +7,10 @@ use std::{
 };
 
 use ftp_common::maps::{
-    EVENT_TEXT_LEN, Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
-    flow_flags,
+    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags,
 };
 
-use crate::attach::StateTables;
+use crate::datapath::maps::{StateTables, reply_key_of};
 
 /// How long a connection may stay in each state before it is removed.
 #[derive(Debug, Clone, Copy)]
@@ -59,27 +58,14 @@ fn swept_event(
     now_ns: u64,
 ) -> Event {
     Event {
-        ts_ns: now_ns,
-        session,
-        kind: kind as u8,
-        detail,
-        text_len: 0,
-        _pad: 0,
-        addr: endpoint.0,
-        port: endpoint.1,
-        _pad2: [0; 2],
         value,
-        text: [0; EVENT_TEXT_LEN],
-    }
-}
-
-/// The reply-direction key of an original-direction entry: the translated packet, reversed.
-pub fn reply_key_of(original: &FlowEntry) -> FlowKey {
-    FlowKey {
-        saddr: original.new_daddr,
-        daddr: original.new_saddr,
-        sport: original.new_dport,
-        dport: original.new_sport,
+        ..Event::new(
+            now_ns,
+            session,
+            kind,
+            detail,
+            (endpoint.0, u16::from_be_bytes(endpoint.1)),
+        )
     }
 }
 
@@ -238,17 +224,6 @@ pub fn sweep(
         ));
     }
     Ok(swept)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the valid timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 #[cfg(test)]

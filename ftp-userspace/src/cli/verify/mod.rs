@@ -17,11 +17,13 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use anyhow::{Context as _, anyhow, bail};
-use aya::{EbpfLoader, programs::SchedClassifier};
+use anyhow::{Context as _, bail};
+use aya::EbpfLoader;
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
 use ftp_common::maps::programs;
 use serde::Serialize;
+
+use crate::datapath::object::{EBPF_OBJECT, classifier, explain_load_error};
 
 mod stats;
 
@@ -147,19 +149,14 @@ pub fn verify_all() -> anyhow::Result<Vec<ProgramReport>> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(PRIVATE_BPFFS)
         .override_global(aya_log::LEVEL, &ALL_KERNEL_LOGS, false)
-        .load(crate::attach::EBPF_OBJECT)
+        .load(EBPF_OBJECT)
         .context("loading the eBPF object (its maps)")?;
     let level = [ALL_KERNEL_LOGS];
-    let verifier_stats =
-        stats::of_every_program(crate::attach::EBPF_OBJECT, &[(aya_log::LEVEL, &level)])
-            .context("loading the programs again for the verifier's statistics")?;
+    let verifier_stats = stats::of_every_program(EBPF_OBJECT, &[(aya_log::LEVEL, &level)])
+        .context("loading the programs again for the verifier's statistics")?;
     let mut reports = Vec::new();
     for name in program_names() {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} is missing from the embedded object"))?
-            .try_into()
-            .with_context(|| format!("program {name} is not a TC classifier"))?;
+        let program = classifier(&mut ebpf, name)?;
         let loaded = program.load();
         let figures = verifier_stats.get(name).cloned().unwrap_or_default();
         let mut report = ProgramReport {
@@ -185,12 +182,7 @@ pub fn verify_all() -> anyhow::Result<Vec<ProgramReport>> {
                 report.xlated_bytes = Some(info.xlated_prog_len);
                 report.jited_bytes = (info.jited_prog_len > 0).then_some(info.jited_prog_len);
             }
-            Err(err) => {
-                report.error = Some(format!(
-                    "{:#}",
-                    crate::attach::explain_load_error(name, err)
-                ))
-            }
+            Err(err) => report.error = Some(format!("{:#}", explain_load_error(name, err))),
         }
         reports.push(report);
     }

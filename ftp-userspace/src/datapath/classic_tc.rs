@@ -18,9 +18,10 @@ use aya::programs::{
     tc::{self, SchedClassifierLink, TcHandle},
 };
 
-use crate::{
-    attach,
-    pins::{FilterRecord, PinnedHook},
+use super::{
+    hooks::{attach_type_of, is_ftpnat_program},
+    interface::ifindex_of,
+    records::{FilterRecord, PinnedHook},
 };
 
 /// The major number of the `clsact` (and `ingress`) qdisc's handle, `ffff:`.
@@ -116,9 +117,9 @@ pub fn delete_ftpnat_filter(hook: &PinnedHook, record: &FilterRecord) -> anyhow:
             hook.interface, hook.hook
         )
     };
-    let attach_type = attach::attach_type_of(&hook.hook)
-        .with_context(|| format!("{}: no such hook", context()))?;
-    if attach::ifindex_of(&hook.interface).with_context(context)? != Some(record.ifindex) {
+    let attach_type =
+        attach_type_of(&hook.hook).with_context(|| format!("{}: no such hook", context()))?;
+    if ifindex_of(&hook.interface).with_context(context)? != Some(record.ifindex) {
         return Ok(());
     }
     let ours = bpf_filters(record.ifindex, attach_type)
@@ -127,7 +128,7 @@ pub fn delete_ftpnat_filter(hook: &PinnedHook, record: &FilterRecord) -> anyhow:
         .any(|filter| {
             filter.priority == record.priority
                 && u32::from(filter.handle) == record.handle
-                && attach::is_ftpnat_program(&filter.name)
+                && is_ftpnat_program(&filter.name)
         });
     if !ours {
         return Ok(());

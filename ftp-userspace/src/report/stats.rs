@@ -1,13 +1,12 @@
-//! `ftpnat stats`: reads the pinned counters of a running agent.
+//! The pinned counters and tables of a running agent, summed: what `ftpnat stats` prints and the
+//! agent's metrics expose, read the same way for both.
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{Context as _, bail};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap};
+use anyhow::Context as _;
 use ftp_common::maps::{
-    Counter, DatapathConfig, Direction, ExpectKey, Expectation, ExpectationPath, FlowDirection,
-    FlowEntry, FlowKey, FlowKind, InterfaceInfo, InterfaceRole, SessionEntry, SessionKind,
-    TrafficCounters, TrafficKey, flow_flags, names,
+    Counter, Direction, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKind,
+    InterfaceRole, SessionKind, TrafficCounters, flow_flags,
 };
 use ftp_common::{
     MalformedReason, RefusalReason,
@@ -15,7 +14,8 @@ use ftp_common::{
 };
 use serde::Serialize;
 
-use crate::inspect::{SessionState, closing_sessions};
+use crate::datapath::maps::{PinnedMaps, summed};
+use crate::report::sessions::{SessionState, closing_sessions};
 
 #[derive(Serialize, Debug, Default)]
 pub struct Counters {
@@ -79,32 +79,10 @@ pub struct Stats {
 /// The refusal reason of a 227/229 nobody asked for (not a policy `RefusalReason`).
 pub const UNSOLICITED_REPLY: &str = "unsolicited_reply";
 
-pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = crate::pins::state_dir(pin_dir).join(name);
-    if !path.exists() {
-        crate::pins::refuse_foreign_state(pin_dir)?;
-        bail!(
-            "no ftpnat state at {}: is `ftpnat run` running with --pin-dir {}?",
-            path.display(),
-            pin_dir.display()
-        );
-    }
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))
-}
-
-/// One datapath counter, summed over the CPUs.
-pub fn datapath_counter(pin_dir: &Path, counter: Counter) -> anyhow::Result<u64> {
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(open_pinned(pin_dir, names::COUNTERS)?)?;
-    Ok(counters.get(&(counter as u32), 0)?.iter().sum())
-}
-
 pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
-    let traffic: PerCpuHashMap<_, TrafficKey, TrafficCounters> =
-        PerCpuHashMap::try_from(open_pinned(pin_dir, names::TRAFFIC)?)?;
-    let interfaces: HashMap<_, u32, InterfaceInfo> =
-        HashMap::try_from(open_pinned(pin_dir, names::INTERFACES)?)?;
+    let maps = PinnedMaps::new(pin_dir);
+    let traffic = maps.traffic()?;
+    let interfaces = maps.interfaces()?;
 
     let mut by_ifindex: BTreeMap<u32, InterfaceStats> = BTreeMap::new();
     for entry in interfaces.iter() {
@@ -147,19 +125,14 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
             row.egress = sum.into();
         }
     }
-    let config: Array<_, DatapathConfig> = Array::try_from(open_pinned(pin_dir, names::CONFIG)?)?;
-    let config = config.get(&0, 0).context("reading the datapath config")?;
-    let counters: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(open_pinned(pin_dir, names::COUNTERS)?)?;
+    let config = maps.config()?;
+    let counters = maps.counters()?;
     let mut datapath = BTreeMap::new();
     for counter in Counter::ALL {
-        let per_cpu = counters.get(&(counter as u32), 0)?;
-        datapath.insert(counter.as_str(), per_cpu.iter().sum());
+        datapath.insert(counter.as_str(), summed(&counters, counter as u32)?);
     }
-    let reasons: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(open_pinned(pin_dir, names::REASONS)?)?;
-    let reason_count =
-        |slot: u32| -> anyhow::Result<u64> { Ok(reasons.get(&slot, 0)?.iter().sum()) };
+    let reasons = maps.reasons()?;
+    let reason_count = |slot: u32| summed(&reasons, slot);
     let mut refusals_by_reason =
         BTreeMap::from([(UNSOLICITED_REPLY, reason_count(refusal_slot(0))?)]);
     for reason in RefusalReason::ALL {
@@ -169,22 +142,19 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     for reason in MalformedReason::ALL {
         malformed_by_reason.insert(reason.as_str(), reason_count(malformed_slot(reason as u8))?);
     }
-    let flows: HashMap<_, FlowKey, FlowEntry> =
-        HashMap::try_from(open_pinned(pin_dir, names::FLOWS)?)?;
+    let flows = maps.flows()?;
     let flow_entries: Vec<FlowEntry> = flows
         .iter()
         .filter_map(Result::ok)
         .map(|(_, v)| v)
         .collect();
-    let expects: HashMap<_, ExpectKey, Expectation> =
-        HashMap::try_from(open_pinned(pin_dir, names::EXPECTS)?)?;
+    let expects = maps.expects()?;
     let expectations: Vec<Expectation> = expects
         .iter()
         .filter_map(Result::ok)
         .map(|(_, v)| v)
         .collect();
-    let sessions: HashMap<_, FlowKey, SessionEntry> =
-        HashMap::try_from(open_pinned(pin_dir, names::SESSIONS)?)?;
+    let sessions = maps.sessions()?;
     let closing = closing_sessions(&flow_entries);
     let mut sessions_by: BTreeMap<_, usize> = BTreeMap::new();
     for kind in [SessionKind::Masquerade, SessionKind::Publish] {
@@ -241,50 +211,4 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         sessions_by,
         flows_by,
     })
-}
-
-pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let stats = collect(pin_dir)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
-        return Ok(());
-    }
-    println!(
-        "{:<16} {:<5} {:<8} {:>12} {:>16}",
-        "INTERFACE", "ROLE", "HOOK", "PACKETS", "BYTES"
-    );
-    for row in &stats.interfaces {
-        for (hook, counters) in [
-            (Direction::Ingress, &row.ingress),
-            (Direction::Egress, &row.egress),
-        ] {
-            println!(
-                "{:<16} {:<5} {:<8} {:>12} {:>16}",
-                row.name,
-                row.role,
-                hook.as_str(),
-                counters.packets,
-                counters.bytes
-            );
-        }
-    }
-    println!(
-        "{:<16} {:<5} {:<8} {:>12} {:>16}",
-        "total", "", "", stats.total.packets, stats.total.bytes
-    );
-    println!();
-    println!(
-        "sessions {}  connections {}  expectations {}  port window {} ({} ports, {} in use, exhausted {} times)",
-        stats.sessions,
-        stats.flows,
-        stats.expectations,
-        stats.window.range,
-        stats.window.size,
-        stats.window.in_use,
-        stats.window.exhausted
-    );
-    for (name, value) in &stats.datapath {
-        println!("  {name:<28} {value:>12}");
-    }
-    Ok(())
 }

@@ -7,25 +7,31 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::programs::TcAttachType;
-use ftp_common::maps::{Counter, Event, EventKind, InterfaceRole};
+use ftp_common::maps::InterfaceRole;
 use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{Signal, SignalKind, signal},
+    signal::unix::{SignalKind, signal},
     sync::broadcast,
 };
 
-use crate::{
-    attach::{self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name},
-    config::RunOptions,
-    events::{self, SessionIds},
-    expire::{self, ExpiryPolicy},
-    metrics, pins,
-    settings::{self, Ipv4Prefix, PortWindow},
-    stats,
-};
+pub mod events;
+mod metrics;
+mod reattach;
+mod sweep;
+mod watch;
 
-/// How often finished and idle connections are swept.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+use events::{EVENT_BACKLOG, EventReporter, SessionIds};
+use reattach::{STABLE_ATTACHMENT, next_delay, reattach};
+use watch::{InterfacesLost, WatchError, watch};
+
+use crate::{
+    config::{
+        nat::{self, Ipv4Prefix},
+        run::{LogFormat, RunOptions},
+    },
+    datapath::{
+        self, Datapath, Interface, LoadOptions, Mechanism, NatSettings, Origin, hook_name, pins,
+    },
+};
 
 /// What preflight checked and prepared for `serve`.
 struct Prepared {
@@ -66,7 +72,7 @@ fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
     pins::refuse_foreign_shapes(pin_dir)?;
     // A datapath pinned here is ours to adopt (checked when loading); programs attached any other
     // way belong to another agent or another pin dir.
-    if pins::existing_attachments(&pins::state_dir(pin_dir)).is_empty() {
+    if datapath::records::existing_attachments(&pins::state_dir(pin_dir)).is_empty() {
         for interface in &interfaces {
             refuse_if_already_attached(interface)?;
         }
@@ -104,33 +110,33 @@ fn resolve(
 }
 
 fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<NatSettings> {
-    let local = settings::local_port_range()?;
+    let local = nat::local_port_range()?;
     let window = match args.port_window {
         Some(window) => {
-            settings::validate_window(window, &local)?;
+            nat::validate_window(window, &local)?;
             window
         }
-        None => settings::default_window(&local)?,
+        None => nat::default_window(&local)?,
     };
     let ftp_ports = if args.ftp_ports.is_empty() {
         vec![21]
     } else {
         args.ftp_ports.clone()
     };
-    settings::validate_ftp_ports(&ftp_ports)?;
+    nat::validate_ftp_ports(&ftp_ports)?;
     let mut lans = Vec::new();
     for lan in interfaces.iter().filter(|i| i.role == InterfaceRole::Lan) {
-        let prefixes = settings::ipv4_addresses(&lan.name)?
+        let prefixes = nat::ipv4_addresses(&lan.name)?
             .into_iter()
             .map(Ipv4Prefix::network)
             .collect();
         lans.push((lan.name.clone(), lan.ifindex, prefixes));
     }
-    let published = settings::resolve_published(&args.publish, window, &lans)?;
+    let published = nat::resolve_published(&args.publish, window, &lans)?;
     Ok(NatSettings {
         published,
-        public_ip: settings::public_ip(args.public_ip, args.wan()?)?,
-        masquerade: settings::masquerade_prefixes(&args.masquerade, args.lan()?)?,
+        public_ip: nat::public_ip(args.public_ip, args.wan()?)?,
+        masquerade: nat::masquerade_prefixes(&args.masquerade, args.lan()?)?,
         ftp_ports,
         window,
         expect_timeout: args.expect_timeout(),
@@ -141,7 +147,7 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
 
 fn refuse_if_already_attached(interface: &Interface) -> anyhow::Result<()> {
     for attach_type in [TcAttachType::Ingress, TcAttachType::Egress] {
-        if let Some(ours) = attach::ftpnat_programs_at(&interface.name, attach_type)?.first() {
+        if let Some(ours) = datapath::ftpnat_programs_at(&interface.name, attach_type)?.first() {
             bail!(
                 "interface '{}' already has ftpnat's {} program attached at {} (program id {}, \
                  through {}): another `ftpnat run` manages it, or a stopped one left its datapath \
@@ -197,7 +203,7 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
             sender: events.clone(),
             ids: SessionIds::default(),
             transfers: transfer_log.clone(),
-            json: args.log_format() == crate::config::LogFormat::Json,
+            json: args.log_format() == LogFormat::Json,
         };
         let watched = watch(
             &nat,
@@ -318,222 +324,6 @@ fn log_attached(datapath: &Datapath, nat: &NatSettings, loading: Instant) {
     }
 }
 
-/// How often the agent looks for lost interfaces to come back.
-const INTERFACE_POLL: Duration = Duration::from_secs(1);
-
-/// A datapath that served this long before it lost an interface was no flapping: the next one
-/// is attached without delay.
-const STABLE_ATTACHMENT: Duration = Duration::from_secs(60);
-
-/// The longest wait between two attempts to attach again.
-const LONGEST_DELAY: Duration = Duration::from_secs(60);
-
-/// The wait before the next attempt after one that failed or did not last: 1 s, then doubled.
-fn next_delay(delay: Duration) -> Duration {
-    (delay * 2).clamp(Duration::from_secs(1), LONGEST_DELAY)
-}
-
-/// Waits `delay`, then until the interfaces exist again, the settings resolve on them (a new
-/// PPPoE interface has no address until its link is up, and the public address may come from it)
-/// and no other agent has attached there, and attaches a fresh datapath; tries again, waiting
-/// longer each time, when that fails (the interface went away again while the programs loaded).
-/// What a fresh attachment after a lost interface resolved and attached.
-type Reattached = (Vec<Interface>, NatSettings, Datapath);
-
-/// `None` on SIGTERM/SIGINT: nothing is attached then.
-async fn reattach(
-    args: &RunOptions,
-    options: &LoadOptions<'_>,
-    mut delay: Duration,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> anyhow::Result<Option<(Reattached, Instant)>> {
-    let (wan, lans) = (args.wan()?, args.lan()?);
-    let mut last_reason = String::new();
-    loop {
-        let pause = tokio::time::sleep(delay);
-        tokio::pin!(pause);
-        let mut poll = tokio::time::interval(INTERFACE_POLL);
-        let resolved = loop {
-            tokio::select! {
-                // Signals first: one that arrives as the interface comes back must not leave a
-                // datapath attached behind the agent's exit.
-                biased;
-                _ = sigterm.recv() => return Ok(stopped_waiting("SIGTERM")),
-                _ = sigint.recv() => return Ok(stopped_waiting("SIGINT")),
-                () = &mut pause, if !pause.is_elapsed() => {}
-                _ = poll.tick(), if pause.is_elapsed() => {
-                    let attempt = resolve(args, wan, lans).and_then(|(interfaces, nat)| {
-                        interfaces.iter().try_for_each(refuse_if_already_attached)?;
-                        Ok((interfaces, nat))
-                    });
-                    match attempt {
-                        Ok(resolved) => break resolved,
-                        Err(err) => {
-                            // Said once per reason, not every second.
-                            let reason = format!("{err:#}");
-                            if reason != last_reason {
-                                log::info!("not attaching yet: {reason}");
-                                last_reason = reason;
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let (interfaces, nat) = resolved;
-        let loading = Instant::now();
-        match Datapath::load_and_attach(options, &interfaces, &nat) {
-            Ok(datapath) => return Ok(Some(((interfaces, nat, datapath), loading))),
-            Err(err) => {
-                delay = next_delay(delay);
-                log::warn!(
-                    "attaching again failed ({err:#}); trying again in {} s",
-                    delay.as_secs()
-                );
-            }
-        }
-    }
-}
-
-fn stopped_waiting<T>(signal_name: &str) -> Option<T> {
-    log::info!(
-        "{signal_name} received while waiting for the interfaces: exiting, nothing attached"
-    );
-    None
-}
-
-/// Interfaces the datapath is attached to that no longer carry its programs (see
-/// [`attach::lost_interfaces`]).
-#[derive(Debug)]
-struct InterfacesLost(Vec<String>);
-
-impl std::fmt::Display for InterfacesLost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} lost ftpnat's programs: the interface went away (deleted, created again as a \
-             PPPoE reconnect or a restarted VPN does, or moved to another network namespace), or \
-             its programs were detached by hand",
-            self.0.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for InterfacesLost {}
-
-/// Why [`watch`] stopped other than by a signal.
-struct WatchError {
-    /// Whether the agent had begun serving the datapath (its loop ran): from then on the
-    /// datapath carries transfers.
-    served: bool,
-    error: anyhow::Error,
-}
-
-/// Follows the attached datapath (its events, its kernel log, the sweep) until SIGTERM or SIGINT,
-/// whose name it returns, or until an error — among them [`InterfacesLost`].
-async fn watch(
-    nat: &NatSettings,
-    interfaces: &[Interface],
-    datapath: &mut Datapath,
-    reporter: EventReporter,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> Result<&'static str, WatchError> {
-    let not_served = |error| WatchError {
-        served: false,
-        error,
-    };
-    let kernel_log = match datapath.take_kernel_logger() {
-        // SAFETY: the logger owns the ring buffer's fd and is moved into the AsyncFd, so the fd
-        // stays open for as long as it is registered.
-        Some(logger) => Some(
-            unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-                .map_err(|err| err.into_parts().1)
-                .context("watching the kernel log map")
-                .map_err(not_served)?,
-        ),
-        None => None,
-    };
-    let events = datapath.take_events().map_err(not_served)?;
-    // SAFETY: the ring buffer owns its map fd and is moved into the AsyncFd, so the fd stays open
-    // for as long as it is registered.
-    let ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|err| err.into_parts().1)
-        .context("watching the event ring buffer")
-        .map_err(not_served)?;
-    follow(
-        nat, interfaces, datapath, reporter, kernel_log, ring, sigterm, sigint,
-    )
-    .await
-    .map_err(|error| WatchError {
-        served: true,
-        error,
-    })
-}
-
-/// The agent's loop: events, kernel log and sweep, until a signal — or until an interface loses
-/// its programs.
-// Each argument is a separate piece the loop drives; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
-async fn follow(
-    nat: &NatSettings,
-    interfaces: &[Interface],
-    datapath: &mut Datapath,
-    mut reporter: EventReporter,
-    mut kernel_log: Option<AsyncFd<crate::attach::KernelLogger>>,
-    mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
-    sigterm: &mut Signal,
-    sigint: &mut Signal,
-) -> anyhow::Result<&'static str> {
-    let policy = ExpiryPolicy::default();
-    let mut exhaustion = ExhaustionWatch::default();
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => return Ok("SIGTERM"),
-            _ = sigint.recv() => return Ok("SIGINT"),
-            _ = sweep.tick() => {
-                // The datapath's events first, so that what a connection did is reported before
-                // its end.
-                drain_events(ring.get_mut(), datapath, &mut reporter)?;
-                let swept = expire::sweep(&mut datapath.state_tables()?, expire::monotonic_now_ns(), &policy)
-                    .context("sweeping finished connections and expired expectations")?;
-                if swept.connections > 0 {
-                    log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
-                }
-                for event in &swept.events {
-                    reporter.report(datapath, event)?;
-                }
-                exhaustion.check(datapath.pin_dir(), nat.window);
-                let lost = attach::lost_interfaces(interfaces);
-                if !lost.is_empty() {
-                    let names = lost
-                        .iter()
-                        .map(|i| format!("{} (ifindex {})", i.name, i.ifindex))
-                        .collect();
-                    return Err(InterfacesLost(names).into());
-                }
-            }
-            readable = ring.readable_mut() => {
-                let mut guard = readable.context("waiting on the event ring buffer")?;
-                drain_events(guard.get_inner_mut(), datapath, &mut reporter)?;
-                guard.clear_ready();
-            }
-            readable = async {
-                match kernel_log.as_mut() {
-                    Some(fd) => fd.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = readable.context("waiting on the kernel log map")?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        }
-    }
-}
-
 /// Whether an agent that fails after attaching removes the datapath: one it attached itself and
 /// never served would otherwise be left behind for nothing (and `--detach-on-exit` asks for the
 /// removal anyway). One that carries transfers — adopted from a previous run, or served by this
@@ -576,94 +366,6 @@ fn stop_on_error(
     }
 }
 
-/// How many events a slow `ftpnat events` reader may fall behind before it skips some.
-const EVENT_BACKLOG: usize = 4096;
-
-/// Logs events and passes them on to `ftpnat events` readers.
-struct EventReporter {
-    sender: broadcast::Sender<String>,
-    ids: SessionIds,
-    transfers: events::SharedTransferLog,
-    json: bool,
-}
-
-impl EventReporter {
-    fn report(&mut self, datapath: &mut Datapath, event: &Event) -> anyhow::Result<()> {
-        let tables = datapath.state_tables()?;
-        let entry = tables.sessions.get(&event.session, 0).ok();
-        let public = tables
-            .flows
-            .get(&event.session, 0)
-            .ok()
-            .map(|flow| (flow.new_saddr, flow.new_sport));
-        let id = self.ids.id(&event.session, entry.as_ref(), public);
-        if event.kind == EventKind::SessionClosed as u8 {
-            self.ids.forget(&event.session);
-        }
-        let Some(record) = events::record(event, id) else {
-            return Ok(());
-        };
-        if let Ok(mut transfers) = self.transfers.lock() {
-            transfers.observe(&record, event.ts_ns);
-        }
-        let line = serde_json::to_string(&record)?;
-        if self.json {
-            log::info!(target: EVENT_LOG_TARGET, "{line}");
-        } else {
-            log::info!(target: EVENT_LOG_TARGET, "{}", record.text());
-        }
-        // No reader connected is not an error.
-        let _ = self.sender.send(line);
-        Ok(())
-    }
-}
-
-/// Reports every event waiting in the ring buffer.
-fn drain_events(
-    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
-    datapath: &mut Datapath,
-    reporter: &mut EventReporter,
-) -> anyhow::Result<()> {
-    while let Some(item) = ring.next() {
-        if item.len() < size_of::<Event>() {
-            continue;
-        }
-        // SAFETY: the record holds an `Event` as the datapath wrote it; `Event` is plain data for
-        // which every bit pattern is valid, and the read does not assume alignment.
-        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-        drop(item);
-        reporter.report(datapath, &event)?;
-    }
-    Ok(())
-}
-
-/// Log target of the events, which the JSON log format embeds as objects.
-pub const EVENT_LOG_TARGET: &str = "ftpnat::event";
-
-/// Reports window exhaustion once per sweep in which it happened, naming the window and the fix:
-/// the datapath refused data connections (promptly, see the README), and the operator should know.
-#[derive(Default)]
-struct ExhaustionWatch {
-    seen: u64,
-}
-
-impl ExhaustionWatch {
-    fn check(&mut self, pin_dir: &std::path::Path, window: PortWindow) {
-        let Ok(now) = stats::datapath_counter(pin_dir, Counter::WindowExhausted) else {
-            return;
-        };
-        if now > self.seen {
-            log::warn!(
-                "port window {window} ({} ports) exhausted: {} requests for a data port refused \
-                 since the last check ({now} in all); widen it with --port-window",
-                window.len(),
-                now - self.seen
-            );
-        }
-        self.seen = now;
-    }
-}
-
 /// aya-log's level numbering (error = 1 … trace = 5, 0 = nothing), so the kernel side does not
 /// format records the agent would discard.
 fn kernel_log_level(filter: log::LevelFilter) -> u8 {
@@ -680,14 +382,6 @@ fn kernel_log_level(filter: log::LevelFilter) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attempts_to_attach_again_wait_longer_each_time_up_to_a_minute() {
-        assert_eq!(next_delay(Duration::ZERO), Duration::from_secs(1));
-        assert_eq!(next_delay(Duration::from_secs(1)), Duration::from_secs(2));
-        assert_eq!(next_delay(Duration::from_secs(40)), LONGEST_DELAY);
-        assert_eq!(next_delay(LONGEST_DELAY), LONGEST_DELAY);
-    }
 
     #[test]
     fn an_error_after_attaching_detaches_only_what_this_run_attached_unless_told_to() {

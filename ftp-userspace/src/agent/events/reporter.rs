@@ -1,0 +1,114 @@
+//! Reporting: every event of the ring buffer and of the sweep, named by its session, logged,
+//! followed by the transfer log and sent to the event socket's subscribers.
+
+use std::collections::HashMap;
+
+use ftp_common::maps::{Event, EventKind, FlowKey, SessionEntry, SessionKind};
+use tokio::sync::broadcast;
+
+use super::{SharedTransferLog, record::record};
+use crate::{
+    datapath::Datapath,
+    report::sessions::{endpoint, session_id},
+};
+
+/// How many events a slow `ftpnat events` reader may fall behind before it skips some.
+pub const EVENT_BACKLOG: usize = 4096;
+
+/// Logs events and passes them on to `ftpnat events` readers.
+pub struct EventReporter {
+    pub sender: broadcast::Sender<String>,
+    pub ids: SessionIds,
+    pub transfers: SharedTransferLog,
+    pub json: bool,
+}
+
+impl EventReporter {
+    pub fn report(&mut self, datapath: &mut Datapath, event: &Event) -> anyhow::Result<()> {
+        let tables = datapath.state_tables()?;
+        let entry = tables.sessions.get(&event.session, 0).ok();
+        let public = tables
+            .flows
+            .get(&event.session, 0)
+            .ok()
+            .map(|flow| (flow.new_saddr, flow.new_sport));
+        let id = self.ids.id(&event.session, entry.as_ref(), public);
+        if event.kind == EventKind::SessionClosed as u8 {
+            self.ids.forget(&event.session);
+        }
+        let Some(record) = record(event, id) else {
+            return Ok(());
+        };
+        if let Ok(mut transfers) = self.transfers.lock() {
+            transfers.observe(&record, event.ts_ns);
+        }
+        let line = serde_json::to_string(&record)?;
+        if self.json {
+            log::info!(target: EVENT_LOG_TARGET, "{line}");
+        } else {
+            log::info!(target: EVENT_LOG_TARGET, "{}", record.text());
+        }
+        // No reader connected is not an error.
+        let _ = self.sender.send(line);
+        Ok(())
+    }
+}
+
+/// Reports every event waiting in the ring buffer.
+pub fn drain_events(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    datapath: &mut Datapath,
+    reporter: &mut EventReporter,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<Event>() {
+            continue;
+        }
+        // SAFETY: the record holds an `Event` as the datapath wrote it; `Event` is plain data for
+        // which every bit pattern is valid, and the read does not assume alignment.
+        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+        drop(item);
+        reporter.report(datapath, &event)?;
+    }
+    Ok(())
+}
+
+/// Log target of the events, which the JSON log format embeds as objects.
+pub const EVENT_LOG_TARGET: &str = "ftpnat::event";
+
+/// Session ids for events: the same as `ftpnat sessions` shows, remembered from when the session
+/// is first seen until it closes (its flows are gone by then).
+#[derive(Default)]
+pub struct SessionIds {
+    known: HashMap<FlowKey, String>,
+}
+
+impl SessionIds {
+    /// The id of `session`, looking it up in the maps the first time; `public` is the translated
+    /// source of its control connection (masquerade) when known.
+    pub fn id(
+        &mut self,
+        session: &FlowKey,
+        entry: Option<&SessionEntry>,
+        public: Option<([u8; 4], [u8; 2])>,
+    ) -> String {
+        if let Some(id) = self.known.get(session) {
+            return id.clone();
+        }
+        let kind = entry.and_then(|e| SessionKind::from_raw(e.kind));
+        // A session whose control connection is not (or no longer) in the flow table is named by
+        // its client.
+        let id = session_id(session, kind, public)
+            .unwrap_or_else(|| endpoint(session.saddr, session.sport));
+        // Remembered only while the session lives: a late event of a session already gone must
+        // not pin its id on a later session of the same addresses.
+        if entry.is_some() {
+            self.known.insert(*session, id.clone());
+        }
+        id
+    }
+
+    pub fn forget(&mut self, session: &FlowKey) {
+        self.known.remove(session);
+    }
+}

@@ -1,0 +1,53 @@
+//! `ftpnat stats`: the pinned counters of a running agent, as a table or JSON.
+
+use std::path::Path;
+
+use ftp_common::maps::Direction;
+
+use crate::report::stats::collect;
+
+pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let stats = collect(pin_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<5} {:<8} {:>12} {:>16}",
+        "INTERFACE", "ROLE", "HOOK", "PACKETS", "BYTES"
+    );
+    for row in &stats.interfaces {
+        for (hook, counters) in [
+            (Direction::Ingress, &row.ingress),
+            (Direction::Egress, &row.egress),
+        ] {
+            println!(
+                "{:<16} {:<5} {:<8} {:>12} {:>16}",
+                row.name,
+                row.role,
+                hook.as_str(),
+                counters.packets,
+                counters.bytes
+            );
+        }
+    }
+    println!(
+        "{:<16} {:<5} {:<8} {:>12} {:>16}",
+        "total", "", "", stats.total.packets, stats.total.bytes
+    );
+    println!();
+    println!(
+        "sessions {}  connections {}  expectations {}  port window {} ({} ports, {} in use, exhausted {} times)",
+        stats.sessions,
+        stats.flows,
+        stats.expectations,
+        stats.window.range,
+        stats.window.size,
+        stats.window.in_use,
+        stats.window.exhausted
+    );
+    for (name, value) in &stats.datapath {
+        println!("  {name:<28} {value:>12}");
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The datapath's settings: written into a fresh datapath's maps before anything is attached, and
+//! compared with a pinned one's before it is adopted.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context as _, anyhow};
+use aya::maps::{
+    Array, HashMap, Queue,
+    lpm_trie::{Key, LpmTrie},
+};
+use ftp_common::maps::{
+    DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PublishTarget, names,
+};
+
+use super::{Datapath, Interface};
+use crate::config::nat::{Ipv4Prefix, PortWindow, Published};
+
+/// What the datapath translates, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct NatSettings {
+    pub public_ip: std::net::Ipv4Addr,
+    pub masquerade: Vec<Ipv4Prefix>,
+    pub ftp_ports: Vec<u16>,
+    pub window: PortWindow,
+    pub expect_timeout: std::time::Duration,
+    pub max_expectations_per_session: u8,
+    pub allow_privileged_data_ports: bool,
+    pub published: Vec<Published>,
+}
+
+impl Datapath {
+    pub(super) fn configure(
+        &mut self,
+        interfaces: &[Interface],
+        nat: &NatSettings,
+    ) -> anyhow::Result<()> {
+        let config = datapath_config(interfaces, nat)?;
+        let mut array: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        array
+            .set(0, config, 0)
+            .context("writing the datapath config")?;
+
+        let mut trie: LpmTrie<_, [u8; 4], u8> =
+            LpmTrie::try_from(self.map_mut(names::MASQUERADE)?)?;
+        for prefix in &nat.masquerade {
+            trie.insert(&Key::new(u32::from(prefix.len), prefix.addr.octets()), 1, 0)
+                .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
+        }
+
+        let mut publish: HashMap<_, u16, PublishTarget> =
+            HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
+        for published in &nat.published {
+            publish
+                .insert(published.spec.public_port, publish_target(published), 0)
+                .with_context(|| format!("adding published server {}", published.spec))?;
+        }
+
+        let mut free: Queue<_, u16> = Queue::try_from(self.map_mut(names::FREE_PORTS)?)?;
+        for port in nat.window.ports() {
+            free.push(port, 0)
+                .with_context(|| format!("filling the port window with {port}"))?;
+        }
+        Ok(())
+    }
+
+    /// How the settings the pinned maps hold differ from `nat` and `interfaces`, for the operator.
+    pub(super) fn settings_differences(
+        &mut self,
+        interfaces: &[Interface],
+        nat: &NatSettings,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut differences = Vec::new();
+        let wanted = datapath_config(interfaces, nat)?;
+        let config: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        let pinned = config.get(&0, 0).context("reading the pinned config")?;
+        let mut differ = |what: &str, pinned: String, wanted: String| {
+            if pinned != wanted {
+                differences.push(format!("{what} {pinned}, not {wanted}"));
+            }
+        };
+        differ(
+            "public address",
+            Ipv4Addr::from(pinned.public_ip).to_string(),
+            nat.public_ip.to_string(),
+        );
+        differ(
+            "port window",
+            format!("{}-{}", pinned.window_lo, pinned.window_hi),
+            nat.window.to_string(),
+        );
+        differ(
+            "FTP ports",
+            format!("{:?}", ports_of(&pinned.ftp_ports)),
+            format!("{:?}", ports_of(&wanted.ftp_ports)),
+        );
+        differ(
+            "expect timeout",
+            format!("{} s", pinned.expect_timeout_ns / 1_000_000_000),
+            format!("{} s", wanted.expect_timeout_ns / 1_000_000_000),
+        );
+        differ(
+            "expectations per session",
+            pinned.policy().max_outstanding_expectations.to_string(),
+            wanted.policy().max_outstanding_expectations.to_string(),
+        );
+        differ(
+            "privileged data ports",
+            allowed(pinned.allow_privileged_data_ports),
+            allowed(wanted.allow_privileged_data_ports),
+        );
+        differ(
+            "WAN ifindex",
+            pinned.wan_ifindex.to_string(),
+            wanted.wan_ifindex.to_string(),
+        );
+
+        let trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(self.map_mut(names::MASQUERADE)?)?;
+        let mut pinned_prefixes: Vec<String> = trie
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| format!("{}/{}", Ipv4Addr::from(key.data()), key.prefix_len()))
+            .collect();
+        pinned_prefixes.sort();
+        let mut wanted_prefixes: Vec<String> =
+            nat.masquerade.iter().map(ToString::to_string).collect();
+        wanted_prefixes.sort();
+        wanted_prefixes.dedup();
+        differences.extend((pinned_prefixes != wanted_prefixes).then(|| {
+            format!(
+                "masqueraded prefixes [{}], not [{}]",
+                pinned_prefixes.join(", "),
+                wanted_prefixes.join(", ")
+            )
+        }));
+
+        let publish: HashMap<_, u16, PublishTarget> =
+            HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
+        let mut pinned_published: Vec<(u16, PublishTarget)> =
+            publish.iter().filter_map(Result::ok).collect();
+        pinned_published.sort_by_key(|(port, _)| *port);
+        let mut wanted_published: Vec<(u16, PublishTarget)> = nat
+            .published
+            .iter()
+            .map(|p| (p.spec.public_port, publish_target(p)))
+            .collect();
+        wanted_published.sort_by_key(|(port, _)| *port);
+        let show = |list: &[(u16, PublishTarget)]| {
+            list.iter()
+                .map(|(port, t)| {
+                    format!(
+                        "{port}={}:{}",
+                        Ipv4Addr::from(t.server_addr),
+                        u16::from_be_bytes(t.server_port)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if pinned_published != wanted_published {
+            differences.push(format!(
+                "published servers [{}], not [{}]",
+                show(&pinned_published),
+                show(&wanted_published)
+            ));
+        }
+        Ok(differences)
+    }
+
+    pub(super) fn record_interfaces(&mut self, interfaces: &[Interface]) -> anyhow::Result<()> {
+        let mut table: HashMap<_, u32, InterfaceInfo> =
+            HashMap::try_from(self.map_mut(names::INTERFACES)?)?;
+        for interface in interfaces {
+            let info = InterfaceInfo::new(&interface.name, interface.role)
+                .ok_or_else(|| anyhow!("interface name {:?} is too long", interface.name))?;
+            table
+                .insert(interface.ifindex, info, 0)
+                .with_context(|| format!("recording interface {}", interface.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// The datapath's settings as the CONFIG map holds them.
+fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Result<DatapathConfig> {
+    let wan = interfaces
+        .iter()
+        .find(|i| i.role == InterfaceRole::Wan)
+        .ok_or_else(|| anyhow!("no WAN interface"))?;
+    let mut ftp_ports = [0u16; MAX_FTP_PORTS];
+    for (slot, port) in ftp_ports.iter_mut().zip(&nat.ftp_ports) {
+        *slot = *port;
+    }
+    Ok(DatapathConfig {
+        expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
+        allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
+        max_expectations_per_session: nat.max_expectations_per_session,
+        _pad: [0; 2],
+        public_ip: nat.public_ip.octets(),
+        wan_ifindex: wan.ifindex,
+        ftp_ports,
+        window_lo: nat.window.lo,
+        window_hi: nat.window.hi,
+    })
+}
+
+fn allowed(flag: u8) -> String {
+    if flag != 0 { "allowed" } else { "refused" }.to_owned()
+}
+
+fn ports_of(slots: &[u16; MAX_FTP_PORTS]) -> Vec<u16> {
+    let mut ports: Vec<u16> = slots.iter().copied().filter(|p| *p != 0).collect();
+    ports.sort_unstable();
+    ports
+}
+
+fn publish_target(published: &Published) -> PublishTarget {
+    PublishTarget {
+        server_addr: published.spec.server.octets(),
+        server_port: published.spec.server_port.to_be_bytes(),
+        _pad: [0; 2],
+        lan_ifindex: published.lan_ifindex,
+    }
+}

@@ -1,0 +1,174 @@
+//! How ftpnat names and classifies a session, in the same words in `ftpnat sessions`, the metrics
+//! and the event stream.
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use ftp_common::{
+    Session,
+    maps::{FlowEntry, FlowKey, FlowKind, SessionKind, flow_flags},
+};
+
+/// An address and port as the datapath's maps hold them (network byte order), as `ip:port`.
+pub fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
+    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+}
+
+/// A session's identifier, unique while it lives: a masqueraded session's public address and
+/// port (`public`, its control connection's translated source); a published session's client
+/// address and port `@` the published port (all sessions of a published server share its public
+/// endpoint). `None` for a masqueraded session whose public endpoint is not known.
+pub fn session_id(
+    session: &FlowKey,
+    kind: Option<SessionKind>,
+    public: Option<([u8; 4], [u8; 2])>,
+) -> Option<String> {
+    match kind {
+        Some(SessionKind::Publish) => Some(format!(
+            "{}@{}",
+            endpoint(session.saddr, session.sport),
+            u16::from_be_bytes(session.dport)
+        )),
+        _ => public.map(|(addr, port)| endpoint(addr, port)),
+    }
+}
+
+/// Where a session stands, as `ftpnat sessions` and the metrics report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionState {
+    /// Between transfers: commands are read and PORT/EPRT/PASV/EPSV are acted on.
+    Command,
+    /// A transfer is running (from the server's 125/150 to the reply that ends it).
+    Transfer,
+    /// The control channel is under TLS: ftpnat reads nothing of it and opens no data connection.
+    Encrypted,
+    /// The control connection has seen a FIN or RST; the sweep removes it.
+    Closing,
+}
+
+impl SessionState {
+    pub const ALL: [SessionState; 4] = [
+        SessionState::Command,
+        SessionState::Transfer,
+        SessionState::Encrypted,
+        SessionState::Closing,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Command => "command",
+            SessionState::Transfer => "transfer",
+            SessionState::Encrypted => "encrypted",
+            SessionState::Closing => "closing",
+        }
+    }
+
+    /// The state of a session's control channel; `closing`: whether its control connection is
+    /// among the [`closing_sessions`].
+    ///
+    /// Encrypted comes first: ftpnat can help none of those sessions, and an operator counting
+    /// them (to see why data connections fail) wants them all, closing or not. Closing comes
+    /// before transfer because a connection torn down mid-transfer never sees the reply that ends
+    /// the transfer.
+    pub fn of(session: &Session, closing: bool) -> Self {
+        if session.is_encrypted() {
+            SessionState::Encrypted
+        } else if closing {
+            SessionState::Closing
+        } else if session.is_transferring() {
+            SessionState::Transfer
+        } else {
+            SessionState::Command
+        }
+    }
+}
+
+/// The sessions whose control connection has seen a FIN or RST in either direction, from the flow
+/// table's entries (a set, so that classifying every session stays linear in the tables' sizes).
+pub fn closing_sessions<'a>(flows: impl IntoIterator<Item = &'a FlowEntry>) -> HashSet<FlowKey> {
+    flows
+        .into_iter()
+        .filter(|e| {
+            e.kind == FlowKind::Control as u8 && e.flags & (flow_flags::FIN | flow_flags::RST) != 0
+        })
+        .map(|e| e.session)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use ftp_common::{Policy, PolicyContext, maps::FlowDirection};
+
+    use super::*;
+
+    fn ctx() -> PolicyContext {
+        PolicyContext {
+            client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
+            server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            policy: Policy::new(),
+        }
+    }
+
+    fn flow(session: FlowKey, kind: FlowKind, flags: u8) -> FlowEntry {
+        FlowEntry {
+            packets: 0,
+            bytes: 0,
+            last_seen_ns: 0,
+            session,
+            new_saddr: [0; 4],
+            new_daddr: [0; 4],
+            out_ifindex: 0,
+            new_sport: [0; 2],
+            new_dport: [0; 2],
+            public_port: 0,
+            kind: kind as u8,
+            direction: FlowDirection::Original as u8,
+            flags,
+            _pad: [0; 7],
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            saddr: [10, 0, 0, 2],
+            daddr: [192, 0, 2, 10],
+            sport: port.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        }
+    }
+
+    #[test]
+    fn session_state_follows_the_control_channel() {
+        let mut session = Session::new();
+        assert_eq!(SessionState::of(&session, false), SessionState::Command);
+        session.on_server_line(b"150 Opening data connection\r\n", &ctx());
+        assert_eq!(SessionState::of(&session, false), SessionState::Transfer);
+        assert_eq!(SessionState::of(&session, true), SessionState::Closing);
+        session.on_server_line(b"226 Transfer complete\r\n", &ctx());
+        assert_eq!(SessionState::of(&session, false), SessionState::Command);
+        session.on_server_line(b"234 Proceed with negotiation\r\n", &ctx());
+        assert_eq!(SessionState::of(&session, false), SessionState::Encrypted);
+        assert_eq!(SessionState::of(&session, true), SessionState::Encrypted);
+    }
+
+    #[test]
+    fn only_a_control_connection_s_fin_or_rst_closes_a_session() {
+        let flows = [
+            flow(key(1), FlowKind::Control, flow_flags::FIN),
+            flow(
+                key(2),
+                FlowKind::Control,
+                flow_flags::RST | flow_flags::ESTABLISHED,
+            ),
+            flow(key(3), FlowKind::Data, flow_flags::FIN),
+            flow(
+                key(4),
+                FlowKind::Control,
+                flow_flags::ESTABLISHED | flow_flags::OWNS_PORT,
+            ),
+        ];
+        let closing = closing_sessions(&flows);
+        assert_eq!(closing, HashSet::from([key(1), key(2)]));
+    }
+}
