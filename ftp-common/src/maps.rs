@@ -722,8 +722,7 @@ pub struct Expectation {
 /// Slots of the [`names::REASONS`] array: 16 for refusals, then 16 for unparseable lines.
 pub const REASON_SLOTS: u32 = 32;
 
-/// The [`names::REASONS`] slot of a refusal: its [`crate::RefusalReason`] code, or 0 for a 227/229
-/// nobody asked for.
+/// The [`names::REASONS`] slot of a refusal: its [`crate::RefusalReason`] code.
 pub const fn refusal_slot(code: u8) -> u32 {
     code as u32 & 15
 }

@@ -61,7 +61,7 @@ impl MalformedReason {
         MalformedReason::BadEpsvArgument,
     ];
 
-    /// The numeric code (1-based, stable).
+    /// The numeric code (stable).
     #[inline(always)]
     pub const fn code(self) -> u32 {
         self as u32
@@ -115,6 +115,8 @@ impl MalformedReason {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RefusalReason {
+    /// A 227/229 that answers no PASV/EPSV (or answers the other one): nothing asked for it.
+    UnsolicitedReply = 0,
     /// PORT/EPRT names an address other than the control connection's client (the FTP bounce
     /// attack, RFC 2577 section 3).
     Bounce = 1,
@@ -134,7 +136,8 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, in code order.
-    pub const ALL: [RefusalReason; 6] = [
+    pub const ALL: [RefusalReason; 7] = [
+        RefusalReason::UnsolicitedReply,
         RefusalReason::Bounce,
         RefusalReason::PassiveAddressMismatch,
         RefusalReason::PrivilegedPort,
@@ -152,6 +155,7 @@ impl RefusalReason {
     /// The reason with this code, if any.
     pub const fn from_code(code: u32) -> Option<Self> {
         Some(match code {
+            0 => RefusalReason::UnsolicitedReply,
             1 => RefusalReason::Bounce,
             2 => RefusalReason::PassiveAddressMismatch,
             3 => RefusalReason::PrivilegedPort,
@@ -165,6 +169,7 @@ impl RefusalReason {
     /// A short snake_case name for logs and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
+            RefusalReason::UnsolicitedReply => "unsolicited_reply",
             RefusalReason::Bounce => "bounce",
             RefusalReason::PassiveAddressMismatch => "passive_address_mismatch",
             RefusalReason::PrivilegedPort => "privileged_port",
@@ -195,13 +200,12 @@ mod tests {
     #[test]
     fn refusal_codes_round_trip_and_names_are_distinct() {
         for (index, reason) in RefusalReason::ALL.iter().enumerate() {
-            assert_eq!(reason.code() as usize, index + 1);
+            assert_eq!(reason.code() as usize, index);
             assert_eq!(RefusalReason::from_code(reason.code()), Some(*reason));
             for other in &RefusalReason::ALL[index + 1..] {
                 assert_ne!(reason.as_str(), other.as_str());
             }
         }
-        assert_eq!(RefusalReason::from_code(0), None);
         assert_eq!(RefusalReason::from_code(7), None);
     }
 }

@@ -6,7 +6,8 @@
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use ftp_common::{
-    ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, PolicyContext, ServerVerdict,
+    ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, PolicyContext, RefusalReason,
+    ServerVerdict,
     maps::{
         Counter, EventKind, ExpectationKind, SESSION_USER_LEN, SessionEntry, SessionKind,
         malformed_slot, refusal_slot, rewrite_kind,
@@ -227,9 +228,6 @@ fn report(scan: &Scan, kind: EventKind, detail: u8) {
     crate::events::emit(&scan.session_key, kind, detail, [0; 4], 0);
 }
 
-/// Refusal detail for a 227/229 nobody asked for (outside the `RefusalReason` codes).
-const UNSOLICITED_REPLY: u8 = 0;
-
 #[inline(always)]
 fn on_server_verdict(
     scan: &mut Scan,
@@ -288,7 +286,11 @@ fn on_server_verdict(
         ServerVerdict::Unsolicited { .. } => {
             session.refusals += 1;
             bump(Counter::Refusals);
-            report(scan, EventKind::Refused, UNSOLICITED_REPLY);
+            report(
+                scan,
+                EventKind::Refused,
+                RefusalReason::UnsolicitedReply as u8,
+            );
         }
         ServerVerdict::TlsStarted => report(scan, EventKind::TlsStarted, 0),
         _ => {}

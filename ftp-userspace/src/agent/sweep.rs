@@ -10,7 +10,7 @@ use ftp_common::maps::{
     Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags,
 };
 
-use crate::datapath::maps::{StateTables, reply_key_of};
+use crate::datapath::maps::StateTables;
 
 /// How long a connection may stay in each state before it is removed.
 #[derive(Debug, Clone, Copy)]
@@ -120,7 +120,7 @@ pub fn sweep(
         if entry.direction != FlowDirection::Original as u8 {
             continue;
         }
-        let reply_key = reply_key_of(entry);
+        let reply_key = entry.reply_key();
         let reply = entries.get(&reply_key);
         if !expired(entry, reply, now_ns, policy) {
             continue;
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn reply_key_is_the_translated_packet_reversed() {
         let original = entry(FlowKind::Control, FlowDirection::Original, 0, 0);
-        let reply = reply_key_of(&original);
+        let reply = original.reply_key();
         assert_eq!(reply.saddr, [203, 0, 113, 10]);
         assert_eq!(reply.daddr, [203, 0, 113, 254]);
         assert_eq!(reply.sport, 21u16.to_be_bytes());

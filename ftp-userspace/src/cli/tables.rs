@@ -11,10 +11,7 @@ use serde::Serialize;
 
 use super::render::{emit, print_table, printable, seconds};
 use crate::{
-    datapath::{
-        clock::monotonic_now_ns,
-        maps::{PinnedMaps, reply_key_of},
-    },
+    datapath::{clock::monotonic_now_ns, maps::PinnedMaps},
     report::sessions::{SessionState, closing_sessions, endpoint, session_id},
 };
 
@@ -201,7 +198,7 @@ pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
         .iter()
         .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
         .map(|(key, e)| {
-            let reply_key = reply_key_of(e);
+            let reply_key = e.reply_key();
             let reply = tables.flows.get(&reply_key);
             FlowRow {
                 session: tables.id_of(&e.session),

@@ -119,13 +119,3 @@ impl<'a> PinnedMaps<'a> {
 pub fn summed(array: &PerCpuArray<MapData, u64>, slot: u32) -> anyhow::Result<u64> {
     Ok(array.get(&slot, 0)?.iter().sum())
 }
-
-/// The reply-direction key of an original-direction entry: the translated packet, reversed.
-pub fn reply_key_of(original: &FlowEntry) -> FlowKey {
-    FlowKey {
-        saddr: original.new_daddr,
-        daddr: original.new_saddr,
-        sport: original.new_dport,
-        dport: original.new_sport,
-    }
-}

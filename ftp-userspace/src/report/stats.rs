@@ -76,9 +76,6 @@ pub struct Stats {
     pub flows_by: BTreeMap<&'static str, usize>,
 }
 
-/// The refusal reason of a 227/229 nobody asked for (not a policy `RefusalReason`).
-pub const UNSOLICITED_REPLY: &str = "unsolicited_reply";
-
 pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     let maps = PinnedMaps::new(pin_dir);
     let traffic = maps.traffic()?;
@@ -133,8 +130,7 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     }
     let reasons = maps.reasons()?;
     let reason_count = |slot: u32| summed(&reasons, slot);
-    let mut refusals_by_reason =
-        BTreeMap::from([(UNSOLICITED_REPLY, reason_count(refusal_slot(0))?)]);
+    let mut refusals_by_reason = BTreeMap::new();
     for reason in RefusalReason::ALL {
         refusals_by_reason.insert(reason.as_str(), reason_count(refusal_slot(reason as u8))?);
     }

@@ -138,11 +138,8 @@ pub fn record(event: &Event, session: String) -> Option<EventRecord> {
             record.endpoint = at;
         }
         EventKind::Refused => {
-            record.reason = Some(
-                RefusalReason::from_code(u32::from(event.detail))
-                    .map_or("unsolicited reply", RefusalReason::as_str)
-                    .to_owned(),
-            );
+            record.reason =
+                RefusalReason::from_code(u32::from(event.detail)).map(|r| r.as_str().to_owned());
         }
         EventKind::Malformed => {
             record.reason =
@@ -219,7 +216,7 @@ mod tests {
             Some(RefusalReason::Bounce.as_str())
         );
         let unsolicited = record(&raw(EventKind::Refused, 0, b""), "s".into()).unwrap();
-        assert_eq!(unsolicited.reason.as_deref(), Some("unsolicited reply"));
+        assert_eq!(unsolicited.reason.as_deref(), Some("unsolicited_reply"));
         let reply = record(&raw(EventKind::PassiveReply, 27, b""), "s".into()).unwrap();
         assert_eq!(reply.kind.as_deref(), Some("227"));
         assert_eq!(reply.endpoint.as_deref(), Some("203.0.113.254:62000"));
