@@ -113,6 +113,16 @@ fn stale_namespaces_of_a_prefix_are_removed_and_no_others() {
         .args(["netns", "exec", &stale[1], "sleep", "600"])
         .spawn()
         .expect("a process in a stale namespace");
+    // `ip netns exec` enters the namespace after it starts: until it has, there is nothing in the
+    // namespace to kill (on a loaded machine this once let the sleeper escape the check).
+    let pid = sleeper.id().to_string();
+    wait_until(Duration::from_secs(10), || {
+        let out = run("ip", &["netns", "pids", &stale[1]]).expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|line| line.trim() == pid)
+    })
+    .expect("the sleeper entered its namespace");
 
     let mut removed = remove_stale(&prefix).expect("remove_stale");
     removed.sort();
