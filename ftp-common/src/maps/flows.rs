@@ -151,6 +151,14 @@ mod tests {
     use super::*;
     use core::mem::size_of;
 
+    /// A masqueraded client's control connection, 10.0.0.2:40000 -> 203.0.113.10:21.
+    const CLIENT_TO_SERVER: FlowKey = FlowKey {
+        saddr: [10, 0, 0, 2],
+        daddr: [203, 0, 113, 10],
+        sport: 40000u16.to_be_bytes(),
+        dport: 21u16.to_be_bytes(),
+    };
+
     /// The tuple a packet with `key` carries after `entry`'s translation.
     fn translated(entry: &FlowEntry) -> FlowKey {
         FlowKey {
@@ -169,13 +177,8 @@ mod tests {
 
     #[test]
     fn a_reply_comes_back_to_the_connections_own_tuple() {
-        // A masqueraded client 10.0.0.2:40000 -> 203.0.113.10:21 behind 198.51.100.1:61000.
-        let key = FlowKey {
-            saddr: [10, 0, 0, 2],
-            daddr: [203, 0, 113, 10],
-            sport: 40000u16.to_be_bytes(),
-            dport: 21u16.to_be_bytes(),
-        };
+        // The client's connection leaves behind 198.51.100.1:61000.
+        let key = CLIENT_TO_SERVER;
         let original = FlowEntry {
             packets: 0,
             bytes: 0,
@@ -221,12 +224,7 @@ mod tests {
 
     #[test]
     fn flow_key_reversal_swaps_ends_and_is_an_involution() {
-        let key = FlowKey {
-            saddr: [10, 0, 0, 2],
-            daddr: [203, 0, 113, 10],
-            sport: 40000u16.to_be_bytes(),
-            dport: 21u16.to_be_bytes(),
-        };
+        let key = CLIENT_TO_SERVER;
         let back = key.reversed();
         assert_eq!(back.saddr, key.daddr);
         assert_eq!(back.daddr, key.saddr);
