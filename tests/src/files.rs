@@ -9,6 +9,9 @@ use std::{
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 
+/// A mebibyte, the unit the tests size their files in.
+pub const MIB: u64 = 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct TestFile {
     pub path: PathBuf,

@@ -14,7 +14,7 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
@@ -32,6 +32,20 @@ use crate::{
 /// `ftpnat_lab.py`, the Python module the test scripts share.
 const PYTHON_HELPERS: &str = r#"
 import ftplib, hashlib, socket
+
+def login(server, timeout=20):
+    """An anonymous session with `server` on port 21."""
+    ftp = ftplib.FTP()
+    ftp.connect(server, 21, timeout=timeout)
+    ftp.login()
+    return ftp
+
+def retr_digest(ftp, name):
+    """RETR `name` in the session's mode (passive unless told otherwise): the sha256 of what
+    arrived."""
+    digest = hashlib.sha256()
+    ftp.retrbinary('RETR ' + name, digest.update)
+    return digest.hexdigest()
 
 def session_with_listener(server):
     """An anonymous session with `server` on port 21, binary, with Nagle off (each send leaves as
@@ -372,18 +386,54 @@ impl Lab {
     /// Starts `ftpnat run` on the router for the lab's interfaces, with its pins in the lab's
     /// bpffs, and waits until it reports its programs attached.
     pub fn start_ftpnat(&self, extra_args: &[&str]) -> anyhow::Result<Agent> {
-        let pin_dir = self.pin_dir()?;
-        let mut args = vec![
-            "run".to_owned(),
-            "--wan".to_owned(),
-            ROUTER_WAN_IF.to_owned(),
-            "--lan".to_owned(),
-            ROUTER_LAN_IF.to_owned(),
-            "--pin-dir".to_owned(),
-            pin_dir.to_string_lossy().into_owned(),
-        ];
-        args.extend(extra_args.iter().map(|s| (*s).to_owned()));
-        Agent::start(self, &args)
+        Agent::start(self, &ftpnat_run_args(&self.pin_dir()?, extra_args))
+    }
+
+    /// `ftpnat run` on the router for the lab's interfaces, with its pins in `pin_dir` and
+    /// `extra_args`, run to its end: for a start that must fail. Returns its exit status and what
+    /// it printed on stderr.
+    pub fn run_ftpnat_to_end(&self, pin_dir: &Path, extra_args: &[&str]) -> (ExitStatus, String) {
+        let args = ftpnat_run_args(pin_dir, extra_args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let bin = crate::agent::ftpnat_bin().expect("the ftpnat binary");
+        let out = self
+            .in_router(&bin.to_string_lossy(), &args)
+            .output()
+            .expect("ftpnat run");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `ftpnat detach` with the lab's pin dir, which must succeed: what it printed.
+    pub fn detach(&self) -> String {
+        let out = self.ftpnat(&["detach"]).expect("ftpnat detach");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "ftpnat detach failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// A PPPoE link going down under a running `agent`: deletes the router's WAN interface and
+    /// waits until the agent says that it lost its programs there and waits for the interface to
+    /// come back; panics with the agent's log if it does not.
+    pub fn lose_wan_under(&self, agent: &Agent) {
+        self.delete_wan().expect("deleting wan0");
+        let waiting = wait_until(Duration::from_secs(20), || {
+            agent
+                .log_text()
+                .contains("attaching again once the interfaces are all there")
+        });
+        let log = agent.log_text();
+        assert!(waiting.is_ok(), "the agent did not notice wan0 go:\n{log}");
+        assert!(
+            log.contains("wan0 (ifindex") && log.contains("lost ftpnat's programs"),
+            "{log}"
+        );
     }
 
     /// Runs an ftpnat command (e.g. `stats --json`) on the router, with the lab's pin dir.
@@ -398,7 +448,7 @@ impl Lab {
 
     /// Runs an ftpnat command with `--json` on the router and parses its output; an error carries
     /// its stderr.
-    pub fn ftpnat_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    pub fn try_ftpnat_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         let mut full = args.to_vec();
         full.push("--json");
         let out = self.ftpnat(&full)?;
@@ -410,6 +460,72 @@ impl Lab {
             );
         }
         serde_json::from_slice(&out.stdout).context("ftpnat's JSON")
+    }
+
+    /// [`Lab::try_ftpnat_json`] for a report the test needs (`&["stats"]`, `&["sessions", id]`):
+    /// panics with ftpnat's error if it fails.
+    pub fn ftpnat_json(&self, args: &[&str]) -> serde_json::Value {
+        self.try_ftpnat_json(args)
+            .unwrap_or_else(|err| panic!("{err:#}"))
+    }
+
+    /// The datapath counter `name` of `ftpnat stats --json`.
+    pub fn datapath_counter(&self, name: &str) -> u64 {
+        let stats = self.ftpnat_json(&["stats"]);
+        stats["datapath"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no datapath counter {name}: {stats}"))
+    }
+
+    /// A passive (PASV) curl download of `file` from `server` into `local`, from the client
+    /// namespace, with curl's `options` (such as `-u USER:PASSWORD`): curl's output, whatever it
+    /// was.
+    pub fn curl_passive(
+        &self,
+        server: &crate::FtpServer,
+        file: &crate::TestFile,
+        local: &Path,
+        options: &[&str],
+    ) -> anyhow::Result<Output> {
+        let url = format!("ftp://{}/{}", server.addr, file.name());
+        let local = local.to_string_lossy();
+        let mut args = vec!["-sS", "--fail", "--disable-epsv"];
+        args.extend_from_slice(options);
+        args.extend(["-o", &local, &url]);
+        Ok(self.client.command("curl", &args).output()?)
+    }
+
+    /// [`Lab::curl_passive`] limited to `rate` (curl's `--limit-rate`, such as `10M`), so that
+    /// the download lasts while the test acts on the router; checked by sha256. An error carries
+    /// curl's stderr.
+    pub fn curl_slowly(
+        &self,
+        server: &crate::FtpServer,
+        file: &crate::TestFile,
+        rate: &str,
+        local: &Path,
+    ) -> anyhow::Result<()> {
+        let options = ["--limit-rate", rate, "--max-time", "120"];
+        let out = self.curl_passive(server, file, local, &options)?;
+        if !out.status.success() {
+            bail!("curl: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if crate::files::sha256_of(local)? != file.sha256 {
+            bail!("{} differs from {}", local.display(), file.path.display());
+        }
+        Ok(())
+    }
+
+    /// An agent gone mid-transfer: waits (up to 20 s) until `ftpnat flows` lists a data
+    /// connection, then kills `agent` with SIGKILL.
+    pub fn kill_agent_once_data_flows(&self, agent: &mut Agent) {
+        let flowing = wait_until(Duration::from_secs(20), || {
+            self.ftpnat_json(&["flows"])
+                .as_array()
+                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
+        });
+        assert!(flowing.is_ok(), "the data connection never opened");
+        agent.stop_with(libc::SIGKILL).expect("kill -9");
     }
 
     /// Downloads `file` from `server` with curl in `mode` from the client namespace, and checks
@@ -758,6 +874,24 @@ impl TcFilter {
             program_id: after("id")?.parse().ok()?,
         })
     }
+}
+
+/// The arguments of `ftpnat run` for the lab's interfaces, its pins in `pin_dir`, then `extra`.
+pub fn ftpnat_run_args(pin_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let pin_dir = pin_dir.to_string_lossy();
+    [
+        "run",
+        "--wan",
+        ROUTER_WAN_IF,
+        "--lan",
+        ROUTER_LAN_IF,
+        "--pin-dir",
+        &pin_dir,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|arg| (*arg).to_owned())
+    .collect()
 }
 
 /// Polls `ready` every 20 ms until it holds or `limit` passes.

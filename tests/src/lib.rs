@@ -8,12 +8,13 @@ pub mod capture;
 pub mod clients;
 pub mod files;
 pub mod lab;
+pub mod masquerade;
 pub mod netns;
 pub mod servers;
 
 pub use agent::Agent;
 pub use capture::TcpSegment;
 pub use clients::{Client, Mode, Transfer};
-pub use files::TestFile;
+pub use files::{MIB, TestFile};
 pub use lab::{Lab, LabSpec, Routing};
 pub use servers::FtpServer;

@@ -189,6 +189,11 @@ impl FtpServer {
     }
 }
 
+/// An address as PORT and 227 write it: `10,0,0,2`.
+pub fn commas(addr: Ipv4Addr) -> String {
+    addr.octets().map(|o| o.to_string()).join(",")
+}
+
 /// The FTP dialogue in a vsftpd log (`log_ftp_protocol=YES`): each command the server received
 /// as `"> PORT 203,0,113,254,238,72"`, each reply it sent as `"< 200 PORT command successful.
 /// Consider using PASV."`. What the server received is what crossed the router. Sessions that ran

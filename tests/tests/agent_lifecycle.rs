@@ -14,7 +14,7 @@ use aya::maps::{Map, MapData, Queue};
 use ftpnat_tests::{
     Agent, Lab, LabSpec, Mode, Routing,
     agent::ftpnat_bin,
-    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, ftpnat_run_args, wait_until},
 };
 use serde_json::Value;
 
@@ -24,11 +24,6 @@ fn routed_lab() -> Lab {
         ..LabSpec::default()
     })
     .expect("lab")
-}
-
-fn stats_json(lab: &Lab) -> Value {
-    lab.ftpnat_json(&["stats"])
-        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 fn counter(stats: &Value, iface: &str, hook: &str, field: &str) -> u64 {
@@ -56,7 +51,7 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     // The router's counters are read before the server's and after them at the end, so that a
     // packet crossing between two reads (an IPv6 router solicitation, ARP) can only add to
     // wan0's count: the comparison below stays one-sided.
-    let before = stats_json(&lab);
+    let before = lab.ftpnat_json(&["stats"]);
     let server_rx_before = Lab::rx_packets(&lab.server, HOST_IF).expect("server counters");
     for mode in [Mode::Port, Mode::Pasv] {
         lab.curl_from_client(&server, &file, mode)
@@ -64,7 +59,7 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     }
     let server_rx =
         Lab::rx_packets(&lab.server, HOST_IF).expect("server counters") - server_rx_before;
-    let after = stats_json(&lab);
+    let after = lab.ftpnat_json(&["stats"]);
 
     // Everything the server received left the router through wan0's egress.
     let wan_out = counter(&after, ROUTER_WAN_IF, "egress", "packets")
@@ -117,17 +112,6 @@ fn nothing_attached(lab: &Lab) -> bool {
         .all(|iface| lab.router_tc_programs(iface).unwrap().is_empty())
 }
 
-fn detach(lab: &Lab) -> String {
-    let out = lab.ftpnat(&["detach"]).expect("ftpnat detach");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ftpnat detach failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
     let lab = routed_lab();
@@ -152,9 +136,9 @@ fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
         both_hooks_attached(&lab),
         "a restart must not interrupt the datapath"
     );
-    stats_json(&lab);
+    lab.ftpnat_json(&["stats"]);
 
-    assert!(detach(&lab).contains("removed 4 links"));
+    assert!(lab.detach().contains("removed 4 links"));
     assert!(nothing_attached(&lab));
     assert!(
         !pin_dir.exists(),
@@ -165,7 +149,7 @@ fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
     let out = lab.ftpnat(&["stats"]).expect("ftpnat stats");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `ftpnat run` running"));
-    assert!(detach(&lab).contains("nothing to detach"));
+    assert!(lab.detach().contains("nothing to detach"));
 }
 
 #[test]
@@ -229,10 +213,13 @@ fn killed_agent_keeps_forwarding_and_the_next_run_adopts_it() {
         both_hooks_attached(&lab),
         "adoption swaps programs in place, never adds any"
     );
-    assert_eq!(stats_json(&lab)["window"]["range"], "61000-61099");
+    assert_eq!(
+        lab.ftpnat_json(&["stats"])["window"]["range"],
+        "61000-61099"
+    );
     let (status, log) = again.stop().expect("stop");
     assert!(status.success(), "{status}:\n{log}");
-    detach(&lab);
+    lab.detach();
     assert!(nothing_attached(&lab));
 }
 
@@ -246,7 +233,7 @@ fn datapath_of_another_version_is_refused_until_detached() {
     assert!(message.contains("another ftpnat version"), "{message}");
     assert!(message.contains("ftpnat detach --pin-dir"), "{message}");
     assert!(nothing_attached(&lab));
-    detach(&lab);
+    lab.detach();
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run after detach");
     assert!(both_hooks_attached(&lab));
 }
@@ -287,16 +274,8 @@ fn second_agent_on_the_same_interfaces_is_refused_and_the_first_keeps_running() 
     let lab = routed_lab();
     let _first = lab.start_ftpnat(&[]).expect("ftpnat run");
     let other_pins = lab.pin_dir().unwrap().with_file_name("second");
-    let out = lab
-        .in_router(
-            &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
-            &["run", "--wan", ROUTER_WAN_IF, "--lan", ROUTER_LAN_IF],
-        )
-        .args(["--pin-dir", &other_pins.to_string_lossy()])
-        .output()
-        .expect("second ftpnat run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (status, stderr) = lab.run_ftpnat_to_end(&other_pins, &[]);
+    assert!(!status.success());
     assert!(
         stderr.contains("another `ftpnat run` manages it"),
         "{stderr}"
@@ -323,16 +302,8 @@ fn second_agent_on_the_same_interfaces_is_refused_and_the_first_keeps_running() 
 fn pin_dir_outside_bpffs_is_refused_with_the_fix() {
     let lab = routed_lab();
     let not_bpffs = lab.dir().join("plain-dir/ftpnat");
-    let out = lab
-        .in_router(
-            &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
-            &["run", "--wan", ROUTER_WAN_IF, "--lan", ROUTER_LAN_IF],
-        )
-        .args(["--pin-dir", &not_bpffs.to_string_lossy()])
-        .output()
-        .expect("ftpnat run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (status, stderr) = lab.run_ftpnat_to_end(&not_bpffs, &[]);
+    assert!(!status.success());
     assert!(stderr.contains("mount -t bpf"), "{stderr}");
     assert!(lab.router_tc_programs(ROUTER_WAN_IF).unwrap().is_empty());
     assert!(
@@ -347,19 +318,11 @@ fn run_wrapped(lab: &Lab, wrapper: &[&str]) -> Output {
     let pin_dir = lab.pin_dir().expect("pin dir");
     let bin = ftpnat_bin().expect("ftpnat binary");
     let bin = bin.to_string_lossy();
-    let pin_dir = pin_dir.to_string_lossy();
+    let run = ftpnat_run_args(&pin_dir, &[]);
     let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
     let mut args = wrapper_args.to_vec();
-    args.extend([
-        &*bin,
-        "run",
-        "--wan",
-        ROUTER_WAN_IF,
-        "--lan",
-        ROUTER_LAN_IF,
-        "--pin-dir",
-        &*pin_dir,
-    ]);
+    args.push(&bin);
+    args.extend(run.iter().map(String::as_str));
     lab.in_router(program, &args)
         .env("RUST_LOG", "info")
         .output()
@@ -538,7 +501,7 @@ fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
         both_hooks_attached(&lab),
         "a previous run's datapath was removed:\n{log}"
     );
-    stats_json(&lab);
+    lab.ftpnat_json(&["stats"]);
 
     let mut told_to_detach = lab
         .start_ftpnat(&["--port-window", WINDOW, "--detach-on-exit"])
@@ -572,18 +535,7 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     download();
 
-    lab.delete_wan().expect("deleting wan0");
-    let waiting = wait_until(Duration::from_secs(20), || {
-        agent
-            .log_text()
-            .contains("attaching again once the interfaces are all there")
-    });
-    let log = agent.log_text();
-    assert!(waiting.is_ok(), "the agent did not notice wan0 go:\n{log}");
-    assert!(
-        log.contains("wan0 (ifindex") && log.contains("lost ftpnat's programs"),
-        "{log}"
-    );
+    lab.lose_wan_under(&agent);
     assert!(
         lab.router_tc_programs(ROUTER_LAN_IF).unwrap().is_empty(),
         "lan0 kept programs that lead to a WAN that is gone"

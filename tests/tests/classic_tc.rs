@@ -8,14 +8,9 @@
 use std::time::Duration;
 
 use ftpnat_tests::{
-    Agent, Lab, LabSpec, Mode,
-    agent::ftpnat_bin,
-    files::assert_same_content,
+    Agent, Lab, LabSpec, MIB, Mode,
     lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, TcFilter, wait_until},
 };
-use serde_json::Value;
-
-const MIB: u64 = 1024 * 1024;
 
 fn netlink_agent(lab: &Lab, extra: &[&str]) -> anyhow::Result<Agent> {
     let mut args = vec!["--tc-attach", "netlink"];
@@ -48,46 +43,6 @@ fn no_filters(lab: &Lab) -> bool {
     [ROUTER_LAN_IF, ROUTER_WAN_IF].iter().all(|iface| {
         filters(lab, iface).is_empty() && lab.router_tc_programs(iface).unwrap().is_empty()
     })
-}
-
-fn json(lab: &Lab, command: &str) -> Value {
-    lab.ftpnat_json(&[command])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
-
-fn detach(lab: &Lab) -> String {
-    let out = lab.ftpnat(&["detach"]).expect("ftpnat detach");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ftpnat detach failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// `ftpnat run` on the lab's interfaces with its own pin dir `pin_dir` and `extra` flags, to its
-/// end: (success, stderr).
-fn run_to_end(lab: &Lab, pin_dir: &std::path::Path, extra: &[&str]) -> (bool, String) {
-    let mut args = vec![
-        "run",
-        "--wan",
-        ROUTER_WAN_IF,
-        "--lan",
-        ROUTER_LAN_IF,
-        "--pin-dir",
-    ];
-    let pin_dir = pin_dir.to_string_lossy();
-    args.push(&pin_dir);
-    args.extend_from_slice(extra);
-    let out = lab
-        .in_router(&ftpnat_bin().unwrap().to_string_lossy(), &args)
-        .output()
-        .expect("ftpnat run");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -123,7 +78,7 @@ fn classic_tc_carries_transfers_refuses_a_second_agent_and_detach_removes_every_
         lab.curl_from_client(&server, &file, mode)
             .unwrap_or_else(|err| panic!("{err:#}"));
     }
-    let stats = json(&lab, "stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     let wan = stats["interfaces"]
         .as_array()
         .and_then(|rows| rows.iter().find(|row| row["name"] == ROUTER_WAN_IF))
@@ -136,8 +91,8 @@ fn classic_tc_carries_transfers_refuses_a_second_agent_and_detach_removes_every_
     // Another agent, with another pin dir, finds the filters whichever way it would attach.
     let other_pins = lab.pin_dir().unwrap().with_file_name("second");
     for mechanism in ["auto", "netlink"] {
-        let (ok, stderr) = run_to_end(&lab, &other_pins, &["--tc-attach", mechanism]);
-        assert!(!ok, "a second agent ({mechanism}) started");
+        let (status, stderr) = lab.run_ftpnat_to_end(&other_pins, &["--tc-attach", mechanism]);
+        assert!(!status.success(), "a second agent ({mechanism}) started");
         assert!(
             stderr.contains("another `ftpnat run` manages it")
                 && stderr.contains("through classic TC filters"),
@@ -158,7 +113,7 @@ fn classic_tc_carries_transfers_refuses_a_second_agent_and_detach_removes_every_
     lab.curl_from_client(&server, &file, Mode::Pasv)
         .unwrap_or_else(|err| panic!("no agent, the filters still carry transfers: {err:#}"));
 
-    let removed = detach(&lab);
+    let removed = lab.detach();
     assert!(removed.contains("removed 4 TC filters"), "{removed}");
     assert!(no_filters(&lab), "{:?}", filters(&lab, ROUTER_WAN_IF));
     assert!(!lab.pin_dir().unwrap().exists());
@@ -181,35 +136,9 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
     let mut agent = netlink_agent(&lab, &[]).expect("ftpnat run");
     let first = filters(&lab, ROUTER_WAN_IF);
     let local = lab.subdir("client").expect("client dir").join("big.bin");
-    let url = format!("ftp://{}/{}", server.addr, file.name());
     std::thread::scope(|scope| {
-        let transfer = scope.spawn(|| {
-            lab.client
-                .command(
-                    "curl",
-                    &[
-                        "-sS",
-                        "--fail",
-                        "--disable-epsv",
-                        "--limit-rate",
-                        "5M",
-                        "--max-time",
-                        "120",
-                        "-o",
-                        &local.to_string_lossy(),
-                        &url,
-                    ],
-                )
-                .output()
-                .expect("curl")
-        });
-        let flowing = wait_until(Duration::from_secs(20), || {
-            json(&lab, "flows")
-                .as_array()
-                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
-        });
-        assert!(flowing.is_ok(), "the data connection never opened");
-        agent.stop_with(libc::SIGKILL).expect("kill -9");
+        let transfer = scope.spawn(|| lab.curl_slowly(&server, &file, "5M", &local));
+        lab.kill_agent_once_data_flows(&mut agent);
 
         // Another mechanism would leave these filters behind and attach twice: refused, the
         // datapath untouched.
@@ -238,24 +167,21 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
             );
             assert_ne!(old.program_id, new.program_id, "{old:?} kept its program");
         }
-        let sessions = json(&lab, "sessions");
+        let sessions = lab.ftpnat_json(&["sessions"]);
         let session = sessions
             .as_array()
             .and_then(|s| s.first())
             .unwrap_or_else(|| panic!("no session after adoption: {sessions}"));
         assert!(session["data_flows"].as_u64().unwrap() >= 1, "{sessions}");
 
-        let out = transfer.join().expect("transfer thread");
-        assert!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_same_content(&local, &file);
+        transfer
+            .join()
+            .expect("transfer thread")
+            .unwrap_or_else(|err| panic!("{err:#}"));
         let (status, log) = again.stop().expect("stop");
         assert!(status.success(), "{status}:\n{log}");
     });
-    detach(&lab);
+    lab.detach();
     assert!(no_filters(&lab));
 }
 
@@ -269,8 +195,8 @@ fn classic_tc_failed_start_leaves_no_filter() {
         .exec("tc", &["qdisc", "add", "dev", ROUTER_LAN_IF, "ingress"])
         .expect("an ingress qdisc on lan0");
     let pin_dir = lab.pin_dir().expect("pin dir");
-    let (ok, stderr) = run_to_end(&lab, &pin_dir, &["--tc-attach", "netlink"]);
-    assert!(!ok, "ftpnat run started");
+    let (status, stderr) = lab.run_ftpnat_to_end(&pin_dir, &["--tc-attach", "netlink"]);
+    assert!(!status.success(), "ftpnat run started");
     assert!(
         stderr.contains("interface 'lan0' has an 'ingress' qdisc")
             && stderr.contains("tc qdisc del dev lan0 ingress"),
@@ -299,18 +225,7 @@ fn classic_tc_interface_created_again_gets_fresh_filters() {
     let mut agent = netlink_agent(&lab, &[]).expect("ftpnat run");
     download();
 
-    lab.delete_wan().expect("deleting wan0");
-    let waiting = wait_until(Duration::from_secs(20), || {
-        agent
-            .log_text()
-            .contains("attaching again once the interfaces are all there")
-    });
-    let log = agent.log_text();
-    assert!(waiting.is_ok(), "the agent did not notice wan0 go:\n{log}");
-    assert!(
-        log.contains("wan0 (ifindex") && log.contains("lost ftpnat's programs"),
-        "{log}"
-    );
+    lab.lose_wan_under(&agent);
     assert!(
         filters(&lab, ROUTER_LAN_IF).is_empty(),
         "lan0 kept filters that lead to a WAN that is gone"
@@ -322,6 +237,6 @@ fn classic_tc_interface_created_again_gets_fresh_filters() {
     download();
     let (status, log) = agent.stop().expect("stop");
     assert!(status.success(), "{status}:\n{log}");
-    detach(&lab);
+    lab.detach();
     assert!(no_filters(&lab));
 }

@@ -57,22 +57,9 @@ fn events_follow_a_session_in_order_with_the_password_redacted() {
     );
 
     let local = lab.subdir("client").expect("client dir").join("file.bin");
+    let credentials = format!("anonymous:{PASSWORD}");
     let out = lab
-        .client
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--fail",
-                "--disable-epsv",
-                "-u",
-                &format!("anonymous:{PASSWORD}"),
-                "-o",
-                &local.to_string_lossy(),
-                &format!("ftp://{}/{}", server.addr, file.name()),
-            ],
-        )
-        .output()
+        .curl_passive(&server, &file, &local, &["-u", &credentials])
         .expect("curl");
     assert!(
         out.status.success(),
@@ -219,10 +206,10 @@ ftp.quit()
     let mut report = Value::Null;
     let mut last_failure = String::new();
     let done = wait_until(Duration::from_secs(20), || {
-        let result = lab.ftpnat_json(&["sessions"]).and_then(|sessions| {
+        let result = lab.try_ftpnat_json(&["sessions"]).and_then(|sessions| {
             match sessions[0]["id"].as_str() {
                 // `-`: no translation to name the session by (the session is ending).
-                Some(id) if id != "-" => lab.ftpnat_json(&["sessions", id]),
+                Some(id) if id != "-" => lab.try_ftpnat_json(&["sessions", id]),
                 _ => anyhow::bail!("no session id in {sessions}"),
             }
         });

@@ -11,12 +11,10 @@ use std::{
 };
 
 use ftpnat_tests::{
-    Lab, LabSpec, Mode,
+    Lab, LabSpec, MIB, Mode,
     lab::wait_until,
     netns::{remove_stale, run, unique_prefix},
 };
-
-const MIB: u64 = 1024 * 1024;
 
 fn namespaces_named(prefix: &str) -> Vec<String> {
     let out = run("ip", &["netns", "list"]).expect("ip netns list");

@@ -9,14 +9,12 @@ use std::{
 };
 
 use ftpnat_tests::{
-    Lab, LabSpec, Mode,
+    Lab, LabSpec, MIB, Mode,
     lab::{ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
 };
 use serde_json::Value;
 
 const METRICS_ADDR: &str = "127.0.0.1:9464";
-const MIB: u64 = 1024 * 1024;
-
 /// One sample line of the exposition.
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -204,19 +202,14 @@ fn scrape(lab: &Lab) -> Vec<Sample> {
     parse_exposition(&body)
 }
 
-fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    lab.ftpnat_json(&[command])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
-
 /// A scrape, `stats --json` and `sessions --json` of one moment: the two JSON reports are taken
 /// between two scrapes that agree, so nothing moved while they were read (a TCP probe of the
 /// stalled transfer, or a sweep, makes the attempt start over).
 fn snapshot(lab: &Lab) -> (Vec<Sample>, Value, Value) {
     for _ in 0..25 {
         let before = scrape(lab);
-        let stats = ftpnat_json(lab, "stats");
-        let sessions = ftpnat_json(lab, "sessions");
+        let stats = lab.ftpnat_json(&["stats"]);
+        let sessions = lab.ftpnat_json(&["sessions"]);
         if scrape(lab) == before {
             return (before, stats, sessions);
         }
@@ -314,9 +307,9 @@ fn metrics_parse_as_prometheus_text_and_match_stats() {
         .collect();
     // Until the finished downloads' connections are swept, only the held sessions remain.
     wait_until(Duration::from_secs(15), || {
-        state_counts(&ftpnat_json(&lab, "sessions")) == expected
+        state_counts(&lab.ftpnat_json(&["sessions"])) == expected
     })
-    .unwrap_or_else(|_| panic!("sessions: {}", ftpnat_json(&lab, "sessions")));
+    .unwrap_or_else(|_| panic!("sessions: {}", lab.ftpnat_json(&["sessions"])));
 
     let (metrics, stats, sessions) = snapshot(&lab);
     assert_eq!(state_counts(&sessions), expected);
@@ -467,24 +460,8 @@ fn unusable_metrics_address_fails_before_anything_is_attached() {
         ),
         ("localhost-9464", "invalid"),
     ] {
-        let out = lab
-            .in_router(
-                &ftpnat_tests::agent::ftpnat_bin().unwrap().to_string_lossy(),
-                &[
-                    "run",
-                    "--wan",
-                    ROUTER_WAN_IF,
-                    "--lan",
-                    ROUTER_LAN_IF,
-                    "--metrics",
-                    addr,
-                ],
-            )
-            .args(["--pin-dir", &pin_dir.to_string_lossy()])
-            .output()
-            .expect("ftpnat run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{addr}: exit status {}", out.status);
+        let (status, stderr) = lab.run_ftpnat_to_end(&pin_dir, &["--metrics", addr]);
+        assert!(!status.success(), "{addr}: exit status {status}");
         assert!(
             stderr.contains("--metrics"),
             "{addr}: flag not named: {stderr}"

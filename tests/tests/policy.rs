@@ -10,12 +10,10 @@ use serde_json::Value;
 /// file's sha256 if the server accepted it, else the refusal; then a passive download's sha256:
 /// the session goes on either way.
 const PORT_TO_GIVEN_PORT: &str = r#"
-import ftplib, hashlib, socket, sys
-from ftpnat_lab import retr_active
+import ftplib, socket, sys
+from ftpnat_lab import login, retr_active, retr_digest
 server, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-ftp = ftplib.FTP()
-ftp.connect(server, 21, timeout=20)
-ftp.login()
+ftp = login(server)
 ftp.voidcmd('TYPE I')
 host = ftp.sock.getsockname()[0]
 listener = socket.create_server((host, port))
@@ -24,33 +22,23 @@ try:
     print(retr_active(ftp, listener, name, timeout=10))
 except (ftplib.error_perm, ftplib.error_temp, socket.timeout) as failed:
     print('failed:', failed)
-digest = hashlib.sha256()
 ftp.set_pasv(True)
-ftp.retrbinary('RETR ' + name, digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, name))
 ftp.quit()
 "#;
 
 /// Two PASV in a row, each reply printed as `passive REPLY`; then, once the test lets it go on
 /// (after the expectations expired), a passive download.
 const TWO_PASV_THEN_RETR: &str = r#"
-import ftplib, hashlib, sys
-ftp = ftplib.FTP()
-ftp.connect(sys.argv[1], 21, timeout=20)
-ftp.login()
+import sys
+from ftpnat_lab import login, retr_digest
+ftp = login(sys.argv[1])
 for _ in range(2):
     print('passive', ftp.sendcmd('PASV'), flush=True)
 sys.stdin.readline()
-digest = hashlib.sha256()
-ftp.retrbinary('RETR ' + sys.argv[2], digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, sys.argv[2]))
 ftp.quit()
 "#;
-
-fn stats(lab: &Lab) -> Value {
-    lab.ftpnat_json(&["stats"])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
 
 fn output_lines(out: &std::process::Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
@@ -78,7 +66,7 @@ fn a_privileged_data_port_is_refused_unless_the_operator_allows_it() {
             )
             .unwrap_or_else(|err| panic!("{err:#}"));
         let lines = output_lines(&out);
-        let stats = stats(&lab);
+        let stats = lab.ftpnat_json(&["stats"]);
         assert_eq!(
             lines.last(),
             Some(&file.sha256),
@@ -125,13 +113,11 @@ fn the_per_session_expectation_limit_follows_the_flag() {
         // first expectation: a fixed pause would be too short on a loaded machine, and the
         // refusal counter would read 2. The agent logs an expiry after its sweep has also given
         // the place back, which it does a moment after the expectation leaves the table.
-        let created = stats(&lab)["datapath"]["expectations_created"]
+        let created = lab.ftpnat_json(&["stats"])["datapath"]["expectations_created"]
             .as_u64()
             .expect("expectations_created");
         wait_until(Duration::from_secs(40), || {
-            lab.ftpnat_json(&["expectations"])
-                .unwrap_or_else(|err| panic!("{err:#}"))
-                == Value::Array(Vec::new())
+            lab.ftpnat_json(&["expectations"]) == Value::Array(Vec::new())
                 && agent.log_text().matches("expectation_expired").count() as u64 == created
         })
         .unwrap_or_else(|_| panic!("the expectations did not expire:\n{}", agent.log_text()));
@@ -142,7 +128,7 @@ fn the_per_session_expectation_limit_follows_the_flag() {
             Some(file.sha256.as_str()),
             "{replies:?} {rest}"
         );
-        let stats = stats(&lab);
+        let stats = lab.ftpnat_json(&["stats"]);
         assert_eq!(
             stats["refusals_by_reason"]["too_many_expectations"], refused,
             "limit {limit:?}: {stats}"

@@ -6,14 +6,11 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use ftpnat_tests::{
-    Agent, Client, FtpServer, Lab, LabSpec, Mode, TestFile, Transfer,
+    Agent, Client, FtpServer, Lab, LabSpec, MIB, Mode, TestFile, Transfer,
     files::assert_same_content,
     lab::{HOST_IF, ROUTER_WAN_IF, wait_until},
     servers::VsftpdOptions,
 };
-use serde_json::Value;
-
-const MIB: u64 = 1024 * 1024;
 const WINDOW_LO: u16 = 62000;
 const WINDOW_HI: u16 = 62099;
 /// vsftpd's own passive range, behind the router; never seen outside.
@@ -86,11 +83,6 @@ fn every_client_and_mode(lab: &Lab, port: u16, file: &TestFile, label: &str) {
             &format!("{label}-lftp-{mode:?}"),
         );
     }
-}
-
-fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    lab.ftpnat_json(&[command])
-        .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
 /// Every 227/229 the outside clients received names the public address and a window port.
@@ -166,7 +158,7 @@ fn vsftpd_with_its_private_address_serves_every_mode_200mb() {
     let _agent = start_publishing(&lab, &["21=10.0.0.2"], &[]);
     every_client_and_mode(&lab, 21, &file, "private");
     assert_passive_replies_name_the_window(&lab);
-    let stats = ftpnat_json(&lab, "stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
     assert_eq!(stats["datapath"]["window_exhausted"], 0, "{stats}");
 }
@@ -229,7 +221,7 @@ fn two_published_servers_vsftpd_and_pyftpdlib_at_once() {
             }
         });
     });
-    let stats = ftpnat_json(&lab, "stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
 
@@ -328,7 +320,7 @@ fn four_port_window_twenty_clients_fail_promptly_and_every_port_returns() {
         !refused.is_empty(),
         "20 clients on 4 ports never exhausted the window"
     );
-    let stats = ftpnat_json(&lab, "stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     assert!(
         stats["datapath"]["window_exhausted"].as_u64().unwrap() >= refused.len() as u64,
         "{stats}"
@@ -336,13 +328,13 @@ fn four_port_window_twenty_clients_fail_promptly_and_every_port_returns() {
     assert_eq!(stats["window"]["size"], 4, "{stats}");
 
     let drained = wait_until(std::time::Duration::from_secs(15), || {
-        let stats = ftpnat_json(&lab, "stats");
+        let stats = lab.ftpnat_json(&["stats"]);
         stats["window"]["in_use"] == 0 && stats["sessions"] == 0
     });
     assert!(
         drained.is_ok(),
         "ports still in use: {}",
-        ftpnat_json(&lab, "stats")
+        lab.ftpnat_json(&["stats"])
     );
     let public = public_ip(&lab).to_string();
     let out = lab
@@ -442,7 +434,7 @@ fn window_ports_admit_only_the_announced_client() {
     assert!(text.contains("unannounced timeout"), "{text}");
     assert!(text.contains("other-client timeout"), "{text}");
     assert!(text.contains(&format!("sha256 {}", file.sha256)), "{text}");
-    let stats = ftpnat_json(&lab, "stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     assert!(
         stats["datapath"]["pinhole_no_expectation"]
             .as_u64()
@@ -476,12 +468,12 @@ ftp.quit()
     std::thread::scope(|scope| {
         let client = scope.spawn(|| lab.python(&lab.server, script, &[&public], 30));
         let reported = wait_until(std::time::Duration::from_secs(10), || {
-            ftpnat_json(&lab, "expectations")
+            lab.ftpnat_json(&["expectations"])
                 .as_array()
                 .is_some_and(|e| !e.is_empty())
         });
-        let sessions = ftpnat_json(&lab, "sessions");
-        let expectations = ftpnat_json(&lab, "expectations");
+        let sessions = lab.ftpnat_json(&["sessions"]);
+        let expectations = lab.ftpnat_json(&["expectations"]);
         assert!(reported.is_ok(), "{sessions} {expectations}");
         let session = &sessions[0];
         assert_eq!(session["kind"], "publish", "{sessions}");

@@ -3,15 +3,7 @@
 
 use std::time::Duration;
 
-use ftpnat_tests::{Lab, LabSpec, files::assert_same_content, lab::wait_until};
-use serde_json::Value;
-
-const MIB: u64 = 1024 * 1024;
-
-fn ftpnat_json(lab: &Lab, command: &str) -> Value {
-    lab.ftpnat_json(&[command])
-        .unwrap_or_else(|err| panic!("{err:#}"))
-}
+use ftpnat_tests::{Lab, LabSpec, MIB};
 
 /// A 200 MB download limited to 10 MB/s (about 20 s, leaving a loaded machine time to kill one
 /// agent and start the next while it runs) through a NAT lab, where nothing but ftpnat
@@ -22,35 +14,9 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
     let (server, file) = lab.serve_file(200 * MIB, 9).expect("vsftpd");
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
     let local = lab.subdir("client").expect("client dir").join("big.bin");
-    let url = format!("ftp://{}/{}", server.addr, file.name());
     std::thread::scope(|scope| {
-        let transfer = scope.spawn(|| {
-            lab.client
-                .command(
-                    "curl",
-                    &[
-                        "-sS",
-                        "--fail",
-                        "--disable-epsv",
-                        "--limit-rate",
-                        "10M",
-                        "--max-time",
-                        "120",
-                        "-o",
-                        &local.to_string_lossy(),
-                        &url,
-                    ],
-                )
-                .output()
-                .expect("curl")
-        });
-        let flowing = wait_until(Duration::from_secs(20), || {
-            ftpnat_json(&lab, "flows")
-                .as_array()
-                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
-        });
-        assert!(flowing.is_ok(), "the data connection never opened");
-        agent.stop_with(libc::SIGKILL).expect("kill -9");
+        let transfer = scope.spawn(|| lab.curl_slowly(&server, &file, "10M", &local));
+        lab.kill_agent_once_data_flows(&mut agent);
 
         // Nothing runs the agent now; the pinned datapath still carries the transfer.
         let size = || std::fs::metadata(&local).map_or(0, |m| m.len());
@@ -64,7 +30,7 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
             "{}",
             again.log_text()
         );
-        let sessions = ftpnat_json(&lab, "sessions");
+        let sessions = lab.ftpnat_json(&["sessions"]);
         let session = sessions
             .as_array()
             .and_then(|s| s.first())
@@ -76,13 +42,10 @@ fn kill_9_mid_transfer_interrupts_nothing_and_the_next_agent_adopts_the_session(
             "{sessions}"
         );
 
-        let out = transfer.join().expect("transfer thread");
-        assert!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_same_content(&local, &file);
+        transfer
+            .join()
+            .expect("transfer thread")
+            .unwrap_or_else(|err| panic!("{err:#}"));
         let (status, log) = again.stop().expect("stop");
         assert!(status.success(), "{status}:\n{log}");
     });

@@ -18,8 +18,8 @@ use serde_json::Value;
 /// of the file if the server accepted it; then downloads the file again in passive mode and
 /// prints that sha256 too: the session must still work.
 const SPLIT_ANNOUNCEMENT: &str = r#"
-import ftplib, hashlib, sys, time
-from ftpnat_lab import retr_active, session_with_listener
+import ftplib, sys, time
+from ftpnat_lab import retr_active, retr_digest, session_with_listener
 server, name, verb = sys.argv[1], sys.argv[2], sys.argv[3]
 cuts = [int(c) for c in sys.argv[4].split(',')]  # from the end if negative
 ftp, listener, host, port = session_with_listener(server)
@@ -39,10 +39,8 @@ try:
     print(retr_active(ftp, listener, name))
 except ftplib.error_perm as refused:
     print(refused)
-digest = hashlib.sha256()
 ftp.set_pasv(True)
-ftp.retrbinary('RETR ' + name, digest.update)
-print(digest.hexdigest())
+print(retr_digest(ftp, name))
 ftp.quit()
 "#;
 
@@ -112,7 +110,7 @@ fn a_line_cut_before_or_inside_its_address_is_rewritten_whole() {
         let sums = lines.iter().filter(|l| **l == file.sha256).count();
         assert_eq!(sums, 2, "{verb} cut at {cut}: {lines:?}");
     }
-    let stats = lab.ftpnat_json(&["stats"]).expect("stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(counter(&stats, "rewrites_skipped"), 0, "{stats}");
     // Every active transfer went through its own window port, every passive one its own
     // expectation.
@@ -175,7 +173,7 @@ fn a_held_address_goes_back_as_sent_when_its_line_is_not_rewritten() {
         "the refused line did not pass as sent"
     );
 
-    let stats = lab.ftpnat_json(&["stats"]).expect("stats");
+    let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(counter(&stats, "rewrites_skipped"), 1, "{stats}");
     assert_eq!(stats["refusals_by_reason"]["bounce"], 1, "{stats}");
     // Only the two passive downloads opened anything.
