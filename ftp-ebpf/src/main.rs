@@ -44,7 +44,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
-use ftp_common::maps::{Counter, Direction, FlowDirection, FlowEntry, FlowKind, stage::*};
+use ftp_common::maps::{
+    Counter, Direction, FlowDirection, FlowEntry, FlowKind,
+    stage::{CLIENT, CONTROL_FORWARD, REPLAY, REWRITE, SERVER},
+};
 
 use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
 

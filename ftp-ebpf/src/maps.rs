@@ -9,14 +9,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, Queue, RingBuf},
 };
 use ftp_common::maps::{
-    Counter, DatapathConfig, FlowEntry, FlowKey, InterfaceInfo, MAX_COUNTED_INTERFACES, MAX_FLOWS,
-    MAX_WINDOW_PORTS, TrafficCounters, TrafficKey, stage,
+    Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo,
+    MAX_COUNTED_INTERFACES, MAX_FLOWS, MAX_MASQUERADE_PREFIXES, MAX_TRAFFIC_KEYS, MAX_WINDOW_PORTS,
+    TrafficCounters, TrafficKey, stage,
 };
 
 use crate::scratch::Scratch;
-
-/// Masqueraded prefixes the agent configured; the trie's values are unused.
-pub const MAX_MASQUERADE_PREFIXES: u32 = 256;
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
@@ -57,7 +55,7 @@ pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
 /// Packets and bytes per interface and direction (see `counters`).
 #[map(name = "TRAFFIC")]
 pub static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
-    PerCpuHashMap::pinned(MAX_COUNTED_INTERFACES * 2, 0);
+    PerCpuHashMap::pinned(MAX_TRAFFIC_KEYS, 0);
 
 /// Interfaces the agent attached to (ifindex to name and role), written by the agent and read by the
 /// inspection CLI to name the counters. Declared with the object's maps so that it is created and pinned with
@@ -65,15 +63,12 @@ pub static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
 #[map(name = "INTERFACES")]
 pub static INTERFACES: HashMap<u32, InterfaceInfo> = HashMap::pinned(MAX_COUNTED_INTERFACES, 0);
 
-/// Room for a few thousand events between two reads of the agent.
-const EVENTS_BYTES: u32 = 256 * 1024;
-
 /// The events the agent reads (see `events`).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-/// Filled by the agent with the stage programs of the same load (`ftp_common::maps::programs::
-/// STAGES`), then pinned by it: not pinned by name, so that an agent adopting a running datapath
+/// Filled by the agent with the stage programs of the same load (`ftp_common::maps::stage::
+/// PROGRAMS`), then pinned by it: not pinned by name, so that an agent adopting a running datapath
 /// never mixes its stages with another build's.
 #[map(name = "STAGES")]
 pub static STAGES: ProgramArray = ProgramArray::with_max_entries(stage::COUNT, 0);

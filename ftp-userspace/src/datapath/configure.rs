@@ -4,12 +4,10 @@
 use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{
-    Array, HashMap, Queue,
-    lpm_trie::{Key, LpmTrie},
-};
+use aya::maps::lpm_trie::Key;
 use ftp_common::maps::{
-    DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PublishTarget, names,
+    DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PublishTarget, config, free_ports,
+    interfaces, masquerade, publish,
 };
 
 use super::{Datapath, Interface};
@@ -35,27 +33,25 @@ impl Datapath {
         nat: &NatSettings,
     ) -> anyhow::Result<()> {
         let config = datapath_config(interfaces, nat)?;
-        let mut array: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        let mut array = config::AyaMap::try_from(self.map_mut(config::NAME)?)?;
         array
             .set(0, config, 0)
             .context("writing the datapath config")?;
 
-        let mut trie: LpmTrie<_, [u8; 4], u8> =
-            LpmTrie::try_from(self.map_mut(names::MASQUERADE)?)?;
+        let mut trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
         for prefix in &nat.masquerade {
             trie.insert(&Key::new(u32::from(prefix.len), prefix.addr.octets()), 1, 0)
                 .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
         }
 
-        let mut publish: HashMap<_, u16, PublishTarget> =
-            HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
+        let mut publish = publish::AyaMap::try_from(self.map_mut(publish::NAME)?)?;
         for published in &nat.published {
             publish
                 .insert(published.spec.public_port, publish_target(published), 0)
                 .with_context(|| format!("adding published server {}", published.spec))?;
         }
 
-        let mut free: Queue<_, u16> = Queue::try_from(self.map_mut(names::FREE_PORTS)?)?;
+        let mut free = free_ports::AyaMap::try_from(self.map_mut(free_ports::NAME)?)?;
         for port in nat.window.ports() {
             free.push(port, 0)
                 .with_context(|| format!("filling the port window with {port}"))?;
@@ -71,7 +67,7 @@ impl Datapath {
     ) -> anyhow::Result<Vec<String>> {
         let mut differences = Vec::new();
         let wanted = datapath_config(interfaces, nat)?;
-        let config: Array<_, DatapathConfig> = Array::try_from(self.map_mut(names::CONFIG)?)?;
+        let config = config::AyaMap::try_from(self.map_mut(config::NAME)?)?;
         let pinned = config.get(&0, 0).context("reading the pinned config")?;
         let mut differ = |what: &str, pinned: String, wanted: String| {
             if pinned != wanted {
@@ -114,7 +110,7 @@ impl Datapath {
             wanted.wan_ifindex.to_string(),
         );
 
-        let trie: LpmTrie<_, [u8; 4], u8> = LpmTrie::try_from(self.map_mut(names::MASQUERADE)?)?;
+        let trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
         let mut pinned_prefixes: Vec<String> = trie
             .keys()
             .filter_map(Result::ok)
@@ -133,8 +129,7 @@ impl Datapath {
             )
         }));
 
-        let publish: HashMap<_, u16, PublishTarget> =
-            HashMap::try_from(self.map_mut(names::PUBLISH)?)?;
+        let publish = publish::AyaMap::try_from(self.map_mut(publish::NAME)?)?;
         let mut pinned_published: Vec<(u16, PublishTarget)> =
             publish.iter().filter_map(Result::ok).collect();
         pinned_published.sort_by_key(|(port, _)| *port);
@@ -167,8 +162,7 @@ impl Datapath {
     }
 
     pub(super) fn record_interfaces(&mut self, interfaces: &[Interface]) -> anyhow::Result<()> {
-        let mut table: HashMap<_, u32, InterfaceInfo> =
-            HashMap::try_from(self.map_mut(names::INTERFACES)?)?;
+        let mut table = interfaces::AyaMap::try_from(self.map_mut(interfaces::NAME)?)?;
         for interface in interfaces {
             let info = InterfaceInfo::new(&interface.name, interface.role)
                 .ok_or_else(|| anyhow!("interface name {:?} is too long", interface.name))?;

@@ -5,47 +5,55 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, Queue};
+use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use ftp_common::maps::{
-    Counter, DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo,
-    SessionEntry, TrafficCounters, TrafficKey, names,
+    Counter, DatapathConfig, Table, config, counters, expects, flows, free_ports, interfaces,
+    reasons, released, sessions, traffic,
 };
 
 use super::{Datapath, object::missing_map, pins};
 
 /// The datapath's state, as the agent's expiry sees it.
 pub struct StateTables<'a> {
-    pub flows: HashMap<&'a mut MapData, FlowKey, FlowEntry>,
-    pub free_ports: Queue<&'a mut MapData, u16>,
-    pub expects: HashMap<&'a mut MapData, ExpectKey, Expectation>,
+    pub flows: flows::AyaMap<&'a mut MapData>,
+    pub free_ports: free_ports::AyaMap<&'a mut MapData>,
+    pub expects: expects::AyaMap<&'a mut MapData>,
     /// Read only: the datapath alone writes session records.
-    pub sessions: HashMap<&'a mut MapData, FlowKey, SessionEntry>,
+    pub sessions: sessions::AyaMap<&'a mut MapData>,
     /// Expectations released per session, which only the agent writes.
-    pub released: HashMap<&'a mut MapData, FlowKey, u32>,
+    pub released: released::AyaMap<&'a mut MapData>,
 }
 
 impl Datapath {
     /// The tables expiry works on.
     pub fn state_tables(&mut self) -> anyhow::Result<StateTables<'_>> {
-        let [flows, free, expects, sessions, released] = self.ebpf.maps_disjoint_mut([
-            names::FLOWS,
-            names::FREE_PORTS,
-            names::EXPECTS,
-            names::SESSIONS,
-            names::RELEASED,
+        let [flows, free_ports, expects, sessions, released] = self.ebpf.maps_disjoint_mut([
+            flows::NAME,
+            free_ports::NAME,
+            expects::NAME,
+            sessions::NAME,
+            released::NAME,
         ]);
         Ok(StateTables {
-            flows: HashMap::try_from(flows.ok_or_else(|| missing_map(names::FLOWS))?)?,
-            free_ports: Queue::try_from(free.ok_or_else(|| missing_map(names::FREE_PORTS))?)?,
-            expects: HashMap::try_from(expects.ok_or_else(|| missing_map(names::EXPECTS))?)?,
-            sessions: HashMap::try_from(sessions.ok_or_else(|| missing_map(names::SESSIONS))?)?,
-            released: HashMap::try_from(released.ok_or_else(|| missing_map(names::RELEASED))?)?,
+            flows: typed(flows, flows::NAME)?,
+            free_ports: typed(free_ports, free_ports::NAME)?,
+            expects: typed(expects, expects::NAME)?,
+            sessions: typed(sessions, sessions::NAME)?,
+            released: typed(released, released::NAME)?,
         })
     }
 }
 
-pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = pins::state_dir(pin_dir).join(name);
+/// The loaded object's map `name`, found or not, as its table's aya type.
+fn typed<'a, T: TryFrom<&'a mut Map, Error = MapError>>(
+    map: Option<&'a mut Map>,
+    name: &str,
+) -> anyhow::Result<T> {
+    Ok(T::try_from(map.ok_or_else(|| missing_map(name))?)?)
+}
+
+pub fn open_pinned(pin_dir: &Path, table: &Table) -> anyhow::Result<Map> {
+    let path = pins::state_dir(pin_dir).join(table.name);
     if !path.exists() {
         pins::refuse_foreign_state(pin_dir)?;
         bail!(
@@ -58,7 +66,7 @@ pub fn open_pinned(pin_dir: &Path, name: &str) -> anyhow::Result<Map> {
     Map::from_map_data(data).with_context(|| format!("reading {}", path.display()))
 }
 
-/// The maps pinned under a pin dir, opened by name as their types, for a process other than the
+/// The maps pinned under a pin dir, opened as their tables' types, for a process other than the
 /// agent.
 pub struct PinnedMaps<'a> {
     pin_dir: &'a Path,
@@ -69,43 +77,43 @@ impl<'a> PinnedMaps<'a> {
         Self { pin_dir }
     }
 
-    fn open<T: TryFrom<Map, Error = MapError>>(&self, name: &str) -> anyhow::Result<T> {
-        Ok(T::try_from(open_pinned(self.pin_dir, name)?)?)
+    fn open<T: TryFrom<Map, Error = MapError>>(&self, table: &Table) -> anyhow::Result<T> {
+        Ok(T::try_from(open_pinned(self.pin_dir, table)?)?)
     }
 
-    pub fn flows(&self) -> anyhow::Result<HashMap<MapData, FlowKey, FlowEntry>> {
-        self.open(names::FLOWS)
+    pub fn flows(&self) -> anyhow::Result<flows::AyaMap<MapData>> {
+        self.open(&flows::TABLE)
     }
 
-    pub fn sessions(&self) -> anyhow::Result<HashMap<MapData, FlowKey, SessionEntry>> {
-        self.open(names::SESSIONS)
+    pub fn sessions(&self) -> anyhow::Result<sessions::AyaMap<MapData>> {
+        self.open(&sessions::TABLE)
     }
 
-    pub fn expects(&self) -> anyhow::Result<HashMap<MapData, ExpectKey, Expectation>> {
-        self.open(names::EXPECTS)
+    pub fn expects(&self) -> anyhow::Result<expects::AyaMap<MapData>> {
+        self.open(&expects::TABLE)
     }
 
-    pub fn interfaces(&self) -> anyhow::Result<HashMap<MapData, u32, InterfaceInfo>> {
-        self.open(names::INTERFACES)
+    pub fn interfaces(&self) -> anyhow::Result<interfaces::AyaMap<MapData>> {
+        self.open(&interfaces::TABLE)
     }
 
-    pub fn traffic(&self) -> anyhow::Result<PerCpuHashMap<MapData, TrafficKey, TrafficCounters>> {
-        self.open(names::TRAFFIC)
+    pub fn traffic(&self) -> anyhow::Result<traffic::AyaMap<MapData>> {
+        self.open(&traffic::TABLE)
     }
 
     /// The datapath counters, one slot per [`Counter`], per CPU.
-    pub fn counters(&self) -> anyhow::Result<PerCpuArray<MapData, u64>> {
-        self.open(names::COUNTERS)
+    pub fn counters(&self) -> anyhow::Result<counters::AyaMap<MapData>> {
+        self.open(&counters::TABLE)
     }
 
     /// Refusals and malformed lines by reason, per CPU (slots: `refusal_slot`, `malformed_slot`).
-    pub fn reasons(&self) -> anyhow::Result<PerCpuArray<MapData, u64>> {
-        self.open(names::REASONS)
+    pub fn reasons(&self) -> anyhow::Result<reasons::AyaMap<MapData>> {
+        self.open(&reasons::TABLE)
     }
 
     /// The settings the agent configured the datapath with.
     pub fn config(&self) -> anyhow::Result<DatapathConfig> {
-        let config: Array<_, DatapathConfig> = self.open(names::CONFIG)?;
+        let config: config::AyaMap<_> = self.open(&config::TABLE)?;
         config.get(&0, 0).context("reading the datapath config")
     }
 

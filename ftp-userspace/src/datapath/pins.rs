@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ftp_common::maps::names;
+use ftp_common::maps::{PINNED, Table};
 
 use super::{
     classic_tc,
@@ -33,22 +33,6 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 /// a pinned map's definition: pins of another layout are refused, never reused.
 /// (Layout 1 pinned the maps directly in the pin dir, without links.)
 pub const STATE_LAYOUT_VERSION: u32 = 4;
-
-/// Maps the agent pins, by name; the inspection commands open exactly these.
-pub const PINNED_MAPS: [&str; 12] = [
-    names::SESSIONS,
-    names::EXPECTS,
-    names::TRAFFIC,
-    names::INTERFACES,
-    names::CONFIG,
-    names::MASQUERADE,
-    names::FLOWS,
-    names::FREE_PORTS,
-    names::COUNTERS,
-    names::PUBLISH,
-    names::REASONS,
-    names::RELEASED,
-];
 
 /// Checks that `pin_dir` is (or would be created) on a bpffs mount, before anything is loaded.
 pub fn require_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
@@ -91,51 +75,16 @@ fn filesystem_magic(path: &Path) -> anyhow::Result<libc::c_long> {
     Ok(stat.f_type)
 }
 
-/// Key and value sizes of every pinned map, as this build's datapath defines them.
-fn map_shapes() -> [(&'static str, usize, usize); PINNED_MAPS.len()] {
-    use ftp_common::maps::{
-        DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, InterfaceInfo, PublishTarget,
-        SessionEntry, TrafficCounters, TrafficKey,
-    };
-    use std::mem::size_of;
-    [
-        (
-            names::SESSIONS,
-            size_of::<FlowKey>(),
-            size_of::<SessionEntry>(),
-        ),
-        (
-            names::EXPECTS,
-            size_of::<ExpectKey>(),
-            size_of::<Expectation>(),
-        ),
-        (
-            names::TRAFFIC,
-            size_of::<TrafficKey>(),
-            size_of::<TrafficCounters>(),
-        ),
-        (
-            names::INTERFACES,
-            size_of::<u32>(),
-            size_of::<InterfaceInfo>(),
-        ),
-        (names::CONFIG, size_of::<u32>(), size_of::<DatapathConfig>()),
-        // An LPM trie key is the prefix length (u32) and the address.
-        (names::MASQUERADE, size_of::<u32>() + 4, size_of::<u8>()),
-        (names::FLOWS, size_of::<FlowKey>(), size_of::<FlowEntry>()),
-        (names::FREE_PORTS, 0, size_of::<u16>()),
-        (names::COUNTERS, size_of::<u32>(), size_of::<u64>()),
-        (names::PUBLISH, size_of::<u16>(), size_of::<PublishTarget>()),
-        (names::REASONS, size_of::<u32>(), size_of::<u64>()),
-        (names::RELEASED, size_of::<FlowKey>(), size_of::<u32>()),
-    ]
-}
-
 /// Refuses pinned maps whose key or value size is not this build's: maps of another build under
 /// the same layout version would be reused and misread (a forgotten version bump, a downgrade).
 pub fn refuse_foreign_shapes(pin_dir: &Path) -> anyhow::Result<()> {
     let state = state_dir(pin_dir);
-    for (name, key, value) in map_shapes() {
+    for Table {
+        name,
+        key_size: key,
+        value_size: value,
+    } in PINNED
+    {
         let path = state.join(name);
         if !path.exists() {
             continue;
@@ -165,9 +114,9 @@ pub fn state_dir(pin_dir: &Path) -> PathBuf {
 
 /// Map pins present in the state dir.
 pub fn existing_maps(state_dir: &Path) -> Vec<PathBuf> {
-    PINNED_MAPS
+    PINNED
         .iter()
-        .map(|name| state_dir.join(name))
+        .map(|table| state_dir.join(table.name))
         .filter(|path| path.exists())
         .collect()
 }
@@ -187,7 +136,7 @@ pub fn foreign_state(pin_dir: &Path) -> Vec<PathBuf> {
             let versioned = name.len() > 1
                 && name.starts_with('v')
                 && name[1..].bytes().all(|b| b.is_ascii_digit());
-            (versioned && name != current) || PINNED_MAPS.contains(&name.as_ref())
+            (versioned && name != current) || PINNED.iter().any(|table| table.name == name)
         })
         .map(|entry| entry.path())
         .collect();
@@ -309,19 +258,4 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
         fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(removed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_pinned_map_has_a_shape() {
-        let shaped: Vec<&str> = map_shapes().iter().map(|(name, _, _)| *name).collect();
-        let mut pinned = PINNED_MAPS.to_vec();
-        pinned.sort_unstable();
-        let mut shaped_sorted = shaped.clone();
-        shaped_sorted.sort_unstable();
-        assert_eq!(pinned, shaped_sorted);
-    }
 }

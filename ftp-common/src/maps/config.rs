@@ -1,0 +1,130 @@
+//! The config table: the datapath's settings, one record the agent writes before it attaches.
+
+use super::Table;
+
+/// The datapath's settings (one [`DatapathConfig`], at index 0), written by the agent before
+/// attach.
+pub const NAME: &str = "CONFIG";
+
+pub const TABLE: Table = Table::new::<u32, DatapathConfig>(NAME);
+
+/// The table as aya's typed map, over owned or borrowed map data.
+#[cfg(feature = "user")]
+pub type AyaMap<T> = aya::maps::Array<T, DatapathConfig>;
+
+/// How many FTP control ports the datapath can watch.
+pub const MAX_FTP_PORTS: usize = 8;
+
+/// The datapath's settings, the single value of the [`NAME`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// How long an announced data connection may take to open (`--expect-timeout`).
+    pub expect_timeout_ns: u64,
+    /// The address masqueraded connections leave with (network byte order).
+    pub public_ip: [u8; 4],
+    /// Where translated LAN-to-WAN packets are redirected.
+    pub wan_ifindex: u32,
+    /// FTP control ports (host byte order); 0 marks an unused slot.
+    pub ftp_ports: [u16; MAX_FTP_PORTS],
+    /// The port window (host byte order), for reports; the kernel takes ports from
+    /// [`FREE_PORTS`](super::free_ports::NAME).
+    pub window_lo: u16,
+    pub window_hi: u16,
+    /// 1 if a PORT/EPRT may name a port below 1024 (`--allow-privileged-data-ports`).
+    pub allow_privileged_data_ports: u8,
+    /// How many announced data connections one session may hold open at once
+    /// (`--max-expectations-per-session`); 0, the value of a record written before this field
+    /// existed, means the default.
+    pub max_expectations_per_session: u8,
+    pub _pad: [u8; 2],
+}
+
+impl DatapathConfig {
+    /// The policy a session's announcements are checked against.
+    #[inline(always)]
+    pub fn policy(&self) -> crate::Policy {
+        let mut policy = crate::Policy::new();
+        policy.allow_privileged_data_ports = self.allow_privileged_data_ports != 0;
+        if self.max_expectations_per_session != 0 {
+            policy.max_outstanding_expectations = self.max_expectations_per_session;
+        }
+        policy
+    }
+
+    #[inline(always)]
+    pub fn is_ftp_port(&self, port: u16) -> bool {
+        // A plain loop over a fixed array: bounded, so the verifier accepts it unrolled.
+        let mut i = 0;
+        while i < MAX_FTP_PORTS {
+            if self.ftp_ports[i] != 0 && self.ftp_ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Whether `port` (host byte order) belongs to the port window.
+    #[inline(always)]
+    pub fn in_window(&self, port: u16) -> bool {
+        self.window_lo <= port && port <= self.window_hi
+    }
+}
+
+pod!(DatapathConfig);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn the_config_has_no_padding() {
+        assert_eq!(
+            size_of::<DatapathConfig>(),
+            8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4
+        );
+    }
+
+    fn test_config() -> DatapathConfig {
+        DatapathConfig {
+            expect_timeout_ns: 0,
+            public_ip: [192, 0, 2, 1],
+            wan_ifindex: 2,
+            ftp_ports: [0; MAX_FTP_PORTS],
+            window_lo: 61000,
+            window_hi: 61999,
+            allow_privileged_data_ports: 0,
+            max_expectations_per_session: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn the_policy_follows_the_config_and_zero_means_the_default() {
+        let mut config = test_config();
+        assert_eq!(config.policy(), crate::Policy::new());
+        config.allow_privileged_data_ports = 1;
+        config.max_expectations_per_session = 9;
+        let policy = config.policy();
+        assert!(policy.allow_privileged_data_ports);
+        assert_eq!(policy.max_outstanding_expectations, 9);
+        assert_eq!(
+            policy.passive_address_must_match_server,
+            crate::Policy::new().passive_address_must_match_server
+        );
+    }
+
+    #[test]
+    fn ftp_port_slots_match_only_configured_ports() {
+        let mut config = test_config();
+        assert!(!config.is_ftp_port(0), "an empty slot is not port 0");
+        assert!(!config.is_ftp_port(21));
+        config.ftp_ports[0] = 21;
+        config.ftp_ports[MAX_FTP_PORTS - 1] = 2121;
+        assert!(config.is_ftp_port(21));
+        assert!(config.is_ftp_port(2121));
+        assert!(!config.is_ftp_port(22));
+    }
+}

@@ -1,0 +1,100 @@
+//! The counters table: what the datapath did, one per-CPU `u64` per [`Counter`].
+
+use super::Table;
+
+/// Datapath event counters, indexed by [`Counter`] (per CPU).
+pub const NAME: &str = "COUNTERS";
+
+/// Per CPU, the value size is one CPU's.
+pub const TABLE: Table = Table::new::<u32, u64>(NAME);
+
+/// The table as aya's typed map, over owned or borrowed map data.
+#[cfg(feature = "user")]
+pub type AyaMap<T> = aya::maps::PerCpuArray<T, u64>;
+
+/// Indexes of the [`NAME`] per-CPU array: what the datapath did, for `ftpnat stats`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Control connections ftpnat took over (masqueraded clients and published servers).
+    ControlSessionsOpened = 0,
+    /// Requests for a window port that found none free: the opening SYN was answered with a
+    /// reset, or the PORT/EPRT/227/229 rewritten into one that fails at once.
+    WindowExhausted = 1,
+    /// Packets translated by a flow entry.
+    PacketsTranslated = 2,
+    /// Translated packets the kernel could not redirect (no route or neighbour): dropped.
+    RedirectFailed = 3,
+    /// Data connections opened through an expectation.
+    ExpectationsUsed = 4,
+    /// Opening SYNs that matched an expectation after it had expired.
+    ExpectationsExpired = 5,
+    /// Expectations created from the control channel.
+    ExpectationsCreated = 6,
+    /// Control lines that could not be parsed; passed through untouched.
+    MalformedLines = 7,
+    /// PORT/EPRT/227/229 refused by policy (bounce, privileged port, too many, unsolicited).
+    Refusals = 8,
+    /// Expectations that could not be recorded (table full); the line passed untouched.
+    ExpectationTableFull = 9,
+    /// Accepted PORT/EPRT lines that could not be rewritten (field split across segments, window
+    /// exhausted, segment too long); passed untouched, nothing opened.
+    RewritesSkipped = 10,
+    /// Opening SYNs from the WAN to a window port that no expectation announced: dropped.
+    PinholeNoExpectation = 11,
+    /// Opening SYNs to a window port announced for another peer: dropped (the expectation stays
+    /// for its peer).
+    PinholeWrongPeer = 12,
+    /// Control packets whose sequence or acknowledgement numbers were shifted because an earlier
+    /// rewrite changed a line's length.
+    SequenceAdjusted = 13,
+    /// Packets whose stage program was missing from the stage table (never, once the agent has
+    /// filled it): a control packet is dropped, an opening SYN passes untouched.
+    StageMissing = 14,
+    /// Control segments with more lines to examine, or more bytes, than the client or server stage
+    /// has passes for (`MAX_LINE_PASSES`): the rest of the segment passed on unexamined.
+    SegmentsPartlyExamined = 15,
+}
+
+impl Counter {
+    pub const ALL: [Counter; 16] = [
+        Counter::ControlSessionsOpened,
+        Counter::WindowExhausted,
+        Counter::PacketsTranslated,
+        Counter::RedirectFailed,
+        Counter::ExpectationsUsed,
+        Counter::ExpectationsExpired,
+        Counter::ExpectationsCreated,
+        Counter::MalformedLines,
+        Counter::Refusals,
+        Counter::ExpectationTableFull,
+        Counter::RewritesSkipped,
+        Counter::PinholeNoExpectation,
+        Counter::PinholeWrongPeer,
+        Counter::SequenceAdjusted,
+        Counter::StageMissing,
+        Counter::SegmentsPartlyExamined,
+    ];
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Counter::ControlSessionsOpened => "control_sessions_opened",
+            Counter::WindowExhausted => "window_exhausted",
+            Counter::PacketsTranslated => "packets_translated",
+            Counter::RedirectFailed => "redirect_failed",
+            Counter::ExpectationsUsed => "expectations_used",
+            Counter::ExpectationsExpired => "expectations_expired",
+            Counter::ExpectationsCreated => "expectations_created",
+            Counter::MalformedLines => "malformed_lines",
+            Counter::Refusals => "refusals",
+            Counter::ExpectationTableFull => "expectation_table_full",
+            Counter::RewritesSkipped => "rewrites_skipped",
+            Counter::PinholeNoExpectation => "pinhole_no_expectation",
+            Counter::PinholeWrongPeer => "pinhole_wrong_peer",
+            Counter::SequenceAdjusted => "sequence_adjusted",
+            Counter::StageMissing => "stage_missing",
+            Counter::SegmentsPartlyExamined => "segments_partly_examined",
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The BPF maps the kernel programs and the agent share: one module per table, holding its name,
+//! its key and value types, its capacity, its [`Table`] shape and, with feature `user`, the aya
+//! map type the agent opens it as (`AyaMap`; the event ring and the stage table have none, having
+//! neither keys nor values of ftpnat's types).
+//!
+//! All keys and values are `#[repr(C)]` with fields ordered so that there is no implicit padding:
+//! the kernel hashes and compares keys byte by byte, and the agent reads values from another
+//! process.
+
+/// Implements `aya::Pod` (feature `user`) for map types that are `#[repr(C)]`, `Copy`, and made
+/// only of integers and byte arrays with no implicit padding (each module's tests assert their
+/// sizes), so that every bit pattern is a valid value.
+macro_rules! pod {
+    ($($type:ty),+ $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the callers list only types as the macro's documentation requires.
+            unsafe impl aya::Pod for $type {}
+        )+
+    };
+}
+
+pub mod config;
+pub mod counters;
+pub mod events;
+pub mod expects;
+pub mod flows;
+pub mod free_ports;
+pub mod interfaces;
+pub mod masquerade;
+pub mod publish;
+pub mod reasons;
+pub mod released;
+pub mod sessions;
+pub mod stage;
+pub mod traffic;
+
+pub use config::{DatapathConfig, MAX_FTP_PORTS};
+pub use counters::Counter;
+pub use events::{EVENT_TEXT_LEN, EVENTS_BYTES, Event, EventKind};
+pub use expects::{ExpectKey, Expectation, ExpectationKind, ExpectationPath, MAX_EXPECTATIONS};
+pub use flows::{FlowDirection, FlowEntry, FlowKey, FlowKind, MAX_FLOWS, flow_flags};
+pub use free_ports::MAX_WINDOW_PORTS;
+pub use interfaces::{IFNAME_LEN, InterfaceInfo, InterfaceRole, MAX_COUNTED_INTERFACES};
+pub use masquerade::MAX_MASQUERADE_PREFIXES;
+pub use publish::{MAX_PUBLISHED, PublishTarget};
+pub use reasons::{REASON_SLOTS, malformed_slot, refusal_slot};
+pub use sessions::{
+    HELD_FIELD_MAX, HeldField, MAX_SESSIONS, RewriteRecord, SESSION_USER_LEN, SessionEntry,
+    SessionKind, hold_state, rewrite_kind,
+};
+pub use traffic::{Direction, MAX_TRAFFIC_KEYS, TrafficCounters, TrafficKey};
+
+/// The shape of a pinned table: its name and the sizes of its key and value, which the agent
+/// compares with a pin's before it reuses it (maps of another build under the same layout
+/// version would be misread).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// The map's name in the eBPF object, and its pin's in the state directory.
+    pub name: &'static str,
+    pub key_size: usize,
+    /// For a per-CPU map, one CPU's value.
+    pub value_size: usize,
+}
+
+impl Table {
+    /// The table `name` with keys of type `K` and values of type `V`.
+    pub const fn new<K, V>(name: &'static str) -> Self {
+        Self {
+            name,
+            key_size: core::mem::size_of::<K>(),
+            value_size: core::mem::size_of::<V>(),
+        }
+    }
+}
+
+/// The tables the agent pins by name, which the inspection commands open and the pin-dir check
+/// compares. (The event ring belongs to one agent; the stage table is pinned apart, once filled.)
+pub const PINNED: [Table; 12] = [
+    sessions::TABLE,
+    expects::TABLE,
+    traffic::TABLE,
+    interfaces::TABLE,
+    config::TABLE,
+    masquerade::TABLE,
+    flows::TABLE,
+    free_ports::TABLE,
+    counters::TABLE,
+    publish::TABLE,
+    reasons::TABLE,
+    released::TABLE,
+];
+
+/// Map names, as the agent looks them up in the object and pins them.
+pub mod names {
+    pub use super::{
+        config::NAME as CONFIG, counters::NAME as COUNTERS, events::NAME as EVENTS,
+        expects::NAME as EXPECTS, flows::NAME as FLOWS, free_ports::NAME as FREE_PORTS,
+        interfaces::NAME as INTERFACES, masquerade::NAME as MASQUERADE, publish::NAME as PUBLISH,
+        reasons::NAME as REASONS, released::NAME as RELEASED, sessions::NAME as SESSIONS,
+        stage::NAME as STAGES, traffic::NAME as TRAFFIC,
+    };
+}
+
+/// Program names in the eBPF object.
+pub mod programs {
+    /// TC classifier attached at the ingress of every router interface ftpnat manages.
+    pub const INGRESS: &str = "ftpnat_ingress";
+    /// TC classifier attached at the egress of every router interface ftpnat manages.
+    pub const EGRESS: &str = "ftpnat_egress";
+    pub use super::stage::PROGRAMS as STAGES;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_tables_have_distinct_names() {
+        for (i, table) in PINNED.iter().enumerate() {
+            assert!(
+                PINNED[i + 1..].iter().all(|other| other.name != table.name),
+                "{} is listed twice",
+                table.name
+            );
+        }
+    }
+}
