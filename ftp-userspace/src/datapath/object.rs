@@ -61,6 +61,26 @@ fn verifier_rejection(program: &str, io_error: &std::io::Error, log: &str) -> St
 mod tests {
     use super::*;
 
+    /// The kernel declares its maps in ftp-ebpf and ftp-common describes them for the pin-dir check
+    /// and the inspection commands: the embedded object must agree with every pinned table's shape,
+    /// or a pin would be reused (or read) with the wrong layout.
+    #[test]
+    fn the_embedded_object_declares_every_pinned_table_as_ftp_common_describes_it() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        for table in ftp_common::maps::PINNED {
+            let map = object
+                .maps
+                .get(table.name)
+                .unwrap_or_else(|| panic!("the object declares no map {}", table.name));
+            assert_eq!(
+                (map.key_size() as usize, map.value_size() as usize),
+                (table.key_size, table.value_size),
+                "map {}: (key, value) sizes in the object vs in ftp-common",
+                table.name
+            );
+        }
+    }
+
     fn denied() -> std::io::Error {
         std::io::Error::from_raw_os_error(libc::EACCES)
     }
