@@ -141,23 +141,15 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
     } else {
         scan::server_packet(&ctx, packet, entry, config, pass)
     };
-    if pending == scan::Pending::More {
-        stage::set_pass(&mut ctx, pass + 1);
-        return stage::continue_control(&ctx, slot);
-    }
-    after_scan(&ctx, pending)
-}
-
-/// The stage that carries out what the scan left pending.
-#[inline(always)]
-fn after_scan(ctx: &TcContext, pending: scan::Pending) -> i32 {
     match pending {
-        scan::Pending::Rewrite => stage::continue_control(ctx, REWRITE),
-        scan::Pending::Replay => stage::continue_control(ctx, REPLAY),
-        scan::Pending::Drop => TC_ACT_SHOT,
-        scan::Pending::Nothing | scan::Pending::More => {
-            stage::continue_control(ctx, CONTROL_FORWARD)
+        scan::Pending::More => {
+            stage::set_pass(&mut ctx, pass + 1);
+            stage::continue_control(&ctx, slot)
         }
+        scan::Pending::Rewrite => stage::continue_control(&ctx, REWRITE),
+        scan::Pending::Replay => stage::continue_control(&ctx, REPLAY),
+        scan::Pending::Drop => TC_ACT_SHOT,
+        scan::Pending::Nothing => stage::continue_control(&ctx, CONTROL_FORWARD),
     }
 }
 

@@ -367,7 +367,7 @@ fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
 }
 
 /// Copies up to [`SCRATCH_LEN`] payload bytes into this CPU's scratch buffer, from `dst` on (at
-/// most [`HELD_FIELD_MAX`]); returns how many.
+/// most `HELD_FIELD_MAX`, the held bytes in front); returns how many.
 #[inline(always)]
 fn copy_payload(ctx: &TcContext, offset: usize, len: usize, dst: usize) -> usize {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
