@@ -88,8 +88,11 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
         )
     };
     // Whether an edge changed is not tracked through the walk (a value that varies from step to
-    // step makes the verifier walk the callback again for each): unchanged options give a zero
-    // difference, and storing them back changes nothing.
+    // step makes the verifier walk the callback again for each): the two copies are compared
+    // after it, so that a packet without SACK blocks (most carry only timestamps) is left alone.
+    if same_words(old, new) {
+        return;
+    }
     // SAFETY: both buffers are MAX_TCP_OPTIONS (a multiple of 4) bytes of the scratch map value;
     // the bytes past `len` are zero in both, so they add nothing to the difference.
     let diff = unsafe {
@@ -109,6 +112,24 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
         return;
     }
     let _ = ctx.l4_csum_replace(packet.tcp_check_off(), 0, diff as u64, 0);
+}
+
+/// Whether two options areas hold the same bytes, compared a word at a time at fixed offsets (a
+/// byte loop, or the `bcmp` the compiler would call, is a loop for the verifier to walk).
+#[inline(always)]
+fn same_words(a: &[u8; MAX_TCP_OPTIONS], b: &[u8; MAX_TCP_OPTIONS]) -> bool {
+    let word = |bytes: &[u8; MAX_TCP_OPTIONS], i: usize| {
+        // SAFETY: i < MAX_TCP_OPTIONS / 8, so the 8 bytes read lie inside the array.
+        unsafe { bytes.as_ptr().add(8 * i).cast::<u64>().read_unaligned() }
+    };
+    let mut i = 0;
+    while i < MAX_TCP_OPTIONS / 8 {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// The state of a SACK walk between `bpf_loop` steps.
