@@ -42,8 +42,9 @@ const NEW_TAIL: usize = 3 * SCRATCH_LEN;
 /// Carries out the rewrite the ALG left pending in the scratch area. If it cannot be done (table
 /// full, field begun in an earlier segment that was not held, segment too long) the segment
 /// passes unchanged, nothing is opened, and it is counted. Returns true if held bytes are to be
-/// cut or given back next ([`crate::held::splice_held_pending`]; the request then says which): a hold or a
-/// give-back asked for by the ALG, or the give-back of a hold this rewrite was to complete.
+/// cut or given back next ([`crate::held::splice_held_pending`]; the request then says which):
+/// a hold or a give-back asked for by the ALG, or the give-back of a hold this rewrite was to
+/// complete.
 #[inline(never)]
 pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
