@@ -55,8 +55,9 @@ fn fresh_name() -> anyhow::Result<String> {
 /// Records `name` as the event socket of `pin_dir`, replacing a previous agent's record at once.
 fn write_record(pin_dir: &Path, name: &str) -> anyhow::Result<()> {
     let record = record_path(pin_dir);
+    // No dot in the name: bpffs refuses those (they are its own).
     let staged = pin_dir.join(format!(
-        ".{}.new",
+        "{}-new",
         crate::datapath::pins::EVENT_SOCKET_RECORD
     ));
     let _ = std::fs::remove_file(&staged);
