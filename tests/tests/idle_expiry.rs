@@ -18,13 +18,15 @@ sys.stdin.readline()
 #[test]
 fn a_transfer_longer_than_the_control_idle_time_gets_its_226() {
     let lab = Lab::new(LabSpec::default()).expect("lab");
-    let (server, file) = lab.serve_file(3 * MIB, 5).expect("vsftpd");
+    let (server, file) = lab.serve_file(16 * MIB, 5).expect("vsftpd");
     let _agent = lab
         .start_ftpnat(&["--control-idle", "3", "--data-idle", "30"])
         .expect("ftpnat run");
     let local = lab.subdir("client").expect("client dir").join("slow.bin");
-    // About 12 s at 256 KB/s: four control idle times. curl fails without the 226.
-    lab.curl_slowly(&server, &file, "256K", &local)
+    // About 16 s at 1 MB/s. The server sends its 226 once the socket buffers (a few MB) have
+    // taken the rest of the file, seconds after the control connection fell silent; curl fails
+    // without it.
+    lab.curl_slowly(&server, &file, "1M", &local)
         .unwrap_or_else(|err| panic!("{err:#}"));
 }
 
