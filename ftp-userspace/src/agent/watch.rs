@@ -121,8 +121,8 @@ async fn follow(
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            // In this order: a signal, then a sweep that is due, are never left waiting behind
-            // events (each turn reports at most EVENTS_PER_TURN of them).
+            // In this order: a signal, a sweep that is due and the kernel log are never left
+            // waiting behind events (each turn reports at most EVENTS_PER_TURN of them).
             biased;
             _ = sigterm.recv() => return Ok("SIGTERM"),
             _ = sigint.recv() => return Ok("SIGINT"),
@@ -148,6 +148,16 @@ async fn follow(
                     return Err(InterfacesLost(names).into());
                 }
             }
+            readable = async {
+                match kernel_log.as_mut() {
+                    Some(fd) => fd.readable_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut guard = readable.context("waiting on the kernel log map")?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the event ring buffer")?;
                 let more = drain_events(guard.get_inner_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
@@ -159,16 +169,6 @@ async fn follow(
                     // The ring stays ready; the runtime's other tasks run before the next turn.
                     tokio::task::yield_now().await;
                 }
-            }
-            readable = async {
-                match kernel_log.as_mut() {
-                    Some(fd) => fd.readable_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let mut guard = readable.context("waiting on the kernel log map")?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
             }
         }
     }
