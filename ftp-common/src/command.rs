@@ -406,6 +406,12 @@ impl CommandScanner {
         self.framing.len()
     }
 
+    /// Whether the line that just ended was empty: a bare LF or CRLF, no command at all (clients
+    /// send none; a flood of them must cost the datapath no examination and no event).
+    pub fn ended_empty(&self) -> bool {
+        self.framing.ended() && self.error == 0 && self.content_len == 0
+    }
+
     /// Where the argument of the line being read starts (in bytes from the line's first byte),
     /// while that line is a PORT or EPRT whose argument has begun, nothing in it is wrong so far
     /// and its last byte read is part of the argument (not a CR that may end it): the datapath

@@ -409,7 +409,7 @@ fn scan_input(scan: &Scan, index: u32) -> Option<u8> {
 }
 
 /// `bpf_loop` callback for the client direction: feeds one byte to the command scanner and stops
-/// the loop (returns 1) at the end of a line, or of the segment. Nothing else happens here: the
+/// the loop (returns 1) at the end of a non-empty line, or of the segment. Nothing else happens here: the
 /// verifier walks a callback once for every state it is entered with, so the line is examined
 /// after the loop.
 #[inline(never)]
@@ -421,7 +421,9 @@ extern "C" fn find_client_line(index: u32, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
-    if !session.commands.push(byte) {
+    // An empty line is no command: it takes no pass and reports nothing, so a flood of them
+    // costs one byte's scan each.
+    if !session.commands.push(byte) || session.commands.ended_empty() {
         return 0;
     }
     scan.line_found = 1;

@@ -37,6 +37,7 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     released_seen: [0; 4],
     user: [0; SESSION_USER_LEN],
     held: ftp_common::maps::HeldField::new(),
+    events: ftp_common::maps::EventBudget::new(),
 };
 
 const NO_REWRITE: RewriteRecord = RewriteRecord {

@@ -657,3 +657,29 @@ fn the_pending_address_is_the_field_the_completed_line_reports() {
         assert_eq!(start, field.start, "cut at {cut}");
     }
 }
+
+// Empty lines
+
+/// Feeds `bytes` and says whether, at each LF, the line that ended was empty as `expected` says.
+fn empty_at_each_end(bytes: &[u8], expected: &[bool]) -> bool {
+    let mut scanner = CommandScanner::new();
+    let mut expected = expected.iter();
+    for &byte in bytes {
+        if scanner.push(byte) && expected.next() != Some(&scanner.ended_empty()) {
+            return false;
+        }
+    }
+    expected.next().is_none()
+}
+
+#[test]
+fn bare_lf_and_crlf_lines_are_empty_and_commands_are_not() {
+    assert!(empty_at_each_end(
+        b"\n\r\nNOOP\r\n \r\nx\n\r\n",
+        &[true, true, false, false, false, true]
+    ));
+    let mut scanner = CommandScanner::new();
+    assert!(!scanner.ended_empty(), "no line has ended yet");
+    scanner.push(b'\r');
+    assert!(!scanner.ended_empty(), "a line being read is not empty yet");
+}

@@ -54,10 +54,13 @@ pub enum Counter {
     /// Control segments with more lines to examine, or more bytes, than the client or server stage
     /// has passes for (`MAX_LINE_PASSES`): the rest of the segment passed on unexamined.
     SegmentsPartlyExamined = 15,
+    /// Events the datapath did not report: over their session's budget (a flood of lines; the
+    /// session counts its own), or the ring buffer to the agent was full.
+    EventsSuppressed = 16,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -74,6 +77,7 @@ impl Counter {
         Counter::SequenceAdjusted,
         Counter::StageMissing,
         Counter::SegmentsPartlyExamined,
+        Counter::EventsSuppressed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -95,6 +99,7 @@ impl Counter {
             Counter::SequenceAdjusted => "sequence_adjusted",
             Counter::StageMissing => "stage_missing",
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
+            Counter::EventsSuppressed => "events_suppressed",
         }
     }
 }

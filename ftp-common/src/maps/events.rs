@@ -12,6 +12,77 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// How many bytes of a command's argument an [`Event`] carries.
 pub const EVENT_TEXT_LEN: usize = 48;
 
+/// Events one session may report per second, on average, once its burst is spent. A client or
+/// server that sends lines faster (a flood of junk commands, of unsolicited replies) has the rest
+/// dropped and counted ([`EventBudget::dropped`], `Counter::EventsSuppressed`): one connection
+/// cannot fill the ring buffer or keep the agent busy.
+pub const SESSION_EVENTS_PER_SEC: u64 = 50;
+
+/// Events one session may report at once (and again after a quiet spell of this many
+/// [`SESSION_EVENTS_PER_SEC`] fractions of a second): a login and a directory of transfers.
+pub const SESSION_EVENT_BURST: u32 = 200;
+
+/// Time that earns a session one more event.
+const NS_PER_EVENT: u64 = 1_000_000_000 / SESSION_EVENTS_PER_SEC;
+
+/// A session's event budget, a token bucket: [`SESSION_EVENT_BURST`] tokens, refilled at
+/// [`SESSION_EVENTS_PER_SEC`]. Part of the session record; the all-zero value is full at the first
+/// event (the clock is far past zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// `bpf_ktime_get_ns` up to which the tokens were earned.
+    pub earned_ns: u64,
+    /// Events the session may still report now.
+    pub tokens: u32,
+    /// Events over the budget, dropped, since the session opened.
+    pub dropped: u32,
+}
+
+impl EventBudget {
+    pub const fn new() -> Self {
+        Self {
+            earned_ns: 0,
+            tokens: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Whether one more event may be reported at `now_ns` (taking its token); if not, it is
+    /// counted as dropped.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64) -> bool {
+        let earned = now_ns.saturating_sub(self.earned_ns) / NS_PER_EVENT;
+        if earned > 0 {
+            let tokens = u64::from(self.tokens).saturating_add(earned);
+            if tokens >= u64::from(SESSION_EVENT_BURST) {
+                self.tokens = SESSION_EVENT_BURST;
+                self.earned_ns = now_ns;
+            } else {
+                self.tokens = tokens as u32;
+                // Only the time the tokens took: the rest of it counts towards the next one.
+                self.earned_ns = self.earned_ns.wrapping_add(earned * NS_PER_EVENT);
+            }
+        }
+        if self.tokens == 0 {
+            self.dropped = self.dropped.saturating_add(1);
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+impl EventKind {
+    /// Whether an event of this kind is held to its session's [`EventBudget`]. Those the lines of
+    /// the control channel produce are; a session's opening and its data connections are not:
+    /// each needs a TCP connection of its own (and a data connection an expectation and a window
+    /// port), which the tables bound, and the transfer log pairs them with their transfers.
+    pub const fn budgeted(self) -> bool {
+        !matches!(self, EventKind::SessionOpened | EventKind::DataFlowOpened)
+    }
+}
+
 /// What an [`Event`] reports. The datapath emits the first kinds; the agent adds those it learns
 /// when it sweeps (closed connections and sessions, expired expectations).
 #[repr(u8)]
@@ -146,6 +217,80 @@ pod!(Event);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+    /// A plausible clock: the machine has been up a while.
+    const BOOT: u64 = 3_600 * SEC;
+
+    fn taken(budget: &mut EventBudget, now_ns: u64, events: u32) -> u32 {
+        (0..events).filter(|_| budget.take(now_ns)).count() as u32
+    }
+
+    #[test]
+    fn a_new_session_has_its_whole_burst() {
+        let mut budget = EventBudget::new();
+        assert_eq!(taken(&mut budget, BOOT, 1000), SESSION_EVENT_BURST);
+        assert_eq!(budget.dropped, 1000 - SESSION_EVENT_BURST);
+    }
+
+    #[test]
+    fn a_flood_gets_the_rate_and_no_more() {
+        let mut budget = EventBudget::new();
+        taken(&mut budget, BOOT, SESSION_EVENT_BURST);
+        // Ten seconds of 1000 events every millisecond.
+        let mut reported = 0;
+        for ms in 1..=10_000 {
+            reported += taken(&mut budget, BOOT + ms * 1_000_000, 1000);
+        }
+        assert_eq!(u64::from(reported), 10 * SESSION_EVENTS_PER_SEC);
+        assert_eq!(
+            u64::from(budget.dropped),
+            10_000 * 1000 - 10 * SESSION_EVENTS_PER_SEC
+        );
+    }
+
+    #[test]
+    fn a_quiet_session_earns_back_its_burst_and_no_more() {
+        let mut budget = EventBudget::new();
+        taken(&mut budget, BOOT, SESSION_EVENT_BURST);
+        assert!(!budget.take(BOOT));
+        assert_eq!(
+            taken(&mut budget, BOOT + SEC, 1000) as u64,
+            SESSION_EVENTS_PER_SEC
+        );
+        assert_eq!(
+            taken(&mut budget, BOOT + 3600 * SEC, 1000),
+            SESSION_EVENT_BURST
+        );
+    }
+
+    #[test]
+    fn a_clock_behind_the_budget_earns_nothing() {
+        let mut budget = EventBudget {
+            earned_ns: BOOT,
+            tokens: 1,
+            dropped: 0,
+        };
+        assert!(budget.take(BOOT - SEC));
+        assert!(!budget.take(BOOT - SEC));
+    }
+
+    #[test]
+    fn only_line_events_are_budgeted() {
+        assert!(!EventKind::SessionOpened.budgeted());
+        assert!(!EventKind::DataFlowOpened.budgeted());
+        for kind in [
+            EventKind::Command,
+            EventKind::PassiveReply,
+            EventKind::ExpectationCreated,
+            EventKind::Refused,
+            EventKind::Malformed,
+            EventKind::TlsStarted,
+            EventKind::WindowExhausted,
+        ] {
+            assert!(kind.budgeted(), "{kind:?}");
+        }
+    }
 
     #[test]
     fn an_event_has_no_padding() {

@@ -90,6 +90,9 @@ pub struct SessionEntry {
     pub user: [u8; SESSION_USER_LEN],
     /// The last address held back because a segment ended inside it.
     pub held: HeldField,
+    /// What the session may still report (events of its lines are bounded per second), and how
+    /// many it could not.
+    pub events: super::EventBudget,
 }
 
 /// Bytes of an announced address a [`HeldField`] can keep: an IPv4 PORT argument is at most 23,
@@ -245,7 +248,9 @@ mod tests {
                 + 4
                 + SESSION_USER_LEN
                 + size_of::<HeldField>()
+                + 16
         );
+        assert_eq!(size_of::<crate::maps::EventBudget>(), 16);
         assert_eq!(size_of::<HeldField>(), 12 + HELD_FIELD_MAX);
     }
 }

@@ -3,7 +3,10 @@
 //! [`stats::collect`], so the two always agree.
 //!
 //! The HTTP side is the least a scraper needs: `GET /metrics` answers 200 with the exposition,
-//! anything else 404, and every connection closes after its response.
+//! anything else 404, and every connection closes after its response. It is bounded: at most
+//! [`MAX_CONNECTIONS`] connections at once (more are closed unanswered), a request head of at most
+//! [`MAX_REQUEST_HEAD`] bytes sent within [`REQUEST_TIMEOUT`]; and the maps are read on the
+//! runtime's blocking pool, never on the thread that runs the agent's sweep.
 
 use std::{
     io,
@@ -15,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use ftp_common::maps::Direction;
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::report::stats::{self, Stats};
 
@@ -25,6 +28,9 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to read the response.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; a scraper needs one. Further ones are closed at once, so that
+/// connections left open (a slow client, a port scan) cannot pile up.
+const MAX_CONNECTIONS: usize = 32;
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin on it.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -67,11 +73,22 @@ pub fn spawn(listener: TcpListener, pin_dir: PathBuf) -> anyhow::Result<JoinHand
         .with_context(|| format!("--metrics {addr}: registering the socket with the runtime"))?;
     log::info!("serving Prometheus metrics at http://{addr}/metrics");
     let pin_dir: Arc<Path> = pin_dir.into();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
             match listener.accept().await {
-                Ok((stream, _peer)) => {
-                    tokio::spawn(respond(stream, Arc::clone(&pin_dir)));
+                Ok((stream, peer)) => {
+                    let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+                        log::debug!(
+                            "metrics at {addr}: {MAX_CONNECTIONS} connections open, closing {peer}'s"
+                        );
+                        continue;
+                    };
+                    let pin_dir = Arc::clone(&pin_dir);
+                    tokio::spawn(async move {
+                        respond(stream, pin_dir).await;
+                        drop(permit);
+                    });
                 }
                 Err(err) => {
                     log::warn!("metrics at {addr}: accepting a connection: {err}");
@@ -89,7 +106,11 @@ async fn respond(stream: TcpStream, pin_dir: Arc<Path>) {
         return;
     };
     let response = if is_scrape(&head) {
-        match stats::collect(&pin_dir) {
+        // Reading every table takes a while when they are full: not on the agent's thread.
+        let collected = tokio::task::spawn_blocking(move || stats::collect(&pin_dir))
+            .await
+            .unwrap_or_else(|err| Err(anyhow::anyhow!("the reading task failed: {err}")));
+        match collected {
             Ok(stats) => http_response("200 OK", CONTENT_TYPE, &render(&stats)),
             Err(err) => {
                 log::warn!("metrics: reading the pinned maps: {err:#}");

@@ -21,6 +21,7 @@ mod watch;
 
 use events::{EVENT_BACKLOG, EventReporter, SessionIds};
 use reattach::{STABLE_ATTACHMENT, next_delay, reattach};
+use sweep::ExpiryPolicy;
 use watch::{InterfacesLost, WatchError, watch};
 
 use crate::{
@@ -196,6 +197,11 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         Ok(metrics) => metrics,
         Err(error) => return Err(stop_on_error(datapath, args.detach_on_exit, false, error)),
     };
+    let policy = ExpiryPolicy {
+        control_idle: args.control_idle(),
+        data_idle: args.data_idle(),
+        ..ExpiryPolicy::default()
+    };
     let mut attached_at = Instant::now();
     let mut delay = Duration::ZERO;
     let watched = loop {
@@ -207,6 +213,7 @@ async fn serve(args: &RunOptions, prepared: Prepared) -> anyhow::Result<()> {
         };
         let watched = watch(
             &nat,
+            &policy,
             &interfaces,
             &mut datapath,
             reporter,

@@ -19,9 +19,10 @@ pub struct ExpiryPolicy {
     pub closed_linger: Duration,
     /// No answer to the opening SYN.
     pub unanswered: Duration,
-    /// Idle control connection (FTP servers drop idle sessions after minutes; NAT should outlast them).
+    /// Idle control connection (FTP servers drop idle sessions after minutes; NAT should outlast
+    /// them), never while its session has a live data connection (`--control-idle`).
     pub control_idle: Duration,
-    /// Idle data connection.
+    /// Idle data connection (`--data-idle`).
     pub data_idle: Duration,
 }
 
@@ -81,10 +82,7 @@ pub fn expired(
         r.last_seen_ns.max(original.last_seen_ns)
     });
     let idle = Duration::from_nanos(now_ns.saturating_sub(last_seen));
-    let flags = original.flags | reply_flags;
-    if flags & flow_flags::RST != 0
-        || (original.flags & flow_flags::FIN != 0 && reply_flags & flow_flags::FIN != 0)
-    {
+    if closed(original, reply) {
         return idle >= policy.closed_linger;
     }
     if reply_flags & flow_flags::ESTABLISHED == 0 {
@@ -94,6 +92,28 @@ pub fn expired(
         Some(FlowKind::Control) => idle >= policy.control_idle,
         _ => idle >= policy.data_idle,
     }
+}
+
+/// Whether a connection saw an RST, or a FIN each way.
+fn closed(original: &FlowEntry, reply: Option<&FlowEntry>) -> bool {
+    let reply_flags = reply.map_or(0, |r| r.flags);
+    (original.flags | reply_flags) & flow_flags::RST != 0
+        || (original.flags & flow_flags::FIN != 0 && reply_flags & flow_flags::FIN != 0)
+}
+
+/// Whether a connection [`expired`] says is over stays all the same: a control connection that
+/// is only idle, while a transfer of its session runs (`transferring`: the sessions with a live
+/// data connection). A long download keeps its control connection silent until its `226`, which
+/// would otherwise find the session gone; Linux's conntrack keeps an established connection for
+/// days, so it never meets this.
+fn kept_for_transfer(
+    original: &FlowEntry,
+    reply: Option<&FlowEntry>,
+    transferring: &HashSet<FlowKey>,
+) -> bool {
+    original.kind == FlowKind::Control as u8
+        && !closed(original, reply)
+        && transferring.contains(&original.session)
 }
 
 /// Removes every expired connection, expectation and ended session, and gives their ports back to
@@ -115,6 +135,20 @@ pub fn sweep(
     // other order would take a session opening between the two reads for an ended one).
     let known_sessions: Vec<FlowKey> = sessions.keys().filter_map(Result::ok).collect();
     let entries: HashMap<FlowKey, FlowEntry> = flows.iter().filter_map(Result::ok).collect();
+    let is_over = |entry: &FlowEntry| {
+        entry.direction == FlowDirection::Original as u8
+            && expired(entry, entries.get(&entry.reply_key()), now_ns, policy)
+    };
+    // Sessions with a data connection that stays (this sweep does not end it).
+    let transferring: HashSet<FlowKey> = entries
+        .values()
+        .filter(|entry| {
+            entry.kind == FlowKind::Data as u8
+                && entry.direction == FlowDirection::Original as u8
+                && !is_over(entry)
+        })
+        .map(|entry| entry.session)
+        .collect();
     let mut swept = Swept::default();
     for (key, entry) in &entries {
         if entry.direction != FlowDirection::Original as u8 {
@@ -122,7 +156,8 @@ pub fn sweep(
         }
         let reply_key = entry.reply_key();
         let reply = entries.get(&reply_key);
-        if !expired(entry, reply, now_ns, policy) {
+        if !expired(entry, reply, now_ns, policy) || kept_for_transfer(entry, reply, &transferring)
+        {
             continue;
         }
         // The original side first: once it is gone no new packet refreshes the connection. Who
@@ -328,5 +363,75 @@ mod tests {
             100,
         );
         assert!(expired(&data, Some(&data_reply), 400 * SEC, &policy));
+    }
+
+    #[test]
+    fn idle_times_are_the_policys() {
+        let policy = ExpiryPolicy {
+            control_idle: Duration::from_secs(3),
+            data_idle: Duration::from_secs(5),
+            ..ExpiryPolicy::default()
+        };
+        let answered = |kind| entry(kind, FlowDirection::Reply, flow_flags::ESTABLISHED, 100);
+        let control = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        assert!(!expired(
+            &control,
+            Some(&answered(FlowKind::Control)),
+            102 * SEC,
+            &policy
+        ));
+        assert!(expired(
+            &control,
+            Some(&answered(FlowKind::Control)),
+            103 * SEC,
+            &policy
+        ));
+        let data = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        assert!(!expired(
+            &data,
+            Some(&answered(FlowKind::Data)),
+            104 * SEC,
+            &policy
+        ));
+        assert!(expired(
+            &data,
+            Some(&answered(FlowKind::Data)),
+            105 * SEC,
+            &policy
+        ));
+    }
+
+    #[test]
+    fn an_idle_control_connection_stays_while_its_session_transfers() {
+        let control = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let answered = entry(
+            FlowKind::Control,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        let mut transferring = HashSet::new();
+        assert!(!kept_for_transfer(&control, Some(&answered), &transferring));
+        transferring.insert(control.session);
+        assert!(kept_for_transfer(&control, Some(&answered), &transferring));
+        // Closed, it goes: the transfer has nothing left to say on it.
+        let reset = entry(
+            FlowKind::Control,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED | flow_flags::RST,
+            100,
+        );
+        assert!(!kept_for_transfer(&control, Some(&reset), &transferring));
+        // Another session's transfer does not keep it.
+        let mut other = transferring.clone();
+        other.clear();
+        other.insert(FlowKey {
+            sport: 40001u16.to_be_bytes(),
+            ..control.session
+        });
+        assert!(!kept_for_transfer(&control, Some(&answered), &other));
+        // A data connection is never kept by this.
+        let data = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        assert!(!kept_for_transfer(&data, None, &transferring));
     }
 }

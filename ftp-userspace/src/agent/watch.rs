@@ -25,6 +25,11 @@ use crate::{
 /// How often finished and idle connections are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The most events the loop reports before it looks at signals and the sweep again (and lets the
+/// runtime's other tasks — event socket, metrics — run): the ring buffer may refill as fast as it
+/// is read, and no event rate may hold up the rest.
+const EVENTS_PER_TURN: usize = 256;
+
 /// Interfaces the datapath is attached to that no longer carry its programs (see
 /// [`datapath::lost_interfaces`]).
 #[derive(Debug)]
@@ -56,6 +61,7 @@ pub(super) struct WatchError {
 /// whose name it returns, or until an error — among them [`InterfacesLost`].
 pub(super) async fn watch(
     nat: &NatSettings,
+    policy: &ExpiryPolicy,
     interfaces: &[Interface],
     datapath: &mut Datapath,
     reporter: EventReporter,
@@ -85,7 +91,7 @@ pub(super) async fn watch(
         .context("watching the event ring buffer")
         .map_err(not_served)?;
     follow(
-        nat, interfaces, datapath, reporter, kernel_log, ring, sigterm, sigint,
+        nat, policy, interfaces, datapath, reporter, kernel_log, ring, sigterm, sigint,
     )
     .await
     .map_err(|error| WatchError {
@@ -100,6 +106,7 @@ pub(super) async fn watch(
 #[allow(clippy::too_many_arguments)]
 async fn follow(
     nat: &NatSettings,
+    policy: &ExpiryPolicy,
     interfaces: &[Interface],
     datapath: &mut Datapath,
     mut reporter: EventReporter,
@@ -108,18 +115,22 @@ async fn follow(
     sigterm: &mut Signal,
     sigint: &mut Signal,
 ) -> anyhow::Result<&'static str> {
-    let policy = ExpiryPolicy::default();
     let mut exhaustion = ExhaustionWatch::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    // A sweep held up is done once, not caught up in a burst.
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            // In this order: a signal, a sweep that is due and the kernel log are never left
+            // waiting behind events (each turn reports at most EVENTS_PER_TURN of them).
+            biased;
             _ = sigterm.recv() => return Ok("SIGTERM"),
             _ = sigint.recv() => return Ok("SIGINT"),
             _ = sweep.tick() => {
                 // The datapath's events first, so that what a connection did is reported before
                 // its end.
-                drain_events(ring.get_mut(), datapath, &mut reporter)?;
-                let swept = sweep::sweep(&mut datapath.state_tables()?, monotonic_now_ns(), &policy)
+                drain_events(ring.get_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
+                let swept = sweep::sweep(&mut datapath.state_tables()?, monotonic_now_ns(), policy)
                     .context("sweeping finished connections and expired expectations")?;
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);
@@ -137,11 +148,6 @@ async fn follow(
                     return Err(InterfacesLost(names).into());
                 }
             }
-            readable = ring.readable_mut() => {
-                let mut guard = readable.context("waiting on the event ring buffer")?;
-                drain_events(guard.get_inner_mut(), datapath, &mut reporter)?;
-                guard.clear_ready();
-            }
             readable = async {
                 match kernel_log.as_mut() {
                     Some(fd) => fd.readable_mut().await,
@@ -151,6 +157,18 @@ async fn follow(
                 let mut guard = readable.context("waiting on the kernel log map")?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            readable = ring.readable_mut() => {
+                let mut guard = readable.context("waiting on the event ring buffer")?;
+                let more = drain_events(guard.get_inner_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
+                if !more {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                if more {
+                    // The ring stays ready; the runtime's other tasks run before the next turn.
+                    tokio::task::yield_now().await;
+                }
             }
         }
     }

@@ -9,18 +9,29 @@ use tokio::{
     net::UnixStream,
 };
 
-use crate::agent::events::{EventRecord, TransferRecord, socket_name};
+use crate::agent::events::{EventRecord, TransferRecord, peer_uid, recorded_name, trusted_uid};
 
+/// Connects to the event socket the agent of `pin_dir` recorded, if a process of root (or of
+/// this user) listens there: a socket of another user's took the name of an agent since gone.
 fn connect(pin_dir: &Path) -> anyhow::Result<std::os::unix::net::UnixStream> {
-    let name = socket_name(pin_dir);
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|err| {
+    let not_running = |err: &dyn std::fmt::Display| {
         anyhow!(
             "no `ftpnat run` serves events for --pin-dir {} in this network namespace ({err}): \
              is it running, with that pin dir?",
             pin_dir.display()
         )
-    })
+    };
+    let name = recorded_name(pin_dir).map_err(|err| not_running(&err))?;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let stream =
+        std::os::unix::net::UnixStream::connect_addr(&addr).map_err(|err| not_running(&err))?;
+    let uid = peer_uid(&stream).context("asking who serves the event socket")?;
+    if !trusted_uid(uid) {
+        return Err(not_running(&format_args!(
+            "@{name} is held by a process of user {uid}, not by ftpnat: its agent is gone"
+        )));
+    }
+    Ok(stream)
 }
 
 /// Asks the agent for a session's transfers.

@@ -32,6 +32,8 @@ pub struct SessionRow {
     pub age_ms: u64,
     pub malformed_lines: u32,
     pub refusals: u32,
+    /// Events of the session the datapath dropped: over its budget (a flood of lines).
+    pub events_dropped: u32,
 }
 
 #[derive(Serialize)]
@@ -160,6 +162,7 @@ pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
             age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
             malformed_lines: entry.malformed_lines,
             refusals: entry.refusals,
+            events_dropped: entry.events.dropped,
         })
         .collect();
     rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -315,6 +318,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 "AGE",
                 "MALFORMED",
                 "REFUSED",
+                "EVENTS DROPPED",
             ],
             |r| {
                 vec![
@@ -331,6 +335,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                     seconds(r.age_ms),
                     r.malformed_lines.to_string(),
                     r.refusals.to_string(),
+                    r.events_dropped.to_string(),
                 ]
             },
         ),

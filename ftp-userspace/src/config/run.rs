@@ -23,6 +23,10 @@ use super::{
 /// The --expect-timeout values accepted, in seconds.
 const EXPECT_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
 const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 120;
+/// The --control-idle and --data-idle values accepted, in seconds (up to a day).
+const IDLE_SECS: RangeInclusive<u64> = 1..=86_400;
+const DEFAULT_CONTROL_IDLE_SECS: u64 = 900;
+const DEFAULT_DATA_IDLE_SECS: u64 = 300;
 /// `--max-expectations-per-session`'s range (clap ranges small integers as i64).
 const MAX_EXPECTATIONS_PER_SESSION: RangeInclusive<i64> = 1..=64;
 
@@ -117,6 +121,18 @@ run_options! {
               value_parser = clap::value_parser!(u8).range(MAX_EXPECTATIONS_PER_SESSION))]
         #[serde(deserialize_with = "max_expectations_per_session")]
         pub max_expectations_per_session: Option<u8>,
+        /// Seconds a control connection may stay silent before it is removed (its session ends);
+        /// never while its session has a live data connection, so a long transfer keeps its
+        /// control connection and gets its 226 [default: 900].
+        #[arg(long, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(IDLE_SECS))]
+        #[serde(deserialize_with = "idle_secs")]
+        pub control_idle: Option<u64>,
+        /// Seconds a data connection may stay silent before it is removed [default: 300].
+        #[arg(long, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(IDLE_SECS))]
+        #[serde(deserialize_with = "idle_secs")]
+        pub data_idle: Option<u64>,
         /// Let a PORT/EPRT announce a data port below 1024. Refused by default (RFC 2577: a
         /// client could make the server connect to a privileged service).
         #[arg(long)]
@@ -231,6 +247,17 @@ impl RunOptions {
         Duration::from_secs(self.expect_timeout.unwrap_or(DEFAULT_EXPECT_TIMEOUT_SECS))
     }
 
+    /// How long a control connection may stay silent, by default 900 s (Linux's conntrack keeps
+    /// an established TCP connection for 5 days; FTP servers end idle sessions after minutes).
+    pub fn control_idle(&self) -> Duration {
+        Duration::from_secs(self.control_idle.unwrap_or(DEFAULT_CONTROL_IDLE_SECS))
+    }
+
+    /// How long a data connection may stay silent, by default 300 s.
+    pub fn data_idle(&self) -> Duration {
+        Duration::from_secs(self.data_idle.unwrap_or(DEFAULT_DATA_IDLE_SECS))
+    }
+
     /// How many data connections one session may have announced and not yet opened, by default
     /// the protocol core's limit.
     pub fn max_expectations_per_session(&self) -> u8 {
@@ -308,6 +335,19 @@ fn expect_timeout_secs<'de, D: Deserializer<'de>>(
     Ok(Some(secs))
 }
 
+/// `control_idle` and `data_idle`, held to the flags' range with the flags' wording.
+fn idle_secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let secs = u64::deserialize(deserializer)?;
+    if !IDLE_SECS.contains(&secs) {
+        return Err(D::Error::custom(format!(
+            "{secs} is not in {}..={}",
+            IDLE_SECS.start(),
+            IDLE_SECS.end()
+        )));
+    }
+    Ok(Some(secs))
+}
+
 /// `max_expectations_per_session`, held to the flag's range with the flag's wording.
 fn max_expectations_per_session<'de, D: Deserializer<'de>>(
     deserializer: D,
@@ -361,6 +401,8 @@ mod tests {
         publish = ["21=192.168.1.10", "2121=192.168.1.11:21"]
         expect_timeout = 30
         max_expectations_per_session = 8
+        control_idle = 60
+        data_idle = 20
         allow_privileged_data_ports = true
         tc_attach = "netlink"
     "#;
@@ -390,6 +432,8 @@ mod tests {
         );
         assert_eq!(options.expect_timeout(), Duration::from_secs(30));
         assert_eq!(options.max_expectations_per_session(), 8);
+        assert_eq!(options.control_idle(), Duration::from_secs(60));
+        assert_eq!(options.data_idle(), Duration::from_secs(20));
         assert!(options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Netlink);
     }
@@ -425,6 +469,10 @@ mod tests {
             "30",
             "--max-expectations-per-session",
             "8",
+            "--control-idle",
+            "60",
+            "--data-idle",
+            "20",
             "--allow-privileged-data-ports",
             "--tc-attach",
             "netlink",
@@ -440,6 +488,8 @@ mod tests {
         assert_eq!(options.pin_dir(), Path::new(DEFAULT_PIN_DIR));
         assert_eq!(options.expect_timeout(), Duration::from_secs(120));
         assert_eq!(options.max_expectations_per_session(), 4);
+        assert_eq!(options.control_idle(), Duration::from_secs(900));
+        assert_eq!(options.data_idle(), Duration::from_secs(300));
         assert!(!options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Auto);
     }
@@ -493,6 +543,12 @@ mod tests {
                 "max_expectations_per_session",
                 "0 is not in 1..=64",
             ),
+            ("control_idle = 0", "control_idle", "0 is not in 1..=86400"),
+            (
+                "data_idle = 86401",
+                "data_idle",
+                "86401 is not in 1..=86400",
+            ),
             (
                 "allow_privileged_data_ports = 1",
                 "allow_privileged_data_ports",
@@ -533,6 +589,8 @@ mod tests {
                 "65",
                 "65 is not in 1..=64",
             ),
+            ("--control-idle", "0", "0 is not in 1..=86400"),
+            ("--data-idle", "86401", "86401 is not in 1..=86400"),
             (
                 "--tc-attach",
                 "classic",

@@ -32,7 +32,11 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 /// The layout of the pinned maps (their key and value types and sizes). Bump it with any change to
 /// a pinned map's definition: pins of another layout are refused, never reused.
 /// (Layout 1 pinned the maps directly in the pin dir, without links.)
-pub const STATE_LAYOUT_VERSION: u32 = 4;
+pub const STATE_LAYOUT_VERSION: u32 = 5;
+
+/// The running agent's record of its event socket's name in the pin dir (see
+/// `agent::events::server`); gone with the agent (its lock).
+pub const EVENT_SOCKET_RECORD: &str = "events-socket";
 
 /// Checks that `pin_dir` is (or would be created) on a bpffs mount, before anything is loaded.
 pub fn require_bpffs(pin_dir: &Path) -> anyhow::Result<()> {
@@ -173,6 +177,9 @@ pub struct PinDirLock {
 
 impl Drop for PinDirLock {
     fn drop(&mut self) {
+        // No agent serves events once the lock is let go (also when this is the lock of a detach
+        // after an agent was killed): its record goes.
+        let _ = fs::remove_file(self.path.join(EVENT_SOCKET_RECORD));
         // A pin dir left empty (a run refused after locking, a detach) is of no use to anyone;
         // one holding a datapath is not empty and stays.
         let _ = fs::remove_dir(&self.path);

@@ -54,13 +54,19 @@ impl EventReporter {
     }
 }
 
-/// Reports every event waiting in the ring buffer.
+/// Reports the events waiting in the ring buffer, at most `limit` of them: the datapath may refill
+/// the ring as fast as it is read, and the agent's loop has the sweep and signals to attend to.
+/// True if events may be left.
 pub fn drain_events(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     datapath: &mut Datapath,
     reporter: &mut EventReporter,
-) -> anyhow::Result<()> {
-    while let Some(item) = ring.next() {
+    limit: usize,
+) -> anyhow::Result<bool> {
+    for _ in 0..limit {
+        let Some(item) = ring.next() else {
+            return Ok(false);
+        };
         if item.len() < size_of::<Event>() {
             continue;
         }
@@ -70,7 +76,7 @@ pub fn drain_events(
         drop(item);
         reporter.report(datapath, &event)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Log target of the events, which the JSON log format embeds as objects.
