@@ -54,10 +54,24 @@ pub enum Counter {
     /// Control segments with more lines to examine, or more bytes, than the client or server stage
     /// has passes for (`MAX_LINE_PASSES`): the rest of the segment passed on unexamined.
     SegmentsPartlyExamined = 15,
+    /// Opening SYNs of a masqueraded client to an FTP port whose route (the kernel's FIB, policy
+    /// rules included) does not leave by the WAN interface — another LAN, a VPN, the router
+    /// itself, or no route: passed to the stack untranslated.
+    NotRoutedToWan = 16,
+    /// SYN and SYN-ACK segments of translated connections whose MSS option was lowered to fit the
+    /// smaller MTU of the two interfaces they cross.
+    MssClamped = 17,
+    /// Translated packets too big for the egress interface's MTU, with DF set and a destination
+    /// the translation keeps: handed to the stack untranslated, which drops them and answers the
+    /// sender with ICMP fragmentation-needed.
+    TooBigPassed = 18,
+    /// Translated packets too big for the egress interface's MTU that the stack could not answer
+    /// for (DF clear, or a destination the translation changes): dropped.
+    TooBigDropped = 19,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 20] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -74,6 +88,10 @@ impl Counter {
         Counter::SequenceAdjusted,
         Counter::StageMissing,
         Counter::SegmentsPartlyExamined,
+        Counter::NotRoutedToWan,
+        Counter::MssClamped,
+        Counter::TooBigPassed,
+        Counter::TooBigDropped,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -95,6 +113,10 @@ impl Counter {
             Counter::SequenceAdjusted => "sequence_adjusted",
             Counter::StageMissing => "stage_missing",
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
+            Counter::NotRoutedToWan => "not_routed_to_wan",
+            Counter::MssClamped => "mss_clamped",
+            Counter::TooBigPassed => "too_big_passed",
+            Counter::TooBigDropped => "too_big_dropped",
         }
     }
 }
