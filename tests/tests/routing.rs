@@ -127,3 +127,52 @@ fn ftp_to_the_router_itself_is_not_translated() {
     assert!(lab.datapath_counter("not_routed_to_wan") >= 4);
     assert_never_on_the_wan(&lab, lab.spec.router_wan);
 }
+
+/// A policy rule sends the client's traffic for a prefix into a VPN (here a second network's host as
+/// its gateway), while the main table's default route leads to the WAN: ftpnat asks the FIB with
+/// the rules, as forwarding does, and leaves that FTP to the VPN.
+#[test]
+fn a_policy_rule_routing_a_prefix_into_a_vpn_is_followed() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let vpn = lab
+        .add_network("vpn", OTHER_LAN_IF, (OTHER_ROUTER, OTHER_SERVER), 24)
+        .expect("the VPN's network");
+    let behind_vpn = Ipv4Addr::new(198, 51, 100, 10);
+    vpn.ip(&["addr", "add", &format!("{behind_vpn}/32"), "dev", "lo"])
+        .expect("an address behind the VPN");
+    let client = lab.spec.client.to_string();
+    let via_vpn = OTHER_SERVER.to_string();
+    for args in [
+        vec!["route", "add", "default", "via", "203.0.113.10"],
+        vec![
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            &via_vpn,
+            "table",
+            "100",
+        ],
+        vec![
+            "rule",
+            "add",
+            "from",
+            &client,
+            "to",
+            "198.51.100.0/24",
+            "lookup",
+            "100",
+        ],
+    ] {
+        lab.router.ip(&args).expect("router routes");
+    }
+    let (server, file) = vsftpd_in(&lab, &vpn, behind_vpn, "behind-vpn");
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+
+    for mode in [Mode::Pasv, Mode::Port] {
+        download_untranslated(&lab, &server, &file, mode);
+    }
+    assert_eq!(lab.datapath_counter("control_sessions_opened"), 0);
+    assert!(lab.datapath_counter("not_routed_to_wan") >= 2);
+    assert_never_on_the_wan(&lab, behind_vpn);
+}
