@@ -9,12 +9,12 @@
 //! offloads are off on every interface of the path: a GSO packet crosses a veth whole, whatever
 //! its length, and would hide the narrow link altogether.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::Ipv4Addr, path::Path, process::Command, time::Duration};
 
 use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, MIB, Mode, TestFile, Transfer,
     files::assert_same_content,
-    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF},
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF, wait_until},
     netns::{NetNs, run},
     servers::VsftpdOptions,
 };
@@ -60,8 +60,15 @@ fn vsftpd_taking_uploads(lab: &Lab, ns: &NetNs, addr: Ipv4Addr) -> (FtpServer, T
     (server, file)
 }
 
-/// A curl upload of `local` as `incoming/name` to `server` in `mode`, from `ns`.
-fn upload(ns: &NetNs, server: Ipv4Addr, mode: Mode, local: &Path, name: &str) {
+/// curl uploading `local` as `incoming/name` to `server` in `mode` from `ns`, with curl's `options`.
+fn upload_command(
+    ns: &NetNs,
+    server: Ipv4Addr,
+    mode: Mode,
+    local: &Path,
+    name: &str,
+    options: &[&str],
+) -> Command {
     let url = format!("ftp://{server}/incoming/{name}");
     let local = local.to_string_lossy();
     let mut args = vec!["-sS", "--fail", "--max-time", "60", "-T", &local];
@@ -70,8 +77,14 @@ fn upload(ns: &NetNs, server: Ipv4Addr, mode: Mode, local: &Path, name: &str) {
         Mode::Port => args.extend(["-P", "-", "--disable-eprt"]),
         Mode::Epsv | Mode::Eprt => unreachable!("the tests use PASV and PORT"),
     }
+    args.extend_from_slice(options);
     args.push(&url);
-    let out = ns.command("curl", &args).output().expect("curl");
+    ns.command("curl", &args)
+}
+
+/// Runs an upload to its end; it must succeed.
+fn finish_upload(mut curl: Command, mode: Mode, name: &str) {
+    let out = curl.output().expect("curl");
     assert!(
         out.status.success(),
         "{mode:?} upload of {name} failed ({}): {}",
@@ -102,7 +115,8 @@ fn transfer_both_ways(lab: &Lab, client: &NetNs, server: Ipv4Addr, file: &TestFi
         .unwrap_or_else(|err| panic!("{err:#}"));
         assert_same_content(&local, file);
         let name = format!("{mode:?}.bin");
-        upload(client, server, mode, &file.path, &name);
+        let curl = upload_command(client, server, mode, &file.path, &name, &[]);
+        finish_upload(curl, mode, &name);
         assert_same_content(&incoming.join(&name), file);
     }
 }
@@ -191,4 +205,44 @@ fn publish_through_a_pppoe_mtu() {
 #[test]
 fn publish_through_a_wireguard_mtu() {
     publish_through(WIREGUARD_MTU);
+}
+
+/// The WAN link's MTU drops from 1500 to 1400 in the middle of an upload (a connection set up
+/// before, its MSS 1460, no longer fits; without ftpnat's check its segments would be lost): ftpnat hands the client's too-big segments to the stack
+/// untranslated, the stack answers the client with ICMP fragmentation-needed, the client's path
+/// MTU discovery lowers its segments, and the upload completes.
+#[test]
+fn an_mtu_lowered_mid_transfer_is_learnt_by_path_mtu_discovery() {
+    let lab = narrow_wan_lab(1500);
+    let (_server, file) = vsftpd_taking_uploads(&lab, &lab.server, lab.spec.server);
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let name = "lowered.bin";
+    let curl = upload_command(
+        &lab.client,
+        lab.spec.server,
+        Mode::Pasv,
+        &file.path,
+        name,
+        &["--limit-rate", "4M"],
+    );
+    std::thread::scope(|scope| {
+        let upload = scope.spawn(|| finish_upload(curl, Mode::Pasv, name));
+        let flowing = wait_until(Duration::from_secs(20), || {
+            lab.ftpnat_json(&["flows"])
+                .as_array()
+                .is_some_and(|flows| flows.iter().any(|f| f["kind"] == "data"))
+        });
+        assert!(flowing.is_ok(), "the data connection never opened");
+        // Both ends of the link: a frame longer than the server's MTU is lost on the way.
+        lab.router
+            .ip(&["link", "set", ROUTER_WAN_IF, "mtu", "1400"])
+            .expect("lowering the WAN MTU");
+        lab.server
+            .ip(&["link", "set", HOST_IF, "mtu", "1400"])
+            .expect("lowering the server's MTU");
+        upload.join().expect("the upload");
+    });
+    assert_same_content(&file.path.with_file_name("incoming").join(name), &file);
+    assert!(lab.datapath_counter("too_big_passed") >= 1);
+    assert_eq!(lab.datapath_counter("too_big_dropped"), 0);
 }
