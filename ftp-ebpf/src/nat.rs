@@ -16,8 +16,11 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_redirect_neigh},
     programs::TcContext,
 };
-use ftp_common::maps::{Counter, FlowEntry, flow_flags};
-use network_types::{ip::Ipv4Hdr, tcp::TcpHdr};
+use ftp_common::{
+    maps::{Counter, FlowEntry, flow_flags},
+    mss::{self, OptionStep},
+};
+use network_types::tcp::TcpHdr;
 
 use crate::{
     headers::{
@@ -179,60 +182,48 @@ fn too_big(packet: &Tcp4, entry: &FlowEntry) -> Verdict {
 
 /// The TCP options walked looking for the MSS: Linux, Windows, macOS and the BSDs send it first.
 const MSS_OPTION_STEPS: usize = 8;
-const TCP_OPTION_END: u8 = 0;
-const TCP_OPTION_NOP: u8 = 1;
-const TCP_OPTION_MSS: u8 = 2;
-const TCP_OPTION_MSS_LEN: u8 = 4;
 
 /// Lowers the MSS option of a SYN or SYN-ACK to the smaller MTU of the packet's two interfaces
-/// (ingress and `out_mtu`) less the IPv4 and TCP headers, with the TCP checksum updated. True if
-/// it did. A SYN without the option leaves the peer at the default of 536, which fits any MTU.
+/// (ingress and `out_mtu`) less the IPv4 and TCP headers, with the TCP checksum updated
+/// ([`ftp_common::mss`]). True if it did. A SYN without the option leaves the peer at the default
+/// of 536, which fits any MTU.
 // A subprogram of its own: only SYNs pay for the walk.
 #[inline(never)]
 fn clamp_mss(ctx: &TcContext, packet: &Tcp4, out_mtu: u32) -> bool {
     let in_mtu = mtu_of(ctx, 0, packet.ip_len()).mtu;
-    let Some(mss) = in_mtu
-        .min(out_mtu)
-        .checked_sub((Ipv4Hdr::LEN + TcpHdr::LEN) as u32)
-    else {
-        return false;
-    };
     let options_end = packet.tcp_off + usize::from(packet.tcp.doff()) * 4;
     let mut off = packet.tcp_off + TcpHdr::LEN;
     for _ in 0..MSS_OPTION_STEPS {
-        if off + usize::from(TCP_OPTION_MSS_LEN) > options_end {
+        if off + mss::MSS_OPTION_LEN > options_end {
             return false;
         }
-        let Ok([kind, len, hi, lo]) = ctx.load::<[u8; 4]>(off) else {
+        let Ok(bytes) = ctx.load::<[u8; 4]>(off) else {
             return false;
         };
-        match kind {
-            TCP_OPTION_END => return false,
-            TCP_OPTION_NOP => off += 1,
-            TCP_OPTION_MSS if len == TCP_OPTION_MSS_LEN => {
-                return u32::from(u16::from_be_bytes([hi, lo])) > mss
-                    && store_mss(ctx, packet, off - packet.tcp_off + 2, [hi, lo], mss as u16);
+        match mss::option_step(bytes) {
+            OptionStep::End => return false,
+            OptionStep::Skip(len) => off += len,
+            OptionStep::Mss(announced) => {
+                let Some(clamped) = mss::clamped(announced, in_mtu, out_mtu) else {
+                    return false;
+                };
+                let at = off - packet.tcp_off + mss::MSS_VALUE_OFF;
+                return store_mss(ctx, packet, at, announced, clamped);
             }
-            _ if len < 2 => return false,
-            _ => off += usize::from(len),
         }
     }
     false
 }
 
-/// Writes `mss` over the option's value `old` at `at` bytes into the TCP header. The checksum sums
-/// 16-bit words from the header's start: a value at an odd offset straddles two of them, and
-/// counts in it with its bytes swapped.
+/// Writes `new` over the MSS value `old` at `at` bytes into the TCP header, and updates the
+/// checksum.
 #[inline(always)]
-fn store_mss(ctx: &TcContext, packet: &Tcp4, at: usize, old: [u8; 2], mss: u16) -> bool {
-    let new = mss.to_be_bytes();
+fn store_mss(ctx: &TcContext, packet: &Tcp4, at: usize, old: u16, new: u16) -> bool {
+    let (old, new) = (old.to_be_bytes(), new.to_be_bytes());
     if ctx.store(packet.tcp_off + at, &new, 0).is_err() {
         return false;
     }
-    let (old, new) = match (at & 1, old, new) {
-        (0, old, new) => (old, new),
-        (_, [old_hi, old_lo], [new_hi, new_lo]) => ([old_lo, old_hi], [new_lo, new_hi]),
-    };
+    let (old, new) = mss::checksum_words(at, old, new);
     let (old, new) = (
         u64::from(u16::from_ne_bytes(old)),
         u64::from(u16::from_ne_bytes(new)),
