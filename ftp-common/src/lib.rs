@@ -16,6 +16,8 @@
 //! - [`session`]: the per-connection state machine and policy ([`Session`]), whose verdicts the
 //!   caller acts on.
 //! - [`number`] and [`address`]: the strict number and address readers underneath.
+//! - [`mss`](mod@mss): MSS clamping of the SYNs the datapath forwards (TCP, not FTP, but protocol
+//!   logic all the same).
 //!
 //! The grammar is read one byte at a time because that is what a BPF verifier can follow: a
 //! scanner step called from a `bpf_loop` callback is verified once, whatever the line.
@@ -87,7 +89,7 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, command, format, line, number, reason, reply, seqadj, session, span
+    address, command, format, line, mss, number, reason, reply, seqadj, session, span
 );
 
 pub use command::{

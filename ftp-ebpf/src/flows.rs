@@ -3,14 +3,19 @@
 //! is DNATed to the server behind it. Either way it gets two flow entries, one per direction, and
 //! a session record.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    helpers::bpf_fib_lookup as fib_lookup,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use ftp_common::maps::{
     Counter, DatapathConfig, FlowDirection, FlowEntry, FlowKey, FlowKind, SessionKind, flow_flags,
 };
 
 use crate::{
     headers::Tcp4,
-    maps::{FLOWS, MASQUERADE, PUBLISH, bump, now_ns},
+    maps::{FLOWS, MASQUERADE, PUBLISH, SCRATCH, bump, now_ns},
     session::NewSession,
     window::{return_port, take_port},
 };
@@ -39,13 +44,16 @@ pub fn open_control(
     if in_ifindex == config.wan_ifindex {
         open_published(packet, config, in_ifindex)
     } else {
-        open_masqueraded(packet, config, in_ifindex)
+        open_masqueraded(ctx, packet, config, in_ifindex)
     }
 }
 
-/// A masqueraded client's connection: SNAT behind the public address and a window port.
+/// A masqueraded client's connection: SNAT behind the public address and a window port — only
+/// if the kernel routes it out of the WAN interface. FTP to another LAN, a VPN or the router
+/// itself is none of ftpnat's business: it passes to the stack as it came.
 #[inline(always)]
 fn open_masqueraded(
+    ctx: &TcContext,
     packet: &Tcp4,
     config: &DatapathConfig,
     in_ifindex: u32,
@@ -55,6 +63,10 @@ fn open_masqueraded(
     }
     let prefix = Key::new(32, packet.ip.src_addr);
     if MASQUERADE.get(&prefix).is_none() {
+        return Err(OpenError::NotOurs);
+    }
+    if !routed_out_of(ctx, packet, in_ifindex, config.wan_ifindex) {
+        bump(Counter::NotRoutedToWan);
         return Err(OpenError::NotOurs);
     }
     let Some(public_port) = take_port() else {
@@ -93,6 +105,49 @@ fn open_masqueraded(
     );
     bump(Counter::ControlSessionsOpened);
     Ok(())
+}
+
+const AF_INET: u8 = 2;
+const IPPROTO_TCP: u8 = 6;
+
+/// Whether the kernel's FIB sends `packet`, arriving on `in_ifindex`, out of `out_ifindex`. The
+/// lookup is the one forwarding would make: with the policy rules (not `BPF_FIB_LOOKUP_DIRECT`,
+/// so a rule sending a source prefix into a VPN's table counts), from the ingress interface, by
+/// source, destination, TOS and ports. Rules that match a firewall mark are not seen: the lookup
+/// runs without the packet's mark. A route whose neighbour is not resolved yet still counts
+/// (`bpf_redirect_neigh` resolves it); a local destination (the router itself), an unreachable,
+/// blackhole or prohibit route, or a failed lookup do not.
+// A subprogram of its own, its parameters in the scratch area: off the ALG's stack.
+#[inline(never)]
+fn routed_out_of(ctx: &TcContext, packet: &Tcp4, in_ifindex: u32, out_ifindex: u32) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch area; the parameters are written in full before the lookup.
+    let params = unsafe { &mut (*scratch).route };
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them), and what
+    // the kernel expects of the fields this lookup does not use.
+    *params = unsafe { core::mem::zeroed::<bpf_fib_lookup>() };
+    params.family = AF_INET;
+    params.l4_protocol = IPPROTO_TCP;
+    params.sport = u16::from_ne_bytes(packet.tcp.source);
+    params.dport = u16::from_ne_bytes(packet.tcp.dest);
+    params.__bindgen_anon_1.tot_len = packet.ip_len();
+    params.ifindex = in_ifindex;
+    params.__bindgen_anon_2.tos = packet.ip.tos;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(packet.ip.src_addr);
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(packet.ip.dst_addr);
+    // SAFETY: the helper reads and writes `params`, a live map value of the size passed.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH))
+        && params.ifindex == out_ifindex
 }
 
 /// An outside client's connection to a published port: DNAT to the server; the client's address

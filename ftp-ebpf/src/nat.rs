@@ -5,13 +5,22 @@
 //! interface with `bpf_redirect_neigh`, from the ingress hook. It therefore never enters netfilter:
 //! ftpnat needs no rule there and does not disturb a masquerade that handles the router's other
 //! traffic.
+//!
+//! The redirect also skips the stack's MTU check, so ftpnat makes its own: it clamps the MSS
+//! option of every SYN and SYN-ACK it translates to what the smaller MTU of the two interfaces
+//! carries (as `iptables -j TCPMSS --clamp-mss-to-pmtu` would), which keeps both ends' segments
+//! within it, and it does not redirect a packet that is still too big (see [`too_big`]).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::bpf_redirect_neigh,
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS},
+    helpers::{bpf_check_mtu, bpf_redirect_neigh},
     programs::TcContext,
 };
-use ftp_common::maps::{Counter, FlowEntry, flow_flags};
+use ftp_common::{
+    maps::{Counter, FlowEntry, flow_flags},
+    mss::{self, OptionStep},
+};
+use network_types::tcp::TcpHdr;
 
 use crate::{
     headers::{
@@ -77,8 +86,15 @@ pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) 
     if packet.ip.ttl <= 1 {
         return Verdict::Pass;
     }
+    let Mtu { mtu: out_mtu, fits } = mtu_of(ctx, entry.out_ifindex, packet.ip_len());
+    if !fits {
+        return too_big(packet, entry);
+    }
     if rewrite_headers(ctx, packet, entry).is_err() {
         return Verdict::Drop;
+    }
+    if packet.tcp.syn() != 0 && clamp_mss(ctx, packet, out_mtu) {
+        bump(Counter::MssClamped);
     }
     bump(Counter::PacketsTranslated);
     // SAFETY: plain helper call; a null params pointer asks the kernel to do the FIB lookup.
@@ -114,4 +130,104 @@ fn rewrite_headers(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) -> Result<
     // We forward, so we decrement the TTL like a router; ttl and protocol share a checksum word.
     let ttl_word = [[ip.ttl, ip.proto], [ip.ttl - 1, ip.proto]];
     store16(ctx, packet, IP_OFF + IP_TTL_OFF, ttl_word, Ip)
+}
+
+/// An interface's MTU, and whether a datagram fits it.
+struct Mtu {
+    /// 0 if the interface is unknown (gone: the redirect then fails, counted).
+    mtu: u32,
+    fits: bool,
+}
+
+/// The MTU of the interface `ifindex` (0: the one the packet came in by) and whether a datagram of
+/// `ip_len` bytes fits it. A GSO packet fits whatever its length: the stack cuts it into segments
+/// of its MSS, which the clamping keeps within the MTU.
+#[inline(always)]
+fn mtu_of(ctx: &TcContext, ifindex: u32, ip_len: u16) -> Mtu {
+    // In: the datagram's length (which makes the helper compare IP lengths, so that an interface
+    // without an Ethernet header is measured right); out: the interface's MTU.
+    let mut mtu = u32::from(ip_len);
+    // SAFETY: plain helper call; `mtu` is a live u32 the helper reads and writes.
+    let ret = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), ifindex, &mut mtu, 0, 0) };
+    if ret < 0 {
+        return Mtu { mtu: 0, fits: true };
+    }
+    Mtu {
+        mtu,
+        fits: ret == i64::from(BPF_MTU_CHK_RET_SUCCESS),
+    }
+}
+
+/// The IPv4 header's Don't Fragment bit.
+const IP_DF: u16 = 0x4000;
+
+/// A packet too big for its flow's egress interface. With DF set and a destination the
+/// translation keeps (a masqueraded client's packets to its server, a published server's to its
+/// client), the stack routes the untranslated packet the same way, finds it too big before any
+/// translation or filter would forward it, drops it and sends the sender ICMP
+/// fragmentation-needed about the header it knows. Otherwise nobody can be told: the stack would
+/// deliver a packet for the public address to the router itself, or fragment one and forward it
+/// with its private source address. Dropped.
+#[inline(always)]
+fn too_big(packet: &Tcp4, entry: &FlowEntry) -> Verdict {
+    let df = u16::from_be_bytes(packet.ip.frags) & IP_DF != 0;
+    if df && packet.ip.dst_addr == entry.new_daddr {
+        bump(Counter::TooBigPassed);
+        Verdict::Pass
+    } else {
+        bump(Counter::TooBigDropped);
+        Verdict::Drop
+    }
+}
+
+/// The TCP options walked looking for the MSS: Linux, Windows, macOS and the BSDs send it first.
+const MSS_OPTION_STEPS: usize = 8;
+
+/// Lowers the MSS option of a SYN or SYN-ACK to the smaller MTU of the packet's two interfaces
+/// (ingress and `out_mtu`) less the IPv4 and TCP headers, with the TCP checksum updated
+/// ([`ftp_common::mss`]). True if it did. A SYN without the option leaves the peer at the default
+/// of 536, which fits any MTU.
+// A subprogram of its own: only SYNs pay for the walk.
+#[inline(never)]
+fn clamp_mss(ctx: &TcContext, packet: &Tcp4, out_mtu: u32) -> bool {
+    let in_mtu = mtu_of(ctx, 0, packet.ip_len()).mtu;
+    let options_end = packet.tcp_off + usize::from(packet.tcp.doff()) * 4;
+    let mut off = packet.tcp_off + TcpHdr::LEN;
+    for _ in 0..MSS_OPTION_STEPS {
+        if off + mss::MSS_OPTION_LEN > options_end {
+            return false;
+        }
+        let Ok(bytes) = ctx.load::<[u8; 4]>(off) else {
+            return false;
+        };
+        match mss::option_step(bytes) {
+            OptionStep::End => return false,
+            OptionStep::Skip(len) => off += len,
+            OptionStep::Mss(announced) => {
+                let Some(clamped) = mss::clamped(announced, in_mtu, out_mtu) else {
+                    return false;
+                };
+                let at = off - packet.tcp_off + mss::MSS_VALUE_OFF;
+                return store_mss(ctx, packet, at, announced, clamped);
+            }
+        }
+    }
+    false
+}
+
+/// Writes `new` over the MSS value `old` at `at` bytes into the TCP header, and updates the
+/// checksum.
+#[inline(always)]
+fn store_mss(ctx: &TcContext, packet: &Tcp4, at: usize, old: u16, new: u16) -> bool {
+    let (old, new) = (old.to_be_bytes(), new.to_be_bytes());
+    if ctx.store(packet.tcp_off + at, &new, 0).is_err() {
+        return false;
+    }
+    let (old, new) = mss::checksum_words(at, old, new);
+    let (old, new) = (
+        u64::from(u16::from_ne_bytes(old)),
+        u64::from(u16::from_ne_bytes(new)),
+    );
+    ctx.l4_csum_replace(packet.tcp_check_off(), old, new, 2)
+        .is_ok()
 }

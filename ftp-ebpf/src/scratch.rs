@@ -33,6 +33,8 @@ pub struct Scratch {
     /// offsets, which the verifier allows in a map value but not on the stack).
     pub options_before: [u8; ftp_common::MAX_TCP_OPTIONS],
     pub options_after: [u8; ftp_common::MAX_TCP_OPTIONS],
+    /// The FIB lookup of an opening SYN (see `flows::routed_out_of`).
+    pub route: aya_ebpf::bindings::bpf_fib_lookup,
     /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which
     /// can reach a little past it; this keeps every such address inside the map value.
     pub _verifier_slack: [u8; 64],

@@ -272,6 +272,23 @@ impl Lab {
         Ok(())
     }
 
+    /// A namespace of its own (`<lab>-<label>`) on another network of the router: a veth from the
+    /// router's `router_if` to its `HOST_IF`, addressed `addresses` (router's, host's) in one
+    /// `/prefix_len`, with a default route through the router. The caller owns it: dropping it
+    /// removes the namespace and the router's end of the veth with it.
+    pub fn add_network(
+        &self,
+        label: &str,
+        router_if: &str,
+        addresses: (Ipv4Addr, Ipv4Addr),
+        prefix_len: u8,
+    ) -> anyhow::Result<NetNs> {
+        let host = NetNs::create(&format!("{}-{label}", self.name))?;
+        self.join(router_if, None, addresses, prefix_len, &host)?;
+        host.ip(&["route", "add", "default", "via", &addresses.0.to_string()])?;
+        Ok(host)
+    }
+
     /// Deletes the router's WAN interface (and its peer), as a PPPoE link going down does:
     /// programs attached to it go with it. (The capture of that side ends.)
     pub fn delete_wan(&self) -> anyhow::Result<()> {

@@ -57,10 +57,24 @@ pub enum Counter {
     /// Events the datapath did not report: over their session's budget (a flood of lines; the
     /// session counts its own), or the ring buffer to the agent was full.
     EventsSuppressed = 16,
+    /// Opening SYNs of a masqueraded client to an FTP port whose route (the kernel's FIB, policy
+    /// rules included) does not leave by the WAN interface — another LAN, a VPN, the router
+    /// itself, or no route: passed to the stack untranslated.
+    NotRoutedToWan = 17,
+    /// SYN and SYN-ACK segments of translated connections whose MSS option was lowered to fit the
+    /// smaller MTU of the two interfaces they cross.
+    MssClamped = 18,
+    /// Translated packets too big for the egress interface's MTU, with DF set and a destination
+    /// the translation keeps: handed to the stack untranslated, which drops them and answers the
+    /// sender with ICMP fragmentation-needed.
+    TooBigPassed = 19,
+    /// Translated packets too big for the egress interface's MTU that the stack could not answer
+    /// for (DF clear, or a destination the translation changes): dropped.
+    TooBigDropped = 20,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 21] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -78,6 +92,10 @@ impl Counter {
         Counter::StageMissing,
         Counter::SegmentsPartlyExamined,
         Counter::EventsSuppressed,
+        Counter::NotRoutedToWan,
+        Counter::MssClamped,
+        Counter::TooBigPassed,
+        Counter::TooBigDropped,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -100,6 +118,10 @@ impl Counter {
             Counter::StageMissing => "stage_missing",
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
             Counter::EventsSuppressed => "events_suppressed",
+            Counter::NotRoutedToWan => "not_routed_to_wan",
+            Counter::MssClamped => "mss_clamped",
+            Counter::TooBigPassed => "too_big_passed",
+            Counter::TooBigDropped => "too_big_dropped",
         }
     }
 }
