@@ -21,7 +21,7 @@ use ftp_common::maps::{
 };
 
 use crate::{
-    flows::{OpenError, install},
+    flows::{OpenError, install, install_failed},
     headers::Tcp4,
     maps::{EXPECTS, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, Scan},
@@ -243,10 +243,12 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         }
         None => return Err(OpenError::NotOurs),
     };
-    if !install(key, &original, reply_out_ifindex) {
+    if let Err(error) = install(key, &original, reply_out_ifindex) {
+        // Not passed untranslated: a data connection from behind the router would leave with
+        // its private address.
         return_port(original.public_port);
         expectation_ended(&expectation.session);
-        return Err(OpenError::NotOurs);
+        return install_failed(error);
     }
     if let Some(session) = SESSIONS.get_ptr_mut(expectation.session) {
         // SAFETY: a live map value; see scan::begin_segment on concurrent updates.

@@ -54,10 +54,16 @@ pub enum Counter {
     /// Control segments with more lines to examine, or more bytes, than the client or server stage
     /// has passes for (`MAX_LINE_PASSES`): the rest of the segment passed on unexamined.
     SegmentsPartlyExamined = 15,
+    /// Opening SYNs whose connection found the flow table full: refused (a reset to a masqueraded
+    /// client, dropped from the WAN), never passed untranslated.
+    FlowTableFull = 16,
+    /// Opening SYNs of control connections that found the session table full: refused as for
+    /// [`Counter::FlowTableFull`] rather than translated without the ALG.
+    SessionTableFull = 17,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -74,6 +80,8 @@ impl Counter {
         Counter::SequenceAdjusted,
         Counter::StageMissing,
         Counter::SegmentsPartlyExamined,
+        Counter::FlowTableFull,
+        Counter::SessionTableFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -95,6 +103,8 @@ impl Counter {
             Counter::SequenceAdjusted => "sequence_adjusted",
             Counter::StageMissing => "stage_missing",
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
+            Counter::FlowTableFull => "flow_table_full",
+            Counter::SessionTableFull => "session_table_full",
         }
     }
 }
