@@ -17,8 +17,10 @@ use crate::datapath::maps::StateTables;
 pub struct ExpiryPolicy {
     /// Both sides sent FIN, or one sent RST: kept this long for the last ACKs.
     pub closed_linger: Duration,
-    /// No answer to the opening SYN.
-    pub unanswered: Duration,
+    /// Handshake not completed: the opening SYN unanswered, or answered but never acknowledged
+    /// by its sender. Short, so that spoofed SYNs (whose SYN-ACK goes to a host that never asked)
+    /// cannot hold sessions, flows and window ports for the idle times below.
+    pub handshake: Duration,
     /// Idle control connection (FTP servers drop idle sessions after minutes; NAT should outlast them).
     pub control_idle: Duration,
     /// Idle data connection.
@@ -29,7 +31,9 @@ impl Default for ExpiryPolicy {
     fn default() -> Self {
         Self {
             closed_linger: Duration::from_secs(2),
-            unanswered: Duration::from_secs(30),
+            // Longer than the 16 s a Linux client waits before its last SYN retransmission but
+            // one (1+2+4+8+16 s), which refreshes the connection: a slow server still gets in.
+            handshake: Duration::from_secs(20),
             control_idle: Duration::from_secs(900),
             data_idle: Duration::from_secs(300),
         }
@@ -87,8 +91,12 @@ pub fn expired(
     {
         return idle >= policy.closed_linger;
     }
-    if reply_flags & flow_flags::ESTABLISHED == 0 {
-        return idle >= policy.unanswered;
+    // Established once the handshake completed: the answer came back (the reply side sent its
+    // SYN-ACK) and the opening side sent more than its SYN (the handshake's last ACK). Netfilter
+    // also checks that ACK's number; ftpnat does not, so a blind spoofer that sends the ACK too
+    // gets the idle times.
+    if original.flags & reply_flags & flow_flags::ESTABLISHED == 0 {
+        return idle >= policy.handshake;
     }
     match FlowKind::from_raw(original.kind) {
         Some(FlowKind::Control) => idle >= policy.control_idle,
@@ -293,7 +301,7 @@ mod tests {
         let original = entry(
             FlowKind::Control,
             FlowDirection::Original,
-            flow_flags::FIN,
+            flow_flags::FIN | flow_flags::ESTABLISHED,
             100,
         );
         let reply = entry(
@@ -306,12 +314,49 @@ mod tests {
     }
 
     #[test]
-    fn unanswered_and_idle_connections_expire_by_kind() {
+    fn an_unanswered_syn_expires_after_the_handshake_time() {
         let policy = ExpiryPolicy::default();
         let syn_only = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
-        assert!(!expired(&syn_only, None, 120 * SEC, &policy));
-        assert!(expired(&syn_only, None, 131 * SEC, &policy));
-        let control = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let no_answer = entry(FlowKind::Control, FlowDirection::Reply, 0, 100);
+        for reply in [None, Some(&no_answer)] {
+            assert!(!expired(&syn_only, reply, 119 * SEC, &policy));
+            assert!(expired(&syn_only, reply, 120 * SEC, &policy));
+        }
+    }
+
+    /// A spoofed SYN to a published server: the server's SYN-ACK goes to a host that never asked,
+    /// so the opening side never sends its ACK. The answer alone does not establish it.
+    #[test]
+    fn a_syn_answered_but_never_acknowledged_expires_after_the_handshake_time() {
+        let policy = ExpiryPolicy::default();
+        let syn_only = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let syn_ack = entry(
+            FlowKind::Control,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(!expired(&syn_only, Some(&syn_ack), 119 * SEC, &policy));
+        assert!(expired(&syn_only, Some(&syn_ack), 120 * SEC, &policy));
+        // Nor does the opening side's ACK without an answer (a blind ACK to a silent server).
+        let acked = entry(
+            FlowKind::Control,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(expired(&acked, None, 120 * SEC, &policy));
+    }
+
+    #[test]
+    fn a_completed_handshake_gets_the_idle_times_by_kind() {
+        let policy = ExpiryPolicy::default();
+        let control = entry(
+            FlowKind::Control,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
         let answered = entry(
             FlowKind::Control,
             FlowDirection::Reply,
@@ -320,13 +365,19 @@ mod tests {
         );
         assert!(!expired(&control, Some(&answered), 900 * SEC, &policy));
         assert!(expired(&control, Some(&answered), 1000 * SEC, &policy));
-        let data = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        let data = entry(
+            FlowKind::Data,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
         let data_reply = entry(
             FlowKind::Data,
             FlowDirection::Reply,
             flow_flags::ESTABLISHED,
             100,
         );
+        assert!(!expired(&data, Some(&data_reply), 399 * SEC, &policy));
         assert!(expired(&data, Some(&data_reply), 400 * SEC, &policy));
     }
 }
