@@ -51,6 +51,54 @@ pub use sessions::{
 };
 pub use traffic::{Direction, MAX_TRAFFIC_KEYS, TrafficCounters, TrafficKey};
 
+/// The capacities of the tables that grow with the number of sessions, all derived from one
+/// setting (`--max-sessions`), so that no table fills before the session table does in ordinary
+/// use: a full session table refuses new control connections cleanly (counted), whereas a flow
+/// table full before it would refuse data connections of sessions already admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Sessions (`SESSIONS`, and `RELEASED`, which holds at most one record per session).
+    pub sessions: u32,
+    /// Flow entries (`FLOWS`): [`Capacities::FLOWS_PER_SESSION`] per session.
+    pub flows: u32,
+    /// Expectations (`EXPECTS`): [`Capacities::EXPECTATIONS_PER_SESSION`] per session.
+    pub expectations: u32,
+}
+
+impl Capacities {
+    /// Two entries for the control connection and two for each of three data connections open at
+    /// once (a transfer, plus a listing or a transfer starting while the previous one drains).
+    pub const FLOWS_PER_SESSION: u32 = 8;
+    /// The default `--max-expectations-per-session`: a session at its limit fits.
+    pub const EXPECTATIONS_PER_SESSION: u32 = 4;
+    /// The sizing of a home or office router: a few thousand sessions, a few MiB of kernel
+    /// memory (the session record is the largest value), and as many sessions as the default
+    /// port window (4096 ports) has ports for masqueraded control connections.
+    pub const DEFAULT_SESSIONS: u32 = 4096;
+    /// The largest `--max-sessions`: 64k sessions take about 100 MiB of preallocated maps.
+    pub const MAX_SESSIONS: u32 = 65_536;
+    pub const DEFAULT: Self = Self::for_sessions(Self::DEFAULT_SESSIONS);
+
+    /// The tables sized for `sessions` sessions.
+    pub const fn for_sessions(sessions: u32) -> Self {
+        Self {
+            sessions,
+            flows: sessions.saturating_mul(Self::FLOWS_PER_SESSION),
+            expectations: sessions.saturating_mul(Self::EXPECTATIONS_PER_SESSION),
+        }
+    }
+
+    /// The capacity this sizing gives the pinned table `name`; None for a table of fixed size.
+    pub fn of_table(&self, name: &str) -> Option<u32> {
+        match name {
+            sessions::NAME | released::NAME => Some(self.sessions),
+            flows::NAME => Some(self.flows),
+            expects::NAME => Some(self.expectations),
+            _ => None,
+        }
+    }
+}
+
 /// The shape of a pinned table: its name and the sizes of its key and value, which the agent
 /// compares with a pin's before it reuses it (maps of another build under the same layout
 /// version would be misread).
@@ -114,6 +162,28 @@ pub mod programs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tables_grow_with_the_sessions() {
+        let tiny = Capacities::for_sessions(2);
+        assert_eq!(
+            (tiny.sessions, tiny.flows, tiny.expectations),
+            (2, 16, 8),
+            "a session's control connection and three data connections, four expectations"
+        );
+        assert_eq!(tiny.of_table(sessions::NAME), Some(2));
+        assert_eq!(tiny.of_table(released::NAME), Some(2));
+        assert_eq!(tiny.of_table(flows::NAME), Some(16));
+        assert_eq!(tiny.of_table(expects::NAME), Some(8));
+        assert_eq!(tiny.of_table(free_ports::NAME), None);
+        assert_eq!(
+            Capacities::for_sessions(Capacities::MAX_SESSIONS).flows,
+            524_288
+        );
+        assert_eq!(MAX_SESSIONS, Capacities::DEFAULT.sessions);
+        assert_eq!(MAX_FLOWS, Capacities::DEFAULT.flows);
+        assert_eq!(MAX_EXPECTATIONS, Capacities::DEFAULT.expectations);
+    }
 
     #[test]
     fn pinned_tables_have_distinct_names() {

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use ftp_common::maps::Capacities;
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use super::{
@@ -25,6 +26,8 @@ const EXPECT_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
 const DEFAULT_EXPECT_TIMEOUT_SECS: u64 = 120;
 /// `--max-expectations-per-session`'s range (clap ranges small integers as i64).
 const MAX_EXPECTATIONS_PER_SESSION: RangeInclusive<i64> = 1..=64;
+/// `--max-sessions`'s range.
+const MAX_SESSIONS: RangeInclusive<i64> = 1..=Capacities::MAX_SESSIONS as i64;
 
 /// `ftpnat run`'s command line: its settings and the file holding more of them.
 #[derive(clap::Args, Debug)]
@@ -117,6 +120,13 @@ run_options! {
               value_parser = clap::value_parser!(u8).range(MAX_EXPECTATIONS_PER_SESSION))]
         #[serde(deserialize_with = "max_expectations_per_session")]
         pub max_expectations_per_session: Option<u8>,
+        /// How many control sessions the datapath holds at once (1-65536); a further control
+        /// connection is refused and counted. Sizes the tables: flows and expectations follow
+        /// (8 flow entries and 4 expectations per session) [default: 4096].
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(MAX_SESSIONS))]
+        #[serde(deserialize_with = "max_sessions")]
+        pub max_sessions: Option<u32>,
         /// Let a PORT/EPRT announce a data port below 1024. Refused by default (RFC 2577: a
         /// client could make the server connect to a privileged service).
         #[arg(long)]
@@ -239,6 +249,13 @@ impl RunOptions {
     }
 }
 
+impl RunOptions {
+    /// The table sizes `--max-sessions` asks for, by default a home or office router's.
+    pub fn capacities(&self) -> Capacities {
+        Capacities::for_sessions(self.max_sessions.unwrap_or(Capacities::DEFAULT_SESSIONS))
+    }
+}
+
 /// The settings `ftpnat run` runs with: its flags over the `--config` file's keys.
 pub fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
     let file = match &args.config {
@@ -323,6 +340,19 @@ fn max_expectations_per_session<'de, D: Deserializer<'de>>(
     Ok(u8::try_from(count).ok())
 }
 
+/// `max_sessions`, held to the flag's range with the flag's wording.
+fn max_sessions<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let count = u64::deserialize(deserializer)?;
+    if !i64::try_from(count).is_ok_and(|count| MAX_SESSIONS.contains(&count)) {
+        return Err(D::Error::custom(format!(
+            "{count} is not in {}..={}",
+            MAX_SESSIONS.start(),
+            MAX_SESSIONS.end()
+        )));
+    }
+    Ok(u32::try_from(count).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -361,6 +391,7 @@ mod tests {
         publish = ["21=192.168.1.10", "2121=192.168.1.11:21"]
         expect_timeout = 30
         max_expectations_per_session = 8
+        max_sessions = 300
         allow_privileged_data_ports = true
         tc_attach = "netlink"
     "#;
@@ -390,6 +421,7 @@ mod tests {
         );
         assert_eq!(options.expect_timeout(), Duration::from_secs(30));
         assert_eq!(options.max_expectations_per_session(), 8);
+        assert_eq!(options.capacities(), Capacities::for_sessions(300));
         assert!(options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Netlink);
     }
@@ -425,6 +457,8 @@ mod tests {
             "30",
             "--max-expectations-per-session",
             "8",
+            "--max-sessions",
+            "300",
             "--allow-privileged-data-ports",
             "--tc-attach",
             "netlink",
@@ -440,6 +474,7 @@ mod tests {
         assert_eq!(options.pin_dir(), Path::new(DEFAULT_PIN_DIR));
         assert_eq!(options.expect_timeout(), Duration::from_secs(120));
         assert_eq!(options.max_expectations_per_session(), 4);
+        assert_eq!(options.capacities(), Capacities::for_sessions(4096));
         assert!(!options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Auto);
     }
@@ -494,6 +529,11 @@ mod tests {
                 "0 is not in 1..=64",
             ),
             (
+                "max_sessions = 65537",
+                "max_sessions",
+                "65537 is not in 1..=65536",
+            ),
+            (
                 "allow_privileged_data_ports = 1",
                 "allow_privileged_data_ports",
                 "expected a boolean",
@@ -533,6 +573,7 @@ mod tests {
                 "65",
                 "65 is not in 1..=64",
             ),
+            ("--max-sessions", "0", "0 is not in 1..=65536"),
             (
                 "--tc-attach",
                 "classic",

@@ -117,6 +117,14 @@ impl<'a> PinnedMaps<'a> {
         config.get(&0, 0).context("reading the datapath config")
     }
 
+    /// How many entries the pinned table can hold (`--max-sessions` sized it).
+    pub fn capacity(&self, table: &Table) -> anyhow::Result<u32> {
+        let path = pins::state_dir(self.pin_dir).join(table.name);
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(info.max_entries())
+    }
+
     /// One datapath counter, summed over the CPUs.
     pub fn counter(&self, counter: Counter) -> anyhow::Result<u64> {
         summed(&self.counters()?, counter as u32)
