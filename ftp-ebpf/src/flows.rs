@@ -23,7 +23,8 @@ pub enum OpenError {
     WindowExhausted,
     /// A SYN to a window port that no expectation admits from its source: dropped.
     Pinhole,
-    /// Ours, but there is no room for it (a full table; counted under its cause): refused, never
+    /// Ours, but there is no room for it (a full table, a source over its share; counted under
+    /// its cause): refused, never
     /// passed untranslated. A masqueraded client's SYN gets a reset; one from the WAN is dropped,
     /// as netfilter drops what its full conntrack table cannot hold (no answer to spoofed sources).
     NoRoom,
@@ -84,6 +85,7 @@ fn open_masqueraded(
     if MASQUERADE.get(&prefix).is_none() {
         return Err(OpenError::NotOurs);
     }
+    admit_source(packet, config)?;
     let Some(public_port) = take_port() else {
         bump(Counter::WindowExhausted);
         return Err(OpenError::WindowExhausted);
@@ -120,6 +122,7 @@ fn open_masqueraded(
         uninstall(key, &original);
         return Err(OpenError::NoRoom);
     }
+    crate::sources::opened(key.saddr);
     bump(Counter::ControlSessionsOpened);
     Ok(())
 }
@@ -140,6 +143,7 @@ fn open_published(
     let Some(target) = (unsafe { PUBLISH.get(public_port) }).copied() else {
         return Err(OpenError::NotOurs);
     };
+    admit_source(packet, config)?;
     let key = packet.key();
     let original = FlowEntry {
         packets: 0,
@@ -171,8 +175,21 @@ fn open_published(
         uninstall(key, &original);
         return Err(OpenError::NoRoom);
     }
+    crate::sources::opened(key.saddr);
     bump(Counter::ControlSessionsOpened);
     Ok(())
+}
+
+/// Refuses (counted) a new control connection from a source that holds its share of the sessions
+/// already, before it takes anything.
+#[inline(always)]
+fn admit_source(packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError> {
+    if crate::sources::admits(packet.ip.src_addr, &config.source_limits()) {
+        Ok(())
+    } else {
+        bump(Counter::SourceLimit);
+        Err(OpenError::NoRoom)
+    }
 }
 
 /// Inserts a connection's two entries: `original` under `key`, and the entry of the other
@@ -196,10 +213,9 @@ pub fn install(
             }),
         Err(_) => Err(()),
     };
-    // SAFETY: only whether the entry exists is read.
     match installed {
         Ok(()) => Ok(()),
-        Err(()) if unsafe { FLOWS.get(key) }.is_some() => Err(InstallError::Raced),
+        Err(()) if FLOWS.get_ptr(key).is_some() => Err(InstallError::Raced),
         Err(()) => Err(InstallError::Full),
     }
 }

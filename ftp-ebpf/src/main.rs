@@ -35,6 +35,7 @@ mod scan;
 mod scratch;
 mod seqadj;
 mod session;
+mod sources;
 mod stage;
 mod window;
 

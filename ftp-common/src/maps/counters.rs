@@ -60,10 +60,14 @@ pub enum Counter {
     /// Opening SYNs of control connections that found the session table full: refused as for
     /// [`Counter::FlowTableFull`] rather than translated without the ALG.
     SessionTableFull = 17,
+    /// Opening SYNs of control connections from a source (a host, or its /24) that held its
+    /// share of the sessions already (`--max-sessions-per-source`, `--max-sessions-per-subnet`):
+    /// refused as for [`Counter::FlowTableFull`].
+    SourceLimit = 18,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -82,6 +86,7 @@ impl Counter {
         Counter::SegmentsPartlyExamined,
         Counter::FlowTableFull,
         Counter::SessionTableFull,
+        Counter::SourceLimit,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -105,6 +110,7 @@ impl Counter {
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
             Counter::FlowTableFull => "flow_table_full",
             Counter::SessionTableFull => "session_table_full",
+            Counter::SourceLimit => "source_limit",
         }
     }
 }

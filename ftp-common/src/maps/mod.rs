@@ -32,6 +32,7 @@ pub mod publish;
 pub mod reasons;
 pub mod released;
 pub mod sessions;
+pub mod sources;
 pub mod stage;
 pub mod traffic;
 
@@ -49,6 +50,7 @@ pub use sessions::{
     HELD_FIELD_MAX, HeldField, MAX_SESSIONS, RewriteRecord, SESSION_USER_LEN, SessionEntry,
     SessionKind, hold_state, rewrite_kind,
 };
+pub use sources::{SourceKey, SourceLimits};
 pub use traffic::{Direction, MAX_TRAFFIC_KEYS, TrafficCounters, TrafficKey};
 
 /// The capacities of the tables that grow with the number of sessions, all derived from one
@@ -63,6 +65,8 @@ pub struct Capacities {
     pub flows: u32,
     /// Expectations (`EXPECTS`): [`Capacities::EXPECTATIONS_PER_SESSION`] per session.
     pub expectations: u32,
+    /// Per-source counts (`SOURCE_SESSIONS`, `SOURCE_OPENED`): a host and a /24 per session.
+    pub sources: u32,
 }
 
 impl Capacities {
@@ -85,6 +89,7 @@ impl Capacities {
             sessions,
             flows: sessions.saturating_mul(Self::FLOWS_PER_SESSION),
             expectations: sessions.saturating_mul(Self::EXPECTATIONS_PER_SESSION),
+            sources: sessions.saturating_mul(sources::PREFIXES.len() as u32),
         }
     }
 
@@ -94,6 +99,7 @@ impl Capacities {
             sessions::NAME | released::NAME => Some(self.sessions),
             flows::NAME => Some(self.flows),
             expects::NAME => Some(self.expectations),
+            sources::SESSIONS_NAME | sources::OPENED_NAME => Some(self.sources),
             _ => None,
         }
     }
@@ -124,7 +130,7 @@ impl Table {
 
 /// The tables the agent pins by name, which the inspection commands open and the pin-dir check
 /// compares. (The event ring belongs to one agent; the stage table is pinned apart, once filled.)
-pub const PINNED: [Table; 12] = [
+pub const PINNED: [Table; 14] = [
     sessions::TABLE,
     expects::TABLE,
     traffic::TABLE,
@@ -137,6 +143,8 @@ pub const PINNED: [Table; 12] = [
     publish::TABLE,
     reasons::TABLE,
     released::TABLE,
+    sources::SESSIONS_TABLE,
+    sources::OPENED_TABLE,
 ];
 
 /// Map names, as the agent looks them up in the object and pins them.
@@ -146,6 +154,7 @@ pub mod names {
         expects::NAME as EXPECTS, flows::NAME as FLOWS, free_ports::NAME as FREE_PORTS,
         interfaces::NAME as INTERFACES, masquerade::NAME as MASQUERADE, publish::NAME as PUBLISH,
         reasons::NAME as REASONS, released::NAME as RELEASED, sessions::NAME as SESSIONS,
+        sources::OPENED_NAME as SOURCE_OPENED, sources::SESSIONS_NAME as SOURCE_SESSIONS,
         stage::NAME as STAGES, traffic::NAME as TRAFFIC,
     };
 }
@@ -175,6 +184,8 @@ mod tests {
         assert_eq!(tiny.of_table(released::NAME), Some(2));
         assert_eq!(tiny.of_table(flows::NAME), Some(16));
         assert_eq!(tiny.of_table(expects::NAME), Some(8));
+        assert_eq!(tiny.of_table(sources::SESSIONS_NAME), Some(4));
+        assert_eq!(tiny.of_table(sources::OPENED_NAME), Some(4));
         assert_eq!(tiny.of_table(free_ports::NAME), None);
         assert_eq!(
             Capacities::for_sessions(Capacities::MAX_SESSIONS).flows,

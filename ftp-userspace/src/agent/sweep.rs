@@ -6,8 +6,10 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::MapData;
 use ftp_common::maps::{
-    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags,
+    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, SourceKey,
+    flow_flags, sessions, sources,
 };
 
 use crate::datapath::maps::StateTables;
@@ -117,6 +119,8 @@ pub fn sweep(
         expects,
         sessions,
         released,
+        source_sessions,
+        source_opened,
     } = tables;
     // Sessions before flows: a control connection installs its flows before its session, so a
     // session of this snapshot whose flows are missing from the later one has really ended (the
@@ -231,7 +235,50 @@ pub fn sweep(
             now_ns,
         ));
     }
+    recount_sources(sessions, source_sessions, source_opened)?;
     Ok(swept)
+}
+
+/// Counts the sessions of every source (host and /24) afresh, for the datapath's per-source
+/// limits: the datapath's own counts of the sessions it opened since the last recount are taken
+/// first (removed), so that each session is counted here or there. One opened between the two
+/// reads is counted twice until the next recount; an increment the removal loses is counted here
+/// the next time.
+fn recount_sources(
+    sessions: &sessions::AyaMap<&mut MapData>,
+    source_sessions: &mut sources::SessionsAyaMap<&mut MapData>,
+    source_opened: &mut sources::OpenedAyaMap<&mut MapData>,
+) -> anyhow::Result<()> {
+    let opened: Vec<SourceKey> = source_opened.keys().filter_map(Result::ok).collect();
+    for key in opened {
+        let _ = source_opened.remove(&key);
+    }
+    let counts = source_counts(sessions.keys().filter_map(Result::ok));
+    let stale: Vec<SourceKey> = source_sessions
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !counts.contains_key(key))
+        .collect();
+    for key in stale {
+        let _ = source_sessions.remove(&key);
+    }
+    for (key, count) in counts {
+        source_sessions.insert(key, count, 0)?;
+    }
+    Ok(())
+}
+
+/// How many of `sessions` each source host and /24 opened.
+fn source_counts(sessions: impl Iterator<Item = FlowKey>) -> HashMap<SourceKey, u32> {
+    let mut counts = HashMap::new();
+    for session in sessions {
+        for prefix_len in sources::PREFIXES {
+            *counts
+                .entry(SourceKey::new(session.saddr, prefix_len))
+                .or_default() += 1;
+        }
+    }
+    counts
 }
 
 #[cfg(test)]
@@ -262,6 +309,32 @@ mod tests {
             flags,
             _pad: [0; 7],
         }
+    }
+
+    #[test]
+    fn sources_are_counted_by_host_and_by_24() {
+        let session = |addr: [u8; 4], port: u16| FlowKey {
+            saddr: addr,
+            daddr: [203, 0, 113, 10],
+            sport: port.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        };
+        let counts = source_counts(
+            [
+                session([10, 0, 0, 2], 40000),
+                session([10, 0, 0, 2], 40001),
+                session([10, 0, 0, 3], 40000),
+                session([10, 0, 1, 2], 40000),
+            ]
+            .into_iter(),
+        );
+        let count = |addr, prefix_len| counts.get(&SourceKey::new(addr, prefix_len)).copied();
+        assert_eq!(count([10, 0, 0, 2], 32), Some(2));
+        assert_eq!(count([10, 0, 0, 3], 32), Some(1));
+        assert_eq!(count([10, 0, 0, 0], 24), Some(3));
+        assert_eq!(count([10, 0, 1, 0], 24), Some(1));
+        assert_eq!(count([10, 0, 0, 4], 32), None);
+        assert_eq!(counts.len(), 5);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use aya::maps::lpm_trie::Key;
 use ftp_common::maps::{
     Capacities, DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PINNED, PublishTarget,
-    config, free_ports, interfaces, masquerade, publish,
+    SourceLimits, config, free_ports, interfaces, masquerade, publish,
 };
 
 use super::{Datapath, Interface};
@@ -24,6 +24,8 @@ pub struct NatSettings {
     pub max_expectations_per_session: u8,
     /// The tables' sizes (`--max-sessions`), set when the object is loaded.
     pub capacities: Capacities,
+    /// Sessions per source and per /24 (`--max-sessions-per-source`, `--max-sessions-per-subnet`).
+    pub source_limits: SourceLimits,
     pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
 }
@@ -100,6 +102,16 @@ impl Datapath {
             "expectations per session",
             pinned.policy().max_outstanding_expectations.to_string(),
             wanted.policy().max_outstanding_expectations.to_string(),
+        );
+        differ(
+            "sessions per source",
+            pinned.max_sessions_per_source.to_string(),
+            wanted.max_sessions_per_source.to_string(),
+        );
+        differ(
+            "sessions per /24",
+            pinned.max_sessions_per_subnet.to_string(),
+            wanted.max_sessions_per_subnet.to_string(),
         );
         differ(
             "privileged data ports",
@@ -214,6 +226,8 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
         max_expectations_per_session: nat.max_expectations_per_session,
         _pad: [0; 2],
+        max_sessions_per_source: nat.source_limits.per_host,
+        max_sessions_per_subnet: nat.source_limits.per_subnet,
         public_ip: nat.public_ip.octets(),
         wan_ifindex: wan.ifindex,
         ftp_ports,

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use ftp_common::maps::{
     Counter, DatapathConfig, Table, config, counters, expects, flows, free_ports, interfaces,
-    reasons, released, sessions, traffic,
+    reasons, released, sessions, sources, traffic,
 };
 
 use super::{Datapath, object::missing_map, pins};
@@ -22,17 +22,31 @@ pub struct StateTables<'a> {
     pub sessions: sessions::AyaMap<&'a mut MapData>,
     /// Expectations released per session, which only the agent writes.
     pub released: released::AyaMap<&'a mut MapData>,
+    /// Sessions per source at the last sweep, which only the agent writes.
+    pub source_sessions: sources::SessionsAyaMap<&'a mut MapData>,
+    /// Sessions the datapath opened per source since, which the agent takes and removes.
+    pub source_opened: sources::OpenedAyaMap<&'a mut MapData>,
 }
 
 impl Datapath {
     /// The tables expiry works on.
     pub fn state_tables(&mut self) -> anyhow::Result<StateTables<'_>> {
-        let [flows, free_ports, expects, sessions, released] = self.ebpf.maps_disjoint_mut([
+        let [
+            flows,
+            free_ports,
+            expects,
+            sessions,
+            released,
+            source_sessions,
+            source_opened,
+        ] = self.ebpf.maps_disjoint_mut([
             flows::NAME,
             free_ports::NAME,
             expects::NAME,
             sessions::NAME,
             released::NAME,
+            sources::SESSIONS_NAME,
+            sources::OPENED_NAME,
         ]);
         Ok(StateTables {
             flows: typed(flows, flows::NAME)?,
@@ -40,6 +54,8 @@ impl Datapath {
             expects: typed(expects, expects::NAME)?,
             sessions: typed(sessions, sessions::NAME)?,
             released: typed(released, released::NAME)?,
+            source_sessions: typed(source_sessions, sources::SESSIONS_NAME)?,
+            source_opened: typed(source_opened, sources::OPENED_NAME)?,
         })
     }
 }
