@@ -14,7 +14,7 @@ use aya_ebpf::{
 use ftp_common::maps::{
     Capacities, Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo,
     MAX_COUNTED_INTERFACES, MAX_FLOWS, MAX_MASQUERADE_PREFIXES, MAX_TRAFFIC_KEYS, MAX_WINDOW_PORTS,
-    SourceKey, TrafficCounters, TrafficKey, stage,
+    SourceKey, SourceSeen, TrafficCounters, TrafficKey, stage,
 };
 
 use crate::scratch::Scratch;
@@ -56,11 +56,11 @@ pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
     HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);
 
 /// Sessions per source at the agent's last sweep (see `sources`); the agent writes it.
-#[map(name = "SOURCE_SESSIONS")]
-pub static SOURCE_SESSIONS: HashMap<SourceKey, u32> =
+#[map(name = "SOURCE_SEEN")]
+pub static SOURCE_SEEN: HashMap<SourceKey, SourceSeen> =
     HashMap::pinned(Capacities::DEFAULT.sources, 0);
 
-/// Sessions opened per source since the agent last counted them (see `sources`).
+/// Sessions opened per source (see `sources`).
 #[map(name = "SOURCE_OPENED")]
 pub static SOURCE_OPENED: LruHashMap<SourceKey, u32> =
     LruHashMap::pinned(Capacities::DEFAULT.sources, 0);

@@ -5,7 +5,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use ftp_common::maps::{SourceKey, SourceLimits, sources::PREFIXES};
 
-use crate::maps::{SOURCE_OPENED, SOURCE_SESSIONS};
+use crate::maps::{SOURCE_OPENED, SOURCE_SEEN};
 
 /// Whether `addr` may open another session under `limits`.
 #[inline(always)]
@@ -17,10 +17,10 @@ pub fn admits(addr: [u8; 4], limits: &SourceLimits) -> bool {
         };
         let key = SourceKey::new(addr, prefix_len);
         // SAFETY: the values are copied out at once.
-        let counted = unsafe { SOURCE_SESSIONS.get(key) }.copied().unwrap_or(0);
+        let seen = unsafe { SOURCE_SEEN.get(key) }.copied().unwrap_or_default();
         // SAFETY: as above.
         let opened = unsafe { SOURCE_OPENED.get(key) }.copied().unwrap_or(0);
-        if !limits.admits(prefix_len, counted.saturating_add(opened)) {
+        if !limits.admits(prefix_len, seen.in_use(opened)) {
             return false;
         }
         i += 1;
@@ -29,7 +29,7 @@ pub fn admits(addr: [u8; 4], limits: &SourceLimits) -> bool {
 }
 
 /// Counts a session `addr` opened. Not atomic: an increment lost to another CPU's is made good by
-/// the agent's next recount.
+/// the agent's next count of the sessions.
 #[inline(always)]
 pub fn opened(addr: [u8; 4]) {
     let mut i = 0;

@@ -50,7 +50,7 @@ pub use sessions::{
     HELD_FIELD_MAX, HeldField, MAX_SESSIONS, RewriteRecord, SESSION_USER_LEN, SessionEntry,
     SessionKind, hold_state, rewrite_kind,
 };
-pub use sources::{SourceKey, SourceLimits};
+pub use sources::{SourceKey, SourceLimits, SourceSeen};
 pub use traffic::{Direction, MAX_TRAFFIC_KEYS, TrafficCounters, TrafficKey};
 
 /// The capacities of the tables that grow with the number of sessions, all derived from one
@@ -65,7 +65,7 @@ pub struct Capacities {
     pub flows: u32,
     /// Expectations (`EXPECTS`): [`Capacities::EXPECTATIONS_PER_SESSION`] per session.
     pub expectations: u32,
-    /// Per-source counts (`SOURCE_SESSIONS`, `SOURCE_OPENED`): a host and a /24 per session.
+    /// Per-source counts (`SOURCE_SEEN`, `SOURCE_OPENED`): a host and a /24 per session.
     pub sources: u32,
 }
 
@@ -99,7 +99,7 @@ impl Capacities {
             sessions::NAME | released::NAME => Some(self.sessions),
             flows::NAME => Some(self.flows),
             expects::NAME => Some(self.expectations),
-            sources::SESSIONS_NAME | sources::OPENED_NAME => Some(self.sources),
+            sources::SEEN_NAME | sources::OPENED_NAME => Some(self.sources),
             _ => None,
         }
     }
@@ -143,7 +143,7 @@ pub const PINNED: [Table; 14] = [
     publish::TABLE,
     reasons::TABLE,
     released::TABLE,
-    sources::SESSIONS_TABLE,
+    sources::SEEN_TABLE,
     sources::OPENED_TABLE,
 ];
 
@@ -154,7 +154,7 @@ pub mod names {
         expects::NAME as EXPECTS, flows::NAME as FLOWS, free_ports::NAME as FREE_PORTS,
         interfaces::NAME as INTERFACES, masquerade::NAME as MASQUERADE, publish::NAME as PUBLISH,
         reasons::NAME as REASONS, released::NAME as RELEASED, sessions::NAME as SESSIONS,
-        sources::OPENED_NAME as SOURCE_OPENED, sources::SESSIONS_NAME as SOURCE_SESSIONS,
+        sources::OPENED_NAME as SOURCE_OPENED, sources::SEEN_NAME as SOURCE_SEEN,
         stage::NAME as STAGES, traffic::NAME as TRAFFIC,
     };
 }
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(tiny.of_table(released::NAME), Some(2));
         assert_eq!(tiny.of_table(flows::NAME), Some(16));
         assert_eq!(tiny.of_table(expects::NAME), Some(8));
-        assert_eq!(tiny.of_table(sources::SESSIONS_NAME), Some(4));
+        assert_eq!(tiny.of_table(sources::SEEN_NAME), Some(4));
         assert_eq!(tiny.of_table(sources::OPENED_NAME), Some(4));
         assert_eq!(tiny.of_table(free_ports::NAME), None);
         assert_eq!(

@@ -2,31 +2,53 @@
 //! host or one network cannot take more than its share of the sessions (and through them of the
 //! flows, expectations and window ports).
 //!
-//! Each record has one writer. The agent counts the sessions of every source at each sweep
-//! ([`SESSIONS_NAME`]); the datapath counts the sessions it opened since ([`OPENED_NAME`]), and the
-//! agent removes those counts as it takes them into its next recount. A source's sessions are the
-//! sum of the two. An increment lost to a race (two CPUs, or the agent's removal) is made good by
-//! the next recount, a second later.
+//! Each record has one writer. The datapath counts the sessions it opens per source
+//! ([`OPENED_NAME`], a count that only grows); the agent counts each source's sessions at every
+//! sweep and records them with the datapath's count as it read it just before ([`SEEN_NAME`]). A
+//! source holds `seen.sessions + (opened - seen.opened_mark)`: what the agent counted, and what
+//! the datapath opened since (a session opened in between is counted twice until the next sweep,
+//! never left out). The agent forgets a source that has no session and opened none since.
 
 use super::Table;
 
-/// Sessions per source at the agent's last sweep: [`SourceKey`] to a `u32` count, written only by
-/// the agent (sources without sessions are removed).
-pub const SESSIONS_NAME: &str = "SOURCE_SESSIONS";
+/// What the agent's last sweep found per source: [`SourceKey`] to [`SourceSeen`], written only by
+/// the agent.
+pub const SEEN_NAME: &str = "SOURCE_SEEN";
 
-/// Sessions the datapath opened per source since the agent last took the count: [`SourceKey`] to
-/// a `u32`, incremented only by the datapath, removed by the agent. An LRU table: filling it with
-/// sources evicts the oldest counts, never refuses a session.
+/// Sessions the datapath opened per source: [`SourceKey`] to a `u32` that only the datapath
+/// writes, and only increments; the agent removes idle sources. An LRU table: filling it with
+/// sources evicts the oldest counts (whose sources are then counted from the next sweep), never
+/// refuses a session.
 pub const OPENED_NAME: &str = "SOURCE_OPENED";
 
-pub const SESSIONS_TABLE: Table = Table::new::<SourceKey, u32>(SESSIONS_NAME);
+pub const SEEN_TABLE: Table = Table::new::<SourceKey, SourceSeen>(SEEN_NAME);
 pub const OPENED_TABLE: Table = Table::new::<SourceKey, u32>(OPENED_NAME);
 
 /// Both tables as aya's typed maps, over owned or borrowed map data.
 #[cfg(feature = "user")]
-pub type SessionsAyaMap<T> = aya::maps::HashMap<T, SourceKey, u32>;
+pub type SeenAyaMap<T> = aya::maps::HashMap<T, SourceKey, SourceSeen>;
 #[cfg(feature = "user")]
 pub type OpenedAyaMap<T> = aya::maps::HashMap<T, SourceKey, u32>;
+
+/// A source as the agent's last sweep counted it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceSeen {
+    /// Its sessions in the session table.
+    pub sessions: u32,
+    /// Its [`OPENED_NAME`] count, read just before the sessions were counted.
+    pub opened_mark: u32,
+}
+
+impl SourceSeen {
+    /// The sessions the source holds now, its [`OPENED_NAME`] count being `opened` (a count below
+    /// the mark, restarted after an LRU eviction, adds nothing).
+    #[inline(always)]
+    pub const fn in_use(&self, opened: u32) -> u32 {
+        self.sessions
+            .saturating_add(opened.saturating_sub(self.opened_mark))
+    }
+}
 
 /// The prefix lengths a source is counted under: the host, and its /24.
 pub const PREFIXES: [u8; 2] = [32, 24];
@@ -85,15 +107,33 @@ impl SourceLimits {
     }
 }
 
-pod!(SourceKey);
+pod!(SourceKey, SourceSeen);
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_key_has_no_padding() {
+    fn the_types_have_no_padding() {
         assert_eq!(core::mem::size_of::<SourceKey>(), 8);
+        assert_eq!(core::mem::size_of::<SourceSeen>(), 8);
+    }
+
+    #[test]
+    fn a_source_holds_what_was_counted_and_what_opened_since() {
+        let seen = SourceSeen {
+            sessions: 3,
+            opened_mark: 10,
+        };
+        assert_eq!(seen.in_use(10), 3);
+        assert_eq!(seen.in_use(12), 5);
+        // Counted afresh after an eviction: below the mark, nothing since.
+        assert_eq!(seen.in_use(1), 3);
+        assert_eq!(
+            SourceSeen::default().in_use(4),
+            4,
+            "never seen: all it opened"
+        );
     }
 
     #[test]

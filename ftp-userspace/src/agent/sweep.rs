@@ -9,7 +9,7 @@ use std::{
 use aya::maps::MapData;
 use ftp_common::maps::{
     Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, SourceKey,
-    flow_flags, sessions, sources,
+    SourceSeen, flow_flags, sessions, sources,
 };
 
 use crate::datapath::maps::StateTables;
@@ -119,7 +119,7 @@ pub fn sweep(
         expects,
         sessions,
         released,
-        source_sessions,
+        source_seen,
         source_opened,
     } = tables;
     // Sessions before flows: a control connection installs its flows before its session, so a
@@ -235,35 +235,46 @@ pub fn sweep(
             now_ns,
         ));
     }
-    recount_sources(sessions, source_sessions, source_opened)?;
+    recount_sources(sessions, source_seen, source_opened)?;
     Ok(swept)
 }
 
 /// Counts the sessions of every source (host and /24) afresh, for the datapath's per-source
-/// limits: the datapath's own counts of the sessions it opened since the last recount are taken
-/// first (removed), so that each session is counted here or there. One opened between the two
-/// reads is counted twice until the next recount; an increment the removal loses is counted here
-/// the next time.
+/// limits, with the datapath's count of the sessions it opened as read just before: the datapath
+/// adds what it opens after that (see ftp-common's `maps::sources`). A source with no session
+/// that opened none since is forgotten; should it open one between the check and the removal,
+/// that session is counted at the next sweep.
 fn recount_sources(
     sessions: &sessions::AyaMap<&mut MapData>,
-    source_sessions: &mut sources::SessionsAyaMap<&mut MapData>,
+    source_seen: &mut sources::SeenAyaMap<&mut MapData>,
     source_opened: &mut sources::OpenedAyaMap<&mut MapData>,
 ) -> anyhow::Result<()> {
-    let opened: Vec<SourceKey> = source_opened.keys().filter_map(Result::ok).collect();
-    for key in opened {
-        let _ = source_opened.remove(&key);
-    }
+    let marks: HashMap<SourceKey, u32> = source_opened.iter().filter_map(Result::ok).collect();
     let counts = source_counts(sessions.keys().filter_map(Result::ok));
-    let stale: Vec<SourceKey> = source_sessions
+    let sources: HashSet<SourceKey> = marks.keys().chain(counts.keys()).copied().collect();
+    for key in &sources {
+        let seen = SourceSeen {
+            sessions: counts.get(key).copied().unwrap_or(0),
+            opened_mark: marks.get(key).copied().unwrap_or(0),
+        };
+        let idle = seen.sessions == 0
+            && source_opened
+                .get(key, 0)
+                .map_or(true, |opened| opened == seen.opened_mark);
+        if idle {
+            let _ = source_opened.remove(key);
+            let _ = source_seen.remove(key);
+        } else {
+            source_seen.insert(key, seen, 0)?;
+        }
+    }
+    let gone: Vec<SourceKey> = source_seen
         .keys()
         .filter_map(Result::ok)
-        .filter(|key| !counts.contains_key(key))
+        .filter(|key| !sources.contains(key))
         .collect();
-    for key in stale {
-        let _ = source_sessions.remove(&key);
-    }
-    for (key, count) in counts {
-        source_sessions.insert(key, count, 0)?;
+    for key in gone {
+        let _ = source_seen.remove(&key);
     }
     Ok(())
 }

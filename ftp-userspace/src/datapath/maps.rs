@@ -22,9 +22,9 @@ pub struct StateTables<'a> {
     pub sessions: sessions::AyaMap<&'a mut MapData>,
     /// Expectations released per session, which only the agent writes.
     pub released: released::AyaMap<&'a mut MapData>,
-    /// Sessions per source at the last sweep, which only the agent writes.
-    pub source_sessions: sources::SessionsAyaMap<&'a mut MapData>,
-    /// Sessions the datapath opened per source since, which the agent takes and removes.
+    /// Each source's sessions at the last sweep, which only the agent writes.
+    pub source_seen: sources::SeenAyaMap<&'a mut MapData>,
+    /// Sessions the datapath opened per source; the agent reads them and removes idle sources.
     pub source_opened: sources::OpenedAyaMap<&'a mut MapData>,
 }
 
@@ -37,7 +37,7 @@ impl Datapath {
             expects,
             sessions,
             released,
-            source_sessions,
+            source_seen,
             source_opened,
         ] = self.ebpf.maps_disjoint_mut([
             flows::NAME,
@@ -45,7 +45,7 @@ impl Datapath {
             expects::NAME,
             sessions::NAME,
             released::NAME,
-            sources::SESSIONS_NAME,
+            sources::SEEN_NAME,
             sources::OPENED_NAME,
         ]);
         Ok(StateTables {
@@ -54,7 +54,7 @@ impl Datapath {
             expects: typed(expects, expects::NAME)?,
             sessions: typed(sessions, sessions::NAME)?,
             released: typed(released, released::NAME)?,
-            source_sessions: typed(source_sessions, sources::SESSIONS_NAME)?,
+            source_seen: typed(source_seen, sources::SEEN_NAME)?,
             source_opened: typed(source_opened, sources::OPENED_NAME)?,
         })
     }
