@@ -65,7 +65,8 @@ pub struct Capacities {
     pub flows: u32,
     /// Expectations (`EXPECTS`): [`Capacities::EXPECTATIONS_PER_SESSION`] per session.
     pub expectations: u32,
-    /// Per-source counts (`SOURCE_SEEN`, `SOURCE_OPENED`): a host and a /24 per session.
+    /// Per-source counts (`SOURCE_SEEN`, `SOURCE_OPENED`): a host and a /24 per session, and at
+    /// least [`Capacities::MIN_SOURCES`].
     pub sources: u32,
 }
 
@@ -82,6 +83,9 @@ impl Capacities {
     /// The largest `--max-sessions`: 64k sessions take about 100 MiB of preallocated maps.
     pub const MAX_SESSIONS: u32 = 65_536;
     pub const DEFAULT: Self = Self::for_sessions(Self::DEFAULT_SESSIONS);
+    /// The per-source tables' floor: the kernel's LRU table keeps free entries per CPU and may
+    /// evict before it is full, which a tiny one (a test's `--max-sessions 1`) would do at once.
+    pub const MIN_SOURCES: u32 = 256;
 
     /// The tables sized for `sessions` sessions.
     pub const fn for_sessions(sessions: u32) -> Self {
@@ -89,7 +93,14 @@ impl Capacities {
             sessions,
             flows: sessions.saturating_mul(Self::FLOWS_PER_SESSION),
             expectations: sessions.saturating_mul(Self::EXPECTATIONS_PER_SESSION),
-            sources: sessions.saturating_mul(sources::PREFIXES.len() as u32),
+            sources: {
+                let sources = sessions.saturating_mul(sources::PREFIXES.len() as u32);
+                if sources < Self::MIN_SOURCES {
+                    Self::MIN_SOURCES
+                } else {
+                    sources
+                }
+            },
         }
     }
 
@@ -184,8 +195,13 @@ mod tests {
         assert_eq!(tiny.of_table(released::NAME), Some(2));
         assert_eq!(tiny.of_table(flows::NAME), Some(16));
         assert_eq!(tiny.of_table(expects::NAME), Some(8));
-        assert_eq!(tiny.of_table(sources::SEEN_NAME), Some(4));
-        assert_eq!(tiny.of_table(sources::OPENED_NAME), Some(4));
+        assert_eq!(tiny.of_table(sources::SEEN_NAME), Some(256));
+        assert_eq!(tiny.of_table(sources::OPENED_NAME), Some(256));
+        assert_eq!(
+            Capacities::DEFAULT.sources,
+            8192,
+            "a host and a /24 per session"
+        );
         assert_eq!(tiny.of_table(free_ports::NAME), None);
         assert_eq!(
             Capacities::for_sessions(Capacities::MAX_SESSIONS).flows,
