@@ -41,7 +41,7 @@ struct Cli {
 enum Command {
     /// Attach the programs to the router's interfaces (or adopt the datapath a previous agent
     /// left pinned) and run until SIGINT/SIGTERM.
-    Run(config::run::RunArgs),
+    Run(Box<config::run::RunArgs>),
     /// Show packet and byte counters, the port window and what the datapath did.
     Stats(StatsArgs),
     /// List the FTP control sessions ftpnat tracks; with an ID, that session's transfers and
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         logging::init(config::run::LogFormat::Text);
     }
     let result = match cli.command {
-        Command::Run(args) => config::run::resolve(args).and_then(|options| {
+        Command::Run(args) => config::run::resolve(*args).and_then(|options| {
             logging::init(options.log_format());
             agent::run(options)
         }),
