@@ -69,10 +69,9 @@ pub fn create_outbound(
 pub enum Reservation {
     /// This window port now admits the announced connection.
     Reserved(u16),
-    /// No port is free (counted, reported): the announcement is to be refused in the text.
-    WindowExhausted,
-    /// The expectation table is full (counted): the line passes as it is.
-    TableFull,
+    /// No port is free (counted, reported), or the expectation table is full (counted): the
+    /// announcement is to be refused in the text.
+    NoRoom,
 }
 
 /// Reserves a window port for the announcement in `request` (from the side behind the router) and
@@ -94,7 +93,7 @@ pub fn reserve_inbound(
             [0; 4],
             0,
         );
-        return Reservation::WindowExhausted;
+        return Reservation::NoRoom;
     };
     let (peer, target, kind) = if rewrite_kind::is_reply(request.kind) {
         (
@@ -124,7 +123,7 @@ pub fn reserve_inbound(
     {
         bump(Counter::ExpectationTableFull);
         return_port(public_port);
-        return Reservation::TableFull;
+        return Reservation::NoRoom;
     }
     Reservation::Reserved(public_port)
 }

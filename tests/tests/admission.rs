@@ -318,3 +318,52 @@ fn a_pinned_datapath_of_another_size_is_not_adopted() {
     download_intact(&setup, Client::Curl, Mode::Port, "adopted.bin");
     assert_eq!(lab.ftpnat_json(&["stats"])["capacity"]["sessions"], 4);
 }
+
+/// Four PASVs never used fill the expectation table of `--max-sessions 1` (4 expectations); then
+/// a PORT, whose expectation finds no room.
+const PORT_AFTER_FOUR_PASV: &str = r#"
+import ftplib, sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1])
+for _ in range(4):
+    ftp.sendcmd('PASV')
+me = ftp.sock.getsockname()[0].replace('.', ',')
+try:
+    print('port', ftp.sendcmd(f'PORT {me},200,1'))
+except ftplib.error_perm as err:
+    print('port', err)
+ftp.quit()
+"#;
+
+#[test]
+fn a_port_that_finds_the_expectation_table_full_is_refused_not_passed_with_the_private_address() {
+    let setup = setup(LabSpec::default(), MIB);
+    let _agent = setup
+        .lab
+        .start_ftpnat(&["--max-sessions", "1", "--max-expectations-per-session", "8"])
+        .expect("ftpnat run");
+    let server = setup.server.addr.to_string();
+    let out = setup
+        .lab
+        .client_python(PORT_AFTER_FOUR_PASV, &[&server], 30)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("port 500"),
+        "the server accepted the PORT: {text}"
+    );
+    assert_eq!(setup.lab.datapath_counter("expectation_table_full"), 1);
+    let wan = setup.lab.capture_text(ROUTER_WAN_IF).expect("capture");
+    assert!(
+        wan.contains("PORT 0,0,0,0,0,0"),
+        "no refused PORT on the WAN"
+    );
+    let private = format!(
+        "PORT {}",
+        setup.lab.spec.client.to_string().replace('.', ",")
+    );
+    assert!(
+        !wan.contains(&private),
+        "the private address reached the server"
+    );
+}

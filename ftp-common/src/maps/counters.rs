@@ -35,7 +35,9 @@ pub enum Counter {
     MalformedLines = 7,
     /// PORT/EPRT/227/229 refused by policy (bounce, privileged port, too many, unsolicited).
     Refusals = 8,
-    /// Expectations that could not be recorded (table full); the line passed untouched.
+    /// Expectations that could not be recorded (table full). An announcement from behind the
+    /// router (a client's PORT/EPRT, a published server's 227/229) is refused in the text as for
+    /// [`Counter::WindowExhausted`]; one from outside passes untouched, opening nothing.
     ExpectationTableFull = 9,
     /// Accepted PORT/EPRT lines that could not be rewritten (field split across segments, window
     /// exhausted, segment too long); passed untouched, nothing opened.
