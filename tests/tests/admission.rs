@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use ftpnat_tests::{
-    Client, LabSpec, MIB, Mode,
+    Client, Lab, LabSpec, MIB, Mode,
     lab::{HOST_IF, ROUTER_WAN_IF, wait_until},
     masquerade::{Setup, download_intact, setup},
 };
@@ -149,11 +149,12 @@ fn a_full_flow_table_refuses_a_data_connection_and_nothing_leaves_with_a_private
     );
 }
 
-/// Sends `count` SYNs to `server`:21 from spoofed LAN sources (10.0.0.100 on), hand-built on a
-/// raw socket: the server answers each, and no one ever completes a handshake.
+/// Sends `count` (argv 2) SYNs to argv 1, port 21, from spoofed sources (argv 3, then the next
+/// addresses), hand-built on a raw socket: the server answers each, and no one ever completes a
+/// handshake.
 const SPOOFED_SYNS: &str = r#"
-import random, socket, struct, sys
-server, count = sys.argv[1], int(sys.argv[2])
+import ipaddress, random, socket, struct, sys
+server, count, first = sys.argv[1], int(sys.argv[2]), ipaddress.IPv4Address(sys.argv[3])
 
 def checksum(data):
     if len(data) % 2:
@@ -166,7 +167,7 @@ def checksum(data):
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 dst = socket.inet_aton(server)
 for i in range(count):
-    src = socket.inet_aton(f'10.0.0.{100 + i}')
+    src = (first + i).packed
     tcp = struct.pack('!HHIIBBHHH', 40000 + i, 21, random.getrandbits(32), 0, 5 << 4, 0x02,
                       64240, 0, 0)
     pseudo = src + dst + struct.pack('!BBH', 0, socket.IPPROTO_TCP, len(tcp))
@@ -205,7 +206,7 @@ fn spoofed_syns_that_never_complete_the_handshake_leave_the_tables_in_seconds() 
         .start_ftpnat(&["--max-sessions", "4"])
         .expect("ftpnat run");
     let server = setup.server.addr.to_string();
-    lab.client_python(SPOOFED_SYNS, &[&server, "20"], 30)
+    lab.client_python(SPOOFED_SYNS, &[&server, "20", "10.0.0.100"], 30)
         .unwrap_or_else(|err| panic!("{err:#}"));
     let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["sessions"], 4, "{stats}");
@@ -366,4 +367,70 @@ fn a_port_that_finds_the_expectation_table_full_is_refused_not_passed_with_the_p
         !wan.contains(&private),
         "the private address reached the server"
     );
+}
+
+/// The attack of issue 12 on a published server: SYNs to the published port from twenty spoofed
+/// outside sources of one /24. The /24's share (`--max-sessions-per-subnet 4`) is all it gets, the
+/// rest is dropped and counted; a client from another network still downloads; the four expire
+/// in seconds.
+#[test]
+fn spoofed_syns_to_a_published_server_take_only_their_subnets_share_and_expire() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let root = lab.subdir("srv").expect("server root");
+    let file = ftpnat_tests::TestFile::create(&root.join("data.bin"), MIB, 6).expect("file");
+    let _server = ftpnat_tests::FtpServer::vsftpd(
+        &lab.client,
+        lab.spec.client,
+        &root,
+        lab.dir(),
+        &ftpnat_tests::servers::VsftpdOptions::default(),
+    )
+    .expect("vsftpd on the LAN");
+    lab.client
+        .sysctl("net.ipv4.tcp_synack_retries", "1")
+        .expect("sysctl");
+    let published = format!("21={}", lab.spec.client);
+    let _agent = lab
+        .start_ftpnat(&[
+            "--publish",
+            &published,
+            "--port-window",
+            "62000-62099",
+            "--max-sessions-per-subnet",
+            "4",
+        ])
+        .expect("ftpnat run");
+    let public = lab.spec.router_wan.to_string();
+    lab.python(
+        &lab.server,
+        SPOOFED_SYNS,
+        &[&public, "20", "198.51.100.1"],
+        30,
+    )
+    .unwrap_or_else(|err| panic!("{err:#}"));
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(stats["sessions"], 4, "{stats}");
+    assert_eq!(stats["datapath"]["source_limit"], 16, "{stats}");
+    // A client of another network is not held back by them.
+    let local = lab
+        .subdir("downloads")
+        .expect("downloads")
+        .join("outside.bin");
+    ftpnat_tests::Transfer {
+        client: Client::Curl,
+        mode: Mode::Pasv,
+        server: lab.spec.router_wan,
+        port: 21,
+        remote: file.name(),
+        local: &local,
+        timeout_secs: 120,
+    }
+    .run(&lab.server)
+    .unwrap_or_else(|err| panic!("{err:#}"));
+    ftpnat_tests::files::assert_same_content(&local, &file);
+    wait_until(Duration::from_secs(90), || {
+        let stats = lab.ftpnat_json(&["stats"]);
+        stats["sessions"] == 0 && stats["flows"] == 0
+    })
+    .unwrap_or_else(|_| panic!("still held: {}", lab.ftpnat_json(&["stats"])));
 }
