@@ -21,7 +21,7 @@ use ftp_common::maps::{
 };
 
 use crate::{
-    flows::{OpenError, install},
+    flows::{OpenError, install, install_failed},
     headers::Tcp4,
     maps::{EXPECTS, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, Scan},
@@ -69,10 +69,9 @@ pub fn create_outbound(
 pub enum Reservation {
     /// This window port now admits the announced connection.
     Reserved(u16),
-    /// No port is free (counted, reported): the announcement is to be refused in the text.
-    WindowExhausted,
-    /// The expectation table is full (counted): the line passes as it is.
-    TableFull,
+    /// No port is free (counted, reported), or the expectation table is full (counted): the
+    /// announcement is to be refused in the text.
+    NoRoom,
 }
 
 /// Reserves a window port for the announcement in `request` (from the side behind the router) and
@@ -94,7 +93,7 @@ pub fn reserve_inbound(
             [0; 4],
             0,
         );
-        return Reservation::WindowExhausted;
+        return Reservation::NoRoom;
     };
     let (peer, target, kind) = if rewrite_kind::is_reply(request.kind) {
         (
@@ -124,7 +123,7 @@ pub fn reserve_inbound(
     {
         bump(Counter::ExpectationTableFull);
         return_port(public_port);
-        return Reservation::TableFull;
+        return Reservation::NoRoom;
     }
     Reservation::Reserved(public_port)
 }
@@ -243,10 +242,12 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         }
         None => return Err(OpenError::NotOurs),
     };
-    if !install(key, &original, reply_out_ifindex) {
+    if let Err(error) = install(key, &original, reply_out_ifindex) {
+        // Not passed untranslated: a data connection from behind the router would leave with
+        // its private address.
         return_port(original.public_port);
         expectation_ended(&expectation.session);
-        return Err(OpenError::NotOurs);
+        return install_failed(error);
     }
     if let Some(session) = SESSIONS.get_ptr_mut(expectation.session) {
         // SAFETY: a live map value; see scan::begin_segment on concurrent updates.

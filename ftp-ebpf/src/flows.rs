@@ -28,6 +28,34 @@ pub enum OpenError {
     WindowExhausted,
     /// A SYN to a window port that no expectation admits from its source: dropped.
     Pinhole,
+    /// Ours, but there is no room for it (a full table, a source over its share; counted under
+    /// its cause): refused, never
+    /// passed untranslated. A masqueraded client's SYN gets a reset; one from the WAN is dropped,
+    /// as netfilter drops what its full conntrack table cannot hold (no answer to spoofed sources).
+    NoRoom,
+}
+
+/// Why [`install`] installed nothing.
+pub enum InstallError {
+    /// The connection's entry exists already: a retransmitted SYN raced this one on another CPU
+    /// and installed it. The SYN goes on through that entry.
+    Raced,
+    /// The table is full (or the other direction's key is taken by another connection): counted
+    /// as `flow_table_full`; the SYN is refused.
+    Full,
+}
+
+/// What the opening of a connection does when [`install`] fails: a raced SYN goes on through the
+/// entry the other CPU made; a full table refuses it, counted.
+#[inline(always)]
+pub fn install_failed(error: InstallError) -> Result<(), OpenError> {
+    match error {
+        InstallError::Raced => Ok(()),
+        InstallError::Full => {
+            bump(Counter::FlowTableFull);
+            Err(OpenError::NoRoom)
+        }
+    }
 }
 
 /// Takes over an opening SYN of an FTP control connection, from a masqueraded client or to a
@@ -69,6 +97,7 @@ fn open_masqueraded(
         bump(Counter::NotRoutedToWan);
         return Err(OpenError::NotOurs);
     }
+    admit_source(packet, config)?;
     let Some(public_port) = take_port() else {
         bump(Counter::WindowExhausted);
         return Err(OpenError::WindowExhausted);
@@ -90,19 +119,22 @@ fn open_masqueraded(
         flags: flow_flags::OWNS_PORT,
         _pad: [0; 7],
     };
-    if !install(key, &original, in_ifindex) {
+    if let Err(error) = install(key, &original, in_ifindex) {
         return_port(public_port);
-        return Err(OpenError::NotOurs);
+        return install_failed(error);
     }
-    crate::session::open_session(
-        packet,
-        &NewSession {
-            kind: SessionKind::Masquerade,
-            lan_ifindex: in_ifindex,
-            server_addr: key.daddr,
-            server_port: key.dport,
-        },
-    );
+    let new = NewSession {
+        kind: SessionKind::Masquerade,
+        lan_ifindex: in_ifindex,
+        server_addr: key.daddr,
+        server_port: key.dport,
+    };
+    if !crate::session::open_session(packet, &new) {
+        // Without its session the connection would be NATed with no ALG: refused instead.
+        uninstall(key, &original);
+        return Err(OpenError::NoRoom);
+    }
+    crate::sources::opened(key.saddr);
     bump(Counter::ControlSessionsOpened);
     Ok(())
 }
@@ -166,6 +198,7 @@ fn open_published(
     let Some(target) = (unsafe { PUBLISH.get(public_port) }).copied() else {
         return Err(OpenError::NotOurs);
     };
+    admit_source(packet, config)?;
     let key = packet.key();
     let original = FlowEntry {
         packets: 0,
@@ -184,40 +217,72 @@ fn open_published(
         flags: 0,
         _pad: [0; 7],
     };
-    if !install(key, &original, in_ifindex) {
-        return Err(OpenError::NotOurs);
+    if let Err(error) = install(key, &original, in_ifindex) {
+        return install_failed(error);
     }
-    crate::session::open_session(
-        packet,
-        &NewSession {
-            kind: SessionKind::Publish,
-            lan_ifindex: target.lan_ifindex,
-            server_addr: target.server_addr,
-            server_port: target.server_port,
-        },
-    );
+    let new = NewSession {
+        kind: SessionKind::Publish,
+        lan_ifindex: target.lan_ifindex,
+        server_addr: target.server_addr,
+        server_port: target.server_port,
+    };
+    if !crate::session::open_session(packet, &new) {
+        uninstall(key, &original);
+        return Err(OpenError::NoRoom);
+    }
+    crate::sources::opened(key.saddr);
     bump(Counter::ControlSessionsOpened);
     Ok(())
+}
+
+/// Refuses (counted) a new control connection from a source that holds its share of the sessions
+/// already, before it takes anything.
+#[inline(always)]
+fn admit_source(packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError> {
+    if crate::sources::admits(packet.ip.src_addr, &config.source_limits()) {
+        Ok(())
+    } else {
+        bump(Counter::SourceLimit);
+        Err(OpenError::NoRoom)
+    }
 }
 
 /// Inserts a connection's two entries: `original` under `key`, and the entry of the other
 /// direction (leaving by `reply_out_ifindex`) under the key its packets arrive with. The reply
 /// side first: once the original entry exists, packets flow, and their answers must find their
-/// way back. False (and nothing left behind) if either exists already — a retransmitted SYN raced
-/// us on another CPU — or the table is full.
+/// way back. On failure nothing is left behind, and the error says whether the connection exists
+/// already (a retransmitted SYN raced us on another CPU) or there was no room.
 #[inline(always)]
-pub fn install(key: FlowKey, original: &FlowEntry, reply_out_ifindex: u32) -> bool {
+pub fn install(
+    key: FlowKey,
+    original: &FlowEntry,
+    reply_out_ifindex: u32,
+) -> Result<(), InstallError> {
     let reply_key = original.reply_key();
     let reply = original.reply_of(&key, reply_out_ifindex);
-    if FLOWS
-        .insert(reply_key, reply, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
-        return false;
+    let installed = match FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST)) {
+        Ok(()) => FLOWS
+            .insert(key, original, u64::from(BPF_NOEXIST))
+            .map_err(|_| {
+                let _ = FLOWS.remove(reply_key);
+            }),
+        Err(_) => Err(()),
+    };
+    match installed {
+        Ok(()) => Ok(()),
+        Err(()) if FLOWS.get_ptr(key).is_some() => Err(InstallError::Raced),
+        Err(()) => Err(InstallError::Full),
     }
-    if FLOWS.insert(key, original, u64::from(BPF_NOEXIST)).is_err() {
-        let _ = FLOWS.remove(reply_key);
-        return false;
+}
+
+/// Removes a connection [`install`] made, when what should have come with it could not (its
+/// session record): whoever removes the original entry gives its window port back, if it owns one.
+#[inline(always)]
+pub fn uninstall(key: FlowKey, original: &FlowEntry) {
+    if FLOWS.remove(key).is_ok() {
+        let _ = FLOWS.remove(original.reply_key());
+        if original.flags & flow_flags::OWNS_PORT != 0 {
+            return_port(original.public_port);
+        }
     }
-    true
 }

@@ -35,6 +35,7 @@ mod scan;
 mod scratch;
 mod seqadj;
 mod session;
+mod sources;
 mod stage;
 mod window;
 
@@ -101,6 +102,13 @@ pub fn ftpnat_open(ctx: TcContext) -> i32 {
         Ok(()) => {}
         Err(OpenError::WindowExhausted) => return reset::refuse_syn(&ctx, packet),
         Err(OpenError::Pinhole) => return TC_ACT_SHOT,
+        Err(OpenError::NoRoom) => {
+            // SAFETY: reading the context's ifindex field, as TC programs may.
+            if unsafe { (*ctx.skb.skb).ifindex } == config.wan_ifindex {
+                return TC_ACT_SHOT;
+            }
+            return reset::refuse_syn(&ctx, packet);
+        }
         Err(OpenError::NotOurs) => return PASS,
     }
     let Some(entry) = FLOWS.get_ptr_mut(packet.key()) else {

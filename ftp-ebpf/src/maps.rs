@@ -6,12 +6,15 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, ProgramArray, Queue, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, Queue,
+        RingBuf,
+    },
 };
 use ftp_common::maps::{
-    Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo,
+    Capacities, Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo,
     MAX_COUNTED_INTERFACES, MAX_FLOWS, MAX_MASQUERADE_PREFIXES, MAX_TRAFFIC_KEYS, MAX_WINDOW_PORTS,
-    TrafficCounters, TrafficKey, stage,
+    SourceKey, SourceSeen, TrafficCounters, TrafficKey, stage,
 };
 
 use crate::scratch::Scratch;
@@ -51,6 +54,16 @@ pub static EXPECTS: HashMap<ftp_common::maps::ExpectKey, ftp_common::maps::Expec
 #[map(name = "SESSIONS")]
 pub static SESSIONS: HashMap<FlowKey, ftp_common::maps::SessionEntry> =
     HashMap::pinned(ftp_common::maps::MAX_SESSIONS, 0);
+
+/// Sessions per source at the agent's last sweep (see `sources`); the agent writes it.
+#[map(name = "SOURCE_SEEN")]
+pub static SOURCE_SEEN: HashMap<SourceKey, SourceSeen> =
+    HashMap::pinned(Capacities::DEFAULT.sources, 0);
+
+/// Sessions opened per source (see `sources`).
+#[map(name = "SOURCE_OPENED")]
+pub static SOURCE_OPENED: LruHashMap<SourceKey, u32> =
+    LruHashMap::pinned(Capacities::DEFAULT.sources, 0);
 
 /// Packets and bytes per interface and direction (see `counters`).
 #[map(name = "TRAFFIC")]

@@ -129,8 +129,9 @@ fn rewrite(
             record.public_port = public_port;
             true
         }
-        Reservation::TableFull => return false,
-        Reservation::WindowExhausted => {
+        // Refused in the text: passed as written, a client's PORT/EPRT would tell the server its
+        // private address (and, the table being full, open nothing).
+        Reservation::NoRoom => {
             record.kind = match request.kind {
                 rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
                 rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,

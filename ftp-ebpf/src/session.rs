@@ -4,13 +4,13 @@
 
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use ftp_common::maps::{
-    EventKind, FlowDirection, FlowEntry, FlowKey, RewriteRecord, SESSION_USER_LEN, SessionEntry,
-    SessionKind, rewrite_kind,
+    Counter, EventKind, FlowDirection, FlowEntry, FlowKey, RewriteRecord, SESSION_USER_LEN,
+    SessionEntry, SessionKind, rewrite_kind,
 };
 
 use crate::{
     headers::Tcp4,
-    maps::{RELEASED, SESSIONS, now_ns},
+    maps::{RELEASED, SESSIONS, bump, now_ns},
 };
 
 /// A new session's record. All-zero is the initial state of every ftp-common state type; kept in
@@ -61,19 +61,21 @@ pub struct NewSession {
     pub server_port: [u8; 2],
 }
 
-/// Creates the session record when a control connection opens.
+/// Creates the session record when a control connection opens. False if the table has no room
+/// (counted): the caller refuses the connection rather than translate it without its ALG.
 #[inline(always)]
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "inserted by reference: a by-value template would be copied onto the stack"
 )]
-pub fn open_session(packet: &Tcp4, new: &NewSession) {
+pub fn open_session(packet: &Tcp4, new: &NewSession) -> bool {
     let key = packet.key();
     if SESSIONS
         .insert(key, &NEW_SESSION, u64::from(BPF_ANY))
         .is_err()
     {
-        return;
+        bump(Counter::SessionTableFull);
+        return false;
     }
     if let Some(entry) = SESSIONS.get_ptr_mut(key) {
         // SAFETY: the map value just inserted; no packet of this connection can race its SYN.
@@ -95,6 +97,7 @@ pub fn open_session(packet: &Tcp4, new: &NewSession) {
             u16::from_be_bytes(new.server_port),
         );
     }
+    true
 }
 
 /// Frees the places of the expectations the agent let expire since the last packet: the agent

@@ -38,6 +38,11 @@ pub struct DatapathConfig {
     /// existed, means the default.
     pub max_expectations_per_session: u8,
     pub _pad: [u8; 2],
+    /// How many sessions one source address may hold (`--max-sessions-per-source`); 0: no limit.
+    pub max_sessions_per_source: u32,
+    /// How many sessions the sources of one /24 may hold together
+    /// (`--max-sessions-per-subnet`); 0: no limit.
+    pub max_sessions_per_subnet: u32,
 }
 
 impl DatapathConfig {
@@ -50,6 +55,15 @@ impl DatapathConfig {
             policy.max_outstanding_expectations = self.max_expectations_per_session;
         }
         policy
+    }
+
+    /// The per-source session limits.
+    #[inline(always)]
+    pub fn source_limits(&self) -> super::SourceLimits {
+        super::SourceLimits {
+            per_host: self.max_sessions_per_source,
+            per_subnet: self.max_sessions_per_subnet,
+        }
     }
 
     #[inline(always)]
@@ -83,7 +97,7 @@ mod tests {
     fn the_config_has_no_padding() {
         assert_eq!(
             size_of::<DatapathConfig>(),
-            8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4
+            8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4 + 4 + 4
         );
     }
 
@@ -98,6 +112,8 @@ mod tests {
             allow_privileged_data_ports: 0,
             max_expectations_per_session: 0,
             _pad: [0; 2],
+            max_sessions_per_source: 0,
+            max_sessions_per_subnet: 0,
         }
     }
 

@@ -35,7 +35,9 @@ pub enum Counter {
     MalformedLines = 7,
     /// PORT/EPRT/227/229 refused by policy (bounce, privileged port, too many, unsolicited).
     Refusals = 8,
-    /// Expectations that could not be recorded (table full); the line passed untouched.
+    /// Expectations that could not be recorded (table full). An announcement from behind the
+    /// router (a client's PORT/EPRT, a published server's 227/229) is refused in the text as for
+    /// [`Counter::WindowExhausted`]; one from outside passes untouched, opening nothing.
     ExpectationTableFull = 9,
     /// Accepted PORT/EPRT lines that could not be rewritten (field split across segments, window
     /// exhausted, segment too long); passed untouched, nothing opened.
@@ -71,10 +73,20 @@ pub enum Counter {
     /// Translated packets too big for the egress interface's MTU that the stack could not answer
     /// for (DF clear, or a destination the translation changes): dropped.
     TooBigDropped = 20,
+    /// Opening SYNs whose connection found the flow table full: refused (a reset to a masqueraded
+    /// client, dropped from the WAN), never passed untranslated.
+    FlowTableFull = 21,
+    /// Opening SYNs of control connections that found the session table full: refused as for
+    /// [`Counter::FlowTableFull`] rather than translated without the ALG.
+    SessionTableFull = 22,
+    /// Opening SYNs of control connections from a source (a host, or its /24) that held its
+    /// share of the sessions already (`--max-sessions-per-source`, `--max-sessions-per-subnet`):
+    /// refused as for [`Counter::FlowTableFull`].
+    SourceLimit = 23,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 24] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -96,6 +108,9 @@ impl Counter {
         Counter::MssClamped,
         Counter::TooBigPassed,
         Counter::TooBigDropped,
+        Counter::FlowTableFull,
+        Counter::SessionTableFull,
+        Counter::SourceLimit,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -122,6 +137,9 @@ impl Counter {
             Counter::MssClamped => "mss_clamped",
             Counter::TooBigPassed => "too_big_passed",
             Counter::TooBigDropped => "too_big_dropped",
+            Counter::FlowTableFull => "flow_table_full",
+            Counter::SessionTableFull => "session_table_full",
+            Counter::SourceLimit => "source_limit",
         }
     }
 }

@@ -6,7 +6,7 @@ use super::{FlowKey, Table};
 pub const NAME: &str = "EXPECTS";
 
 /// Capacity of the expectation table.
-pub const MAX_EXPECTATIONS: u32 = 8_192;
+pub const MAX_EXPECTATIONS: u32 = super::Capacities::DEFAULT.expectations;
 
 pub const TABLE: Table = Table::new::<ExpectKey, Expectation>(NAME);
 

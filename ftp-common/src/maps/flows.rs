@@ -5,8 +5,9 @@ use super::Table;
 /// Translated connections, one entry per direction: [`FlowKey`] to [`FlowEntry`].
 pub const NAME: &str = "FLOWS";
 
-/// Capacity of the flow table (entries; each connection takes two).
-pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of the flow table (entries; each connection takes two) as the object declares it: the
+/// default sizing's (see [`Capacities`](super::Capacities)).
+pub const MAX_FLOWS: u32 = super::Capacities::DEFAULT.flows;
 
 pub const TABLE: Table = Table::new::<FlowKey, FlowEntry>(NAME);
 
@@ -80,7 +81,8 @@ pub mod flow_flags {
     pub const FIN: u8 = 1;
     /// An RST went this way.
     pub const RST: u8 = 2;
-    /// A packet other than the opening SYN went this way (the connection got an answer).
+    /// A packet other than the opening SYN went this way: on the reply entry, the connection got
+    /// an answer; on both, its handshake completed (the agent's expiry tells the two apart).
     pub const ESTABLISHED: u8 = 4;
     /// This entry owns [`super::FlowEntry::public_port`]: the port returns to the window with it.
     pub const OWNS_PORT: u8 = 8;

@@ -32,6 +32,7 @@ pub mod publish;
 pub mod reasons;
 pub mod released;
 pub mod sessions;
+pub mod sources;
 pub mod stage;
 pub mod traffic;
 
@@ -52,7 +53,71 @@ pub use sessions::{
     HELD_FIELD_MAX, HeldField, MAX_SESSIONS, RewriteRecord, SESSION_USER_LEN, SessionEntry,
     SessionKind, hold_state, rewrite_kind,
 };
+pub use sources::{SourceKey, SourceLimits, SourceSeen};
 pub use traffic::{Direction, MAX_TRAFFIC_KEYS, TrafficCounters, TrafficKey};
+
+/// The capacities of the tables that grow with the number of sessions, all derived from one
+/// setting (`--max-sessions`), so that no table fills before the session table does in ordinary
+/// use: a full session table refuses new control connections cleanly (counted), whereas a flow
+/// table full before it would refuse data connections of sessions already admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    /// Sessions (`SESSIONS`, and `RELEASED`, which holds at most one record per session).
+    pub sessions: u32,
+    /// Flow entries (`FLOWS`): [`Capacities::FLOWS_PER_SESSION`] per session.
+    pub flows: u32,
+    /// Expectations (`EXPECTS`): [`Capacities::EXPECTATIONS_PER_SESSION`] per session.
+    pub expectations: u32,
+    /// Per-source counts (`SOURCE_SEEN`, `SOURCE_OPENED`): a host and a /24 per session, and at
+    /// least [`Capacities::MIN_SOURCES`].
+    pub sources: u32,
+}
+
+impl Capacities {
+    /// Two entries for the control connection and two for each of three data connections open at
+    /// once (a transfer, plus a listing or a transfer starting while the previous one drains).
+    pub const FLOWS_PER_SESSION: u32 = 8;
+    /// The default `--max-expectations-per-session`: a session at its limit fits.
+    pub const EXPECTATIONS_PER_SESSION: u32 = 4;
+    /// The sizing of a home or office router: a few thousand sessions, a few MiB of kernel
+    /// memory (the session record is the largest value), and as many sessions as the default
+    /// port window (4096 ports) has ports for masqueraded control connections.
+    pub const DEFAULT_SESSIONS: u32 = 4096;
+    /// The largest `--max-sessions`: 64k sessions take about 100 MiB of preallocated maps.
+    pub const MAX_SESSIONS: u32 = 65_536;
+    pub const DEFAULT: Self = Self::for_sessions(Self::DEFAULT_SESSIONS);
+    /// The per-source tables' floor: the kernel's LRU table keeps free entries per CPU and may
+    /// evict before it is full, which a tiny one (a test's `--max-sessions 1`) would do at once.
+    pub const MIN_SOURCES: u32 = 256;
+
+    /// The tables sized for `sessions` sessions.
+    pub const fn for_sessions(sessions: u32) -> Self {
+        Self {
+            sessions,
+            flows: sessions.saturating_mul(Self::FLOWS_PER_SESSION),
+            expectations: sessions.saturating_mul(Self::EXPECTATIONS_PER_SESSION),
+            sources: {
+                let sources = sessions.saturating_mul(sources::PREFIXES.len() as u32);
+                if sources < Self::MIN_SOURCES {
+                    Self::MIN_SOURCES
+                } else {
+                    sources
+                }
+            },
+        }
+    }
+
+    /// The capacity this sizing gives the pinned table `name`; None for a table of fixed size.
+    pub fn of_table(&self, name: &str) -> Option<u32> {
+        match name {
+            sessions::NAME | released::NAME => Some(self.sessions),
+            flows::NAME => Some(self.flows),
+            expects::NAME => Some(self.expectations),
+            sources::SEEN_NAME | sources::OPENED_NAME => Some(self.sources),
+            _ => None,
+        }
+    }
+}
 
 /// The shape of a pinned table: its name and the sizes of its key and value, which the agent
 /// compares with a pin's before it reuses it (maps of another build under the same layout
@@ -79,7 +144,7 @@ impl Table {
 
 /// The tables the agent pins by name, which the inspection commands open and the pin-dir check
 /// compares. (The event ring belongs to one agent; the stage table is pinned apart, once filled.)
-pub const PINNED: [Table; 12] = [
+pub const PINNED: [Table; 14] = [
     sessions::TABLE,
     expects::TABLE,
     traffic::TABLE,
@@ -92,6 +157,8 @@ pub const PINNED: [Table; 12] = [
     publish::TABLE,
     reasons::TABLE,
     released::TABLE,
+    sources::SEEN_TABLE,
+    sources::OPENED_TABLE,
 ];
 
 /// Map names, as the agent looks them up in the object and pins them.
@@ -101,6 +168,7 @@ pub mod names {
         expects::NAME as EXPECTS, flows::NAME as FLOWS, free_ports::NAME as FREE_PORTS,
         interfaces::NAME as INTERFACES, masquerade::NAME as MASQUERADE, publish::NAME as PUBLISH,
         reasons::NAME as REASONS, released::NAME as RELEASED, sessions::NAME as SESSIONS,
+        sources::OPENED_NAME as SOURCE_OPENED, sources::SEEN_NAME as SOURCE_SEEN,
         stage::NAME as STAGES, traffic::NAME as TRAFFIC,
     };
 }
@@ -117,6 +185,35 @@ pub mod programs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tables_grow_with_the_sessions() {
+        let tiny = Capacities::for_sessions(2);
+        assert_eq!(
+            (tiny.sessions, tiny.flows, tiny.expectations),
+            (2, 16, 8),
+            "a session's control connection and three data connections, four expectations"
+        );
+        assert_eq!(tiny.of_table(sessions::NAME), Some(2));
+        assert_eq!(tiny.of_table(released::NAME), Some(2));
+        assert_eq!(tiny.of_table(flows::NAME), Some(16));
+        assert_eq!(tiny.of_table(expects::NAME), Some(8));
+        assert_eq!(tiny.of_table(sources::SEEN_NAME), Some(256));
+        assert_eq!(tiny.of_table(sources::OPENED_NAME), Some(256));
+        assert_eq!(
+            Capacities::DEFAULT.sources,
+            8192,
+            "a host and a /24 per session"
+        );
+        assert_eq!(tiny.of_table(free_ports::NAME), None);
+        assert_eq!(
+            Capacities::for_sessions(Capacities::MAX_SESSIONS).flows,
+            524_288
+        );
+        assert_eq!(MAX_SESSIONS, Capacities::DEFAULT.sessions);
+        assert_eq!(MAX_FLOWS, Capacities::DEFAULT.flows);
+        assert_eq!(MAX_EXPECTATIONS, Capacities::DEFAULT.expectations);
+    }
 
     #[test]
     fn pinned_tables_have_distinct_names() {

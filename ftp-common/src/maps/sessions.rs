@@ -6,8 +6,9 @@ use super::{FlowKey, Table};
 /// FTP control sessions: session key ([`FlowKey`]) to [`SessionEntry`].
 pub const NAME: &str = "SESSIONS";
 
-/// Capacity of the session table.
-pub const MAX_SESSIONS: u32 = 16_384;
+/// Capacity of the session table as the object declares it: the default sizing's (the agent sets
+/// every load's from `--max-sessions`, see [`Capacities`](super::Capacities)).
+pub const MAX_SESSIONS: u32 = super::Capacities::DEFAULT.sessions;
 
 pub const TABLE: Table = Table::new::<FlowKey, SessionEntry>(NAME);
 

@@ -225,6 +225,21 @@ pub fn render(stats: &Stats) -> String {
     )
     .sample(&[], stats.expectations as u64);
 
+    let mut capacity = Metric::start(
+        &mut out,
+        "ftpnat_table_capacity",
+        "gauge",
+        "What each table can hold (--max-sessions sizes them): sessions, flows (connections), \
+         expectations; compare with ftpnat_sessions, ftpnat_flows, ftpnat_expectations.",
+    );
+    for (table, value) in [
+        ("sessions", stats.capacity.sessions),
+        ("flows", stats.capacity.flows),
+        ("expectations", stats.capacity.expectations),
+    ] {
+        capacity.sample(&[("table", table)], u64::from(value));
+    }
+
     Metric::start(
         &mut out,
         "ftpnat_port_window_size",
@@ -352,7 +367,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::stats::{Counters, InterfaceStats, WindowStats};
+    use crate::report::stats::{Capacity, Counters, InterfaceStats, WindowStats};
 
     fn stats() -> Stats {
         Stats {
@@ -385,6 +400,11 @@ mod tests {
             sessions: 2,
             flows: 3,
             expectations: 1,
+            capacity: Capacity {
+                sessions: 4096,
+                flows: 16384,
+                expectations: 16384,
+            },
             sessions_by: BTreeMap::from([
                 (("masquerade", "command"), 1),
                 (("publish", "transfer"), 1),
@@ -439,6 +459,9 @@ mod tests {
             "ftpnat_flows{kind=\"control\"} 2\n",
             "ftpnat_flows{kind=\"data\"} 1\n",
             "ftpnat_expectations 1\n",
+            "ftpnat_table_capacity{table=\"sessions\"} 4096\n",
+            "ftpnat_table_capacity{table=\"flows\"} 16384\n",
+            "ftpnat_table_capacity{table=\"expectations\"} 16384\n",
             "ftpnat_refusals_total{reason=\"bounce\"} 3\n",
             "ftpnat_refusals_total{reason=\"unsolicited_reply\"} 1\n",
             "ftpnat_malformed_lines_total{reason=\"port_out_of_range\"} 5\n",

@@ -142,6 +142,8 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
         window,
         expect_timeout: args.expect_timeout(),
         max_expectations_per_session: args.max_expectations_per_session(),
+        capacities: args.capacities(),
+        source_limits: args.source_limits(),
         allow_privileged_data_ports: args.allow_privileged_data_ports,
     })
 }

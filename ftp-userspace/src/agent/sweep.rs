@@ -6,8 +6,10 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::MapData;
 use ftp_common::maps::{
-    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags,
+    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, SourceKey,
+    SourceSeen, flow_flags, sessions, sources,
 };
 
 use crate::datapath::maps::StateTables;
@@ -17,8 +19,10 @@ use crate::datapath::maps::StateTables;
 pub struct ExpiryPolicy {
     /// Both sides sent FIN, or one sent RST: kept this long for the last ACKs.
     pub closed_linger: Duration,
-    /// No answer to the opening SYN.
-    pub unanswered: Duration,
+    /// Handshake not completed: the opening SYN unanswered, or answered but never acknowledged
+    /// by its sender. Short, so that spoofed SYNs (whose SYN-ACK goes to a host that never asked)
+    /// cannot hold sessions, flows and window ports for the idle times below.
+    pub handshake: Duration,
     /// Idle control connection (FTP servers drop idle sessions after minutes; NAT should outlast
     /// them), never while its session has a live data connection (`--control-idle`).
     pub control_idle: Duration,
@@ -30,7 +34,9 @@ impl Default for ExpiryPolicy {
     fn default() -> Self {
         Self {
             closed_linger: Duration::from_secs(2),
-            unanswered: Duration::from_secs(30),
+            // Longer than the 16 s a Linux client waits before its last SYN retransmission but
+            // one (1+2+4+8+16 s), which refreshes the connection: a slow server still gets in.
+            handshake: Duration::from_secs(20),
             control_idle: Duration::from_secs(900),
             data_idle: Duration::from_secs(300),
         }
@@ -85,8 +91,12 @@ pub fn expired(
     if closed(original, reply) {
         return idle >= policy.closed_linger;
     }
-    if reply_flags & flow_flags::ESTABLISHED == 0 {
-        return idle >= policy.unanswered;
+    // Established once the handshake completed: the answer came back (the reply side sent its
+    // SYN-ACK) and the opening side sent more than its SYN (the handshake's last ACK). Netfilter
+    // also checks that ACK's number; ftpnat does not, so a blind spoofer that sends the ACK too
+    // gets the idle times.
+    if original.flags & reply_flags & flow_flags::ESTABLISHED == 0 {
+        return idle >= policy.handshake;
     }
     match FlowKind::from_raw(original.kind) {
         Some(FlowKind::Control) => idle >= policy.control_idle,
@@ -129,6 +139,8 @@ pub fn sweep(
         expects,
         sessions,
         released,
+        source_seen,
+        source_opened,
     } = tables;
     // Sessions before flows: a control connection installs its flows before its session, so a
     // session of this snapshot whose flows are missing from the later one has really ended (the
@@ -258,7 +270,61 @@ pub fn sweep(
             now_ns,
         ));
     }
+    recount_sources(sessions, source_seen, source_opened)?;
     Ok(swept)
+}
+
+/// Counts the sessions of every source (host and /24) afresh, for the datapath's per-source
+/// limits, with the datapath's count of the sessions it opened as read just before: the datapath
+/// adds what it opens after that (see ftp-common's `maps::sources`). A source with no session
+/// that opened none since is forgotten; should it open one between the check and the removal,
+/// that session is counted at the next sweep.
+fn recount_sources(
+    sessions: &sessions::AyaMap<&mut MapData>,
+    source_seen: &mut sources::SeenAyaMap<&mut MapData>,
+    source_opened: &mut sources::OpenedAyaMap<&mut MapData>,
+) -> anyhow::Result<()> {
+    let marks: HashMap<SourceKey, u32> = source_opened.iter().filter_map(Result::ok).collect();
+    let counts = source_counts(sessions.keys().filter_map(Result::ok));
+    let sources: HashSet<SourceKey> = marks.keys().chain(counts.keys()).copied().collect();
+    for key in &sources {
+        let seen = SourceSeen {
+            sessions: counts.get(key).copied().unwrap_or(0),
+            opened_mark: marks.get(key).copied().unwrap_or(0),
+        };
+        let idle = seen.sessions == 0
+            && source_opened
+                .get(key, 0)
+                .map_or(true, |opened| opened == seen.opened_mark);
+        if idle {
+            let _ = source_opened.remove(key);
+            let _ = source_seen.remove(key);
+        } else {
+            source_seen.insert(key, seen, 0)?;
+        }
+    }
+    let gone: Vec<SourceKey> = source_seen
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !sources.contains(key))
+        .collect();
+    for key in gone {
+        let _ = source_seen.remove(&key);
+    }
+    Ok(())
+}
+
+/// How many of `sessions` each source host and /24 opened.
+fn source_counts(sessions: impl Iterator<Item = FlowKey>) -> HashMap<SourceKey, u32> {
+    let mut counts = HashMap::new();
+    for session in sessions {
+        for prefix_len in sources::PREFIXES {
+            *counts
+                .entry(SourceKey::new(session.saddr, prefix_len))
+                .or_default() += 1;
+        }
+    }
+    counts
 }
 
 #[cfg(test)]
@@ -289,6 +355,32 @@ mod tests {
             flags,
             _pad: [0; 7],
         }
+    }
+
+    #[test]
+    fn sources_are_counted_by_host_and_by_24() {
+        let session = |addr: [u8; 4], port: u16| FlowKey {
+            saddr: addr,
+            daddr: [203, 0, 113, 10],
+            sport: port.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        };
+        let counts = source_counts(
+            [
+                session([10, 0, 0, 2], 40000),
+                session([10, 0, 0, 2], 40001),
+                session([10, 0, 0, 3], 40000),
+                session([10, 0, 1, 2], 40000),
+            ]
+            .into_iter(),
+        );
+        let count = |addr, prefix_len| counts.get(&SourceKey::new(addr, prefix_len)).copied();
+        assert_eq!(count([10, 0, 0, 2], 32), Some(2));
+        assert_eq!(count([10, 0, 0, 3], 32), Some(1));
+        assert_eq!(count([10, 0, 0, 0], 24), Some(3));
+        assert_eq!(count([10, 0, 1, 0], 24), Some(1));
+        assert_eq!(count([10, 0, 0, 4], 32), None);
+        assert_eq!(counts.len(), 5);
     }
 
     #[test]
@@ -328,7 +420,7 @@ mod tests {
         let original = entry(
             FlowKind::Control,
             FlowDirection::Original,
-            flow_flags::FIN,
+            flow_flags::FIN | flow_flags::ESTABLISHED,
             100,
         );
         let reply = entry(
@@ -341,12 +433,49 @@ mod tests {
     }
 
     #[test]
-    fn unanswered_and_idle_connections_expire_by_kind() {
+    fn an_unanswered_syn_expires_after_the_handshake_time() {
         let policy = ExpiryPolicy::default();
         let syn_only = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
-        assert!(!expired(&syn_only, None, 120 * SEC, &policy));
-        assert!(expired(&syn_only, None, 131 * SEC, &policy));
-        let control = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let no_answer = entry(FlowKind::Control, FlowDirection::Reply, 0, 100);
+        for reply in [None, Some(&no_answer)] {
+            assert!(!expired(&syn_only, reply, 119 * SEC, &policy));
+            assert!(expired(&syn_only, reply, 120 * SEC, &policy));
+        }
+    }
+
+    /// A spoofed SYN to a published server: the server's SYN-ACK goes to a host that never asked,
+    /// so the opening side never sends its ACK. The answer alone does not establish it.
+    #[test]
+    fn a_syn_answered_but_never_acknowledged_expires_after_the_handshake_time() {
+        let policy = ExpiryPolicy::default();
+        let syn_only = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let syn_ack = entry(
+            FlowKind::Control,
+            FlowDirection::Reply,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(!expired(&syn_only, Some(&syn_ack), 119 * SEC, &policy));
+        assert!(expired(&syn_only, Some(&syn_ack), 120 * SEC, &policy));
+        // Nor does the opening side's ACK without an answer (a blind ACK to a silent server).
+        let acked = entry(
+            FlowKind::Control,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
+        assert!(expired(&acked, None, 120 * SEC, &policy));
+    }
+
+    #[test]
+    fn a_completed_handshake_gets_the_idle_times_by_kind() {
+        let policy = ExpiryPolicy::default();
+        let control = entry(
+            FlowKind::Control,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
         let answered = entry(
             FlowKind::Control,
             FlowDirection::Reply,
@@ -355,13 +484,19 @@ mod tests {
         );
         assert!(!expired(&control, Some(&answered), 900 * SEC, &policy));
         assert!(expired(&control, Some(&answered), 1000 * SEC, &policy));
-        let data = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        let data = entry(
+            FlowKind::Data,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
         let data_reply = entry(
             FlowKind::Data,
             FlowDirection::Reply,
             flow_flags::ESTABLISHED,
             100,
         );
+        assert!(!expired(&data, Some(&data_reply), 399 * SEC, &policy));
         assert!(expired(&data, Some(&data_reply), 400 * SEC, &policy));
     }
 
@@ -373,7 +508,12 @@ mod tests {
             ..ExpiryPolicy::default()
         };
         let answered = |kind| entry(kind, FlowDirection::Reply, flow_flags::ESTABLISHED, 100);
-        let control = entry(FlowKind::Control, FlowDirection::Original, 0, 100);
+        let control = entry(
+            FlowKind::Control,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
         assert!(!expired(
             &control,
             Some(&answered(FlowKind::Control)),
@@ -386,7 +526,12 @@ mod tests {
             103 * SEC,
             &policy
         ));
-        let data = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        let data = entry(
+            FlowKind::Data,
+            FlowDirection::Original,
+            flow_flags::ESTABLISHED,
+            100,
+        );
         assert!(!expired(
             &data,
             Some(&answered(FlowKind::Data)),

@@ -37,10 +37,14 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "sessions {}  connections {}  expectations {}  port window {} ({} ports, {} in use, exhausted {} times)",
+        "sessions {} of {}  connections {} of {}  expectations {} of {}  port window {} ({} ports, \
+         {} in use, exhausted {} times)",
         stats.sessions,
+        stats.capacity.sessions,
         stats.flows,
+        stats.capacity.flows,
         stats.expectations,
+        stats.capacity.expectations,
         stats.window.range,
         stats.window.size,
         stats.window.in_use,

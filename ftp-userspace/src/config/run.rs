@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
+use ftp_common::maps::{Capacities, SourceLimits};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use super::{
@@ -29,6 +30,17 @@ const DEFAULT_CONTROL_IDLE_SECS: u64 = 900;
 const DEFAULT_DATA_IDLE_SECS: u64 = 300;
 /// `--max-expectations-per-session`'s range (clap ranges small integers as i64).
 const MAX_EXPECTATIONS_PER_SESSION: RangeInclusive<i64> = 1..=64;
+/// `--max-sessions`'s range.
+const MAX_SESSIONS: RangeInclusive<i64> = 1..=Capacities::MAX_SESSIONS as i64;
+/// `--max-sessions-per-source`'s and `--max-sessions-per-subnet`'s range (0: no limit).
+const MAX_SESSIONS_PER_SOURCE: RangeInclusive<i64> = 0..=Capacities::MAX_SESSIONS as i64;
+/// A host: parallel transfers open a session each (lftp's mirror, FileZilla: up to 10), and a
+/// few hosts behind one address (a CGNAT, an office outside) share it; 64 is far beyond one
+/// user's and a sixty-fourth of the default table.
+const DEFAULT_MAX_SESSIONS_PER_SOURCE: u32 = 64;
+/// A /24: a home or office LAN, or one outside network; a sixteenth of the default table, so
+/// that no one network outside can fill it, and room for a LAN's users.
+const DEFAULT_MAX_SESSIONS_PER_SUBNET: u32 = 256;
 
 /// `ftpnat run`'s command line: its settings and the file holding more of them.
 #[derive(clap::Args, Debug)]
@@ -133,6 +145,26 @@ run_options! {
               value_parser = clap::value_parser!(u64).range(IDLE_SECS))]
         #[serde(deserialize_with = "idle_secs")]
         pub data_idle: Option<u64>,
+        /// How many control sessions the datapath holds at once (1-65536); a further control
+        /// connection is refused and counted. Sizes the tables: flows and expectations follow
+        /// (8 flow entries and 4 expectations per session) [default: 4096].
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(MAX_SESSIONS))]
+        #[serde(deserialize_with = "max_sessions")]
+        pub max_sessions: Option<u32>,
+        /// How many sessions one source address (a LAN client, or an outside client of a
+        /// published server) may hold at once; a further control connection is refused and
+        /// counted (0: no limit) [default: 64].
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(MAX_SESSIONS_PER_SOURCE))]
+        #[serde(deserialize_with = "max_sessions_per_source")]
+        pub max_sessions_per_source: Option<u32>,
+        /// How many sessions the sources of one /24 may hold together, as
+        /// --max-sessions-per-source (0: no limit) [default: 256].
+        #[arg(long, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(MAX_SESSIONS_PER_SOURCE))]
+        #[serde(deserialize_with = "max_sessions_per_source")]
+        pub max_sessions_per_subnet: Option<u32>,
         /// Let a PORT/EPRT announce a data port below 1024. Refused by default (RFC 2577: a
         /// client could make the server connect to a privileged service).
         #[arg(long)]
@@ -266,6 +298,25 @@ impl RunOptions {
     }
 }
 
+impl RunOptions {
+    /// The table sizes `--max-sessions` asks for, by default a home or office router's.
+    pub fn capacities(&self) -> Capacities {
+        Capacities::for_sessions(self.max_sessions.unwrap_or(Capacities::DEFAULT_SESSIONS))
+    }
+
+    /// How many sessions one source and one /24 may hold, by default 64 and 256.
+    pub fn source_limits(&self) -> SourceLimits {
+        SourceLimits {
+            per_host: self
+                .max_sessions_per_source
+                .unwrap_or(DEFAULT_MAX_SESSIONS_PER_SOURCE),
+            per_subnet: self
+                .max_sessions_per_subnet
+                .unwrap_or(DEFAULT_MAX_SESSIONS_PER_SUBNET),
+        }
+    }
+}
+
 /// The settings `ftpnat run` runs with: its flags over the `--config` file's keys.
 pub fn resolve(args: RunArgs) -> anyhow::Result<RunOptions> {
     let file = match &args.config {
@@ -363,6 +414,35 @@ fn max_expectations_per_session<'de, D: Deserializer<'de>>(
     Ok(u8::try_from(count).ok())
 }
 
+/// `max_sessions`, held to the flag's range with the flag's wording.
+fn max_sessions<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let count = u64::deserialize(deserializer)?;
+    if !i64::try_from(count).is_ok_and(|count| MAX_SESSIONS.contains(&count)) {
+        return Err(D::Error::custom(format!(
+            "{count} is not in {}..={}",
+            MAX_SESSIONS.start(),
+            MAX_SESSIONS.end()
+        )));
+    }
+    Ok(u32::try_from(count).ok())
+}
+
+/// `max_sessions_per_source` and `max_sessions_per_subnet`, held to the flags' range with their
+/// wording.
+fn max_sessions_per_source<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u32>, D::Error> {
+    let count = u64::deserialize(deserializer)?;
+    if !i64::try_from(count).is_ok_and(|count| MAX_SESSIONS_PER_SOURCE.contains(&count)) {
+        return Err(D::Error::custom(format!(
+            "{count} is not in {}..={}",
+            MAX_SESSIONS_PER_SOURCE.start(),
+            MAX_SESSIONS_PER_SOURCE.end()
+        )));
+    }
+    Ok(u32::try_from(count).ok())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -403,6 +483,9 @@ mod tests {
         max_expectations_per_session = 8
         control_idle = 60
         data_idle = 20
+        max_sessions = 300
+        max_sessions_per_source = 3
+        max_sessions_per_subnet = 0
         allow_privileged_data_ports = true
         tc_attach = "netlink"
     "#;
@@ -434,6 +517,14 @@ mod tests {
         assert_eq!(options.max_expectations_per_session(), 8);
         assert_eq!(options.control_idle(), Duration::from_secs(60));
         assert_eq!(options.data_idle(), Duration::from_secs(20));
+        assert_eq!(options.capacities(), Capacities::for_sessions(300));
+        assert_eq!(
+            options.source_limits(),
+            SourceLimits {
+                per_host: 3,
+                per_subnet: 0
+            }
+        );
         assert!(options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Netlink);
     }
@@ -473,6 +564,12 @@ mod tests {
             "60",
             "--data-idle",
             "20",
+            "--max-sessions",
+            "300",
+            "--max-sessions-per-source",
+            "3",
+            "--max-sessions-per-subnet",
+            "0",
             "--allow-privileged-data-ports",
             "--tc-attach",
             "netlink",
@@ -490,6 +587,14 @@ mod tests {
         assert_eq!(options.max_expectations_per_session(), 4);
         assert_eq!(options.control_idle(), Duration::from_secs(900));
         assert_eq!(options.data_idle(), Duration::from_secs(300));
+        assert_eq!(options.capacities(), Capacities::for_sessions(4096));
+        assert_eq!(
+            options.source_limits(),
+            SourceLimits {
+                per_host: 64,
+                per_subnet: 256
+            }
+        );
         assert!(!options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Auto);
     }
@@ -550,6 +655,16 @@ mod tests {
                 "86401 is not in 1..=86400",
             ),
             (
+                "max_sessions = 65537",
+                "max_sessions",
+                "65537 is not in 1..=65536",
+            ),
+            (
+                "max_sessions_per_subnet = 70000",
+                "max_sessions_per_subnet",
+                "70000 is not in 0..=65536",
+            ),
+            (
                 "allow_privileged_data_ports = 1",
                 "allow_privileged_data_ports",
                 "expected a boolean",
@@ -591,6 +706,12 @@ mod tests {
             ),
             ("--control-idle", "0", "0 is not in 1..=86400"),
             ("--data-idle", "86401", "86401 is not in 1..=86400"),
+            ("--max-sessions", "0", "0 is not in 1..=65536"),
+            (
+                "--max-sessions-per-source",
+                "65537",
+                "65537 is not in 0..=65536",
+            ),
             (
                 "--tc-attach",
                 "classic",

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use anyhow::{Context as _, anyhow};
 use aya::maps::lpm_trie::Key;
 use ftp_common::maps::{
-    DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PublishTarget, config, free_ports,
-    interfaces, masquerade, publish,
+    Capacities, DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PINNED, PublishTarget,
+    SourceLimits, config, free_ports, interfaces, masquerade, publish,
 };
 
 use super::{Datapath, Interface};
@@ -22,6 +22,10 @@ pub struct NatSettings {
     pub window: PortWindow,
     pub expect_timeout: std::time::Duration,
     pub max_expectations_per_session: u8,
+    /// The tables' sizes (`--max-sessions`), set when the object is loaded.
+    pub capacities: Capacities,
+    /// Sessions per source and per /24 (`--max-sessions-per-source`, `--max-sessions-per-subnet`).
+    pub source_limits: SourceLimits,
     pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
 }
@@ -100,6 +104,16 @@ impl Datapath {
             wanted.policy().max_outstanding_expectations.to_string(),
         );
         differ(
+            "sessions per source",
+            pinned.max_sessions_per_source.to_string(),
+            wanted.max_sessions_per_source.to_string(),
+        );
+        differ(
+            "sessions per /24",
+            pinned.max_sessions_per_subnet.to_string(),
+            wanted.max_sessions_per_subnet.to_string(),
+        );
+        differ(
             "privileged data ports",
             allowed(pinned.allow_privileged_data_ports),
             allowed(wanted.allow_privileged_data_ports),
@@ -109,6 +123,29 @@ impl Datapath {
             pinned.wan_ifindex.to_string(),
             wanted.wan_ifindex.to_string(),
         );
+        // The pinned tables keep the size they were created with: a load over them cannot
+        // resize them.
+        let state_dir = super::pins::state_dir(&self.pin_dir);
+        let mut resized = Vec::new();
+        for table in PINNED {
+            let Some(wanted) = nat.capacities.of_table(table.name) else {
+                continue;
+            };
+            let path = state_dir.join(table.name);
+            let pinned = aya::maps::MapInfo::from_pin(&path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .max_entries();
+            if pinned != wanted {
+                resized.push(format!("{} {pinned} entries, not {wanted}", table.name));
+            }
+        }
+        if !resized.is_empty() {
+            differences.push(format!(
+                "tables sized for another --max-sessions than {} ({})",
+                nat.capacities.sessions,
+                resized.join(", ")
+            ));
+        }
 
         let trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
         let mut pinned_prefixes: Vec<String> = trie
@@ -189,6 +226,8 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
         max_expectations_per_session: nat.max_expectations_per_session,
         _pad: [0; 2],
+        max_sessions_per_source: nat.source_limits.per_host,
+        max_sessions_per_subnet: nat.source_limits.per_subnet,
         public_ip: nat.public_ip.octets(),
         wan_ifindex: wan.ifindex,
         ftp_ports,

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use ftp_common::maps::{
     Counter, DatapathConfig, Table, config, counters, expects, flows, free_ports, interfaces,
-    reasons, released, sessions, traffic,
+    reasons, released, sessions, sources, traffic,
 };
 
 use super::{Datapath, object::missing_map, pins};
@@ -22,17 +22,31 @@ pub struct StateTables<'a> {
     pub sessions: sessions::AyaMap<&'a mut MapData>,
     /// Expectations released per session, which only the agent writes.
     pub released: released::AyaMap<&'a mut MapData>,
+    /// Each source's sessions at the last sweep, which only the agent writes.
+    pub source_seen: sources::SeenAyaMap<&'a mut MapData>,
+    /// Sessions the datapath opened per source; the agent reads them and removes idle sources.
+    pub source_opened: sources::OpenedAyaMap<&'a mut MapData>,
 }
 
 impl Datapath {
     /// The tables expiry works on.
     pub fn state_tables(&mut self) -> anyhow::Result<StateTables<'_>> {
-        let [flows, free_ports, expects, sessions, released] = self.ebpf.maps_disjoint_mut([
+        let [
+            flows,
+            free_ports,
+            expects,
+            sessions,
+            released,
+            source_seen,
+            source_opened,
+        ] = self.ebpf.maps_disjoint_mut([
             flows::NAME,
             free_ports::NAME,
             expects::NAME,
             sessions::NAME,
             released::NAME,
+            sources::SEEN_NAME,
+            sources::OPENED_NAME,
         ]);
         Ok(StateTables {
             flows: typed(flows, flows::NAME)?,
@@ -40,6 +54,8 @@ impl Datapath {
             expects: typed(expects, expects::NAME)?,
             sessions: typed(sessions, sessions::NAME)?,
             released: typed(released, released::NAME)?,
+            source_seen: typed(source_seen, sources::SEEN_NAME)?,
+            source_opened: typed(source_opened, sources::OPENED_NAME)?,
         })
     }
 }
@@ -115,6 +131,14 @@ impl<'a> PinnedMaps<'a> {
     pub fn config(&self) -> anyhow::Result<DatapathConfig> {
         let config: config::AyaMap<_> = self.open(&config::TABLE)?;
         config.get(&0, 0).context("reading the datapath config")
+    }
+
+    /// How many entries the pinned table can hold (`--max-sessions` sized it).
+    pub fn capacity(&self, table: &Table) -> anyhow::Result<u32> {
+        let path = pins::state_dir(self.pin_dir).join(table.name);
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(info.max_entries())
     }
 
     /// One datapath counter, summed over the CPUs.

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapData, programs::SchedClassifier};
-use ftp_common::maps::names;
+use ftp_common::maps::{Capacities, names};
 
 mod attach;
 mod attached;
@@ -112,13 +112,25 @@ impl Datapath {
         Self::fresh(options, &state_dir, interfaces, nat)
     }
 
-    fn load(options: &LoadOptions<'_>, state_dir: &Path) -> anyhow::Result<Ebpf> {
-        // Maps already pinned there are reused, not recreated: that is what adoption relies on.
-        EbpfLoader::new()
-            .default_map_pin_directory(state_dir)
-            .override_global(aya_log::LEVEL, &options.kernel_log_level, false)
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")
+    fn load(
+        options: &LoadOptions<'_>,
+        state_dir: &Path,
+        capacities: &Capacities,
+    ) -> anyhow::Result<Ebpf> {
+        // Maps already pinned there are reused, not recreated: that is what adoption relies on
+        // (and why an adopted datapath's sizes are compared with the settings').
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(state_dir).override_global(
+            aya_log::LEVEL,
+            &options.kernel_log_level,
+            false,
+        );
+        for table in ftp_common::maps::PINNED {
+            if let Some(entries) = capacities.of_table(table.name) {
+                loader.map_max_entries(table.name, entries);
+            }
+        }
+        loader.load(EBPF_OBJECT).context("loading the eBPF object")
     }
 
     fn fresh(
@@ -136,7 +148,7 @@ impl Datapath {
         }
         fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
-        let started = Self::load(options, state_dir).and_then(|ebpf| {
+        let started = Self::load(options, state_dir, &nat.capacities).and_then(|ebpf| {
             let mut datapath = Datapath {
                 ebpf,
                 pin_dir: options.pin_dir.to_owned(),
@@ -240,7 +252,7 @@ impl Datapath {
             );
         }
         let mut datapath = Datapath {
-            ebpf: Self::load(options, state_dir)?,
+            ebpf: Self::load(options, state_dir, &nat.capacities)?,
             pin_dir: options.pin_dir.to_owned(),
             attached: Vec::new(),
             logger: None,

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::Context as _;
 use ftp_common::maps::{
     Counter, Direction, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKind,
-    InterfaceRole, SessionKind, TrafficCounters, flow_flags,
+    InterfaceRole, SessionKind, TrafficCounters, expects, flow_flags, flows, sessions,
 };
 use ftp_common::{
     MalformedReason, RefusalReason,
@@ -51,6 +51,16 @@ pub struct WindowStats {
     pub exhausted: u64,
 }
 
+/// How much each table that grows with the sessions can hold (`--max-sessions` sizes them); the
+/// use is `Stats`' field of the same name.
+#[derive(Serialize, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub sessions: u32,
+    /// Connections (two flow entries each), as `Stats::flows` counts them.
+    pub flows: u32,
+    pub expectations: u32,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Stats {
     pub interfaces: Vec<InterfaceStats>,
@@ -65,6 +75,8 @@ pub struct Stats {
     pub sessions: usize,
     pub flows: usize,
     pub expectations: usize,
+    /// What `sessions`, `flows` and `expectations` may reach.
+    pub capacity: Capacity,
     /// Sessions by kind and state, every known pair present (zeros included), for the metrics'
     /// labels. Left out of the JSON, whose shape scripts depend on: `ftpnat sessions --json` has
     /// both per session.
@@ -185,6 +197,11 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
             .iter()
             .filter(|e| e.path == ExpectationPath::Inbound as u8 && e.public_port != 0)
             .count();
+    let capacity = Capacity {
+        sessions: maps.capacity(&sessions::TABLE)?,
+        flows: maps.capacity(&flows::TABLE)? / 2,
+        expectations: maps.capacity(&expects::TABLE)?,
+    };
     let size = u32::from(config.window_hi).saturating_sub(u32::from(config.window_lo)) + 1;
     Ok(Stats {
         interfaces: by_ifindex.into_values().collect(),
@@ -204,6 +221,7 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         sessions: sessions_by.values().sum(),
         flows: flows_by.values().sum(),
         expectations: expectations.len(),
+        capacity,
         sessions_by,
         flows_by,
     })
