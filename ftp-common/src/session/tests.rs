@@ -895,13 +895,15 @@ fn auth_refused_keeps_the_session_in_the_clear() {
 }
 
 #[test]
-fn a_234_alone_stops_parsing() {
+fn a_234_without_auth_is_unsolicited_and_changes_nothing() {
+    // Issue 12: a forged 234 must not switch the ALG off.
     let mut session = Session::new();
     assert_eq!(
         session.on_server_line(b"234 AUTH TLS successful\r\n", &ctx()),
-        ServerVerdict::TlsStarted
+        ServerVerdict::Unsolicited { code: 234 }
     );
-    assert_eq!(session.on_client_line(PORT_LINE, &ctx()), ClientVerdict::Encrypted);
+    assert!(!session.is_encrypted());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
 }
 
 #[test]
@@ -919,6 +921,7 @@ fn a_234_inside_a_multi_line_reply_is_text() {
 fn ccc_in_the_clear_is_ignored_and_a_cleared_channel_parses_again() {
     let mut session = Session::new();
     assert_eq!(session.on_client_line(b"CCC\r\n", &ctx()), ClientVerdict::Ignored);
+    session.on_client_line(b"AUTH TLS\r\n", &ctx());
     session.on_server_line(b"234 Proceed\r\n", &ctx());
     assert_eq!(session.on_client_line(b"CCC\r\n", &ctx()), ClientVerdict::Encrypted);
     session.command_channel_cleared();
