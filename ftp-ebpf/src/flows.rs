@@ -37,15 +37,16 @@ pub fn open_control(
     // SAFETY: reading the context's ifindex field, as TC programs may.
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if in_ifindex == config.wan_ifindex {
-        open_published(packet, config, in_ifindex)
+        open_published(ctx, packet, config, in_ifindex)
     } else {
-        open_masqueraded(packet, config, in_ifindex)
+        open_masqueraded(ctx, packet, config, in_ifindex)
     }
 }
 
 /// A masqueraded client's connection: SNAT behind the public address and a window port.
 #[inline(always)]
 fn open_masqueraded(
+    ctx: &TcContext,
     packet: &Tcp4,
     config: &DatapathConfig,
     in_ifindex: u32,
@@ -89,6 +90,7 @@ fn open_masqueraded(
             lan_ifindex: in_ifindex,
             server_addr: key.daddr,
             server_port: key.dport,
+            offered_scale: crate::tcp_window::offered_scale(ctx, packet),
         },
     );
     bump(Counter::ControlSessionsOpened);
@@ -99,6 +101,7 @@ fn open_masqueraded(
 /// stays as it is, so the server sees who it talks to.
 #[inline(always)]
 fn open_published(
+    ctx: &TcContext,
     packet: &Tcp4,
     config: &DatapathConfig,
     in_ifindex: u32,
@@ -139,6 +142,7 @@ fn open_published(
             lan_ifindex: target.lan_ifindex,
             server_addr: target.server_addr,
             server_port: target.server_port,
+            offered_scale: crate::tcp_window::offered_scale(ctx, packet),
         },
     );
     bump(Counter::ControlSessionsOpened);

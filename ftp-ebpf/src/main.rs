@@ -36,6 +36,7 @@ mod scratch;
 mod seqadj;
 mod session;
 mod stage;
+mod tcp_window;
 mod window;
 
 use aya_ebpf::{

@@ -54,10 +54,16 @@ pub enum Counter {
     /// Control segments with more lines to examine, or more bytes, than the client or server stage
     /// has passes for (`MAX_LINE_PASSES`): the rest of the segment passed on unexamined.
     SegmentsPartlyExamined = 15,
+    /// Control segments outside their connection's TCP window (off-path or stale): dropped, their
+    /// bytes and flags ignored.
+    SegmentsOutOfWindow = 16,
+    /// Resets of a control connection inside its window but not at the exact next sequence
+    /// number: passed on (the endpoint answers with a challenge ACK) without ending anything.
+    ResetsNotExact = 17,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 18] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -74,6 +80,8 @@ impl Counter {
         Counter::SequenceAdjusted,
         Counter::StageMissing,
         Counter::SegmentsPartlyExamined,
+        Counter::SegmentsOutOfWindow,
+        Counter::ResetsNotExact,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -95,6 +103,8 @@ impl Counter {
             Counter::SequenceAdjusted => "sequence_adjusted",
             Counter::StageMissing => "stage_missing",
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
+            Counter::SegmentsOutOfWindow => "segments_out_of_window",
+            Counter::ResetsNotExact => "resets_not_exact",
         }
     }
 }

@@ -90,6 +90,10 @@ pub struct SessionEntry {
     pub user: [u8; SESSION_USER_LEN],
     /// The last address held back because a segment ended inside it.
     pub held: HeldField,
+    /// The control connection's TCP window, each side in its own sequence space: segments outside
+    /// it change nothing (issue 12).
+    pub client_window: crate::TcpWindow,
+    pub server_window: crate::TcpWindow,
 }
 
 /// Bytes of an announced address a [`HeldField`] can keep: an IPv4 PORT argument is at most 23,
@@ -245,7 +249,10 @@ mod tests {
                 + 4
                 + SESSION_USER_LEN
                 + size_of::<HeldField>()
+                + 2 * 20
         );
+        assert_eq!(size_of::<crate::TcpWindow>(), 20);
+        assert_eq!(size_of::<SessionEntry>() % 8, 0);
         assert_eq!(size_of::<HeldField>(), 12 + HELD_FIELD_MAX);
     }
 }
