@@ -65,6 +65,14 @@ impl PortWindow {
         self.lo..=self.hi
     }
 
+    /// The window's ports in an order drawn from `seed`: handed out from the low end, they would
+    /// let an off-path host guess which port a new session took (issue 12).
+    pub fn shuffled(self, seed: u64) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.ports().collect();
+        fastrand::Rng::with_seed(seed).shuffle(&mut ports);
+        ports
+    }
+
     pub fn len(self) -> u32 {
         u32::from(self.hi) - u32::from(self.lo) + 1
     }
@@ -373,6 +381,21 @@ pub fn masquerade_prefixes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shuffled_window_holds_every_port_once_in_a_seeded_order() {
+        let window = PortWindow {
+            lo: 61000,
+            hi: 61999,
+        };
+        let first = window.shuffled(1);
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, window.ports().collect::<Vec<_>>());
+        assert_ne!(first, sorted, "not in order");
+        assert_ne!(first, window.shuffled(2));
+        assert_eq!(first, window.shuffled(1));
+    }
 
     #[test]
     fn prefixes_parse_and_normalise() {

@@ -52,7 +52,8 @@ impl Datapath {
         }
 
         let mut free = free_ports::AyaMap::try_from(self.map_mut(free_ports::NAME)?)?;
-        for port in nat.window.ports() {
+        // In random order; ports that come back go to the back of the queue.
+        for port in nat.window.shuffled(random_seed()?) {
             free.push(port, 0)
                 .with_context(|| format!("filling the port window with {port}"))?;
         }
@@ -214,4 +215,15 @@ fn publish_target(published: &Published) -> PublishTarget {
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
     }
+}
+
+/// A seed from the kernel's random pool.
+fn random_seed() -> anyhow::Result<u64> {
+    let mut seed = [0u8; 8];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+        &mut seed,
+    )
+    .context("reading /dev/urandom")?;
+    Ok(u64::from_ne_bytes(seed))
 }
