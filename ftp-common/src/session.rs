@@ -71,6 +71,11 @@ pub struct Policy {
     /// mode); a publishing caller sets it false because a server behind it may announce its public
     /// address.
     pub passive_address_must_match_server: bool,
+    /// The lowest and highest port a 227/229 may announce. Default all; a publishing caller
+    /// narrows it to the published server's passive ports (unprivileged ones unless configured).
+    pub passive_ports: [u16; 2],
+    /// A port a 227/229 may never announce, 0 for none: a published server's control port.
+    pub passive_port_excluded: u16,
 }
 
 impl Policy {
@@ -79,7 +84,16 @@ impl Policy {
             allow_privileged_data_ports: false,
             max_outstanding_expectations: 4,
             passive_address_must_match_server: true,
+            passive_ports: [0, u16::MAX],
+            passive_port_excluded: 0,
         }
+    }
+
+    /// Whether a 227/229 may announce `port`.
+    #[inline(always)]
+    pub fn allows_passive_port(&self, port: u16) -> bool {
+        let [lowest, highest] = self.passive_ports;
+        port >= lowest && port <= highest && port != self.passive_port_excluded
     }
 }
 
@@ -518,6 +532,8 @@ impl Session {
                     && IpAddr::V4(*addr.ip()) != ctx.server
                 {
                     ServerVerdict::Refused(RefusalReason::PassiveAddressMismatch)
+                } else if !ctx.policy.allows_passive_port(addr.port()) {
+                    ServerVerdict::Refused(RefusalReason::PassivePortNotAllowed)
                 } else if !self.reserve_expectation(&ctx.policy) {
                     ServerVerdict::Refused(RefusalReason::TooManyExpectations)
                 } else {
@@ -534,6 +550,8 @@ impl Session {
             } => {
                 if answered != PENDING_EPSV {
                     ServerVerdict::Unsolicited { code }
+                } else if !ctx.policy.allows_passive_port(port) {
+                    ServerVerdict::Refused(RefusalReason::PassivePortNotAllowed)
                 } else if !self.reserve_expectation(&ctx.policy) {
                     ServerVerdict::Refused(RefusalReason::TooManyExpectations)
                 } else {

@@ -164,7 +164,13 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
     let outbound_key = ExpectKey::outbound(key.saddr, key.daddr, packet.dport());
     // SAFETY: the value is copied out at once; the entry is removed below.
     let (expect_key, expectation) = match unsafe { EXPECTS.get(outbound_key) } {
-        Some(expectation) => (outbound_key, *expectation),
+        // From behind the router: only from the interface the session's side is reached by (a
+        // LAN address forged elsewhere opens nothing).
+        Some(expectation) if in_ifindex == expectation.lan_ifindex => (outbound_key, *expectation),
+        Some(_) => {
+            bump(Counter::WrongInterface);
+            return Err(OpenError::Pinhole);
+        }
         None => {
             if in_ifindex != config.wan_ifindex || key.daddr != config.public_ip {
                 return Err(OpenError::NotOurs);
@@ -204,7 +210,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             _ => OpenError::NotOurs,
         });
     }
-    let (original, reply_out_ifindex) = match path {
+    let original = match path {
         Some(ExpectationPath::Outbound) => {
             // From behind the router to the announced address: SNAT behind a fresh window port.
             let Some(public_port) = take_port() else {
@@ -224,10 +230,10 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                 now,
                 [config.public_ip, key.daddr],
                 [public_port.to_be_bytes(), key.dport],
-                config.wan_ifindex,
+                [in_ifindex, config.wan_ifindex],
                 public_port,
             );
-            (original, in_ifindex)
+            original
         }
         Some(ExpectationPath::Inbound) => {
             // From the WAN to public:window port: DNAT to the target behind the router.
@@ -236,14 +242,14 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                 now,
                 [key.saddr, expectation.target_addr],
                 [key.sport, expectation.target_port],
-                expectation.lan_ifindex,
+                [config.wan_ifindex, expectation.lan_ifindex],
                 expectation.public_port,
             );
-            (original, config.wan_ifindex)
+            original
         }
         None => return Err(OpenError::NotOurs),
     };
-    if !install(key, &original, reply_out_ifindex) {
+    if !install(key, &original) {
         return_port(original.public_port);
         expectation_ended(&expectation.session);
         return Err(OpenError::NotOurs);
@@ -283,7 +289,7 @@ fn data_entry(
     now: u64,
     [new_saddr, new_daddr]: [[u8; 4]; 2],
     [new_sport, new_dport]: [[u8; 2]; 2],
-    out_ifindex: u32,
+    [in_ifindex, out_ifindex]: [u32; 2],
     public_port: u16,
 ) -> FlowEntry {
     FlowEntry {
@@ -300,6 +306,7 @@ fn data_entry(
         kind: FlowKind::Data as u8,
         direction: FlowDirection::Original as u8,
         flags: flow_flags::OWNS_PORT,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        in_ifindex,
     }
 }

@@ -77,9 +77,10 @@ fn open_masqueraded(
         kind: FlowKind::Control as u8,
         direction: FlowDirection::Original as u8,
         flags: flow_flags::OWNS_PORT,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        in_ifindex,
     };
-    if !install(key, &original, in_ifindex) {
+    if !install(key, &original) {
         return_port(public_port);
         return Err(OpenError::NotOurs);
     }
@@ -130,9 +131,10 @@ fn open_published(
         direction: FlowDirection::Original as u8,
         // The published port is configuration, not a window port: nothing to give back.
         flags: 0,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        in_ifindex,
     };
-    if !install(key, &original, in_ifindex) {
+    if !install(key, &original) {
         return Err(OpenError::NotOurs);
     }
     crate::session::open_session(
@@ -150,14 +152,15 @@ fn open_published(
 }
 
 /// Inserts a connection's two entries: `original` under `key`, and the entry of the other
-/// direction (leaving by `reply_out_ifindex`) under the key its packets arrive with. The reply
+/// direction (leaving by the interface `original`'s packets arrive on) under the key its packets
+/// arrive with. The reply
 /// side first: once the original entry exists, packets flow, and their answers must find their
 /// way back. False (and nothing left behind) if either exists already — a retransmitted SYN raced
 /// us on another CPU — or the table is full.
 #[inline(always)]
-pub fn install(key: FlowKey, original: &FlowEntry, reply_out_ifindex: u32) -> bool {
+pub fn install(key: FlowKey, original: &FlowEntry) -> bool {
     let reply_key = original.reply_key();
-    let reply = original.reply_of(&key, reply_out_ifindex);
+    let reply = original.reply_of(&key, original.in_ifindex);
     if FLOWS
         .insert(reply_key, reply, u64::from(BPF_NOEXIST))
         .is_err()

@@ -69,6 +69,14 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
         }
         return PASS;
     };
+    // SAFETY: reading the context's ifindex field, as TC programs may; `in_ifindex` is written
+    // only when the entry is created.
+    if unsafe { (*ctx.skb.skb).ifindex != (*entry).in_ifindex } {
+        // Its addresses are forged (or it took a path the connection does not): translating it
+        // would let it into the connection; passed on, the stack might answer it with a reset.
+        maps::bump(Counter::WrongInterface);
+        return TC_ACT_SHOT;
+    }
     nat::account(entry, &packet);
     // SAFETY: a live map value; the fields read below are written only when the entry is created.
     let entry = unsafe { &*entry };

@@ -117,7 +117,10 @@ fn a_blind_storm_of_forged_segments_leaves_an_idle_session_working() {
 
     session.proceed().expect("go");
     let digests = session.expect("digests").expect("both transfers");
-    assert_eq!(digests, [setup.file.sha256.clone(), setup.file.sha256.clone()]);
+    assert_eq!(
+        digests,
+        [setup.file.sha256.clone(), setup.file.sha256.clone()]
+    );
     session.proceed().expect("quit");
     session.finish().unwrap_or_else(|err| panic!("{err:#}"));
 }

@@ -60,10 +60,13 @@ pub enum Counter {
     /// Resets of a control connection inside its window but not at the exact next sequence
     /// number: passed on (the endpoint answers with a challenge ACK) without ending anything.
     ResetsNotExact = 17,
+    /// Packets of a translated connection that arrived on an interface other than the one its
+    /// flow entry expects (a LAN address forged on the WAN, say): dropped, untranslated.
+    WrongInterface = 18,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -82,6 +85,7 @@ impl Counter {
         Counter::SegmentsPartlyExamined,
         Counter::SegmentsOutOfWindow,
         Counter::ResetsNotExact,
+        Counter::WrongInterface,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -105,6 +109,7 @@ impl Counter {
             Counter::SegmentsPartlyExamined => "segments_partly_examined",
             Counter::SegmentsOutOfWindow => "segments_out_of_window",
             Counter::ResetsNotExact => "resets_not_exact",
+            Counter::WrongInterface => "wrong_interface",
         }
     }
 }

@@ -144,9 +144,11 @@ impl Datapath {
             list.iter()
                 .map(|(port, t)| {
                     format!(
-                        "{port}={}:{}",
+                        "{port}={}:{},passive={}-{}",
                         Ipv4Addr::from(t.server_addr),
-                        u16::from_be_bytes(t.server_port)
+                        u16::from_be_bytes(t.server_port),
+                        t.passive_ports[0],
+                        t.passive_ports[1]
                     )
                 })
                 .collect::<Vec<_>>()
@@ -214,6 +216,7 @@ fn publish_target(published: &Published) -> PublishTarget {
         server_port: published.spec.server_port.to_be_bytes(),
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
+        passive_ports: published.spec.passive_ports,
     }
 }
 
