@@ -225,27 +225,25 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                 );
                 return Err(OpenError::WindowExhausted);
             };
-            let original = data_entry(
+            data_entry(
                 &expectation,
                 now,
                 [config.public_ip, key.daddr],
                 [public_port.to_be_bytes(), key.dport],
                 [in_ifindex, config.wan_ifindex],
                 public_port,
-            );
-            original
+            )
         }
         Some(ExpectationPath::Inbound) => {
             // From the WAN to public:window port: DNAT to the target behind the router.
-            let original = data_entry(
+            data_entry(
                 &expectation,
                 now,
                 [key.saddr, expectation.target_addr],
                 [key.sport, expectation.target_port],
                 [config.wan_ifindex, expectation.lan_ifindex],
                 expectation.public_port,
-            );
-            original
+            )
         }
         None => return Err(OpenError::NotOurs),
     };

@@ -189,6 +189,6 @@ fn a_lan_source_forged_on_the_wan_gets_into_no_connection() {
     );
     session.proceed().expect("go");
     let digest = session.expect("digest").expect("download");
-    assert_eq!(digest, [file.sha256.clone()]);
+    assert_eq!(digest, std::slice::from_ref(&file.sha256));
     session.finish().unwrap_or_else(|err| panic!("{err:#}"));
 }
