@@ -145,6 +145,13 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
         return TC_ACT_SHOT;
     };
     let pass = stage::pass(&ctx);
+    if pass == 0 {
+        match tcp_window::check(&ctx, packet, entry) {
+            tcp_window::Checked::Counts => {}
+            tcp_window::Checked::Forward => return stage::continue_control(&ctx, CONTROL_FORWARD),
+            tcp_window::Checked::Drop => return TC_ACT_SHOT,
+        }
+    }
     let pending = if slot == CLIENT {
         scan::client_packet(&ctx, packet, entry, config, pass)
     } else {

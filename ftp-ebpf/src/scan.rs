@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use ftp_common::{
-    Policy, SegmentVerdict, WindowVerdict,
+    Policy, SegmentVerdict,
     maps::{
         Counter, DatapathConfig, FlowDirection, FlowEntry, SessionEntry, SessionKind, hold_state,
         publish, rewrite_kind,
@@ -72,24 +72,9 @@ fn follow_packet(
     from_client: bool,
 ) -> Pending {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
-        if pass == 0 {
-            // No record to follow the window in: the flags count as they come.
-            crate::tcp_window::take_flags(packet);
-        }
         return Pending::Nothing;
     };
     if pass == 0 {
-        match crate::tcp_window::follow(ctx, packet, flow, session) {
-            WindowVerdict::Inside => {}
-            WindowVerdict::InexactReset => {
-                bump(Counter::ResetsNotExact);
-                return Pending::Nothing;
-            }
-            WindowVerdict::Outside => {
-                bump(Counter::SegmentsOutOfWindow);
-                return Pending::Drop;
-            }
-        }
         session::apply_releases(&flow.session, session);
         if let Some(pending) = begin_segment(ctx, packet, flow, config, session, from_client) {
             return pending;

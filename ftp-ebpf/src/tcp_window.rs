@@ -10,13 +10,13 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use ftp_common::{
     MAX_TCP_OPTIONS, Segment, WindowVerdict,
-    maps::{FlowDirection, FlowEntry, SessionEntry},
+    maps::{Counter, FlowDirection, FlowEntry, SessionEntry},
     tcp_window::{on_segment, window_scale_step},
 };
 
 use crate::{
     headers::Tcp4,
-    maps::{FLOWS, SCRATCH},
+    maps::{FLOWS, SCRATCH, SESSIONS, bump},
 };
 
 /// The window scale a SYN's TCP options offer, if any.
@@ -99,11 +99,45 @@ extern "C" fn scale_step(_index: u32, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Checks a control segment against its connection's window and records it, and takes its FIN
-/// and RST flags onto its flow entry only if it counts.
-// A subprogram of its own: the window arithmetic is verified once for both directions' stages.
+/// What the window check leaves to do with a control segment.
+pub enum Checked {
+    /// It counts: the ALG follows its bytes.
+    Counts,
+    /// It goes on without its bytes being followed (an in-window reset, or a connection with no
+    /// session record).
+    Forward,
+    /// Outside the window: dropped.
+    Drop,
+}
+
+/// Checks a control segment against its connection's window and records it, and takes its FIN,
+/// RST and answer onto its flow entry only if it counts.
+// A subprogram of its own, called beside the client or server scan rather than under it: their
+// frames would add up past Linux 6.1's stack limit.
 #[inline(never)]
-pub fn follow(
+pub fn check(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> Checked {
+    let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
+        // No record to follow the window in: the flags count as they come.
+        take_flags(packet);
+        return Checked::Forward;
+    };
+    match follow(ctx, packet, flow, session) {
+        WindowVerdict::Inside if packet.tcp.rst() != 0 => Checked::Forward,
+        WindowVerdict::Inside => Checked::Counts,
+        WindowVerdict::InexactReset => {
+            bump(Counter::ResetsNotExact);
+            Checked::Forward
+        }
+        WindowVerdict::Outside => {
+            bump(Counter::SegmentsOutOfWindow);
+            Checked::Drop
+        }
+    }
+}
+
+/// Checks the segment against the session's windows and records it.
+#[inline(always)]
+fn follow(
     ctx: &TcContext,
     packet: &Tcp4,
     flow: &FlowEntry,
@@ -150,7 +184,7 @@ pub fn follow(
 
 /// Marks the packet's flow entry with what the packet shows (FIN, RST, an answer).
 #[inline(always)]
-pub fn take_flags(packet: &Tcp4) {
+fn take_flags(packet: &Tcp4) {
     let seen = crate::nat::packet_flags(packet);
     if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
         // SAFETY: a live map value; flags only move forward (see nat::account).
