@@ -192,3 +192,35 @@ fn a_lan_source_forged_on_the_wan_gets_into_no_connection() {
     assert_eq!(digest, std::slice::from_ref(&file.sha256));
     session.finish().unwrap_or_else(|err| panic!("{err:#}"));
 }
+
+#[test]
+fn a_privileged_passive_port_opens_nothing_by_default() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let root = lab.subdir("srv").expect("server root");
+    let file = TestFile::create(&root.join("data.bin"), 64 * 1024, 8).expect("test file");
+    // A server whose passive replies name another of its services: a port below 1024.
+    let _server = FtpServer::pyftpdlib_with_passive_ports(
+        &lab.client,
+        lab.spec.client,
+        21,
+        &root,
+        lab.dir(),
+        Some((990, 990)),
+    )
+    .expect("pyftpdlib");
+    let _agent = lab
+        .start_ftpnat(&["--port-window", WINDOW, "--publish", "21=10.0.0.2"])
+        .expect("ftpnat run");
+    let out = run_passive(&lab, &file);
+    assert!(out.contains("(10,0,0,2,3,222)"), "{out}");
+    assert!(out.contains("(|||990|)"), "{out}");
+    assert!(out.contains("failed"), "a transfer got through: {out}");
+    assert_eq!(lab.ftpnat_json(&["expectations"]), Value::Array(Vec::new()));
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert!(
+        stats["refusals_by_reason"]["passive_port_not_allowed"]
+            .as_u64()
+            .is_some_and(|n| n >= 3),
+        "{stats}"
+    );
+}
