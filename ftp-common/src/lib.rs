@@ -89,7 +89,7 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, command, format, line, mss, number, reason, reply, seqadj, session, span
+    address, command, format, line, mss, number, reason, reply, seqadj, session, span, tcp_window
 );
 
 pub use command::{
@@ -109,3 +109,4 @@ pub use session::{
     Session,
 };
 pub use span::Span;
+pub use tcp_window::{Segment, TcpWindow, WindowVerdict};

@@ -132,11 +132,14 @@ pub enum RefusalReason {
     NotInCommandState = 5,
     /// PORT, EPRT or PASV after the server accepted `EPSV ALL` (RFC 2428 section 4).
     EpsvAllActive = 6,
+    /// A 227/229 announces a port the policy does not allow: a published server's passive port
+    /// outside its configured range (by default, a privileged one) or its control port.
+    PassivePortNotAllowed = 7,
 }
 
 impl RefusalReason {
     /// Every reason, in code order.
-    pub const ALL: [RefusalReason; 7] = [
+    pub const ALL: [RefusalReason; 8] = [
         RefusalReason::UnsolicitedReply,
         RefusalReason::Bounce,
         RefusalReason::PassiveAddressMismatch,
@@ -144,6 +147,7 @@ impl RefusalReason {
         RefusalReason::TooManyExpectations,
         RefusalReason::NotInCommandState,
         RefusalReason::EpsvAllActive,
+        RefusalReason::PassivePortNotAllowed,
     ];
 
     /// The numeric code (1-based, stable).
@@ -162,6 +166,7 @@ impl RefusalReason {
             4 => RefusalReason::TooManyExpectations,
             5 => RefusalReason::NotInCommandState,
             6 => RefusalReason::EpsvAllActive,
+            7 => RefusalReason::PassivePortNotAllowed,
             _ => return None,
         })
     }
@@ -176,6 +181,7 @@ impl RefusalReason {
             RefusalReason::TooManyExpectations => "too_many_expectations",
             RefusalReason::NotInCommandState => "not_in_command_state",
             RefusalReason::EpsvAllActive => "epsv_all_active",
+            RefusalReason::PassivePortNotAllowed => "passive_port_not_allowed",
         }
     }
 }
@@ -206,6 +212,6 @@ mod tests {
                 assert_ne!(reason.as_str(), other.as_str());
             }
         }
-        assert_eq!(RefusalReason::from_code(7), None);
+        assert_eq!(RefusalReason::from_code(8), None);
     }
 }

@@ -37,8 +37,8 @@
 //!   closing the connection, so nothing stays awaited or pending.
 //! - **TLS** (RFC 4217). A `234` reply — defined only as the success reply to `AUTH` (RFC 2228) —
 //!   makes the session encrypted: from then on no line is parsed and every verdict is `Encrypted`.
-//!   A `234` is honoured even if the `AUTH` was not seen, because parsing ciphertext as commands is
-//!   the unsafe direction. `CCC` travels inside TLS and cannot be seen; a caller that learns the channel
+//!   A `234` counts only once the client sent `AUTH`: one without it is `Unsolicited`, so that a
+//!   forged `234` cannot switch the ALG off (issue 12). `CCC` travels inside TLS and cannot be seen; a caller that learns the channel
 //!   is clear again calls [`Session::command_channel_cleared`].
 //! - **Expectations.** Every `OpenActive`/`OpenPassive` verdict counts one open expectation; the
 //!   caller reports each one used or expired with [`Session::expectation_closed`]. At
@@ -71,6 +71,11 @@ pub struct Policy {
     /// mode); a publishing caller sets it false because a server behind it may announce its public
     /// address.
     pub passive_address_must_match_server: bool,
+    /// The lowest and highest port a 227/229 may announce. Default all; a publishing caller
+    /// narrows it to the published server's passive ports (unprivileged ones unless configured).
+    pub passive_ports: [u16; 2],
+    /// A port a 227/229 may never announce, 0 for none: a published server's control port.
+    pub passive_port_excluded: u16,
 }
 
 impl Policy {
@@ -79,7 +84,16 @@ impl Policy {
             allow_privileged_data_ports: false,
             max_outstanding_expectations: 4,
             passive_address_must_match_server: true,
+            passive_ports: [0, u16::MAX],
+            passive_port_excluded: 0,
         }
+    }
+
+    /// Whether a 227/229 may announce `port`.
+    #[inline(always)]
+    pub fn allows_passive_port(&self, port: u16) -> bool {
+        let [lowest, highest] = self.passive_ports;
+        port >= lowest && port <= highest && port != self.passive_port_excluded
     }
 }
 
@@ -196,6 +210,8 @@ const PENDING_EPSV_ALL: u8 = 3;
 const FLAG_ENCRYPTED: u8 = 1 << 0;
 const FLAG_EPSV_ALL: u8 = 1 << 1;
 const FLAG_TRANSFER: u8 = 1 << 2;
+/// The client sent `AUTH`: a `234` may answer it.
+const FLAG_AUTH_SENT: u8 = 1 << 3;
 
 /// The state of one control connection, both directions.
 ///
@@ -361,7 +377,10 @@ impl Session {
                 self.request(PENDING_EPSV);
                 ClientVerdict::PassiveRequested(PassiveKind::Epsv)
             }
-            Command::Auth(mechanism) => ClientVerdict::TlsRequested(mechanism),
+            Command::Auth(mechanism) => {
+                self.flags |= FLAG_AUTH_SENT;
+                ClientVerdict::TlsRequested(mechanism)
+            }
             Command::User { name } => ClientVerdict::User { name },
             Command::Pass => ClientVerdict::Password,
             Command::Transfer { verb, arg } => ClientVerdict::Transfer { verb, arg },
@@ -513,6 +532,8 @@ impl Session {
                     && IpAddr::V4(*addr.ip()) != ctx.server
                 {
                     ServerVerdict::Refused(RefusalReason::PassiveAddressMismatch)
+                } else if !ctx.policy.allows_passive_port(addr.port()) {
+                    ServerVerdict::Refused(RefusalReason::PassivePortNotAllowed)
                 } else if !self.reserve_expectation(&ctx.policy) {
                     ServerVerdict::Refused(RefusalReason::TooManyExpectations)
                 } else {
@@ -529,6 +550,8 @@ impl Session {
             } => {
                 if answered != PENDING_EPSV {
                     ServerVerdict::Unsolicited { code }
+                } else if !ctx.policy.allows_passive_port(port) {
+                    ServerVerdict::Refused(RefusalReason::PassivePortNotAllowed)
                 } else if !self.reserve_expectation(&ctx.policy) {
                     ServerVerdict::Refused(RefusalReason::TooManyExpectations)
                 } else {
@@ -559,10 +582,11 @@ impl Session {
             self.flags |= FLAG_EPSV_ALL;
         }
         match code {
-            234 => {
+            234 if self.flags & FLAG_AUTH_SENT != 0 => {
                 self.flags |= FLAG_ENCRYPTED;
                 ServerVerdict::TlsStarted
             }
+            234 => ServerVerdict::Unsolicited { code },
             125 | 150 => {
                 self.flags |= FLAG_TRANSFER;
                 ServerVerdict::TransferStarted

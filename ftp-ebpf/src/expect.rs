@@ -163,7 +163,13 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
     let outbound_key = ExpectKey::outbound(key.saddr, key.daddr, packet.dport());
     // SAFETY: the value is copied out at once; the entry is removed below.
     let (expect_key, expectation) = match unsafe { EXPECTS.get(outbound_key) } {
-        Some(expectation) => (outbound_key, *expectation),
+        // From behind the router: only from the interface the session's side is reached by (a
+        // LAN address forged elsewhere opens nothing).
+        Some(expectation) if in_ifindex == expectation.lan_ifindex => (outbound_key, *expectation),
+        Some(_) => {
+            bump(Counter::WrongInterface);
+            return Err(OpenError::Pinhole);
+        }
         None => {
             if in_ifindex != config.wan_ifindex || key.daddr != config.public_ip {
                 return Err(OpenError::NotOurs);
@@ -203,7 +209,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             _ => OpenError::NotOurs,
         });
     }
-    let (original, reply_out_ifindex) = match path {
+    let original = match path {
         Some(ExpectationPath::Outbound) => {
             // From behind the router to the announced address: SNAT behind a fresh window port.
             let Some(public_port) = take_port() else {
@@ -218,31 +224,29 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                 );
                 return Err(OpenError::WindowExhausted);
             };
-            let original = data_entry(
+            data_entry(
                 &expectation,
                 now,
                 [config.public_ip, key.daddr],
                 [public_port.to_be_bytes(), key.dport],
-                config.wan_ifindex,
+                [in_ifindex, config.wan_ifindex],
                 public_port,
-            );
-            (original, in_ifindex)
+            )
         }
         Some(ExpectationPath::Inbound) => {
             // From the WAN to public:window port: DNAT to the target behind the router.
-            let original = data_entry(
+            data_entry(
                 &expectation,
                 now,
                 [key.saddr, expectation.target_addr],
                 [key.sport, expectation.target_port],
-                expectation.lan_ifindex,
+                [config.wan_ifindex, expectation.lan_ifindex],
                 expectation.public_port,
-            );
-            (original, config.wan_ifindex)
+            )
         }
         None => return Err(OpenError::NotOurs),
     };
-    if let Err(error) = install(key, &original, reply_out_ifindex) {
+    if let Err(error) = install(key, &original) {
         // Not passed untranslated: a data connection from behind the router would leave with
         // its private address.
         return_port(original.public_port);
@@ -284,7 +288,7 @@ fn data_entry(
     now: u64,
     [new_saddr, new_daddr]: [[u8; 4]; 2],
     [new_sport, new_dport]: [[u8; 2]; 2],
-    out_ifindex: u32,
+    [in_ifindex, out_ifindex]: [u32; 2],
     public_port: u16,
 ) -> FlowEntry {
     FlowEntry {
@@ -301,6 +305,7 @@ fn data_entry(
         kind: FlowKind::Data as u8,
         direction: FlowDirection::Original as u8,
         flags: flow_flags::OWNS_PORT,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        in_ifindex,
     }
 }

@@ -70,7 +70,7 @@ pub fn open_control(
     // SAFETY: reading the context's ifindex field, as TC programs may.
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if in_ifindex == config.wan_ifindex {
-        open_published(packet, config, in_ifindex)
+        open_published(ctx, packet, config, in_ifindex)
     } else {
         open_masqueraded(ctx, packet, config, in_ifindex)
     }
@@ -117,9 +117,10 @@ fn open_masqueraded(
         kind: FlowKind::Control as u8,
         direction: FlowDirection::Original as u8,
         flags: flow_flags::OWNS_PORT,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        in_ifindex,
     };
-    if let Err(error) = install(key, &original, in_ifindex) {
+    if let Err(error) = install(key, &original) {
         return_port(public_port);
         return install_failed(error);
     }
@@ -128,6 +129,7 @@ fn open_masqueraded(
         lan_ifindex: in_ifindex,
         server_addr: key.daddr,
         server_port: key.dport,
+        offered_scale: crate::tcp_window::offered_scale(ctx, packet),
     };
     if !crate::session::open_session(packet, &new) {
         // Without its session the connection would be NATed with no ALG: refused instead.
@@ -186,6 +188,7 @@ fn routed_out_of(ctx: &TcContext, packet: &Tcp4, in_ifindex: u32, out_ifindex: u
 /// stays as it is, so the server sees who it talks to.
 #[inline(always)]
 fn open_published(
+    ctx: &TcContext,
     packet: &Tcp4,
     config: &DatapathConfig,
     in_ifindex: u32,
@@ -215,9 +218,10 @@ fn open_published(
         direction: FlowDirection::Original as u8,
         // The published port is configuration, not a window port: nothing to give back.
         flags: 0,
-        _pad: [0; 7],
+        _pad: [0; 3],
+        in_ifindex,
     };
-    if let Err(error) = install(key, &original, in_ifindex) {
+    if let Err(error) = install(key, &original) {
         return install_failed(error);
     }
     let new = NewSession {
@@ -225,6 +229,7 @@ fn open_published(
         lan_ifindex: target.lan_ifindex,
         server_addr: target.server_addr,
         server_port: target.server_port,
+        offered_scale: crate::tcp_window::offered_scale(ctx, packet),
     };
     if !crate::session::open_session(packet, &new) {
         uninstall(key, &original);
@@ -248,18 +253,15 @@ fn admit_source(packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError>
 }
 
 /// Inserts a connection's two entries: `original` under `key`, and the entry of the other
-/// direction (leaving by `reply_out_ifindex`) under the key its packets arrive with. The reply
+/// direction (leaving by the interface `original`'s packets arrive on) under the key its packets
+/// arrive with. The reply
 /// side first: once the original entry exists, packets flow, and their answers must find their
 /// way back. On failure nothing is left behind, and the error says whether the connection exists
 /// already (a retransmitted SYN raced us on another CPU) or there was no room.
 #[inline(always)]
-pub fn install(
-    key: FlowKey,
-    original: &FlowEntry,
-    reply_out_ifindex: u32,
-) -> Result<(), InstallError> {
+pub fn install(key: FlowKey, original: &FlowEntry) -> Result<(), InstallError> {
     let reply_key = original.reply_key();
-    let reply = original.reply_of(&key, reply_out_ifindex);
+    let reply = original.reply_of(&key, original.in_ifindex);
     let installed = match FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST)) {
         Ok(()) => FLOWS
             .insert(key, original, u64::from(BPF_NOEXIST))

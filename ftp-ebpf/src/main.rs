@@ -37,6 +37,7 @@ mod seqadj;
 mod session;
 mod sources;
 mod stage;
+mod tcp_window;
 mod window;
 
 use aya_ebpf::{
@@ -69,6 +70,14 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
         }
         return PASS;
     };
+    // SAFETY: reading the context's ifindex field, as TC programs may; `in_ifindex` is written
+    // only when the entry is created.
+    if unsafe { (*ctx.skb.skb).ifindex != (*entry).in_ifindex } {
+        // Its addresses are forged (or it took a path the connection does not): translating it
+        // would let it into the connection; passed on, the stack might answer it with a reset.
+        maps::bump(Counter::WrongInterface);
+        return TC_ACT_SHOT;
+    }
     nat::account(entry, &packet);
     // SAFETY: a live map value; the fields read below are written only when the entry is created.
     let entry = unsafe { &*entry };
@@ -144,6 +153,13 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
         return TC_ACT_SHOT;
     };
     let pass = stage::pass(&ctx);
+    if pass == 0 {
+        match tcp_window::check(&ctx, packet, entry) {
+            tcp_window::Checked::Counts => {}
+            tcp_window::Checked::Forward => return stage::continue_control(&ctx, CONTROL_FORWARD),
+            tcp_window::Checked::Drop => return TC_ACT_SHOT,
+        }
+    }
     let pending = if slot == CLIENT {
         scan::client_packet(&ctx, packet, entry, config, pass)
     } else {

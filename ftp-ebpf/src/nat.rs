@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ftp_common::{
-    maps::{Counter, FlowEntry, flow_flags},
+    maps::{Counter, FlowEntry, FlowKind, flow_flags},
     mss::{self, OptionStep},
 };
 use network_types::tcp::TcpHdr;
@@ -52,19 +52,17 @@ impl Verdict {
     }
 }
 
-/// Records the packet on its flow entry (counters, last seen, TCP flags seen this way).
+/// Records the packet on its flow entry (counters, last seen, TCP flags seen this way). A control
+/// connection's flags are taken by its stage instead, once the segment is known to lie in the
+/// connection's window (`tcp_window::follow`).
 #[inline(always)]
 pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
-    let mut seen = 0;
-    if packet.tcp.fin() != 0 {
-        seen |= flow_flags::FIN;
-    }
-    if packet.tcp.rst() != 0 {
-        seen |= flow_flags::RST;
-    }
-    if !packet.is_opening_syn() {
-        seen |= flow_flags::ESTABLISHED;
-    }
+    // SAFETY: `entry` points into a live map value; `kind` is written only at its creation.
+    let seen = if unsafe { (*entry).kind } == FlowKind::Control as u8 {
+        0
+    } else {
+        packet_flags(packet)
+    };
     // SAFETY: `entry` points into a live map value. The bpfel target offers no 64-bit atomics in
     // `core`, so two CPUs handling one flow at the same instant can lose an increment: a flow's
     // packets normally stay on one CPU, and these counters are for reporting, not accounting.
@@ -77,6 +75,22 @@ pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
             (*entry).flags |= seen;
         }
     }
+}
+
+/// The [`flow_flags`] a packet shows about its connection.
+#[inline(always)]
+pub fn packet_flags(packet: &Tcp4) -> u8 {
+    let mut seen = 0;
+    if packet.tcp.fin() != 0 {
+        seen |= flow_flags::FIN;
+    }
+    if packet.tcp.rst() != 0 {
+        seen |= flow_flags::RST;
+    }
+    if !packet.is_opening_syn() {
+        seen |= flow_flags::ESTABLISHED;
+    }
+    seen
 }
 
 /// Rewrites the headers as `entry` says and redirects the packet to `entry.out_ifindex`.

@@ -18,9 +18,10 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use ftp_common::{
-    SegmentVerdict,
+    Policy, SegmentVerdict,
     maps::{
-        Counter, DatapathConfig, FlowDirection, FlowEntry, SessionEntry, hold_state, rewrite_kind,
+        Counter, DatapathConfig, FlowDirection, FlowEntry, SessionEntry, SessionKind, hold_state,
+        publish, rewrite_kind,
     },
     seqadj::seq_after,
 };
@@ -29,7 +30,7 @@ use crate::{
     examine,
     headers::Tcp4,
     held,
-    maps::{SCRATCH, SESSIONS, bump},
+    maps::{PUBLISH, SCRATCH, SESSIONS, bump},
     scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_MASK, Scan},
     session,
 };
@@ -233,7 +234,7 @@ fn begin_segment(
         server: entry.server_addr,
         lan_ifindex: entry.lan_ifindex,
         expect_timeout_ns: config.expect_timeout_ns,
-        policy: config.policy(),
+        policy: session_policy(config, flow, entry),
         session_key: flow.session,
         session_kind: entry.kind,
         rewrite_kind: rewrite_kind::NONE,
@@ -251,6 +252,22 @@ fn begin_segment(
     };
     scan.save(SCRATCH.get_ptr_mut(0)?);
     None
+}
+
+/// The policy the session's announcements are checked against: a published server's 227/229 may
+/// only announce its passive ports, and never its control port.
+#[inline(always)]
+fn session_policy(config: &DatapathConfig, flow: &FlowEntry, entry: &SessionEntry) -> Policy {
+    let mut policy = config.policy();
+    if entry.kind == SessionKind::Publish as u8 {
+        // SAFETY: the value is copied out at once.
+        policy.passive_ports = unsafe { PUBLISH.get(flow.public_port) }
+            .map_or(publish::DEFAULT_PASSIVE_PORTS, |target| {
+                target.passive_ports
+            });
+        policy.passive_port_excluded = u16::from_be_bytes(entry.server_port);
+    }
+    policy
 }
 
 /// One pass: feeds the segment's bytes to the session's scanner from where the last pass stopped

@@ -38,6 +38,8 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     user: [0; SESSION_USER_LEN],
     held: ftp_common::maps::HeldField::new(),
     events: ftp_common::maps::EventBudget::new(),
+    client_window: ftp_common::TcpWindow::new(),
+    server_window: ftp_common::TcpWindow::new(),
 };
 
 const NO_REWRITE: RewriteRecord = RewriteRecord {
@@ -59,6 +61,8 @@ pub struct NewSession {
     /// The server's own address and control port (network byte order).
     pub server_addr: [u8; 4],
     pub server_port: [u8; 2],
+    /// The window scale the opening SYN offers.
+    pub offered_scale: Option<u8>,
 }
 
 /// Creates the session record when a control connection opens. False if the table has no room
@@ -85,9 +89,13 @@ pub fn open_session(packet: &Tcp4, new: &NewSession) -> bool {
             (*entry).server_addr = new.server_addr;
             (*entry).server_port = new.server_port;
             (*entry).kind = new.kind as u8;
-            (*entry)
-                .client_lines
-                .on_syn(u32::from_be_bytes(packet.tcp.seq));
+            let seq = u32::from_be_bytes(packet.tcp.seq);
+            (*entry).client_lines.on_syn(seq);
+            (*entry).client_window.on_opening_syn(
+                seq,
+                u16::from_be_bytes(packet.tcp.window),
+                new.offered_scale,
+            );
         }
         crate::events::emit(
             &key,

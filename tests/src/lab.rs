@@ -31,7 +31,7 @@ use crate::{
 
 /// `ftpnat_lab.py`, the Python module the test scripts share.
 const PYTHON_HELPERS: &str = r#"
-import ftplib, hashlib, socket
+import ftplib, hashlib, socket, struct
 
 def login(server, timeout=20):
     """An anonymous session with `server` on port 21."""
@@ -73,6 +73,25 @@ def retr_active(ftp, listener, name, timeout=None):
     conn.close()
     ftp.voidresp()
     return digest.hexdigest()
+
+FIN, RST, PSH, ACK = 1, 4, 8, 16
+
+def _checksum(data):
+    if len(data) % 2:
+        data += b'\0'
+    total = sum(struct.unpack('!%dH' % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xffff) + (total >> 16)
+    return ~total & 0xffff
+
+def forged_tcp(src, sport, dst, dport, seq, ack, flags, payload=b''):
+    """An IPv4 TCP segment from `src:sport` to `dst:dport`, whoever sends it, checksums right."""
+    s, d = socket.inet_aton(src), socket.inet_aton(dst)
+    tcp = struct.pack('!HHIIBBHHH', sport, dport, seq, ack, 5 << 4, flags, 502, 0, 0) + payload
+    pseudo = s + d + struct.pack('!BBH', 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack('!H', _checksum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s, d)
+    return ip[:10] + struct.pack('!H', _checksum(ip)) + ip[12:] + tcp
 "#;
 
 /// Names of the interfaces inside the namespaces (each namespace has its own, so they can repeat).

@@ -118,23 +118,40 @@ impl FtpServer {
         root: &Path,
         work_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::pyftpdlib_with_passive_ports(ns, addr, port, root, work_dir, None)
+    }
+
+    /// As [`FtpServer::pyftpdlib`], announcing passive ports `FROM-TO` only (pyftpdlib, unlike
+    /// vsftpd, also takes ports below 1024).
+    pub fn pyftpdlib_with_passive_ports(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        port: u16,
+        root: &Path,
+        work_dir: &Path,
+        passive_ports: Option<(u16, u16)>,
+    ) -> anyhow::Result<Self> {
         let log = work_dir.join(format!("pyftpdlib-{port}.log"));
+        let (addr_arg, port_arg, root_arg) =
+            (addr.to_string(), port.to_string(), root.to_string_lossy());
+        let mut args = vec![
+            "-m",
+            "pyftpdlib",
+            "-i",
+            &addr_arg,
+            "-p",
+            &port_arg,
+            "-d",
+            &root_arg,
+            "-w",
+        ];
+        let range = passive_ports.map(|(from, to)| format!("{from}-{to}"));
+        if let Some(range) = &range {
+            args.extend(["-r", range.as_str()]);
+        }
         // Debian's python3-pyftpdlib belongs to the system interpreter, not a pyenv one on PATH.
         let child = ns
-            .command(
-                "/usr/bin/python3",
-                &[
-                    "-m",
-                    "pyftpdlib",
-                    "-i",
-                    &addr.to_string(),
-                    "-p",
-                    &port.to_string(),
-                    "-d",
-                    &root.to_string_lossy(),
-                    "-w",
-                ],
-            )
+            .command("/usr/bin/python3", &args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log)?)

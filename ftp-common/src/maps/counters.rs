@@ -83,10 +83,19 @@ pub enum Counter {
     /// share of the sessions already (`--max-sessions-per-source`, `--max-sessions-per-subnet`):
     /// refused as for [`Counter::FlowTableFull`].
     SourceLimit = 23,
+    /// Control segments outside their connection's TCP window (off-path or stale): dropped, their
+    /// bytes and flags ignored.
+    SegmentsOutOfWindow = 24,
+    /// Resets of a control connection inside its window but not at the exact next sequence
+    /// number: passed on (the endpoint answers with a challenge ACK) without ending anything.
+    ResetsNotExact = 25,
+    /// Packets of a translated connection that arrived on an interface other than the one its
+    /// flow entry expects (a LAN address forged on the WAN, say): dropped, untranslated.
+    WrongInterface = 26,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 24] = [
+    pub const ALL: [Counter; 27] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -111,6 +120,9 @@ impl Counter {
         Counter::FlowTableFull,
         Counter::SessionTableFull,
         Counter::SourceLimit,
+        Counter::SegmentsOutOfWindow,
+        Counter::ResetsNotExact,
+        Counter::WrongInterface,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -140,6 +152,9 @@ impl Counter {
             Counter::FlowTableFull => "flow_table_full",
             Counter::SessionTableFull => "session_table_full",
             Counter::SourceLimit => "source_limit",
+            Counter::SegmentsOutOfWindow => "segments_out_of_window",
+            Counter::ResetsNotExact => "resets_not_exact",
+            Counter::WrongInterface => "wrong_interface",
         }
     }
 }

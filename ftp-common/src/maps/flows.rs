@@ -114,7 +114,10 @@ pub struct FlowEntry {
     pub direction: u8,
     /// [`flow_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// The interface this direction's packets arrive on: a packet matching the entry elsewhere
+    /// is not translated.
+    pub in_ifindex: u32,
 }
 
 impl FlowEntry {
@@ -130,7 +133,8 @@ impl FlowEntry {
     }
 
     /// The entry of the other direction of this translation, which `key` (this entry's own key)
-    /// opened: its packets get `key`'s tuple back, reversed, and leave by `out_ifindex`. It owns no
+    /// opened: its packets arrive where this entry's leave, get `key`'s tuple back, reversed, and
+    /// leave by `out_ifindex` (where this entry's arrive). It owns no
     /// port (this direction returns the window port, if any, when the connection ends).
     pub const fn reply_of(&self, key: &FlowKey, out_ifindex: u32) -> Self {
         Self {
@@ -138,6 +142,7 @@ impl FlowEntry {
             new_daddr: key.saddr,
             new_sport: key.dport,
             new_dport: key.sport,
+            in_ifindex: self.out_ifindex,
             out_ifindex,
             direction: FlowDirection::Reply as u8,
             flags: 0,
@@ -174,7 +179,7 @@ mod tests {
     #[test]
     fn flow_types_have_no_padding() {
         assert_eq!(size_of::<FlowKey>(), 12);
-        assert_eq!(size_of::<FlowEntry>(), 24 + 12 + 8 + 4 + 4 + 2 + 3 + 7);
+        assert_eq!(size_of::<FlowEntry>(), 24 + 12 + 8 + 4 + 4 + 2 + 3 + 3 + 4);
     }
 
     #[test]
@@ -195,7 +200,8 @@ mod tests {
             kind: FlowKind::Control as u8,
             direction: FlowDirection::Original as u8,
             flags: flow_flags::OWNS_PORT,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            in_ifindex: 3,
         };
         let reply_key = original.reply_key();
         assert_eq!(reply_key, translated(&original).reversed());
@@ -212,7 +218,7 @@ mod tests {
         // The server's answer, translated, is the client's own connection seen from the server.
         assert_eq!(translated(&reply), key.reversed());
         assert_eq!(reply.reply_key(), key);
-        assert_eq!(reply.out_ifindex, 3);
+        assert_eq!((reply.in_ifindex, reply.out_ifindex), (2, 3));
         assert_eq!(reply.direction, FlowDirection::Reply as u8);
         assert_eq!(
             reply.flags, 0,

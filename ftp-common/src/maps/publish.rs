@@ -14,6 +14,10 @@ pub const TABLE: Table = Table::new::<u16, PublishTarget>(NAME);
 #[cfg(feature = "user")]
 pub type AyaMap<T> = aya::maps::HashMap<T, u16, PublishTarget>;
 
+/// The ports a published server's 227/229 may announce unless `--publish` says otherwise: the
+/// unprivileged ones (never its control port either).
+pub const DEFAULT_PASSIVE_PORTS: [u16; 2] = [1024, u16::MAX];
+
 /// Where a published server is reached: the value of the [`NAME`] map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +28,9 @@ pub struct PublishTarget {
     pub _pad: [u8; 2],
     /// The interface the server is reached by.
     pub lan_ifindex: u32,
+    /// The lowest and highest port its 227/229 may announce (host byte order); its control port
+    /// never.
+    pub passive_ports: [u16; 2],
 }
 
 pod!(PublishTarget);
@@ -34,6 +41,6 @@ mod tests {
 
     #[test]
     fn a_publish_target_has_no_padding() {
-        assert_eq!(core::mem::size_of::<PublishTarget>(), 12);
+        assert_eq!(core::mem::size_of::<PublishTarget>(), 16);
     }
 }

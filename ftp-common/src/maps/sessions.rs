@@ -94,6 +94,10 @@ pub struct SessionEntry {
     /// What the session may still report (events of its lines are bounded per second), and how
     /// many it could not.
     pub events: super::EventBudget,
+    /// The control connection's TCP window, each side in its own sequence space: segments outside
+    /// it change nothing (issue 12).
+    pub client_window: crate::TcpWindow,
+    pub server_window: crate::TcpWindow,
 }
 
 /// Bytes of an announced address a [`HeldField`] can keep: an IPv4 PORT argument is at most 23,
@@ -250,8 +254,11 @@ mod tests {
                 + SESSION_USER_LEN
                 + size_of::<HeldField>()
                 + 16
+                + 2 * 20
         );
         assert_eq!(size_of::<crate::maps::EventBudget>(), 16);
+        assert_eq!(size_of::<crate::TcpWindow>(), 20);
+        assert_eq!(size_of::<SessionEntry>() % 8, 0);
         assert_eq!(size_of::<HeldField>(), 12 + HELD_FIELD_MAX);
     }
 }

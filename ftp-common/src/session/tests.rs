@@ -388,6 +388,42 @@ fn publish_mode_accepts_an_announced_public_address() {
     );
 }
 
+/// Issue 12: a published server's 227/229 may announce only its passive ports, never its
+/// control port, or another of its services would be opened to the outside client.
+#[test]
+fn a_passive_port_outside_the_policy_is_refused() {
+    let mut ctx = ctx();
+    ctx.policy.passive_address_must_match_server = false;
+    ctx.policy.passive_ports = [1024, u16::MAX];
+    ctx.policy.passive_port_excluded = 2121;
+    for (reply, request) in [
+        (&b"227 Entering Passive Mode (192,168,1,10,0,22)\r\n"[..], &b"PASV\r\n"[..]),
+        (b"227 Entering Passive Mode (192,168,1,10,12,234)\r\n", b"PASV\r\n"),
+        (b"229 Entering Extended Passive Mode (|||3306|)\r\n", b"EPSV\r\n"),
+        (b"229 Entering Extended Passive Mode (|||2121|)\r\n", b"EPSV\r\n"),
+    ] {
+        let mut session = Session::new();
+        if !reply.ends_with(b"0,22)\r\n") {
+            // Unprivileged, but outside the published server's passive range.
+            ctx.policy.passive_ports = [40000, 40100];
+        }
+        session.on_client_line(request, &ctx);
+        assert_eq!(
+            session.on_server_line(reply, &ctx),
+            ServerVerdict::Refused(RefusalReason::PassivePortNotAllowed),
+            "{}",
+            std::string::String::from_utf8_lossy(reply)
+        );
+        assert_eq!(session.open_expectations(), 0);
+    }
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &ctx);
+    assert!(matches!(
+        session.on_server_line(b"229 Entering Extended Passive Mode (|||40100|)\r\n", &ctx),
+        ServerVerdict::OpenPassive { .. }
+    ));
+}
+
 #[test]
 fn a_227_on_an_ipv6_control_connection_never_matches_the_server() {
     let mut session = Session::new();
@@ -895,13 +931,15 @@ fn auth_refused_keeps_the_session_in_the_clear() {
 }
 
 #[test]
-fn a_234_alone_stops_parsing() {
+fn a_234_without_auth_is_unsolicited_and_changes_nothing() {
+    // Issue 12: a forged 234 must not switch the ALG off.
     let mut session = Session::new();
     assert_eq!(
         session.on_server_line(b"234 AUTH TLS successful\r\n", &ctx()),
-        ServerVerdict::TlsStarted
+        ServerVerdict::Unsolicited { code: 234 }
     );
-    assert_eq!(session.on_client_line(PORT_LINE, &ctx()), ClientVerdict::Encrypted);
+    assert!(!session.is_encrypted());
+    open_active(session.on_client_line(PORT_LINE, &ctx()));
 }
 
 #[test]
@@ -919,6 +957,7 @@ fn a_234_inside_a_multi_line_reply_is_text() {
 fn ccc_in_the_clear_is_ignored_and_a_cleared_channel_parses_again() {
     let mut session = Session::new();
     assert_eq!(session.on_client_line(b"CCC\r\n", &ctx()), ClientVerdict::Ignored);
+    session.on_client_line(b"AUTH TLS\r\n", &ctx());
     session.on_server_line(b"234 Proceed\r\n", &ctx());
     assert_eq!(session.on_client_line(b"CCC\r\n", &ctx()), ClientVerdict::Encrypted);
     session.command_channel_cleared();

@@ -353,7 +353,8 @@ mod tests {
             kind: kind as u8,
             direction: direction as u8,
             flags,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            in_ifindex: 0,
         }
     }
 

@@ -4,7 +4,9 @@
 use std::{ffi::CStr, fs, net::Ipv4Addr, ops::RangeInclusive, str::FromStr};
 
 use anyhow::{Context as _, anyhow, bail};
-use ftp_common::maps::{MAX_FTP_PORTS, MAX_PUBLISHED, MAX_WINDOW_PORTS};
+use ftp_common::maps::{
+    MAX_FTP_PORTS, MAX_PUBLISHED, MAX_WINDOW_PORTS, publish::DEFAULT_PASSIVE_PORTS,
+};
 
 /// An IPv4 prefix, `a.b.c.d/len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,14 @@ impl PortWindow {
         self.lo..=self.hi
     }
 
+    /// The window's ports in an order drawn from `seed`: handed out from the low end, they would
+    /// let an off-path host guess which port a new session took (issue 12).
+    pub fn shuffled(self, seed: u64) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.ports().collect();
+        fastrand::Rng::with_seed(seed).shuffle(&mut ports);
+        ports
+    }
+
     pub fn len(self) -> u32 {
         u32::from(self.hi) - u32::from(self.lo) + 1
     }
@@ -100,13 +110,16 @@ impl FromStr for PortWindow {
     }
 }
 
-/// A `--publish [PUBLIC_PORT=]SERVER_IP[:PORT]` value: outside clients reach the FTP server at
-/// `SERVER_IP:PORT` (default 21) through the public address's `PUBLIC_PORT` (default `PORT`).
+/// A `--publish [PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI]` value: outside clients reach the
+/// FTP server at `SERVER_IP:PORT` (default 21) through the public address's `PUBLIC_PORT` (default
+/// `PORT`); its 227/229 replies may announce only ports `LO`–`HI` (default 1024–65535), never
+/// `PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishSpec {
     pub public_port: u16,
     pub server: Ipv4Addr,
     pub server_port: u16,
+    pub passive_ports: [u16; 2],
 }
 
 impl std::fmt::Display for PublishSpec {
@@ -115,7 +128,15 @@ impl std::fmt::Display for PublishSpec {
             f,
             "{}={}:{}",
             self.public_port, self.server, self.server_port
-        )
+        )?;
+        if self.passive_ports != DEFAULT_PASSIVE_PORTS {
+            write!(
+                f,
+                ",passive={}-{}",
+                self.passive_ports[0], self.passive_ports[1]
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -125,11 +146,23 @@ impl FromStr for PublishSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             format!(
-                "'{s}' is not [PUBLIC_PORT=]SERVER_IP[:PORT], e.g. 21=192.168.1.10 or \
-                 2121=192.168.1.11:21"
+                "'{s}' is not [PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI], e.g. \
+                 21=192.168.1.10 or 2121=192.168.1.11:21,passive=40000-40100"
             )
         };
         let port = |text: &str| text.parse::<u16>().ok().filter(|port| *port != 0);
+        let (s, passive_ports) = match s.split_once(',') {
+            Some((server, option)) => {
+                let range = option.strip_prefix("passive=").ok_or_else(bad)?;
+                let window: PortWindow = range.parse().map_err(|err| {
+                    format!(
+                        "'{s}': the passive range {err} (write passive=LO-HI, e.g. 40000-40100)"
+                    )
+                })?;
+                (server, [window.lo, window.hi])
+            }
+            None => (s, DEFAULT_PASSIVE_PORTS),
+        };
         let (public, target) = match s.split_once('=') {
             Some((public, target)) => (Some(port(public).ok_or_else(bad)?), target),
             None => (None, s),
@@ -143,6 +176,7 @@ impl FromStr for PublishSpec {
             public_port: public.unwrap_or(server_port),
             server,
             server_port,
+            passive_ports,
         })
     }
 }
@@ -375,6 +409,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_shuffled_window_holds_every_port_once_in_a_seeded_order() {
+        let window = PortWindow {
+            lo: 61000,
+            hi: 61999,
+        };
+        let first = window.shuffled(1);
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, window.ports().collect::<Vec<_>>());
+        assert_ne!(first, sorted, "not in order");
+        assert_ne!(first, window.shuffled(2));
+        assert_eq!(first, window.shuffled(1));
+    }
+
+    #[test]
     fn prefixes_parse_and_normalise() {
         let p: Ipv4Prefix = "10.1.2.3/24".parse().unwrap();
         assert_eq!(p.to_string(), "10.1.2.0/24");
@@ -475,7 +524,22 @@ mod tests {
         assert_eq!((spec.public_port, spec.server_port), (2100, 2100));
         let spec: PublishSpec = "192.168.1.12".parse().unwrap();
         assert_eq!((spec.public_port, spec.server_port), (21, 21));
+        assert_eq!(spec.passive_ports, [1024, 65535]);
         assert_eq!(spec.to_string(), "21=192.168.1.12:21");
+        let spec: PublishSpec = "2121=192.168.1.11:21,passive=40000-40100".parse().unwrap();
+        assert_eq!(
+            (spec.public_port, spec.server_port, spec.passive_ports),
+            (2121, 21, [40000, 40100])
+        );
+        assert_eq!(spec.to_string(), "2121=192.168.1.11:21,passive=40000-40100");
+        let err = "21=10.0.0.1,passive=22-22"
+            .parse::<PublishSpec>()
+            .unwrap_err();
+        assert!(err.contains("starts below 1024"), "{err}");
+        let err = "21=10.0.0.1,passive=5000-4000"
+            .parse::<PublishSpec>()
+            .unwrap_err();
+        assert!(err.contains("write the lower port first"), "{err}");
         for bad in [
             "",
             "21=",
@@ -485,10 +549,11 @@ mod tests {
             "21=host",
             "70000=10.0.0.1",
             "21=10.0.0.1:x",
+            "21=10.0.0.1,pasv=4000-5000",
         ] {
             let err = bad.parse::<PublishSpec>().unwrap_err();
             assert!(
-                err.contains("[PUBLIC_PORT=]SERVER_IP[:PORT]"),
+                err.contains("[PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI]"),
                 "{bad}: {err}"
             );
         }

@@ -117,8 +117,9 @@ run_options! {
         pub port_window: Option<PortWindow>,
         /// Publish an FTP server behind the router: outside clients reach SERVER_IP:PORT [default
         /// 21] at the public address's PUBLIC_PORT [default PORT]; its 227/229 replies name the
-        /// public address and a window port (repeatable).
-        #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT]")]
+        /// public address and a window port, and may announce only its passive ports LO-HI
+        /// [default 1024-65535], never PORT (repeatable).
+        #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI]")]
         pub publish: Vec<PublishSpec>,
         /// Seconds an announced data connection may take to open before its pinhole closes
         /// [default: 120].

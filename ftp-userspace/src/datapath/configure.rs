@@ -56,7 +56,8 @@ impl Datapath {
         }
 
         let mut free = free_ports::AyaMap::try_from(self.map_mut(free_ports::NAME)?)?;
-        for port in nat.window.ports() {
+        // In random order; ports that come back go to the back of the queue.
+        for port in nat.window.shuffled(random_seed()?) {
             free.push(port, 0)
                 .with_context(|| format!("filling the port window with {port}"))?;
         }
@@ -180,9 +181,11 @@ impl Datapath {
             list.iter()
                 .map(|(port, t)| {
                     format!(
-                        "{port}={}:{}",
+                        "{port}={}:{},passive={}-{}",
                         Ipv4Addr::from(t.server_addr),
-                        u16::from_be_bytes(t.server_port)
+                        u16::from_be_bytes(t.server_port),
+                        t.passive_ports[0],
+                        t.passive_ports[1]
                     )
                 })
                 .collect::<Vec<_>>()
@@ -252,5 +255,17 @@ fn publish_target(published: &Published) -> PublishTarget {
         server_port: published.spec.server_port.to_be_bytes(),
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
+        passive_ports: published.spec.passive_ports,
     }
+}
+
+/// A seed from the kernel's random pool.
+fn random_seed() -> anyhow::Result<u64> {
+    let mut seed = [0u8; 8];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?,
+        &mut seed,
+    )
+    .context("reading /dev/urandom")?;
+    Ok(u64::from_ne_bytes(seed))
 }

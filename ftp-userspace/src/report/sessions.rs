@@ -125,7 +125,8 @@ mod tests {
             kind: kind as u8,
             direction: FlowDirection::Original as u8,
             flags,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            in_ifindex: 0,
         }
     }
 
@@ -147,6 +148,7 @@ mod tests {
         assert_eq!(SessionState::of(&session, true), SessionState::Closing);
         session.on_server_line(b"226 Transfer complete\r\n", &ctx());
         assert_eq!(SessionState::of(&session, false), SessionState::Command);
+        session.on_client_line(b"AUTH TLS\r\n", &ctx());
         session.on_server_line(b"234 Proceed with negotiation\r\n", &ctx());
         assert_eq!(SessionState::of(&session, false), SessionState::Encrypted);
         assert_eq!(SessionState::of(&session, true), SessionState::Encrypted);
