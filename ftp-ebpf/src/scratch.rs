@@ -68,6 +68,11 @@ pub struct Scan {
     /// The server's own address (behind the router when publishing).
     pub(crate) server: [u8; 4],
     pub(crate) lan_ifindex: u32,
+    /// The lowest scratch offset a field to rewrite may start at: where this segment's new bytes
+    /// start, or the held bytes in front of them.
+    pub(crate) field_floor: u32,
+    // (Here, not last: it fills what would be padding before the u64; the stage's frames are at
+    // Linux 6.1's limit, and this struct is copied onto them.)
     pub(crate) expect_timeout_ns: u64,
     /// The operator's policy (`--allow-privileged-data-ports`, `--max-expectations-per-session`).
     pub(crate) policy: ftp_common::Policy,
@@ -85,9 +90,6 @@ pub struct Scan {
     pub(crate) rewrite_line_len: u16,
     pub(crate) rewrite_port: u16,
     pub(crate) rewrite_addr: [u8; 4],
-    /// The lowest scratch offset a field to rewrite may start at: where this segment's new bytes
-    /// start, or the held bytes in front of them.
-    pub(crate) field_floor: u32,
 }
 
 // SAFETY: a Scan is kept in a per-CPU map only with its session pointer cleared (`save`); the
