@@ -45,6 +45,9 @@ enum Task {
         /// Small sizes and one round, with the debug agent: for development and a smoke check.
         #[arg(long)]
         quick: bool,
+        /// Rounds instead of the default (5; 1 with --quick).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: Option<u16>,
     },
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run load, attach and an active and a
     /// passive masquerade download in each, and natively; print the matrix.
@@ -79,7 +82,7 @@ fn main() -> ExitCode {
             println!("xtask demo: took {}", elapsed(started));
             result
         }
-        Task::Bench { quick } => setup::run().and_then(|()| bench::run(quick)),
+        Task::Bench { quick, rounds } => setup::run().and_then(|()| bench::run(quick, rounds)),
         // Runs setup itself, so that its closing time includes the downloads.
         Task::Kernels => {
             // Setup's downloads count: a fresh machine's run includes them.

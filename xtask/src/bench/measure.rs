@@ -1,7 +1,12 @@
 //! One measurement each: P1 a download with the router's CPU read, P2 ftpnat's programs' run time
 //! under a workload, P3 sessions per second, P4 the flow table filled.
 
-use std::{collections::BTreeMap, fs, process::Output, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fs,
+    process::Output,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -26,38 +31,58 @@ pub struct Throughput {
     pub softirq_ms: f64,
 }
 
-/// Downloads the bed's big file (curl, EPSV) on the endpoints' CPU, reading the router CPU's softirq
-/// time and the router's packet counters around it.
-pub fn throughput(bed: &Bed, cpus: Cpus, background_span: Duration) -> anyhow::Result<Throughput> {
+/// Downloads the bed's big file (curl, EPSV) on the endpoints' CPU again and again until
+/// `at_least` has passed (once at least), reading the router CPU's softirq time and the router's
+/// packet counters around them all: the longer, the more timer ticks a tick-sampled softirq time
+/// rests on.
+pub fn throughput(
+    bed: &Bed,
+    cpus: Cpus,
+    background_span: Duration,
+    at_least: Duration,
+) -> anyhow::Result<Throughput> {
     let background = system::background_softirq(cpus.router, background_span)?;
     let url = format!("ftp://{}/{}", bed.server.addr, bed.big.name());
     let busy_before = system::cpu_softirq_ticks(cpus.router)?;
     let steered_before = system::softnet_processed(cpus.router)?;
     let packets_before = bed.router_packets()?;
-    let out = bed
-        .client_command(
-            cpus,
-            "curl",
-            &[
-                "-sS",
-                "--fail",
-                "--max-time",
-                "300",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{speed_download}",
-                &url,
-            ],
-        )
-        .output()?;
+    let started = Instant::now();
+    let (mut bytes, mut seconds) = (0.0, 0.0);
+    loop {
+        let out = bed
+            .client_command(
+                cpus,
+                "curl",
+                &[
+                    "-sS",
+                    "--fail",
+                    "--max-time",
+                    "300",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{size_download} %{time_total}",
+                    &url,
+                ],
+            )
+            .output()?;
+        let out = succeeded(out, "curl")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (size, time) = text
+            .trim()
+            .split_once(' ')
+            .with_context(|| format!("curl -w printed {text:?}"))?;
+        bytes += size.parse::<f64>()?;
+        seconds += time.parse::<f64>()?;
+        if started.elapsed() >= at_least {
+            break;
+        }
+    }
     let busy = system::cpu_softirq_ticks(cpus.router)? - busy_before;
     let steered = system::softnet_processed(cpus.router)? - steered_before;
     let packets = bed.router_packets()? - packets_before;
-    let out = succeeded(out, "curl")?;
-    let bytes_per_s: f64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
     Ok(Throughput {
-        mb_per_s: bytes_per_s / 1e6,
+        mb_per_s: bytes / seconds.max(1e-9) / 1e6,
         ns_per_packet: system::ticks_to_ns(busy) / packets.max(1) as f64,
         background,
         steered: steered as f64 / packets.max(1) as f64,
@@ -269,7 +294,7 @@ def client(n):
         except Exception as err:
             with lock:
                 failed += 1
-                errors[type(err).__name__ + ': ' + str(err)[:60]] += 1
+                errors[('EPSV ' if n % 2 == 0 else 'PORT ') + type(err).__name__ + ': ' + str(err)[:60]] += 1
             # A refused connection fails at once: without a pause a client would count thousands.
             time.sleep(0.05)
 

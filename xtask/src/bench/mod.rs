@@ -23,6 +23,8 @@ struct Plan {
     quick: bool,
     rounds: usize,
     big_file: u64,
+    /// How long P1 downloads through one router, at least (the big file again and again).
+    p1_time: Duration,
     /// How long the router CPU is watched idle before each download.
     background: Duration,
     /// Sessions of each control-connection workload (P2).
@@ -48,6 +50,7 @@ impl Plan {
             quick,
             rounds: if quick { 1 } else { 5 },
             big_file: if quick { 64 << 20 } else { 1 << 30 },
+            p1_time: Duration::from_secs(if quick { 2 } else { 10 }),
             background: Duration::from_millis(if quick { 300 } else { 1000 }),
             control_sessions: if quick { 10 } else { 100 },
             ports_per_session: 3,
@@ -73,7 +76,12 @@ impl Samples {
     fn median(&self, key: &str) -> Option<f64> {
         let mut values = self.0.get(key)?.clone();
         values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied()
+        let upper = *values.get(values.len() / 2)?;
+        if values.len() % 2 == 0 {
+            Some((values[values.len() / 2 - 1] + upper) / 2.0)
+        } else {
+            Some(upper)
+        }
     }
 
     /// (max − min) / median of the rounds: how far one figure moved between rounds.
@@ -88,8 +96,11 @@ impl Samples {
     }
 }
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
-    let plan = Plan::new(quick);
+pub fn run(quick: bool, rounds: Option<u16>) -> anyhow::Result<()> {
+    let mut plan = Plan::new(quick);
+    if let Some(rounds) = rounds {
+        plan.rounds = usize::from(rounds);
+    }
     // The quick run is for development: the debug agent builds in seconds; the eBPF object is
     // optimised either way (aya-build builds it in release).
     let binary = build(!quick)?;
@@ -107,11 +118,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     };
     println!("bench: {}", system::machine());
     println!(
-        "bench: {} ({} round{}, {} MiB downloads), agent {}",
+        "bench: {} ({} round{}, P1: {} MiB downloads for at least {} s per router), agent {}",
         if quick { "quick" } else { "full" },
         plan.rounds,
         if plan.rounds == 1 { "" } else { "s" },
         plan.big_file >> 20,
+        plan.p1_time.as_secs(),
         binary.display()
     );
     println!(
@@ -135,8 +147,14 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let routers = [Router::PlainRouting, Router::Netfilter, Router::Ftpnat];
     let mut beds = Vec::new();
     for router in routers.into_iter().chain([Router::FtpnatSmallWindow]) {
+        // The small-window lab only serves P3's sessions.
+        let big_file = if router == Router::FtpnatSmallWindow {
+            1 << 20
+        } else {
+            plan.big_file
+        };
         beds.push(
-            Bed::new(router, plan.big_file, plan.listing_files, cpus)
+            Bed::new(router, big_file, plan.listing_files, cpus)
                 .with_context(|| format!("setting up the {} lab", router.label()))?,
         );
     }
@@ -153,7 +171,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
             for &router in &order {
                 let bed = bed(router);
                 bed.set_offloads(offloads)?;
-                let p1 = measure::throughput(bed, cpus, plan.background)
+                let p1 = measure::throughput(bed, cpus, plan.background, plan.p1_time)
                     .with_context(|| format!("P1 through {}", router.label()))?;
                 println!(
                     "  P1 {mode:<13} {:<14} {:>8.1} MB/s {:>7.0} ns/packet of router CPU \
@@ -219,7 +237,7 @@ fn datapath_round(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> 
     bed.set_offloads(false)?;
     let _stats = bpf_stats()?;
     let bulk = Runs::during(pid, || {
-        measure::throughput(bed, cpus, Duration::ZERO).map(drop)
+        measure::throughput(bed, cpus, Duration::ZERO, Duration::ZERO).map(drop)
     })?;
     let (ingress, egress) = (bulk.of(INGRESS), bulk.of(EGRESS));
     let per_run = |r: system::ProgramRuns| r.run_time_ns as f64 / r.runs.max(1) as f64;
@@ -326,6 +344,7 @@ fn scale(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> anyhow::R
     for (n, &size) in sizes.iter().enumerate() {
         let started = std::time::Instant::now();
         fill.fill_to(size)?;
+        let fill_time = started.elapsed();
         let cut = if size < plan.flow_sizes[n] {
             format!(
                 " (asked {}, the table holds {}: the largest that fits)",
@@ -342,13 +361,13 @@ fn scale(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> anyhow::R
             / plan.agent_watch.as_nanos() as f64;
         let _stats = bpf_stats()?;
         let bulk = Runs::during(pid, || {
-            measure::throughput(bed, cpus, Duration::ZERO).map(drop)
+            measure::throughput(bed, cpus, Duration::ZERO, Duration::ZERO).map(drop)
         })?;
         println!(
             "  P4 {:>9} flow entries{cut} (filled in {:.1} s): {:.0} ns per forwarded packet, \
              agent {:.2}% of a CPU",
             fill.entries(),
-            started.elapsed().as_secs_f64(),
+            fill_time.as_secs_f64(),
             bulk.ns_per_forwarded_packet(),
             agent_cpu * 100.0
         );
@@ -548,10 +567,24 @@ fn report(plan: &Plan, samples: &Samples, scale: &Scale) {
         "-",
         scale.total_memlock as f64 / f64::from(1 << 20)
     );
+    let mut spreads: Vec<(f64, &str)> = samples
+        .0
+        .keys()
+        .filter_map(|key| Some((samples.spread(key)?, key.as_str())))
+        .collect();
+    spreads.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if let (Some(middle), Some(widest)) = (spreads.get(spreads.len() / 2), spreads.last()) {
+        println!(
+            "bench: trust: between rounds a figure moved by {:.0}% (median over all figures), \
+             by {:.0}% at most ({}); ratios nearer 1 than the spread of their row say nothing",
+            middle.0 * 100.0,
+            widest.0 * 100.0,
+            widest.1
+        );
+    }
     if plan.quick {
         println!(
-            "bench: a quick run (small downloads, one round, debug agent): for development, not \
-             for figures"
+            "bench: a quick run (small downloads, debug agent): for development, not for figures"
         );
     }
 }
