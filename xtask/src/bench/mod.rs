@@ -64,17 +64,37 @@ impl Plan {
     }
 }
 
-/// Every sample, by what it measures: the rounds' values in order.
+/// Every sample, by what it measures: the rounds' values in order; and what failed.
 #[derive(Default)]
-struct Samples(BTreeMap<String, Vec<f64>>);
+struct Samples {
+    values: BTreeMap<String, Vec<f64>>,
+    failed: Vec<String>,
+}
 
 impl Samples {
     fn add(&mut self, key: String, value: f64) {
-        self.0.entry(key).or_default().push(value);
+        self.values.entry(key).or_default().push(value);
+    }
+
+    /// Runs one measurement. A failure is printed and remembered, and the bench goes on: one
+    /// failed download must not cost a long run every other figure.
+    fn attempt<T>(
+        &mut self,
+        what: &str,
+        measurement: impl FnOnce(&mut Self) -> anyhow::Result<T>,
+    ) -> Option<T> {
+        match measurement(self) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                println!("  {what}: FAILED: {err:#}");
+                self.failed.push(format!("{what}: {err:#}"));
+                None
+            }
+        }
     }
 
     fn median(&self, key: &str) -> Option<f64> {
-        let mut values = self.0.get(key)?.clone();
+        let mut values = self.values.get(key)?.clone();
         values.sort_by(f64::total_cmp);
         let upper = *values.get(values.len() / 2)?;
         if values.len() % 2 == 0 {
@@ -86,7 +106,7 @@ impl Samples {
 
     /// (max − min) / median of the rounds: how far one figure moved between rounds.
     fn spread(&self, key: &str) -> Option<f64> {
-        let values = self.0.get(key)?;
+        let values = self.values.get(key)?;
         if values.len() < 2 {
             return None;
         }
@@ -171,8 +191,13 @@ pub fn run(quick: bool, rounds: Option<u16>) -> anyhow::Result<()> {
             for &router in &order {
                 let bed = bed(router);
                 bed.set_offloads(offloads)?;
-                let p1 = measure::throughput(bed, cpus, plan.background, plan.p1_time)
-                    .with_context(|| format!("P1 through {}", router.label()))?;
+                let Some(p1) = samples
+                    .attempt(&format!("P1 {mode} through {}", router.label()), |_| {
+                        measure::throughput(bed, cpus, plan.background, plan.p1_time)
+                    })
+                else {
+                    continue;
+                };
                 println!(
                     "  P1 {mode:<13} {:<14} {:>8.1} MB/s {:>7.0} ns/packet of router CPU \
                      ({} packets, {:.0} ms of softirq, {:.0}% of the packets processed on CPU {}; \
@@ -197,8 +222,11 @@ pub fn run(quick: bool, rounds: Option<u16>) -> anyhow::Result<()> {
         for router in session_order {
             // Sessions with the veths as created (P2 left ftpnat's without offloads).
             bed(router).set_offloads(true)?;
-            let p3 = measure::sessions(bed(router), cpus, plan.clients, plan.session_seconds)
-                .with_context(|| format!("P3 through {}", router.label()))?;
+            let Some(p3) = samples.attempt(&format!("P3 through {}", router.label()), |_| {
+                measure::sessions(bed(router), cpus, plan.clients, plan.session_seconds)
+            }) else {
+                continue;
+            };
             println!(
                 "  P3 {:<28} {:>7.1} sessions/s ({} ok, {} failed){}",
                 router.label(),
@@ -214,8 +242,17 @@ pub fn run(quick: bool, rounds: Option<u16>) -> anyhow::Result<()> {
             samples.add(format!("p3 failed {}", router.label()), p3.failed as f64);
         }
     }
-    let scale = scale(bed(Router::Ftpnat), cpus, &plan, &mut samples)?;
-    report(&plan, &samples, &scale);
+    let scale = samples.attempt("P4", |samples| {
+        scale(bed(Router::Ftpnat), cpus, &plan, samples)
+    });
+    report(&plan, &samples, scale.as_ref());
+    if !samples.failed.is_empty() {
+        anyhow::bail!(
+            "{} measurement(s) failed; the table above lacks them:\n{}",
+            samples.failed.len(),
+            samples.failed.join("\n")
+        );
+    }
     Ok(())
 }
 
@@ -236,9 +273,33 @@ fn datapath_round(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> 
     let pid = bed.agent_pid()?;
     bed.set_offloads(false)?;
     let _stats = bpf_stats()?;
-    let bulk = Runs::during(pid, || {
-        measure::throughput(bed, cpus, Duration::ZERO, Duration::ZERO).map(drop)
-    })?;
+    let bulk = samples.attempt("P2 bulk", |_| {
+        Runs::during(pid, || {
+            measure::throughput(bed, cpus, Duration::ZERO, Duration::ZERO).map(drop)
+        })
+    });
+    if let Some(bulk) = bulk {
+        bulk_report(&bulk, samples);
+    }
+    if let Some(acks) = samples.attempt("P2 pure ACKs", |_| {
+        Runs::during(pid, || measure::pure_acks(bed, cpus, plan.pure_acks))
+    }) {
+        println!(
+            "  P2 pure ACKs      {:.0} ns per forwarded packet ({} duplicate ACKs on one control \
+             connection, {} packets through ftpnat_ingress)",
+            acks.ns_per_forwarded_packet(),
+            plan.pure_acks,
+            acks.of(INGRESS).runs
+        );
+        samples.add("p2 ack".to_owned(), acks.ns_per_forwarded_packet());
+    }
+    samples.attempt("P2 control workloads", |samples| {
+        control_round(bed, pid, cpus, plan, samples)
+    });
+    Ok(())
+}
+
+fn bulk_report(bulk: &Runs, samples: &mut Samples) {
     let (ingress, egress) = (bulk.of(INGRESS), bulk.of(EGRESS));
     let per_run = |r: system::ProgramRuns| r.run_time_ns as f64 / r.runs.max(1) as f64;
     println!(
@@ -262,17 +323,16 @@ fn datapath_round(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> 
         );
     }
     samples.add("p2 bulk".to_owned(), bulk.ns_per_forwarded_packet());
+}
 
-    let acks = Runs::during(pid, || measure::pure_acks(bed, cpus, plan.pure_acks))?;
-    println!(
-        "  P2 pure ACKs      {:.0} ns per forwarded packet ({} duplicate ACKs on one control \
-         connection, {} packets through ftpnat_ingress)",
-        acks.ns_per_forwarded_packet(),
-        plan.pure_acks,
-        acks.of(INGRESS).runs
-    );
-    samples.add("p2 ack".to_owned(), acks.ns_per_forwarded_packet());
-
+/// P2's control-connection workloads: sessions alone, with PORTs, with a long STAT reply.
+fn control_round(
+    bed: &Bed,
+    pid: u32,
+    cpus: Cpus,
+    plan: &Plan,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
     let (sessions, ports) = (plan.control_sessions, plan.ports_per_session);
     let listing = bed.listing.clone();
     let plain = Runs::during(pid, || {
@@ -342,37 +402,10 @@ fn scale(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> anyhow::R
     let fits = fill.capacity.saturating_sub(1024);
     let sizes = plan.flow_sizes.map(|size| size.min(fits));
     for (n, &size) in sizes.iter().enumerate() {
-        let started = std::time::Instant::now();
-        fill.fill_to(size)?;
-        let fill_time = started.elapsed();
-        let cut = if size < plan.flow_sizes[n] {
-            format!(
-                " (asked {}, the table holds {}: the largest that fits)",
-                plan.flow_sizes[n], fill.capacity
-            )
-        } else {
-            String::new()
-        };
-        // A sweep over the full table before watching.
-        std::thread::sleep(Duration::from_secs(2));
-        let before = system::process_ticks(pid)?;
-        std::thread::sleep(plan.agent_watch);
-        let agent_cpu = system::ticks_to_ns(system::process_ticks(pid)? - before)
-            / plan.agent_watch.as_nanos() as f64;
-        let _stats = bpf_stats()?;
-        let bulk = Runs::during(pid, || {
-            measure::throughput(bed, cpus, Duration::ZERO, Duration::ZERO).map(drop)
-        })?;
-        println!(
-            "  P4 {:>9} flow entries{cut} (filled in {:.1} s): {:.0} ns per forwarded packet, \
-             agent {:.2}% of a CPU",
-            fill.entries(),
-            fill_time.as_secs_f64(),
-            bulk.ns_per_forwarded_packet(),
-            agent_cpu * 100.0
-        );
-        samples.add(format!("p4 ns {n}"), bulk.ns_per_forwarded_packet());
-        samples.add(format!("p4 agent {n}"), agent_cpu * 100.0);
+        let what = format!("P4 at {size} flow entries");
+        samples.attempt(&what, |samples| {
+            scale_step(bed, &mut fill, (n, size), cpus, plan, samples)
+        });
     }
     let maps = system::map_memory(pid)?;
     let per_entry = |name: &str| {
@@ -406,8 +439,53 @@ fn scale(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> anyhow::R
     })
 }
 
+/// One P4 size: the table filled to `size` entries (the `n`th size), then the agent's CPU
+/// watched and a bulk download's run time read.
+fn scale_step(
+    bed: &Bed,
+    fill: &mut FlowFill,
+    (n, size): (usize, u32),
+    cpus: Cpus,
+    plan: &Plan,
+    samples: &mut Samples,
+) -> anyhow::Result<()> {
+    let pid = bed.agent_pid()?;
+    let started = std::time::Instant::now();
+    fill.fill_to(size)?;
+    let fill_time = started.elapsed();
+    let cut = if size < plan.flow_sizes[n] {
+        format!(
+            " (asked {}, the table holds {}: the largest that fits)",
+            plan.flow_sizes[n], fill.capacity
+        )
+    } else {
+        String::new()
+    };
+    // A sweep over the full table before watching.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = system::process_ticks(pid)?;
+    std::thread::sleep(plan.agent_watch);
+    let agent_cpu = system::ticks_to_ns(system::process_ticks(pid)? - before)
+        / plan.agent_watch.as_nanos() as f64;
+    let _stats = bpf_stats()?;
+    let bulk = Runs::during(pid, || {
+        measure::throughput(bed, cpus, Duration::ZERO, Duration::ZERO).map(drop)
+    })?;
+    println!(
+        "  P4 {:>9} flow entries{cut} (filled in {:.1} s): {:.0} ns per forwarded packet, \
+             agent {:.2}% of a CPU",
+        fill.entries(),
+        fill_time.as_secs_f64(),
+        bulk.ns_per_forwarded_packet(),
+        agent_cpu * 100.0
+    );
+    samples.add(format!("p4 ns {n}"), bulk.ns_per_forwarded_packet());
+    samples.add(format!("p4 agent {n}"), agent_cpu * 100.0);
+    Ok(())
+}
+
 /// The closing table: medians over the rounds, ratios, goals, spread.
-fn report(plan: &Plan, samples: &Samples, scale: &Scale) {
+fn report(plan: &Plan, samples: &Samples, scale: Option<&Scale>) {
     let [ftpnat, netfilter, plain] =
         [Router::Ftpnat, Router::Netfilter, Router::PlainRouting].map(Router::label);
     let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
@@ -523,52 +601,54 @@ fn report(plan: &Plan, samples: &Samples, scale: &Scale) {
         "p2 stat",
         "",
     );
-    let [small_size, large_size] = scale.sizes;
-    let (ns_small, ns_large) = (samples.median("p4 ns 0"), samples.median("p4 ns 1"));
-    println!(
-        "{:<3} {:<42} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}  {} of the {small_size}-entry \
-         figure ({}); goal ≤ 1.2x at 1M; table capacity {}",
-        "P4",
-        format!("ns per bulk packet, {large_size} flow entries"),
-        fmt(ns_large),
-        "-",
-        "-",
-        "-",
-        "-",
-        pct(samples.spread("p4 ns 1")),
-        ratio(ns_large, ns_small),
-        fmt(ns_small),
-        scale.capacity
-    );
-    for (n, size) in scale.sizes.iter().enumerate() {
-        ftpnat_only(
+    if let Some(scale) = scale {
+        let [small_size, large_size] = scale.sizes;
+        let (ns_small, ns_large) = (samples.median("p4 ns 0"), samples.median("p4 ns 1"));
+        println!(
+            "{:<3} {:<42} {:>10} {:>10} {:>10} {:>9} {:>9} {:>7}  {} of the {small_size}-entry \
+             figure ({}); goal ≤ 1.2x at 1M; table capacity {}",
             "P4",
-            &format!("agent % of a CPU, {size} flow entries"),
-            samples.median(&format!("p4 agent {n}")),
-            &format!("p4 agent {n}"),
-            if n == 1 { "< 5% at 1M flows" } else { "" },
+            format!("ns per bulk packet, {large_size} flow entries"),
+            fmt(ns_large),
+            "-",
+            "-",
+            "-",
+            "-",
+            pct(samples.spread("p4 ns 1")),
+            ratio(ns_large, ns_small),
+            fmt(ns_small),
+            scale.capacity
+        );
+        for (n, size) in scale.sizes.iter().enumerate() {
+            ftpnat_only(
+                "P4",
+                &format!("agent % of a CPU, {size} flow entries"),
+                samples.median(&format!("p4 agent {n}")),
+                &format!("p4 agent {n}"),
+                if n == 1 { "< 5% at 1M flows" } else { "" },
+            );
+        }
+        println!(
+            "{:<3} {:<42} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}  ≤ 512 B; NF: 2 nf_conntrack \
+             objects; ftpnat total {:.1} MiB",
+            "P4",
+            "kernel bytes per session + 1 data conn",
+            scale.per_session,
+            scale
+                .netfilter_per_session
+                .map_or("-".to_owned(), |b| b.to_string()),
+            "-",
+            ratio(
+                Some(scale.per_session),
+                scale.netfilter_per_session.map(|b| b as f64)
+            ),
+            "-",
+            "-",
+            scale.total_memlock as f64 / f64::from(1 << 20)
         );
     }
-    println!(
-        "{:<3} {:<42} {:>10.0} {:>10} {:>10} {:>9} {:>9} {:>7}  ≤ 512 B; NF: 2 nf_conntrack \
-         objects; ftpnat total {:.1} MiB",
-        "P4",
-        "kernel bytes per session + 1 data conn",
-        scale.per_session,
-        scale
-            .netfilter_per_session
-            .map_or("-".to_owned(), |b| b.to_string()),
-        "-",
-        ratio(
-            Some(scale.per_session),
-            scale.netfilter_per_session.map(|b| b as f64)
-        ),
-        "-",
-        "-",
-        scale.total_memlock as f64 / f64::from(1 << 20)
-    );
     let mut spreads: Vec<(f64, &str)> = samples
-        .0
+        .values
         .keys()
         .filter_map(|key| Some((samples.spread(key)?, key.as_str())))
         .collect();
