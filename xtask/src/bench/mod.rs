@@ -671,3 +671,38 @@ fn report(plan: &Plan, samples: &Samples, scale: Option<&Scale>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(values: &[f64]) -> Samples {
+        let mut samples = Samples::default();
+        for &value in values {
+            samples.add("figure".to_owned(), value);
+        }
+        samples
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_averages_the_middle_two() {
+        assert_eq!(samples(&[3.0, 1.0, 2.0]).median("figure"), Some(2.0));
+        assert_eq!(samples(&[4.0, 1.0, 3.0, 2.0]).median("figure"), Some(2.5));
+        assert_eq!(samples(&[]).median("figure"), None);
+    }
+
+    #[test]
+    fn one_round_has_no_spread() {
+        assert_eq!(samples(&[5.0]).spread("figure"), None);
+        assert_eq!(samples(&[90.0, 110.0, 100.0]).spread("figure"), Some(0.2));
+    }
+
+    #[test]
+    fn a_failed_measurement_is_remembered_and_the_bench_goes_on() {
+        let mut samples = Samples::default();
+        let failed: Option<()> = samples.attempt("P1", |_| anyhow::bail!("curl timed out"));
+        assert!(failed.is_none());
+        assert_eq!(samples.attempt("P3", |_| Ok(7)), Some(7));
+        assert_eq!(samples.failed, ["P1: curl timed out"]);
+    }
+}
