@@ -37,6 +37,12 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// The agent's process id (`nsenter` execs it, so it is the agent itself), for what watches its
+    /// CPU time and its file descriptors; `None` once it was stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the agent in the router's network namespace and waits until it has attached.
     pub fn start(lab: &Lab, args: &[String]) -> anyhow::Result<Self> {
         // One log per agent: a second agent in the same lab must not truncate the first one's.

@@ -39,8 +39,16 @@ enum Task {
     Test,
     /// Build, create a lab, run ftpnat on its router, transfer files through it and show the counters.
     Demo,
-    /// Measure download throughput through plain routing, netfilter's FTP helper and ftpnat.
-    Bench,
+    /// Measure plain routing, netfilter's FTP helper and ftpnat side by side: throughput and router
+    /// CPU per packet, datapath ns per packet, sessions per second, cost at many flows.
+    Bench {
+        /// Small sizes and one round, with the debug agent: for development and a smoke check.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds instead of the default (5; 1 with --quick).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: Option<u16>,
+    },
     /// Boot Debian's 6.1 and 6.12 kernels under qemu and run load, attach and an active and a
     /// passive masquerade download in each, and natively; print the matrix.
     Kernels,
@@ -74,7 +82,7 @@ fn main() -> ExitCode {
             println!("xtask demo: took {}", elapsed(started));
             result
         }
-        Task::Bench => setup::run().and_then(|()| bench::run()),
+        Task::Bench { quick, rounds } => setup::run().and_then(|()| bench::run(quick, rounds)),
         // Runs setup itself, so that its closing time includes the downloads.
         Task::Kernels => {
             // Setup's downloads count: a fresh machine's run includes them.
