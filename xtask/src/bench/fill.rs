@@ -74,7 +74,8 @@ impl FlowFill {
                 kind: FlowKind::Data as u8,
                 direction: FlowDirection::Original as u8,
                 flags: flow_flags::ESTABLISHED,
-                _pad: [0; 7],
+                _pad: [0; 3],
+                in_ifindex: 0,
             };
             let reply = FlowEntry {
                 // Answered: the sweep judges it by the data idle timeout.
