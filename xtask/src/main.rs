@@ -55,9 +55,19 @@ enum Task {
     Lint,
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
     Fuzz {
-        /// How long to fuzz.
+        /// Which target: `control_channel` (scanners, parsers, session state machine) or
+        /// `datapath_segments` (the datapath's per-segment logic: hold, splice, seqadj).
+        #[arg(long, default_value = "control_channel")]
+        target: String,
+        /// How long to fuzz (ignored with --runs).
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Stop after this many executions instead of after --seconds.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Fuzzing processes (libFuzzer's fork mode above 1).
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
     },
 }
 
@@ -85,7 +95,15 @@ fn main() -> ExitCode {
         }
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
-        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
+        Task::Fuzz {
+            target,
+            seconds,
+            runs,
+            jobs,
+        } => {
+            let limit = runs.map_or(fuzz::Limit::Seconds(seconds), fuzz::Limit::Runs);
+            setup::run().and_then(|()| fuzz::run(&target, limit, jobs))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
