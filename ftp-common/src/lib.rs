@@ -87,7 +87,7 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, command, format, line, number, reason, reply, seqadj, session, span
+    address, command, format, hold, line, number, reason, reply, seqadj, session, span
 );
 
 pub use command::{

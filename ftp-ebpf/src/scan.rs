@@ -124,7 +124,7 @@ fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> P
     };
     let held = from_client && entry.held.state != hold_state::NONE;
     let record = if held && seq == entry.held.seq {
-        held::cut_replay(&entry.held, record, payload_len)
+        ftp_common::hold::cut_replay(&entry.held, record, payload_len)
     } else {
         Some(*record)
     };
