@@ -1,5 +1,6 @@
-//! Addresses held back across a segment boundary: the datapath's decisions, without its helpers
-//! or maps, so that the kernel program and the fuzz target run the same code.
+//! Addresses held back across a segment boundary, and rewrites repeated on retransmissions: the
+//! datapath's decisions, without its helpers or maps, so that the kernel program and the fuzz
+//! target run the same code.
 //!
 //! When a masqueraded client's segment ends inside the address of a PORT/EPRT, the part of the
 //! address in that segment cannot be rewritten once forwarded: the datapath cuts it from the
@@ -10,6 +11,7 @@
 
 use crate::{
     CommandScanner,
+    seqadj::seq_after,
     maps::{HELD_FIELD_MAX, HeldField, RewriteRecord, hold_state, rewrite_kind},
 };
 
@@ -109,6 +111,81 @@ pub fn cut_replay(
     })
 }
 
+/// The rewrite a client retransmission of `payload_len` bytes at `seq` is to repeat ([`Replay`]
+/// then places it in the segment): for one that reaches the segment whose tail was held, from its
+/// start or from before it (merged with the segments before, as Linux resends after a timeout),
+/// the cut or the completed address ([`cut_replay`] of its part from that segment on); for any
+/// other, `last`, the direction's last rewrite (unless that gave back held bytes that a later cut
+/// replaced). `None` if it cannot get the same bytes.
+#[inline(always)]
+pub fn retransmission_record(
+    held: &HeldField,
+    last: &RewriteRecord,
+    seq: u32,
+    payload_len: usize,
+) -> Option<RewriteRecord> {
+    let lead = held.seq.wrapping_sub(seq) as usize;
+    let reaches_cut_segment = seq == held.seq || (seq_after(held.seq, seq) && lead < payload_len);
+    if held.state == hold_state::NONE || !reaches_cut_segment {
+        // A give-back puts the held bytes back in front of its segment: once a later cut holds
+        // others, it cannot be repeated.
+        if last.kind == rewrite_kind::RESTORE && held.next_seq() != last.seq {
+            return None;
+        }
+        return Some(*last);
+    }
+    cut_replay(held, last, payload_len.saturating_sub(lead))
+}
+
+/// What a retransmission gets of the last rewrite of its direction ([`replay_record`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// It does not reach the rewritten field: it passes as it is.
+    Unchanged,
+    /// The same field rewritten the same way, at its offset in this segment.
+    Rewrite(RewriteRecord),
+    /// It starts or stops inside the rewritten field: it cannot be given the same bytes.
+    CannotRepeat,
+}
+
+/// What a retransmission of `payload_len` bytes at `seq` gets of `record`, the last rewrite of
+/// its direction. One that starts where the rewritten segment did, or before it (Linux merges
+/// segments when it resends after a timeout) and holds the whole field, gets the field rewritten
+/// the same way; the bytes before it need no change, and the sequence adjustment already moves
+/// the bytes after it.
+#[inline(always)]
+pub fn replay_record(record: &RewriteRecord, seq: u32, payload_len: usize) -> Replay {
+    if record.kind == rewrite_kind::NONE {
+        return Replay::Unchanged;
+    }
+    let field_start = record.seq.wrapping_add(u32::from(record.field_off));
+    let field_end = field_start.wrapping_add(u32::from(record.field_len));
+    if seq == record.seq {
+        return Replay::Rewrite(*record);
+    }
+    if seq_after(seq, record.seq) {
+        return if seq_after(field_end, seq) {
+            Replay::CannotRepeat
+        } else {
+            Replay::Unchanged
+        };
+    }
+    let end = seq.wrapping_add(payload_len as u32);
+    if !seq_after(end, field_start) {
+        return Replay::Unchanged;
+    }
+    let field_off = field_start.wrapping_sub(seq);
+    if seq_after(field_end, end) || field_off > u32::from(u16::MAX) {
+        return Replay::CannotRepeat;
+    }
+    Replay::Rewrite(RewriteRecord {
+        seq,
+        payload_len: payload_len as u16,
+        field_off: field_off as u16,
+        ..*record
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +232,63 @@ mod tests {
         let replay = cut_replay(&held(), &completion, 22).unwrap();
         assert_eq!((replay.seq, replay.field_off, replay.field_len), (1000, 5, 15));
         assert_eq!((replay.kind, replay.public_port), (rewrite_kind::PORT, 40000));
+    }
+
+    #[test]
+    fn a_resend_merging_the_rewritten_segment_into_an_earlier_one_is_rewritten_inside_it() {
+        // Found by the datapath_segments fuzz target: passed as it was, its bytes after the
+        // field landed where the rewritten stream has others.
+        let record = RewriteRecord {
+            seq: 1004,
+            payload_len: 24,
+            field_off: 5,
+            field_len: 15,
+            public_port: 40000,
+            kind: rewrite_kind::PORT,
+            delimiter: 0,
+            _pad: [0; 2],
+        };
+        let Replay::Rewrite(replay) = replay_record(&record, 1000, 28) else {
+            panic!("not rewritten");
+        };
+        assert_eq!((replay.seq, replay.field_off, replay.field_len), (1000, 9, 15));
+        assert_eq!(replay_record(&record, 1000, 4), Replay::Unchanged);
+        assert_eq!(replay_record(&record, 1000, 12), Replay::CannotRepeat);
+        assert_eq!(replay_record(&record, 1010, 10), Replay::CannotRepeat);
+        assert_eq!(replay_record(&record, 1024, 10), Replay::Unchanged);
+        assert_eq!(replay_record(&record, 1004, 24), Replay::Rewrite(record));
+    }
+
+    #[test]
+    fn a_resend_merging_the_cut_segment_into_an_earlier_one_is_cut_inside_it() {
+        // Found by the datapath_segments fuzz target.
+        let mut held = held();
+        held.state = hold_state::HOLDING;
+        let last = RewriteRecord::default();
+        let record = retransmission_record(&held, &last, 996, 14).unwrap();
+        assert_eq!((record.kind, record.seq, record.field_off, record.field_len), (rewrite_kind::CUT, 1000, 5, 5));
+        let Replay::Rewrite(placed) = replay_record(&record, 996, 14) else {
+            panic!("not cut");
+        };
+        assert_eq!((placed.seq, placed.field_off, placed.field_len), (996, 9, 5));
+        assert_eq!(retransmission_record(&held, &last, 990, 10), Some(last));
+        assert_eq!(retransmission_record(&held, &last, 1002, 8), Some(last));
+    }
+
+    #[test]
+    fn a_give_back_is_not_repeated_with_the_bytes_of_a_later_cut() {
+        // Found by the datapath_segments fuzz target: the resent segment got the later cut's
+        // bytes in front of it.
+        let restore = RewriteRecord {
+            seq: 1010,
+            payload_len: 1,
+            kind: rewrite_kind::RESTORE,
+            ..RewriteRecord::default()
+        };
+        let mut held = held();
+        assert_eq!(retransmission_record(&held, &restore, 1010, 1), Some(restore));
+        held.seq = 1011;
+        held.state = hold_state::HOLDING;
+        assert_eq!(retransmission_record(&held, &restore, 1010, 1), None);
     }
 }
