@@ -7,6 +7,7 @@ mod fuzz;
 mod kernels;
 mod lint;
 mod setup;
+mod soak;
 mod test;
 mod verify;
 
@@ -53,6 +54,14 @@ enum Task {
     },
     /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
     Lint,
+    /// Run N concurrent FTP sessions through ftpnat in a lab for S seconds (active and passive,
+    /// some aborted, some reset), check every file, and wait for the tables to drain to zero.
+    Soak {
+        #[arg(long, default_value_t = 100)]
+        sessions: u32,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
     Fuzz {
         /// Which target: `control_channel` (scanners, parsers, session state machine) or
@@ -95,6 +104,9 @@ fn main() -> ExitCode {
         }
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
+        Task::Soak { sessions, seconds } => {
+            setup::run().and_then(|()| soak::run(sessions, seconds))
+        }
         Task::Fuzz {
             target,
             seconds,
