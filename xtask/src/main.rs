@@ -61,6 +61,12 @@ enum Task {
         sessions: u32,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// ftpnat's `--port-window LO-HI` (default: ftpnat's). Each active transfer takes a
+        /// window port, and the server's connection from port 20 leaves that port in TIME_WAIT
+        /// on the server for 60 s: more than (window size / 60) active transfers a second to one
+        /// server fail with 425.
+        #[arg(long)]
+        window: Option<String>,
     },
     /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
     Fuzz {
@@ -104,9 +110,11 @@ fn main() -> ExitCode {
         }
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
-        Task::Soak { sessions, seconds } => {
-            setup::run().and_then(|()| soak::run(sessions, seconds))
-        }
+        Task::Soak {
+            sessions,
+            seconds,
+            window,
+        } => setup::run().and_then(|()| soak::run(sessions, seconds, window.as_deref())),
         Task::Fuzz {
             target,
             seconds,

@@ -46,10 +46,10 @@ def count(key, n=1):
     with lock:
         counts[key] += n
 
-def failed(key, err):
+def failed(key, err, mode):
     with lock:
         counts[key] += 1
-        text = type(err).__name__ + ": " + str(err)[:80]
+        text = mode + ": " + type(err).__name__ + ": " + str(err)[:80]
         errors[text] = errors.get(text, 0) + 1
 
 def reset(ftp):
@@ -57,7 +57,7 @@ def reset(ftp):
     ftp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ftp.sock.close()
 
-def one_session(rng):
+def one_session(rng, mode):
     ftp = ftplib.FTP()
     ftp.connect(server, 21, timeout=60)
     ftp.login()
@@ -65,6 +65,7 @@ def one_session(rng):
     while time.monotonic() < deadline:
         name, digest = rng.choice(files)
         passive = rng.random() < 0.5
+        mode[0] = "passive" if passive else "active"
         ftp.set_pasv(passive)
         count("transfers_passive" if passive else "transfers_active")
         ending = rng.random()
@@ -110,10 +111,11 @@ def worker(n):
     # Stagger the start so 1,000 handshakes do not arrive in the same millisecond.
     time.sleep(rng.uniform(0.0, min(10.0, seconds / 4)))
     while time.monotonic() < deadline:
+        mode = ["login"]
         try:
-            one_session(rng)
+            one_session(rng, mode)
         except ftplib.all_errors as err:
-            failed("sessions_failed", err)
+            failed("sessions_failed", err, mode[0])
             time.sleep(1.0)
 
 threading.stack_size(256 * 1024)
@@ -128,7 +130,8 @@ counts["errors"] = errors
 print(json.dumps(counts))
 "#;
 
-pub fn run(sessions: u32, seconds: u64) -> anyhow::Result<()> {
+/// `window`: ftpnat's `--port-window`, if not its default.
+pub fn run(sessions: u32, seconds: u64, window: Option<&str>) -> anyhow::Result<()> {
     if sessions == 0 || seconds == 0 {
         bail!("--sessions and --seconds must be at least 1");
     }
@@ -159,7 +162,8 @@ pub fn run(sessions: u32, seconds: u64) -> anyhow::Result<()> {
             ..VsftpdOptions::default()
         },
     )?;
-    let mut agent = lab.start_ftpnat(&[])?;
+    let window_args: Vec<&str> = window.map(|w| vec!["--port-window", w]).unwrap_or_default();
+    let mut agent = lab.start_ftpnat(&window_args)?;
     println!(
         "soak: {sessions} ftplib sessions for {seconds} s through ftpnat (lab {}), vsftpd on {}",
         lab.name, server.addr
