@@ -89,7 +89,8 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, command, format, line, mss, number, reason, reply, seqadj, session, span, tcp_window
+    address, command, format, hold, line, mss, number, reason, reply, seqadj, session, span,
+    tcp_window
 );
 
 pub use command::{

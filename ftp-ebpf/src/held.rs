@@ -7,12 +7,16 @@
 //! segment and waits for a retransmission that may never come.
 //!
 //! The client stage decides (`after_client_scan`, `stage_held`); the rewrite stage carries it out
-//! (`splice_held_pending`), with the rewrite's own splice.
+//! (`splice_held_pending`), with the rewrite's own splice. The decisions themselves are
+//! ftp-common's (`hold`), shared with the fuzz target.
 
 use aya_ebpf::programs::TcContext;
-use ftp_common::maps::{
-    Counter, DatapathConfig, HELD_FIELD_MAX, HeldField, RewriteRecord, SessionEntry, SessionKind,
-    hold_state, rewrite_kind,
+use ftp_common::{
+    hold,
+    maps::{
+        Counter, DatapathConfig, HELD_FIELD_MAX, RewriteRecord, SessionEntry, SessionKind,
+        hold_state, rewrite_kind,
+    },
 };
 
 use crate::{
@@ -23,28 +27,21 @@ use crate::{
 };
 
 /// Asks for the tail of this client segment to be held if the segment ends inside the address of
-/// a masqueraded PORT/EPRT (see [`ftp_common::maps::HeldField`]): only when that address began in
-/// this segment (the bytes before it are gone unchanged), the whole payload was scanned, and the
-/// tail fits.
+/// a masqueraded PORT/EPRT (see [`ftp_common::hold::cut_at_segment_end`]): only when the whole
+/// payload was scanned.
 #[inline(always)]
 fn hold_if_cut_inside_address(scan: &mut Scan, entry: &mut SessionEntry, scanned_all: bool) {
     if !scanned_all || entry.kind != SessionKind::Masquerade as u8 || entry.state.is_encrypted() {
         return;
     }
-    let Some(address_start) = entry.commands.pending_address_start() else {
+    let Some((field_off, held_len)) =
+        hold::cut_at_segment_end(&entry.commands, scan.start, scan.end)
+    else {
         return;
     };
-    let line_start = scan.end.wrapping_sub(u32::from(entry.commands.line_len()));
-    let field_off = line_start.wrapping_add(u32::from(address_start));
-    let held_len = scan.end.wrapping_sub(field_off);
-    // At least one byte stays in the segment: an empty one would not be a segment.
-    if field_off < scan.start || field_off == 0 || held_len == 0 || held_len > HELD_FIELD_MAX as u32
-    {
-        return;
-    }
     scan.rewrite_kind = rewrite_kind::CUT;
-    scan.rewrite_field_off = field_off as u16;
-    scan.rewrite_field_len = held_len as u16;
+    scan.rewrite_field_off = field_off;
+    scan.rewrite_field_len = held_len;
 }
 
 /// After the scan of a client segment: completes or gives back a hold (`held_len` bytes of an
@@ -68,10 +65,12 @@ pub fn after_client_scan(scan: &mut Scan, held_len: u32, scanned_all: bool) -> u
 /// gives the held bytes back, and a rewrite of a later line in the segment is given up for that.
 #[inline(always)]
 fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u16) {
-    let completes = matches!(scan.rewrite_kind, rewrite_kind::PORT | rewrite_kind::EPRT)
-        && scan.rewrite_field_off == 0
-        && scan.rewrite_field_len >= held_len;
-    if completes {
+    if hold::completes_hold(
+        scan.rewrite_kind,
+        scan.rewrite_field_off,
+        scan.rewrite_field_len,
+        held_len,
+    ) {
         scan.rewrite_field_len -= held_len;
         return;
     }
@@ -269,48 +268,4 @@ pub fn given_back_in_place(session: &mut SessionEntry) {
     session
         .client_seq
         .record(session.held.next_seq(), i32::from(session.held.len));
-}
-
-/// What to repeat on a retransmission of a segment whose tail was held (see [`replay`]): the
-/// same cut if it has the original's length; if the segment after it was merged in (Linux
-/// resends that way on a timeout), the whole address replaced the way that segment completed it.
-/// `None` if it cannot get the same bytes.
-#[inline(always)]
-pub fn cut_replay(
-    held: &HeldField,
-    completion: &RewriteRecord,
-    payload_len: usize,
-) -> Option<RewriteRecord> {
-    let original = usize::from(held.payload_len);
-    if payload_len == original {
-        return Some(RewriteRecord {
-            seq: held.seq,
-            payload_len: held.payload_len,
-            field_off: held.off,
-            field_len: u16::from(held.len),
-            public_port: 0,
-            kind: rewrite_kind::CUT,
-            delimiter: 0,
-            _pad: [0; 2],
-        });
-    }
-    if payload_len < original
-        || held.state != hold_state::RELEASED
-        || completion.seq != held.next_seq()
-    {
-        return None;
-    }
-    if completion.kind == rewrite_kind::RESTORE {
-        // The bytes as the client sent them are what the receiver was given.
-        return Some(RewriteRecord {
-            kind: rewrite_kind::NONE,
-            ..*completion
-        });
-    }
-    Some(RewriteRecord {
-        seq: held.seq,
-        field_off: held.off,
-        field_len: u16::from(held.len) + completion.field_len,
-        ..*completion
-    })
 }

@@ -21,11 +21,11 @@ use aya_ebpf::{
 use core::{ffi::c_void, net::Ipv4Addr};
 use ftp_common::{
     MAX_FIELD_LEN, format_rewrite,
+    hold::Replay,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectationKind, HeldField, RewriteRecord,
         SessionEntry, hold_state, rewrite_kind,
     },
-    seqadj::seq_after,
 };
 
 use crate::{
@@ -221,18 +221,13 @@ fn replay(
     let Some((payload_off, payload_len)) = packet.payload() else {
         return false;
     };
-    if record.kind == rewrite_kind::NONE {
-        return false;
-    }
     let seq = u32::from_be_bytes(packet.tcp.seq);
-    if seq != record.seq {
-        // Starting after the field, it needs no rewrite; before the record, it is older.
-        let field_end = record
-            .seq
-            .wrapping_add(u32::from(record.field_off) + u32::from(record.field_len));
-        return seq_after(seq, record.seq) && seq_after(field_end, seq);
-    }
-    splice(ctx, packet, payload_off, payload_len, record, held, config).is_none()
+    let record = match ftp_common::hold::replay_record(record, seq, payload_len) {
+        Replay::Unchanged => return false,
+        Replay::CannotRepeat => return true,
+        Replay::Rewrite(record) => record,
+    };
+    splice(ctx, packet, payload_off, payload_len, &record, held, config).is_none()
 }
 
 /// Replaces the field `record` names with its replacement text (nothing for a cut, the held bytes

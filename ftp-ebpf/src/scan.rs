@@ -123,9 +123,8 @@ fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> P
     } else {
         &entry.server_rewrite
     };
-    let held = from_client && entry.held.state != hold_state::NONE;
-    let record = if held && seq == entry.held.seq {
-        held::cut_replay(&entry.held, record, payload_len)
+    let record = if from_client {
+        ftp_common::hold::retransmission_record(&entry.held, record, seq, payload_len)
     } else {
         Some(*record)
     };

@@ -25,6 +25,10 @@ pub struct VsftpdOptions {
     /// A `banner_file` of this many lines: vsftpd greets with a multi-line 220 reply of as many
     /// `220-` lines, as servers with a long legal notice do.
     pub banner_lines: usize,
+    /// `max_clients` and `max_per_ip`: Debian's vsftpd turns away more than 50 sessions from
+    /// one address ("421 There are too many connections from your internet address"), and all
+    /// of a masqueraded LAN's sessions come from the router's public address.
+    pub max_sessions: Option<u32>,
 }
 
 pub struct FtpServer {
@@ -76,6 +80,9 @@ impl FtpServer {
         );
         if let Some((min, max)) = options.pasv_ports {
             config.push_str(&format!("pasv_min_port={min}\npasv_max_port={max}\n"));
+        }
+        if let Some(max) = options.max_sessions {
+            config.push_str(&format!("max_clients={max}\nmax_per_ip={max}\n"));
         }
         if let Some(public) = options.pasv_address {
             config.push_str(&format!("pasv_address={public}\n"));

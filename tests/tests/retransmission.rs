@@ -24,6 +24,21 @@ print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
 
+/// Active download whose PORT follows a NOOP in a segment of its own (no Nagle). Prints both
+/// replies, then the file's sha256.
+const NOOP_THEN_PORT_THEN_RETR: &str = r#"
+import sys
+from ftpnat_lab import retr_active, session_with_listener
+server, name = sys.argv[1], sys.argv[2]
+ftp, listener, host, port = session_with_listener(server)
+ftp.sock.sendall(b'NOOP\r\n')
+ftp.sock.sendall(('PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)).encode())
+print(ftp.getresp())
+print(ftp.getresp())
+print(retr_active(ftp, listener, name))
+ftp.quit()
+"#;
+
 /// Active download whose PORT line goes out in two segments, cut inside the address after 9
 /// bytes ("PORT 10,0" | ",0,2,…"). Prints the reply to the PORT, then the file's sha256.
 const PORT_CUT_IN_ITS_ADDRESS_THEN_RETR: &str = r#"
@@ -108,6 +123,36 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
     assert_eq!(
         (first_seq, port_line(first)),
         (merged_seq, port_line(merged)),
+        "the retransmission carries other bytes, or at another place, than the original"
+    );
+    assert!(port_line(first).is_some_and(|l| l.starts_with("PORT 203,0,113,254,")));
+
+    let stats: Value = lab.ftpnat_json(&["stats"]);
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
+
+#[test]
+fn a_retransmission_merging_a_port_into_the_segment_before_it_is_rewritten_inside_it() {
+    // Both first copies lost: the client's timer resends from the NOOP, with the PORT merged in,
+    // so the rewritten segment starts inside the retransmission.
+    let (lab, _agent) =
+        download_with_first_copies_lost(NOOP_THEN_PORT_THEN_RETR, &["NOOP", "PORT "]);
+
+    let segments = segments_to_port_21(&lab);
+    let (first_seq, first) = segments
+        .iter()
+        .find(|(_, s)| s.contains("PORT ") && !s.contains("NOOP"))
+        .expect("the PORT's first transmission on the WAN");
+    let (merged_seq, merged) = segments
+        .iter()
+        .find(|(_, s)| s.starts_with("NOOP") && s.contains("PORT "))
+        .expect("a retransmission from the NOOP with the PORT merged in: the test did not bite");
+    assert_eq!(
+        (
+            merged_seq.wrapping_add(merged.find("PORT ").unwrap() as u32),
+            port_line(merged)
+        ),
+        (*first_seq, port_line(first)),
         "the retransmission carries other bytes, or at another place, than the original"
     );
     assert!(port_line(first).is_some_and(|l| l.starts_with("PORT 203,0,113,254,")));

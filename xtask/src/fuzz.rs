@@ -1,14 +1,30 @@
-//! `cargo xtask fuzz --seconds N`: runs ftp-common's cargo-fuzz target from its seed corpus.
+//! `cargo xtask fuzz [--target T] [--seconds N | --runs N]`: runs one of ftp-common's cargo-fuzz
+//! targets from its seed corpus, for a time or a number of executions.
 
 use std::process::Command;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use crate::{run_checked, workspace_root};
 
-const TARGET: &str = "control_channel";
+/// The targets in ftp-common/fuzz/Cargo.toml.
+pub const TARGETS: &[&str] = &["control_channel", "datapath_segments"];
 
-pub fn run(seconds: u64) -> anyhow::Result<()> {
+/// When the run stops: libFuzzer's `-max_total_time` or `-runs`.
+pub enum Limit {
+    Seconds(u64),
+    Runs(u64),
+}
+
+/// `jobs` above 1 runs libFuzzer's fork mode with that many processes; `-runs` then counts the
+/// executions of all of them.
+pub fn run(target: &str, limit: Limit, jobs: u32) -> anyhow::Result<()> {
+    if !TARGETS.contains(&target) {
+        bail!(
+            "no fuzz target `{target}`; choose one of {} with --target",
+            TARGETS.join(", ")
+        );
+    }
     let has_cargo_fuzz = Command::new(env!("CARGO"))
         .args(["fuzz", "--version"])
         .output()
@@ -21,26 +37,29 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let root = workspace_root();
     let fuzz_dir = root.join("ftp-common/fuzz");
     // The working corpus grows while fuzzing and is not committed; the seeds are.
-    let corpus = fuzz_dir.join("corpus").join(TARGET);
+    let corpus = fuzz_dir.join("corpus").join(target);
     std::fs::create_dir_all(&corpus)?;
-    let seeds = fuzz_dir.join("seeds").join(TARGET);
-    run_checked(
-        Command::new("rustup")
-            .current_dir(root)
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "fuzz",
-                "run",
-                TARGET,
-                "--fuzz-dir",
-            ])
-            .arg(&fuzz_dir)
-            .arg(&corpus)
-            .arg(&seeds)
-            .arg("--")
-            .arg(format!("-max_total_time={seconds}"))
-            .arg("-print_final_stats=1"),
-    )
+    let seeds = fuzz_dir.join("seeds").join(target);
+    let limit = match limit {
+        Limit::Seconds(seconds) => format!("-max_total_time={seconds}"),
+        Limit::Runs(runs) => format!("-runs={runs}"),
+    };
+    let mut command = Command::new("rustup");
+    command
+        .current_dir(root)
+        .args(["run", "nightly", "cargo", "fuzz", "run", target])
+        // ftp-common and the targets are safe Rust (unsafe code is a compile error in the
+        // protocol core): AddressSanitizer would find nothing the bounds checks do not, and it
+        // costs most of the executions.
+        .args(["--sanitizer", "none", "--fuzz-dir"])
+        .arg(&fuzz_dir)
+        .arg(&corpus)
+        .arg(&seeds)
+        .arg("--")
+        .arg(limit)
+        .arg("-print_final_stats=1");
+    if jobs > 1 {
+        command.arg(format!("-fork={jobs}"));
+    }
+    run_checked(&mut command)
 }

@@ -7,6 +7,7 @@ mod fuzz;
 mod kernels;
 mod lint;
 mod setup;
+mod soak;
 mod test;
 mod verify;
 
@@ -61,11 +62,35 @@ enum Task {
     },
     /// Check formatting and run clippy (stable for the host crates, nightly for the eBPF crate).
     Lint,
-    /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
-    Fuzz {
-        /// How long to fuzz.
+    /// Run N concurrent FTP sessions through ftpnat in a lab for S seconds (active and passive,
+    /// some aborted, some reset), check every file, and wait for the tables to drain to zero.
+    Soak {
+        #[arg(long, default_value_t = 100)]
+        sessions: u32,
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// ftpnat's `--port-window LO-HI` (default: ftpnat's). Each active transfer takes a
+        /// window port, and the server's connection from port 20 leaves that port in TIME_WAIT
+        /// on the server for 60 s: more than (window size / 60) active transfers a second to one
+        /// server fail with 425.
+        #[arg(long)]
+        window: Option<String>,
+    },
+    /// Fuzz the FTP protocol core (ftp-common) with cargo-fuzz.
+    Fuzz {
+        /// Which target: `control_channel` (scanners, parsers, session state machine) or
+        /// `datapath_segments` (the datapath's per-segment logic: hold, splice, seqadj).
+        #[arg(long, default_value = "control_channel")]
+        target: String,
+        /// How long to fuzz (ignored with --runs).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Stop after this many executions instead of after --seconds.
+        #[arg(long)]
+        runs: Option<u64>,
+        /// Fuzzing processes (libFuzzer's fork mode above 1).
+        #[arg(long, default_value_t = 1)]
+        jobs: u32,
     },
 }
 
@@ -93,7 +118,20 @@ fn main() -> ExitCode {
         }
         Task::Lint => setup::run().and_then(|()| lint::run()),
         Task::Verify { release } => setup::run().and_then(|()| verify::run(release)),
-        Task::Fuzz { seconds } => setup::run().and_then(|()| fuzz::run(seconds)),
+        Task::Soak {
+            sessions,
+            seconds,
+            window,
+        } => setup::run().and_then(|()| soak::run(sessions, seconds, window.as_deref())),
+        Task::Fuzz {
+            target,
+            seconds,
+            runs,
+            jobs,
+        } => {
+            let limit = runs.map_or(fuzz::Limit::Seconds(seconds), fuzz::Limit::Runs);
+            setup::run().and_then(|()| fuzz::run(&target, limit, jobs))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,294 @@
+//! Addresses held back across a segment boundary, and rewrites repeated on retransmissions: the
+//! datapath's decisions, without its helpers or maps, so that the kernel program and the fuzz
+//! target run the same code.
+//!
+//! When a masqueraded client's segment ends inside the address of a PORT/EPRT, the part of the
+//! address in that segment cannot be rewritten once forwarded: the datapath cuts it from the
+//! segment and keeps it in the session ([`HeldField`]); the next segment then carries the whole
+//! rewritten address, or, if its line is not to be rewritten, the held bytes put back in front
+//! of it. Offsets here are in the scan buffer: the segment's payload, after the held bytes when a
+//! hold is being completed.
+
+use crate::{
+    CommandScanner,
+    seqadj::seq_after,
+    maps::{HELD_FIELD_MAX, HeldField, RewriteRecord, hold_state, rewrite_kind},
+};
+
+/// The tail to cut from a client segment whose bytes up to buffer offset `end` went through
+/// `commands`, if the segment ends inside a PORT/EPRT address that began at or after `start` (the
+/// first byte of this segment not forwarded before: the bytes before the address must still be
+/// in the segment): `(offset, length)` of the tail. At least one byte stays in the segment, and
+/// the tail fits a [`HeldField`].
+#[inline(always)]
+pub fn cut_at_segment_end(commands: &CommandScanner, start: u32, end: u32) -> Option<(u16, u16)> {
+    let address_start = commands.pending_address_start()?;
+    let line_start = end.wrapping_sub(u32::from(commands.line_len()));
+    let field_off = line_start.wrapping_add(u32::from(address_start));
+    let held_len = end.wrapping_sub(field_off);
+    if field_off < start || field_off == 0 || held_len == 0 || held_len > HELD_FIELD_MAX as u32 {
+        return None;
+    }
+    Some((field_off as u16, held_len as u16))
+}
+
+/// Whether the rewrite the scan of the segment after a hold asked for (`kind` of its field at
+/// `field_off`, `field_len` bytes, in the buffer that starts with the `held_len` held bytes)
+/// completes the hold: it rewrites the held line's address, which starts at offset 0. Anything
+/// else gives the held bytes back.
+#[inline(always)]
+pub fn completes_hold(kind: u8, field_off: u16, field_len: u16, held_len: u16) -> bool {
+    matches!(kind, rewrite_kind::PORT | rewrite_kind::EPRT)
+        && field_off == 0
+        && field_len >= held_len
+}
+
+/// What to repeat on a retransmission, `payload_len` bytes long, of the segment whose tail was
+/// held: the same cut if it has the original's length; if it is shorter (a sender may resend
+/// less, after its MSS shrank), the cut of whatever part of the held bytes it carries, or nothing
+/// if it stops before them; if the segment after it was merged in (Linux resends that way on a
+/// timeout), the whole address replaced the way that segment completed it (`completion`, the
+/// client's last rewrite record). `None` if it cannot get the same bytes.
+#[inline(always)]
+pub fn cut_replay(
+    held: &HeldField,
+    completion: &RewriteRecord,
+    payload_len: usize,
+) -> Option<RewriteRecord> {
+    let original = usize::from(held.payload_len);
+    if payload_len == original {
+        return Some(RewriteRecord {
+            seq: held.seq,
+            payload_len: held.payload_len,
+            field_off: held.off,
+            field_len: u16::from(held.len),
+            public_port: 0,
+            kind: rewrite_kind::CUT,
+            delimiter: 0,
+            _pad: [0; 2],
+        });
+    }
+    let off = usize::from(held.off);
+    if payload_len < original {
+        // The bytes before the held ones pass as they are; of the held ones, those it carries
+        // are cut again (the receiver has them from the segment that completed the address).
+        let cut = RewriteRecord {
+            seq: held.seq,
+            payload_len: payload_len as u16,
+            field_off: held.off,
+            field_len: payload_len.saturating_sub(off) as u16,
+            public_port: 0,
+            kind: rewrite_kind::CUT,
+            delimiter: 0,
+            _pad: [0; 2],
+        };
+        return Some(if payload_len <= off {
+            RewriteRecord {
+                kind: rewrite_kind::NONE,
+                ..cut
+            }
+        } else {
+            cut
+        });
+    }
+    if held.state != hold_state::RELEASED
+        || completion.seq != held.next_seq()
+    {
+        return None;
+    }
+    if completion.kind == rewrite_kind::RESTORE {
+        // The bytes as the client sent them are what the receiver was given.
+        return Some(RewriteRecord {
+            kind: rewrite_kind::NONE,
+            ..*completion
+        });
+    }
+    Some(RewriteRecord {
+        seq: held.seq,
+        field_off: held.off,
+        field_len: u16::from(held.len).saturating_add(completion.field_len),
+        ..*completion
+    })
+}
+
+/// The rewrite a client retransmission of `payload_len` bytes at `seq` is to repeat ([`Replay`]
+/// then places it in the segment): for one that reaches the segment whose tail was held, from its
+/// start or from before it (merged with the segments before, as Linux resends after a timeout),
+/// the cut or the completed address ([`cut_replay`] of its part from that segment on); for any
+/// other, `last`, the direction's last rewrite (unless that gave back held bytes that a later cut
+/// replaced). `None` if it cannot get the same bytes.
+#[inline(always)]
+pub fn retransmission_record(
+    held: &HeldField,
+    last: &RewriteRecord,
+    seq: u32,
+    payload_len: usize,
+) -> Option<RewriteRecord> {
+    let lead = held.seq.wrapping_sub(seq) as usize;
+    let reaches_cut_segment = seq == held.seq || (seq_after(held.seq, seq) && lead < payload_len);
+    if held.state == hold_state::NONE || !reaches_cut_segment {
+        // A give-back puts the held bytes back in front of its segment: once a later cut holds
+        // others, it cannot be repeated.
+        if last.kind == rewrite_kind::RESTORE && held.next_seq() != last.seq {
+            return None;
+        }
+        return Some(*last);
+    }
+    cut_replay(held, last, payload_len.saturating_sub(lead))
+}
+
+/// What a retransmission gets of the last rewrite of its direction ([`replay_record`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// It does not reach the rewritten field: it passes as it is.
+    Unchanged,
+    /// The same field rewritten the same way, at its offset in this segment.
+    Rewrite(RewriteRecord),
+    /// It starts or stops inside the rewritten field: it cannot be given the same bytes.
+    CannotRepeat,
+}
+
+/// What a retransmission of `payload_len` bytes at `seq` gets of `record`, the last rewrite of
+/// its direction. One that starts where the rewritten segment did, or before it (Linux merges
+/// segments when it resends after a timeout) and holds the whole field, gets the field rewritten
+/// the same way; the bytes before it need no change, and the sequence adjustment already moves
+/// the bytes after it.
+#[inline(always)]
+pub fn replay_record(record: &RewriteRecord, seq: u32, payload_len: usize) -> Replay {
+    if record.kind == rewrite_kind::NONE {
+        return Replay::Unchanged;
+    }
+    let field_start = record.seq.wrapping_add(u32::from(record.field_off));
+    let field_end = field_start.wrapping_add(u32::from(record.field_len));
+    if seq == record.seq {
+        return Replay::Rewrite(*record);
+    }
+    if seq_after(seq, record.seq) {
+        return if seq_after(field_end, seq) {
+            Replay::CannotRepeat
+        } else {
+            Replay::Unchanged
+        };
+    }
+    let end = seq.wrapping_add(payload_len as u32);
+    if !seq_after(end, field_start) {
+        return Replay::Unchanged;
+    }
+    let field_off = field_start.wrapping_sub(seq);
+    if seq_after(field_end, end) || field_off > u32::from(u16::MAX) {
+        return Replay::CannotRepeat;
+    }
+    Replay::Rewrite(RewriteRecord {
+        seq,
+        payload_len: payload_len as u16,
+        field_off: field_off as u16,
+        ..*record
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `PORT 10,0,` (10 bytes) with `10,0,` held from offset 5, completed by the next segment.
+    fn held() -> HeldField {
+        let mut held = HeldField::new();
+        held.seq = 1000;
+        held.payload_len = 10;
+        held.off = 5;
+        held.len = 5;
+        held.state = hold_state::RELEASED;
+        held
+    }
+
+    #[test]
+    fn a_retransmission_of_the_cut_segment_is_cut_the_same_way() {
+        let replay = cut_replay(&held(), &RewriteRecord::default(), 10).unwrap();
+        assert_eq!((replay.kind, replay.field_off, replay.field_len), (rewrite_kind::CUT, 5, 5));
+    }
+
+    #[test]
+    fn a_shorter_retransmission_is_cut_where_it_reaches_into_the_held_bytes() {
+        // Found by the datapath_segments fuzz target: passed as it was, it gave the receiver
+        // bytes the stream no longer has, and its acknowledgements then ran past the stream.
+        let replay = cut_replay(&held(), &RewriteRecord::default(), 8).unwrap();
+        assert_eq!((replay.kind, replay.field_off, replay.field_len), (rewrite_kind::CUT, 5, 3));
+        let replay = cut_replay(&held(), &RewriteRecord::default(), 5).unwrap();
+        assert_eq!(replay.kind, rewrite_kind::NONE);
+    }
+
+    #[test]
+    fn a_merged_retransmission_carries_the_whole_rewritten_address() {
+        let completion = RewriteRecord {
+            seq: 1010,
+            payload_len: 12,
+            field_off: 0,
+            field_len: 10,
+            public_port: 40000,
+            kind: rewrite_kind::PORT,
+            delimiter: 0,
+            _pad: [0; 2],
+        };
+        let replay = cut_replay(&held(), &completion, 22).unwrap();
+        assert_eq!((replay.seq, replay.field_off, replay.field_len), (1000, 5, 15));
+        assert_eq!((replay.kind, replay.public_port), (rewrite_kind::PORT, 40000));
+    }
+
+    #[test]
+    fn a_resend_merging_the_rewritten_segment_into_an_earlier_one_is_rewritten_inside_it() {
+        // Found by the datapath_segments fuzz target: passed as it was, its bytes after the
+        // field landed where the rewritten stream has others.
+        let record = RewriteRecord {
+            seq: 1004,
+            payload_len: 24,
+            field_off: 5,
+            field_len: 15,
+            public_port: 40000,
+            kind: rewrite_kind::PORT,
+            delimiter: 0,
+            _pad: [0; 2],
+        };
+        let Replay::Rewrite(replay) = replay_record(&record, 1000, 28) else {
+            panic!("not rewritten");
+        };
+        assert_eq!((replay.seq, replay.field_off, replay.field_len), (1000, 9, 15));
+        assert_eq!(replay_record(&record, 1000, 4), Replay::Unchanged);
+        assert_eq!(replay_record(&record, 1000, 12), Replay::CannotRepeat);
+        assert_eq!(replay_record(&record, 1010, 10), Replay::CannotRepeat);
+        assert_eq!(replay_record(&record, 1024, 10), Replay::Unchanged);
+        assert_eq!(replay_record(&record, 1004, 24), Replay::Rewrite(record));
+    }
+
+    #[test]
+    fn a_resend_merging_the_cut_segment_into_an_earlier_one_is_cut_inside_it() {
+        // Found by the datapath_segments fuzz target.
+        let mut held = held();
+        held.state = hold_state::HOLDING;
+        let last = RewriteRecord::default();
+        let record = retransmission_record(&held, &last, 996, 14).unwrap();
+        assert_eq!((record.kind, record.seq, record.field_off, record.field_len), (rewrite_kind::CUT, 1000, 5, 5));
+        let Replay::Rewrite(placed) = replay_record(&record, 996, 14) else {
+            panic!("not cut");
+        };
+        assert_eq!((placed.seq, placed.field_off, placed.field_len), (996, 9, 5));
+        assert_eq!(retransmission_record(&held, &last, 990, 10), Some(last));
+        assert_eq!(retransmission_record(&held, &last, 1002, 8), Some(last));
+    }
+
+    #[test]
+    fn a_give_back_is_not_repeated_with_the_bytes_of_a_later_cut() {
+        // Found by the datapath_segments fuzz target: the resent segment got the later cut's
+        // bytes in front of it.
+        let restore = RewriteRecord {
+            seq: 1010,
+            payload_len: 1,
+            kind: rewrite_kind::RESTORE,
+            ..RewriteRecord::default()
+        };
+        let mut held = held();
+        assert_eq!(retransmission_record(&held, &restore, 1010, 1), Some(restore));
+        held.seq = 1011;
+        held.state = hold_state::HOLDING;
+        assert_eq!(retransmission_record(&held, &restore, 1010, 1), None);
+    }
+}
