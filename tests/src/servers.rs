@@ -29,6 +29,11 @@ pub struct VsftpdOptions {
     /// one address ("421 There are too many connections from your internet address"), and all
     /// of a masqueraded LAN's sessions come from the router's public address.
     pub max_sessions: Option<u32>,
+    /// `connect_from_port_20=NO`: active data connections from an ephemeral port. Otherwise
+    /// vsftpd binds port 20 for each one, and with hundreds at once many fail with "425 Failed
+    /// to establish connection" in the same second as their RETR: a collision on the server
+    /// (with this set, the same load has none).
+    pub data_from_ephemeral_port: bool,
 }
 
 pub struct FtpServer {
@@ -66,7 +71,7 @@ impl FtpServer {
              anon_umask=022\n\
              pasv_enable=YES\n\
              port_enable=YES\n\
-             connect_from_port_20=YES\n\
+             connect_from_port_20={from_port_20}\n\
              seccomp_sandbox=NO\n\
              secure_chroot_dir=/var/run/vsftpd/empty\n\
              vsftpd_log_file={log}\n\
@@ -77,6 +82,11 @@ impl FtpServer {
              data_connection_timeout=60\n",
             root = root.display(),
             log = log.display(),
+            from_port_20 = if options.data_from_ephemeral_port {
+                "NO"
+            } else {
+                "YES"
+            },
         );
         if let Some((min, max)) = options.pasv_ports {
             config.push_str(&format!("pasv_min_port={min}\npasv_max_port={max}\n"));

@@ -159,6 +159,8 @@ pub fn run(sessions: u32, seconds: u64, window: Option<&str>) -> anyhow::Result<
         &VsftpdOptions {
             // Room for every session, and for those a reset left on the server until it notices.
             max_sessions: Some(sessions.saturating_mul(2)),
+            // Hundreds of active transfers at once each binding port 20 collide on the server.
+            data_from_ephemeral_port: true,
             ..VsftpdOptions::default()
         },
     )?;
