@@ -1,5 +1,6 @@
 //! `cargo xtask lint`: formatting and clippy, warnings as errors, for every crate — the eBPF crate
-//! with nightly clippy for its own target, as it is built.
+//! with nightly clippy for its own target, as it is built, and the fuzz targets (a workspace of
+//! their own, built with nightly) so that a change to ftp-common cannot leave them behind.
 
 use std::process::Command;
 
@@ -50,6 +51,29 @@ pub fn run() -> anyhow::Result<()> {
         "--",
         "-C",
         "panic=abort",
+        "-D",
+        "warnings",
+    ]))?;
+    let fuzz_manifest = root.join("ftp-common/fuzz/Cargo.toml");
+    let fuzz_manifest = fuzz_manifest.to_string_lossy();
+    run_checked(Command::new("rustup").current_dir(root).args([
+        "run",
+        "nightly",
+        "cargo",
+        "fmt",
+        "--manifest-path",
+        &fuzz_manifest,
+        "--check",
+    ]))?;
+    run_checked(Command::new("rustup").current_dir(root).args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--manifest-path",
+        &fuzz_manifest,
+        "--all-targets",
+        "--",
         "-D",
         "warnings",
     ]))?;

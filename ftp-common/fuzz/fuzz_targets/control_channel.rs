@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(usize::from(replies.line_len()), line.len());
                 let reply = replies.reply();
                 assert_eq!(reply, parse_reply(&line));
-                check_server_verdict(&line, session.on_server_reply(reply, &ctx));
+                check_server_verdict(&line, session.on_server_reply(reply, &ctx), &ctx.policy);
             }
             assert!(session.open_expectations() <= ctx.policy.max_outstanding_expectations);
         }
@@ -125,6 +125,13 @@ fn context(policy_byte: u8) -> PolicyContext {
             allow_privileged_data_ports: policy_byte & 1 != 0,
             passive_address_must_match_server: policy_byte & 2 == 0,
             max_outstanding_expectations: (policy_byte >> 2) & 7,
+            // A published server's policy: unprivileged passive ports only, never its control port.
+            passive_ports: if policy_byte & 0x40 != 0 {
+                [1024, u16::MAX]
+            } else {
+                [0, u16::MAX]
+            },
+            passive_port_excluded: if policy_byte & 0x80 != 0 { 21 } else { 0 },
         },
     }
 }
@@ -155,8 +162,17 @@ fn check_client_verdict(line: &[u8], verdict: ClientVerdict) {
     }
 }
 
-fn check_server_verdict(line: &[u8], verdict: ServerVerdict) {
+/// An opened passive endpoint is what the reply says, and a port the policy allows.
+fn check_server_verdict(line: &[u8], verdict: ServerVerdict, policy: &Policy) {
     if let ServerVerdict::OpenPassive { endpoint, field } = verdict {
+        let port = match endpoint {
+            PassiveEndpoint::Pasv(addr) => addr.port(),
+            PassiveEndpoint::Epsv { port, .. } => port,
+        };
+        assert!(
+            policy.allows_passive_port(port),
+            "{port} opened against {policy:?}"
+        );
         let body = match endpoint {
             PassiveEndpoint::Pasv(addr) => ReplyBody::Passive227 { addr, field },
             PassiveEndpoint::Epsv { port, delimiter } => ReplyBody::Passive229 {
@@ -176,7 +192,10 @@ fn check_server_verdict(line: &[u8], verdict: ServerVerdict) {
 fn check_command(line: &[u8], command: Command) {
     match command {
         Command::Port { addr, field } => {
-            for (ip, port) in [(*addr.ip(), addr.port()), (Ipv4Addr::new(203, 0, 113, 200), 65535)] {
+            for (ip, port) in [
+                (*addr.ip(), addr.port()),
+                (Ipv4Addr::new(203, 0, 113, 200), 65535),
+            ] {
                 let mut text = [0u8; MAX_FIELD_LEN];
                 let len = format_port_field(ip, port, &mut text).expect("PORT field formats");
                 let Some(rewritten) = rewrite(line, field, &text[..len]) else {
@@ -186,7 +205,10 @@ fn check_command(line: &[u8], command: Command) {
                     parse_command(&rewritten),
                     Command::Port {
                         addr: core::net::SocketAddrV4::new(ip, port),
-                        field: Span { start: field.start, len: len as u16 },
+                        field: Span {
+                            start: field.start,
+                            len: len as u16
+                        },
                     }
                 );
             }
@@ -198,7 +220,10 @@ fn check_command(line: &[u8], command: Command) {
         } => {
             let other = match addr {
                 SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)), 1),
-                SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfeed, 0, 0, 0, 0, 0xabcd, 0, 1)), 1),
+                SocketAddr::V6(_) => SocketAddr::new(
+                    IpAddr::V6(Ipv6Addr::new(0xfeed, 0, 0, 0, 0, 0xabcd, 0, 1)),
+                    1,
+                ),
             };
             for target in [addr, other] {
                 let mut text = [0u8; MAX_FIELD_LEN];
@@ -212,7 +237,10 @@ fn check_command(line: &[u8], command: Command) {
                     Command::Eprt {
                         addr: target,
                         delimiter,
-                        field: Span { start: field.start, len: len as u16 },
+                        field: Span {
+                            start: field.start,
+                            len: len as u16
+                        },
                     }
                 );
             }
@@ -239,9 +267,18 @@ fn check_reply(line: &[u8], reply: Reply) {
                 };
                 let expected = ReplyBody::Passive227 {
                     addr: core::net::SocketAddrV4::new(ip, port),
-                    field: Span { start: field.start, len: len as u16 },
+                    field: Span {
+                        start: field.start,
+                        len: len as u16,
+                    },
                 };
-                assert_eq!(parse_reply(&rewritten), Reply::Final { code, body: expected });
+                assert_eq!(
+                    parse_reply(&rewritten),
+                    Reply::Final {
+                        code,
+                        body: expected
+                    }
+                );
             }
         }
         ReplyBody::Passive229 {
@@ -258,9 +295,18 @@ fn check_reply(line: &[u8], reply: Reply) {
                 let expected = ReplyBody::Passive229 {
                     port: new_port,
                     delimiter,
-                    field: Span { start: field.start, len: len as u16 },
+                    field: Span {
+                        start: field.start,
+                        len: len as u16,
+                    },
                 };
-                assert_eq!(parse_reply(&rewritten), Reply::Final { code, body: expected });
+                assert_eq!(
+                    parse_reply(&rewritten),
+                    Reply::Final {
+                        code,
+                        body: expected
+                    }
+                );
             }
         }
         ReplyBody::Plain | ReplyBody::Malformed(_) => {}
@@ -271,13 +317,20 @@ fn check_reply(line: &[u8], reply: Reply) {
 /// must come through unchanged. `None` if the result is too long to be parsed again (a rewrite
 /// may lengthen a line that was already close to `MAX_LINE_LEN`).
 fn rewrite(line: &[u8], field: Span, replacement: &[u8]) -> Option<Vec<u8>> {
-    let end = line.iter().position(|&b| b == b'\n').expect("a parsed line has an LF") + 1;
+    let end = line
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("a parsed line has an LF")
+        + 1;
     let line = &line[..end];
     let mut out = [0u8; MAX_LINE_LEN + MAX_FIELD_LEN];
     let len = splice(line, field, replacement, &mut out).expect("field lies in the line");
     let rewritten = out[..len].to_vec();
     let start = usize::from(field.start);
     assert_eq!(&rewritten[..start], &line[..start]);
-    assert_eq!(&rewritten[start + replacement.len()..], &line[field.end()..]);
+    assert_eq!(
+        &rewritten[start + replacement.len()..],
+        &line[field.end()..]
+    );
     (rewritten.len() <= MAX_LINE_LEN).then_some(rewritten)
 }

@@ -120,6 +120,7 @@ impl Datapath {
                     allow_privileged_data_ports: policy_byte & 1 != 0,
                     passive_address_must_match_server: true,
                     max_outstanding_expectations: (policy_byte >> 2) & 7,
+                    ..Policy::new()
                 },
             },
             window_empty: policy_byte & 0x20 != 0,
@@ -216,9 +217,9 @@ impl Datapath {
         let end = buf.len();
         let mut request: Option<Request> = None;
         let mut examined = 0;
-        for i in start..end {
-            self.lines[CLIENT].push(buf[i]);
-            if !self.commands.push(buf[i]) {
+        for (i, &byte) in buf.iter().enumerate().take(end).skip(start) {
+            self.lines[CLIENT].push(byte);
+            if !self.commands.push(byte) {
                 continue;
             }
             let line = core::mem::take(&mut self.lines[CLIENT]);
