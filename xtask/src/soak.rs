@@ -164,8 +164,18 @@ pub fn run(sessions: u32, seconds: u64, window: Option<&str>) -> anyhow::Result<
             ..VsftpdOptions::default()
         },
     )?;
-    let window_args: Vec<&str> = window.map(|w| vec!["--port-window", w]).unwrap_or_default();
-    let mut agent = lab.start_ftpnat(&window_args)?;
+    // The lab's one client host stands for a LAN of users: the per-host and per-/24 session
+    // limits would refuse all but their share of its sessions.
+    let mut agent_args = vec![
+        "--max-sessions-per-source",
+        "0",
+        "--max-sessions-per-subnet",
+        "0",
+    ];
+    if let Some(window) = window {
+        agent_args.extend(["--port-window", window]);
+    }
+    let mut agent = lab.start_ftpnat(&agent_args)?;
     println!(
         "soak: {sessions} ftplib sessions for {seconds} s through ftpnat (lab {}), vsftpd on {}",
         lab.name, server.addr
