@@ -157,7 +157,6 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
         match tcp_window::check(&ctx, packet, entry) {
             tcp_window::Checked::Counts => {}
             tcp_window::Checked::Forward => return stage::continue_control(&ctx, CONTROL_FORWARD),
-            tcp_window::Checked::Drop => return TC_ACT_SHOT,
         }
     }
     let pending = if slot == CLIENT {

@@ -1,7 +1,9 @@
 //! Following a control connection's TCP window (ftp-common's `tcp_window`, after conntrack's
-//! `tcp_in_window`): a segment outside it is dropped before anything looks at its bytes or flags,
+//! `tcp_in_window`): a segment outside it goes on without anything looking at its bytes or flags,
 //! so an off-path sender who cannot see the connection cannot end it (RST, FIN) nor feed the ALG
-//! lines (a forged `234` or `227`).
+//! lines (a forged `234` or `227`). It is forwarded, not dropped: the endpoints judge it by their
+//! own windows, and the tracking still misjudges some legitimate segments under load (the soak
+//! showed logins stalled when they were dropped), which must not cost a session.
 
 use aya_ebpf::{
     helpers::{bpf_loop, bpf_skb_load_bytes},
@@ -103,11 +105,9 @@ extern "C" fn scale_step(_index: u32, ctx: *mut c_void) -> i64 {
 pub enum Checked {
     /// It counts: the ALG follows its bytes.
     Counts,
-    /// It goes on without its bytes being followed (an in-window reset, or a connection with no
-    /// session record).
+    /// It goes on without its bytes being followed and without changing anything (outside the
+    /// window, an in-window reset, or a connection with no session record).
     Forward,
-    /// Outside the window: dropped.
-    Drop,
 }
 
 /// Checks a control segment against its connection's window and records it, and takes its FIN,
@@ -130,7 +130,7 @@ pub fn check(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> Checked {
         }
         WindowVerdict::Outside => {
             bump(Counter::SegmentsOutOfWindow);
-            Checked::Drop
+            Checked::Forward
         }
     }
 }
