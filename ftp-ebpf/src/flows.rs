@@ -288,3 +288,51 @@ pub fn uninstall(key: FlowKey, original: &FlowEntry) {
         }
     }
 }
+
+/// A new connection on the tuple of a closed control connection whose entries still linger (its
+/// client reused the port at once, as after a reset): it takes the closed one's place — its flow
+/// entries and window port, with a fresh session record — as conntrack replaces a closed entry
+/// on a new SYN. Without this the SYN was taken for a segment of the old connection, and the new
+/// connection lost its entries when the sweep removed the old one's. False (nothing changed) if
+/// `entry` is not the original direction of a closed control connection, or the session record
+/// could not be made.
+// A subprogram of its own: only opening SYNs that meet an entry come here.
+#[inline(never)]
+pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp4, entry: *mut FlowEntry) -> bool {
+    // SAFETY: a live map value; the agent only removes entries, and a removed one stays readable
+    // for this program run.
+    let original = unsafe { &mut *entry };
+    if original.kind != FlowKind::Control as u8
+        || original.direction != FlowDirection::Original as u8
+    {
+        return false;
+    }
+    let Some(reply) = FLOWS.get_ptr_mut(original.reply_key()) else {
+        return false;
+    };
+    // SAFETY: as above.
+    let reply = unsafe { &mut *reply };
+    if !flow_flags::closed(original.flags, reply.flags) {
+        return false;
+    }
+    let (kind, lan_ifindex) = if original.flags & flow_flags::OWNS_PORT != 0 {
+        (SessionKind::Masquerade, original.in_ifindex)
+    } else {
+        (SessionKind::Publish, original.out_ifindex)
+    };
+    let new = NewSession {
+        kind,
+        lan_ifindex,
+        server_addr: original.new_daddr,
+        server_port: original.new_dport,
+        offered_scale: crate::tcp_window::offered_scale(ctx, packet),
+    };
+    if !crate::session::open_session(packet, &new) {
+        return false;
+    }
+    original.flags &= flow_flags::OWNS_PORT;
+    reply.flags = 0;
+    crate::sources::opened(packet.ip.src_addr);
+    bump(Counter::ControlSessionsOpened);
+    true
+}

@@ -78,8 +78,14 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
         maps::bump(Counter::WrongInterface);
         return TC_ACT_SHOT;
     }
-    nat::account(entry, &packet);
     // SAFETY: a live map value; the fields read below are written only when the entry is created.
+    if packet.is_opening_syn() && unsafe { (*entry).kind } == FlowKind::Control as u8 {
+        // A new connection on a known control connection's tuple, or its SYN again: the open
+        // stage tells the two apart.
+        return stage::continue_opening(&ctx, PASS);
+    }
+    nat::account(entry, &packet);
+    // SAFETY: as above.
     let entry = unsafe { &*entry };
     if entry.kind == FlowKind::Control as u8 {
         let slot = if entry.direction == FlowDirection::Original as u8 {
@@ -96,10 +102,29 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
 /// An opening SYN no flow knows: an announced data connection, a new control connection, or
 /// neither (it passes). Installs the connection's flows and forwards the SYN through them.
 #[classifier]
-pub fn ftpnat_open(ctx: TcContext) -> i32 {
+pub fn ftpnat_open(mut ctx: TcContext) -> i32 {
     let Some(packet) = stage_packet(&ctx) else {
         return PASS;
     };
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
+        // A control connection's opening SYN meeting its tuple's entries: a new connection where
+        // a closed one lingers takes its place; a SYN sent again goes on as the connection's
+        // packets do.
+        if flows::reopen_closed_control(&ctx, packet, entry) {
+            nat::account(entry, packet);
+            // SAFETY: as in ftpnat_ingress.
+            return nat::translate_and_forward(&ctx, packet, unsafe { &*entry }).action(PASS);
+        }
+        // SAFETY: as in ftpnat_ingress.
+        let slot = if unsafe { (*entry).direction } == FlowDirection::Original as u8 {
+            CLIENT
+        } else {
+            SERVER
+        };
+        nat::account(entry, packet);
+        stage::set_pass(&mut ctx, 0);
+        return stage::continue_control(&ctx, slot);
+    }
     let Some(config) = maps::config() else {
         return PASS;
     };

@@ -272,3 +272,43 @@ fn expired_expectations_free_their_places_under_the_session_limit() {
     );
     assert_eq!(stats["datapath"]["expectations_used"], 1, "{stats}");
 }
+
+/// Logs in from source port `argv[3]`, resets the control connection (SO_LINGER 0), logs in again
+/// at once from the same port, waits `argv[4]` seconds (past the old connection's linger and the
+/// sweep) and downloads `argv[2]` passively: prints its sha256.
+const RESET_THEN_SAME_PORT: &str = r#"
+import ftplib, socket, struct, sys, time
+from ftpnat_lab import retr_digest
+server, name, port, wait = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def session():
+    ftp = ftplib.FTP()
+    ftp.connect(server, 21, timeout=20, source_address=('', port))
+    ftp.login()
+    return ftp
+first = session()
+first.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+first.file.close()
+first.sock.close()
+second = session()
+# ftplib binds its data connections to the same source address: not this one.
+second.source_address = None
+time.sleep(wait)
+second.voidcmd('TYPE I')
+print(retr_digest(second, name))
+second.quit()
+"#;
+
+#[test]
+fn a_new_connection_on_a_reset_ones_port_takes_its_place() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(MIB, 5).expect("vsftpd");
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let args = [&server.addr.to_string(), file.name(), "45678", "5"];
+    let out = lab
+        .client_python(RESET_THEN_SAME_PORT, &args, 60)
+        .expect("the second session on the same port works");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.trim(), file.sha256, "{stdout}");
+    // Two sessions: the second took the reset one's place instead of riding its entries.
+    assert_eq!(lab.datapath_counter("control_sessions_opened"), 2);
+}

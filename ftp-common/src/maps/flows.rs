@@ -77,6 +77,12 @@ pub enum FlowDirection {
 
 /// [`FlowEntry::flags`] bits, set by the kernel as it sees them, read by the agent's expiry.
 pub mod flow_flags {
+    /// Whether a connection whose directions saw `original` and `reply` flags is over: a reset
+    /// either way, or a FIN both ways.
+    pub const fn closed(original: u8, reply: u8) -> bool {
+        (original | reply) & RST != 0 || (original & FIN != 0 && reply & FIN != 0)
+    }
+
     /// A FIN went this way.
     pub const FIN: u8 = 1;
     /// An RST went this way.

@@ -106,9 +106,7 @@ pub fn expired(
 
 /// Whether a connection saw an RST, or a FIN each way.
 fn closed(original: &FlowEntry, reply: Option<&FlowEntry>) -> bool {
-    let reply_flags = reply.map_or(0, |r| r.flags);
-    (original.flags | reply_flags) & flow_flags::RST != 0
-        || (original.flags & flow_flags::FIN != 0 && reply_flags & flow_flags::FIN != 0)
+    flow_flags::closed(original.flags, reply.map_or(0, |r| r.flags))
 }
 
 /// Whether a connection [`expired`] says is over stays all the same: a control connection that
