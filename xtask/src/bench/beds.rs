@@ -20,6 +20,15 @@ pub enum Router {
     FtpnatSmallWindow,
 }
 
+/// The lab's one client host stands for many clients: P3 opens hundreds of sessions a second
+/// from it, which the per-host and per-/24 session limits would refuse.
+const NO_SOURCE_LIMITS: [&str; 4] = [
+    "--max-sessions-per-source",
+    "0",
+    "--max-sessions-per-subnet",
+    "0",
+];
+
 /// The small port window of P3: 64 ports.
 pub const SMALL_WINDOW: &str = "61000-61063";
 
@@ -109,8 +118,12 @@ impl Bed {
             )?;
         }
         let agent = match router {
-            Router::Ftpnat => Some(lab.start_ftpnat(&[])?),
-            Router::FtpnatSmallWindow => Some(lab.start_ftpnat(&["--port-window", SMALL_WINDOW])?),
+            Router::Ftpnat => Some(lab.start_ftpnat(&NO_SOURCE_LIMITS)?),
+            Router::FtpnatSmallWindow => {
+                let mut args = NO_SOURCE_LIMITS.to_vec();
+                args.extend(["--port-window", SMALL_WINDOW]);
+                Some(lab.start_ftpnat(&args)?)
+            }
             Router::Netfilter => {
                 lab.netfilter_masquerade(true)?;
                 None
@@ -219,6 +232,25 @@ impl Bed {
         let mut full = vec!["-c", cpu.as_str(), program];
         full.extend_from_slice(args);
         self.lab.client.command("taskset", &full)
+    }
+
+    /// Runs the Python `script` (written into the lab's directory as `name`) with Debian's
+    /// `/usr/bin/python3` in the client namespace, pinned as [`Bed::client_command`], stopped after
+    /// `limit_secs`; `args` follow the script's path.
+    pub fn client_python(
+        &self,
+        cpus: Cpus,
+        (name, script): (&str, &str),
+        limit_secs: u64,
+        args: &[&str],
+    ) -> anyhow::Result<std::process::Output> {
+        let path = self.lab.dir().join(name);
+        std::fs::write(&path, script)?;
+        let limit = limit_secs.to_string();
+        let path = path.to_string_lossy();
+        let mut full = vec![limit.as_str(), "/usr/bin/python3", &path];
+        full.extend_from_slice(args);
+        Ok(self.client_command(cpus, "timeout", &full).output()?)
     }
 
     /// Packets the router received on both its interfaces: what it forwarded, both ways.

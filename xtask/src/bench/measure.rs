@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
     process::Output,
     time::{Duration, Instant},
 };
@@ -173,23 +172,17 @@ pub fn control_workload(
     ports: usize,
     stat: Option<&str>,
 ) -> anyhow::Result<()> {
-    let script = bed.lab.dir().join("control-workload.py");
-    fs::write(&script, CONTROL_WORKLOAD)?;
-    let out = bed
-        .client_command(
-            cpus,
-            "timeout",
-            &[
-                "300",
-                "/usr/bin/python3",
-                &script.to_string_lossy(),
-                &bed.server.addr.to_string(),
-                &sessions.to_string(),
-                &ports.to_string(),
-                stat.unwrap_or("-"),
-            ],
-        )
-        .output()?;
+    let out = bed.client_python(
+        cpus,
+        ("control-workload.py", CONTROL_WORKLOAD),
+        300,
+        &[
+            &bed.server.addr.to_string(),
+            &sessions.to_string(),
+            &ports.to_string(),
+            stat.unwrap_or("-"),
+        ],
+    )?;
     succeeded(out, "the control workload")?;
     Ok(())
 }
@@ -236,21 +229,12 @@ ftp.quit()
 
 /// Sends `count` pure ACKs on one control connection ([`PURE_ACKS`]).
 pub fn pure_acks(bed: &Bed, cpus: Cpus, count: usize) -> anyhow::Result<()> {
-    let script = bed.lab.dir().join("pure-acks.py");
-    fs::write(&script, PURE_ACKS)?;
-    let out = bed
-        .client_command(
-            cpus,
-            "timeout",
-            &[
-                "300",
-                "/usr/bin/python3",
-                &script.to_string_lossy(),
-                &bed.server.addr.to_string(),
-                &count.to_string(),
-            ],
-        )
-        .output()?;
+    let out = bed.client_python(
+        cpus,
+        ("pure-acks.py", PURE_ACKS),
+        300,
+        &[&bed.server.addr.to_string(), &count.to_string()],
+    )?;
     succeeded(out, "the pure-ACK workload")?;
     Ok(())
 }
@@ -318,24 +302,17 @@ pub struct Sessions {
 }
 
 pub fn sessions(bed: &Bed, cpus: Cpus, clients: usize, seconds: u64) -> anyhow::Result<Sessions> {
-    let script = bed.lab.dir().join("sessions-workload.py");
-    fs::write(&script, SESSIONS_WORKLOAD)?;
-    let limit = (seconds + 60).to_string();
-    let out = bed
-        .client_command(
-            cpus,
-            "timeout",
-            &[
-                &limit,
-                "/usr/bin/python3",
-                &script.to_string_lossy(),
-                &bed.server.addr.to_string(),
-                bed.tiny.name(),
-                &clients.to_string(),
-                &seconds.to_string(),
-            ],
-        )
-        .output()?;
+    let out = bed.client_python(
+        cpus,
+        ("sessions-workload.py", SESSIONS_WORKLOAD),
+        seconds + 60,
+        &[
+            &bed.server.addr.to_string(),
+            bed.tiny.name(),
+            &clients.to_string(),
+            &seconds.to_string(),
+        ],
+    )?;
     let out = succeeded(out, "the sessions workload")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();
