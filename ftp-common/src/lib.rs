@@ -16,6 +16,7 @@
 //! - [`session`]: the per-connection state machine and policy ([`Session`]), whose verdicts the
 //!   caller acts on.
 //! - [`number`] and [`address`]: the strict number and address readers underneath.
+//! - [`checksum`]: incremental checksum updates of the headers the datapath translates.
 //! - [`mss`](mod@mss): MSS clamping of the SYNs the datapath forwards (TCP, not FTP, but protocol
 //!   logic all the same).
 //!
@@ -89,8 +90,8 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, command, format, hold, line, mss, number, reason, reply, seqadj, session, span,
-    tcp_window
+    address, checksum, command, format, hold, line, mss, number, reason, reply, seqadj, session,
+    span, tcp_window
 );
 
 pub use command::{

@@ -1,7 +1,8 @@
-//! Locating the IPv4 and TCP headers of a packet. Headers are copied out with `bpf_skb_load_bytes`
-//! (through `TcContext::load`), which works on non-linear skbs and keeps the verifier's job simple.
+//! Locating the IPv4 and TCP headers of a packet. They are read where they lie, in the skb's
+//! linear area (direct packet access: no helper call, which matters on the per-packet fast path);
+//! the rare packet whose headers are not all there has them pulled in first.
 
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::bpf_skb_pull_data, programs::TcContext};
 use ftp_common::maps::FlowKey;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -16,9 +17,6 @@ pub const IP_TOT_LEN_OFF: usize = 2;
 pub const IP_TTL_OFF: usize = 8;
 pub const IP_CHECK_OFF: usize = 10;
 pub const IP_SADDR_OFF: usize = 12;
-pub const IP_DADDR_OFF: usize = 16;
-pub const TCP_SPORT_OFF: usize = 0;
-pub const TCP_DPORT_OFF: usize = 2;
 pub const TCP_SEQ_OFF: usize = 4;
 pub const TCP_ACK_OFF: usize = 8;
 /// The 16-bit word holding the data offset and the flags.
@@ -94,6 +92,20 @@ fn fix_checksums(
     ctx.l4_csum_replace(packet.tcp_check_off(), old, new, pseudo | size)
 }
 
+/// What reading a packet's headers found.
+enum Parsed {
+    Headers(Tcp4),
+    /// Not an unfragmented IPv4 TCP packet.
+    NotOurs,
+    /// The headers do not all lie in the linear area.
+    Short,
+}
+
+/// The most bytes the headers take: Ethernet, IPv4 with options, TCP with options.
+const MAX_HEADERS_LEN: u32 = (IP_OFF + 60 + 60) as u32;
+/// Masks a TCP header offset (at most Ethernet + 60 bytes of IPv4 header) into its range.
+const MAX_TCP_OFF_MASK: usize = 0x7f;
+
 /// An unfragmented IPv4 TCP packet.
 #[derive(Clone, Copy)]
 pub struct Tcp4 {
@@ -118,26 +130,82 @@ impl Tcp4 {
     }
 
     #[inline(always)]
-    fn parse(ctx: &TcContext) -> Option<Self> {
-        let eth: EthHdr = ctx.load(0).ok()?;
-        if u16::from_be(eth.ether_type) != ETH_P_IP {
+    pub fn parse(ctx: &TcContext) -> Option<Self> {
+        match Self::parse_linear(ctx) {
+            Parsed::Headers(packet) => return Some(packet),
+            Parsed::NotOurs => return None,
+            Parsed::Short => {}
+        }
+        // Headers past the linear area (a packet built from fragments by a driver or a tunnel):
+        // make them linear, then read them as usual. Pulling more than the packet has fails.
+        let want = ctx.len().min(MAX_HEADERS_LEN);
+        // SAFETY: plain helper call on the context the kernel handed to the program.
+        if unsafe { bpf_skb_pull_data(ctx.skb.skb, want) } != 0 {
             return None;
         }
-        let ip: Ipv4Hdr = ctx.load(IP_OFF).ok()?;
+        match Self::parse_linear(ctx) {
+            Parsed::Headers(packet) => Some(packet),
+            Parsed::NotOurs | Parsed::Short => None,
+        }
+    }
+
+    #[inline(always)]
+    fn parse_linear(ctx: &TcContext) -> Parsed {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        if data + IP_OFF + Ipv4Hdr::LEN > end {
+            // Too short for an Ethernet and IPv4 header even after a pull: not a TCP packet ftpnat
+            // could translate, unless they lie past the linear area.
+            return if ctx.len() as usize >= IP_OFF + Ipv4Hdr::LEN {
+                Parsed::Short
+            } else {
+                Parsed::NotOurs
+            };
+        }
+        // SAFETY: both headers lie before `end`, checked above; the structs are plain bytes
+        // (alignment 1), read by copy.
+        let (eth, ip) = unsafe {
+            (
+                (data as *const EthHdr).read_unaligned(),
+                ((data + IP_OFF) as *const Ipv4Hdr).read_unaligned(),
+            )
+        };
+        if u16::from_be(eth.ether_type) != ETH_P_IP {
+            return Parsed::NotOurs;
+        }
         if ip.vihl >> 4 != 4 || ip.proto != IPPROTO_TCP {
-            return None;
+            return Parsed::NotOurs;
         }
         // Only whole datagrams carry a TCP header ftpnat can translate; fragments go their way.
         if u16::from_be_bytes(ip.frags) & IP_FRAGMENT_MASK != 0 {
-            return None;
+            return Parsed::NotOurs;
         }
         let ihl = ip_header_len(&ip);
         if ihl < Ipv4Hdr::LEN {
-            return None;
+            return Parsed::NotOurs;
         }
         let tcp_off = IP_OFF + ihl;
-        let tcp: TcpHdr = ctx.load(tcp_off).ok()?;
-        Some(Self { ip, tcp, tcp_off })
+        if data + tcp_off + TcpHdr::LEN > end {
+            return Parsed::Short;
+        }
+        // SAFETY: the TCP header lies before `end`, checked above.
+        let tcp = unsafe { ((data + tcp_off) as *const TcpHdr).read_unaligned() };
+        Parsed::Headers(Self { ip, tcp, tcp_off })
+    }
+
+    /// The packet's IPv4 and TCP headers where they lie, for writing, or None if they are no
+    /// longer in the linear area (a helper call since the parse may have moved them).
+    #[inline(always)]
+    pub fn headers_mut(&self, ctx: &TcContext) -> Option<(*mut Ipv4Hdr, *mut TcpHdr)> {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        // Bounded for the verifier: an IPv4 header is at most 60 bytes.
+        let tcp_off = self.tcp_off & MAX_TCP_OFF_MASK;
+        if data + IP_OFF + Ipv4Hdr::LEN > end || data + tcp_off + TcpHdr::LEN > end {
+            return None;
+        }
+        Some((
+            (data + IP_OFF) as *mut Ipv4Hdr,
+            (data + tcp_off) as *mut TcpHdr,
+        ))
     }
 
     #[inline(always)]

@@ -4,17 +4,14 @@
 //! stage table, the scratch area) belong to one load.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::map,
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, Queue,
-        RingBuf,
-    },
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
 use ftp_common::maps::{
     Capacities, Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo,
-    MAX_COUNTED_INTERFACES, MAX_FLOWS, MAX_MASQUERADE_PREFIXES, MAX_TRAFFIC_KEYS, MAX_WINDOW_PORTS,
-    SourceKey, SourceSeen, TrafficCounters, TrafficKey, stage,
+    MAX_COUNTED_INTERFACES, MAX_FLOWS, MAX_MASQUERADE_PREFIXES, MAX_WINDOW_PORTS, SourceKey,
+    SourceSeen, stage,
 };
 
 use crate::scratch::Scratch;
@@ -65,14 +62,9 @@ pub static SOURCE_SEEN: HashMap<SourceKey, SourceSeen> =
 pub static SOURCE_OPENED: LruHashMap<SourceKey, u32> =
     LruHashMap::pinned(Capacities::DEFAULT.sources, 0);
 
-/// Packets and bytes per interface and direction (see `counters`).
-#[map(name = "TRAFFIC")]
-pub static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCounters> =
-    PerCpuHashMap::pinned(MAX_TRAFFIC_KEYS, 0);
-
 /// Interfaces the agent attached to (ifindex to name and role), written by the agent and read by the
-/// inspection CLI to name the counters. Declared with the object's maps so that it is created and pinned with
-/// other maps; the program itself only consults it for its debug log.
+/// inspection CLI. Declared with the object's maps so that it is created and pinned with the
+/// others; the programs do not read it.
 #[map(name = "INTERFACES")]
 pub static INTERFACES: HashMap<u32, InterfaceInfo> = HashMap::pinned(MAX_COUNTED_INTERFACES, 0);
 
@@ -131,6 +123,14 @@ pub fn masked(offset: usize, mask: usize) -> usize {
 pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// [`now_ns`] as of the last timer tick: a memory read, not a clock read, for the per-packet
+/// `last_seen` stamps, which only the idle timeouts (seconds) compare.
+#[inline(always)]
+pub fn now_coarse_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

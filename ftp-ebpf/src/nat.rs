@@ -12,23 +12,22 @@
 //! within it, and it does not redirect a packet that is still too big (see [`too_big`]).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS},
+    bindings::{
+        BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS,
+    },
     helpers::{bpf_check_mtu, bpf_redirect_neigh},
     programs::TcContext,
 };
 use ftp_common::{
+    checksum::Delta,
     maps::{Counter, FlowEntry, FlowKind, flow_flags},
     mss::{self, OptionStep},
 };
 use network_types::tcp::TcpHdr;
 
 use crate::{
-    headers::{
-        Covered::{Ip, IpAndPseudoHeader, Tcp},
-        IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, TCP_DPORT_OFF, TCP_SPORT_OFF, Tcp4,
-        store16, store32,
-    },
-    maps::{bump, now_ns},
+    headers::Tcp4,
+    maps::{bump, now_coarse_ns},
 };
 
 /// What to do with a packet of a translated flow.
@@ -70,7 +69,7 @@ pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
     unsafe {
         (*entry).packets += 1;
         (*entry).bytes += u64::from(packet.ip_len());
-        (*entry).last_seen_ns = now_ns();
+        (*entry).last_seen_ns = now_coarse_ns();
         if (*entry).flags & seen != seen {
             (*entry).flags |= seen;
         }
@@ -121,29 +120,56 @@ pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) 
     }
 }
 
+/// Writes the translated addresses, ports and TTL straight into the packet and brings the
+/// checksums along with one update each: the IPv4 header's computed here (a header checksum, no
+/// offload involved), TCP's by the kernel's helper, which knows how the skb keeps it (with
+/// CHECKSUM_PARTIAL the field holds only the pseudo-header's sum, and a port change must not
+/// touch it) — hence two differences, the pseudo-header's and the ports'.
 #[inline(always)]
 fn rewrite_headers(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) -> Result<(), i64> {
-    let ip = &packet.ip;
-    if ip.src_addr != entry.new_saddr {
-        let field = [ip.src_addr, entry.new_saddr];
-        store32(ctx, packet, IP_OFF + IP_SADDR_OFF, field, IpAndPseudoHeader)?;
+    let Some((ip, tcp)) = packet.headers_mut(ctx) else {
+        return Err(-1);
+    };
+    let (old_ip, old_tcp) = (&packet.ip, &packet.tcp);
+    let mut ip_sum = Delta::NONE;
+    let mut pseudo_sum = Delta::NONE;
+    let mut ports_sum = Delta::NONE;
+    // SAFETY: `ip` and `tcp` point at the headers inside the packet's linear area (checked by
+    // `headers_mut`); the header structs are plain bytes.
+    unsafe {
+        if old_ip.src_addr != entry.new_saddr {
+            ip_sum = ip_sum.replace32(old_ip.src_addr, entry.new_saddr);
+            pseudo_sum = pseudo_sum.replace32(old_ip.src_addr, entry.new_saddr);
+            (*ip).src_addr = entry.new_saddr;
+        }
+        if old_ip.dst_addr != entry.new_daddr {
+            ip_sum = ip_sum.replace32(old_ip.dst_addr, entry.new_daddr);
+            pseudo_sum = pseudo_sum.replace32(old_ip.dst_addr, entry.new_daddr);
+            (*ip).dst_addr = entry.new_daddr;
+        }
+        // We forward, so we decrement the TTL like a router; ttl and protocol share a word.
+        let ttl = old_ip.ttl - 1;
+        ip_sum = ip_sum.replace16([old_ip.ttl, old_ip.proto], [ttl, old_ip.proto]);
+        (*ip).ttl = ttl;
+        (*ip).check = ip_sum.apply(old_ip.check);
+        if old_tcp.source != entry.new_sport {
+            ports_sum = ports_sum.replace16(old_tcp.source, entry.new_sport);
+            (*tcp).source = entry.new_sport;
+        }
+        if old_tcp.dest != entry.new_dport {
+            ports_sum = ports_sum.replace16(old_tcp.dest, entry.new_dport);
+            (*tcp).dest = entry.new_dport;
+        }
     }
-    if ip.dst_addr != entry.new_daddr {
-        let field = [ip.dst_addr, entry.new_daddr];
-        store32(ctx, packet, IP_OFF + IP_DADDR_OFF, field, IpAndPseudoHeader)?;
+    let check = packet.tcp_check_off();
+    if !pseudo_sum.is_none() {
+        let flags = u64::from(BPF_F_PSEUDO_HDR);
+        ctx.l4_csum_replace(check, 0, u64::from(pseudo_sum.as_wsum()), flags)?;
     }
-    let tcp = &packet.tcp;
-    if tcp.source != entry.new_sport {
-        let field = [tcp.source, entry.new_sport];
-        store16(ctx, packet, packet.tcp_off + TCP_SPORT_OFF, field, Tcp)?;
+    if !ports_sum.is_none() {
+        ctx.l4_csum_replace(check, 0, u64::from(ports_sum.as_wsum()), 0)?;
     }
-    if tcp.dest != entry.new_dport {
-        let field = [tcp.dest, entry.new_dport];
-        store16(ctx, packet, packet.tcp_off + TCP_DPORT_OFF, field, Tcp)?;
-    }
-    // We forward, so we decrement the TTL like a router; ttl and protocol share a checksum word.
-    let ttl_word = [[ip.ttl, ip.proto], [ip.ttl - 1, ip.proto]];
-    store16(ctx, packet, IP_OFF + IP_TTL_OFF, ttl_word, Ip)
+    Ok(())
 }
 
 /// An interface's MTU, and whether a datagram fits it.

@@ -46,7 +46,7 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     let mut agent = lab.start_ftpnat(&[]).expect("ftpnat run");
 
     let attached = lab.router_tc_programs(ROUTER_WAN_IF).expect("query tcx");
-    assert_eq!(attached, ["ftpnat_ingress", "ftpnat_egress"]);
+    assert_eq!(attached, ["ftpnat_ingress"]);
 
     // The router's counters are read before the server's and after them at the end, so that a
     // packet crossing between two reads (an IPv6 router solicitation, ARP) can only add to
@@ -96,10 +96,10 @@ fn attached_agent_passes_active_and_passive_transfers_and_counts_them() {
     assert!(status.success(), "agent exited with {status}:\n{log}");
 }
 
-fn both_hooks_attached(lab: &Lab) -> bool {
+fn ingress_attached(lab: &Lab) -> bool {
     [ROUTER_LAN_IF, ROUTER_WAN_IF]
         .iter()
-        .all(|iface| lab.router_tc_programs(iface).unwrap() == ["ftpnat_ingress", "ftpnat_egress"])
+        .all(|iface| lab.router_tc_programs(iface).unwrap() == ["ftpnat_ingress"])
 }
 
 /// Whether the router's interfaces are free of TC programs, right now. The kernel releases a
@@ -119,26 +119,26 @@ fn sigterm_leaves_the_datapath_attached_and_detach_removes_it() {
     let pin_dir = lab.pin_dir().expect("pin dir");
     let state = lab.state_dir().expect("state dir");
     assert!(
-        state.join("TRAFFIC").exists(),
+        state.join("COUNTERS").exists(),
         "maps are pinned while running"
     );
     assert!(
         state.join("link-wan0-ingress").exists(),
         "links are pinned while running"
     );
-    assert!(both_hooks_attached(&lab));
+    assert!(ingress_attached(&lab));
 
     let (status, log) = agent.stop_with(libc::SIGTERM).expect("stop");
     assert!(status.success(), "agent exited with {status}:\n{log}");
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("leaving the datapath attached"), "{log}");
     assert!(
-        both_hooks_attached(&lab),
+        ingress_attached(&lab),
         "a restart must not interrupt the datapath"
     );
     lab.ftpnat_json(&["stats"]);
 
-    assert!(lab.detach().contains("removed 4 links"));
+    assert!(lab.detach().contains("removed 2 links"));
     assert!(nothing_attached(&lab));
     assert!(
         !pin_dir.exists(),
@@ -157,7 +157,7 @@ fn detach_on_exit_removes_programs_and_pins_on_sigint_and_sigterm() {
     let lab = routed_lab();
     for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM")] {
         let mut agent = lab.start_ftpnat(&["--detach-on-exit"]).expect("ftpnat run");
-        assert!(both_hooks_attached(&lab));
+        assert!(ingress_attached(&lab));
         let (status, log) = agent.stop_with(signal).expect("stop");
         assert!(
             status.success(),
@@ -187,7 +187,7 @@ fn killed_agent_keeps_forwarding_and_the_next_run_adopts_it() {
         .expect("ftpnat run");
     agent.stop_with(libc::SIGKILL).expect("kill -9");
     assert!(
-        both_hooks_attached(&lab),
+        ingress_attached(&lab),
         "the pinned links keep the programs attached"
     );
 
@@ -199,7 +199,7 @@ fn killed_agent_keeps_forwarding_and_the_next_run_adopts_it() {
         "{message}"
     );
     assert!(message.contains("ftpnat detach"), "{message}");
-    assert!(both_hooks_attached(&lab));
+    assert!(ingress_attached(&lab));
 
     let mut again = lab
         .start_ftpnat(&["--port-window", "61000-61099"])
@@ -210,7 +210,7 @@ fn killed_agent_keeps_forwarding_and_the_next_run_adopts_it() {
         again.log_text()
     );
     assert!(
-        both_hooks_attached(&lab),
+        ingress_attached(&lab),
         "adoption swaps programs in place, never adds any"
     );
     assert_eq!(
@@ -235,7 +235,7 @@ fn datapath_of_another_version_is_refused_until_detached() {
     assert!(nothing_attached(&lab));
     lab.detach();
     let _agent = lab.start_ftpnat(&[]).expect("ftpnat run after detach");
-    assert!(both_hooks_attached(&lab));
+    assert!(ingress_attached(&lab));
 }
 
 #[test]
@@ -283,7 +283,7 @@ fn second_agent_on_the_same_interfaces_is_refused_and_the_first_keeps_running() 
     assert!(!other_pins.exists());
     assert_eq!(
         lab.router_tc_programs(ROUTER_WAN_IF).unwrap(),
-        ["ftpnat_ingress", "ftpnat_egress"]
+        ["ftpnat_ingress"]
     );
     // The same pin dir is locked by the first agent; so is `ftpnat detach` while it runs.
     let same = lab.start_ftpnat(&[]);
@@ -295,7 +295,7 @@ fn second_agent_on_the_same_interfaces_is_refused_and_the_first_keeps_running() 
     let out = lab.ftpnat(&["detach"]).expect("ftpnat detach");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("another ftpnat process"));
-    assert!(both_hooks_attached(&lab));
+    assert!(ingress_attached(&lab));
 }
 
 #[test]
@@ -468,10 +468,7 @@ fn an_error_while_serving_leaves_a_fresh_datapath_for_the_next_agent() {
     assert!(!status.success(), "agent exited with {status}:\n{log}");
     assert!(log.contains("sweeping finished connections"), "{log}");
     assert!(log.contains("stays attached"), "{log}");
-    assert!(
-        both_hooks_attached(&lab),
-        "the datapath was removed:\n{log}"
-    );
+    assert!(ingress_attached(&lab), "the datapath was removed:\n{log}");
     let next = lab
         .start_ftpnat(&["--port-window", WINDOW])
         .expect("the next ftpnat run");
@@ -498,7 +495,7 @@ fn error_after_adopting_leaves_the_datapath_unless_detach_on_exit() {
     assert!(log.contains("sweeping finished connections"), "{log}");
     assert!(log.contains("stays attached"), "{log}");
     assert!(
-        both_hooks_attached(&lab),
+        ingress_attached(&lab),
         "a previous run's datapath was removed:\n{log}"
     );
     lab.ftpnat_json(&["stats"]);
@@ -542,7 +539,7 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     );
 
     lab.wire_wan().expect("creating wan0 again");
-    let attached = wait_until(Duration::from_secs(20), || both_hooks_attached(&lab));
+    let attached = wait_until(Duration::from_secs(20), || ingress_attached(&lab));
     assert!(attached.is_ok(), "no fresh datapath:\n{}", agent.log_text());
     download();
     let refused = lab.ftpnat(&["detach"]).expect("ftpnat detach");
@@ -557,7 +554,7 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
     lab.recreate_wan_keeping_its_index()
         .expect("creating wan0 again with its index");
     let reattached = wait_until(Duration::from_secs(20), || {
-        agent.log_text().matches("lost ftpnat's programs").count() == 2 && both_hooks_attached(&lab)
+        agent.log_text().matches("lost ftpnat's programs").count() == 2 && ingress_attached(&lab)
     });
     assert!(
         reattached.is_ok(),
@@ -574,11 +571,10 @@ fn a_wan_interface_created_again_gets_a_fresh_datapath() {
         .expect("ftpnat run over a datapath that lost wan0");
     let log = third.log_text();
     assert!(
-        log.contains("no longer attached at wan0/egress, wan0/ingress")
-            && log.contains("attaching afresh"),
+        log.contains("no longer attached at wan0/ingress") && log.contains("attaching afresh"),
         "{log}"
     );
-    assert!(both_hooks_attached(&lab));
+    assert!(ingress_attached(&lab));
     download();
 
     // Stopped while it waits for a lost interface: nothing attached, nothing pinned.

@@ -23,18 +23,14 @@ fn filters(lab: &Lab, iface: &str) -> Vec<TcFilter> {
         .unwrap_or_else(|err| panic!("{err:#}"))
 }
 
-/// Every interface has exactly ftpnat's two filters, ingress then egress, and no TCX program.
+/// Every interface has exactly ftpnat's filter, at its ingress, and no TCX program.
 fn attached_through_filters(lab: &Lab) -> bool {
     [ROUTER_LAN_IF, ROUTER_WAN_IF].iter().all(|iface| {
         let names: Vec<(&str, String)> = filters(lab, iface)
             .into_iter()
             .map(|f| (f.hook, f.name))
             .collect();
-        names
-            == [
-                ("ingress", "ftpnat_ingress".to_owned()),
-                ("egress", "ftpnat_egress".to_owned()),
-            ]
+        names == [("ingress", "ftpnat_ingress".to_owned())]
             && lab.router_tc_programs(iface).unwrap().is_empty()
     })
 }
@@ -114,7 +110,7 @@ fn classic_tc_carries_transfers_refuses_a_second_agent_and_detach_removes_every_
         .unwrap_or_else(|err| panic!("no agent, the filters still carry transfers: {err:#}"));
 
     let removed = lab.detach();
-    assert!(removed.contains("removed 4 TC filters"), "{removed}");
+    assert!(removed.contains("removed 2 TC filters"), "{removed}");
     assert!(no_filters(&lab), "{:?}", filters(&lab, ROUTER_WAN_IF));
     assert!(!lab.pin_dir().unwrap().exists());
 
@@ -159,7 +155,7 @@ fn classic_tc_restart_mid_transfer_swaps_programs_into_the_same_filters() {
             again.log_text()
         );
         let swapped = filters(&lab, ROUTER_WAN_IF);
-        assert_eq!(swapped.len(), 2, "{swapped:?}");
+        assert_eq!(swapped.len(), 1, "{swapped:?}");
         for (old, new) in first.iter().zip(&swapped) {
             assert_eq!(
                 (old.hook, old.pref, &old.handle),

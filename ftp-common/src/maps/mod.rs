@@ -34,7 +34,6 @@ pub mod released;
 pub mod sessions;
 pub mod sources;
 pub mod stage;
-pub mod traffic;
 
 pub use config::{DatapathConfig, MAX_FTP_PORTS};
 pub use counters::Counter;
@@ -54,7 +53,6 @@ pub use sessions::{
     SessionKind, hold_state, rewrite_kind,
 };
 pub use sources::{SourceKey, SourceLimits, SourceSeen};
-pub use traffic::{Direction, MAX_TRAFFIC_KEYS, TrafficCounters, TrafficKey};
 
 /// The capacities of the tables that grow with the number of sessions, all derived from one
 /// setting (`--max-sessions`), so that no table fills before the session table does in ordinary
@@ -144,10 +142,9 @@ impl Table {
 
 /// The tables the agent pins by name, which the inspection commands open and the pin-dir check
 /// compares. (The event ring belongs to one agent; the stage table is pinned apart, once filled.)
-pub const PINNED: [Table; 14] = [
+pub const PINNED: [Table; 13] = [
     sessions::TABLE,
     expects::TABLE,
-    traffic::TABLE,
     interfaces::TABLE,
     config::TABLE,
     masquerade::TABLE,
@@ -169,7 +166,7 @@ pub mod names {
         interfaces::NAME as INTERFACES, masquerade::NAME as MASQUERADE, publish::NAME as PUBLISH,
         reasons::NAME as REASONS, released::NAME as RELEASED, sessions::NAME as SESSIONS,
         sources::OPENED_NAME as SOURCE_OPENED, sources::SEEN_NAME as SOURCE_SEEN,
-        stage::NAME as STAGES, traffic::NAME as TRAFFIC,
+        stage::NAME as STAGES,
     };
 }
 
@@ -177,8 +174,10 @@ pub mod names {
 pub mod programs {
     /// TC classifier attached at the ingress of every router interface ftpnat manages.
     pub const INGRESS: &str = "ftpnat_ingress";
-    /// TC classifier attached at the egress of every router interface ftpnat manages.
-    pub const EGRESS: &str = "ftpnat_egress";
+    /// The classifier ftpnat attached at the egress of each interface before issue 13 (it only
+    /// counted packets, which the interfaces' own statistics do): recognised, never attached, so
+    /// that a datapath an older ftpnat left behind is still found and can be detached.
+    pub const LEGACY_EGRESS: &str = "ftpnat_egress";
     pub use super::stage::PROGRAMS as STAGES;
 }
 

@@ -16,8 +16,8 @@ use std::{
     time::Duration,
 };
 
+use crate::report::stats::Direction;
 use anyhow::Context as _;
-use ftp_common::maps::Direction;
 use tokio::{net::TcpStream, sync::Semaphore, task::JoinHandle};
 
 use crate::report::stats::{self, Stats};
@@ -297,12 +297,12 @@ pub fn render(stats: &Stats) -> String {
     for (name, help, bytes) in [
         (
             "ftpnat_interface_packets_total",
-            "Packets ftpnat's programs saw, by interface and direction (TC hook).",
+            "Packets each interface ftpnat is attached to received (ingress) and sent (egress), from the kernel's interface statistics.",
             false,
         ),
         (
             "ftpnat_interface_bytes_total",
-            "Bytes ftpnat's programs saw (link-layer header included), by interface and direction.",
+            "Bytes each interface ftpnat is attached to received and sent (link-layer header included), from the kernel's interface statistics.",
             true,
         ),
     ] {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ftp_common::maps::Direction;
+use crate::report::stats::Direction;
 
 use crate::report::stats::collect;
 

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use ftp_common::maps::{
     Counter, DatapathConfig, Table, config, counters, expects, flows, free_ports, interfaces,
-    reasons, released, sessions, sources, traffic,
+    reasons, released, sessions, sources,
 };
 
 use super::{Datapath, object::missing_map, pins};
@@ -111,10 +111,6 @@ impl<'a> PinnedMaps<'a> {
 
     pub fn interfaces(&self) -> anyhow::Result<interfaces::AyaMap<MapData>> {
         self.open(&interfaces::TABLE)
-    }
-
-    pub fn traffic(&self) -> anyhow::Result<traffic::AyaMap<MapData>> {
-        self.open(&traffic::TABLE)
     }
 
     /// The datapath counters, one slot per [`Counter`], per CPU.

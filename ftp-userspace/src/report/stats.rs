@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use ftp_common::maps::{
-    Counter, Direction, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKind,
-    InterfaceRole, SessionKind, TrafficCounters, expects, flow_flags, flows, sessions,
+    Counter, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKind, InterfaceRole,
+    SessionKind, expects, flow_flags, flows, sessions,
 };
 use ftp_common::{
     MalformedReason, RefusalReason,
@@ -23,13 +23,72 @@ pub struct Counters {
     pub bytes: u64,
 }
 
-impl From<TrafficCounters> for Counters {
-    fn from(c: TrafficCounters) -> Self {
-        Self {
-            packets: c.packets,
-            bytes: c.bytes,
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+/// The way packets crossed an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
         }
     }
+}
+
+/// An interface's received (ingress) and sent (egress) packets and bytes, from the kernel's own
+/// statistics as `/proc/thread-self/net/dev` gives them for the network namespace this thread is
+/// in (`/sys/class/net` would show the one sysfs was mounted in). ftpnat's programs do not count
+/// them again: a count per packet would cost every packet on the interface, FTP or not. Zeros if
+/// the interface is gone, or if its name now belongs to another interface.
+fn interface_counters(name: &str, ifindex: u32) -> (Counters, Counters) {
+    let zero = (Counters::default(), Counters::default());
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return zero;
+    };
+    // SAFETY: a NUL-terminated name; the call reads it only.
+    if unsafe { libc::if_nametoindex(c_name.as_ptr()) } != ifindex {
+        return zero;
+    }
+    std::fs::read_to_string("/proc/thread-self/net/dev")
+        .ok()
+        .and_then(|table| net_dev_counters(&table, name))
+        .unwrap_or(zero)
+}
+
+/// One interface's row of a `/proc/net/dev` table: received bytes and packets are its first two
+/// numbers, sent bytes and packets its ninth and tenth.
+fn net_dev_counters(table: &str, name: &str) -> Option<(Counters, Counters)> {
+    let row = table.lines().find_map(|line| {
+        let (row_name, numbers) = line.split_once(':')?;
+        (row_name.trim() == name).then_some(numbers)
+    })?;
+    let numbers: Vec<u64> = row
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let at = |i: usize| numbers.get(i).copied();
+    Some((
+        Counters {
+            bytes: at(0)?,
+            packets: at(1)?,
+        },
+        Counters {
+            bytes: at(8)?,
+            packets: at(9)?,
+        },
+    ))
 }
 
 #[derive(Serialize, Debug)]
@@ -90,50 +149,27 @@ pub struct Stats {
 
 pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     let maps = PinnedMaps::new(pin_dir);
-    let traffic = maps.traffic()?;
     let interfaces = maps.interfaces()?;
 
-    let mut by_ifindex: BTreeMap<u32, InterfaceStats> = BTreeMap::new();
+    let mut rows = Vec::new();
+    let mut total = Counters::default();
     for entry in interfaces.iter() {
         let (ifindex, info) = entry.context("reading the interface table")?;
-        by_ifindex.insert(
+        let name = info.name().unwrap_or("?").to_owned();
+        let (ingress, egress) = interface_counters(&name, ifindex);
+        total.add(&ingress);
+        total.add(&egress);
+        rows.push(InterfaceStats {
+            role: InterfaceRole::from_raw(info.role)
+                .map_or("unknown", InterfaceRole::as_str)
+                .to_owned(),
+            name,
             ifindex,
-            InterfaceStats {
-                name: info.name().unwrap_or("?").to_owned(),
-                ifindex,
-                role: InterfaceRole::from_raw(info.role)
-                    .map_or("unknown", InterfaceRole::as_str)
-                    .to_owned(),
-                ingress: Counters::default(),
-                egress: Counters::default(),
-            },
-        );
+            ingress,
+            egress,
+        });
     }
-    let mut total = TrafficCounters::default();
-    for entry in traffic.iter() {
-        let (key, per_cpu) = entry.context("reading the traffic counters")?;
-        let mut sum = TrafficCounters::default();
-        for counters in per_cpu.iter() {
-            sum.add(counters);
-        }
-        total.add(&sum);
-        // Counters of an interface the agent did not record (it cannot happen with one agent per
-        // pin dir, but the map is shared state) are still reported, by ifindex.
-        let row = by_ifindex
-            .entry(key.ifindex)
-            .or_insert_with(|| InterfaceStats {
-                name: format!("ifindex{}", key.ifindex),
-                ifindex: key.ifindex,
-                role: "unknown".to_owned(),
-                ingress: Counters::default(),
-                egress: Counters::default(),
-            });
-        if key.direction == Direction::Ingress as u32 {
-            row.ingress = sum.into();
-        } else if key.direction == Direction::Egress as u32 {
-            row.egress = sum.into();
-        }
-    }
+    rows.sort_by_key(|row| row.ifindex);
     let config = maps.config()?;
     let counters = maps.counters()?;
     let mut datapath = BTreeMap::new();
@@ -204,8 +240,8 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     };
     let size = u32::from(config.window_hi).saturating_sub(u32::from(config.window_lo)) + 1;
     Ok(Stats {
-        interfaces: by_ifindex.into_values().collect(),
-        total: total.into(),
+        interfaces: rows,
+        total,
         window: WindowStats {
             range: format!("{}-{}", config.window_lo, config.window_hi),
             size,
@@ -225,4 +261,21 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         sessions_by,
         flows_by,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_net_dev_row_gives_received_and_sent_counters() {
+        let table = "Inter-|   Receive                                                |  Transmit\n \
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+ lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  \
+ wan0: 5000000    4000    0    0    0     0          0         0  9000000    7000    0    0    0     0       0          0\n";
+        let (ingress, egress) = net_dev_counters(table, "wan0").expect("wan0's row");
+        assert_eq!((ingress.bytes, ingress.packets), (5_000_000, 4000));
+        assert_eq!((egress.bytes, egress.packets), (9_000_000, 7000));
+        assert!(net_dev_counters(table, "wan").is_none());
+    }
 }

@@ -134,15 +134,15 @@ impl Runs {
             .fold(ProgramRuns::default(), |sum, r| sum.add(*r))
     }
 
-    /// Run time of ingress and egress per packet through the router (each forwarded packet runs
-    /// the ingress program on the interface it arrives by, the egress one on the other).
+    /// Run time of ftpnat's programs per packet through the router: each forwarded packet runs
+    /// the ingress program on the interface it arrives by (and the stages it tail-calls, whose
+    /// time the kernel counts in the ingress program's).
     pub fn ns_per_forwarded_packet(&self) -> f64 {
         self.total().run_time_ns as f64 / self.of(INGRESS).runs.max(1) as f64
     }
 }
 
 pub const INGRESS: &str = "ftpnat_ingress";
-pub const EGRESS: &str = "ftpnat_egress";
 
 /// A control-connection workload: `sessions` anonymous sessions one after another, each sending
 /// `ports` PORT commands (each rewritten by the router, each answered 200) and, if `stat` is not

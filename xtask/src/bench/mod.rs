@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Context as _;
 use beds::{Bed, Cpus, Router, SMALL_WINDOW};
 use fill::FlowFill;
-use measure::{EGRESS, INGRESS, Runs};
+use measure::{INGRESS, Runs};
 
 use crate::build;
 
@@ -300,20 +300,16 @@ fn datapath_round(bed: &Bed, cpus: Cpus, plan: &Plan, samples: &mut Samples) -> 
 }
 
 fn bulk_report(bulk: &Runs, samples: &mut Samples) {
-    let (ingress, egress) = (bulk.of(INGRESS), bulk.of(EGRESS));
-    let per_run = |r: system::ProgramRuns| r.run_time_ns as f64 / r.runs.max(1) as f64;
+    let ingress = bulk.of(INGRESS);
     println!(
-        "  P2 bulk data      {INGRESS} {:.0} ns/run ({} runs), {EGRESS} {:.0} ns/run: {:.0} ns \
-         per forwarded packet",
-        per_run(ingress),
+        "  P2 bulk data      {INGRESS} {:.0} ns per forwarded packet ({} runs)",
+        bulk.ns_per_forwarded_packet(),
         ingress.runs,
-        per_run(egress),
-        bulk.ns_per_forwarded_packet()
     );
     let tail_called: Vec<&str> = bulk
         .0
         .iter()
-        .filter(|(name, r)| *name != INGRESS && *name != EGRESS && r.runs == 0)
+        .filter(|(name, r)| *name != INGRESS && r.runs == 0)
         .map(|(name, _)| name.as_str())
         .collect();
     if !tail_called.is_empty() {
@@ -578,7 +574,7 @@ fn report(plan: &Plan, samples: &Samples, scale: Option<&Scale>) {
     };
     ftpnat_only(
         "P2",
-        "ns per bulk data packet (ingress+egress)",
+        "ns per bulk data packet",
         samples.median("p2 bulk"),
         "p2 bulk",
         "≤ 100 ns (aim 60)",

@@ -64,7 +64,7 @@ pub struct ProgramReport {
 
 /// Every program of the object, the entry points first, then the ingress program's stages.
 pub fn program_names() -> Vec<&'static str> {
-    let mut names = vec![programs::INGRESS, programs::EGRESS];
+    let mut names = vec![programs::INGRESS];
     names.extend(programs::STAGES.iter().map(|(_, name)| *name));
     names
 }
