@@ -4,13 +4,27 @@
 //! ([`ftp_common::maps::EventBudget`]): a connection flooding lines cannot flood the agent.
 //! Events not reported are counted.
 
-use aya_ebpf::maps::ring_buf::RingBufEntry;
-use ftp_common::maps::{Counter, EVENT_TEXT_LEN, Event, EventKind, FlowKey};
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    maps::ring_buf::RingBufEntry,
+};
+use ftp_common::maps::{Counter, EVENT_TEXT_LEN, EVENTS_WAKEUP_BYTES, Event, EventKind, FlowKey};
 
 use crate::{
     maps::{EVENTS, SCRATCH, SESSIONS, bump, now_ns},
     scratch::SCRATCH_SIZE,
 };
+
+/// Submits without waking the agent, which reads the ring every
+/// [`ftp_common::maps::EVENTS_POLL_INTERVAL_MS`], unless the ring is filling up faster than that.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= EVENTS_WAKEUP_BYTES {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 /// Room in the ring buffer for an event of `kind` of `session`, if its budget allows one and the
 /// ring has room; else the event is counted as suppressed.
@@ -44,7 +58,7 @@ pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: [u8; 4], port:
         [kind as u8, detail, 0],
         (addr, port),
     );
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Reports a client command, with up to [`EVENT_TEXT_LEN`] bytes of its argument copied from this
@@ -74,7 +88,7 @@ pub fn emit_command(session: &FlowKey, name: u8, text_off: u32, text_len: u32) {
             i += 1;
         }
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 const _: () = assert!(

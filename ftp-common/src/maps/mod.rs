@@ -38,8 +38,8 @@ pub mod stage;
 pub use config::{DatapathConfig, MAX_FTP_PORTS};
 pub use counters::Counter;
 pub use events::{
-    EVENT_TEXT_LEN, EVENTS_BYTES, Event, EventBudget, EventKind, SESSION_EVENT_BURST,
-    SESSION_EVENTS_PER_SEC,
+    EVENT_TEXT_LEN, EVENTS_BYTES, EVENTS_POLL_INTERVAL_MS, EVENTS_WAKEUP_BYTES, Event, EventBudget,
+    EventKind, SESSION_EVENT_BURST, SESSION_EVENTS_PER_SEC,
 };
 pub use expects::{ExpectKey, Expectation, ExpectationKind, ExpectationPath, MAX_EXPECTATIONS};
 pub use flows::{FlowDirection, FlowEntry, FlowKey, FlowKind, MAX_FLOWS, flow_flags};

@@ -24,6 +24,8 @@ use crate::{
 
 /// How often finished and idle connections are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const EVENTS_POLL_INTERVAL: Duration =
+    Duration::from_millis(ftp_common::maps::EVENTS_POLL_INTERVAL_MS);
 
 /// The most events the loop reports before it looks at signals and the sweep again (and lets the
 /// runtime's other tasks — event socket, metrics — run): the ring buffer may refill as fast as it
@@ -119,6 +121,10 @@ async fn follow(
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     // A sweep held up is done once, not caught up in a burst.
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The datapath wakes the agent only when its event ring fills up (see EVENTS_WAKEUP_BYTES);
+    // otherwise the events are read at this pace.
+    let mut event_poll = tokio::time::interval(EVENTS_POLL_INTERVAL);
+    event_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // In this order: a signal, a sweep that is due and the kernel log are never left
@@ -157,6 +163,9 @@ async fn follow(
                 let mut guard = readable.context("waiting on the kernel log map")?;
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
+            }
+            _ = event_poll.tick() => {
+                drain_events(ring.get_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
             }
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the event ring buffer")?;
