@@ -102,7 +102,7 @@ pub use format::{
     REFUSED_PORT_FIELD, format_227_field, format_229_field, format_eprt_field, format_port_field,
     format_refused_eprt_field, format_rewrite, splice,
 };
-pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict};
+pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict, skippable_word};
 pub use reason::{MalformedReason, RefusalReason};
 pub use reply::{Reply, ReplyBody, ReplyScanner, ReplyShape, parse_reply};
 pub use seqadj::{MAX_TCP_OPTIONS, SackStep, SeqAdjust};

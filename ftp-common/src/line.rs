@@ -46,6 +46,21 @@ use crate::MalformedReason;
 /// shorter (the longest command the core rewrites, an IPv6 `EPRT`, is under 64 bytes).
 pub const MAX_LINE_LEN: usize = 512;
 
+/// Whether the eight bytes `word` can all be passed over in a line whose content no longer
+/// matters (see [`ReplyScanner::skip`](crate::ReplyScanner::skip)): none of them ends the line
+/// (LF) and the last is not a CR, which the next byte would have to settle. A test on the whole
+/// word at once (the classic "has a zero byte" trick on the word XOR LFs), for the datapath,
+/// which otherwise pays a scanner step per byte.
+pub fn skippable_word(word: [u8; 8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const LFS: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    let lf_bytes_zero = u64::from_le_bytes(word) ^ LFS;
+    let has_lf = lf_bytes_zero.wrapping_sub(ONES) & !lf_bytes_zero & HIGHS != 0;
+    let [.., last] = word;
+    !has_lf && last != b'\r'
+}
+
 /// Where a scanner is in its current line: how many bytes it has seen, whether a CR is held back
 /// (it belongs to the terminator if an LF follows, to the content otherwise) and whether the line
 /// has ended. Part of the scanners' stored state.
@@ -141,6 +156,13 @@ impl Framing {
     #[inline(always)]
     pub(crate) fn cr_held(&self) -> bool {
         self.flags & FRAMING_CR_HELD != 0
+    }
+
+    /// Counts `len` bytes of content that are neither LF nor, for the last, CR, with no CR held:
+    /// what pushing them does to the framing (a CR inside them is held and let go again).
+    #[inline(always)]
+    pub(crate) fn skip(&mut self, len: u16) {
+        self.len = self.len.saturating_add(len);
     }
 
     #[inline(always)]

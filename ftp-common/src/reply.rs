@@ -153,6 +153,23 @@ impl ReplyScanner {
         scan_byte(self, byte)
     }
 
+    /// Whether nothing in the rest of the line being read matters to the scanner but its length:
+    /// a text line, a multi-line reply's text, a reply the session does not parse, or one already
+    /// malformed — with no CR held back. Its bytes may then be passed over with
+    /// [`skip`](Self::skip) up to the LF, instead of pushed one by one.
+    pub fn skipping(&self) -> bool {
+        !self.framing.ended()
+            && !self.framing.cr_held()
+            && matches!(self.phase, AT_IGNORED | AT_ERROR)
+    }
+
+    /// Passes over `len` bytes of the line while [`skipping`](Self::skipping); none of them may be
+    /// an LF, nor the last a CR ([`crate::line::skippable_word`] tells such bytes a word at a
+    /// time). The scanner is then as pushing them would have left it.
+    pub fn skip(&mut self, len: u16) {
+        self.framing.skip(len);
+    }
+
     /// Bytes of the line so far, its LF included once it has ended.
     pub fn line_len(&self) -> u16 {
         self.framing.len()

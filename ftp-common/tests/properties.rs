@@ -8,7 +8,7 @@ use ftp_common::{
     ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN,
     PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner, SegmentVerdict,
     ServerVerdict, Session, Span, format_227_field, format_229_field, format_eprt_field,
-    format_port_field, parse_command, parse_reply, splice,
+    format_port_field, parse_command, parse_reply, skippable_word, splice,
 };
 use proptest::prelude::*;
 
@@ -684,5 +684,86 @@ proptest! {
             }
             prop_assert_eq!(every_line, examined_only);
         }
+    }
+}
+
+/// Server streams for the scanner: reply lines (227/229 among them), multi-line replies, text,
+/// long lines, and CRs in every place, as bytes.
+fn server_stream() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop_oneof![
+        Just(b"227 Entering Passive Mode (10,0,0,2,195,80).".to_vec()),
+        Just(b"229 Entering Extended Passive Mode (|||50000|)".to_vec()),
+        Just(b"211-status of /:".to_vec()),
+        Just(b"211 End of status".to_vec()),
+        Just(b" drwxr-xr-x    2 0        0            4096 Dec 06 23:12 pub".to_vec()),
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b'\r'),
+                Just(b' '),
+                Just(b'2'),
+                Just(b'-'),
+                Just(b'x'),
+                any::<u8>()
+            ],
+            0..700,
+        ),
+    ];
+    proptest::collection::vec(
+        (
+            line,
+            prop_oneof![
+                Just(&b"\r\n"[..]),
+                Just(&b"\n"[..]),
+                Just(&b"\r"[..]),
+                Just(&b""[..])
+            ],
+        ),
+        1..12,
+    )
+    .prop_map(|lines| {
+        lines
+            .into_iter()
+            .flat_map(|(mut line, end)| {
+                line.extend_from_slice(end);
+                line
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    /// Passing over whole words of a line the reply scanner ignores, as the datapath does,
+    /// leaves the scanner exactly where pushing every byte leaves it, with the same lines ended at
+    /// the same bytes.
+    #[test]
+    fn skipping_ignored_words_is_pushing_them(stream in server_stream(), offset in 0usize..8) {
+        let mut pushed = ReplyScanner::new();
+        let mut pushed_ends = Vec::new();
+        for (i, &byte) in stream.iter().enumerate() {
+            if pushed.push(byte) {
+                pushed_ends.push((i, pushed.reply()));
+            }
+        }
+        let mut skipped = ReplyScanner::new();
+        let mut skipped_ends = Vec::new();
+        let mut i = 0;
+        while i < stream.len() {
+            // Words start at positions of one alignment, as in the datapath's buffer.
+            if skipped.skipping() && (i + offset) % 8 == 0 {
+                if let Some(word) = stream.get(i..i + 8) {
+                    if skippable_word(word.try_into().unwrap()) {
+                        skipped.skip(8);
+                        i += 8;
+                        continue;
+                    }
+                }
+            }
+            if skipped.push(stream[i]) {
+                skipped_ends.push((i, skipped.reply()));
+            }
+            i += 1;
+        }
+        prop_assert_eq!(&skipped_ends, &pushed_ends);
+        prop_assert_eq!(skipped, pushed);
     }
 }

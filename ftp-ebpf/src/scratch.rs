@@ -16,6 +16,9 @@ pub const SCRATCH_SIZE: usize = 8 * SCRATCH_LEN;
 /// Indexes into the scratch buffer are masked with this, so every read is provably inside it.
 pub const SCRATCH_MASK: usize = SCRATCH_SIZE - 1;
 
+/// As [`SCRATCH_MASK`], for the offset of an aligned 8-byte word of the buffer.
+pub const SCRATCH_WORD_MASK: usize = SCRATCH_MASK & !7;
+
 /// Per-CPU working memory of one program run: too large for the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
@@ -39,6 +42,10 @@ pub struct Scratch {
     /// can reach a little past it; this keeps every such address inside the map value.
     pub _verifier_slack: [u8; 64],
 }
+
+// The buffer's words are read as u64 (`scan::skip_ignored_words`): it must start 8-aligned in the
+// map value, which is.
+const _: () = assert!(core::mem::offset_of!(Scratch, bytes) % 8 == 0);
 
 /// The scan of one segment, kept in the scratch area between the passes of its stage.
 #[repr(C)]

@@ -165,7 +165,21 @@ impl Datapath {
         }
         let mut examined = 0;
         let bytes = &payload[in_sync.start as usize..];
-        for (i, &byte) in bytes.iter().enumerate() {
+        let mut i = 0;
+        while i < bytes.len() {
+            // The server stage passes over aligned 8-byte words of lines the scanner ignores.
+            if self.replies.skipping() && i % 8 == 0 {
+                if let Some(word) = bytes.get(i..i + 8) {
+                    if ftp_common::skippable_word(word.try_into().unwrap()) {
+                        self.replies.skip(8);
+                        self.lines[SERVER].extend_from_slice(word);
+                        i += 8;
+                        continue;
+                    }
+                }
+            }
+            let byte = bytes[i];
+            i += 1;
             self.lines[SERVER].push(byte);
             if !self.replies.push(byte) {
                 continue;
@@ -180,7 +194,7 @@ impl Datapath {
             self.verdicts.push(format!("{verdict:?}"));
             self.seen.push(Seen::Line(SERVER, line));
             examined += 1;
-            if examined >= MAX_LINE_PASSES && i + 1 < bytes.len() {
+            if examined >= MAX_LINE_PASSES && i < bytes.len() {
                 self.partly_examined = true;
                 return;
             }

@@ -437,3 +437,17 @@ fn scanner_mid_line_has_no_command_yet() {
         Reply::Malformed(MalformedReason::Unterminated)
     );
 }
+
+#[test]
+fn a_word_without_line_end_is_skippable_and_one_with_an_lf_anywhere_is_not() {
+    assert!(skippable_word(*b"drwxr-xr"));
+    assert!(skippable_word(*b"a\rb c\r d"), "a CR followed by more text is content");
+    for at in 0..8 {
+        let mut word = *b"xxxxxxxx";
+        word[at] = b'\n';
+        assert!(!skippable_word(word), "LF at {at}");
+    }
+    assert!(!skippable_word(*b"xxxxxxx\r"), "a CR last may start the terminator");
+    // Bytes next to LF in value, which a sloppy test on the whole word could take for one.
+    assert!(skippable_word([0x0b, 0x09, 0x8a, 0x0a ^ 0x80, 0x1a, 0x00, 0xff, 0x0b]));
+}
