@@ -749,14 +749,14 @@ proptest! {
         let mut i = 0;
         while i < stream.len() {
             // Words start at positions of one alignment, as in the datapath's buffer.
-            if skipped.skipping() && (i + offset) % 8 == 0 {
-                if let Some(word) = stream.get(i..i + 8) {
-                    if skippable_word(word.try_into().unwrap()) {
-                        skipped.skip(8);
-                        i += 8;
-                        continue;
-                    }
-                }
+            if skipped.skipping()
+                && (i + offset) % 8 == 0
+                && let Some(word) = stream.get(i..i + 8)
+                && skippable_word(word.try_into().unwrap())
+            {
+                skipped.skip(8);
+                i += 8;
+                continue;
             }
             if skipped.push(stream[i]) {
                 skipped_ends.push((i, skipped.reply()));

@@ -168,15 +168,15 @@ impl Datapath {
         let mut i = 0;
         while i < bytes.len() {
             // The server stage passes over aligned 8-byte words of lines the scanner ignores.
-            if self.replies.skipping() && i % 8 == 0 {
-                if let Some(word) = bytes.get(i..i + 8) {
-                    if ftp_common::skippable_word(word.try_into().unwrap()) {
-                        self.replies.skip(8);
-                        self.lines[SERVER].extend_from_slice(word);
-                        i += 8;
-                        continue;
-                    }
-                }
+            if self.replies.skipping()
+                && i % 8 == 0
+                && let Some(word) = bytes.get(i..i + 8)
+                && ftp_common::skippable_word(word.try_into().unwrap())
+            {
+                self.replies.skip(8);
+                self.lines[SERVER].extend_from_slice(word);
+                i += 8;
+                continue;
             }
             let byte = bytes[i];
             i += 1;
