@@ -329,6 +329,27 @@ pub fn release_closed(key: &FlowKey) {
     bump(Counter::ClosedReplaced);
 }
 
+/// Tells the agent that the packet with `key`, which just marked its flow entry with
+/// `new_flags` (a FIN or RST not seen that way before), ended its connection: the agent releases
+/// the connection once it has lingered for its last packets, instead of at a later sweep, so
+/// that its window port returns promptly.
+// A subprogram of its own: only a connection's FIN and RST packets come here.
+#[inline(never)]
+pub fn report_if_closed(key: &FlowKey, entry: *const FlowEntry, new_flags: u8) {
+    if new_flags & (flow_flags::FIN | flow_flags::RST) == 0 {
+        return;
+    }
+    // SAFETY: a live map value; its flags were just written by this program.
+    let entry = unsafe { &*entry };
+    let Some(partner) = FLOWS.get_ptr(&entry.reply_key()) else {
+        return;
+    };
+    // SAFETY: as above; flags only move forward.
+    if flow_flags::closed(entry.flags, unsafe { (*partner).flags }) {
+        crate::events::emit(key, EventKind::ConnectionClosed, 0, [0; 4], 0);
+    }
+}
+
 /// Removes a connection [`install`] made, when what should have come with it could not (its
 /// session record): whoever removes the original entry gives its window port back, if it owns one.
 #[inline(always)]

@@ -353,3 +353,53 @@ fn a_data_connection_on_a_closed_ones_tuple_takes_its_place() {
     assert_eq!(lab.datapath_counter("pinhole_no_expectation"), 0);
     assert_eq!(lab.datapath_counter("closed_replaced"), 1);
 }
+
+/// `argv[3]` sessions one after another, alternately active (PORT) and passive (EPSV), each
+/// downloading `argv[2]`: prints each file's sha256. A session whose connection is refused (the
+/// window has no free port yet) is tried again every 0.1 s for up to `argv[4]` seconds.
+const SESSIONS_ONE_AFTER_ANOTHER: &str = r#"
+import ftplib, sys, time
+from ftpnat_lab import retr_digest
+server, name, sessions, patience = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def connect():
+    deadline = time.monotonic() + patience
+    while True:
+        ftp = ftplib.FTP()
+        try:
+            ftp.connect(server, 21, timeout=10)
+            return ftp
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+for n in range(sessions):
+    ftp = connect()
+    ftp.login()
+    if n % 2 == 0:
+        ftp.set_pasv(False)
+    else:
+        ftp.makepasv = lambda: ftplib.parse229(ftp.sendcmd('EPSV'), ftp.sock.getpeername())
+    print(retr_digest(ftp, name))
+    ftp.quit()
+    ftp.close()
+"#;
+
+#[test]
+fn closed_connections_give_their_window_ports_back_promptly() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(64 * 1024, 7).expect("vsftpd");
+    // Two ports: one session's control and data connections take the whole window.
+    let _agent = lab
+        .start_ftpnat(&["--port-window", "61000-61001"])
+        .expect("ftpnat run");
+    // Less than the 2 s (plus up to a 1 s sweep) a closed connection used to hold its port: each
+    // session needs the ports of the one before.
+    let args = [&server.addr.to_string(), file.name(), "6", "1.5"];
+    let out = lab
+        .client_python(SESSIONS_ONE_AFTER_ANOTHER, &args, 120)
+        .expect("every session finds the ports of the one before it free");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digests: Vec<&str> = stdout.lines().collect();
+    assert_eq!(digests, [file.sha256.as_str(); 6], "{stdout}");
+    wait_until(Duration::from_secs(10), || drained(&lab)).expect("the tables drain");
+}
