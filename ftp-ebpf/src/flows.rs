@@ -292,7 +292,7 @@ pub fn release_closed(key: &FlowKey) {
     // a removed one stays readable for this run.
     let found = unsafe { &*found };
     let partner_key = found.reply_key();
-    let Some(partner) = FLOWS.get_ptr(&partner_key) else {
+    let Some(partner) = FLOWS.get_ptr(partner_key) else {
         // Half made (being installed) or half removed (being swept): not ours to judge.
         return;
     };
@@ -329,24 +329,24 @@ pub fn release_closed(key: &FlowKey) {
     bump(Counter::ClosedReplaced);
 }
 
-/// Tells the agent that the packet with `key`, which just marked its flow entry with
+/// Tells the agent that `packet`, which just marked its flow entry with
 /// `new_flags` (a FIN or RST not seen that way before), ended its connection: the agent releases
 /// the connection once it has lingered for its last packets, instead of at a later sweep, so
 /// that its window port returns promptly.
 // A subprogram of its own: only a connection's FIN and RST packets come here.
 #[inline(never)]
-pub fn report_if_closed(key: &FlowKey, entry: *const FlowEntry, new_flags: u8) {
+pub fn report_if_closed(packet: &Tcp4, entry: *const FlowEntry, new_flags: u8) {
     if new_flags & (flow_flags::FIN | flow_flags::RST) == 0 {
         return;
     }
     // SAFETY: a live map value; its flags were just written by this program.
     let entry = unsafe { &*entry };
-    let Some(partner) = FLOWS.get_ptr(&entry.reply_key()) else {
+    let Some(partner) = FLOWS.get_ptr(entry.reply_key()) else {
         return;
     };
     // SAFETY: as above; flags only move forward.
     if flow_flags::closed(entry.flags, unsafe { (*partner).flags }) {
-        crate::events::emit(key, EventKind::ConnectionClosed, 0, [0; 4], 0);
+        crate::events::emit(&packet.key(), EventKind::ConnectionClosed, 0, [0; 4], 0);
     }
 }
 

@@ -74,7 +74,7 @@ pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
         if (*entry).flags & seen != seen {
             let new_flags = seen & !(*entry).flags;
             (*entry).flags |= seen;
-            crate::flows::report_if_closed(&packet.key(), entry, new_flags);
+            crate::flows::report_if_closed(packet, entry, new_flags);
         }
     }
 }

@@ -186,14 +186,13 @@ fn follow(
 #[inline(always)]
 fn take_flags(packet: &Tcp4) {
     let seen = crate::nat::packet_flags(packet);
-    let key = packet.key();
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
         // SAFETY: a live map value; flags only move forward (see nat::account).
         unsafe {
             if (*entry).flags & seen != seen {
                 let new_flags = seen & !(*entry).flags;
                 (*entry).flags |= seen;
-                crate::flows::report_if_closed(&key, entry, new_flags);
+                crate::flows::report_if_closed(packet, entry, new_flags);
             }
         }
     }
