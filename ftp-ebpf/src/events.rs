@@ -61,6 +61,20 @@ pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: [u8; 4], port:
     entry.submit(submit_flags());
 }
 
+/// Reports `kind` for `session` with an address and port and a count (`value`), as the kind
+/// defines them.
+#[inline(never)]
+pub fn emit_counted(session: &FlowKey, kind: EventKind, (addr, port): ([u8; 4], u16), value: u64) {
+    let Some(mut entry) = reserve(session, kind) else {
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    write_record(record, session, [kind as u8, 0, 0], (addr, port));
+    // SAFETY: the reserved record, written in full just above.
+    unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*record).value), value) };
+    entry.submit(0);
+}
+
 /// Reports a client command, with up to [`EVENT_TEXT_LEN`] bytes of its argument copied from this
 /// CPU's scratch buffer at `text_off` (the payload copy the ALG scans).
 #[inline(never)]

@@ -21,7 +21,7 @@ use ftp_common::maps::{
 };
 
 use crate::{
-    flows::{OpenError, install, install_failed},
+    flows::{OpenError, install, install_failed, release_closed},
     headers::Tcp4,
     maps::{EXPECTS, SESSIONS, bump, now_ns},
     scratch::{RewriteRequest, Scan},
@@ -151,6 +151,39 @@ pub fn release_unused(
         return_port(public_port);
         session.state.expectation_closed();
     }
+}
+
+/// Makes way for the data connection this opening SYN from the WAN to a window port would open:
+/// a closed connection still lingering under the key of its answers gives way
+/// ([`release_closed`]). A client in active mode listens again on the port of its previous data
+/// connection, and the server connects from port 20 again at once: the answers' key (client port,
+/// server port 20) is the closed connection's. Without this, the SYN was refused (counted as
+/// `flow_table_full`) and its retransmissions found the expectation used, stalling the transfer
+/// until the client gave up. Only looks: [`open_data`] takes the expectation. A subprogram
+/// called before it, not from it: the open stage's call chain has no stack to spare there.
+#[inline(never)]
+pub fn make_way(packet: &Tcp4, config: &DatapathConfig) {
+    let key = packet.key();
+    if key.daddr != config.public_ip {
+        return;
+    }
+    // SAFETY: the fields are copied out at once.
+    let Some(expectation) =
+        (unsafe { EXPECTS.get(ExpectKey::inbound(config.public_ip, packet.dport())) })
+    else {
+        return;
+    };
+    if expectation.peer != key.saddr {
+        return;
+    }
+    // The answers' key of the entry open_data would install.
+    let reply_key = FlowKey {
+        saddr: expectation.target_addr,
+        daddr: key.saddr,
+        sport: expectation.target_port,
+        dport: key.sport,
+    };
+    release_closed(&reply_key);
 }
 
 /// Takes the expectation this opening SYN matches, if any, and installs its connection.

@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ftp_common::maps::{
-    Counter, DatapathConfig, FlowDirection, FlowEntry, FlowKey, FlowKind, SessionKind, flow_flags,
+    Counter, DatapathConfig, EventKind, FlowDirection, FlowEntry, FlowKey, FlowKind, SessionKind,
+    flow_flags,
 };
 
 use crate::{
@@ -274,6 +275,78 @@ pub fn install(key: FlowKey, original: &FlowEntry) -> Result<(), InstallError> {
         Ok(()) => Ok(()),
         Err(()) if FLOWS.get_ptr(key).is_some() => Err(InstallError::Raced),
         Err(()) => Err(InstallError::Full),
+    }
+}
+
+/// Removes the connection that holds `key` if it is over (a reset, or a FIN each way) and only
+/// lingers for its last packets, so that a new connection needing the key takes its place, as
+/// conntrack evicts a closing connection whose tuple a new one needs. Its window port goes back
+/// to the window and its end is reported, as the agent's sweep would.
+// A subprogram of its own: only an opening SYN whose key is taken comes here.
+#[inline(never)]
+pub fn release_closed(key: &FlowKey) {
+    let Some(found) = FLOWS.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: live map values, read field by field (not copied: the stack is the open stage's);
+    // a removed one stays readable for this run.
+    let found = unsafe { &*found };
+    let partner_key = found.reply_key();
+    let Some(partner) = FLOWS.get_ptr(partner_key) else {
+        // Half made (being installed) or half removed (being swept): not ours to judge.
+        return;
+    };
+    // SAFETY: as above.
+    let partner = unsafe { &*partner };
+    if !flow_flags::closed(found.flags, partner.flags) {
+        return;
+    }
+    // By reference: the open stage's call chain has little stack to spare.
+    let (original_key, original, reply_key) = if found.direction == FlowDirection::Original as u8 {
+        (key, found, &partner_key)
+    } else {
+        (&partner_key, partner, key)
+    };
+    let (flags, public_port, kind) = (original.flags, original.public_port, original.kind);
+    let bytes = found.bytes + partner.bytes;
+    // Copied before the entry goes: its memory may be reused by the next insert.
+    let (session, endpoint) = (
+        original.session,
+        (original_key.daddr, u16::from_be_bytes(original_key.dport)),
+    );
+    // Whoever removes the original entry owns the connection's port (the agent's sweep may be
+    // removing it at the same time).
+    if FLOWS.remove(original_key).is_err() {
+        return;
+    }
+    let _ = FLOWS.remove(reply_key);
+    if flags & flow_flags::OWNS_PORT != 0 {
+        return_port(public_port);
+    }
+    if kind == FlowKind::Data as u8 {
+        crate::events::emit_counted(&session, EventKind::DataFlowClosed, endpoint, bytes);
+    }
+    bump(Counter::ClosedReplaced);
+}
+
+/// Tells the agent that `packet`, which just marked its flow entry with
+/// `new_flags` (a FIN or RST not seen that way before), ended its connection: the agent releases
+/// the connection once it has lingered for its last packets, instead of at a later sweep, so
+/// that its window port returns promptly.
+// A subprogram of its own: only a connection's FIN and RST packets come here.
+#[inline(never)]
+pub fn report_if_closed(packet: &Tcp4, entry: *const FlowEntry, new_flags: u8) {
+    if new_flags & (flow_flags::FIN | flow_flags::RST) == 0 {
+        return;
+    }
+    // SAFETY: a live map value; its flags were just written by this program.
+    let entry = unsafe { &*entry };
+    let Some(partner) = FLOWS.get_ptr(entry.reply_key()) else {
+        return;
+    };
+    // SAFETY: as above; flags only move forward.
+    if flow_flags::closed(entry.flags, unsafe { (*partner).flags }) {
+        crate::events::emit(&packet.key(), EventKind::ConnectionClosed, 0, [0; 4], 0);
     }
 }
 

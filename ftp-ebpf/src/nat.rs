@@ -71,7 +71,9 @@ pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
         (*entry).bytes += u64::from(packet.ip_len());
         (*entry).last_seen_ns = now_coarse_ns();
         if (*entry).flags & seen != seen {
+            let new_flags = seen & !(*entry).flags;
             (*entry).flags |= seen;
+            crate::flows::report_if_closed(packet, entry, new_flags);
         }
     }
 }

@@ -190,7 +190,9 @@ fn take_flags(packet: &Tcp4) {
         // SAFETY: a live map value; flags only move forward (see nat::account).
         unsafe {
             if (*entry).flags & seen != seen {
+                let new_flags = seen & !(*entry).flags;
                 (*entry).flags |= seen;
+                crate::flows::report_if_closed(packet, entry, new_flags);
             }
         }
     }

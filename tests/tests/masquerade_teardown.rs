@@ -312,3 +312,94 @@ fn a_new_connection_on_a_reset_ones_port_takes_its_place() {
     // Two sessions: the second took the reset one's place instead of riding its entries.
     assert_eq!(lab.datapath_counter("control_sessions_opened"), 2);
 }
+
+/// Two active-mode downloads in a row, each in a session of its own, the client listening for
+/// both data connections on the same port (`argv[3]`), as a busy client's kernel may hand out a
+/// freed port again at once. The server connects from port 20 both times: the second data
+/// connection's answers carry the first one's tuple. Prints both files' sha256; a stalled
+/// transfer times out after `argv[4]` seconds.
+const ACTIVE_TWICE_ON_ONE_PORT: &str = r#"
+import socket, sys
+from ftpnat_lab import login, retr_active
+server, name, port, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+for _ in range(2):
+    ftp = login(server, timeout=timeout)
+    ftp.voidcmd('TYPE I')
+    host = ftp.sock.getsockname()[0]
+    listener = socket.create_server((host, port), reuse_port=True)
+    ftp.sendcmd('PORT ' + ','.join(host.split('.') + [str(port >> 8), str(port & 255)]))
+    print(retr_active(ftp, listener, name, timeout=timeout))
+    listener.close()
+    ftp.quit()
+"#;
+
+#[test]
+fn a_data_connection_on_a_closed_ones_tuple_takes_its_place() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(64 * 1024, 6).expect("vsftpd");
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let args = [&server.addr.to_string(), file.name(), "45679", "10"];
+    let out = lab
+        .client_python(ACTIVE_TWICE_ON_ONE_PORT, &args, 60)
+        .expect("the second data connection on the first one's tuple is let in");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digests: Vec<&str> = stdout
+        .lines()
+        .filter(|line| !line.starts_with("150"))
+        .collect();
+    assert_eq!(digests, [file.sha256.as_str(); 2], "{stdout}");
+    // Let in at its first SYN, not after the sweep removed the closed connection's entries.
+    assert_eq!(lab.datapath_counter("flow_table_full"), 0);
+    assert_eq!(lab.datapath_counter("pinhole_no_expectation"), 0);
+    assert_eq!(lab.datapath_counter("closed_replaced"), 1);
+}
+
+/// `argv[3]` sessions one after another, alternately active (PORT) and passive (EPSV), each
+/// downloading `argv[2]`: prints each file's sha256. A session whose connection is refused (the
+/// window has no free port yet) is tried again every 0.1 s for up to `argv[4]` seconds.
+const SESSIONS_ONE_AFTER_ANOTHER: &str = r#"
+import ftplib, sys, time
+from ftpnat_lab import retr_digest
+server, name, sessions, patience = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+def connect():
+    deadline = time.monotonic() + patience
+    while True:
+        ftp = ftplib.FTP()
+        try:
+            ftp.connect(server, 21, timeout=10)
+            return ftp
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+for n in range(sessions):
+    ftp = connect()
+    ftp.login()
+    if n % 2 == 0:
+        ftp.set_pasv(False)
+    else:
+        ftp.makepasv = lambda: ftplib.parse229(ftp.sendcmd('EPSV'), ftp.sock.getpeername())
+    print(retr_digest(ftp, name))
+    ftp.quit()
+    ftp.close()
+"#;
+
+#[test]
+fn closed_connections_give_their_window_ports_back_promptly() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let (server, file) = lab.serve_file(64 * 1024, 7).expect("vsftpd");
+    // Two ports: one session's control and data connections take the whole window.
+    let _agent = lab
+        .start_ftpnat(&["--port-window", "61000-61001"])
+        .expect("ftpnat run");
+    // Less than the 2 s (plus up to a 1 s sweep) a closed connection used to hold its port: each
+    // session needs the ports of the one before.
+    let args = [&server.addr.to_string(), file.name(), "6", "1.5"];
+    let out = lab
+        .client_python(SESSIONS_ONE_AFTER_ANOTHER, &args, 120)
+        .expect("every session finds the ports of the one before it free");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digests: Vec<&str> = stdout.lines().collect();
+    assert_eq!(digests, [file.sha256.as_str(); 6], "{stdout}");
+    wait_until(Duration::from_secs(10), || drained(&lab)).expect("the tables drain");
+}

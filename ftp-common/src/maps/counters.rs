@@ -92,10 +92,14 @@ pub enum Counter {
     /// Packets of a translated connection that arrived on an interface other than the one its
     /// flow entry expects (a LAN address forged on the WAN, say): dropped, untranslated.
     WrongInterface = 26,
+    /// Closed connections (a FIN each way, or a reset) still lingering for their last packets that
+    /// gave way to a new connection needing one of their keys (a client listening again on its
+    /// last data connection's port): removed, their window port returned, at once.
+    ClosedReplaced = 27,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 27] = [
+    pub const ALL: [Counter; 28] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -123,6 +127,7 @@ impl Counter {
         Counter::SegmentsOutOfWindow,
         Counter::ResetsNotExact,
         Counter::WrongInterface,
+        Counter::ClosedReplaced,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -155,6 +160,7 @@ impl Counter {
             Counter::SegmentsOutOfWindow => "segments_out_of_window",
             Counter::ResetsNotExact => "resets_not_exact",
             Counter::WrongInterface => "wrong_interface",
+            Counter::ClosedReplaced => "closed_replaced",
         }
     }
 }

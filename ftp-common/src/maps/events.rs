@@ -88,9 +88,13 @@ impl EventKind {
     /// Whether an event of this kind is held to its session's [`EventBudget`]. Those the lines of
     /// the control channel produce are; a session's opening and its data connections are not:
     /// each needs a TCP connection of its own (and a data connection an expectation and a window
-    /// port), which the tables bound, and the transfer log pairs them with their transfers.
+    /// port), which the tables bound, and the transfer log pairs them with their transfers. Nor
+    /// is a connection's end, which the agent needs to release it (one per connection, too).
     pub const fn budgeted(self) -> bool {
-        !matches!(self, EventKind::SessionOpened | EventKind::DataFlowOpened)
+        !matches!(
+            self,
+            EventKind::SessionOpened | EventKind::DataFlowOpened | EventKind::ConnectionClosed
+        )
     }
 }
 
@@ -127,6 +131,11 @@ pub enum EventKind {
     SessionClosed = 11,
     /// An expectation expired unused (agent).
     ExpectationExpired = 12,
+    /// A translated connection is over: an RST went one way, or a FIN each way. For the agent
+    /// alone, which releases the connection's entries and window port once it has lingered
+    /// for its last packets (instead of at a later sweep); never reported. `session`: the key of
+    /// the flow entry whose packet closed it (not the session).
+    ConnectionClosed = 13,
 }
 
 impl EventKind {
@@ -144,11 +153,12 @@ impl EventKind {
             10 => EventKind::DataFlowClosed,
             11 => EventKind::SessionClosed,
             12 => EventKind::ExpectationExpired,
+            13 => EventKind::ConnectionClosed,
             _ => return None,
         })
     }
 
-    /// The kind [`EventKind::as_str`] names.
+    /// The reported kind [`EventKind::as_str`] names.
     pub fn from_name(name: &str) -> Option<Self> {
         (1..=12)
             .filter_map(Self::from_raw)
@@ -169,6 +179,7 @@ impl EventKind {
             EventKind::DataFlowClosed => "data_flow_closed",
             EventKind::SessionClosed => "session_closed",
             EventKind::ExpectationExpired => "expectation_expired",
+            EventKind::ConnectionClosed => "connection_closed",
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio::{
 pub mod events;
 mod metrics;
 mod reattach;
+mod release;
 mod sweep;
 mod watch;
 

@@ -17,7 +17,12 @@ use crate::datapath::maps::StateTables;
 /// How long a connection may stay in each state before it is removed.
 #[derive(Debug, Clone, Copy)]
 pub struct ExpiryPolicy {
-    /// Both sides sent FIN, or one sent RST: kept this long for the last ACKs.
+    /// Both sides sent FIN, or one sent RST: kept this long after the last packet, for the last
+    /// ACK. Short, because the window port returns only then (at once when the datapath reports
+    /// the end, see `release`): a small window would be held by connections that are over. A
+    /// retransmission later than this (a FIN sent again because the last ACK was lost) finds no
+    /// entry and goes to the router's stack untranslated; conntrack keeps a closed connection for
+    /// its TIME_WAIT (120 s) instead, and evicts it when a new connection needs its tuple.
     pub closed_linger: Duration,
     /// Handshake not completed: the opening SYN unanswered, or answered but never acknowledged
     /// by its sender. Short, so that spoofed SYNs (whose SYN-ACK goes to a host that never asked)
@@ -33,7 +38,7 @@ pub struct ExpiryPolicy {
 impl Default for ExpiryPolicy {
     fn default() -> Self {
         Self {
-            closed_linger: Duration::from_secs(2),
+            closed_linger: Duration::from_millis(250),
             // Longer than the 16 s a Linux client waits before its last SYN retransmission but
             // one (1+2+4+8+16 s), which refreshes the connection: a slow server still gets in.
             handshake: Duration::from_secs(20),
@@ -56,7 +61,7 @@ pub struct Swept {
 }
 
 /// An event the agent reports about what it swept.
-fn swept_event(
+pub(super) fn swept_event(
     kind: EventKind,
     session: FlowKey,
     detail: u8,
@@ -407,10 +412,25 @@ mod tests {
             flow_flags::FIN | flow_flags::ESTABLISHED,
             100,
         );
-        assert!(!expired(&original, Some(&reply), 101 * SEC, &policy));
-        assert!(expired(&original, Some(&reply), 103 * SEC, &policy));
+        assert!(!expired(
+            &original,
+            Some(&reply),
+            100 * SEC + SEC / 10,
+            &policy
+        ));
+        assert!(expired(
+            &original,
+            Some(&reply),
+            100 * SEC + SEC / 2,
+            &policy
+        ));
         let reset = entry(FlowKind::Data, FlowDirection::Reply, flow_flags::RST, 100);
-        assert!(expired(&original, Some(&reset), 103 * SEC, &policy));
+        assert!(expired(
+            &original,
+            Some(&reset),
+            100 * SEC + SEC / 2,
+            &policy
+        ));
     }
 
     #[test]

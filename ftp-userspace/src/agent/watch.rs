@@ -12,6 +12,7 @@ use tokio::{
 
 use super::{
     events::{EventReporter, drain_events},
+    release::Closing,
     sweep::{self, ExpiryPolicy},
 };
 use crate::{
@@ -118,6 +119,7 @@ async fn follow(
     sigint: &mut Signal,
 ) -> anyhow::Result<&'static str> {
     let mut exhaustion = ExhaustionWatch::default();
+    let mut closing = Closing::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     // A sweep held up is done once, not caught up in a burst.
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,7 +137,7 @@ async fn follow(
             _ = sweep.tick() => {
                 // The datapath's events first, so that what a connection did is reported before
                 // its end.
-                drain_events(ring.get_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
+                drain_events(ring.get_mut(), datapath, &mut reporter, (&mut closing, policy), EVENTS_PER_TURN)?;
                 let swept = sweep::sweep(&mut datapath.state_tables()?, monotonic_now_ns(), policy)
                     .context("sweeping finished connections and expired expectations")?;
                 if swept.connections > 0 {
@@ -154,6 +156,17 @@ async fn follow(
                     return Err(InterfacesLost(names).into());
                 }
             }
+            _ = until(closing.next_due_ns()) => {
+                let released = closing
+                    .release_due(&mut datapath.state_tables()?, monotonic_now_ns(), policy)
+                    .context("releasing closed connections")?;
+                if released.connections > 0 {
+                    log::debug!("released {} closed connections, {} ports back in the window", released.connections, released.ports_returned);
+                }
+                for event in &released.events {
+                    reporter.report(datapath, event)?;
+                }
+            }
             readable = async {
                 match kernel_log.as_mut() {
                     Some(fd) => fd.readable_mut().await,
@@ -169,7 +182,7 @@ async fn follow(
             }
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the event ring buffer")?;
-                let more = drain_events(guard.get_inner_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
+                let more = drain_events(guard.get_inner_mut(), datapath, &mut reporter, (&mut closing, policy), EVENTS_PER_TURN)?;
                 if !more {
                     guard.clear_ready();
                 }
@@ -180,6 +193,17 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+/// Waits until `due_ns` (CLOCK_MONOTONIC), or for ever if there is nothing to wait for.
+async fn until(due_ns: Option<u64>) {
+    match due_ns {
+        Some(due_ns) => {
+            let wait = Duration::from_nanos(due_ns.saturating_sub(monotonic_now_ns()));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -151,6 +151,8 @@ pub fn record(event: &Event, session: String) -> Option<EventRecord> {
             record.bytes = Some(event.value);
         }
         EventKind::SessionClosed => record.data_flows = Some(event.value),
+        // The agent's own: it releases the connection, whose end the release reports.
+        EventKind::ConnectionClosed => return None,
     }
     Some(record)
 }

@@ -8,6 +8,7 @@ use tokio::sync::broadcast;
 
 use super::{SharedTransferLog, record::record};
 use crate::{
+    agent::{release::Closing, sweep::ExpiryPolicy},
     datapath::Datapath,
     report::sessions::{endpoint, session_id},
 };
@@ -57,10 +58,13 @@ impl EventReporter {
 /// Reports the events waiting in the ring buffer, at most `limit` of them: the datapath may refill
 /// the ring as fast as it is read, and the agent's loop has the sweep and signals to attend to.
 /// True if events may be left.
+/// A connection's end (`ConnectionClosed`) is not reported: it goes to `closing`, which releases
+/// the connection.
 pub fn drain_events(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     datapath: &mut Datapath,
     reporter: &mut EventReporter,
+    (closing, policy): (&mut Closing, &ExpiryPolicy),
     limit: usize,
 ) -> anyhow::Result<bool> {
     for _ in 0..limit {
@@ -74,6 +78,10 @@ pub fn drain_events(
         // which every bit pattern is valid, and the read does not assume alignment.
         let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
         drop(item);
+        if event.kind == EventKind::ConnectionClosed as u8 {
+            closing.closed(event.session, event.ts_ns, policy);
+            continue;
+        }
         reporter.report(datapath, &event)?;
     }
     Ok(true)
