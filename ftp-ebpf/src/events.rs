@@ -72,7 +72,7 @@ pub fn emit_counted(session: &FlowKey, kind: EventKind, (addr, port): ([u8; 4], 
     write_record(record, session, [kind as u8, 0, 0], (addr, port));
     // SAFETY: the reserved record, written in full just above.
     unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*record).value), value) };
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
 
 /// Reports a client command, with up to [`EVENT_TEXT_LEN`] bytes of its argument copied from this

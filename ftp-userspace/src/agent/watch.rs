@@ -178,7 +178,7 @@ async fn follow(
                 guard.clear_ready();
             }
             _ = event_poll.tick() => {
-                drain_events(ring.get_mut(), datapath, &mut reporter, EVENTS_PER_TURN)?;
+                drain_events(ring.get_mut(), datapath, &mut reporter, (&mut closing, policy), EVENTS_PER_TURN)?;
             }
             readable = ring.readable_mut() => {
                 let mut guard = readable.context("waiting on the event ring buffer")?;
