@@ -637,6 +637,7 @@ impl Lab {
     /// read: it fails on a record still being written ("truncated dump file").
     fn capture_snapshot(&self, iface: &str) -> anyhow::Result<PathBuf> {
         let pcap = self.dir.join(format!("router-{iface}.pcap"));
+        settle(&pcap);
         let bytes = fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
         let whole =
             capture::complete_len(&bytes).with_context(|| format!("reading {}", pcap.display()))?;
@@ -928,6 +929,26 @@ pub fn ftpnat_run_args(pin_dir: &Path, extra: &[&str]) -> Vec<String> {
     .chain(extra)
     .map(|arg| (*arg).to_owned())
     .collect()
+}
+
+/// Waits until the capture `pcap` has stopped growing for 200 ms (at most 5 s): tcpdump writes
+/// each packet as it gets it, but on a loaded machine it gets them late, and a test reading the
+/// capture right after its client finished would miss the last ones.
+fn settle(pcap: &Path) {
+    let size = || fs::metadata(pcap).map(|m| m.len()).unwrap_or(0);
+    let start = Instant::now();
+    let mut last = size();
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_millis(200)
+        && start.elapsed() < Duration::from_secs(5)
+    {
+        thread::sleep(Duration::from_millis(50));
+        let now = size();
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+    }
 }
 
 /// Polls `ready` every 20 ms until it holds or `limit` passes.
