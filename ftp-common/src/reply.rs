@@ -142,9 +142,34 @@ impl ReplyScanner {
         }
     }
 
-    /// Forgets the line being read: the next byte starts a line.
+    /// Forgets the line being read: the next byte starts a line. Resets only what a line reads
+    /// before it writes it; the 227 and 229 parsers start afresh when a line turns out to be one
+    /// of those ([`after_code`](Self::after_code)). A whole reset was a 40-byte `memset`, which
+    /// the BPF target makes a byte loop, at the start of every line the server sends.
     pub fn reset(&mut self) {
-        *self = Self::new();
+        self.framing = Framing::new();
+        self.code = 0;
+        self.phase = AT_CODE_1;
+        self.shape = SHAPE_TEXT;
+        self.error = 0;
+    }
+
+    /// The code read and a space after it (or the line's end): a final line, whose argument
+    /// is parsed if it is a 227's or a 229's.
+    #[inline(always)]
+    fn after_code(&mut self) {
+        self.shape = SHAPE_FINAL;
+        self.phase = match self.code {
+            227 => {
+                self.octets = Octets::new();
+                AT_227_SEEK
+            }
+            229 => {
+                self.number = Decimal::new();
+                AT_229_SEEK
+            }
+            _ => AT_IGNORED,
+        };
     }
 
     /// Takes the next byte of the server's stream. True when it was the LF that ends a line: then
@@ -261,14 +286,7 @@ impl ReplyScanner {
         match self.phase {
             AT_CODE_1 | AT_CODE_2 | AT_CODE_3 => self.code_byte(byte),
             AT_AFTER_CODE => match byte {
-                b' ' => {
-                    self.shape = SHAPE_FINAL;
-                    self.phase = match self.code {
-                        227 => AT_227_SEEK,
-                        229 => AT_229_SEEK,
-                        _ => AT_IGNORED,
-                    };
-                }
+                b' ' => self.after_code(),
                 b'-' => {
                     self.shape = SHAPE_MULTI_LINE;
                     self.phase = AT_IGNORED;
@@ -361,12 +379,7 @@ impl ReplyScanner {
         };
         if self.phase == AT_AFTER_CODE {
             // The code alone: a final line with no text.
-            self.shape = SHAPE_FINAL;
-            self.phase = match self.code {
-                227 => AT_227_SEEK,
-                229 => AT_229_SEEK,
-                _ => AT_IGNORED,
-            };
+            self.after_code();
         }
         match self.phase {
             AT_CODE_1 | AT_CODE_2 | AT_CODE_3 => self.not_a_reply(),

@@ -767,3 +767,89 @@ proptest! {
         prop_assert_eq!(skipped, pushed);
     }
 }
+
+proptest! {
+    /// One scanner following a whole stream (resetting itself at each line's start, as the
+    /// datapath's does) reports every line as a fresh parse of that line alone: nothing of a
+    /// line survives into the next.
+    #[test]
+    fn a_streaming_reply_scanner_reads_each_line_as_a_fresh_parse(stream in server_stream()) {
+        let mut scanner = ReplyScanner::new();
+        let mut line_start = 0;
+        for (i, &byte) in stream.iter().enumerate() {
+            if scanner.push(byte) {
+                let line = &stream[line_start..=i];
+                if line.len() <= MAX_LINE_LEN {
+                    prop_assert_eq!(scanner.reply(), parse_reply(line), "line {:?}", String::from_utf8_lossy(line));
+                }
+                line_start = i + 1;
+            }
+        }
+    }
+
+    /// The same for the command scanner and client streams.
+    #[test]
+    fn a_streaming_command_scanner_reads_each_line_as_a_fresh_parse(stream in client_stream()) {
+        let mut scanner = CommandScanner::new();
+        let mut line_start = 0;
+        for (i, &byte) in stream.iter().enumerate() {
+            if scanner.push(byte) {
+                let line = &stream[line_start..=i];
+                if line.len() <= MAX_LINE_LEN {
+                    prop_assert_eq!(scanner.command(), parse_command(line), "line {:?}", String::from_utf8_lossy(line));
+                }
+                line_start = i + 1;
+            }
+        }
+    }
+}
+
+/// Client streams: PORT and EPRT (both families) with good and bad arguments, other commands,
+/// junk, and CRs in every place.
+fn client_stream() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop_oneof![
+        Just(b"PORT 10,0,0,2,195,80".to_vec()),
+        Just(b"PORT 10,0,0,2,195".to_vec()),
+        Just(b"port 300,0,0,2,1,1".to_vec()),
+        Just(b"EPRT |1|10.0.0.2|50000|".to_vec()),
+        Just(b"EPRT |2|2001:db8::1|50000|".to_vec()),
+        Just(b"EPRT |2|::ffff:10.0.0.2|5|".to_vec()),
+        Just(b"EPRT |3|x|1|".to_vec()),
+        Just(b"EPSV ALL".to_vec()),
+        Just(b"USER anonymous".to_vec()),
+        Just(b"RETR file".to_vec()),
+        proptest::collection::vec(
+            prop_oneof![
+                Just(b'\r'),
+                Just(b' '),
+                Just(b'|'),
+                Just(b','),
+                Just(b'1'),
+                Just(b':'),
+                any::<u8>()
+            ],
+            0..80,
+        ),
+    ];
+    proptest::collection::vec(
+        (
+            line,
+            prop_oneof![
+                Just(&b"\r\n"[..]),
+                Just(&b"\n"[..]),
+                Just(&b"\r"[..]),
+                Just(&b""[..])
+            ],
+        ),
+        1..12,
+    )
+    .prop_map(|lines| {
+        lines
+            .into_iter()
+            .flat_map(|(mut line, end)| {
+                line.extend_from_slice(end);
+                line
+            })
+            .collect()
+    })
+}
