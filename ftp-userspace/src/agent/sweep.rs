@@ -595,6 +595,66 @@ mod tests {
     }
 
     #[test]
+    fn the_snapshot_pairs_each_original_with_its_reply() {
+        let original = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        let key = FlowKey {
+            sport: 50000u16.to_be_bytes(),
+            ..original.session
+        };
+        let reply = original.reply_of(&key, 0);
+        let lone_key = FlowKey {
+            sport: 50001u16.to_be_bytes(),
+            ..key
+        };
+        let snapshot = FlowSnapshot::new(
+            vec![original.reply_key(), key, lone_key],
+            vec![reply, original, original],
+        );
+        let connections: Vec<_> = snapshot.connections().collect();
+        assert_eq!(connections.len(), 2);
+        assert_eq!(connections[0].0, &key);
+        assert_eq!(
+            connections[0].2.map(|r| r.direction),
+            Some(FlowDirection::Reply as u8)
+        );
+        // The third entry's reply key is the same as the first's: the pairing is by key.
+        assert_eq!(connections[1].0, &lone_key);
+        assert!(snapshot.contains(&key) && snapshot.contains(&original.reply_key()));
+        assert!(!snapshot.contains(&original.session));
+    }
+
+    #[test]
+    fn packed_keys_differ_in_every_field() {
+        let key = entry(FlowKind::Data, FlowDirection::Original, 0, 0).session;
+        let variants = [
+            FlowKey {
+                saddr: [10, 0, 0, 3],
+                ..key
+            },
+            FlowKey {
+                daddr: [203, 0, 113, 11],
+                ..key
+            },
+            FlowKey {
+                sport: [0, 1],
+                ..key
+            },
+            FlowKey {
+                dport: [0, 1],
+                ..key
+            },
+        ];
+        for other in variants {
+            assert_ne!(packed(&key), packed(&other));
+        }
+        let hashing = KeyHashing::new();
+        assert_eq!(
+            hashing.hash_one(packed(&key)),
+            hashing.hash_one(packed(&key))
+        );
+    }
+
+    #[test]
     fn reply_key_is_the_translated_packet_reversed() {
         let original = entry(FlowKind::Control, FlowDirection::Original, 0, 0);
         let reply = original.reply_key();
