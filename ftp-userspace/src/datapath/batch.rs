@@ -21,7 +21,12 @@ const CHUNK: usize = 4096;
 
 /// Every entry of the hash table `fd` (keys `K`, values `V`), appended to `keys` and `values`,
 /// which the kernel writes directly.
-pub fn read_all<K: Pod, V: Pod>(
+///
+/// # Safety
+///
+/// The map's key and value sizes must be those of `K` and `V`: the kernel writes entries of its
+/// sizes into room reserved for entries of theirs.
+pub unsafe fn read_all<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
     keys: &mut Vec<K>,
     values: &mut Vec<V>,

@@ -64,6 +64,7 @@ impl<'a, K: Pod, V: Pod> WholeTable<'a, K, V> {
             Some(_) => bail!("the map {name} is not a hash table"),
             None => return Err(missing_map(name)),
         };
+        check_entry_sizes::<K, V>(data, name)?;
         Ok(Self {
             fd: data.fd().as_fd().as_raw_fd(),
             _map: PhantomData,
@@ -75,7 +76,8 @@ impl<'a, K: Pod, V: Pod> WholeTable<'a, K, V> {
         // SAFETY: the map owns the descriptor and outlives `'a`, for which `self` lives.
         let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
         let (mut keys, mut values) = (Vec::new(), Vec::new());
-        batch::read_all(fd, &mut keys, &mut values)
+        // SAFETY: `of` checked the map's entry sizes.
+        unsafe { batch::read_all(fd, &mut keys, &mut values) }
             .context("reading a table with BPF_MAP_LOOKUP_BATCH")?;
         Ok((keys, values))
     }
@@ -132,6 +134,24 @@ impl Datapath {
     }
 }
 
+/// Refuses a map whose keys or values are not the sizes of `K` and `V` (a batch read of it would
+/// overrun its buffers).
+fn check_entry_sizes<K, V>(data: &MapData, name: &str) -> anyhow::Result<()> {
+    let info = data
+        .info()
+        .with_context(|| format!("reading {name}'s shape"))?;
+    let sizes = (info.key_size() as usize, info.value_size() as usize);
+    anyhow::ensure!(
+        sizes == (size_of::<K>(), size_of::<V>()),
+        "the map {name} has keys of {} and values of {} bytes, not {} and {}",
+        sizes.0,
+        sizes.1,
+        size_of::<K>(),
+        size_of::<V>()
+    );
+    Ok(())
+}
+
 /// The loaded object's map `name`, found or not, as its table's aya type.
 fn typed<'a, T: TryFrom<&'a mut Map, Error = MapError>>(
     map: Option<&'a mut Map>,
@@ -177,16 +197,13 @@ impl<'a> PinnedMaps<'a> {
     /// sizes), read with the kernel's batch lookups: a few calls where an iterator makes two per
     /// entry, which matters for a flow table of a million entries read at every metrics scrape.
     pub fn whole<K: Pod, V: Pod>(&self, table: &Table) -> anyhow::Result<(Vec<K>, Vec<V>)> {
-        anyhow::ensure!(
-            (table.key_size, table.value_size) == (size_of::<K>(), size_of::<V>()),
-            "reading {} as entries of other sizes",
-            table.name
-        );
         let (Map::HashMap(data) | Map::LruHashMap(data)) = open_pinned(self.pin_dir, table)? else {
             bail!("the map {} is not a hash table", table.name);
         };
+        check_entry_sizes::<K, V>(&data, table.name)?;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
-        batch::read_all(data.fd().as_fd(), &mut keys, &mut values)
+        // SAFETY: the map's entry sizes were just checked.
+        unsafe { batch::read_all(data.fd().as_fd(), &mut keys, &mut values) }
             .with_context(|| format!("reading {}", table.name))?;
         Ok((keys, values))
     }
