@@ -84,7 +84,7 @@ impl Capacities {
     /// port window (4096 ports) has ports for masqueraded control connections.
     pub const DEFAULT_SESSIONS: u32 = 4096;
     /// The largest `--max-sessions`: 128k sessions, whose flow table holds 2^20 (a million)
-    /// connection directions; their maps, preallocated, take about 330 MiB of kernel memory.
+    /// connection directions; their maps, preallocated, take about 316 MiB of kernel memory.
     pub const MAX_SESSIONS: u32 = 131_072;
     pub const DEFAULT: Self = Self::for_sessions(Self::DEFAULT_SESSIONS);
     /// The per-source tables' floor: the kernel's LRU table keeps free entries per CPU and may

@@ -30,7 +30,7 @@ const NO_SOURCE_LIMITS: [&str; 4] = [
 ];
 
 /// ftpnat's P4 sizing: the largest `--max-sessions`, whose flow table holds a million
-/// connection directions (8 per session); the tables take memory as they fill.
+/// connection directions (8 per session); its tables preallocate about 316 MiB.
 const SCALE_SIZING: [&str; 2] = ["--max-sessions", "131072"];
 
 /// The small port window of P3: 64 ports.
