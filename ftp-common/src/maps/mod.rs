@@ -81,8 +81,9 @@ impl Capacities {
     /// memory (the session record is the largest value), and as many sessions as the default
     /// port window (4096 ports) has ports for masqueraded control connections.
     pub const DEFAULT_SESSIONS: u32 = 4096;
-    /// The largest `--max-sessions`: 64k sessions take about 100 MiB of preallocated maps.
-    pub const MAX_SESSIONS: u32 = 65_536;
+    /// The largest `--max-sessions`: 128k sessions, whose flow table holds 2^20 (a million)
+    /// connection directions; their maps, preallocated, take about 316 MiB of kernel memory.
+    pub const MAX_SESSIONS: u32 = 131_072;
     pub const DEFAULT: Self = Self::for_sessions(Self::DEFAULT_SESSIONS);
     /// The per-source tables' floor: the kernel's LRU table keeps free entries per CPU and may
     /// evict before it is full, which a tiny one (a test's `--max-sessions 1`) would do at once.
@@ -207,7 +208,8 @@ mod tests {
         assert_eq!(tiny.of_table(free_ports::NAME), None);
         assert_eq!(
             Capacities::for_sessions(Capacities::MAX_SESSIONS).flows,
-            524_288
+            1 << 20,
+            "the largest sizing holds a million connection directions"
         );
         assert_eq!(MAX_SESSIONS, Capacities::DEFAULT.sessions);
         assert_eq!(MAX_FLOWS, Capacities::DEFAULT.flows);

@@ -3,16 +3,17 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::{BuildHasher, Hasher},
     time::Duration,
 };
 
 use aya::maps::MapData;
 use ftp_common::maps::{
     Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, SourceKey,
-    SourceSeen, flow_flags, sessions, sources,
+    SourceSeen, flow_flags, sources,
 };
 
-use crate::datapath::maps::StateTables;
+use crate::datapath::maps::{StateTables, WholeTables};
 
 /// How long a connection may stay in each state before it is removed.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,8 @@ impl Default for ExpiryPolicy {
 /// What one sweep removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Swept {
+    /// Flow entries the sweep read.
+    pub flow_entries: usize,
     pub connections: usize,
     pub expectations: usize,
     pub sessions: usize,
@@ -58,6 +61,65 @@ pub struct Swept {
     /// What ended, as events: data connections closed (with their bytes), expectations expired,
     /// sessions closed.
     pub events: Vec<Event>,
+}
+
+/// The share of one CPU the sweep may take on average. Reading a table costs in proportion to its
+/// entries: a sweep of a million flow entries takes tens of milliseconds or more, so a sweep
+/// that took longer than this share of a tick waits that many ticks before the next one.
+const SWEEP_CPU_SHARE: f64 = 0.02;
+
+/// The most ticks between two sweeps, however long one took: a closed connection is removed at
+/// the latest this long after its linger time, an unanswered SYN after the handshake time.
+const MAX_SWEEP_GAP: u32 = 15;
+
+/// When the sweep is due: every tick while it is cheap (tables of ordinary size), less often as
+/// its cost grows (see [`SWEEP_CPU_SHARE`]).
+#[derive(Debug, Default)]
+pub struct Pacing {
+    /// Ticks to let pass before the next sweep.
+    wait: u32,
+}
+
+impl Pacing {
+    /// Runs `sweep` if it is due at this tick (nothing swept otherwise), timing it on this
+    /// thread's CPU clock (the system calls included) to space the next one.
+    pub fn run(
+        &mut self,
+        tick: Duration,
+        sweep: impl FnOnce() -> anyhow::Result<Swept>,
+    ) -> anyhow::Result<Swept> {
+        if self.wait > 0 {
+            self.wait -= 1;
+            return Ok(Swept::default());
+        }
+        let started = thread_cpu_time();
+        let swept = sweep()?;
+        self.wait = ticks_to_wait(thread_cpu_time().saturating_sub(started), tick);
+        Ok(swept)
+    }
+}
+
+/// The ticks to let pass after a sweep that took `spent` of CPU time, so that sweeping takes
+/// [`SWEEP_CPU_SHARE`] of a CPU at most, and never more than [`MAX_SWEEP_GAP`].
+fn ticks_to_wait(spent: Duration, tick: Duration) -> u32 {
+    let ticks_per_sweep = spent.as_secs_f64() / (SWEEP_CPU_SHARE * tick.as_secs_f64());
+    (ticks_per_sweep.ceil() as u32)
+        .saturating_sub(1)
+        .min(MAX_SWEEP_GAP)
+}
+
+/// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID): user and system.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// An event the agent reports about what it swept.
@@ -114,6 +176,111 @@ fn closed(original: &FlowEntry, reply: Option<&FlowEntry>) -> bool {
     flow_flags::closed(original.flags, reply.map_or(0, |r| r.flags))
 }
 
+/// The flow table as one sweep read it, indexed by key.
+struct FlowSnapshot {
+    keys: Vec<FlowKey>,
+    entries: Vec<FlowEntry>,
+    /// Each key's place in `keys` and `entries`.
+    index: HashMap<u128, usize, KeyHashing>,
+}
+
+impl FlowSnapshot {
+    fn new(keys: Vec<FlowKey>, entries: Vec<FlowEntry>) -> Self {
+        let mut index = HashMap::with_capacity_and_hasher(keys.len(), KeyHashing::new());
+        index.extend(keys.iter().enumerate().map(|(n, key)| (packed(key), n)));
+        Self {
+            keys,
+            entries,
+            index,
+        }
+    }
+
+    fn get(&self, key: &FlowKey) -> Option<&FlowEntry> {
+        self.entries.get(*self.index.get(&packed(key))?)
+    }
+
+    fn contains(&self, key: &FlowKey) -> bool {
+        self.index.contains_key(&packed(key))
+    }
+
+    /// Every connection: its original direction's key and entry, and its reply direction's.
+    fn connections(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry, Option<&FlowEntry>)> {
+        self.keys
+            .iter()
+            .zip(&self.entries)
+            .filter(|(_, entry)| entry.direction == FlowDirection::Original as u8)
+            .map(|(key, entry)| (key, entry, self.get(&entry.reply_key())))
+    }
+}
+
+/// A flow key as one integer, for the snapshot's index.
+fn packed(key: &FlowKey) -> u128 {
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&key.saddr);
+    bytes[4..8].copy_from_slice(&key.daddr);
+    bytes[8..10].copy_from_slice(&key.sport);
+    bytes[10..12].copy_from_slice(&key.dport);
+    u128::from_le_bytes(bytes)
+}
+
+/// The snapshot index's hash: a folded multiplication by a seed drawn for each sweep, so that
+/// whoever picks the ports and addresses of connections cannot aim them at one bucket. std's
+/// SipHash took most of the time of a sweep of a million entries.
+#[derive(Clone, Copy)]
+struct KeyHashing {
+    seed: u64,
+}
+
+impl KeyHashing {
+    fn new() -> Self {
+        Self {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u8) | 1,
+        }
+    }
+}
+
+impl BuildHasher for KeyHashing {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher {
+            seed: self.seed,
+            hash: 0,
+        }
+    }
+}
+
+struct KeyHasher {
+    seed: u64,
+    hash: u64,
+}
+
+impl KeyHasher {
+    fn mix(&mut self, word: u64) {
+        let product = u128::from(self.hash ^ word) * u128::from(self.seed);
+        self.hash = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.mix(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.mix(value as u64);
+        self.mix((value >> 64) as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
 /// Whether a connection [`expired`] says is over stays all the same: a control connection that
 /// is only idle, while a transfer of its session runs (`transferring`: the sessions with a live
 /// data connection). A long download keeps its control connection silent until its `226`, which
@@ -144,43 +311,58 @@ pub fn sweep(
         released,
         source_seen,
         source_opened,
+        whole,
     } = tables;
     // Sessions before flows: a control connection installs its flows before its session, so a
     // session of this snapshot whose flows are missing from the later one has really ended (the
     // other order would take a session opening between the two reads for an ended one).
-    let known_sessions: Vec<FlowKey> = sessions.keys().filter_map(Result::ok).collect();
-    let entries: HashMap<FlowKey, FlowEntry> = flows.iter().filter_map(Result::ok).collect();
-    let is_over = |entry: &FlowEntry| {
-        entry.direction == FlowDirection::Original as u8
-            && expired(entry, entries.get(&entry.reply_key()), now_ns, policy)
-    };
-    // Sessions with a data connection that stays (this sweep does not end it).
-    let transferring: HashSet<FlowKey> = entries
-        .values()
-        .filter(|entry| {
-            entry.kind == FlowKind::Data as u8
-                && entry.direction == FlowDirection::Original as u8
-                && !is_over(entry)
-        })
-        .map(|entry| entry.session)
+    let known_sessions = whole.sessions.keys()?;
+    let (keys, entries) = whole.flows.read()?;
+    let snapshot = FlowSnapshot::new(keys, entries);
+    // The connections over, with their reply direction.
+    let over: Vec<_> = snapshot
+        .connections()
+        .filter(|(_, entry, reply)| expired(entry, *reply, now_ns, policy))
         .collect();
-    let mut swept = Swept::default();
-    for (key, entry) in &entries {
-        if entry.direction != FlowDirection::Original as u8 {
+    // Sessions with a data connection that stays (this sweep does not end it), looked for only
+    // among the sessions of the idle control connections this sweep would otherwise end.
+    let idle_sessions: HashSet<FlowKey> = over
+        .iter()
+        .filter(|(_, entry, reply)| entry.kind == FlowKind::Control as u8 && !closed(entry, *reply))
+        .map(|(_, entry, _)| entry.session)
+        .collect();
+    let transferring: HashSet<FlowKey> = if idle_sessions.is_empty() {
+        HashSet::new()
+    } else {
+        snapshot
+            .connections()
+            .filter(|(_, entry, reply)| {
+                entry.kind == FlowKind::Data as u8
+                    && idle_sessions.contains(&entry.session)
+                    && !expired(entry, *reply, now_ns, policy)
+            })
+            .map(|(_, entry, _)| entry.session)
+            .collect()
+    };
+    let mut swept = Swept {
+        flow_entries: snapshot.entries.len(),
+        ..Swept::default()
+    };
+    // The entries of the snapshot gone since: removed by this sweep or before it.
+    let mut gone: HashSet<FlowKey> = HashSet::new();
+    for (key, entry, reply) in over {
+        if kept_for_transfer(entry, reply, &transferring) {
             continue;
         }
         let reply_key = entry.reply_key();
-        let reply = entries.get(&reply_key);
-        if !expired(entry, reply, now_ns, policy) || kept_for_transfer(entry, reply, &transferring)
-        {
-            continue;
-        }
         // The original side first: once it is gone no new packet refreshes the connection. Who
         // removes it owns its port: never return a port for an entry already gone.
         if flows.remove(key).is_err() {
+            gone.insert(*key);
             continue;
         }
         let _ = flows.remove(&reply_key);
+        gone.extend([*key, reply_key]);
         swept.connections += 1;
         if entry.kind == FlowKind::Data as u8 {
             // Dated by its last packet, not by this sweep: that is when the transfer ended.
@@ -202,9 +384,10 @@ pub fn sweep(
         }
     }
 
-    let expired_expectations: Vec<_> = expects
-        .iter()
-        .filter_map(Result::ok)
+    let expired_expectations: Vec<_> = whole
+        .expects
+        .entries()?
+        .into_iter()
         .filter(|(_, e)| e.expires_ns < now_ns)
         .collect();
     for (key, expectation) in expired_expectations {
@@ -235,16 +418,16 @@ pub fn sweep(
         }
     }
 
-    // A session ends with its control connection.
-    let live: HashSet<FlowKey> = flows.keys().filter_map(Result::ok).collect();
+    // A session ends with its control connection: missing from the snapshot, or gone since.
     let ended: HashSet<FlowKey> = known_sessions
         .into_iter()
-        .filter(|key| !live.contains(key))
+        .filter(|key| !snapshot.contains(key) || gone.contains(key))
         .collect();
     // Its pinholes close with it: an announced connection nobody made by then never will be.
-    let orphaned: Vec<_> = expects
-        .iter()
-        .filter_map(Result::ok)
+    let orphaned: Vec<_> = whole
+        .expects
+        .entries()?
+        .into_iter()
         .filter(|(_, e)| ended.contains(&e.session))
         .collect();
     for (key, expectation) in orphaned {
@@ -273,7 +456,7 @@ pub fn sweep(
             now_ns,
         ));
     }
-    recount_sources(sessions, source_seen, source_opened)?;
+    recount_sources(whole, source_seen, source_opened)?;
     Ok(swept)
 }
 
@@ -283,12 +466,12 @@ pub fn sweep(
 /// that opened none since is forgotten; should it open one between the check and the removal,
 /// that session is counted at the next sweep.
 fn recount_sources(
-    sessions: &sessions::AyaMap<&mut MapData>,
+    whole: &WholeTables<'_>,
     source_seen: &mut sources::SeenAyaMap<&mut MapData>,
     source_opened: &mut sources::OpenedAyaMap<&mut MapData>,
 ) -> anyhow::Result<()> {
-    let marks: HashMap<SourceKey, u32> = source_opened.iter().filter_map(Result::ok).collect();
-    let counts = source_counts(sessions.keys().filter_map(Result::ok));
+    let marks: HashMap<SourceKey, u32> = whole.source_opened.entries()?.into_iter().collect();
+    let counts = source_counts(whole.sessions.keys()?.into_iter());
     let sources: HashSet<SourceKey> = marks.keys().chain(counts.keys()).copied().collect();
     for key in &sources {
         let seen = SourceSeen {
@@ -306,9 +489,10 @@ fn recount_sources(
             source_seen.insert(key, seen, 0)?;
         }
     }
-    let gone: Vec<SourceKey> = source_seen
-        .keys()
-        .filter_map(Result::ok)
+    let gone: Vec<SourceKey> = whole
+        .source_seen
+        .keys()?
+        .into_iter()
         .filter(|key| !sources.contains(key))
         .collect();
     for key in gone {
@@ -362,6 +546,34 @@ mod tests {
     }
 
     #[test]
+    fn a_costly_sweep_is_spaced_to_its_cpu_share() {
+        let tick = Duration::from_secs(1);
+        // A cheap sweep runs at every tick.
+        assert_eq!(ticks_to_wait(Duration::from_millis(1), tick), 0);
+        assert_eq!(ticks_to_wait(Duration::from_millis(20), tick), 0);
+        // 100 ms at 2% of a CPU: one sweep per 5 ticks.
+        assert_eq!(ticks_to_wait(Duration::from_millis(100), tick), 4);
+        // However long, the gap is bounded.
+        assert_eq!(ticks_to_wait(Duration::from_secs(10), tick), MAX_SWEEP_GAP);
+    }
+
+    #[test]
+    fn pacing_skips_the_ticks_it_waits() {
+        let tick = Duration::from_secs(1);
+        let mut pacing = Pacing { wait: 2 };
+        let mut ran = 0;
+        for _ in 0..3 {
+            pacing
+                .run(tick, || {
+                    ran += 1;
+                    Ok(Swept::default())
+                })
+                .unwrap();
+        }
+        assert_eq!(ran, 1);
+    }
+
+    #[test]
     fn sources_are_counted_by_host_and_by_24() {
         let session = |addr: [u8; 4], port: u16| FlowKey {
             saddr: addr,
@@ -385,6 +597,66 @@ mod tests {
         assert_eq!(count([10, 0, 1, 0], 24), Some(1));
         assert_eq!(count([10, 0, 0, 4], 32), None);
         assert_eq!(counts.len(), 5);
+    }
+
+    #[test]
+    fn the_snapshot_pairs_each_original_with_its_reply() {
+        let original = entry(FlowKind::Data, FlowDirection::Original, 0, 100);
+        let key = FlowKey {
+            sport: 50000u16.to_be_bytes(),
+            ..original.session
+        };
+        let reply = original.reply_of(&key, 0);
+        let lone_key = FlowKey {
+            sport: 50001u16.to_be_bytes(),
+            ..key
+        };
+        let snapshot = FlowSnapshot::new(
+            vec![original.reply_key(), key, lone_key],
+            vec![reply, original, original],
+        );
+        let connections: Vec<_> = snapshot.connections().collect();
+        assert_eq!(connections.len(), 2);
+        assert_eq!(connections[0].0, &key);
+        assert_eq!(
+            connections[0].2.map(|r| r.direction),
+            Some(FlowDirection::Reply as u8)
+        );
+        // The third entry's reply key is the same as the first's: the pairing is by key.
+        assert_eq!(connections[1].0, &lone_key);
+        assert!(snapshot.contains(&key) && snapshot.contains(&original.reply_key()));
+        assert!(!snapshot.contains(&original.session));
+    }
+
+    #[test]
+    fn packed_keys_differ_in_every_field() {
+        let key = entry(FlowKind::Data, FlowDirection::Original, 0, 0).session;
+        let variants = [
+            FlowKey {
+                saddr: [10, 0, 0, 3],
+                ..key
+            },
+            FlowKey {
+                daddr: [203, 0, 113, 11],
+                ..key
+            },
+            FlowKey {
+                sport: [0, 1],
+                ..key
+            },
+            FlowKey {
+                dport: [0, 1],
+                ..key
+            },
+        ];
+        for other in variants {
+            assert_ne!(packed(&key), packed(&other));
+        }
+        let hashing = KeyHashing::new();
+        assert_eq!(
+            hashing.hash_one(packed(&key)),
+            hashing.hash_one(packed(&key))
+        );
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn follow(
 ) -> anyhow::Result<&'static str> {
     let mut exhaustion = ExhaustionWatch::default();
     let mut closing = Closing::default();
+    let mut pacing = sweep::Pacing::default();
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
     // A sweep held up is done once, not caught up in a burst.
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -138,7 +139,8 @@ async fn follow(
                 // The datapath's events first, so that what a connection did is reported before
                 // its end.
                 drain_events(ring.get_mut(), datapath, &mut reporter, (&mut closing, policy), EVENTS_PER_TURN)?;
-                let swept = sweep::sweep(&mut datapath.state_tables()?, monotonic_now_ns(), policy)
+                let swept = pacing
+                    .run(SWEEP_INTERVAL, || sweep::sweep(&mut datapath.state_tables()?, monotonic_now_ns(), policy))
                     .context("sweeping finished connections and expired expectations")?;
                 if swept.connections > 0 {
                     log::debug!("expired {} connections, {} ports back in the window", swept.connections, swept.ports_returned);

@@ -146,7 +146,7 @@ run_options! {
               value_parser = clap::value_parser!(u64).range(IDLE_SECS))]
         #[serde(deserialize_with = "idle_secs")]
         pub data_idle: Option<u64>,
-        /// How many control sessions the datapath holds at once (1-65536); a further control
+        /// How many control sessions the datapath holds at once (1-131072); a further control
         /// connection is refused and counted. Sizes the tables: flows and expectations follow
         /// (8 flow entries and 4 expectations per session) [default: 4096].
         #[arg(long, value_name = "N",
@@ -656,14 +656,14 @@ mod tests {
                 "86401 is not in 1..=86400",
             ),
             (
-                "max_sessions = 65537",
+                "max_sessions = 131073",
                 "max_sessions",
-                "65537 is not in 1..=65536",
+                "131073 is not in 1..=131072",
             ),
             (
-                "max_sessions_per_subnet = 70000",
+                "max_sessions_per_subnet = 140000",
                 "max_sessions_per_subnet",
-                "70000 is not in 0..=65536",
+                "140000 is not in 0..=131072",
             ),
             (
                 "allow_privileged_data_ports = 1",
@@ -707,11 +707,11 @@ mod tests {
             ),
             ("--control-idle", "0", "0 is not in 1..=86400"),
             ("--data-idle", "86401", "86401 is not in 1..=86400"),
-            ("--max-sessions", "0", "0 is not in 1..=65536"),
+            ("--max-sessions", "131073", "131073 is not in 1..=131072"),
             (
                 "--max-sessions-per-source",
-                "65537",
-                "65537 is not in 0..=65536",
+                "131073",
+                "131073 is not in 0..=131072",
             ),
             (
                 "--tc-attach",

@@ -2,16 +2,24 @@
 //! process's (`ftpnat stats` and friends, the metrics) through their pins, each opened here once,
 //! by name, with one message when it is not there.
 
-use std::path::Path;
-
-use anyhow::{Context as _, bail};
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use ftp_common::maps::{
-    Counter, DatapathConfig, Table, config, counters, expects, flows, free_ports, interfaces,
-    reasons, released, sessions, sources,
+use std::{
+    marker::PhantomData,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd},
+    path::Path,
 };
 
-use super::{Datapath, object::missing_map, pins};
+use anyhow::{Context as _, bail};
+use aya::{
+    Pod,
+    maps::{Map, MapData, MapError, PerCpuArray},
+};
+use ftp_common::maps::{
+    Counter, DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, SessionEntry, SourceKey,
+    SourceSeen, Table, config, counters, expects, flows, free_ports, interfaces, reasons, released,
+    sessions, sources,
+};
+
+use super::{Datapath, batch, object::missing_map, pins};
 
 /// The datapath's state, as the agent's expiry sees it.
 pub struct StateTables<'a> {
@@ -26,6 +34,64 @@ pub struct StateTables<'a> {
     pub source_seen: sources::SeenAyaMap<&'a mut MapData>,
     /// Sessions the datapath opened per source; the agent reads them and removes idle sources.
     pub source_opened: sources::OpenedAyaMap<&'a mut MapData>,
+    /// The same tables read whole, with the kernel's batch reads.
+    pub whole: WholeTables<'a>,
+}
+
+/// The hash tables the sweep reads entirely, each in a few system calls (see `batch`).
+#[derive(Clone, Copy)]
+pub struct WholeTables<'a> {
+    pub flows: WholeTable<'a, FlowKey, FlowEntry>,
+    pub expects: WholeTable<'a, ExpectKey, Expectation>,
+    pub sessions: WholeTable<'a, FlowKey, SessionEntry>,
+    pub source_seen: WholeTable<'a, SourceKey, SourceSeen>,
+    pub source_opened: WholeTable<'a, SourceKey, u32>,
+}
+
+/// A hash table of the loaded object (keys `K`, values `V`), read whole.
+#[derive(Clone, Copy)]
+pub struct WholeTable<'a, K, V> {
+    /// The descriptor of a map the object owns, open while the borrow `'a` of it lasts.
+    fd: RawFd,
+    _map: PhantomData<(&'a MapData, K, V)>,
+}
+
+impl<'a, K: Pod, V: Pod> WholeTable<'a, K, V> {
+    /// The hash table `map` of the loaded object.
+    fn of(map: &Option<&'a mut Map>, name: &str) -> anyhow::Result<Self> {
+        let data = match map.as_deref() {
+            Some(Map::HashMap(data) | Map::LruHashMap(data)) => data,
+            Some(_) => bail!("the map {name} is not a hash table"),
+            None => return Err(missing_map(name)),
+        };
+        check_entry_sizes::<K, V>(data, name)?;
+        Ok(Self {
+            fd: data.fd().as_fd().as_raw_fd(),
+            _map: PhantomData,
+        })
+    }
+
+    /// Every key and its value, in bucket order.
+    pub fn read(&self) -> anyhow::Result<(Vec<K>, Vec<V>)> {
+        // SAFETY: the map owns the descriptor and outlives `'a`, for which `self` lives.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd) };
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        // SAFETY: `of` checked the map's entry sizes.
+        unsafe { batch::read_all(fd, &mut keys, &mut values) }
+            .context("reading a table with BPF_MAP_LOOKUP_BATCH")?;
+        Ok((keys, values))
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> anyhow::Result<Vec<K>> {
+        Ok(self.read()?.0)
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> anyhow::Result<Vec<(K, V)>> {
+        let (keys, values) = self.read()?;
+        Ok(keys.into_iter().zip(values).collect())
+    }
 }
 
 impl Datapath {
@@ -48,7 +114,15 @@ impl Datapath {
             sources::SEEN_NAME,
             sources::OPENED_NAME,
         ]);
+        let whole = WholeTables {
+            flows: WholeTable::of(&flows, flows::NAME)?,
+            expects: WholeTable::of(&expects, expects::NAME)?,
+            sessions: WholeTable::of(&sessions, sessions::NAME)?,
+            source_seen: WholeTable::of(&source_seen, sources::SEEN_NAME)?,
+            source_opened: WholeTable::of(&source_opened, sources::OPENED_NAME)?,
+        };
         Ok(StateTables {
+            whole,
             flows: typed(flows, flows::NAME)?,
             free_ports: typed(free_ports, free_ports::NAME)?,
             expects: typed(expects, expects::NAME)?,
@@ -58,6 +132,24 @@ impl Datapath {
             source_opened: typed(source_opened, sources::OPENED_NAME)?,
         })
     }
+}
+
+/// Refuses a map whose keys or values are not the sizes of `K` and `V` (a batch read of it would
+/// overrun its buffers).
+fn check_entry_sizes<K, V>(data: &MapData, name: &str) -> anyhow::Result<()> {
+    let info = data
+        .info()
+        .with_context(|| format!("reading {name}'s shape"))?;
+    let sizes = (info.key_size() as usize, info.value_size() as usize);
+    anyhow::ensure!(
+        sizes == (size_of::<K>(), size_of::<V>()),
+        "the map {name} has keys of {} and values of {} bytes, not {} and {}",
+        sizes.0,
+        sizes.1,
+        size_of::<K>(),
+        size_of::<V>()
+    );
+    Ok(())
 }
 
 /// The loaded object's map `name`, found or not, as its table's aya type.
@@ -99,6 +191,21 @@ impl<'a> PinnedMaps<'a> {
 
     pub fn flows(&self) -> anyhow::Result<flows::AyaMap<MapData>> {
         self.open(&flows::TABLE)
+    }
+
+    /// Every key and value of the pinned hash table `table` (keys `K`, values `V` of its
+    /// sizes), read with the kernel's batch lookups: a few calls where an iterator makes two per
+    /// entry, which matters for a flow table of a million entries read at every metrics scrape.
+    pub fn whole<K: Pod, V: Pod>(&self, table: &Table) -> anyhow::Result<(Vec<K>, Vec<V>)> {
+        let (Map::HashMap(data) | Map::LruHashMap(data)) = open_pinned(self.pin_dir, table)? else {
+            bail!("the map {} is not a hash table", table.name);
+        };
+        check_entry_sizes::<K, V>(&data, table.name)?;
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        // SAFETY: the map's entry sizes were just checked.
+        unsafe { batch::read_all(data.fd().as_fd(), &mut keys, &mut values) }
+            .with_context(|| format!("reading {}", table.name))?;
+        Ok((keys, values))
     }
 
     pub fn sessions(&self) -> anyhow::Result<sessions::AyaMap<MapData>> {

@@ -21,6 +21,7 @@ use ftp_common::maps::{Capacities, names};
 
 mod attach;
 mod attached;
+mod batch;
 mod classic_tc;
 pub mod clock;
 mod configure;

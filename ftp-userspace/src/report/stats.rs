@@ -5,8 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use ftp_common::maps::{
-    Counter, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKind, InterfaceRole,
-    SessionKind, expects, flow_flags, flows, sessions,
+    Counter, ExpectKey, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
+    InterfaceRole, SessionEntry, SessionKind, expects, flow_flags, flows, sessions,
 };
 use ftp_common::{
     MalformedReason, RefusalReason,
@@ -186,19 +186,10 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     for reason in MalformedReason::ALL {
         malformed_by_reason.insert(reason.as_str(), reason_count(malformed_slot(reason as u8))?);
     }
-    let flows = maps.flows()?;
-    let flow_entries: Vec<FlowEntry> = flows
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(_, v)| v)
-        .collect();
-    let expects = maps.expects()?;
-    let expectations: Vec<Expectation> = expects
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(_, v)| v)
-        .collect();
-    let sessions = maps.sessions()?;
+    let (_, flow_entries): (Vec<FlowKey>, Vec<FlowEntry>) = maps.whole(&flows::TABLE)?;
+    let (_, expectations): (Vec<ExpectKey>, Vec<Expectation>) = maps.whole(&expects::TABLE)?;
+    let (session_keys, session_entries): (Vec<FlowKey>, Vec<SessionEntry>) =
+        maps.whole(&sessions::TABLE)?;
     let closing = closing_sessions(&flow_entries);
     let mut sessions_by: BTreeMap<_, usize> = BTreeMap::new();
     for kind in [SessionKind::Masquerade, SessionKind::Publish] {
@@ -206,7 +197,7 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
             sessions_by.insert((kind.as_str(), state.as_str()), 0);
         }
     }
-    for (key, entry) in sessions.iter().filter_map(Result::ok) {
+    for (key, entry) in session_keys.into_iter().zip(session_entries) {
         let kind = SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str);
         let state = SessionState::of(&entry.state, closing.contains(&key));
         *sessions_by.entry((kind, state.as_str())).or_default() += 1;

@@ -29,6 +29,10 @@ const NO_SOURCE_LIMITS: [&str; 4] = [
     "0",
 ];
 
+/// ftpnat's P4 sizing: the largest `--max-sessions`, whose flow table holds a million
+/// connection directions (8 per session); its tables preallocate about 316 MiB.
+const SCALE_SIZING: [&str; 2] = ["--max-sessions", "131072"];
+
 /// The small port window of P3: 64 ports.
 pub const SMALL_WINDOW: &str = "61000-61063";
 
@@ -118,7 +122,11 @@ impl Bed {
             )?;
         }
         let agent = match router {
-            Router::Ftpnat => Some(lab.start_ftpnat(&NO_SOURCE_LIMITS)?),
+            Router::Ftpnat => {
+                let mut args = NO_SOURCE_LIMITS.to_vec();
+                args.extend(SCALE_SIZING);
+                Some(lab.start_ftpnat(&args)?)
+            }
             Router::FtpnatSmallWindow => {
                 let mut args = NO_SOURCE_LIMITS.to_vec();
                 args.extend(["--port-window", SMALL_WINDOW]);

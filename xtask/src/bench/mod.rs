@@ -39,7 +39,9 @@ struct Plan {
     /// P3: concurrent clients and how long they run.
     clients: usize,
     session_seconds: u64,
-    /// P4: table sizes (FLOWS entries) and how long the agent's CPU is watched at each.
+    /// P4: table sizes (FLOWS entries) and how long the agent's CPU is watched at each: at least
+    /// the longest gap the agent's sweep leaves on a large table (16 ticks of 1 s), so that the
+    /// figure holds at least one whole sweep.
     flow_sizes: [u32; 2],
     agent_watch: Duration,
 }
@@ -59,7 +61,7 @@ impl Plan {
             clients: if quick { 8 } else { 16 },
             session_seconds: if quick { 3 } else { 10 },
             flow_sizes: [1_000, 1_000_000],
-            agent_watch: Duration::from_secs(if quick { 3 } else { 10 }),
+            agent_watch: Duration::from_secs(if quick { 16 } else { 32 }),
         }
     }
 }
