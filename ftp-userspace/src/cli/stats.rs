@@ -14,10 +14,10 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     }
     println!(
         "{:<16} {:<5} {:<8} {:>12} {:>16}",
-        "INTERFACE", "ROLE", "HOOK", "PACKETS", "BYTES"
+        "INTERFACE", "ROLE", "WAY", "PACKETS", "BYTES"
     );
     for row in &stats.interfaces {
-        for (hook, counters) in [
+        for (way, counters) in [
             (Direction::Ingress, &row.ingress),
             (Direction::Egress, &row.egress),
         ] {
@@ -25,7 +25,7 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 "{:<16} {:<5} {:<8} {:>12} {:>16}",
                 row.name,
                 row.role,
-                hook.as_str(),
+                way.as_str(),
                 counters.packets,
                 counters.bytes
             );
