@@ -189,10 +189,6 @@ impl<'a> PinnedMaps<'a> {
         Ok(T::try_from(open_pinned(self.pin_dir, table)?)?)
     }
 
-    pub fn flows(&self) -> anyhow::Result<flows::AyaMap<MapData>> {
-        self.open(&flows::TABLE)
-    }
-
     /// Every key and value of the pinned hash table `table` (keys `K`, values `V` of its
     /// sizes), read with the kernel's batch lookups: a few calls where an iterator makes two per
     /// entry, which matters for a flow table of a million entries read at every metrics scrape.
@@ -206,14 +202,6 @@ impl<'a> PinnedMaps<'a> {
         unsafe { batch::read_all(data.fd().as_fd(), &mut keys, &mut values) }
             .with_context(|| format!("reading {}", table.name))?;
         Ok((keys, values))
-    }
-
-    pub fn sessions(&self) -> anyhow::Result<sessions::AyaMap<MapData>> {
-        self.open(&sessions::TABLE)
-    }
-
-    pub fn expects(&self) -> anyhow::Result<expects::AyaMap<MapData>> {
-        self.open(&expects::TABLE)
     }
 
     pub fn interfaces(&self) -> anyhow::Result<interfaces::AyaMap<MapData>> {
