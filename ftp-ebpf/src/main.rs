@@ -46,7 +46,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use ftp_common::maps::{
-    Counter, FlowDirection, FlowEntry, FlowKind,
+    Counter, FlowDirection, FlowEntry, FlowKind, flow_flags,
     stage::{CLIENT, CONTROL_FORWARD, REPLAY, REWRITE, SERVER},
 };
 
@@ -76,10 +76,17 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
         maps::bump(Counter::WrongInterface);
         return TC_ACT_SHOT;
     }
-    // SAFETY: a live map value; the fields read below are written only when the entry is created.
-    if packet.is_opening_syn() && unsafe { (*entry).kind } == FlowKind::Control as u8 {
-        // A new connection on a known control connection's tuple, or its SYN again: the open
-        // stage tells the two apart.
+    // SAFETY: a live map value; `kind` is written only when the entry is created, and a stale
+    // `flags` only sends a SYN the longer way.
+    if packet.is_opening_syn()
+        && unsafe {
+            (*entry).kind == FlowKind::Control as u8
+                || (*entry).flags & flow_flags::ESTABLISHED != 0
+        }
+    {
+        // A new connection on a known control connection's tuple, or its SYN again; or on the
+        // tuple of a data connection past its handshake (a port reused at once after it ended):
+        // the open stage tells them apart.
         return stage::continue_opening(&ctx, PASS);
     }
     nat::account(entry, &packet);
@@ -104,6 +111,20 @@ pub fn ftpnat_open(mut ctx: TcContext) -> i32 {
     let Some(packet) = stage_packet(&ctx) else {
         return PASS;
     };
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key())
+        // SAFETY: as in ftpnat_ingress.
+        && unsafe { (*entry).kind } != FlowKind::Control as u8
+    {
+        // An opening SYN on a data connection's tuple: if that connection has ended, the new one
+        // takes its place (its entries and port go, as the agent's release would); else the SYN
+        // goes on as the connection's packets do.
+        flows::release_closed(&packet.key());
+        if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
+            nat::account(entry, packet);
+            // SAFETY: as in ftpnat_ingress.
+            return nat::translate_and_forward(&ctx, packet, unsafe { &*entry }).action(PASS);
+        }
+    }
     if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
         // A control connection's opening SYN meeting its tuple's entries: a new connection where
         // a closed one lingers takes its place; a SYN sent again goes on as the connection's

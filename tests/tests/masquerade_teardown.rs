@@ -9,7 +9,7 @@ use ftpnat_tests::{
     Client, Lab, LabSpec, MIB, Mode,
     lab::{ROUTER_LAN_IF, wait_until},
     masquerade::{dialogue_since, download, download_intact, setup},
-    servers::data_commands_in_mode,
+    servers::{VsftpdOptions, data_commands_in_mode},
 };
 use serde_json::Value;
 
@@ -352,6 +352,55 @@ fn a_data_connection_on_a_closed_ones_tuple_takes_its_place() {
     assert_eq!(lab.datapath_counter("flow_table_full"), 0);
     assert_eq!(lab.datapath_counter("pinhole_no_expectation"), 0);
     assert_eq!(lab.datapath_counter("closed_replaced"), 1);
+}
+
+/// Two passive downloads in one session, the client's data connection bound both times to the
+/// same port (`argv[3]`) and the server's passive range one port: the second data connection has
+/// the first one's tuple exactly, opened a moment after the first ended (the server closed first,
+/// so the client may reuse the tuple at once). Prints both files' sha256.
+const PASSIVE_TWICE_ON_ONE_TUPLE: &str = r#"
+import ftplib, hashlib, socket, sys
+from ftpnat_lab import login
+server, name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ftp = login(server, timeout=10)
+ftp.voidcmd('TYPE I')
+for _ in range(2):
+    host, pasv_port = ftplib.parse227(ftp.sendcmd('PASV'))
+    data = socket.socket()
+    data.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    data.bind(('', port))
+    data.settimeout(10)
+    data.connect((host, pasv_port))
+    ftp.sendcmd('RETR ' + name)
+    digest = hashlib.sha256()
+    while chunk := data.recv(65536):
+        digest.update(chunk)
+    data.close()
+    ftp.voidresp()
+    print(digest.hexdigest())
+ftp.quit()
+"#;
+
+#[test]
+fn a_passive_data_connection_on_a_closed_ones_tuple_takes_its_place() {
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let options = VsftpdOptions {
+        pasv_ports: Some((50_100, 50_100)),
+        ..VsftpdOptions::default()
+    };
+    let (server, file) = lab.serve_file_with(64 * 1024, 7, &options).expect("vsftpd");
+    let _agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let args = [&server.addr.to_string(), file.name(), "45680"];
+    let out = lab
+        .client_python(PASSIVE_TWICE_ON_ONE_TUPLE, &args, 60)
+        .expect("two passive downloads on one tuple");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let digests: Vec<&str> = stdout.lines().collect();
+    assert_eq!(digests, [file.sha256.as_str(); 2], "{stdout}");
+    // The second connection got entries of its own (and a window port) at its SYN instead of
+    // riding the closed one's, which the agent releases 250 ms after their last packet.
+    assert_eq!(lab.datapath_counter("closed_replaced"), 1);
+    assert_eq!(lab.datapath_counter("expectations_used"), 2);
 }
 
 /// `argv[3]` sessions one after another, alternately active (PORT) and passive (EPSV), each
