@@ -78,11 +78,9 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
     }
     // SAFETY: a live map value; `kind` is written only when the entry is created, and a stale
     // `flags` only sends a SYN the longer way.
+    let (kind, flags) = unsafe { ((*entry).kind, (*entry).flags) };
     if packet.is_opening_syn()
-        && unsafe {
-            (*entry).kind == FlowKind::Control as u8
-                || (*entry).flags & flow_flags::ESTABLISHED != 0
-        }
+        && (kind == FlowKind::Control as u8 || flags & flow_flags::ESTABLISHED != 0)
     {
         // A new connection on a known control connection's tuple, or its SYN again; or on the
         // tuple of a data connection past its handshake (a port reused at once after it ended):
