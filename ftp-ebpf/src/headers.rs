@@ -2,7 +2,7 @@
 //! linear area (direct packet access: no helper call, which matters on the per-packet fast path);
 //! the rare packet whose headers are not all there has them pulled in first.
 
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, helpers::bpf_skb_pull_data, programs::TcContext};
+use aya_ebpf::{helpers::bpf_skb_pull_data, programs::TcContext};
 use ftp_common::maps::FlowKey;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
@@ -30,8 +30,6 @@ pub enum Covered {
     Ip,
     /// TCP's (ports, sequence numbers, flags).
     Tcp,
-    /// Both: an address, part of the IPv4 header and of TCP's pseudo-header.
-    IpAndPseudoHeader,
 }
 
 /// Stores `new` over the 2-byte field `old` at `offset` (from the packet's start) and updates the
@@ -78,18 +76,10 @@ fn fix_checksums(
     size: u64,
     covered: Covered,
 ) -> Result<(), i64> {
-    if covered != Covered::Tcp {
-        ctx.l3_csum_replace(IP_OFF + IP_CHECK_OFF, old, new, size)?;
+    match covered {
+        Covered::Ip => ctx.l3_csum_replace(IP_OFF + IP_CHECK_OFF, old, new, size),
+        Covered::Tcp => ctx.l4_csum_replace(packet.tcp_check_off(), old, new, size),
     }
-    if covered == Covered::Ip {
-        return Ok(());
-    }
-    let pseudo = if covered == Covered::IpAndPseudoHeader {
-        u64::from(BPF_F_PSEUDO_HDR)
-    } else {
-        0
-    };
-    ctx.l4_csum_replace(packet.tcp_check_off(), old, new, pseudo | size)
 }
 
 /// What reading a packet's headers found.
