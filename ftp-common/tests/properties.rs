@@ -687,6 +687,26 @@ proptest! {
     }
 }
 
+/// Up to a dozen of `line`'s lines in a row, each ended by CR LF, a bare LF, a bare CR or
+/// nothing (run into the next).
+fn stream_of(line: impl Strategy<Value = Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    let end = prop_oneof![
+        Just(&b"\r\n"[..]),
+        Just(&b"\n"[..]),
+        Just(&b"\r"[..]),
+        Just(&b""[..])
+    ];
+    proptest::collection::vec((line, end), 1..12).prop_map(|lines| {
+        lines
+            .into_iter()
+            .flat_map(|(mut line, end)| {
+                line.extend_from_slice(end);
+                line
+            })
+            .collect()
+    })
+}
+
 /// Server streams for the scanner: reply lines (227/229 among them), multi-line replies, text,
 /// long lines, and CRs in every place, as bytes.
 fn server_stream() -> impl Strategy<Value = Vec<u8>> {
@@ -708,27 +728,7 @@ fn server_stream() -> impl Strategy<Value = Vec<u8>> {
             0..700,
         ),
     ];
-    proptest::collection::vec(
-        (
-            line,
-            prop_oneof![
-                Just(&b"\r\n"[..]),
-                Just(&b"\n"[..]),
-                Just(&b"\r"[..]),
-                Just(&b""[..])
-            ],
-        ),
-        1..12,
-    )
-    .prop_map(|lines| {
-        lines
-            .into_iter()
-            .flat_map(|(mut line, end)| {
-                line.extend_from_slice(end);
-                line
-            })
-            .collect()
-    })
+    stream_of(line)
 }
 
 proptest! {
@@ -831,25 +831,5 @@ fn client_stream() -> impl Strategy<Value = Vec<u8>> {
             0..80,
         ),
     ];
-    proptest::collection::vec(
-        (
-            line,
-            prop_oneof![
-                Just(&b"\r\n"[..]),
-                Just(&b"\n"[..]),
-                Just(&b"\r"[..]),
-                Just(&b""[..])
-            ],
-        ),
-        1..12,
-    )
-    .prop_map(|lines| {
-        lines
-            .into_iter()
-            .flat_map(|(mut line, end)| {
-                line.extend_from_slice(end);
-                line
-            })
-            .collect()
-    })
+    stream_of(line)
 }
