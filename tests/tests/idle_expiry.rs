@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
-use ftp_common::maps::{FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags, flows};
+use ftp_common::maps::{FlowEntry, FlowKey, FlowKind, flows};
 use ftpnat_tests::{Lab, LabSpec, MIB, lab::wait_until};
 
 /// Logs in and stays, silent, until told to go.
@@ -97,32 +97,11 @@ fn a_table_read_in_many_batches_loses_its_idle_connections_and_keeps_the_live_on
             dport: 21u16.to_be_bytes(),
         };
         // Established both ways; the original last seen at boot, longer ago than --control-idle.
-        let original = FlowEntry {
-            packets: 1,
-            bytes: 60,
-            last_seen_ns: 0,
-            session: key,
-            new_saddr: key.saddr,
-            new_daddr: key.daddr,
-            out_ifindex: 0,
-            new_sport: key.sport,
-            new_dport: key.dport,
-            public_port: 0,
-            kind: FlowKind::Control as u8,
-            direction: FlowDirection::Original as u8,
-            flags: flow_flags::ESTABLISHED,
-            _pad: [0; 3],
-            in_ifindex: 0,
-        };
-        let reply = FlowEntry {
-            flags: flow_flags::ESTABLISHED,
-            last_seen_ns: if n % 2 == 0 { live_until } else { 0 },
-            ..original.reply_of(&key, 0)
-        };
-        table.insert(key, original, 0).expect("an original entry");
-        table
-            .insert(original.reply_key(), reply, 0)
-            .expect("a reply entry");
+        let reply_seen = if n % 2 == 0 { live_until } else { 0 };
+        let entries = FlowEntry::established_untranslated(key, FlowKind::Control, (0, reply_seen));
+        for (key, entry) in entries {
+            table.insert(key, entry, 0).expect("a flow entry");
+        }
     }
     let left = |table: &HashMap<MapData, FlowKey, FlowEntry>, second_octet: u8| {
         table

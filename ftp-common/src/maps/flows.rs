@@ -157,6 +157,44 @@ impl FlowEntry {
     }
 }
 
+#[cfg(feature = "user")]
+impl FlowEntry {
+    /// The two entries (original and reply, each with its key) of an established connection
+    /// `key` of `kind` that translates nothing and arrives by no interface, last seen at
+    /// `last_seen_ns` (original's, reply's): what the bench and the lab write straight into the
+    /// table, to give the agent's sweep connections to judge that no packet ever matches.
+    pub fn established_untranslated(
+        key: FlowKey,
+        kind: FlowKind,
+        (original_seen, reply_seen): (u64, u64),
+    ) -> [(FlowKey, FlowEntry); 2] {
+        let original = FlowEntry {
+            packets: 1,
+            bytes: 60,
+            last_seen_ns: original_seen,
+            session: key,
+            new_saddr: key.saddr,
+            new_daddr: key.daddr,
+            out_ifindex: 0,
+            new_sport: key.sport,
+            new_dport: key.dport,
+            public_port: 0,
+            kind: kind as u8,
+            direction: FlowDirection::Original as u8,
+            flags: flow_flags::ESTABLISHED,
+            _pad: [0; 3],
+            in_ifindex: 0,
+        };
+        let reply = FlowEntry {
+            // Answered: the sweep judges the connection by its idle timeout.
+            flags: flow_flags::ESTABLISHED,
+            last_seen_ns: reply_seen,
+            ..original.reply_of(&key, 0)
+        };
+        [(key, original), (original.reply_key(), reply)]
+    }
+}
+
 pod!(FlowKey, FlowEntry);
 
 #[cfg(test)]

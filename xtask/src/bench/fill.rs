@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData, MapInfo};
-use ftp_common::maps::{FlowDirection, FlowEntry, FlowKey, FlowKind, flow_flags, flows};
+use ftp_common::maps::{FlowEntry, FlowKey, FlowKind, flows};
 
 pub struct FlowFill {
     map: HashMap<MapData, FlowKey, FlowEntry>,
@@ -60,34 +60,12 @@ impl FlowFill {
                 sport: 40000u16.to_be_bytes(),
                 dport: 20u16.to_be_bytes(),
             };
-            let original = FlowEntry {
-                packets: 1,
-                bytes: 60,
-                last_seen_ns: now,
-                session: key,
-                new_saddr: key.saddr,
-                new_daddr: key.daddr,
-                out_ifindex: 0,
-                new_sport: key.sport,
-                new_dport: key.dport,
-                public_port: 0,
-                kind: FlowKind::Data as u8,
-                direction: FlowDirection::Original as u8,
-                flags: flow_flags::ESTABLISHED,
-                _pad: [0; 3],
-                in_ifindex: 0,
-            };
-            let reply = FlowEntry {
-                // Answered: the sweep judges it by the data idle timeout.
-                flags: flow_flags::ESTABLISHED,
-                ..original.reply_of(&key, 0)
-            };
-            self.map
-                .insert(key, original, 0)
-                .with_context(|| format!("writing bench flow {n}"))?;
-            self.map
-                .insert(original.reply_key(), reply, 0)
-                .with_context(|| format!("writing bench flow {n}'s reply"))?;
+            let entries = FlowEntry::established_untranslated(key, FlowKind::Data, (now, now));
+            for (key, entry) in entries {
+                self.map
+                    .insert(key, entry, 0)
+                    .with_context(|| format!("writing bench flow {n}"))?;
+            }
             self.connections += 1;
         }
         Ok(())
