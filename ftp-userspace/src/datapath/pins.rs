@@ -266,3 +266,32 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use ftp_common::maps::flows;
+
+    use super::*;
+
+    /// The pins of the layout before the 16-byte addresses (v6), like every older layout's, are
+    /// another version's state: refused, and removed by a detach.
+    #[test]
+    fn older_layouts_are_foreign_state() {
+        let pin_dir = std::env::temp_dir().join(format!("ftpnat-pins-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&pin_dir);
+        for dir in [state_dir(&pin_dir), pin_dir.join("v6")] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        // Layout 1 pinned its maps in the pin dir itself; the event socket's record is no state.
+        fs::write(pin_dir.join(flows::NAME), b"").unwrap();
+        fs::write(pin_dir.join(EVENT_SOCKET_RECORD), b"").unwrap();
+        let foreign = foreign_state(&pin_dir);
+        let refusal = refuse_foreign_state(&pin_dir).map_err(|e| e.to_string());
+        fs::remove_dir_all(&pin_dir).unwrap();
+        assert_eq!(foreign, [pin_dir.join(flows::NAME), pin_dir.join("v6")]);
+        assert!(
+            refusal.is_err_and(|e| e.contains("ftpnat detach")),
+            "refused with the way out"
+        );
+    }
+}
