@@ -29,7 +29,7 @@ pub struct EventRecord {
     pub argument: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// An address and port, as the event says (`ip:port`).
+    /// An address and port, as the event says (`ip:port`, `[ipv6]:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
