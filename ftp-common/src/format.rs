@@ -239,10 +239,6 @@ impl Ipv6AddressText {
             text,
         }
     }
-
-    fn as_bytes(&self) -> &[u8] {
-        self.text.get(..usize::from(self.len)).unwrap_or_default()
-    }
 }
 
 /// The public address a rewrite announces: IPv4, or IPv6 as its text made ahead.

@@ -50,7 +50,7 @@ fn reserve(session: &FlowKey, kind: EventKind) -> Option<RingBufEntry<Event>> {
 /// Reports `kind` for `session`, with an address and port as the kind defines them.
 // A subprogram of its own: the event is built in the ring buffer, not on the callers' stacks.
 #[inline(never)]
-pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: IpBytes, port: u16) {
+pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: &IpBytes, port: u16) {
     let Some(mut entry) = reserve(session, kind) else {
         return;
     };
@@ -66,7 +66,7 @@ pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: IpBytes, port:
 /// Reports `kind` for `session` with an address and port and a count (`value`), as the kind
 /// defines them.
 #[inline(never)]
-pub fn emit_counted(session: &FlowKey, kind: EventKind, (addr, port): (IpBytes, u16), value: u64) {
+pub fn emit_counted(session: &FlowKey, kind: EventKind, (addr, port): (&IpBytes, u16), value: u64) {
     let Some(mut entry) = reserve(session, kind) else {
         return;
     };
@@ -91,7 +91,7 @@ pub fn emit_command(session: &FlowKey, name: u8, text_off: u32, text_len: u32) {
     };
     let event = entry.as_mut_ptr();
     let header = [EventKind::Command as u8, name, text_len as u8];
-    write_record(event, session, header, (ip::UNSPECIFIED, 0));
+    write_record(event, session, header, (&ip::UNSPECIFIED, 0));
     if let Some(scratch) = SCRATCH.get_ptr(0) {
         let mut i = 0;
         while i < EVENT_TEXT_LEN {
@@ -123,7 +123,7 @@ fn write_record(
     record: *mut Event,
     session: &FlowKey,
     header: [u8; 3],
-    (addr, port): (IpBytes, u16),
+    (addr, port): (&IpBytes, u16),
 ) {
     use core::ptr::{addr_of_mut, write_volatile};
     let [kind, detail, text_len] = header;
@@ -131,12 +131,13 @@ fn write_record(
     // written once, the text as whole u64 words (it starts 8-byte aligned, a multiple of 8 long).
     unsafe {
         write_volatile(addr_of_mut!((*record).ts_ns), now_ns());
-        write_volatile(addr_of_mut!((*record).session), *session);
+        // Copied, not stored volatile: a volatile store of a whole key is made on the stack first.
+        core::ptr::copy_nonoverlapping(session, addr_of_mut!((*record).session), 1);
         write_volatile(addr_of_mut!((*record).kind), kind);
         write_volatile(addr_of_mut!((*record).detail), detail);
         write_volatile(addr_of_mut!((*record).text_len), text_len);
         write_volatile(addr_of_mut!((*record)._pad), 0);
-        write_volatile(addr_of_mut!((*record).addr), addr);
+        core::ptr::copy_nonoverlapping(addr, addr_of_mut!((*record).addr), 1);
         write_volatile(addr_of_mut!((*record).port), port.to_be_bytes());
         write_volatile(addr_of_mut!((*record)._pad2), [0; 6]);
         write_volatile(addr_of_mut!((*record).value), 0);

@@ -264,7 +264,7 @@ fn report(kind: EventKind, detail: u8) {
         EventKind::Malformed => crate::maps::bump_reason(malformed_slot(detail)),
         _ => {}
     }
-    crate::events::emit(&segment.session_key, kind, detail, ip::UNSPECIFIED, 0);
+    crate::events::emit(&segment.session_key, kind, detail, &ip::UNSPECIFIED, 0);
 }
 
 #[inline(always)]
@@ -299,7 +299,7 @@ fn on_server_verdict(
                 &segment.session_key,
                 EventKind::PassiveReply,
                 code,
-                addr,
+                &addr,
                 port,
             );
             if segment.session_kind != SessionKind::Publish as u8 {

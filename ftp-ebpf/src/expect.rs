@@ -57,8 +57,7 @@ impl Announced {
 }
 
 /// Creates the expectation of `announced`.
-// A subprogram of its own: the client and server stages' frames are deep already.
-#[inline(never)]
+#[inline(always)]
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "inserted by reference: by value, the expectation would be copied onto the stack"
@@ -97,7 +96,7 @@ pub fn create(session: &mut SessionEntry, announced: &Announced) {
             &segment.session_key,
             EventKind::ExpectationCreated,
             kind as u8,
-            target,
+            &target,
             port,
         );
     } else {
@@ -135,7 +134,7 @@ pub fn reserve_inbound(
             &request.session_key,
             EventKind::WindowExhausted,
             0,
-            ip::UNSPECIFIED,
+            &ip::UNSPECIFIED,
             0,
         );
         return Reservation::NoRoom;
@@ -321,7 +320,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
                     &expectation.session,
                     EventKind::WindowExhausted,
                     0,
-                    ip::UNSPECIFIED,
+                    &ip::UNSPECIFIED,
                     0,
                 );
                 return Err(OpenError::WindowExhausted);
@@ -390,7 +389,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
         &expectation.session,
         EventKind::DataFlowOpened,
         expectation.kind,
-        key.daddr,
+        &key.daddr,
         u16::from_be_bytes(key.dport),
     );
     Ok(())

@@ -94,8 +94,12 @@ fn open_masqueraded(
     if !config.is_ftp_port(packet.dport()) {
         return Err(OpenError::NotOurs);
     }
-    let prefix = Key::new(128, packet.key.saddr);
-    let kind = if MASQUERADE.get(&prefix).is_some() {
+    let Some(opening) = opening() else {
+        return Err(OpenError::NotOurs);
+    };
+    // Made in the scratch area, as the entries: off this frame.
+    opening.masquerade_key = Key::new(128, packet.key.saddr);
+    let kind = if MASQUERADE.get(&opening.masquerade_key).is_some() {
         SessionKind::Masquerade
     } else if packet.v6 {
         SessionKind::Firewall
@@ -108,9 +112,10 @@ fn open_masqueraded(
     }
     admit_source(packet, config)?;
     let key = &packet.key;
-    let public_ip = *config.public_ip_of(&key.saddr);
+    // By reference: copied, an address is sixteen bytes in as many registers.
+    let public_ip = config.public_ip_of(&key.saddr);
     let (new_saddr, new_sport, public_port, flags) = if kind == SessionKind::Masquerade {
-        if public_ip == ip::UNSPECIFIED {
+        if *public_ip == ip::UNSPECIFIED {
             // An IPv6 prefix masqueraded without a public IPv6 address: never configured so.
             return Err(OpenError::NotOurs);
         }
@@ -125,13 +130,7 @@ fn open_masqueraded(
             flow_flags::OWNS_PORT,
         )
     } else {
-        (key.saddr, key.sport, 0, 0)
-    };
-    let Some(opening) = opening() else {
-        if public_port != 0 {
-            return_port(public_port);
-        }
-        return Err(OpenError::NotOurs);
+        (&key.saddr, key.sport, 0, 0)
     };
     let opened = Opened {
         session: key,
@@ -143,7 +142,7 @@ fn open_masqueraded(
     write_original(
         &mut opening.original,
         &opened,
-        (&new_saddr, &key.daddr),
+        (new_saddr, &key.daddr),
         [new_sport, key.dport],
     );
     if let Err(error) = install(key, opening) {
@@ -155,7 +154,7 @@ fn open_masqueraded(
     let new = NewSession {
         kind,
         lan_ifindex: in_ifindex,
-        server_addr: key.daddr,
+        server_addr: &key.daddr,
         server_port: key.dport,
         offered_scale: crate::tcp_window::offered_scale(ctx, packet),
     };
@@ -164,7 +163,7 @@ fn open_masqueraded(
         uninstall(key, &opening.original);
         return Err(OpenError::NoRoom);
     }
-    crate::sources::opened(&key.saddr);
+    crate::sources::opened(key);
     bump(Counter::ControlSessionsOpened);
     Ok(())
 }
@@ -272,7 +271,7 @@ fn open_published(
     let new = NewSession {
         kind: SessionKind::Publish,
         lan_ifindex: target.lan_ifindex,
-        server_addr: target.server_addr,
+        server_addr: &target.server_addr,
         server_port: target.server_port,
         offered_scale: crate::tcp_window::offered_scale(ctx, packet),
     };
@@ -280,7 +279,7 @@ fn open_published(
         uninstall(key, &opening.original);
         return Err(OpenError::NoRoom);
     }
-    crate::sources::opened(&key.saddr);
+    crate::sources::opened(key);
     bump(Counter::ControlSessionsOpened);
     Ok(())
 }
@@ -289,7 +288,7 @@ fn open_published(
 /// already, before it takes anything.
 #[inline(always)]
 fn admit_source(packet: &Tcp, config: &DatapathConfig) -> Result<(), OpenError> {
-    if crate::sources::admits(&packet.key.saddr, &config.source_limits()) {
+    if crate::sources::admits(&packet.key, &config.source_limits()) {
         Ok(())
     } else {
         bump(Counter::SourceLimit);
@@ -423,7 +422,8 @@ pub fn release_closed(key: &FlowKey) {
         return_port(public_port);
     }
     if kind == FlowKind::Data as u8 {
-        crate::events::emit_counted(&session, EventKind::DataFlowClosed, endpoint, bytes);
+        let (addr, port) = endpoint;
+        crate::events::emit_counted(&session, EventKind::DataFlowClosed, (&addr, port), bytes);
     }
     bump(Counter::ClosedReplaced);
 }
@@ -449,7 +449,7 @@ pub fn report_if_closed(packet: &Tcp, entry: *const FlowEntry, new_flags: u8) {
             &packet.key,
             EventKind::ConnectionClosed,
             0,
-            ip::UNSPECIFIED,
+            &ip::UNSPECIFIED,
             0,
         );
     }
@@ -505,7 +505,7 @@ pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp, entry: *mut FlowEntr
     let new = NewSession {
         kind,
         lan_ifindex,
-        server_addr: original.new_daddr,
+        server_addr: &original.new_daddr,
         server_port: original.new_dport,
         offered_scale: crate::tcp_window::offered_scale(ctx, packet),
     };
@@ -514,7 +514,7 @@ pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp, entry: *mut FlowEntr
     }
     original.flags &= flow_flags::OWNS_PORT;
     reply.flags = 0;
-    crate::sources::opened(&packet.key.saddr);
+    crate::sources::opened(&packet.key);
     bump(Counter::ControlSessionsOpened);
     true
 }

@@ -217,8 +217,8 @@ impl Tcp {
         let out = out.as_mut_ptr();
         // SAFETY: `out` is the caller's; every field is written.
         unsafe {
-            write_v4_mapped(&mut (*out).key.saddr, ip.src_addr);
-            write_v4_mapped(&mut (*out).key.daddr, ip.dst_addr);
+            (*out).key.saddr = ip::v4_mapped(ip.src_addr);
+            (*out).key.daddr = ip::v4_mapped(ip.dst_addr);
             (*out).key.sport = tcp.source;
             (*out).key.dport = tcp.dest;
             (*out).tcp = *tcp;
@@ -254,16 +254,18 @@ impl Tcp {
         if ip.vcf[0] >> 4 != 6 || ip.next_hdr != IPPROTO_TCP {
             return Parsed::NotOurs;
         }
-        // IPv4-mapped addresses never appear on the wire (RFC 4291 section 2.5.5.2); the tables
-        // hold IPv4 addresses that way, so such a packet must not be taken for an IPv4 one.
-        if ip::is_v4(&ip.src_addr) || ip::is_v4(&ip.dst_addr) {
-            return Parsed::NotOurs;
-        }
         let out = out.as_mut_ptr();
-        // SAFETY: `out` is the caller's; every field is written.
+        // SAFETY: `out` is the caller's; every field is written. The addresses are copied first
+        // and checked where they landed (aligned: a word at a time), not held in registers.
         unsafe {
-            (*out).key.saddr = ip.src_addr;
-            (*out).key.daddr = ip.dst_addr;
+            (*out).key.saddr = IpBytes(ip.src_addr);
+            (*out).key.daddr = IpBytes(ip.dst_addr);
+            // IPv4-mapped addresses never appear on the wire (RFC 4291 section 2.5.5.2); the
+            // tables hold IPv4 addresses that way, so such a packet must not be taken for an IPv4
+            // one.
+            if ip::is_v4(&(*out).key.saddr) || ip::is_v4(&(*out).key.daddr) {
+                return Parsed::NotOurs;
+            }
             (*out).key.sport = tcp.source;
             (*out).key.dport = tcp.dest;
             (*out).tcp = *tcp;
@@ -348,11 +350,4 @@ impl Tcp {
             store16(ctx, self, IP_OFF + IP_TOT_LEN_OFF, field, Covered::Ip)
         }
     }
-}
-
-/// Writes the IPv4 address `octets` mapped (see `ftp_common::maps::ip`) straight into `out`, with
-/// no array built on the stack first.
-#[inline(always)]
-fn write_v4_mapped(out: &mut IpBytes, [a, b, c, d]: [u8; 4]) {
-    *out = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d];
 }

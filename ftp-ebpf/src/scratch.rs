@@ -61,6 +61,10 @@ pub struct Opening {
     pub expectation: ftp_common::maps::Expectation,
     pub original: ftp_common::maps::FlowEntry,
     pub reply: ftp_common::maps::FlowEntry,
+    /// The key of a source's count being looked up (see `sources`).
+    pub source_key: ftp_common::maps::SourceKey,
+    /// The key of the masqueraded prefixes' lookup (see `flows`).
+    pub masquerade_key: aya_ebpf::maps::lpm_trie::Key<ftp_common::maps::IpBytes>,
 }
 
 /// The scan of one segment, kept in the scratch area between the passes of its stage.

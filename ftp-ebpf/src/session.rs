@@ -55,12 +55,12 @@ const NO_REWRITE: RewriteRecord = RewriteRecord {
 };
 
 /// What a new session record says beyond the initial protocol state.
-pub struct NewSession {
+pub struct NewSession<'a> {
     pub kind: SessionKind,
     /// The interface of the side behind the router (the client's or the published server's).
     pub lan_ifindex: u32,
     /// The server's own address and control port (network byte order).
-    pub server_addr: IpBytes,
+    pub server_addr: &'a IpBytes,
     pub server_port: [u8; 2],
     /// The window scale the opening SYN offers.
     pub offered_scale: Option<u8>,
@@ -88,7 +88,7 @@ pub fn open_session(packet: &Tcp, new: &NewSession) -> bool {
         unsafe {
             (*entry).opened_ns = now_ns();
             (*entry).lan_ifindex = new.lan_ifindex;
-            (*entry).server_addr = new.server_addr;
+            (*entry).server_addr = *new.server_addr;
             (*entry).server_port = new.server_port;
             (*entry).kind = new.kind as u8;
             let seq = u32::from_be_bytes(packet.tcp.seq);
@@ -100,7 +100,7 @@ pub fn open_session(packet: &Tcp, new: &NewSession) -> bool {
             );
         }
         crate::events::emit(
-            &key,
+            key,
             EventKind::SessionOpened,
             new.kind as u8,
             new.server_addr,

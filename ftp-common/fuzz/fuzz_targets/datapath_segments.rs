@@ -40,8 +40,8 @@
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::{
-    ClientVerdict, Command, CommandScanner, LineTracker, Policy, PolicyContext, ReplyScanner,
-    PublicAddress, SegmentVerdict, SeqAdjust, ServerVerdict, Session, format_rewrite, hold,
+    ClientVerdict, Command, CommandScanner, LineTracker, Policy, PolicyContext, PublicAddress,
+    ReplyScanner, SegmentVerdict, SeqAdjust, ServerVerdict, Session, format_rewrite, hold,
     maps::{HELD_FIELD_MAX, HeldField, RewriteRecord, hold_state, rewrite_kind},
     parse_command,
     seqadj::seq_after,

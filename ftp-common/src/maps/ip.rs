@@ -4,11 +4,17 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// An address as the tables hold it (network byte order).
-pub type IpBytes = [u8; 16];
+/// An address as the tables hold it: its 16 bytes in network byte order. Aligned to 4 bytes: the
+/// kernel program then copies and compares addresses a word at a time (the BPF target has no
+/// unaligned access: a byte array is moved byte by byte, each byte in a register of its own).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpBytes(pub [u8; 16]);
+
+pod!(IpBytes);
 
 /// The all-zero address: "any" in an expectation's key, "none" in a setting.
-pub const UNSPECIFIED: IpBytes = [0; 16];
+pub const UNSPECIFIED: IpBytes = IpBytes([0; 16]);
 
 /// How many leading bits of a mapped address are the mapping: an IPv4 prefix of `n` bits is the
 /// mapped prefix of `V4_MAPPED_BITS + n`.
@@ -16,21 +22,14 @@ pub const V4_MAPPED_BITS: u8 = 96;
 
 /// The IPv4 address `octets`, mapped.
 #[inline(always)]
-pub const fn v4_mapped(octets: [u8; 4]) -> IpBytes {
-    let mut out = [0u8; 16];
-    out[10] = 0xff;
-    out[11] = 0xff;
-    out[12] = octets[0];
-    out[13] = octets[1];
-    out[14] = octets[2];
-    out[15] = octets[3];
-    out
+pub const fn v4_mapped([a, b, c, d]: [u8; 4]) -> IpBytes {
+    IpBytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d])
 }
 
 /// Whether `addr` is an IPv4 address (mapped).
 #[inline(always)]
 pub fn is_v4(addr: &IpBytes) -> bool {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ..] = *addr;
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ..] = addr.0;
     u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]) == 0
         && u32::from_be_bytes([a8, a9, a10, a11]) == 0xffff
 }
@@ -38,7 +37,8 @@ pub fn is_v4(addr: &IpBytes) -> bool {
 /// The IPv4 address in the last four bytes of `addr` (meaningful when [`is_v4`]).
 #[inline(always)]
 pub const fn v4_octets(addr: &IpBytes) -> [u8; 4] {
-    [addr[12], addr[13], addr[14], addr[15]]
+    let [.., a, b, c, d] = addr.0;
+    [a, b, c, d]
 }
 
 /// The address `addr` holds, in its own family.
@@ -46,7 +46,7 @@ pub fn to_ip(addr: &IpBytes) -> IpAddr {
     if is_v4(addr) {
         IpAddr::V4(Ipv4Addr::from(v4_octets(addr)))
     } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
+        IpAddr::V6(Ipv6Addr::from(addr.0))
     }
 }
 
@@ -54,50 +54,29 @@ pub fn to_ip(addr: &IpBytes) -> IpAddr {
 pub const fn from_ip(addr: IpAddr) -> IpBytes {
     match addr {
         IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
+        IpAddr::V6(v6) => IpBytes(v6.octets()),
     }
 }
 
 /// `addr` with the bits past the first `prefix_len` cleared (its network of that length).
 #[inline(always)]
 pub fn network(addr: &IpBytes, prefix_len: u8) -> IpBytes {
-    // Two 64-bit halves, not sixteen bytes: the datapath computes this per new session, and the
-    // BPF target keeps a byte loop's every byte in a register or a stack slot of its own.
-    let [
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        a6,
-        a7,
-        a8,
-        a9,
-        a10,
-        a11,
-        a12,
-        a13,
-        a14,
-        a15,
-    ] = *addr;
-    let high = u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7]) & mask(prefix_len);
-    let low = u64::from_be_bytes([a8, a9, a10, a11, a12, a13, a14, a15])
-        & mask(prefix_len.saturating_sub(64));
-    let [h0, h1, h2, h3, h4, h5, h6, h7] = high.to_be_bytes();
-    let [l0, l1, l2, l3, l4, l5, l6, l7] = low.to_be_bytes();
-    [
-        h0, h1, h2, h3, h4, h5, h6, h7, l0, l1, l2, l3, l4, l5, l6, l7,
-    ]
+    let mut network = *addr;
+    clear_host_bits(&mut network, prefix_len);
+    network
 }
 
-/// The mask of a 64-bit half of an address that keeps its first `bits` bits (all of it from 64).
+/// Clears the bits of `addr` past the first `prefix_len`, in place: byte by byte in memory, as
+/// the datapath does it per new session (made in registers, every byte of the address took a
+/// register or a stack slot of its own on the BPF target).
 #[inline(always)]
-const fn mask(bits: u8) -> u64 {
-    match bits {
-        0 => 0,
-        1..=63 => u64::MAX << (64 - bits as u32),
-        _ => u64::MAX,
+pub fn clear_host_bits(addr: &mut IpBytes, prefix_len: u8) {
+    for (index, byte) in addr.0.iter_mut().enumerate() {
+        // The bits of this byte inside the prefix: 0 to 8.
+        let kept = prefix_len
+            .saturating_sub((index as u8).wrapping_mul(8))
+            .min(8);
+        *byte &= !(0xffu8.checked_shr(u32::from(kept)).unwrap_or(0));
     }
 }
 
@@ -110,7 +89,7 @@ mod tests {
         let addr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
         let bytes = from_ip(addr);
         assert_eq!(
-            Ipv6Addr::from(bytes),
+            Ipv6Addr::from(bytes.0),
             "::ffff:192.0.2.7".parse::<Ipv6Addr>().unwrap()
         );
         assert!(is_v4(&bytes));
@@ -138,7 +117,7 @@ mod tests {
     #[test]
     fn a_network_keeps_exactly_its_prefix() {
         let addr = from_ip("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff".parse().unwrap());
-        let net = |len| Ipv6Addr::from(network(&addr, len));
+        let net = |len| Ipv6Addr::from(network(&addr, len).0);
         let v6 = |text: &str| text.parse::<Ipv6Addr>().unwrap();
         assert_eq!(net(128), v6("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"));
         assert_eq!(net(64), v6("2001:db8:aaaa:bbbb::"));

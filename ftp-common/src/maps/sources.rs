@@ -82,16 +82,28 @@ impl SourceKey {
     /// The key `addr` is counted under in `scope`.
     #[inline(always)]
     pub fn new(addr: &IpBytes, scope: SourceScope) -> Self {
+        let mut key = Self {
+            addr: ip::UNSPECIFIED,
+            prefix_len: 0,
+            _pad: [0; 3],
+        };
+        key.set(addr, scope);
+        key
+    }
+
+    /// Makes this the key `addr` is counted under in `scope`, in place (see
+    /// [`ip::clear_host_bits`]).
+    #[inline(always)]
+    pub fn set(&mut self, addr: &IpBytes, scope: SourceScope) {
         let prefix_len = match scope {
             SourceScope::Host => 128,
             SourceScope::Subnet if ip::is_v4(addr) => ip::V4_MAPPED_BITS + IPV4_SUBNET_LEN,
             SourceScope::Subnet => IPV6_SUBNET_LEN,
         };
-        Self {
-            addr: ip::network(addr, prefix_len),
-            prefix_len,
-            _pad: [0; 3],
-        }
+        self.addr = *addr;
+        ip::clear_host_bits(&mut self.addr, prefix_len);
+        self.prefix_len = prefix_len;
+        self._pad = [0; 3];
     }
 
     /// The scope the key counts.

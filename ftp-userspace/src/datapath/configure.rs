@@ -259,7 +259,7 @@ fn prefix_text(key: &Key<IpBytes>) -> String {
     let len = key.prefix_len();
     match len.checked_sub(u32::from(ip::V4_MAPPED_BITS)) {
         Some(v4_len) if ip::is_v4(&addr) => format!("{}/{v4_len}", ip::to_ip(&addr)),
-        _ => format!("{}/{len}", std::net::Ipv6Addr::from(addr)),
+        _ => format!("{}/{len}", std::net::Ipv6Addr::from(addr.0)),
     }
 }
 
