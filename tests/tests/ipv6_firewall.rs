@@ -391,6 +391,7 @@ fn inspection_shows_an_ipv6_session_beside_an_ipv4_one() {
     assert_eq!(sessions.as_array().map(Vec::len), Some(2), "{sessions}");
     let client_end = format!("[{}]:{control6}", v6.client);
     let session6 = entry_with(&sessions, "client", &client_end);
+    assert_eq!(session6["kind"], "firewall", "{session6}");
     assert_eq!(
         session6["server"],
         format!("[{}]:21", v6.server),
