@@ -392,6 +392,8 @@ fn inspection_shows_an_ipv6_session_beside_an_ipv4_one() {
     let client_end = format!("[{}]:{control6}", v6.client);
     let session6 = entry_with(&sessions, "client", &client_end);
     assert_eq!(session6["kind"], "firewall", "{session6}");
+    // Untranslated, the session keeps the client's endpoint on the way out, which names it.
+    assert_eq!(session6["id"], client_end.as_str(), "{session6}");
     assert_eq!(
         session6["server"],
         format!("[{}]:21", v6.server),
