@@ -40,6 +40,18 @@ impl Delta {
             .replace16([o2, o3], [n2, n3])
     }
 
+    /// A 16-byte field (an IPv6 address, eight words) changing.
+    #[must_use]
+    #[inline(always)]
+    pub fn replace128(self, old: [u8; 16], new: [u8; 16]) -> Self {
+        let [o0, o1, o2, o3, o4, o5, o6, o7, o8, o9, o10, o11, o12, o13, o14, o15] = old;
+        let [n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, n10, n11, n12, n13, n14, n15] = new;
+        self.replace32([o0, o1, o2, o3], [n0, n1, n2, n3])
+            .replace32([o4, o5, o6, o7], [n4, n5, n6, n7])
+            .replace32([o8, o9, o10, o11], [n8, n9, n10, n11])
+            .replace32([o12, o13, o14, o15], [n12, n13, n14, n15])
+    }
+
     /// Whether anything changed the sum (a field replaced by itself adds `0xffff`, which folds to
     /// the same checksum; callers skip the update when no field changed at all).
     pub fn is_none(self) -> bool {
@@ -118,6 +130,24 @@ mod tests {
         header[8] = 0x3f;
         let check = delta.apply([0xb8, 0x61]);
         assert_eq!(check, full_checksum(&header, 10));
+    }
+
+    #[test]
+    fn an_ipv6_address_change_is_its_eight_words() {
+        let (old, new) = ([0x20; 16], core::array::from_fn(|i| i as u8));
+        let mut words = Delta::NONE;
+        for i in (0..16).step_by(2) {
+            words = words.replace16([old[i], old[i + 1]], [new[i], new[i + 1]]);
+        }
+        assert_eq!(Delta::NONE.replace128(old, new), words);
+        let mut area = [0u8; 20];
+        area[2..18].copy_from_slice(&old);
+        let start = full_checksum(&area, 0);
+        area[2..18].copy_from_slice(&new);
+        assert_eq!(
+            Delta::NONE.replace128(old, new).apply(start),
+            full_checksum(&area, 0)
+        );
     }
 
     #[test]

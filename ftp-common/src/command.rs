@@ -701,10 +701,14 @@ impl CommandScanner {
     /// The address of a complete EPRT.
     #[inline(always)]
     fn eprt_address(&self) -> IpAddr {
+        // Both read before the choice: the BPF target may write the command's address bytes
+        // whichever the family is, and a value read only for IPv6 would then be written unread
+        // for IPv4, which the kernel's verifier refuses.
+        let (v4, v6) = (self.octets.ipv4(), self.ipv6.addr());
         if self.family == 1 {
-            IpAddr::V4(self.octets.ipv4())
+            IpAddr::V4(v4)
         } else {
-            IpAddr::V6(self.ipv6.addr())
+            IpAddr::V6(v6)
         }
     }
 

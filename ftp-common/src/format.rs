@@ -206,6 +206,93 @@ pub fn format_eprt_field(addr: IpAddr, port: u16, delimiter: u8, out: &mut [u8])
     Some(writer.len)
 }
 
+/// An IPv6 address as text (RFC 5952), formatted once ahead of use: the datapath announces the
+/// public IPv6 address (NAT66) by copying this, as formatting an IPv6 address in the kernel costs
+/// its verifier far more than a copy. The agent writes it into the config table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6AddressText {
+    /// Bytes of `text` in use.
+    pub len: u8,
+    pub text: [u8; MAX_IPV6_ADDRESS_TEXT_LEN],
+}
+
+/// `ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff`.
+pub const MAX_IPV6_ADDRESS_TEXT_LEN: usize = 39;
+
+impl Ipv6AddressText {
+    /// No address: formats nothing.
+    pub const NONE: Self = Self {
+        len: 0,
+        text: [0; MAX_IPV6_ADDRESS_TEXT_LEN],
+    };
+
+    pub fn of(addr: Ipv6Addr) -> Self {
+        let mut text = [0; MAX_IPV6_ADDRESS_TEXT_LEN];
+        let mut writer = Writer::new(&mut text);
+        let len = match writer.ipv6(addr, false) {
+            Some(()) => writer.len,
+            None => 0,
+        };
+        Self {
+            len: u8::try_from(len).unwrap_or(0),
+            text,
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.text.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+/// The public address a rewrite announces: IPv4, or IPv6 as its text made ahead.
+#[derive(Clone, Copy, Debug)]
+pub enum PublicAddress<'a> {
+    V4(Ipv4Addr),
+    V6(&'a Ipv6AddressText),
+}
+
+/// [`format_eprt_field`] for an IPv6 address given as its text: `<d>2<d>text<d>port<d>`, the same
+/// bytes for the same address. `None` as there, or if the text is empty.
+pub fn format_eprt6_field(
+    address: &Ipv6AddressText,
+    port: u16,
+    delimiter: u8,
+    out: &mut [u8],
+) -> Option<usize> {
+    // With a delimiter from `a` to `f` the hex digits are written in upper case, as
+    // `format_eprt_field` does, so that the delimiter cannot occur in the address.
+    let upper = matches!(delimiter, b'a'..=b'f');
+    let text_len = usize::from(address.len);
+    if port == 0
+        || !is_delimiter(delimiter)
+        || delimiter == b':'
+        || text_len == 0
+        || text_len > MAX_IPV6_ADDRESS_TEXT_LEN
+    {
+        return None;
+    }
+    const HEAD_LEN: usize = 3;
+    let head = out.get_mut(..HEAD_LEN + MAX_IPV6_ADDRESS_TEXT_LEN)?;
+    let (family, text) = head.split_at_mut(HEAD_LEN);
+    family.copy_from_slice(&[delimiter, b'2', delimiter]);
+    // The whole text area, whatever its length, without a branch per byte: the kernel's verifier
+    // walks this copy once rather than once per length and case. What lies past the text is
+    // written over next.
+    for (slot, &byte) in text.iter_mut().zip(address.text.iter()) {
+        let case_shift = u8::from(upper && byte.wrapping_sub(b'a') < 6) << 5;
+        *slot = byte.wrapping_sub(case_shift);
+    }
+    let mut writer = Writer {
+        out,
+        len: HEAD_LEN + text_len,
+    };
+    writer.byte(delimiter)?;
+    writer.decimal(port)?;
+    writer.byte(delimiter)?;
+    Some(writer.len)
+}
+
 /// The port digits of a 229 reply. The delimiters and parentheses are outside the field and stay
 /// as they were. `None` if `port` is 0 or `out` is too small ([`MAX_229_FIELD_LEN`] suffices).
 pub fn format_229_field(port: u16, out: &mut [u8]) -> Option<usize> {
@@ -245,21 +332,32 @@ pub fn format_refused_eprt_field(delimiter: u8, out: &mut [u8]) -> Option<usize>
 
 /// The replacement text of one datapath rewrite, by its [`rewrite_kind`]: `addr` and the
 /// record's `public_port` are the public address and window port announced instead of the
-/// original ones (unused by the refusals). `None` for an unknown kind or a value the formatter
-/// refuses.
+/// original ones (unused by the refusals). `None` for an unknown kind, a value the formatter
+/// refuses, or an IPv6 `addr` for a PORT or 227 (which carry IPv4 only).
+///
+/// An IPv6 `addr` (NAT66) is given as its text, formatted once ahead: see [`Ipv6AddressText`].
 // Not inlined: the datapath calls it from two places, and each kind's formatter is verified once
 // per call instead of once per path into the caller.
 #[inline(never)]
-pub fn format_rewrite(record: &RewriteRecord, addr: Ipv4Addr, out: &mut [u8]) -> Option<usize> {
+pub fn format_rewrite(
+    record: &RewriteRecord,
+    addr: PublicAddress<'_>,
+    out: &mut [u8],
+) -> Option<usize> {
     let (port, delimiter) = (record.public_port, record.delimiter);
-    match record.kind {
-        rewrite_kind::PORT => format_port_field(addr, port, out),
-        rewrite_kind::EPRT => format_eprt_field(IpAddr::V4(addr), port, delimiter, out),
-        rewrite_kind::PASV_227 => format_227_field(addr, port, out),
-        rewrite_kind::EPSV_229 => format_229_field(port, out),
-        rewrite_kind::PORT_REFUSED => copy_text(REFUSED_PORT_FIELD, out),
-        rewrite_kind::EPRT_REFUSED => format_refused_eprt_field(delimiter, out),
-        rewrite_kind::PASSIVE_REFUSED => copy_text(REFUSED_PASSIVE_LINE, out),
+    match (record.kind, addr) {
+        (rewrite_kind::PORT, PublicAddress::V4(addr)) => format_port_field(addr, port, out),
+        (rewrite_kind::EPRT, PublicAddress::V4(addr)) => {
+            format_eprt_field(IpAddr::V4(addr), port, delimiter, out)
+        }
+        (rewrite_kind::EPRT, PublicAddress::V6(text)) => {
+            format_eprt6_field(text, port, delimiter, out)
+        }
+        (rewrite_kind::PASV_227, PublicAddress::V4(addr)) => format_227_field(addr, port, out),
+        (rewrite_kind::EPSV_229, _) => format_229_field(port, out),
+        (rewrite_kind::PORT_REFUSED, _) => copy_text(REFUSED_PORT_FIELD, out),
+        (rewrite_kind::EPRT_REFUSED, _) => format_refused_eprt_field(delimiter, out),
+        (rewrite_kind::PASSIVE_REFUSED, _) => copy_text(REFUSED_PASSIVE_LINE, out),
         _ => None,
     }
 }

@@ -98,9 +98,10 @@ pub use command::{
     AuthMechanism, Command, CommandName, CommandScanner, EpsvArg, TransferVerb, parse_command,
 };
 pub use format::{
-    MAX_229_FIELD_LEN, MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN, REFUSED_PASSIVE_LINE,
-    REFUSED_PORT_FIELD, format_227_field, format_229_field, format_eprt_field, format_port_field,
-    format_refused_eprt_field, format_rewrite, splice,
+    Ipv6AddressText, MAX_229_FIELD_LEN, MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN,
+    PublicAddress, REFUSED_PASSIVE_LINE, REFUSED_PORT_FIELD, format_227_field, format_229_field,
+    format_eprt_field, format_eprt6_field, format_port_field, format_refused_eprt_field,
+    format_rewrite, splice,
 };
 pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict, skippable_word};
 pub use reason::{MalformedReason, RefusalReason};

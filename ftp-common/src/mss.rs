@@ -3,8 +3,9 @@
 //! (the datapath's redirect skips the stack's MTU check). The walk over the options is one step
 //! per option, the datapath reading the 4 bytes at each position from the packet.
 
-/// What the IPv4 and TCP headers (without options) take of an MTU: the MSS counts neither.
-pub const HEADERS_LEN: u32 = 40;
+/// What the TCP header (without options) takes of an MTU beside the IP header: the MSS counts
+/// neither.
+pub const TCP_HEADER_LEN: u32 = 20;
 
 const TCPOPT_EOL: u8 = 0;
 const TCPOPT_NOP: u8 = 1;
@@ -40,10 +41,12 @@ pub fn option_step([kind, len, hi, lo]: [u8; 4]) -> OptionStep {
 }
 
 /// The MSS to write over `announced` for a connection crossing interfaces of `in_mtu` and
-/// `out_mtu` bytes, or None if `announced` fits both (or an MTU is unknown, 0, or too small to
+/// `out_mtu` bytes with an IP header of `ip_header_len` bytes (20 for IPv4, 40 for IPv6), or None if `announced` fits both (or an MTU is unknown, 0, or too small to
 /// mean anything).
-pub fn clamped(announced: u16, in_mtu: u32, out_mtu: u32) -> Option<u16> {
-    let fits = in_mtu.min(out_mtu).checked_sub(HEADERS_LEN)?;
+pub fn clamped(announced: u16, in_mtu: u32, out_mtu: u32, ip_header_len: u32) -> Option<u16> {
+    let fits = in_mtu
+        .min(out_mtu)
+        .checked_sub(ip_header_len.saturating_add(TCP_HEADER_LEN))?;
     let fits = u16::try_from(fits).unwrap_or(u16::MAX);
     (announced > fits && fits > 0).then_some(fits)
 }
@@ -114,13 +117,16 @@ mod tests {
 
     #[test]
     fn the_mss_is_lowered_to_the_smaller_mtu_only() {
-        assert_eq!(clamped(1460, 1500, 1492), Some(1452));
-        assert_eq!(clamped(1460, 1420, 1500), Some(1380));
-        assert_eq!(clamped(1452, 1500, 1492), None, "it fits already");
-        assert_eq!(clamped(536, 1500, 1420), None, "never raised");
-        assert_eq!(clamped(1460, 1500, 1500), None);
-        assert_eq!(clamped(1460, 0, 1500), None, "an unknown MTU changes nothing");
-        assert_eq!(clamped(1460, 40, 1500), None);
+        assert_eq!(clamped(1460, 1500, 1492, 20), Some(1452));
+        assert_eq!(clamped(1460, 1420, 1500, 20), Some(1380));
+        assert_eq!(clamped(1452, 1500, 1492, 20), None, "it fits already");
+        assert_eq!(clamped(536, 1500, 1420, 20), None, "never raised");
+        assert_eq!(clamped(1460, 1500, 1500, 20), None);
+        assert_eq!(clamped(1460, 0, 1500, 20), None, "an unknown MTU changes nothing");
+        assert_eq!(clamped(1460, 40, 1500, 20), None);
+        // IPv6's header is 40 bytes: the same MTUs carry 20 bytes less of segment.
+        assert_eq!(clamped(1440, 1500, 1492, 40), Some(1432));
+        assert_eq!(clamped(1432, 1500, 1492, 40), None);
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::address::Ipv6Text;
 use ftp_common::{
-    ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN,
-    PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner, SegmentVerdict,
-    ServerVerdict, Session, Span, format_227_field, format_229_field, format_eprt_field,
-    format_port_field, parse_command, parse_reply, skippable_word, splice,
+    ClientVerdict, Command, CommandScanner, Ipv6AddressText, LineTracker, MAX_FIELD_LEN,
+    MAX_LINE_LEN, PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner,
+    SegmentVerdict, ServerVerdict, Session, Span, format_227_field, format_229_field,
+    format_eprt_field, format_eprt6_field, format_port_field, parse_command, parse_reply,
+    skippable_word, splice,
 };
 use proptest::prelude::*;
 
@@ -172,6 +173,23 @@ proptest! {
                 field: Span { start: 5, len: field.len() as u16 },
             }
         );
+    }
+
+    /// NAT66's EPRT, made from the public address's text formatted ahead, is the EPRT of the
+    /// address itself, refused alike.
+    #[test]
+    fn an_ipv6_eprt_from_text_equals_the_one_from_the_address(
+        addr in any_ipv6(),
+        port in valid_port(),
+        delimiter in delimiter(),
+    ) {
+        let text = Ipv6AddressText::of(addr);
+        let (mut from_text, mut from_addr) = ([0u8; MAX_FIELD_LEN], [0u8; MAX_FIELD_LEN]);
+        let from_text_len = format_eprt6_field(&text, port, delimiter, &mut from_text);
+        let from_addr_len = format_eprt_field(IpAddr::V6(addr), port, delimiter, &mut from_addr);
+        prop_assert_eq!(from_text_len, from_addr_len);
+        let len = from_text_len.unwrap_or(0);
+        prop_assert_eq!(&from_text[..len], &from_addr[..len]);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     maps::ring_buf::RingBufEntry,
 };
-use ftp_common::maps::{Counter, EVENT_TEXT_LEN, EVENTS_WAKEUP_BYTES, Event, EventKind, FlowKey};
+use ftp_common::maps::{
+    Counter, EVENT_TEXT_LEN, EVENTS_WAKEUP_BYTES, Event, EventKind, FlowKey, IpBytes, ip,
+};
 
 use crate::{
     maps::{EVENTS, SCRATCH, SESSIONS, bump, now_ns},
@@ -48,7 +50,7 @@ fn reserve(session: &FlowKey, kind: EventKind) -> Option<RingBufEntry<Event>> {
 /// Reports `kind` for `session`, with an address and port as the kind defines them.
 // A subprogram of its own: the event is built in the ring buffer, not on the callers' stacks.
 #[inline(never)]
-pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: [u8; 4], port: u16) {
+pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: IpBytes, port: u16) {
     let Some(mut entry) = reserve(session, kind) else {
         return;
     };
@@ -64,7 +66,7 @@ pub fn emit(session: &FlowKey, kind: EventKind, detail: u8, addr: [u8; 4], port:
 /// Reports `kind` for `session` with an address and port and a count (`value`), as the kind
 /// defines them.
 #[inline(never)]
-pub fn emit_counted(session: &FlowKey, kind: EventKind, (addr, port): ([u8; 4], u16), value: u64) {
+pub fn emit_counted(session: &FlowKey, kind: EventKind, (addr, port): (IpBytes, u16), value: u64) {
     let Some(mut entry) = reserve(session, kind) else {
         return;
     };
@@ -89,7 +91,7 @@ pub fn emit_command(session: &FlowKey, name: u8, text_off: u32, text_len: u32) {
     };
     let event = entry.as_mut_ptr();
     let header = [EventKind::Command as u8, name, text_len as u8];
-    write_record(event, session, header, ([0; 4], 0));
+    write_record(event, session, header, (ip::UNSPECIFIED, 0));
     if let Some(scratch) = SCRATCH.get_ptr(0) {
         let mut i = 0;
         while i < EVENT_TEXT_LEN {
@@ -121,7 +123,7 @@ fn write_record(
     record: *mut Event,
     session: &FlowKey,
     header: [u8; 3],
-    (addr, port): ([u8; 4], u16),
+    (addr, port): (IpBytes, u16),
 ) {
     use core::ptr::{addr_of_mut, write_volatile};
     let [kind, detail, text_len] = header;
@@ -136,7 +138,7 @@ fn write_record(
         write_volatile(addr_of_mut!((*record)._pad), 0);
         write_volatile(addr_of_mut!((*record).addr), addr);
         write_volatile(addr_of_mut!((*record).port), port.to_be_bytes());
-        write_volatile(addr_of_mut!((*record)._pad2), [0; 2]);
+        write_volatile(addr_of_mut!((*record)._pad2), [0; 6]);
         write_volatile(addr_of_mut!((*record).value), 0);
         let text = addr_of_mut!((*record).text).cast::<u64>();
         for word in 0..EVENT_TEXT_LEN / 8 {

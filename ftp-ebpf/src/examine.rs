@@ -4,32 +4,46 @@
 //! A line ftp-common cannot parse passes untouched and is counted; a refused line passes
 //! untouched, opens nothing and is counted.
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::net::SocketAddr;
 use ftp_common::{
     ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, PolicyContext, RefusalReason,
     ServerVerdict,
     maps::{
-        Counter, EventKind, ExpectationKind, SESSION_USER_LEN, SessionEntry, SessionKind,
-        malformed_slot, refusal_slot, rewrite_kind,
+        Counter, EventKind, ExpectationKind, ExpectationPath, IpBytes, SESSION_USER_LEN,
+        SessionEntry, SessionKind, ip, malformed_slot, refusal_slot, rewrite_kind,
     },
 };
 
 use crate::{
     expect,
     maps::{SCRATCH, bump},
-    scratch::{SCRATCH_MASK, Scan},
+    scratch::{SCRATCH_MASK, Scan, Segment},
 };
 
+/// What the session's announcements are checked against: its client (the control connection's
+/// source), its server, and the policy. Made in the scratch area: with addresses of either family
+/// it is 48 bytes the stages' call chains have no room for.
 #[inline(always)]
-fn scan_policy(scan: &Scan) -> PolicyContext {
-    let mut policy = scan.policy;
+fn scan_policy(segment: &Segment, session: &SessionEntry) -> Option<&'static PolicyContext> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch area; the context is made anew for each line.
+    let context = unsafe { &mut (*scratch).policy_context };
+    context.client = ip::to_ip(&segment.session_key.saddr);
+    context.server = ip::to_ip(&session.server_addr);
+    context.policy = segment.policy;
     // A published server may announce its public address (e.g. vsftpd's pasv_address): whatever
     // it wrote is replaced, and the data connection goes to the server itself.
-    policy.passive_address_must_match_server = scan.session_kind != SessionKind::Publish as u8;
-    PolicyContext {
-        client: IpAddr::V4(Ipv4Addr::from(scan.client)),
-        server: IpAddr::V4(Ipv4Addr::from(scan.server)),
-        policy,
+    context.policy.passive_address_must_match_server =
+        segment.session_kind != SessionKind::Publish as u8;
+    Some(context)
+}
+
+/// Hands the rewrite the address a line announced.
+#[inline(always)]
+fn request_addr(addr: IpBytes) {
+    if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch area; the rewrite request is read after the scan.
+        unsafe { (*scratch).pending.addr = addr };
     }
 }
 
@@ -73,29 +87,42 @@ fn request_rewrite(
 /// Acts on the command the client's line ending at scratch offset `line_end` carries.
 #[inline(never)]
 pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
+    let Some(segment) = crate::scratch::segment() else {
+        return 0;
+    };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
-    let policy = scan_policy(scan);
+    let Some(policy) = scan_policy(segment, session) else {
+        return 0;
+    };
     let command = session.commands.command();
     report_command(scan, line_end, session, &command);
-    match session.state.on_client_command(command, &policy) {
+    match session.state.on_client_command(command, policy) {
+        ClientVerdict::OpenActive { addr, .. }
+            if segment.session_kind != SessionKind::Masquerade as u8 =>
+        {
+            // The client names its own address (the policy checked it), which needs no rewrite:
+            // an outside client's (publishing) is reached through the router, SNATed; a client
+            // in firewall mode is reached as it is.
+            let path = if segment.session_kind == SessionKind::Publish as u8 {
+                ExpectationPath::Outbound
+            } else {
+                ExpectationPath::Through
+            };
+            let announced = expect::Announced {
+                peer: session.server_addr,
+                target: ip::from_ip(addr.ip()),
+                port: addr.port(),
+                kind: ExpectationKind::Active,
+                path,
+            };
+            expect::create(session, &announced);
+        }
         ClientVerdict::OpenActive {
             addr: SocketAddr::V4(addr),
             field,
             kind,
         } => {
-            if scan.session_kind == SessionKind::Publish as u8 {
-                // The outside client names its own address (the policy checked it): the server's
-                // connection to it leaves through the router, SNATed.
-                expect::create_outbound(
-                    scan,
-                    session,
-                    [scan.server, addr.ip().octets()],
-                    addr.port(),
-                    ExpectationKind::Active,
-                );
-                return 0;
-            }
             let (rewrite, delimiter) = match kind {
                 ActiveKind::Port => (rewrite_kind::PORT, 0),
                 ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
@@ -104,18 +131,19 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
             let line = line_start(line_end, line_len);
             if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
                 scan.rewrite_port = addr.port();
-                scan.rewrite_addr = addr.ip().octets();
+                request_addr(ip::v4_mapped(addr.ip().octets()));
             } else {
                 session.state.expectation_closed();
                 bump(Counter::RewritesSkipped);
             }
         }
         ClientVerdict::OpenActive { .. } => {
-            // IPv6 through an IPv4 router: nothing to open.
+            // An IPv6 address from a masqueraded IPv4 client (the policy let it through only
+            // if it was the client's): the IPv4 window cannot carry it, nothing to open.
             session.state.expectation_closed();
             bump(Counter::RewritesSkipped);
         }
-        verdict => on_client_verdict(scan, session, &verdict),
+        verdict => on_client_verdict(session, &verdict),
     }
     0
 }
@@ -123,12 +151,17 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
 /// Acts on the reply line ending at scratch offset `line_end`.
 #[inline(never)]
 pub fn server_line(scan: &mut Scan, line_end: u32) -> i64 {
+    let Some(segment) = crate::scratch::segment() else {
+        return 0;
+    };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
-    let policy = scan_policy(scan);
+    let Some(policy) = scan_policy(segment, session) else {
+        return 0;
+    };
     let verdict = session
         .state
-        .on_server_reply(session.replies.reply(), &policy);
+        .on_server_reply(session.replies.reply(), policy);
     on_server_verdict(scan, line_end, session, &verdict);
     0
 }
@@ -142,6 +175,9 @@ fn report_command(
     session: &SessionEntry,
     command: &ftp_common::Command,
 ) {
+    let Some(segment) = crate::scratch::segment() else {
+        return;
+    };
     if session.state.is_encrypted() {
         return;
     }
@@ -158,7 +194,7 @@ fn report_command(
         None => (0, 0),
     };
     crate::events::emit_command(
-        &scan.session_key,
+        &segment.session_key,
         CommandName::of(command) as u8,
         text_off,
         text_len,
@@ -200,17 +236,17 @@ fn remember_user(session: *mut SessionEntry, text_off: u32, text_len: u32) {
 }
 
 #[inline(always)]
-fn on_client_verdict(scan: &Scan, session: &mut SessionEntry, verdict: &ClientVerdict) {
+fn on_client_verdict(session: &mut SessionEntry, verdict: &ClientVerdict) {
     match verdict {
         ClientVerdict::Malformed(reason) => {
             session.malformed_lines += 1;
             bump(Counter::MalformedLines);
-            report(scan, EventKind::Malformed, *reason as u8);
+            report(EventKind::Malformed, *reason as u8);
         }
         ClientVerdict::Refused(reason) => {
             session.refusals += 1;
             bump(Counter::Refusals);
-            report(scan, EventKind::Refused, *reason as u8);
+            report(EventKind::Refused, *reason as u8);
         }
         _ => {}
     }
@@ -219,13 +255,16 @@ fn on_client_verdict(scan: &Scan, session: &mut SessionEntry, verdict: &ClientVe
 /// Reports an event of this session that carries no address; refusals and unparseable lines
 /// are also counted by reason.
 #[inline(always)]
-fn report(scan: &Scan, kind: EventKind, detail: u8) {
+fn report(kind: EventKind, detail: u8) {
+    let Some(segment) = crate::scratch::segment() else {
+        return;
+    };
     match kind {
         EventKind::Refused => crate::maps::bump_reason(refusal_slot(detail)),
         EventKind::Malformed => crate::maps::bump_reason(malformed_slot(detail)),
         _ => {}
     }
-    crate::events::emit(&scan.session_key, kind, detail, [0; 4], 0);
+    crate::events::emit(&segment.session_key, kind, detail, ip::UNSPECIFIED, 0);
 }
 
 #[inline(always)]
@@ -235,14 +274,20 @@ fn on_server_verdict(
     session: &mut SessionEntry,
     verdict: &ServerVerdict,
 ) {
+    let Some(segment) = crate::scratch::segment() else {
+        return;
+    };
     match *verdict {
         ServerVerdict::OpenPassive { endpoint, field } => {
             let (addr, port, rewrite, delimiter) = match endpoint {
-                PassiveEndpoint::Pasv(addr) => {
-                    (addr.ip().octets(), addr.port(), rewrite_kind::PASV_227, 0)
-                }
+                PassiveEndpoint::Pasv(addr) => (
+                    ip::v4_mapped(addr.ip().octets()),
+                    addr.port(),
+                    rewrite_kind::PASV_227,
+                    0,
+                ),
                 PassiveEndpoint::Epsv { port, delimiter } => {
-                    (scan.server, port, rewrite_kind::EPSV_229, delimiter)
+                    (session.server_addr, port, rewrite_kind::EPSV_229, delimiter)
                 }
             };
             let code = if rewrite == rewrite_kind::PASV_227 {
@@ -250,16 +295,29 @@ fn on_server_verdict(
             } else {
                 29
             };
-            crate::events::emit(&scan.session_key, EventKind::PassiveReply, code, addr, port);
-            if scan.session_kind != SessionKind::Publish as u8 {
-                // Masquerading: the client connects out to what the server announced.
-                expect::create_outbound(
-                    scan,
-                    session,
-                    [scan.client, addr],
+            crate::events::emit(
+                &segment.session_key,
+                EventKind::PassiveReply,
+                code,
+                addr,
+                port,
+            );
+            if segment.session_kind != SessionKind::Publish as u8 {
+                // The client connects out to what the server announced: SNATed when
+                // masquerading, as it is in firewall mode.
+                let path = if segment.session_kind == SessionKind::Firewall as u8 {
+                    ExpectationPath::Through
+                } else {
+                    ExpectationPath::Outbound
+                };
+                let announced = expect::Announced {
+                    peer: segment.session_key.saddr,
+                    target: addr,
                     port,
-                    ExpectationKind::Passive,
-                );
+                    kind: ExpectationKind::Passive,
+                    path,
+                };
+                expect::create(session, &announced);
                 return;
             }
             // Publishing: the reply must name the public address and a window port instead.
@@ -267,7 +325,7 @@ fn on_server_verdict(
             let line = line_start(line_end, line_len);
             if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
                 scan.rewrite_port = port;
-                scan.rewrite_addr = addr;
+                request_addr(addr);
             } else {
                 session.state.expectation_closed();
                 bump(Counter::RewritesSkipped);
@@ -276,23 +334,19 @@ fn on_server_verdict(
         ServerVerdict::Malformed(reason) => {
             session.malformed_lines += 1;
             bump(Counter::MalformedLines);
-            report(scan, EventKind::Malformed, reason as u8);
+            report(EventKind::Malformed, reason as u8);
         }
         ServerVerdict::Refused(reason) => {
             session.refusals += 1;
             bump(Counter::Refusals);
-            report(scan, EventKind::Refused, reason as u8);
+            report(EventKind::Refused, reason as u8);
         }
         ServerVerdict::Unsolicited { .. } => {
             session.refusals += 1;
             bump(Counter::Refusals);
-            report(
-                scan,
-                EventKind::Refused,
-                RefusalReason::UnsolicitedReply as u8,
-            );
+            report(EventKind::Refused, RefusalReason::UnsolicitedReply as u8);
         }
-        ServerVerdict::TlsStarted => report(scan, EventKind::TlsStarted, 0),
+        ServerVerdict::TlsStarted => report(EventKind::TlsStarted, 0),
         _ => {}
     }
 }

@@ -4,12 +4,14 @@
 //! connection's two flow entries. Outbound ones (announced from outside: a server's 227/229 to a
 //! masqueraded client, an outside client's PORT/EPRT to a published server) are created as they
 //! are read; inbound ones (announced from behind the router) reserve a window port, and a newer
-//! announcement releases the session's unused one.
+//! announcement releases the session's unused one. An IPv6 session followed untranslated
+//! (firewall mode) announces addresses that need no translation: its expectations admit the
+//! announced connection as it is ([`ExpectationPath::Through`]), one-shot and timed all the same.
 //!
-//! Inbound expectations (to a window port of the public address) are keyed without the source, so
-//! a SYN to a window port from anyone else is told apart from one nobody announced: both are
-//! dropped and counted, and the expectation stays for its peer. Window ports are pinholes, never
-//! an open range.
+//! Inbound expectations (to a window port of the public address, or to the announced port of a
+//! client in firewall mode) are keyed without the source, so a SYN from anyone else is told apart
+//! from one nobody announced: both are dropped and counted, and the expectation stays for its
+//! peer. Window ports are pinholes, never an open range.
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -17,46 +19,85 @@ use aya_ebpf::{
 };
 use ftp_common::maps::{
     Counter, DatapathConfig, EventKind, ExpectKey, Expectation, ExpectationKind, ExpectationPath,
-    FlowDirection, FlowEntry, FlowKey, FlowKind, SessionEntry, flow_flags, rewrite_kind,
+    FlowEntry, FlowKey, FlowKind, IpBytes, SessionEntry, flow_flags, ip, rewrite_kind,
 };
 
 use crate::{
-    flows::{OpenError, install, install_failed, release_closed},
-    headers::Tcp4,
+    flows::{OpenError, Opened, install, install_failed, release_closed, write_original},
+    headers::Tcp,
     maps::{EXPECTS, SESSIONS, bump, now_ns},
-    scratch::{RewriteRequest, Scan},
+    scratch::Opening,
+    scratch::RewriteRequest,
     window::{return_port, take_port},
 };
 
-/// Creates an outbound expectation (announced by the side outside the router): `from` (behind the router) may connect to `to:port` once.
-#[inline(always)]
-pub fn create_outbound(
-    scan: &Scan,
-    session: &mut SessionEntry,
-    [from, to]: [[u8; 4]; 2],
-    port: u16,
-    kind: ExpectationKind,
-) {
-    let key = ExpectKey::outbound(from, to, port);
-    let expectation = Expectation {
-        expires_ns: now_ns() + scan.expect_timeout_ns,
-        session: scan.session_key,
-        target_addr: to,
-        lan_ifindex: scan.lan_ifindex,
+/// An announced data connection that reserves no window port: `peer` may connect to
+/// `target:port` once.
+pub struct Announced {
+    pub peer: IpBytes,
+    pub target: IpBytes,
+    pub port: u16,
+    pub kind: ExpectationKind,
+    pub path: ExpectationPath,
+}
+
+impl Announced {
+    /// The key its SYN finds it under: from behind the router (an outbound one, announced by
+    /// the side outside; a passive one in firewall mode) by its source, destination and port;
+    /// from the WAN (an active one in firewall mode: the server connects in to the client) by
+    /// destination and port only, as every inbound expectation.
+    #[inline(always)]
+    fn key(&self) -> ExpectKey {
+        if self.path == ExpectationPath::Through && self.kind == ExpectationKind::Active {
+            ExpectKey::inbound(self.target, self.port)
+        } else {
+            ExpectKey::outbound(self.peer, self.target, self.port)
+        }
+    }
+}
+
+/// Creates the expectation of `announced`.
+// A subprogram of its own: the client and server stages' frames are deep already.
+#[inline(never)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "inserted by reference: by value, the expectation would be copied onto the stack"
+)]
+pub fn create(session: &mut SessionEntry, announced: &Announced) {
+    let (Some(opening), Some(segment)) = (crate::flows::opening(), crate::scratch::segment())
+    else {
+        return;
+    };
+    let Announced {
+        peer,
+        target,
+        port,
+        kind,
+        path,
+    } = *announced;
+    // Built in the scratch area, and inserted from there: off the client stage's stack.
+    opening.expectation = Expectation {
+        expires_ns: now_ns() + segment.expect_timeout_ns,
+        session: segment.session_key,
+        target_addr: target,
+        lan_ifindex: segment.lan_ifindex,
         target_port: port.to_be_bytes(),
         public_port: 0,
-        peer: from,
+        peer,
         kind: kind as u8,
-        path: ExpectationPath::Outbound as u8,
+        path: path as u8,
         _pad: [0; 2],
     };
-    if EXPECTS.insert(key, expectation, u64::from(BPF_ANY)).is_ok() {
+    if EXPECTS
+        .insert(announced.key(), &opening.expectation, u64::from(BPF_ANY))
+        .is_ok()
+    {
         bump(Counter::ExpectationsCreated);
         crate::events::emit(
-            &scan.session_key,
+            &segment.session_key,
             EventKind::ExpectationCreated,
             kind as u8,
-            to,
+            target,
             port,
         );
     } else {
@@ -79,6 +120,10 @@ pub enum Reservation {
 /// for a client's PORT/EPRT the server, connecting to the client's announced port; for a published
 /// server's 227/229 the client, connecting to the server's port.
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "inserted by reference: by value, the expectation would be copied onto the stack"
+)]
 pub fn reserve_inbound(
     config: &DatapathConfig,
     session: &SessionEntry,
@@ -90,7 +135,7 @@ pub fn reserve_inbound(
             &request.session_key,
             EventKind::WindowExhausted,
             0,
-            [0; 4],
+            ip::UNSPECIFIED,
             0,
         );
         return Reservation::NoRoom;
@@ -104,7 +149,12 @@ pub fn reserve_inbound(
     } else {
         (session.server_addr, request.addr, ExpectationKind::Active)
     };
-    let expectation = Expectation {
+    let Some(opening) = crate::flows::opening() else {
+        return_port(public_port);
+        return Reservation::NoRoom;
+    };
+    // Built in the scratch area, and inserted from there: off the rewrite stage's stack.
+    opening.expectation = Expectation {
         expires_ns: now_ns() + config.expect_timeout_ns,
         session: request.session_key,
         target_addr: target,
@@ -116,9 +166,10 @@ pub fn reserve_inbound(
         path: ExpectationPath::Inbound as u8,
         _pad: [0; 2],
     };
-    let key = ExpectKey::inbound(config.public_ip, public_port);
+    let public_ip = config.public_ip_of(&request.session_key.saddr);
+    let key = ExpectKey::inbound(*public_ip, public_port);
     if EXPECTS
-        .insert(key, expectation, u64::from(BPF_NOEXIST))
+        .insert(key, &opening.expectation, u64::from(BPF_NOEXIST))
         .is_err()
     {
         bump(Counter::ExpectationTableFull);
@@ -128,10 +179,11 @@ pub fn reserve_inbound(
     Reservation::Reserved(public_port)
 }
 
-/// Undoes [`reserve_inbound`] when the announcement could not be rewritten after all.
+/// Undoes [`reserve_inbound`] of `public_port` of `public_ip` when the announcement could not be
+/// rewritten after all.
 #[inline(always)]
-pub fn unreserve(config: &DatapathConfig, public_port: u16) {
-    let _ = EXPECTS.remove(ExpectKey::inbound(config.public_ip, public_port));
+pub fn unreserve(public_ip: &IpBytes, public_port: u16) {
+    let _ = EXPECTS.remove(ExpectKey::inbound(*public_ip, public_port));
     return_port(public_port);
 }
 
@@ -144,7 +196,7 @@ pub fn release_unused(
     config: &DatapathConfig,
     public_port: u16,
 ) {
-    let key = ExpectKey::inbound(config.public_ip, public_port);
+    let key = ExpectKey::inbound(*config.public_ip_of(&session_key.saddr), public_port);
     // SAFETY: read at once.
     let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == *session_key);
     if ours && EXPECTS.remove(key).is_ok() {
@@ -153,7 +205,8 @@ pub fn release_unused(
     }
 }
 
-/// Makes way for the data connection this opening SYN from the WAN to a window port would open:
+/// Makes way for the data connection this opening SYN from the WAN to a window port (or to a
+/// firewall-mode client's announced port) would open:
 /// a closed connection still lingering under the key of its answers gives way
 /// ([`release_closed`]). A client in active mode listens again on the port of its previous data
 /// connection, and the server connects from port 20 again at once: the answers' key (client port,
@@ -162,14 +215,10 @@ pub fn release_unused(
 /// until the client gave up. Only looks: [`open_data`] takes the expectation. A subprogram
 /// called before it, not from it: the open stage's call chain has no stack to spare there.
 #[inline(never)]
-pub fn make_way(packet: &Tcp4, config: &DatapathConfig) {
-    let key = packet.key();
-    if key.daddr != config.public_ip {
-        return;
-    }
+pub fn make_way(packet: &Tcp) {
+    let key = &packet.key;
     // SAFETY: the fields are copied out at once.
-    let Some(expectation) =
-        (unsafe { EXPECTS.get(ExpectKey::inbound(config.public_ip, packet.dport())) })
+    let Some(expectation) = (unsafe { EXPECTS.get(ExpectKey::inbound(key.daddr, packet.dport())) })
     else {
         return;
     };
@@ -189,33 +238,50 @@ pub fn make_way(packet: &Tcp4, config: &DatapathConfig) {
 /// Takes the expectation this opening SYN matches, if any, and installs its connection.
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
 #[inline(never)]
-pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError> {
-    let key = packet.key();
+pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Result<(), OpenError> {
+    let key = &packet.key;
     // SAFETY: reading the context's ifindex field, as TC programs may.
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(Opening {
+        expectation: found,
+        original,
+        ..
+    }) = crate::flows::opening()
+    else {
+        return Err(OpenError::NotOurs);
+    };
     let outbound_key = ExpectKey::outbound(key.saddr, key.daddr, packet.dport());
-    // SAFETY: the value is copied out at once; the entry is removed below.
-    let (expect_key, expectation) = match unsafe { EXPECTS.get(outbound_key) } {
+    // One-shot: whoever removes an expectation owns it (a retransmitted SYN on another CPU finds
+    // nothing). Removed where it is found: a key chosen between two would be carried across as
+    // 36 separate bytes.
+    // SAFETY: the value is copied out at once (to the scratch area).
+    let taken = match unsafe { EXPECTS.get(outbound_key) } {
         // From behind the router: only from the interface the session's side is reached by (a
         // LAN address forged elsewhere opens nothing).
-        Some(expectation) if in_ifindex == expectation.lan_ifindex => (outbound_key, *expectation),
+        Some(expectation) if in_ifindex == expectation.lan_ifindex => {
+            *found = *expectation;
+            EXPECTS.remove(outbound_key).is_ok()
+        }
         Some(_) => {
             bump(Counter::WrongInterface);
             return Err(OpenError::Pinhole);
         }
         None => {
-            if in_ifindex != config.wan_ifindex || key.daddr != config.public_ip {
+            if in_ifindex != config.wan_ifindex {
                 return Err(OpenError::NotOurs);
             }
-            let inbound_key = ExpectKey::inbound(config.public_ip, packet.dport());
+            let inbound_key = ExpectKey::inbound(key.daddr, packet.dport());
             // SAFETY: as above.
             match unsafe { EXPECTS.get(inbound_key) } {
-                Some(expectation) if expectation.peer == key.saddr => (inbound_key, *expectation),
+                Some(expectation) if expectation.peer == key.saddr => {
+                    *found = *expectation;
+                    EXPECTS.remove(inbound_key).is_ok()
+                }
                 Some(_) => {
                     bump(Counter::PinholeWrongPeer);
                     return Err(OpenError::Pinhole);
                 }
-                None if config.in_window(packet.dport()) => {
+                None if config.is_public(&key.daddr) && config.in_window(packet.dport()) => {
                     bump(Counter::PinholeNoExpectation);
                     return Err(OpenError::Pinhole);
                 }
@@ -223,13 +289,13 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
             }
         }
     };
-    // One-shot: whoever removes it owns it (a retransmitted SYN on another CPU finds nothing).
-    if EXPECTS.remove(expect_key).is_err() {
+    if !taken {
         return Err(OpenError::NotOurs);
     }
-    let now = now_ns();
+    let expectation = &*found;
+
     let path = ExpectationPath::from_raw(expectation.path);
-    if now > expectation.expires_ns {
+    if now_ns() > expectation.expires_ns {
         bump(Counter::ExpectationsExpired);
         expectation_ended(&expectation.session);
         // The agent returns an inbound expectation's port when it sweeps: it will not find this
@@ -237,12 +303,15 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         if path == Some(ExpectationPath::Inbound) && expectation.public_port != 0 {
             return_port(expectation.public_port);
         }
-        return Err(match path {
-            Some(ExpectationPath::Inbound) => OpenError::Pinhole,
-            _ => OpenError::NotOurs,
+        // From the WAN it was a pinhole, closed now; from behind the router it is no longer
+        // ftpnat's.
+        return Err(if in_ifindex == config.wan_ifindex {
+            OpenError::Pinhole
+        } else {
+            OpenError::NotOurs
         });
     }
-    let original = match path {
+    match path {
         Some(ExpectationPath::Outbound) => {
             // From behind the router to the announced address: SNAT behind a fresh window port.
             let Some(public_port) = take_port() else {
@@ -252,15 +321,15 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
                     &expectation.session,
                     EventKind::WindowExhausted,
                     0,
-                    [0; 4],
+                    ip::UNSPECIFIED,
                     0,
                 );
                 return Err(OpenError::WindowExhausted);
             };
             data_entry(
-                &expectation,
-                now,
-                [config.public_ip, key.daddr],
+                original,
+                expectation,
+                (config.public_ip_of(&key.saddr), &key.daddr),
                 [public_port.to_be_bytes(), key.dport],
                 [in_ifindex, config.wan_ifindex],
                 public_port,
@@ -269,23 +338,46 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> Res
         Some(ExpectationPath::Inbound) => {
             // From the WAN to public:window port: DNAT to the target behind the router.
             data_entry(
-                &expectation,
-                now,
-                [key.saddr, expectation.target_addr],
+                original,
+                expectation,
+                (&key.saddr, &expectation.target_addr),
                 [key.sport, expectation.target_port],
                 [config.wan_ifindex, expectation.lan_ifindex],
                 expectation.public_port,
             )
         }
+        Some(ExpectationPath::Through) => {
+            // Either way, as it is: to the other side of the router from where it arrived.
+            let out_ifindex = if in_ifindex == config.wan_ifindex {
+                expectation.lan_ifindex
+            } else {
+                config.wan_ifindex
+            };
+            data_entry(
+                original,
+                expectation,
+                (&key.saddr, &key.daddr),
+                [key.sport, key.dport],
+                [in_ifindex, out_ifindex],
+                0,
+            )
+        }
         None => return Err(OpenError::NotOurs),
+    }
+    let public_port = original.public_port;
+    let Some(opening) = crate::flows::opening() else {
+        return Err(OpenError::NotOurs);
     };
-    if let Err(error) = install(key, &original) {
+    if let Err(error) = install(key, opening) {
         // Not passed untranslated: a data connection from behind the router would leave with
         // its private address.
-        return_port(original.public_port);
-        expectation_ended(&expectation.session);
+        if public_port != 0 {
+            return_port(public_port);
+        }
+        expectation_ended(&opening.expectation.session);
         return install_failed(error);
     }
+    let expectation = &opening.expectation;
     if let Some(session) = SESSIONS.get_ptr_mut(expectation.session) {
         // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
         unsafe {
@@ -314,31 +406,28 @@ fn expectation_ended(session: &FlowKey) {
     }
 }
 
-/// The original direction's entry of a data connection opened through `expectation`.
+/// Writes to `out` the original direction's entry of a data connection opened through
+/// `expectation`, owning `public_port` unless it is 0 (a connection forwarded as it is uses no
+/// window port).
 #[inline(always)]
 fn data_entry(
+    out: &mut FlowEntry,
     expectation: &Expectation,
-    now: u64,
-    [new_saddr, new_daddr]: [[u8; 4]; 2],
-    [new_sport, new_dport]: [[u8; 2]; 2],
-    [in_ifindex, out_ifindex]: [u32; 2],
+    new_addrs: (&IpBytes, &IpBytes),
+    new_ports: [[u8; 2]; 2],
+    interfaces: [u32; 2],
     public_port: u16,
-) -> FlowEntry {
-    FlowEntry {
-        packets: 0,
-        bytes: 0,
-        last_seen_ns: now,
-        session: expectation.session,
-        new_saddr,
-        new_daddr,
-        out_ifindex,
-        new_sport,
-        new_dport,
+) {
+    let opened = Opened {
+        session: &expectation.session,
+        kind: FlowKind::Data,
+        interfaces,
         public_port,
-        kind: FlowKind::Data as u8,
-        direction: FlowDirection::Original as u8,
-        flags: flow_flags::OWNS_PORT,
-        _pad: [0; 3],
-        in_ifindex,
-    }
+        flags: if public_port != 0 {
+            flow_flags::OWNS_PORT
+        } else {
+            0
+        },
+    };
+    write_original(out, &opened, new_addrs, new_ports);
 }

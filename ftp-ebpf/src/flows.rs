@@ -1,7 +1,8 @@
-//! Opening translated control connections. A masqueraded client's connection to an FTP port takes
-//! a port from the window for its public side; an outside client's connection to a published port
-//! is DNATed to the server behind it. Either way it gets two flow entries, one per direction, and
-//! a session record.
+//! Opening followed control connections. A masqueraded client's connection to an FTP port takes
+//! a port from the window for its public side; an IPv6 client's that no masquerade covers is
+//! followed as it is (the router is its firewall, not its NAT); an outside client's connection to
+//! a published port is DNATed to the server behind it. Each gets two flow entries, one per
+//! direction, and a session record.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
@@ -10,13 +11,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ftp_common::maps::{
-    Counter, DatapathConfig, EventKind, FlowDirection, FlowEntry, FlowKey, FlowKind, SessionKind,
-    flow_flags,
+    Counter, DatapathConfig, EventKind, FlowDirection, FlowEntry, FlowKey, FlowKind, IpBytes,
+    SessionKind, flow_flags, ip,
 };
 
 use crate::{
-    headers::Tcp4,
+    headers::{IPPROTO_TCP, Tcp},
     maps::{FLOWS, MASQUERADE, PUBLISH, SCRATCH, bump, now_ns},
+    scratch::Opening,
     session::NewSession,
     window::{return_port, take_port},
 };
@@ -65,7 +67,7 @@ pub fn install_failed(error: InstallError) -> Result<(), OpenError> {
 #[inline(never)]
 pub fn open_control(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     config: &DatapathConfig,
 ) -> Result<(), OpenError> {
     // SAFETY: reading the context's ifindex field, as TC programs may.
@@ -77,56 +79,81 @@ pub fn open_control(
     }
 }
 
-/// A masqueraded client's connection: SNAT behind the public address and a window port — only
-/// if the kernel routes it out of the WAN interface. FTP to another LAN, a VPN or the router
-/// itself is none of ftpnat's business: it passes to the stack as it came.
-#[inline(always)]
+/// A LAN client's connection: SNAT behind the public address and a window port if a masqueraded
+/// prefix covers it; an IPv6 client's otherwise followed untranslated (firewall mode). Only if the
+/// kernel routes it out of the WAN interface: FTP to another LAN, a VPN or the router itself is
+/// none of ftpnat's business: it passes to the stack as it came.
+// A subprogram of its own: each way of opening has a frame of its own.
+#[inline(never)]
 fn open_masqueraded(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     config: &DatapathConfig,
     in_ifindex: u32,
 ) -> Result<(), OpenError> {
     if !config.is_ftp_port(packet.dport()) {
         return Err(OpenError::NotOurs);
     }
-    let prefix = Key::new(32, packet.ip.src_addr);
-    if MASQUERADE.get(&prefix).is_none() {
+    let prefix = Key::new(128, packet.key.saddr);
+    let kind = if MASQUERADE.get(&prefix).is_some() {
+        SessionKind::Masquerade
+    } else if packet.v6 {
+        SessionKind::Firewall
+    } else {
         return Err(OpenError::NotOurs);
-    }
+    };
     if !routed_out_of(ctx, packet, in_ifindex, config.wan_ifindex) {
         bump(Counter::NotRoutedToWan);
         return Err(OpenError::NotOurs);
     }
     admit_source(packet, config)?;
-    let Some(public_port) = take_port() else {
-        bump(Counter::WindowExhausted);
-        return Err(OpenError::WindowExhausted);
+    let key = &packet.key;
+    let public_ip = *config.public_ip_of(&key.saddr);
+    let (new_saddr, new_sport, public_port, flags) = if kind == SessionKind::Masquerade {
+        if public_ip == ip::UNSPECIFIED {
+            // An IPv6 prefix masqueraded without a public IPv6 address: never configured so.
+            return Err(OpenError::NotOurs);
+        }
+        let Some(public_port) = take_port() else {
+            bump(Counter::WindowExhausted);
+            return Err(OpenError::WindowExhausted);
+        };
+        (
+            public_ip,
+            public_port.to_be_bytes(),
+            public_port,
+            flow_flags::OWNS_PORT,
+        )
+    } else {
+        (key.saddr, key.sport, 0, 0)
     };
-    let key = packet.key();
-    let original = FlowEntry {
-        packets: 0,
-        bytes: 0,
-        last_seen_ns: now_ns(),
+    let Some(opening) = opening() else {
+        if public_port != 0 {
+            return_port(public_port);
+        }
+        return Err(OpenError::NotOurs);
+    };
+    let opened = Opened {
         session: key,
-        new_saddr: config.public_ip,
-        new_daddr: key.daddr,
-        out_ifindex: config.wan_ifindex,
-        new_sport: public_port.to_be_bytes(),
-        new_dport: key.dport,
+        kind: FlowKind::Control,
+        interfaces: [in_ifindex, config.wan_ifindex],
         public_port,
-        kind: FlowKind::Control as u8,
-        direction: FlowDirection::Original as u8,
-        flags: flow_flags::OWNS_PORT,
-        _pad: [0; 3],
-        in_ifindex,
+        flags,
     };
-    if let Err(error) = install(key, &original) {
-        return_port(public_port);
+    write_original(
+        &mut opening.original,
+        &opened,
+        (&new_saddr, &key.daddr),
+        [new_sport, key.dport],
+    );
+    if let Err(error) = install(key, opening) {
+        if public_port != 0 {
+            return_port(public_port);
+        }
         return install_failed(error);
     }
     let new = NewSession {
-        kind: SessionKind::Masquerade,
+        kind,
         lan_ifindex: in_ifindex,
         server_addr: key.daddr,
         server_port: key.dport,
@@ -134,16 +161,16 @@ fn open_masqueraded(
     };
     if !crate::session::open_session(packet, &new) {
         // Without its session the connection would be NATed with no ALG: refused instead.
-        uninstall(key, &original);
+        uninstall(key, &opening.original);
         return Err(OpenError::NoRoom);
     }
-    crate::sources::opened(key.saddr);
+    crate::sources::opened(&key.saddr);
     bump(Counter::ControlSessionsOpened);
     Ok(())
 }
 
 const AF_INET: u8 = 2;
-const IPPROTO_TCP: u8 = 6;
+const AF_INET6: u8 = 10;
 
 /// Whether the kernel's FIB sends `packet`, arriving on `in_ifindex`, out of `out_ifindex`. The
 /// lookup is the one forwarding would make: with the policy rules (not `BPF_FIB_LOOKUP_DIRECT`,
@@ -154,7 +181,7 @@ const IPPROTO_TCP: u8 = 6;
 /// blackhole or prohibit route, or a failed lookup do not.
 // A subprogram of its own, its parameters in the scratch area: off the ALG's stack.
 #[inline(never)]
-fn routed_out_of(ctx: &TcContext, packet: &Tcp4, in_ifindex: u32, out_ifindex: u32) -> bool {
+fn routed_out_of(ctx: &TcContext, packet: &Tcp, in_ifindex: u32, out_ifindex: u32) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
@@ -163,15 +190,26 @@ fn routed_out_of(ctx: &TcContext, packet: &Tcp4, in_ifindex: u32, out_ifindex: u
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of them), and what
     // the kernel expects of the fields this lookup does not use.
     *params = unsafe { core::mem::zeroed::<bpf_fib_lookup>() };
-    params.family = AF_INET;
     params.l4_protocol = IPPROTO_TCP;
     params.sport = u16::from_ne_bytes(packet.tcp.source);
     params.dport = u16::from_ne_bytes(packet.tcp.dest);
-    params.__bindgen_anon_1.tot_len = packet.ip_len();
+    params.__bindgen_anon_1.tot_len = packet.ip_len;
     params.ifindex = in_ifindex;
-    params.__bindgen_anon_2.tos = packet.ip.tos;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(packet.ip.src_addr);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(packet.ip.dst_addr);
+    if packet.v6 {
+        params.family = AF_INET6;
+        // SAFETY: `[u8; 16]` and `[u32; 4]` have the same size, and every bit pattern is valid.
+        unsafe {
+            params.__bindgen_anon_3.ipv6_src =
+                core::mem::transmute::<IpBytes, [u32; 4]>(packet.key.saddr);
+            params.__bindgen_anon_4.ipv6_dst =
+                core::mem::transmute::<IpBytes, [u32; 4]>(packet.key.daddr);
+        }
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_2.tos = packet.tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip::v4_octets(&packet.key.saddr));
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip::v4_octets(&packet.key.daddr));
+    }
     // SAFETY: the helper reads and writes `params`, a live map value of the size passed.
     let ret = unsafe {
         fib_lookup(
@@ -187,14 +225,15 @@ fn routed_out_of(ctx: &TcContext, packet: &Tcp4, in_ifindex: u32, out_ifindex: u
 
 /// An outside client's connection to a published port: DNAT to the server; the client's address
 /// stays as it is, so the server sees who it talks to.
-#[inline(always)]
+// A subprogram of its own: each way of opening has a frame of its own.
+#[inline(never)]
 fn open_published(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     config: &DatapathConfig,
     in_ifindex: u32,
 ) -> Result<(), OpenError> {
-    if packet.ip.dst_addr != config.public_ip {
+    if !config.is_public(&packet.key.daddr) {
         return Err(OpenError::NotOurs);
     }
     let public_port = packet.dport();
@@ -202,27 +241,32 @@ fn open_published(
     let Some(target) = (unsafe { PUBLISH.get(public_port) }).copied() else {
         return Err(OpenError::NotOurs);
     };
+    // A server of the other family is not reached through this address (ftpnat does not
+    // translate between the families).
+    if ip::is_v4(&target.server_addr) == packet.v6 {
+        return Err(OpenError::NotOurs);
+    }
     admit_source(packet, config)?;
-    let key = packet.key();
-    let original = FlowEntry {
-        packets: 0,
-        bytes: 0,
-        last_seen_ns: now_ns(),
+    let key = &packet.key;
+    let Some(opening) = opening() else {
+        return Err(OpenError::NotOurs);
+    };
+    let opened = Opened {
         session: key,
-        new_saddr: key.saddr,
-        new_daddr: target.server_addr,
-        out_ifindex: target.lan_ifindex,
-        new_sport: key.sport,
-        new_dport: target.server_port,
+        kind: FlowKind::Control,
+        interfaces: [in_ifindex, target.lan_ifindex],
         public_port,
-        kind: FlowKind::Control as u8,
-        direction: FlowDirection::Original as u8,
         // The published port is configuration, not a window port: nothing to give back.
         flags: 0,
-        _pad: [0; 3],
-        in_ifindex,
     };
-    if let Err(error) = install(key, &original) {
+    let new_addrs = (&key.saddr, &target.server_addr);
+    write_original(
+        &mut opening.original,
+        &opened,
+        new_addrs,
+        [key.sport, target.server_port],
+    );
+    if let Err(error) = install(key, opening) {
         return install_failed(error);
     }
     let new = NewSession {
@@ -233,10 +277,10 @@ fn open_published(
         offered_scale: crate::tcp_window::offered_scale(ctx, packet),
     };
     if !crate::session::open_session(packet, &new) {
-        uninstall(key, &original);
+        uninstall(key, &opening.original);
         return Err(OpenError::NoRoom);
     }
-    crate::sources::opened(key.saddr);
+    crate::sources::opened(&key.saddr);
     bump(Counter::ControlSessionsOpened);
     Ok(())
 }
@@ -244,8 +288,8 @@ fn open_published(
 /// Refuses (counted) a new control connection from a source that holds its share of the sessions
 /// already, before it takes anything.
 #[inline(always)]
-fn admit_source(packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError> {
-    if crate::sources::admits(packet.ip.src_addr, &config.source_limits()) {
+fn admit_source(packet: &Tcp, config: &DatapathConfig) -> Result<(), OpenError> {
+    if crate::sources::admits(&packet.key.saddr, &config.source_limits()) {
         Ok(())
     } else {
         bump(Counter::SourceLimit);
@@ -253,19 +297,74 @@ fn admit_source(packet: &Tcp4, config: &DatapathConfig) -> Result<(), OpenError>
     }
 }
 
-/// Inserts a connection's two entries: `original` under `key`, and the entry of the other
-/// direction (leaving by the interface `original`'s packets arrive on) under the key its packets
-/// arrive with. The reply
+/// What the original direction's entry of a new connection says beyond its translated tuple.
+pub struct Opened<'a> {
+    /// The session's control connection (original direction key).
+    pub session: &'a FlowKey,
+    pub kind: FlowKind,
+    /// Where its packets arrive and where they leave.
+    pub interfaces: [u32; 2],
+    pub public_port: u16,
+    /// [`flow_flags`] it starts with.
+    pub flags: u8,
+}
+
+/// Writes the original direction's entry of a new connection into `out`, which translates its
+/// packets to `new_addrs` and `new_ports` (source's, destination's). Field by field: a struct
+/// built whole is built on the stack first, and the open stage has no stack to spare.
+#[inline(always)]
+pub fn write_original(
+    out: &mut FlowEntry,
+    opened: &Opened,
+    (new_saddr, new_daddr): (&IpBytes, &IpBytes),
+    [new_sport, new_dport]: [[u8; 2]; 2],
+) {
+    out.packets = 0;
+    out.bytes = 0;
+    out.last_seen_ns = now_ns();
+    out.session = *opened.session;
+    out.new_saddr = *new_saddr;
+    out.new_daddr = *new_daddr;
+    let [in_ifindex, out_ifindex] = opened.interfaces;
+    out.out_ifindex = out_ifindex;
+    out.new_sport = new_sport;
+    out.new_dport = new_dport;
+    out.public_port = opened.public_port;
+    out.kind = opened.kind as u8;
+    out.direction = FlowDirection::Original as u8;
+    out.flags = opened.flags;
+    out._pad = [0; 3];
+    out.in_ifindex = in_ifindex;
+}
+
+/// This CPU's area for the connection an opening SYN installs (see [`Opening`]).
+#[inline(always)]
+pub fn opening() -> Option<&'static mut Opening> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch area; whoever opens a connection writes the entries in full
+    // before reading them.
+    Some(unsafe { &mut (*scratch).opening })
+}
+
+/// Inserts a connection's two entries: `opening.original` under `key`, and the entry of the other
+/// direction (leaving by the interface the original's packets arrive on, made here in
+/// `opening.reply`) under the key its packets arrive with. The reply
 /// side first: once the original entry exists, packets flow, and their answers must find their
 /// way back. On failure nothing is left behind, and the error says whether the connection exists
 /// already (a retransmitted SYN raced us on another CPU) or there was no room.
-#[inline(always)]
-pub fn install(key: FlowKey, original: &FlowEntry) -> Result<(), InstallError> {
+// A subprogram of its own: the reply entry's key and its making stay off its callers' stacks.
+#[inline(never)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "inserted by reference: by value, the entries would be copied onto the stack"
+)]
+pub fn install(key: &FlowKey, opening: &mut Opening) -> Result<(), InstallError> {
+    let original = &opening.original;
     let reply_key = original.reply_key();
-    let reply = original.reply_of(&key, original.in_ifindex);
-    let installed = match FLOWS.insert(reply_key, reply, u64::from(BPF_NOEXIST)) {
+    opening.reply = original.reply_of(key, original.in_ifindex);
+    let installed = match FLOWS.insert(reply_key, &opening.reply, u64::from(BPF_NOEXIST)) {
         Ok(()) => FLOWS
-            .insert(key, original, u64::from(BPF_NOEXIST))
+            .insert(key, &opening.original, u64::from(BPF_NOEXIST))
             .map_err(|_| {
                 let _ = FLOWS.remove(reply_key);
             }),
@@ -335,7 +434,7 @@ pub fn release_closed(key: &FlowKey) {
 /// that its window port returns promptly.
 // A subprogram of its own: only a connection's FIN and RST packets come here.
 #[inline(never)]
-pub fn report_if_closed(packet: &Tcp4, entry: *const FlowEntry, new_flags: u8) {
+pub fn report_if_closed(packet: &Tcp, entry: *const FlowEntry, new_flags: u8) {
     if new_flags & (flow_flags::FIN | flow_flags::RST) == 0 {
         return;
     }
@@ -346,14 +445,20 @@ pub fn report_if_closed(packet: &Tcp4, entry: *const FlowEntry, new_flags: u8) {
     };
     // SAFETY: as above; flags only move forward.
     if flow_flags::closed(entry.flags, unsafe { (*partner).flags }) {
-        crate::events::emit(&packet.key(), EventKind::ConnectionClosed, 0, [0; 4], 0);
+        crate::events::emit(
+            &packet.key,
+            EventKind::ConnectionClosed,
+            0,
+            ip::UNSPECIFIED,
+            0,
+        );
     }
 }
 
 /// Removes a connection [`install`] made, when what should have come with it could not (its
 /// session record): whoever removes the original entry gives its window port back, if it owns one.
 #[inline(always)]
-pub fn uninstall(key: FlowKey, original: &FlowEntry) {
+pub fn uninstall(key: &FlowKey, original: &FlowEntry) {
     if FLOWS.remove(key).is_ok() {
         let _ = FLOWS.remove(original.reply_key());
         if original.flags & flow_flags::OWNS_PORT != 0 {
@@ -371,7 +476,7 @@ pub fn uninstall(key: FlowKey, original: &FlowEntry) {
 /// could not be made.
 // A subprogram of its own: only opening SYNs that meet an entry come here.
 #[inline(never)]
-pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp4, entry: *mut FlowEntry) -> bool {
+pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp, entry: *mut FlowEntry) -> bool {
     // SAFETY: a live map value; the agent only removes entries, and a removed one stays readable
     // for this program run.
     let original = unsafe { &mut *entry };
@@ -388,8 +493,12 @@ pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp4, entry: *mut FlowEnt
     if !flow_flags::closed(original.flags, reply.flags) {
         return false;
     }
+    // A masqueraded client's connection owns its port; a published server's is DNATed; a
+    // followed IPv6 client's is neither.
     let (kind, lan_ifindex) = if original.flags & flow_flags::OWNS_PORT != 0 {
         (SessionKind::Masquerade, original.in_ifindex)
+    } else if original.new_daddr == packet.key.daddr {
+        (SessionKind::Firewall, original.in_ifindex)
     } else {
         (SessionKind::Publish, original.out_ifindex)
     };
@@ -405,7 +514,7 @@ pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp4, entry: *mut FlowEnt
     }
     original.flags &= flow_flags::OWNS_PORT;
     reply.flags = 0;
-    crate::sources::opened(packet.ip.src_addr);
+    crate::sources::opened(&packet.key.saddr);
     bump(Counter::ControlSessionsOpened);
     true
 }

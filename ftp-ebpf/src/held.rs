@@ -20,7 +20,7 @@ use ftp_common::{
 };
 
 use crate::{
-    headers::Tcp4,
+    headers::Tcp,
     maps::{SCRATCH, SESSIONS, bump},
     rewrite::splice,
     scratch::{RewriteRequest, SCRATCH_MASK, Scan},
@@ -126,7 +126,7 @@ pub fn stage_held(session: *mut SessionEntry, new_bytes_start: u32, seq: u32) ->
 /// it rather than under it: the two stack frames never add up). Returns false if held bytes were
 /// to go back and could not: they are lost to the stream, and that is counted.
 #[inline(never)]
-pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> bool {
     let Some(scratch) = SCRATCH.get_ptr(0) else {
         return false;
     };
@@ -152,7 +152,7 @@ pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConf
 #[inline(always)]
 fn splice_held(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     session: *mut SessionEntry,
     config: &DatapathConfig,
     request: &RewriteRequest,

@@ -39,6 +39,8 @@ mod stage;
 mod tcp_window;
 mod window;
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::classifier,
@@ -50,7 +52,7 @@ use ftp_common::maps::{
     stage::{CLIENT, CONTROL_FORWARD, REPLAY, REWRITE, SERVER},
 };
 
-use crate::{flows::OpenError, headers::Tcp4, maps::FLOWS};
+use crate::{flows::OpenError, headers::Tcp, maps::FLOWS};
 
 /// The packet goes on unchanged. `TC_ACT_UNSPEC` hands it to the next program on the interface
 /// (`TCX_NEXT` under TCX; the next filter under classic TC's direct-action `cls_bpf`), so ftpnat
@@ -59,10 +61,14 @@ const PASS: i32 = TC_ACT_UNSPEC;
 
 #[classifier]
 pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
-    let Some(packet) = parse(&ctx) else {
+    // The packet's headers, read in place onto the entry point's own stack: no call, no zeroing.
+    let mut packet = MaybeUninit::<Tcp>::uninit();
+    if !Tcp::parse(&ctx, &mut packet) {
         return PASS;
-    };
-    let Some(entry) = FLOWS.get_ptr_mut(packet.key()) else {
+    }
+    // SAFETY: a successful parse wrote every field.
+    let packet = unsafe { packet.assume_init_ref() };
+    let Some(entry) = FLOWS.get_ptr_mut(packet.key) else {
         if packet.is_opening_syn() {
             return stage::continue_opening(&ctx, PASS);
         }
@@ -87,7 +93,7 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
         // the open stage tells them apart.
         return stage::continue_opening(&ctx, PASS);
     }
-    nat::account(entry, &packet);
+    nat::account(entry, packet);
     // SAFETY: as above.
     let entry = unsafe { &*entry };
     if entry.kind == FlowKind::Control as u8 {
@@ -99,7 +105,7 @@ pub fn ftpnat_ingress(mut ctx: TcContext) -> i32 {
         stage::set_pass(&mut ctx, 0);
         return stage::continue_control(&ctx, slot);
     }
-    nat::translate_and_forward(&ctx, &packet, entry).action(PASS)
+    nat::translate_and_forward(&ctx, packet, entry).action(PASS)
 }
 
 /// An opening SYN no flow knows: an announced data connection, a new control connection, or
@@ -109,21 +115,21 @@ pub fn ftpnat_open(mut ctx: TcContext) -> i32 {
     let Some(packet) = stage_packet(&ctx) else {
         return PASS;
     };
-    if let Some(entry) = FLOWS.get_ptr_mut(packet.key())
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key)
         // SAFETY: as in ftpnat_ingress.
         && unsafe { (*entry).kind } != FlowKind::Control as u8
     {
         // An opening SYN on a data connection's tuple: if that connection has ended, the new one
         // takes its place (its entries and port go, as the agent's release would); else the SYN
         // goes on as the connection's packets do.
-        flows::release_closed(&packet.key());
-        if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
+        flows::release_closed(&packet.key);
+        if let Some(entry) = FLOWS.get_ptr_mut(packet.key) {
             nat::account(entry, packet);
             // SAFETY: as in ftpnat_ingress.
             return nat::translate_and_forward(&ctx, packet, unsafe { &*entry }).action(PASS);
         }
     }
-    if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key) {
         // A control connection's opening SYN meeting its tuple's entries: a new connection where
         // a closed one lingers takes its place; a SYN sent again goes on as the connection's
         // packets do.
@@ -145,7 +151,7 @@ pub fn ftpnat_open(mut ctx: TcContext) -> i32 {
     let Some(config) = maps::config() else {
         return PASS;
     };
-    expect::make_way(packet, config);
+    expect::make_way(packet);
     let opened = match expect::open_data(&ctx, packet, config) {
         Err(OpenError::NotOurs) => flows::open_control(&ctx, packet, config),
         other => other,
@@ -163,7 +169,7 @@ pub fn ftpnat_open(mut ctx: TcContext) -> i32 {
         }
         Err(OpenError::NotOurs) => return PASS,
     }
-    let Some(entry) = FLOWS.get_ptr_mut(packet.key()) else {
+    let Some(entry) = FLOWS.get_ptr_mut(packet.key) else {
         return PASS;
     };
     nat::account(entry, packet);
@@ -192,9 +198,6 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
     let Some((packet, entry)) = control_flow(&ctx) else {
         return TC_ACT_SHOT;
     };
-    let Some(config) = maps::config() else {
-        return TC_ACT_SHOT;
-    };
     let pass = stage::pass(&ctx);
     if pass == 0 {
         match tcp_window::check(&ctx, packet, entry) {
@@ -203,9 +206,9 @@ fn scan_stage(mut ctx: TcContext, slot: u32) -> i32 {
         }
     }
     let pending = if slot == CLIENT {
-        scan::client_packet(&ctx, packet, entry, config, pass)
+        scan::client_packet(&ctx, packet, entry, pass)
     } else {
-        scan::server_packet(&ctx, packet, entry, config, pass)
+        scan::server_packet(&ctx, packet, entry, pass)
     };
     match pending {
         scan::Pending::More => {
@@ -264,31 +267,27 @@ pub fn ftpnat_control_forward(ctx: TcContext) -> i32 {
     nat::translate_and_forward(&ctx, packet, entry).action(PASS)
 }
 
-/// The packet's IPv4 and TCP headers, or None if it is not an unfragmented IPv4 TCP packet. Read
-/// in place, onto the entry point's own stack: no call, no zeroing (the BPF target turns a
-/// struct's zeroing into a byte-by-byte `memset` loop), which the per-packet path cannot afford.
-#[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Tcp4> {
-    Tcp4::parse(ctx)
-}
-
 /// A stage's packet headers, parsed into this CPU's scratch area rather than onto the stack:
 /// Linux 6.1 rounds every frame of a call chain up to 32 bytes and refuses chains over 512, and
 /// the stages' chains are deep.
 #[inline(always)]
-fn stage_packet(ctx: &TcContext) -> Option<&'static Tcp4> {
+fn stage_packet(ctx: &TcContext) -> Option<&'static Tcp> {
     let scratch = maps::SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch area; each stage parses the packet again on entry.
     let packet = unsafe { &mut (*scratch).packet };
-    Tcp4::parse_into(ctx, packet).then_some(&*packet)
+    if !Tcp::parse_into(ctx, packet) {
+        return None;
+    }
+    // SAFETY: a successful parse wrote every field.
+    Some(unsafe { packet.assume_init_ref() })
 }
 
 /// A control stage's packet and its flow entry. None if the entry went in the meantime (the
 /// agent's sweep ended the connection): the packet is then dropped, not sent untranslated.
 #[inline(always)]
-fn control_flow(ctx: &TcContext) -> Option<(&'static Tcp4, &'static FlowEntry)> {
+fn control_flow(ctx: &TcContext) -> Option<(&'static Tcp, &'static FlowEntry)> {
     let packet = stage_packet(ctx)?;
-    let entry = FLOWS.get_ptr(packet.key())?;
+    let entry = FLOWS.get_ptr(packet.key)?;
     // SAFETY: a live map value, read only here; see ftpnat_ingress.
     Some((packet, unsafe { &*entry }))
 }

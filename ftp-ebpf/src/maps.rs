@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, Queue, RingBuf},
 };
 use ftp_common::maps::{
-    Capacities, Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo,
+    Capacities, Counter, DatapathConfig, EVENTS_BYTES, FlowEntry, FlowKey, InterfaceInfo, IpBytes,
     MAX_COUNTED_INTERFACES, MAX_FLOWS, MAX_MASQUERADE_PREFIXES, MAX_WINDOW_PORTS, SourceKey,
     SourceSeen, stage,
 };
@@ -20,7 +20,7 @@ use crate::scratch::Scratch;
 pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 
 #[map(name = "MASQUERADE")]
-pub static MASQUERADE: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(
+pub static MASQUERADE: LpmTrie<IpBytes, u8> = LpmTrie::pinned(
     MAX_MASQUERADE_PREFIXES,
     aya_ebpf::bindings::BPF_F_NO_PREALLOC,
 );

@@ -20,13 +20,16 @@ use aya_ebpf::{
 };
 use ftp_common::{
     checksum::Delta,
-    maps::{Counter, FlowEntry, FlowKind, flow_flags},
+    maps::{Counter, FlowEntry, FlowKind, flow_flags, ip},
     mss::{self, OptionStep},
 };
-use network_types::tcp::TcpHdr;
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
 use crate::{
-    headers::Tcp4,
+    headers::{IPPROTO_TCP, Tcp},
     maps::{bump, now_coarse_ns},
 };
 
@@ -55,7 +58,7 @@ impl Verdict {
 /// connection's flags are taken by its stage instead, once the segment is known to lie in the
 /// connection's window (`tcp_window::follow`).
 #[inline(always)]
-pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
+pub fn account(entry: *mut FlowEntry, packet: &Tcp) {
     // SAFETY: `entry` points into a live map value; `kind` is written only at its creation.
     let seen = if unsafe { (*entry).kind } == FlowKind::Control as u8 {
         0
@@ -68,7 +71,7 @@ pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
     // Flags and timestamps only move forward, so a lost race there costs nothing.
     unsafe {
         (*entry).packets += 1;
-        (*entry).bytes += u64::from(packet.ip_len());
+        (*entry).bytes += u64::from(packet.ip_len);
         (*entry).last_seen_ns = now_coarse_ns();
         if (*entry).flags & seen != seen {
             let new_flags = seen & !(*entry).flags;
@@ -80,7 +83,7 @@ pub fn account(entry: *mut FlowEntry, packet: &Tcp4) {
 
 /// The [`flow_flags`] a packet shows about its connection.
 #[inline(always)]
-pub fn packet_flags(packet: &Tcp4) -> u8 {
+pub fn packet_flags(packet: &Tcp) -> u8 {
     let mut seen = 0;
     if packet.tcp.fin() != 0 {
         seen |= flow_flags::FIN;
@@ -97,11 +100,11 @@ pub fn packet_flags(packet: &Tcp4) -> u8 {
 /// Rewrites the headers as `entry` says and redirects the packet to `entry.out_ifindex`.
 // A subprogram of its own: its stack frame does not add to the ALG's call chain.
 #[inline(never)]
-pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) -> Verdict {
-    if packet.ip.ttl <= 1 {
+pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -> Verdict {
+    if packet.ttl <= 1 {
         return Verdict::Pass;
     }
-    let Mtu { mtu: out_mtu, fits } = mtu_of(ctx, entry.out_ifindex, packet.ip_len());
+    let Mtu { mtu: out_mtu, fits } = mtu_of(ctx, entry.out_ifindex, packet.ip_len);
     if !fits {
         return too_big(packet, entry);
     }
@@ -122,38 +125,26 @@ pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) 
     }
 }
 
-/// Writes the translated addresses, ports and TTL straight into the packet and brings the
-/// checksums along with one update each: the IPv4 header's computed here (a header checksum, no
-/// offload involved), TCP's by the kernel's helper, which knows how the skb keeps it (with
-/// CHECKSUM_PARTIAL the field holds only the pseudo-header's sum, and a port change must not
-/// touch it) — hence two differences, the pseudo-header's and the ports'.
+/// Writes the translated addresses, ports and TTL (hop limit) straight into the packet and brings
+/// the checksums along with one update each: the IPv4 header's computed here (a header checksum,
+/// no offload involved; IPv6 has none), TCP's by the kernel's helper, which knows how the skb
+/// keeps it (with CHECKSUM_PARTIAL the field holds only the pseudo-header's sum, and a port change
+/// must not touch it) — hence two differences, the pseudo-header's and the ports'.
 #[inline(always)]
-fn rewrite_headers(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) -> Result<(), i64> {
+fn rewrite_headers(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -> Result<(), i64> {
     let Some((ip, tcp)) = packet.headers_mut(ctx) else {
         return Err(-1);
     };
-    let (old_ip, old_tcp) = (&packet.ip, &packet.tcp);
-    let mut ip_sum = Delta::NONE;
-    let mut pseudo_sum = Delta::NONE;
+    let pseudo_sum = if packet.v6 {
+        rewrite_ipv6(ip as *mut Ipv6Hdr, packet, entry)
+    } else {
+        rewrite_ipv4(ip as *mut Ipv4Hdr, packet, entry)
+    };
+    let old_tcp = &packet.tcp;
     let mut ports_sum = Delta::NONE;
-    // SAFETY: `ip` and `tcp` point at the headers inside the packet's linear area (checked by
-    // `headers_mut`); the header structs are plain bytes.
+    // SAFETY: `tcp` points at the TCP header inside the packet's linear area (checked by
+    // `headers_mut`); the header struct is plain bytes.
     unsafe {
-        if old_ip.src_addr != entry.new_saddr {
-            ip_sum = ip_sum.replace32(old_ip.src_addr, entry.new_saddr);
-            pseudo_sum = pseudo_sum.replace32(old_ip.src_addr, entry.new_saddr);
-            (*ip).src_addr = entry.new_saddr;
-        }
-        if old_ip.dst_addr != entry.new_daddr {
-            ip_sum = ip_sum.replace32(old_ip.dst_addr, entry.new_daddr);
-            pseudo_sum = pseudo_sum.replace32(old_ip.dst_addr, entry.new_daddr);
-            (*ip).dst_addr = entry.new_daddr;
-        }
-        // We forward, so we decrement the TTL like a router; ttl and protocol share a word.
-        let ttl = old_ip.ttl - 1;
-        ip_sum = ip_sum.replace16([old_ip.ttl, old_ip.proto], [ttl, old_ip.proto]);
-        (*ip).ttl = ttl;
-        (*ip).check = ip_sum.apply(old_ip.check);
         if old_tcp.source != entry.new_sport {
             ports_sum = ports_sum.replace16(old_tcp.source, entry.new_sport);
             (*tcp).source = entry.new_sport;
@@ -172,6 +163,63 @@ fn rewrite_headers(ctx: &TcContext, packet: &Tcp4, entry: &FlowEntry) -> Result<
         ctx.l4_csum_replace(check, 0, u64::from(ports_sum.as_wsum()), 0)?;
     }
     Ok(())
+}
+
+/// The IPv4 part of [`rewrite_headers`]: addresses and TTL, the header checksum; returns the
+/// pseudo-header's difference.
+#[inline(always)]
+fn rewrite_ipv4(ip: *mut Ipv4Hdr, packet: &Tcp, entry: &FlowEntry) -> Delta {
+    let (old_saddr, old_daddr) = (
+        ip::v4_octets(&packet.key.saddr),
+        ip::v4_octets(&packet.key.daddr),
+    );
+    let (new_saddr, new_daddr) = (
+        ip::v4_octets(&entry.new_saddr),
+        ip::v4_octets(&entry.new_daddr),
+    );
+    let mut ip_sum = Delta::NONE;
+    let mut pseudo_sum = Delta::NONE;
+    // SAFETY: `ip` points at the IPv4 header inside the packet's linear area (checked by
+    // `headers_mut`); the header struct is plain bytes.
+    unsafe {
+        if old_saddr != new_saddr {
+            ip_sum = ip_sum.replace32(old_saddr, new_saddr);
+            pseudo_sum = pseudo_sum.replace32(old_saddr, new_saddr);
+            (*ip).src_addr = new_saddr;
+        }
+        if old_daddr != new_daddr {
+            ip_sum = ip_sum.replace32(old_daddr, new_daddr);
+            pseudo_sum = pseudo_sum.replace32(old_daddr, new_daddr);
+            (*ip).dst_addr = new_daddr;
+        }
+        // We forward, so we decrement the TTL like a router; TTL and protocol share a word.
+        let ttl = packet.ttl - 1;
+        ip_sum = ip_sum.replace16([packet.ttl, IPPROTO_TCP], [ttl, IPPROTO_TCP]);
+        (*ip).ttl = ttl;
+        (*ip).check = ip_sum.apply(packet.ip_check);
+    }
+    pseudo_sum
+}
+
+/// The IPv6 part of [`rewrite_headers`]: addresses and hop limit; returns the pseudo-header's
+/// difference.
+#[inline(always)]
+fn rewrite_ipv6(ip: *mut Ipv6Hdr, packet: &Tcp, entry: &FlowEntry) -> Delta {
+    let mut pseudo_sum = Delta::NONE;
+    // SAFETY: `ip` points at the IPv6 header inside the packet's linear area (checked by
+    // `headers_mut`); the header struct is plain bytes.
+    unsafe {
+        if packet.key.saddr != entry.new_saddr {
+            pseudo_sum = pseudo_sum.replace128(packet.key.saddr, entry.new_saddr);
+            (*ip).src_addr = entry.new_saddr;
+        }
+        if packet.key.daddr != entry.new_daddr {
+            pseudo_sum = pseudo_sum.replace128(packet.key.daddr, entry.new_daddr);
+            (*ip).dst_addr = entry.new_daddr;
+        }
+        (*ip).hop_limit = packet.ttl - 1;
+    }
+    pseudo_sum
 }
 
 /// An interface's MTU, and whether a datagram fits it.
@@ -200,20 +248,16 @@ fn mtu_of(ctx: &TcContext, ifindex: u32, ip_len: u16) -> Mtu {
     }
 }
 
-/// The IPv4 header's Don't Fragment bit.
-const IP_DF: u16 = 0x4000;
-
-/// A packet too big for its flow's egress interface. With DF set and a destination the
-/// translation keeps (a masqueraded client's packets to its server, a published server's to its
+/// A packet too big for its flow's egress interface. With DF set (always, over IPv6) and a
+/// destination the translation keeps (a masqueraded client's packets to its server, a published server's to its
 /// client), the stack routes the untranslated packet the same way, finds it too big before any
 /// translation or filter would forward it, drops it and sends the sender ICMP
-/// fragmentation-needed about the header it knows. Otherwise nobody can be told: the stack would
+/// fragmentation-needed (ICMPv6 packet-too-big) about the header it knows. Otherwise nobody can be told: the stack would
 /// deliver a packet for the public address to the router itself, or fragment one and forward it
 /// with its private source address. Dropped.
 #[inline(always)]
-fn too_big(packet: &Tcp4, entry: &FlowEntry) -> Verdict {
-    let df = u16::from_be_bytes(packet.ip.frags) & IP_DF != 0;
-    if df && packet.ip.dst_addr == entry.new_daddr {
+fn too_big(packet: &Tcp, entry: &FlowEntry) -> Verdict {
+    if !packet.fragmentable && packet.key.daddr == entry.new_daddr {
         bump(Counter::TooBigPassed);
         Verdict::Pass
     } else {
@@ -226,15 +270,15 @@ fn too_big(packet: &Tcp4, entry: &FlowEntry) -> Verdict {
 const MSS_OPTION_STEPS: usize = 8;
 
 /// Lowers the MSS option of a SYN or SYN-ACK to the smaller MTU of the packet's two interfaces
-/// (ingress and `out_mtu`) less the IPv4 and TCP headers, with the TCP checksum updated
+/// (ingress and `out_mtu`) less the IP and TCP headers, with the TCP checksum updated
 /// ([`ftp_common::mss`]). True if it did. A SYN without the option leaves the peer at the default
 /// of 536, which fits any MTU.
 // A subprogram of its own: only SYNs pay for the walk.
 #[inline(never)]
-fn clamp_mss(ctx: &TcContext, packet: &Tcp4, out_mtu: u32) -> bool {
-    let in_mtu = mtu_of(ctx, 0, packet.ip_len()).mtu;
-    let options_end = packet.tcp_off + usize::from(packet.tcp.doff()) * 4;
-    let mut off = packet.tcp_off + TcpHdr::LEN;
+fn clamp_mss(ctx: &TcContext, packet: &Tcp, out_mtu: u32) -> bool {
+    let in_mtu = mtu_of(ctx, 0, packet.ip_len).mtu;
+    let options_end = packet.tcp_off() + usize::from(packet.tcp.doff()) * 4;
+    let mut off = packet.tcp_off() + TcpHdr::LEN;
     for _ in 0..MSS_OPTION_STEPS {
         if off + mss::MSS_OPTION_LEN > options_end {
             return false;
@@ -246,10 +290,11 @@ fn clamp_mss(ctx: &TcContext, packet: &Tcp4, out_mtu: u32) -> bool {
             OptionStep::End => return false,
             OptionStep::Skip(len) => off += len,
             OptionStep::Mss(announced) => {
-                let Some(clamped) = mss::clamped(announced, in_mtu, out_mtu) else {
+                let ip_header_len = u32::from(packet.ip_header_len());
+                let Some(clamped) = mss::clamped(announced, in_mtu, out_mtu, ip_header_len) else {
                     return false;
                 };
-                let at = off - packet.tcp_off + mss::MSS_VALUE_OFF;
+                let at = off - packet.tcp_off() + mss::MSS_VALUE_OFF;
                 return store_mss(ctx, packet, at, announced, clamped);
             }
         }
@@ -260,9 +305,9 @@ fn clamp_mss(ctx: &TcContext, packet: &Tcp4, out_mtu: u32) -> bool {
 /// Writes `new` over the MSS value `old` at `at` bytes into the TCP header, and updates the
 /// checksum.
 #[inline(always)]
-fn store_mss(ctx: &TcContext, packet: &Tcp4, at: usize, old: u16, new: u16) -> bool {
+fn store_mss(ctx: &TcContext, packet: &Tcp, at: usize, old: u16, new: u16) -> bool {
     let (old, new) = (old.to_be_bytes(), new.to_be_bytes());
-    if ctx.store(packet.tcp_off + at, &new, 0).is_err() {
+    if ctx.store(packet.tcp_off() + at, &new, 0).is_err() {
         return false;
     }
     let (old, new) = mss::checksum_words(at, old, new);

@@ -14,10 +14,10 @@ use aya_ebpf::{
 };
 
 use crate::headers::{
-    Covered::{Ip, Tcp},
-    IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, TCP_ACK_OFF, TCP_FLAGS_WORD_OFF, TCP_SEQ_OFF, Tcp4, store16,
-    store32,
+    Covered, IP_OFF, IP_SADDR_OFF, IP_TTL_OFF, IP6_HOP_LIMIT_OFF, IP6_SADDR_OFF, IPPROTO_TCP,
+    TCP_ACK_OFF, TCP_FLAGS_WORD_OFF, TCP_SEQ_OFF, Tcp, store16, store32,
 };
+use ftp_common::maps::ip;
 
 const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
@@ -26,7 +26,7 @@ const RESET_TTL: u8 = 64;
 /// Turns the SYN into its reset and sends that back; returns the TC action.
 // A subprogram of its own: its stack frame does not add to the caller's 512 bytes.
 #[inline(never)]
-pub fn refuse_syn(ctx: &TcContext, packet: &Tcp4) -> i32 {
+pub fn refuse_syn(ctx: &TcContext, packet: &Tcp) -> i32 {
     // SAFETY: reading the context's ifindex field, as TC programs may.
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if rewrite_as_reset(ctx, packet).is_err() {
@@ -42,7 +42,7 @@ pub fn refuse_syn(ctx: &TcContext, packet: &Tcp4) -> i32 {
 }
 
 #[inline(always)]
-fn rewrite_as_reset(ctx: &TcContext, packet: &Tcp4) -> Result<(), i64> {
+fn rewrite_as_reset(ctx: &TcContext, packet: &Tcp) -> Result<(), i64> {
     let payload_len = packet.payload().map_or(0, |(_, len)| len as u32);
     let old_seq = packet.tcp.seq;
     let old_ack = packet.tcp.ack_seq;
@@ -53,14 +53,37 @@ fn rewrite_as_reset(ctx: &TcContext, packet: &Tcp4) -> Result<(), i64> {
         .to_be_bytes();
     let new_seq = [0u8; 4];
 
-    let addrs = [packet.ip.dst_addr, packet.ip.src_addr];
-    ctx.store(IP_OFF + IP_SADDR_OFF, &addrs, 0)?;
+    if packet.v6 {
+        ctx.store(
+            IP_OFF + IP6_SADDR_OFF,
+            &[packet.key.daddr, packet.key.saddr],
+            0,
+        )?;
+    } else {
+        let addrs = [
+            ip::v4_octets(&packet.key.daddr),
+            ip::v4_octets(&packet.key.saddr),
+        ];
+        ctx.store(IP_OFF + IP_SADDR_OFF, &addrs, 0)?;
+    }
     let ports = [packet.tcp.dest, packet.tcp.source];
-    ctx.store(packet.tcp_off, &ports, 0)?;
+    ctx.store(packet.tcp_off(), &ports, 0)?;
 
-    let tcp = packet.tcp_off;
-    store32(ctx, packet, tcp + TCP_SEQ_OFF, [old_seq, new_seq], Tcp)?;
-    store32(ctx, packet, tcp + TCP_ACK_OFF, [old_ack, new_ack], Tcp)?;
+    let tcp = packet.tcp_off();
+    store32(
+        ctx,
+        packet,
+        tcp + TCP_SEQ_OFF,
+        [old_seq, new_seq],
+        Covered::Tcp,
+    )?;
+    store32(
+        ctx,
+        packet,
+        tcp + TCP_ACK_OFF,
+        [old_ack, new_ack],
+        Covered::Tcp,
+    )?;
     let old_word: [u8; 2] = ctx.load(tcp + TCP_FLAGS_WORD_OFF)?;
     let new_word = [old_word[0], TCP_FLAG_RST | TCP_FLAG_ACK];
     store16(
@@ -68,12 +91,13 @@ fn rewrite_as_reset(ctx: &TcContext, packet: &Tcp4) -> Result<(), i64> {
         packet,
         tcp + TCP_FLAGS_WORD_OFF,
         [old_word, new_word],
-        Tcp,
+        Covered::Tcp,
     )?;
-    // A fresh packet from the router, not a forwarded one: a fresh TTL.
-    let ttl_word = [
-        [packet.ip.ttl, packet.ip.proto],
-        [RESET_TTL, packet.ip.proto],
-    ];
-    store16(ctx, packet, IP_OFF + IP_TTL_OFF, ttl_word, Ip)
+    // A fresh packet from the router, not a forwarded one: a fresh TTL (hop limit, which no
+    // checksum covers).
+    if packet.v6 {
+        return ctx.store(IP_OFF + IP6_HOP_LIMIT_OFF, &RESET_TTL, 0);
+    }
+    let ttl_word = [[packet.ttl, IPPROTO_TCP], [RESET_TTL, IPPROTO_TCP]];
+    store16(ctx, packet, IP_OFF + IP_TTL_OFF, ttl_word, Covered::Ip)
 }

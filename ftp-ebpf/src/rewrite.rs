@@ -20,17 +20,17 @@ use aya_ebpf::{
 };
 use core::{ffi::c_void, net::Ipv4Addr};
 use ftp_common::{
-    MAX_FIELD_LEN, format_rewrite,
+    MAX_FIELD_LEN, PublicAddress, format_rewrite,
     hold::Replay,
     maps::{
         Counter, DatapathConfig, EventKind, ExpectationKind, HeldField, RewriteRecord,
-        SessionEntry, hold_state, rewrite_kind,
+        SessionEntry, hold_state, ip, rewrite_kind,
     },
 };
 
 use crate::{
     expect::{self, Reservation},
-    headers::{Covered, IP_OFF, IP_TOT_LEN_OFF, Tcp4, store16},
+    headers::Tcp,
     maps::{SCRATCH, SESSIONS, bump},
     scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_MASK},
 };
@@ -46,12 +46,13 @@ const NEW_TAIL: usize = 3 * SCRATCH_LEN;
 /// a hold or a give-back asked for by the ALG, or the give-back of a hold this rewrite was to
 /// complete.
 #[inline(never)]
-pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> bool {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: this CPU's scratch area, written by the ALG earlier in this program run.
-    let request = unsafe { (*scratch).pending };
+    // SAFETY: this CPU's scratch area, written by the ALG earlier in this program run; read in
+    // place (a copy would take 80 bytes of the stack) and written only below, after its last read.
+    let request = unsafe { &(*scratch).pending };
     if matches!(request.kind, rewrite_kind::CUT | rewrite_kind::RESTORE) {
         return true;
     }
@@ -60,7 +61,7 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
     };
     // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
     let entry = unsafe { &mut *session };
-    let rewritten = rewrite(ctx, packet, entry, config, &request);
+    let rewritten = rewrite(ctx, packet, entry, config, request);
     if !rewritten {
         entry.state.expectation_closed();
         bump(Counter::RewritesSkipped);
@@ -80,7 +81,7 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) 
 #[inline(always)]
 fn rewrite(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     session: &mut SessionEntry,
     config: &DatapathConfig,
     request: &RewriteRequest,
@@ -155,7 +156,10 @@ fn rewrite(
         config,
     ) else {
         if reserved {
-            expect::unreserve(config, record.public_port);
+            expect::unreserve(
+                config.public_ip_of(&request.session_key.saddr),
+                record.public_port,
+            );
         }
         return false;
     };
@@ -177,7 +181,7 @@ fn rewrite(
             &request.session_key,
             EventKind::ExpectationCreated,
             kind as u8,
-            config.public_ip,
+            *config.public_ip_of(&request.session_key.saddr),
             record.public_port,
         );
     } else {
@@ -190,7 +194,7 @@ fn rewrite(
 /// Repeats on a retransmission what the ALG found was done to its segment (the `replay` record in
 /// the scratch area). True if it cannot be given the same bytes (counted by the caller).
 #[inline(never)]
-pub fn replay_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -> bool {
+pub fn replay_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> bool {
     let Some(scratch) = SCRATCH.get_ptr(0) else {
         return false;
     };
@@ -213,7 +217,7 @@ pub fn replay_pending(ctx: &TcContext, packet: &Tcp4, config: &DatapathConfig) -
 #[inline(always)]
 fn replay(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     record: &RewriteRecord,
     held: &HeldField,
     config: &DatapathConfig,
@@ -235,7 +239,7 @@ fn replay(
 #[inline(always)]
 pub fn splice(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     payload_off: usize,
     payload_len: usize,
     record: &RewriteRecord,
@@ -264,7 +268,14 @@ pub fn splice(
     let replacement_len = match record.kind {
         rewrite_kind::CUT => 0,
         rewrite_kind::RESTORE => held.copy_into(out)?,
-        _ => format_rewrite(record, Ipv4Addr::from(config.public_ip), out)?,
+        _ => {
+            let public = if packet.v6 {
+                PublicAddress::V6(&config.public_ip6_text)
+            } else {
+                PublicAddress::V4(Ipv4Addr::from(ip::v4_octets(&config.public_ip)))
+            };
+            format_rewrite(record, public, out)?
+        }
     };
     let replacement_len = replacement_len & 63;
     let new_tail_len = prefix + replacement_len + suffix_len;
@@ -330,17 +341,8 @@ pub fn splice(
                 return None;
             }
         }
-        let old_ip_len = packet.ip_len();
-        let new_ip_len = (i32::from(old_ip_len) + delta) as u16;
-        let ip_len_field = [old_ip_len.to_be_bytes(), new_ip_len.to_be_bytes()];
-        store16(
-            ctx,
-            packet,
-            IP_OFF + IP_TOT_LEN_OFF,
-            ip_len_field,
-            Covered::Ip,
-        )
-        .ok()?;
+        let new_ip_len = (i32::from(packet.ip_len) + delta) as u16;
+        packet.store_ip_len(ctx, new_ip_len).ok()?;
         let tcp_check = packet.tcp_check_off();
         ctx.l4_csum_replace(tcp_check, 0, diff as u64, 0).ok()?;
         // The TCP length is in the pseudo-header only, no header field holds it.

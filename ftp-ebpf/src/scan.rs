@@ -28,7 +28,7 @@ use ftp_common::{
 
 use crate::{
     examine,
-    headers::Tcp4,
+    headers::Tcp,
     held,
     maps::{PUBLISH, SCRATCH, SESSIONS, bump},
     scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_MASK, SCRATCH_WORD_MASK, Scan},
@@ -40,34 +40,21 @@ use crate::{
 /// examines the next complete line. Says what it left pending in the scratch area.
 // The two directions are separate subprograms (and stages): each verifies only its own scanner.
 #[inline(never)]
-pub fn client_packet(
-    ctx: &TcContext,
-    packet: &Tcp4,
-    flow: &FlowEntry,
-    config: &DatapathConfig,
-    pass: u32,
-) -> Pending {
-    follow_packet(ctx, packet, flow, config, pass, true)
+pub fn client_packet(ctx: &TcContext, packet: &Tcp, flow: &FlowEntry, pass: u32) -> Pending {
+    follow_packet(ctx, packet, flow, pass, true)
 }
 
 /// Follows a packet a control connection's server sent; see [`client_packet`].
 #[inline(never)]
-pub fn server_packet(
-    ctx: &TcContext,
-    packet: &Tcp4,
-    flow: &FlowEntry,
-    config: &DatapathConfig,
-    pass: u32,
-) -> Pending {
-    follow_packet(ctx, packet, flow, config, pass, false)
+pub fn server_packet(ctx: &TcContext, packet: &Tcp, flow: &FlowEntry, pass: u32) -> Pending {
+    follow_packet(ctx, packet, flow, pass, false)
 }
 
 #[inline(always)]
 fn follow_packet(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     flow: &FlowEntry,
-    config: &DatapathConfig,
     pass: u32,
     from_client: bool,
 ) -> Pending {
@@ -76,7 +63,7 @@ fn follow_packet(
     };
     if pass == 0 {
         session::apply_releases(&flow.session, session);
-        if let Some(pending) = begin_segment(ctx, packet, flow, config, session, from_client) {
+        if let Some(pending) = begin_segment(ctx, packet, flow, session, from_client) {
             return pending;
         }
     }
@@ -109,7 +96,7 @@ pub enum Pending {
 /// A segment whose every byte was seen before: what was done to it (a rewrite, a cut) is to be
 /// repeated. A retransmission that cannot get the same bytes is counted.
 #[inline(always)]
-fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> Pending {
+fn on_retransmission(packet: &Tcp, flow: &FlowEntry, entry: &SessionEntry) -> Pending {
     let from_client = flow.direction == FlowDirection::Original as u8;
     let seq = u32::from_be_bytes(packet.tcp.seq);
     let Some((_, payload_len)) = packet.payload() else {
@@ -142,15 +129,19 @@ fn on_retransmission(packet: &Tcp4, flow: &FlowEntry, entry: &SessionEntry) -> P
 
 /// Tracks one segment and copies its new bytes for the scan, which it leaves in the scratch area;
 /// `Some` if there is nothing to scan (and what is pending instead).
-#[inline(always)]
+// A subprogram of its own: the scan it builds is not on the stack while a line is examined.
+#[inline(never)]
 fn begin_segment(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     flow: &FlowEntry,
-    config: &DatapathConfig,
     session: *mut SessionEntry,
     from_client: bool,
 ) -> Option<Pending> {
+    // Looked up here, not handed over: a BPF function takes five arguments at most.
+    let Some(config) = crate::maps::config() else {
+        return Some(Pending::Nothing);
+    };
     let seq = u32::from_be_bytes(packet.tcp.seq);
     // SAFETY: a live map value. One control connection's packets are handled one at a time in
     // practice (one CPU per flow); a torn update would cost a missed line, never memory safety.
@@ -229,13 +220,6 @@ fn begin_segment(
         payload_off: payload_off as u32,
         payload_len: payload_len as u32,
         window_end: copied as u32,
-        client: flow.session.saddr,
-        server: entry.server_addr,
-        lan_ifindex: entry.lan_ifindex,
-        expect_timeout_ns: config.expect_timeout_ns,
-        policy: session_policy(config, flow, entry),
-        session_key: flow.session,
-        session_kind: entry.kind,
         rewrite_kind: rewrite_kind::NONE,
         rewrite_delimiter: 0,
         rewrite_line_in_segment: 0,
@@ -244,12 +228,20 @@ fn begin_segment(
         rewrite_line_off: 0,
         rewrite_line_len: 0,
         rewrite_port: 0,
-        rewrite_addr: [0; 4],
         // Where this segment's new bytes start in the payload: held bytes, if any, start at 0
         // (a held line is only continued by a segment with nothing seen before).
         field_floor: in_sync.start,
     };
-    scan.save(SCRATCH.get_ptr_mut(0)?);
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    scan.save(scratch);
+    // SAFETY: this CPU's scratch area, valid for the rest of this program run and the passes
+    // after it. Field by field: a struct built whole is built on the stack first.
+    let segment = unsafe { &mut (*scratch).segment };
+    segment.session_key = flow.session;
+    segment.policy = session_policy(config, flow, entry);
+    segment.session_kind = entry.kind;
+    segment.lan_ifindex = entry.lan_ifindex;
+    segment.expect_timeout_ns = config.expect_timeout_ns;
     None
 }
 
@@ -362,23 +354,24 @@ fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return Pending::Nothing;
     };
-    // SAFETY: this CPU's scratch area, valid for the rest of this program run.
-    unsafe {
-        (*scratch).pending = RewriteRequest {
-            kind: scan.rewrite_kind,
-            delimiter: scan.rewrite_delimiter,
-            line_in_segment: scan.rewrite_line_in_segment,
-            completes_hold: u8::from(scan.held_len != 0),
-            field_off: scan.rewrite_field_off,
-            field_len: scan.rewrite_field_len,
-            line_off: scan.rewrite_line_off,
-            line_len: scan.rewrite_line_len,
-            addr: scan.rewrite_addr,
-            port: scan.rewrite_port,
-            _pad2: [0; 2],
-            session_key: scan.session_key,
-        };
-    }
+    // SAFETY: this CPU's scratch area, valid for the rest of this program run. Written field by
+    // field: a struct built whole is built on the stack first.
+    let pending: &mut RewriteRequest = unsafe { &mut (*scratch).pending };
+    pending.kind = scan.rewrite_kind;
+    pending.delimiter = scan.rewrite_delimiter;
+    pending.line_in_segment = scan.rewrite_line_in_segment;
+    pending.completes_hold = u8::from(scan.held_len != 0);
+    pending.field_off = scan.rewrite_field_off;
+    pending.field_len = scan.rewrite_field_len;
+    pending.line_off = scan.rewrite_line_off;
+    pending.line_len = scan.rewrite_line_len;
+    // `addr` is there already: the line's examination wrote it.
+    pending.port = scan.rewrite_port;
+    pending._pad2 = [0; 2];
+    let Some(segment) = crate::scratch::segment() else {
+        return Pending::Nothing;
+    };
+    pending.session_key = segment.session_key;
     Pending::Rewrite
 }
 

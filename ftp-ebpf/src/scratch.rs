@@ -2,6 +2,8 @@
 //! of one packet hand each other (a tail-call chain stays on its CPU). A stage reads here only
 //! what a stage before it wrote for the same packet.
 
+use ftp_common::maps::IpBytes;
+
 /// How many payload bytes of a control segment are copied out and parsed at a time. FTP commands
 /// and the replies that matter are far shorter; a longer segment is scanned a window of this size
 /// at a time (and never rewritten).
@@ -22,12 +24,16 @@ pub const SCRATCH_WORD_MASK: usize = SCRATCH_MASK & !7;
 /// Per-CPU working memory of one program run: too large for the 512-byte stack.
 #[repr(C)]
 pub struct Scratch {
-    /// The headers of the packet a stage works on (see `stage_packet` in main.rs).
-    pub packet: crate::headers::Tcp4,
     /// The control segment's payload (from 0) and the rewrite's old and new tails.
     pub bytes: [u8; SCRATCH_SIZE],
+    /// The headers of the packet a stage works on (see `stage_packet` in main.rs).
+    pub packet: core::mem::MaybeUninit<crate::headers::Tcp>,
     /// The scan of the segment the client or server stage is on, between its passes.
     pub scan: Scan,
+    /// What that scan reads but never changes.
+    pub segment: Segment,
+    /// What the line being examined is checked against (see `examine::scan_policy`).
+    pub policy_context: ftp_common::PolicyContext,
     /// A PORT/EPRT/227/229 the ALG accepted in this segment, for the rewrite that follows.
     pub pending: RewriteRequest,
     /// What to repeat on a retransmission in this program run (its session in `pending`).
@@ -38,6 +44,8 @@ pub struct Scratch {
     pub options_after: [u8; ftp_common::MAX_TCP_OPTIONS],
     /// The FIB lookup of an opening SYN (see `flows::routed_out_of`).
     pub route: aya_ebpf::bindings::bpf_fib_lookup,
+    /// The connection an opening SYN installs (see `flows::opening`).
+    pub opening: Opening,
     /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which
     /// can reach a little past it; this keeps every such address inside the map value.
     pub _verifier_slack: [u8; 64],
@@ -46,6 +54,14 @@ pub struct Scratch {
 // The buffer's words are read as u64 (`scan::skip_ignored_words`): it must start 8-aligned in the
 // map value, which is.
 const _: () = assert!(core::mem::offset_of!(Scratch, bytes) % 8 == 0);
+
+/// A connection being opened: the expectation it was announced by (for a data connection) and
+/// its two flow entries. Over 300 bytes together: built here, not on the open stage's stack.
+pub struct Opening {
+    pub expectation: ftp_common::maps::Expectation,
+    pub original: ftp_common::maps::FlowEntry,
+    pub reply: ftp_common::maps::FlowEntry,
+}
 
 /// The scan of one segment, kept in the scratch area between the passes of its stage.
 #[repr(C)]
@@ -70,22 +86,9 @@ pub struct Scan {
     pub(crate) payload_off: u32,
     pub(crate) payload_len: u32,
     pub(crate) window_end: u32,
-    /// The control connection's client, as the router sees it on the client's side.
-    pub(crate) client: [u8; 4],
-    /// The server's own address (behind the router when publishing).
-    pub(crate) server: [u8; 4],
-    pub(crate) lan_ifindex: u32,
     /// The lowest scratch offset a field to rewrite may start at: where this segment's new bytes
     /// start, or the held bytes in front of them.
     pub(crate) field_floor: u32,
-    // (Here, not last: it fills what would be padding before the u64; the stage's frames are at
-    // Linux 6.1's limit, and this struct is copied onto them.)
-    pub(crate) expect_timeout_ns: u64,
-    /// The operator's policy (`--allow-privileged-data-ports`, `--max-expectations-per-session`).
-    pub(crate) policy: ftp_common::Policy,
-    pub(crate) session_key: ftp_common::maps::FlowKey,
-    /// A `SessionKind` as `u8`.
-    pub(crate) session_kind: u8,
     /// The line accepted for a rewrite in this segment: its `kind` is a `rewrite_kind` (NONE if
     /// none), the rest as in [`RewriteRequest`].
     pub(crate) rewrite_kind: u8,
@@ -95,8 +98,32 @@ pub struct Scan {
     pub(crate) rewrite_field_len: u16,
     pub(crate) rewrite_line_off: u16,
     pub(crate) rewrite_line_len: u16,
+    /// The port it announced; its address goes straight to [`RewriteRequest::addr`].
     pub(crate) rewrite_port: u16,
-    pub(crate) rewrite_addr: [u8; 4],
+}
+
+/// What the scan of one segment reads but never changes, written by its first pass beside the
+/// [`Scan`] (which each pass copies onto its stack: the stages' call chains have no room for
+/// these there).
+pub struct Segment {
+    /// The session (its control connection's original-direction key).
+    pub session_key: ftp_common::maps::FlowKey,
+    /// The session's policy: the operator's (`--allow-privileged-data-ports`,
+    /// `--max-expectations-per-session`) and a published server's passive ports.
+    pub policy: ftp_common::Policy,
+    /// A `SessionKind` as `u8`.
+    pub session_kind: u8,
+    /// The interface of the side behind the router.
+    pub lan_ifindex: u32,
+    pub expect_timeout_ns: u64,
+}
+
+/// This CPU's [`Segment`], as the first pass of the scan wrote it.
+#[inline(always)]
+pub fn segment() -> Option<&'static Segment> {
+    let scratch = crate::maps::SCRATCH.get_ptr(0)?;
+    // SAFETY: this CPU's scratch area, written by this segment's first pass before any reader.
+    Some(unsafe { &(*scratch).segment })
 }
 
 // SAFETY: a Scan is kept in a per-CPU map only with its session pointer cleared (`save`); the
@@ -133,7 +160,7 @@ pub struct RewriteRequest {
     pub line_off: u16,
     pub line_len: u16,
     /// The announced address and port.
-    pub addr: [u8; 4],
+    pub addr: IpBytes,
     pub port: u16,
     pub _pad2: [u8; 2],
     /// The control connection (original direction key).

@@ -11,14 +11,14 @@ use core::ffi::c_void;
 use ftp_common::{MAX_TCP_OPTIONS, SeqAdjust};
 
 use crate::{
-    headers::{Covered, TCP_ACK_OFF, TCP_SEQ_OFF, Tcp4, store32},
+    headers::{Covered, TCP_ACK_OFF, TCP_SEQ_OFF, Tcp, store32},
     maps::SCRATCH,
 };
 
 /// `own` is how the packet's sender's stream moved, `peer` how the receiver's did. Returns
 /// whether the packet changed.
 #[inline(always)]
-pub fn adjust(ctx: &TcContext, packet: &Tcp4, own: &SeqAdjust, peer: &SeqAdjust) -> bool {
+pub fn adjust(ctx: &TcContext, packet: &Tcp, own: &SeqAdjust, peer: &SeqAdjust) -> bool {
     let mut changed = false;
     if !own.is_identity() {
         let seq = u32::from_be_bytes(packet.tcp.seq);
@@ -37,7 +37,7 @@ pub fn adjust(ctx: &TcContext, packet: &Tcp4, own: &SeqAdjust, peer: &SeqAdjust)
 /// Moves the SACK edges in the packet's options back into the receiver's sequence space.
 // A subprogram of its own: the two option copies stay off the callers' stack frames.
 #[inline(never)]
-fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
+fn adjust_sack(ctx: &TcContext, packet: &Tcp, peer: &SeqAdjust) {
     let len = (usize::from(packet.tcp.doff()) * 4).saturating_sub(20);
     if len == 0 || len > MAX_TCP_OPTIONS {
         return;
@@ -47,7 +47,7 @@ fn adjust_sack(ctx: &TcContext, packet: &Tcp4, peer: &SeqAdjust) {
     if len > MAX_TCP_OPTIONS {
         return;
     }
-    let offset = packet.tcp_off + 20;
+    let offset = packet.tcp_off() + 20;
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -164,13 +164,7 @@ extern "C" fn sack_step(_index: u32, ctx: *mut c_void) -> i64 {
 }
 
 #[inline(always)]
-fn rewrite_u32(
-    ctx: &TcContext,
-    packet: &Tcp4,
-    field: usize,
-    old: u32,
-    new: u32,
-) -> Result<(), i64> {
+fn rewrite_u32(ctx: &TcContext, packet: &Tcp, field: usize, old: u32, new: u32) -> Result<(), i64> {
     if old == new {
         return Ok(());
     }
@@ -178,7 +172,7 @@ fn rewrite_u32(
     store32(
         ctx,
         packet,
-        packet.tcp_off + field,
+        packet.tcp_off() + field,
         field_bytes,
         Covered::Tcp,
     )

@@ -4,12 +4,12 @@
 
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use ftp_common::maps::{
-    Counter, EventKind, FlowDirection, FlowEntry, FlowKey, RewriteRecord, SESSION_USER_LEN,
-    SessionEntry, SessionKind, rewrite_kind,
+    Counter, EventKind, FlowDirection, FlowEntry, FlowKey, IpBytes, RewriteRecord,
+    SESSION_USER_LEN, SessionEntry, SessionKind, ip, rewrite_kind,
 };
 
 use crate::{
-    headers::Tcp4,
+    headers::Tcp,
     maps::{RELEASED, SESSIONS, bump, now_ns},
 };
 
@@ -30,11 +30,12 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     server_seq: ftp_common::SeqAdjust::new(),
     client_rewrite: NO_REWRITE,
     server_rewrite: NO_REWRITE,
-    server_addr: [0; 4],
+    server_addr: ip::UNSPECIFIED,
     server_port: [0; 2],
     kind: SessionKind::Masquerade as u8,
     user_len: 0,
     released_seen: [0; 4],
+    _pad: [0; 4],
     user: [0; SESSION_USER_LEN],
     held: ftp_common::maps::HeldField::new(),
     events: ftp_common::maps::EventBudget::new(),
@@ -59,7 +60,7 @@ pub struct NewSession {
     /// The interface of the side behind the router (the client's or the published server's).
     pub lan_ifindex: u32,
     /// The server's own address and control port (network byte order).
-    pub server_addr: [u8; 4],
+    pub server_addr: IpBytes,
     pub server_port: [u8; 2],
     /// The window scale the opening SYN offers.
     pub offered_scale: Option<u8>,
@@ -67,13 +68,14 @@ pub struct NewSession {
 
 /// Creates the session record when a control connection opens. False if the table has no room
 /// (counted): the caller refuses the connection rather than translate it without its ALG.
-#[inline(always)]
+// A subprogram of its own: the three ways of opening a session share it, off their stacks.
+#[inline(never)]
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "inserted by reference: a by-value template would be copied onto the stack"
 )]
-pub fn open_session(packet: &Tcp4, new: &NewSession) -> bool {
-    let key = packet.key();
+pub fn open_session(packet: &Tcp, new: &NewSession) -> bool {
+    let key = &packet.key;
     if SESSIONS
         .insert(key, &NEW_SESSION, u64::from(BPF_ANY))
         .is_err()
@@ -132,7 +134,7 @@ pub fn apply_releases(key: &FlowKey, session: *mut SessionEntry) {
 /// sender's stream, and its acknowledgement (and SACK blocks) by what they added to the other
 /// side's; after any rewrite of this very packet. Returns whether the packet changed.
 #[inline(never)]
-pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> bool {
+pub fn adjust_sequence(ctx: &TcContext, packet: &Tcp, flow: &FlowEntry) -> bool {
     let Some(session) = SESSIONS.get_ptr(flow.session) else {
         return false;
     };

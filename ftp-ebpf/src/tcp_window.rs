@@ -17,14 +17,14 @@ use ftp_common::{
 };
 
 use crate::{
-    headers::Tcp4,
+    headers::Tcp,
     maps::{FLOWS, SCRATCH, SESSIONS, bump},
 };
 
 /// The window scale a SYN's TCP options offer, if any.
 // A subprogram of its own: verified once for its callers.
 #[inline(never)]
-pub fn offered_scale(ctx: &TcContext, packet: &Tcp4) -> Option<u8> {
+pub fn offered_scale(ctx: &TcContext, packet: &Tcp) -> Option<u8> {
     let len = (usize::from(packet.tcp.doff()) * 4).saturating_sub(20);
     if len == 0 || len > MAX_TCP_OPTIONS {
         return None;
@@ -42,7 +42,7 @@ pub fn offered_scale(ctx: &TcContext, packet: &Tcp4) -> Option<u8> {
     let loaded = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb as *const c_void,
-            (packet.tcp_off + 20) as u32,
+            (packet.tcp_off() + 20) as u32,
             options.as_mut_ptr().cast(),
             len as u32,
         )
@@ -115,7 +115,7 @@ pub enum Checked {
 // A subprogram of its own, called beside the client or server scan rather than under it: their
 // frames would add up past Linux 6.1's stack limit.
 #[inline(never)]
-pub fn check(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> Checked {
+pub fn check(ctx: &TcContext, packet: &Tcp, flow: &FlowEntry) -> Checked {
     let Some(session) = SESSIONS.get_ptr_mut(flow.session) else {
         // No record to follow the window in: the flags count as they come.
         take_flags(packet);
@@ -139,7 +139,7 @@ pub fn check(ctx: &TcContext, packet: &Tcp4, flow: &FlowEntry) -> Checked {
 #[inline(always)]
 fn follow(
     ctx: &TcContext,
-    packet: &Tcp4,
+    packet: &Tcp,
     flow: &FlowEntry,
     session: *mut SessionEntry,
 ) -> WindowVerdict {
@@ -184,9 +184,9 @@ fn follow(
 
 /// Marks the packet's flow entry with what the packet shows (FIN, RST, an answer).
 #[inline(always)]
-fn take_flags(packet: &Tcp4) {
+fn take_flags(packet: &Tcp) {
     let seen = crate::nat::packet_flags(packet);
-    if let Some(entry) = FLOWS.get_ptr_mut(packet.key()) {
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key) {
         // SAFETY: a live map value; flags only move forward (see nat::account).
         unsafe {
             if (*entry).flags & seen != seen {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
-use ftp_common::maps::{FlowEntry, FlowKey, FlowKind, flows};
+use ftp_common::maps::{FlowEntry, FlowKey, FlowKind, flows, ip};
 use ftpnat_tests::{Lab, LabSpec, MIB, lab::wait_until};
 
 /// Logs in and stays, silent, until told to go.
@@ -91,8 +91,8 @@ fn a_table_read_in_many_batches_loses_its_idle_connections_and_keeps_the_live_on
     for n in 0..FILLED_CONNECTIONS {
         // Addresses outside the lab (100.64/16 live, 100.65/16 idle): no packet refreshes them.
         let key = FlowKey {
-            saddr: [100, 64 + (n % 2) as u8, (n >> 8) as u8, n as u8],
-            daddr: [198, 18, 0, 1],
+            saddr: ip::v4_mapped([100, 64 + (n % 2) as u8, (n >> 8) as u8, n as u8]),
+            daddr: ip::v4_mapped([198, 18, 0, 1]),
             sport: 40000u16.to_be_bytes(),
             dport: 21u16.to_be_bytes(),
         };
@@ -108,7 +108,10 @@ fn a_table_read_in_many_batches_loses_its_idle_connections_and_keeps_the_live_on
             .keys()
             .filter_map(Result::ok)
             .filter(|key| {
-                key.saddr[..2] == [100, second_octet] || key.daddr[..2] == [100, second_octet]
+                let filled = |addr: &ip::IpBytes| {
+                    ip::is_v4(addr) && ip::v4_octets(addr)[..2] == [100, second_octet]
+                };
+                filled(&key.saddr) || filled(&key.daddr)
             })
             .count()
     };

@@ -41,7 +41,7 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::{
     ClientVerdict, Command, CommandScanner, LineTracker, Policy, PolicyContext, ReplyScanner,
-    SegmentVerdict, SeqAdjust, ServerVerdict, Session, format_rewrite, hold,
+    PublicAddress, SegmentVerdict, SeqAdjust, ServerVerdict, Session, format_rewrite, hold,
     maps::{HELD_FIELD_MAX, HeldField, RewriteRecord, hold_state, rewrite_kind},
     parse_command,
     seqadj::seq_after,
@@ -512,7 +512,7 @@ fn splice(payload: &[u8], record: &RewriteRecord, held: &HeldField) -> Option<(V
     let len = match record.kind {
         rewrite_kind::CUT => 0,
         rewrite_kind::RESTORE => held.copy_into(&mut text)?,
-        _ => format_rewrite(record, PUBLIC, &mut text)?,
+        _ => format_rewrite(record, PublicAddress::V4(PUBLIC), &mut text)?,
     };
     let mut out = payload[..off].to_vec();
     out.extend_from_slice(&text[..len]);

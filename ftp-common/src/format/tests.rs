@@ -239,8 +239,8 @@ fn refused_passive_line_is_a_425_reply() {
 
 #[test]
 fn format_rewrite_dispatches_on_the_kind() {
-    let public = Ipv4Addr::new(203, 0, 113, 254);
-    let by_kind = |kind| {
+    let public = PublicAddress::V4(Ipv4Addr::new(203, 0, 113, 254));
+    let by_kind_at = |kind, public| {
         let record = RewriteRecord {
             kind,
             public_port: 40000,
@@ -249,6 +249,7 @@ fn format_rewrite_dispatches_on_the_kind() {
         };
         render(|out| format_rewrite(&record, public, out))
     };
+    let by_kind = |kind| by_kind_at(kind, public);
     assert_eq!(by_kind(rewrite_kind::PORT).unwrap(), b"203,0,113,254,156,64");
     assert_eq!(by_kind(rewrite_kind::PASV_227).unwrap(), b"203,0,113,254,156,64");
     assert_eq!(by_kind(rewrite_kind::EPRT).unwrap(), b"|1|203.0.113.254|40000|");
@@ -258,7 +259,40 @@ fn format_rewrite_dispatches_on_the_kind() {
     assert_eq!(by_kind(rewrite_kind::PASSIVE_REFUSED).unwrap(), REFUSED_PASSIVE_LINE);
     assert_eq!(by_kind(rewrite_kind::NONE), None);
     assert_eq!(by_kind(200), None);
+    // NAT66: EPRT and 229 carry an IPv6 public address; PORT and 227 cannot.
+    let text = Ipv6AddressText::of("2001:db8:1::fe".parse().unwrap());
+    let public6 = PublicAddress::V6(&text);
+    assert_eq!(
+        by_kind_at(rewrite_kind::EPRT, public6).unwrap(),
+        b"|2|2001:db8:1::fe|40000|"
+    );
+    assert_eq!(by_kind_at(rewrite_kind::EPSV_229, public6).unwrap(), b"40000");
+    assert_eq!(by_kind_at(rewrite_kind::PORT, public6), None);
+    assert_eq!(by_kind_at(rewrite_kind::PASV_227, public6), None);
     assert!(rewrite_kind::is_reply(rewrite_kind::PASV_227));
     assert!(rewrite_kind::is_reply(rewrite_kind::PASSIVE_REFUSED));
     assert!(!rewrite_kind::is_reply(rewrite_kind::EPRT_REFUSED));
+}
+
+#[test]
+fn an_ipv6_eprt_from_its_text_is_the_eprt_of_the_address() {
+    let addr: core::net::Ipv6Addr = "2001:db8:0:1::a:fe".parse().unwrap();
+    let text = Ipv6AddressText::of(addr);
+    assert_eq!(&text.text[..usize::from(text.len)], b"2001:db8:0:1::a:fe");
+    for delimiter in [b'|', b'!', b'#'] {
+        assert_eq!(
+            render(|out| format_eprt6_field(&text, 40000, delimiter, out)),
+            render(|out| format_eprt_field(IpAddr::V6(addr), 40000, delimiter, out))
+        );
+    }
+    // A delimiter among the hex letters makes them upper case; `:` cannot be one.
+    assert_eq!(
+        render(|out| format_eprt6_field(&text, 40000, b'a', out)).unwrap(),
+        b"a2a2001:DB8:0:1::A:FEa40000a"
+    );
+    assert_eq!(render(|out| format_eprt6_field(&text, 40000, b':', out)), None);
+    assert_eq!(
+        render(|out| format_eprt6_field(&Ipv6AddressText::NONE, 40000, b'|', out)),
+        None
+    );
 }

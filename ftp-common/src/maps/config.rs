@@ -1,6 +1,7 @@
 //! The config table: the datapath's settings, one record the agent writes before it attaches.
 
-use super::Table;
+use super::{IpBytes, Table, ip};
+use crate::Ipv6AddressText;
 
 /// The datapath's settings (one [`DatapathConfig`], at index 0), written by the agent before
 /// attach.
@@ -21,8 +22,13 @@ pub const MAX_FTP_PORTS: usize = 8;
 pub struct DatapathConfig {
     /// How long an announced data connection may take to open (`--expect-timeout`).
     pub expect_timeout_ns: u64,
-    /// The address masqueraded connections leave with (network byte order).
-    pub public_ip: [u8; 4],
+    /// The address masqueraded IPv4 connections leave with (network byte order, mapped: see
+    /// [`ip`](super::ip)).
+    pub public_ip: IpBytes,
+    /// The address masqueraded IPv6 connections leave with (NAT66), all zero for none.
+    pub public_ip6: IpBytes,
+    /// Its text, which rewritten EPRTs announce (see [`Ipv6AddressText`]).
+    pub public_ip6_text: Ipv6AddressText,
     /// Where translated LAN-to-WAN packets are redirected.
     pub wan_ifindex: u32,
     /// FTP control ports (host byte order); 0 marks an unused slot.
@@ -37,7 +43,7 @@ pub struct DatapathConfig {
     /// (`--max-expectations-per-session`); 0, the value of a record written before this field
     /// existed, means the default.
     pub max_expectations_per_session: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
     /// How many sessions one source address may hold (`--max-sessions-per-source`); 0: no limit.
     pub max_sessions_per_source: u32,
     /// How many sessions the sources of one /24 may hold together
@@ -79,6 +85,22 @@ impl DatapathConfig {
         false
     }
 
+    /// The public address of `addr`'s family (all zero: IPv6 without NAT66).
+    #[inline(always)]
+    pub fn public_ip_of(&self, addr: &IpBytes) -> &IpBytes {
+        if ip::is_v4(addr) {
+            &self.public_ip
+        } else {
+            &self.public_ip6
+        }
+    }
+
+    /// Whether `addr` is one of the public addresses.
+    #[inline(always)]
+    pub fn is_public(&self, addr: &IpBytes) -> bool {
+        *addr != ip::UNSPECIFIED && addr == self.public_ip_of(addr)
+    }
+
     /// Whether `port` (host byte order) belongs to the port window.
     #[inline(always)]
     pub fn in_window(&self, port: u16) -> bool {
@@ -97,21 +119,23 @@ mod tests {
     fn the_config_has_no_padding() {
         assert_eq!(
             size_of::<DatapathConfig>(),
-            8 + 4 + 4 + 2 * MAX_FTP_PORTS + 4 + 4 + 4 + 4
+            8 + 2 * 16 + 40 + 4 + 2 * MAX_FTP_PORTS + 4 + 2 + 6 + 4 + 4
         );
     }
 
     fn test_config() -> DatapathConfig {
         DatapathConfig {
             expect_timeout_ns: 0,
-            public_ip: [192, 0, 2, 1],
+            public_ip: crate::maps::ip::v4_mapped([192, 0, 2, 1]),
+            public_ip6: crate::maps::ip::UNSPECIFIED,
+            public_ip6_text: Ipv6AddressText::NONE,
             wan_ifindex: 2,
             ftp_ports: [0; MAX_FTP_PORTS],
             window_lo: 61000,
             window_hi: 61999,
             allow_privileged_data_ports: 0,
             max_expectations_per_session: 0,
-            _pad: [0; 2],
+            _pad: [0; 6],
             max_sessions_per_source: 0,
             max_sessions_per_subnet: 0,
         }
@@ -130,6 +154,24 @@ mod tests {
             policy.passive_address_must_match_server,
             crate::Policy::new().passive_address_must_match_server
         );
+    }
+
+    #[test]
+    fn each_family_has_its_public_address() {
+        let mut config = test_config();
+        let v4 = ip::v4_mapped([10, 0, 0, 2]);
+        let v6 = ip::from_ip("2001:db8::2".parse().unwrap());
+        assert_eq!(config.public_ip_of(&v4), &config.public_ip);
+        assert_eq!(config.public_ip_of(&v6), &ip::UNSPECIFIED);
+        assert!(config.is_public(&config.public_ip.clone()));
+        assert!(
+            !config.is_public(&ip::UNSPECIFIED),
+            "no public IPv6 address: none is"
+        );
+        config.public_ip6 = ip::from_ip("2001:db8:1::fe".parse().unwrap());
+        assert_eq!(config.public_ip_of(&v6), &config.public_ip6);
+        assert!(config.is_public(&config.public_ip6.clone()));
+        assert!(!config.is_public(&v6));
     }
 
     #[test]

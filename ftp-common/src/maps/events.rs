@@ -1,6 +1,6 @@
 //! The event ring: what the datapath saw, for the agent.
 
-use super::FlowKey;
+use super::{FlowKey, IpBytes};
 
 /// What the datapath saw, for the agent: a ring buffer of [`Event`]. Not pinned: each agent reads
 /// its own programs' events.
@@ -200,9 +200,9 @@ pub struct Event {
     pub text_len: u8,
     pub _pad: u8,
     /// An address and port (network byte order), as the kind says.
-    pub addr: [u8; 4],
+    pub addr: IpBytes,
     pub port: [u8; 2],
-    pub _pad2: [u8; 2],
+    pub _pad2: [u8; 6],
     /// A count, as the kind says.
     pub value: u64,
     pub text: [u8; EVENT_TEXT_LEN],
@@ -216,7 +216,7 @@ impl Event {
         session: FlowKey,
         kind: EventKind,
         detail: u8,
-        (addr, port): ([u8; 4], u16),
+        (addr, port): (IpBytes, u16),
     ) -> Self {
         Self {
             ts_ns,
@@ -227,7 +227,7 @@ impl Event {
             _pad: 0,
             addr,
             port: port.to_be_bytes(),
-            _pad2: [0; 2],
+            _pad2: [0; 6],
             value: 0,
             text: [0; EVENT_TEXT_LEN],
         }
@@ -318,7 +318,7 @@ mod tests {
     fn an_event_has_no_padding() {
         assert_eq!(
             core::mem::size_of::<Event>(),
-            8 + 12 + 4 + 4 + 2 + 2 + 8 + EVENT_TEXT_LEN
+            8 + 36 + 4 + 16 + 2 + 6 + 8 + EVENT_TEXT_LEN
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The flow table: translated connections, one entry per direction.
 
-use super::Table;
+use super::{IpBytes, Table};
 
 /// Translated connections, one entry per direction: [`FlowKey`] to [`FlowEntry`].
 pub const NAME: &str = "FLOWS";
@@ -16,12 +16,15 @@ pub const TABLE: Table = Table::new::<FlowKey, FlowEntry>(NAME);
 pub type AyaMap<T> = aya::maps::HashMap<T, FlowKey, FlowEntry>;
 
 /// A TCP connection as seen in one direction, with addresses and ports as they appear in the
-/// headers (network byte order). Byte arrays keep the key free of padding and alignment.
-#[repr(C)]
+/// headers (network byte order; an IPv4 address mapped, see [`ip`](super::ip)). Byte arrays keep
+/// the key free of padding and alignment.
+// Aligned to 4 bytes: copies of its addresses then move words, not bytes, in the kernel
+// program (the BPF target has no unaligned access), which also keeps them off its stack.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    pub saddr: IpBytes,
+    pub daddr: IpBytes,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
 }
@@ -106,8 +109,8 @@ pub struct FlowEntry {
     /// The control connection (original direction key) this flow belongs to.
     pub session: FlowKey,
     /// Header values after translation (network byte order).
-    pub new_saddr: [u8; 4],
-    pub new_daddr: [u8; 4],
+    pub new_saddr: IpBytes,
+    pub new_daddr: IpBytes,
     /// Interface the translated packet leaves by.
     pub out_ifindex: u32,
     pub new_sport: [u8; 2],
@@ -200,12 +203,13 @@ pod!(FlowKey, FlowEntry);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::ip::v4_mapped;
     use core::mem::size_of;
 
     /// A masqueraded client's control connection, 10.0.0.2:40000 -> 203.0.113.10:21.
     const CLIENT_TO_SERVER: FlowKey = FlowKey {
-        saddr: [10, 0, 0, 2],
-        daddr: [203, 0, 113, 10],
+        saddr: v4_mapped([10, 0, 0, 2]),
+        daddr: v4_mapped([203, 0, 113, 10]),
         sport: 40000u16.to_be_bytes(),
         dport: 21u16.to_be_bytes(),
     };
@@ -222,8 +226,9 @@ mod tests {
 
     #[test]
     fn flow_types_have_no_padding() {
-        assert_eq!(size_of::<FlowKey>(), 12);
-        assert_eq!(size_of::<FlowEntry>(), 24 + 12 + 8 + 4 + 4 + 2 + 3 + 3 + 4);
+        assert_eq!(size_of::<FlowKey>(), 36);
+        assert_eq!(size_of::<FlowEntry>(), 24 + 36 + 32 + 4 + 6 + 3 + 3 + 4);
+        assert_eq!(size_of::<FlowEntry>() % 8, 0);
     }
 
     #[test]
@@ -235,7 +240,7 @@ mod tests {
             bytes: 0,
             last_seen_ns: 7,
             session: key,
-            new_saddr: [198, 51, 100, 1],
+            new_saddr: v4_mapped([198, 51, 100, 1]),
             new_daddr: key.daddr,
             out_ifindex: 2,
             new_sport: 61000u16.to_be_bytes(),
@@ -252,8 +257,8 @@ mod tests {
         assert_eq!(
             reply_key,
             FlowKey {
-                saddr: [203, 0, 113, 10],
-                daddr: [198, 51, 100, 1],
+                saddr: v4_mapped([203, 0, 113, 10]),
+                daddr: v4_mapped([198, 51, 100, 1]),
                 sport: 21u16.to_be_bytes(),
                 dport: 61000u16.to_be_bytes(),
             }

@@ -27,6 +27,7 @@ pub mod expects;
 pub mod flows;
 pub mod free_ports;
 pub mod interfaces;
+pub mod ip;
 pub mod masquerade;
 pub mod publish;
 pub mod reasons;
@@ -45,6 +46,7 @@ pub use expects::{ExpectKey, Expectation, ExpectationKind, ExpectationPath, MAX_
 pub use flows::{FlowDirection, FlowEntry, FlowKey, FlowKind, MAX_FLOWS, flow_flags};
 pub use free_ports::MAX_WINDOW_PORTS;
 pub use interfaces::{IFNAME_LEN, InterfaceInfo, InterfaceRole, MAX_COUNTED_INTERFACES};
+pub use ip::IpBytes;
 pub use masquerade::MAX_MASQUERADE_PREFIXES;
 pub use publish::{MAX_PUBLISHED, PublishTarget};
 pub use reasons::{REASON_SLOTS, malformed_slot, refusal_slot};
@@ -52,7 +54,7 @@ pub use sessions::{
     HELD_FIELD_MAX, HeldField, MAX_SESSIONS, RewriteRecord, SESSION_USER_LEN, SessionEntry,
     SessionKind, hold_state, rewrite_kind,
 };
-pub use sources::{SourceKey, SourceLimits, SourceSeen};
+pub use sources::{SourceKey, SourceLimits, SourceScope, SourceSeen};
 
 /// The capacities of the tables that grow with the number of sessions, all derived from one
 /// setting (`--max-sessions`), so that no table fills before the session table does in ordinary
@@ -66,7 +68,7 @@ pub struct Capacities {
     pub flows: u32,
     /// Expectations (`EXPECTS`): [`Capacities::EXPECTATIONS_PER_SESSION`] per session.
     pub expectations: u32,
-    /// Per-source counts (`SOURCE_SEEN`, `SOURCE_OPENED`): a host and a /24 per session, and at
+    /// Per-source counts (`SOURCE_SEEN`, `SOURCE_OPENED`): a host and a network per session, and at
     /// least [`Capacities::MIN_SOURCES`].
     pub sources: u32,
 }
@@ -96,7 +98,7 @@ impl Capacities {
             flows: sessions.saturating_mul(Self::FLOWS_PER_SESSION),
             expectations: sessions.saturating_mul(Self::EXPECTATIONS_PER_SESSION),
             sources: {
-                let sources = sessions.saturating_mul(sources::PREFIXES.len() as u32);
+                let sources = sessions.saturating_mul(sources::SCOPES.len() as u32);
                 if sources < Self::MIN_SOURCES {
                     Self::MIN_SOURCES
                 } else {

@@ -1,6 +1,6 @@
 //! The publish table: the servers behind the router that are published on public ports.
 
-use super::Table;
+use super::{IpBytes, Table};
 
 /// Published servers: public port (`u16`, host byte order) to [`PublishTarget`].
 pub const NAME: &str = "PUBLISH";
@@ -23,7 +23,7 @@ pub const DEFAULT_PASSIVE_PORTS: [u16; 2] = [1024, u16::MAX];
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PublishTarget {
     /// The server's own address and control port (network byte order).
-    pub server_addr: [u8; 4],
+    pub server_addr: IpBytes,
     pub server_port: [u8; 2],
     pub _pad: [u8; 2],
     /// The interface the server is reached by.
@@ -41,6 +41,6 @@ mod tests {
 
     #[test]
     fn a_publish_target_has_no_padding() {
-        assert_eq!(core::mem::size_of::<PublishTarget>(), 16);
+        assert_eq!(core::mem::size_of::<PublishTarget>(), 28);
     }
 }

@@ -1,7 +1,7 @@
 //! The session table: one record per FTP control session, with what it carries across segments
 //! (line tracking, scanners, sequence adjustment, the last rewrites, a held address).
 
-use super::{FlowKey, Table};
+use super::{FlowKey, IpBytes, Table};
 
 /// FTP control sessions: session key ([`FlowKey`]) to [`SessionEntry`].
 pub const NAME: &str = "SESSIONS";
@@ -24,6 +24,9 @@ pub enum SessionKind {
     Masquerade = 0,
     /// An outside client of a server behind the router, published on a public port.
     Publish = 1,
+    /// An IPv6 client behind the router, followed untranslated: the router is a firewall, not a
+    /// NAT, and only the data connections the session announces get through it.
+    Firewall = 2,
 }
 
 impl SessionKind {
@@ -31,6 +34,7 @@ impl SessionKind {
         match raw {
             0 => Some(SessionKind::Masquerade),
             1 => Some(SessionKind::Publish),
+            2 => Some(SessionKind::Firewall),
             _ => None,
         }
     }
@@ -39,6 +43,7 @@ impl SessionKind {
         match self {
             SessionKind::Masquerade => "masquerade",
             SessionKind::Publish => "publish",
+            SessionKind::Firewall => "firewall",
         }
     }
 }
@@ -78,7 +83,7 @@ pub struct SessionEntry {
     pub server_rewrite: RewriteRecord,
     /// The server's own address and control port (network byte order): the control connection's
     /// destination when masquerading, the published server when publishing.
-    pub server_addr: [u8; 4],
+    pub server_addr: IpBytes,
     pub server_port: [u8; 2],
     /// A [`SessionKind`] as `u8`.
     pub kind: u8,
@@ -87,6 +92,7 @@ pub struct SessionEntry {
     /// The [`RELEASED`](super::released::NAME) count of this session the datapath has applied (a `u32`, as bytes
     /// to keep the record free of padding).
     pub released_seen: [u8; 4],
+    pub _pad: [u8; 4],
     /// The name of the client's last USER command (at most [`SESSION_USER_LEN`] bytes of it).
     pub user: [u8; SESSION_USER_LEN],
     /// The last address held back because a segment ended inside it.
@@ -100,9 +106,12 @@ pub struct SessionEntry {
     pub server_window: crate::TcpWindow,
 }
 
-/// Bytes of an announced address a [`HeldField`] can keep: an IPv4 PORT argument is at most 23,
-/// an EPRT one 25.
-pub const HELD_FIELD_MAX: usize = 36;
+/// Bytes of an announced address a [`HeldField`] can keep: a PORT argument is at most 23 (see
+/// [`MAX_PORT_FIELD_LEN`](crate::MAX_PORT_FIELD_LEN)), an EPRT one 49 (an IPv6 address, NAT66);
+/// rounded up so that the record stays a multiple of 8 bytes.
+pub const HELD_FIELD_MAX: usize = 52;
+
+const _: () = assert!(HELD_FIELD_MAX >= crate::MAX_EPRT_FIELD_LEN);
 
 /// The [`HeldField::state`] values.
 pub mod hold_state {
@@ -246,10 +255,11 @@ mod tests {
                 + 40
                 + 2 * 20
                 + 2 * 16
-                + 4
+                + 16
                 + 2
                 + 1
                 + 1
+                + 4
                 + 4
                 + SESSION_USER_LEN
                 + size_of::<HeldField>()

@@ -1,6 +1,6 @@
-//! The per-source tables: how many sessions each source address and each /24 holds, so that one
-//! host or one network cannot take more than its share of the sessions (and through them of the
-//! flows, expectations and window ports).
+//! The per-source tables: how many sessions each source address and each network (an IPv4 /24, an
+//! IPv6 /64) holds, so that one host or one network cannot take more than its share of the
+//! sessions (and through them of the flows, expectations and window ports).
 //!
 //! Each record has one writer. The datapath counts the sessions it opens per source
 //! ([`OPENED_NAME`], a count that only grows); the agent counts each source's sessions at every
@@ -9,7 +9,7 @@
 //! the datapath opened since (a session opened in between is counted twice until the next sweep,
 //! never left out). The agent forgets a source that has no session and opened none since.
 
-use super::Table;
+use super::{IpBytes, Table, ip};
 
 /// What the agent's last sweep found per source: [`SourceKey`] to [`SourceSeen`], written only by
 /// the agent.
@@ -50,38 +50,61 @@ impl SourceSeen {
     }
 }
 
-/// The prefix lengths a source is counted under: the host, and its /24.
-pub const PREFIXES: [u8; 2] = [32, 24];
+/// What a source's count covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceScope {
+    /// The source address itself.
+    Host,
+    /// Its network: the /24 of an IPv4 address, the /64 of an IPv6 one (one LAN's prefix).
+    Subnet,
+}
 
-/// A source host or network: its address with the bits beyond `prefix_len` cleared.
-#[repr(C)]
+/// The scopes every source is counted under.
+pub const SCOPES: [SourceScope; 2] = [SourceScope::Host, SourceScope::Subnet];
+
+/// The prefix lengths of [`SourceScope::Subnet`] in each family's own terms.
+pub const IPV4_SUBNET_LEN: u8 = 24;
+pub const IPV6_SUBNET_LEN: u8 = 64;
+
+/// A source host or network: its address (see [`ip`](super::ip)) with the bits beyond
+/// `prefix_len` (of the 128) cleared.
+// Aligned to 4 bytes: copies of its addresses then move words, not bytes, in the kernel
+// program (the BPF target has no unaligned access), which also keeps them off its stack.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceKey {
-    pub addr: [u8; 4],
+    pub addr: IpBytes,
     pub prefix_len: u8,
     pub _pad: [u8; 3],
 }
 
 impl SourceKey {
-    /// The key of `addr`'s network of `prefix_len` bits (0 to 32).
+    /// The key `addr` is counted under in `scope`.
     #[inline(always)]
-    pub const fn new(addr: [u8; 4], prefix_len: u8) -> Self {
-        let mask = if prefix_len == 0 {
-            0
-        } else if prefix_len >= 32 {
-            u32::MAX
-        } else {
-            u32::MAX << (32 - prefix_len)
+    pub fn new(addr: &IpBytes, scope: SourceScope) -> Self {
+        let prefix_len = match scope {
+            SourceScope::Host => 128,
+            SourceScope::Subnet if ip::is_v4(addr) => ip::V4_MAPPED_BITS + IPV4_SUBNET_LEN,
+            SourceScope::Subnet => IPV6_SUBNET_LEN,
         };
         Self {
-            addr: (u32::from_be_bytes(addr) & mask).to_be_bytes(),
+            addr: ip::network(addr, prefix_len),
             prefix_len,
             _pad: [0; 3],
         }
     }
+
+    /// The scope the key counts.
+    pub const fn scope(&self) -> SourceScope {
+        if self.prefix_len == 128 {
+            SourceScope::Host
+        } else {
+            SourceScope::Subnet
+        }
+    }
 }
 
-/// How many sessions one source may hold: per host and per /24 (0: no limit).
+/// How many sessions one source may hold: per host and per network (0: no limit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SourceLimits {
     pub per_host: u32,
@@ -89,20 +112,19 @@ pub struct SourceLimits {
 }
 
 impl SourceLimits {
-    /// The limit for sources counted under `prefix_len` (one of [`PREFIXES`]).
+    /// The limit for sources counted in `scope`.
     #[inline(always)]
-    pub const fn for_prefix(&self, prefix_len: u8) -> u32 {
-        if prefix_len == 32 {
-            self.per_host
-        } else {
-            self.per_subnet
+    pub const fn for_scope(&self, scope: SourceScope) -> u32 {
+        match scope {
+            SourceScope::Host => self.per_host,
+            SourceScope::Subnet => self.per_subnet,
         }
     }
 
-    /// Whether a source holding `in_use` sessions under `prefix_len` may open another.
+    /// Whether a source holding `in_use` sessions in `scope` may open another.
     #[inline(always)]
-    pub const fn admits(&self, prefix_len: u8, in_use: u32) -> bool {
-        let limit = self.for_prefix(prefix_len);
+    pub const fn admits(&self, scope: SourceScope, in_use: u32) -> bool {
+        let limit = self.for_scope(scope);
         limit == 0 || in_use < limit
     }
 }
@@ -115,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_types_have_no_padding() {
-        assert_eq!(core::mem::size_of::<SourceKey>(), 8);
+        assert_eq!(core::mem::size_of::<SourceKey>(), 20);
         assert_eq!(core::mem::size_of::<SourceSeen>(), 8);
     }
 
@@ -138,18 +160,26 @@ mod tests {
 
     #[test]
     fn a_key_keeps_only_its_prefix() {
-        let host = SourceKey::new([192, 0, 2, 77], 32);
-        assert_eq!((host.addr, host.prefix_len), ([192, 0, 2, 77], 32));
-        let net = SourceKey::new([192, 0, 2, 77], 24);
-        assert_eq!((net.addr, net.prefix_len), ([192, 0, 2, 0], 24));
-        assert_eq!(net, SourceKey::new([192, 0, 2, 200], 24));
-        assert_ne!(net, SourceKey::new([192, 0, 3, 77], 24));
-        assert_eq!(SourceKey::new([192, 0, 2, 77], 0).addr, [0; 4]);
+        use super::SourceScope::{Host, Subnet};
+        let v4 = |octets| ip::v4_mapped(octets);
+        let host = SourceKey::new(&v4([192, 0, 2, 77]), Host);
+        assert_eq!((host.addr, host.prefix_len), (v4([192, 0, 2, 77]), 128));
+        assert_eq!(host.scope(), Host);
+        let net = SourceKey::new(&v4([192, 0, 2, 77]), Subnet);
+        assert_eq!((net.addr, net.prefix_len), (v4([192, 0, 2, 0]), 120));
+        assert_eq!(net.scope(), Subnet);
+        assert_eq!(net, SourceKey::new(&v4([192, 0, 2, 200]), Subnet));
+        assert_ne!(net, SourceKey::new(&v4([192, 0, 3, 77]), Subnet));
         // The host and its /24 are different keys even for the network's own address.
         assert_ne!(
-            SourceKey::new([192, 0, 2, 0], 32),
-            SourceKey::new([192, 0, 2, 0], 24)
+            SourceKey::new(&v4([192, 0, 2, 0]), Host),
+            SourceKey::new(&v4([192, 0, 2, 0]), Subnet)
         );
+        // An IPv6 source's network is its /64.
+        let v6 = ip::from_ip("2001:db8:10:0:aaaa::2".parse().unwrap());
+        let net = SourceKey::new(&v6, Subnet);
+        assert_eq!(net.prefix_len, 64);
+        assert_eq!(net.addr, ip::from_ip("2001:db8:10::".parse().unwrap()));
     }
 
     #[test]
@@ -158,9 +188,9 @@ mod tests {
             per_host: 2,
             per_subnet: 0,
         };
-        assert!(limits.admits(32, 0));
-        assert!(limits.admits(32, 1));
-        assert!(!limits.admits(32, 2));
-        assert!(limits.admits(24, 1_000_000));
+        assert!(limits.admits(SourceScope::Host, 0));
+        assert!(limits.admits(SourceScope::Host, 1));
+        assert!(!limits.admits(SourceScope::Host, 2));
+        assert!(limits.admits(SourceScope::Subnet, 1_000_000));
     }
 }

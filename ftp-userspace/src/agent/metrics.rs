@@ -200,8 +200,8 @@ pub fn render(stats: &Stats) -> String {
         &mut out,
         "ftpnat_sessions",
         "gauge",
-        "FTP control sessions ftpnat tracks, by kind (masquerade, publish) and state (command, \
-         transfer, encrypted, closing).",
+        "FTP control sessions ftpnat tracks, by kind (masquerade, publish, firewall) and state \
+         (command, transfer, encrypted, closing).",
     );
     for (&(kind, state), &count) in &stats.sessions_by {
         sessions.sample(&[("kind", kind), ("state", state)], count as u64);

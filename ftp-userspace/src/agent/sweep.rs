@@ -3,14 +3,14 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{BuildHasher, Hasher},
+    hash::{BuildHasher, Hash, Hasher},
     time::Duration,
 };
 
 use aya::maps::MapData;
 use ftp_common::maps::{
-    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, SourceKey,
-    SourceSeen, flow_flags, sources,
+    Event, EventKind, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind, IpBytes,
+    SourceKey, SourceSeen, flow_flags, sources,
 };
 
 use crate::datapath::maps::{StateTables, WholeTables};
@@ -127,7 +127,7 @@ pub(super) fn swept_event(
     kind: EventKind,
     session: FlowKey,
     detail: u8,
-    endpoint: ([u8; 4], [u8; 2]),
+    endpoint: (IpBytes, [u8; 2]),
     value: u64,
     now_ns: u64,
 ) -> Event {
@@ -181,7 +181,7 @@ struct FlowSnapshot {
     keys: Vec<FlowKey>,
     entries: Vec<FlowEntry>,
     /// Each key's place in `keys` and `entries`.
-    index: HashMap<u128, usize, KeyHashing>,
+    index: HashMap<PackedKey, usize, KeyHashing>,
 }
 
 impl FlowSnapshot {
@@ -213,14 +213,32 @@ impl FlowSnapshot {
     }
 }
 
-/// A flow key as one integer, for the snapshot's index.
-fn packed(key: &FlowKey) -> u128 {
-    let mut bytes = [0u8; 16];
-    bytes[..4].copy_from_slice(&key.saddr);
-    bytes[4..8].copy_from_slice(&key.daddr);
-    bytes[8..10].copy_from_slice(&key.sport);
-    bytes[10..12].copy_from_slice(&key.dport);
-    u128::from_le_bytes(bytes)
+/// A flow key as five words, for the snapshot's index: hashed in five steps of [`KeyHasher`],
+/// where the key's derived `Hash` would take ten (one more per field, for its length).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedKey([u64; 5]);
+
+impl Hash for PackedKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for word in self.0 {
+            state.write_u64(word);
+        }
+    }
+}
+
+fn packed(key: &FlowKey) -> PackedKey {
+    let mut bytes = [0u8; 40];
+    bytes[..16].copy_from_slice(&key.saddr);
+    bytes[16..32].copy_from_slice(&key.daddr);
+    bytes[32..34].copy_from_slice(&key.sport);
+    bytes[34..36].copy_from_slice(&key.dport);
+    let mut words = [0u64; 5];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(eight);
+    }
+    PackedKey(words)
 }
 
 /// The snapshot index's hash: a folded multiplication by a seed drawn for each sweep, so that
@@ -271,9 +289,8 @@ impl Hasher for KeyHasher {
         }
     }
 
-    fn write_u128(&mut self, value: u128) {
-        self.mix(value as u64);
-        self.mix((value >> 64) as u64);
+    fn write_u64(&mut self, value: u64) {
+        self.mix(value);
     }
 
     fn finish(&self) -> u64 {
@@ -460,11 +477,11 @@ pub fn sweep(
     Ok(swept)
 }
 
-/// Counts the sessions of every source (host and /24) afresh, for the datapath's per-source
-/// limits, with the datapath's count of the sessions it opened as read just before: the datapath
-/// adds what it opens after that (see ftp-common's `maps::sources`). A source with no session
-/// that opened none since is forgotten; should it open one between the check and the removal,
-/// that session is counted at the next sweep.
+/// Counts the sessions of every source (host, and its /24 or IPv6 /64) afresh, for the datapath's
+/// per-source limits, with the datapath's count of the sessions it opened as read just before: the
+/// datapath adds what it opens after that (see ftp-common's `maps::sources`). A source with no
+/// session that opened none since is forgotten; should it open one between the check and the
+/// removal, that session is counted at the next sweep.
 fn recount_sources(
     whole: &WholeTables<'_>,
     source_seen: &mut sources::SeenAyaMap<&mut MapData>,
@@ -501,13 +518,13 @@ fn recount_sources(
     Ok(())
 }
 
-/// How many of `sessions` each source host and /24 opened.
+/// How many of `sessions` each source host and network (see [`sources::SourceScope`]) opened.
 fn source_counts(sessions: impl Iterator<Item = FlowKey>) -> HashMap<SourceKey, u32> {
     let mut counts = HashMap::new();
     for session in sessions {
-        for prefix_len in sources::PREFIXES {
+        for scope in sources::SCOPES {
             *counts
-                .entry(SourceKey::new(session.saddr, prefix_len))
+                .entry(SourceKey::new(&session.saddr, scope))
                 .or_default() += 1;
         }
     }
@@ -516,6 +533,8 @@ fn source_counts(sessions: impl Iterator<Item = FlowKey>) -> HashMap<SourceKey, 
 
 #[cfg(test)]
 mod tests {
+    use ftp_common::maps::{SourceScope, ip};
+
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
@@ -526,13 +545,13 @@ mod tests {
             bytes: 60,
             last_seen_ns: last_seen_s * SEC,
             session: FlowKey {
-                saddr: [10, 0, 0, 2],
-                daddr: [203, 0, 113, 10],
+                saddr: ip::v4_mapped([10, 0, 0, 2]),
+                daddr: ip::v4_mapped([203, 0, 113, 10]),
                 sport: 40000u16.to_be_bytes(),
                 dport: 21u16.to_be_bytes(),
             },
-            new_saddr: [203, 0, 113, 254],
-            new_daddr: [203, 0, 113, 10],
+            new_saddr: ip::v4_mapped([203, 0, 113, 254]),
+            new_daddr: ip::v4_mapped([203, 0, 113, 10]),
             out_ifindex: 3,
             new_sport: 61000u16.to_be_bytes(),
             new_dport: 21u16.to_be_bytes(),
@@ -573,30 +592,74 @@ mod tests {
         assert_eq!(ran, 1);
     }
 
-    #[test]
-    fn sources_are_counted_by_host_and_by_24() {
-        let session = |addr: [u8; 4], port: u16| FlowKey {
-            saddr: addr,
-            daddr: [203, 0, 113, 10],
+    /// A session of `client` (either family), from `port`.
+    fn session_from(client: &str, port: u16) -> FlowKey {
+        let server = if client.contains(':') {
+            "2001:db8:ffff::10"
+        } else {
+            "203.0.113.10"
+        };
+        FlowKey {
+            saddr: ip::from_ip(client.parse().unwrap()),
+            daddr: ip::from_ip(server.parse().unwrap()),
             sport: port.to_be_bytes(),
             dport: 21u16.to_be_bytes(),
-        };
+        }
+    }
+
+    /// The count of `addr` in `scope`.
+    fn count_of(counts: &HashMap<SourceKey, u32>, addr: &str, scope: SourceScope) -> Option<u32> {
+        let key = SourceKey::new(&ip::from_ip(addr.parse().unwrap()), scope);
+        counts.get(&key).copied()
+    }
+
+    #[test]
+    fn sources_are_counted_by_host_and_by_24() {
         let counts = source_counts(
             [
-                session([10, 0, 0, 2], 40000),
-                session([10, 0, 0, 2], 40001),
-                session([10, 0, 0, 3], 40000),
-                session([10, 0, 1, 2], 40000),
+                session_from("10.0.0.2", 40000),
+                session_from("10.0.0.2", 40001),
+                session_from("10.0.0.3", 40000),
+                session_from("10.0.1.2", 40000),
             ]
             .into_iter(),
         );
-        let count = |addr, prefix_len| counts.get(&SourceKey::new(addr, prefix_len)).copied();
-        assert_eq!(count([10, 0, 0, 2], 32), Some(2));
-        assert_eq!(count([10, 0, 0, 3], 32), Some(1));
-        assert_eq!(count([10, 0, 0, 0], 24), Some(3));
-        assert_eq!(count([10, 0, 1, 0], 24), Some(1));
-        assert_eq!(count([10, 0, 0, 4], 32), None);
+        let count = |addr, scope| count_of(&counts, addr, scope);
+        assert_eq!(count("10.0.0.2", SourceScope::Host), Some(2));
+        assert_eq!(count("10.0.0.3", SourceScope::Host), Some(1));
+        assert_eq!(count("10.0.0.77", SourceScope::Subnet), Some(3));
+        assert_eq!(count("10.0.1.0", SourceScope::Subnet), Some(1));
+        assert_eq!(count("10.0.0.4", SourceScope::Host), None);
         assert_eq!(counts.len(), 5);
+    }
+
+    /// An IPv6 LAN is a /64: its hosts share one count, whatever their interface identifiers (a
+    /// host can take any number of them), and another /64 has its own.
+    #[test]
+    fn ipv6_sources_are_counted_by_host_and_by_64() {
+        let counts = source_counts(
+            [
+                session_from("2001:db8:10::2", 40000),
+                session_from("2001:db8:10::2", 40001),
+                session_from("2001:db8:10:0:aaaa:bbbb:cccc:dddd", 40000),
+                session_from("2001:db8:10:1::2", 40000),
+                session_from("10.0.0.2", 40000),
+            ]
+            .into_iter(),
+        );
+        let count = |addr, scope| count_of(&counts, addr, scope);
+        assert_eq!(count("2001:db8:10::2", SourceScope::Host), Some(2));
+        assert_eq!(
+            count("2001:db8:10:0:aaaa:bbbb:cccc:dddd", SourceScope::Host),
+            Some(1)
+        );
+        assert_eq!(count("2001:db8:10::", SourceScope::Subnet), Some(3));
+        assert_eq!(count("2001:db8:10:0:ffff::1", SourceScope::Subnet), Some(3));
+        assert_eq!(count("2001:db8:10:1::", SourceScope::Subnet), Some(1));
+        // The IPv4 client is counted apart, whatever its bytes share with an IPv6 one.
+        assert_eq!(count("10.0.0.2", SourceScope::Host), Some(1));
+        assert_eq!(count("10.0.0.0", SourceScope::Subnet), Some(1));
+        assert_eq!(counts.len(), 3 + 2 + 2);
     }
 
     #[test]
@@ -633,11 +696,20 @@ mod tests {
         let key = entry(FlowKind::Data, FlowDirection::Original, 0, 0).session;
         let variants = [
             FlowKey {
-                saddr: [10, 0, 0, 3],
+                saddr: ip::v4_mapped([10, 0, 0, 3]),
                 ..key
             },
             FlowKey {
-                daddr: [203, 0, 113, 11],
+                daddr: ip::v4_mapped([203, 0, 113, 11]),
+                ..key
+            },
+            // The first bytes of each address count too.
+            FlowKey {
+                saddr: ip::from_ip("1::ffff:10.0.0.2".parse().unwrap()),
+                ..key
+            },
+            FlowKey {
+                daddr: ip::from_ip("1::ffff:203.0.113.10".parse().unwrap()),
                 ..key
             },
             FlowKey {
@@ -663,8 +735,8 @@ mod tests {
     fn reply_key_is_the_translated_packet_reversed() {
         let original = entry(FlowKind::Control, FlowDirection::Original, 0, 0);
         let reply = original.reply_key();
-        assert_eq!(reply.saddr, [203, 0, 113, 10]);
-        assert_eq!(reply.daddr, [203, 0, 113, 254]);
+        assert_eq!(reply.saddr, ip::v4_mapped([203, 0, 113, 10]));
+        assert_eq!(reply.daddr, ip::v4_mapped([203, 0, 113, 254]));
         assert_eq!(reply.sport, 21u16.to_be_bytes());
         assert_eq!(reply.dport, 61000u16.to_be_bytes());
     }

@@ -1,11 +1,11 @@
 //! `ftpnat sessions|expectations|flows`: the datapath's tables, read from the pins of a running
 //! agent, as aligned tables or JSON.
 
-use std::{collections::HashMap as StdHashMap, net::Ipv4Addr, path::Path};
+use std::{collections::HashMap as StdHashMap, path::Path};
 
 use ftp_common::maps::{
-    DatapathConfig, ExpectKey, Expectation, ExpectationKind, ExpectationPath, FlowDirection,
-    FlowEntry, FlowKey, FlowKind, SessionEntry, SessionKind, expects, flows, sessions,
+    ExpectKey, Expectation, ExpectationKind, FlowDirection, FlowEntry, FlowKey, FlowKind, IpBytes,
+    SessionEntry, SessionKind, expects, flows, ip, sessions,
 };
 use serde::Serialize;
 
@@ -64,7 +64,6 @@ pub struct FlowRow {
 /// The pinned tables, read once and indexed: the reports look entries up by key, and a full
 /// table holds tens of thousands of them.
 struct Tables {
-    config: DatapathConfig,
     flows: StdHashMap<FlowKey, FlowEntry>,
     sessions: StdHashMap<FlowKey, SessionEntry>,
     expects: Vec<(ExpectKey, Expectation)>,
@@ -76,25 +75,11 @@ struct Tables {
 /// few hundred calls, not two million.
 fn read_tables(pin_dir: &Path) -> anyhow::Result<Tables> {
     let maps = PinnedMaps::new(pin_dir);
-    let config = maps.config()?;
-    let flows: StdHashMap<FlowKey, FlowEntry> = zipped(maps.whole(&flows::TABLE)?).collect();
-    // An entry keyed by a packet from the session's client carries bytes from the client.
-    let mut bytes: StdHashMap<FlowKey, (u64, u64)> = StdHashMap::new();
-    for (key, entry) in &flows {
-        let (from, to) = bytes.entry(entry.session).or_default();
-        if key.saddr == entry.session.saddr {
-            *from += entry.bytes;
-        } else {
-            *to += entry.bytes;
-        }
-    }
-    Ok(Tables {
-        config,
-        flows,
-        sessions: zipped(maps.whole(&sessions::TABLE)?).collect(),
-        expects: zipped(maps.whole(&expects::TABLE)?).collect(),
-        bytes,
-    })
+    Ok(Tables::new(
+        zipped(maps.whole(&flows::TABLE)?).collect(),
+        zipped(maps.whole(&sessions::TABLE)?).collect(),
+        zipped(maps.whole(&expects::TABLE)?).collect(),
+    ))
 }
 
 /// A batch read's keys and values as pairs.
@@ -103,6 +88,29 @@ fn zipped<K, V>((keys, values): (Vec<K>, Vec<V>)) -> impl Iterator<Item = (K, V)
 }
 
 impl Tables {
+    fn new(
+        flows: StdHashMap<FlowKey, FlowEntry>,
+        sessions: StdHashMap<FlowKey, SessionEntry>,
+        expects: Vec<(ExpectKey, Expectation)>,
+    ) -> Self {
+        // An entry keyed by a packet from the session's client carries bytes from the client.
+        let mut bytes: StdHashMap<FlowKey, (u64, u64)> = StdHashMap::new();
+        for (key, entry) in &flows {
+            let (from, to) = bytes.entry(entry.session).or_default();
+            if key.saddr == entry.session.saddr {
+                *from += entry.bytes;
+            } else {
+                *to += entry.bytes;
+            }
+        }
+        Self {
+            flows,
+            sessions,
+            expects,
+            bytes,
+        }
+    }
+
     fn kind_of(&self, session: &FlowKey) -> Option<SessionKind> {
         self.sessions
             .get(session)
@@ -110,17 +118,20 @@ impl Tables {
     }
 
     /// The public endpoint of a session: for a masqueraded client its control connection's
-    /// translated source, for a published server the address and port the client connected to.
+    /// translated source, for a published server the address and port the client connected to,
+    /// for a firewalled client its own address and port (not translated).
     fn public_of(&self, session: &FlowKey) -> String {
-        if self.kind_of(session) == Some(SessionKind::Publish) {
-            return endpoint(session.daddr, session.dport);
+        match self.kind_of(session) {
+            Some(SessionKind::Publish) => endpoint(session.daddr, session.dport),
+            Some(SessionKind::Firewall) => endpoint(session.saddr, session.sport),
+            _ => self
+                .translated_source(session)
+                .map_or_else(|| "-".to_owned(), |(addr, port)| endpoint(addr, port)),
         }
-        self.translated_source(session)
-            .map_or_else(|| "-".to_owned(), |(addr, port)| endpoint(addr, port))
     }
 
     /// Where a masqueraded session's control connection leaves the router from, while it lives.
-    fn translated_source(&self, session: &FlowKey) -> Option<([u8; 4], [u8; 2])> {
+    fn translated_source(&self, session: &FlowKey) -> Option<(IpBytes, [u8; 2])> {
         self.flows.get(session).map(|e| (e.new_saddr, e.new_sport))
     }
 
@@ -139,97 +150,101 @@ impl Tables {
         )
         .unwrap_or_else(|| "-".to_owned())
     }
+
+    fn session_rows(&self, now: u64) -> Vec<SessionRow> {
+        let closing = closing_sessions(self.flows.values());
+        let mut rows: Vec<SessionRow> = self
+            .sessions
+            .iter()
+            .map(|(key, entry)| SessionRow {
+                id: self.id_of(key),
+                bytes_from_client: self.bytes_of(key).0,
+                bytes_to_client: self.bytes_of(key).1,
+                kind: SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str),
+                state: SessionState::of(&entry.state, closing.contains(key)).as_str(),
+                client: endpoint(key.saddr, key.sport),
+                server: endpoint(entry.server_addr, entry.server_port),
+                public: self.public_of(key),
+                user: String::from_utf8_lossy(
+                    entry
+                        .user
+                        .get(..usize::from(entry.user_len))
+                        .unwrap_or_default(),
+                )
+                .into_owned(),
+                data_flows: entry.data_flows,
+                age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
+                malformed_lines: entry.malformed_lines,
+                refusals: entry.refusals,
+                events_dropped: entry.events.dropped,
+            })
+            .collect();
+        rows.sort_by(|a, b| a.id.cmp(&b.id));
+        rows
+    }
+
+    fn expectation_rows(&self, now: u64) -> Vec<ExpectationRow> {
+        self.expects
+            .iter()
+            .map(|(key, e)| {
+                ExpectationRow {
+                    session: self.id_of(&e.session),
+                    kind: ExpectationKind::from_raw(e.kind)
+                        .map_or("unknown", ExpectationKind::as_str),
+                    peer: ip::to_ip(&e.peer).to_string(),
+                    // Inbound: the reserved window port of the public address (or a firewalled
+                    // client's announced address and port). Outbound: the announced address, which
+                    // the connection leaves for (its window port is taken when it opens).
+                    public: endpoint(key.daddr, key.dport),
+                    target: endpoint(e.target_addr, e.target_port),
+                    expires_in_ms: e.expires_ns.saturating_sub(now) / 1_000_000,
+                }
+            })
+            .collect()
+    }
+
+    fn flow_rows(&self) -> Vec<FlowRow> {
+        let mut rows: Vec<FlowRow> = self
+            .flows
+            .iter()
+            .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
+            .map(|(key, e)| {
+                let reply_key = e.reply_key();
+                let reply = self.flows.get(&reply_key);
+                FlowRow {
+                    session: self.id_of(&e.session),
+                    kind: FlowKind::from_raw(e.kind).map_or("unknown", FlowKind::as_str),
+                    orig: format!(
+                        "{} -> {}",
+                        endpoint(key.saddr, key.sport),
+                        endpoint(key.daddr, key.dport)
+                    ),
+                    reply: format!(
+                        "{} -> {}",
+                        endpoint(reply_key.saddr, reply_key.sport),
+                        endpoint(reply_key.daddr, reply_key.dport)
+                    ),
+                    bytes: e.bytes + reply.map_or(0, |r| r.bytes),
+                    packets: e.packets + reply.map_or(0, |r| r.packets),
+                }
+            })
+            .collect();
+        // A session's connections together, its control connection first.
+        rows.sort_by(|a, b| (&a.session, a.kind, &a.orig).cmp(&(&b.session, b.kind, &b.orig)));
+        rows
+    }
 }
 
 pub fn sessions(pin_dir: &Path) -> anyhow::Result<Vec<SessionRow>> {
-    let tables = read_tables(pin_dir)?;
-    let now = monotonic_now_ns();
-    let closing = closing_sessions(tables.flows.values());
-    let mut rows: Vec<SessionRow> = tables
-        .sessions
-        .iter()
-        .map(|(key, entry)| SessionRow {
-            id: tables.id_of(key),
-            bytes_from_client: tables.bytes_of(key).0,
-            bytes_to_client: tables.bytes_of(key).1,
-            kind: SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str),
-            state: SessionState::of(&entry.state, closing.contains(key)).as_str(),
-            client: endpoint(key.saddr, key.sport),
-            server: endpoint(entry.server_addr, entry.server_port),
-            public: tables.public_of(key),
-            user: String::from_utf8_lossy(
-                entry
-                    .user
-                    .get(..usize::from(entry.user_len))
-                    .unwrap_or_default(),
-            )
-            .into_owned(),
-            data_flows: entry.data_flows,
-            age_ms: now.saturating_sub(entry.opened_ns) / 1_000_000,
-            malformed_lines: entry.malformed_lines,
-            refusals: entry.refusals,
-            events_dropped: entry.events.dropped,
-        })
-        .collect();
-    rows.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(rows)
+    Ok(read_tables(pin_dir)?.session_rows(monotonic_now_ns()))
 }
 
 pub fn expectations(pin_dir: &Path) -> anyhow::Result<Vec<ExpectationRow>> {
-    let tables = read_tables(pin_dir)?;
-    let now = monotonic_now_ns();
-    let public_ip = tables.config.public_ip;
-    Ok(tables
-        .expects
-        .iter()
-        .map(|(key, e)| {
-            ExpectationRow {
-                session: tables.id_of(&e.session),
-                kind: ExpectationKind::from_raw(e.kind).map_or("unknown", ExpectationKind::as_str),
-                peer: Ipv4Addr::from(e.peer).to_string(),
-                // Inbound: the reserved window port. Outbound: the announced address, which the
-                // connection leaves for (its window port is taken when it opens).
-                public: match ExpectationPath::from_raw(e.path) {
-                    Some(ExpectationPath::Inbound) => endpoint(public_ip, key.dport),
-                    _ => endpoint(key.daddr, key.dport),
-                },
-                target: endpoint(e.target_addr, e.target_port),
-                expires_in_ms: e.expires_ns.saturating_sub(now) / 1_000_000,
-            }
-        })
-        .collect())
+    Ok(read_tables(pin_dir)?.expectation_rows(monotonic_now_ns()))
 }
 
 pub fn flows(pin_dir: &Path) -> anyhow::Result<Vec<FlowRow>> {
-    let tables = read_tables(pin_dir)?;
-    let mut rows: Vec<FlowRow> = tables
-        .flows
-        .iter()
-        .filter(|(_, e)| e.direction == FlowDirection::Original as u8)
-        .map(|(key, e)| {
-            let reply_key = e.reply_key();
-            let reply = tables.flows.get(&reply_key);
-            FlowRow {
-                session: tables.id_of(&e.session),
-                kind: FlowKind::from_raw(e.kind).map_or("unknown", FlowKind::as_str),
-                orig: format!(
-                    "{} -> {}",
-                    endpoint(key.saddr, key.sport),
-                    endpoint(key.daddr, key.dport)
-                ),
-                reply: format!(
-                    "{} -> {}",
-                    endpoint(reply_key.saddr, reply_key.sport),
-                    endpoint(reply_key.daddr, reply_key.dport)
-                ),
-                bytes: e.bytes + reply.map_or(0, |r| r.bytes),
-                packets: e.packets + reply.map_or(0, |r| r.packets),
-            }
-        })
-        .collect();
-    // A session's connections together, its control connection first.
-    rows.sort_by(|a, b| (&a.session, a.kind, &a.orig).cmp(&(&b.session, b.kind, &b.orig)));
-    Ok(rows)
+    Ok(read_tables(pin_dir)?.flow_rows())
 }
 
 /// `ftpnat sessions ID`: one session, its transfers (from the agent, which follows them) and its
@@ -305,6 +320,26 @@ pub fn print_session(pin_dir: &Path, id: &str, json: bool) -> anyhow::Result<()>
     )
 }
 
+/// A session's row of `ftpnat sessions`, in the order of its headers.
+fn session_cells(r: &SessionRow) -> Vec<String> {
+    vec![
+        r.id.clone(),
+        r.kind.to_owned(),
+        r.state.to_owned(),
+        r.client.clone(),
+        r.public.clone(),
+        r.server.clone(),
+        printable(&r.user),
+        r.data_flows.to_string(),
+        r.bytes_from_client.to_string(),
+        r.bytes_to_client.to_string(),
+        seconds(r.age_ms),
+        r.malformed_lines.to_string(),
+        r.refusals.to_string(),
+        r.events_dropped.to_string(),
+    ]
+}
+
 pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     match what {
         "sessions" => emit(
@@ -326,24 +361,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 "REFUSED",
                 "EVENTS DROPPED",
             ],
-            |r| {
-                vec![
-                    r.id.clone(),
-                    r.kind.to_owned(),
-                    r.state.to_owned(),
-                    r.client.clone(),
-                    r.public.clone(),
-                    r.server.clone(),
-                    printable(&r.user),
-                    r.data_flows.to_string(),
-                    r.bytes_from_client.to_string(),
-                    r.bytes_to_client.to_string(),
-                    seconds(r.age_ms),
-                    r.malformed_lines.to_string(),
-                    r.refusals.to_string(),
-                    r.events_dropped.to_string(),
-                ]
-            },
+            session_cells,
         ),
         "expectations" => emit(
             &expectations(pin_dir)?,
@@ -375,5 +393,218 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
                 ]
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ftp_common::{
+        CommandScanner, LineTracker, ReplyScanner, SeqAdjust, TcpWindow,
+        maps::{
+            EventBudget, ExpectationPath, HeldField, RewriteRecord, SESSION_USER_LEN, rewrite_kind,
+        },
+    };
+
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn key(client: &str, sport: u16, server: &str) -> FlowKey {
+        FlowKey {
+            saddr: ip::from_ip(client.parse().unwrap()),
+            daddr: ip::from_ip(server.parse().unwrap()),
+            sport: sport.to_be_bytes(),
+            dport: 21u16.to_be_bytes(),
+        }
+    }
+
+    /// A session record as the datapath starts one (all-zero protocol state), of `kind`, with
+    /// `session`'s destination as its server.
+    fn session_entry(session: &FlowKey, kind: SessionKind) -> SessionEntry {
+        const NO_REWRITE: RewriteRecord = RewriteRecord {
+            seq: 0,
+            payload_len: 0,
+            field_off: 0,
+            field_len: 0,
+            public_port: 0,
+            kind: rewrite_kind::NONE,
+            delimiter: 0,
+            _pad: [0; 2],
+        };
+        let mut user = [0; SESSION_USER_LEN];
+        user[..5].copy_from_slice(b"alice");
+        SessionEntry {
+            opened_ns: SEC,
+            state: ftp_common::Session::new(),
+            client_lines: LineTracker::new(),
+            server_lines: LineTracker::new(),
+            lan_ifindex: 2,
+            data_flows: 1,
+            malformed_lines: 0,
+            refusals: 0,
+            commands: CommandScanner::new(),
+            replies: ReplyScanner::new(),
+            client_seq: SeqAdjust::new(),
+            server_seq: SeqAdjust::new(),
+            client_rewrite: NO_REWRITE,
+            server_rewrite: NO_REWRITE,
+            server_addr: session.daddr,
+            server_port: session.dport,
+            kind: kind as u8,
+            user_len: 5,
+            released_seen: [0; 4],
+            _pad: [0; 4],
+            user,
+            held: HeldField::new(),
+            events: EventBudget::new(),
+            client_window: TcpWindow::new(),
+            server_window: TcpWindow::new(),
+        }
+    }
+
+    /// An IPv6 client's session followed untranslated (firewall mode), with its control
+    /// connection and one active data connection, and an IPv4 client's masqueraded session.
+    fn dual_stack_tables() -> Tables {
+        let v6 = key("2001:db8:10::2", 40000, "2001:db8:ffff::10");
+        let v6_data = FlowKey {
+            saddr: v6.daddr,
+            daddr: v6.saddr,
+            sport: 20u16.to_be_bytes(),
+            dport: 50000u16.to_be_bytes(),
+        };
+        let v4 = key("10.0.0.2", 40000, "203.0.113.10");
+        let mut flows = StdHashMap::new();
+        flows.extend(FlowEntry::established_untranslated(
+            v6,
+            FlowKind::Control,
+            (SEC, SEC),
+        ));
+        flows.extend(
+            FlowEntry::established_untranslated(v6_data, FlowKind::Data, (SEC, SEC)).map(
+                |(key, entry)| {
+                    (
+                        key,
+                        FlowEntry {
+                            session: v6,
+                            ..entry
+                        },
+                    )
+                },
+            ),
+        );
+        // The masqueraded control connection leaves from 203.0.113.254:61000.
+        let v4_control = FlowEntry {
+            new_saddr: ip::v4_mapped([203, 0, 113, 254]),
+            new_sport: 61000u16.to_be_bytes(),
+            ..FlowEntry::established_untranslated(v4, FlowKind::Control, (SEC, SEC))[0].1
+        };
+        flows.insert(v4, v4_control);
+        flows.insert(v4_control.reply_key(), v4_control.reply_of(&v4, 2));
+        let sessions = StdHashMap::from([
+            (v6, session_entry(&v6, SessionKind::Firewall)),
+            (v4, session_entry(&v4, SessionKind::Masquerade)),
+        ]);
+        // The IPv6 client announced [2001:db8:10::2]:50001 (EPRT): the server may connect to it.
+        let expects = vec![(
+            ExpectKey::inbound(v6.saddr, 50001),
+            Expectation {
+                expires_ns: 10 * SEC,
+                session: v6,
+                target_addr: v6.saddr,
+                lan_ifindex: 2,
+                target_port: 50001u16.to_be_bytes(),
+                public_port: 0,
+                peer: v6.daddr,
+                kind: ExpectationKind::Active as u8,
+                path: ExpectationPath::Inbound as u8,
+                _pad: [0; 2],
+            },
+        )];
+        Tables::new(flows, sessions, expects)
+    }
+
+    #[test]
+    fn an_ipv6_session_shows_in_its_own_form_beside_an_ipv4_one() {
+        let rows = dual_stack_tables().session_rows(3 * SEC);
+        let cells: Vec<Vec<String>> = rows.iter().map(session_cells).collect();
+        assert_eq!(
+            cells,
+            [
+                [
+                    "203.0.113.254:61000",
+                    "masquerade",
+                    "command",
+                    "10.0.0.2:40000",
+                    "203.0.113.254:61000",
+                    "203.0.113.10:21",
+                    "alice",
+                    "1",
+                    "60",
+                    "60",
+                    "2.0s",
+                    "0",
+                    "0",
+                    "0",
+                ]
+                .map(String::from)
+                .to_vec(),
+                [
+                    "[2001:db8:10::2]:40000",
+                    "firewall",
+                    "command",
+                    "[2001:db8:10::2]:40000",
+                    "[2001:db8:10::2]:40000",
+                    "[2001:db8:ffff::10]:21",
+                    "alice",
+                    "1",
+                    "120",
+                    "120",
+                    "2.0s",
+                    "0",
+                    "0",
+                    "0",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_flow_and_expectation_have_bracketed_endpoints_in_json() {
+        let tables = dual_stack_tables();
+        let flows = serde_json::to_value(tables.flow_rows()).unwrap();
+        let v6_flows: Vec<&serde_json::Value> = flows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["session"] == "[2001:db8:10::2]:40000")
+            .collect();
+        assert_eq!(v6_flows.len(), 2, "{flows:#}");
+        assert_eq!(
+            v6_flows[0]["orig"],
+            "[2001:db8:10::2]:40000 -> [2001:db8:ffff::10]:21"
+        );
+        assert_eq!(
+            v6_flows[0]["reply"],
+            "[2001:db8:ffff::10]:21 -> [2001:db8:10::2]:40000"
+        );
+        assert_eq!(v6_flows[1]["kind"], "data");
+        assert_eq!(
+            v6_flows[1]["orig"],
+            "[2001:db8:ffff::10]:20 -> [2001:db8:10::2]:50000"
+        );
+        let expectations = serde_json::to_value(tables.expectation_rows(SEC)).unwrap();
+        assert_eq!(
+            expectations,
+            serde_json::json!([{
+                "session": "[2001:db8:10::2]:40000",
+                "kind": "active",
+                "peer": "2001:db8:ffff::10",
+                "public": "[2001:db8:10::2]:50001",
+                "target": "[2001:db8:10::2]:50001",
+                "expires_in_ms": 9000,
+            }])
+        );
     }
 }

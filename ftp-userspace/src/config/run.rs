@@ -160,7 +160,7 @@ run_options! {
               value_parser = clap::value_parser!(u32).range(MAX_SESSIONS_PER_SOURCE))]
         #[serde(deserialize_with = "max_sessions_per_source")]
         pub max_sessions_per_source: Option<u32>,
-        /// How many sessions the sources of one /24 may hold together, as
+        /// How many sessions the sources of one /24 (IPv6: one /64) may hold together, as
         /// --max-sessions-per-source (0: no limit) [default: 256].
         #[arg(long, value_name = "N",
               value_parser = clap::value_parser!(u32).range(MAX_SESSIONS_PER_SOURCE))]

@@ -1,17 +1,19 @@
 //! The datapath's settings: written into a fresh datapath's maps before anything is attached, and
 //! compared with a pinned one's before it is adopted.
 
-use std::net::Ipv4Addr;
-
 use anyhow::{Context as _, anyhow};
 use aya::maps::lpm_trie::Key;
+use ftp_common::Ipv6AddressText;
 use ftp_common::maps::{
-    Capacities, DatapathConfig, InterfaceInfo, InterfaceRole, MAX_FTP_PORTS, PINNED, PublishTarget,
-    SourceLimits, config, free_ports, interfaces, masquerade, publish,
+    Capacities, DatapathConfig, InterfaceInfo, InterfaceRole, IpBytes, MAX_FTP_PORTS, PINNED,
+    PublishTarget, SourceLimits, config, free_ports, interfaces, ip, masquerade, publish,
 };
 
 use super::{Datapath, Interface};
-use crate::config::nat::{Ipv4Prefix, PortWindow, Published};
+use crate::{
+    config::nat::{Ipv4Prefix, PortWindow, Published},
+    report::sessions::endpoint,
+};
 
 /// What the datapath translates, resolved from the flags.
 #[derive(Debug, Clone)]
@@ -24,7 +26,8 @@ pub struct NatSettings {
     pub max_expectations_per_session: u8,
     /// The tables' sizes (`--max-sessions`), set when the object is loaded.
     pub capacities: Capacities,
-    /// Sessions per source and per /24 (`--max-sessions-per-source`, `--max-sessions-per-subnet`).
+    /// Sessions per source and per network (/24, IPv6 /64) (`--max-sessions-per-source`,
+    /// `--max-sessions-per-subnet`).
     pub source_limits: SourceLimits,
     pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
@@ -44,7 +47,7 @@ impl Datapath {
 
         let mut trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
         for prefix in &nat.masquerade {
-            trie.insert(&Key::new(u32::from(prefix.len), prefix.addr.octets()), 1, 0)
+            trie.insert(&masquerade_key(prefix), 1, 0)
                 .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
         }
 
@@ -81,7 +84,7 @@ impl Datapath {
         };
         differ(
             "public address",
-            Ipv4Addr::from(pinned.public_ip).to_string(),
+            ip::to_ip(&pinned.public_ip).to_string(),
             nat.public_ip.to_string(),
         );
         differ(
@@ -110,7 +113,7 @@ impl Datapath {
             wanted.max_sessions_per_source.to_string(),
         );
         differ(
-            "sessions per /24",
+            "sessions per /24 (IPv6 /64)",
             pinned.max_sessions_per_subnet.to_string(),
             wanted.max_sessions_per_subnet.to_string(),
         );
@@ -152,7 +155,7 @@ impl Datapath {
         let mut pinned_prefixes: Vec<String> = trie
             .keys()
             .filter_map(Result::ok)
-            .map(|key| format!("{}/{}", Ipv4Addr::from(key.data()), key.prefix_len()))
+            .map(|key| prefix_text(&key))
             .collect();
         pinned_prefixes.sort();
         let mut wanted_prefixes: Vec<String> =
@@ -181,9 +184,8 @@ impl Datapath {
             list.iter()
                 .map(|(port, t)| {
                     format!(
-                        "{port}={}:{},passive={}-{}",
-                        Ipv4Addr::from(t.server_addr),
-                        u16::from_be_bytes(t.server_port),
+                        "{port}={},passive={}-{}",
+                        endpoint(t.server_addr, t.server_port),
                         t.passive_ports[0],
                         t.passive_ports[1]
                     )
@@ -228,15 +230,37 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
         allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
         max_expectations_per_session: nat.max_expectations_per_session,
-        _pad: [0; 2],
+        _pad: [0; 6],
         max_sessions_per_source: nat.source_limits.per_host,
         max_sessions_per_subnet: nat.source_limits.per_subnet,
-        public_ip: nat.public_ip.octets(),
+        public_ip: ip::v4_mapped(nat.public_ip.octets()),
+        public_ip6: ip::UNSPECIFIED,
+        public_ip6_text: Ipv6AddressText::NONE,
         wan_ifindex: wan.ifindex,
         ftp_ports,
         window_lo: nat.window.lo,
         window_hi: nat.window.hi,
     })
+}
+
+/// A masqueraded IPv4 prefix as the trie holds it: mapped, its length counted from the mapped
+/// address's first bit.
+fn masquerade_key(prefix: &Ipv4Prefix) -> Key<IpBytes> {
+    Key::new(
+        u32::from(ip::V4_MAPPED_BITS + prefix.len),
+        ip::v4_mapped(prefix.addr.octets()),
+    )
+}
+
+/// A prefix of the trie as the operator wrote it: `10.0.0.0/24` for a mapped IPv4 prefix (as
+/// [`Ipv4Prefix`] shows it), `2001:db8::/32` otherwise.
+fn prefix_text(key: &Key<IpBytes>) -> String {
+    let addr = key.data();
+    let len = key.prefix_len();
+    match len.checked_sub(u32::from(ip::V4_MAPPED_BITS)) {
+        Some(v4_len) if ip::is_v4(&addr) => format!("{}/{v4_len}", ip::to_ip(&addr)),
+        _ => format!("{}/{len}", std::net::Ipv6Addr::from(addr)),
+    }
 }
 
 fn allowed(flag: u8) -> String {
@@ -251,7 +275,7 @@ fn ports_of(slots: &[u16; MAX_FTP_PORTS]) -> Vec<u16> {
 
 fn publish_target(published: &Published) -> PublishTarget {
     PublishTarget {
-        server_addr: published.spec.server.octets(),
+        server_addr: ip::v4_mapped(published.spec.server.octets()),
         server_port: published.spec.server_port.to_be_bytes(),
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
@@ -268,4 +292,25 @@ fn random_seed() -> anyhow::Result<u64> {
     )
     .context("reading /dev/urandom")?;
     Ok(u64::from_ne_bytes(seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masqueraded_prefixes_are_mapped_and_read_back_as_written() {
+        for text in ["10.0.0.0/8", "192.168.1.0/24", "192.0.2.7/32", "0.0.0.0/0"] {
+            let prefix: Ipv4Prefix = text.parse().unwrap();
+            let key = masquerade_key(&prefix);
+            assert_eq!(key.prefix_len(), 96 + u32::from(prefix.len), "{text}");
+            assert!(ip::is_v4(&key.data()), "{text}");
+            assert_eq!(prefix_text(&key), prefix.to_string());
+        }
+        // An IPv6 prefix (none is written yet) shows in its own form, never as a mapped one.
+        let v6 = Key::new(32, ip::from_ip("2001:db8::".parse().unwrap()));
+        assert_eq!(prefix_text(&v6), "2001:db8::/32");
+        let mapped_short = Key::new(80, ip::v4_mapped([10, 0, 0, 0]));
+        assert_eq!(prefix_text(&mapped_short), "::ffff:10.0.0.0/80");
+    }
 }

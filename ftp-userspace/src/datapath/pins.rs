@@ -32,7 +32,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 /// The layout of the pinned maps (their key and value types and sizes). Bump it with any change to
 /// a pinned map's definition: pins of another layout are refused, never reused.
 /// (Layout 1 pinned the maps directly in the pin dir, without links.)
-pub const STATE_LAYOUT_VERSION: u32 = 6;
+pub const STATE_LAYOUT_VERSION: u32 = 7;
 
 /// The running agent's record of its event socket's name in the pin dir (see
 /// `agent::events::server`); gone with the agent (its lock).
@@ -265,4 +265,33 @@ pub fn remove_state(pin_dir: &Path, foreign: bool) -> anyhow::Result<Removed> {
         fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use ftp_common::maps::flows;
+
+    use super::*;
+
+    /// The pins of the layout before the 16-byte addresses (v6), like every older layout's, are
+    /// another version's state: refused, and removed by a detach.
+    #[test]
+    fn older_layouts_are_foreign_state() {
+        let pin_dir = std::env::temp_dir().join(format!("ftpnat-pins-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&pin_dir);
+        for dir in [state_dir(&pin_dir), pin_dir.join("v6")] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        // Layout 1 pinned its maps in the pin dir itself; the event socket's record is no state.
+        fs::write(pin_dir.join(flows::NAME), b"").unwrap();
+        fs::write(pin_dir.join(EVENT_SOCKET_RECORD), b"").unwrap();
+        let foreign = foreign_state(&pin_dir);
+        let refusal = refuse_foreign_state(&pin_dir).map_err(|e| e.to_string());
+        fs::remove_dir_all(&pin_dir).unwrap();
+        assert_eq!(foreign, [pin_dir.join(flows::NAME), pin_dir.join("v6")]);
+        assert!(
+            refusal.is_err_and(|e| e.contains("ftpnat detach")),
+            "refused with the way out"
+        );
+    }
 }

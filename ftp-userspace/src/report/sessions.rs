@@ -1,26 +1,28 @@
 //! How ftpnat names and classifies a session, in the same words in `ftpnat sessions`, the metrics
 //! and the event stream.
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{collections::HashSet, net::SocketAddr};
 
 use ftp_common::{
     Session,
-    maps::{FlowEntry, FlowKey, FlowKind, SessionKind, flow_flags},
+    maps::{FlowEntry, FlowKey, FlowKind, IpBytes, SessionKind, flow_flags, ip},
 };
 
-/// An address and port as the datapath's maps hold them (network byte order), as `ip:port`.
-pub fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
-    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+/// An address and port as the datapath's maps hold them (network byte order), in its own family:
+/// `10.0.0.2:21`, `[2001:db8::2]:21`.
+pub fn endpoint(addr: IpBytes, port: [u8; 2]) -> String {
+    SocketAddr::new(ip::to_ip(&addr), u16::from_be_bytes(port)).to_string()
 }
 
 /// A session's identifier, unique while it lives: a masqueraded session's public address and
 /// port (`public`, its control connection's translated source); a published session's client
 /// address and port `@` the published port (all sessions of a published server share its public
-/// endpoint). `None` for a masqueraded session whose public endpoint is not known.
+/// endpoint); a firewalled session's client address and port, which it keeps on the way out.
+/// `None` for a masqueraded session whose public endpoint is not known.
 pub fn session_id(
     session: &FlowKey,
     kind: Option<SessionKind>,
-    public: Option<([u8; 4], [u8; 2])>,
+    public: Option<(IpBytes, [u8; 2])>,
 ) -> Option<String> {
     match kind {
         Some(SessionKind::Publish) => Some(format!(
@@ -28,6 +30,7 @@ pub fn session_id(
             endpoint(session.saddr, session.sport),
             u16::from_be_bytes(session.dport)
         )),
+        Some(SessionKind::Firewall) => Some(endpoint(session.saddr, session.sport)),
         _ => public.map(|(addr, port)| endpoint(addr, port)),
     }
 }
@@ -116,8 +119,8 @@ mod tests {
             bytes: 0,
             last_seen_ns: 0,
             session,
-            new_saddr: [0; 4],
-            new_daddr: [0; 4],
+            new_saddr: ip::UNSPECIFIED,
+            new_daddr: ip::UNSPECIFIED,
             out_ifindex: 0,
             new_sport: [0; 2],
             new_dport: [0; 2],
@@ -132,11 +135,39 @@ mod tests {
 
     fn key(port: u16) -> FlowKey {
         FlowKey {
-            saddr: [10, 0, 0, 2],
-            daddr: [192, 0, 2, 10],
+            saddr: ip::v4_mapped([10, 0, 0, 2]),
+            daddr: ip::v4_mapped([192, 0, 2, 10]),
             sport: port.to_be_bytes(),
             dport: 21u16.to_be_bytes(),
         }
+    }
+
+    #[test]
+    fn session_ids_by_kind_in_either_family() {
+        let public = (ip::v4_mapped([203, 0, 113, 254]), 61000u16.to_be_bytes());
+        let masquerade = Some(SessionKind::Masquerade);
+        assert_eq!(
+            session_id(&key(40000), masquerade, Some(public)).as_deref(),
+            Some("203.0.113.254:61000")
+        );
+        assert_eq!(session_id(&key(40000), masquerade, None), None);
+        assert_eq!(
+            session_id(&key(40000), Some(SessionKind::Publish), None).as_deref(),
+            Some("10.0.0.2:40000@21")
+        );
+        let v6 = FlowKey {
+            saddr: ip::from_ip("2001:db8:10::2".parse().unwrap()),
+            daddr: ip::from_ip("2001:db8:ffff::10".parse().unwrap()),
+            ..key(40000)
+        };
+        assert_eq!(
+            session_id(&v6, Some(SessionKind::Firewall), None).as_deref(),
+            Some("[2001:db8:10::2]:40000")
+        );
+        assert_eq!(
+            session_id(&v6, Some(SessionKind::Publish), None).as_deref(),
+            Some("[2001:db8:10::2]:40000@21")
+        );
     }
 
     #[test]

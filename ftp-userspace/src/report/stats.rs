@@ -192,7 +192,11 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         maps.whole(&sessions::TABLE)?;
     let closing = closing_sessions(&flow_entries);
     let mut sessions_by: BTreeMap<_, usize> = BTreeMap::new();
-    for kind in [SessionKind::Masquerade, SessionKind::Publish] {
+    for kind in [
+        SessionKind::Masquerade,
+        SessionKind::Publish,
+        SessionKind::Firewall,
+    ] {
         for state in SessionState::ALL {
             sessions_by.insert((kind.as_str(), state.as_str()), 0);
         }

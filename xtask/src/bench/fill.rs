@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData, MapInfo};
-use ftp_common::maps::{FlowEntry, FlowKey, FlowKind, flows};
+use ftp_common::maps::{FlowEntry, FlowKey, FlowKind, flows, ip};
 
 pub struct FlowFill {
     map: HashMap<MapData, FlowKey, FlowEntry>,
@@ -55,8 +55,8 @@ impl FlowFill {
         while self.entries() < entries {
             let n = self.connections;
             let key = FlowKey {
-                saddr: [100, 64 | ((n >> 16) & 0x3f) as u8, (n >> 8) as u8, n as u8],
-                daddr: [198, 18, 0, 1],
+                saddr: ip::v4_mapped([100, 64 | ((n >> 16) & 0x3f) as u8, (n >> 8) as u8, n as u8]),
+                daddr: ip::v4_mapped([198, 18, 0, 1]),
                 sport: 40000u16.to_be_bytes(),
                 dport: 20u16.to_be_bytes(),
             };

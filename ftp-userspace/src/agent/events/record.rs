@@ -29,7 +29,7 @@ pub struct EventRecord {
     pub argument: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// An address and port, as the event says (`ip:port`).
+    /// An address and port, as the event says (`ip:port`, `[ipv6]:port`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,14 +159,14 @@ pub fn record(event: &Event, session: String) -> Option<EventRecord> {
 
 #[cfg(test)]
 mod tests {
-    use ftp_common::maps::FlowKey;
+    use ftp_common::maps::{FlowKey, ip};
 
     use super::*;
 
     fn raw(kind: EventKind, detail: u8, text: &[u8]) -> Event {
         let session = FlowKey {
-            saddr: [10, 0, 0, 2],
-            daddr: [203, 0, 113, 10],
+            saddr: ip::v4_mapped([10, 0, 0, 2]),
+            daddr: ip::v4_mapped([203, 0, 113, 10]),
             sport: 40000u16.to_be_bytes(),
             dport: 21u16.to_be_bytes(),
         };
@@ -178,7 +178,7 @@ mod tests {
                 session,
                 kind,
                 detail,
-                ([203, 0, 113, 254], 62000),
+                (ip::v4_mapped([203, 0, 113, 254]), 62000),
             )
         };
         event.text[..text.len()].copy_from_slice(text);
@@ -236,6 +236,26 @@ mod tests {
         let mut unknown = raw(EventKind::Command, 0, b"");
         unknown.kind = 200;
         assert_eq!(record(&unknown, "s".into()), None);
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let client = ip::from_ip("2001:db8:10::2".parse().unwrap());
+        let event = Event::new(
+            monotonic_now_ns(),
+            FlowKey {
+                saddr: client,
+                daddr: ip::from_ip("2001:db8:ffff::10".parse().unwrap()),
+                sport: 40000u16.to_be_bytes(),
+                dport: 21u16.to_be_bytes(),
+            },
+            EventKind::ExpectationCreated,
+            ExpectationKind::Active as u8,
+            (client, 50000),
+        );
+        let created = record(&event, "[2001:db8:10::2]:40000".into()).unwrap();
+        assert_eq!(created.endpoint.as_deref(), Some("[2001:db8:10::2]:50000"));
+        assert_eq!(created.kind.as_deref(), Some("active"));
     }
 
     #[test]

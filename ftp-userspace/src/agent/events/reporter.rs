@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use ftp_common::maps::{Event, EventKind, FlowKey, SessionEntry, SessionKind};
+use ftp_common::maps::{Event, EventKind, FlowKey, IpBytes, SessionEntry, SessionKind};
 use tokio::sync::broadcast;
 
 use super::{SharedTransferLog, record::record};
@@ -104,7 +104,7 @@ impl SessionIds {
         &mut self,
         session: &FlowKey,
         entry: Option<&SessionEntry>,
-        public: Option<([u8; 4], [u8; 2])>,
+        public: Option<(IpBytes, [u8; 2])>,
     ) -> String {
         if let Some(id) = self.known.get(session) {
             return id.clone();
