@@ -36,6 +36,10 @@ fn server6(setup: &Setup) -> IpAddr {
     setup.server.addr6.expect("vsftpd on IPv6").into()
 }
 
+/// Why the firewall's drop counter stays at zero while ftpnat follows the sessions.
+const FORWARDED_PAST_THE_FIREWALL: &str = "the firewall dropped packets: ftpnat forwards every \
+     packet of an announced data connection past it, the opening SYN first";
+
 fn dropped(lab: &Lab) -> u64 {
     lab.unsolicited_inbound_ipv6_dropped()
         .expect("the firewall's drop counter")
@@ -88,7 +92,8 @@ fn without_ftpnat_the_firewall_stops_active_ftp_over_ipv6_and_passive_works() {
 
 /// curl over IPv6 through the firewall with ftpnat, 200 MB in each mode, and an IPv4 download
 /// through the same agent, alone and at the same time as an IPv6 one. The EPRT crosses the router
-/// untouched: IPv6 firewall mode translates nothing.
+/// untouched (IPv6 firewall mode translates nothing) and the firewall drops nothing: ftpnat
+/// forwards the data connections past it.
 #[test]
 fn curl_eprt_and_epsv_200mb_over_ipv6_through_the_firewall_and_ipv4_beside_them() {
     let setup = firewalled(200 * MIB);
@@ -106,6 +111,7 @@ fn curl_eprt_and_epsv_200mb_over_ipv6_through_the_firewall_and_ipv4_beside_them(
         scope.spawn(|| download_intact_from(&setup, v6, Client::Curl, Mode::Eprt, "v6-both.bin"));
     });
 
+    assert_eq!(dropped(lab), 0, "{FORWARDED_PAST_THE_FIREWALL}");
     let wan = lab.capture_text(ROUTER_WAN_IF).expect("capture");
     let untouched = format!("EPRT |2|{}|", lab.ipv6().client);
     assert!(
@@ -119,7 +125,7 @@ fn curl_eprt_and_epsv_200mb_over_ipv6_through_the_firewall_and_ipv4_beside_them(
 }
 
 /// lftp and Python's ftplib over IPv6 through the firewall with ftpnat, active (EPRT) and passive
-/// (EPSV), 200 MB each.
+/// (EPSV), 200 MB each, the firewall dropping nothing.
 #[test]
 fn lftp_and_python_ftplib_active_and_passive_200mb_over_ipv6_through_the_firewall() {
     let setup = firewalled(200 * MIB);
@@ -136,6 +142,7 @@ fn lftp_and_python_ftplib_active_and_passive_200mb_over_ipv6_through_the_firewal
             );
         }
     }
+    assert_eq!(dropped(&setup.lab), 0, "{FORWARDED_PAST_THE_FIREWALL}");
     let stats = setup.lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["datapath"]["expectations_used"], 4, "{stats}");
 }
