@@ -147,8 +147,8 @@ impl LabSpec {
 }
 
 /// The IPv6 side of a dual-stack lab. Always routed: the server has a route to the LAN's prefix
-/// through the router, which forwards without translating (IPv6 has no NAT here), whatever
-/// [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address detection,
+/// through the router, which forwards without translating (ftpnat's IPv6 firewall mode, no
+/// NAT66), whatever [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address detection,
 /// so they are usable the moment the links are up.
 #[derive(Debug, Clone)]
 pub struct Ipv6Spec {
