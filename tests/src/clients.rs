@@ -3,7 +3,7 @@
 use std::{
     fs::{self, File},
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
 };
@@ -38,7 +38,10 @@ pub enum Client {
 pub struct Transfer<'a> {
     pub client: Client,
     pub mode: Mode,
-    pub server: Ipv4Addr,
+    /// IPv4 or IPv6: over IPv6 the clients speak only EPRT and EPSV (RFC 2428), and a transfer
+    /// asking for PORT or PASV there is refused before it starts rather than silently becoming
+    /// the other.
+    pub server: IpAddr,
     pub port: u16,
     pub remote: &'a str,
     pub local: &'a Path,
@@ -49,7 +52,24 @@ pub struct Transfer<'a> {
 impl Transfer<'_> {
     /// Runs the download in `ns`; an error carries the client's output.
     pub fn run(&self, ns: &NetNs) -> anyhow::Result<Output> {
-        let url = format!("ftp://{}:{}/{}", self.server, self.port, self.remote);
+        match (self.mode, self.server.is_ipv6()) {
+            (Mode::Port | Mode::Pasv, true) => {
+                bail!(
+                    "{:?} over IPv6: the clients use EPRT and EPSV there",
+                    self.mode
+                )
+            }
+            (Mode::Eprt, false) if self.client == Client::Lftp => {
+                bail!("lftp uses EPRT only over IPv6")
+            }
+            (Mode::Eprt | Mode::Epsv, false) if self.client == Client::Ftplib => {
+                bail!("ftplib uses EPSV/EPRT only over IPv6")
+            }
+            _ => {}
+        }
+        // `ip:port`, or `[ip]:port` for IPv6, as URLs and lftp's `open` write them.
+        let endpoint = SocketAddr::new(self.server, self.port);
+        let url = format!("ftp://{endpoint}/{}", self.remote);
         let local = self.local.to_string_lossy().into_owned();
         let timeout = self.timeout_secs.to_string();
         let args: Vec<String> = match self.client {
@@ -70,13 +90,12 @@ impl Transfer<'_> {
                 let settings = match self.mode {
                     Mode::Pasv => "set ftp:passive-mode on; set ftp:prefer-epsv no",
                     Mode::Epsv => "set ftp:passive-mode on; set ftp:prefer-epsv yes",
-                    Mode::Port => "set ftp:passive-mode off",
-                    Mode::Eprt => bail!("lftp uses EPRT only over IPv6"),
+                    Mode::Port | Mode::Eprt => "set ftp:passive-mode off",
                 };
                 let script = format!(
                     "set net:max-retries 1; set net:timeout 20; {settings}; \
-                     open ftp://{}:{}; get {} -o {local}; bye",
-                    self.server, self.port, self.remote
+                     open ftp://{endpoint}; get {} -o {local}; bye",
+                    self.remote
                 );
                 [
                     "timeout".into(),
@@ -88,10 +107,10 @@ impl Transfer<'_> {
                 .to_vec()
             }
             Client::Ftplib => {
+                // ftplib sends EPSV and EPRT by itself over IPv6.
                 let passive = match self.mode {
-                    Mode::Pasv => "True",
-                    Mode::Port => "False",
-                    Mode::Epsv | Mode::Eprt => bail!("ftplib uses EPSV/EPRT only over IPv6"),
+                    Mode::Pasv | Mode::Epsv => "True",
+                    Mode::Port | Mode::Eprt => "False",
                 };
                 let script = format!(
                     "import ftplib\n\

@@ -8,10 +8,16 @@
 //! ```
 //!
 //! The addresses are those of `LabSpec::default()`; they exist only inside the lab's namespaces.
+//! A dual-stack lab (`LabSpec::dual_stack()`) adds IPv6 on the same links, routed without NAT
+//! (the server has a route to the LAN's prefix), as a dual-stack ISP line is:
+//!
+//! ```text
+//!   2001:db8:10::2/64  2001:db8:10::1  2001:db8:1::fe/64     2001:db8:1::10/64
+//! ```
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -57,8 +63,12 @@ def session_with_listener(server):
     ftp.voidcmd('TYPE I')
     ftp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     host = ftp.sock.getsockname()[0]
-    listener = socket.create_server((host, 0))
+    listener = socket.create_server((host, 0), family=family_of(host))
     return ftp, listener, host, listener.getsockname()[1]
+
+def family_of(host):
+    """The socket family of an address literal: IPv6 if it has a colon."""
+    return socket.AF_INET6 if ':' in host else socket.AF_INET
 
 def retr_active(ftp, listener, name, timeout=None):
     """RETR `name` after an accepted PORT/EPRT naming `listener`: prints the server's first reply
@@ -94,6 +104,9 @@ def forged_tcp(src, sport, dst, dport, seq, ack, flags, payload=b''):
     return ip[:10] + struct.pack('!H', _checksum(ip)) + ip[12:] + tcp
 "#;
 
+/// The comment on the router's rule that drops unsolicited inbound IPv6, which finds its counter.
+const UNSOLICITED_INBOUND_DROP: &str = "ftpnat-lab: unsolicited inbound IPv6";
+
 /// Names of the interfaces inside the namespaces (each namespace has its own, so they can repeat).
 pub const ROUTER_LAN_IF: &str = "lan0";
 pub const ROUTER_WAN_IF: &str = "wan0";
@@ -119,6 +132,59 @@ pub struct LabSpec {
     pub routing: Routing,
     /// Capture the router's interfaces (kept only if the test fails).
     pub capture: bool,
+    /// IPv6 on the same links too; `None`: IPv4 only.
+    pub ipv6: Option<Ipv6Spec>,
+}
+
+impl LabSpec {
+    /// The default lab with IPv6 too ([`Ipv6Spec::default`]).
+    pub fn dual_stack() -> Self {
+        Self {
+            ipv6: Some(Ipv6Spec::default()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The IPv6 side of a dual-stack lab. Always routed: the server has a route to the LAN's prefix
+/// through the router, which forwards without translating (ftpnat's IPv6 firewall mode, no
+/// NAT66), whatever [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address detection,
+/// so they are usable the moment the links are up.
+#[derive(Debug, Clone)]
+pub struct Ipv6Spec {
+    pub lan_prefix_len: u8,
+    /// A global-looking address, as a LAN behind a dual-stack line has from its ISP's prefix.
+    pub client: Ipv6Addr,
+    pub router_lan: Ipv6Addr,
+    pub wan_prefix_len: u8,
+    pub router_wan: Ipv6Addr,
+    pub server: Ipv6Addr,
+}
+
+impl Default for Ipv6Spec {
+    fn default() -> Self {
+        Self {
+            lan_prefix_len: 64,
+            client: Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 2),
+            router_lan: Ipv6Addr::new(0x2001, 0xdb8, 0x10, 0, 0, 0, 0, 1),
+            wan_prefix_len: 64,
+            router_wan: Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0xfe),
+            server: Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10),
+        }
+    }
+}
+
+impl Ipv6Spec {
+    /// The LAN's prefix, `2001:db8:10::/64`.
+    pub fn lan_prefix(&self) -> String {
+        prefix6(self.client, self.lan_prefix_len)
+    }
+}
+
+/// The network `addr/len` lies in, as `ip route` writes it.
+fn prefix6(addr: Ipv6Addr, len: u8) -> String {
+    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+    format!("{}/{len}", Ipv6Addr::from(u128::from(addr) & mask))
 }
 
 impl Default for LabSpec {
@@ -132,6 +198,7 @@ impl Default for LabSpec {
             server: Ipv4Addr::new(203, 0, 113, 10),
             routing: Routing::Nat,
             capture: true,
+            ipv6: None,
         }
     }
 }
@@ -180,6 +247,15 @@ impl Lab {
         let client = NetNs::create(&format!("{name}-client"))?;
         let router = NetNs::create(&format!("{name}-router"))?;
         let server = NetNs::create(&format!("{name}-server"))?;
+        if spec.ipv6.is_some() {
+            for ns in [&client, &router, &server] {
+                // No duplicate address detection on any interface made from now on, link-local
+                // addresses included: a tentative address can be neither used nor answered for.
+                for scope in ["all", "default"] {
+                    ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+                }
+            }
+        }
         let bpffs = dir.join("bpffs");
         let mut lab = Self {
             spec,
@@ -216,7 +292,43 @@ impl Lab {
             "via",
             &spec.router_lan.to_string(),
         ])?;
+        if let Some(v6) = &spec.ipv6 {
+            self.address6(
+                ROUTER_LAN_IF,
+                (v6.router_lan, v6.client),
+                v6.lan_prefix_len,
+                &self.client,
+            )?;
+            self.router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            self.client.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &v6.router_lan.to_string(),
+            ])?;
+        }
         self.wire_wan()
+    }
+
+    /// IPv6 `addresses` (router's, host's) in one `/prefix_len` on the veth from the router's
+    /// `router_if` to `HOST_IF` in `host`, without duplicate address detection (`nodad`).
+    fn address6(
+        &self,
+        router_if: &str,
+        addresses: (Ipv6Addr, Ipv6Addr),
+        prefix_len: u8,
+        host: &NetNs,
+    ) -> anyhow::Result<()> {
+        let (router_addr, host_addr) = (
+            format!("{}/{prefix_len}", addresses.0),
+            format!("{}/{prefix_len}", addresses.1),
+        );
+        self.router
+            .ip(&["-6", "addr", "add", &router_addr, "dev", router_if, "nodad"])?;
+        host.ip(&["-6", "addr", "add", &host_addr, "dev", HOST_IF, "nodad"])?;
+        Ok(())
     }
 
     /// A veth pair from the router's `router_if` (with index `index` if given) to `HOST_IF` in
@@ -288,7 +400,31 @@ impl Lab {
                 &spec.router_wan.to_string(),
             ])?;
         }
+        if let Some(v6) = &spec.ipv6 {
+            self.address6(
+                ROUTER_WAN_IF,
+                (v6.router_wan, v6.server),
+                v6.wan_prefix_len,
+                &self.server,
+            )?;
+            self.server.ip(&[
+                "-6",
+                "route",
+                "add",
+                &v6.lan_prefix(),
+                "via",
+                &v6.router_wan.to_string(),
+            ])?;
+        }
         Ok(())
+    }
+
+    /// The lab's IPv6 addresses; panics in an IPv4-only lab (a test asking is dual-stack).
+    pub fn ipv6(&self) -> &Ipv6Spec {
+        self.spec
+            .ipv6
+            .as_ref()
+            .expect("an IPv6 address of an IPv4-only lab: build it with LabSpec::dual_stack()")
     }
 
     /// A namespace of its own (`<lab>-<label>`) on another network of the router: a veth from the
@@ -576,7 +712,7 @@ impl Lab {
         crate::Transfer {
             client: crate::Client::Curl,
             mode,
-            server: server.addr,
+            server: server.addr.into(),
             port: server.port,
             remote: file.name(),
             local: &local,
@@ -774,8 +910,8 @@ impl Lab {
         SteppedScript::spawn(command, &self.dir.join(format!("stepped-{n}.stderr")))
     }
 
-    /// A file of `size` pseudo-random bytes served by vsftpd on the server, anonymously: what most
-    /// tests transfer.
+    /// A file of `size` pseudo-random bytes served by vsftpd on the server, anonymously (over IPv6
+    /// too in a dual-stack lab, at [`Ipv6Spec::server`]): what most tests transfer.
     pub fn serve_file(
         &self,
         size: u64,
@@ -793,8 +929,13 @@ impl Lab {
     ) -> anyhow::Result<(crate::FtpServer, crate::TestFile)> {
         let root = self.subdir("srv")?;
         let file = crate::TestFile::create(&root.join(format!("data-{seed}.bin")), size, seed)?;
+        // In a dual-stack lab the server serves both.
+        let mut options = options.clone();
+        if let Some(v6) = &self.spec.ipv6 {
+            options.ipv6.get_or_insert(v6.server);
+        }
         let server =
-            crate::FtpServer::vsftpd(&self.server, self.spec.server, &root, self.dir(), options)?;
+            crate::FtpServer::vsftpd(&self.server, self.spec.server, &root, self.dir(), &options)?;
         Ok((server, file))
     }
 
@@ -845,6 +986,72 @@ impl Lab {
             )?;
         }
         Ok(())
+    }
+
+    /// The operator's IPv6 firewall on the router, as a dual-stack home router has it: what comes
+    /// in on the WAN is forwarded only if it belongs to a connection conntrack knows (or relates
+    /// to one, like an ICMPv6 error); everything else from the WAN is dropped and counted
+    /// ([`Lab::unsolicited_inbound_ipv6_dropped`]); the LAN goes out freely. No `CT --helper ftp`
+    /// rule (and the kernel assigns no helper by itself): an active data connection, which the
+    /// server opens, is unsolicited to it.
+    pub fn drop_unsolicited_inbound_ipv6(&self) -> anyhow::Result<()> {
+        let rules: [&[&str]; 3] = [
+            &[
+                "-A",
+                "FORWARD",
+                "-i",
+                ROUTER_WAN_IF,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &[
+                "-A",
+                "FORWARD",
+                "-i",
+                ROUTER_WAN_IF,
+                "-m",
+                "comment",
+                "--comment",
+                UNSOLICITED_INBOUND_DROP,
+                "-j",
+                "DROP",
+            ],
+            &[
+                "-A",
+                "FORWARD",
+                "-i",
+                ROUTER_LAN_IF,
+                "-o",
+                ROUTER_WAN_IF,
+                "-j",
+                "ACCEPT",
+            ],
+        ];
+        for rule in rules {
+            self.router.exec("ip6tables", rule)?;
+        }
+        Ok(())
+    }
+
+    /// Packets the rule of [`Lab::drop_unsolicited_inbound_ipv6`] has dropped so far.
+    pub fn unsolicited_inbound_ipv6_dropped(&self) -> anyhow::Result<u64> {
+        let out = self
+            .router
+            .exec("ip6tables", &["-L", "FORWARD", "-v", "-x", "-n"])?;
+        let listing = String::from_utf8_lossy(&out.stdout);
+        // "      7      560 DROP  0  --  wan0  *  ::/0  ::/0  /* ftpnat-lab: … */"
+        let row = listing
+            .lines()
+            .find(|line| line.contains(UNSOLICITED_INBOUND_DROP))
+            .with_context(|| format!("no drop rule in the router's FORWARD chain:\n{listing}"))?;
+        let packets = row.split_whitespace().next().unwrap_or_default();
+        packets
+            .parse()
+            .with_context(|| format!("no packet count in {row:?}"))
     }
 }
 

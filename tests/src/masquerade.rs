@@ -4,7 +4,7 @@
 //! must show the data connection opened in the mode the test claims (curl falls back from EPRT to
 //! PORT and from EPSV to PASV and still gets its file) and never the client's private address.
 
-use std::ops::RangeInclusive;
+use std::{net::IpAddr, ops::RangeInclusive};
 
 use serde_json::Value;
 
@@ -54,8 +54,19 @@ pub fn dialogue_since(setup: &Setup, mark: u64) -> Vec<String> {
 /// server's log that the data connection was opened in `mode`, as the server accepted it. Returns
 /// the session's dialogue.
 pub fn download(setup: &Setup, client: Client, mode: Mode, name: &str) -> Vec<String> {
+    download_from(setup, setup.server.addr.into(), client, mode, name)
+}
+
+/// [`download`] from the server's address `server`: its IPv6 one in a dual-stack lab.
+pub fn download_from(
+    setup: &Setup,
+    server: IpAddr,
+    client: Client,
+    mode: Mode,
+    name: &str,
+) -> Vec<String> {
     let mark = setup.server.log_mark();
-    download_intact(setup, client, mode, name);
+    download_intact_from(setup, server, client, mode, name);
     let dialogue = dialogue_since(setup, mark);
     data_commands_in_mode(&dialogue, mode).unwrap_or_else(|err| panic!("{err:#}"));
     dialogue
@@ -65,11 +76,16 @@ pub fn download(setup: &Setup, client: Client, mode: Mode, name: &str) -> Vec<St
 /// looking at the server's log: for downloads that run at the same time, where one session's
 /// check would also read the others' lines, maybe a command whose reply is not logged yet.
 pub fn download_intact(setup: &Setup, client: Client, mode: Mode, name: &str) {
+    download_intact_from(setup, setup.server.addr.into(), client, mode, name);
+}
+
+/// [`download_intact`] from the server's address `server`.
+pub fn download_intact_from(setup: &Setup, server: IpAddr, client: Client, mode: Mode, name: &str) {
     let local = setup.lab.subdir("client").expect("client dir").join(name);
     Transfer {
         client,
         mode,
-        server: setup.server.addr,
+        server,
         port: setup.server.port,
         remote: setup.file.name(),
         local: &local,

@@ -2,7 +2,7 @@
 
 use std::{
     fs::{self, File},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Stdio},
     time::Duration,
@@ -34,10 +34,18 @@ pub struct VsftpdOptions {
     /// to establish connection" in the same second as their RETR: a collision on the server
     /// (with this set, the same load has none).
     pub data_from_ephemeral_port: bool,
+    /// Serve IPv6 clients too, at this address: `listen=NO`, `listen_ipv6=YES`, vsftpd's one
+    /// dual-stack socket, which takes IPv4 clients as v4-mapped peers (its log names them
+    /// `::ffff:a.b.c.d`; its 227 still names the IPv4 address). That socket is bound to every
+    /// address of the namespace (a `listen_address6` would turn IPv4 away), so the server also
+    /// answers on addresses the test adds to its namespace later.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 pub struct FtpServer {
     pub addr: Ipv4Addr,
+    /// The address IPv6 clients reach it at ([`VsftpdOptions::ipv6`]); `None` if IPv4 only.
+    pub addr6: Option<Ipv6Addr>,
     pub port: u16,
     /// Directory served (anonymous root).
     pub root: PathBuf,
@@ -56,10 +64,12 @@ impl FtpServer {
     ) -> anyhow::Result<Self> {
         let port = options.port.unwrap_or(21);
         let log = work_dir.join(format!("vsftpd-{port}.log"));
+        let listen = match options.ipv6 {
+            None => format!("listen=YES\nlisten_ipv6=NO\nlisten_address={addr}\n"),
+            Some(_) => "listen=NO\nlisten_ipv6=YES\n".to_owned(),
+        };
         let mut config = format!(
-            "listen=YES\n\
-             listen_ipv6=NO\n\
-             listen_address={addr}\n\
+            "{listen}\
              listen_port={port}\n\
              background=NO\n\
              anonymous_enable=YES\n\
@@ -124,7 +134,9 @@ impl FtpServer {
             )?)
             .spawn()
             .context("starting vsftpd (is it installed? `cargo xtask setup`)")?;
-        Self::wait_listening(ns, addr, port, root, log, child)
+        let mut server = Self::wait_listening(ns, addr, port, root, log, child)?;
+        server.addr6 = options.ipv6;
+        Ok(server)
     }
 
     /// Starts pyftpdlib (anonymous, writable) in `ns`, serving `root` on `addr:port`.
@@ -200,6 +212,7 @@ impl FtpServer {
         }
         Ok(Self {
             addr,
+            addr6: None,
             port,
             root: root.to_owned(),
             log,

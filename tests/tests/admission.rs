@@ -419,7 +419,7 @@ fn spoofed_syns_to_a_published_server_take_only_their_subnets_share_and_expire()
     ftpnat_tests::Transfer {
         client: Client::Curl,
         mode: Mode::Pasv,
-        server: lab.spec.router_wan,
+        server: lab.spec.router_wan.into(),
         port: 21,
         remote: file.name(),
         local: &local,

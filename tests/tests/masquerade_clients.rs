@@ -166,7 +166,7 @@ fn the_mode_check_sees_curl_fall_back_from_eprt_and_epsv() {
         Transfer {
             client: Client::Curl,
             mode: asked,
-            server: setup.server.addr,
+            server: setup.server.addr.into(),
             port: setup.server.port,
             remote: setup.file.name(),
             local: &local,

@@ -42,7 +42,7 @@ fn without_ftpnat_the_same_active_transfer_fails() {
     let result = Transfer {
         client: Client::Curl,
         mode: Mode::Port,
-        server: setup.server.addr,
+        server: setup.server.addr.into(),
         port: setup.server.port,
         remote: setup.file.name(),
         local: &local,

@@ -105,7 +105,7 @@ fn transfer_both_ways(lab: &Lab, client: &NetNs, server: Ipv4Addr, file: &TestFi
         Transfer {
             client: Client::Curl,
             mode,
-            server,
+            server: server.into(),
             port: 21,
             remote: file.name(),
             local: &local,

@@ -49,7 +49,7 @@ fn download(lab: &Lab, port: u16, file: &TestFile, client: Client, mode: Mode, n
     Transfer {
         client,
         mode,
-        server: public_ip(lab),
+        server: public_ip(lab).into(),
         port,
         remote: file.name(),
         local: &local,

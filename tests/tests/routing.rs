@@ -42,7 +42,7 @@ fn download_untranslated(lab: &Lab, server: &FtpServer, file: &TestFile, mode: M
     Transfer {
         client: Client::Curl,
         mode,
-        server: server.addr,
+        server: server.addr.into(),
         port: server.port,
         remote: file.name(),
         local: &local,

@@ -67,7 +67,7 @@ pub fn run() -> anyhow::Result<()> {
         Transfer {
             client: Client::Curl,
             mode,
-            server: server.addr,
+            server: server.addr.into(),
             port: server.port,
             remote: file.name(),
             local: &local,
