@@ -1,6 +1,8 @@
 //! The datapath's settings: written into a fresh datapath's maps before anything is attached, and
 //! compared with a pinned one's before it is adopted.
 
+use std::net::IpAddr;
+
 use anyhow::{Context as _, anyhow};
 use aya::maps::lpm_trie::Key;
 use ftp_common::Ipv6AddressText;
@@ -11,7 +13,7 @@ use ftp_common::maps::{
 
 use super::{Datapath, Interface};
 use crate::{
-    config::nat::{Ipv4Prefix, PortWindow, Published},
+    config::nat::{Ipv4Prefix, Ipv6Prefix, PortWindow, Published},
     report::sessions::endpoint,
 };
 
@@ -20,6 +22,10 @@ use crate::{
 pub struct NatSettings {
     pub public_ip: std::net::Ipv4Addr,
     pub masquerade: Vec<Ipv4Prefix>,
+    /// The address NAT66 and IPv6 published servers use; `None`: IPv6 is followed untranslated.
+    pub public_ip6: Option<std::net::Ipv6Addr>,
+    /// IPv6 sources masqueraded behind `public_ip6` (NAT66).
+    pub masquerade6: Vec<Ipv6Prefix>,
     pub ftp_ports: Vec<u16>,
     pub window: PortWindow,
     pub expect_timeout: std::time::Duration,
@@ -31,6 +37,17 @@ pub struct NatSettings {
     pub source_limits: SourceLimits,
     pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
+}
+
+impl NatSettings {
+    /// The public address clients of `server`'s family reach published servers at; `None` for an
+    /// IPv6 server without a public IPv6 address (which the flags' checks refuse).
+    pub fn public_ip_for(&self, server: IpAddr) -> Option<IpAddr> {
+        match server {
+            IpAddr::V4(_) => Some(self.public_ip.into()),
+            IpAddr::V6(_) => self.public_ip6.map(Into::into),
+        }
+    }
 }
 
 impl Datapath {
@@ -48,6 +65,10 @@ impl Datapath {
         let mut trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
         for prefix in &nat.masquerade {
             trie.insert(&masquerade_key(prefix), 1, 0)
+                .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
+        }
+        for prefix in &nat.masquerade6 {
+            trie.insert(&masquerade6_key(prefix), 1, 0)
                 .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
         }
 
@@ -86,6 +107,11 @@ impl Datapath {
             "public address",
             ip::to_ip(&pinned.public_ip).to_string(),
             nat.public_ip.to_string(),
+        );
+        differ(
+            "public IPv6 address",
+            public_ip6_text(&pinned.public_ip6),
+            public_ip6_text(&wanted.public_ip6),
         );
         differ(
             "port window",
@@ -158,8 +184,12 @@ impl Datapath {
             .map(|key| prefix_text(&key))
             .collect();
         pinned_prefixes.sort();
-        let mut wanted_prefixes: Vec<String> =
-            nat.masquerade.iter().map(ToString::to_string).collect();
+        let mut wanted_prefixes: Vec<String> = nat
+            .masquerade
+            .iter()
+            .map(ToString::to_string)
+            .chain(nat.masquerade6.iter().map(ToString::to_string))
+            .collect();
         wanted_prefixes.sort();
         wanted_prefixes.dedup();
         differences.extend((pinned_prefixes != wanted_prefixes).then(|| {
@@ -234,8 +264,12 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         max_sessions_per_source: nat.source_limits.per_host,
         max_sessions_per_subnet: nat.source_limits.per_subnet,
         public_ip: ip::v4_mapped(nat.public_ip.octets()),
-        public_ip6: ip::UNSPECIFIED,
-        public_ip6_text: Ipv6AddressText::NONE,
+        public_ip6: nat
+            .public_ip6
+            .map_or(ip::UNSPECIFIED, |addr| ip::from_ip(addr.into())),
+        public_ip6_text: nat
+            .public_ip6
+            .map_or(Ipv6AddressText::NONE, Ipv6AddressText::of),
         wan_ifindex: wan.ifindex,
         ftp_ports,
         window_lo: nat.window.lo,
@@ -250,6 +284,20 @@ fn masquerade_key(prefix: &Ipv4Prefix) -> Key<IpBytes> {
         u32::from(ip::V4_MAPPED_BITS + prefix.len),
         ip::v4_mapped(prefix.addr.octets()),
     )
+}
+
+/// A masqueraded IPv6 prefix as the trie holds it: itself, all 128 bits of it.
+fn masquerade6_key(prefix: &Ipv6Prefix) -> Key<IpBytes> {
+    Key::new(u32::from(prefix.len), prefix.addr.octets())
+}
+
+/// The public IPv6 address a config record holds, `none` for none.
+fn public_ip6_text(addr: &IpBytes) -> String {
+    if *addr == ip::UNSPECIFIED {
+        "none".to_owned()
+    } else {
+        ip::to_ip(addr).to_string()
+    }
 }
 
 /// A prefix of the trie as the operator wrote it: `10.0.0.0/24` for a mapped IPv4 prefix (as
@@ -275,7 +323,7 @@ fn ports_of(slots: &[u16; MAX_FTP_PORTS]) -> Vec<u16> {
 
 fn publish_target(published: &Published) -> PublishTarget {
     PublishTarget {
-        server_addr: ip::v4_mapped(published.spec.server.octets()),
+        server_addr: ip::from_ip(published.spec.server),
         server_port: published.spec.server_port.to_be_bytes(),
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
