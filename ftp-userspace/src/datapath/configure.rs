@@ -178,27 +178,8 @@ impl Datapath {
         }
 
         let trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
-        let mut pinned_prefixes: Vec<String> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .map(|key| prefix_text(&key))
-            .collect();
-        pinned_prefixes.sort();
-        let mut wanted_prefixes: Vec<String> = nat
-            .masquerade
-            .iter()
-            .map(ToString::to_string)
-            .chain(nat.masquerade6.iter().map(ToString::to_string))
-            .collect();
-        wanted_prefixes.sort();
-        wanted_prefixes.dedup();
-        differences.extend((pinned_prefixes != wanted_prefixes).then(|| {
-            format!(
-                "masqueraded prefixes [{}], not [{}]",
-                pinned_prefixes.join(", "),
-                wanted_prefixes.join(", ")
-            )
-        }));
+        let pinned_keys: Vec<Key<IpBytes>> = trie.keys().filter_map(Result::ok).collect();
+        differences.extend(masquerade_difference(&pinned_keys, nat));
 
         let publish = publish::AyaMap::try_from(self.map_mut(publish::NAME)?)?;
         let mut pinned_published: Vec<(u16, PublishTarget)> =
@@ -274,6 +255,28 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         ftp_ports,
         window_lo: nat.window.lo,
         window_hi: nat.window.hi,
+    })
+}
+
+/// How the masqueraded prefixes of the pinned trie (`pinned`) differ from `nat`'s, both families
+/// together, as the operator wrote them.
+fn masquerade_difference(pinned: &[Key<IpBytes>], nat: &NatSettings) -> Option<String> {
+    let mut pinned: Vec<String> = pinned.iter().map(prefix_text).collect();
+    pinned.sort();
+    let mut wanted: Vec<String> = nat
+        .masquerade
+        .iter()
+        .map(ToString::to_string)
+        .chain(nat.masquerade6.iter().map(ToString::to_string))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    (pinned != wanted).then(|| {
+        format!(
+            "masqueraded prefixes [{}], not [{}]",
+            pinned.join(", "),
+            wanted.join(", ")
+        )
     })
 }
 
@@ -355,10 +358,150 @@ mod tests {
             assert!(ip::is_v4(&key.data()), "{text}");
             assert_eq!(prefix_text(&key), prefix.to_string());
         }
-        // An IPv6 prefix (none is written yet) shows in its own form, never as a mapped one.
+        // An IPv6 prefix shows in its own form, never as a mapped one.
         let v6 = Key::new(32, ip::from_ip("2001:db8::".parse().unwrap()));
         assert_eq!(prefix_text(&v6), "2001:db8::/32");
         let mapped_short = Key::new(80, ip::v4_mapped([10, 0, 0, 0]));
         assert_eq!(prefix_text(&mapped_short), "::ffff:10.0.0.0/80");
+    }
+
+    fn settings(
+        masquerade: &[&str],
+        masquerade6: &[&str],
+        public_ip6: Option<&str>,
+    ) -> NatSettings {
+        NatSettings {
+            public_ip: "198.51.100.7".parse().unwrap(),
+            masquerade: masquerade.iter().map(|p| p.parse().unwrap()).collect(),
+            public_ip6: public_ip6.map(|addr| addr.parse().unwrap()),
+            masquerade6: masquerade6.iter().map(|p| p.parse().unwrap()).collect(),
+            ftp_ports: vec![21],
+            window: PortWindow {
+                lo: 61000,
+                hi: 61999,
+            },
+            expect_timeout: std::time::Duration::from_secs(120),
+            max_expectations_per_session: 4,
+            capacities: Capacities::for_sessions(4096),
+            source_limits: SourceLimits {
+                per_host: 64,
+                per_subnet: 256,
+            },
+            allow_privileged_data_ports: false,
+            published: Vec::new(),
+        }
+    }
+
+    fn wan() -> Vec<Interface> {
+        vec![Interface {
+            name: "wan0".to_owned(),
+            ifindex: 7,
+            role: InterfaceRole::Wan,
+        }]
+    }
+
+    #[test]
+    fn ipv6_prefixes_are_written_whole_and_read_back_as_written() {
+        for text in [
+            "fd00:1::/64",
+            "2000::/3",
+            "fd00:1::5/128",
+            "2001:db8:0:1::/56",
+        ] {
+            let prefix: Ipv6Prefix = text.parse().unwrap();
+            let key = masquerade6_key(&prefix);
+            assert_eq!(key.prefix_len(), u32::from(prefix.len), "{text}");
+            assert_eq!(key.data(), prefix.addr.octets(), "{text}");
+            assert!(!ip::is_v4(&key.data()), "{text}");
+            assert_eq!(prefix_text(&key), prefix.to_string());
+        }
+    }
+
+    #[test]
+    fn the_public_ipv6_address_and_its_text_are_written_only_for_nat66() {
+        let config = datapath_config(
+            &wan(),
+            &settings(&["10.0.0.0/24"], &["fd00:1::/64"], Some("2001:db8:1::fe")),
+        )
+        .unwrap();
+        assert_eq!(
+            config.public_ip6,
+            ip::from_ip("2001:db8:1::fe".parse().unwrap())
+        );
+        assert_eq!(
+            config.public_ip6_text,
+            Ipv6AddressText::of("2001:db8:1::fe".parse().unwrap())
+        );
+        assert_ne!(config.public_ip6_text, Ipv6AddressText::NONE);
+        assert_eq!(public_ip6_text(&config.public_ip6), "2001:db8:1::fe");
+        assert_eq!(config.public_ip, ip::v4_mapped([198, 51, 100, 7]));
+
+        let firewall_only =
+            datapath_config(&wan(), &settings(&["10.0.0.0/24"], &[], None)).unwrap();
+        assert_eq!(firewall_only.public_ip6, ip::UNSPECIFIED);
+        assert_eq!(firewall_only.public_ip6_text, Ipv6AddressText::NONE);
+        assert_eq!(public_ip6_text(&firewall_only.public_ip6), "none");
+    }
+
+    #[test]
+    fn an_agent_with_other_masqueraded_prefixes_of_either_family_is_told() {
+        let pinned = [
+            masquerade6_key(&"fd00:1::/64".parse().unwrap()),
+            masquerade_key(&"10.0.0.0/24".parse().unwrap()),
+        ];
+        // The same prefixes, in any order: no difference.
+        let same = settings(&["10.0.0.0/24"], &["fd00:1::/64"], Some("2001:db8::1"));
+        assert_eq!(masquerade_difference(&pinned, &same), None);
+        // Without --masquerade6 now.
+        let without = settings(&["10.0.0.0/24"], &[], None);
+        assert_eq!(
+            masquerade_difference(&pinned, &without).as_deref(),
+            Some("masqueraded prefixes [10.0.0.0/24, fd00:1::/64], not [10.0.0.0/24]")
+        );
+        // Another IPv6 prefix.
+        let other = settings(&["10.0.0.0/24"], &["fd00:2::/64"], Some("2001:db8::1"));
+        assert_eq!(
+            masquerade_difference(&pinned, &other).as_deref(),
+            Some(
+                "masqueraded prefixes [10.0.0.0/24, fd00:1::/64], not [10.0.0.0/24, \
+                 fd00:2::/64]"
+            )
+        );
+        // NAT66 asked of a datapath pinned without it.
+        let pinned_v4 = [masquerade_key(&"10.0.0.0/24".parse().unwrap())];
+        assert!(
+            masquerade_difference(&pinned_v4, &same)
+                .is_some_and(|d| d.ends_with("not [10.0.0.0/24, fd00:1::/64]"))
+        );
+    }
+
+    #[test]
+    fn an_ipv6_server_is_published_with_its_own_address() {
+        let published = Published {
+            spec: "2121=[fd00:1::10]:21,passive=50000-50100".parse().unwrap(),
+            lan: "lan0".to_owned(),
+            lan_ifindex: 3,
+        };
+        let target = publish_target(&published);
+        assert_eq!(
+            target.server_addr,
+            "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(target.server_port, 21u16.to_be_bytes());
+        assert_eq!(target.passive_ports, [50000, 50100]);
+        assert_eq!(
+            endpoint(target.server_addr, target.server_port),
+            "[fd00:1::10]:21"
+        );
+        let mut nat = settings(&["10.0.0.0/24"], &[], Some("2001:db8::1"));
+        nat.published.push(published);
+        assert_eq!(
+            nat.public_ip_for("fd00:1::10".parse().unwrap()),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            nat.public_ip_for("10.0.0.5".parse().unwrap()),
+            Some("198.51.100.7".parse().unwrap())
+        );
     }
 }
