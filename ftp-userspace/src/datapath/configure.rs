@@ -305,7 +305,7 @@ fn public_ip6_text(addr: &IpBytes) -> String {
 
 /// A prefix of the trie as the operator wrote it: `10.0.0.0/24` for a mapped IPv4 prefix (as
 /// [`Ipv4Prefix`] shows it), `2001:db8::/32` otherwise.
-fn prefix_text(key: &Key<IpBytes>) -> String {
+pub(super) fn prefix_text(key: &Key<IpBytes>) -> String {
     let addr = key.data();
     let len = key.prefix_len();
     match len.checked_sub(u32::from(ip::V4_MAPPED_BITS)) {
