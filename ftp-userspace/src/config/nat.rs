@@ -160,6 +160,12 @@ pub fn parse_public_ip6(s: &str) -> Result<Ipv6Addr, String> {
             "'{s}' cannot be a connection's source; give the WAN's global IPv6 address"
         ));
     }
+    if addr.is_unicast_link_local() {
+        return Err(format!(
+            "'{s}' is link-local, which no outside host can reach; give the WAN's global IPv6 \
+             address"
+        ));
+    }
     if V4_MAPPED.contains(addr) {
         return Err(format!(
             "'{s}' is an IPv4-mapped address; give the IPv4 address to --public-ip (public_ip in \
@@ -1017,6 +1023,11 @@ mod tests {
             let err = parse_public_ip6(unusable).unwrap_err();
             assert!(err.contains("cannot be a connection's source"), "{err}");
         }
+        let err = parse_public_ip6("fe80::1").unwrap_err();
+        assert!(
+            err.contains("link-local") && err.contains("WAN's global IPv6 address"),
+            "{err}"
+        );
         assert!(
             parse_public_ip6("2001:db8::g")
                 .unwrap_err()
