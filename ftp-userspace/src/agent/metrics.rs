@@ -367,7 +367,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::report::stats::{Capacity, Counters, InterfaceStats, WindowStats};
+    use crate::report::stats::{Capacity, Counters, InterfaceStats, NatStats, WindowStats};
 
     fn stats() -> Stats {
         Stats {
@@ -384,6 +384,7 @@ mod tests {
                     bytes: 900,
                 },
             }],
+            nat: NatStats::default(),
             total: Counters {
                 packets: 17,
                 bytes: 2400,

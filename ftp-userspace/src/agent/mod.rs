@@ -1,7 +1,7 @@
 //! `ftpnat run`: preflight checks, load and attach, then wait for SIGINT/SIGTERM and tear down.
 
 use std::{
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
 
@@ -128,17 +128,36 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
     nat::validate_ftp_ports(&ftp_ports)?;
     let mut lans = Vec::new();
     for lan in interfaces.iter().filter(|i| i.role == InterfaceRole::Lan) {
-        let prefixes = nat::ipv4_addresses(&lan.name)?
-            .into_iter()
-            .map(Ipv4Prefix::network)
-            .collect();
-        lans.push((lan.name.clone(), lan.ifindex, prefixes));
+        let addresses = nat::interface_addresses(&lan.name)?;
+        lans.push(nat::LanNetworks {
+            name: lan.name.clone(),
+            ifindex: lan.ifindex,
+            ipv4: addresses
+                .ipv4
+                .iter()
+                .copied()
+                .map(Ipv4Prefix::network)
+                .collect(),
+            ipv6: addresses.ipv6_networks(),
+        });
     }
     let published = nat::resolve_published(&args.publish, window, &lans)?;
+    let wan = args.wan()?;
+    let masquerade = nat::masquerade_prefixes(&args.masquerade, args.lan()?)?;
+    let masquerade6 = nat::masquerade6_prefixes(&args.masquerade6, masquerade.len())?;
+    let public_ip6 = nat::public_ip6(
+        args.public_ip6,
+        wan,
+        &nat::interface_addresses(wan)?,
+        &masquerade6,
+        &args.publish,
+    )?;
     Ok(NatSettings {
         published,
-        public_ip: nat::public_ip(args.public_ip, args.wan()?)?,
-        masquerade: nat::masquerade_prefixes(&args.masquerade, args.lan()?)?,
+        public_ip: nat::public_ip(args.public_ip, wan)?,
+        masquerade,
+        public_ip6,
+        masquerade6,
         ftp_ports,
         window,
         expect_timeout: args.expect_timeout(),
@@ -322,13 +341,26 @@ fn log_attached(datapath: &Datapath, nat: &NatSettings, loading: Instant) {
         nat.window,
         nat.window.len()
     );
+    match nat.public_ip6 {
+        Some(public_ip6) if !nat.masquerade6.is_empty() => log::info!(
+            "masquerading IPv6 FTP (NAT66) from {} behind {public_ip6}; other IPv6 FTP is \
+             followed untranslated",
+            nat.masquerade6
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => log::info!("following IPv6 FTP untranslated (no --masquerade6)"),
+    }
     for published in &nat.published {
+        let public = match nat.public_ip_for(published.spec.server) {
+            Some(public) => SocketAddr::new(public, published.spec.public_port).to_string(),
+            None => format!("port {}", published.spec.public_port),
+        };
         log::info!(
-            "publishing {}:{} -> {}:{} (via {})",
-            nat.public_ip,
-            published.spec.public_port,
-            published.spec.server,
-            published.spec.server_port,
+            "publishing {public} -> {} (via {})",
+            published.spec.server_endpoint(),
             published.lan
         );
     }

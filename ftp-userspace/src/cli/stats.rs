@@ -2,9 +2,7 @@
 
 use std::path::Path;
 
-use crate::report::stats::Direction;
-
-use crate::report::stats::collect;
+use crate::report::stats::{Direction, NatStats, collect};
 
 pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     let stats = collect(pin_dir)?;
@@ -36,6 +34,7 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         "total", "", "", stats.total.packets, stats.total.bytes
     );
     println!();
+    println!("{}", translation(&stats.nat));
     println!(
         "sessions {} of {}  connections {} of {}  expectations {} of {}  port window {} ({} ports, \
          {} in use, exhausted {} times)",
@@ -54,4 +53,55 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("  {name:<28} {value:>12}");
     }
     Ok(())
+}
+
+/// What the datapath translates, both families: `masquerading 10.0.0.0/24 behind 198.51.100.7;
+/// IPv6: fd00:1::/64 behind 2001:db8::1 (NAT66)`.
+fn translation(nat: &NatStats) -> String {
+    let ipv6 = match (&nat.public_ip6, nat.masquerade6.is_empty()) {
+        (Some(public_ip6), false) => {
+            format!("{} behind {public_ip6} (NAT66)", nat.masquerade6.join(", "))
+        }
+        (Some(public_ip6), true) => {
+            format!("followed untranslated; published servers at {public_ip6}")
+        }
+        (None, _) => "followed untranslated".to_owned(),
+    };
+    format!(
+        "masquerading {} behind {}; IPv6: {ipv6}",
+        nat.masquerade.join(", "),
+        nat.public_ip
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_translation_line_shows_both_families() {
+        let mut nat = NatStats {
+            public_ip: "198.51.100.7".to_owned(),
+            masquerade: vec!["10.0.0.0/24".to_owned(), "10.1.0.0/16".to_owned()],
+            public_ip6: None,
+            masquerade6: Vec::new(),
+        };
+        assert_eq!(
+            translation(&nat),
+            "masquerading 10.0.0.0/24, 10.1.0.0/16 behind 198.51.100.7; IPv6: followed \
+             untranslated"
+        );
+        nat.public_ip6 = Some("2001:db8:1::fe".to_owned());
+        assert_eq!(
+            translation(&nat),
+            "masquerading 10.0.0.0/24, 10.1.0.0/16 behind 198.51.100.7; IPv6: followed \
+             untranslated; published servers at 2001:db8:1::fe"
+        );
+        nat.masquerade6 = vec!["fd00:1::/64".to_owned()];
+        assert_eq!(
+            translation(&nat),
+            "masquerading 10.0.0.0/24, 10.1.0.0/16 behind 198.51.100.7; IPv6: fd00:1::/64 \
+             behind 2001:db8:1::fe (NAT66)"
+        );
+    }
 }

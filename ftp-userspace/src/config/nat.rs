@@ -1,11 +1,18 @@
 //! `ftpnat run`'s NAT settings: flags resolved against the router's interfaces into what the
 //! datapath is configured with. Every invalid value is refused naming the flag and the fix.
 
-use std::{ffi::CStr, fs, net::Ipv4Addr, ops::RangeInclusive, str::FromStr};
+use std::{
+    ffi::CStr,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
+    str::FromStr,
+};
 
 use anyhow::{Context as _, anyhow, bail};
 use ftp_common::maps::{
-    MAX_FTP_PORTS, MAX_PUBLISHED, MAX_WINDOW_PORTS, publish::DEFAULT_PASSIVE_PORTS,
+    MAX_FTP_PORTS, MAX_MASQUERADE_PREFIXES, MAX_PUBLISHED, MAX_WINDOW_PORTS,
+    publish::DEFAULT_PASSIVE_PORTS,
 };
 
 /// An IPv4 prefix, `a.b.c.d/len`.
@@ -43,6 +50,12 @@ impl FromStr for Ipv4Prefix {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        if addr.parse::<Ipv6Addr>().is_ok() {
+            return Err(format!(
+                "'{s}' is an IPv6 prefix; IPv6 sources are masqueraded (NAT66) with --masquerade6 \
+                 (masquerade6 in the config file)"
+            ));
+        }
         let addr: Ipv4Addr = addr
             .parse()
             .map_err(|_| format!("'{s}' is not an IPv4 prefix like 10.0.0.0/24"))?;
@@ -53,6 +66,113 @@ impl FromStr for Ipv4Prefix {
             .ok_or_else(|| format!("'{s}': the prefix length must be 0 to 32"))?;
         Ok(Self { addr, len }.network())
     }
+}
+
+/// The IPv4-mapped addresses, `::ffff:0:0/96`: in the datapath's tables they stand for IPv4
+/// addresses, so an IPv6 prefix or address among them would mean an IPv4 one.
+const V4_MAPPED: Ipv6Prefix = Ipv6Prefix {
+    addr: Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+    len: 96,
+};
+
+/// An IPv6 prefix, `addr/len` (NAT66's masqueraded sources).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Prefix {
+    pub addr: Ipv6Addr,
+    pub len: u8,
+}
+
+impl Ipv6Prefix {
+    fn mask(len: u8) -> u128 {
+        u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+    }
+
+    /// Whether `addr` lies in the prefix.
+    pub fn contains(self, addr: Ipv6Addr) -> bool {
+        let mask = Self::mask(self.len);
+        u128::from(addr) & mask == u128::from(self.addr) & mask
+    }
+
+    /// Whether the two prefixes share an address (one holds the other).
+    pub fn overlaps(self, other: Self) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+
+    /// The prefix with the host bits cleared.
+    pub fn network(self) -> Self {
+        Self {
+            addr: Ipv6Addr::from(u128::from(self.addr) & Self::mask(self.len)),
+            len: self.len,
+        }
+    }
+}
+
+impl std::fmt::Display for Ipv6Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for Ipv6Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "128"));
+        if addr.parse::<Ipv4Addr>().is_ok() {
+            return Err(format!(
+                "'{s}' is an IPv4 prefix; IPv4 sources are masqueraded with --masquerade \
+                 (masquerade in the config file)"
+            ));
+        }
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IPv6 prefix like fd00:1::/64"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|len| *len <= 128)
+            .ok_or_else(|| format!("'{s}': the prefix length must be 0 to 128"))?;
+        let prefix = Self { addr, len }.network();
+        if prefix.overlaps(V4_MAPPED) {
+            return Err(format!(
+                "'{s}' covers IPv4-mapped addresses ({V4_MAPPED}), which stand for IPv4 sources; \
+                 masquerade IPv4 with --masquerade and name IPv6 networks here, e.g. \
+                 fd00:1::/64, or 2000::/3 and fc00::/7 for every global and ULA source"
+            ));
+        }
+        Ok(prefix)
+    }
+}
+
+/// `--public-ip6`'s value: an IPv6 address that can be a connection's source.
+pub fn parse_public_ip6(s: &str) -> Result<Ipv6Addr, String> {
+    if s.parse::<Ipv4Addr>().is_ok() {
+        return Err(format!(
+            "'{s}' is an IPv4 address; the public IPv4 address is --public-ip (public_ip in the \
+             config file)"
+        ));
+    }
+    let addr: Ipv6Addr = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IPv6 address like 2001:db8::1"))?;
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() {
+        return Err(format!(
+            "'{s}' cannot be a connection's source; give the WAN's global IPv6 address"
+        ));
+    }
+    if addr.is_unicast_link_local() {
+        return Err(format!(
+            "'{s}' is link-local, which no outside host can reach; give the WAN's global IPv6 \
+             address"
+        ));
+    }
+    if V4_MAPPED.contains(addr) {
+        return Err(format!(
+            "'{s}' is an IPv4-mapped address; give the IPv4 address to --public-ip (public_ip in \
+             the config file)"
+        ));
+    }
+    Ok(addr)
 }
 
 /// The port window, `LO-HI`.
@@ -113,22 +233,26 @@ impl FromStr for PortWindow {
 /// A `--publish [PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI]` value: outside clients reach the
 /// FTP server at `SERVER_IP:PORT` (default 21) through the public address's `PUBLIC_PORT` (default
 /// `PORT`); its 227/229 replies may announce only ports `LO`–`HI` (default 1024–65535), never
-/// `PORT`.
+/// `PORT`. An IPv6 `SERVER_IP` is written in brackets when a port follows (`[2001:db8::5]:21`)
+/// and is reached at the public IPv6 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishSpec {
     pub public_port: u16,
-    pub server: Ipv4Addr,
+    pub server: IpAddr,
     pub server_port: u16,
     pub passive_ports: [u16; 2],
 }
 
+impl PublishSpec {
+    /// The server's address and port, `a.b.c.d:port` or `[v6]:port`.
+    pub fn server_endpoint(&self) -> SocketAddr {
+        SocketAddr::new(self.server, self.server_port)
+    }
+}
+
 impl std::fmt::Display for PublishSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}={}:{}",
-            self.public_port, self.server, self.server_port
-        )?;
+        write!(f, "{}={}", self.public_port, self.server_endpoint())?;
         if self.passive_ports != DEFAULT_PASSIVE_PORTS {
             write!(
                 f,
@@ -147,7 +271,8 @@ impl FromStr for PublishSpec {
         let bad = || {
             format!(
                 "'{s}' is not [PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI], e.g. \
-                 21=192.168.1.10 or 2121=192.168.1.11:21,passive=40000-40100"
+                 21=192.168.1.10, 2121=192.168.1.11:21,passive=40000-40100 or \
+                 2121=[2001:db8:10::5]:21 (an IPv6 SERVER_IP in brackets when a PORT follows)"
             )
         };
         let port = |text: &str| text.parse::<u16>().ok().filter(|port| *port != 0);
@@ -167,11 +292,41 @@ impl FromStr for PublishSpec {
             Some((public, target)) => (Some(port(public).ok_or_else(bad)?), target),
             None => (None, s),
         };
-        let (server, server_port) = match target.split_once(':') {
-            Some((addr, server_port)) => (addr, port(server_port).ok_or_else(bad)?),
-            None => (target, 21),
+        let (server, server_port): (IpAddr, u16) = if let Some(bracketed) = target.strip_prefix('[')
+        {
+            // [IPV6] or [IPV6]:PORT.
+            let (addr, rest) = bracketed.split_once(']').ok_or_else(bad)?;
+            let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+            let server_port = match rest {
+                "" => 21,
+                _ => rest.strip_prefix(':').and_then(port).ok_or_else(bad)?,
+            };
+            (IpAddr::V6(addr), server_port)
+        } else if let Ok(addr) = target.parse::<Ipv6Addr>() {
+            // A bare IPv6 address: a port after it would read as its last group.
+            (IpAddr::V6(addr), 21)
+        } else {
+            let (addr, server_port) = match target.split_once(':') {
+                Some((addr, server_port)) => (addr, port(server_port).ok_or_else(bad)?),
+                None => (target, 21),
+            };
+            let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+            (IpAddr::V4(addr), server_port)
         };
-        let server: Ipv4Addr = server.parse().map_err(|_| bad())?;
+        if let IpAddr::V6(addr) = server {
+            if V4_MAPPED.contains(addr) {
+                return Err(format!(
+                    "'{s}': {addr} is an IPv4-mapped address; publish the IPv4 server as \
+                     PUBLIC_PORT=IPV4:PORT"
+                ));
+            }
+            if addr.is_unicast_link_local() || !is_host_ipv6(addr) {
+                return Err(format!(
+                    "'{s}': {addr} is not a server's address on a LAN; publish the server's \
+                     global or ULA IPv6 address"
+                ));
+            }
+        }
         Ok(Self {
             public_port: public.unwrap_or(server_port),
             server,
@@ -179,6 +334,11 @@ impl FromStr for PublishSpec {
             passive_ports,
         })
     }
+}
+
+/// Whether `addr` can be a host's own IPv6 address (not unspecified, loopback or multicast).
+fn is_host_ipv6(addr: Ipv6Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_loopback() || addr.is_multicast())
 }
 
 /// A published server with the LAN interface it is reached by.
@@ -189,12 +349,47 @@ pub struct Published {
     pub lan_ifindex: u32,
 }
 
-/// Checks the `--publish` values against each other, the window and the LAN interfaces (given as
-/// name, ifindex and their IPv4 prefixes), and finds each server's interface.
+/// A LAN interface and the networks on it, where published servers are looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanNetworks {
+    pub name: String,
+    pub ifindex: u32,
+    pub ipv4: Vec<Ipv4Prefix>,
+    /// Link-local networks left out (see [`InterfaceAddresses::ipv6_networks`]).
+    pub ipv6: Vec<Ipv6Prefix>,
+}
+
+impl LanNetworks {
+    fn holds(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(v4) => self.ipv4.iter().any(|prefix| prefix.contains(v4)),
+            IpAddr::V6(v6) => self.ipv6.iter().any(|prefix| prefix.contains(v6)),
+        }
+    }
+
+    /// Its networks of `addr`'s family, `lan0 10.0.0.0/24`.
+    fn networks_of_family(&self, addr: IpAddr) -> Vec<String> {
+        match addr {
+            IpAddr::V4(_) => self
+                .ipv4
+                .iter()
+                .map(|p| format!("{} {p}", self.name))
+                .collect(),
+            IpAddr::V6(_) => self
+                .ipv6
+                .iter()
+                .map(|p| format!("{} {p}", self.name))
+                .collect(),
+        }
+    }
+}
+
+/// Checks the `--publish` values against each other, the window and the LAN interfaces' networks,
+/// and finds each server's interface.
 pub fn resolve_published(
     specs: &[PublishSpec],
     window: PortWindow,
-    lans: &[(String, u32, Vec<Ipv4Prefix>)],
+    lans: &[LanNetworks],
 ) -> anyhow::Result<Vec<Published>> {
     if specs.len() > MAX_PUBLISHED as usize {
         bail!("at most {MAX_PUBLISHED} --publish servers are supported");
@@ -205,16 +400,22 @@ pub fn resolve_published(
             .iter()
             .find(|p| p.spec.public_port == spec.public_port)
         {
+            let families = if other.spec.server.is_ipv4() == spec.server.is_ipv4() {
+                ""
+            } else {
+                " (a public port leads to one server: it cannot publish an IPv4 server to \
+                 IPv4 clients and an IPv6 one to IPv6 clients)"
+            };
             bail!(
-                "--publish {spec} and --publish {} both use public port {}; give each server its \
-                 own public port",
+                "--publish {spec} and --publish {} both use public port {}{families}; give each \
+                 server its own public port",
                 other.spec,
                 spec.public_port
             );
         }
         if let Some(other) = published
             .iter()
-            .find(|p| (p.spec.server, p.spec.server_port) == (spec.server, spec.server_port))
+            .find(|p| p.spec.server_endpoint() == spec.server_endpoint())
         {
             bail!(
                 "--publish {spec} and --publish {} name the same server; publish it once",
@@ -228,20 +429,22 @@ pub fn resolve_published(
                 spec.public_port
             );
         }
-        let Some((lan, lan_ifindex, _)) = lans
-            .iter()
-            .find(|(_, _, prefixes)| prefixes.iter().any(|prefix| prefix.contains(spec.server)))
-        else {
+        let Some(lan) = lans.iter().find(|lan| lan.holds(spec.server)) else {
             let known: Vec<String> = lans
                 .iter()
-                .flat_map(|(name, _, prefixes)| prefixes.iter().map(move |p| format!("{name} {p}")))
+                .flat_map(|lan| lan.networks_of_family(spec.server))
                 .collect();
+            let family = if spec.server.is_ipv4() {
+                "an IPv4 address"
+            } else {
+                "a global or ULA IPv6 address"
+            };
             bail!(
                 "--publish {spec}: {} is on none of the --lan interfaces' networks ({}); a \
                  published server must be directly attached to a --lan interface",
                 spec.server,
                 if known.is_empty() {
-                    "none has an IPv4 address".to_owned()
+                    format!("none has {family}")
                 } else {
                     known.join(", ")
                 }
@@ -249,8 +452,8 @@ pub fn resolve_published(
         };
         published.push(Published {
             spec: *spec,
-            lan: lan.clone(),
-            lan_ifindex: *lan_ifindex,
+            lan: lan.name.clone(),
+            lan_ifindex: lan.ifindex,
         });
     }
     Ok(published)
@@ -323,14 +526,52 @@ pub fn validate_ftp_ports(ports: &[u16]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// IPv4 addresses with their prefix lengths, per interface, from getifaddrs.
-pub fn ipv4_addresses(iface: &str) -> anyhow::Result<Vec<Ipv4Prefix>> {
+/// An interface's addresses with their prefix lengths, from getifaddrs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InterfaceAddresses {
+    pub ipv4: Vec<Ipv4Prefix>,
+    pub ipv6: Vec<Ipv6Prefix>,
+}
+
+impl InterfaceAddresses {
+    /// The interface's first global IPv6 address: neither link-local nor ULA (nor loopback or
+    /// mapped), the kind outside hosts can reach.
+    pub fn global_ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6
+            .iter()
+            .map(|prefix| prefix.addr)
+            .find(|addr| is_global_ipv6(*addr))
+    }
+
+    /// The networks its IPv6 addresses are on, link-local ones left out: every interface has
+    /// fe80::/64, which names no host by itself.
+    pub fn ipv6_networks(&self) -> Vec<Ipv6Prefix> {
+        self.ipv6
+            .iter()
+            .filter(|prefix| !prefix.addr.is_unicast_link_local())
+            .map(|prefix| prefix.network())
+            .collect()
+    }
+}
+
+/// Whether `addr` is an IPv6 address outside hosts can reach the router at.
+fn is_global_ipv6(addr: Ipv6Addr) -> bool {
+    !(addr.is_unspecified()
+        || addr.is_loopback()
+        || addr.is_multicast()
+        || addr.is_unicast_link_local()
+        || addr.is_unique_local()
+        || V4_MAPPED.contains(addr))
+}
+
+/// The addresses of interface `iface`.
+pub fn interface_addresses(iface: &str) -> anyhow::Result<InterfaceAddresses> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getifaddrs");
     }
-    let mut found = Vec::new();
+    let mut found = InterfaceAddresses::default();
     let mut cursor = head;
     while !cursor.is_null() {
         // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
@@ -341,30 +582,53 @@ pub fn ipv4_addresses(iface: &str) -> anyhow::Result<Vec<Ipv4Prefix>> {
         }
         // SAFETY: non-null, NUL-terminated name owned by the list.
         let name = unsafe { CStr::from_ptr(entry.ifa_name) };
-        // SAFETY: ifa_addr is non-null and points to a sockaddr of at least sa_family.
-        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
-        if name.to_bytes() != iface.as_bytes() || family != libc::AF_INET {
+        if name.to_bytes() != iface.as_bytes() {
             continue;
         }
-        // SAFETY: AF_INET entries carry sockaddr_in address and netmask.
-        let (addr, mask) = unsafe {
-            (
-                (*entry.ifa_addr.cast::<libc::sockaddr_in>())
-                    .sin_addr
-                    .s_addr,
-                (*entry.ifa_netmask.cast::<libc::sockaddr_in>())
-                    .sin_addr
-                    .s_addr,
-            )
-        };
-        found.push(Ipv4Prefix {
-            addr: Ipv4Addr::from(u32::from_be(addr)),
-            len: u32::from_be(mask).count_ones() as u8,
-        });
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of at least sa_family.
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+        if family == libc::AF_INET {
+            // SAFETY: AF_INET entries carry sockaddr_in address and netmask.
+            let (addr, mask) = unsafe {
+                (
+                    (*entry.ifa_addr.cast::<libc::sockaddr_in>())
+                        .sin_addr
+                        .s_addr,
+                    (*entry.ifa_netmask.cast::<libc::sockaddr_in>())
+                        .sin_addr
+                        .s_addr,
+                )
+            };
+            found.ipv4.push(Ipv4Prefix {
+                addr: Ipv4Addr::from(u32::from_be(addr)),
+                len: u32::from_be(mask).count_ones() as u8,
+            });
+        } else if family == libc::AF_INET6 {
+            // SAFETY: AF_INET6 entries carry sockaddr_in6 address and netmask.
+            let (addr, mask) = unsafe {
+                (
+                    (*entry.ifa_addr.cast::<libc::sockaddr_in6>())
+                        .sin6_addr
+                        .s6_addr,
+                    (*entry.ifa_netmask.cast::<libc::sockaddr_in6>())
+                        .sin6_addr
+                        .s6_addr,
+                )
+            };
+            found.ipv6.push(Ipv6Prefix {
+                addr: Ipv6Addr::from(addr),
+                len: u128::from_be_bytes(mask).count_ones() as u8,
+            });
+        }
     }
     // SAFETY: the list came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(head) };
     Ok(found)
+}
+
+/// IPv4 addresses with their prefix lengths, per interface.
+pub fn ipv4_addresses(iface: &str) -> anyhow::Result<Vec<Ipv4Prefix>> {
+    Ok(interface_addresses(iface)?.ipv4)
 }
 
 /// The public address: `--public-ip`, else the first IPv4 address of the WAN interface.
@@ -402,6 +666,89 @@ pub fn masquerade_prefixes(
     }
     prefixes.dedup();
     Ok(prefixes)
+}
+
+/// `--public-ip`'s value: an IPv4 address (an IPv6 one belongs to `--public-ip6`).
+pub fn parse_public_ip(s: &str) -> Result<Ipv4Addr, String> {
+    if s.parse::<Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "'{s}' is an IPv6 address; the public IPv6 address (NAT66, IPv6 --publish) is \
+             --public-ip6 (public_ip6 in the config file)"
+        ));
+    }
+    s.parse()
+        .map_err(|_| format!("'{s}' is not an IPv4 address like 198.51.100.7"))
+}
+
+/// `--masquerade6`'s prefixes, each once, checked to fit the datapath's table beside the
+/// `ipv4_count` IPv4 ones.
+pub fn masquerade6_prefixes(
+    flags: &[Ipv6Prefix],
+    ipv4_count: usize,
+) -> anyhow::Result<Vec<Ipv6Prefix>> {
+    let mut prefixes: Vec<Ipv6Prefix> = Vec::new();
+    for prefix in flags {
+        if !prefixes.contains(prefix) {
+            prefixes.push(*prefix);
+        }
+    }
+    if prefixes.len() + ipv4_count > MAX_MASQUERADE_PREFIXES as usize {
+        bail!(
+            "{} --masquerade and {} --masquerade6 prefixes are more than the {} the datapath \
+             holds; merge neighbouring prefixes into shorter ones",
+            ipv4_count,
+            prefixes.len(),
+            MAX_MASQUERADE_PREFIXES
+        );
+    }
+    Ok(prefixes)
+}
+
+/// The public IPv6 address (NAT66 and IPv6 `--publish`): `None` when nothing needs one, so IPv6
+/// stays untranslated; else `--public-ip6` (`flag`), or the WAN's first global IPv6 address
+/// (`wan_addresses`, neither link-local nor ULA). It may not lie in a masqueraded prefix: the
+/// datapath would take connections to it for LAN sources.
+pub fn public_ip6(
+    flag: Option<Ipv6Addr>,
+    wan: &str,
+    wan_addresses: &InterfaceAddresses,
+    masquerade6: &[Ipv6Prefix],
+    published: &[PublishSpec],
+) -> anyhow::Result<Option<Ipv6Addr>> {
+    let first_v6_publish = published.iter().find(|spec| spec.server.is_ipv6());
+    if masquerade6.is_empty() && first_v6_publish.is_none() {
+        if let Some(addr) = flag {
+            log::warn!(
+                "--public-ip6 {addr} is not used: without --masquerade6 or an IPv6 --publish, \
+                 IPv6 FTP is followed untranslated"
+            );
+        }
+        return Ok(None);
+    }
+    let addr = match flag.or_else(|| wan_addresses.global_ipv6()) {
+        Some(addr) => addr,
+        None => {
+            let why = match first_v6_publish {
+                Some(spec) if masquerade6.is_empty() => format!(
+                    "--publish {spec} publishes an IPv6 server, which outside clients reach at \
+                     the public IPv6 address"
+                ),
+                _ => "--masquerade6 needs a public IPv6 address to masquerade behind".to_owned(),
+            };
+            bail!(
+                "{why}, and --wan {wan} has no global IPv6 address (link-local and ULA ones do \
+                 not count); add one to {wan} or pass --public-ip6 IPV6"
+            );
+        }
+    };
+    if let Some(prefix) = masquerade6.iter().find(|prefix| prefix.contains(addr)) {
+        bail!(
+            "the public IPv6 address {addr} lies in --masquerade6 {prefix}: connections to it \
+             would be taken for the LAN's; masquerade only the LAN's prefixes, or pass \
+             --public-ip6 with an address outside them"
+        );
+    }
+    Ok(Some(addr))
 }
 
 #[cfg(test)]
@@ -516,7 +863,7 @@ mod tests {
         let spec: PublishSpec = "21=192.168.1.10".parse().unwrap();
         assert_eq!(
             (spec.public_port, spec.server, spec.server_port),
-            (21, Ipv4Addr::new(192, 168, 1, 10), 21)
+            (21, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10)), 21)
         );
         let spec: PublishSpec = "2121=192.168.1.11:21".parse().unwrap();
         assert_eq!((spec.public_port, spec.server_port), (2121, 21));
@@ -559,6 +906,18 @@ mod tests {
         }
     }
 
+    fn lan(name: &str, ifindex: u32, ipv4: &[&str], ipv6: &[&str]) -> LanNetworks {
+        LanNetworks {
+            name: name.to_owned(),
+            ifindex,
+            ipv4: ipv4
+                .iter()
+                .map(|p| p.parse::<Ipv4Prefix>().unwrap().network())
+                .collect(),
+            ipv6: ipv6.iter().map(|p| p.parse().unwrap()).collect(),
+        }
+    }
+
     #[test]
     fn published_servers_are_checked_and_find_their_interface() {
         let window = PortWindow {
@@ -566,12 +925,8 @@ mod tests {
             hi: 40099,
         };
         let lans = vec![
-            ("lan0".to_owned(), 3, vec!["10.0.0.1/24".parse().unwrap()]),
-            (
-                "lan1".to_owned(),
-                4,
-                vec!["192.168.7.1/24".parse().unwrap()],
-            ),
+            lan("lan0", 3, &["10.0.0.1/24"], &[]),
+            lan("lan1", 4, &["192.168.7.1/24"], &[]),
         ];
         let spec = |s: &str| s.parse::<PublishSpec>().unwrap();
         let published = resolve_published(
@@ -610,6 +965,331 @@ mod tests {
             err.to_string().contains(
                 "none of the --lan interfaces' networks (lan0 10.0.0.0/24, lan1 192.168.7.0/24)"
             ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ipv6_prefixes_parse_normalise_and_refuse_the_other_family() {
+        let p: Ipv6Prefix = "fd00:1::7/64".parse().unwrap();
+        assert_eq!(p.to_string(), "fd00:1::/64");
+        assert!(p.contains("fd00:1::99".parse().unwrap()));
+        assert!(!p.contains("fd00:2::1".parse().unwrap()));
+        assert_eq!(
+            "2001:db8::5".parse::<Ipv6Prefix>().unwrap().to_string(),
+            "2001:db8::5/128"
+        );
+        let err = "fd00::/129".parse::<Ipv6Prefix>().unwrap_err();
+        assert!(err.contains("0 to 128"), "{err}");
+        let err = "fd00:zz::/64".parse::<Ipv6Prefix>().unwrap_err();
+        assert!(err.contains("not an IPv6 prefix like fd00:1::/64"), "{err}");
+        let err = "10.0.0.0/8".parse::<Ipv6Prefix>().unwrap_err();
+        assert!(
+            err.contains("is an IPv4 prefix") && err.contains("--masquerade "),
+            "{err}"
+        );
+        // Prefixes reaching into ::ffff:0:0/96 would masquerade IPv4 sources in the trie.
+        for mapped in ["::/0", "::/1", "::ffff:0:0/96", "::ffff:10.0.0.0/104"] {
+            let err = mapped.parse::<Ipv6Prefix>().unwrap_err();
+            assert!(
+                err.contains("IPv4-mapped") && err.contains("2000::/3 and fc00::/7"),
+                "{mapped}: {err}"
+            );
+        }
+        let err = "fd00:1::/64".parse::<Ipv4Prefix>().unwrap_err();
+        assert!(
+            err.contains("is an IPv6 prefix") && err.contains("--masquerade6"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn public_addresses_are_of_their_flags_family() {
+        assert_eq!(
+            parse_public_ip6("2001:db8::1"),
+            Ok("2001:db8::1".parse().unwrap())
+        );
+        let err = parse_public_ip6("198.51.100.7").unwrap_err();
+        assert!(
+            err.contains("is an IPv4 address") && err.contains("--public-ip "),
+            "{err}"
+        );
+        let err = parse_public_ip6("::ffff:198.51.100.7").unwrap_err();
+        assert!(
+            err.contains("IPv4-mapped") && err.contains("--public-ip "),
+            "{err}"
+        );
+        for unusable in ["::", "::1", "ff02::1"] {
+            let err = parse_public_ip6(unusable).unwrap_err();
+            assert!(err.contains("cannot be a connection's source"), "{err}");
+        }
+        let err = parse_public_ip6("fe80::1").unwrap_err();
+        assert!(
+            err.contains("link-local") && err.contains("WAN's global IPv6 address"),
+            "{err}"
+        );
+        assert!(
+            parse_public_ip6("2001:db8::g")
+                .unwrap_err()
+                .contains("not an IPv6 address")
+        );
+        assert_eq!(
+            parse_public_ip("198.51.100.7"),
+            Ok(Ipv4Addr::new(198, 51, 100, 7))
+        );
+        let err = parse_public_ip("2001:db8::1").unwrap_err();
+        assert!(
+            err.contains("is an IPv6 address") && err.contains("--public-ip6"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ipv6_publish_values_parse_bracketed_or_bare() {
+        let v6 = |text: &str| IpAddr::V6(text.parse().unwrap());
+        let spec: PublishSpec = "2121=[2001:db8:10::5]:21,passive=50000-50100"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (
+                spec.public_port,
+                spec.server,
+                spec.server_port,
+                spec.passive_ports
+            ),
+            (2121, v6("2001:db8:10::5"), 21, [50000, 50100])
+        );
+        assert_eq!(
+            spec.to_string(),
+            "2121=[2001:db8:10::5]:21,passive=50000-50100"
+        );
+        let spec: PublishSpec = "[fd00:10::5]:2100".parse().unwrap();
+        assert_eq!(
+            (spec.public_port, spec.server, spec.server_port),
+            (2100, v6("fd00:10::5"), 2100)
+        );
+        let spec: PublishSpec = "2121=[fd00:10::5]".parse().unwrap();
+        assert_eq!((spec.public_port, spec.server_port), (2121, 21));
+        // Bare, the whole value is the address: "::5:21" is a group, not a port.
+        let spec: PublishSpec = "2001:db8::5:21".parse().unwrap();
+        assert_eq!(
+            (spec.public_port, spec.server, spec.server_port),
+            (21, v6("2001:db8::5:21"), 21)
+        );
+        assert_eq!(spec.to_string(), "21=[2001:db8::5:21]:21");
+        for bad in [
+            "21=[2001:db8::5",
+            "21=[2001:db8::5]21",
+            "21=[2001:db8::5]:",
+            "21=[2001:db8::5]:0",
+            "21=[10.0.0.1]:21",
+            "21=[]:21",
+        ] {
+            let err = bad.parse::<PublishSpec>().unwrap_err();
+            assert!(
+                err.contains("[PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI]")
+                    && err.contains("in brackets when a PORT follows"),
+                "{bad}: {err}"
+            );
+        }
+        let err = "21=[fe80::5]:21".parse::<PublishSpec>().unwrap_err();
+        assert!(err.contains("global or ULA IPv6 address"), "{err}");
+        let err = "21=[ff02::1]:21".parse::<PublishSpec>().unwrap_err();
+        assert!(err.contains("global or ULA IPv6 address"), "{err}");
+        let err = "21=[::ffff:10.0.0.5]:21"
+            .parse::<PublishSpec>()
+            .unwrap_err();
+        assert!(
+            err.contains("IPv4-mapped") && err.contains("PUBLIC_PORT=IPV4:PORT"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ipv6_published_servers_find_their_interface_and_keep_their_own_port() {
+        let window = PortWindow {
+            lo: 40000,
+            hi: 40099,
+        };
+        let lans = vec![
+            lan("lan0", 3, &["10.0.0.1/24"], &["fd00:10::1/64"]),
+            lan("lan1", 4, &["192.168.7.1/24"], &["2001:db8:7::1/64"]),
+        ];
+        let spec = |s: &str| s.parse::<PublishSpec>().unwrap();
+        let published = resolve_published(
+            &[
+                spec("21=10.0.0.2"),
+                spec("2121=[2001:db8:7::9]:21"),
+                spec("2122=[fd00:10::2]:21"),
+            ],
+            window,
+            &lans,
+        )
+        .unwrap();
+        let found: Vec<(&str, u32)> = published
+            .iter()
+            .map(|p| (p.lan.as_str(), p.lan_ifindex))
+            .collect();
+        assert_eq!(found, [("lan0", 3), ("lan1", 4), ("lan0", 3)]);
+
+        // One PUBLISH entry per public port: not an IPv4 server and an IPv6 one on it.
+        let err = resolve_published(
+            &[spec("21=10.0.0.2"), spec("21=[fd00:10::2]:21")],
+            window,
+            &lans,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("both use public port 21")
+                && err.contains("cannot publish an IPv4 server to IPv4 clients and an IPv6 one")
+                && err.contains("give each server its own public port"),
+            "{err}"
+        );
+        let err = resolve_published(&[spec("21=[2001:db8:99::5]:21")], window, &lans)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "none of the --lan interfaces' networks (lan0 fd00:10::/64, lan1 \
+                 2001:db8:7::/64)"
+            ),
+            "{err}"
+        );
+        let v4_only = vec![lan("lan0", 3, &["10.0.0.1/24"], &[])];
+        let err = resolve_published(&[spec("21=[fd00:10::2]:21")], window, &v4_only)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(none has a global or ULA IPv6 address)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn link_local_networks_do_not_place_a_server() {
+        let addresses = InterfaceAddresses {
+            ipv4: vec![],
+            ipv6: vec![
+                "fe80::1/64".parse::<Ipv6Prefix>().unwrap(),
+                Ipv6Prefix {
+                    addr: "fd00:10::1".parse().unwrap(),
+                    len: 64,
+                },
+            ],
+        };
+        assert_eq!(
+            addresses.ipv6_networks(),
+            ["fd00:10::/64".parse::<Ipv6Prefix>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn the_public_ipv6_address_is_wanted_only_for_nat66_or_an_ipv6_server() {
+        let prefix = |text: &str| text.parse::<Ipv6Prefix>().unwrap();
+        let addr = |text: &str| text.parse::<Ipv6Addr>().unwrap();
+        let with_host = |text: &str| Ipv6Prefix {
+            addr: addr(text),
+            len: 64,
+        };
+        let wan = InterfaceAddresses {
+            ipv4: vec!["198.51.100.7/24".parse().unwrap()],
+            ipv6: vec![
+                with_host("fe80::1"),
+                with_host("fd00:99::1"),
+                with_host("2001:db8:1::fe"),
+                with_host("2001:db8:2::fe"),
+            ],
+        };
+        let lan6 = [prefix("fd00:1::/64")];
+        let v4_publish = ["21=10.0.0.2".parse::<PublishSpec>().unwrap()];
+        let v6_publish = ["2121=[fd00:1::5]:21".parse::<PublishSpec>().unwrap()];
+
+        // Nothing IPv6 is translated: no public IPv6 address, even with the flag.
+        assert_eq!(
+            public_ip6(None, "wan0", &wan, &[], &v4_publish).unwrap(),
+            None
+        );
+        assert_eq!(
+            public_ip6(Some(addr("2001:db8::1")), "wan0", &wan, &[], &[]).unwrap(),
+            None
+        );
+        // The WAN's first global address, past the link-local and ULA ones; or the flag's.
+        assert_eq!(
+            public_ip6(None, "wan0", &wan, &lan6, &[]).unwrap(),
+            Some(addr("2001:db8:1::fe"))
+        );
+        assert_eq!(
+            public_ip6(None, "wan0", &wan, &[], &v6_publish).unwrap(),
+            Some(addr("2001:db8:1::fe"))
+        );
+        assert_eq!(
+            public_ip6(Some(addr("2001:db8::1")), "wan0", &wan, &lan6, &[]).unwrap(),
+            Some(addr("2001:db8::1"))
+        );
+
+        let no_global = InterfaceAddresses {
+            ipv4: vec![],
+            ipv6: vec![with_host("fe80::1"), with_host("fd00:99::1")],
+        };
+        let err = public_ip6(None, "wan0", &no_global, &lan6, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--masquerade6 needs a public IPv6 address")
+                && err.contains("--wan wan0 has no global IPv6 address")
+                && err.contains("pass --public-ip6 IPV6"),
+            "{err}"
+        );
+        let err = public_ip6(None, "wan0", &no_global, &[], &v6_publish)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--publish 2121=[fd00:1::5]:21 publishes an IPv6 server")
+                && err.contains("pass --public-ip6 IPV6"),
+            "{err}"
+        );
+
+        let err = public_ip6(
+            Some(addr("2001:db8:1::fe")),
+            "wan0",
+            &wan,
+            &[prefix("2000::/3")],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("2001:db8:1::fe lies in --masquerade6 2000::/3")
+                && err.contains("masquerade only the LAN's prefixes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn masquerade6_prefixes_are_kept_once_and_must_fit_the_table() {
+        let prefix = |text: &str| text.parse::<Ipv6Prefix>().unwrap();
+        assert_eq!(
+            masquerade6_prefixes(
+                &[
+                    prefix("fd00:1::/64"),
+                    prefix("fd00:2::/64"),
+                    prefix("fd00:1::/64")
+                ],
+                1
+            )
+            .unwrap(),
+            [prefix("fd00:1::/64"), prefix("fd00:2::/64")]
+        );
+        let many: Vec<Ipv6Prefix> = (0..200u16)
+            .map(|n| Ipv6Prefix {
+                addr: Ipv6Addr::new(0xfd00, n, 0, 0, 0, 0, 0, 0),
+                len: 32,
+            })
+            .collect();
+        let err = masquerade6_prefixes(&many, 57).unwrap_err().to_string();
+        assert!(
+            err.contains("57 --masquerade and 200 --masquerade6 prefixes are more than the 256"),
             "{err}"
         );
     }

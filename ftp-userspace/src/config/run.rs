@@ -6,7 +6,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::RangeInclusive,
     path::{Path, PathBuf},
     time::Duration,
@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use super::{
     DEFAULT_PIN_DIR,
-    nat::{Ipv4Prefix, PortWindow, PublishSpec},
+    nat::{self, Ipv4Prefix, Ipv6Prefix, PortWindow, PublishSpec},
 };
 
 /// The --expect-timeout values accepted, in seconds.
@@ -100,14 +100,25 @@ run_options! {
         /// agent and for `ftpnat stats` and friends [default: /sys/fs/bpf/ftpnat].
         #[arg(long, value_name = "DIR")]
         pub pin_dir: Option<PathBuf>,
-        /// Source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4
+        /// IPv4 source prefix whose FTP clients are masqueraded (repeatable) [default: the IPv4
         /// prefixes of the --lan interfaces].
         #[arg(long, value_name = "CIDR")]
         pub masquerade: Vec<Ipv4Prefix>,
-        /// Address the masqueraded connections leave with [default: the first IPv4 address of
-        /// --wan].
-        #[arg(long, value_name = "IPV4")]
+        /// Address the masqueraded IPv4 connections leave with [default: the first IPv4 address
+        /// of --wan].
+        #[arg(long, value_name = "IPV4", value_parser = nat::parse_public_ip)]
+        #[serde(deserialize_with = "public_ip")]
         pub public_ip: Option<Ipv4Addr>,
+        /// IPv6 source prefix whose FTP clients are masqueraded behind --public-ip6 (NAT66;
+        /// repeatable), e.g. fd00:1::/64 [default: none, IPv6 FTP is followed untranslated].
+        #[arg(long, value_name = "CIDR")]
+        pub masquerade6: Vec<Ipv6Prefix>,
+        /// Address the --masquerade6 connections leave with, and IPv6 clients reach IPv6
+        /// --publish servers at [default: the first global IPv6 address of --wan, neither
+        /// link-local nor ULA; used only with --masquerade6 or an IPv6 --publish].
+        #[arg(long, value_name = "IPV6", value_parser = nat::parse_public_ip6)]
+        #[serde(deserialize_with = "public_ip6")]
+        pub public_ip6: Option<Ipv6Addr>,
         /// FTP control port to watch (repeatable, at most 8) [default: 21].
         #[arg(long = "ftp-port", value_name = "PORT")]
         pub ftp_ports: Vec<u16>,
@@ -118,7 +129,8 @@ run_options! {
         /// Publish an FTP server behind the router: outside clients reach SERVER_IP:PORT [default
         /// 21] at the public address's PUBLIC_PORT [default PORT]; its 227/229 replies name the
         /// public address and a window port, and may announce only its passive ports LO-HI
-        /// [default 1024-65535], never PORT (repeatable).
+        /// [default 1024-65535], never PORT (repeatable). An IPv6 server, in brackets when a PORT
+        /// follows (2121=[2001:db8::5]:21), is reached by IPv6 clients at --public-ip6.
         #[arg(long, value_name = "[PUBLIC_PORT=]SERVER_IP[:PORT][,passive=LO-HI]")]
         pub publish: Vec<PublishSpec>,
         /// Seconds an announced data connection may take to open before its pinhole closes
@@ -370,7 +382,21 @@ macro_rules! deserialize_with_from_str {
     )*};
 }
 
-deserialize_with_from_str!(Ipv4Prefix, PortWindow, PublishSpec);
+deserialize_with_from_str!(Ipv4Prefix, Ipv6Prefix, PortWindow, PublishSpec);
+
+/// `public_ip`, through the flag's parser.
+fn public_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    nat::parse_public_ip(&String::deserialize(deserializer)?)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// `public_ip6`, through the flag's parser.
+fn public_ip6<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv6Addr>, D::Error> {
+    nat::parse_public_ip6(&String::deserialize(deserializer)?)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
 
 /// `expect_timeout`, held to the flag's range with the flag's wording.
 fn expect_timeout_secs<'de, D: Deserializer<'de>>(
@@ -477,9 +503,11 @@ mod tests {
         pin_dir = "/sys/fs/bpf/other"
         masquerade = ["192.168.1.0/24", "10.1.0.0/16"]
         public_ip = "198.51.100.7"
+        masquerade6 = ["fd00:1::/64", "fd00:2::/64"]
+        public_ip6 = "2001:db8:1::fe"
         ftp_ports = [21, 2121]
         port_window = "61000-61999"
-        publish = ["21=192.168.1.10", "2121=192.168.1.11:21"]
+        publish = ["21=192.168.1.10", "2121=192.168.1.11:21", "2122=[fd00:1::10]:21"]
         expect_timeout = 30
         max_expectations_per_session = 8
         control_idle = 60
@@ -505,13 +533,22 @@ mod tests {
             ]
         );
         assert_eq!(options.public_ip, Some(Ipv4Addr::new(198, 51, 100, 7)));
+        assert_eq!(
+            options.masquerade6,
+            [
+                "fd00:1::/64".parse().unwrap(),
+                "fd00:2::/64".parse().unwrap()
+            ]
+        );
+        assert_eq!(options.public_ip6, Some("2001:db8:1::fe".parse().unwrap()));
         assert_eq!(options.ftp_ports, [21, 2121]);
         assert_eq!(options.port_window, Some("61000-61999".parse().unwrap()));
         assert_eq!(
             options.publish,
             [
                 "21=192.168.1.10".parse().unwrap(),
-                "2121=192.168.1.11:21".parse().unwrap()
+                "2121=192.168.1.11:21".parse().unwrap(),
+                "2122=[fd00:1::10]:21".parse().unwrap()
             ]
         );
         assert_eq!(options.expect_timeout(), Duration::from_secs(30));
@@ -547,6 +584,12 @@ mod tests {
             "10.1.0.0/16",
             "--public-ip",
             "198.51.100.7",
+            "--masquerade6",
+            "fd00:1::/64",
+            "--masquerade6",
+            "fd00:2::/64",
+            "--public-ip6",
+            "2001:db8:1::fe",
             "--ftp-port",
             "21",
             "--ftp-port",
@@ -557,6 +600,8 @@ mod tests {
             "21=192.168.1.10",
             "--publish",
             "2121=192.168.1.11:21",
+            "--publish",
+            "2122=[fd00:1::10]:21",
             "--expect-timeout",
             "30",
             "--max-expectations-per-session",
@@ -625,7 +670,40 @@ mod tests {
                 "masquerade",
                 "'10.0.0.0/33': the prefix length must be 0 to 32",
             ),
-            ("public_ip = \"1.2.3\"", "public_ip", "invalid IPv4 address"),
+            (
+                "public_ip = \"1.2.3\"",
+                "public_ip",
+                "'1.2.3' is not an IPv4 address like 198.51.100.7",
+            ),
+            (
+                "public_ip = \"2001:db8::1\"",
+                "public_ip",
+                "is an IPv6 address; the public IPv6 address (NAT66, IPv6 --publish) is \
+                 --public-ip6 (public_ip6 in the config file)",
+            ),
+            (
+                "masquerade = [\"fd00:1::/64\"]",
+                "masquerade",
+                "'fd00:1::/64' is an IPv6 prefix; IPv6 sources are masqueraded (NAT66) with \
+                 --masquerade6 (masquerade6 in the config file)",
+            ),
+            (
+                "masquerade6 = [\"10.0.0.0/8\"]",
+                "masquerade6",
+                "'10.0.0.0/8' is an IPv4 prefix; IPv4 sources are masqueraded with --masquerade \
+                 (masquerade in the config file)",
+            ),
+            (
+                "masquerade6 = [\"::/0\"]",
+                "masquerade6",
+                "'::/0' covers IPv4-mapped addresses (::ffff:0.0.0.0/96)",
+            ),
+            (
+                "public_ip6 = \"198.51.100.7\"",
+                "public_ip6",
+                "'198.51.100.7' is an IPv4 address; the public IPv4 address is --public-ip",
+            ),
+            ("public_ip6 = 7", "public_ip6", "expected a string"),
             ("ftp_ports = [70000]", "ftp_ports", "70000"),
             ("ftp_ports = 21", "ftp_ports", "expected a sequence"),
             (
@@ -692,6 +770,20 @@ mod tests {
                 "--masquerade",
                 "10.0.0.0/33",
                 "the prefix length must be 0 to 32",
+            ),
+            ("--masquerade", "fd00:1::/64", "with --masquerade6"),
+            ("--masquerade6", "10.0.0.0/8", "with --masquerade "),
+            (
+                "--masquerade6",
+                "fd00::/129",
+                "the prefix length must be 0 to 128",
+            ),
+            ("--public-ip", "2001:db8::1", "is --public-ip6"),
+            ("--public-ip6", "198.51.100.7", "is --public-ip "),
+            (
+                "--public-ip6",
+                "fe80::1%eth0",
+                "is not an IPv6 address like 2001:db8::1",
             ),
             ("--port-window", "5000-4000", "write the lower port first"),
             (

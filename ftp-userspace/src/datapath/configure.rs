@@ -1,6 +1,8 @@
 //! The datapath's settings: written into a fresh datapath's maps before anything is attached, and
 //! compared with a pinned one's before it is adopted.
 
+use std::net::IpAddr;
+
 use anyhow::{Context as _, anyhow};
 use aya::maps::lpm_trie::Key;
 use ftp_common::Ipv6AddressText;
@@ -11,7 +13,7 @@ use ftp_common::maps::{
 
 use super::{Datapath, Interface};
 use crate::{
-    config::nat::{Ipv4Prefix, PortWindow, Published},
+    config::nat::{Ipv4Prefix, Ipv6Prefix, PortWindow, Published},
     report::sessions::endpoint,
 };
 
@@ -20,6 +22,10 @@ use crate::{
 pub struct NatSettings {
     pub public_ip: std::net::Ipv4Addr,
     pub masquerade: Vec<Ipv4Prefix>,
+    /// The address NAT66 and IPv6 published servers use; `None`: IPv6 is followed untranslated.
+    pub public_ip6: Option<std::net::Ipv6Addr>,
+    /// IPv6 sources masqueraded behind `public_ip6` (NAT66).
+    pub masquerade6: Vec<Ipv6Prefix>,
     pub ftp_ports: Vec<u16>,
     pub window: PortWindow,
     pub expect_timeout: std::time::Duration,
@@ -31,6 +37,17 @@ pub struct NatSettings {
     pub source_limits: SourceLimits,
     pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
+}
+
+impl NatSettings {
+    /// The public address clients of `server`'s family reach published servers at; `None` for an
+    /// IPv6 server without a public IPv6 address (which the flags' checks refuse).
+    pub fn public_ip_for(&self, server: IpAddr) -> Option<IpAddr> {
+        match server {
+            IpAddr::V4(_) => Some(self.public_ip.into()),
+            IpAddr::V6(_) => self.public_ip6.map(Into::into),
+        }
+    }
 }
 
 impl Datapath {
@@ -48,6 +65,10 @@ impl Datapath {
         let mut trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
         for prefix in &nat.masquerade {
             trie.insert(&masquerade_key(prefix), 1, 0)
+                .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
+        }
+        for prefix in &nat.masquerade6 {
+            trie.insert(&masquerade6_key(prefix), 1, 0)
                 .with_context(|| format!("adding masqueraded prefix {prefix}"))?;
         }
 
@@ -86,6 +107,11 @@ impl Datapath {
             "public address",
             ip::to_ip(&pinned.public_ip).to_string(),
             nat.public_ip.to_string(),
+        );
+        differ(
+            "public IPv6 address",
+            public_ip6_text(&pinned.public_ip6),
+            public_ip6_text(&wanted.public_ip6),
         );
         differ(
             "port window",
@@ -152,23 +178,8 @@ impl Datapath {
         }
 
         let trie = masquerade::AyaMap::try_from(self.map_mut(masquerade::NAME)?)?;
-        let mut pinned_prefixes: Vec<String> = trie
-            .keys()
-            .filter_map(Result::ok)
-            .map(|key| prefix_text(&key))
-            .collect();
-        pinned_prefixes.sort();
-        let mut wanted_prefixes: Vec<String> =
-            nat.masquerade.iter().map(ToString::to_string).collect();
-        wanted_prefixes.sort();
-        wanted_prefixes.dedup();
-        differences.extend((pinned_prefixes != wanted_prefixes).then(|| {
-            format!(
-                "masqueraded prefixes [{}], not [{}]",
-                pinned_prefixes.join(", "),
-                wanted_prefixes.join(", ")
-            )
-        }));
+        let pinned_keys: Vec<Key<IpBytes>> = trie.keys().filter_map(Result::ok).collect();
+        differences.extend(masquerade_difference(&pinned_keys, nat));
 
         let publish = publish::AyaMap::try_from(self.map_mut(publish::NAME)?)?;
         let mut pinned_published: Vec<(u16, PublishTarget)> =
@@ -234,12 +245,38 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         max_sessions_per_source: nat.source_limits.per_host,
         max_sessions_per_subnet: nat.source_limits.per_subnet,
         public_ip: ip::v4_mapped(nat.public_ip.octets()),
-        public_ip6: ip::UNSPECIFIED,
-        public_ip6_text: Ipv6AddressText::NONE,
+        public_ip6: nat
+            .public_ip6
+            .map_or(ip::UNSPECIFIED, |addr| ip::from_ip(addr.into())),
+        public_ip6_text: nat
+            .public_ip6
+            .map_or(Ipv6AddressText::NONE, Ipv6AddressText::of),
         wan_ifindex: wan.ifindex,
         ftp_ports,
         window_lo: nat.window.lo,
         window_hi: nat.window.hi,
+    })
+}
+
+/// How the masqueraded prefixes of the pinned trie (`pinned`) differ from `nat`'s, both families
+/// together, as the operator wrote them.
+fn masquerade_difference(pinned: &[Key<IpBytes>], nat: &NatSettings) -> Option<String> {
+    let mut pinned: Vec<String> = pinned.iter().map(prefix_text).collect();
+    pinned.sort();
+    let mut wanted: Vec<String> = nat
+        .masquerade
+        .iter()
+        .map(ToString::to_string)
+        .chain(nat.masquerade6.iter().map(ToString::to_string))
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    (pinned != wanted).then(|| {
+        format!(
+            "masqueraded prefixes [{}], not [{}]",
+            pinned.join(", "),
+            wanted.join(", ")
+        )
     })
 }
 
@@ -252,9 +289,23 @@ fn masquerade_key(prefix: &Ipv4Prefix) -> Key<IpBytes> {
     )
 }
 
+/// A masqueraded IPv6 prefix as the trie holds it: itself, all 128 bits of it.
+fn masquerade6_key(prefix: &Ipv6Prefix) -> Key<IpBytes> {
+    Key::new(u32::from(prefix.len), prefix.addr.octets())
+}
+
+/// The public IPv6 address a config record holds, `none` for none.
+fn public_ip6_text(addr: &IpBytes) -> String {
+    if *addr == ip::UNSPECIFIED {
+        "none".to_owned()
+    } else {
+        ip::to_ip(addr).to_string()
+    }
+}
+
 /// A prefix of the trie as the operator wrote it: `10.0.0.0/24` for a mapped IPv4 prefix (as
 /// [`Ipv4Prefix`] shows it), `2001:db8::/32` otherwise.
-fn prefix_text(key: &Key<IpBytes>) -> String {
+pub(super) fn prefix_text(key: &Key<IpBytes>) -> String {
     let addr = key.data();
     let len = key.prefix_len();
     match len.checked_sub(u32::from(ip::V4_MAPPED_BITS)) {
@@ -275,7 +326,7 @@ fn ports_of(slots: &[u16; MAX_FTP_PORTS]) -> Vec<u16> {
 
 fn publish_target(published: &Published) -> PublishTarget {
     PublishTarget {
-        server_addr: ip::v4_mapped(published.spec.server.octets()),
+        server_addr: ip::from_ip(published.spec.server),
         server_port: published.spec.server_port.to_be_bytes(),
         _pad: [0; 2],
         lan_ifindex: published.lan_ifindex,
@@ -307,10 +358,150 @@ mod tests {
             assert!(ip::is_v4(&key.data()), "{text}");
             assert_eq!(prefix_text(&key), prefix.to_string());
         }
-        // An IPv6 prefix (none is written yet) shows in its own form, never as a mapped one.
+        // An IPv6 prefix shows in its own form, never as a mapped one.
         let v6 = Key::new(32, ip::from_ip("2001:db8::".parse().unwrap()));
         assert_eq!(prefix_text(&v6), "2001:db8::/32");
         let mapped_short = Key::new(80, ip::v4_mapped([10, 0, 0, 0]));
         assert_eq!(prefix_text(&mapped_short), "::ffff:10.0.0.0/80");
+    }
+
+    fn settings(
+        masquerade: &[&str],
+        masquerade6: &[&str],
+        public_ip6: Option<&str>,
+    ) -> NatSettings {
+        NatSettings {
+            public_ip: "198.51.100.7".parse().unwrap(),
+            masquerade: masquerade.iter().map(|p| p.parse().unwrap()).collect(),
+            public_ip6: public_ip6.map(|addr| addr.parse().unwrap()),
+            masquerade6: masquerade6.iter().map(|p| p.parse().unwrap()).collect(),
+            ftp_ports: vec![21],
+            window: PortWindow {
+                lo: 61000,
+                hi: 61999,
+            },
+            expect_timeout: std::time::Duration::from_secs(120),
+            max_expectations_per_session: 4,
+            capacities: Capacities::for_sessions(4096),
+            source_limits: SourceLimits {
+                per_host: 64,
+                per_subnet: 256,
+            },
+            allow_privileged_data_ports: false,
+            published: Vec::new(),
+        }
+    }
+
+    fn wan() -> Vec<Interface> {
+        vec![Interface {
+            name: "wan0".to_owned(),
+            ifindex: 7,
+            role: InterfaceRole::Wan,
+        }]
+    }
+
+    #[test]
+    fn ipv6_prefixes_are_written_whole_and_read_back_as_written() {
+        for text in [
+            "fd00:1::/64",
+            "2000::/3",
+            "fd00:1::5/128",
+            "2001:db8:0:1::/56",
+        ] {
+            let prefix: Ipv6Prefix = text.parse().unwrap();
+            let key = masquerade6_key(&prefix);
+            assert_eq!(key.prefix_len(), u32::from(prefix.len), "{text}");
+            assert_eq!(key.data(), prefix.addr.octets(), "{text}");
+            assert!(!ip::is_v4(&key.data()), "{text}");
+            assert_eq!(prefix_text(&key), prefix.to_string());
+        }
+    }
+
+    #[test]
+    fn the_public_ipv6_address_and_its_text_are_written_only_for_nat66() {
+        let config = datapath_config(
+            &wan(),
+            &settings(&["10.0.0.0/24"], &["fd00:1::/64"], Some("2001:db8:1::fe")),
+        )
+        .unwrap();
+        assert_eq!(
+            config.public_ip6,
+            ip::from_ip("2001:db8:1::fe".parse().unwrap())
+        );
+        assert_eq!(
+            config.public_ip6_text,
+            Ipv6AddressText::of("2001:db8:1::fe".parse().unwrap())
+        );
+        assert_ne!(config.public_ip6_text, Ipv6AddressText::NONE);
+        assert_eq!(public_ip6_text(&config.public_ip6), "2001:db8:1::fe");
+        assert_eq!(config.public_ip, ip::v4_mapped([198, 51, 100, 7]));
+
+        let firewall_only =
+            datapath_config(&wan(), &settings(&["10.0.0.0/24"], &[], None)).unwrap();
+        assert_eq!(firewall_only.public_ip6, ip::UNSPECIFIED);
+        assert_eq!(firewall_only.public_ip6_text, Ipv6AddressText::NONE);
+        assert_eq!(public_ip6_text(&firewall_only.public_ip6), "none");
+    }
+
+    #[test]
+    fn an_agent_with_other_masqueraded_prefixes_of_either_family_is_told() {
+        let pinned = [
+            masquerade6_key(&"fd00:1::/64".parse().unwrap()),
+            masquerade_key(&"10.0.0.0/24".parse().unwrap()),
+        ];
+        // The same prefixes, in any order: no difference.
+        let same = settings(&["10.0.0.0/24"], &["fd00:1::/64"], Some("2001:db8::1"));
+        assert_eq!(masquerade_difference(&pinned, &same), None);
+        // Without --masquerade6 now.
+        let without = settings(&["10.0.0.0/24"], &[], None);
+        assert_eq!(
+            masquerade_difference(&pinned, &without).as_deref(),
+            Some("masqueraded prefixes [10.0.0.0/24, fd00:1::/64], not [10.0.0.0/24]")
+        );
+        // Another IPv6 prefix.
+        let other = settings(&["10.0.0.0/24"], &["fd00:2::/64"], Some("2001:db8::1"));
+        assert_eq!(
+            masquerade_difference(&pinned, &other).as_deref(),
+            Some(
+                "masqueraded prefixes [10.0.0.0/24, fd00:1::/64], not [10.0.0.0/24, \
+                 fd00:2::/64]"
+            )
+        );
+        // NAT66 asked of a datapath pinned without it.
+        let pinned_v4 = [masquerade_key(&"10.0.0.0/24".parse().unwrap())];
+        assert!(
+            masquerade_difference(&pinned_v4, &same)
+                .is_some_and(|d| d.ends_with("not [10.0.0.0/24, fd00:1::/64]"))
+        );
+    }
+
+    #[test]
+    fn an_ipv6_server_is_published_with_its_own_address() {
+        let published = Published {
+            spec: "2121=[fd00:1::10]:21,passive=50000-50100".parse().unwrap(),
+            lan: "lan0".to_owned(),
+            lan_ifindex: 3,
+        };
+        let target = publish_target(&published);
+        assert_eq!(
+            target.server_addr,
+            "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(target.server_port, 21u16.to_be_bytes());
+        assert_eq!(target.passive_ports, [50000, 50100]);
+        assert_eq!(
+            endpoint(target.server_addr, target.server_port),
+            "[fd00:1::10]:21"
+        );
+        let mut nat = settings(&["10.0.0.0/24"], &[], Some("2001:db8::1"));
+        nat.published.push(published);
+        assert_eq!(
+            nat.public_ip_for("fd00:1::10".parse().unwrap()),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        assert_eq!(
+            nat.public_ip_for("10.0.0.5".parse().unwrap()),
+            Some("198.51.100.7".parse().unwrap())
+        );
     }
 }

@@ -15,8 +15,8 @@ use aya::{
 };
 use ftp_common::maps::{
     Counter, DatapathConfig, ExpectKey, Expectation, FlowEntry, FlowKey, SessionEntry, SourceKey,
-    SourceSeen, Table, config, counters, expects, flows, free_ports, interfaces, reasons, released,
-    sessions, sources,
+    SourceSeen, Table, config, counters, expects, flows, free_ports, interfaces, ip, masquerade,
+    reasons, released, sessions, sources,
 };
 
 use super::{Datapath, batch, object::missing_map, pins};
@@ -222,6 +222,22 @@ impl<'a> PinnedMaps<'a> {
     pub fn config(&self) -> anyhow::Result<DatapathConfig> {
         let config: config::AyaMap<_> = self.open(&config::TABLE)?;
         config.get(&0, 0).context("reading the datapath config")
+    }
+
+    /// The masqueraded prefixes, as the operator wrote them: IPv4 ones (`--masquerade`), then
+    /// IPv6 ones (`--masquerade6`).
+    pub fn masqueraded_prefixes(&self) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+        let trie: masquerade::AyaMap<_> = self.open(&masquerade::TABLE)?;
+        let (mut ipv4, mut ipv6) = (Vec::new(), Vec::new());
+        for key in trie.keys() {
+            let key = key.context("reading the masqueraded prefixes")?;
+            if ip::is_v4(&key.data()) {
+                ipv4.push(super::configure::prefix_text(&key));
+            } else {
+                ipv6.push(super::configure::prefix_text(&key));
+            }
+        }
+        Ok((ipv4, ipv6))
     }
 
     /// How many entries the pinned table can hold (`--max-sessions` sized it).

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path};
 use anyhow::Context as _;
 use ftp_common::maps::{
     Counter, ExpectKey, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
-    InterfaceRole, SessionEntry, SessionKind, expects, flow_flags, flows, sessions,
+    InterfaceRole, SessionEntry, SessionKind, expects, flow_flags, flows, ip, sessions,
 };
 use ftp_common::{
     MalformedReason, RefusalReason,
@@ -120,9 +120,24 @@ pub struct Capacity {
     pub expectations: u32,
 }
 
+/// What the datapath translates, as the agent configured it.
+#[derive(Serialize, Debug, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// The address masqueraded IPv4 connections leave with (`--public-ip`).
+    pub public_ip: String,
+    /// The IPv4 source prefixes masqueraded behind it (`--masquerade`).
+    pub masquerade: Vec<String>,
+    /// The address NAT66 and IPv6 published servers use (`--public-ip6`); null when there is
+    /// none, and IPv6 FTP is followed untranslated.
+    pub public_ip6: Option<String>,
+    /// The IPv6 source prefixes masqueraded behind it (`--masquerade6`).
+    pub masquerade6: Vec<String>,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Stats {
     pub interfaces: Vec<InterfaceStats>,
+    pub nat: NatStats,
     pub total: Counters,
     pub window: WindowStats,
     /// What the datapath did, by event (see `Counter` in ftp-common).
@@ -234,8 +249,17 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         expectations: maps.capacity(&expects::TABLE)?,
     };
     let size = u32::from(config.window_hi).saturating_sub(u32::from(config.window_lo)) + 1;
+    let (masquerade, masquerade6) = maps.masqueraded_prefixes()?;
+    let nat = NatStats {
+        public_ip: ip::to_ip(&config.public_ip).to_string(),
+        masquerade,
+        public_ip6: (config.public_ip6 != ip::UNSPECIFIED)
+            .then(|| ip::to_ip(&config.public_ip6).to_string()),
+        masquerade6,
+    };
     Ok(Stats {
         interfaces: rows,
+        nat,
         total,
         window: WindowStats {
             range: format!("{}-{}", config.window_lo, config.window_hi),
