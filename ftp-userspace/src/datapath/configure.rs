@@ -291,7 +291,7 @@ fn masquerade_key(prefix: &Ipv4Prefix) -> Key<IpBytes> {
 
 /// A masqueraded IPv6 prefix as the trie holds it: itself, all 128 bits of it.
 fn masquerade6_key(prefix: &Ipv6Prefix) -> Key<IpBytes> {
-    Key::new(u32::from(prefix.len), prefix.addr.octets())
+    Key::new(u32::from(prefix.len), IpBytes(prefix.addr.octets()))
 }
 
 /// The public IPv6 address a config record holds, `none` for none.
@@ -411,7 +411,7 @@ mod tests {
             let prefix: Ipv6Prefix = text.parse().unwrap();
             let key = masquerade6_key(&prefix);
             assert_eq!(key.prefix_len(), u32::from(prefix.len), "{text}");
-            assert_eq!(key.data(), prefix.addr.octets(), "{text}");
+            assert_eq!(key.data(), IpBytes(prefix.addr.octets()), "{text}");
             assert!(!ip::is_v4(&key.data()), "{text}");
             assert_eq!(prefix_text(&key), prefix.to_string());
         }
@@ -484,7 +484,7 @@ mod tests {
         };
         let target = publish_target(&published);
         assert_eq!(
-            target.server_addr,
+            target.server_addr.0,
             "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets()
         );
         assert_eq!(target.server_port, 21u16.to_be_bytes());
