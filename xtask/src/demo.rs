@@ -1,10 +1,11 @@
-//! `cargo xtask demo`: the whole path on an embedded default. A lab (client | router | server)
-//! where the server has no route back to the client's network and the router has no netfilter
-//! rule, vsftpd on the server, `ftpnat run` on the router, active and passive downloads from the
-//! client through ftpnat's eBPF masquerade, the live session table, the counters, and a full
-//! teardown.
+//! `cargo xtask demo`: the whole path on an embedded default. A dual-stack lab (client | router |
+//! server) where the server has no IPv4 route back to the client's network, the router has no
+//! netfilter rule but the operator's IPv6 firewall (unsolicited inbound IPv6 dropped), vsftpd on
+//! the server for both families, `ftpnat run` on the router, active and passive downloads from the
+//! client through ftpnat's eBPF masquerade (IPv4) and its firewall mode (IPv6), an IPv4 and an
+//! IPv6 session side by side in the live session table, the counters, and a full teardown.
 
-use std::{process::Stdio, thread, time::Duration};
+use std::{net::IpAddr, process::Stdio, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
 use ftpnat_tests::{
@@ -24,17 +25,28 @@ pub fn run() -> anyhow::Result<()> {
 
     let lab = Lab::new(LabSpec {
         routing: Routing::Nat,
-        ..LabSpec::default()
+        ..LabSpec::dual_stack()
     })?;
     let spec = &lab.spec;
+    let v6 = lab.ipv6().clone();
     println!(
-        "demo: lab {}: client {} | router {} / {} | server {}",
-        lab.name, spec.client, spec.router_lan, spec.router_wan, spec.server
+        "demo: lab {}: client {} {} | router {} {} / {} {} | server {} {}",
+        lab.name,
+        spec.client,
+        v6.client,
+        spec.router_lan,
+        v6.router_lan,
+        spec.router_wan,
+        v6.router_wan,
+        spec.server,
+        v6.server
     );
     println!(
-        "demo: the server has no route to {}/24 and the router no netfilter rule",
+        "demo: the server has no IPv4 route to {}/24, the router no netfilter rule for IPv4 and \
+         drops unsolicited inbound IPv6",
         spec.client
     );
+    lab.drop_unsolicited_inbound_ipv6()?;
     let root = lab.subdir("srv")?;
     let file = TestFile::create(&root.join("demo.bin"), FILE_SIZE, 7)?;
     let server = FtpServer::vsftpd(
@@ -42,7 +54,10 @@ pub fn run() -> anyhow::Result<()> {
         spec.server,
         &root,
         lab.dir(),
-        &VsftpdOptions::default(),
+        &VsftpdOptions {
+            ipv6: Some(v6.server),
+            ..VsftpdOptions::default()
+        },
     )?;
     println!(
         "demo: vsftpd serving {} ({} MiB)",
@@ -57,17 +72,20 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     let downloads = lab.subdir("client")?;
-    for (mode, label) in [
-        (Mode::Port, "active (PORT)"),
-        (Mode::Eprt, "active (EPRT)"),
-        (Mode::Pasv, "passive (PASV)"),
-        (Mode::Epsv, "passive (EPSV)"),
+    let (v4, v6_server) = (IpAddr::V4(server.addr), IpAddr::V6(v6.server));
+    for (mode, address, label) in [
+        (Mode::Port, v4, "IPv4 active (PORT)"),
+        (Mode::Eprt, v4, "IPv4 active (EPRT)"),
+        (Mode::Pasv, v4, "IPv4 passive (PASV)"),
+        (Mode::Epsv, v4, "IPv4 passive (EPSV)"),
+        (Mode::Eprt, v6_server, "IPv6 active (EPRT)"),
+        (Mode::Epsv, v6_server, "IPv6 passive (EPSV)"),
     ] {
-        let local = downloads.join(format!("{mode:?}.bin"));
+        let local = downloads.join(format!("{mode:?}-{}.bin", address_family(address)));
         Transfer {
             client: Client::Curl,
             mode,
-            server: server.addr.into(),
+            server: address,
             port: server.port,
             remote: file.name(),
             local: &local,
@@ -84,31 +102,40 @@ pub fn run() -> anyhow::Result<()> {
         println!("demo: {label} download with curl through ftpnat: sha256 matches");
     }
 
-    // A slow download keeps a session open while we look at the tables.
-    let slow = lab
-        .client
-        .command(
-            "curl",
-            &[
-                "-sS",
-                "--limit-rate",
-                "4M",
-                "-P",
-                "-",
-                "-o",
-                &downloads.join("slow.bin").to_string_lossy(),
-                &format!("ftp://{}/{}", server.addr, file.name()),
-            ],
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting curl")?;
+    // Slow downloads keep an IPv4 and an IPv6 session open while we look at the tables.
+    let slow = [server.addr.to_string(), format!("[{}]", v6.server)]
+        .iter()
+        .enumerate()
+        .map(|(n, host)| {
+            lab.client
+                .command(
+                    "curl",
+                    &[
+                        "-sS",
+                        "--limit-rate",
+                        "4M",
+                        "-P",
+                        "-",
+                        "-o",
+                        &downloads.join(format!("slow-{n}.bin")).to_string_lossy(),
+                        &format!("ftp://{host}/{}", file.name()),
+                    ],
+                )
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting curl")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     thread::sleep(Duration::from_secs(2));
     for command in ["sessions", "flows"] {
-        println!("demo: ftpnat {command} (during a rate-limited active download):");
+        println!(
+            "demo: ftpnat {command} (during rate-limited active downloads, one IPv4, one IPv6):"
+        );
         print_ftpnat(&lab, command)?;
     }
-    wait(slow)?;
+    for download in slow {
+        wait(download)?;
+    }
     println!("demo: ftpnat stats:");
     print_ftpnat(&lab, "stats")?;
 
@@ -145,4 +172,8 @@ fn wait(mut child: std::process::Child) -> anyhow::Result<()> {
         bail!("the slow download failed ({status})");
     }
     Ok(())
+}
+
+fn address_family(address: IpAddr) -> &'static str {
+    if address.is_ipv4() { "ipv4" } else { "ipv6" }
 }
