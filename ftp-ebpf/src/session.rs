@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use ftp_common::maps::{
     Counter, EventKind, FlowDirection, FlowEntry, FlowKey, IpBytes, RewriteRecord,
-    SESSION_USER_LEN, SessionEntry, SessionKind, ip, rewrite_kind,
+    SESSION_USER_LEN, SessionEntry, SessionKind, ip,
 };
 
 use crate::{
@@ -28,8 +28,8 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     replies: ftp_common::ReplyScanner::new(),
     client_seq: ftp_common::SeqAdjust::new(),
     server_seq: ftp_common::SeqAdjust::new(),
-    client_rewrite: NO_REWRITE,
-    server_rewrite: NO_REWRITE,
+    client_rewrite: RewriteRecord::NONE,
+    server_rewrite: RewriteRecord::NONE,
     server_addr: ip::UNSPECIFIED,
     server_port: [0; 2],
     kind: SessionKind::Masquerade as u8,
@@ -41,17 +41,6 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     events: ftp_common::maps::EventBudget::new(),
     client_window: ftp_common::TcpWindow::new(),
     server_window: ftp_common::TcpWindow::new(),
-};
-
-const NO_REWRITE: RewriteRecord = RewriteRecord {
-    seq: 0,
-    payload_len: 0,
-    field_off: 0,
-    field_len: 0,
-    public_port: 0,
-    kind: rewrite_kind::NONE,
-    delimiter: 0,
-    _pad: [0; 2],
 };
 
 /// What a new session record says beyond the initial protocol state.

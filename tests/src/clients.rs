@@ -230,3 +230,30 @@ impl Drop for SteppedScript {
         let _ = self.child.wait();
     }
 }
+
+/// A script for [`SteppedScript`]: logs in over `argv[1]` and announces a listening port of its own (EPRT over IPv6, PORT over
+/// IPv4), then waits; retrieves `argv[2]` over it, reads a first chunk and waits again; then
+/// reads the rest and prints its sha256.
+pub const INSPECTED_ACTIVE_SESSION: &str = r#"
+import hashlib, sys
+from ftpnat_lab import session_with_listener
+ftp, listener, host, data_port = session_with_listener(sys.argv[1])
+control_port = ftp.sock.getsockname()[1]
+if ':' in host:
+    ftp.voidcmd(f'EPRT |2|{host}|{data_port}|')
+else:
+    ftp.voidcmd('PORT ' + ','.join(host.split('.') + [str(data_port >> 8), str(data_port & 255)]))
+print('announced', control_port, data_port, flush=True)
+sys.stdin.readline()
+ftp.sendcmd('RETR ' + sys.argv[2])
+data, _ = listener.accept()
+digest = hashlib.sha256(data.recv(65536))
+print('transferring', flush=True)
+sys.stdin.readline()
+while chunk := data.recv(1 << 16):
+    digest.update(chunk)
+data.close()
+ftp.voidresp()
+print('done', digest.hexdigest(), flush=True)
+ftp.quit()
+"#;

@@ -28,32 +28,6 @@ fn window_port(endpoint: &Value, addr: Ipv4Addr, window: &RangeInclusive<u16>) -
     port
 }
 
-/// Logs in and announces a listening port of its own with PORT, then waits; retrieves `argv[2]`
-/// over it, reads a first chunk and waits again; then reads the rest and prints its sha256.
-const INSPECTED_ACTIVE_SESSION: &str = r#"
-import hashlib, socket, sys
-from ftpnat_lab import login
-ftp = login(sys.argv[1], timeout=30)
-ftp.voidcmd('TYPE I')
-host, control_port = ftp.sock.getsockname()
-listener = socket.create_server((host, 0))
-data_port = listener.getsockname()[1]
-ftp.voidcmd('PORT ' + ','.join(host.split('.') + [str(data_port >> 8), str(data_port & 255)]))
-print('announced', control_port, data_port, flush=True)
-sys.stdin.readline()
-ftp.sendcmd('RETR ' + sys.argv[2])
-data, _ = listener.accept()
-digest = hashlib.sha256(data.recv(65536))
-print('transferring', flush=True)
-sys.stdin.readline()
-while chunk := data.recv(1 << 16):
-    digest.update(chunk)
-data.close()
-ftp.voidresp()
-print('done', digest.hexdigest(), flush=True)
-ftp.quit()
-"#;
-
 /// The single entry of an inspection table.
 fn only_entry(table: &Value) -> &Value {
     match table.as_array().map(Vec::as_slice) {
@@ -115,7 +89,7 @@ fn inspection_shows_a_live_session_its_expectation_and_its_connections() {
     let mut client = lab
         .python_stepped(
             &lab.client,
-            INSPECTED_ACTIVE_SESSION,
+            ftpnat_tests::clients::INSPECTED_ACTIVE_SESSION,
             &[&server, setup.file.name()],
             90,
         )

@@ -236,6 +236,20 @@ pub struct RewriteRecord {
     pub _pad: [u8; 2],
 }
 
+impl RewriteRecord {
+    /// No rewrite: what a new session's records hold.
+    pub const NONE: Self = Self {
+        seq: 0,
+        payload_len: 0,
+        field_off: 0,
+        field_len: 0,
+        public_port: 0,
+        kind: rewrite_kind::NONE,
+        delimiter: 0,
+        _pad: [0; 2],
+    };
+}
+
 // The protocol state types in `SessionEntry` are documented as valid for every bit pattern.
 pod!(SessionEntry);
 

@@ -400,9 +400,7 @@ pub fn print(what: &str, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
 mod tests {
     use ftp_common::{
         CommandScanner, LineTracker, ReplyScanner, SeqAdjust, TcpWindow,
-        maps::{
-            EventBudget, ExpectationPath, HeldField, RewriteRecord, SESSION_USER_LEN, rewrite_kind,
-        },
+        maps::{EventBudget, ExpectationPath, HeldField, RewriteRecord, SESSION_USER_LEN},
     };
 
     use super::*;
@@ -421,16 +419,6 @@ mod tests {
     /// A session record as the datapath starts one (all-zero protocol state), of `kind`, with
     /// `session`'s destination as its server.
     fn session_entry(session: &FlowKey, kind: SessionKind) -> SessionEntry {
-        const NO_REWRITE: RewriteRecord = RewriteRecord {
-            seq: 0,
-            payload_len: 0,
-            field_off: 0,
-            field_len: 0,
-            public_port: 0,
-            kind: rewrite_kind::NONE,
-            delimiter: 0,
-            _pad: [0; 2],
-        };
         let mut user = [0; SESSION_USER_LEN];
         user[..5].copy_from_slice(b"alice");
         SessionEntry {
@@ -446,8 +434,8 @@ mod tests {
             replies: ReplyScanner::new(),
             client_seq: SeqAdjust::new(),
             server_seq: SeqAdjust::new(),
-            client_rewrite: NO_REWRITE,
-            server_rewrite: NO_REWRITE,
+            client_rewrite: RewriteRecord::NONE,
+            server_rewrite: RewriteRecord::NONE,
             server_addr: session.daddr,
             server_port: session.dport,
             kind: kind as u8,
