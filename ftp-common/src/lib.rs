@@ -29,10 +29,11 @@
 //! ```
 //! use ftp_common::{ClientVerdict, CommandScanner, LineTracker, PolicyContext, Policy, Session, SegmentVerdict};
 //! use core::net::{IpAddr, Ipv4Addr};
+//! use ftp_common::maps::ip;
 //!
 //! let ctx = PolicyContext {
-//!     client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-//!     server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+//!     client: ip::from_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+//!     server: ip::from_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
 //!     policy: Policy::new(),
 //! };
 //! // Stored per control connection.

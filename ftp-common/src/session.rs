@@ -55,6 +55,7 @@
 use core::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::{
+    maps::{IpBytes, ip},
     AuthMechanism, Command, EpsvArg, MalformedReason, RefusalReason, Reply, ReplyBody, ReplyShape,
     Span,
     TransferVerb, parse_command, parse_reply,
@@ -104,14 +105,27 @@ impl Default for Policy {
 }
 
 /// What a session's checks compare against: the control connection's endpoints, as seen on the
-/// private side of the router, and the policy.
+/// private side of the router, and the policy. The addresses are held as the tables hold them
+/// (see [`maps::ip`](crate::maps::ip); [`PolicyContext::new`] takes them as `IpAddr`): an address
+/// of either family is then one plain value, which the kernel program stores and compares without
+/// an enum's unused bytes (which its verifier can refuse to see copied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyContext {
     /// The FTP client (the side that opened the control connection).
-    pub client: IpAddr,
+    pub client: IpBytes,
     /// The FTP server.
-    pub server: IpAddr,
+    pub server: IpBytes,
     pub policy: Policy,
+}
+
+impl PolicyContext {
+    pub const fn new(client: IpAddr, server: IpAddr, policy: Policy) -> Self {
+        Self {
+            client: ip::from_ip(client),
+            server: ip::from_ip(server),
+            policy,
+        }
+    }
 }
 
 /// Which command asked for an active-mode data connection.
@@ -488,6 +502,9 @@ impl Session {
         true
     }
 
+    // Always inlined: a BPF function takes at most five arguments, and this one's are more once
+    // its aggregates are split.
+    #[inline(always)]
     fn open_active(
         &mut self,
         addr: SocketAddr,
@@ -499,7 +516,7 @@ impl Session {
             RefusalReason::EpsvAllActive
         } else if self.is_transferring() || self.passive_pending() {
             RefusalReason::NotInCommandState
-        } else if addr.ip() != ctx.client {
+        } else if !ip::holds(&ctx.client, addr.ip()) {
             RefusalReason::Bounce
         } else if addr.port() < 1024 && !ctx.policy.allow_privileged_data_ports {
             RefusalReason::PrivilegedPort
@@ -529,7 +546,7 @@ impl Session {
                 if answered != PENDING_PASV {
                     ServerVerdict::Unsolicited { code }
                 } else if ctx.policy.passive_address_must_match_server
-                    && IpAddr::V4(*addr.ip()) != ctx.server
+                    && !ip::holds(&ctx.server, IpAddr::V4(*addr.ip()))
                 {
                     ServerVerdict::Refused(RefusalReason::PassiveAddressMismatch)
                 } else if !ctx.policy.allows_passive_port(addr.port()) {

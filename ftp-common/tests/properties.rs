@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::address::Ipv6Text;
+use ftp_common::maps::ip;
 use ftp_common::{
     ClientVerdict, Command, CommandScanner, Ipv6AddressText, LineTracker, MAX_FIELD_LEN,
     MAX_LINE_LEN, PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner,
@@ -88,8 +89,8 @@ fn has_zero_padded_ipv4_part(text: &str) -> bool {
 
 fn ctx() -> PolicyContext {
     PolicyContext {
-        client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-        server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        client: ip::from_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+        server: ip::from_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
         policy: Policy::new(),
     }
 }

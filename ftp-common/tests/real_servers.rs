@@ -1,6 +1,7 @@
 //! Conversations as real servers and clients write them, fed segment by segment through the line
 //! trackers and the session the way the datapath does, including the NAT rewrite.
 
+use ftp_common::maps::ip;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::{
@@ -40,8 +41,8 @@ impl Connection {
         trackers[FROM_SERVER].on_syn(isn[FROM_SERVER]);
         Connection {
             ctx: PolicyContext {
-                client: IpAddr::V4(CLIENT),
-                server: IpAddr::V4(SERVER),
+                client: ip::from_ip(IpAddr::V4(CLIENT)),
+                server: ip::from_ip(IpAddr::V4(SERVER)),
                 policy: Policy::new(),
             },
             session: Session::new(),

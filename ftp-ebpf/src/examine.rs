@@ -4,7 +4,6 @@
 //! A line ftp-common cannot parse passes untouched and is counted; a refused line passes
 //! untouched, opens nothing and is counted.
 
-use core::net::SocketAddr;
 use ftp_common::{
     ActiveKind, ClientVerdict, CommandName, PassiveEndpoint, PolicyContext, RefusalReason,
     ServerVerdict,
@@ -22,14 +21,14 @@ use crate::{
 
 /// What the session's announcements are checked against: its client (the control connection's
 /// source), its server, and the policy. Made in the scratch area: with addresses of either family
-/// it is 48 bytes the stages' call chains have no room for.
+/// it is 44 bytes the stages' call chains have no room for.
 #[inline(always)]
 fn scan_policy(segment: &Segment, session: &SessionEntry) -> Option<&'static PolicyContext> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch area; the context is made anew for each line.
     let context = unsafe { &mut (*scratch).policy_context };
-    context.client = ip::to_ip(&segment.session_key.saddr);
-    context.server = ip::to_ip(&session.server_addr);
+    context.client = segment.session_key.saddr;
+    context.server = session.server_addr;
     context.policy = segment.policy;
     // A published server may announce its public address (e.g. vsftpd's pasv_address): whatever
     // it wrote is replaced, and the data connection goes to the server itself.
@@ -118,11 +117,9 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
             };
             expect::create(session, &announced);
         }
-        ClientVerdict::OpenActive {
-            addr: SocketAddr::V4(addr),
-            field,
-            kind,
-        } => {
+        // Masquerading (NAT66 included): the address is the client's and of its session's family
+        // (the policy refused any other as a bounce).
+        ClientVerdict::OpenActive { addr, field, kind } => {
             let (rewrite, delimiter) = match kind {
                 ActiveKind::Port => (rewrite_kind::PORT, 0),
                 ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
@@ -131,17 +128,11 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
             let line = line_start(line_end, line_len);
             if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
                 scan.rewrite_port = addr.port();
-                request_addr(ip::v4_mapped(addr.ip().octets()));
+                request_addr(ip::from_ip(addr.ip()));
             } else {
                 session.state.expectation_closed();
                 bump(Counter::RewritesSkipped);
             }
-        }
-        ClientVerdict::OpenActive { .. } => {
-            // An IPv6 address from a masqueraded IPv4 client (the policy let it through only
-            // if it was the client's): the IPv4 window cannot carry it, nothing to open.
-            session.state.expectation_closed();
-            bump(Counter::RewritesSkipped);
         }
         verdict => on_client_verdict(session, &verdict),
     }

@@ -196,13 +196,9 @@ fn routed_out_of(ctx: &TcContext, packet: &Tcp, in_ifindex: u32, out_ifindex: u3
     params.ifindex = in_ifindex;
     if packet.v6 {
         params.family = AF_INET6;
-        // SAFETY: `[u8; 16]` and `[u32; 4]` have the same size, and every bit pattern is valid.
-        unsafe {
-            params.__bindgen_anon_3.ipv6_src =
-                core::mem::transmute::<IpBytes, [u32; 4]>(packet.key.saddr);
-            params.__bindgen_anon_4.ipv6_dst =
-                core::mem::transmute::<IpBytes, [u32; 4]>(packet.key.daddr);
-        }
+        // The lookup takes the addresses as words in network byte order, as they are held.
+        params.__bindgen_anon_3.ipv6_src = packet.key.saddr.0;
+        params.__bindgen_anon_4.ipv6_dst = packet.key.daddr.0;
     } else {
         params.family = AF_INET;
         params.__bindgen_anon_2.tos = packet.tos;

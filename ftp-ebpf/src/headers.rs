@@ -258,8 +258,8 @@ impl Tcp {
         // SAFETY: `out` is the caller's; every field is written. The addresses are copied first
         // and checked where they landed (aligned: a word at a time), not held in registers.
         unsafe {
-            (*out).key.saddr = IpBytes(ip.src_addr);
-            (*out).key.daddr = IpBytes(ip.dst_addr);
+            (*out).key.saddr = IpBytes::from_octets(ip.src_addr);
+            (*out).key.daddr = IpBytes::from_octets(ip.dst_addr);
             // IPv4-mapped addresses never appear on the wire (RFC 4291 section 2.5.5.2); the
             // tables hold IPv4 addresses that way, so such a packet must not be taken for an IPv4
             // one.

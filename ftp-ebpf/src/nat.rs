@@ -210,12 +210,12 @@ fn rewrite_ipv6(ip: *mut Ipv6Hdr, packet: &Tcp, entry: &FlowEntry) -> Delta {
     // `headers_mut`); the header struct is plain bytes.
     unsafe {
         if packet.key.saddr != entry.new_saddr {
-            pseudo_sum = pseudo_sum.replace128(packet.key.saddr.0, entry.new_saddr.0);
-            (*ip).src_addr = entry.new_saddr.0;
+            pseudo_sum = pseudo_sum.replace128(packet.key.saddr.octets(), entry.new_saddr.octets());
+            (*ip).src_addr = entry.new_saddr.octets();
         }
         if packet.key.daddr != entry.new_daddr {
-            pseudo_sum = pseudo_sum.replace128(packet.key.daddr.0, entry.new_daddr.0);
-            (*ip).dst_addr = entry.new_daddr.0;
+            pseudo_sum = pseudo_sum.replace128(packet.key.daddr.octets(), entry.new_daddr.octets());
+            (*ip).dst_addr = entry.new_daddr.octets();
         }
         (*ip).hop_limit = packet.ttl - 1;
     }

@@ -13,6 +13,7 @@
 #![no_main]
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use ftp_common::maps::ip;
 
 use ftp_common::{
     ActiveKind, ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN,
@@ -111,16 +112,16 @@ fuzz_target!(|data: &[u8]| {
 fn context(policy_byte: u8) -> PolicyContext {
     let ipv6 = policy_byte & 0x20 != 0;
     PolicyContext {
-        client: if ipv6 {
+        client: ip::from_ip(if ipv6 {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2))
         } else {
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))
-        },
-        server: if ipv6 {
+        }),
+        server: ip::from_ip(if ipv6 {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10))
         } else {
             IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10))
-        },
+        }),
         policy: Policy {
             allow_privileged_data_ports: policy_byte & 1 != 0,
             passive_address_must_match_server: policy_byte & 2 == 0,

@@ -38,6 +38,7 @@
 #![no_main]
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use ftp_common::maps::ip;
 
 use ftp_common::{
     ClientVerdict, Command, CommandScanner, LineTracker, Policy, PolicyContext, PublicAddress,
@@ -114,8 +115,8 @@ impl Datapath {
         trackers[SERVER].on_syn(ISN[SERVER]);
         Self {
             ctx: PolicyContext {
-                client: IpAddr::V4(CLIENT_ADDR),
-                server: IpAddr::V4(SERVER_ADDR),
+                client: ip::from_ip(IpAddr::V4(CLIENT_ADDR)),
+                server: ip::from_ip(IpAddr::V4(SERVER_ADDR)),
                 policy: Policy {
                     allow_privileged_data_ports: policy_byte & 1 != 0,
                     passive_address_must_match_server: true,

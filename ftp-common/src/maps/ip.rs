@@ -4,17 +4,76 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// An address as the tables hold it: its 16 bytes in network byte order. Aligned to 4 bytes: the
-/// kernel program then copies and compares addresses a word at a time (the BPF target has no
-/// unaligned access: a byte array is moved byte by byte, each byte in a register of its own).
-#[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpBytes(pub [u8; 16]);
+/// An address as the tables hold it: its 16 bytes in network byte order, kept as four words. The
+/// kernel program then copies, compares and builds addresses a word at a time: the BPF target has
+/// no unaligned access, and moved a byte array byte by byte (each byte in a register of its own,
+/// zero runs through a byte-by-byte `memset`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpBytes(pub [u32; 4]);
 
 pod!(IpBytes);
 
+impl IpBytes {
+    /// The address whose bytes (network byte order) are `octets`.
+    #[inline(always)]
+    pub const fn from_octets(octets: [u8; 16]) -> Self {
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            b0,
+            b1,
+            b2,
+            b3,
+            c0,
+            c1,
+            c2,
+            c3,
+            d0,
+            d1,
+            d2,
+            d3,
+        ] = octets;
+        Self([
+            u32::from_ne_bytes([a0, a1, a2, a3]),
+            u32::from_ne_bytes([b0, b1, b2, b3]),
+            u32::from_ne_bytes([c0, c1, c2, c3]),
+            u32::from_ne_bytes([d0, d1, d2, d3]),
+        ])
+    }
+
+    /// Its bytes, in network byte order.
+    #[inline(always)]
+    pub const fn octets(&self) -> [u8; 16] {
+        let [a, b, c, d] = self.0;
+        let ([a0, a1, a2, a3], [b0, b1, b2, b3]) = (a.to_ne_bytes(), b.to_ne_bytes());
+        let ([c0, c1, c2, c3], [d0, d1, d2, d3]) = (c.to_ne_bytes(), d.to_ne_bytes());
+        [
+            a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+        ]
+    }
+}
+
+/// Addresses order as their bytes do (not as the words' native values).
+impl Ord for IpBytes {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.octets().cmp(&other.octets())
+    }
+}
+
+impl PartialOrd for IpBytes {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// The all-zero address: "any" in an expectation's key, "none" in a setting.
-pub const UNSPECIFIED: IpBytes = IpBytes([0; 16]);
+pub const UNSPECIFIED: IpBytes = IpBytes([0; 4]);
+
+/// The third word of every IPv4-mapped address: bytes `0, 0, 0xff, 0xff`.
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 /// How many leading bits of a mapped address are the mapping: an IPv4 prefix of `n` bits is the
 /// mapped prefix of `V4_MAPPED_BITS + n`.
@@ -22,23 +81,22 @@ pub const V4_MAPPED_BITS: u8 = 96;
 
 /// The IPv4 address `octets`, mapped.
 #[inline(always)]
-pub const fn v4_mapped([a, b, c, d]: [u8; 4]) -> IpBytes {
-    IpBytes([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d])
+pub const fn v4_mapped(octets: [u8; 4]) -> IpBytes {
+    IpBytes([0, 0, V4_MAPPED_WORD, u32::from_ne_bytes(octets)])
 }
 
 /// Whether `addr` is an IPv4 address (mapped).
 #[inline(always)]
 pub fn is_v4(addr: &IpBytes) -> bool {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, ..] = addr.0;
-    u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]) == 0
-        && u32::from_be_bytes([a8, a9, a10, a11]) == 0xffff
+    let [a, b, c, _] = addr.0;
+    a == 0 && b == 0 && c == V4_MAPPED_WORD
 }
 
 /// The IPv4 address in the last four bytes of `addr` (meaningful when [`is_v4`]).
 #[inline(always)]
 pub const fn v4_octets(addr: &IpBytes) -> [u8; 4] {
-    let [.., a, b, c, d] = addr.0;
-    [a, b, c, d]
+    let [.., d] = addr.0;
+    d.to_ne_bytes()
 }
 
 /// The address `addr` holds, in its own family.
@@ -46,7 +104,20 @@ pub fn to_ip(addr: &IpBytes) -> IpAddr {
     if is_v4(addr) {
         IpAddr::V4(Ipv4Addr::from(v4_octets(addr)))
     } else {
-        IpAddr::V6(Ipv6Addr::from(addr.0))
+        IpAddr::V6(Ipv6Addr::from(addr.octets()))
+    }
+}
+
+/// Whether `held` is `addr`, each in its own family: an IPv6 address that looks IPv4-mapped (an
+/// `EPRT |2|::ffff:10.0.0.2|`) is never the IPv4 address it would map.
+#[inline(always)]
+pub fn holds(held: &IpBytes, addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => *held == v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => {
+            let v6 = IpBytes::from_octets(v6.octets());
+            !is_v4(&v6) && v6 == *held
+        }
     }
 }
 
@@ -54,7 +125,7 @@ pub fn to_ip(addr: &IpBytes) -> IpAddr {
 pub const fn from_ip(addr: IpAddr) -> IpBytes {
     match addr {
         IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => IpBytes(v6.octets()),
+        IpAddr::V6(v6) => IpBytes::from_octets(v6.octets()),
     }
 }
 
@@ -66,17 +137,18 @@ pub fn network(addr: &IpBytes, prefix_len: u8) -> IpBytes {
     network
 }
 
-/// Clears the bits of `addr` past the first `prefix_len`, in place: byte by byte in memory, as
-/// the datapath does it per new session (made in registers, every byte of the address took a
-/// register or a stack slot of its own on the BPF target).
+/// Clears the bits of `addr` past the first `prefix_len`, in place, a word at a time.
 #[inline(always)]
 pub fn clear_host_bits(addr: &mut IpBytes, prefix_len: u8) {
-    for (index, byte) in addr.0.iter_mut().enumerate() {
-        // The bits of this byte inside the prefix: 0 to 8.
-        let kept = prefix_len
-            .saturating_sub((index as u8).wrapping_mul(8))
-            .min(8);
-        *byte &= !(0xffu8.checked_shr(u32::from(kept)).unwrap_or(0));
+    for (index, word) in addr.0.iter_mut().enumerate() {
+        // The bits of this word inside the prefix: 0 to 32.
+        let kept = u32::from(
+            prefix_len
+                .saturating_sub((index as u8).wrapping_mul(32))
+                .min(32),
+        );
+        let mask = u32::MAX.checked_shl(32 - kept).unwrap_or(0);
+        *word &= u32::from_ne_bytes(mask.to_be_bytes());
     }
 }
 
@@ -89,7 +161,7 @@ mod tests {
         let addr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
         let bytes = from_ip(addr);
         assert_eq!(
-            Ipv6Addr::from(bytes.0),
+            Ipv6Addr::from(bytes.octets()),
             "::ffff:192.0.2.7".parse::<Ipv6Addr>().unwrap()
         );
         assert!(is_v4(&bytes));
@@ -115,9 +187,36 @@ mod tests {
     }
 
     #[test]
+    fn an_address_is_held_only_in_its_own_family() {
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+        let v6: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(holds(&from_ip(v4), v4));
+        assert!(
+            !holds(&from_ip(v4), mapped),
+            "an IPv6 address is not an IPv4 one"
+        );
+        assert!(holds(&from_ip(v6), v6));
+        assert!(!holds(&from_ip(v6), v4));
+    }
+
+    #[test]
+    fn the_words_hold_the_bytes_in_order() {
+        let octets = core::array::from_fn(|i| i as u8 * 17);
+        let addr = IpBytes::from_octets(octets);
+        assert_eq!(addr.octets(), octets);
+        // In memory, the words are the bytes as they were.
+        assert_eq!(core::mem::size_of::<IpBytes>(), 16);
+        let low = from_ip("::1".parse().unwrap());
+        let high = from_ip("ff00::".parse().unwrap());
+        assert!(low < high, "addresses order as their bytes");
+        assert!(v4_mapped([10, 0, 0, 2]) < v4_mapped([192, 0, 2, 1]));
+    }
+
+    #[test]
     fn a_network_keeps_exactly_its_prefix() {
         let addr = from_ip("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff".parse().unwrap());
-        let net = |len| Ipv6Addr::from(network(&addr, len).0);
+        let net = |len| Ipv6Addr::from(network(&addr, len).octets());
         let v6 = |text: &str| text.parse::<Ipv6Addr>().unwrap();
         assert_eq!(net(128), v6("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"));
         assert_eq!(net(64), v6("2001:db8:aaaa:bbbb::"));

@@ -7,16 +7,16 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
 
 fn ctx() -> PolicyContext {
     PolicyContext {
-        client: IpAddr::V4(CLIENT),
-        server: IpAddr::V4(SERVER),
+        client: ip::from_ip(IpAddr::V4(CLIENT)),
+        server: ip::from_ip(IpAddr::V4(SERVER)),
         policy: Policy::new(),
     }
 }
 
 fn ctx6() -> PolicyContext {
     PolicyContext {
-        client: IpAddr::V6("2001:db8::2".parse().unwrap()),
-        server: IpAddr::V6("2001:db8::10".parse().unwrap()),
+        client: ip::from_ip(IpAddr::V6("2001:db8::2".parse().unwrap())),
+        server: ip::from_ip(IpAddr::V6("2001:db8::10".parse().unwrap())),
         policy: Policy::new(),
     }
 }

@@ -228,8 +228,8 @@ impl Hash for PackedKey {
 
 fn packed(key: &FlowKey) -> PackedKey {
     let mut bytes = [0u8; 40];
-    bytes[..16].copy_from_slice(&key.saddr.0);
-    bytes[16..32].copy_from_slice(&key.daddr.0);
+    bytes[..16].copy_from_slice(&key.saddr.octets());
+    bytes[16..32].copy_from_slice(&key.daddr.octets());
     bytes[32..34].copy_from_slice(&key.sport);
     bytes[34..36].copy_from_slice(&key.dport);
     let mut words = [0u64; 5];

@@ -291,7 +291,10 @@ fn masquerade_key(prefix: &Ipv4Prefix) -> Key<IpBytes> {
 
 /// A masqueraded IPv6 prefix as the trie holds it: itself, all 128 bits of it.
 fn masquerade6_key(prefix: &Ipv6Prefix) -> Key<IpBytes> {
-    Key::new(u32::from(prefix.len), IpBytes(prefix.addr.octets()))
+    Key::new(
+        u32::from(prefix.len),
+        IpBytes::from_octets(prefix.addr.octets()),
+    )
 }
 
 /// The public IPv6 address a config record holds, `none` for none.
@@ -310,7 +313,7 @@ pub(super) fn prefix_text(key: &Key<IpBytes>) -> String {
     let len = key.prefix_len();
     match len.checked_sub(u32::from(ip::V4_MAPPED_BITS)) {
         Some(v4_len) if ip::is_v4(&addr) => format!("{}/{v4_len}", ip::to_ip(&addr)),
-        _ => format!("{}/{len}", std::net::Ipv6Addr::from(addr.0)),
+        _ => format!("{}/{len}", std::net::Ipv6Addr::from(addr.octets())),
     }
 }
 
@@ -411,7 +414,11 @@ mod tests {
             let prefix: Ipv6Prefix = text.parse().unwrap();
             let key = masquerade6_key(&prefix);
             assert_eq!(key.prefix_len(), u32::from(prefix.len), "{text}");
-            assert_eq!(key.data(), IpBytes(prefix.addr.octets()), "{text}");
+            assert_eq!(
+                key.data(),
+                IpBytes::from_octets(prefix.addr.octets()),
+                "{text}"
+            );
             assert!(!ip::is_v4(&key.data()), "{text}");
             assert_eq!(prefix_text(&key), prefix.to_string());
         }
@@ -484,7 +491,7 @@ mod tests {
         };
         let target = publish_target(&published);
         assert_eq!(
-            target.server_addr.0,
+            target.server_addr.octets(),
             "fd00:1::10".parse::<std::net::Ipv6Addr>().unwrap().octets()
         );
         assert_eq!(target.server_port, 21u16.to_be_bytes());

@@ -107,8 +107,8 @@ mod tests {
 
     fn ctx() -> PolicyContext {
         PolicyContext {
-            client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
-            server: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+            client: ip::from_ip(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))),
+            server: ip::from_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10))),
             policy: Policy::new(),
         }
     }
