@@ -192,8 +192,8 @@ fn curl_lftp_and_ftplib_active_and_passive_200mb_through_nat66() {
 }
 
 /// Logs in over IPv6 to `argv[1]`, says so with its control port and waits; announces a
-/// listening port of its own with EPRT, says so and waits; retrieves `argv[2]` over it and prints
-/// its sha256.
+/// listening port of its own with EPRT, says so and waits; retrieves `argv[2]` over it, printing
+/// the server's 150, then the sha256 of what arrived.
 const ANNOUNCED_ACTIVE_SESSION: &str = r#"
 import sys
 from ftpnat_lab import session_with_listener, retr_active
@@ -302,6 +302,7 @@ fn sessions_json_shows_a_nat66_session_as_masquerade_of_the_ula_client() {
     assert!(log.contains(&received), "no {received} in:\n{log}");
 
     client.proceed().expect("RETR");
+    client.expect("150").expect("the server's data connection");
     let done = client.expect("done").expect("transfer done");
     assert_eq!(done.first(), Some(&setup.file.sha256));
     client.finish().unwrap_or_else(|err| panic!("{err:#}"));
