@@ -14,6 +14,13 @@
 //! ```text
 //!   2001:db8:10::2/64  2001:db8:10::1  2001:db8:1::fe/64     2001:db8:1::10/64
 //! ```
+//!
+//! A NAT66 lab (`LabSpec::nat66()`) numbers the LAN from a ULA prefix the server has no route to,
+//! so only what the router translates to its public IPv6 address comes back:
+//!
+//! ```text
+//!   fd00:1::2/64       fd00:1::1       2001:db8:1::fe/64     2001:db8:1::10/64
+//! ```
 
 use std::{
     fs,
@@ -144,21 +151,34 @@ impl LabSpec {
             ..Self::default()
         }
     }
+
+    /// The default lab with IPv6 too, its LAN on a ULA prefix the server cannot reach
+    /// ([`Ipv6Spec::ula_behind_nat66`]).
+    pub fn nat66() -> Self {
+        Self {
+            ipv6: Some(Ipv6Spec::ula_behind_nat66()),
+            ..Self::default()
+        }
+    }
 }
 
-/// The IPv6 side of a dual-stack lab. Always routed: the server has a route to the LAN's prefix
-/// through the router, which forwards without translating (ftpnat's IPv6 firewall mode, no
-/// NAT66), whatever [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address detection,
-/// so they are usable the moment the links are up.
+/// The IPv6 side of a dual-stack lab, routed or not as its own [`Ipv6Spec::routing`] says,
+/// whatever [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address
+/// detection, so they are usable the moment the links are up.
 #[derive(Debug, Clone)]
 pub struct Ipv6Spec {
     pub lan_prefix_len: u8,
-    /// A global-looking address, as a LAN behind a dual-stack line has from its ISP's prefix.
+    /// A global-looking address, as a LAN behind a dual-stack line has from its ISP's prefix, or
+    /// a ULA one behind NAT66.
     pub client: Ipv6Addr,
     pub router_lan: Ipv6Addr,
     pub wan_prefix_len: u8,
     pub router_wan: Ipv6Addr,
     pub server: Ipv6Addr,
+    /// [`Routing::Routed`]: the server has a route to the LAN's prefix through the router, which
+    /// forwards without translating (ftpnat's IPv6 firewall mode). [`Routing::Nat`]: it has
+    /// none, so only connections NAT66 gives the router's public IPv6 address can get answers.
+    pub routing: Routing,
 }
 
 impl Default for Ipv6Spec {
@@ -170,12 +190,24 @@ impl Default for Ipv6Spec {
             wan_prefix_len: 64,
             router_wan: Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0xfe),
             server: Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10),
+            routing: Routing::Routed,
         }
     }
 }
 
 impl Ipv6Spec {
-    /// The LAN's prefix, `2001:db8:10::/64`.
+    /// A LAN on the ULA prefix `fd00:1::/64`, which the server has no route to (NAT66's lab):
+    /// the WAN side as in [`Ipv6Spec::default`].
+    pub fn ula_behind_nat66() -> Self {
+        Self {
+            client: Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 2),
+            router_lan: Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 1),
+            routing: Routing::Nat,
+            ..Self::default()
+        }
+    }
+
+    /// The LAN's prefix, such as `2001:db8:10::/64`.
     pub fn lan_prefix(&self) -> String {
         prefix6(self.client, self.lan_prefix_len)
     }
@@ -407,14 +439,16 @@ impl Lab {
                 v6.wan_prefix_len,
                 &self.server,
             )?;
-            self.server.ip(&[
-                "-6",
-                "route",
-                "add",
-                &v6.lan_prefix(),
-                "via",
-                &v6.router_wan.to_string(),
-            ])?;
+            if v6.routing == Routing::Routed {
+                self.server.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &v6.lan_prefix(),
+                    "via",
+                    &v6.router_wan.to_string(),
+                ])?;
+            }
         }
         Ok(())
     }
