@@ -17,7 +17,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV6},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -789,9 +789,23 @@ impl Lab {
     /// The IPv4 TCP segments in the router's capture of `iface` so far, in capture order: for
     /// checking exactly what one segment carried.
     pub fn capture_segments(&self, iface: &str) -> anyhow::Result<Vec<TcpSegment>> {
+        self.read_capture(iface, capture::tcp_segments)
+    }
+
+    /// [`Lab::capture_segments`] for the IPv6 TCP segments.
+    pub fn capture_segments6(&self, iface: &str) -> anyhow::Result<Vec<TcpSegment<SocketAddrV6>>> {
+        self.read_capture(iface, capture::tcp6_segments)
+    }
+
+    /// The router's capture of `iface` so far, read by `parse`.
+    fn read_capture<T>(
+        &self,
+        iface: &str,
+        parse: fn(&[u8]) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let pcap = self.dir.join(format!("router-{iface}.pcap"));
         let bytes = fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
-        capture::tcp_segments(&bytes).with_context(|| format!("reading {}", pcap.display()))
+        parse(&bytes).with_context(|| format!("reading {}", pcap.display()))
     }
 
     /// The router's capture of `iface` so far, as tcpdump prints it with `options` (e.g. `-vv`
