@@ -14,6 +14,13 @@
 //! ```text
 //!   2001:db8:10::2/64  2001:db8:10::1  2001:db8:1::fe/64     2001:db8:1::10/64
 //! ```
+//!
+//! A NAT66 lab (`LabSpec::nat66()`) numbers the LAN from a ULA prefix the server has no route to,
+//! so only what the router translates to its public IPv6 address comes back:
+//!
+//! ```text
+//!   fd00:1::2/64       fd00:1::1       2001:db8:1::fe/64     2001:db8:1::10/64
+//! ```
 
 use std::{
     fs,
@@ -65,6 +72,13 @@ def session_with_listener(server):
     host = ftp.sock.getsockname()[0]
     listener = socket.create_server((host, 0), family=family_of(host))
     return ftp, listener, host, listener.getsockname()[1]
+
+def active_command(host, port):
+    """The line announcing `host`'s `port` for an active transfer: PORT for an IPv4 address, EPRT
+    |2| for an IPv6 one (which PORT cannot carry)."""
+    if ':' in host:
+        return 'EPRT |2|%s|%d|\r\n' % (host, port)
+    return 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
 
 def family_of(host):
     """The socket family of an address literal: IPv6 if it has a colon."""
@@ -144,21 +158,34 @@ impl LabSpec {
             ..Self::default()
         }
     }
+
+    /// The default lab with IPv6 too, its LAN on a ULA prefix the server cannot reach
+    /// ([`Ipv6Spec::ula_behind_nat66`]).
+    pub fn nat66() -> Self {
+        Self {
+            ipv6: Some(Ipv6Spec::ula_behind_nat66()),
+            ..Self::default()
+        }
+    }
 }
 
-/// The IPv6 side of a dual-stack lab. Always routed: the server has a route to the LAN's prefix
-/// through the router, which forwards without translating (ftpnat's IPv6 firewall mode, no
-/// NAT66), whatever [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address detection,
-/// so they are usable the moment the links are up.
+/// The IPv6 side of a dual-stack lab, routed or not as its own [`Ipv6Spec::routing`] says,
+/// whatever [`LabSpec::routing`] says for IPv4. Addresses are added without duplicate address
+/// detection, so they are usable the moment the links are up.
 #[derive(Debug, Clone)]
 pub struct Ipv6Spec {
     pub lan_prefix_len: u8,
-    /// A global-looking address, as a LAN behind a dual-stack line has from its ISP's prefix.
+    /// A global-looking address, as a LAN behind a dual-stack line has from its ISP's prefix, or
+    /// a ULA one behind NAT66.
     pub client: Ipv6Addr,
     pub router_lan: Ipv6Addr,
     pub wan_prefix_len: u8,
     pub router_wan: Ipv6Addr,
     pub server: Ipv6Addr,
+    /// [`Routing::Routed`]: the server has a route to the LAN's prefix through the router, which
+    /// forwards without translating (ftpnat's IPv6 firewall mode). [`Routing::Nat`]: it has
+    /// none, so only connections NAT66 gives the router's public IPv6 address can get answers.
+    pub routing: Routing,
 }
 
 impl Default for Ipv6Spec {
@@ -170,12 +197,24 @@ impl Default for Ipv6Spec {
             wan_prefix_len: 64,
             router_wan: Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0xfe),
             server: Ipv6Addr::new(0x2001, 0xdb8, 0x1, 0, 0, 0, 0, 0x10),
+            routing: Routing::Routed,
         }
     }
 }
 
 impl Ipv6Spec {
-    /// The LAN's prefix, `2001:db8:10::/64`.
+    /// A LAN on the ULA prefix `fd00:1::/64`, which the server has no route to (NAT66's lab):
+    /// the WAN side as in [`Ipv6Spec::default`].
+    pub fn ula_behind_nat66() -> Self {
+        Self {
+            client: Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 2),
+            router_lan: Ipv6Addr::new(0xfd00, 0x1, 0, 0, 0, 0, 0, 1),
+            routing: Routing::Nat,
+            ..Self::default()
+        }
+    }
+
+    /// The LAN's prefix, such as `2001:db8:10::/64`.
     pub fn lan_prefix(&self) -> String {
         prefix6(self.client, self.lan_prefix_len)
     }
@@ -407,14 +446,16 @@ impl Lab {
                 v6.wan_prefix_len,
                 &self.server,
             )?;
-            self.server.ip(&[
-                "-6",
-                "route",
-                "add",
-                &v6.lan_prefix(),
-                "via",
-                &v6.router_wan.to_string(),
-            ])?;
+            if v6.routing == Routing::Routed {
+                self.server.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    &v6.lan_prefix(),
+                    "via",
+                    &v6.router_wan.to_string(),
+                ])?;
+            }
         }
         Ok(())
     }
@@ -838,6 +879,16 @@ impl Lab {
     /// The server's firewall drops the first of every `every` segments to the FTP port that
     /// contain `text` (a `every` larger than the test's segments: only the first).
     pub fn server_drops_first_of_every(&self, text: &str, every: u32) {
+        self.server_drops_first_of_every_with("iptables", text, every);
+    }
+
+    /// [`Lab::server_drops_first_of_every`] for the segments that come over IPv6.
+    pub fn server_drops_first_of_every6(&self, text: &str, every: u32) {
+        self.server_drops_first_of_every_with("ip6tables", text, every);
+    }
+
+    /// [`Lab::server_drops_first_of_every`] with the rule added by `iptables` (or `ip6tables`).
+    fn server_drops_first_of_every_with(&self, iptables: &str, text: &str, every: u32) {
         let every = every.to_string();
         let args = [
             "-A",
@@ -864,8 +915,8 @@ impl Lab {
             "DROP",
         ];
         self.server
-            .exec("iptables", &args)
-            .expect("iptables on the server");
+            .exec(iptables, &args)
+            .unwrap_or_else(|err| panic!("{iptables} on the server: {err:#}"));
     }
 
     /// Runs a Python script (system interpreter) in `ns`; an error carries its output.
