@@ -91,9 +91,18 @@ impl Family {
     /// or in firewall mode the client's own (`|2|2001:db8:10::2|`).
     pub fn announced_address_text(self, lab: &Lab) -> String {
         match self {
-            Self::Ipv4 => format!("{},", commas(lab.spec.router_wan)),
-            Self::Ipv6Nat66 => format!("|2|{}|", lab.ipv6().router_wan),
-            Self::Ipv6Firewall => format!("|2|{}|", lab.ipv6().client),
+            Self::Ipv4 => Self::address_text(lab.spec.router_wan.into()),
+            Self::Ipv6Nat66 => Self::address_text(lab.ipv6().router_wan.into()),
+            Self::Ipv6Firewall => Self::address_text(lab.ipv6().client.into()),
+        }
+    }
+
+    /// `addr` as an active-transfer line's argument starts with it: `10,0,0,2,` in a PORT,
+    /// `|2|fd00:1::2|` in an EPRT.
+    pub fn address_text(addr: IpAddr) -> String {
+        match addr {
+            IpAddr::V4(addr) => format!("{},", commas(addr)),
+            IpAddr::V6(addr) => format!("|2|{addr}|"),
         }
     }
 

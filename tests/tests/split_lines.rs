@@ -89,7 +89,7 @@ struct Served {
     _agent: Agent,
     /// The server's address in the family.
     server: String,
-    _vsftpd: FtpServer,
+    vsftpd: FtpServer,
     file: TestFile,
     lab: Lab,
 }
@@ -100,7 +100,7 @@ fn served(family: Family) -> Served {
     Served {
         _agent: family.start_ftpnat(&lab),
         server: family.server_addr(&vsftpd).to_string(),
-        _vsftpd: vsftpd,
+        vsftpd,
         file,
         lab,
     }
@@ -215,13 +215,18 @@ fn held_addresses_go_back_as_sent(
     bounce: &str,
 ) {
     let Served {
-        lab, server, file, ..
+        lab,
+        server,
+        file,
+        vsftpd,
+        ..
     } = &served(family);
     let verb = family.active_verb().trim_end();
 
     // Cut twice inside the address: the second segment does not end the line, so the held
     // bytes go back in front of it and the line reaches the server as the client sent it.
     let cuts = format!("{},{}", twice.0, twice.1);
+    let mark = vsftpd.log_mark();
     let lines = split_download(&lab, &server, file.name(), verb, &cuts, None);
     assert!(
         lines.first().is_some_and(|l| l.starts_with('5')),
@@ -232,8 +237,12 @@ fn held_addresses_go_back_as_sent(
         Some(&file.sha256),
         "the session did not go on"
     );
-    // (vsftpd refuses it because it names the client's private address: had any of it been
-    // rewritten, the server would have seen a malformed line or the public address.)
+    // vsftpd refuses it because it names the client's private address, which it got whole: had
+    // any of it been rewritten or the held bytes been lost, it would have seen a malformed line
+    // or the public address.
+    let log = vsftpd.log_since(mark).expect("server log");
+    let as_sent = format!("\"{verb} {}", Family::address_text(family.client_addr(lab)));
+    assert!(log.contains(&as_sent), "no {as_sent} in:\n{log}");
     let lan = lab.capture_text(ROUTER_LAN_IF).expect("capture");
     assert_segment_sent(&lan, verb, twice.0);
     assert_segment_sent(&lan, verb, twice.1 - twice.0);
