@@ -56,7 +56,7 @@ ftp.quit()
 "#;
 
 /// The active-transfer line in a payload, from its verb to its CR (or the payload's end).
-fn announcement<'a>(family: Family, payload: &'a str) -> Option<&'a str> {
+fn announcement(family: Family, payload: &str) -> Option<&str> {
     let start = payload.find(family.active_verb())?;
     let rest = &payload[start..];
     Some(rest.split('\r').next().unwrap_or(rest))

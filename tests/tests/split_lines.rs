@@ -118,7 +118,7 @@ fn lines_cut_before_or_inside_their_address_announce_it_whole(
         lab, server, file, ..
     } = &served(family);
     for &(verb, cut) in cuts {
-        let lines = split_download(&lab, &server, file.name(), verb, &cut.to_string(), None);
+        let lines = split_download(lab, server, file.name(), verb, &cut.to_string(), None);
         assert!(
             lines.first().is_some_and(|l| l.starts_with("200")),
             "{verb} cut at {cut}: the server did not accept the line: {lines:?}"
@@ -153,8 +153,8 @@ fn lines_cut_before_or_inside_their_address_announce_it_whole(
             "a part of the client's own address reached the WAN"
         ),
         Family::Ipv6Firewall => assert_eq!(
-            family.control_segments(&lab, ROUTER_WAN_IF),
-            family.control_segments(&lab, ROUTER_LAN_IF),
+            family.control_segments(lab, ROUTER_WAN_IF),
+            family.control_segments(lab, ROUTER_LAN_IF),
             "the client's control segments did not cross the router as sent"
         ),
     }
@@ -227,7 +227,7 @@ fn held_addresses_go_back_as_sent(
     // bytes go back in front of it and the line reaches the server as the client sent it.
     let cuts = format!("{},{}", twice.0, twice.1);
     let mark = vsftpd.log_mark();
-    let lines = split_download(&lab, &server, file.name(), verb, &cuts, None);
+    let lines = split_download(lab, server, file.name(), verb, &cuts, None);
     assert!(
         lines.first().is_some_and(|l| l.starts_with('5')),
         "the server should refuse the client's private address: {lines:?}"
@@ -249,8 +249,8 @@ fn held_addresses_go_back_as_sent(
 
     // A bounce cut inside its address: refused, given back untouched, counted as a refusal.
     let lines = split_download(
-        &lab,
-        &server,
+        lab,
+        server,
         file.name(),
         "EPRT",
         &once.to_string(),
