@@ -130,6 +130,21 @@ impl Family {
             .collect()
     }
 
+    /// In firewall mode, checks that the operator's firewall dropped nothing: ftpnat forwards
+    /// every packet of an announced data connection past it, the opening SYN first. (The other
+    /// families' labs have no such firewall.)
+    pub fn assert_firewall_dropped_nothing(self, lab: &Lab) {
+        if self == Self::Ipv6Firewall {
+            let dropped = lab
+                .unsolicited_inbound_ipv6_dropped()
+                .expect("the firewall's drop counter");
+            assert_eq!(
+                dropped, 0,
+                "the firewall dropped packets ftpnat should have forwarded"
+            );
+        }
+    }
+
     /// The server's firewall drops the first segment to its FTP port in this family that contains
     /// `text`.
     pub fn server_drops_first(self, lab: &Lab, text: &str) {

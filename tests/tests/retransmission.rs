@@ -113,6 +113,7 @@ fn download_with_first_copies_lost(
         "the server did not accept the rewritten line: {lines:?}"
     );
     assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
+    family.assert_firewall_dropped_nothing(lab);
     agent
 }
 

@@ -126,6 +126,7 @@ fn lines_cut_before_or_inside_their_address_announce_it_whole(
         let sums = lines.iter().filter(|l| **l == file.sha256).count();
         assert_eq!(sums, 2, "{verb} cut at {cut}: {lines:?}");
     }
+    family.assert_firewall_dropped_nothing(lab);
     let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(counter(&stats, "rewrites_skipped"), 0, "{stats}");
     // Every active transfer went through its own window port (or pinhole), every passive one
