@@ -2,20 +2,21 @@
 //! packet of the interface (an IPv6 multicast report from the veth coming up, ARP) into the lines
 //! of payload, so tests that look at what one TCP segment carried read the pcap file itself.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use anyhow::{Context as _, bail};
 
-/// One IPv4 TCP segment as captured (its payload cut at the capture's snap length).
+/// One TCP segment as captured (its payload cut at the capture's snap length): IPv4 unless its
+/// addresses say otherwise (`TcpSegment<SocketAddrV6>`, from [`tcp6_segments`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpSegment {
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+pub struct TcpSegment<A = SocketAddrV4> {
+    pub src: A,
+    pub dst: A,
     pub seq: u32,
     pub payload: Vec<u8>,
 }
 
-impl TcpSegment {
+impl<A> TcpSegment<A> {
     /// The payload as text (non-UTF-8 bytes replaced), for comparing control-channel lines.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.payload).into_owned()
@@ -24,7 +25,9 @@ impl TcpSegment {
 
 const LINKTYPE_ETHERNET: u32 = 1;
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
+const IPV6_HEADER_LEN: usize = 40;
 
 /// The IPv4 TCP segments of a classic pcap file written by tcpdump on an Ethernet (veth)
 /// interface, in capture order. Everything else (IPv6, ARP, fragments) is skipped; a record cut
@@ -32,6 +35,13 @@ const IPPROTO_TCP: u8 = 6;
 pub fn tcp_segments(pcap: &[u8]) -> anyhow::Result<Vec<TcpSegment>> {
     let (frames, _) = whole_records(pcap)?;
     Ok(frames.into_iter().filter_map(tcp_segment).collect())
+}
+
+/// The IPv6 TCP segments of a pcap file as [`tcp_segments`] reads it: those whose TCP header
+/// follows the IPv6 header directly (no extension headers, which the lab's TCP never carries).
+pub fn tcp6_segments(pcap: &[u8]) -> anyhow::Result<Vec<TcpSegment<SocketAddrV6>>> {
+    let (frames, _) = whole_records(pcap)?;
+    Ok(frames.into_iter().filter_map(tcp6_segment).collect())
 }
 
 /// How many leading bytes of a pcap file hold whole records: tcpdump reports a record still
@@ -111,12 +121,50 @@ fn tcp_segment(frame: &[u8]) -> Option<TcpSegment> {
     let (src_ip, dst_ip) = (address(12)?, address(16)?);
     // The IP length bounds the payload: a short frame is padded to Ethernet's minimum.
     let tcp = ip.get(header_len..total_len.min(ip.len()))?;
+    tcp_fields(
+        tcp,
+        |port| SocketAddrV4::new(src_ip, port),
+        |port| SocketAddrV4::new(dst_ip, port),
+    )
+}
+
+/// The TCP segment in an Ethernet frame, if it holds an IPv6 packet whose next header is TCP.
+fn tcp6_segment(frame: &[u8]) -> Option<TcpSegment<SocketAddrV6>> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if ethertype != ETHERTYPE_IPV6 {
+        return None;
+    }
+    let ip = frame.get(14..)?;
+    let payload_len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+    if *ip.get(6)? != IPPROTO_TCP {
+        return None;
+    }
+    let address = |at: usize| {
+        let bytes: [u8; 16] = ip.get(at..at + 16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(bytes))
+    };
+    let (src_ip, dst_ip) = (address(8)?, address(24)?);
+    let tcp = ip.get(IPV6_HEADER_LEN..(IPV6_HEADER_LEN + payload_len).min(ip.len()))?;
+    tcp_fields(
+        tcp,
+        |port| SocketAddrV6::new(src_ip, port, 0, 0),
+        |port| SocketAddrV6::new(dst_ip, port, 0, 0),
+    )
+}
+
+/// The segment a TCP header and its payload (`tcp`) make, its endpoints the addresses with the
+/// ports the header names.
+fn tcp_fields<A>(
+    tcp: &[u8],
+    src: impl FnOnce(u16) -> A,
+    dst: impl FnOnce(u16) -> A,
+) -> Option<TcpSegment<A>> {
     let port = |at: usize| Some(u16::from_be_bytes([*tcp.get(at)?, *tcp.get(at + 1)?]));
     let seq = u32::from_be_bytes([*tcp.get(4)?, *tcp.get(5)?, *tcp.get(6)?, *tcp.get(7)?]);
     let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
     Some(TcpSegment {
-        src: SocketAddrV4::new(src_ip, port(0)?),
-        dst: SocketAddrV4::new(dst_ip, port(2)?),
+        src: src(port(0)?),
+        dst: dst(port(2)?),
         seq,
         payload: tcp.get(data_offset..)?.to_vec(),
     })
@@ -136,10 +184,32 @@ mod tests {
             0, 0, 0x40, 0, 64, protocol, 0, 0, 10, 0, 0, 2, 198, 51, 100, 2,
         ]);
         frame.extend(ip);
+        frame.extend(tcp_header());
+        frame.extend(payload);
+        frame.extend(vec![0; padding]);
+        frame
+    }
+
+    /// From port 50000 to port 21, sequence number 7.
+    fn tcp_header() -> Vec<u8> {
         let mut tcp = vec![0xc3, 0x50, 0, 21];
         tcp.extend(7u32.to_be_bytes());
         tcp.extend([0, 0, 0, 0, 0x50, 0x18, 0, 0, 0, 0, 0, 0]);
-        frame.extend(tcp);
+        tcp
+    }
+
+    /// An IPv6 packet from fd00:10::2 to 2001:db8:1::10 with `next_header`, carrying a TCP
+    /// segment with `payload`, `padding` bytes after it.
+    fn frame6(next_header: u8, payload: &[u8], padding: usize) -> Vec<u8> {
+        let mut frame = vec![0; 12];
+        frame.extend(ETHERTYPE_IPV6.to_be_bytes());
+        let len = u16::try_from(20 + payload.len()).unwrap();
+        frame.extend([0x60, 0, 0, 0]);
+        frame.extend(len.to_be_bytes());
+        frame.extend([next_header, 64]);
+        frame.extend("fd00:10::2".parse::<Ipv6Addr>().unwrap().octets());
+        frame.extend("2001:db8:1::10".parse::<Ipv6Addr>().unwrap().octets());
+        frame.extend(tcp_header());
         frame.extend(payload);
         frame.extend(vec![0; padding]);
         frame
@@ -181,6 +251,31 @@ mod tests {
             segments[1].payload.is_empty(),
             "Ethernet padding read as payload"
         );
+    }
+
+    #[test]
+    fn reads_ipv6_tcp_segments_apart_from_ipv4_ones() {
+        let file = pcap(
+            &[
+                frame6(IPPROTO_TCP, b"EPRT |2|", 0),
+                frame(ETHERTYPE_IPV4, IPPROTO_TCP, b"PORT ", 0),
+                frame6(17, b"udp", 0),
+                frame6(IPPROTO_TCP, b"", 6),
+            ],
+            0,
+        );
+        let segments = tcp6_segments(&file).unwrap();
+        assert_eq!(segments.len(), 2);
+        assert_eq!(segments[0].text(), "EPRT |2|");
+        assert_eq!(segments[0].src, "[fd00:10::2]:50000".parse().unwrap());
+        assert_eq!(segments[0].dst, "[2001:db8:1::10]:21".parse().unwrap());
+        assert_eq!(segments[0].seq, 7);
+        assert!(
+            segments[1].payload.is_empty(),
+            "Ethernet padding read as payload"
+        );
+        let ipv4 = tcp_segments(&file).unwrap();
+        assert_eq!(ipv4.len(), 1, "an IPv6 segment read as IPv4: {ipv4:?}");
     }
 
     #[test]

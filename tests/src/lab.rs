@@ -24,7 +24,7 @@
 
 use std::{
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV6},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Output, Stdio},
@@ -72,6 +72,13 @@ def session_with_listener(server):
     host = ftp.sock.getsockname()[0]
     listener = socket.create_server((host, 0), family=family_of(host))
     return ftp, listener, host, listener.getsockname()[1]
+
+def active_command(host, port):
+    """The line announcing `host`'s `port` for an active transfer: PORT for an IPv4 address, EPRT
+    |2| for an IPv6 one (which PORT cannot carry)."""
+    if ':' in host:
+        return 'EPRT |2|%s|%d|\r\n' % (host, port)
+    return 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
 
 def family_of(host):
     """The socket family of an address literal: IPv6 if it has a colon."""
@@ -823,9 +830,23 @@ impl Lab {
     /// The IPv4 TCP segments in the router's capture of `iface` so far, in capture order: for
     /// checking exactly what one segment carried.
     pub fn capture_segments(&self, iface: &str) -> anyhow::Result<Vec<TcpSegment>> {
+        self.read_capture(iface, capture::tcp_segments)
+    }
+
+    /// [`Lab::capture_segments`] for the IPv6 TCP segments.
+    pub fn capture_segments6(&self, iface: &str) -> anyhow::Result<Vec<TcpSegment<SocketAddrV6>>> {
+        self.read_capture(iface, capture::tcp6_segments)
+    }
+
+    /// The router's capture of `iface` so far, read by `parse`.
+    fn read_capture<T>(
+        &self,
+        iface: &str,
+        parse: fn(&[u8]) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
         let pcap = self.dir.join(format!("router-{iface}.pcap"));
         let bytes = fs::read(&pcap).with_context(|| format!("reading {}", pcap.display()))?;
-        capture::tcp_segments(&bytes).with_context(|| format!("reading {}", pcap.display()))
+        parse(&bytes).with_context(|| format!("reading {}", pcap.display()))
     }
 
     /// The router's capture of `iface` so far, as tcpdump prints it with `options` (e.g. `-vv`
@@ -858,6 +879,16 @@ impl Lab {
     /// The server's firewall drops the first of every `every` segments to the FTP port that
     /// contain `text` (a `every` larger than the test's segments: only the first).
     pub fn server_drops_first_of_every(&self, text: &str, every: u32) {
+        self.server_drops_first_of_every_with("iptables", text, every);
+    }
+
+    /// [`Lab::server_drops_first_of_every`] for the segments that come over IPv6.
+    pub fn server_drops_first_of_every6(&self, text: &str, every: u32) {
+        self.server_drops_first_of_every_with("ip6tables", text, every);
+    }
+
+    /// [`Lab::server_drops_first_of_every`] with the rule added by `iptables` (or `ip6tables`).
+    fn server_drops_first_of_every_with(&self, iptables: &str, text: &str, every: u32) {
         let every = every.to_string();
         let args = [
             "-A",
@@ -884,8 +915,8 @@ impl Lab {
             "DROP",
         ];
         self.server
-            .exec("iptables", &args)
-            .expect("iptables on the server");
+            .exec(iptables, &args)
+            .unwrap_or_else(|err| panic!("{iptables} on the server: {err:#}"));
     }
 
     /// Runs a Python script (system interpreter) in `ns`; an error carries its output.

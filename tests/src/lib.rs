@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod capture;
 pub mod clients;
+pub mod family;
 pub mod files;
 pub mod lab;
 pub mod masquerade;
@@ -15,6 +16,7 @@ pub mod servers;
 pub use agent::Agent;
 pub use capture::TcpSegment;
 pub use clients::{Client, Mode, Transfer};
+pub use family::Family;
 pub use files::{MIB, TestFile};
 pub use lab::{Lab, LabSpec, Routing};
 pub use servers::FtpServer;

@@ -1,22 +1,22 @@
 //! Retransmissions of a rewritten control segment. The receiver must get the same bytes at the
 //! same sequence numbers as in the first transmission, also when the sender's retransmission is
 //! not a copy of it: Linux, when its retransmission timer fires, merges the following unacknowledged
-//! segments into the one it resends.
+//! segments into the one it resends. Each scenario runs over IPv4 (a masqueraded `PORT`) and over
+//! IPv6 (an `EPRT |2|` through NAT66, whose rewriting changes the line's length as well); those
+//! that do not hold bytes back run in IPv6 firewall mode too, where the line must pass as sent
+//! and still be followed.
 
-use ftpnat_tests::{Agent, Lab, LabSpec, TcpSegment, lab::ROUTER_WAN_IF};
+use ftpnat_tests::{Agent, Family, Lab, lab::ROUTER_WAN_IF};
 use serde_json::Value;
 
-/// For the server's firewall: drop only the first segment that matches.
-const ONCE: u32 = 1_000_000;
-
-/// Active download whose PORT is followed at once by a NOOP in a segment of its own (no Nagle).
-/// Prints both replies, then the file's sha256.
-const PORT_AND_NOOP_THEN_RETR: &str = r#"
+/// Active download whose PORT (EPRT over IPv6) is followed at once by a NOOP in a segment of its
+/// own (no Nagle). Prints both replies, then the file's sha256.
+const ANNOUNCEMENT_AND_NOOP_THEN_RETR: &str = r#"
 import sys
-from ftpnat_lab import retr_active, session_with_listener
+from ftpnat_lab import active_command, retr_active, session_with_listener
 server, name = sys.argv[1], sys.argv[2]
 ftp, listener, host, port = session_with_listener(server)
-ftp.sock.sendall(('PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)).encode())
+ftp.sock.sendall(active_command(host, port).encode())
 ftp.sock.sendall(b'NOOP\r\n')
 print(ftp.getresp())
 print(ftp.getresp())
@@ -24,73 +24,85 @@ print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
 
-/// Active download whose PORT follows a NOOP in a segment of its own (no Nagle). Prints both
-/// replies, then the file's sha256.
-const NOOP_THEN_PORT_THEN_RETR: &str = r#"
+/// Active download whose PORT (EPRT over IPv6) follows a NOOP in a segment of its own (no
+/// Nagle). Prints both replies, then the file's sha256.
+const NOOP_THEN_ANNOUNCEMENT_THEN_RETR: &str = r#"
 import sys
-from ftpnat_lab import retr_active, session_with_listener
+from ftpnat_lab import active_command, retr_active, session_with_listener
 server, name = sys.argv[1], sys.argv[2]
 ftp, listener, host, port = session_with_listener(server)
 ftp.sock.sendall(b'NOOP\r\n')
-ftp.sock.sendall(('PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)).encode())
+ftp.sock.sendall(active_command(host, port).encode())
 print(ftp.getresp())
 print(ftp.getresp())
 print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
 
-/// Active download whose PORT line goes out in two segments, cut inside the address after 9
-/// bytes ("PORT 10,0" | ",0,2,…"). Prints the reply to the PORT, then the file's sha256.
-const PORT_CUT_IN_ITS_ADDRESS_THEN_RETR: &str = r#"
+/// Active download whose PORT (EPRT over IPv6) line goes out in two segments, cut after
+/// `argv[3]` bytes, inside the address ("PORT 10,0" | ",0,2,…"). Prints the reply to the line,
+/// then the file's sha256.
+const ANNOUNCEMENT_CUT_IN_ITS_ADDRESS_THEN_RETR: &str = r#"
 import sys
-from ftpnat_lab import retr_active, session_with_listener
-server, name = sys.argv[1], sys.argv[2]
+from ftpnat_lab import active_command, retr_active, session_with_listener
+server, name, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ftp, listener, host, port = session_with_listener(server)
-line = 'PORT %s,%d,%d\r\n' % (host.replace('.', ','), port >> 8, port & 255)
-ftp.sock.sendall(line[:9].encode())
-ftp.sock.sendall(line[9:].encode())
+line = active_command(host, port)
+ftp.sock.sendall(line[:cut].encode())
+ftp.sock.sendall(line[cut:].encode())
 print(ftp.getresp())
 print(retr_active(ftp, listener, name))
 ftp.quit()
 "#;
 
-/// The client's segments to the FTP port on the router's WAN side, in order: their sequence
-/// numbers and payloads.
-fn segments_to_port_21(lab: &Lab) -> Vec<(u32, String)> {
-    lab.capture_segments(ROUTER_WAN_IF)
-        .expect("capture")
-        .iter()
-        .filter(|s| s.dst.port() == 21 && !s.payload.is_empty())
-        .map(|s: &TcpSegment| (s.seq, s.text()))
-        .collect()
-}
-
-/// The `PORT h,h,h,h,p,p` text in a payload.
-fn port_line(payload: &str) -> Option<&str> {
-    let start = payload.find("PORT ")?;
+/// The active-transfer line in a payload, from its verb to its CR (or the payload's end).
+fn announcement(family: Family, payload: &str) -> Option<&str> {
+    let start = payload.find(family.active_verb())?;
     let rest = &payload[start..];
-    let end = rest[5..]
-        .find(|c: char| !c.is_ascii_digit() && c != ',')
-        .map_or(rest.len(), |n| n + 5);
-    Some(&rest[..end])
+    Some(rest.split('\r').next().unwrap_or(rest))
 }
 
-/// Runs an active-download `script` (it prints the PORT's reply first and the file's sha256
-/// last) through ftpnat while the server's firewall drops the first segment carrying each of
-/// `lost`, with tail loss probes off in the client, so that the client's retransmission timer
-/// resends and merges what was lost. Checks the server accepted the PORT and the file arrived.
-fn download_with_first_copies_lost(script: &str, lost: &[&str]) -> (Lab, Agent) {
-    let lab = Lab::new(LabSpec::default()).expect("lab");
+/// Checks that the first transmission of the line carries the address the server must get: the
+/// router's public one, or the client's own in firewall mode.
+fn assert_announces(lab: &Lab, family: Family, line: Option<&str>) {
+    let public = format!(
+        "{}{}",
+        family.active_verb(),
+        family.announced_address_text(lab)
+    );
+    assert!(
+        line.is_some_and(|l| l.starts_with(&public)),
+        "the line on the WAN is not {public}…: {line:?}"
+    );
+}
+
+/// Runs an active-download `script` (it prints the announcement's reply first and the file's
+/// sha256 last; `args` follow the server's address and the file's name) through ftpnat in
+/// `family`'s `lab` while the server's firewall drops the first segment carrying each of `lost`,
+/// with tail loss probes off in the client, so that the client's retransmission timer resends and
+/// merges what was lost. Checks the server accepted the line and the file arrived (in firewall
+/// mode, past the firewall: ftpnat followed the line).
+fn download_with_first_copies_lost(
+    family: Family,
+    lab: &Lab,
+    script: &str,
+    args: &[&str],
+    lost: &[&str],
+) -> Agent {
     let (server, file) = lab.serve_file(1024 * 1024, 1).expect("vsftpd");
+    // (The ipv4 sysctls of TCP are TCP's over IPv6 too.)
     lab.client
         .exec("sysctl", &["-qw", "net.ipv4.tcp_early_retrans=0"])
         .expect("sysctl in the client namespace");
     for text in lost {
-        lab.server_drops_first_of_every(text, ONCE);
+        family.server_drops_first(lab, text);
     }
-    let agent = lab.start_ftpnat(&[]).expect("ftpnat run");
+    let agent = family.start_ftpnat(lab);
+    let server = family.server_addr(&server).to_string();
+    let mut all_args = vec![server.as_str(), file.name()];
+    all_args.extend(args);
     let out = lab
-        .client_python(script, &[&server.addr.to_string(), file.name()], 90)
+        .client_python(script, &all_args, 90)
         .unwrap_or_else(|err| panic!("{err:#}"));
     let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -98,110 +110,162 @@ fn download_with_first_copies_lost(script: &str, lost: &[&str]) -> (Lab, Agent) 
         .collect();
     assert!(
         lines.first().is_some_and(|l| l.starts_with("200")),
-        "the server did not accept the rewritten PORT: {lines:?}"
+        "the server did not accept the rewritten line: {lines:?}"
     );
     assert_eq!(lines.last(), Some(&file.sha256), "{lines:?}");
-    (lab, agent)
+    family.assert_firewall_dropped_nothing(lab);
+    agent
+}
+
+fn coalesced_retransmission_carries_what_the_original_did(family: Family) {
+    let verb = family.active_verb();
+    let lab = family.lab();
+    let _agent = download_with_first_copies_lost(
+        family,
+        &lab,
+        ANNOUNCEMENT_AND_NOOP_THEN_RETR,
+        &[],
+        &[verb, "NOOP"],
+    );
+
+    let segments = family.control_segments(&lab, ROUTER_WAN_IF);
+    let (first_seq, first) = segments
+        .iter()
+        .find(|(_, s)| s.contains(verb) && !s.contains("NOOP"))
+        .expect("the line's first transmission on the WAN");
+    let (merged_seq, merged) = segments
+        .iter()
+        .find(|(_, s)| s.contains(verb) && s.contains("NOOP"))
+        .expect(
+            "a retransmission with the NOOP merged into the line's segment: the test did not bite",
+        );
+    assert_eq!(
+        (first_seq, announcement(family, first)),
+        (merged_seq, announcement(family, merged)),
+        "the retransmission carries other bytes, or at another place, than the original"
+    );
+    assert_announces(&lab, family, announcement(family, first));
+
+    let stats: Value = lab.ftpnat_json(&["stats"]);
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
 
 #[test]
 fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
-    let (lab, _agent) =
-        download_with_first_copies_lost(PORT_AND_NOOP_THEN_RETR, &["PORT ", "NOOP"]);
+    coalesced_retransmission_carries_what_the_original_did(Family::Ipv4);
+}
 
-    let segments = segments_to_port_21(&lab);
+#[test]
+#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
+fn a_coalesced_retransmission_of_an_ipv6_eprt_is_rewritten_like_the_original() {
+    coalesced_retransmission_carries_what_the_original_did(Family::Ipv6Nat66);
+}
+
+fn retransmission_merging_into_the_segment_before_carries_the_line_where_it_was(family: Family) {
+    // Both first copies lost: the client's timer resends from the NOOP, with the line merged in,
+    // so the rewritten segment starts inside the retransmission.
+    let verb = family.active_verb();
+    let lab = family.lab();
+    let _agent = download_with_first_copies_lost(
+        family,
+        &lab,
+        NOOP_THEN_ANNOUNCEMENT_THEN_RETR,
+        &[],
+        &["NOOP", verb],
+    );
+
+    let segments = family.control_segments(&lab, ROUTER_WAN_IF);
     let (first_seq, first) = segments
         .iter()
-        .find(|(_, s)| s.contains("PORT ") && !s.contains("NOOP"))
-        .expect("the PORT's first transmission on the WAN");
+        .find(|(_, s)| s.contains(verb) && !s.contains("NOOP"))
+        .expect("the line's first transmission on the WAN");
     let (merged_seq, merged) = segments
         .iter()
-        .find(|(_, s)| s.contains("PORT ") && s.contains("NOOP"))
-        .expect(
-            "a retransmission with the NOOP merged into the PORT's segment: the test did not bite",
-        );
+        .find(|(_, s)| s.starts_with("NOOP") && s.contains(verb))
+        .expect("a retransmission from the NOOP with the line merged in: the test did not bite");
     assert_eq!(
-        (first_seq, port_line(first)),
-        (merged_seq, port_line(merged)),
+        (
+            merged_seq.wrapping_add(merged.find(verb).unwrap() as u32),
+            announcement(family, merged)
+        ),
+        (*first_seq, announcement(family, first)),
         "the retransmission carries other bytes, or at another place, than the original"
     );
-    assert!(port_line(first).is_some_and(|l| l.starts_with("PORT 203,0,113,254,")));
+    assert_announces(&lab, family, announcement(family, first));
 
     let stats: Value = lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
 
 #[test]
-fn a_retransmission_merging_a_port_into_the_segment_before_it_is_rewritten_inside_it() {
-    // Both first copies lost: the client's timer resends from the NOOP, with the PORT merged in,
-    // so the rewritten segment starts inside the retransmission.
-    let (lab, _agent) =
-        download_with_first_copies_lost(NOOP_THEN_PORT_THEN_RETR, &["NOOP", "PORT "]);
-
-    let segments = segments_to_port_21(&lab);
-    let (first_seq, first) = segments
-        .iter()
-        .find(|(_, s)| s.contains("PORT ") && !s.contains("NOOP"))
-        .expect("the PORT's first transmission on the WAN");
-    let (merged_seq, merged) = segments
-        .iter()
-        .find(|(_, s)| s.starts_with("NOOP") && s.contains("PORT "))
-        .expect("a retransmission from the NOOP with the PORT merged in: the test did not bite");
-    assert_eq!(
-        (
-            merged_seq.wrapping_add(merged.find("PORT ").unwrap() as u32),
-            port_line(merged)
-        ),
-        (*first_seq, port_line(first)),
-        "the retransmission carries other bytes, or at another place, than the original"
-    );
-    assert!(port_line(first).is_some_and(|l| l.starts_with("PORT 203,0,113,254,")));
-
-    let stats: Value = lab.ftpnat_json(&["stats"]);
-    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+fn a_coalesced_retransmission_of_an_ipv6_eprt_passes_as_sent_in_firewall_mode() {
+    coalesced_retransmission_carries_what_the_original_did(Family::Ipv6Firewall);
 }
 
-/// A PORT cut inside its address: ftpnat sends "PORT " and holds "10,0", and the next segment
-/// carries the whole rewritten address. The server loses the first segment (`drop_first`), or
-/// both; the client's retransmission (on its own, or with the second merged into it) must get
-/// the same bytes as the first time.
-fn held_address_survives_retransmission(drop_second_too: bool) {
+#[test]
+fn a_retransmission_merging_a_port_into_the_segment_before_it_is_rewritten_inside_it() {
+    retransmission_merging_into_the_segment_before_carries_the_line_where_it_was(Family::Ipv4);
+}
+
+#[test]
+#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
+fn a_retransmission_merging_an_ipv6_eprt_into_the_segment_before_it_is_rewritten_inside_it() {
+    retransmission_merging_into_the_segment_before_carries_the_line_where_it_was(Family::Ipv6Nat66);
+}
+
+/// A PORT (EPRT) cut inside its address, 4 bytes into it: ftpnat sends "PORT " ("EPRT ") and
+/// holds "10,0" ("|2|fd00"), and the next segment carries the whole rewritten address. The server
+/// loses the first segment, or both (`drop_second_too`); the client's retransmission (on its
+/// own, or with the second merged into it) must get the same bytes as the first time.
+fn held_address_survives_retransmission(family: Family, drop_second_too: bool) {
+    let verb = family.active_verb();
+    let cut = family.cut_inside_address().to_string();
+    let lab = family.lab();
+    let public = family.announced_address_text(&lab);
+    let public = public.as_str();
     let lost: &[&str] = if drop_second_too {
-        &["PORT ", "203,0,113,254,"]
+        &[verb, public]
     } else {
-        &["PORT "]
+        &[verb]
     };
-    let (lab, _agent) = download_with_first_copies_lost(PORT_CUT_IN_ITS_ADDRESS_THEN_RETR, lost);
-    let segments = segments_to_port_21(&lab);
-    // Where the PORT line starts in the stream, each time the first segment went out.
+    let _agent = download_with_first_copies_lost(
+        family,
+        &lab,
+        ANNOUNCEMENT_CUT_IN_ITS_ADDRESS_THEN_RETR,
+        &[&cut],
+        lost,
+    );
+    let segments = family.control_segments(&lab, ROUTER_WAN_IF);
+    // Where the line's address starts in the stream, each time the first segment went out.
     let cuts: Vec<u32> = segments
         .iter()
-        .filter(|(_, s)| s.ends_with("PORT "))
-        .map(|(seq, s)| seq.wrapping_add((s.len() - "PORT ".len()) as u32))
+        .filter(|(_, s)| s.ends_with(verb))
+        .map(|(seq, s)| seq.wrapping_add((s.len() - verb.len()) as u32))
         .collect();
     let completion = segments
         .iter()
-        .find_map(|(_, s)| Some(&s[s.find("203,0,113,254,")?..]))
+        .find_map(|(_, s)| Some(&s[s.find(public)?..]))
         .expect("the second segment, with the whole rewritten address");
     if drop_second_too {
         let (merged_seq, merged) = segments
             .iter()
-            .find(|(_, s)| s.contains("PORT 203,0,113,254,"))
+            .find(|(_, s)| s.contains(&format!("{verb}{public}")))
             .expect("a retransmission with both segments merged: the test did not bite");
         assert!(
-            merged.ends_with(&format!("PORT {completion}")),
+            merged.ends_with(&format!("{verb}{completion}")),
             "the merged retransmission carries other bytes than the two segments: {segments:?}"
         );
-        let merged_port = merged_seq.wrapping_add((merged.len() - completion.len() - 5) as u32);
+        let merged_line =
+            merged_seq.wrapping_add((merged.len() - completion.len() - verb.len()) as u32);
         assert_eq!(
             cuts.first(),
-            Some(&merged_port),
-            "the merged retransmission puts the PORT elsewhere in the stream: {segments:?}"
+            Some(&merged_line),
+            "the merged retransmission puts the line elsewhere in the stream: {segments:?}"
         );
     } else {
         assert!(
             cuts.len() == 2 && cuts[0] == cuts[1],
-            "the first segment was not cut to \"PORT \" at the same place both times: \
+            "the first segment was not cut to {verb:?} at the same place both times: \
              {segments:?}"
         );
     }
@@ -211,10 +275,29 @@ fn held_address_survives_retransmission(drop_second_too: bool) {
 
 #[test]
 fn a_segment_whose_address_was_held_is_cut_again_when_resent() {
-    held_address_survives_retransmission(false);
+    held_address_survives_retransmission(Family::Ipv4, false);
 }
 
 #[test]
 fn a_resent_held_segment_with_the_next_merged_in_gets_the_whole_address() {
-    held_address_survives_retransmission(true);
+    held_address_survives_retransmission(Family::Ipv4, true);
+}
+
+#[test]
+#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
+fn an_ipv6_eprt_segment_whose_address_was_held_is_cut_again_when_resent() {
+    held_address_survives_retransmission(Family::Ipv6Nat66, false);
+}
+
+#[test]
+#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
+fn a_resent_held_ipv6_eprt_segment_with_the_next_merged_in_gets_the_whole_address() {
+    held_address_survives_retransmission(Family::Ipv6Nat66, true);
+}
+
+#[test]
+fn a_retransmission_merging_an_ipv6_eprt_into_the_segment_before_it_passes_in_firewall_mode() {
+    retransmission_merging_into_the_segment_before_carries_the_line_where_it_was(
+        Family::Ipv6Firewall,
+    );
 }
