@@ -156,7 +156,6 @@ fn a_coalesced_retransmission_of_a_port_is_rewritten_like_the_original() {
 }
 
 #[test]
-#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
 fn a_coalesced_retransmission_of_an_ipv6_eprt_is_rewritten_like_the_original() {
     coalesced_retransmission_carries_what_the_original_did(Family::Ipv6Nat66);
 }
@@ -208,7 +207,6 @@ fn a_retransmission_merging_a_port_into_the_segment_before_it_is_rewritten_insid
 }
 
 #[test]
-#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
 fn a_retransmission_merging_an_ipv6_eprt_into_the_segment_before_it_is_rewritten_inside_it() {
     retransmission_merging_into_the_segment_before_carries_the_line_where_it_was(Family::Ipv6Nat66);
 }
@@ -284,13 +282,11 @@ fn a_resent_held_segment_with_the_next_merged_in_gets_the_whole_address() {
 }
 
 #[test]
-#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
 fn an_ipv6_eprt_segment_whose_address_was_held_is_cut_again_when_resent() {
     held_address_survives_retransmission(Family::Ipv6Nat66, false);
 }
 
 #[test]
-#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
 fn a_resent_held_ipv6_eprt_segment_with_the_next_merged_in_gets_the_whole_address() {
     held_address_survives_retransmission(Family::Ipv6Nat66, true);
 }

@@ -197,7 +197,6 @@ const EPRT6_CUTS: [(&str, i32); 8] = [
 ];
 
 #[test]
-#[ignore = "the datapath does not rewrite a NAT66 session's EPRT |2| yet (rewrites_skipped)"]
 fn an_ipv6_eprt_cut_before_or_inside_its_address_is_rewritten_whole_by_nat66() {
     lines_cut_before_or_inside_their_address_announce_it_whole(Family::Ipv6Nat66, &EPRT6_CUTS);
 }
