@@ -221,7 +221,7 @@ impl Tcp {
             (*out).key.daddr = ip::v4_mapped(ip.dst_addr);
             (*out).key.sport = tcp.source;
             (*out).key.dport = tcp.dest;
-            (*out).tcp = *tcp;
+            write_tcp_header(&mut (*out).tcp, tcp);
             (*out).tcp_off = tcp_off as u32;
             (*out).ip_len = u16::from_be_bytes(ip.tot_len);
             (*out).ip_check = ip.check;
@@ -268,7 +268,7 @@ impl Tcp {
             }
             (*out).key.sport = tcp.source;
             (*out).key.dport = tcp.dest;
-            (*out).tcp = *tcp;
+            write_tcp_header(&mut (*out).tcp, tcp);
             (*out).tcp_off = tcp_off as u32;
             (*out).ip_len = u16::from_be_bytes(ip.payload_len).wrapping_add(Ipv6Hdr::LEN as u16);
             (*out).ip_check = [0; 2];
@@ -350,4 +350,18 @@ impl Tcp {
             store16(ctx, self, IP_OFF + IP_TOT_LEN_OFF, field, Covered::Ip)
         }
     }
+}
+
+/// Copies the TCP header `from` the packet into `to`, field by field: copied whole, the 20 bytes
+/// of alignment 1 became a call to the byte-by-byte `memmove` (~100 instructions per packet).
+#[inline(always)]
+fn write_tcp_header(to: &mut TcpHdr, from: &TcpHdr) {
+    to.source = from.source;
+    to.dest = from.dest;
+    to.seq = from.seq;
+    to.ack_seq = from.ack_seq;
+    to._bitfield_1 = from._bitfield_1;
+    to.window = from.window;
+    to.check = from.check;
+    to.urg_ptr = from.urg_ptr;
 }
