@@ -27,9 +27,9 @@ fn scan_policy(segment: &Segment, session: &SessionEntry) -> Option<&'static Pol
     let scratch = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch area; the context is made anew for each line.
     let context = unsafe { &mut (*scratch).policy_context };
-    context.client = segment.session_key.saddr;
-    context.server = session.server_addr;
-    context.policy = segment.policy;
+    crate::scratch::copy(&mut context.client, &segment.session_key.saddr);
+    crate::scratch::copy(&mut context.server, &session.server_addr);
+    crate::scratch::copy(&mut context.policy, &segment.policy);
     // A published server may announce its public address (e.g. vsftpd's pasv_address): whatever
     // it wrote is replaced, and the data connection goes to the server itself.
     context.policy.passive_address_must_match_server =

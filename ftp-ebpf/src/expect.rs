@@ -258,7 +258,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
         // From behind the router: only from the interface the session's side is reached by (a
         // LAN address forged elsewhere opens nothing).
         Some(expectation) if in_ifindex == expectation.lan_ifindex => {
-            *found = *expectation;
+            crate::scratch::copy(found, expectation);
             EXPECTS.remove(outbound_key).is_ok()
         }
         Some(_) => {
@@ -273,7 +273,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
             // SAFETY: as above.
             match unsafe { EXPECTS.get(inbound_key) } {
                 Some(expectation) if expectation.peer == key.saddr => {
-                    *found = *expectation;
+                    crate::scratch::copy(found, expectation);
                     EXPECTS.remove(inbound_key).is_ok()
                 }
                 Some(_) => {

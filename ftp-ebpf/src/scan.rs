@@ -371,7 +371,7 @@ fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
     let Some(segment) = crate::scratch::segment() else {
         return Pending::Nothing;
     };
-    pending.session_key = segment.session_key;
+    crate::scratch::copy(&mut pending.session_key, &segment.session_key);
     Pending::Rewrite
 }
 

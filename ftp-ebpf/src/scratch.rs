@@ -170,3 +170,12 @@ pub struct RewriteRequest {
     /// The control connection (original direction key).
     pub session_key: ftp_common::maps::FlowKey,
 }
+
+/// Copies `from` to `to`, two map values' worth of memory the compiler cannot tell apart: as an
+/// assignment, it copies them by calling aya-ebpf's byte-by-byte `memmove`; as this, by loads and
+/// stores of the type's alignment (a small `memcpy` the BPF backend writes out in place).
+#[inline(always)]
+pub fn copy<T: Copy>(to: &mut T, from: &T) {
+    // SAFETY: two valid references to `T`: `to` is exclusive, so they do not overlap.
+    unsafe { core::ptr::copy_nonoverlapping(from, to, 1) };
+}

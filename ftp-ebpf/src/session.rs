@@ -77,7 +77,7 @@ pub fn open_session(packet: &Tcp, new: &NewSession) -> bool {
         unsafe {
             (*entry).opened_ns = now_ns();
             (*entry).lan_ifindex = new.lan_ifindex;
-            (*entry).server_addr = *new.server_addr;
+            crate::scratch::copy(&mut (*entry).server_addr, new.server_addr);
             (*entry).server_port = new.server_port;
             (*entry).kind = new.kind as u8;
             let seq = u32::from_be_bytes(packet.tcp.seq);
