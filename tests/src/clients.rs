@@ -257,3 +257,18 @@ ftp.voidresp()
 print('done', digest.hexdigest(), flush=True)
 ftp.quit()
 "#;
+
+/// A plain TCP connection to `argv[1]` port `argv[2]`, given up after `argv[3]` seconds, from the
+/// source address `argv[4]` if given: prints how it ended (`connected`, `refused` or `timed out`).
+pub const CONNECT: &str = r#"
+import socket, sys
+source = (sys.argv[4], 0) if len(sys.argv) > 4 else None
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]),
+                             source_address=source)
+    print('connected')
+except ConnectionRefusedError:
+    print('refused')
+except socket.timeout:
+    print('timed out')
+"#;

@@ -179,20 +179,6 @@ for i in range(count):
 print('sent', count)
 "#;
 
-/// A plain connection to `server`:21: whether it was let in.
-const CONNECT: &str = r#"
-import socket, sys
-s = socket.socket()
-s.settimeout(10)
-try:
-    s.connect((sys.argv[1], 21))
-    print('connected')
-except ConnectionRefusedError:
-    print('refused')
-except socket.timeout:
-    print('timeout')
-"#;
-
 #[test]
 fn spoofed_syns_that_never_complete_the_handshake_leave_the_tables_in_seconds() {
     let setup = setup(LabSpec::default(), MIB);
@@ -213,7 +199,7 @@ fn spoofed_syns_that_never_complete_the_handshake_leave_the_tables_in_seconds() 
     assert_eq!(stats["datapath"]["session_table_full"], 16, "{stats}");
     // While they hold the table, a real client is refused at once, not left to time out.
     let out = lab
-        .client_python(CONNECT, &[&server], 30)
+        .client_python(ftpnat_tests::clients::CONNECT, &[&server, "21", "10"], 30)
         .unwrap_or_else(|err| panic!("{err:#}"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "refused");
     // Answered by the server (its SYN-ACKs came back through ftpnat) but never completed: gone

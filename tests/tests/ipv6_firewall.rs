@@ -162,19 +162,6 @@ print('done', retr_active(ftp, listener, sys.argv[2], timeout=30), flush=True)
 ftp.quit()
 "#;
 
-/// A connection from `argv[1]` (the source address) to `argv[2]` port `argv[3]`: how it ended.
-const CONNECT_FROM: &str = r#"
-import socket, sys
-try:
-    socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3,
-                             source_address=(sys.argv[1], 0))
-    print('connected')
-except ConnectionRefusedError:
-    print('refused')
-except socket.timeout:
-    print('timed out')
-"#;
-
 /// With ftpnat following an IPv6 session that announced one port: a connection from the server
 /// to another port the client listens on is dropped by the firewall (and counted there), one
 /// from another WAN host to the announced port is turned away (counted by ftpnat as a wrong
@@ -216,8 +203,8 @@ fn unannounced_and_wrong_peer_connections_over_ipv6_are_dropped_and_counted() {
     let out = lab
         .python(
             &lab.server,
-            CONNECT_FROM,
-            &[&server, &client_addr, unannounced],
+            ftpnat_tests::clients::CONNECT,
+            &[&client_addr, unannounced, "3", &server],
             10,
         )
         .expect("connect script");
@@ -232,8 +219,8 @@ fn unannounced_and_wrong_peer_connections_over_ipv6_are_dropped_and_counted() {
     let out = lab
         .python(
             &lab.server,
-            CONNECT_FROM,
-            &[&other_peer.to_string(), &client_addr, announced],
+            ftpnat_tests::clients::CONNECT,
+            &[&client_addr, announced, "3", &other_peer.to_string()],
             10,
         )
         .expect("connect script");

@@ -38,18 +38,6 @@ sys.stdin.readline()
 ftp.quit()
 "#;
 
-/// Connects to `argv[1]:argv[2]` and says how that went.
-const CONNECT: &str = r#"
-import socket, sys
-try:
-    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-    print('connected')
-except ConnectionRefusedError:
-    print('refused')
-except socket.timeout:
-    print('timed out')
-"#;
-
 /// Whether ftpnat holds no expectation at all (`ftpnat expectations` lists none).
 fn no_expectations(lab: &Lab) -> bool {
     lab.ftpnat_json(&["expectations"]) == Value::Array(Vec::new())
@@ -113,7 +101,12 @@ fn tables_drain_and_every_window_port_returns_when_sessions_end() {
     let turned_away = setup.lab.datapath_counter("pinhole_no_expectation");
     let out = setup
         .lab
-        .python(&setup.lab.server, CONNECT, &[public_ip, public_port], 10)
+        .python(
+            &setup.lab.server,
+            ftpnat_tests::clients::CONNECT,
+            &[public_ip, public_port, "3"],
+            10,
+        )
         .unwrap_or_else(|err| panic!("{err:#}"));
     let outcome = String::from_utf8_lossy(&out.stdout);
     assert_ne!(outcome.trim(), "connected", "a late connection got through");
