@@ -15,7 +15,7 @@ use std::{
 
 use ftpnat_tests::{
     Client, Lab, LabSpec, MIB, Mode, Transfer,
-    lab::{HOST_IF, ROUTER_WAN_IF},
+    lab::{HOST_IF, ROUTER_LAN_IF, ROUTER_WAN_IF},
     masquerade::{Setup, download_from, download_intact_from, setup},
 };
 use serde_json::Value;
@@ -418,4 +418,40 @@ fn inspection_shows_an_ipv6_session_beside_an_ipv4_one() {
         assert_eq!(done.first(), Some(&setup.file.sha256));
         client.finish().unwrap_or_else(|err| panic!("{err:#}"));
     }
+}
+
+/// A router whose LAN has IPv6 only (its IPv4 address removed before ftpnat starts) runs in
+/// firewall mode: the agent starts without an IPv4 masquerade, says so, and follows active and
+/// passive FTP over IPv6 through the firewall.
+#[test]
+fn a_lan_with_ipv6_only_runs_in_firewall_mode() {
+    let setup = firewalled(4 * MIB);
+    let lab = &setup.lab;
+    lab.router
+        .ip(&["-4", "addr", "flush", "dev", ROUTER_LAN_IF])
+        .expect("removing the LAN's IPv4 address");
+    let agent = lab
+        .start_ftpnat(&[])
+        .expect("ftpnat run on an IPv6-only LAN");
+    assert!(
+        agent.log_text().contains("no IPv4 FTP masqueraded"),
+        "{}",
+        agent.log_text()
+    );
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(
+        stats["nat"]["masquerade"],
+        Value::Array(Vec::new()),
+        "{stats}"
+    );
+    for mode in [Mode::Eprt, Mode::Epsv] {
+        download_from(
+            &setup,
+            server6(&setup),
+            Client::Curl,
+            mode,
+            &format!("{mode:?}.bin"),
+        );
+    }
+    assert_eq!(dropped(lab), 0, "{FORWARDED_PAST_THE_FIREWALL}");
 }

@@ -143,7 +143,9 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
     }
     let published = nat::resolve_published(&args.publish, window, &lans)?;
     let wan = args.wan()?;
-    let masquerade = nat::masquerade_prefixes(&args.masquerade, args.lan()?)?;
+    let lan_has_ipv6 = lans.iter().any(|lan| !lan.ipv6.is_empty());
+    let masquerade = nat::masquerade_prefixes(&args.masquerade, args.lan()?, lan_has_ipv6)?;
+    let publishes_ipv4 = published.iter().any(|p| p.spec.server.is_ipv4());
     let masquerade6 = nat::masquerade6_prefixes(&args.masquerade6, masquerade.len())?;
     let public_ip6 = nat::public_ip6(
         args.public_ip6,
@@ -154,7 +156,11 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
     )?;
     Ok(NatSettings {
         published,
-        public_ip: nat::public_ip(args.public_ip, wan)?,
+        public_ip: nat::public_ip(
+            args.public_ip,
+            wan,
+            !masquerade.is_empty() || publishes_ipv4,
+        )?,
         masquerade,
         public_ip6,
         masquerade6,
@@ -329,18 +335,26 @@ fn log_attached(datapath: &Datapath, nat: &NatSettings, loading: Instant) {
             datapath.mechanism()
         ),
     }
-    log::info!(
-        "masquerading FTP (ports {:?}) from {} behind {}, port window {} ({} ports)",
-        nat.ftp_ports,
-        nat.masquerade
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", "),
-        nat.public_ip,
-        nat.window,
-        nat.window.len()
-    );
+    match nat.public_ip {
+        Some(public_ip) if !nat.masquerade.is_empty() => log::info!(
+            "masquerading FTP (ports {:?}) from {} behind {public_ip}, port window {} ({} ports)",
+            nat.ftp_ports,
+            nat.masquerade
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            nat.window,
+            nat.window.len()
+        ),
+        _ => log::info!(
+            "following FTP (ports {:?}), port window {} ({} ports); no IPv4 FTP masqueraded: the \
+             --lan interfaces have no IPv4 prefix (--masquerade CIDR names one)",
+            nat.ftp_ports,
+            nat.window,
+            nat.window.len()
+        ),
+    }
     match nat.public_ip6 {
         Some(public_ip6) if !nat.masquerade6.is_empty() => log::info!(
             "masquerading IPv6 FTP (NAT66) from {} behind {public_ip6}; other IPv6 FTP is \

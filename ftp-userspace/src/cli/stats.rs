@@ -67,11 +67,16 @@ fn translation(nat: &NatStats) -> String {
         }
         (None, _) => "followed untranslated".to_owned(),
     };
-    format!(
-        "masquerading {} behind {}; IPv6: {ipv6}",
-        nat.masquerade.join(", "),
-        nat.public_ip
-    )
+    let ipv4 = match (&nat.public_ip, nat.masquerade.is_empty()) {
+        (Some(public_ip), false) => {
+            format!(
+                "masquerading {} behind {public_ip}",
+                nat.masquerade.join(", ")
+            )
+        }
+        _ => "IPv4: nothing masqueraded".to_owned(),
+    };
+    format!("{ipv4}; IPv6: {ipv6}")
 }
 
 #[cfg(test)]
@@ -81,7 +86,7 @@ mod tests {
     #[test]
     fn the_translation_line_shows_both_families() {
         let mut nat = NatStats {
-            public_ip: "198.51.100.7".to_owned(),
+            public_ip: Some("198.51.100.7".to_owned()),
             masquerade: vec!["10.0.0.0/24".to_owned(), "10.1.0.0/16".to_owned()],
             public_ip6: None,
             masquerade6: Vec::new(),

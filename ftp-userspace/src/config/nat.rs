@@ -9,7 +9,7 @@ use std::{
     str::FromStr,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use ftp_common::maps::{
     MAX_FTP_PORTS, MAX_MASQUERADE_PREFIXES, MAX_PUBLISHED, MAX_WINDOW_PORTS,
     publish::DEFAULT_PASSIVE_PORTS,
@@ -632,24 +632,31 @@ pub fn ipv4_addresses(iface: &str) -> anyhow::Result<Vec<Ipv4Prefix>> {
 }
 
 /// The public address: `--public-ip`, else the first IPv4 address of the WAN interface.
-pub fn public_ip(flag: Option<Ipv4Addr>, wan: &str) -> anyhow::Result<Ipv4Addr> {
-    if let Some(ip) = flag {
-        return Ok(ip);
+/// The public IPv4 address: `--public-ip`, else the WAN's first IPv4 address; `None` if there is
+/// neither and nothing over IPv4 needs one (`needed`: a masqueraded prefix or an IPv4 published
+/// server), an error if something does.
+pub fn public_ip(
+    flag: Option<Ipv4Addr>,
+    wan: &str,
+    needed: bool,
+) -> anyhow::Result<Option<Ipv4Addr>> {
+    if flag.is_some() {
+        return Ok(flag);
     }
-    ipv4_addresses(wan)?
-        .first()
-        .map(|prefix| prefix.addr)
-        .ok_or_else(|| {
-            anyhow!(
-                "--wan {wan} has no IPv4 address to masquerade behind; add one or pass --public-ip"
-            )
-        })
+    let found = ipv4_addresses(wan)?.first().map(|prefix| prefix.addr);
+    if found.is_none() && needed {
+        bail!("--wan {wan} has no IPv4 address to masquerade behind; add one or pass --public-ip");
+    }
+    Ok(found)
 }
 
-/// The masqueraded prefixes: `--masquerade`, else the IPv4 prefixes of the LAN interfaces.
+/// The masqueraded prefixes: `--masquerade`, else the IPv4 prefixes of the LAN interfaces — none
+/// on a LAN with IPv6 only (`lan_has_ipv6`: its IPv6 FTP is followed untranslated, or NAT66'd);
+/// an error if the LANs have neither.
 pub fn masquerade_prefixes(
     flags: &[Ipv4Prefix],
     lans: &[String],
+    lan_has_ipv6: bool,
 ) -> anyhow::Result<Vec<Ipv4Prefix>> {
     if !flags.is_empty() {
         return Ok(flags.to_vec());
@@ -658,9 +665,10 @@ pub fn masquerade_prefixes(
     for lan in lans {
         prefixes.extend(ipv4_addresses(lan)?.into_iter().map(Ipv4Prefix::network));
     }
-    if prefixes.is_empty() {
+    if prefixes.is_empty() && !lan_has_ipv6 {
         bail!(
-            "the --lan interfaces ({}) have no IPv4 prefixes to masquerade; pass --masquerade CIDR",
+            "the --lan interfaces ({}) have no IPv4 prefixes to masquerade nor IPv6 networks to \
+             follow; pass --masquerade CIDR, or give them their addresses first",
             lans.join(", ")
         );
     }

@@ -20,7 +20,9 @@ use crate::{
 /// What the datapath translates, resolved from the flags.
 #[derive(Debug, Clone)]
 pub struct NatSettings {
-    pub public_ip: std::net::Ipv4Addr,
+    /// The address masqueraded IPv4 connections leave with; `None` on a router whose LANs have
+    /// IPv6 only (no IPv4 FTP is then masqueraded or published).
+    pub public_ip: Option<std::net::Ipv4Addr>,
     pub masquerade: Vec<Ipv4Prefix>,
     /// The address NAT66 and IPv6 published servers use; `None`: IPv6 is followed untranslated.
     pub public_ip6: Option<std::net::Ipv6Addr>,
@@ -44,7 +46,7 @@ impl NatSettings {
     /// IPv6 server without a public IPv6 address (which the flags' checks refuse).
     pub fn public_ip_for(&self, server: IpAddr) -> Option<IpAddr> {
         match server {
-            IpAddr::V4(_) => Some(self.public_ip.into()),
+            IpAddr::V4(_) => self.public_ip.map(Into::into),
             IpAddr::V6(_) => self.public_ip6.map(Into::into),
         }
     }
@@ -105,13 +107,13 @@ impl Datapath {
         };
         differ(
             "public address",
-            ip::to_ip(&pinned.public_ip).to_string(),
-            nat.public_ip.to_string(),
+            public_address_text(&pinned.public_ip),
+            public_address_text(&wanted.public_ip),
         );
         differ(
             "public IPv6 address",
-            public_ip6_text(&pinned.public_ip6),
-            public_ip6_text(&wanted.public_ip6),
+            public_address_text(&pinned.public_ip6),
+            public_address_text(&wanted.public_ip6),
         );
         differ(
             "port window",
@@ -244,7 +246,9 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         _pad: [0; 6],
         max_sessions_per_source: nat.source_limits.per_host,
         max_sessions_per_subnet: nat.source_limits.per_subnet,
-        public_ip: ip::v4_mapped(nat.public_ip.octets()),
+        public_ip: nat
+            .public_ip
+            .map_or(ip::UNSPECIFIED, |public| ip::v4_mapped(public.octets())),
         public_ip6: nat
             .public_ip6
             .map_or(ip::UNSPECIFIED, |addr| ip::from_ip(addr.into())),
@@ -297,8 +301,8 @@ fn masquerade6_key(prefix: &Ipv6Prefix) -> Key<IpBytes> {
     )
 }
 
-/// The public IPv6 address a config record holds, `none` for none.
-fn public_ip6_text(addr: &IpBytes) -> String {
+/// A public address a config record holds, `none` for none.
+fn public_address_text(addr: &IpBytes) -> String {
     if *addr == ip::UNSPECIFIED {
         "none".to_owned()
     } else {
@@ -374,7 +378,7 @@ mod tests {
         public_ip6: Option<&str>,
     ) -> NatSettings {
         NatSettings {
-            public_ip: "198.51.100.7".parse().unwrap(),
+            public_ip: Some("198.51.100.7".parse().unwrap()),
             masquerade: masquerade.iter().map(|p| p.parse().unwrap()).collect(),
             public_ip6: public_ip6.map(|addr| addr.parse().unwrap()),
             masquerade6: masquerade6.iter().map(|p| p.parse().unwrap()).collect(),
@@ -440,14 +444,14 @@ mod tests {
             Ipv6AddressText::of("2001:db8:1::fe".parse().unwrap())
         );
         assert_ne!(config.public_ip6_text, Ipv6AddressText::NONE);
-        assert_eq!(public_ip6_text(&config.public_ip6), "2001:db8:1::fe");
+        assert_eq!(public_address_text(&config.public_ip6), "2001:db8:1::fe");
         assert_eq!(config.public_ip, ip::v4_mapped([198, 51, 100, 7]));
 
         let firewall_only =
             datapath_config(&wan(), &settings(&["10.0.0.0/24"], &[], None)).unwrap();
         assert_eq!(firewall_only.public_ip6, ip::UNSPECIFIED);
         assert_eq!(firewall_only.public_ip6_text, Ipv6AddressText::NONE);
-        assert_eq!(public_ip6_text(&firewall_only.public_ip6), "none");
+        assert_eq!(public_address_text(&firewall_only.public_ip6), "none");
     }
 
     #[test]

@@ -123,8 +123,9 @@ pub struct Capacity {
 /// What the datapath translates, as the agent configured it.
 #[derive(Serialize, Debug, Default, PartialEq, Eq)]
 pub struct NatStats {
-    /// The address masqueraded IPv4 connections leave with (`--public-ip`).
-    pub public_ip: String,
+    /// The address masqueraded IPv4 connections leave with (`--public-ip`); null on a router
+    /// whose LANs have IPv6 only.
+    pub public_ip: Option<String>,
     /// The IPv4 source prefixes masqueraded behind it (`--masquerade`).
     pub masquerade: Vec<String>,
     /// The address NAT66 and IPv6 published servers use (`--public-ip6`); null when there is
@@ -251,7 +252,8 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     let size = u32::from(config.window_hi).saturating_sub(u32::from(config.window_lo)) + 1;
     let (masquerade, masquerade6) = maps.masqueraded_prefixes()?;
     let nat = NatStats {
-        public_ip: ip::to_ip(&config.public_ip).to_string(),
+        public_ip: (config.public_ip != ip::UNSPECIFIED)
+            .then(|| ip::to_ip(&config.public_ip).to_string()),
         masquerade,
         public_ip6: (config.public_ip6 != ip::UNSPECIFIED)
             .then(|| ip::to_ip(&config.public_ip6).to_string()),
