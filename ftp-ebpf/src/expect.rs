@@ -213,8 +213,14 @@ pub fn release_unused(
 /// `flow_table_full`) and its retransmissions found the expectation used, stalling the transfer
 /// until the client gave up. Only looks: [`open_data`] takes the expectation. A subprogram
 /// called before it, not from it: the open stage's call chain has no stack to spare there.
+// Only for a SYN from the WAN, where inbound expectations admit: any other opening SYN would pay
+// for a lookup that finds nothing.
 #[inline(never)]
-pub fn make_way(packet: &Tcp) {
+pub fn make_way(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) {
+    // SAFETY: reading the context's ifindex field, as TC programs may.
+    if unsafe { (*ctx.skb.skb).ifindex } != config.wan_ifindex {
+        return;
+    }
     let key = &packet.key;
     // SAFETY: the fields are copied out at once.
     let Some(expectation) = (unsafe { EXPECTS.get(ExpectKey::inbound(key.daddr, packet.dport())) })

@@ -151,7 +151,7 @@ pub fn ftpnat_open(mut ctx: TcContext) -> i32 {
     let Some(config) = maps::config() else {
         return PASS;
     };
-    expect::make_way(packet);
+    expect::make_way(&ctx, packet, config);
     let opened = match expect::open_data(&ctx, packet, config) {
         Err(OpenError::NotOurs) => flows::open_control(&ctx, packet, config),
         other => other,
