@@ -106,7 +106,7 @@ impl Default for Policy {
 
 /// What a session's checks compare against: the control connection's endpoints, as seen on the
 /// private side of the router, and the policy. The addresses are held as the tables hold them
-/// (see [`maps::ip`](crate::maps::ip); [`PolicyContext::new`] takes them as `IpAddr`): an address
+/// (see [`maps::ip`](crate::maps::ip); `ip::from_ip` makes them from an `IpAddr`): an address
 /// of either family is then one plain value, which the kernel program stores and compares without
 /// an enum's unused bytes (which its verifier can refuse to see copied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,16 +116,6 @@ pub struct PolicyContext {
     /// The FTP server.
     pub server: IpBytes,
     pub policy: Policy,
-}
-
-impl PolicyContext {
-    pub const fn new(client: IpAddr, server: IpAddr, policy: Policy) -> Self {
-        Self {
-            client: ip::from_ip(client),
-            server: ip::from_ip(server),
-            policy,
-        }
-    }
 }
 
 /// Which command asked for an active-mode data connection.

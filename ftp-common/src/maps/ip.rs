@@ -129,14 +129,6 @@ pub const fn from_ip(addr: IpAddr) -> IpBytes {
     }
 }
 
-/// `addr` with the bits past the first `prefix_len` cleared (its network of that length).
-#[inline(always)]
-pub fn network(addr: &IpBytes, prefix_len: u8) -> IpBytes {
-    let mut network = *addr;
-    clear_host_bits(&mut network, prefix_len);
-    network
-}
-
 /// Clears the bits of `addr` past the first `prefix_len`, in place, a word at a time.
 #[inline(always)]
 pub fn clear_host_bits(addr: &mut IpBytes, prefix_len: u8) {
@@ -216,14 +208,21 @@ mod tests {
     #[test]
     fn a_network_keeps_exactly_its_prefix() {
         let addr = from_ip("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff".parse().unwrap());
-        let net = |len| Ipv6Addr::from(network(&addr, len).octets());
+        let net = |len| {
+            let mut network = addr;
+            clear_host_bits(&mut network, len);
+            Ipv6Addr::from(network.octets())
+        };
         let v6 = |text: &str| text.parse::<Ipv6Addr>().unwrap();
         assert_eq!(net(128), v6("2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff"));
         assert_eq!(net(64), v6("2001:db8:aaaa:bbbb::"));
         assert_eq!(net(60), v6("2001:db8:aaaa:bbb0::"));
         assert_eq!(net(0), v6("::"));
         let v4 = v4_mapped([10, 1, 2, 3]);
-        assert_eq!(network(&v4, V4_MAPPED_BITS + 24), v4_mapped([10, 1, 2, 0]));
-        assert_eq!(network(&v4, V4_MAPPED_BITS + 20), v4_mapped([10, 1, 0, 0]));
+        for (len, expected) in [(24, [10, 1, 2, 0]), (20, [10, 1, 0, 0])] {
+            let mut network = v4;
+            clear_host_bits(&mut network, V4_MAPPED_BITS + len);
+            assert_eq!(network, v4_mapped(expected));
+        }
     }
 }
