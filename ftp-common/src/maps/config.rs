@@ -43,12 +43,28 @@ pub struct DatapathConfig {
     /// (`--max-expectations-per-session`); 0, the value of a record written before this field
     /// existed, means the default.
     pub max_expectations_per_session: u8,
-    pub _pad: [u8; 6],
+    /// [`nat64_flags`] bits; 0: ftpnat translates no IPv6 session to IPv4.
+    pub nat64_flags: u8,
+    pub _pad: [u8; 5],
     /// How many sessions one source address may hold (`--max-sessions-per-source`); 0: no limit.
     pub max_sessions_per_source: u32,
     /// How many sessions the sources of one /24 may hold together
     /// (`--max-sessions-per-subnet`); 0: no limit.
     pub max_sessions_per_subnet: u32,
+    /// The NAT64 prefix (RFC 6052, a /96: its last word zero). An IPv6 LAN client's FTP control
+    /// connection to `prefix::a.b.c.d` is translated to IPv4 and sent to `a.b.c.d`.
+    pub nat64_prefix: IpBytes,
+    /// The IPv4 address (IPv4-mapped) NAT64 sessions and their data connections leave from.
+    pub nat64_pool: IpBytes,
+}
+
+/// [`DatapathConfig::nat64_flags`] bits.
+pub mod nat64_flags {
+    /// NAT64 is on: `nat64_prefix` and `nat64_pool` hold addresses.
+    pub const ENABLED: u8 = 1 << 0;
+    /// A NAT64 client's `EPSV` is sent to the server as `PASV`, its 227 reply returned as a 229
+    /// (RFC 6384 section 6); else the EPSV passes as it is.
+    pub const EPSV_AS_PASV: u8 = 1 << 1;
 }
 
 impl DatapathConfig {
@@ -102,6 +118,27 @@ impl DatapathConfig {
     }
 
     /// Whether `port` (host byte order) belongs to the port window.
+    /// Whether `addr` is an IPv6 address under the NAT64 prefix (never, with NAT64 off).
+    #[inline(always)]
+    pub fn is_nat64_destination(&self, addr: &IpBytes) -> bool {
+        self.nat64_flags & nat64_flags::ENABLED != 0
+            && addr.0[0] == self.nat64_prefix.0[0]
+            && addr.0[1] == self.nat64_prefix.0[1]
+            && addr.0[2] == self.nat64_prefix.0[2]
+    }
+
+    /// The IPv6 address a NAT64 client sees for the IPv4 address `v4` (IPv4-mapped): the prefix
+    /// with `v4` in its last 32 bits (RFC 6052 section 2.2, a /96).
+    #[inline(always)]
+    pub fn nat64_address_of(&self, v4: &IpBytes) -> IpBytes {
+        IpBytes([
+            self.nat64_prefix.0[0],
+            self.nat64_prefix.0[1],
+            self.nat64_prefix.0[2],
+            v4.0[3],
+        ])
+    }
+
     #[inline(always)]
     pub fn in_window(&self, port: u16) -> bool {
         self.window_lo <= port && port <= self.window_hi
@@ -119,7 +156,7 @@ mod tests {
     fn the_config_has_no_padding() {
         assert_eq!(
             size_of::<DatapathConfig>(),
-            8 + 2 * 16 + 40 + 4 + 2 * MAX_FTP_PORTS + 4 + 2 + 6 + 4 + 4
+            8 + 2 * 16 + 40 + 4 + 2 * MAX_FTP_PORTS + 4 + 2 + 1 + 5 + 4 + 4 + 2 * 16
         );
     }
 
@@ -135,9 +172,12 @@ mod tests {
             window_hi: 61999,
             allow_privileged_data_ports: 0,
             max_expectations_per_session: 0,
-            _pad: [0; 6],
+            nat64_flags: 0,
+            _pad: [0; 5],
             max_sessions_per_source: 0,
             max_sessions_per_subnet: 0,
+            nat64_prefix: ip::UNSPECIFIED,
+            nat64_pool: ip::UNSPECIFIED,
         }
     }
 
@@ -172,6 +212,22 @@ mod tests {
         assert_eq!(config.public_ip_of(&v6), &config.public_ip6);
         assert!(config.is_public(&config.public_ip6.clone()));
         assert!(!config.is_public(&v6));
+    }
+
+    #[test]
+    fn nat64_destinations_are_the_prefix_s_and_embed_ipv4() {
+        let mut config = test_config();
+        let mapped = ip::from_ip("64:ff9b::c000:202".parse().unwrap());
+        assert!(!config.is_nat64_destination(&mapped), "NAT64 off");
+        config.nat64_flags = nat64_flags::ENABLED;
+        config.nat64_prefix = ip::from_ip("64:ff9b::".parse().unwrap());
+        assert!(config.is_nat64_destination(&mapped));
+        assert!(!config.is_nat64_destination(&ip::from_ip("64:ff9b:1::c000:202".parse().unwrap())));
+        assert!(!config.is_nat64_destination(&ip::v4_mapped([192, 0, 2, 2])));
+        assert_eq!(
+            config.nat64_address_of(&ip::v4_mapped([192, 0, 2, 2])),
+            mapped
+        );
     }
 
     #[test]

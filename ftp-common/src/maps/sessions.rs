@@ -27,6 +27,10 @@ pub enum SessionKind {
     /// An IPv6 client behind the router, followed untranslated: the router is a firewall, not a
     /// NAT, and only the data connections the session announces get through it.
     Firewall = 2,
+    /// An IPv6 client behind the router talking to an IPv4 server through the NAT64 prefix: its
+    /// connections are translated to IPv4 from the NAT64 pool address (RFC 6146), its control
+    /// channel by the FTP ALG of RFC 6384.
+    Nat64 = 3,
 }
 
 impl SessionKind {
@@ -35,6 +39,7 @@ impl SessionKind {
             0 => Some(SessionKind::Masquerade),
             1 => Some(SessionKind::Publish),
             2 => Some(SessionKind::Firewall),
+            3 => Some(SessionKind::Nat64),
             _ => None,
         }
     }
@@ -44,6 +49,7 @@ impl SessionKind {
             SessionKind::Masquerade => "masquerade",
             SessionKind::Publish => "publish",
             SessionKind::Firewall => "firewall",
+            SessionKind::Nat64 => "nat64",
         }
     }
 }

@@ -243,7 +243,11 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
         allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
         max_expectations_per_session: nat.max_expectations_per_session,
-        _pad: [0; 6],
+        // NAT64 settings come with the `--nat64` flags.
+        nat64_flags: 0,
+        _pad: [0; 5],
+        nat64_prefix: ip::UNSPECIFIED,
+        nat64_pool: ip::UNSPECIFIED,
         max_sessions_per_source: nat.source_limits.per_host,
         max_sessions_per_subnet: nat.source_limits.per_subnet,
         public_ip: nat

@@ -32,7 +32,7 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 /// The layout of the pinned maps (their key and value types and sizes). Bump it with any change to
 /// a pinned map's definition: pins of another layout are refused, never reused.
 /// (Layout 1 pinned the maps directly in the pin dir, without links.)
-pub const STATE_LAYOUT_VERSION: u32 = 7;
+pub const STATE_LAYOUT_VERSION: u32 = 8;
 
 /// The running agent's record of its event socket's name in the pin dir (see
 /// `agent::events::server`); gone with the agent (its lock).
