@@ -59,6 +59,8 @@ pub fn run(args: RunOptions) -> anyhow::Result<()> {
 /// interface fails with a clear message and leaves nothing behind.
 fn preflight(args: &RunOptions) -> anyhow::Result<Prepared> {
     let (wan, lans) = (args.wan()?, args.lan()?);
+    // A NAT64 flag without --nat64 is the flags' own mistake: said before anything else.
+    args.nat64()?;
     let pin_dir = args.pin_dir();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -154,13 +156,23 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
         &masquerade6,
         &args.publish,
     )?;
+    let public_ip = nat::public_ip(
+        args.public_ip,
+        wan,
+        !masquerade.is_empty() || publishes_ipv4,
+    )?;
+    let lan_networks: Vec<_> = lans.iter().flat_map(|lan| lan.ipv6.clone()).collect();
+    let nat64 = nat::nat64(
+        args.nat64()?,
+        public_ip,
+        wan,
+        &lan_networks,
+        &masquerade,
+        &masquerade6,
+    )?;
     Ok(NatSettings {
         published,
-        public_ip: nat::public_ip(
-            args.public_ip,
-            wan,
-            !masquerade.is_empty() || publishes_ipv4,
-        )?,
+        public_ip,
         masquerade,
         public_ip6,
         masquerade6,
@@ -171,6 +183,7 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
         capacities: args.capacities(),
         source_limits: args.source_limits(),
         allow_privileged_data_ports: args.allow_privileged_data_ports,
+        nat64,
     })
 }
 
@@ -366,6 +379,20 @@ fn log_attached(datapath: &Datapath, nat: &NatSettings, loading: Instant) {
                 .join(", ")
         ),
         _ => log::info!("following IPv6 FTP untranslated (no --masquerade6)"),
+    }
+    match nat.nat64 {
+        Some(nat64) => log::info!(
+            "NAT64: IPv6 clients' FTP to {}::a.b.c.d goes to a.b.c.d over IPv4 from {} (ports \
+             from the window); EPSV {}",
+            nat64.prefix.0,
+            nat64.pool,
+            match nat64.epsv {
+                nat::Nat64Epsv::Translate =>
+                    "sent to the server as PASV, its 227 returned as a 229 (--nat64-epsv translate)",
+                nat::Nat64Epsv::Pass => "passed as it is (--nat64-epsv pass)",
+            }
+        ),
+        None => log::info!("no NAT64 (--nat64 turns it on)"),
     }
     for published in &nat.published {
         let public = match nat.public_ip_for(published.spec.server) {

@@ -55,8 +55,9 @@ pub fn print(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the datapath translates, both families: `masquerading 10.0.0.0/24 behind 198.51.100.7;
-/// IPv6: fd00:1::/64 behind 2001:db8::1 (NAT66)`.
+/// What the datapath translates, both families and between them: `masquerading 10.0.0.0/24 behind
+/// 198.51.100.7; IPv6: fd00:1::/64 behind 2001:db8::1 (NAT66); NAT64: 64:ff9b::/96 from
+/// 198.51.100.7, EPSV translate`.
 fn translation(nat: &NatStats) -> String {
     let ipv6 = match (&nat.public_ip6, nat.masquerade6.is_empty()) {
         (Some(public_ip6), false) => {
@@ -76,12 +77,17 @@ fn translation(nat: &NatStats) -> String {
         }
         _ => "IPv4: nothing masqueraded".to_owned(),
     };
-    format!("{ipv4}; IPv6: {ipv6}")
+    let nat64 = nat
+        .nat64
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), ToString::to_string);
+    format!("{ipv4}; IPv6: {ipv6}; NAT64: {nat64}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::stats::Nat64Stats;
 
     #[test]
     fn the_translation_line_shows_both_families() {
@@ -90,23 +96,50 @@ mod tests {
             masquerade: vec!["10.0.0.0/24".to_owned(), "10.1.0.0/16".to_owned()],
             public_ip6: None,
             masquerade6: Vec::new(),
+            nat64: None,
         };
         assert_eq!(
             translation(&nat),
             "masquerading 10.0.0.0/24, 10.1.0.0/16 behind 198.51.100.7; IPv6: followed \
-             untranslated"
+             untranslated; NAT64: off"
         );
         nat.public_ip6 = Some("2001:db8:1::fe".to_owned());
         assert_eq!(
             translation(&nat),
             "masquerading 10.0.0.0/24, 10.1.0.0/16 behind 198.51.100.7; IPv6: followed \
-             untranslated; published servers at 2001:db8:1::fe"
+             untranslated; published servers at 2001:db8:1::fe; NAT64: off"
         );
         nat.masquerade6 = vec!["fd00:1::/64".to_owned()];
         assert_eq!(
             translation(&nat),
             "masquerading 10.0.0.0/24, 10.1.0.0/16 behind 198.51.100.7; IPv6: fd00:1::/64 \
-             behind 2001:db8:1::fe (NAT66)"
+             behind 2001:db8:1::fe (NAT66); NAT64: off"
+        );
+        nat.nat64 = Some(Nat64Stats {
+            prefix: "64:ff9b::/96".to_owned(),
+            pool: "198.51.100.7".to_owned(),
+            epsv: "translate",
+        });
+        assert!(
+            translation(&nat)
+                .ends_with("(NAT66); NAT64: 64:ff9b::/96 from 198.51.100.7, EPSV translate"),
+            "{}",
+            translation(&nat)
+        );
+        // An IPv6-only router: NAT64 from its pool, nothing masqueraded over IPv4.
+        nat.public_ip = None;
+        nat.masquerade.clear();
+        nat.public_ip6 = None;
+        nat.masquerade6.clear();
+        nat.nat64 = Some(Nat64Stats {
+            prefix: "2001:db8:64::/96".to_owned(),
+            pool: "192.0.2.64".to_owned(),
+            epsv: "pass",
+        });
+        assert_eq!(
+            translation(&nat),
+            "IPv4: nothing masqueraded; IPv6: followed untranslated; NAT64: 2001:db8:64::/96 \
+             from 192.0.2.64, EPSV pass"
         );
     }
 }

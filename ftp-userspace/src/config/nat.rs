@@ -175,6 +175,184 @@ pub fn parse_public_ip6(s: &str) -> Result<Ipv6Addr, String> {
     Ok(addr)
 }
 
+/// The NAT64 prefix `--nat64` takes when given no value: the well-known prefix of RFC 6052.
+pub const DEFAULT_NAT64_PREFIX: Nat64Prefix =
+    Nat64Prefix(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0));
+
+/// `--nat64`'s prefix: an IPv6 /96 whose last 32 bits carry an IPv4 address (RFC 6052 section
+/// 2.2). Other lengths spread the IPv4 address around the `u` octet; the datapath takes the last
+/// word only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat64Prefix(pub Ipv6Addr);
+
+impl Nat64Prefix {
+    pub fn as_ipv6_prefix(self) -> Ipv6Prefix {
+        Ipv6Prefix {
+            addr: self.0,
+            len: 96,
+        }
+    }
+}
+
+impl std::fmt::Display for Nat64Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/96", self.0)
+    }
+}
+
+impl FromStr for Nat64Prefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((addr, len)) = s.split_once('/') else {
+            return Err(format!(
+                "'{s}' has no prefix length; give a /96 IPv6 prefix, e.g. 64:ff9b::/96"
+            ));
+        };
+        if addr.parse::<Ipv4Addr>().is_ok() {
+            return Err(format!(
+                "'{s}' is an IPv4 prefix; --nat64 takes the IPv6 /96 its clients reach IPv4 \
+                 servers under, e.g. 64:ff9b::/96; the IPv4 address they leave from is \
+                 --nat64-pool"
+            ));
+        }
+        let addr: Ipv6Addr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IPv6 prefix like 64:ff9b::/96"))?;
+        if len != "96" {
+            return Err(format!(
+                "'{s}' is not a /96: ftpnat embeds the IPv4 address in a /96 prefix's last 32 \
+                 bits only (RFC 6052 section 2.2); give a /96 such as 64:ff9b::/96 or \
+                 2001:db8:64::/96"
+            ));
+        }
+        if u128::from(addr) & u128::from(u32::MAX) != 0 {
+            return Err(format!(
+                "'{s}' has host bits set: the last 32 bits carry the IPv4 address; write {}",
+                Self(Ipv6Addr::from(u128::from(addr) & !u128::from(u32::MAX)))
+            ));
+        }
+        let prefix = Self(addr);
+        if prefix.as_ipv6_prefix().overlaps(V4_MAPPED) || addr.is_unspecified() {
+            return Err(format!(
+                "'{s}' is the IPv4-mapped or IPv4-compatible range, which stands for IPv4 \
+                 addresses; give a prefix such as 64:ff9b::/96"
+            ));
+        }
+        if addr.is_multicast() || addr.is_unicast_link_local() || addr.is_loopback() {
+            return Err(format!(
+                "'{s}' is not a unicast prefix hosts route to; give one such as 64:ff9b::/96"
+            ));
+        }
+        Ok(prefix)
+    }
+}
+
+/// `--nat64-pool`'s value: the IPv4 address NAT64 sessions leave from.
+pub fn parse_nat64_pool(s: &str) -> Result<Ipv4Addr, String> {
+    if s.parse::<Ipv6Addr>().is_ok() || s.contains('/') {
+        return Err(format!(
+            "'{s}' is not one IPv4 address; --nat64-pool takes the IPv4 address NAT64 sessions \
+             leave from, e.g. 198.51.100.7 (the IPv6 prefix is --nat64's value)"
+        ));
+    }
+    let addr: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not an IPv4 address like 198.51.100.7"))?;
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
+        return Err(format!(
+            "'{s}' cannot be a connection's source; give an IPv4 address of the router that \
+             servers can answer, e.g. the --wan interface's"
+        ));
+    }
+    Ok(addr)
+}
+
+/// What a NAT64 client's `EPSV` becomes (`--nat64-epsv`).
+#[derive(clap::ValueEnum, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Nat64Epsv {
+    /// Sent to the server as `PASV`, its `227` returned to the client as a `229` (RFC 6384
+    /// section 6): works with IPv4 servers that lack EPSV.
+    #[default]
+    Translate,
+    /// Passed as it is: the server must know EPSV.
+    Pass,
+}
+
+impl Nat64Epsv {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Nat64Epsv::Translate => "translate",
+            Nat64Epsv::Pass => "pass",
+        }
+    }
+}
+
+/// NAT64 as the flags ask for it, the pool address not yet resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat64Request {
+    pub prefix: Nat64Prefix,
+    /// `--nat64-pool`; `None`: the public IPv4 address.
+    pub pool: Option<Ipv4Addr>,
+    pub epsv: Nat64Epsv,
+}
+
+/// What NAT64 translates: IPv6 clients' FTP to `prefix::a.b.c.d` goes to `a.b.c.d` from `pool`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Nat64 {
+    pub prefix: Nat64Prefix,
+    pub pool: Ipv4Addr,
+    pub epsv: Nat64Epsv,
+}
+
+/// NAT64's settings: the pool is `--nat64-pool`, else the public IPv4 address (`public_ip`: the
+/// `--public-ip` or the WAN's; an IPv6-only router has none). The prefix may not hold an address
+/// of the LANs' networks or the masqueraded IPv6 prefixes (their hosts would be taken for IPv4
+/// servers), nor the pool an address of the masqueraded IPv4 prefixes.
+pub fn nat64(
+    request: Option<Nat64Request>,
+    public_ip: Option<Ipv4Addr>,
+    wan: &str,
+    lan_networks: &[Ipv6Prefix],
+    masquerade: &[Ipv4Prefix],
+    masquerade6: &[Ipv6Prefix],
+) -> anyhow::Result<Option<Nat64>> {
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let prefix = request.prefix.as_ipv6_prefix();
+    if let Some(network) = lan_networks
+        .iter()
+        .chain(masquerade6)
+        .find(|network| network.overlaps(prefix))
+    {
+        bail!(
+            "--nat64 {prefix} overlaps {network}, a LAN network or --masquerade6 prefix: its \
+             hosts' addresses would be taken for IPv4 servers; give a prefix of its own, e.g. \
+             64:ff9b::/96"
+        );
+    }
+    let Some(pool) = request.pool.or(public_ip) else {
+        bail!(
+            "--nat64 needs an IPv4 address for its sessions to leave from, and --wan {wan} has \
+             none (nor is --public-ip given); pass --nat64-pool IPV4 (nat64_pool in the config \
+             file) with an IPv4 address the router owns"
+        );
+    };
+    if let Some(inside) = masquerade.iter().find(|p| p.contains(pool)) {
+        bail!(
+            "the NAT64 pool address {pool} lies in --masquerade {inside}: connections to it \
+             would be taken for the LAN's; pass --nat64-pool with an address outside it"
+        );
+    }
+    Ok(Some(Nat64 {
+        prefix: request.prefix,
+        pool,
+        epsv: request.epsv,
+    }))
+}
+
 /// The port window, `LO-HI`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortWindow {
@@ -1298,6 +1476,135 @@ mod tests {
         let err = masquerade6_prefixes(&many, 57).unwrap_err().to_string();
         assert!(
             err.contains("57 --masquerade and 200 --masquerade6 prefixes are more than the 256"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn nat64_prefixes_are_96s_with_no_host_bits() {
+        let prefix: Nat64Prefix = "64:ff9b::/96".parse().unwrap();
+        assert_eq!(prefix, DEFAULT_NAT64_PREFIX);
+        assert_eq!(prefix.to_string(), "64:ff9b::/96");
+        let prefix: Nat64Prefix = "2001:db8:64::/96".parse().unwrap();
+        assert_eq!(prefix.to_string(), "2001:db8:64::/96");
+        for (bad, reason) in [
+            ("64:ff9b::", "has no prefix length; give a /96"),
+            (
+                "64:ff9b::/64",
+                "is not a /96: ftpnat embeds the IPv4 address",
+            ),
+            ("64:ff9b::/32", "give a /96 such as 64:ff9b::/96"),
+            ("64:ff9b::/x", "is not a /96"),
+            (
+                "64:ff9b::c000:20a/96",
+                "has host bits set: the last 32 bits carry the IPv4 address; write \
+                 64:ff9b::/96",
+            ),
+            (
+                "10.0.0.0/8",
+                "is an IPv4 prefix; --nat64 takes the IPv6 /96",
+            ),
+            ("64:zz::/96", "is not an IPv6 prefix like 64:ff9b::/96"),
+            ("::ffff:0:0/96", "IPv4-mapped or IPv4-compatible range"),
+            ("::/96", "IPv4-mapped or IPv4-compatible range"),
+            ("ff02::/96", "is not a unicast prefix"),
+            ("fe80::/96", "is not a unicast prefix"),
+        ] {
+            let err = bad.parse::<Nat64Prefix>().unwrap_err();
+            assert!(err.contains(reason), "{bad}: {err}");
+            assert!(err.starts_with(&format!("'{bad}'")), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn nat64_pool_addresses_are_ipv4_sources() {
+        assert_eq!(
+            parse_nat64_pool("198.51.100.64"),
+            Ok(Ipv4Addr::new(198, 51, 100, 64))
+        );
+        for (bad, reason) in [
+            ("2001:db8::1", "is not one IPv4 address; --nat64-pool takes"),
+            ("198.51.100.0/24", "is not one IPv4 address"),
+            ("198.51.100", "is not an IPv4 address like 198.51.100.7"),
+            ("0.0.0.0", "cannot be a connection's source"),
+            ("255.255.255.255", "cannot be a connection's source"),
+            ("224.0.0.1", "cannot be a connection's source"),
+            ("127.0.0.1", "cannot be a connection's source"),
+        ] {
+            let err = parse_nat64_pool(bad).unwrap_err();
+            assert!(err.contains(reason), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn nat64_leaves_from_its_pool_or_the_public_address() {
+        let request = |pool: Option<&str>| {
+            Some(Nat64Request {
+                prefix: DEFAULT_NAT64_PREFIX,
+                pool: pool.map(|p| p.parse().unwrap()),
+                epsv: Nat64Epsv::Translate,
+            })
+        };
+        let public = Some(Ipv4Addr::new(198, 51, 100, 7));
+        let lan6 = ["fd00:1::/64".parse::<Ipv6Prefix>().unwrap()];
+        let masquerade = ["10.0.0.0/24".parse::<Ipv4Prefix>().unwrap()];
+        assert_eq!(nat64(None, public, "wan0", &lan6, &[], &[]).unwrap(), None);
+        assert_eq!(
+            nat64(request(None), public, "wan0", &lan6, &masquerade, &[]).unwrap(),
+            Some(Nat64 {
+                prefix: DEFAULT_NAT64_PREFIX,
+                pool: Ipv4Addr::new(198, 51, 100, 7),
+                epsv: Nat64Epsv::Translate,
+            })
+        );
+        assert_eq!(
+            nat64(request(Some("192.0.2.64")), public, "wan0", &lan6, &[], &[])
+                .unwrap()
+                .map(|n| n.pool),
+            Some(Ipv4Addr::new(192, 0, 2, 64))
+        );
+        // An IPv6-only router: no public IPv4 address to default to.
+        let err = nat64(request(None), None, "wan0", &lan6, &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--nat64 needs an IPv4 address")
+                && err.contains("--wan wan0 has none")
+                && err.contains("pass --nat64-pool IPV4"),
+            "{err}"
+        );
+        assert_eq!(
+            nat64(request(Some("192.0.2.64")), None, "wan0", &lan6, &[], &[])
+                .unwrap()
+                .map(|n| n.pool),
+            Some(Ipv4Addr::new(192, 0, 2, 64))
+        );
+        // The prefix may not cover LAN hosts, nor the pool lie among the masqueraded sources.
+        let inside = Some(Nat64Request {
+            prefix: "fd00:1::/96".parse().unwrap(),
+            pool: None,
+            epsv: Nat64Epsv::Pass,
+        });
+        let err = nat64(inside, public, "wan0", &lan6, &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--nat64 fd00:1::/96 overlaps fd00:1::/64")
+                && err.contains("give a prefix of its own"),
+            "{err}"
+        );
+        let err = nat64(
+            request(Some("10.0.0.254")),
+            public,
+            "wan0",
+            &lan6,
+            &masquerade,
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pool address 10.0.0.254 lies in --masquerade 10.0.0.0/24"),
             "{err}"
         );
     }

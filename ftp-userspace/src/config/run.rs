@@ -18,8 +18,13 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use super::{
     DEFAULT_PIN_DIR,
-    nat::{self, Ipv4Prefix, Ipv6Prefix, PortWindow, PublishSpec},
+    nat::{
+        self, Ipv4Prefix, Ipv6Prefix, Nat64Epsv, Nat64Prefix, Nat64Request, PortWindow, PublishSpec,
+    },
 };
+
+/// `--nat64`'s value when it is given none (see [`nat::DEFAULT_NAT64_PREFIX`]).
+const DEFAULT_NAT64_PREFIX_TEXT: &str = "64:ff9b::/96";
 
 /// The --expect-timeout values accepted, in seconds.
 const EXPECT_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
@@ -119,6 +124,23 @@ run_options! {
         #[arg(long, value_name = "IPV6", value_parser = nat::parse_public_ip6)]
         #[serde(deserialize_with = "public_ip6")]
         pub public_ip6: Option<Ipv6Addr>,
+        /// Translate IPv6 LAN clients' FTP to IPv4 servers (NAT64 with the FTP ALG of RFC 6384):
+        /// a connection to PREFIX::a.b.c.d goes to a.b.c.d from --nat64-pool. PREFIX is an IPv6
+        /// /96 [default when given without a value: 64:ff9b::/96; without the flag: off].
+        #[arg(long, value_name = "PREFIX", num_args = 0..=1,
+              default_missing_value = DEFAULT_NAT64_PREFIX_TEXT)]
+        #[serde(deserialize_with = "nat64")]
+        pub nat64: Option<Nat64Prefix>,
+        /// The IPv4 address NAT64 sessions and their data connections leave from (with --nat64)
+        /// [default: the public IPv4 address, --public-ip or the first IPv4 address of --wan].
+        #[arg(long, value_name = "IPV4", value_parser = nat::parse_nat64_pool)]
+        #[serde(deserialize_with = "nat64_pool")]
+        pub nat64_pool: Option<Ipv4Addr>,
+        /// What a NAT64 client's EPSV becomes (with --nat64): translate: sent to the server as
+        /// PASV, its 227 returned as a 229, for IPv4 servers without EPSV; pass: passed as it is
+        /// [default: translate].
+        #[arg(long, value_enum, value_name = "POLICY")]
+        pub nat64_epsv: Option<Nat64Epsv>,
         /// FTP control port to watch (repeatable, at most 8) [default: 21].
         #[arg(long = "ftp-port", value_name = "PORT")]
         pub ftp_ports: Vec<u16>,
@@ -312,6 +334,35 @@ impl RunOptions {
 }
 
 impl RunOptions {
+    /// NAT64 as asked for: `--nat64` with its pool (if given) and EPSV policy [default:
+    /// translate]. `--nat64-pool` or `--nat64-epsv` without `--nat64` is refused: they would
+    /// silently do nothing.
+    pub fn nat64(&self) -> anyhow::Result<Option<Nat64Request>> {
+        let Some(prefix) = self.nat64 else {
+            if let Some(pool) = self.nat64_pool {
+                bail!(
+                    "--nat64-pool {pool} (nat64_pool in the config file) is given without \
+                     --nat64, which it belongs to; add --nat64 [PREFIX] (nat64 in the config \
+                     file) or drop it"
+                );
+            }
+            if let Some(epsv) = self.nat64_epsv {
+                bail!(
+                    "--nat64-epsv {} (nat64_epsv in the config file) is given without --nat64, \
+                     which it belongs to; add --nat64 [PREFIX] (nat64 in the config file) or \
+                     drop it",
+                    epsv.as_str()
+                );
+            }
+            return Ok(None);
+        };
+        Ok(Some(Nat64Request {
+            prefix,
+            pool: self.nat64_pool,
+            epsv: self.nat64_epsv.unwrap_or_default(),
+        }))
+    }
+
     /// The table sizes `--max-sessions` asks for, by default a home or office router's.
     pub fn capacities(&self) -> Capacities {
         Capacities::for_sessions(self.max_sessions.unwrap_or(Capacities::DEFAULT_SESSIONS))
@@ -394,6 +445,33 @@ fn public_ip<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv4Ad
 /// `public_ip6`, through the flag's parser.
 fn public_ip6<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv6Addr>, D::Error> {
     nat::parse_public_ip6(&String::deserialize(deserializer)?)
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
+/// `nat64`: a prefix, through the flag's parser, or `true` for the flag without a value
+/// (`false`: off).
+fn nat64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Nat64Prefix>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum PrefixOrSwitch {
+        Switch(bool),
+        Prefix(String),
+    }
+    match PrefixOrSwitch::deserialize(deserializer).map_err(|_| {
+        D::Error::custom(
+            "expected a /96 IPv6 prefix as a string, e.g. \"64:ff9b::/96\", or true for that one",
+        )
+    })? {
+        PrefixOrSwitch::Switch(false) => Ok(None),
+        PrefixOrSwitch::Switch(true) => Ok(Some(nat::DEFAULT_NAT64_PREFIX)),
+        PrefixOrSwitch::Prefix(text) => text.parse().map(Some).map_err(D::Error::custom),
+    }
+}
+
+/// `nat64_pool`, through the flag's parser.
+fn nat64_pool<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Ipv4Addr>, D::Error> {
+    nat::parse_nat64_pool(&String::deserialize(deserializer)?)
         .map(Some)
         .map_err(D::Error::custom)
 }
@@ -505,6 +583,9 @@ mod tests {
         public_ip = "198.51.100.7"
         masquerade6 = ["fd00:1::/64", "fd00:2::/64"]
         public_ip6 = "2001:db8:1::fe"
+        nat64 = "2001:db8:64::/96"
+        nat64_pool = "198.51.100.64"
+        nat64_epsv = "pass"
         ftp_ports = [21, 2121]
         port_window = "61000-61999"
         publish = ["21=192.168.1.10", "2121=192.168.1.11:21", "2122=[fd00:1::10]:21"]
@@ -541,6 +622,14 @@ mod tests {
             ]
         );
         assert_eq!(options.public_ip6, Some("2001:db8:1::fe".parse().unwrap()));
+        assert_eq!(
+            options.nat64().unwrap(),
+            Some(Nat64Request {
+                prefix: "2001:db8:64::/96".parse().unwrap(),
+                pool: Some(Ipv4Addr::new(198, 51, 100, 64)),
+                epsv: Nat64Epsv::Pass,
+            })
+        );
         assert_eq!(options.ftp_ports, [21, 2121]);
         assert_eq!(options.port_window, Some("61000-61999".parse().unwrap()));
         assert_eq!(
@@ -590,6 +679,12 @@ mod tests {
             "fd00:2::/64",
             "--public-ip6",
             "2001:db8:1::fe",
+            "--nat64",
+            "2001:db8:64::/96",
+            "--nat64-pool",
+            "198.51.100.64",
+            "--nat64-epsv",
+            "pass",
             "--ftp-port",
             "21",
             "--ftp-port",
@@ -643,6 +738,84 @@ mod tests {
         );
         assert!(!options.allow_privileged_data_ports);
         assert_eq!(options.tc_attach(), TcAttach::Auto);
+        assert_eq!(options.nat64().unwrap(), None);
+    }
+
+    #[test]
+    fn nat64_without_a_value_takes_the_well_known_prefix_and_translates_epsv() {
+        let options = resolve(flags(&["--nat64", "--wan", "eth0"])).unwrap();
+        assert_eq!(options.wan().unwrap(), "eth0");
+        assert_eq!(
+            options.nat64().unwrap(),
+            Some(Nat64Request {
+                prefix: nat::DEFAULT_NAT64_PREFIX,
+                pool: None,
+                epsv: Nat64Epsv::Translate,
+            })
+        );
+        assert_eq!(
+            nat::DEFAULT_NAT64_PREFIX.to_string(),
+            DEFAULT_NAT64_PREFIX_TEXT
+        );
+        // The flag last, with no value.
+        let options = resolve(flags(&["--nat64-epsv", "pass", "--nat64"])).unwrap();
+        assert_eq!(
+            options.nat64().unwrap().map(|n| (n.prefix, n.epsv)),
+            Some((nat::DEFAULT_NAT64_PREFIX, Nat64Epsv::Pass))
+        );
+        // In the file: true for the well-known prefix, false for off.
+        let on = parse_text("nat64 = true").unwrap();
+        assert_eq!(
+            on.nat64().unwrap().map(|n| n.prefix),
+            Some(nat::DEFAULT_NAT64_PREFIX)
+        );
+        assert_eq!(parse_text("nat64 = false").unwrap().nat64().unwrap(), None);
+        // A flag's prefix wins over the file's.
+        let options = flags(&["--nat64", "2001:db8:64::/96"])
+            .options
+            .over(parse_text("nat64 = true\nnat64_pool = \"192.0.2.1\"").unwrap());
+        assert_eq!(
+            options.nat64().unwrap(),
+            Some(Nat64Request {
+                prefix: "2001:db8:64::/96".parse().unwrap(),
+                pool: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                epsv: Nat64Epsv::Translate,
+            })
+        );
+    }
+
+    #[test]
+    fn nat64_pool_or_epsv_without_nat64_is_refused_naming_both() {
+        let err = resolve(flags(&["--nat64-pool", "192.0.2.1"]))
+            .unwrap()
+            .nat64()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "--nat64-pool 192.0.2.1 (nat64_pool in the config file) is given \
+                          without --nat64"
+            ) && err.contains("add --nat64 [PREFIX]"),
+            "{err}"
+        );
+        let err = resolve(flags(&["--nat64-epsv", "pass"]))
+            .unwrap()
+            .nat64()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "--nat64-epsv pass (nat64_epsv in the config file) is given without \
+                          --nat64"
+            ),
+            "{err}"
+        );
+        let err = parse_text("nat64 = false\nnat64_epsv = \"translate\"")
+            .unwrap()
+            .nat64()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("without --nat64"), "{err}");
     }
 
     #[test]
@@ -704,6 +877,26 @@ mod tests {
                 "'198.51.100.7' is an IPv4 address; the public IPv4 address is --public-ip",
             ),
             ("public_ip6 = 7", "public_ip6", "expected a string"),
+            (
+                "nat64 = \"64:ff9b::/64\"",
+                "nat64",
+                "'64:ff9b::/64' is not a /96",
+            ),
+            (
+                "nat64 = 96",
+                "nat64",
+                "expected a /96 IPv6 prefix as a string, e.g. \"64:ff9b::/96\", or true",
+            ),
+            (
+                "nat64_pool = \"64:ff9b::1\"",
+                "nat64_pool",
+                "'64:ff9b::1' is not one IPv4 address",
+            ),
+            (
+                "nat64_epsv = \"pasv\"",
+                "nat64_epsv",
+                "unknown variant `pasv`, expected `translate` or `pass`",
+            ),
             ("ftp_ports = [70000]", "ftp_ports", "70000"),
             ("ftp_ports = 21", "ftp_ports", "expected a sequence"),
             (
@@ -785,6 +978,12 @@ mod tests {
                 "fe80::1%eth0",
                 "is not an IPv6 address like 2001:db8::1",
             ),
+            ("--nat64", "64:ff9b::/64", "is not a /96"),
+            ("--nat64", "64:ff9b::1/96", "has host bits set"),
+            ("--nat64", "10.0.0.0/8", "is an IPv4 prefix"),
+            ("--nat64-pool", "2001:db8::1", "is not one IPv4 address"),
+            ("--nat64-pool", "0.0.0.0", "cannot be a connection's source"),
+            ("--nat64-epsv", "pasv", "[possible values: translate, pass]"),
             ("--port-window", "5000-4000", "write the lower port first"),
             (
                 "--publish",

@@ -8,13 +8,14 @@ use aya::maps::lpm_trie::Key;
 use ftp_common::Ipv6AddressText;
 use ftp_common::maps::{
     Capacities, DatapathConfig, InterfaceInfo, InterfaceRole, IpBytes, MAX_FTP_PORTS, PINNED,
-    PublishTarget, SourceLimits, config, free_ports, interfaces, ip, masquerade, publish,
+    PublishTarget, SourceLimits, config, config::nat64_flags, free_ports, interfaces, ip,
+    masquerade, publish,
 };
 
 use super::{Datapath, Interface};
 use crate::{
-    config::nat::{Ipv4Prefix, Ipv6Prefix, PortWindow, Published},
-    report::sessions::endpoint,
+    config::nat::{Ipv4Prefix, Ipv6Prefix, Nat64, Nat64Epsv, PortWindow, Published},
+    report::{sessions::endpoint, stats::Nat64Stats},
 };
 
 /// What the datapath translates, resolved from the flags.
@@ -39,6 +40,8 @@ pub struct NatSettings {
     pub source_limits: SourceLimits,
     pub allow_privileged_data_ports: bool,
     pub published: Vec<Published>,
+    /// NAT64 (`--nat64`), `None` when off.
+    pub nat64: Option<Nat64>,
 }
 
 impl NatSettings {
@@ -114,6 +117,11 @@ impl Datapath {
             "public IPv6 address",
             public_address_text(&pinned.public_ip6),
             public_address_text(&wanted.public_ip6),
+        );
+        differ(
+            "NAT64",
+            Nat64Stats::of(&pinned).map_or_else(|| "off".to_owned(), |n| n.to_string()),
+            Nat64Stats::of(&wanted).map_or_else(|| "off".to_owned(), |n| n.to_string()),
         );
         differ(
             "port window",
@@ -243,11 +251,20 @@ fn datapath_config(interfaces: &[Interface], nat: &NatSettings) -> anyhow::Resul
         expect_timeout_ns: u64::try_from(nat.expect_timeout.as_nanos()).unwrap_or(u64::MAX),
         allow_privileged_data_ports: u8::from(nat.allow_privileged_data_ports),
         max_expectations_per_session: nat.max_expectations_per_session,
-        // NAT64 settings come with the `--nat64` flags.
-        nat64_flags: 0,
+        nat64_flags: nat.nat64.map_or(0, |nat64| {
+            nat64_flags::ENABLED
+                | match nat64.epsv {
+                    Nat64Epsv::Translate => nat64_flags::EPSV_AS_PASV,
+                    Nat64Epsv::Pass => 0,
+                }
+        }),
         _pad: [0; 5],
-        nat64_prefix: ip::UNSPECIFIED,
-        nat64_pool: ip::UNSPECIFIED,
+        nat64_prefix: nat
+            .nat64
+            .map_or(ip::UNSPECIFIED, |nat64| ip::from_ip(nat64.prefix.0.into())),
+        nat64_pool: nat
+            .nat64
+            .map_or(ip::UNSPECIFIED, |nat64| ip::v4_mapped(nat64.pool.octets())),
         max_sessions_per_source: nat.source_limits.per_host,
         max_sessions_per_subnet: nat.source_limits.per_subnet,
         public_ip: nat
@@ -400,6 +417,7 @@ mod tests {
             },
             allow_privileged_data_ports: false,
             published: Vec::new(),
+            nat64: None,
         }
     }
 
@@ -456,6 +474,56 @@ mod tests {
         assert_eq!(firewall_only.public_ip6, ip::UNSPECIFIED);
         assert_eq!(firewall_only.public_ip6_text, Ipv6AddressText::NONE);
         assert_eq!(public_address_text(&firewall_only.public_ip6), "none");
+    }
+
+    #[test]
+    fn nat64_is_written_with_its_prefix_pool_and_epsv_policy_and_read_back() {
+        let off = datapath_config(&wan(), &settings(&["10.0.0.0/24"], &[], None)).unwrap();
+        assert_eq!(off.nat64_flags, 0);
+        assert_eq!(off.nat64_prefix, ip::UNSPECIFIED);
+        assert_eq!(off.nat64_pool, ip::UNSPECIFIED);
+        assert_eq!(Nat64Stats::of(&off), None);
+
+        let mut nat = settings(&["10.0.0.0/24"], &[], None);
+        nat.nat64 = Some(Nat64 {
+            prefix: crate::config::nat::DEFAULT_NAT64_PREFIX,
+            pool: "198.51.100.7".parse().unwrap(),
+            epsv: Nat64Epsv::Translate,
+        });
+        let config = datapath_config(&wan(), &nat).unwrap();
+        assert_eq!(
+            config.nat64_flags,
+            nat64_flags::ENABLED | nat64_flags::EPSV_AS_PASV
+        );
+        assert_eq!(
+            config.nat64_prefix,
+            ip::from_ip("64:ff9b::".parse().unwrap())
+        );
+        assert_eq!(config.nat64_pool, ip::v4_mapped([198, 51, 100, 7]));
+        // The datapath's own reading of them.
+        let server = ip::v4_mapped([192, 0, 2, 10]);
+        assert_eq!(
+            config.nat64_address_of(&server),
+            ip::from_ip("64:ff9b::192.0.2.10".parse().unwrap())
+        );
+        assert!(config.is_nat64_destination(&config.nat64_address_of(&server)));
+        assert!(!config.is_nat64_destination(&ip::from_ip("2001:db8::5".parse().unwrap())));
+        assert_eq!(
+            Nat64Stats::of(&config).unwrap().to_string(),
+            "64:ff9b::/96 from 198.51.100.7, EPSV translate"
+        );
+
+        nat.nat64 = Some(Nat64 {
+            prefix: "2001:db8:64::/96".parse().unwrap(),
+            pool: "192.0.2.64".parse().unwrap(),
+            epsv: Nat64Epsv::Pass,
+        });
+        let pass = datapath_config(&wan(), &nat).unwrap();
+        assert_eq!(pass.nat64_flags, nat64_flags::ENABLED);
+        assert_eq!(
+            Nat64Stats::of(&pass).unwrap().to_string(),
+            "2001:db8:64::/96 from 192.0.2.64, EPSV pass"
+        );
     }
 
     #[test]

@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use ftp_common::maps::{
-    Counter, ExpectKey, Expectation, ExpectationPath, FlowDirection, FlowEntry, FlowKey, FlowKind,
-    InterfaceRole, SessionEntry, SessionKind, expects, flow_flags, flows, ip, sessions,
+    Counter, DatapathConfig, ExpectKey, Expectation, ExpectationPath, FlowDirection, FlowEntry,
+    FlowKey, FlowKind, InterfaceRole, SessionEntry, SessionKind, config::nat64_flags, expects,
+    flow_flags, flows, ip, sessions,
 };
 use ftp_common::{
     MalformedReason, RefusalReason,
@@ -133,6 +134,49 @@ pub struct NatStats {
     pub public_ip6: Option<String>,
     /// The IPv6 source prefixes masqueraded behind it (`--masquerade6`).
     pub masquerade6: Vec<String>,
+    /// NAT64 (`--nat64`); null when off.
+    pub nat64: Option<Nat64Stats>,
+}
+
+/// NAT64 as the datapath is configured: IPv6 clients reach `a.b.c.d` at `prefix::a.b.c.d`, and
+/// their sessions leave from `pool`.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Nat64Stats {
+    /// The /96 prefix, `64:ff9b::/96`.
+    pub prefix: String,
+    /// The IPv4 address NAT64 sessions leave from.
+    pub pool: String,
+    /// What a client's EPSV becomes: `translate` (PASV to the server, its 227 returned as a 229)
+    /// or `pass`.
+    pub epsv: &'static str,
+}
+
+impl Nat64Stats {
+    /// NAT64's settings in `config`, `None` when off.
+    pub fn of(config: &DatapathConfig) -> Option<Self> {
+        if config.nat64_flags & nat64_flags::ENABLED == 0 {
+            return None;
+        }
+        Some(Self {
+            prefix: format!(
+                "{}/96",
+                std::net::Ipv6Addr::from(config.nat64_prefix.octets())
+            ),
+            pool: ip::to_ip(&config.nat64_pool).to_string(),
+            epsv: if config.nat64_flags & nat64_flags::EPSV_AS_PASV != 0 {
+                "translate"
+            } else {
+                "pass"
+            },
+        })
+    }
+}
+
+/// `64:ff9b::/96 from 198.51.100.7, EPSV translate`.
+impl std::fmt::Display for Nat64Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} from {}, EPSV {}", self.prefix, self.pool, self.epsv)
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -212,6 +256,7 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         SessionKind::Masquerade,
         SessionKind::Publish,
         SessionKind::Firewall,
+        SessionKind::Nat64,
     ] {
         for state in SessionState::ALL {
             sessions_by.insert((kind.as_str(), state.as_str()), 0);
@@ -258,6 +303,7 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
         public_ip6: (config.public_ip6 != ip::UNSPECIFIED)
             .then(|| ip::to_ip(&config.public_ip6).to_string()),
         masquerade6,
+        nat64: Nat64Stats::of(&config),
     };
     Ok(Stats {
         interfaces: rows,
