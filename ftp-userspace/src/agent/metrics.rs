@@ -200,8 +200,8 @@ pub fn render(stats: &Stats) -> String {
         &mut out,
         "ftpnat_sessions",
         "gauge",
-        "FTP control sessions ftpnat tracks, by kind (masquerade, publish, firewall) and state \
-         (command, transfer, encrypted, closing).",
+        "FTP control sessions ftpnat tracks, by kind (masquerade, publish, firewall, nat64) and \
+         state (command, transfer, encrypted, closing).",
     );
     for (&(kind, state), &count) in &stats.sessions_by {
         sessions.sample(&[("kind", kind), ("state", state)], count as u64);
@@ -398,7 +398,7 @@ mod tests {
             datapath: BTreeMap::from([("refusals", 4), ("window_exhausted", 2)]),
             refusals_by_reason: BTreeMap::from([("bounce", 3), ("unsolicited_reply", 1)]),
             malformed_by_reason: BTreeMap::from([("port_out_of_range", 5)]),
-            sessions: 2,
+            sessions: 4,
             flows: 3,
             expectations: 1,
             capacity: Capacity {
@@ -409,6 +409,7 @@ mod tests {
             sessions_by: BTreeMap::from([
                 (("masquerade", "command"), 1),
                 (("publish", "transfer"), 1),
+                (("nat64", "transfer"), 2),
             ]),
             flows_by: BTreeMap::from([("control", 2), ("data", 1)]),
         }
@@ -457,6 +458,7 @@ mod tests {
         for sample in [
             "ftpnat_sessions{kind=\"masquerade\",state=\"command\"} 1\n",
             "ftpnat_sessions{kind=\"publish\",state=\"transfer\"} 1\n",
+            "ftpnat_sessions{kind=\"nat64\",state=\"transfer\"} 2\n",
             "ftpnat_flows{kind=\"control\"} 2\n",
             "ftpnat_flows{kind=\"data\"} 1\n",
             "ftpnat_expectations 1\n",

@@ -20,8 +20,12 @@ pub struct SessionRow {
     pub id: String,
     pub kind: &'static str,
     pub state: &'static str,
+    /// The client's address and port as it sent them (a NAT64 client's IPv6 ones).
     pub client: String,
+    /// The server's own address and port (a NAT64 session's IPv4 server).
     pub server: String,
+    /// Where the session meets the outside (see `Tables::public_of`): a NAT64 session's IPv4
+    /// pool address and window port.
     pub public: String,
     /// The name of the client's last USER command ("" before any).
     pub user: String,
@@ -118,19 +122,21 @@ impl Tables {
     }
 
     /// The public endpoint of a session: for a masqueraded client its control connection's
-    /// translated source, for a published server the address and port the client connected to,
-    /// for a firewalled client its own address and port (not translated).
+    /// translated source, for a NAT64 client likewise (the IPv4 pool address and a window port:
+    /// its IPv6 connection leaves as IPv4), for a published server the address and port the
+    /// client connected to, for a firewalled client its own address and port (not translated).
     fn public_of(&self, session: &FlowKey) -> String {
         match self.kind_of(session) {
             Some(SessionKind::Publish) => endpoint(session.daddr, session.dport),
             Some(SessionKind::Firewall) => endpoint(session.saddr, session.sport),
-            _ => self
+            Some(SessionKind::Masquerade | SessionKind::Nat64) | None => self
                 .translated_source(session)
                 .map_or_else(|| "-".to_owned(), |(addr, port)| endpoint(addr, port)),
         }
     }
 
-    /// Where a masqueraded session's control connection leaves the router from, while it lives.
+    /// Where a masqueraded or NAT64 session's control connection leaves the router from, while
+    /// it lives.
     fn translated_source(&self, session: &FlowKey) -> Option<(IpBytes, [u8; 2])> {
         self.flows.get(session).map(|e| (e.new_saddr, e.new_sport))
     }
@@ -555,6 +561,135 @@ mod tests {
                 .map(String::from)
                 .to_vec(),
             ]
+        );
+    }
+
+    /// An IPv6 client's NAT64 session to the IPv4 server 203.0.113.10 (reached at
+    /// 64:ff9b::203.0.113.10), leaving from the pool address 198.51.100.7: its control
+    /// connection, a passive data connection, and an EPRT turned into a PORT that reserved
+    /// window port 61003 for the server's connection.
+    fn nat64_tables() -> Tables {
+        let control = key("2001:db8:10::2", 40000, "64:ff9b::203.0.113.10");
+        let pool = ip::v4_mapped([198, 51, 100, 7]);
+        let server = ip::v4_mapped([203, 0, 113, 10]);
+        let translated = |key: FlowKey, kind: FlowKind, window_port: u16| FlowEntry {
+            session: control,
+            new_saddr: pool,
+            new_sport: window_port.to_be_bytes(),
+            new_daddr: server,
+            public_port: window_port,
+            ..FlowEntry::established_untranslated(key, kind, (SEC, SEC))[0].1
+        };
+        let mut flows = StdHashMap::new();
+        let control_entry = translated(control, FlowKind::Control, 61001);
+        let data = FlowKey {
+            dport: 40100u16.to_be_bytes(),
+            sport: 50000u16.to_be_bytes(),
+            ..control
+        };
+        let data_entry = translated(data, FlowKind::Data, 61002);
+        for (key, entry) in [(control, control_entry), (data, data_entry)] {
+            flows.insert(key, entry);
+            flows.insert(entry.reply_key(), entry.reply_of(&key, 2));
+        }
+        let sessions = StdHashMap::from([(
+            control,
+            SessionEntry {
+                server_addr: server,
+                ..session_entry(&control, SessionKind::Nat64)
+            },
+        )]);
+        let expects = vec![(
+            ExpectKey::inbound(pool, 61003),
+            Expectation {
+                expires_ns: 10 * SEC,
+                session: control,
+                target_addr: control.saddr,
+                lan_ifindex: 2,
+                target_port: 50001u16.to_be_bytes(),
+                public_port: 61003,
+                peer: server,
+                kind: ExpectationKind::Active as u8,
+                path: ExpectationPath::Inbound as u8,
+                _pad: [0; 2],
+            },
+        )];
+        Tables::new(flows, sessions, expects)
+    }
+
+    #[test]
+    fn a_nat64_session_shows_its_ipv6_client_ipv4_server_and_pool_endpoint() {
+        let tables = nat64_tables();
+        let rows = tables.session_rows(3 * SEC);
+        let cells: Vec<Vec<String>> = rows.iter().map(session_cells).collect();
+        assert_eq!(
+            cells,
+            [[
+                "198.51.100.7:61001",
+                "nat64",
+                "command",
+                "[2001:db8:10::2]:40000",
+                "198.51.100.7:61001",
+                "203.0.113.10:21",
+                "alice",
+                "1",
+                // Both connections' entries keyed by the client's packets count from it, those
+                // keyed by the server's IPv4 ones towards it.
+                "120",
+                "120",
+                "2.0s",
+                "0",
+                "0",
+                "0",
+            ]
+            .map(String::from)
+            .to_vec()]
+        );
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["kind"], "nat64");
+        assert_eq!(json[0]["client"], "[2001:db8:10::2]:40000");
+        assert_eq!(json[0]["server"], "203.0.113.10:21");
+        assert_eq!(json[0]["public"], "198.51.100.7:61001");
+    }
+
+    #[test]
+    fn a_nat64_flow_is_ipv6_one_way_and_ipv4_the_other() {
+        let tables = nat64_tables();
+        let flows = serde_json::to_value(tables.flow_rows()).unwrap();
+        assert_eq!(
+            flows,
+            serde_json::json!([
+                {
+                    "session": "198.51.100.7:61001",
+                    "kind": "control",
+                    "orig": "[2001:db8:10::2]:40000 -> [64:ff9b::cb00:710a]:21",
+                    "reply": "203.0.113.10:21 -> 198.51.100.7:61001",
+                    "bytes": 120,
+                    "packets": 2,
+                },
+                {
+                    "session": "198.51.100.7:61001",
+                    "kind": "data",
+                    "orig": "[2001:db8:10::2]:50000 -> [64:ff9b::cb00:710a]:40100",
+                    "reply": "203.0.113.10:40100 -> 198.51.100.7:61002",
+                    "bytes": 120,
+                    "packets": 2,
+                },
+            ])
+        );
+        // The server's connection to the reserved window port is delivered to the client's
+        // announced IPv6 address.
+        let expectations = serde_json::to_value(tables.expectation_rows(SEC)).unwrap();
+        assert_eq!(
+            expectations,
+            serde_json::json!([{
+                "session": "198.51.100.7:61001",
+                "kind": "active",
+                "peer": "203.0.113.10",
+                "public": "198.51.100.7:61003",
+                "target": "[2001:db8:10::2]:50001",
+                "expires_in_ms": 9000,
+            }])
         );
     }
 

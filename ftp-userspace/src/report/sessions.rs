@@ -14,11 +14,12 @@ pub fn endpoint(addr: IpBytes, port: [u8; 2]) -> String {
     SocketAddr::new(ip::to_ip(&addr), u16::from_be_bytes(port)).to_string()
 }
 
-/// A session's identifier, unique while it lives: a masqueraded session's public address and
-/// port (`public`, its control connection's translated source); a published session's client
-/// address and port `@` the published port (all sessions of a published server share its public
-/// endpoint); a firewalled session's client address and port, which it keeps on the way out.
-/// `None` for a masqueraded session whose public endpoint is not known.
+/// A session's identifier, unique while it lives: a masqueraded or NAT64 session's public address
+/// and port (`public`, its control connection's translated source: the public address, or the
+/// NAT64 pool address, and a window port); a published session's client address and port `@` the
+/// published port (all sessions of a published server share its public endpoint); a firewalled
+/// session's client address and port, which it keeps on the way out. `None` for a masqueraded or
+/// NAT64 session whose public endpoint is not known (or of an unknown kind).
 pub fn session_id(
     session: &FlowKey,
     kind: Option<SessionKind>,
@@ -31,7 +32,9 @@ pub fn session_id(
             u16::from_be_bytes(session.dport)
         )),
         Some(SessionKind::Firewall) => Some(endpoint(session.saddr, session.sport)),
-        _ => public.map(|(addr, port)| endpoint(addr, port)),
+        Some(SessionKind::Masquerade | SessionKind::Nat64) | None => {
+            public.map(|(addr, port)| endpoint(addr, port))
+        }
     }
 }
 
@@ -168,6 +171,19 @@ mod tests {
             session_id(&v6, Some(SessionKind::Publish), None).as_deref(),
             Some("[2001:db8:10::2]:40000@21")
         );
+        // A NAT64 session: an IPv6 client, named by the IPv4 pool address and window port its
+        // control connection leaves from.
+        let nat64 = FlowKey {
+            saddr: ip::from_ip("2001:db8:10::2".parse().unwrap()),
+            daddr: ip::from_ip("64:ff9b::203.0.113.10".parse().unwrap()),
+            ..key(40000)
+        };
+        let pool = (ip::v4_mapped([198, 51, 100, 7]), 61001u16.to_be_bytes());
+        assert_eq!(
+            session_id(&nat64, Some(SessionKind::Nat64), Some(pool)).as_deref(),
+            Some("198.51.100.7:61001")
+        );
+        assert_eq!(session_id(&nat64, Some(SessionKind::Nat64), None), None);
     }
 
     #[test]

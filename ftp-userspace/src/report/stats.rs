@@ -251,22 +251,12 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     let (session_keys, session_entries): (Vec<FlowKey>, Vec<SessionEntry>) =
         maps.whole(&sessions::TABLE)?;
     let closing = closing_sessions(&flow_entries);
-    let mut sessions_by: BTreeMap<_, usize> = BTreeMap::new();
-    for kind in [
-        SessionKind::Masquerade,
-        SessionKind::Publish,
-        SessionKind::Firewall,
-        SessionKind::Nat64,
-    ] {
-        for state in SessionState::ALL {
-            sessions_by.insert((kind.as_str(), state.as_str()), 0);
-        }
-    }
-    for (key, entry) in session_keys.into_iter().zip(session_entries) {
-        let kind = SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str);
-        let state = SessionState::of(&entry.state, closing.contains(&key));
-        *sessions_by.entry((kind, state.as_str())).or_default() += 1;
-    }
+    let sessions_by = sessions_by_kind_and_state(
+        session_keys
+            .iter()
+            .zip(&session_entries)
+            .map(|(key, entry)| (entry, closing.contains(key))),
+    );
     // A connection is its original-direction entry, as `ftpnat flows` lists it: counting those
     // (rather than halving the entries) keeps the total equal to the sum by kind even if a read
     // catches a connection with one entry of its pair installed or removed.
@@ -330,9 +320,45 @@ pub fn collect(pin_dir: &Path) -> anyhow::Result<Stats> {
     })
 }
 
+/// The sessions (each with whether its control connection is closing) counted by kind and state,
+/// every known pair present, zeros included: a metric's series should not appear only once a
+/// session of its kind does.
+fn sessions_by_kind_and_state<'a>(
+    sessions: impl Iterator<Item = (&'a SessionEntry, bool)>,
+) -> BTreeMap<(&'static str, &'static str), usize> {
+    let mut counts: BTreeMap<_, usize> = BTreeMap::new();
+    for kind in [
+        SessionKind::Masquerade,
+        SessionKind::Publish,
+        SessionKind::Firewall,
+        SessionKind::Nat64,
+    ] {
+        for state in SessionState::ALL {
+            counts.insert((kind.as_str(), state.as_str()), 0);
+        }
+    }
+    for (entry, closing) in sessions {
+        let kind = SessionKind::from_raw(entry.kind).map_or("unknown", SessionKind::as_str);
+        let state = SessionState::of(&entry.state, closing);
+        *counts.entry((kind, state.as_str())).or_default() += 1;
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_session_kind_has_its_counts_nat64_included() {
+        let counts = sessions_by_kind_and_state(std::iter::empty());
+        assert_eq!(counts.len(), 4 * SessionState::ALL.len());
+        for kind in ["masquerade", "publish", "firewall", "nat64"] {
+            for state in SessionState::ALL {
+                assert_eq!(counts.get(&(kind, state.as_str())), Some(&0), "{kind}");
+            }
+        }
+    }
 
     #[test]
     fn a_net_dev_row_gives_received_and_sent_counters() {

@@ -259,6 +259,30 @@ mod tests {
     }
 
     #[test]
+    fn a_nat64_session_opens_with_its_kind_and_ipv4_server() {
+        let client = ip::from_ip("2001:db8:10::2".parse().unwrap());
+        let event = Event::new(
+            monotonic_now_ns(),
+            FlowKey {
+                saddr: client,
+                daddr: ip::from_ip("64:ff9b::203.0.113.10".parse().unwrap()),
+                sport: 40000u16.to_be_bytes(),
+                dport: 21u16.to_be_bytes(),
+            },
+            EventKind::SessionOpened,
+            SessionKind::Nat64 as u8,
+            (ip::v4_mapped([203, 0, 113, 10]), 21),
+        );
+        let opened = record(&event, "198.51.100.7:61001".into()).unwrap();
+        assert_eq!(opened.kind.as_deref(), Some("nat64"));
+        assert_eq!(opened.endpoint.as_deref(), Some("203.0.113.10:21"));
+        assert_eq!(
+            opened.text(),
+            "session_opened session 198.51.100.7:61001 kind=nat64 endpoint=203.0.113.10:21"
+        );
+    }
+
+    #[test]
     fn records_round_trip_through_json() {
         let user = record(
             &raw(EventKind::Command, CommandName::Retr as u8, b"data.bin"),
