@@ -382,9 +382,9 @@ fn log_attached(datapath: &Datapath, nat: &NatSettings, loading: Instant) {
     }
     match nat.nat64 {
         Some(nat64) => log::info!(
-            "NAT64: IPv6 clients' FTP to {}::a.b.c.d goes to a.b.c.d over IPv4 from {} (ports \
-             from the window); EPSV {}",
-            nat64.prefix.0,
+            "NAT64: IPv6 clients' FTP to an address of {} goes over IPv4 to the server its last \
+             32 bits name, from {} (ports from the window); EPSV {}",
+            nat64.prefix,
             nat64.pool,
             match nat64.epsv {
                 nat::Nat64Epsv::Translate =>
