@@ -91,8 +91,8 @@ macro_rules! datapath_modules {
 }
 
 datapath_modules!(
-    address, checksum, command, format, hold, line, mss, number, reason, reply, seqadj, session,
-    span, tcp_window
+    address, checksum, command, format, hold, line, mss, nat64, number, reason, reply, seqadj,
+    session, span, tcp_window
 );
 
 pub use command::{

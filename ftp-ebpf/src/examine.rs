@@ -301,9 +301,16 @@ fn on_server_verdict(
                 } else {
                     ExpectationPath::Outbound
                 };
+                // A NAT64 client connects to the server where it reaches it: at its prefixed
+                // address, the control connection's destination.
+                let target = if segment.session_kind == SessionKind::Nat64 as u8 {
+                    segment.session_key.daddr
+                } else {
+                    addr
+                };
                 let announced = expect::Announced {
                     peer: segment.session_key.saddr,
-                    target: addr,
+                    target,
                     port,
                     kind: ExpectationKind::Passive,
                     path,

@@ -165,7 +165,7 @@ pub fn reserve_inbound(
         path: ExpectationPath::Inbound as u8,
         _pad: [0; 2],
     };
-    let public_ip = config.public_ip_of(&request.session_key.saddr);
+    let public_ip = config.public_ip_for(session.kind, &request.session_key.saddr);
     let key = ExpectKey::inbound(*public_ip, public_port);
     if EXPECTS
         .insert(key, &opening.expectation, u64::from(BPF_NOEXIST))
@@ -195,7 +195,10 @@ pub fn release_unused(
     config: &DatapathConfig,
     public_port: u16,
 ) {
-    let key = ExpectKey::inbound(*config.public_ip_of(&session_key.saddr), public_port);
+    let key = ExpectKey::inbound(
+        *config.public_ip_for(session.kind, &session_key.saddr),
+        public_port,
+    );
     // SAFETY: read at once.
     let ours = unsafe { EXPECTS.get(key) }.is_some_and(|e| e.session == *session_key);
     if ours && EXPECTS.remove(key).is_ok() {
@@ -230,10 +233,15 @@ pub fn make_way(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) {
     if expectation.peer != key.saddr {
         return;
     }
-    // The answers' key of the entry open_data would install.
+    // The answers' key of the entry open_data would install (to the server's prefixed address,
+    // for a NAT64 client's).
     let reply_key = FlowKey {
         saddr: expectation.target_addr,
-        daddr: key.saddr,
+        daddr: if ip::is_v4(&expectation.target_addr) {
+            key.saddr
+        } else {
+            config.nat64_address_of(&key.saddr)
+        },
         sport: expectation.target_port,
         dport: key.sport,
     };
@@ -250,6 +258,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
     let Some(Opening {
         expectation: found,
         original,
+        translated,
         ..
     }) = crate::flows::opening()
     else {
@@ -331,21 +340,37 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
                 );
                 return Err(OpenError::WindowExhausted);
             };
+            // A NAT64 client's connection to the server's prefixed address leaves in IPv4,
+            // from the pool address (servers refuse a data connection from another address than
+            // the control connection's), to the server.
+            let new_addrs = if config.is_nat64_destination(&key.daddr) {
+                *translated = ip::embedded_v4(&key.daddr);
+                (&config.nat64_pool, &*translated)
+            } else {
+                (config.public_ip_of(&key.saddr), &key.daddr)
+            };
             data_entry(
                 original,
                 expectation,
-                (config.public_ip_of(&key.saddr), &key.daddr),
+                new_addrs,
                 [public_port.to_be_bytes(), key.dport],
                 [in_ifindex, config.wan_ifindex],
                 public_port,
             )
         }
         Some(ExpectationPath::Inbound) => {
-            // From the WAN to public:window port: DNAT to the target behind the router.
+            // From the WAN to public:window port: DNAT to the target behind the router; to a NAT64
+            // client, in IPv6 from the server's prefixed address.
+            let new_saddr = if ip::is_v4(&expectation.target_addr) {
+                &key.saddr
+            } else {
+                *translated = config.nat64_address_of(&key.saddr);
+                &*translated
+            };
             data_entry(
                 original,
                 expectation,
-                (&key.saddr, &expectation.target_addr),
+                (new_saddr, &expectation.target_addr),
                 [key.sport, expectation.target_port],
                 [config.wan_ifindex, expectation.lan_ifindex],
                 expectation.public_port,

@@ -5,7 +5,10 @@
 //! direction, and a session record.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_NOEXIST,
+        bpf_fib_lookup,
+    },
     helpers::bpf_fib_lookup as fib_lookup,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -74,9 +77,104 @@ pub fn open_control(
     let in_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if in_ifindex == config.wan_ifindex {
         open_published(ctx, packet, config, in_ifindex)
+    } else if packet.v6 && config.is_nat64_destination(&packet.key.daddr) {
+        open_nat64(ctx, packet, config, in_ifindex)
     } else {
         open_masqueraded(ctx, packet, config, in_ifindex)
     }
+}
+
+/// An IPv6 client's connection to an IPv4 server through the NAT64 prefix: translated to IPv4,
+/// from the pool address and a window port, to the server the destination embeds. Only if the
+/// kernel routes that server out of the WAN interface (as for masquerading).
+// A subprogram of its own: each way of opening has a frame of its own.
+#[inline(never)]
+fn open_nat64(
+    ctx: &TcContext,
+    packet: &Tcp,
+    config: &DatapathConfig,
+    in_ifindex: u32,
+) -> Result<(), OpenError> {
+    if !config.is_ftp_port(packet.dport()) {
+        return Err(OpenError::NotOurs);
+    }
+    let Some(opening) = opening() else {
+        return Err(OpenError::NotOurs);
+    };
+    opening.translated = ip::embedded_v4(&packet.key.daddr);
+    if !routed_out_of_v4(ctx, &opening.translated, config) {
+        bump(Counter::NotRoutedToWan);
+        return Err(OpenError::NotOurs);
+    }
+    admit_source(packet, config)?;
+    let key = &packet.key;
+    let Some(public_port) = take_port() else {
+        bump(Counter::WindowExhausted);
+        return Err(OpenError::WindowExhausted);
+    };
+    let opened = Opened {
+        session: key,
+        kind: FlowKind::Control,
+        interfaces: [in_ifindex, config.wan_ifindex],
+        public_port,
+        flags: flow_flags::OWNS_PORT,
+    };
+    write_original(
+        &mut opening.original,
+        &opened,
+        (&config.nat64_pool, &opening.translated),
+        [public_port.to_be_bytes(), key.dport],
+    );
+    if let Err(error) = install(key, opening) {
+        return_port(public_port);
+        return install_failed(error);
+    }
+    let new = NewSession {
+        kind: SessionKind::Nat64,
+        lan_ifindex: in_ifindex,
+        server_addr: &opening.translated,
+        server_port: key.dport,
+        offered_scale: crate::tcp_window::offered_scale(ctx, packet),
+    };
+    if !crate::session::open_session(packet, &new) {
+        uninstall(key, &opening.original);
+        return Err(OpenError::NoRoom);
+    }
+    crate::sources::opened(key);
+    bump(Counter::ControlSessionsOpened);
+    Ok(())
+}
+
+/// Whether the kernel routes IPv4 packets from the NAT64 pool address to `server` out of the WAN
+/// interface: the lookup an output from the router would make, restricted to the WAN (a route
+/// through another interface is then no route). A server on another network (a LAN's) is left to
+/// whatever else translates there.
+// A subprogram of its own, its parameters in the scratch area: off the open stage's stack.
+#[inline(never)]
+fn routed_out_of_v4(ctx: &TcContext, server: &IpBytes, config: &DatapathConfig) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch area; the parameters are written in full before the lookup.
+    let params = unsafe { &mut (*scratch).route };
+    // SAFETY: as in routed_out_of.
+    *params = unsafe { core::mem::zeroed::<bpf_fib_lookup>() };
+    params.family = AF_INET;
+    params.l4_protocol = IPPROTO_TCP;
+    params.ifindex = config.wan_ifindex;
+    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip::v4_octets(&config.nat64_pool));
+    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip::v4_octets(server));
+    // SAFETY: the helper reads and writes `params`, a live map value of the size passed.
+    let ret = unsafe {
+        fib_lookup(
+            ctx.skb.skb.cast(),
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_OUTPUT,
+        )
+    };
+    (ret == i64::from(BPF_FIB_LKUP_RET_SUCCESS) || ret == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH))
+        && params.ifindex == config.wan_ifindex
 }
 
 /// A LAN client's connection: SNAT behind the public address and a window port if a masqueraded
@@ -489,10 +587,15 @@ pub fn reopen_closed_control(ctx: &TcContext, packet: &Tcp, entry: *mut FlowEntr
     if !flow_flags::closed(original.flags, reply.flags) {
         return false;
     }
-    // A masqueraded client's connection owns its port; a published server's is DNATed; a
-    // followed IPv6 client's is neither.
+    // A masqueraded client's connection owns its port (a NAT64 client's too, translated to the
+    // other family); a published server's is DNATed; a followed IPv6 client's is neither.
     let (kind, lan_ifindex) = if original.flags & flow_flags::OWNS_PORT != 0 {
-        (SessionKind::Masquerade, original.in_ifindex)
+        let kind = if packet.v6 && ip::is_v4(&original.new_saddr) {
+            SessionKind::Nat64
+        } else {
+            SessionKind::Masquerade
+        };
+        (kind, original.in_ifindex)
     } else if original.new_daddr == packet.key.daddr {
         (SessionKind::Firewall, original.in_ifindex)
     } else {

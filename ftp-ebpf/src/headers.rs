@@ -12,8 +12,10 @@ use network_types::{
     tcp::TcpHdr,
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// Where the Ethernet header holds its type.
+pub const ETH_TYPE_OFF: usize = 12;
 pub const IPPROTO_TCP: u8 = 6;
 /// The MF flag and fragment offset bits of the IPv4 `frag_off` field.
 const IP_FRAGMENT_MASK: u16 = 0x3fff;

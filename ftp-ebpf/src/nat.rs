@@ -15,13 +15,14 @@ use aya_ebpf::{
     bindings::{
         BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_check_mtu_ret::BPF_MTU_CHK_RET_SUCCESS,
     },
-    helpers::{bpf_check_mtu, bpf_redirect_neigh},
+    helpers::{bpf_check_mtu, bpf_redirect_neigh, bpf_skb_change_proto},
     programs::TcContext,
 };
 use ftp_common::{
     checksum::Delta,
     maps::{Counter, FlowEntry, FlowKind, flow_flags, ip},
     mss::{self, OptionStep},
+    nat64,
 };
 use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -29,8 +30,8 @@ use network_types::{
 };
 
 use crate::{
-    headers::{IPPROTO_TCP, Tcp},
-    maps::{bump, now_coarse_ns},
+    headers::{ETH_P_IP, ETH_P_IPV6, ETH_TYPE_OFF, IP_OFF, IPPROTO_TCP, TCP_CHECK_OFF, Tcp},
+    maps::{SCRATCH, bump, now_coarse_ns},
 };
 
 /// What to do with a packet of a translated flow.
@@ -104,6 +105,10 @@ pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -
     if packet.ttl <= 1 {
         return Verdict::Pass;
     }
+    if packet.v6 == ip::is_v4(&entry.new_saddr) {
+        // A NAT64 flow: the packet changes family.
+        return translate_family(ctx, packet, entry);
+    }
     let Mtu { mtu: out_mtu, fits } = mtu_of(ctx, entry.out_ifindex, packet.ip_len);
     if !fits {
         return too_big(packet, entry);
@@ -111,17 +116,139 @@ pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -
     if rewrite_headers(ctx, packet, entry).is_err() {
         return Verdict::Drop;
     }
-    if packet.tcp.syn() != 0 && clamp_mss(ctx, packet, out_mtu) {
+    if packet.tcp.syn() != 0 && clamp_mss(ctx, packet, out_mtu, u32::from(packet.ip_header_len())) {
         bump(Counter::MssClamped);
     }
+    redirect(entry.out_ifindex)
+}
+
+/// Redirects a translated packet to `out_ifindex`, counted.
+#[inline(always)]
+fn redirect(out_ifindex: u32) -> Verdict {
     bump(Counter::PacketsTranslated);
-    // SAFETY: plain helper call; a null params pointer asks the kernel to do the FIB lookup.
-    let action = unsafe { bpf_redirect_neigh(entry.out_ifindex, core::ptr::null_mut(), 0, 0) };
+    // SAFETY: plain helper call; a null params pointer asks the kernel to do the FIB lookup
+    // (of the family the packet has now: `bpf_skb_change_proto` set its protocol).
+    let action = unsafe { bpf_redirect_neigh(out_ifindex, core::ptr::null_mut(), 0, 0) };
     if action == i64::from(TC_ACT_REDIRECT) {
         Verdict::Redirected
     } else {
         bump(Counter::RedirectFailed);
         Verdict::Drop
+    }
+}
+
+/// Translates a packet of a NAT64 flow to the other family and redirects it: the IP header
+/// replaced by one of the other family (`bpf_skb_change_proto` makes the room, and turns a GSO
+/// packet's segmentation type and size to the new family's), the ports as the entry says, the TCP
+/// checksum brought along with the pseudo-header's difference and the ports'.
+///
+/// A packet too big for the egress once translated (IPv6 is 20 bytes longer) is dropped: the
+/// sender cannot be told in its own family (the MSS clamping, to the IPv6 side's, keeps segments
+/// within it). An IPv4 packet with options is dropped (RFC 7915 ignores options; ftpnat does
+/// not translate them).
+// A subprogram of its own: only NAT64 flows pay for it.
+#[inline(never)]
+fn translate_family(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -> Verdict {
+    let to_v4 = packet.v6;
+    if !to_v4 && packet.ip_header_len() != nat64::IPV4_HEADER_LEN {
+        bump(Counter::Nat64Untranslatable);
+        return Verdict::Drop;
+    }
+    let new_len = if to_v4 {
+        packet.ip_len.wrapping_sub(nat64::GROWTH)
+    } else {
+        packet.ip_len.wrapping_add(nat64::GROWTH)
+    };
+    let Mtu { mtu: out_mtu, fits } = mtu_of(ctx, entry.out_ifindex, new_len);
+    if !fits {
+        bump(Counter::TooBigDropped);
+        return Verdict::Drop;
+    }
+    // Clamped for the longer header, IPv6's, whichever way the SYN goes: both ends' segments then
+    // fit both sides.
+    if packet.tcp.syn() != 0 && clamp_mss(ctx, packet, out_mtu, u32::from(nat64::IPV6_HEADER_LEN)) {
+        bump(Counter::MssClamped);
+    }
+    let pseudo_sum = nat64::pseudo_header_delta(
+        (&packet.key.saddr, &packet.key.daddr),
+        (&entry.new_saddr, &entry.new_daddr),
+    );
+    let old_tcp = &packet.tcp;
+    let mut ports_sum = Delta::NONE;
+    if old_tcp.source != entry.new_sport {
+        ports_sum = ports_sum.replace16(old_tcp.source, entry.new_sport);
+    }
+    if old_tcp.dest != entry.new_dport {
+        ports_sum = ports_sum.replace16(old_tcp.dest, entry.new_dport);
+    }
+    if change_family(ctx, packet, entry, new_len).is_err() {
+        return Verdict::Drop;
+    }
+    let tcp_off = IP_OFF
+        + usize::from(if to_v4 {
+            nat64::IPV4_HEADER_LEN
+        } else {
+            nat64::IPV6_HEADER_LEN
+        });
+    let ports = [entry.new_sport, entry.new_dport];
+    let check = tcp_off + TCP_CHECK_OFF;
+    let stored = ctx.store(tcp_off, &ports, 0).and_then(|()| {
+        ctx.l4_csum_replace(
+            check,
+            0,
+            u64::from(pseudo_sum.as_wsum()),
+            u64::from(BPF_F_PSEUDO_HDR),
+        )
+    });
+    if stored.is_err() {
+        return Verdict::Drop;
+    }
+    if !ports_sum.is_none()
+        && ctx
+            .l4_csum_replace(check, 0, u64::from(ports_sum.as_wsum()), 0)
+            .is_err()
+    {
+        return Verdict::Drop;
+    }
+    bump(Counter::Nat64Translated);
+    redirect(entry.out_ifindex)
+}
+
+/// Replaces the packet's IP header with the other family's (`new_len`: the datagram's length in
+/// the new family) and its Ethernet type with the new one. The header is built in the scratch
+/// area: on the stack it took most of the frame.
+#[inline(always)]
+fn change_family(
+    ctx: &TcContext,
+    packet: &Tcp,
+    entry: &FlowEntry,
+    new_len: u16,
+) -> Result<(), i64> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(-1)?;
+    // SAFETY: this CPU's scratch area; the header is written in full below before it is stored.
+    let header = unsafe { &mut (*scratch).nat64_header.v6 };
+    // We forward, so we decrement the TTL (hop limit) like a router.
+    let ttl = packet.ttl - 1;
+    let addrs = (&entry.new_saddr, &entry.new_daddr);
+    let ether_type = if packet.v6 {
+        let (v4, _) = header.split_first_chunk_mut::<20>().ok_or(-1)?;
+        nat64::write_ipv4_header(v4, addrs, new_len, packet.tos, ttl);
+        ETH_P_IP
+    } else {
+        nat64::write_ipv6_header(header, addrs, packet.tcp_len(), packet.tos, ttl);
+        ETH_P_IPV6
+    };
+    // SAFETY: plain helper call on this program's skb.
+    let changed = unsafe { bpf_skb_change_proto(ctx.skb.skb, ether_type.to_be(), 0) };
+    if changed != 0 {
+        return Err(changed);
+    }
+    ctx.store(ETH_TYPE_OFF, &ether_type.to_be_bytes(), 0)?;
+    if packet.v6 {
+        let (v4, _) = header.split_first_chunk::<20>().ok_or(-1)?;
+        ctx.store(IP_OFF, v4, 0)
+    } else {
+        ctx.store(IP_OFF, header, 0)
     }
 }
 
@@ -270,12 +397,13 @@ fn too_big(packet: &Tcp, entry: &FlowEntry) -> Verdict {
 const MSS_OPTION_STEPS: usize = 8;
 
 /// Lowers the MSS option of a SYN or SYN-ACK to the smaller MTU of the packet's two interfaces
-/// (ingress and `out_mtu`) less the IP and TCP headers, with the TCP checksum updated
+/// (ingress and `out_mtu`) less an IP header of `ip_header_len` and the TCP header, with the TCP
+/// checksum updated
 /// ([`ftp_common::mss`]). True if it did. A SYN without the option leaves the peer at the default
 /// of 536, which fits any MTU.
 // A subprogram of its own: only SYNs pay for the walk.
 #[inline(never)]
-fn clamp_mss(ctx: &TcContext, packet: &Tcp, out_mtu: u32) -> bool {
+fn clamp_mss(ctx: &TcContext, packet: &Tcp, out_mtu: u32, ip_header_len: u32) -> bool {
     let in_mtu = mtu_of(ctx, 0, packet.ip_len).mtu;
     let options_end = packet.tcp_off() + usize::from(packet.tcp.doff()) * 4;
     let mut off = packet.tcp_off() + TcpHdr::LEN;
@@ -290,7 +418,6 @@ fn clamp_mss(ctx: &TcContext, packet: &Tcp, out_mtu: u32) -> bool {
             OptionStep::End => return false,
             OptionStep::Skip(len) => off += len,
             OptionStep::Mss(announced) => {
-                let ip_header_len = u32::from(packet.ip_header_len());
                 let Some(clamped) = mss::clamped(announced, in_mtu, out_mtu, ip_header_len) else {
                     return false;
                 };

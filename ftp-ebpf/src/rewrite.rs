@@ -157,7 +157,7 @@ fn rewrite(
     ) else {
         if reserved {
             expect::unreserve(
-                config.public_ip_of(&request.session_key.saddr),
+                config.public_ip_for(session.kind, &request.session_key.saddr),
                 record.public_port,
             );
         }
@@ -181,7 +181,7 @@ fn rewrite(
             &request.session_key,
             EventKind::ExpectationCreated,
             kind as u8,
-            config.public_ip_of(&request.session_key.saddr),
+            config.public_ip_for(session.kind, &request.session_key.saddr),
             record.public_port,
         );
     } else {

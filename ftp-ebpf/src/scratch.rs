@@ -46,6 +46,8 @@ pub struct Scratch {
     pub route: aya_ebpf::bindings::bpf_fib_lookup,
     /// The connection an opening SYN installs (see `flows::opening`).
     pub opening: Opening,
+    /// The IP header a NAT64 translation writes in place of the packet's (see `nat`).
+    pub nat64_header: Nat64Header,
     /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which
     /// can reach a little past it; this keeps every such address inside the map value.
     pub _verifier_slack: [u8; 64],
@@ -65,6 +67,15 @@ pub struct Opening {
     pub source_key: ftp_common::maps::SourceKey,
     /// The key of the masqueraded prefixes' lookup (see `flows`).
     pub masquerade_key: aya_ebpf::maps::lpm_trie::Key<ftp_common::maps::IpBytes>,
+    /// An address a NAT64 connection's translation derives (the IPv4 server its client reaches
+    /// through the prefix, or the prefixed address of a server connecting in).
+    pub translated: ftp_common::maps::IpBytes,
+}
+
+/// Room for either family's header (an IPv4 header in the first 20 bytes).
+#[repr(C)]
+pub struct Nat64Header {
+    pub v6: [u8; 40],
 }
 
 /// The scan of one segment, kept in the scratch area between the passes of its stage.

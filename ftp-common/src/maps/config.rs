@@ -112,6 +112,18 @@ impl DatapathConfig {
     }
 
     /// Whether `addr` is one of the public addresses.
+    /// The address a session of `kind` (a [`SessionKind`](super::SessionKind) as `u8`) whose
+    /// client is `client` announces and is reached at from the WAN: the NAT64 pool for a NAT64
+    /// session, else the public address of the client's family.
+    #[inline(always)]
+    pub fn public_ip_for(&self, kind: u8, client: &IpBytes) -> &IpBytes {
+        if kind == super::SessionKind::Nat64 as u8 {
+            &self.nat64_pool
+        } else {
+            self.public_ip_of(client)
+        }
+    }
+
     #[inline(always)]
     pub fn is_public(&self, addr: &IpBytes) -> bool {
         *addr != ip::UNSPECIFIED && addr == self.public_ip_of(addr)

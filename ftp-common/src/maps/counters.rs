@@ -96,10 +96,14 @@ pub enum Counter {
     /// gave way to a new connection needing one of their keys (a client listening again on its
     /// last data connection's port): removed, their window port returned, at once.
     ClosedReplaced = 27,
+    /// Packets of NAT64 sessions translated from one IP family to the other.
+    Nat64Translated = 28,
+    /// Packets of NAT64 flows that cannot be translated (an IPv4 header with options): dropped.
+    Nat64Untranslatable = 29,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 28] = [
+    pub const ALL: [Counter; 30] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -128,6 +132,8 @@ impl Counter {
         Counter::ResetsNotExact,
         Counter::WrongInterface,
         Counter::ClosedReplaced,
+        Counter::Nat64Translated,
+        Counter::Nat64Untranslatable,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -161,6 +167,8 @@ impl Counter {
             Counter::ResetsNotExact => "resets_not_exact",
             Counter::WrongInterface => "wrong_interface",
             Counter::ClosedReplaced => "closed_replaced",
+            Counter::Nat64Translated => "nat64_translated",
+            Counter::Nat64Untranslatable => "nat64_untranslatable",
         }
     }
 }

@@ -99,6 +99,14 @@ pub const fn v4_octets(addr: &IpBytes) -> [u8; 4] {
     d.to_ne_bytes()
 }
 
+/// The IPv4 address (mapped) embedded in the last 32 bits of the IPv6 address `addr`: a NAT64
+/// destination under a /96 prefix (RFC 6052 section 2.2).
+#[inline(always)]
+pub const fn embedded_v4(addr: &IpBytes) -> IpBytes {
+    let [.., d] = addr.0;
+    IpBytes([0, 0, V4_MAPPED_WORD, d])
+}
+
 /// The address `addr` holds, in its own family.
 pub fn to_ip(addr: &IpBytes) -> IpAddr {
     if is_v4(addr) {
