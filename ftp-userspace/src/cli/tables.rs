@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::render::{emit, print_table, printable, seconds};
 use crate::{
     datapath::{clock::monotonic_now_ns, maps::PinnedMaps},
-    report::sessions::{SessionState, closing_sessions, endpoint, session_id},
+    report::sessions::{SessionState, closing_sessions, endpoint, nat64_endpoint, session_id},
 };
 
 #[derive(Serialize)]
@@ -141,6 +141,17 @@ impl Tables {
         self.flows.get(session).map(|e| (e.new_saddr, e.new_sport))
     }
 
+    /// An address and port of one of `session`'s connections: under a NAT64 session's prefix (its
+    /// server's IPv6 address, but for the last 32 bits) with the IPv4 address dotted.
+    fn endpoint_in(&self, session: &FlowKey, addr: IpBytes, port: [u8; 2]) -> String {
+        match self.kind_of(session) {
+            Some(SessionKind::Nat64) => nat64_endpoint(addr, port, &session.daddr),
+            Some(SessionKind::Masquerade | SessionKind::Publish | SessionKind::Firewall) | None => {
+                endpoint(addr, port)
+            }
+        }
+    }
+
     /// Bytes of the session's live flows: (from the client's side, towards it).
     fn bytes_of(&self, session: &FlowKey) -> (u64, u64) {
         self.bytes.get(session).copied().unwrap_or_default()
@@ -201,8 +212,8 @@ impl Tables {
                     // Inbound: the reserved window port of the public address (or a firewalled
                     // client's announced address and port). Outbound: the announced address, which
                     // the connection leaves for (its window port is taken when it opens).
-                    public: endpoint(key.daddr, key.dport),
-                    target: endpoint(e.target_addr, e.target_port),
+                    public: self.endpoint_in(&e.session, key.daddr, key.dport),
+                    target: self.endpoint_in(&e.session, e.target_addr, e.target_port),
                     expires_in_ms: e.expires_ns.saturating_sub(now) / 1_000_000,
                 }
             })
@@ -222,13 +233,13 @@ impl Tables {
                     kind: FlowKind::from_raw(e.kind).map_or("unknown", FlowKind::as_str),
                     orig: format!(
                         "{} -> {}",
-                        endpoint(key.saddr, key.sport),
-                        endpoint(key.daddr, key.dport)
+                        self.endpoint_in(&e.session, key.saddr, key.sport),
+                        self.endpoint_in(&e.session, key.daddr, key.dport)
                     ),
                     reply: format!(
                         "{} -> {}",
-                        endpoint(reply_key.saddr, reply_key.sport),
-                        endpoint(reply_key.daddr, reply_key.dport)
+                        self.endpoint_in(&e.session, reply_key.saddr, reply_key.sport),
+                        self.endpoint_in(&e.session, reply_key.daddr, reply_key.dport)
                     ),
                     bytes: e.bytes + reply.map_or(0, |r| r.bytes),
                     packets: e.packets + reply.map_or(0, |r| r.packets),
@@ -662,7 +673,7 @@ mod tests {
                 {
                     "session": "198.51.100.7:61001",
                     "kind": "control",
-                    "orig": "[2001:db8:10::2]:40000 -> [64:ff9b::cb00:710a]:21",
+                    "orig": "[2001:db8:10::2]:40000 -> [64:ff9b::203.0.113.10]:21",
                     "reply": "203.0.113.10:21 -> 198.51.100.7:61001",
                     "bytes": 120,
                     "packets": 2,
@@ -670,7 +681,7 @@ mod tests {
                 {
                     "session": "198.51.100.7:61001",
                     "kind": "data",
-                    "orig": "[2001:db8:10::2]:50000 -> [64:ff9b::cb00:710a]:40100",
+                    "orig": "[2001:db8:10::2]:50000 -> [64:ff9b::203.0.113.10]:40100",
                     "reply": "203.0.113.10:40100 -> 198.51.100.7:61002",
                     "bytes": 120,
                     "packets": 2,

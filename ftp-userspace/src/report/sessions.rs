@@ -14,6 +14,26 @@ pub fn endpoint(addr: IpBytes, port: [u8; 2]) -> String {
     SocketAddr::new(ip::to_ip(&addr), u16::from_be_bytes(port)).to_string()
 }
 
+/// An address and port as [`endpoint`] shows them, except that an IPv6 address under the /96
+/// `nat64_prefix` (a NAT64 session's: its first 96 bits) shows the IPv4 address it embeds in dotted
+/// form, as RFC 5952 section 5 recommends: `[64:ff9b::198.51.100.10]:21`, not
+/// `[64:ff9b::c633:640a]:21`.
+pub fn nat64_endpoint(addr: IpBytes, port: [u8; 2], nat64_prefix: &IpBytes) -> String {
+    let under_prefix = !ip::is_v4(&addr) && addr.0[..3] == nat64_prefix.0[..3];
+    if !under_prefix {
+        return endpoint(addr, port);
+    }
+    // The prefix's groups as RFC 5952 writes them (zeros compressed among them only), with a
+    // placeholder for the last 32 bits that no compression can touch.
+    let placeholder = "ffff:ffff";
+    let mut octets = addr.octets();
+    octets[12..].fill(0xff);
+    let text = std::net::Ipv6Addr::from(octets).to_string();
+    let groups = text.strip_suffix(placeholder).unwrap_or(&text);
+    let [a, b, c, d] = ip::v4_octets(&ip::embedded_v4(&addr));
+    format!("[{groups}{a}.{b}.{c}.{d}]:{}", u16::from_be_bytes(port))
+}
+
 /// A session's identifier, unique while it lives: a masqueraded or NAT64 session's public address
 /// and port (`public`, its control connection's translated source: the public address, or the
 /// NAT64 pool address, and a window port); a published session's client address and port `@` the
@@ -184,6 +204,36 @@ mod tests {
             Some("198.51.100.7:61001")
         );
         assert_eq!(session_id(&nat64, Some(SessionKind::Nat64), None), None);
+    }
+
+    #[test]
+    fn addresses_under_a_nat64_prefix_show_their_ipv4_address_dotted() {
+        let v6 = |text: &str| ip::from_ip(text.parse().unwrap());
+        let port = 21u16.to_be_bytes();
+        let well_known = v6("64:ff9b::");
+        assert_eq!(
+            nat64_endpoint(v6("64:ff9b::198.51.100.10"), port, &well_known),
+            "[64:ff9b::198.51.100.10]:21"
+        );
+        // Zeros compressed in the prefix only, wherever they are.
+        let network_specific = v6("2001:db8:0:0:1:2::");
+        assert_eq!(
+            nat64_endpoint(v6("2001:db8:0:0:1:2:c633:640a"), port, &network_specific),
+            "[2001:db8::1:2:198.51.100.10]:21"
+        );
+        assert_eq!(
+            nat64_endpoint(v6("2001:db8:1:2:3:4:0:1"), port, &v6("2001:db8:1:2:3:4::")),
+            "[2001:db8:1:2:3:4:0.0.0.1]:21"
+        );
+        // Anything else as `endpoint` has it.
+        assert_eq!(
+            nat64_endpoint(v6("2001:db8:10::2"), port, &well_known),
+            "[2001:db8:10::2]:21"
+        );
+        assert_eq!(
+            nat64_endpoint(ip::v4_mapped([198, 51, 100, 10]), port, &well_known),
+            "198.51.100.10:21"
+        );
     }
 
     #[test]

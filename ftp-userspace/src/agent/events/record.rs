@@ -5,11 +5,14 @@ use std::time::{Duration, SystemTime};
 
 use ftp_common::{
     CommandName, MalformedReason, RefusalReason,
-    maps::{EVENT_TEXT_LEN, Event, EventKind, ExpectationKind, SessionKind},
+    maps::{EVENT_TEXT_LEN, Event, EventKind, ExpectationKind, IpBytes, SessionKind},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{datapath::clock::monotonic_now_ns, report::sessions::endpoint};
+use crate::{
+    datapath::clock::monotonic_now_ns,
+    report::sessions::{endpoint, nat64_endpoint},
+};
 
 /// One event as `ftpnat events --json` prints it and the agent logs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +101,13 @@ fn expectation_kind(raw: u8) -> Option<String> {
     ExpectationKind::from_raw(raw).map(|k| k.as_str().to_owned())
 }
 
-/// Turns a raw event into its record; `session` is the session's id.
-pub fn record(event: &Event, session: String) -> Option<EventRecord> {
+/// Turns a raw event into its record; `session` is the session's id, `nat64_prefix` a NAT64
+/// session's prefix (see `SessionName`).
+pub fn record(
+    event: &Event,
+    session: String,
+    nat64_prefix: Option<&IpBytes>,
+) -> Option<EventRecord> {
     let kind = EventKind::from_raw(event.kind)?;
     let mut record = EventRecord {
         time: wall_clock(event.ts_ns),
@@ -113,7 +121,10 @@ pub fn record(event: &Event, session: String) -> Option<EventRecord> {
         bytes: None,
         data_flows: None,
     };
-    let at = Some(endpoint(event.addr, event.port));
+    let at = Some(match nat64_prefix {
+        Some(prefix) => nat64_endpoint(event.addr, event.port, prefix),
+        None => endpoint(event.addr, event.port),
+    });
     match kind {
         EventKind::SessionOpened => {
             record.kind = SessionKind::from_raw(event.detail).map(|k| k.as_str().to_owned());
@@ -190,6 +201,7 @@ mod tests {
         let user = record(
             &raw(EventKind::Command, CommandName::User as u8, b"alice"),
             "s".into(),
+            None,
         )
         .unwrap();
         assert_eq!(user.command.as_deref(), Some("USER"));
@@ -198,6 +210,7 @@ mod tests {
         let pass = record(
             &raw(EventKind::Command, CommandName::Pass as u8, b"secret"),
             "s".into(),
+            None,
         )
         .unwrap();
         assert_eq!(pass.command.as_deref(), Some("PASS"));
@@ -211,23 +224,24 @@ mod tests {
         let refused = record(
             &raw(EventKind::Refused, RefusalReason::Bounce as u8, b""),
             "s".into(),
+            None,
         )
         .unwrap();
         assert_eq!(
             refused.reason.as_deref(),
             Some(RefusalReason::Bounce.as_str())
         );
-        let unsolicited = record(&raw(EventKind::Refused, 0, b""), "s".into()).unwrap();
+        let unsolicited = record(&raw(EventKind::Refused, 0, b""), "s".into(), None).unwrap();
         assert_eq!(unsolicited.reason.as_deref(), Some("unsolicited_reply"));
-        let reply = record(&raw(EventKind::PassiveReply, 27, b""), "s".into()).unwrap();
+        let reply = record(&raw(EventKind::PassiveReply, 27, b""), "s".into(), None).unwrap();
         assert_eq!(reply.kind.as_deref(), Some("227"));
         assert_eq!(reply.endpoint.as_deref(), Some("203.0.113.254:62000"));
-        let closed = record(&raw(EventKind::DataFlowClosed, 0, b""), "s".into()).unwrap();
+        let closed = record(&raw(EventKind::DataFlowClosed, 0, b""), "s".into(), None).unwrap();
         assert_eq!(closed.bytes, Some(1234));
-        let ended = record(&raw(EventKind::SessionClosed, 0, b""), "s".into()).unwrap();
+        let ended = record(&raw(EventKind::SessionClosed, 0, b""), "s".into(), None).unwrap();
         assert_eq!(ended.data_flows, Some(1234));
         assert_eq!(
-            record(&raw(EventKind::Command, 0, b""), "s".into())
+            record(&raw(EventKind::Command, 0, b""), "s".into(), None)
                 .unwrap()
                 .command
                 .as_deref(),
@@ -235,7 +249,7 @@ mod tests {
         );
         let mut unknown = raw(EventKind::Command, 0, b"");
         unknown.kind = 200;
-        assert_eq!(record(&unknown, "s".into()), None);
+        assert_eq!(record(&unknown, "s".into(), None), None);
     }
 
     #[test]
@@ -253,7 +267,7 @@ mod tests {
             ExpectationKind::Active as u8,
             (client, 50000),
         );
-        let created = record(&event, "[2001:db8:10::2]:40000".into()).unwrap();
+        let created = record(&event, "[2001:db8:10::2]:40000".into(), None).unwrap();
         assert_eq!(created.endpoint.as_deref(), Some("[2001:db8:10::2]:50000"));
         assert_eq!(created.kind.as_deref(), Some("active"));
     }
@@ -273,12 +287,26 @@ mod tests {
             SessionKind::Nat64 as u8,
             (ip::v4_mapped([203, 0, 113, 10]), 21),
         );
-        let opened = record(&event, "198.51.100.7:61001".into()).unwrap();
+        let server_v6 = ip::from_ip("64:ff9b::203.0.113.10".parse().unwrap());
+        let opened = record(&event, "198.51.100.7:61001".into(), Some(&server_v6)).unwrap();
         assert_eq!(opened.kind.as_deref(), Some("nat64"));
         assert_eq!(opened.endpoint.as_deref(), Some("203.0.113.10:21"));
         assert_eq!(
             opened.text(),
             "session_opened session 198.51.100.7:61001 kind=nat64 endpoint=203.0.113.10:21"
+        );
+        // Its passive data connection, to the server's port under the prefix.
+        let data = Event::new(
+            monotonic_now_ns(),
+            event.session,
+            EventKind::DataFlowOpened,
+            ExpectationKind::Passive as u8,
+            (server_v6, 40100),
+        );
+        let opened = record(&data, "198.51.100.7:61001".into(), Some(&server_v6)).unwrap();
+        assert_eq!(
+            opened.endpoint.as_deref(),
+            Some("[64:ff9b::203.0.113.10]:40100")
         );
     }
 
@@ -287,6 +315,7 @@ mod tests {
         let user = record(
             &raw(EventKind::Command, CommandName::Retr as u8, b"data.bin"),
             "10.0.0.2:1".into(),
+            None,
         )
         .unwrap();
         let line = serde_json::to_string(&user).unwrap();

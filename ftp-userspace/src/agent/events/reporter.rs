@@ -33,11 +33,11 @@ impl EventReporter {
             .get(&event.session, 0)
             .ok()
             .map(|flow| (flow.new_saddr, flow.new_sport));
-        let id = self.ids.id(&event.session, entry.as_ref(), public);
+        let name = self.ids.id(&event.session, entry.as_ref(), public);
         if event.kind == EventKind::SessionClosed as u8 {
             self.ids.forget(&event.session);
         }
-        let Some(record) = record(event, id) else {
+        let Some(record) = record(event, name.id, name.nat64_prefix.as_ref()) else {
             return Ok(());
         };
         if let Ok(mut transfers) = self.transfers.lock() {
@@ -90,36 +90,49 @@ pub fn drain_events(
 /// Log target of the events, which the JSON log format embeds as objects.
 pub const EVENT_LOG_TARGET: &str = "ftpnat::event";
 
-/// Session ids for events: the same as `ftpnat sessions` shows, remembered from when the session
-/// is first seen until it closes (its flows are gone by then).
+/// How events name a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionName {
+    /// As `ftpnat sessions` shows it.
+    pub id: String,
+    /// A NAT64 session's prefix (its server's IPv6 address, of which the first 96 bits count):
+    /// the events' addresses under it show their IPv4 address dotted, as `ftpnat flows` does.
+    pub nat64_prefix: Option<IpBytes>,
+}
+
+/// Session names for events, remembered from when the session is first seen until it closes (its
+/// flows are gone by then).
 #[derive(Default)]
 pub struct SessionIds {
-    known: HashMap<FlowKey, String>,
+    known: HashMap<FlowKey, SessionName>,
 }
 
 impl SessionIds {
-    /// The id of `session`, looking it up in the maps the first time; `public` is the translated
-    /// source of its control connection (masquerade) when known.
+    /// The name of `session`, looking it up in the maps the first time; `public` is the
+    /// translated source of its control connection (masquerade, NAT64) when known.
     pub fn id(
         &mut self,
         session: &FlowKey,
         entry: Option<&SessionEntry>,
         public: Option<(IpBytes, [u8; 2])>,
-    ) -> String {
-        if let Some(id) = self.known.get(session) {
-            return id.clone();
+    ) -> SessionName {
+        if let Some(name) = self.known.get(session) {
+            return name.clone();
         }
         let kind = entry.and_then(|e| SessionKind::from_raw(e.kind));
-        // A session whose control connection is not (or no longer) in the flow table is named by
-        // its client.
-        let id = session_id(session, kind, public)
-            .unwrap_or_else(|| endpoint(session.saddr, session.sport));
+        let name = SessionName {
+            // A session whose control connection is not (or no longer) in the flow table is
+            // named by its client.
+            id: session_id(session, kind, public)
+                .unwrap_or_else(|| endpoint(session.saddr, session.sport)),
+            nat64_prefix: (kind == Some(SessionKind::Nat64)).then_some(session.daddr),
+        };
         // Remembered only while the session lives: a late event of a session already gone must
         // not pin its id on a later session of the same addresses.
         if entry.is_some() {
-            self.known.insert(*session, id.clone());
+            self.known.insert(*session, name.clone());
         }
-        id
+        name
     }
 
     pub fn forget(&mut self, session: &FlowKey) {
