@@ -149,10 +149,11 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
     let masquerade = nat::masquerade_prefixes(&args.masquerade, args.lan()?, lan_has_ipv6)?;
     let publishes_ipv4 = published.iter().any(|p| p.spec.server.is_ipv4());
     let masquerade6 = nat::masquerade6_prefixes(&args.masquerade6, masquerade.len())?;
+    let wan_addresses = nat::interface_addresses(wan)?;
     let public_ip6 = nat::public_ip6(
         args.public_ip6,
         wan,
-        &nat::interface_addresses(wan)?,
+        &wan_addresses,
         &masquerade6,
         &args.publish,
     )?;
@@ -165,7 +166,7 @@ fn nat_settings(args: &RunOptions, interfaces: &[Interface]) -> anyhow::Result<N
     let nat64 = nat::nat64(
         args.nat64()?,
         public_ip,
-        wan,
+        (wan, &wan_addresses.ipv4),
         &lan_networks,
         &masquerade,
         &masquerade6,

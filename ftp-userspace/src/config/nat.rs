@@ -309,11 +309,13 @@ pub struct Nat64 {
 /// NAT64's settings: the pool is `--nat64-pool`, else the public IPv4 address (`public_ip`: the
 /// `--public-ip` or the WAN's; an IPv6-only router has none). The prefix may not hold an address
 /// of the LANs' networks or the masqueraded IPv6 prefixes (their hosts would be taken for IPv4
-/// servers), nor the pool an address of the masqueraded IPv4 prefixes.
+/// servers), nor the pool an address of the masqueraded IPv4 prefixes. A pool that is not one of
+/// the WAN's addresses (`wan_ipv4`) is warned about: servers' answers reach it only if the
+/// upstream routes it to the router.
 pub fn nat64(
     request: Option<Nat64Request>,
     public_ip: Option<Ipv4Addr>,
-    wan: &str,
+    (wan, wan_ipv4): (&str, &[Ipv4Prefix]),
     lan_networks: &[Ipv6Prefix],
     masquerade: &[Ipv4Prefix],
     masquerade6: &[Ipv6Prefix],
@@ -344,6 +346,13 @@ pub fn nat64(
         bail!(
             "the NAT64 pool address {pool} lies in --masquerade {inside}: connections to it \
              would be taken for the LAN's; pass --nat64-pool with an address outside it"
+        );
+    }
+    if !wan_ipv4.iter().any(|prefix| prefix.addr == pool) {
+        log::warn!(
+            "the NAT64 pool address {pool} is not an address of --wan {wan}: the servers' answers \
+             reach ftpnat only if the upstream router routes {pool} to this one (or add it to \
+             {wan})"
         );
     }
     Ok(Some(Nat64 {
@@ -1548,9 +1557,24 @@ mod tests {
         let public = Some(Ipv4Addr::new(198, 51, 100, 7));
         let lan6 = ["fd00:1::/64".parse::<Ipv6Prefix>().unwrap()];
         let masquerade = ["10.0.0.0/24".parse::<Ipv4Prefix>().unwrap()];
-        assert_eq!(nat64(None, public, "wan0", &lan6, &[], &[]).unwrap(), None);
+        let wan_v4 = [Ipv4Prefix {
+            addr: Ipv4Addr::new(198, 51, 100, 7),
+            len: 24,
+        }];
         assert_eq!(
-            nat64(request(None), public, "wan0", &lan6, &masquerade, &[]).unwrap(),
+            nat64(None, public, ("wan0", &wan_v4), &lan6, &[], &[]).unwrap(),
+            None
+        );
+        assert_eq!(
+            nat64(
+                request(None),
+                public,
+                ("wan0", &wan_v4),
+                &lan6,
+                &masquerade,
+                &[]
+            )
+            .unwrap(),
             Some(Nat64 {
                 prefix: DEFAULT_NAT64_PREFIX,
                 pool: Ipv4Addr::new(198, 51, 100, 7),
@@ -1558,13 +1582,20 @@ mod tests {
             })
         );
         assert_eq!(
-            nat64(request(Some("192.0.2.64")), public, "wan0", &lan6, &[], &[])
-                .unwrap()
-                .map(|n| n.pool),
+            nat64(
+                request(Some("192.0.2.64")),
+                public,
+                ("wan0", &wan_v4),
+                &lan6,
+                &[],
+                &[]
+            )
+            .unwrap()
+            .map(|n| n.pool),
             Some(Ipv4Addr::new(192, 0, 2, 64))
         );
         // An IPv6-only router: no public IPv4 address to default to.
-        let err = nat64(request(None), None, "wan0", &lan6, &[], &[])
+        let err = nat64(request(None), None, ("wan0", &wan_v4), &lan6, &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -1574,9 +1605,16 @@ mod tests {
             "{err}"
         );
         assert_eq!(
-            nat64(request(Some("192.0.2.64")), None, "wan0", &lan6, &[], &[])
-                .unwrap()
-                .map(|n| n.pool),
+            nat64(
+                request(Some("192.0.2.64")),
+                None,
+                ("wan0", &wan_v4),
+                &lan6,
+                &[],
+                &[]
+            )
+            .unwrap()
+            .map(|n| n.pool),
             Some(Ipv4Addr::new(192, 0, 2, 64))
         );
         // The prefix may not cover LAN hosts, nor the pool lie among the masqueraded sources.
@@ -1585,7 +1623,7 @@ mod tests {
             pool: None,
             epsv: Nat64Epsv::Pass,
         });
-        let err = nat64(inside, public, "wan0", &lan6, &[], &[])
+        let err = nat64(inside, public, ("wan0", &wan_v4), &lan6, &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -1596,7 +1634,7 @@ mod tests {
         let err = nat64(
             request(Some("10.0.0.254")),
             public,
-            "wan0",
+            ("wan0", &wan_v4),
             &lan6,
             &masquerade,
             &[],
