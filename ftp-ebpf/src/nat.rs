@@ -99,15 +99,24 @@ pub fn packet_flags(packet: &Tcp) -> u8 {
 }
 
 /// Rewrites the headers as `entry` says and redirects the packet to `entry.out_ifindex`.
-// A subprogram of its own: its stack frame does not add to the ALG's call chain.
-#[inline(never)]
+// Inlined: each way is a subprogram of its own, called straight from the program, so that only
+// one of their frames is ever in a call chain (Linux 6.1 refuses chains over 512 bytes).
+#[inline(always)]
 pub fn translate_and_forward(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -> Verdict {
-    if packet.ttl <= 1 {
-        return Verdict::Pass;
-    }
     if packet.v6 == ip::is_v4(&entry.new_saddr) {
         // A NAT64 flow: the packet changes family.
-        return translate_family(ctx, packet, entry);
+        translate_family(ctx, packet, entry)
+    } else {
+        translate_in_family(ctx, packet, entry)
+    }
+}
+
+/// [`translate_and_forward`] of a packet that keeps its family.
+// A subprogram of its own: its stack frame does not add to the ALG's call chain.
+#[inline(never)]
+fn translate_in_family(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -> Verdict {
+    if packet.ttl <= 1 {
+        return Verdict::Pass;
     }
     let Mtu { mtu: out_mtu, fits } = mtu_of(ctx, entry.out_ifindex, packet.ip_len);
     if !fits {
@@ -149,6 +158,9 @@ fn redirect(out_ifindex: u32) -> Verdict {
 // A subprogram of its own: only NAT64 flows pay for it.
 #[inline(never)]
 fn translate_family(ctx: &TcContext, packet: &Tcp, entry: &FlowEntry) -> Verdict {
+    if packet.ttl <= 1 {
+        return Verdict::Pass;
+    }
     let to_v4 = packet.v6;
     if !to_v4 && packet.ip_header_len() != nat64::IPV4_HEADER_LEN {
         bump(Counter::Nat64Untranslatable);
