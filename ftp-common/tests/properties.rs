@@ -606,6 +606,7 @@ proptest! {
                 match endpoint {
                     PassiveEndpoint::Pasv(_) => prop_assert_eq!(command, ModelCommand::Pasv),
                     PassiveEndpoint::Epsv { .. } => prop_assert_eq!(command, ModelCommand::Epsv),
+                    PassiveEndpoint::PasvAs229(_) => prop_assert!(false, "no NAT64 ALG here"),
                 }
                 session.expectation_closed();
             } else if is_final && must_open[index] {
