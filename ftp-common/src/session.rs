@@ -414,6 +414,24 @@ impl Session {
         self.forget_awaited_replies();
     }
 
+    /// The caller could not replace the line its last client verdict asked it to replace whole
+    /// ([`ClientVerdict::EpsvAsPasv`], [`ClientVerdict::AnsweredByAlg`]; a datapath rewrites one
+    /// line per segment, and none that began in a segment already forwarded): it reached the
+    /// server as the client sent it. Call it before the next client line. The request it made is
+    /// then tracked as the line's own: an EPSV's, whose 229 opens as without the ALG; an `EPSV
+    /// ALL`'s, which the server's acceptance puts into effect; an `ALGS`'s is dropped, and the
+    /// server's reply to it (an unknown command) passes (an `ENABLE64`/`DISABLE64` has still
+    /// switched the ALG). For an [`ActiveKind::EprtAsPort`] not replaced, the caller reports the
+    /// expectation closed instead, as for any rewrite given up.
+    pub fn alg_line_passed(&mut self) {
+        self.pending = match self.pending {
+            PENDING_EPSV_AS_PASV => PENDING_EPSV,
+            PENDING_ALG_EPSV_ALL => PENDING_EPSV_ALL,
+            PENDING_ALG_ENABLED | PENDING_ALG_DISABLED | PENDING_ALG_UNKNOWN => PENDING_NONE,
+            pending => pending,
+        };
+    }
+
     /// One whole client line held in memory: [`parse_command`] then
     /// [`on_client_command`](Self::on_client_command).
     pub fn on_client_line(&mut self, line: &[u8], ctx: &PolicyContext) -> ClientVerdict {

@@ -1588,3 +1588,37 @@ fn every_stored_pending_value_and_flag_is_usable_with_the_alg() {
         }
     }
 }
+
+#[test]
+fn a_line_the_caller_could_not_replace_is_tracked_as_the_client_sent_it() {
+    let ctx = alg_ctx();
+    let mut session = Session::new();
+    assert_eq!(session.on_client_line(b"EPSV\r\n", &ctx), ClientVerdict::EpsvAsPasv);
+    session.alg_line_passed();
+    // The server got the EPSV: its 229 opens, a 227 would not.
+    assert!(matches!(
+        session.on_server_line(EPSV_229, &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Epsv { port: 30000, .. },
+            ..
+        }
+    ));
+    session.on_client_line(b"ALGS STATUS64\r\n", &ctx);
+    session.alg_line_passed();
+    assert_eq!(session.on_server_line(b"500 Unknown command.\r\n", &ctx), ServerVerdict::Ignored);
+    session.on_client_line(b"EPSV ALL\r\n", &ctx);
+    session.alg_line_passed();
+    assert_eq!(session.on_server_line(b"200 EPSV ALL ok.\r\n", &ctx), ServerVerdict::Ignored);
+    assert!(session.is_extended_passive_only());
+    // Nothing else is touched.
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx);
+    session.alg_line_passed();
+    assert!(matches!(
+        session.on_server_line(NAT64_227, &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Pasv(_),
+            ..
+        }
+    ));
+}
