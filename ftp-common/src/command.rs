@@ -1,4 +1,5 @@
-//! Client commands (RFC 959 section 4, RFC 2428, RFC 4217), read one byte at a time.
+//! Client commands (RFC 959 section 4, RFC 2428, RFC 4217, RFC 6384 section 11), read one byte
+//! at a time.
 //!
 //! A command line is a verb, matched without regard to case, optionally followed by one space and
 //! an argument, and ended by CRLF or a bare LF. The verbs the core knows are parsed into
@@ -77,11 +78,12 @@ pub enum CommandName {
     Quit = 17,
     /// A known verb with an invalid argument, or an unterminated/over-long line.
     Malformed = 18,
+    Algs = 19,
 }
 
 impl CommandName {
     /// Every name, in code order.
-    pub const ALL: [CommandName; 19] = [
+    pub const ALL: [CommandName; 20] = [
         CommandName::Other,
         CommandName::Port,
         CommandName::Eprt,
@@ -101,6 +103,7 @@ impl CommandName {
         CommandName::Rest,
         CommandName::Quit,
         CommandName::Malformed,
+        CommandName::Algs,
     ];
 
     pub const fn of(command: &Command) -> Self {
@@ -124,6 +127,7 @@ impl CommandName {
             },
             Command::Rest => CommandName::Rest,
             Command::Quit => CommandName::Quit,
+            Command::Algs(_) => CommandName::Algs,
             Command::Other => CommandName::Other,
             Command::Malformed(_) => CommandName::Malformed,
         }
@@ -154,6 +158,7 @@ impl CommandName {
             CommandName::Rest => "REST",
             CommandName::Quit => "QUIT",
             CommandName::Malformed => "malformed",
+            CommandName::Algs => "ALGS",
         }
     }
 }
@@ -181,6 +186,19 @@ pub enum EpsvArg {
     Ipv6,
     /// `EPSV ALL`: from now on only EPSV sets up data connections (RFC 2428 section 4).
     All,
+}
+
+/// The argument of `ALGS` (RFC 6384 section 11), matched without regard to case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlgsArg {
+    /// `STATUS64`: is the NAT64 FTP ALG on for this session?
+    Status64,
+    /// `ENABLE64`: switch it on.
+    Enable64,
+    /// `DISABLE64`: switch it off (the client handles the IPv4 server itself).
+    Disable64,
+    /// No argument or any other.
+    Other,
 }
 
 /// The mechanism named by `AUTH` (RFC 2228, RFC 4217).
@@ -224,6 +242,9 @@ pub enum Command {
     Rest,
     /// `QUIT`. Any argument is ignored.
     Quit,
+    /// `ALGS` with its argument: addressed to a NAT64 FTP ALG (RFC 6384 section 11), not to the
+    /// server.
+    Algs(AlgsArg),
     /// Any other verb.
     Other,
     /// A known verb with an invalid argument, or a line that is unterminated or too long.
@@ -249,6 +270,7 @@ const VERB_APPE: u8 = 14;
 const VERB_LIST: u8 = 15;
 const VERB_NLST: u8 = 16;
 const VERB_MLSD: u8 = 17;
+const VERB_ALGS: u8 = 18;
 
 /// The verb in `word` (upper-cased, `len` bytes long).
 #[inline(always)]
@@ -271,6 +293,7 @@ fn verb_code(word: [u8; 4], len: u8) -> u8 {
         (4, b"LIST") => VERB_LIST,
         (4, b"NLST") => VERB_NLST,
         (4, b"MLSD") => VERB_MLSD,
+        (4, b"ALGS") => VERB_ALGS,
         _ => VERB_OTHER,
     }
 }
@@ -307,6 +330,15 @@ const AT_EPRT_PORT: u8 = 7;
 const AT_EPRT_CLOSED: u8 = 8;
 /// The line is malformed (`error` says why); the rest is ignored.
 const AT_ERROR: u8 = 9;
+/// The ALGS argument, matched against [`ALGS_ARGUMENTS`] as it comes.
+const AT_ALGS: u8 = 10;
+
+/// The ALGS arguments (upper case, NUL-padded to one length) and their lengths, in the order of
+/// the [`CommandScanner`]'s `algs_candidates` bits. A fixed-size table with no pointers in it: the
+/// BPF target reads it from read-only data at a bounded offset.
+const ALGS_ARGUMENTS: [[u8; 9]; 3] = [*b"STATUS64\0", *b"ENABLE64\0", *b"DISABLE64"];
+const ALGS_ARGUMENT_LENS: [u8; 3] = [8, 8, 9];
+const ALGS_ALL_CANDIDATES: u8 = 0b111;
 
 /// An EPRT delimiter that can occur inside the address of `family` (`.` in a dotted quad, `:` in
 /// IPv6 text) would end the address early: such a line is ambiguous and refused as
@@ -324,6 +356,7 @@ fn argument_phase(verb: u8) -> u8 {
         VERB_PORT => AT_PORT,
         VERB_EPRT => AT_EPRT_DELIMITER,
         VERB_EPSV | VERB_AUTH | VERB_USER | VERB_REST => AT_ARGUMENT,
+        VERB_ALGS => AT_ALGS,
         _ if transfer_verb(verb).is_some() => AT_ARGUMENT,
         _ => AT_IGNORED,
     }
@@ -364,7 +397,9 @@ pub struct CommandScanner {
     address_error: u8,
     /// A [`MalformedReason`] code, 0 while the line is fine.
     error: u8,
-    _pad: [u8; 3],
+    /// The [`ALGS_ARGUMENTS`] the ALGS argument read so far is still a prefix of, one bit each.
+    algs_candidates: u8,
+    _pad: [u8; 2],
 }
 
 impl CommandScanner {
@@ -385,7 +420,8 @@ impl CommandScanner {
             address_len: 0,
             address_error: 0,
             error: 0,
-            _pad: [0; 3],
+            algs_candidates: 0,
+            _pad: [0; 2],
         }
     }
 
@@ -433,6 +469,49 @@ impl CommandScanner {
             .then_some(self.arg_start)
     }
 
+    /// [`pending_address_start`](Self::pending_address_start) for a session where whole lines
+    /// may be rewritten too: with `whole_lines` (the session's policy has the NAT64 ALG on,
+    /// [`Policy::nat64_alg`](crate::Policy::nat64_alg)), `Some(0)` — hold from the line's first
+    /// byte — while the line read so far may still be one the ALG replaces whole (see
+    /// [`rewrite_kind`](crate::maps::rewrite_kind)): its verb so far a prefix of `EPRT`, `EPSV` or
+    /// `ALGS`, or one of those with an argument not yet wrong (an EPRT not of family 1, which
+    /// is a bounce in such a session). Unlike an address, such a line is still pending after its
+    /// CR: the rewrite replaces the CR too. Holding a line that turns out not to be rewritten
+    /// (an `EPSV 1`, the ALG switched off) only gives the bytes back. `None` once the line has
+    /// ended or before its first byte; otherwise as `pending_address_start`.
+    pub fn pending_rewrite_start(&self, whole_lines: bool) -> Option<u16> {
+        if !whole_lines {
+            return self.pending_address_start();
+        }
+        if self.framing.ended() || self.framing.len() == 0 {
+            return None;
+        }
+        let whole_line = match self.phase {
+            AT_VERB => {
+                let len = usize::from(self.word_len);
+                len <= self.word.len()
+                    && [*b"EPRT", *b"EPSV", *b"ALGS"].iter().any(|verb| {
+                        self.word
+                            .iter()
+                            .zip(verb)
+                            .take(len)
+                            .all(|(have, want)| have == want)
+                    })
+            }
+            AT_ERROR | AT_IGNORED => false,
+            _ => match self.verb {
+                VERB_EPSV | VERB_ALGS => true,
+                VERB_EPRT => self.family != 1,
+                _ => false,
+            },
+        };
+        if whole_line {
+            Some(0)
+        } else {
+            self.pending_address_start()
+        }
+    }
+
     /// The command of the line that just ended; `Malformed(Unterminated)` while a line is being
     /// read.
     pub fn command(&self) -> Command {
@@ -472,6 +551,7 @@ impl CommandScanner {
             VERB_PASS => Command::Pass,
             VERB_REST => Command::Rest,
             VERB_QUIT => Command::Quit,
+            VERB_ALGS => Command::Algs(self.algs_argument()),
             verb => match transfer_verb(verb) {
                 Some(verb) => Command::Transfer {
                     verb,
@@ -519,7 +599,42 @@ impl CommandScanner {
             AT_EPRT_ADDRESS => self.eprt_address_byte(byte),
             AT_EPRT_PORT => self.eprt_port_byte(byte),
             AT_EPRT_CLOSED => self.fail(MalformedReason::TrailingBytes),
+            AT_ALGS => self.algs_byte(byte),
             _ => {}
+        }
+    }
+
+    /// One byte of the ALGS argument: drops the arguments it does not continue. Three
+    /// comparisons, whatever the byte (the BPF program runs this per byte).
+    #[inline(always)]
+    fn algs_byte(&mut self, byte: u8) {
+        let upper = byte.to_ascii_uppercase();
+        let index = usize::from(self.word_len);
+        let mut candidates = self.algs_candidates;
+        for (bit, argument) in ALGS_ARGUMENTS.iter().enumerate() {
+            if argument.get(index) != Some(&upper) {
+                candidates &= !(1u8 << bit);
+            }
+        }
+        self.algs_candidates = candidates;
+        self.word_len = self.word_len.saturating_add(1);
+    }
+
+    /// The argument of a complete ALGS line: the one whose every byte it matched, at its length.
+    #[inline(always)]
+    fn algs_argument(&self) -> AlgsArg {
+        let matched = |bit: usize| {
+            self.algs_candidates & (1u8 << bit) != 0
+                && ALGS_ARGUMENT_LENS.get(bit) == Some(&self.word_len)
+        };
+        if matched(0) {
+            AlgsArg::Status64
+        } else if matched(1) {
+            AlgsArg::Enable64
+        } else if matched(2) {
+            AlgsArg::Disable64
+        } else {
+            AlgsArg::Other
         }
     }
 
@@ -542,6 +657,7 @@ impl CommandScanner {
         self.word_len = 0;
         match self.phase {
             AT_PORT => self.octets = Octets::new(),
+            AT_ALGS => self.algs_candidates = ALGS_ALL_CANDIDATES,
             AT_EPRT_DELIMITER => {
                 self.ipv6 = Ipv6Text::new();
                 self.octets = Octets::new();

@@ -15,6 +15,16 @@
 //! | `EPRT` argument | `<d>1<d>a.b.c.d<d>port<d>`, `<d>2<d>ipv6<d>port<d>` | [`MAX_EPRT_FIELD_LEN`] |
 //! | 229 port | `port` | [`MAX_229_FIELD_LEN`] |
 //!
+//! The NAT64 ALG (RFC 6384) replaces whole lines instead: all of the line but its LF, the new
+//! line ending in CR (the LF is kept, so a line ended by a bare LF gains a CR):
+//!
+//! | Line | Rendered as | Longest |
+//! |---|---|---|
+//! | a client's `EPRT \|2\|…` | `PORT h1,h2,h3,h4,p1,p2` ([`format_port_line`]) | [`MAX_PORT_LINE_LEN`] |
+//! | a client's `EPSV` | [`PASV_LINE`] | |
+//! | `EPSV ALL`, `ALGS …` | [`NOOP_LINE`], the server's reply to it then one of [`AlgReply`] | [`MAX_ALG_REPLY_LEN`] |
+//! | the server's 227 answering a translated EPSV | `229 Entering Extended Passive Mode (\|\|\|port\|)` ([`format_229_line`]) | [`MAX_229_LINE_LEN`] |
+//!
 //! IPv6 is written in RFC 5952 form (lower-case hex, longest run of two or more zero groups as
 //! `::`), except that hex letters are upper case when the delimiter is one of `a`–`f`, so that the
 //! delimiter never occurs inside the address.
@@ -31,8 +41,18 @@ pub const MAX_PORT_FIELD_LEN: usize = 23;
 pub const MAX_EPRT_FIELD_LEN: usize = 49;
 /// `65535`.
 pub const MAX_229_FIELD_LEN: usize = 5;
-/// The longest replacement any formatter writes.
+/// `PORT 255,255,255,255,255,255\r`.
+pub const MAX_PORT_LINE_LEN: usize = 5 + MAX_PORT_FIELD_LEN + 1;
+/// `229 Entering Extended Passive Mode (|||65535|)\r`.
+pub const MAX_229_LINE_LEN: usize = EPSV_229_HEAD.len() + MAX_229_FIELD_LEN + EPSV_229_TAIL.len();
+/// The longest replacement any formatter writes, field or whole line.
 pub const MAX_FIELD_LEN: usize = MAX_EPRT_FIELD_LEN;
+
+const _: () = assert!(
+    MAX_PORT_LINE_LEN <= MAX_FIELD_LEN
+        && MAX_229_LINE_LEN <= MAX_FIELD_LEN
+        && MAX_ALG_REPLY_LEN <= MAX_FIELD_LEN
+);
 
 /// Writes bytes to the front of a caller buffer, failing instead of overrunning it.
 struct Writer<'a> {
@@ -138,6 +158,17 @@ impl<'a> Writer<'a> {
         Some(())
     }
 
+    /// `h1,h2,h3,h4,p1,p2`.
+    fn host_port(&mut self, addr: Ipv4Addr, port: u16) -> Option<()> {
+        self.ipv4(addr, b',')?;
+        let [high, low] = port.to_be_bytes();
+        for byte in [high, low] {
+            self.byte(b',')?;
+            self.decimal(u16::from(byte))?;
+        }
+        Some(())
+    }
+
     fn written(&self) -> &[u8] {
         self.out.get(..self.len).unwrap_or_default()
     }
@@ -150,12 +181,7 @@ pub fn format_port_field(addr: Ipv4Addr, port: u16, out: &mut [u8]) -> Option<us
         return None;
     }
     let mut writer = Writer::new(out);
-    writer.ipv4(addr, b',')?;
-    let [high, low] = port.to_be_bytes();
-    for byte in [high, low] {
-        writer.byte(b',')?;
-        writer.decimal(u16::from(byte))?;
-    }
+    writer.host_port(addr, port)?;
     Some(writer.len)
 }
 
@@ -310,6 +336,131 @@ pub const REFUSED_PORT_FIELD: &[u8] = b"0,0,0,0,0,0";
 /// port: a `425` the client fails on at once, instead of an address it would wait on.
 pub const REFUSED_PASSIVE_LINE: &[u8] = b"425 ftpnat: data port window exhausted.\r";
 
+/// Written over a client's `EPSV` (no argument, or `2`) in a NAT64 session: the IPv4 server
+/// gets a `PASV`, whose 227 the ALG turns into a 229 ([`format_229_line`]; RFC 6384 section 6).
+pub const PASV_LINE: &[u8] = b"PASV\r";
+
+/// Written over a command the NAT64 ALG answers itself (`EPSV ALL`, `ALGS …`): the server answers
+/// the `NOOP`, and that reply is replaced by the ALG's ([`AlgReply`]). The server sees one command
+/// for the client's one, so later replies keep their order.
+pub const NOOP_LINE: &[u8] = b"NOOP\r";
+
+/// The whole lines the NAT64 ALG answers with, written over the server's reply to what it sent
+/// instead of the client's command (see [`NOOP_LINE`]), or over a 227 it cannot return as a 229.
+/// Stored as a `u8` in [`RewriteRecord::delimiter`] with [`rewrite_kind::ALG_REPLY`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AlgReply {
+    /// To `EPSV ALL` (RFC 2428 section 4): the ALG enforces it, the server never sees it.
+    EpsvAllAccepted = 1,
+    /// To `ALGS STATUS64` or `ALGS ENABLE64` (RFC 6384 section 11): the ALG is on.
+    Enabled = 2,
+    /// To `ALGS STATUS64` or `ALGS DISABLE64`: the ALG is off for the session.
+    Disabled = 3,
+    /// To `ALGS` with another argument, or none.
+    UnknownArgument = 4,
+    /// Over a 227 answering a translated EPSV that names another address than the server's: a
+    /// 229 cannot carry it, and an IPv6 client could not reach it.
+    PassiveAddressMismatch = 5,
+    /// Over a 227 answering a translated EPSV that the policy turns down otherwise (its port,
+    /// too many expectations): the client asked for a 229 and gets a failure instead.
+    PassiveRefused = 6,
+}
+
+/// The longest [`AlgReply::line`].
+pub const MAX_ALG_REPLY_LEN: usize = 40;
+
+impl AlgReply {
+    /// Every reply, in code order.
+    pub const ALL: [AlgReply; 6] = [
+        AlgReply::EpsvAllAccepted,
+        AlgReply::Enabled,
+        AlgReply::Disabled,
+        AlgReply::UnknownArgument,
+        AlgReply::PassiveAddressMismatch,
+        AlgReply::PassiveRefused,
+    ];
+
+    pub const fn from_raw(raw: u8) -> Option<Self> {
+        Some(match raw {
+            1 => AlgReply::EpsvAllAccepted,
+            2 => AlgReply::Enabled,
+            3 => AlgReply::Disabled,
+            4 => AlgReply::UnknownArgument,
+            5 => AlgReply::PassiveAddressMismatch,
+            6 => AlgReply::PassiveRefused,
+            _ => return None,
+        })
+    }
+
+    /// The reply written over a 227 answering a translated EPSV that was refused for `reason`.
+    pub const fn for_refusal(reason: crate::RefusalReason) -> Self {
+        match reason {
+            crate::RefusalReason::PassiveAddressMismatch => AlgReply::PassiveAddressMismatch,
+            _ => AlgReply::PassiveRefused,
+        }
+    }
+
+    /// The whole line, all but its LF.
+    pub const fn line(self) -> &'static [u8] {
+        match self {
+            AlgReply::EpsvAllAccepted => b"200 EPSV ALL ok.\r",
+            AlgReply::Enabled => b"216 NAT64 FTP ALG (ftpnat): enabled\r",
+            AlgReply::Disabled => b"216 NAT64 FTP ALG (ftpnat): disabled\r",
+            AlgReply::UnknownArgument => b"501 ALGS: unknown argument.\r",
+            AlgReply::PassiveAddressMismatch => b"425 ftpnat: not the server's address.\r",
+            AlgReply::PassiveRefused => b"425 ftpnat: passive reply refused.\r",
+        }
+    }
+}
+
+const _: () = {
+    let mut raw = 0;
+    while raw < u8::MAX {
+        if let Some(reply) = AlgReply::from_raw(raw) {
+            assert!(reply.line().len() <= MAX_ALG_REPLY_LEN);
+        }
+        raw += 1;
+    }
+};
+
+/// A whole `PORT` line for `addr:port`, all but its LF: `PORT h1,h2,h3,h4,p1,p2\r` (the NAT64
+/// ALG's replacement of an `EPRT |2|…` line, RFC 6384 section 7). `None` as
+/// [`format_port_field`].
+pub fn format_port_line(addr: Ipv4Addr, port: u16, out: &mut [u8]) -> Option<usize> {
+    if port == 0 {
+        return None;
+    }
+    let mut writer = Writer::new(out);
+    for &byte in b"PORT " {
+        writer.byte(byte)?;
+    }
+    writer.host_port(addr, port)?;
+    writer.byte(b'\r')?;
+    Some(writer.len)
+}
+
+const EPSV_229_HEAD: &[u8] = b"229 Entering Extended Passive Mode (|||";
+const EPSV_229_TAIL: &[u8] = b"|)\r";
+
+/// A whole 229 line announcing `port`, all but its LF: `229 Entering Extended Passive Mode
+/// (|||port|)\r` (the NAT64 ALG's replacement of a 227 answering a translated EPSV, RFC 6384
+/// section 6). `None` if `port` is 0 or `out` is shorter than needed ([`MAX_229_LINE_LEN`]).
+pub fn format_229_line(port: u16, out: &mut [u8]) -> Option<usize> {
+    if port == 0 {
+        return None;
+    }
+    let mut writer = Writer::new(out);
+    for &byte in EPSV_229_HEAD {
+        writer.byte(byte)?;
+    }
+    writer.decimal(port)?;
+    for &byte in EPSV_229_TAIL {
+        writer.byte(byte)?;
+    }
+    Some(writer.len)
+}
+
 /// The EPRT argument counterpart of [`REFUSED_PORT_FIELD`]: `<d>1<d>0.0.0.0<d>0<d>`.
 pub fn format_refused_eprt_field(delimiter: u8, out: &mut [u8]) -> Option<usize> {
     if !is_delimiter(delimiter) || delimiter == b'.' {
@@ -330,6 +481,12 @@ pub fn format_refused_eprt_field(delimiter: u8, out: &mut [u8]) -> Option<usize>
 /// record's `public_port` are the public address and window port announced instead of the
 /// original ones (unused by the refusals). `None` for an unknown kind, a value the formatter
 /// refuses, or an IPv6 `addr` for a PORT or 227 (which carry IPv4 only).
+///
+/// The NAT64 ALG's kinds replace whole lines (all but the LF): `EPRT_AS_PORT` with
+/// [`format_port_line`] of the pool address (`PublicAddress::V4`) and `public_port` (a window
+/// port), `PASV_AS_229` with [`format_229_line`] of `public_port` (the server's port),
+/// `EPSV_AS_PASV` with [`PASV_LINE`], `LOCAL_COMMAND` with [`NOOP_LINE`], `ALG_REPLY` with the
+/// [`AlgReply`] whose code `delimiter` holds.
 ///
 /// An IPv6 `addr` (NAT66) is given as its text, formatted once ahead: see [`Ipv6AddressText`].
 // Not inlined: the datapath calls it from two places, and each kind's formatter is verified once
@@ -354,6 +511,11 @@ pub fn format_rewrite(
         (rewrite_kind::PORT_REFUSED, _) => copy_text(REFUSED_PORT_FIELD, out),
         (rewrite_kind::EPRT_REFUSED, _) => format_refused_eprt_field(delimiter, out),
         (rewrite_kind::PASSIVE_REFUSED, _) => copy_text(REFUSED_PASSIVE_LINE, out),
+        (rewrite_kind::EPRT_AS_PORT, PublicAddress::V4(addr)) => format_port_line(addr, port, out),
+        (rewrite_kind::PASV_AS_229, _) => format_229_line(port, out),
+        (rewrite_kind::EPSV_AS_PASV, _) => copy_text(PASV_LINE, out),
+        (rewrite_kind::LOCAL_COMMAND, _) => copy_text(NOOP_LINE, out),
+        (rewrite_kind::ALG_REPLY, _) => copy_text(AlgReply::from_raw(delimiter)?.line(), out),
         _ => None,
     }
 }

@@ -6,7 +6,10 @@
 //! address in that segment cannot be rewritten once forwarded: the datapath cuts it from the
 //! segment and keeps it in the session ([`HeldField`]); the next segment then carries the whole
 //! rewritten address, or, if its line is not to be rewritten, the held bytes put back in front
-//! of it. Offsets here are in the scan buffer: the segment's payload, after the held bytes when a
+//! of it. In a NAT64 ALG session, a line the ALG may replace whole (EPRT, EPSV, ALGS) is held
+//! the same way from its first byte
+//! ([`CommandScanner::pending_rewrite_start`](crate::CommandScanner::pending_rewrite_start)).
+//! Offsets here are in the scan buffer: the segment's payload, after the held bytes when a
 //! hold is being completed.
 
 use crate::{
@@ -16,13 +19,20 @@ use crate::{
 };
 
 /// The tail to cut from a client segment whose bytes up to buffer offset `end` went through
-/// `commands`, if the segment ends inside a PORT/EPRT address that began at or after `start` (the
-/// first byte of this segment not forwarded before: the bytes before the address must still be
-/// in the segment): `(offset, length)` of the tail. At least one byte stays in the segment, and
-/// the tail fits a [`HeldField`].
+/// `commands`, if the segment ends inside a PORT/EPRT address — or, with `whole_lines` (the
+/// session's policy has the NAT64 ALG on), inside a line the ALG may replace whole — that began
+/// at or after `start` (the first byte of this segment not forwarded before: the bytes before
+/// the address must still be in the segment): `(offset, length)` of the tail. At least one byte
+/// stays in the segment (a line held whole must not start the segment), and the tail fits a
+/// [`HeldField`].
 #[inline(always)]
-pub fn cut_at_segment_end(commands: &CommandScanner, start: u32, end: u32) -> Option<(u16, u16)> {
-    let address_start = commands.pending_address_start()?;
+pub fn cut_at_segment_end(
+    commands: &CommandScanner,
+    whole_lines: bool,
+    start: u32,
+    end: u32,
+) -> Option<(u16, u16)> {
+    let address_start = commands.pending_rewrite_start(whole_lines)?;
     let line_start = end.wrapping_sub(u32::from(commands.line_len()));
     let field_off = line_start.wrapping_add(u32::from(address_start));
     let held_len = end.wrapping_sub(field_off);
@@ -34,12 +44,18 @@ pub fn cut_at_segment_end(commands: &CommandScanner, start: u32, end: u32) -> Op
 
 /// Whether the rewrite the scan of the segment after a hold asked for (`kind` of its field at
 /// `field_off`, `field_len` bytes, in the buffer that starts with the `held_len` held bytes)
-/// completes the hold: it rewrites the held line's address, which starts at offset 0. Anything
-/// else gives the held bytes back.
+/// completes the hold: it rewrites the held line's address, or (the NAT64 ALG) replaces the held
+/// line whole, either of which starts at offset 0. Anything else gives the held bytes back.
 #[inline(always)]
 pub fn completes_hold(kind: u8, field_off: u16, field_len: u16, held_len: u16) -> bool {
-    matches!(kind, rewrite_kind::PORT | rewrite_kind::EPRT)
-        && field_off == 0
+    matches!(
+        kind,
+        rewrite_kind::PORT
+            | rewrite_kind::EPRT
+            | rewrite_kind::EPSV_AS_PASV
+            | rewrite_kind::EPRT_AS_PORT
+            | rewrite_kind::LOCAL_COMMAND
+    ) && field_off == 0
         && field_len >= held_len
 }
 
@@ -189,6 +205,74 @@ pub fn replay_record(record: &RewriteRecord, seq: u32, payload_len: usize) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scanned(bytes: &[u8]) -> CommandScanner {
+        let mut commands = CommandScanner::new();
+        for &byte in bytes {
+            commands.push(byte);
+        }
+        commands
+    }
+
+    /// The cut of a segment holding `bytes`, all of it new.
+    fn cut(bytes: &[u8], whole_lines: bool) -> Option<(u16, u16)> {
+        cut_at_segment_end(&scanned(bytes), whole_lines, 0, bytes.len() as u32)
+    }
+
+    #[test]
+    fn a_line_the_nat64_alg_replaces_is_held_from_its_first_byte() {
+        assert_eq!(cut(b"TYPE I\r\nEPRT |2|2001:db8::2|500", true), Some((8, 23)));
+        assert_eq!(cut(b"TYPE I\r\nEPSV\r", true), Some((8, 5)));
+        assert_eq!(cut(b"NOOP\r\nALGS STAT", true), Some((6, 9)));
+        // Without the ALG only the address is held.
+        assert_eq!(cut(b"TYPE I\r\nEPRT |2|2001:db8::2|500", false), Some((13, 18)));
+        assert_eq!(cut(b"TYPE I\r\nEPSV\r", false), None);
+        // An EPRT of family 1 is not replaced whole.
+        assert_eq!(cut(b"TYPE I\r\nEPRT |1|10.0.0.2|500", true), Some((13, 15)));
+    }
+
+    #[test]
+    fn the_longest_eprt_line_fits_a_hold() {
+        let line = b"EPRT |2|ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff|65535|\r";
+        let segment = [&b"NOOP\r\n"[..], line].concat();
+        assert_eq!(cut(&segment, true), Some((6, line.len() as u16)));
+        // A longer line (an ALGS with a long argument) is not held: it passes as it is.
+        let segment = [&b"NOOP\r\nALGS "[..], &[b'x'; HELD_FIELD_MAX]].concat();
+        assert_eq!(cut(&segment, true), None);
+    }
+
+    #[test]
+    fn a_line_held_whole_must_not_take_the_whole_segment_or_bytes_forwarded_before() {
+        // Nothing would stay in the segment.
+        assert_eq!(cut(b"EPSV", true), None);
+        // The line began in bytes already forwarded (the segment's new bytes start at 3).
+        let bytes = b"EPRT |2|2001:db8::2|500";
+        assert_eq!(cut_at_segment_end(&scanned(bytes), true, 3, bytes.len() as u32), None);
+    }
+
+    #[test]
+    fn a_whole_line_replacement_completes_a_hold() {
+        for kind in [
+            rewrite_kind::PORT,
+            rewrite_kind::EPRT,
+            rewrite_kind::EPSV_AS_PASV,
+            rewrite_kind::EPRT_AS_PORT,
+            rewrite_kind::LOCAL_COMMAND,
+        ] {
+            assert!(completes_hold(kind, 0, 30, 24), "{kind}");
+            assert!(!completes_hold(kind, 1, 30, 24), "{kind}");
+            assert!(!completes_hold(kind, 0, 23, 24), "{kind}");
+        }
+        for kind in [
+            rewrite_kind::NONE,
+            rewrite_kind::PASV_AS_229,
+            rewrite_kind::ALG_REPLY,
+            rewrite_kind::PORT_REFUSED,
+            rewrite_kind::CUT,
+        ] {
+            assert!(!completes_hold(kind, 0, 30, 24), "{kind}");
+        }
+    }
 
     /// `PORT 10,0,` (10 bytes) with `10,0,` held from offset 5, completed by the next segment.
     fn held() -> HeldField {

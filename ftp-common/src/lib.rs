@@ -96,13 +96,15 @@ datapath_modules!(
 );
 
 pub use command::{
-    AuthMechanism, Command, CommandName, CommandScanner, EpsvArg, TransferVerb, parse_command,
+    AlgsArg, AuthMechanism, Command, CommandName, CommandScanner, EpsvArg, TransferVerb,
+    parse_command,
 };
 pub use format::{
-    Ipv6AddressText, MAX_229_FIELD_LEN, MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN,
+    AlgReply, Ipv6AddressText, MAX_229_FIELD_LEN, MAX_229_LINE_LEN, MAX_ALG_REPLY_LEN,
+    MAX_EPRT_FIELD_LEN, MAX_FIELD_LEN, MAX_PORT_FIELD_LEN, MAX_PORT_LINE_LEN, NOOP_LINE, PASV_LINE,
     PublicAddress, REFUSED_PASSIVE_LINE, REFUSED_PORT_FIELD, format_227_field, format_229_field,
-    format_eprt_field, format_eprt6_field, format_port_field, format_refused_eprt_field,
-    format_rewrite, splice,
+    format_229_line, format_eprt_field, format_eprt6_field, format_port_field, format_port_line,
+    format_refused_eprt_field, format_rewrite, splice,
 };
 pub use line::{InSync, LineTracker, MAX_LINE_LEN, SegmentVerdict, skippable_word};
 pub use reason::{MalformedReason, RefusalReason};

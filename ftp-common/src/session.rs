@@ -3,9 +3,10 @@
 //! The caller hands every line that starts at a line boundary (see [`line`](mod@crate::line)), in
 //! stream order, to [`Session::on_client_command`] / [`Session::on_server_reply`] as its scanner
 //! reads it (or, holding the line in memory, to [`Session::on_client_line`] /
-//! [`Session::on_server_line`]), and acts on the verdict: open an expectation and rewrite the field for `OpenActive`/`OpenPassive`, count and pass
-//! the line untouched for everything else. The session has no side effects of its own; its only
-//! state is the [`Session`] value, which the datapath keeps in a BPF map.
+//! [`Session::on_server_line`]), and acts on the verdict: open an expectation and rewrite the
+//! field for `OpenActive`/`OpenPassive`, replace the whole line for the NAT64 ALG's verdicts (see
+//! below), count and pass the line untouched for everything else. The session has no side effects
+//! of its own; its only state is the [`Session`] value, which the datapath keeps in a BPF map.
 //!
 //! # What the state machine tracks
 //!
@@ -44,21 +45,52 @@
 //!   caller reports each one used or expired with [`Session::expectation_closed`]. At
 //!   [`Policy::max_outstanding_expectations`], further ones are refused.
 //!
+//! # The NAT64 ALG (RFC 6384)
+//!
+//! With [`Policy::nat64_alg`] (an IPv6 client's session translated to an IPv4 server; the
+//! context's client is the IPv6 address, its server the IPv4 one, IPv4-mapped), the ALG replaces
+//! whole lines — all of each but its LF, see [`rewrite_kind`](crate::maps::rewrite_kind) and
+//! [`format_rewrite`](crate::format_rewrite):
+//!
+//! - **`EPSV`** (no argument, or `2`), with [`Policy::epsv_as_pasv`]: goes to the server as
+//!   `PASV` ([`ClientVerdict::EpsvAsPasv`]), tracked like any passive request. The 227 answering
+//!   it must name the server's address (always: a 229 cannot carry another) and pass the usual
+//!   port and expectation checks; it opens [`PassiveEndpoint::PasvAs229`] and is returned as
+//!   `229 … (|||port|)`. If refused, it is replaced by a 425 ([`ServerVerdict::AlgRefused`]). A
+//!   229 answering it is unsolicited. `EPSV 1` passes as it is.
+//! - **`EPRT |2|`** naming the client: [`ActiveKind::EprtAsPort`], the same checks as any EPRT;
+//!   the line goes to the server as `PORT` with the pool address and a window port. An EPRT
+//!   naming any other address (`|1|` included) is a bounce. PORT from the IPv6 client is a
+//!   bounce already.
+//! - **`EPSV ALL`** (with `epsv_as_pasv`) and **`ALGS STATUS64|ENABLE64|DISABLE64`** are answered
+//!   by the ALG ([`ClientVerdict::AnsweredByAlg`]): the line goes to the server as `NOOP`, tracked
+//!   as the pending request, and the server's final reply to it is replaced by the ALG's
+//!   ([`ServerVerdict::AlgReply`]; a 421 passes as it is). After `EPSV ALL` the session
+//!   refuses PORT/EPRT/PASV as if the server had accepted it. `ALGS ENABLE64`/`DISABLE64` switch
+//!   the ALG on/off for the session at once ([`Session::nat64_alg_enabled`]); switched off,
+//!   EPSV, EPRT and 227 are treated as with no ALG, but `ALGS` is still answered.
+//!
+//! Only one request is tracked at a time: an EPSV, EPSV ALL or ALGS sent while another request
+//! waits is not translated (EPSV and EPSV ALL pass as they are; ALGS reaches the server, which
+//! refuses the unknown command), since its reply could not be told from the other's. Under TLS
+//! nothing is parsed, as ever.
+//!
 //! # Policy checks, in order
 //!
 //! For PORT/EPRT: `EPSV ALL` accepted → transfer running or passive reply pending → address is not
 //! the control connection's client (bounce) → port below 1024 → too many expectations. For a 227:
 //! unsolicited → address is not the control connection's server (if the policy requires it) → too
 //! many expectations. For a 229: unsolicited → too many expectations; the data connection goes to the
-//! control connection's server (RFC 2428 section 3), so the verdict carries only the port.
+//! control connection's server (RFC 2428 section 3), so the verdict carries only the port. For a
+//! 227 answering a translated EPSV: address is not the server's → port not allowed → too many
+//! expectations.
 
 use core::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::{
     maps::{IpBytes, ip},
-    AuthMechanism, Command, EpsvArg, MalformedReason, RefusalReason, Reply, ReplyBody, ReplyShape,
-    Span,
-    TransferVerb, parse_command, parse_reply,
+    AlgReply, AlgsArg, AuthMechanism, Command, EpsvArg, MalformedReason, RefusalReason, Reply,
+    ReplyBody, ReplyShape, Span, TransferVerb, parse_command, parse_reply,
 };
 
 /// Policy settings for a session's checks.
@@ -77,6 +109,13 @@ pub struct Policy {
     pub passive_ports: [u16; 2],
     /// A port a 227/229 may never announce, 0 for none: a published server's control port.
     pub passive_port_excluded: u16,
+    /// The NAT64 FTP ALG of RFC 6384 (see the [module documentation](self)): an IPv6 client's
+    /// control channel to an IPv4 server. Default false; the datapath sets it for NAT64 sessions.
+    pub nat64_alg: bool,
+    /// With `nat64_alg`: a client's `EPSV` goes to the server as `PASV` and the 227 comes back as
+    /// a 229, and `EPSV ALL` is answered by the ALG (RFC 6384 section 6). Default false: EPSV
+    /// passes as it is.
+    pub epsv_as_pasv: bool,
 }
 
 impl Policy {
@@ -87,6 +126,8 @@ impl Policy {
             passive_address_must_match_server: true,
             passive_ports: [0, u16::MAX],
             passive_port_excluded: 0,
+            nat64_alg: false,
+            epsv_as_pasv: false,
         }
     }
 
@@ -125,6 +166,11 @@ pub enum ActiveKind {
     Port,
     /// Rewrite with [`format_eprt_field`](crate::format_eprt_field) and this delimiter.
     Eprt { delimiter: u8 },
+    /// An `EPRT |2|` naming the client's IPv6 address in a NAT64 ALG session: replace the whole
+    /// line by a `PORT` of the pool address and a window port
+    /// ([`format_port_line`](crate::format_port_line), `rewrite_kind::EPRT_AS_PORT`); `field` is
+    /// still the EPRT argument.
+    EprtAsPort,
 }
 
 /// Which command asked for a passive-mode data connection.
@@ -142,6 +188,11 @@ pub enum PassiveEndpoint {
     /// From a 229: the address is the control connection's server. Rewrite with
     /// [`format_229_field`](crate::format_229_field).
     Epsv { port: u16, delimiter: u8 },
+    /// From a 227 answering an EPSV that the NAT64 ALG sent as PASV: the address is the control
+    /// connection's server (checked). Replace the whole line by a 229 of this port
+    /// ([`format_229_line`](crate::format_229_line), `rewrite_kind::PASV_AS_229`); `field` is
+    /// still the 227 numbers.
+    PasvAs229(SocketAddrV4),
 }
 
 /// What to do about one client line.
@@ -159,6 +210,14 @@ pub enum ClientVerdict {
     PassiveRequested(PassiveKind),
     /// `EPSV ALL`; takes effect when the server accepts it.
     ExtendedPassiveOnlyRequested,
+    /// NAT64 ALG: an `EPSV` (no argument, or `2`) to send as `PASV`: replace the whole line by
+    /// [`PASV_LINE`](crate::PASV_LINE) (`rewrite_kind::EPSV_AS_PASV`). The 227 answering it
+    /// becomes a 229.
+    EpsvAsPasv,
+    /// NAT64 ALG: a command the ALG answers itself (`EPSV ALL`, `ALGS …`): replace the whole line
+    /// by [`NOOP_LINE`](crate::NOOP_LINE) (`rewrite_kind::LOCAL_COMMAND`). The server's final
+    /// reply to the NOOP is [`ServerVerdict::AlgReply`] with this reply.
+    AnsweredByAlg(AlgReply),
     /// `AUTH`; the session becomes encrypted on the `234` reply.
     TlsRequested(AuthMechanism),
     /// A transfer command, with its argument for reporting.
@@ -188,6 +247,14 @@ pub enum ServerVerdict {
     },
     /// A solicited, valid 227/229 that the policy turns down: open nothing, pass the line.
     Refused(RefusalReason),
+    /// NAT64 ALG: a valid 227 answering an EPSV sent as PASV that the policy turns down: open
+    /// nothing, and replace the whole line by [`AlgReply::for_refusal`] of the reason
+    /// (`rewrite_kind::ALG_REPLY`), since the client asked for a 229.
+    AlgRefused(RefusalReason),
+    /// NAT64 ALG: the final reply to a command the ALG answered itself
+    /// ([`ClientVerdict::AnsweredByAlg`]): replace the whole line by this reply
+    /// (`rewrite_kind::ALG_REPLY`).
+    AlgReply(AlgReply),
     /// A 227 or 229 that no PASV/EPSV asked for: open nothing, pass the line.
     Unsolicited { code: u16 },
     /// `234`: the session is now encrypted.
@@ -210,12 +277,22 @@ const PENDING_NONE: u8 = 0;
 const PENDING_PASV: u8 = 1;
 const PENDING_EPSV: u8 = 2;
 const PENDING_EPSV_ALL: u8 = 3;
+/// An EPSV the NAT64 ALG sent as PASV: a 227 answers it.
+const PENDING_EPSV_AS_PASV: u8 = 4;
+// Commands the NAT64 ALG answers itself, by the reply it gives to the server's reply to the NOOP.
+const PENDING_ALG_EPSV_ALL: u8 = 5;
+const PENDING_ALG_ENABLED: u8 = 6;
+const PENDING_ALG_DISABLED: u8 = 7;
+const PENDING_ALG_UNKNOWN: u8 = 8;
 
 const FLAG_ENCRYPTED: u8 = 1 << 0;
 const FLAG_EPSV_ALL: u8 = 1 << 1;
 const FLAG_TRANSFER: u8 = 1 << 2;
 /// The client sent `AUTH`: a `234` may answer it.
 const FLAG_AUTH_SENT: u8 = 1 << 3;
+/// The client switched the NAT64 ALG off (`ALGS DISABLE64`); clear, it is on (if the policy
+/// has it).
+const FLAG_ALG_DISABLED: u8 = 1 << 4;
 
 /// The state of one control connection, both directions.
 ///
@@ -228,7 +305,7 @@ const FLAG_AUTH_SENT: u8 = 1 << 3;
 pub struct Session {
     /// Code of the multi-line reply in progress; 0 when none.
     multiline_code: u16,
-    /// The passive request waiting for its reply, `PENDING_*`.
+    /// The request waiting for its reply, `PENDING_*`.
     pending: u8,
     /// `FLAG_*` bits.
     flags: u8,
@@ -265,9 +342,15 @@ impl Session {
         self.flags & FLAG_TRANSFER != 0
     }
 
-    /// The server accepted `EPSV ALL`.
+    /// The server accepted `EPSV ALL` (or the NAT64 ALG did, answering it itself).
     pub fn is_extended_passive_only(&self) -> bool {
         self.flags & FLAG_EPSV_ALL != 0
+    }
+
+    /// Whether the NAT64 ALG acts on this session's EPSV, EPRT and 227: `policy` has it, and the
+    /// client has not switched it off with `ALGS DISABLE64`. (`ALGS` is answered either way.)
+    pub fn nat64_alg_enabled(&self, policy: &Policy) -> bool {
+        policy.nat64_alg && self.flags & FLAG_ALG_DISABLED == 0
     }
 
     /// Expectations opened and not yet reported closed.
@@ -331,6 +414,24 @@ impl Session {
         self.forget_awaited_replies();
     }
 
+    /// The caller could not replace the line its last client verdict asked it to replace whole
+    /// ([`ClientVerdict::EpsvAsPasv`], [`ClientVerdict::AnsweredByAlg`]; a datapath rewrites one
+    /// line per segment, and none that began in a segment already forwarded): it reached the
+    /// server as the client sent it. Call it before the next client line. The request it made is
+    /// then tracked as the line's own: an EPSV's, whose 229 opens as without the ALG; an `EPSV
+    /// ALL`'s, which the server's acceptance puts into effect; an `ALGS`'s is dropped, and the
+    /// server's reply to it (an unknown command) passes (an `ENABLE64`/`DISABLE64` has still
+    /// switched the ALG). For an [`ActiveKind::EprtAsPort`] not replaced, the caller reports the
+    /// expectation closed instead, as for any rewrite given up.
+    pub fn alg_line_passed(&mut self) {
+        self.pending = match self.pending {
+            PENDING_EPSV_AS_PASV => PENDING_EPSV,
+            PENDING_ALG_EPSV_ALL => PENDING_EPSV_ALL,
+            PENDING_ALG_ENABLED | PENDING_ALG_DISABLED | PENDING_ALG_UNKNOWN => PENDING_NONE,
+            pending => pending,
+        };
+    }
+
     /// One whole client line held in memory: [`parse_command`] then
     /// [`on_client_command`](Self::on_client_command).
     pub fn on_client_line(&mut self, line: &[u8], ctx: &PolicyContext) -> ClientVerdict {
@@ -365,13 +466,29 @@ impl Session {
                 addr,
                 delimiter,
                 field,
-            } => self.open_active(addr, field, ActiveKind::Eprt { delimiter }, ctx),
+            } => {
+                // The IPv4 server cannot reach an IPv6 address: the ALG announces its pool
+                // address instead, in a PORT. (Any other EPRT is a bounce in such a session.)
+                let kind = if addr.is_ipv6() && self.nat64_alg_enabled(&ctx.policy) {
+                    ActiveKind::EprtAsPort
+                } else {
+                    ActiveKind::Eprt { delimiter }
+                };
+                self.open_active(addr, field, kind, ctx)
+            }
             Command::Pasv if self.is_extended_passive_only() => {
                 ClientVerdict::Refused(RefusalReason::EpsvAllActive)
             }
             Command::Pasv => {
                 self.request(PENDING_PASV);
                 ClientVerdict::PassiveRequested(PassiveKind::Pasv)
+            }
+            Command::Epsv(EpsvArg::All) if self.alg_answers_epsv(ctx) => {
+                self.answer_by_alg(PENDING_ALG_EPSV_ALL, AlgReply::EpsvAllAccepted)
+            }
+            Command::Epsv(EpsvArg::Any | EpsvArg::Ipv6) if self.alg_answers_epsv(ctx) => {
+                self.request(PENDING_EPSV_AS_PASV);
+                ClientVerdict::EpsvAsPasv
             }
             Command::Epsv(EpsvArg::All) => {
                 self.request(PENDING_EPSV_ALL);
@@ -390,6 +507,27 @@ impl Session {
             Command::Transfer { verb, arg } => ClientVerdict::Transfer { verb, arg },
             Command::Rest => ClientVerdict::Restart,
             Command::Quit => ClientVerdict::Quit,
+            Command::Algs(arg) if ctx.policy.nat64_alg && !self.request_pending() => {
+                let (pending, reply) = match arg {
+                    AlgsArg::Status64 if self.flags & FLAG_ALG_DISABLED != 0 => {
+                        (PENDING_ALG_DISABLED, AlgReply::Disabled)
+                    }
+                    AlgsArg::Status64 => (PENDING_ALG_ENABLED, AlgReply::Enabled),
+                    AlgsArg::Enable64 => {
+                        self.flags &= !FLAG_ALG_DISABLED;
+                        (PENDING_ALG_ENABLED, AlgReply::Enabled)
+                    }
+                    AlgsArg::Disable64 => {
+                        self.flags |= FLAG_ALG_DISABLED;
+                        (PENDING_ALG_DISABLED, AlgReply::Disabled)
+                    }
+                    AlgsArg::Other => (PENDING_ALG_UNKNOWN, AlgReply::UnknownArgument),
+                };
+                self.answer_by_alg(pending, reply)
+            }
+            // With no ALG, or its answer could not be attributed (another request waits): the
+            // server gets it, and refuses it as the unknown command it is.
+            Command::Algs(_) => ClientVerdict::Ignored,
             // CCC in the clear changes nothing (RFC 4217: it only applies under TLS).
             Command::Ccc | Command::Other => ClientVerdict::Ignored,
             Command::Malformed(reason) => ClientVerdict::Malformed(reason),
@@ -441,20 +579,48 @@ impl Session {
         }
     }
 
+    /// A PASV/EPSV/EPSV ALL waits for its reply (sent as it is or translated by the NAT64 ALG).
     fn passive_pending(&self) -> bool {
         matches!(
             self.pending,
-            PENDING_PASV | PENDING_EPSV | PENDING_EPSV_ALL
+            PENDING_PASV
+                | PENDING_EPSV
+                | PENDING_EPSV_ALL
+                | PENDING_EPSV_AS_PASV
+                | PENDING_ALG_EPSV_ALL
         )
     }
 
-    /// A PASV/EPSV/EPSV ALL (`PENDING_*`) is being sent: its reply is due after those of the
-    /// commands still awaited. Only one request is tracked: the oldest.
+    /// Some request waits for its reply: a passive one, or a command the NAT64 ALG answers.
+    fn request_pending(&self) -> bool {
+        self.passive_pending()
+            || matches!(
+                self.pending,
+                PENDING_ALG_ENABLED | PENDING_ALG_DISABLED | PENDING_ALG_UNKNOWN
+            )
+    }
+
+    /// A request (`PENDING_*`) is being sent: its reply is due after those of the commands still
+    /// awaited. Only one request is tracked: the oldest.
     fn request(&mut self, kind: u8) {
-        if !self.passive_pending() {
+        if !self.request_pending() {
             self.pending = kind;
             self.replies_before_pending = self.awaited_replies;
         }
+    }
+
+    /// The NAT64 ALG turns a client's EPSV into PASV and answers EPSV ALL itself: the policy
+    /// says so, the client left the ALG on, and no other request waits (the 227 or the reply to
+    /// replace could not be told apart from another's: the EPSV then passes as it is).
+    fn alg_answers_epsv(&self, ctx: &PolicyContext) -> bool {
+        ctx.policy.epsv_as_pasv && self.nat64_alg_enabled(&ctx.policy) && !self.request_pending()
+    }
+
+    /// The client's line goes to the server as NOOP, whose final reply is replaced by `reply`
+    /// (`pending` says which); the caller has checked that no request waits.
+    fn answer_by_alg(&mut self, pending: u8, reply: AlgReply) -> ClientVerdict {
+        self.request(pending);
+        ClientVerdict::AnsweredByAlg(reply)
     }
 
     fn forget_awaited_replies(&mut self) {
@@ -467,7 +633,7 @@ impl Session {
     /// command sent before that one has been answered, else `PENDING_NONE`.
     fn count_final_reply(&mut self) -> u8 {
         self.awaited_replies = self.awaited_replies.saturating_sub(1);
-        if !self.passive_pending() {
+        if !self.request_pending() {
             return PENDING_NONE;
         }
         match self.replies_before_pending.checked_sub(1) {
@@ -528,10 +694,16 @@ impl Session {
             PENDING_NONE
         };
         if code == 421 {
-            // The server is closing the connection: nothing more will be answered.
+            // The server is closing the connection: nothing more will be answered. Its 421
+            // reaches the client as it is, whatever it answers.
             self.forget_awaited_replies();
+        } else if let Some(reply) = self.alg_reply(answered) {
+            return ServerVerdict::AlgReply(reply);
         }
         match body {
+            ReplyBody::Passive227 { addr, field } if answered == PENDING_EPSV_AS_PASV => {
+                self.passive_as_229(addr, field, ctx)
+            }
             ReplyBody::Passive227 { addr, field } => {
                 if answered != PENDING_PASV {
                     ServerVerdict::Unsolicited { code }
@@ -574,7 +746,7 @@ impl Session {
                 } else {
                     PENDING_EPSV
                 };
-                if answered == request {
+                if answered == request || (code == 227 && answered == PENDING_EPSV_AS_PASV) {
                     ServerVerdict::Malformed(reason)
                 } else {
                     ServerVerdict::Unsolicited { code }
@@ -582,6 +754,46 @@ impl Session {
             }
             ReplyBody::Plain => self.on_plain_reply(code, answered, transferring),
         }
+    }
+
+    /// The reply the NAT64 ALG gives instead of the server's final reply to its NOOP, if that is
+    /// what `answered` (`PENDING_*`) says the reply answers. Answering `EPSV ALL`, the ALG
+    /// enforces it from now on, as when a server accepts it.
+    fn alg_reply(&mut self, answered: u8) -> Option<AlgReply> {
+        Some(match answered {
+            PENDING_ALG_EPSV_ALL => {
+                self.flags |= FLAG_EPSV_ALL;
+                AlgReply::EpsvAllAccepted
+            }
+            PENDING_ALG_ENABLED => AlgReply::Enabled,
+            PENDING_ALG_DISABLED => AlgReply::Disabled,
+            PENDING_ALG_UNKNOWN => AlgReply::UnknownArgument,
+            _ => return None,
+        })
+    }
+
+    /// A 227 answering an EPSV the NAT64 ALG sent as PASV: returned as a 229, which names no
+    /// address, so the address must be the server's whatever the policy says of 227s.
+    #[inline(always)]
+    fn passive_as_229(
+        &mut self,
+        addr: SocketAddrV4,
+        field: Span,
+        ctx: &PolicyContext,
+    ) -> ServerVerdict {
+        let refusal = if !ip::holds(&ctx.server, IpAddr::V4(*addr.ip())) {
+            RefusalReason::PassiveAddressMismatch
+        } else if !ctx.policy.allows_passive_port(addr.port()) {
+            RefusalReason::PassivePortNotAllowed
+        } else if !self.reserve_expectation(&ctx.policy) {
+            RefusalReason::TooManyExpectations
+        } else {
+            return ServerVerdict::OpenPassive {
+                endpoint: PassiveEndpoint::PasvAs229(addr),
+                field,
+            };
+        };
+        ServerVerdict::AlgRefused(refusal)
     }
 
     fn on_plain_reply(&mut self, code: u16, answered: u8, transferring: bool) -> ServerVerdict {

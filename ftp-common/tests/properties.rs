@@ -5,12 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use ftp_common::address::Ipv6Text;
 use ftp_common::maps::ip;
+use ftp_common::maps::{RewriteRecord, rewrite_kind};
 use ftp_common::{
-    ClientVerdict, Command, CommandScanner, Ipv6AddressText, LineTracker, MAX_FIELD_LEN,
-    MAX_LINE_LEN, PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner,
+    ActiveKind, AlgReply, ClientVerdict, Command, CommandScanner, Ipv6AddressText, LineTracker,
+    MAX_229_LINE_LEN, MAX_FIELD_LEN, MAX_LINE_LEN, MAX_PORT_LINE_LEN, NOOP_LINE, PASV_LINE,
+    PassiveEndpoint, Policy, PolicyContext, PublicAddress, Reply, ReplyBody, ReplyScanner,
     SegmentVerdict, ServerVerdict, Session, Span, format_227_field, format_229_field,
-    format_eprt_field, format_eprt6_field, format_port_field, parse_command, parse_reply,
-    skippable_word, splice,
+    format_229_line, format_eprt_field, format_eprt6_field, format_port_field, format_port_line,
+    format_rewrite, parse_command, parse_reply, skippable_word, splice,
 };
 use proptest::prelude::*;
 
@@ -606,6 +608,7 @@ proptest! {
                 match endpoint {
                     PassiveEndpoint::Pasv(_) => prop_assert_eq!(command, ModelCommand::Pasv),
                     PassiveEndpoint::Epsv { .. } => prop_assert_eq!(command, ModelCommand::Epsv),
+                    PassiveEndpoint::PasvAs229(_) => prop_assert!(false, "no NAT64 ALG here"),
                 }
                 session.expectation_closed();
             } else if is_final && must_open[index] {
@@ -851,4 +854,207 @@ fn client_stream() -> impl Strategy<Value = Vec<u8>> {
         ),
     ];
     stream_of(line)
+}
+
+// The NAT64 ALG's whole lines.
+
+/// An IPv6 client's session to an IPv4 server with the NAT64 ALG on.
+fn nat64_ctx(epsv_as_pasv: bool) -> PolicyContext {
+    PolicyContext {
+        client: ip::from_ip(IpAddr::V6(NAT64_CLIENT)),
+        server: ip::from_ip(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
+        policy: Policy {
+            nat64_alg: true,
+            epsv_as_pasv,
+            ..Policy::new()
+        },
+    }
+}
+
+const NAT64_CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+/// `word` with each letter's case chosen by `cases`.
+fn mixed_case(word: &str, cases: u64) -> Vec<u8> {
+    word.bytes()
+        .enumerate()
+        .map(|(index, byte)| {
+            if cases >> (index % 64) & 1 != 0 {
+                byte.to_ascii_lowercase()
+            } else {
+                byte
+            }
+        })
+        .collect()
+}
+
+/// Client lines the ALG may replace whole, and near misses of them, without their terminator.
+fn alg_candidate_line() -> impl Strategy<Value = Vec<u8>> {
+    let word = prop_oneof![
+        Just("EPSV"),
+        Just("EPSV 2"),
+        Just("EPSV 1"),
+        Just("EPSV ALL"),
+        Just("ALGS STATUS64"),
+        Just("ALGS ENABLE64"),
+        Just("ALGS DISABLE64"),
+        Just("ALGS"),
+        Just("ALGS STATUS"),
+        Just("EPSVX"),
+        Just("ALGSX"),
+        Just("PASV"),
+    ];
+    prop_oneof![
+        (word, any::<u64>()).prop_map(|(word, cases)| mixed_case(word, cases)),
+        (
+            valid_port(),
+            delimiter().prop_filter("not in IPv6 text", |d| *d != b':'),
+            prop_oneof![Just(NAT64_CLIENT), any_ipv6()]
+        )
+            .prop_map(|(port, delimiter, addr)| {
+                let mut text = vec![b'E', b'P', b'R', b'T', b' '];
+                text.extend(field_text(|out| {
+                    format_eprt_field(IpAddr::V6(addr), port, delimiter, out)
+                }));
+                text
+            }),
+        (any_ipv4(), valid_port()).prop_map(|(addr, port)| {
+            [
+                &b"EPRT "[..],
+                &field_text(|out| format_eprt_field(IpAddr::V4(addr), port, b'|', out)),
+            ]
+            .concat()
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn port_line_round_trips(addr in any_ipv4(), port in valid_port()) {
+        let text = field_text(|out| format_port_line(addr, port, out));
+        prop_assert!(text.len() <= MAX_PORT_LINE_LEN);
+        prop_assert_eq!(text.last(), Some(&b'\r'));
+        let record = RewriteRecord {
+            kind: rewrite_kind::EPRT_AS_PORT,
+            public_port: port,
+            ..RewriteRecord::default()
+        };
+        prop_assert_eq!(
+            &field_text(|out| format_rewrite(&record, PublicAddress::V4(addr), out)),
+            &text
+        );
+        let field = field_text(|out| format_port_field(addr, port, out));
+        prop_assert_eq!(
+            parse_command(&line(&[&text, b"\n"])),
+            Command::Port {
+                addr: SocketAddrV4::new(addr, port),
+                field: Span { start: 5, len: field.len() as u16 },
+            }
+        );
+    }
+
+    #[test]
+    fn line_229_round_trips(port in valid_port()) {
+        let text = field_text(|out| format_229_line(port, out));
+        prop_assert!(text.len() <= MAX_229_LINE_LEN);
+        prop_assert_eq!(text.last(), Some(&b'\r'));
+        let record = RewriteRecord {
+            kind: rewrite_kind::PASV_AS_229,
+            public_port: port,
+            ..RewriteRecord::default()
+        };
+        prop_assert_eq!(
+            &field_text(|out| format_rewrite(&record, PublicAddress::V4(Ipv4Addr::UNSPECIFIED), out)),
+            &text
+        );
+        let digits = field_text(|out| format_229_field(port, out));
+        prop_assert_eq!(
+            parse_reply(&line(&[&text, b"\n"])),
+            Reply::Final {
+                code: 229,
+                body: ReplyBody::Passive229 {
+                    port,
+                    delimiter: b'|',
+                    field: Span { start: 39, len: digits.len() as u16 },
+                },
+            }
+        );
+    }
+
+    /// Whatever line the ALG replaces whole, it is pending from its first byte at every cut
+    /// before its LF (the datapath holds it all), and its replacement, spliced over all of it but
+    /// the LF, is a line of its own that parses as the replacement.
+    #[test]
+    fn a_line_replaced_whole_is_pending_whole_until_it_ends(
+        text in alg_candidate_line(),
+        end in terminator(),
+        epsv_as_pasv in any::<bool>(),
+        window_port in valid_port(),
+    ) {
+        let ctx = nat64_ctx(epsv_as_pasv);
+        let whole = line(&[&text, end]);
+        let verdict = Session::new().on_client_line(&whole, &ctx);
+        let replacement = match verdict {
+            ClientVerdict::EpsvAsPasv => PASV_LINE.to_vec(),
+            ClientVerdict::AnsweredByAlg(_) => NOOP_LINE.to_vec(),
+            ClientVerdict::OpenActive { kind: ActiveKind::EprtAsPort, addr, .. } => {
+                prop_assert_eq!(addr.ip(), IpAddr::V6(NAT64_CLIENT));
+                field_text(|out| format_port_line(Ipv4Addr::new(203, 0, 113, 1), window_port, out))
+            }
+            _ => return Ok(()),
+        };
+        for cut in 1..whole.len() {
+            let mut scanner = CommandScanner::new();
+            for &byte in &whole[..cut] {
+                scanner.push(byte);
+            }
+            prop_assert_eq!(scanner.pending_rewrite_start(true), Some(0), "cut at {}", cut);
+        }
+        let mut out = [0u8; MAX_LINE_LEN + MAX_FIELD_LEN];
+        let whole_but_lf = Span { start: 0, len: whole.len() as u16 - 1 };
+        let len = splice(&whole, whole_but_lf, &replacement, &mut out).unwrap();
+        let replaced = &out[..len];
+        prop_assert!(replaced.ends_with(b"\r\n"));
+        let expected = match verdict {
+            ClientVerdict::EpsvAsPasv => Command::Pasv,
+            ClientVerdict::AnsweredByAlg(_) => Command::Other,
+            _ => Command::Port {
+                addr: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), window_port),
+                field: Span { start: 5, len: replacement.len() as u16 - 6 },
+            },
+        };
+        prop_assert_eq!(parse_command(replaced), expected);
+    }
+
+    /// `ALGS STATUS64` reports what the last `ENABLE64`/`DISABLE64` set, whatever came between.
+    #[test]
+    fn algs_status_reports_the_last_switch(
+        commands in proptest::collection::vec(
+            prop_oneof![Just("ALGS ENABLE64"), Just("ALGS DISABLE64"), Just("ALGS STATUS64"), Just("ALGS X"), Just("NOOP")],
+            1..20,
+        ),
+    ) {
+        let ctx = nat64_ctx(true);
+        let mut session = Session::new();
+        let mut enabled = true;
+        for command in commands {
+            let verdict = session.on_client_line(line(&[command.as_bytes(), b"\r\n"]).as_slice(), &ctx);
+            match command {
+                "ALGS ENABLE64" => enabled = true,
+                "ALGS DISABLE64" => enabled = false,
+                _ => {}
+            }
+            let expected = match command {
+                "NOOP" => None,
+                "ALGS X" => Some(AlgReply::UnknownArgument),
+                _ if enabled => Some(AlgReply::Enabled),
+                _ => Some(AlgReply::Disabled),
+            };
+            prop_assert_eq!(verdict, expected.map_or(ClientVerdict::Ignored, ClientVerdict::AnsweredByAlg));
+            prop_assert_eq!(session.nat64_alg_enabled(&ctx.policy), enabled);
+            let reply = session.on_server_line(b"200 NOOP ok.\r\n", &ctx);
+            prop_assert_eq!(reply, expected.map_or(ServerVerdict::Ignored, ServerVerdict::AlgReply));
+        }
+    }
 }

@@ -683,3 +683,155 @@ fn bare_lf_and_crlf_lines_are_empty_and_commands_are_not() {
     scanner.push(b'\r');
     assert!(!scanner.ended_empty(), "a line being read is not empty yet");
 }
+
+// ALGS (RFC 6384 section 11)
+
+#[test]
+fn algs_arguments_in_any_case() {
+    for (line, arg) in [
+        (&b"ALGS STATUS64\r\n"[..], AlgsArg::Status64),
+        (b"algs status64\n", AlgsArg::Status64),
+        (b"ALGS ENABLE64\r\n", AlgsArg::Enable64),
+        (b"Algs Enable64\r\n", AlgsArg::Enable64),
+        (b"ALGS DISABLE64\r\n", AlgsArg::Disable64),
+        (b"ALGS disable64\r\n", AlgsArg::Disable64),
+    ] {
+        assert_eq!(parse_command(line), Command::Algs(arg), "{line:?}");
+    }
+}
+
+#[test]
+fn algs_with_any_other_argument_or_none_is_other() {
+    for line in [
+        &b"ALGS\r\n"[..],
+        b"ALGS \r\n",
+        b"ALGS S\r\n",
+        b"ALGS STATUS6\r\n",
+        b"ALGS STATUS644\r\n",
+        b"ALGS STATUS64 \r\n",
+        b"ALGS  STATUS64\r\n",
+        b"ALGS ENABLE46\r\n",
+        b"ALGS DISABLE6\r\n",
+        b"ALGS DISABLE64X\r\n",
+        b"ALGS STATUS64\0\r\n",
+        b"ALGS DISABLE64\0\0\0\r\n",
+        b"ALGS ENABLE\r\n",
+    ] {
+        assert_eq!(parse_command(line), Command::Algs(AlgsArg::Other), "{line:?}");
+    }
+    let mut long = std::vec::Vec::from(&b"ALGS STATUS64"[..]);
+    long.extend(std::iter::repeat_n(b'4', 400));
+    long.extend_from_slice(b"\r\n");
+    assert_eq!(parse_command(&long), Command::Algs(AlgsArg::Other));
+    assert_eq!(parse_command(b"ALG STATUS64\r\n"), Command::Other);
+    assert_eq!(parse_command(b"ALGSX STATUS64\r\n"), Command::Other);
+}
+
+#[test]
+fn algs_is_named_and_reports_nothing() {
+    let algs = parse_command(b"ALGS STATUS64\r\n");
+    assert_eq!(CommandName::of(&algs), CommandName::Algs);
+    assert_eq!(CommandName::Algs.as_str(), "ALGS");
+    assert_eq!(algs.reported_argument(), None);
+}
+
+#[test]
+fn an_algs_line_resets_its_matching_for_the_next_line() {
+    let mut scanner = CommandScanner::new();
+    for &byte in b"ALGS STAT\r\nALGS ENABLE64\r\n".iter() {
+        if scanner.push(byte) && scanner.line_len() == 11 {
+            assert_eq!(scanner.command(), Command::Algs(AlgsArg::Other));
+        }
+    }
+    assert_eq!(scanner.command(), Command::Algs(AlgsArg::Enable64));
+}
+
+// The whole line a segment may end inside of (the NAT64 ALG).
+
+#[test]
+fn a_line_that_may_be_replaced_whole_is_pending_from_its_first_byte() {
+    let longest_eprt = b"EPRT |2|ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff|65535|\r";
+    for partial in [
+        &b"E"[..],
+        b"e",
+        b"EP",
+        b"EPR",
+        b"EPRT",
+        b"EPRT ",
+        b"EPRT |",
+        b"EPRT |2|2001:db8::2|500",
+        b"EPRT |2|2001:db8::2|50000|",
+        // The CR may end the line, and the whole line is replaced, CR included.
+        b"EPRT |2|2001:db8::2|50000|\r",
+        longest_eprt,
+        b"EPS",
+        b"epsv",
+        b"EPSV\r",
+        b"EPSV ",
+        b"EPSV ALL",
+        b"EPSV 2\r",
+        b"A",
+        b"ALG",
+        b"ALGS",
+        b"ALGS STATUS6",
+        b"ALGS DISABLE64\r",
+        b"ALGS whatever",
+    ] {
+        assert_eq!(
+            scanner_after(partial).pending_rewrite_start(true),
+            Some(0),
+            "{:?}",
+            core::str::from_utf8(partial)
+        );
+    }
+    assert!(longest_eprt.len() <= crate::maps::HELD_FIELD_MAX);
+}
+
+#[test]
+fn a_line_that_cannot_be_replaced_whole_is_pending_as_its_address() {
+    for (partial, expected) in [
+        (&b""[..], None),
+        (b"P", None),
+        (b"EPRTX", None),
+        (b"EPSVX", None),
+        (b"ALGSX", None),
+        (b"AUTH", None),
+        (b"PASV", None),
+        (b"EPRT 5", None),
+        // Family 1 is a bounce in a NAT64 session: only its address would be rewritten.
+        (b"EPRT |1|", Some(5)),
+        (b"EPRT |1|10.0.0.2|20", Some(5)),
+        (b"PORT 10,0,0,2,4", Some(5)),
+        (b"PORT 10,0,0,2,4,1\r", None),
+        (b"EPSV\r\n", None),
+        (b"ALGS STATUS64\r\n", None),
+    ] {
+        assert_eq!(
+            scanner_after(partial).pending_rewrite_start(true),
+            expected,
+            "{:?}",
+            core::str::from_utf8(partial)
+        );
+    }
+}
+
+#[test]
+fn without_whole_line_rewrites_only_addresses_are_pending() {
+    for partial in [
+        &b""[..],
+        b"EP",
+        b"EPSV",
+        b"ALGS STATUS64",
+        b"EPRT |2|2001:db8::2|50000|\r",
+        b"EPRT |1|10.0.0.2|20",
+        b"PORT 10,0,0,2,4",
+    ] {
+        let scanner = scanner_after(partial);
+        assert_eq!(
+            scanner.pending_rewrite_start(false),
+            scanner.pending_address_start(),
+            "{:?}",
+            core::str::from_utf8(partial)
+        );
+    }
+}

@@ -296,3 +296,157 @@ fn an_ipv6_eprt_from_its_text_is_the_eprt_of_the_address() {
         None
     );
 }
+
+// The NAT64 ALG's whole lines
+
+/// `text` with its LF: the line as it reaches the other side.
+fn with_lf(text: &[u8]) -> Vec<u8> {
+    let line = [text, b"\n"].concat();
+    assert!(line.ends_with(b"\r\n"), "{line:?}");
+    line
+}
+
+#[test]
+fn port_line_is_a_port_command_of_the_address() {
+    let text = render(|out| format_port_line(Ipv4Addr::new(203, 0, 113, 254), 40000, out)).unwrap();
+    assert_eq!(text, b"PORT 203,0,113,254,156,64\r");
+    assert_eq!(
+        parse_command(&with_lf(&text)),
+        Command::Port {
+            addr: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 254), 40000),
+            field: Span { start: 5, len: 20 }
+        }
+    );
+    let longest = render(|out| format_port_line(Ipv4Addr::BROADCAST, 65535, out)).unwrap();
+    assert_eq!(longest.len(), MAX_PORT_LINE_LEN);
+    assert_eq!(render(|out| format_port_line(Ipv4Addr::BROADCAST, 0, out)), None);
+    let mut short = [0u8; MAX_PORT_LINE_LEN - 1];
+    assert_eq!(format_port_line(Ipv4Addr::BROADCAST, 65535, &mut short), None);
+}
+
+#[test]
+fn line_229_announces_the_port_with_the_default_delimiter() {
+    let text = render(|out| format_229_line(30000, out)).unwrap();
+    assert_eq!(text, b"229 Entering Extended Passive Mode (|||30000|)\r");
+    assert_eq!(
+        parse_reply(&with_lf(&text)),
+        Reply::Final {
+            code: 229,
+            body: ReplyBody::Passive229 {
+                port: 30000,
+                delimiter: b'|',
+                field: Span { start: 39, len: 5 }
+            }
+        }
+    );
+    assert_eq!(render(|out| format_229_line(65535, out)).unwrap().len(), MAX_229_LINE_LEN);
+    assert_eq!(render(|out| format_229_line(0, out)), None);
+    let mut short = [0u8; MAX_229_LINE_LEN - 1];
+    assert_eq!(format_229_line(65535, &mut short), None);
+}
+
+#[test]
+fn pasv_and_noop_lines_are_those_commands() {
+    assert_eq!(parse_command(&with_lf(PASV_LINE)), Command::Pasv);
+    assert_eq!(parse_command(&with_lf(NOOP_LINE)), Command::Other);
+    assert_eq!(&NOOP_LINE[..4], b"NOOP");
+}
+
+#[test]
+fn alg_replies_are_short_final_replies_with_distinct_codes() {
+    for (index, reply) in AlgReply::ALL.into_iter().enumerate() {
+        assert_eq!(reply as usize, index + 1);
+        assert_eq!(AlgReply::from_raw(reply as u8), Some(reply));
+        let line = with_lf(reply.line());
+        assert!(reply.line().len() <= MAX_ALG_REPLY_LEN, "{line:?}");
+        let expected_code = match reply {
+            AlgReply::EpsvAllAccepted => 200,
+            AlgReply::Enabled | AlgReply::Disabled => 216,
+            AlgReply::UnknownArgument => 501,
+            AlgReply::PassiveAddressMismatch | AlgReply::PassiveRefused => 425,
+        };
+        assert_eq!(
+            parse_reply(&line),
+            Reply::Final {
+                code: expected_code,
+                body: ReplyBody::Plain
+            },
+            "{line:?}"
+        );
+    }
+    assert_eq!(AlgReply::from_raw(0), None);
+    assert_eq!(AlgReply::from_raw(AlgReply::ALL.len() as u8 + 1), None);
+    assert!(AlgReply::Enabled.line().ends_with(b": enabled\r"));
+    assert!(AlgReply::Disabled.line().ends_with(b": disabled\r"));
+    assert_eq!(
+        AlgReply::for_refusal(crate::RefusalReason::PassiveAddressMismatch),
+        AlgReply::PassiveAddressMismatch
+    );
+    assert_eq!(
+        AlgReply::for_refusal(crate::RefusalReason::TooManyExpectations),
+        AlgReply::PassiveRefused
+    );
+}
+
+#[test]
+fn format_rewrite_writes_the_alg_s_whole_lines() {
+    let pool = PublicAddress::V4(Ipv4Addr::new(203, 0, 113, 254));
+    let text = Ipv6AddressText::of("2001:db8:1::fe".parse().unwrap());
+    let by_kind = |kind, delimiter, public| {
+        let record = RewriteRecord {
+            kind,
+            public_port: 40000,
+            delimiter,
+            ..RewriteRecord::default()
+        };
+        render(|out| format_rewrite(&record, public, out))
+    };
+    assert_eq!(
+        by_kind(rewrite_kind::EPRT_AS_PORT, b'|', pool).unwrap(),
+        b"PORT 203,0,113,254,156,64\r"
+    );
+    assert_eq!(by_kind(rewrite_kind::EPRT_AS_PORT, b'|', PublicAddress::V6(&text)), None);
+    assert_eq!(
+        by_kind(rewrite_kind::PASV_AS_229, 0, pool).unwrap(),
+        b"229 Entering Extended Passive Mode (|||40000|)\r"
+    );
+    assert_eq!(by_kind(rewrite_kind::EPSV_AS_PASV, 0, pool).unwrap(), PASV_LINE);
+    assert_eq!(by_kind(rewrite_kind::LOCAL_COMMAND, 0, pool).unwrap(), NOOP_LINE);
+    for reply in AlgReply::ALL {
+        assert_eq!(by_kind(rewrite_kind::ALG_REPLY, reply as u8, pool).unwrap(), reply.line());
+    }
+    assert_eq!(by_kind(rewrite_kind::ALG_REPLY, 0, pool), None);
+    assert_eq!(by_kind(rewrite_kind::ALG_REPLY, 200, pool), None);
+    // Every whole-line replacement fits the buffer a field's does.
+    let mut out = [0u8; MAX_FIELD_LEN];
+    let record = RewriteRecord {
+        kind: rewrite_kind::PASV_AS_229,
+        public_port: 65535,
+        ..RewriteRecord::default()
+    };
+    assert_eq!(format_rewrite(&record, pool, &mut out), Some(MAX_229_LINE_LEN));
+}
+
+#[test]
+fn rewrite_kinds_say_their_direction_and_whether_they_replace_the_line() {
+    use rewrite_kind::*;
+    for (kind, reply, whole_line) in [
+        (PORT, false, false),
+        (EPRT, false, false),
+        (PASV_227, true, false),
+        (EPSV_229, true, false),
+        (PORT_REFUSED, false, false),
+        (EPRT_REFUSED, false, false),
+        (PASSIVE_REFUSED, true, true),
+        (CUT, false, false),
+        (RESTORE, false, false),
+        (EPSV_AS_PASV, false, true),
+        (EPRT_AS_PORT, false, true),
+        (LOCAL_COMMAND, false, true),
+        (PASV_AS_229, true, true),
+        (ALG_REPLY, true, true),
+    ] {
+        assert_eq!(is_reply(kind), reply, "{kind}");
+        assert_eq!(is_whole_line(kind), whole_line, "{kind}");
+    }
+}

@@ -112,12 +112,17 @@ pub struct SessionEntry {
     pub server_window: crate::TcpWindow,
 }
 
-/// Bytes of an announced address a [`HeldField`] can keep: a PORT argument is at most 23 (see
-/// [`MAX_PORT_FIELD_LEN`](crate::MAX_PORT_FIELD_LEN)), an EPRT one 49 (an IPv6 address, NAT66);
-/// rounded up so that the record stays a multiple of 8 bytes.
-pub const HELD_FIELD_MAX: usize = 52;
+/// Bytes a [`HeldField`] can keep: a PORT argument is at most 23 (see
+/// [`MAX_PORT_FIELD_LEN`](crate::MAX_PORT_FIELD_LEN)), an EPRT one 49 (an IPv6 address, NAT66).
+/// A line the NAT64 ALG replaces whole is held from its first byte: the longest that matters,
+/// `EPRT |2|` + 39 bytes of IPv6 text + `|65535|` and its CR, is 55. Rounded up so that the
+/// record stays a multiple of 8 bytes.
+pub const HELD_FIELD_MAX: usize = 60;
 
-const _: () = assert!(HELD_FIELD_MAX >= crate::MAX_EPRT_FIELD_LEN);
+const _: () = assert!(
+    HELD_FIELD_MAX >= "EPRT ".len() + crate::MAX_EPRT_FIELD_LEN + "\r".len()
+        && core::mem::size_of::<HeldField>().is_multiple_of(8)
+);
 
 /// The [`HeldField::state`] values.
 pub mod hold_state {
@@ -130,9 +135,10 @@ pub mod hold_state {
 }
 
 /// The tail of a segment that ended inside an address ftpnat rewrites (a masqueraded client's
-/// PORT/EPRT). The part already in that segment cannot be rewritten once forwarded, so it is cut
-/// from the segment and kept here; the next segment then carries the whole rewritten address or,
-/// if the completed line is not rewritten, these bytes put back in front of its own.
+/// PORT/EPRT), or inside a line the NAT64 ALG replaces whole (from the line's first byte). The
+/// part already in that segment cannot be rewritten once forwarded, so it is cut from the segment
+/// and kept here; the next segment then carries the whole rewritten address (or line) or, if the
+/// completed line is not rewritten, these bytes put back in front of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldField {
@@ -214,10 +220,36 @@ pub mod rewrite_kind {
     pub const CUT: u8 = 8;
     /// Held bytes put back in front of the next segment, the line being passed as it was.
     pub const RESTORE: u8 = 9;
+    // The NAT64 ALG's (RFC 6384): each replaces a whole line, all of it but its LF (the field is
+    // the line without its LF), the new line ending in CR; see [`crate::format_rewrite`].
+    /// A client's `EPSV`, now [`crate::PASV_LINE`].
+    pub const EPSV_AS_PASV: u8 = 10;
+    /// A client's `EPRT |2|…`, now `PORT` with the pool address and a window port
+    /// ([`crate::format_port_line`]; `public_port` is the window port).
+    pub const EPRT_AS_PORT: u8 = 11;
+    /// A command the ALG answers itself (`EPSV ALL`, `ALGS …`), now [`crate::NOOP_LINE`].
+    pub const LOCAL_COMMAND: u8 = 12;
+    /// A server's 227 answering a translated EPSV, now a 229 ([`crate::format_229_line`];
+    /// `public_port` is the server's port).
+    pub const PASV_AS_229: u8 = 13;
+    /// A server's reply to a [`LOCAL_COMMAND`] (or a 227 answering a translated EPSV that was
+    /// refused), now the ALG's own: the [`crate::AlgReply`] whose code `delimiter` holds.
+    pub const ALG_REPLY: u8 = 14;
 
     /// Whether `kind` rewrites a server reply (else a client command).
     pub const fn is_reply(kind: u8) -> bool {
-        matches!(kind, PASV_227 | EPSV_229 | PASSIVE_REFUSED)
+        matches!(
+            kind,
+            PASV_227 | EPSV_229 | PASSIVE_REFUSED | PASV_AS_229 | ALG_REPLY
+        )
+    }
+
+    /// Whether `kind` replaces a whole line (all of it but its LF) rather than a field in it.
+    pub const fn is_whole_line(kind: u8) -> bool {
+        matches!(
+            kind,
+            PASSIVE_REFUSED | EPSV_AS_PASV | EPRT_AS_PORT | LOCAL_COMMAND | PASV_AS_229 | ALG_REPLY
+        )
     }
 }
 
@@ -237,7 +269,7 @@ pub struct RewriteRecord {
     pub public_port: u16,
     /// A [`rewrite_kind`] value.
     pub kind: u8,
-    /// The EPRT delimiter.
+    /// The EPRT delimiter; for [`rewrite_kind::ALG_REPLY`], the [`crate::AlgReply`] code.
     pub delimiter: u8,
     pub _pad: [u8; 2],
 }

@@ -1,6 +1,6 @@
 use super::*;
 use core::mem::{align_of, size_of};
-use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
@@ -1066,4 +1066,559 @@ fn full_active_session() {
     );
     assert_eq!(session.open_expectations(), 0);
     open_active(session.on_client_line(PORT_LINE, &ctx));
+}
+
+// The NAT64 ALG (RFC 6384)
+
+const NAT64_SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+const NAT64_227: &[u8] = b"227 Entering Passive Mode (192,0,2,7,117,48).\r\n";
+const NAT64_EPRT: &[u8] = b"EPRT |2|2001:db8::2|50000|\r\n";
+
+/// An IPv6 client's session to an IPv4 server through NAT64, with the ALG and EPSV translation.
+fn alg_ctx() -> PolicyContext {
+    PolicyContext {
+        client: ip::from_ip(IpAddr::V6("2001:db8::2".parse().unwrap())),
+        server: ip::from_ip(IpAddr::V4(NAT64_SERVER)),
+        policy: Policy {
+            nat64_alg: true,
+            epsv_as_pasv: true,
+            ..Policy::new()
+        },
+    }
+}
+
+/// The same without EPSV translation (`--nat64-epsv pass`).
+fn alg_ctx_epsv_passed() -> PolicyContext {
+    let mut ctx = alg_ctx();
+    ctx.policy.epsv_as_pasv = false;
+    ctx
+}
+
+fn pasv_as_229(verdict: ServerVerdict) -> SocketAddrV4 {
+    match verdict {
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::PasvAs229(addr),
+            ..
+        } => addr,
+        other => panic!("expected OpenPassive(PasvAs229), got {other:?}"),
+    }
+}
+
+#[test]
+fn policy_has_no_nat64_alg_by_default() {
+    let policy = Policy::new();
+    assert!(!policy.nat64_alg);
+    assert!(!policy.epsv_as_pasv);
+    assert!(!Session::new().nat64_alg_enabled(&policy));
+    assert!(Session::new().nat64_alg_enabled(&alg_ctx().policy));
+}
+
+#[test]
+fn epsv_goes_to_the_server_as_pasv_and_its_227_comes_back_as_a_229() {
+    for line in [&b"EPSV\r\n"[..], b"epsv 2\r\n", b"EPSV\n"] {
+        let mut session = Session::new();
+        assert_eq!(session.on_client_line(line, &alg_ctx()), ClientVerdict::EpsvAsPasv);
+        let verdict = session.on_server_line(NAT64_227, &alg_ctx());
+        assert_eq!(
+            verdict,
+            ServerVerdict::OpenPassive {
+                endpoint: PassiveEndpoint::PasvAs229(SocketAddrV4::new(NAT64_SERVER, 30000)),
+                field: Span { start: 27, len: 16 },
+            },
+            "{line:?}"
+        );
+        assert_eq!(session.open_expectations(), 1);
+        // Answered: the next 227 is not.
+        assert_eq!(
+            session.on_server_line(NAT64_227, &alg_ctx()),
+            ServerVerdict::Unsolicited { code: 227 }
+        );
+    }
+}
+
+#[test]
+fn epsv_for_ipv4_passes_as_it_is() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV 1\r\n", &alg_ctx()),
+        ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+    );
+    assert!(matches!(
+        session.on_server_line(EPSV_229, &alg_ctx()),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Epsv { port: 30000, .. },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_227_answering_a_translated_epsv_must_name_the_server() {
+    // Whatever the policy says of 227s: a 229 cannot carry another address.
+    for must_match in [true, false] {
+        let mut ctx = alg_ctx();
+        ctx.policy.passive_address_must_match_server = must_match;
+        let mut session = Session::new();
+        session.on_client_line(b"EPSV\r\n", &ctx);
+        assert_eq!(
+            session.on_server_line(b"227 Entering Passive Mode (192,0,2,8,117,48).\r\n", &ctx),
+            ServerVerdict::AlgRefused(RefusalReason::PassiveAddressMismatch)
+        );
+        assert_eq!(session.open_expectations(), 0);
+    }
+}
+
+#[test]
+fn a_227_answering_a_translated_epsv_is_checked_like_any_passive_reply() {
+    let mut ctx = alg_ctx();
+    ctx.policy.passive_ports = [1024, 65535];
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &ctx);
+    assert_eq!(
+        session.on_server_line(b"227 Entering Passive Mode (192,0,2,7,0,21).\r\n", &ctx),
+        ServerVerdict::AlgRefused(RefusalReason::PassivePortNotAllowed)
+    );
+    ctx.policy.max_outstanding_expectations = 0;
+    session.on_client_line(b"EPSV\r\n", &ctx);
+    assert_eq!(
+        session.on_server_line(NAT64_227, &ctx),
+        ServerVerdict::AlgRefused(RefusalReason::TooManyExpectations)
+    );
+}
+
+#[test]
+fn a_229_answering_a_translated_epsv_is_unsolicited() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_server_line(EPSV_229, &alg_ctx()),
+        ServerVerdict::Unsolicited { code: 229 }
+    );
+    // It answered the request: a 227 after it answers nothing.
+    assert_eq!(
+        session.on_server_line(NAT64_227, &alg_ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn a_malformed_227_answering_a_translated_epsv_is_malformed_and_an_error_answers_it() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_server_line(b"227 Entering Passive Mode (192,0,2,7,300,1).\r\n", &alg_ctx()),
+        ServerVerdict::Malformed(MalformedReason::OctetOutOfRange)
+    );
+    session.on_client_line(b"EPSV\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_server_line(b"500 PASV not allowed\r\n", &alg_ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_eq!(
+        session.on_server_line(NAT64_227, &alg_ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn a_translated_epsv_waits_behind_pipelined_commands() {
+    let mut session = Session::new();
+    assert_eq!(session.on_client_line(b"TYPE I\r\n", &alg_ctx()), ClientVerdict::Ignored);
+    assert_eq!(session.on_client_line(b"EPSV\r\n", &alg_ctx()), ClientVerdict::EpsvAsPasv);
+    // PORT/EPRT wait until the passive request is answered, as with PASV.
+    assert_eq!(
+        session.on_client_line(NAT64_EPRT, &alg_ctx()),
+        ClientVerdict::Refused(RefusalReason::NotInCommandState)
+    );
+    assert_eq!(
+        session.on_server_line(b"227 Passive Mode (192,0,2,7,117,48) TYPE?\r\n", &alg_ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+    assert_eq!(pasv_as_229(session.on_server_line(NAT64_227, &alg_ctx())).port(), 30000);
+}
+
+#[test]
+fn an_epsv_while_another_request_waits_is_not_translated() {
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_client_line(b"EPSV\r\n", &alg_ctx()),
+        ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+    );
+    // The 227 answers the PASV and is passed as it is.
+    assert!(matches!(
+        session.on_server_line(NAT64_227, &alg_ctx()),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Pasv(_),
+            ..
+        }
+    ));
+    assert_eq!(
+        session.on_server_line(EPSV_229, &alg_ctx()),
+        ServerVerdict::Unsolicited { code: 229 }
+    );
+}
+
+#[test]
+fn pasv_passes_as_it_is() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"PASV\r\n", &alg_ctx()),
+        ClientVerdict::PassiveRequested(PassiveKind::Pasv)
+    );
+    assert!(matches!(
+        session.on_server_line(NAT64_227, &alg_ctx()),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Pasv(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn with_epsv_passed_epsv_and_epsv_all_are_as_without_the_alg() {
+    let ctx = alg_ctx_epsv_passed();
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV\r\n", &ctx),
+        ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+    );
+    assert!(matches!(
+        session.on_server_line(EPSV_229, &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Epsv { port: 30000, .. },
+            ..
+        }
+    ));
+    assert_eq!(
+        session.on_client_line(b"EPSV ALL\r\n", &ctx),
+        ClientVerdict::ExtendedPassiveOnlyRequested
+    );
+    assert_eq!(session.on_server_line(b"200 EPSV ALL ok\r\n", &ctx), ServerVerdict::Ignored);
+    assert!(session.is_extended_passive_only());
+    // EPRT is still the ALG's.
+    assert_eq!(
+        session.on_client_line(NAT64_EPRT, &ctx),
+        ClientVerdict::Refused(RefusalReason::EpsvAllActive)
+    );
+}
+
+#[test]
+fn eprt_naming_the_client_goes_to_the_server_as_port() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(NAT64_EPRT, &alg_ctx()),
+        ClientVerdict::OpenActive {
+            addr: "[2001:db8::2]:50000".parse().unwrap(),
+            field: Span { start: 5, len: 21 },
+            kind: ActiveKind::EprtAsPort,
+        }
+    );
+    assert_eq!(session.open_expectations(), 1);
+}
+
+#[test]
+fn eprt_naming_anything_else_is_a_bounce_and_so_is_port() {
+    for line in [
+        &b"EPRT |2|2001:db8::3|50000|\r\n"[..],
+        b"EPRT |1|192.0.2.7|50000|\r\n",
+        b"EPRT |1|10.0.0.2|50000|\r\n",
+        b"PORT 192,0,2,7,195,80\r\n",
+    ] {
+        let mut session = Session::new();
+        assert_eq!(
+            session.on_client_line(line, &alg_ctx()),
+            ClientVerdict::Refused(RefusalReason::Bounce),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn eprt_as_port_is_checked_like_any_eprt() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPRT |2|2001:db8::2|21|\r\n", &alg_ctx()),
+        ClientVerdict::Refused(RefusalReason::PrivilegedPort)
+    );
+    session.on_server_line(b"200 ok\r\n", &alg_ctx());
+    session.on_client_line(b"RETR f\r\n", &alg_ctx());
+    session.on_server_line(b"150 here it comes\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_client_line(NAT64_EPRT, &alg_ctx()),
+        ClientVerdict::Refused(RefusalReason::NotInCommandState)
+    );
+}
+
+#[test]
+fn epsv_all_is_answered_by_the_alg_and_enforced_by_it() {
+    let mut session = Session::new();
+    assert_eq!(
+        session.on_client_line(b"EPSV ALL\r\n", &alg_ctx()),
+        ClientVerdict::AnsweredByAlg(AlgReply::EpsvAllAccepted)
+    );
+    assert!(!session.is_extended_passive_only());
+    // The server answers the NOOP it got instead.
+    assert_eq!(
+        session.on_server_line(b"200 NOOP ok.\r\n", &alg_ctx()),
+        ServerVerdict::AlgReply(AlgReply::EpsvAllAccepted)
+    );
+    assert!(session.is_extended_passive_only());
+    for line in [NAT64_EPRT, b"PORT 192,0,2,7,195,80\r\n", b"PASV\r\n"] {
+        assert_eq!(
+            session.on_client_line(line, &alg_ctx()),
+            ClientVerdict::Refused(RefusalReason::EpsvAllActive),
+            "{line:?}"
+        );
+        session.on_server_line(b"500 whatever\r\n", &alg_ctx());
+    }
+    // EPSV still works: the server never saw EPSV ALL, so it accepts the PASV.
+    assert_eq!(session.on_client_line(b"EPSV\r\n", &alg_ctx()), ClientVerdict::EpsvAsPasv);
+    pasv_as_229(session.on_server_line(NAT64_227, &alg_ctx()));
+}
+
+#[test]
+fn whatever_the_server_answers_to_the_noop_is_replaced_but_a_421() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV ALL\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_server_line(b"530 Please login with USER and PASS.\r\n", &alg_ctx()),
+        ServerVerdict::AlgReply(AlgReply::EpsvAllAccepted)
+    );
+    let mut session = Session::new();
+    session.on_client_line(b"ALGS STATUS64\r\n", &alg_ctx());
+    // A preliminary reply is not the answer; a multi-line one answers at its last line.
+    assert_eq!(session.on_server_line(b"150 odd\r\n", &alg_ctx()), ServerVerdict::TransferStarted);
+    assert_eq!(session.on_server_line(b"200-NOOP\r\n", &alg_ctx()), ServerVerdict::Ignored);
+    assert_eq!(
+        session.on_server_line(b"200 NOOP\r\n", &alg_ctx()),
+        ServerVerdict::AlgReply(AlgReply::Enabled)
+    );
+    let mut session = Session::new();
+    session.on_client_line(b"ALGS STATUS64\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_server_line(b"421 Timeout.\r\n", &alg_ctx()),
+        ServerVerdict::TransferFailed
+    );
+    assert_eq!(session.on_server_line(b"200 NOOP\r\n", &alg_ctx()), ServerVerdict::Ignored);
+}
+
+#[test]
+fn algs_reports_and_switches_the_alg() {
+    let ctx = alg_ctx();
+    let mut session = Session::new();
+    let exchange = |session: &mut Session, line: &[u8], reply: AlgReply| {
+        assert_eq!(
+            session.on_client_line(line, &ctx),
+            ClientVerdict::AnsweredByAlg(reply),
+            "{line:?}"
+        );
+        assert_eq!(
+            session.on_server_line(b"200 NOOP ok.\r\n", &ctx),
+            ServerVerdict::AlgReply(reply),
+            "{line:?}"
+        );
+    };
+    exchange(&mut session, b"ALGS STATUS64\r\n", AlgReply::Enabled);
+    exchange(&mut session, b"algs disable64\r\n", AlgReply::Disabled);
+    assert!(!session.nat64_alg_enabled(&ctx.policy));
+    exchange(&mut session, b"ALGS Status64\r\n", AlgReply::Disabled);
+    exchange(&mut session, b"ALGS DISABLE64\r\n", AlgReply::Disabled);
+    exchange(&mut session, b"ALGS ENABLE64\r\n", AlgReply::Enabled);
+    assert!(session.nat64_alg_enabled(&ctx.policy));
+    exchange(&mut session, b"ALGS ENABLE64\r\n", AlgReply::Enabled);
+    for line in [
+        &b"ALGS\r\n"[..],
+        b"ALGS \r\n",
+        b"ALGS STATUS6\r\n",
+        b"ALGS STATUS644\r\n",
+        b"ALGS ENABLE46\r\n",
+        b"ALGS  STATUS64\r\n",
+        b"ALGS STATUS64 \r\n",
+    ] {
+        exchange(&mut session, line, AlgReply::UnknownArgument);
+    }
+    assert!(session.nat64_alg_enabled(&ctx.policy));
+}
+
+#[test]
+fn switched_off_the_alg_leaves_epsv_eprt_and_227_as_without_it() {
+    let ctx = alg_ctx();
+    let mut session = Session::new();
+    session.on_client_line(b"ALGS DISABLE64\r\n", &ctx);
+    // Switched at the command: the reply to it need not have come.
+    assert!(!session.nat64_alg_enabled(&ctx.policy));
+    assert_eq!(
+        session.on_server_line(b"200 NOOP ok.\r\n", &ctx),
+        ServerVerdict::AlgReply(AlgReply::Disabled)
+    );
+    assert_eq!(
+        session.on_client_line(b"EPSV\r\n", &ctx),
+        ClientVerdict::PassiveRequested(PassiveKind::Epsv)
+    );
+    assert!(matches!(
+        session.on_server_line(EPSV_229, &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Epsv { .. },
+            ..
+        }
+    ));
+    assert_eq!(
+        session.on_client_line(b"EPSV ALL\r\n", &ctx),
+        ClientVerdict::ExtendedPassiveOnlyRequested
+    );
+    session.on_server_line(b"500 no\r\n", &ctx);
+    assert_eq!(
+        session.on_client_line(NAT64_EPRT, &ctx),
+        ClientVerdict::OpenActive {
+            addr: "[2001:db8::2]:50000".parse().unwrap(),
+            field: Span { start: 5, len: 21 },
+            kind: ActiveKind::Eprt { delimiter: b'|' },
+        }
+    );
+    session.on_server_line(b"200 ok\r\n", &ctx);
+    assert_eq!(
+        session.on_client_line(b"EPRT |1|192.0.2.9|50000|\r\n", &ctx),
+        ClientVerdict::Refused(RefusalReason::Bounce)
+    );
+    session.on_server_line(b"200 ok\r\n", &ctx);
+    // ALGS is still answered.
+    assert_eq!(
+        session.on_client_line(b"ALGS STATUS64\r\n", &ctx),
+        ClientVerdict::AnsweredByAlg(AlgReply::Disabled)
+    );
+}
+
+#[test]
+fn an_algs_reply_waits_behind_pipelined_commands() {
+    let mut session = Session::new();
+    session.on_client_line(b"TYPE I\r\n", &alg_ctx());
+    session.on_client_line(b"ALGS STATUS64\r\n", &alg_ctx());
+    session.on_client_line(b"NOOP\r\n", &alg_ctx());
+    assert_eq!(
+        session.on_server_line(b"200 Switching to Binary mode.\r\n", &alg_ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_eq!(
+        session.on_server_line(b"200 NOOP ok.\r\n", &alg_ctx()),
+        ServerVerdict::AlgReply(AlgReply::Enabled)
+    );
+    assert_eq!(session.on_server_line(b"200 NOOP ok.\r\n", &alg_ctx()), ServerVerdict::Ignored);
+}
+
+#[test]
+fn algs_while_another_request_waits_goes_to_the_server_and_switches_nothing() {
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &alg_ctx());
+    assert_eq!(session.on_client_line(b"ALGS DISABLE64\r\n", &alg_ctx()), ClientVerdict::Ignored);
+    assert!(session.nat64_alg_enabled(&alg_ctx().policy));
+    assert_eq!(
+        session.on_client_line(b"EPSV ALL\r\n", &alg_ctx()),
+        ClientVerdict::ExtendedPassiveOnlyRequested
+    );
+    pasv_as_229(session.on_server_line(NAT64_227, &alg_ctx()));
+    assert_eq!(
+        session.on_server_line(b"500 Unknown command.\r\n", &alg_ctx()),
+        ServerVerdict::Ignored
+    );
+    assert_eq!(
+        session.on_server_line(b"500 Unknown command.\r\n", &alg_ctx()),
+        ServerVerdict::Ignored
+    );
+    assert!(!session.is_extended_passive_only());
+}
+
+#[test]
+fn without_the_alg_algs_is_any_other_command() {
+    for ctx in [ctx(), ctx6()] {
+        let mut session = Session::new();
+        assert_eq!(session.on_client_line(b"ALGS STATUS64\r\n", &ctx), ClientVerdict::Ignored);
+        let verdict = session.on_server_line(b"500 Unknown command.\r\n", &ctx);
+        assert_eq!(verdict, ServerVerdict::Ignored);
+        assert_eq!(
+            session.on_client_line(b"EPRT |2|2001:db8::2|50000|\r\n", &ctx6()),
+            ClientVerdict::OpenActive {
+                addr: "[2001:db8::2]:50000".parse().unwrap(),
+                field: Span { start: 5, len: 21 },
+                kind: ActiveKind::Eprt { delimiter: b'|' },
+            }
+        );
+    }
+}
+
+#[test]
+fn after_auth_nothing_is_translated() {
+    let mut session = Session::new();
+    session.on_client_line(b"AUTH TLS\r\n", &alg_ctx());
+    assert_eq!(session.on_server_line(b"234 Proceed.\r\n", &alg_ctx()), ServerVerdict::TlsStarted);
+    for line in [&b"EPSV\r\n"[..], b"EPSV ALL\r\n", b"ALGS STATUS64\r\n", NAT64_EPRT] {
+        assert_eq!(session.on_client_line(line, &alg_ctx()), ClientVerdict::Encrypted);
+    }
+    assert_eq!(session.on_server_line(NAT64_227, &alg_ctx()), ServerVerdict::Encrypted);
+}
+
+#[test]
+fn server_lines_lost_forgets_a_pending_alg_answer() {
+    let mut session = Session::new();
+    session.on_client_line(b"ALGS STATUS64\r\n", &alg_ctx());
+    session.server_lines_lost();
+    assert_eq!(session.on_server_line(b"200 NOOP ok.\r\n", &alg_ctx()), ServerVerdict::Ignored);
+    session.on_client_line(b"EPSV\r\n", &alg_ctx());
+    session.server_lines_lost();
+    assert_eq!(
+        session.on_server_line(NAT64_227, &alg_ctx()),
+        ServerVerdict::Unsolicited { code: 227 }
+    );
+}
+
+#[test]
+fn every_stored_pending_value_and_flag_is_usable_with_the_alg() {
+    for pending in 0..=u8::MAX {
+        for flags in [0, FLAG_ALG_DISABLED, !FLAG_ENCRYPTED] {
+            let mut session = Session {
+                pending,
+                flags,
+                ..Session::new()
+            };
+            session.on_server_line(NAT64_227, &alg_ctx());
+            session.on_server_line(b"200 NOOP ok.\r\n", &alg_ctx());
+            session.on_client_line(b"EPSV\r\n", &alg_ctx());
+            session.on_client_line(b"ALGS STATUS64\r\n", &alg_ctx());
+            session.on_client_line(NAT64_EPRT, &alg_ctx());
+        }
+    }
+}
+
+#[test]
+fn a_line_the_caller_could_not_replace_is_tracked_as_the_client_sent_it() {
+    let ctx = alg_ctx();
+    let mut session = Session::new();
+    assert_eq!(session.on_client_line(b"EPSV\r\n", &ctx), ClientVerdict::EpsvAsPasv);
+    session.alg_line_passed();
+    // The server got the EPSV: its 229 opens, a 227 would not.
+    assert!(matches!(
+        session.on_server_line(EPSV_229, &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Epsv { port: 30000, .. },
+            ..
+        }
+    ));
+    session.on_client_line(b"ALGS STATUS64\r\n", &ctx);
+    session.alg_line_passed();
+    assert_eq!(session.on_server_line(b"500 Unknown command.\r\n", &ctx), ServerVerdict::Ignored);
+    session.on_client_line(b"EPSV ALL\r\n", &ctx);
+    session.alg_line_passed();
+    assert_eq!(session.on_server_line(b"200 EPSV ALL ok.\r\n", &ctx), ServerVerdict::Ignored);
+    assert!(session.is_extended_passive_only());
+    // Nothing else is touched.
+    let mut session = Session::new();
+    session.on_client_line(b"PASV\r\n", &ctx);
+    session.alg_line_passed();
+    assert!(matches!(
+        session.on_server_line(NAT64_227, &ctx),
+        ServerVerdict::OpenPassive {
+            endpoint: PassiveEndpoint::Pasv(_),
+            ..
+        }
+    ));
 }
