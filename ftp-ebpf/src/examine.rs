@@ -83,22 +83,42 @@ fn request_rewrite(
     true
 }
 
-/// Acts on the command the client's line ending at scratch offset `line_end` carries.
+/// Acts on the command the client's line ending at scratch offset `line_end` carries. Returns
+/// where the scan goes on: the byte after the line.
+// The return value is used on purpose: one the caller ignored was left undefined by LLVM, and
+// the verifier refuses a subprogram whose r0 then happens to hold a stack pointer.
 #[inline(never)]
-pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
+pub fn client_line(scan: &mut Scan, line_end: u32) -> u32 {
+    let next = line_end.wrapping_add(1);
     let Some(segment) = crate::scratch::segment() else {
-        return 0;
+        return next;
     };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
     let Some(policy) = scan_policy(segment, session) else {
-        return 0;
+        return next;
     };
     let command = session.commands.command();
     report_command(scan, line_end, session, &command);
     match session.state.on_client_command(command, policy) {
+        ClientVerdict::OpenActive { kind, .. }
+            if segment.session_kind == SessionKind::Nat64 as u8
+                && kind != ActiveKind::EprtAsPort =>
+        {
+            // The client switched the ALG off: its EPRT reaches the IPv4 server as sent, which
+            // cannot connect to an IPv6 address. Nothing to admit.
+            session.state.expectation_closed();
+        }
+        // NAT64: an EPSV goes to the server as PASV, a command the ALG answers itself as NOOP.
+        ClientVerdict::EpsvAsPasv => {
+            replace_command(scan, session, rewrite_kind::EPSV_AS_PASV, line_end);
+        }
+        ClientVerdict::AnsweredByAlg(_) => {
+            replace_command(scan, session, rewrite_kind::LOCAL_COMMAND, line_end);
+        }
         ClientVerdict::OpenActive { addr, .. }
-            if segment.session_kind != SessionKind::Masquerade as u8 =>
+            if segment.session_kind == SessionKind::Publish as u8
+                || segment.session_kind == SessionKind::Firewall as u8 =>
         {
             // The client names its own address (the policy checked it), which needs no rewrite:
             // an outside client's (publishing) is reached through the router, SNATed; a client
@@ -119,12 +139,14 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
         }
         // Masquerading (NAT66 included): the address is the client's and of its session's family
         // (the policy refused any other as a bounce).
+        // and NAT64, whose EPRT becomes a whole PORT line of the pool address.
         ClientVerdict::OpenActive { addr, field, kind } => {
-            let (rewrite, delimiter) = match kind {
-                ActiveKind::Port => (rewrite_kind::PORT, 0),
-                ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter),
-            };
             let line_len = session.commands.line_len();
+            let (rewrite, delimiter, field) = match kind {
+                ActiveKind::Port => (rewrite_kind::PORT, 0, field),
+                ActiveKind::Eprt { delimiter } => (rewrite_kind::EPRT, delimiter, field),
+                ActiveKind::EprtAsPort => (rewrite_kind::EPRT_AS_PORT, 0, whole_line(line_len)),
+            };
             let line = line_start(line_end, line_len);
             if request_rewrite(scan, rewrite, delimiter, (line, line_len), field) {
                 scan.rewrite_port = addr.port();
@@ -136,25 +158,65 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> i64 {
         }
         verdict => on_client_verdict(session, &verdict),
     }
-    0
+    next
 }
 
-/// Acts on the reply line ending at scratch offset `line_end`.
+/// Acts on the reply line ending at scratch offset `line_end`; returns where the scan goes on,
+/// as [`client_line`].
 #[inline(never)]
-pub fn server_line(scan: &mut Scan, line_end: u32) -> i64 {
+pub fn server_line(scan: &mut Scan, line_end: u32) -> u32 {
+    let next = line_end.wrapping_add(1);
     let Some(segment) = crate::scratch::segment() else {
-        return 0;
+        return next;
     };
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let session = unsafe { &mut *scan.session };
     let Some(policy) = scan_policy(segment, session) else {
-        return 0;
+        return next;
     };
     let verdict = session
         .state
         .on_server_reply(session.replies.reply(), policy);
     on_server_verdict(scan, line_end, session, &verdict);
-    0
+    next
+}
+
+/// Asks for the client's line ending at `line_end` to be replaced whole (`kind`); if it cannot be
+/// (a line begun in a segment already forwarded, or a second rewrite in the segment), it reaches
+/// the server as sent, and the session tracks it as the client's own command.
+#[inline(always)]
+fn replace_command(scan: &mut Scan, session: &mut SessionEntry, kind: u8, line_end: u32) {
+    if !request_whole_line(scan, kind, 0, line_end, session.commands.line_len()) {
+        session.state.alg_line_passed();
+        bump(Counter::RewritesSkipped);
+    }
+}
+
+/// Records the whole line (all of it but its LF) of `line_len` bytes ending at `line_end` for a
+/// rewrite of `kind` after the scan (the NAT64 ALG's replacements); false if it cannot be.
+#[inline(always)]
+fn request_whole_line(scan: &mut Scan, kind: u8, code: u8, line_end: u32, line_len: u16) -> bool {
+    let line = line_start(line_end, line_len);
+    request_rewrite(scan, kind, code, (line, line_len), whole_line(line_len))
+}
+
+/// A line of `line_len` bytes as a field: all of it but its LF (a CR, if any, is replaced too).
+#[inline(always)]
+fn whole_line(line_len: u16) -> ftp_common::Span {
+    ftp_common::Span {
+        start: 0,
+        len: line_len.saturating_sub(1),
+    }
+}
+
+/// Asks for the server's reply line ending at `line_end` to be replaced whole by the NAT64 ALG's
+/// reply `code` (an [`ftp_common::AlgReply`]); counted if it cannot be.
+#[inline(always)]
+fn replace_reply(scan: &mut Scan, session: &SessionEntry, code: u8, line_end: u32) {
+    let line_len = session.replies.line_len();
+    if !request_whole_line(scan, rewrite_kind::ALG_REPLY, code, line_end, line_len) {
+        bump(Counter::RewritesSkipped);
+    }
 }
 
 /// Reports a command the client sent, with its argument if it is a USER name or a transfer's
@@ -269,6 +331,14 @@ fn on_server_verdict(
         return;
     };
     match *verdict {
+        ServerVerdict::AlgRefused(reason) => {
+            session.refusals += 1;
+            bump(Counter::Refusals);
+            report(EventKind::Refused, reason as u8);
+            let code = ftp_common::AlgReply::for_refusal(reason) as u8;
+            replace_reply(scan, session, code, line_end);
+        }
+        ServerVerdict::AlgReply(reply) => replace_reply(scan, session, reply as u8, line_end),
         ServerVerdict::OpenPassive { endpoint, field } => {
             let (addr, port, rewrite, delimiter) = match endpoint {
                 PassiveEndpoint::Pasv(addr) => (
@@ -277,14 +347,21 @@ fn on_server_verdict(
                     rewrite_kind::PASV_227,
                     0,
                 ),
+                // NAT64: a 227 answering an EPSV the ALG sent as PASV, returned as a 229.
+                PassiveEndpoint::PasvAs229(addr) => (
+                    ip::v4_mapped(addr.ip().octets()),
+                    addr.port(),
+                    rewrite_kind::PASV_AS_229,
+                    0,
+                ),
                 PassiveEndpoint::Epsv { port, delimiter } => {
                     (session.server_addr, port, rewrite_kind::EPSV_229, delimiter)
                 }
             };
-            let code = if rewrite == rewrite_kind::PASV_227 {
-                27
-            } else {
+            let code = if rewrite == rewrite_kind::EPSV_229 {
                 29
+            } else {
+                27
             };
             crate::events::emit(
                 &segment.session_key,
@@ -316,6 +393,15 @@ fn on_server_verdict(
                     path,
                 };
                 expect::create(session, &announced);
+                if rewrite == rewrite_kind::PASV_AS_229 {
+                    let line_len = session.replies.line_len();
+                    if request_whole_line(scan, rewrite, 0, line_end, line_len) {
+                        scan.rewrite_port = port;
+                    } else {
+                        // The client gets the 227 as sent (its expectation stays).
+                        bump(Counter::RewritesSkipped);
+                    }
+                }
                 return;
             }
             // Publishing: the reply must name the public address and a window port instead.

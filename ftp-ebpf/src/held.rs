@@ -27,15 +27,24 @@ use crate::{
 };
 
 /// Asks for the tail of this client segment to be held if the segment ends inside the address of
-/// a masqueraded PORT/EPRT (see [`ftp_common::hold::cut_at_segment_end`]): only when the whole
-/// payload was scanned.
+/// a masqueraded PORT/EPRT, or inside a line a NAT64 session's ALG may replace whole (see
+/// [`ftp_common::hold::cut_at_segment_end`]): only when the whole payload was scanned.
 #[inline(always)]
 fn hold_if_cut_inside_address(scan: &mut Scan, entry: &mut SessionEntry, scanned_all: bool) {
-    if !scanned_all || entry.kind != SessionKind::Masquerade as u8 || entry.state.is_encrypted() {
+    let nat64 = entry.kind == SessionKind::Nat64 as u8;
+    if !scanned_all
+        || (entry.kind != SessionKind::Masquerade as u8 && !nat64)
+        || entry.state.is_encrypted()
+    {
         return;
     }
+    let Some(segment) = crate::scratch::segment() else {
+        return;
+    };
+    // In a NAT64 session whose ALG is on, a line the ALG may replace whole is held from its start.
+    let whole_lines = nat64 && entry.state.nat64_alg_enabled(&segment.policy);
     let Some((field_off, held_len)) =
-        hold::cut_at_segment_end(&entry.commands, scan.start, scan.end)
+        hold::cut_at_segment_end(&entry.commands, whole_lines, scan.start, scan.end)
     else {
         return;
     };

@@ -63,7 +63,15 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -
     let entry = unsafe { &mut *session };
     let rewritten = rewrite(ctx, packet, entry, config, request);
     if !rewritten {
-        entry.state.expectation_closed();
+        match request.kind {
+            // The line reaches the server as the client sent it: the session tracks it so.
+            rewrite_kind::EPSV_AS_PASV | rewrite_kind::LOCAL_COMMAND => {
+                entry.state.alg_line_passed();
+            }
+            // The reply passes as sent; its expectation, if any, was made by the scan.
+            rewrite_kind::PASV_AS_229 | rewrite_kind::ALG_REPLY => {}
+            _ => entry.state.expectation_closed(),
+        }
         bump(Counter::RewritesSkipped);
     }
     if request.completes_hold == 0 {
@@ -112,50 +120,73 @@ fn rewrite(
     } else {
         session.server_rewrite
     };
-    if previous.public_port != 0 {
+    let announcing = announces(request.kind);
+    if announcing && announces(previous.kind) && previous.public_port != 0 {
         expect::release_unused(session, &request.session_key, config, previous.public_port);
     }
-    let mut record = RewriteRecord {
-        seq,
-        payload_len: payload_len as u16,
-        field_off: request.field_off,
-        field_len: request.field_len,
-        public_port: 0,
-        kind: request.kind,
-        delimiter: request.delimiter,
-        _pad: [0; 2],
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
-    let reserved = match expect::reserve_inbound(config, session, request) {
-        Reservation::Reserved(public_port) => {
-            record.public_port = public_port;
-            true
-        }
-        // Refused in the text: passed as written, a client's PORT/EPRT would tell the server its
-        // private address (and, the table being full, open nothing).
-        Reservation::NoRoom => {
-            record.kind = match request.kind {
-                rewrite_kind::PORT => rewrite_kind::PORT_REFUSED,
-                rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
-                _ if request.line_in_segment != 0 => {
-                    record.field_off = request.line_off;
-                    record.field_len = request.line_len;
-                    rewrite_kind::PASSIVE_REFUSED
-                }
-                _ => return false,
-            };
-            false
+    // The record is made in the scratch area (its `replay` slot, which only the replay stage
+    // uses) and what became of the window port is kept there too, not in registers: the verifier
+    // then walks the splice below once for all the ways here, instead of once for each.
+    // SAFETY: this CPU's scratch area, written here in full before it is read.
+    let record = unsafe { &mut (*scratch).replay };
+    record.seq = seq;
+    record.payload_len = payload_len as u16;
+    record.field_off = request.field_off;
+    record.field_len = request.field_len;
+    record.public_port = 0;
+    record.kind = request.kind;
+    record.delimiter = request.delimiter;
+    record._pad = [0; 2];
+    let outcome = if !announcing {
+        // The NAT64 ALG's replacements of a command or a reply: no port to reserve. A 229's
+        // port (the server's own) is what `public_port` carries to the formatter.
+        record.public_port = request.port;
+        PortOutcome::NotAnnounced
+    } else {
+        match expect::reserve_inbound(config, session, request) {
+            Reservation::Reserved(public_port) => {
+                record.public_port = public_port;
+                PortOutcome::Reserved
+            }
+            // Refused in the text: passed as written, a client's PORT/EPRT would tell the server
+            // its private address (and, the table being full, open nothing).
+            Reservation::NoRoom => {
+                record.kind = match request.kind {
+                    // A NAT64 client's whole line becomes the refused PORT's argument: the
+                    // server answers the unknown command with an error at once.
+                    rewrite_kind::PORT | rewrite_kind::EPRT_AS_PORT => rewrite_kind::PORT_REFUSED,
+                    rewrite_kind::EPRT => rewrite_kind::EPRT_REFUSED,
+                    _ if request.line_in_segment != 0 => {
+                        record.field_off = request.line_off;
+                        record.field_len = request.line_len;
+                        rewrite_kind::PASSIVE_REFUSED
+                    }
+                    _ => return false,
+                };
+                PortOutcome::Refused
+            }
         }
     };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut (*scratch).rewrite_outcome, outcome as u8) };
+    // SAFETY: as above; read back from the map, where the verifier does not follow it.
+    let record = unsafe { &(*scratch).replay };
     let Some(delta) = splice(
         ctx,
         packet,
         payload_off,
         payload_len,
-        &record,
+        record,
         &session.held,
         config,
     ) else {
-        if reserved {
+        // SAFETY: as above.
+        if unsafe { core::ptr::read_volatile(&raw const (*scratch).rewrite_outcome) }
+            == PortOutcome::Reserved as u8
+        {
             expect::unreserve(
                 config.public_ip_for(session.kind, &request.session_key.saddr),
                 record.public_port,
@@ -163,14 +194,10 @@ fn rewrite(
         }
         return false;
     };
-    if from_client {
-        session.client_seq.record(record.seq, delta);
-        session.client_rewrite = record;
-    } else {
-        session.server_seq.record(record.seq, delta);
-        session.server_rewrite = record;
-    }
-    if reserved {
+    record_rewrite(session, from_client, record, delta);
+    // SAFETY: as above.
+    let outcome = unsafe { core::ptr::read_volatile(&raw const (*scratch).rewrite_outcome) };
+    if outcome == PortOutcome::Reserved as u8 {
         bump(Counter::ExpectationsCreated);
         let kind = if from_client {
             ExpectationKind::Active
@@ -184,11 +211,56 @@ fn rewrite(
             config.public_ip_for(session.kind, &request.session_key.saddr),
             record.public_port,
         );
-    } else {
+    } else if outcome == PortOutcome::Refused as u8 {
         // The refusal opened nothing.
         session.state.expectation_closed();
+    } else if record.kind == rewrite_kind::ALG_REPLY {
+        bump(Counter::Nat64AlgAnswers);
     }
     true
+}
+
+/// What a rewrite did about a window port.
+#[repr(u8)]
+enum PortOutcome {
+    /// Reserved one for the announcement it writes.
+    Reserved = 1,
+    /// Found none (or no room for the expectation): the announcement is refused in the text.
+    Refused = 2,
+    /// Needed none: a NAT64 ALG replacement of a command or a reply.
+    NotAnnounced = 3,
+}
+
+/// Whether a rewrite of `kind` announces a window port (and so reserves one): a PORT/EPRT from
+/// behind the router, a published server's 227/229, a NAT64 client's EPRT turned PORT.
+#[inline(always)]
+fn announces(kind: u8) -> bool {
+    matches!(
+        kind,
+        rewrite_kind::PORT
+            | rewrite_kind::EPRT
+            | rewrite_kind::PASV_227
+            | rewrite_kind::EPSV_229
+            | rewrite_kind::EPRT_AS_PORT
+    )
+}
+
+/// Records a rewrite made in a segment of the client (`from_client`) or the server: its length
+/// change for the sequence adjustment, and the record to repeat on a retransmission.
+#[inline(always)]
+fn record_rewrite(
+    session: &mut SessionEntry,
+    from_client: bool,
+    record: &RewriteRecord,
+    delta: i32,
+) {
+    if from_client {
+        session.client_seq.record(record.seq, delta);
+        session.client_rewrite = *record;
+    } else {
+        session.server_seq.record(record.seq, delta);
+        session.server_rewrite = *record;
+    }
 }
 
 /// Repeats on a retransmission what the ALG found was done to its segment (the `replay` record in
@@ -269,7 +341,10 @@ pub fn splice(
         rewrite_kind::CUT => 0,
         rewrite_kind::RESTORE => held.copy_into(out)?,
         _ => {
-            let public = if packet.v6 {
+            let public = if record.kind == rewrite_kind::EPRT_AS_PORT {
+                // A NAT64 client's data connection is reached at the pool address.
+                PublicAddress::V4(Ipv4Addr::from(ip::v4_octets(&config.nat64_pool)))
+            } else if packet.v6 {
                 PublicAddress::V6(&config.public_ip6_text)
             } else {
                 PublicAddress::V4(Ipv4Addr::from(ip::v4_octets(&config.public_ip)))

@@ -21,7 +21,7 @@ use ftp_common::{
     Policy, SegmentVerdict,
     maps::{
         Counter, DatapathConfig, FlowDirection, FlowEntry, SessionEntry, SessionKind, hold_state,
-        publish, rewrite_kind,
+        nat64_flags, publish, rewrite_kind,
     },
     seqadj::seq_after,
 };
@@ -257,6 +257,9 @@ fn session_policy(config: &DatapathConfig, flow: &FlowEntry, entry: &SessionEntr
                 target.passive_ports
             });
         policy.passive_port_excluded = u16::from_be_bytes(entry.server_port);
+    } else if entry.kind == SessionKind::Nat64 as u8 {
+        policy.nat64_alg = true;
+        policy.epsv_as_pasv = config.nat64_flags & nat64_flags::EPSV_AS_PASV != 0;
     }
     policy
 }
@@ -297,12 +300,11 @@ fn next_line(ctx: &TcContext, session: *mut SessionEntry, from_client: bool, pas
         scan.next = scan.end;
     } else {
         let line_end = scan.line_end;
-        if from_client {
-            examine::client_line(&mut scan, line_end);
+        scan.next = if from_client {
+            examine::client_line(&mut scan, line_end)
         } else {
-            examine::server_line(&mut scan, line_end);
-        }
-        scan.next = line_end.wrapping_add(1);
+            examine::server_line(&mut scan, line_end)
+        };
     }
     let bytes_left = scan.next < scan.end || scan.window_end < scan.payload_len;
     if bytes_left {

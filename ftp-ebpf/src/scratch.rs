@@ -46,6 +46,8 @@ pub struct Scratch {
     pub route: aya_ebpf::bindings::bpf_fib_lookup,
     /// The connection an opening SYN installs (see `flows::opening`).
     pub opening: Opening,
+    /// What the rewrite stage did about a window port (see `rewrite`), kept here across its splice.
+    pub rewrite_outcome: u8,
     /// The IP header a NAT64 translation writes in place of the packet's (see `nat`).
     pub nat64_header: Nat64Header,
     /// Never used: the verifier bounds a walk over `options_after` by its own arithmetic, which

@@ -100,10 +100,13 @@ pub enum Counter {
     Nat64Translated = 28,
     /// Packets of NAT64 flows that cannot be translated (an IPv4 header with options): dropped.
     Nat64Untranslatable = 29,
+    /// Replies of the NAT64 ALG's own written over the server's (to `EPSV ALL`, `ALGS`, or over a
+    /// refused 227 answering a translated EPSV).
+    Nat64AlgAnswers = 30,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 30] = [
+    pub const ALL: [Counter; 31] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -134,6 +137,7 @@ impl Counter {
         Counter::ClosedReplaced,
         Counter::Nat64Translated,
         Counter::Nat64Untranslatable,
+        Counter::Nat64AlgAnswers,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -169,6 +173,7 @@ impl Counter {
             Counter::ClosedReplaced => "closed_replaced",
             Counter::Nat64Translated => "nat64_translated",
             Counter::Nat64Untranslatable => "nat64_untranslatable",
+            Counter::Nat64AlgAnswers => "nat64_alg_answers",
         }
     }
 }
