@@ -810,7 +810,7 @@ print('control-peer', peer[0], flush=True)
 reader = conn.makefile('rb')
 def reply(text):
     conn.sendall(text.encode() + b'\r\n')
-reply('220 a server that cuts its 227 replies')
+reply('220 a server that cuts its passive replies')
 data_listener = None
 while line := reader.readline():
     command = line.decode().strip()
