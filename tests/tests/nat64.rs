@@ -94,9 +94,14 @@ fn assert_downloaded(lab: &Lab, output: &std::process::Output, file: &TestFile, 
 /// the pool address and that no IPv6 address (the client's, or the NAT64 prefix) appears in
 /// it.
 fn vsftpd_dialogue_from_pool(lab: &Lab, server: &FtpServer, mark: u64) -> Vec<String> {
+    vsftpd_dialogue_from(lab, server, mark, pool(lab))
+}
+
+/// [`vsftpd_dialogue_from_pool`] for the pool address `pool`.
+fn vsftpd_dialogue_from(lab: &Lab, server: &FtpServer, mark: u64, pool: Ipv4Addr) -> Vec<String> {
     let log = server.log_since(mark).expect("server log");
     assert_no_ipv6_text(lab, &log, "vsftpd's log");
-    let pool = pool(lab).to_string();
+    let pool = pool.to_string();
     let peers: Vec<&str> = log
         .lines()
         .filter_map(|line| line.split_once("Client \"")?.1.split('"').next())
@@ -131,11 +136,15 @@ fn assert_no_ipv6_text(lab: &Lab, text: &str, what: &str) {
 /// server, and no FTP control segment naming an IPv6 address; the server's own address appears
 /// in no payload the client got on the LAN side, which carried IPv6 only.
 fn assert_families_kept_apart(lab: &Lab) {
+    assert_families_kept_apart_behind(lab, pool(lab));
+}
+
+/// [`assert_families_kept_apart`] for the pool address `pool`.
+fn assert_families_kept_apart_behind(lab: &Lab, pool: Ipv4Addr) {
     let wan_ipv6 = lab
         .capture_dump(ROUTER_WAN_IF, &[], "ip6")
         .expect("capture");
     assert!(wan_ipv6.is_empty(), "IPv6 on the WAN side:\n{wan_ipv6}");
-    let pool = pool(lab);
     let server = lab.spec.server;
     let wan = lab.capture_segments(ROUTER_WAN_IF).expect("capture");
     assert!(!wan.is_empty(), "no TCP on the WAN side");
@@ -350,8 +359,13 @@ fn without_nat64_the_ipv6_only_client_cannot_reach_the_ipv4_server() {
 /// up in `mode` (PASV for the client's EPSV, PORT for its EPRT, as ftpnat translates them; EPSV
 /// where it passes them) and accepted, and every PORT named the pool address.
 fn assert_server_mode(lab: &Lab, dialogue: &[String], mode: Mode) {
+    assert_server_mode_behind(dialogue, mode, pool(lab));
+}
+
+/// [`assert_server_mode`] for the pool address `pool`.
+fn assert_server_mode_behind(dialogue: &[String], mode: Mode, pool: Ipv4Addr) {
     data_commands_in_mode(dialogue, mode).unwrap_or_else(|err| panic!("{err:#}"));
-    let pool_port = format!("> PORT {},", commas(pool(lab)));
+    let pool_port = format!("> PORT {},", commas(pool));
     for line in dialogue.iter().filter(|l| l.starts_with("> PORT")) {
         assert!(
             line.starts_with(&pool_port),
@@ -794,7 +808,8 @@ fn sessions_json_shows_a_nat64_session_with_both_families() {
 
 /// A minimal FTP server on `argv[1]`:21 (IPv4) for one session, whose 227 replies go out in two
 /// segments (Nagle off, 300 ms apart), the n-th cut after the n-th of the byte counts in `argv[3]`
-/// (comma-separated, from the end if negative). It serves the file `argv[2]` to every RETR,
+/// (comma-separated, from the end if negative; 0: not cut), naming the address `argv[4]` if given
+/// instead of its own. It serves the file `argv[2]` to every RETR,
 /// answers EPSV and anything it does not know 502, prints `listening` once it listens, then
 /// `control-peer ADDRESS`, `command LINE` for each command, `pasv-port PORT` for each 227 and
 /// `data-peer ADDRESS` for each data connection.
@@ -802,6 +817,7 @@ const SERVER_CUTTING_ITS_227: &str = r#"
 import socket, sys, time
 addr, path = sys.argv[1], sys.argv[2]
 cuts = [int(c) for c in sys.argv[3].split(',')]
+announced = sys.argv[4] if len(sys.argv) > 4 else addr
 listener = socket.create_server((addr, 21))
 print('listening', flush=True)
 conn, peer = listener.accept()
@@ -828,7 +844,7 @@ while line := reader.readline():
         port = data_listener.getsockname()[1]
         print('pasv-port', port, flush=True)
         text = '227 Entering Passive Mode (%s,%d,%d).\r\n' % (
-            addr.replace('.', ','), port >> 8, port & 255)
+            announced.replace('.', ','), port >> 8, port & 255)
         cut = cuts.pop(0)
         cut = cut if cut >= 0 else len(text) + cut
         conn.sendall(text[:cut].encode())
@@ -1080,4 +1096,156 @@ fn an_eprt_cut_by_the_client_reaches_the_server_as_a_port_naming_the_pool() {
     assert_families_kept_apart(lab);
     let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
+
+/// Logs in over `argv[1]` and sends EPSV, printing `epsv` and the reply (or the error), then
+/// quits.
+const EPSV_REPLY: &str = r#"
+import ftplib, sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1])
+try:
+    print('epsv', ftp.sendcmd('EPSV'), flush=True)
+except ftplib.Error as err:
+    print('epsv', err, flush=True)
+ftp.quit()
+"#;
+
+/// A 227 naming another address than the server's (a server announcing a third host for the
+/// data connection) is not turned into a 229, which would send the client to the server
+/// instead: the client gets a 425, and the other address does not reach it.
+#[test]
+fn a_227_naming_another_address_than_the_servers_is_answered_425() {
+    let lab = Lab::new(LabSpec::nat64()).expect("lab");
+    let root = lab.subdir("srv").expect("server root");
+    let file = TestFile::create(&root.join("other.bin"), MIB, 6).expect("test file");
+    let elsewhere = Ipv4Addr::new(203, 0, 113, 99);
+    let mut server = lab
+        .python_stepped(
+            &lab.server,
+            SERVER_CUTTING_ITS_227,
+            &[
+                &lab.spec.server.to_string(),
+                &file.path.to_string_lossy(),
+                "0",
+                &elsewhere.to_string(),
+            ],
+            60,
+        )
+        .expect("server");
+    server.expect("listening").expect("the server listening");
+    let _agent = start_nat64(&lab, &[]);
+    let out = lab
+        .client_python(EPSV_REPLY, &[&lab.server_via_nat64().to_string()], 60)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.starts_with("epsv 425"),
+        "the client's EPSV was answered: {out}"
+    );
+    let told = server.finish().unwrap_or_else(|err| panic!("{err:#}"));
+    assert!(
+        told.lines().any(|l| l == "command PASV"),
+        "the server got no PASV:\n{told}"
+    );
+    let replies = control_replies_on_the_lan(&lab);
+    for text in [elsewhere.to_string(), commas(elsewhere)] {
+        assert!(
+            !replies.iter().any(|r| r.contains(&text)),
+            "the other address reached the client: {replies:?}"
+        );
+    }
+    assert!(
+        !replies
+            .iter()
+            .any(|r| r.starts_with("227") || r.starts_with("229")),
+        "a passive reply reached the client: {replies:?}"
+    );
+}
+
+/// An EPRT naming another IPv6 address than the client's own (a bounce to a third host) is
+/// refused: the client gets a 5xx reply, the server no address of that host (nor any IPv6
+/// address), and the session goes on (a passive download after it is intact).
+#[test]
+fn an_eprt_naming_another_address_than_the_clients_is_refused() {
+    let setup = nat64_lab(MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _agent = start_nat64(lab, &[]);
+    let bounce = "2001:db8:64::99";
+    let out = lab
+        .client_python(
+            SPLIT_ANNOUNCEMENT,
+            &[
+                &lab.server_via_nat64().to_string(),
+                file.name(),
+                "EPRT",
+                "0",
+                bounce,
+            ],
+            60,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with('5')),
+        "the bounce was not refused: {lines:?}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&file.sha256),
+        "the session did not go on"
+    );
+    let dialogue = vsftpd_dialogue_from_pool(lab, server, 0);
+    assert!(
+        !dialogue
+            .iter()
+            .any(|l| l.starts_with("> PORT") || l.starts_with("> EPRT")),
+        "an active command reached the server: {dialogue:?}"
+    );
+}
+
+/// A network-specific prefix (`--nat64 2001:db8:6464::/96`) and a pool address of its own
+/// (`--nat64-pool 203.0.113.253`, another address of the router's WAN): the client reaches the
+/// server at `2001:db8:6464::cb00:710a`, passive and active (sha256), and the server sees only
+/// the pool address, in its log and in the PORT it gets.
+#[test]
+fn a_network_specific_prefix_and_a_pool_address_of_its_own() {
+    let mut spec = LabSpec::nat64();
+    if let Some(nat64) = spec.nat64.as_mut() {
+        nat64.prefix = "2001:db8:6464::".parse().expect("prefix");
+    }
+    let setup = setup(spec, 8 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let pool = Ipv4Addr::new(203, 0, 113, 253);
+    lab.router
+        .ip(&["addr", "add", &format!("{pool}/24"), "dev", ROUTER_WAN_IF])
+        .expect("the pool address on the WAN");
+    let prefix = lab.nat64().prefix_arg();
+    let _agent = lab
+        .start_ftpnat(&["--nat64", &prefix, "--nat64-pool", &pool.to_string()])
+        .expect("ftpnat run");
+    assert_eq!(
+        lab.server_via_nat64().to_string(),
+        "2001:db8:6464::cb00:710a"
+    );
+    for (client, mode, server_mode) in [
+        (Client::Curl, Mode::Epsv, Mode::Pasv),
+        (Client::Ftplib, Mode::Eprt, Mode::Port),
+    ] {
+        let mark = server.log_mark();
+        download(
+            lab,
+            server.port,
+            file,
+            client,
+            mode,
+            &format!("{client:?}-{mode:?}.bin"),
+        );
+        let dialogue = vsftpd_dialogue_from(lab, server, mark, pool);
+        assert_server_mode_behind(&dialogue, server_mode, pool);
+    }
+    assert_families_kept_apart_behind(lab, pool);
 }
