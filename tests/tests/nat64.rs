@@ -1164,8 +1164,9 @@ fn a_227_naming_another_address_than_the_servers_is_answered_425() {
 }
 
 /// An EPRT naming another IPv6 address than the client's own (a bounce to a third host) is
-/// refused: the client gets a 5xx reply, the server no address of that host (nor any IPv6
-/// address), and the session goes on (a passive download after it is intact).
+/// refused as in every other family: ftpnat leaves the line as it was sent (no PORT, no window
+/// port), the IPv4 server cannot use it and refuses it, the client gets that 5xx, the refusal is
+/// counted as a bounce, and the session goes on (a passive download after it is intact).
 #[test]
 fn an_eprt_naming_another_address_than_the_clients_is_refused() {
     let setup = nat64_lab(MIB);
@@ -1198,13 +1199,22 @@ fn an_eprt_naming_another_address_than_the_clients_is_refused() {
         Some(&file.sha256),
         "the session did not go on"
     );
-    let dialogue = vsftpd_dialogue_from_pool(lab, server, 0);
+    let dialogue = vsftpd_dialogue(&server.log_since(0).expect("server log"));
+    let as_sent = format!("> EPRT |2|{bounce}|");
+    let at = dialogue
+        .iter()
+        .position(|l| l.starts_with(&as_sent))
+        .unwrap_or_else(|| panic!("the EPRT did not reach the server as sent: {dialogue:?}"));
     assert!(
-        !dialogue
-            .iter()
-            .any(|l| l.starts_with("> PORT") || l.starts_with("> EPRT")),
-        "an active command reached the server: {dialogue:?}"
+        dialogue.get(at + 1).is_some_and(|l| l.starts_with("< 5")),
+        "the server accepted the bounce: {dialogue:?}"
     );
+    assert!(
+        !dialogue.iter().any(|l| l.starts_with("> PORT")),
+        "a PORT reached the server: {dialogue:?}"
+    );
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(stats["refusals_by_reason"]["bounce"], 1, "{stats}");
 }
 
 /// A network-specific prefix (`--nat64 2001:db8:6464::/96`) and a pool address of its own
