@@ -272,3 +272,35 @@ except ConnectionRefusedError:
 except socket.timeout:
     print('timed out')
 "#;
+
+/// An active download whose `PORT`/`EPRT` line (`|2|` for an IPv6 address) is sent in pieces, cut after each of the byte
+/// counts in `argv[4]` (comma-separated), 300 ms apart; `argv[5]`, if given, is the address to
+/// announce instead of the client's own. Prints the server's reply to the line, then the sha256
+/// of the file if the server accepted it; then downloads the file again in passive mode and
+/// prints that sha256 too: the session must still work.
+pub const SPLIT_ANNOUNCEMENT: &str = r#"
+import ftplib, sys, time
+from ftpnat_lab import retr_active, retr_digest, session_with_listener
+server, name, verb = sys.argv[1], sys.argv[2], sys.argv[3]
+cuts = [int(c) for c in sys.argv[4].split(',')]  # from the end if negative
+ftp, listener, host, port = session_with_listener(server)
+announced = sys.argv[5] if len(sys.argv) > 5 else host
+if verb == 'PORT':
+    line = 'PORT %s,%d,%d\r\n' % (announced.replace('.', ','), port >> 8, port & 255)
+else:
+    line = 'EPRT |%d|%s|%d|\r\n' % (2 if ':' in announced else 1, announced, port)
+cuts = [c if c >= 0 else len(line) + c for c in cuts]
+start = 0
+for cut in cuts + [len(line)]:
+    ftp.sock.sendall(line[start:cut].encode())
+    start = cut
+    time.sleep(0.3)
+try:
+    print(ftp.getresp())
+    print(retr_active(ftp, listener, name))
+except ftplib.error_perm as refused:
+    print(refused)
+ftp.set_pasv(True)
+print(retr_digest(ftp, name))
+ftp.quit()
+"#;

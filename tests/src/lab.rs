@@ -21,6 +21,15 @@
 //! ```text
 //!   fd00:1::2/64       fd00:1::1       2001:db8:1::fe/64     2001:db8:1::10/64
 //! ```
+//!
+//! A NAT64 lab (`LabSpec::nat64()`) has an IPv6-only LAN in front of an IPv4-only WAN: the client
+//! has no IPv4 address and reaches the server only at its RFC 6052 address in `64:ff9b::/96`
+//! (`64:ff9b::cb00:710a`), which only a translator on the router can carry to IPv4; the server
+//! and the router's WAN side have IPv6 turned off:
+//!
+//! ```text
+//!   2001:db8:64::2/64  2001:db8:64::1  203.0.113.254/24      203.0.113.10/24
+//! ```
 
 use std::{
     fs,
@@ -148,6 +157,9 @@ pub struct LabSpec {
     pub capture: bool,
     /// IPv6 on the same links too; `None`: IPv4 only.
     pub ipv6: Option<Ipv6Spec>,
+    /// An IPv6-only LAN instead of the IPv4 one (the LAN's IPv4 fields then go unused), the WAN
+    /// IPv4 only: NAT64's lab. Excludes `ipv6`.
+    pub nat64: Option<Nat64Spec>,
 }
 
 impl LabSpec {
@@ -167,6 +179,64 @@ impl LabSpec {
             ..Self::default()
         }
     }
+
+    /// An IPv6-only client in front of an IPv4-only server ([`Nat64Spec::default`]): the
+    /// server can be reached only through a NAT64 on the router.
+    pub fn nat64() -> Self {
+        Self {
+            nat64: Some(Nat64Spec::default()),
+            ..Self::default()
+        }
+    }
+}
+
+/// The LAN of a NAT64 lab: IPv6 only. The client's default route is the router's LAN address;
+/// the router has no route for [`Nat64Spec::prefix`] (nothing in the lab translates it but the
+/// program under test) and no IPv6 on its WAN side; the server has IPv6 turned off.
+#[derive(Debug, Clone)]
+pub struct Nat64Spec {
+    pub lan_prefix_len: u8,
+    pub client: Ipv6Addr,
+    pub router_lan: Ipv6Addr,
+    /// The /96 prefix IPv4 hosts are reached at from the LAN, as a DNS64 would answer for them:
+    /// RFC 6052's well-known `64:ff9b::/96` (its last 32 bits zero).
+    pub prefix: Ipv6Addr,
+}
+
+impl Default for Nat64Spec {
+    fn default() -> Self {
+        Self {
+            lan_prefix_len: 64,
+            client: Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 2),
+            router_lan: Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 1),
+            prefix: Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
+        }
+    }
+}
+
+impl Nat64Spec {
+    /// The IPv6 address the client reaches the IPv4 host `v4` at: [`nat64_address`] in the
+    /// lab's prefix.
+    pub fn address_of(&self, v4: Ipv4Addr) -> Ipv6Addr {
+        nat64_address(self.prefix, v4)
+    }
+
+    /// The prefix as `--nat64` takes it: `64:ff9b::/96`.
+    pub fn prefix_arg(&self) -> String {
+        format!("{}/96", self.prefix)
+    }
+
+    /// The LAN's prefix, such as `2001:db8:64::/64`.
+    pub fn lan_prefix(&self) -> String {
+        prefix6(self.client, self.lan_prefix_len)
+    }
+}
+
+/// The IPv4-embedded IPv6 address of `v4` in the /96 `prefix` (RFC 6052 section 2.2: the IPv4
+/// address in the last 32 bits): `64:ff9b::` and 192.0.2.2 make `64:ff9b::c000:202`.
+pub fn nat64_address(prefix: Ipv6Addr, v4: Ipv4Addr) -> Ipv6Addr {
+    let prefix = u128::from(prefix) & !u128::from(u32::MAX);
+    Ipv6Addr::from(prefix | u128::from(u32::from(v4)))
 }
 
 /// The IPv6 side of a dual-stack lab, routed or not as its own [`Ipv6Spec::routing`] says,
@@ -238,6 +308,7 @@ impl Default for LabSpec {
             routing: Routing::Nat,
             capture: true,
             ipv6: None,
+            nat64: None,
         }
     }
 }
@@ -262,6 +333,9 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(spec: LabSpec) -> anyhow::Result<Self> {
+        if spec.ipv6.is_some() && spec.nat64.is_some() {
+            bail!("a lab is dual-stack (ipv6) or NAT64's (nat64), not both");
+        }
         let name = unique_prefix();
         let dir = std::env::temp_dir().join("ftpnat-lab").join(&name);
         if dir.exists() {
@@ -286,13 +360,20 @@ impl Lab {
         let client = NetNs::create(&format!("{name}-client"))?;
         let router = NetNs::create(&format!("{name}-router"))?;
         let server = NetNs::create(&format!("{name}-server"))?;
-        if spec.ipv6.is_some() {
+        if spec.ipv6.is_some() || spec.nat64.is_some() {
             for ns in [&client, &router, &server] {
                 // No duplicate address detection on any interface made from now on, link-local
                 // addresses included: a tentative address can be neither used nor answered for.
                 for scope in ["all", "default"] {
                     ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
                 }
+            }
+        }
+        if spec.nat64.is_some() {
+            // An IPv4-only server: not even a link-local IPv6 address, on any interface made
+            // from now on too.
+            for scope in ["all", "default"] {
+                server.sysctl(&format!("net.ipv6.conf.{scope}.disable_ipv6"), "1")?;
             }
         }
         let bpffs = dir.join("bpffs");
@@ -316,6 +397,9 @@ impl Lab {
 
     fn wire(&mut self) -> anyhow::Result<()> {
         let spec = self.spec.clone();
+        if let Some(nat64) = &spec.nat64 {
+            return self.wire_ipv6_only_lan(nat64);
+        }
         self.join(
             ROUTER_LAN_IF,
             None,
@@ -351,6 +435,29 @@ impl Lab {
         self.wire_wan()
     }
 
+    /// NAT64's lab: the LAN veth with IPv6 addresses only, the client's default route through
+    /// the router (so `64:ff9b::/96` goes there), forwarding on; then the IPv4-only WAN.
+    fn wire_ipv6_only_lan(&self, nat64: &Nat64Spec) -> anyhow::Result<()> {
+        self.veth(ROUTER_LAN_IF, None, &self.client)?;
+        self.address6(
+            ROUTER_LAN_IF,
+            (nat64.router_lan, nat64.client),
+            nat64.lan_prefix_len,
+            &self.client,
+        )?;
+        self.router.sysctl("net.ipv4.ip_forward", "1")?;
+        self.router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        self.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &nat64.router_lan.to_string(),
+        ])?;
+        self.wire_wan()
+    }
+
     /// IPv6 `addresses` (router's, host's) in one `/prefix_len` on the veth from the router's
     /// `router_if` to `HOST_IF` in `host`, without duplicate address detection (`nodad`).
     fn address6(
@@ -380,6 +487,20 @@ impl Lab {
         prefix_len: u8,
         host: &NetNs,
     ) -> anyhow::Result<()> {
+        self.veth(router_if, index, host)?;
+        let (router_addr, host_addr) = (
+            format!("{}/{prefix_len}", addresses.0),
+            format!("{}/{prefix_len}", addresses.1),
+        );
+        self.router
+            .ip(&["addr", "add", &router_addr, "dev", router_if])?;
+        host.ip(&["addr", "add", &host_addr, "dev", HOST_IF])?;
+        Ok(())
+    }
+
+    /// A veth pair from the router's `router_if` (with index `index` if given) to `HOST_IF` in
+    /// `host`, both ends up, without addresses.
+    fn veth(&self, router_if: &str, index: Option<&str>, host: &NetNs) -> anyhow::Result<()> {
         let mut add = vec!["link", "add", router_if];
         if let Some(index) = index {
             add.extend(["index", index]);
@@ -394,14 +515,13 @@ impl Lab {
             host.name(),
         ]);
         self.router.ip(&add)?;
-        let (router_addr, host_addr) = (
-            format!("{}/{prefix_len}", addresses.0),
-            format!("{}/{prefix_len}", addresses.1),
-        );
-        self.router
-            .ip(&["addr", "add", &router_addr, "dev", router_if])?;
+        if self.spec.nat64.is_some() && router_if == ROUTER_WAN_IF {
+            // NAT64's WAN is IPv4 only: no link-local address and no MLD report there, from
+            // before the link comes up.
+            self.router
+                .sysctl(&format!("net.ipv6.conf.{router_if}.disable_ipv6"), "1")?;
+        }
         self.router.ip(&["link", "set", router_if, "up"])?;
-        host.ip(&["addr", "add", &host_addr, "dev", HOST_IF])?;
         host.ip(&["link", "set", HOST_IF, "up"])?;
         Ok(())
     }
@@ -458,6 +578,20 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// The NAT64 lab's LAN; panics in another lab (a test asking is NAT64's).
+    pub fn nat64(&self) -> &Nat64Spec {
+        self.spec
+            .nat64
+            .as_ref()
+            .expect("the NAT64 LAN of another lab: build it with LabSpec::nat64()")
+    }
+
+    /// Where the client of a NAT64 lab reaches the server: its IPv4 address in the lab's
+    /// prefix (`64:ff9b::cb00:710a`).
+    pub fn server_via_nat64(&self) -> Ipv6Addr {
+        self.nat64().address_of(self.spec.server)
     }
 
     /// The lab's IPv6 addresses; panics in an IPv4-only lab (a test asking is dual-stack).
@@ -887,36 +1021,16 @@ impl Lab {
         self.server_drops_first_of_every_with("ip6tables", text, every);
     }
 
+    /// The client's firewall drops the first IPv6 segment from the FTP port that contains
+    /// `text`: a reply lost on its way, which the server sends again.
+    pub fn client_drops_first_reply6(&self, text: &str) {
+        // Larger than any test's count of segments: only the first.
+        drops_first_of_every(&self.client, "ip6tables", "--sport", text, 1_000_000);
+    }
+
     /// [`Lab::server_drops_first_of_every`] with the rule added by `iptables` (or `ip6tables`).
     fn server_drops_first_of_every_with(&self, iptables: &str, text: &str, every: u32) {
-        let every = every.to_string();
-        let args = [
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "21",
-            "-m",
-            "string",
-            "--string",
-            text,
-            "--algo",
-            "bm",
-            "-m",
-            "statistic",
-            "--mode",
-            "nth",
-            "--every",
-            &every,
-            "--packet",
-            "0",
-            "-j",
-            "DROP",
-        ];
-        self.server
-            .exec(iptables, &args)
-            .unwrap_or_else(|err| panic!("{iptables} on the server: {err:#}"));
+        drops_first_of_every(&self.server, iptables, "--dport", text, every);
     }
 
     /// Runs a Python script (system interpreter) in `ns`; an error carries its output.
@@ -1223,6 +1337,39 @@ fn settle(pcap: &Path) {
     }
 }
 
+/// Adds a rule to `ns`'s INPUT chain with `iptables` (or `ip6tables`) that drops the first of
+/// every `every` TCP segments whose FTP port (`port_match`: `--dport 21` for what goes to a
+/// server, `--sport 21` for its replies) is 21 and that contain `text`.
+fn drops_first_of_every(ns: &NetNs, iptables: &str, port_match: &str, text: &str, every: u32) {
+    let every = every.to_string();
+    let args = [
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        port_match,
+        "21",
+        "-m",
+        "string",
+        "--string",
+        text,
+        "--algo",
+        "bm",
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        &every,
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
+    ];
+    ns.exec(iptables, &args)
+        .unwrap_or_else(|err| panic!("{iptables} in {}: {err:#}", ns.name()));
+}
+
 /// Polls `ready` every 20 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
     let start = Instant::now();
@@ -1233,4 +1380,24 @@ pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> anyhow::R
         thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat64_addresses_embed_ipv4_in_the_last_32_bits() {
+        // RFC 6052 section 2.4's example for the well-known prefix.
+        let prefix: Ipv6Addr = "64:ff9b::".parse().unwrap();
+        let embedded = nat64_address(prefix, Ipv4Addr::new(192, 0, 2, 33));
+        assert_eq!(embedded, "64:ff9b::c000:221".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(embedded.to_string(), "64:ff9b::c000:221");
+        let lab = Nat64Spec::default();
+        assert_eq!(
+            lab.address_of(Ipv4Addr::new(203, 0, 113, 10)).to_string(),
+            "64:ff9b::cb00:710a"
+        );
+        assert_eq!(lab.prefix_arg(), "64:ff9b::/96");
+    }
 }

@@ -18,5 +18,5 @@ pub use capture::TcpSegment;
 pub use clients::{Client, Mode, Transfer};
 pub use family::Family;
 pub use files::{MIB, TestFile};
-pub use lab::{Lab, LabSpec, Routing};
+pub use lab::{Lab, LabSpec, Nat64Spec, Routing};
 pub use servers::FtpServer;

@@ -40,6 +40,47 @@ pub struct VsftpdOptions {
     /// address of the namespace (a `listen_address6` would turn IPv4 away), so the server also
     /// answers on addresses the test adds to its namespace later.
     pub ipv6: Option<Ipv6Addr>,
+    /// `ssl_enable=YES` with this certificate and key (PEM files), anonymous sessions allowed
+    /// over TLS but not made to use it (`AUTH TLS` is the client's choice).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A server certificate and its private key, PEM files (see [`TlsFiles::self_signed`]).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A self-signed certificate for `common_name` and its key, made by `openssl` in `dir`.
+    pub fn self_signed(dir: &Path, common_name: &str) -> anyhow::Result<Self> {
+        let files = Self {
+            cert: dir.join("tls-cert.pem"),
+            key: dir.join("tls-key.pem"),
+        };
+        let subject = format!("/CN={common_name}");
+        crate::netns::run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                "-keyout",
+                &files.key.to_string_lossy(),
+                "-out",
+                &files.cert.to_string_lossy(),
+            ],
+        )
+        .context("making a self-signed certificate (is openssl installed? `cargo xtask setup`)")?;
+        Ok(files)
+    }
 }
 
 pub struct FtpServer {
@@ -113,6 +154,16 @@ impl FtpServer {
                 options.denied_commands.join(",")
             ));
         }
+        if let Some(tls) = &options.tls {
+            // vsftpd's default ciphers are 3DES only, which OpenSSL 3 no longer offers.
+            config.push_str(&format!(
+                "ssl_enable=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=NO\n\
+                 force_anon_data_ssl=NO\nssl_ciphers=HIGH\nrsa_cert_file={}\n\
+                 rsa_private_key_file={}\n",
+                tls.cert.display(),
+                tls.key.display()
+            ));
+        }
         if options.banner_lines > 0 {
             let banner = work_dir.join(format!("vsftpd-{port}.banner"));
             let text: String = (1..=options.banner_lines)
@@ -179,6 +230,54 @@ impl FtpServer {
             args.extend(["-r", range.as_str()]);
         }
         // Debian's python3-pyftpdlib belongs to the system interpreter, not a pyenv one on PATH.
+        let child = ns
+            .command("/usr/bin/python3", &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .context("starting pyftpdlib (is python3-pyftpdlib installed? `cargo xtask setup`)")?;
+        Self::wait_listening(ns, addr, port, root, log, child)
+    }
+
+    /// pyftpdlib (anonymous, writable) in `ns` on `addr:port`, serving `root`, its handler
+    /// without `left_out` commands (it answers them `500 Command "EPSV" not understood.`, as a
+    /// server that predates them does; none: all of pyftpdlib's), logging its whole dialogue
+    /// (pyftpdlib's debug log: `<- COMMAND`, `-> REPLY`, each after the peer's `address:port`).
+    pub fn pyftpdlib_without(
+        ns: &NetNs,
+        addr: Ipv4Addr,
+        port: u16,
+        root: &Path,
+        work_dir: &Path,
+        left_out: &[&str],
+    ) -> anyhow::Result<Self> {
+        const SERVER: &str = r#"
+import logging, sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+addr, port, root, left_out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+logging.basicConfig(level=logging.DEBUG, format='%(message)s')
+authorizer = DummyAuthorizer()
+authorizer.add_anonymous(root, perm='elradfmwMT')
+class Handler(FTPHandler):
+    proto_cmds = {verb: info for verb, info in FTPHandler.proto_cmds.items()
+                  if verb not in left_out}
+Handler.authorizer = authorizer
+FTPServer((addr, port), Handler).serve_forever()
+"#;
+        let log = work_dir.join(format!("pyftpdlib-{port}.log"));
+        let script = work_dir.join(format!("pyftpdlib-{port}.py"));
+        fs::write(&script, SERVER)?;
+        let (script_arg, addr_arg, port_arg, root_arg) = (
+            script.to_string_lossy(),
+            addr.to_string(),
+            port.to_string(),
+            root.to_string_lossy(),
+        );
+        let mut args = vec![&*script_arg, &addr_arg, &port_arg, &*root_arg];
+        args.extend(left_out);
         let child = ns
             .command("/usr/bin/python3", &args)
             .stdin(Stdio::null())

@@ -36,6 +36,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting programs and maps by hand"),
     ("socat", "plain TCP traffic in the coexistence tests"),
     (
+        "openssl",
+        "the NAT64 test's self-signed certificate for vsftpd's AUTH TLS",
+    ),
+    (
         "qemu-system-x86",
         "the kernel matrix (boots Debian's kernels under TCG)",
     ),
