@@ -8,12 +8,16 @@
 //! rewritten address, or, if its line is not to be rewritten, the held bytes put back in front
 //! of it. In a NAT64 ALG session, a line the ALG may replace whole (EPRT, EPSV, ALGS) is held
 //! the same way from its first byte
-//! ([`CommandScanner::pending_rewrite_start`](crate::CommandScanner::pending_rewrite_start)).
+//! ([`CommandScanner::pending_rewrite_start`](crate::CommandScanner::pending_rewrite_start)),
+//! and so is, in the server's direction, a reply line the ALG will replace whole (the 227 it
+//! returns as a 229, its own answer to a command it answered: [`cut_reply_at_segment_end`]),
+//! with a [`HeldField`] of its own. Each direction's hold works the same way, in that
+//! direction's sequence space.
 //! Offsets here are in the scan buffer: the segment's payload, after the held bytes when a
 //! hold is being completed.
 
 use crate::{
-    CommandScanner,
+    CommandScanner, ReplyScanner, Session,
     seqadj::seq_after,
     maps::{HELD_FIELD_MAX, HeldField, RewriteRecord, hold_state, rewrite_kind},
 };
@@ -22,9 +26,8 @@ use crate::{
 /// `commands`, if the segment ends inside a PORT/EPRT address — or, with `whole_lines` (the
 /// session's policy has the NAT64 ALG on), inside a line the ALG may replace whole — that began
 /// at or after `start` (the first byte of this segment not forwarded before: the bytes before
-/// the address must still be in the segment): `(offset, length)` of the tail. At least one byte
-/// stays in the segment (a line held whole must not start the segment), and the tail fits a
-/// [`HeldField`].
+/// the address must still be in the segment): `(offset, length)` of the tail. The tail fits a
+/// [`HeldField`]; it may be the whole payload (see [`cut_tail`]).
 #[inline(always)]
 pub fn cut_at_segment_end(
     commands: &CommandScanner,
@@ -33,10 +36,43 @@ pub fn cut_at_segment_end(
     end: u32,
 ) -> Option<(u16, u16)> {
     let address_start = commands.pending_rewrite_start(whole_lines)?;
-    let line_start = end.wrapping_sub(u32::from(commands.line_len()));
-    let field_off = line_start.wrapping_add(u32::from(address_start));
+    cut_tail(commands.line_len(), address_start, start, end)
+}
+
+/// The tail to cut from a server segment whose bytes up to buffer offset `end` went through
+/// `replies`, if the segment ends inside a reply line the NAT64 ALG will replace whole (a 227
+/// answering an EPSV it sent as PASV, the reply to a command it answers itself; see
+/// [`Session::next_final_reply_replaced`]) that began at or after `start`: the whole line so
+/// far, as [`cut_at_segment_end`] holds a client's. A server usually sends a reply as a segment
+/// of its own: the tail is then the whole payload.
+#[inline(always)]
+pub fn cut_reply_at_segment_end(
+    session: &Session,
+    replies: &ReplyScanner,
+    start: u32,
+    end: u32,
+) -> Option<(u16, u16)> {
+    if !session.next_final_reply_replaced()
+        || !replies.may_be_final_reply(session.multiline_reply())
+    {
+        return None;
+    }
+    cut_tail(replies.line_len(), 0, start, end)
+}
+
+/// The tail from byte `field_start` of the line being read (`line_len` bytes so far, ending at
+/// buffer offset `end`) to the segment's end, if it began at or after `start` and fits a
+/// [`HeldField`]: `(offset, length)`. It may begin at the payload's first byte: the segment then
+/// goes on with no payload, a bare acknowledgement, which is sound as any cut is: the sequence
+/// adjustment moves the bytes after it back by the held length, the line tracker and the window
+/// check follow the sender's own numbers, and a retransmission of it is cut the same way
+/// ([`cut_replay`]). (A segment that also carries a FIN is not cut: the datapath checks.)
+#[inline(always)]
+fn cut_tail(line_len: u16, field_start: u16, start: u32, end: u32) -> Option<(u16, u16)> {
+    let line_start = end.wrapping_sub(u32::from(line_len));
+    let field_off = line_start.wrapping_add(u32::from(field_start));
     let held_len = end.wrapping_sub(field_off);
-    if field_off < start || field_off == 0 || held_len == 0 || held_len > HELD_FIELD_MAX as u32 {
+    if field_off < start || held_len == 0 || held_len > HELD_FIELD_MAX as u32 {
         return None;
     }
     Some((field_off as u16, held_len as u16))
@@ -45,7 +81,8 @@ pub fn cut_at_segment_end(
 /// Whether the rewrite the scan of the segment after a hold asked for (`kind` of its field at
 /// `field_off`, `field_len` bytes, in the buffer that starts with the `held_len` held bytes)
 /// completes the hold: it rewrites the held line's address, or (the NAT64 ALG) replaces the held
-/// line whole, either of which starts at offset 0. Anything else gives the held bytes back.
+/// line whole — a client's command or a server's reply — either of which starts at offset 0.
+/// Anything else gives the held bytes back.
 #[inline(always)]
 pub fn completes_hold(kind: u8, field_off: u16, field_len: u16, held_len: u16) -> bool {
     matches!(
@@ -55,6 +92,8 @@ pub fn completes_hold(kind: u8, field_off: u16, field_len: u16, held_len: u16) -
             | rewrite_kind::EPSV_AS_PASV
             | rewrite_kind::EPRT_AS_PORT
             | rewrite_kind::LOCAL_COMMAND
+            | rewrite_kind::PASV_AS_229
+            | rewrite_kind::ALG_REPLY
     ) && field_off == 0
         && field_len >= held_len
 }
@@ -242,12 +281,63 @@ mod tests {
     }
 
     #[test]
-    fn a_line_held_whole_must_not_take_the_whole_segment_or_bytes_forwarded_before() {
-        // Nothing would stay in the segment.
-        assert_eq!(cut(b"EPSV", true), None);
+    fn a_line_held_whole_may_take_the_whole_segment_but_no_bytes_forwarded_before() {
+        // The segment goes on as a bare acknowledgement.
+        assert_eq!(cut(b"EPSV", true), Some((0, 4)));
+        assert_eq!(cut(b"PORT 10,0,0,2,", false), Some((5, 9)));
         // The line began in bytes already forwarded (the segment's new bytes start at 3).
         let bytes = b"EPRT |2|2001:db8::2|500";
         assert_eq!(cut_at_segment_end(&scanned(bytes), true, 3, bytes.len() as u32), None);
+        // Nothing to hold.
+        assert_eq!(cut(b"EPSV\r\n", true), None);
+    }
+
+    /// A NAT64 session whose client sent `command` (answered by the ALG), then whose server's
+    /// reply so far is `partial` (after `before`, bytes forwarded earlier in the segment).
+    fn reply_cut(command: &[u8], before: &[u8], partial: &[u8]) -> Option<(u16, u16)> {
+        let ctx = crate::PolicyContext {
+            client: crate::maps::ip::from_ip("2001:db8::2".parse().unwrap()),
+            server: crate::maps::ip::from_ip("192.0.2.7".parse().unwrap()),
+            policy: crate::Policy {
+                nat64_alg: true,
+                epsv_as_pasv: true,
+                ..crate::Policy::new()
+            },
+        };
+        let mut session = Session::new();
+        session.on_client_line(command, &ctx);
+        let mut replies = ReplyScanner::new();
+        for &byte in before {
+            if replies.push(byte) {
+                session.on_server_reply(replies.reply(), &ctx);
+            }
+        }
+        for &byte in partial {
+            assert!(!replies.push(byte));
+        }
+        let end = (before.len() + partial.len()) as u32;
+        cut_reply_at_segment_end(&session, &replies, 0, end)
+    }
+
+    #[test]
+    fn a_reply_the_nat64_alg_replaces_is_held_from_its_first_byte() {
+        // The 227 answering an EPSV sent as PASV, cut anywhere: usually the whole segment.
+        assert_eq!(reply_cut(b"EPSV\r\n", b"", b"22"), Some((0, 2)));
+        assert_eq!(reply_cut(b"EPSV\r\n", b"", b"227 Entering Passive Mode (192,0"), Some((0, 32)));
+        assert_eq!(reply_cut(b"EPSV\r\n", b"", b"227 Entering (192,0,2,7,117,48).\r"), Some((0, 33)));
+        // After a preliminary reply in the same segment.
+        assert_eq!(reply_cut(b"EPSV\r\n", b"150 wait\r\n", b"227 E"), Some((10, 5)));
+        // The reply to a command the ALG answers itself.
+        assert_eq!(reply_cut(b"ALGS STATUS64\r\n", b"", b"200 NOOP"), Some((0, 8)));
+        assert_eq!(reply_cut(b"EPSV ALL\r\n", b"", b"5"), Some((0, 1)));
+        // Not a final reply, or not the one the ALG replaces.
+        assert_eq!(reply_cut(b"EPSV\r\n", b"", b"150 "), None);
+        assert_eq!(reply_cut(b"EPSV\r\n", b"", b"227-"), None);
+        assert_eq!(reply_cut(b"PASV\r\n", b"", b"227 Entering"), None);
+        assert_eq!(reply_cut(b"EPSV\r\n", b"227 Entering (192,0,2,7,117,48).\r\n", b"22"), None);
+        // Too long for a hold: it passes as it is.
+        let long = [&b"227 "[..], &[b'x'; HELD_FIELD_MAX]].concat();
+        assert_eq!(reply_cut(b"EPSV\r\n", b"", &long), None);
     }
 
     #[test]
@@ -258,6 +348,8 @@ mod tests {
             rewrite_kind::EPSV_AS_PASV,
             rewrite_kind::EPRT_AS_PORT,
             rewrite_kind::LOCAL_COMMAND,
+            rewrite_kind::PASV_AS_229,
+            rewrite_kind::ALG_REPLY,
         ] {
             assert!(completes_hold(kind, 0, 30, 24), "{kind}");
             assert!(!completes_hold(kind, 1, 30, 24), "{kind}");
@@ -265,8 +357,7 @@ mod tests {
         }
         for kind in [
             rewrite_kind::NONE,
-            rewrite_kind::PASV_AS_229,
-            rewrite_kind::ALG_REPLY,
+            rewrite_kind::PASV_227,
             rewrite_kind::PORT_REFUSED,
             rewrite_kind::CUT,
         ] {

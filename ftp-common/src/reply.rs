@@ -195,6 +195,34 @@ impl ReplyScanner {
         self.framing.skip(len);
     }
 
+    /// Whether the line being read, not ended yet, may still turn out to be a final reply of code
+    /// 200 or more (the kind that answers a request, see [`Session`](crate::Session)) — inside
+    /// the multi-line reply of code `open_multiline`, if one is open, only that code's last line:
+    /// its code so far is such a code's start, or it is one and a space followed. The NAT64 ALG
+    /// replaces such a line whole, so the datapath holds it from its first byte when a segment
+    /// ends inside it. False for an empty line, a line already ended, text, or a multi-line
+    /// reply's first line.
+    pub fn may_be_final_reply(&self, open_multiline: Option<u16>) -> bool {
+        if self.framing.ended() || self.framing.len() == 0 {
+            return false;
+        }
+        // The code's digits read so far, and the value of as many of an open reply's.
+        let (digits, open_prefix) = match self.phase {
+            AT_CODE_1 => return false,
+            AT_CODE_2 => (1, open_multiline.map(|code| code / 100)),
+            AT_CODE_3 => (2, open_multiline.map(|code| code / 10)),
+            AT_AFTER_CODE => (3, open_multiline),
+            _ if self.shape == SHAPE_FINAL => (3, open_multiline),
+            _ => return false,
+        };
+        let lowest_final = match digits {
+            1 => 2,
+            2 => 20,
+            _ => 200,
+        };
+        self.code >= lowest_final && open_prefix.is_none_or(|open| open == self.code)
+    }
+
     /// Bytes of the line so far, its LF included once it has ended.
     pub fn line_len(&self) -> u16 {
         self.framing.len()

@@ -353,6 +353,25 @@ impl Session {
         policy.nat64_alg && self.flags & FLAG_ALG_DISABLED == 0
     }
 
+    /// Whether the NAT64 ALG will replace the server's next final reply whole: it answers an EPSV
+    /// the ALG sent as PASV (a 227 becomes a 229, or a 425 if refused) or a command the ALG
+    /// answers itself, and every command sent before that one has been answered. The datapath
+    /// then holds a reply line cut at a segment's end that
+    /// [`ReplyScanner::may_be_final_reply`](crate::ReplyScanner::may_be_final_reply) says may be
+    /// that reply (see [`crate::hold`]).
+    pub fn next_final_reply_replaced(&self) -> bool {
+        !self.is_encrypted()
+            && self.replies_before_pending == 0
+            && matches!(
+                self.pending,
+                PENDING_EPSV_AS_PASV
+                    | PENDING_ALG_EPSV_ALL
+                    | PENDING_ALG_ENABLED
+                    | PENDING_ALG_DISABLED
+                    | PENDING_ALG_UNKNOWN
+            )
+    }
+
     /// Expectations opened and not yet reported closed.
     pub fn open_expectations(&self) -> u8 {
         self.open_expectations

@@ -38,6 +38,7 @@ static NEW_SESSION: SessionEntry = SessionEntry {
     _pad: [0; 4],
     user: [0; SESSION_USER_LEN],
     held: ftp_common::maps::HeldField::new(),
+    server_held: ftp_common::maps::HeldField::new(),
     events: ftp_common::maps::EventBudget::new(),
     client_window: ftp_common::TcpWindow::new(),
     server_window: ftp_common::TcpWindow::new(),

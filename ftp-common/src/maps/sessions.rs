@@ -101,8 +101,11 @@ pub struct SessionEntry {
     pub _pad: [u8; 4],
     /// The name of the client's last USER command (at most [`SESSION_USER_LEN`] bytes of it).
     pub user: [u8; SESSION_USER_LEN],
-    /// The last address held back because a segment ended inside it.
+    /// The last address (or line) of the client held back because a segment ended inside it.
     pub held: HeldField,
+    /// The same for the server: the last reply line the NAT64 ALG replaces whole that a segment
+    /// ended inside of.
+    pub server_held: HeldField,
     /// What the session may still report (events of its lines are bounded per second), and how
     /// many it could not.
     pub events: super::EventBudget,
@@ -135,7 +138,8 @@ pub mod hold_state {
 }
 
 /// The tail of a segment that ended inside an address ftpnat rewrites (a masqueraded client's
-/// PORT/EPRT), or inside a line the NAT64 ALG replaces whole (from the line's first byte). The
+/// PORT/EPRT), or inside a line the NAT64 ALG replaces whole (from the line's first byte: a
+/// client's command, a server's reply). The
 /// part already in that segment cannot be rewritten once forwarded, so it is cut from the segment
 /// and kept here; the next segment then carries the whole rewritten address (or line) or, if the
 /// completed line is not rewritten, these bytes put back in front of its own.
@@ -314,7 +318,7 @@ mod tests {
                 + 4
                 + 4
                 + SESSION_USER_LEN
-                + size_of::<HeldField>()
+                + 2 * size_of::<HeldField>()
                 + 16
                 + 2 * 20
         );

@@ -331,3 +331,32 @@ fn other_codes_are_not_interpreted() {
     );
     assert_eq!(passive(b"200 PORT command successful (1,2,3,4,5,6)\r\n"), ReplyBody::Plain);
 }
+
+/// The scanner after `partial`, a line not ended.
+fn scanner_after(partial: &[u8]) -> ReplyScanner {
+    let mut scanner = ReplyScanner::new();
+    for &byte in partial {
+        assert!(!scanner.push(byte));
+    }
+    scanner
+}
+
+#[test]
+fn a_line_may_be_a_final_reply_until_its_code_or_shape_says_otherwise() {
+    for partial in [&b"2"[..], b"22", b"227", b"227 ", b"227 Entering (192,0", b"200 NOOP ok.\r"] {
+        assert!(scanner_after(partial).may_be_final_reply(None), "{partial:?}");
+    }
+    // Preliminary replies, a multi-line reply's first line, text, nothing yet.
+    for partial in [&b"1"[..], b"15", b"150 ", b"227-", b"227-text", b"x", b"22x", b""] {
+        assert!(!scanner_after(partial).may_be_final_reply(None), "{partial:?}");
+    }
+    // Inside a multi-line reply, only its own code ends it.
+    assert!(scanner_after(b"21").may_be_final_reply(Some(211)));
+    assert!(scanner_after(b"211 End").may_be_final_reply(Some(211)));
+    assert!(!scanner_after(b"22").may_be_final_reply(Some(211)));
+    assert!(!scanner_after(b"227 ").may_be_final_reply(Some(211)));
+    // An ended line is no longer pending.
+    let mut scanner = scanner_after(b"200 ok\r");
+    assert!(scanner.push(b'\n'));
+    assert!(!scanner.may_be_final_reply(None));
+}

@@ -1622,3 +1622,38 @@ fn a_line_the_caller_could_not_replace_is_tracked_as_the_client_sent_it() {
         }
     ));
 }
+
+#[test]
+fn the_next_final_reply_is_replaced_whole_only_when_it_answers_the_alg() {
+    let ctx = alg_ctx();
+    let mut session = Session::new();
+    assert!(!session.next_final_reply_replaced());
+    // A command before the EPSV: its reply comes first, and is not replaced.
+    session.on_client_line(b"TYPE I\r\n", &ctx);
+    session.on_client_line(b"EPSV\r\n", &ctx);
+    assert!(!session.next_final_reply_replaced());
+    session.on_server_line(b"200 type set\r\n", &ctx);
+    assert!(session.next_final_reply_replaced());
+    // A preliminary reply answers nothing: the 227 is still due.
+    session.on_server_line(b"150 not yet\r\n", &ctx);
+    assert!(session.next_final_reply_replaced());
+    pasv_as_229(session.on_server_line(NAT64_227, &ctx));
+    assert!(!session.next_final_reply_replaced());
+    // Commands the ALG answers itself.
+    for line in [&b"EPSV ALL\r\n"[..], b"ALGS STATUS64\r\n", b"ALGS DISABLE64\r\n"] {
+        let mut session = Session::new();
+        session.on_client_line(line, &ctx);
+        assert!(session.next_final_reply_replaced(), "{line:?}");
+        session.on_server_line(b"200 NOOP ok.\r\n", &ctx);
+        assert!(!session.next_final_reply_replaced(), "{line:?}");
+    }
+    // An EPSV the ALG could not replace is the client's own: its 229 passes.
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &ctx);
+    session.alg_line_passed();
+    assert!(!session.next_final_reply_replaced());
+    // Without EPSV translation, nothing is replaced.
+    let mut session = Session::new();
+    session.on_client_line(b"EPSV\r\n", &alg_ctx_epsv_passed());
+    assert!(!session.next_final_reply_replaced());
+}

@@ -461,6 +461,7 @@ mod tests {
             _pad: [0; 4],
             user,
             held: HeldField::new(),
+            server_held: HeldField::new(),
             events: EventBudget::new(),
             client_window: TcpWindow::new(),
             server_window: TcpWindow::new(),
