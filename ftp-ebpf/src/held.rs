@@ -6,16 +6,22 @@
 //! same cut, or, merged with the next one, the whole address. Linux's helper instead drops such a
 //! segment and waits for a retransmission that may never come.
 //!
-//! The client stage decides (`after_client_scan`, `stage_held`); the rewrite stage carries it out
-//! (`splice_held_pending`), with the rewrite's own splice. The decisions themselves are
-//! ftp-common's (`hold`), shared with the fuzz target.
+//! In a NAT64 session the server's direction does the same with a reply line the ALG replaces
+//! whole (the 227 it returns as a 229, its own answer to a command it answered), in
+//! `SessionEntry::server_held`: a server usually sends a reply as a segment of its own, whose
+//! whole payload is then held (the segment goes on as a bare acknowledgement).
+//!
+//! The client and server stages decide (`after_client_scan`, `after_server_scan`, `stage_held`);
+//! the rewrite stage carries it out (`splice_held_pending`), with the rewrite's own splice. The
+//! decisions themselves are ftp-common's (`hold`), shared with the fuzz target.
 
 use aya_ebpf::programs::TcContext;
+use core::mem::{offset_of, size_of};
 use ftp_common::{
-    hold,
+    SeqAdjust, hold,
     maps::{
-        Counter, DatapathConfig, HELD_FIELD_MAX, RewriteRecord, SessionEntry, SessionKind,
-        hold_state, rewrite_kind,
+        Counter, DatapathConfig, HELD_FIELD_MAX, HeldField, RewriteRecord, SessionEntry,
+        SessionKind, hold_state, rewrite_kind,
     },
 };
 
@@ -23,7 +29,7 @@ use crate::{
     headers::Tcp,
     maps::{SCRATCH, SESSIONS, bump},
     rewrite::splice,
-    scratch::{RewriteRequest, SCRATCH_MASK, Scan},
+    scratch::{FROM_SERVER, RewriteRequest, SCRATCH_MASK, Scan},
 };
 
 /// Asks for the tail of this client segment to be held if the segment ends inside the address of
@@ -61,19 +67,66 @@ pub fn after_client_scan(scan: &mut Scan, held_len: u32, scanned_all: bool) -> u
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let entry = unsafe { &mut *scan.session };
     if held_len != 0 {
-        complete_or_give_back(scan, entry, held_len as u16);
+        complete_or_give_back::<true>(scan, entry, held_len as u16);
     } else if scan.rewrite_kind == rewrite_kind::NONE {
         hold_if_cut_inside_address(scan, entry, scanned_all);
     }
     scan.rewrite_kind
 }
 
-/// After the scan of the segment that follows a held address: a rewrite of the held line's
-/// address (which starts at scratch offset 0) completes the hold, its field translated to the
-/// payload's offsets; anything else (the line refused, malformed, or not ended in this segment)
-/// gives the held bytes back, and a rewrite of a later line in the segment is given up for that.
+/// Asks for the tail of this server segment to be held if the segment ends inside a reply line
+/// a NAT64 session's ALG will replace whole (see
+/// [`ftp_common::hold::cut_reply_at_segment_end`]): only when the whole payload was scanned.
 #[inline(always)]
-fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u16) {
+fn hold_if_cut_inside_reply(scan: &mut Scan, entry: &SessionEntry, scanned_all: bool) {
+    if !scanned_all || entry.kind != SessionKind::Nat64 as u8 {
+        return;
+    }
+    let Some((field_off, held_len)) =
+        hold::cut_reply_at_segment_end(&entry.state, &entry.replies, scan.start, scan.end)
+    else {
+        return;
+    };
+    scan.rewrite_kind = rewrite_kind::CUT;
+    scan.rewrite_field_off = field_off;
+    scan.rewrite_field_len = held_len;
+}
+
+/// [`after_client_scan`] for a server segment: completes or gives back a held reply line, or
+/// asks for a new one to be held.
+#[inline(always)]
+pub fn after_server_scan(scan: &mut Scan, held_len: u32, scanned_all: bool) -> u8 {
+    // SAFETY: the session's map value, looked up by the caller in this same program run.
+    let entry = unsafe { &mut *scan.session };
+    if held_len != 0 {
+        complete_or_give_back::<false>(scan, entry, held_len as u16);
+    } else if scan.rewrite_kind == rewrite_kind::NONE {
+        hold_if_cut_inside_reply(scan, entry, scanned_all);
+    }
+    scan.rewrite_kind
+}
+
+/// The held field of the client's (`CLIENT`) or the server's direction.
+#[inline(always)]
+pub fn held_of<const CLIENT: bool>(entry: &mut SessionEntry) -> &mut HeldField {
+    if CLIENT {
+        &mut entry.held
+    } else {
+        &mut entry.server_held
+    }
+}
+
+/// After the scan of the segment that follows a held address (or line): a rewrite of the held
+/// line's address or of the whole line (which starts at scratch offset 0) completes the hold, its
+/// field translated to the payload's offsets; anything else (the line refused, malformed, not
+/// replaced, or not ended in this segment) gives the held bytes back, and a rewrite of a later
+/// line in the segment is given up for that.
+#[inline(always)]
+fn complete_or_give_back<const CLIENT: bool>(
+    scan: &mut Scan,
+    entry: &mut SessionEntry,
+    held_len: u16,
+) {
     if hold::completes_hold(
         scan.rewrite_kind,
         scan.rewrite_field_off,
@@ -84,7 +137,11 @@ fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u1
         return;
     }
     if scan.rewrite_kind != rewrite_kind::NONE {
-        entry.state.expectation_closed();
+        // A client's announcement reserved an expectation; a server's reply given up keeps the
+        // one its scan made (as when it is not rewritten for any other reason).
+        if CLIENT {
+            entry.state.expectation_closed();
+        }
         bump(Counter::RewritesSkipped);
     }
     scan.rewrite_kind = rewrite_kind::RESTORE;
@@ -92,40 +149,45 @@ fn complete_or_give_back(scan: &mut Scan, entry: &mut SessionEntry, held_len: u1
     scan.rewrite_field_len = 0;
 }
 
-/// If this client segment continues a line whose address is held, copies the held bytes to the
-/// start of the scratch buffer and returns how many; else 0. A segment that starts before the
-/// held bytes' successor (new bytes at `new_bytes_start`, after a retransmission of the cut
-/// segment merged into it) carries the held bytes in their place when forwarded as it is: the
-/// hold ends there.
+/// If this segment of the client (`CLIENT`) or the server continues a line held in its
+/// direction, copies the held bytes to the start of the scratch buffer and returns how many; else
+/// 0. A segment that starts before the held bytes' successor (new bytes at `new_bytes_start`,
+/// after a retransmission of the cut segment merged into it) carries the held bytes in their
+/// place when forwarded as it is: the hold ends there.
 #[inline(never)]
-pub fn stage_held(session: *mut SessionEntry, new_bytes_start: u32, seq: u32) -> u32 {
+pub fn stage_held<const CLIENT: bool>(
+    session: *mut SessionEntry,
+    new_bytes_start: u32,
+    seq: u32,
+) -> u32 {
     // SAFETY: the session's map value, looked up by the caller in this same program run.
     let entry = unsafe { &mut *session };
-    if entry.held.state != hold_state::HOLDING {
+    if held_of::<CLIENT>(entry).state != hold_state::HOLDING {
         return 0;
     }
     if new_bytes_start != 0 {
-        given_back_in_place(entry);
+        given_back_in_place::<CLIENT>(entry);
         return 0;
     }
-    if seq != entry.held.next_seq() {
+    let held = held_of::<CLIENT>(entry);
+    if seq != held.next_seq() {
         // Not where the held line goes on (its continuation was never seen): the held bytes
         // cannot be placed any more. Lost, and counted; the session goes on.
-        entry.held.state = hold_state::RELEASED;
+        held.state = hold_state::RELEASED;
         bump(Counter::RewritesSkipped);
         return 0;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let len = u32::from(entry.held.len);
+    let len = u32::from(held.len);
     if len > HELD_FIELD_MAX as u32 {
         return 0;
     }
     let mut i = 0;
     while i < HELD_FIELD_MAX {
         // SAFETY: this CPU's scratch buffer; i < HELD_FIELD_MAX < its size.
-        unsafe { *(*scratch).bytes.as_mut_ptr().add(i) = entry.held.bytes[i] };
+        unsafe { *(*scratch).bytes.as_mut_ptr().add(i) = held.bytes[i] };
         i += 1;
     }
     len
@@ -151,13 +213,30 @@ pub fn splice_held_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfi
     done
 }
 
-/// A CUT request: cuts the address this client segment ended inside of (the field runs to the
-/// end of the payload) and keeps its bytes in the session, for the next segment to carry the
-/// address whole; if it cannot, the segment passes as it is. A RESTORE request: puts the held
-/// bytes back in front of this segment, which starts where the cut one ended, so the line
-/// reaches the server as the client sent it (counted by the caller, as a refusal, a malformed
-/// line or a skipped rewrite, whatever kept it from being rewritten). False if held bytes were
-/// to go back and could not: they are lost to the stream.
+/// How far the server's held field, sequence adjustment and last rewrite lie after the client's
+/// in a session record: each of them masks to itself with [`crate::scratch::FROM_SERVER`].
+const HELD_DISTANCE: usize = offset_of!(SessionEntry, server_held) - offset_of!(SessionEntry, held);
+const SEQ_DISTANCE: usize =
+    offset_of!(SessionEntry, server_seq) - offset_of!(SessionEntry, client_seq);
+const REWRITE_DISTANCE: usize =
+    offset_of!(SessionEntry, server_rewrite) - offset_of!(SessionEntry, client_rewrite);
+const _: () = assert!(
+    HELD_DISTANCE == size_of::<HeldField>()
+        && SEQ_DISTANCE == size_of::<SeqAdjust>()
+        && REWRITE_DISTANCE == size_of::<RewriteRecord>()
+        && HELD_DISTANCE & FROM_SERVER as usize == HELD_DISTANCE
+        && SEQ_DISTANCE & FROM_SERVER as usize == SEQ_DISTANCE
+        && REWRITE_DISTANCE & FROM_SERVER as usize == REWRITE_DISTANCE
+);
+
+/// A CUT request: cuts the address (or line) this segment ended inside of (the field runs to the
+/// end of the payload, and may be all of it) and keeps its bytes in the session, for the next
+/// segment to carry the line whole; if it cannot, the segment passes as it is. A RESTORE request:
+/// puts the held bytes back in front of this segment, which starts where the cut one ended, so
+/// the line reaches the other side as sent (counted by the caller, as a refusal, a malformed line
+/// or a skipped rewrite, whatever kept it from being rewritten). The request says whose segment
+/// it is: each direction holds in its own field and sequence space. False if held bytes were to
+/// go back and could not: they are lost to the stream.
 #[inline(always)]
 fn splice_held(
     ctx: &TcContext,
@@ -168,25 +247,42 @@ fn splice_held(
 ) -> bool {
     // SAFETY: a live map value; see scan::begin_segment on concurrent updates.
     let session = unsafe { &mut *session };
+    // The server's fields, at fixed distances after the client's: reached by masking the
+    // distance with the request's side (all bits or none) rather than by a branch, so that the
+    // verifier walks what follows (the splice) once, not once for each side.
+    let side = usize::from(request.from_server);
+    // SAFETY: `side & DISTANCE` is 0 or DISTANCE (or, for a corrupt side, less): each pointer
+    // stays inside the session record, on the client's field or the server's.
+    let (held, adjust, last) = unsafe {
+        (
+            &mut *(&raw mut session.held).byte_add(side & HELD_DISTANCE),
+            &mut *(&raw mut session.client_seq).byte_add(side & SEQ_DISTANCE),
+            &mut *(&raw mut session.client_rewrite).byte_add(side & REWRITE_DISTANCE),
+        )
+    };
     let cut = request.kind == rewrite_kind::CUT;
+    if cut && packet.tcp.fin() != 0 {
+        // The held bytes would go after the FIN, which the receiver takes as the stream's end.
+        return true;
+    }
     if !cut {
-        if session.held.state != hold_state::HOLDING {
+        if held.state != hold_state::HOLDING {
             return false;
         }
         // Whatever happens next, the hold ends here: if the bytes cannot go back now, they are
         // lost (the caller counts it) rather than put in front of some later segment.
-        session.held.state = hold_state::RELEASED;
+        held.state = hold_state::RELEASED;
     }
     let Some((payload_off, payload_len)) = packet.payload() else {
         return cut;
     };
     let seq = u32::from_be_bytes(packet.tcp.seq);
-    if !session.client_seq.can_record(seq) {
+    if !adjust.can_record(seq) {
         return cut;
     }
     let record = if cut {
         let len = usize::from(request.field_len);
-        if len == 0 || len > HELD_FIELD_MAX || !copy_held(session, request.field_off, len) {
+        if len == 0 || len > HELD_FIELD_MAX || !copy_held(held, request.field_off, len) {
             return true;
         }
         RewriteRecord {
@@ -200,7 +296,7 @@ fn splice_held(
             _pad: [0; 2],
         }
     } else {
-        if seq != session.held.next_seq() {
+        if seq != held.next_seq() {
             return false;
         }
         RewriteRecord {
@@ -210,39 +306,31 @@ fn splice_held(
             field_len: 0,
             // The previous rewrite's window port, which the next announcement's rewrite
             // releases if it is still unused.
-            public_port: session.client_rewrite.public_port,
+            public_port: last.public_port,
             kind: rewrite_kind::RESTORE,
             delimiter: 0,
             _pad: [0; 2],
         }
     };
-    let Some(delta) = splice(
-        ctx,
-        packet,
-        payload_off,
-        payload_len,
-        &record,
-        &session.held,
-        config,
-    ) else {
+    let Some(delta) = splice(ctx, packet, payload_off, payload_len, &record, held, config) else {
         return cut;
     };
-    session.client_seq.record(seq, delta);
+    adjust.record(seq, delta);
     if cut {
-        session.held.seq = seq;
-        session.held.payload_len = payload_len as u16;
-        session.held.off = request.field_off;
-        session.held.state = hold_state::HOLDING;
+        held.seq = seq;
+        held.payload_len = payload_len as u16;
+        held.off = request.field_off;
+        held.state = hold_state::HOLDING;
     } else {
-        session.client_rewrite = record;
+        *last = record;
     }
     true
 }
 
-/// Keeps `len` payload bytes from `off` in the session's held field, from the payload's copy at
-/// the start of the scratch buffer (where the scan read it).
+/// Keeps `len` payload bytes from `off` in `held`, from the payload's copy at the start of the
+/// scratch buffer (where the scan read it).
 #[inline(always)]
-fn copy_held(session: &mut SessionEntry, off: u16, len: usize) -> bool {
+fn copy_held(held: &mut HeldField, off: u16, len: usize) -> bool {
     let Some(scratch) = SCRATCH.get_ptr(0) else {
         return false;
     };
@@ -255,26 +343,31 @@ fn copy_held(session: &mut SessionEntry, off: u16, len: usize) -> bool {
                 .as_ptr()
                 .add((usize::from(off) + i) & SCRATCH_MASK)
         };
-        if let Some(slot) = session.held.bytes.get_mut(i) {
+        if let Some(slot) = held.bytes.get_mut(i) {
             *slot = if i < len { byte } else { 0 };
         }
         i += 1;
     }
-    session.held.len = len as u8;
+    held.len = len as u8;
     true
 }
 
 /// The held bytes were sent again in their place (a retransmission of the cut segment merged
-/// with the bytes after it, forwarded as it is): the stream is as the client sent it from there
-/// on, which the sequence adjustment is told. The line's rewrite is then skipped (and counted)
-/// when the scan finds its address began before the new bytes.
+/// with the bytes after it, forwarded as it is): the stream is as the client (`CLIENT`) or the
+/// server sent it from there on, which the sequence adjustment is told. The line's rewrite is
+/// then skipped (and counted) when the scan finds it began before the new bytes.
 #[inline(always)]
-pub fn given_back_in_place(session: &mut SessionEntry) {
-    if session.held.state != hold_state::HOLDING {
+fn given_back_in_place<const CLIENT: bool>(session: &mut SessionEntry) {
+    let held = held_of::<CLIENT>(session);
+    if held.state != hold_state::HOLDING {
         return;
     }
-    session.held.state = hold_state::RELEASED;
-    session
-        .client_seq
-        .record(session.held.next_seq(), i32::from(session.held.len));
+    held.state = hold_state::RELEASED;
+    let (next_seq, len) = (held.next_seq(), i32::from(held.len));
+    let adjust = if CLIENT {
+        &mut session.client_seq
+    } else {
+        &mut session.server_seq
+    };
+    adjust.record(next_seq, len);
 }

@@ -78,7 +78,12 @@ pub fn rewrite_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -
         return false;
     }
     if rewritten {
-        entry.held.state = hold_state::RELEASED;
+        let held = if rewrite_kind::is_reply(request.kind) {
+            &mut entry.server_held
+        } else {
+            &mut entry.held
+        };
+        held.state = hold_state::RELEASED;
         return false;
     }
     // SAFETY: as above.
@@ -271,12 +276,23 @@ pub fn replay_pending(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) ->
         return false;
     };
     // SAFETY: this CPU's scratch area, written by the ALG earlier in this program run.
-    let (record, session_key) = unsafe { ((*scratch).replay, (*scratch).pending.session_key) };
+    let (record, session_key, from_server) = unsafe {
+        (
+            (*scratch).replay,
+            (*scratch).pending.session_key,
+            (*scratch).pending.from_server,
+        )
+    };
     // SAFETY: read at once, for the held bytes a restore puts back.
     let Some(session) = (unsafe { SESSIONS.get(session_key) }) else {
         return false;
     };
-    replay(ctx, packet, &record, &session.held, config)
+    let held = if from_server == 0 {
+        &session.held
+    } else {
+        &session.server_held
+    };
+    replay(ctx, packet, &record, held, config)
 }
 
 /// Repeats a rewrite on a retransmission of its segment, so the receiver sees the same bytes at

@@ -31,7 +31,7 @@ use crate::{
     headers::Tcp,
     held,
     maps::{PUBLISH, SCRATCH, SESSIONS, bump},
-    scratch::{RewriteRequest, SCRATCH_LEN, SCRATCH_MASK, SCRATCH_WORD_MASK, Scan},
+    scratch::{FROM_SERVER, RewriteRequest, SCRATCH_LEN, SCRATCH_MASK, SCRATCH_WORD_MASK, Scan},
     session,
 };
 
@@ -110,11 +110,12 @@ fn on_retransmission(packet: &Tcp, flow: &FlowEntry, entry: &SessionEntry) -> Pe
     } else {
         &entry.server_rewrite
     };
-    let record = if from_client {
-        ftp_common::hold::retransmission_record(&entry.held, record, seq, payload_len)
+    let held = if from_client {
+        &entry.held
     } else {
-        Some(*record)
+        &entry.server_held
     };
+    let record = ftp_common::hold::retransmission_record(held, record, seq, payload_len);
     let Some(record) = record else {
         bump(Counter::RewritesSkipped);
         return Pending::Nothing;
@@ -123,6 +124,7 @@ fn on_retransmission(packet: &Tcp, flow: &FlowEntry, entry: &SessionEntry) -> Pe
     unsafe {
         (*scratch).replay = record;
         (*scratch).pending.session_key = flow.session;
+        (*scratch).pending.from_server = if from_client { 0 } else { FROM_SERVER };
     }
     Pending::Replay
 }
@@ -158,12 +160,14 @@ fn begin_segment(
     if payload_len == 0 {
         return Some(Pending::Nothing);
     }
-    if from_client
-        && entry.held.state == hold_state::HOLDING
-        && seq_after(seq, entry.held.next_seq())
-    {
+    let held = if from_client {
+        &entry.held
+    } else {
+        &entry.server_held
+    };
+    if held.state == hold_state::HOLDING && seq_after(seq, held.next_seq()) {
         // Bytes after the held line's continuation arrived first: forwarded now, they would take
-        // the place the held bytes are to fill. Dropped; the client sends them again.
+        // the place the held bytes are to fill. Dropped; their sender sends them again.
         return Some(Pending::Drop);
     }
     let Ok(last) = ctx.load::<u8>(payload_off + payload_len - 1) else {
@@ -197,13 +201,13 @@ fn begin_segment(
             entry.replies.reset();
         }
     }
-    // Held bytes go in front of the payload's copy, so that the scan sees the held line's address
-    // whole: scratch offsets are then the payload's plus `held_len` (0 if nothing is held).
+    // Held bytes go in front of the payload's copy, so that the scan sees the held line (or its
+    // address) whole: scratch offsets are then the payload's plus `held_len` (0 if nothing is held).
     let held_len = if from_client {
-        held::stage_held(session, in_sync.start, seq) as usize
+        held::stage_held::<true>(session, in_sync.start, seq)
     } else {
-        0
-    };
+        held::stage_held::<false>(session, in_sync.start, seq)
+    } as usize;
     let copied = copy_payload(ctx, payload_off, payload_len, held_len);
     if copied == 0 || in_sync.start as usize >= copied {
         return Some(Pending::Nothing);
@@ -347,10 +351,12 @@ fn next_window(ctx: &TcContext, scan: &mut Scan) -> bool {
 /// After the last line of a segment: what the scan asks the next stage to do.
 #[inline(always)]
 fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
-    if from_client && held::after_client_scan(scan, scan.held_len, scan.scanned_all != 0) == 0 {
-        return Pending::Nothing;
-    }
-    if scan.rewrite_kind == rewrite_kind::NONE {
+    let requested = if from_client {
+        held::after_client_scan(scan, scan.held_len, scan.scanned_all != 0)
+    } else {
+        held::after_server_scan(scan, scan.held_len, scan.scanned_all != 0)
+    };
+    if requested == rewrite_kind::NONE {
         return Pending::Nothing;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -369,7 +375,8 @@ fn end_segment(scan: &mut Scan, from_client: bool) -> Pending {
     pending.line_len = scan.rewrite_line_len;
     // `addr` is there already: the line's examination wrote it.
     pending.port = scan.rewrite_port;
-    pending._pad2 = [0; 2];
+    pending.from_server = if from_client { 0 } else { FROM_SERVER };
+    pending._pad2 = 0;
     let Some(segment) = crate::scratch::segment() else {
         return Pending::Nothing;
     };

@@ -157,6 +157,10 @@ impl Scan {
     }
 }
 
+/// [`RewriteRequest::from_server`] of a server's segment: all bits set, so that it masks a
+/// distance between a session's client and server fields to itself (see `held::splice_held`).
+pub const FROM_SERVER: u8 = u8::MAX;
+
 /// A PORT/EPRT/227/229 the scan accepted, to rewrite in this segment.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -179,7 +183,10 @@ pub struct RewriteRequest {
     /// The announced address and port.
     pub addr: IpBytes,
     pub port: u16,
-    pub _pad2: [u8; 2],
+    /// [`FROM_SERVER`] if the segment is the server's (a cut or give-back then works on the
+    /// server's held field and sequence adjustment), 0 if the client's.
+    pub from_server: u8,
+    pub _pad2: u8,
     /// The control connection (original direction key).
     pub session_key: ftp_common::maps::FlowKey,
 }
