@@ -946,16 +946,21 @@ fn a_227_cut_by_the_server_reaches_the_client_as_a_whole_229() {
         cuts.len(),
         "the server did not get a PASV for each EPSV:\n{told}"
     );
-    // The server did cut them: each 227's first part went out alone.
-    let wan_replies: Vec<String> = lab
+    // The server did cut them: each 227's first part went out alone. The router holds it until
+    // the rest comes, so the client acknowledges none of it and the server may send it again
+    // meanwhile: each counts once.
+    let wan_replies: Vec<(u32, String)> = lab
         .capture_segments(ROUTER_WAN_IF)
         .expect("capture")
         .iter()
         .filter(|s| s.src.port() == 21 && !s.payload.is_empty())
-        .map(|s| s.text())
+        .map(|s| (s.seq, s.text()))
         .collect();
-    let first_parts = wan_replies.iter().filter(|t| !t.ends_with('\n')).count();
-    assert_eq!(first_parts, cuts.len(), "{wan_replies:?}");
+    let first_parts: std::collections::BTreeSet<&(u32, String)> = wan_replies
+        .iter()
+        .filter(|(_, t)| !t.ends_with('\n'))
+        .collect();
+    assert_eq!(first_parts.len(), cuts.len(), "{wan_replies:?}");
     let lan = control_replies_on_the_lan(&lab).concat();
     let lines_229: Vec<&str> = lan.lines().filter(|l| l.starts_with("229 ")).collect();
     assert_eq!(lines_229.len(), cuts.len(), "{lan}");
@@ -1086,10 +1091,21 @@ fn an_eprt_cut_by_the_client_reaches_the_server_as_a_port_naming_the_pool() {
             .unwrap_or(dialogue.len());
         assert_server_mode(lab, &dialogue[..active], Mode::Port);
     }
-    let commands = control_commands_on_the_lan(lab);
-    let cut_pieces = commands.iter().filter(|c| !c.ends_with('\n')).count();
+    // Each cut piece counts once: the router holds it until the rest comes, so the server
+    // acknowledges none of it and the client may send it again meanwhile.
+    let commands: Vec<(u32, String)> = lab
+        .capture_segments6(ROUTER_LAN_IF)
+        .expect("capture")
+        .iter()
+        .filter(|s| s.dst.port() == 21 && !s.payload.is_empty())
+        .map(|s| (s.seq, s.text()))
+        .collect();
+    let cut_pieces: std::collections::BTreeSet<&(u32, String)> = commands
+        .iter()
+        .filter(|(_, c)| !c.ends_with('\n'))
+        .collect();
     assert_eq!(
-        cut_pieces,
+        cut_pieces.len(),
         cuts.len(),
         "the client did not cut its lines: {commands:?}"
     );
@@ -1258,4 +1274,118 @@ fn a_network_specific_prefix_and_a_pool_address_of_its_own() {
         assert_server_mode_behind(&dialogue, server_mode, pool);
     }
     assert_families_kept_apart_behind(lab, pool);
+}
+
+/// A minimal FTP server on `argv[1]`:21 (IPv4) for one session, whose replies to NOOP go out in
+/// two segments (Nagle off, 300 ms apart), the n-th cut after the n-th of the byte counts in
+/// `argv[2]` (comma-separated). It answers anything else it does not know 502, prints
+/// `listening` once it listens, then `command LINE` for each command.
+const SERVER_CUTTING_ITS_NOOP_REPLIES: &str = r#"
+import socket, sys, time
+addr = sys.argv[1]
+cuts = [int(c) for c in sys.argv[2].split(',')]
+listener = socket.create_server((addr, 21))
+print('listening', flush=True)
+conn, peer = listener.accept()
+conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+reader = conn.makefile('rb')
+def reply(text):
+    conn.sendall(text.encode() + b'\r\n')
+reply('220 a server that cuts its NOOP replies')
+while line := reader.readline():
+    command = line.decode().strip()
+    verb = command.split(' ')[0].upper()
+    print('command', command, flush=True)
+    if verb == 'USER':
+        reply('331 any password will do')
+    elif verb == 'PASS':
+        reply('230 logged in')
+    elif verb == 'NOOP':
+        text = b'200 NOOP ok.\r\n'
+        cut = cuts.pop(0)
+        conn.sendall(text[:cut])
+        time.sleep(0.3)
+        conn.sendall(text[cut:])
+    elif verb == 'QUIT':
+        reply('221 bye')
+        break
+    else:
+        reply('502 not here')
+"#;
+
+/// Over `argv[1]`: logs in, sends `ALGS STATUS64` and `EPSV ALL`, printing each reply after the
+/// command.
+const ALGS_STATUS_AND_EPSV_ALL: &str = r#"
+import sys
+from ftpnat_lab import login
+ftp = login(sys.argv[1])
+for command in ['ALGS STATUS64', 'EPSV ALL']:
+    print(command, '=>', ftp.sendcmd(command), flush=True)
+ftp.quit()
+"#;
+
+/// The server's reply to the NOOP that a command ftpnat answers itself went to it as, cut in two
+/// segments (in its code, and before its CR LF), is still replaced whole by ftpnat's: the client
+/// gets `216 … enabled` for `ALGS STATUS64` and `200` for `EPSV ALL`, and nothing of the
+/// server's `NOOP ok.`.
+#[test]
+fn a_reply_cut_by_the_server_is_still_replaced_by_the_algs_own() {
+    let lab = Lab::new(LabSpec::nat64()).expect("lab");
+    let cuts = ["2", "12"];
+    let mut server = lab
+        .python_stepped(
+            &lab.server,
+            SERVER_CUTTING_ITS_NOOP_REPLIES,
+            &[&lab.spec.server.to_string(), &cuts.join(",")],
+            60,
+        )
+        .expect("server");
+    server.expect("listening").expect("the server listening");
+    let _agent = start_nat64(&lab, &[]);
+    let out = lab
+        .client_python(
+            ALGS_STATUS_AND_EPSV_ALL,
+            &[&lab.server_via_nat64().to_string()],
+            60,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let replies: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|line| line.split_once(" => "))
+        .collect();
+    assert_eq!(replies.len(), 2, "{out}");
+    assert!(
+        replies[0].1.starts_with("216") && replies[0].1.to_ascii_lowercase().contains("enabled"),
+        "{out}"
+    );
+    assert!(replies[1].1.starts_with("200"), "{out}");
+    let told = server.finish().unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(
+        told.lines().filter(|l| *l == "command NOOP").count(),
+        cuts.len(),
+        "the server did not get a NOOP for each:\n{told}"
+    );
+    // The server did cut them (each first part counts once: the router holds it, so the server
+    // may send it again before the rest).
+    let wan_replies: Vec<(u32, String)> = lab
+        .capture_segments(ROUTER_WAN_IF)
+        .expect("capture")
+        .iter()
+        .filter(|s| s.src.port() == 21 && !s.payload.is_empty())
+        .map(|s| (s.seq, s.text()))
+        .collect();
+    let first_parts: std::collections::BTreeSet<&(u32, String)> = wan_replies
+        .iter()
+        .filter(|(_, t)| !t.ends_with('\n'))
+        .collect();
+    assert_eq!(first_parts.len(), cuts.len(), "{wan_replies:?}");
+    let lan = control_replies_on_the_lan(&lab).concat();
+    assert!(
+        !lan.contains("NOOP ok"),
+        "the server's reply reached the client: {lan}"
+    );
+    assert_families_kept_apart(&lab);
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
 }
