@@ -3,7 +3,7 @@
 //! netfilter rule but the operator's IPv6 firewall (unsolicited inbound IPv6 dropped), vsftpd on
 //! the server for both families, `ftpnat run` on the router, active and passive downloads from the
 //! client through ftpnat's eBPF masquerade (IPv4), its firewall mode (IPv6) and its NAT64 (the
-//! client's IPv6 to the server's IPv4 through `64:ff9b::/96`, with the RFC 6384 ALG), sessions of
+//! client's IPv6 to the server's IPv4 through a NAT64 prefix, with the RFC 6384 ALG), sessions of
 //! each side by side in the live session table, the counters, and a full teardown.
 
 use std::{
@@ -23,8 +23,9 @@ use crate::build;
 
 const FILE_SIZE: u64 = 20 * 1024 * 1024;
 
-/// The well-known NAT64 prefix (RFC 6052), `--nat64`'s default.
-const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
+/// The demo's NAT64 prefix: a network-specific one (RFC 6052 section 2.2), since the lab's IPv4
+/// server has a documentation address, which the well-known `64:ff9b::/96` never names.
+const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff64, 0, 0, 0, 0, 0);
 
 pub fn run() -> anyhow::Result<()> {
     let binary = build(false)?;
@@ -74,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
         FILE_SIZE >> 20
     );
 
-    let mut agent = lab.start_ftpnat(&["--nat64"])?;
+    let mut agent = lab.start_ftpnat(&["--nat64", &format!("{NAT64_PREFIX}/96")])?;
     println!("demo: ftpnat run on the router:");
     for line in agent.log_text().lines() {
         println!("  | {line}");
