@@ -201,6 +201,15 @@ fn control_commands_on_the_lan(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// The datapath's counters, for a failure's message: `rewrites_skipped` says whether ftpnat
+/// saw the line and could not rewrite it.
+fn datapath_counters(lab: &Lab) -> String {
+    lab.try_ftpnat_json(&["stats"]).map_or_else(
+        |err| format!("{err:#}"),
+        |stats| format!("the datapath's counters: {}", stats["datapath"]),
+    )
+}
+
 /// Checks that the client sent EPSV, got a 229 for it and never a 227.
 fn assert_epsv_answered_229_on_the_lan(lab: &Lab) {
     let commands = control_commands_on_the_lan(lab);
@@ -921,7 +930,7 @@ fn a_227_cut_by_the_server_reaches_the_client_as_a_whole_229() {
             ],
             90,
         )
-        .unwrap_or_else(|err| panic!("{err:#}"));
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", datapath_counters(&lab)));
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let sums = out
         .lines()
@@ -1065,14 +1074,15 @@ fn an_eprt_cut_by_the_client_reaches_the_server_as_a_port_naming_the_pool() {
                 ],
                 60,
             )
-            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}"));
+            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}\n{}", datapath_counters(lab)));
         let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
             .collect();
         assert!(
             lines.first().is_some_and(|l| l.starts_with("200")),
-            "EPRT cut at {cut}: the server did not accept the line: {lines:?}"
+            "EPRT cut at {cut}: the server did not accept the line: {lines:?}\n{}",
+            datapath_counters(lab)
         );
         let sums = lines.iter().filter(|l| **l == file.sha256).count();
         assert_eq!(sums, 2, "EPRT cut at {cut}: {lines:?}");
