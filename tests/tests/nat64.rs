@@ -1269,3 +1269,72 @@ fn a_network_specific_prefix_and_a_pool_address_of_its_own() {
     }
     assert_families_kept_apart_behind(lab, pool);
 }
+
+/// An active download whose `EPRT |2|` line follows a NOOP in the same first segment and is cut
+/// after `argv[3]` bytes of its own (from its end if negative), the rest 300 ms later. Prints the
+/// NOOP's reply, the EPRT's, the sha256 of the file if the server accepted it; then downloads the
+/// file again passively and prints that sha256 too.
+const EPRT_CUT_AFTER_A_NOOP: &str = r#"
+import ftplib, sys, time
+from ftpnat_lab import retr_active, retr_digest, session_with_listener
+server, name, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ftp, listener, host, port = session_with_listener(server)
+line = 'EPRT |2|%s|%d|\r\n' % (host, port)
+cut = cut if cut >= 0 else len(line) + cut
+ftp.sock.sendall(('NOOP\r\n' + line[:cut]).encode())
+time.sleep(0.3)
+ftp.sock.sendall(line[cut:].encode())
+print(ftp.getresp())
+try:
+    print(ftp.getresp())
+    print(retr_active(ftp, listener, name))
+except ftplib.error_perm as refused:
+    print(refused)
+ftp.set_pasv(True)
+print(retr_digest(ftp, name))
+ftp.quit()
+"#;
+
+/// The client's EPRT `|2|` cut as above, but starting after a NOOP in its first segment (a
+/// client that sends commands back to back): cut in its verb, after it, after its space, after
+/// its family field, inside its address, inside its port, before its CR LF. It reaches the server
+/// as one PORT naming the pool address, which it accepts, and the downloads are intact. (Unlike
+/// the line that starts its segment, which ftpnat cannot hold back whole.)
+#[test]
+fn an_eprt_cut_after_a_noop_in_its_segment_reaches_the_server_as_a_port() {
+    let setup = nat64_lab(2 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _agent = start_nat64(lab, &[]);
+    for cut in [2, 4, 5, 8, 12, -5, -2] {
+        let mark = server.log_mark();
+        let out = lab
+            .client_python(
+                EPRT_CUT_AFTER_A_NOOP,
+                &[
+                    &lab.server_via_nat64().to_string(),
+                    file.name(),
+                    &cut.to_string(),
+                ],
+                60,
+            )
+            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}\n{}", datapath_counters(lab)));
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            lines.get(1).is_some_and(|l| l.starts_with("200")),
+            "EPRT cut at {cut}: the server did not accept the line: {lines:?}\n{}",
+            datapath_counters(lab)
+        );
+        let sums = lines.iter().filter(|l| **l == file.sha256).count();
+        assert_eq!(sums, 2, "EPRT cut at {cut}: {lines:?}");
+        let dialogue = vsftpd_dialogue_from_pool(lab, server, mark);
+        let active = dialogue
+            .iter()
+            .position(|l| l.starts_with("> PASV"))
+            .unwrap_or(dialogue.len());
+        assert_server_mode(lab, &dialogue[..active], Mode::Port);
+    }
+    assert_families_kept_apart(lab);
+}
