@@ -1299,7 +1299,7 @@ ftp.quit()
 /// client that sends commands back to back): cut in its verb, after it, after its space, after
 /// its family field, inside its address, inside its port, before its CR LF. It reaches the server
 /// as one PORT naming the pool address, which it accepts, and the downloads are intact. (Unlike
-/// the line that starts its segment, which ftpnat cannot hold back whole.)
+/// the lines of the test above, each of which starts its segment.)
 #[test]
 fn an_eprt_cut_after_a_noop_in_its_segment_reaches_the_server_as_a_port() {
     let setup = nat64_lab(2 * MIB);
