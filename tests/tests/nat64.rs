@@ -773,7 +773,8 @@ ftp.quit()
 "#;
 
 /// `ftpnat sessions --json` shows a NAT64 session as kind `nat64`, with the client's IPv6
-/// endpoint and the server's IPv4 one, and its public side on the pool address.
+/// endpoint and the server's IPv4 one, and its public side (its id) on the pool address;
+/// `flows` its control connection in both families; `stats` the NAT64 settings.
 #[test]
 fn sessions_json_shows_a_nat64_session_with_both_families() {
     let setup = nat64_lab(MIB);
@@ -810,6 +811,42 @@ fn sessions_json_shows_a_nat64_session_with_both_families() {
     assert!(
         public.starts_with(&format!("{}:", pool(lab))),
         "the session's public side is not on the pool address: {session}"
+    );
+    assert_eq!(session["id"], session["public"], "{session}");
+
+    // Its control connection: the IPv6 tuple one way (the server's address shown dotted under
+    // the prefix), the IPv4 one back, to the pool address and the session's port.
+    let flows: Value = lab.ftpnat_json(&["flows"]);
+    let control: Vec<&Value> = flows
+        .as_array()
+        .expect("a list of flows")
+        .iter()
+        .filter(|flow| flow["kind"] == "control")
+        .collect();
+    assert_eq!(control.len(), 1, "{flows}");
+    let orig = format!(
+        "[{}]:{port} -> [{}{}]:21",
+        lab.nat64().client,
+        lab.nat64().prefix,
+        lab.spec.server
+    );
+    assert_eq!(control[0]["orig"], orig, "{flows}");
+    assert_eq!(
+        control[0]["reply"],
+        format!("{}:21 -> {public}", lab.spec.server),
+        "{flows}"
+    );
+    assert_eq!(control[0]["session"], session["id"], "{flows}");
+
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(
+        stats["nat"]["nat64"],
+        serde_json::json!({
+            "prefix": lab.nat64().prefix_arg(),
+            "pool": pool(lab).to_string(),
+            "epsv": "translate",
+        }),
+        "{stats}"
     );
     client.proceed().expect("quit");
     client.finish().unwrap_or_else(|err| panic!("{err:#}"));
