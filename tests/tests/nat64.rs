@@ -201,6 +201,15 @@ fn control_commands_on_the_lan(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// The datapath's counters, for a failure's message: `rewrites_skipped` says whether ftpnat
+/// saw the line and could not rewrite it.
+fn datapath_counters(lab: &Lab) -> String {
+    lab.try_ftpnat_json(&["stats"]).map_or_else(
+        |err| format!("{err:#}"),
+        |stats| format!("the datapath's counters: {}", stats["datapath"]),
+    )
+}
+
 /// Checks that the client sent EPSV, got a 229 for it and never a 227.
 fn assert_epsv_answered_229_on_the_lan(lab: &Lab) {
     let commands = control_commands_on_the_lan(lab);
@@ -764,7 +773,8 @@ ftp.quit()
 "#;
 
 /// `ftpnat sessions --json` shows a NAT64 session as kind `nat64`, with the client's IPv6
-/// endpoint and the server's IPv4 one, and its public side on the pool address.
+/// endpoint and the server's IPv4 one, and its public side (its id) on the pool address;
+/// `flows` its control connection in both families; `stats` the NAT64 settings.
 #[test]
 fn sessions_json_shows_a_nat64_session_with_both_families() {
     let setup = nat64_lab(MIB);
@@ -801,6 +811,42 @@ fn sessions_json_shows_a_nat64_session_with_both_families() {
     assert!(
         public.starts_with(&format!("{}:", pool(lab))),
         "the session's public side is not on the pool address: {session}"
+    );
+    assert_eq!(session["id"], session["public"], "{session}");
+
+    // Its control connection: the IPv6 tuple one way (the server's address shown dotted under
+    // the prefix), the IPv4 one back, to the pool address and the session's port.
+    let flows: Value = lab.ftpnat_json(&["flows"]);
+    let control: Vec<&Value> = flows
+        .as_array()
+        .expect("a list of flows")
+        .iter()
+        .filter(|flow| flow["kind"] == "control")
+        .collect();
+    assert_eq!(control.len(), 1, "{flows}");
+    let orig = format!(
+        "[{}]:{port} -> [{}{}]:21",
+        lab.nat64().client,
+        lab.nat64().prefix,
+        lab.spec.server
+    );
+    assert_eq!(control[0]["orig"], orig, "{flows}");
+    assert_eq!(
+        control[0]["reply"],
+        format!("{}:21 -> {public}", lab.spec.server),
+        "{flows}"
+    );
+    assert_eq!(control[0]["session"], session["id"], "{flows}");
+
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(
+        stats["nat"]["nat64"],
+        serde_json::json!({
+            "prefix": lab.nat64().prefix_arg(),
+            "pool": pool(lab).to_string(),
+            "epsv": "translate",
+        }),
+        "{stats}"
     );
     client.proceed().expect("quit");
     client.finish().unwrap_or_else(|err| panic!("{err:#}"));
@@ -921,7 +967,7 @@ fn a_227_cut_by_the_server_reaches_the_client_as_a_whole_229() {
             ],
             90,
         )
-        .unwrap_or_else(|err| panic!("{err:#}"));
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", datapath_counters(&lab)));
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let sums = out
         .lines()
@@ -1065,14 +1111,15 @@ fn an_eprt_cut_by_the_client_reaches_the_server_as_a_port_naming_the_pool() {
                 ],
                 60,
             )
-            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}"));
+            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}\n{}", datapath_counters(lab)));
         let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
             .collect();
         assert!(
             lines.first().is_some_and(|l| l.starts_with("200")),
-            "EPRT cut at {cut}: the server did not accept the line: {lines:?}"
+            "EPRT cut at {cut}: the server did not accept the line: {lines:?}\n{}",
+            datapath_counters(lab)
         );
         let sums = lines.iter().filter(|l| **l == file.sha256).count();
         assert_eq!(sums, 2, "EPRT cut at {cut}: {lines:?}");
@@ -1258,4 +1305,73 @@ fn a_network_specific_prefix_and_a_pool_address_of_its_own() {
         assert_server_mode_behind(&dialogue, server_mode, pool);
     }
     assert_families_kept_apart_behind(lab, pool);
+}
+
+/// An active download whose `EPRT |2|` line follows a NOOP in the same first segment and is cut
+/// after `argv[3]` bytes of its own (from its end if negative), the rest 300 ms later. Prints the
+/// NOOP's reply, the EPRT's, the sha256 of the file if the server accepted it; then downloads the
+/// file again passively and prints that sha256 too.
+const EPRT_CUT_AFTER_A_NOOP: &str = r#"
+import ftplib, sys, time
+from ftpnat_lab import retr_active, retr_digest, session_with_listener
+server, name, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ftp, listener, host, port = session_with_listener(server)
+line = 'EPRT |2|%s|%d|\r\n' % (host, port)
+cut = cut if cut >= 0 else len(line) + cut
+ftp.sock.sendall(('NOOP\r\n' + line[:cut]).encode())
+time.sleep(0.3)
+ftp.sock.sendall(line[cut:].encode())
+print(ftp.getresp())
+try:
+    print(ftp.getresp())
+    print(retr_active(ftp, listener, name))
+except ftplib.error_perm as refused:
+    print(refused)
+ftp.set_pasv(True)
+print(retr_digest(ftp, name))
+ftp.quit()
+"#;
+
+/// The client's EPRT `|2|` cut as above, but starting after a NOOP in its first segment (a
+/// client that sends commands back to back): cut in its verb, after it, after its space, after
+/// its family field, inside its address, inside its port, before its CR LF. It reaches the server
+/// as one PORT naming the pool address, which it accepts, and the downloads are intact. (Unlike
+/// the lines of the test above, each of which starts its segment.)
+#[test]
+fn an_eprt_cut_after_a_noop_in_its_segment_reaches_the_server_as_a_port() {
+    let setup = nat64_lab(2 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _agent = start_nat64(lab, &[]);
+    for cut in [2, 4, 5, 8, 12, -5, -2] {
+        let mark = server.log_mark();
+        let out = lab
+            .client_python(
+                EPRT_CUT_AFTER_A_NOOP,
+                &[
+                    &lab.server_via_nat64().to_string(),
+                    file.name(),
+                    &cut.to_string(),
+                ],
+                60,
+            )
+            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}\n{}", datapath_counters(lab)));
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            lines.get(1).is_some_and(|l| l.starts_with("200")),
+            "EPRT cut at {cut}: the server did not accept the line: {lines:?}\n{}",
+            datapath_counters(lab)
+        );
+        let sums = lines.iter().filter(|l| **l == file.sha256).count();
+        assert_eq!(sums, 2, "EPRT cut at {cut}: {lines:?}");
+        let dialogue = vsftpd_dialogue_from_pool(lab, server, mark);
+        let active = dialogue
+            .iter()
+            .position(|l| l.starts_with("> PASV"))
+            .unwrap_or(dialogue.len());
+        assert_server_mode(lab, &dialogue[..active], Mode::Port);
+    }
+    assert_families_kept_apart(lab);
 }
