@@ -1,7 +1,7 @@
 //! Issue 15, NAT64 with the FTP ALG of RFC 6384: an IPv6-only client (`LabSpec::nat64()`: no
 //! IPv4 address, its default route the router's LAN address) reaches IPv4-only FTP servers
 //! (vsftpd, pyftpdlib; the server namespace has IPv6 turned off) at their RFC 6052 addresses in
-//! `64:ff9b::/96`, through `ftpnat run --nat64`, which translates the control and data
+//! the lab's network-specific prefix, through `ftpnat run --nat64`, which translates the control and data
 //! connections to IPv4 from the pool address (the router's WAN address by default) and the FTP
 //! dialogue between the two: EPSV sent as PASV and the 227 returned as a 229, EPRT `|2|` sent as
 //! PORT naming the pool address. Nothing else in the lab translates: without ftpnat the client
@@ -27,10 +27,11 @@ fn nat64_lab(file_size: u64) -> Setup {
     setup(LabSpec::nat64(), file_size)
 }
 
-/// `ftpnat run --nat64` with its defaults (prefix `64:ff9b::/96`, the WAN's address as the pool,
-/// EPSV translated), then `extra`.
+/// `ftpnat run --nat64` with the lab's prefix and the other defaults (the WAN's address as the
+/// pool, EPSV translated), then `extra`.
 fn start_nat64(lab: &Lab, extra: &[&str]) -> Agent {
-    let mut args = vec!["--nat64"];
+    let prefix = lab.nat64().prefix_arg();
+    let mut args = vec!["--nat64", &prefix];
     args.extend(extra);
     lab.start_ftpnat(&args).expect("ftpnat run --nat64")
 }
@@ -40,7 +41,7 @@ fn pool(lab: &Lab) -> Ipv4Addr {
     lab.spec.router_wan
 }
 
-/// Downloads `file` from the server at its NAT64 address (`64:ff9b::cb00:710a`) with `client` in
+/// Downloads `file` from the server at its NAT64 address (`2001:db8:ff64::cb00:710a`) with `client` in
 /// `mode` (over IPv6: EPSV or EPRT) into `name`, checked by sha256; the downloaded copy is removed
 /// afterwards (200 MB each would fill the disk).
 fn download(lab: &Lab, port: u16, file: &TestFile, client: Client, mode: Mode, name: &str) {
@@ -320,7 +321,7 @@ fn the_nat64_lab_has_an_ipv6_only_client_and_an_ipv4_only_server() {
     assert_same_content(&local, &setup.file);
     assert_eq!(
         lab.server_via_nat64().to_string(),
-        "64:ff9b::cb00:710a",
+        "2001:db8:ff64::cb00:710a",
         "the server's NAT64 address"
     );
 }
@@ -362,6 +363,39 @@ fn without_nat64_the_ipv6_only_client_cannot_reach_the_ipv4_server() {
         !log.contains("CONNECT"),
         "a connection reached the server:\n{log}"
     );
+}
+
+/// The well-known prefix never names a non-global IPv4 address (RFC 6052 section 3.1): with
+/// `--nat64` and its default `64:ff9b::/96`, the client's connection to the lab's server (a
+/// documentation address) there is not translated but counted, and reaches nothing; the
+/// lab's own (network-specific) prefix carries it.
+#[test]
+fn the_well_known_prefix_does_not_reach_a_non_global_address() {
+    let setup = nat64_lab(MIB);
+    let lab = &setup.lab;
+    let _agent = lab.start_ftpnat(&["--nat64"]).expect("ftpnat run --nat64");
+    let well_known = ftpnat_tests::lab::nat64_address(
+        "64:ff9b::".parse().expect("the well-known prefix"),
+        setup.server.addr,
+    );
+    let local = lab.dir().join("well-known.bin");
+    let attempt = Transfer {
+        client: Client::Curl,
+        mode: Mode::Epsv,
+        server: well_known.into(),
+        port: setup.server.port,
+        remote: setup.file.name(),
+        local: &local,
+        timeout_secs: 5,
+    }
+    .run(&lab.client);
+    assert!(
+        attempt.is_err(),
+        "the client reached {} through the well-known prefix",
+        setup.server.addr
+    );
+    assert!(lab.datapath_counter("nat64_not_global") >= 1);
+    assert_eq!(lab.datapath_counter("nat64_translated"), 0);
 }
 
 /// Checks the server's side of a download in vsftpd's `dialogue`: the data connection was set
