@@ -1409,3 +1409,157 @@ fn an_eprt_cut_after_a_noop_in_its_segment_reaches_the_server_as_a_port() {
     }
     assert_families_kept_apart(lab);
 }
+
+/// TAYGA (a userspace NAT64 on a TUN device) running in the router namespace for the whole
+/// prefix; killed when dropped (the namespace, and its TUN device, go with the lab).
+struct Tayga(std::process::Child);
+
+impl Tayga {
+    /// Starts TAYGA for the lab's prefix, from its own dynamic IPv4 pool (`192.168.255.0/24`,
+    /// which the server routes back to the router), with the router routing the prefix to it.
+    fn start(lab: &Lab) -> Self {
+        let dir = lab.subdir("tayga").expect("tayga dir");
+        let config = dir.join("tayga.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "tun-device nat64\nipv4-addr 192.168.255.1\nprefix {}\n\
+                 dynamic-pool 192.168.255.0/24\ndata-dir {}\n",
+                lab.nat64().prefix_arg(),
+                dir.display()
+            ),
+        )
+        .expect("tayga.conf");
+        let config = config.to_string_lossy().into_owned();
+        lab.router
+            .exec("tayga", &["--mktun", "-c", &config])
+            .expect("tayga --mktun");
+        for args in [
+            &["link", "set", "nat64", "up"][..],
+            &["route", "add", "192.168.255.0/24", "dev", "nat64"],
+            &["route", "add", &lab.nat64().prefix_arg(), "dev", "nat64"],
+        ] {
+            lab.router.ip(args).expect("tayga's link and routes");
+        }
+        // Routed back to TAYGA, not masqueraded: the server tells the two translators apart by
+        // the address it sees.
+        let router_wan = lab.spec.router_wan.to_string();
+        lab.server
+            .ip(&["route", "add", "192.168.255.0/24", "via", &router_wan])
+            .expect("the server's route to tayga's pool");
+        let child = lab
+            .router
+            .command("tayga", &["-d", "-c", &config])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting tayga");
+        Self(child)
+    }
+}
+
+impl Drop for Tayga {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// ftpnat translates only the FTP sessions it follows and coexists with another NAT64 for the
+/// rest of the prefix's traffic: with TAYGA on the router for the same prefix, an HTTP download
+/// from the server goes through TAYGA (the server sees an address of TAYGA's pool), while FTP —
+/// active and passive, which TAYGA alone cannot carry — goes through ftpnat (the server sees only
+/// ftpnat's pool address), and neither disturbs the other.
+#[test]
+fn ftpnat_and_tayga_share_the_prefix_ftp_through_ftpnat_the_rest_through_tayga() {
+    let setup = nat64_lab(8 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _tayga = Tayga::start(lab);
+    let root = file
+        .path
+        .parent()
+        .expect("the served directory")
+        .to_path_buf();
+    let mut http = lab
+        .server
+        .command(
+            "/usr/bin/python3",
+            &[
+                "-m",
+                "http.server",
+                "-b",
+                &server.addr.to_string(),
+                "-d",
+                &root.to_string_lossy(),
+                "8080",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("an HTTP server");
+    let url = format!("http://[{}]:8080/{}", lab.server_via_nat64(), file.name());
+    let local = lab.subdir("client").expect("client dir").join("tayga.bin");
+    let fetch = || {
+        lab.client
+            .command(
+                "curl",
+                &[
+                    "-sS",
+                    "--fail",
+                    "--retry",
+                    "5",
+                    "--retry-connrefused",
+                    "--max-time",
+                    "60",
+                    "-o",
+                    &local.to_string_lossy(),
+                    &url,
+                ],
+            )
+            .output()
+            .expect("curl")
+    };
+    let _agent = start_nat64(lab, &[]);
+    let out = fetch();
+    assert!(
+        out.status.success(),
+        "HTTP through TAYGA failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_content(&local, file);
+    let mark = server.log_mark();
+    download(
+        lab,
+        server.port,
+        file,
+        Client::Curl,
+        Mode::Epsv,
+        "beside-tayga-epsv.bin",
+    );
+    download(
+        lab,
+        server.port,
+        file,
+        Client::Curl,
+        Mode::Eprt,
+        "beside-tayga-eprt.bin",
+    );
+    let dialogue = vsftpd_dialogue_from_pool(lab, server, mark);
+    assert!(
+        dialogue.iter().any(|l| l.starts_with("> PASV"))
+            && dialogue.iter().any(|l| l.starts_with("> PORT")),
+        "ftpnat's ALG did not carry the FTP sessions: {dialogue:?}"
+    );
+    let _ = http.kill();
+    let http_log = http.wait_with_output().expect("the HTTP server's log");
+    let http_log = String::from_utf8_lossy(&http_log.stderr);
+    let request = format!("\"GET /{} HTTP/1.1\" 200", file.name());
+    assert!(
+        http_log
+            .lines()
+            .any(|l| l.starts_with("192.168.255.") && l.contains(&request)),
+        "the HTTP request did not come from TAYGA's pool: {http_log}"
+    );
+    assert!(lab.datapath_counter("nat64_translated") > 0);
+}
