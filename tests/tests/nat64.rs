@@ -1563,3 +1563,35 @@ fn ftpnat_and_tayga_share_the_prefix_ftp_through_ftpnat_the_rest_through_tayga()
     );
     assert!(lab.datapath_counter("nat64_translated") > 0);
 }
+
+/// A NAT64 session's entries go when it ends, as an IPv4 one's do: after active and passive
+/// downloads (and an ALGS answered in between), the session, its flows in both families and its
+/// expectations are removed and every window port it took is back in the window.
+#[test]
+fn nat64_sessions_drain_and_return_their_window_ports() {
+    let setup = nat64_lab(2 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _agent = start_nat64(lab, &["--port-window", "61000-61007"]);
+    for (mode, name) in [
+        (Mode::Eprt, "drain-eprt.bin"),
+        (Mode::Epsv, "drain-epsv.bin"),
+    ] {
+        download(lab, server.port, file, Client::Ftplib, mode, name);
+    }
+    let drained = || {
+        let stats = lab.ftpnat_json(&["stats"]);
+        stats["sessions"] == 0
+            && stats["flows"] == 0
+            && stats["expectations"] == 0
+            && stats["window"]["in_use"] == 0
+    };
+    ftpnat_tests::lab::wait_until(std::time::Duration::from_secs(15), drained).unwrap_or_else(
+        |_| {
+            panic!(
+                "the NAT64 session's entries stayed: {}",
+                lab.ftpnat_json(&["stats"])
+            )
+        },
+    );
+    assert!(lab.datapath_counter("nat64_translated") > 0);
+}
