@@ -45,11 +45,14 @@ pub const MAX_229_FIELD_LEN: usize = 5;
 pub const MAX_PORT_LINE_LEN: usize = 5 + MAX_PORT_FIELD_LEN + 1;
 /// `229 Entering Extended Passive Mode (|||65535|)\r`.
 pub const MAX_229_LINE_LEN: usize = EPSV_229_HEAD.len() + MAX_229_FIELD_LEN + EPSV_229_TAIL.len();
-/// The longest replacement any formatter writes, field or whole line.
-pub const MAX_FIELD_LEN: usize = MAX_EPRT_FIELD_LEN;
+/// The longest replacement the datapath writes over a field or a whole line: a formatter's (an
+/// EPRT field, [`MAX_EPRT_FIELD_LEN`], the longest) or held bytes put back in front of a segment
+/// ([`HELD_FIELD_MAX`](crate::maps::HELD_FIELD_MAX), which holds a whole EPRT line).
+pub const MAX_FIELD_LEN: usize = crate::maps::HELD_FIELD_MAX;
 
 const _: () = assert!(
-    MAX_PORT_LINE_LEN <= MAX_FIELD_LEN
+    MAX_EPRT_FIELD_LEN <= MAX_FIELD_LEN
+        && MAX_PORT_LINE_LEN <= MAX_FIELD_LEN
         && MAX_229_LINE_LEN <= MAX_FIELD_LEN
         && MAX_ALG_REPLY_LEN <= MAX_FIELD_LEN
 );

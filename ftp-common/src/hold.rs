@@ -341,6 +341,15 @@ mod tests {
     }
 
     #[test]
+    fn held_bytes_given_back_fit_the_replacement_buffer() {
+        // The datapath writes a give-back where it writes a formatter's text.
+        let mut held = HeldField::new();
+        held.len = HELD_FIELD_MAX as u8;
+        let mut out = [0u8; crate::MAX_FIELD_LEN];
+        assert_eq!(held.copy_into(&mut out), Some(HELD_FIELD_MAX));
+    }
+
+    #[test]
     fn a_whole_line_replacement_completes_a_hold() {
         for kind in [
             rewrite_kind::PORT,

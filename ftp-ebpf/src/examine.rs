@@ -138,8 +138,8 @@ pub fn client_line(scan: &mut Scan, line_end: u32) -> u32 {
             expect::create(session, &announced);
         }
         // Masquerading (NAT66 included): the address is the client's and of its session's family
-        // (the policy refused any other as a bounce).
-        // and NAT64, whose EPRT becomes a whole PORT line of the pool address.
+        // (the policy refused any other as a bounce). NAT64: the whole EPRT becomes a PORT of the
+        // pool address.
         ClientVerdict::OpenActive { addr, field, kind } => {
             let line_len = session.commands.line_len();
             let (rewrite, delimiter, field) = match kind {

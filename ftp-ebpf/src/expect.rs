@@ -237,7 +237,7 @@ pub fn make_way(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) {
     // for a NAT64 client's).
     let reply_key = FlowKey {
         saddr: expectation.target_addr,
-        daddr: if ip::is_v4(&expectation.target_addr) {
+        daddr: if ip::is_v4(&expectation.target_addr) == ip::is_v4(&key.saddr) {
             key.saddr
         } else {
             config.nat64_address_of(&key.saddr)
@@ -361,7 +361,7 @@ pub fn open_data(ctx: &TcContext, packet: &Tcp, config: &DatapathConfig) -> Resu
         Some(ExpectationPath::Inbound) => {
             // From the WAN to public:window port: DNAT to the target behind the router; to a NAT64
             // client, in IPv6 from the server's prefixed address.
-            let new_saddr = if ip::is_v4(&expectation.target_addr) {
+            let new_saddr = if ip::is_v4(&expectation.target_addr) == ip::is_v4(&key.saddr) {
                 &key.saddr
             } else {
                 *translated = config.nat64_address_of(&key.saddr);

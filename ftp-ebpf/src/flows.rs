@@ -86,7 +86,8 @@ pub fn open_control(
 
 /// An IPv6 client's connection to an IPv4 server through the NAT64 prefix: translated to IPv4,
 /// from the pool address and a window port, to the server the destination embeds. Only if the
-/// kernel routes that server out of the WAN interface (as for masquerading).
+/// kernel routes that server out of the WAN interface (as for masquerading), and, under the
+/// well-known prefix, only to a global address.
 // A subprogram of its own: each way of opening has a frame of its own.
 #[inline(never)]
 fn open_nat64(
@@ -102,6 +103,10 @@ fn open_nat64(
         return Err(OpenError::NotOurs);
     };
     opening.translated = ip::embedded_v4(&packet.key.daddr);
+    if !config.nat64_reaches(&opening.translated) {
+        bump(Counter::Nat64NotGlobal);
+        return Err(OpenError::NotOurs);
+    }
     if !routed_out_of_v4(ctx, &opening.translated, config) {
         bump(Counter::NotRoutedToWan);
         return Err(OpenError::NotOurs);

@@ -23,8 +23,10 @@
 //! ```
 //!
 //! A NAT64 lab (`LabSpec::nat64()`) has an IPv6-only LAN in front of an IPv4-only WAN: the client
-//! has no IPv4 address and reaches the server only at its RFC 6052 address in `64:ff9b::/96`
-//! (`64:ff9b::cb00:710a`), which only a translator on the router can carry to IPv4; the server
+//! has no IPv4 address and reaches the server only at its RFC 6052 address in the lab's
+//! network-specific prefix `2001:db8:ff64::/96` (`2001:db8:ff64::cb00:710a`; the well-known
+//! `64:ff9b::/96` never names the server's documentation address, RFC 6052 section 3.1), which
+//! only a translator on the router can carry to IPv4; the server
 //! and the router's WAN side have IPv6 turned off:
 //!
 //! ```text
@@ -199,7 +201,8 @@ pub struct Nat64Spec {
     pub client: Ipv6Addr,
     pub router_lan: Ipv6Addr,
     /// The /96 prefix IPv4 hosts are reached at from the LAN, as a DNS64 would answer for them:
-    /// RFC 6052's well-known `64:ff9b::/96` (its last 32 bits zero).
+    /// a network-specific prefix (RFC 6052 section 2.2; its last 32 bits zero), since the
+    /// well-known `64:ff9b::/96` must not name the lab's documentation addresses (section 3.1).
     pub prefix: Ipv6Addr,
 }
 
@@ -209,7 +212,7 @@ impl Default for Nat64Spec {
             lan_prefix_len: 64,
             client: Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 2),
             router_lan: Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 1),
-            prefix: Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
+            prefix: Ipv6Addr::new(0x2001, 0xdb8, 0xff64, 0, 0, 0, 0, 0),
         }
     }
 }
@@ -221,7 +224,7 @@ impl Nat64Spec {
         nat64_address(self.prefix, v4)
     }
 
-    /// The prefix as `--nat64` takes it: `64:ff9b::/96`.
+    /// The prefix as `--nat64` takes it: `2001:db8:ff64::/96`.
     pub fn prefix_arg(&self) -> String {
         format!("{}/96", self.prefix)
     }
@@ -436,7 +439,7 @@ impl Lab {
     }
 
     /// NAT64's lab: the LAN veth with IPv6 addresses only, the client's default route through
-    /// the router (so `64:ff9b::/96` goes there), forwarding on; then the IPv4-only WAN.
+    /// the router (so the NAT64 prefix goes there), forwarding on; then the IPv4-only WAN.
     fn wire_ipv6_only_lan(&self, nat64: &Nat64Spec) -> anyhow::Result<()> {
         self.veth(ROUTER_LAN_IF, None, &self.client)?;
         self.address6(
@@ -589,7 +592,7 @@ impl Lab {
     }
 
     /// Where the client of a NAT64 lab reaches the server: its IPv4 address in the lab's
-    /// prefix (`64:ff9b::cb00:710a`).
+    /// prefix (`2001:db8:ff64::cb00:710a`).
     pub fn server_via_nat64(&self) -> Ipv6Addr {
         self.nat64().address_of(self.spec.server)
     }
@@ -1396,8 +1399,8 @@ mod tests {
         let lab = Nat64Spec::default();
         assert_eq!(
             lab.address_of(Ipv4Addr::new(203, 0, 113, 10)).to_string(),
-            "64:ff9b::cb00:710a"
+            "2001:db8:ff64::cb00:710a"
         );
-        assert_eq!(lab.prefix_arg(), "64:ff9b::/96");
+        assert_eq!(lab.prefix_arg(), "2001:db8:ff64::/96");
     }
 }

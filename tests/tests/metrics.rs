@@ -356,8 +356,8 @@ fn metrics_parse_as_prometheus_text_and_match_stats() {
     // Sessions by kind and state: every pair present, agreeing with `ftpnat sessions` and summing
     // to the stats' count.
     let by_state = all_of(&metrics, "ftpnat_sessions");
-    // Three kinds (masquerade, publish, firewall) in four states.
-    assert_eq!(by_state.len(), 3 * 4, "{by_state:#?}");
+    // Four kinds (masquerade, publish, firewall, nat64) in four states.
+    assert_eq!(by_state.len(), 4 * 4, "{by_state:#?}");
     for sample in &by_state {
         let key = (
             sample.labels["kind"].clone(),

@@ -1,7 +1,7 @@
 //! Issue 15, NAT64 with the FTP ALG of RFC 6384: an IPv6-only client (`LabSpec::nat64()`: no
 //! IPv4 address, its default route the router's LAN address) reaches IPv4-only FTP servers
 //! (vsftpd, pyftpdlib; the server namespace has IPv6 turned off) at their RFC 6052 addresses in
-//! `64:ff9b::/96`, through `ftpnat run --nat64`, which translates the control and data
+//! the lab's network-specific prefix, through `ftpnat run --nat64`, which translates the control and data
 //! connections to IPv4 from the pool address (the router's WAN address by default) and the FTP
 //! dialogue between the two: EPSV sent as PASV and the 227 returned as a 229, EPRT `|2|` sent as
 //! PORT naming the pool address. Nothing else in the lab translates: without ftpnat the client
@@ -27,10 +27,11 @@ fn nat64_lab(file_size: u64) -> Setup {
     setup(LabSpec::nat64(), file_size)
 }
 
-/// `ftpnat run --nat64` with its defaults (prefix `64:ff9b::/96`, the WAN's address as the pool,
-/// EPSV translated), then `extra`.
+/// `ftpnat run --nat64` with the lab's prefix and the other defaults (the WAN's address as the
+/// pool, EPSV translated), then `extra`.
 fn start_nat64(lab: &Lab, extra: &[&str]) -> Agent {
-    let mut args = vec!["--nat64"];
+    let prefix = lab.nat64().prefix_arg();
+    let mut args = vec!["--nat64", &prefix];
     args.extend(extra);
     lab.start_ftpnat(&args).expect("ftpnat run --nat64")
 }
@@ -40,7 +41,7 @@ fn pool(lab: &Lab) -> Ipv4Addr {
     lab.spec.router_wan
 }
 
-/// Downloads `file` from the server at its NAT64 address (`64:ff9b::cb00:710a`) with `client` in
+/// Downloads `file` from the server at its NAT64 address (`2001:db8:ff64::cb00:710a`) with `client` in
 /// `mode` (over IPv6: EPSV or EPRT) into `name`, checked by sha256; the downloaded copy is removed
 /// afterwards (200 MB each would fill the disk).
 fn download(lab: &Lab, port: u16, file: &TestFile, client: Client, mode: Mode, name: &str) {
@@ -201,6 +202,15 @@ fn control_commands_on_the_lan(lab: &Lab) -> Vec<String> {
         .collect()
 }
 
+/// The datapath's counters, for a failure's message: `rewrites_skipped` says whether ftpnat
+/// saw the line and could not rewrite it.
+fn datapath_counters(lab: &Lab) -> String {
+    lab.try_ftpnat_json(&["stats"]).map_or_else(
+        |err| format!("{err:#}"),
+        |stats| format!("the datapath's counters: {}", stats["datapath"]),
+    )
+}
+
 /// Checks that the client sent EPSV, got a 229 for it and never a 227.
 fn assert_epsv_answered_229_on_the_lan(lab: &Lab) {
     let commands = control_commands_on_the_lan(lab);
@@ -311,7 +321,7 @@ fn the_nat64_lab_has_an_ipv6_only_client_and_an_ipv4_only_server() {
     assert_same_content(&local, &setup.file);
     assert_eq!(
         lab.server_via_nat64().to_string(),
-        "64:ff9b::cb00:710a",
+        "2001:db8:ff64::cb00:710a",
         "the server's NAT64 address"
     );
 }
@@ -353,6 +363,39 @@ fn without_nat64_the_ipv6_only_client_cannot_reach_the_ipv4_server() {
         !log.contains("CONNECT"),
         "a connection reached the server:\n{log}"
     );
+}
+
+/// The well-known prefix never names a non-global IPv4 address (RFC 6052 section 3.1): with
+/// `--nat64` and its default `64:ff9b::/96`, the client's connection to the lab's server (a
+/// documentation address) there is not translated but counted, and reaches nothing; the
+/// lab's own (network-specific) prefix carries it.
+#[test]
+fn the_well_known_prefix_does_not_reach_a_non_global_address() {
+    let setup = nat64_lab(MIB);
+    let lab = &setup.lab;
+    let _agent = lab.start_ftpnat(&["--nat64"]).expect("ftpnat run --nat64");
+    let well_known = ftpnat_tests::lab::nat64_address(
+        "64:ff9b::".parse().expect("the well-known prefix"),
+        setup.server.addr,
+    );
+    let local = lab.dir().join("well-known.bin");
+    let attempt = Transfer {
+        client: Client::Curl,
+        mode: Mode::Epsv,
+        server: well_known.into(),
+        port: setup.server.port,
+        remote: setup.file.name(),
+        local: &local,
+        timeout_secs: 5,
+    }
+    .run(&lab.client);
+    assert!(
+        attempt.is_err(),
+        "the client reached {} through the well-known prefix",
+        setup.server.addr
+    );
+    assert!(lab.datapath_counter("nat64_not_global") >= 1);
+    assert_eq!(lab.datapath_counter("nat64_translated"), 0);
 }
 
 /// Checks the server's side of a download in vsftpd's `dialogue`: the data connection was set
@@ -764,7 +807,8 @@ ftp.quit()
 "#;
 
 /// `ftpnat sessions --json` shows a NAT64 session as kind `nat64`, with the client's IPv6
-/// endpoint and the server's IPv4 one, and its public side on the pool address.
+/// endpoint and the server's IPv4 one, and its public side (its id) on the pool address;
+/// `flows` its control connection in both families; `stats` the NAT64 settings.
 #[test]
 fn sessions_json_shows_a_nat64_session_with_both_families() {
     let setup = nat64_lab(MIB);
@@ -801,6 +845,42 @@ fn sessions_json_shows_a_nat64_session_with_both_families() {
     assert!(
         public.starts_with(&format!("{}:", pool(lab))),
         "the session's public side is not on the pool address: {session}"
+    );
+    assert_eq!(session["id"], session["public"], "{session}");
+
+    // Its control connection: the IPv6 tuple one way (the server's address shown dotted under
+    // the prefix), the IPv4 one back, to the pool address and the session's port.
+    let flows: Value = lab.ftpnat_json(&["flows"]);
+    let control: Vec<&Value> = flows
+        .as_array()
+        .expect("a list of flows")
+        .iter()
+        .filter(|flow| flow["kind"] == "control")
+        .collect();
+    assert_eq!(control.len(), 1, "{flows}");
+    let orig = format!(
+        "[{}]:{port} -> [{}{}]:21",
+        lab.nat64().client,
+        lab.nat64().prefix,
+        lab.spec.server
+    );
+    assert_eq!(control[0]["orig"], orig, "{flows}");
+    assert_eq!(
+        control[0]["reply"],
+        format!("{}:21 -> {public}", lab.spec.server),
+        "{flows}"
+    );
+    assert_eq!(control[0]["session"], session["id"], "{flows}");
+
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(
+        stats["nat"]["nat64"],
+        serde_json::json!({
+            "prefix": lab.nat64().prefix_arg(),
+            "pool": pool(lab).to_string(),
+            "epsv": "translate",
+        }),
+        "{stats}"
     );
     client.proceed().expect("quit");
     client.finish().unwrap_or_else(|err| panic!("{err:#}"));
@@ -921,7 +1001,7 @@ fn a_227_cut_by_the_server_reaches_the_client_as_a_whole_229() {
             ],
             90,
         )
-        .unwrap_or_else(|err| panic!("{err:#}"));
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", datapath_counters(&lab)));
     let out = String::from_utf8_lossy(&out.stdout).into_owned();
     let sums = out
         .lines()
@@ -1070,14 +1150,15 @@ fn an_eprt_cut_by_the_client_reaches_the_server_as_a_port_naming_the_pool() {
                 ],
                 60,
             )
-            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}"));
+            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}\n{}", datapath_counters(lab)));
         let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
             .collect();
         assert!(
             lines.first().is_some_and(|l| l.starts_with("200")),
-            "EPRT cut at {cut}: the server did not accept the line: {lines:?}"
+            "EPRT cut at {cut}: the server did not accept the line: {lines:?}\n{}",
+            datapath_counters(lab)
         );
         let sums = lines.iter().filter(|l| **l == file.sha256).count();
         assert_eq!(sums, 2, "EPRT cut at {cut}: {lines:?}");
@@ -1388,4 +1469,259 @@ fn a_reply_cut_by_the_server_is_still_replaced_by_the_algs_own() {
     assert_families_kept_apart(&lab);
     let stats = lab.ftpnat_json(&["stats"]);
     assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
+
+/// An active download whose `EPRT |2|` line follows a NOOP in the same first segment and is cut
+/// after `argv[3]` bytes of its own (from its end if negative), the rest 300 ms later. Prints the
+/// NOOP's reply, the EPRT's, the sha256 of the file if the server accepted it; then downloads the
+/// file again passively and prints that sha256 too.
+const EPRT_CUT_AFTER_A_NOOP: &str = r#"
+import ftplib, sys, time
+from ftpnat_lab import retr_active, retr_digest, session_with_listener
+server, name, cut = sys.argv[1], sys.argv[2], int(sys.argv[3])
+ftp, listener, host, port = session_with_listener(server)
+line = 'EPRT |2|%s|%d|\r\n' % (host, port)
+cut = cut if cut >= 0 else len(line) + cut
+ftp.sock.sendall(('NOOP\r\n' + line[:cut]).encode())
+time.sleep(0.3)
+ftp.sock.sendall(line[cut:].encode())
+print(ftp.getresp())
+try:
+    print(ftp.getresp())
+    print(retr_active(ftp, listener, name))
+except ftplib.error_perm as refused:
+    print(refused)
+ftp.set_pasv(True)
+print(retr_digest(ftp, name))
+ftp.quit()
+"#;
+
+/// The client's EPRT `|2|` cut as above, but starting after a NOOP in its first segment (a
+/// client that sends commands back to back): cut in its verb, after it, after its space, after
+/// its family field, inside its address, inside its port, before its CR LF. It reaches the server
+/// as one PORT naming the pool address, which it accepts, and the downloads are intact. (Unlike
+/// the lines of the test above, each of which starts its segment.)
+#[test]
+fn an_eprt_cut_after_a_noop_in_its_segment_reaches_the_server_as_a_port() {
+    let setup = nat64_lab(2 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _agent = start_nat64(lab, &[]);
+    for cut in [2, 4, 5, 8, 12, -5, -2] {
+        let mark = server.log_mark();
+        let out = lab
+            .client_python(
+                EPRT_CUT_AFTER_A_NOOP,
+                &[
+                    &lab.server_via_nat64().to_string(),
+                    file.name(),
+                    &cut.to_string(),
+                ],
+                60,
+            )
+            .unwrap_or_else(|err| panic!("EPRT cut at {cut}: {err:#}\n{}", datapath_counters(lab)));
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            lines.get(1).is_some_and(|l| l.starts_with("200")),
+            "EPRT cut at {cut}: the server did not accept the line: {lines:?}\n{}",
+            datapath_counters(lab)
+        );
+        let sums = lines.iter().filter(|l| **l == file.sha256).count();
+        assert_eq!(sums, 2, "EPRT cut at {cut}: {lines:?}");
+        let dialogue = vsftpd_dialogue_from_pool(lab, server, mark);
+        let active = dialogue
+            .iter()
+            .position(|l| l.starts_with("> PASV"))
+            .unwrap_or(dialogue.len());
+        assert_server_mode(lab, &dialogue[..active], Mode::Port);
+    }
+    assert_families_kept_apart(lab);
+}
+
+/// TAYGA (a userspace NAT64 on a TUN device) running in the router namespace for the whole
+/// prefix; killed when dropped (the namespace, and its TUN device, go with the lab).
+struct Tayga(std::process::Child);
+
+impl Tayga {
+    /// Starts TAYGA for the lab's prefix, from its own dynamic IPv4 pool (`192.168.255.0/24`,
+    /// which the server routes back to the router), with the router routing the prefix to it.
+    fn start(lab: &Lab) -> Self {
+        let dir = lab.subdir("tayga").expect("tayga dir");
+        let config = dir.join("tayga.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "tun-device nat64\nipv4-addr 192.168.255.1\nprefix {}\n\
+                 dynamic-pool 192.168.255.0/24\ndata-dir {}\n",
+                lab.nat64().prefix_arg(),
+                dir.display()
+            ),
+        )
+        .expect("tayga.conf");
+        let config = config.to_string_lossy().into_owned();
+        lab.router
+            .exec("tayga", &["--mktun", "-c", &config])
+            .expect("tayga --mktun");
+        for args in [
+            &["link", "set", "nat64", "up"][..],
+            &["route", "add", "192.168.255.0/24", "dev", "nat64"],
+            &["route", "add", &lab.nat64().prefix_arg(), "dev", "nat64"],
+        ] {
+            lab.router.ip(args).expect("tayga's link and routes");
+        }
+        // Routed back to TAYGA, not masqueraded: the server tells the two translators apart by
+        // the address it sees.
+        let router_wan = lab.spec.router_wan.to_string();
+        lab.server
+            .ip(&["route", "add", "192.168.255.0/24", "via", &router_wan])
+            .expect("the server's route to tayga's pool");
+        let child = lab
+            .router
+            .command("tayga", &["-d", "-c", &config])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting tayga");
+        Self(child)
+    }
+}
+
+impl Drop for Tayga {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// ftpnat translates only the FTP sessions it follows and coexists with another NAT64 for the
+/// rest of the prefix's traffic: with TAYGA on the router for the same prefix, an HTTP download
+/// from the server goes through TAYGA (the server sees an address of TAYGA's pool), while FTP —
+/// active and passive, which TAYGA alone cannot carry — goes through ftpnat (the server sees only
+/// ftpnat's pool address), and neither disturbs the other.
+#[test]
+fn ftpnat_and_tayga_share_the_prefix_ftp_through_ftpnat_the_rest_through_tayga() {
+    let setup = nat64_lab(8 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _tayga = Tayga::start(lab);
+    let root = file
+        .path
+        .parent()
+        .expect("the served directory")
+        .to_path_buf();
+    let mut http = lab
+        .server
+        .command(
+            "/usr/bin/python3",
+            &[
+                "-m",
+                "http.server",
+                "-b",
+                &server.addr.to_string(),
+                "-d",
+                &root.to_string_lossy(),
+                "8080",
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("an HTTP server");
+    let url = format!("http://[{}]:8080/{}", lab.server_via_nat64(), file.name());
+    let local = lab.subdir("client").expect("client dir").join("tayga.bin");
+    let fetch = || {
+        lab.client
+            .command(
+                "curl",
+                &[
+                    "-sS",
+                    "--fail",
+                    "--retry",
+                    "5",
+                    "--retry-connrefused",
+                    "--max-time",
+                    "60",
+                    "-o",
+                    &local.to_string_lossy(),
+                    &url,
+                ],
+            )
+            .output()
+            .expect("curl")
+    };
+    let _agent = start_nat64(lab, &[]);
+    let out = fetch();
+    assert!(
+        out.status.success(),
+        "HTTP through TAYGA failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_content(&local, file);
+    let mark = server.log_mark();
+    download(
+        lab,
+        server.port,
+        file,
+        Client::Curl,
+        Mode::Epsv,
+        "beside-tayga-epsv.bin",
+    );
+    download(
+        lab,
+        server.port,
+        file,
+        Client::Curl,
+        Mode::Eprt,
+        "beside-tayga-eprt.bin",
+    );
+    let dialogue = vsftpd_dialogue_from_pool(lab, server, mark);
+    assert!(
+        dialogue.iter().any(|l| l.starts_with("> PASV"))
+            && dialogue.iter().any(|l| l.starts_with("> PORT")),
+        "ftpnat's ALG did not carry the FTP sessions: {dialogue:?}"
+    );
+    let _ = http.kill();
+    let http_log = http.wait_with_output().expect("the HTTP server's log");
+    let http_log = String::from_utf8_lossy(&http_log.stderr);
+    let request = format!("\"GET /{} HTTP/1.1\" 200", file.name());
+    assert!(
+        http_log
+            .lines()
+            .any(|l| l.starts_with("192.168.255.") && l.contains(&request)),
+        "the HTTP request did not come from TAYGA's pool: {http_log}"
+    );
+    assert!(lab.datapath_counter("nat64_translated") > 0);
+}
+
+/// A NAT64 session's entries go when it ends, as an IPv4 one's do: after active and passive
+/// downloads (and an ALGS answered in between), the session, its flows in both families and its
+/// expectations are removed and every window port it took is back in the window.
+#[test]
+fn nat64_sessions_drain_and_return_their_window_ports() {
+    let setup = nat64_lab(2 * MIB);
+    let (lab, server, file) = (&setup.lab, &setup.server, &setup.file);
+    let _agent = start_nat64(lab, &["--port-window", "61000-61007"]);
+    for (mode, name) in [
+        (Mode::Eprt, "drain-eprt.bin"),
+        (Mode::Epsv, "drain-epsv.bin"),
+    ] {
+        download(lab, server.port, file, Client::Ftplib, mode, name);
+    }
+    let drained = || {
+        let stats = lab.ftpnat_json(&["stats"]);
+        stats["sessions"] == 0
+            && stats["flows"] == 0
+            && stats["expectations"] == 0
+            && stats["window"]["in_use"] == 0
+    };
+    ftpnat_tests::lab::wait_until(std::time::Duration::from_secs(15), drained).unwrap_or_else(
+        |_| {
+            panic!(
+                "the NAT64 session's entries stayed: {}",
+                lab.ftpnat_json(&["stats"])
+            )
+        },
+    );
+    assert!(lab.datapath_counter("nat64_translated") > 0);
 }

@@ -2,20 +2,30 @@
 //! server) where the server has no IPv4 route back to the client's network, the router has no
 //! netfilter rule but the operator's IPv6 firewall (unsolicited inbound IPv6 dropped), vsftpd on
 //! the server for both families, `ftpnat run` on the router, active and passive downloads from the
-//! client through ftpnat's eBPF masquerade (IPv4) and its firewall mode (IPv6), an IPv4 and an
-//! IPv6 session side by side in the live session table, the counters, and a full teardown.
+//! client through ftpnat's eBPF masquerade (IPv4), its firewall mode (IPv6) and its NAT64 (the
+//! client's IPv6 to the server's IPv4 through a NAT64 prefix, with the RFC 6384 ALG), sessions of
+//! each side by side in the live session table, the counters, and a full teardown.
 
-use std::{net::IpAddr, process::Stdio, thread, time::Duration};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    process::Stdio,
+    thread,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer, files::sha256_of,
-    servers::VsftpdOptions,
+    lab::nat64_address, servers::VsftpdOptions,
 };
 
 use crate::build;
 
 const FILE_SIZE: u64 = 20 * 1024 * 1024;
+
+/// The demo's NAT64 prefix: a network-specific one (RFC 6052 section 2.2), since the lab's IPv4
+/// server has a documentation address, which the well-known `64:ff9b::/96` never names.
+const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff64, 0, 0, 0, 0, 0);
 
 pub fn run() -> anyhow::Result<()> {
     let binary = build(false)?;
@@ -65,7 +75,7 @@ pub fn run() -> anyhow::Result<()> {
         FILE_SIZE >> 20
     );
 
-    let mut agent = lab.start_ftpnat(&[])?;
+    let mut agent = lab.start_ftpnat(&["--nat64", &format!("{NAT64_PREFIX}/96")])?;
     println!("demo: ftpnat run on the router:");
     for line in agent.log_text().lines() {
         println!("  | {line}");
@@ -73,6 +83,7 @@ pub fn run() -> anyhow::Result<()> {
 
     let downloads = lab.subdir("client")?;
     let (v4, v6_server) = (IpAddr::V4(server.addr), IpAddr::V6(v6.server));
+    let via_nat64 = IpAddr::V6(nat64_address(NAT64_PREFIX, server.addr));
     for (mode, address, label) in [
         (Mode::Port, v4, "IPv4 active (PORT)"),
         (Mode::Eprt, v4, "IPv4 active (EPRT)"),
@@ -80,8 +91,15 @@ pub fn run() -> anyhow::Result<()> {
         (Mode::Epsv, v4, "IPv4 passive (EPSV)"),
         (Mode::Eprt, v6_server, "IPv6 active (EPRT)"),
         (Mode::Epsv, v6_server, "IPv6 passive (EPSV)"),
+        (Mode::Eprt, via_nat64, "NAT64 active (EPRT, sent as PORT)"),
+        (Mode::Epsv, via_nat64, "NAT64 passive (EPSV, sent as PASV)"),
     ] {
-        let local = downloads.join(format!("{mode:?}-{}.bin", address_family(address)));
+        let family = if address == via_nat64 {
+            "nat64"
+        } else {
+            address_family(address)
+        };
+        let local = downloads.join(format!("{mode:?}-{family}.bin"));
         Transfer {
             client: Client::Curl,
             mode,
@@ -102,34 +120,38 @@ pub fn run() -> anyhow::Result<()> {
         println!("demo: {label} download with curl through ftpnat: sha256 matches");
     }
 
-    // Slow downloads keep an IPv4 and an IPv6 session open while we look at the tables.
-    let slow = [server.addr.to_string(), format!("[{}]", v6.server)]
-        .iter()
-        .enumerate()
-        .map(|(n, host)| {
-            lab.client
-                .command(
-                    "curl",
-                    &[
-                        "-sS",
-                        "--limit-rate",
-                        "4M",
-                        "-P",
-                        "-",
-                        "-o",
-                        &downloads.join(format!("slow-{n}.bin")).to_string_lossy(),
-                        &format!("ftp://{host}/{}", file.name()),
-                    ],
-                )
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting curl")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Slow downloads keep an IPv4, an IPv6 and a NAT64 session open while we look at the tables.
+    let slow = [
+        server.addr.to_string(),
+        format!("[{}]", v6.server),
+        format!("[{via_nat64}]"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(n, host)| {
+        lab.client
+            .command(
+                "curl",
+                &[
+                    "-sS",
+                    "--limit-rate",
+                    "4M",
+                    "-P",
+                    "-",
+                    "-o",
+                    &downloads.join(format!("slow-{n}.bin")).to_string_lossy(),
+                    &format!("ftp://{host}/{}", file.name()),
+                ],
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting curl")
+    })
+    .collect::<anyhow::Result<Vec<_>>>()?;
     thread::sleep(Duration::from_secs(2));
     for command in ["sessions", "flows"] {
         println!(
-            "demo: ftpnat {command} (during rate-limited active downloads, one IPv4, one IPv6):"
+            "demo: ftpnat {command} (during rate-limited active downloads: IPv4, IPv6, NAT64):"
         );
         print_ftpnat(&lab, command)?;
     }

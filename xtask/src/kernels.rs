@@ -14,6 +14,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, Ipv6Addr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -22,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ftpnat_tests::{Lab, LabSpec, Mode, Routing};
+use ftpnat_tests::{Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer};
 
 use crate::{
     build,
@@ -465,14 +466,18 @@ enum Step {
     Active,
     /// A PASV download through the masquerade, sha256-checked.
     Passive,
+    /// The client's IPv6 to the server's IPv4 through NAT64: an EPSV and an EPRT download (the
+    /// server gets a PASV and a PORT), sha256-checked.
+    Nat64,
 }
 
-const STEPS: [Step; 5] = [
+const STEPS: [Step; 6] = [
     Step::Lab,
     Step::Loads,
     Step::Attaches,
     Step::Active,
     Step::Passive,
+    Step::Nat64,
 ];
 
 impl Step {
@@ -484,6 +489,7 @@ impl Step {
             Step::Attaches => "attaches",
             Step::Active => "active",
             Step::Passive => "passive",
+            Step::Nat64 => "nat64",
         }
     }
 
@@ -494,6 +500,7 @@ impl Step {
             Step::Attaches => "attaches",
             Step::Active => "active (PORT)",
             Step::Passive => "passive (PASV)",
+            Step::Nat64 => "NAT64 (EPSV, EPRT)",
         }
     }
 
@@ -549,7 +556,7 @@ fn last_lines(text: &str, n: usize) -> String {
 struct KernelRun {
     /// `uname -r` and where it ran.
     kernel: String,
-    outcomes: [Outcome; 5],
+    outcomes: [Outcome; STEPS.len()],
     programs: Vec<ProgramFigures>,
     /// What went wrong outside the steps (a VM that stopped after its last step's result).
     problems: Vec<String>,
@@ -823,6 +830,41 @@ fn boot_and_read(
 
 /// The same scenario on this machine's kernel, in a lab of uniquely named namespaces (removed when
 /// the lab drops, whatever failed).
+/// The native row's NAT64 prefix, as init.sh's (a network-specific one: the lab's server has a
+/// documentation address, which the well-known prefix never names).
+const NATIVE_NAT64_PREFIX: &str = "2001:db8:ff64::/96";
+
+/// The native row's NAT64 step: EPSV and EPRT downloads from the client's IPv6 to the server's
+/// IPv4 address in the prefix, sha256-checked.
+fn native_nat64_downloads(lab: &Lab, server: &FtpServer, file: &TestFile) -> anyhow::Result<()> {
+    let prefix: Ipv6Addr = NATIVE_NAT64_PREFIX
+        .trim_end_matches("/96")
+        .parse()
+        .context("the NAT64 prefix")?;
+    let address = IpAddr::V6(ftpnat_tests::lab::nat64_address(prefix, server.addr));
+    for mode in [Mode::Epsv, Mode::Eprt] {
+        let local = lab.subdir("client")?.join(format!("nat64-{mode:?}.bin"));
+        Transfer {
+            client: Client::Curl,
+            mode,
+            server: address,
+            port: server.port,
+            remote: file.name(),
+            local: &local,
+            timeout_secs: 60,
+        }
+        .run(&lab.client)?;
+        let digest = ftpnat_tests::files::sha256_of(&local)?;
+        if digest != file.sha256 {
+            bail!(
+                "NAT64 {mode:?} download is corrupt: sha256 {digest}, expected {}",
+                file.sha256
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run_native(ftpnat: &Path) -> KernelRun {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
@@ -839,10 +881,12 @@ fn run_native(ftpnat: &Path) -> KernelRun {
         );
     };
 
+    // Dual-stack, as the VMs' lab: the client reaches the IPv4-only server over IPv6 through
+    // NAT64 only.
     let lab = Lab::new(LabSpec {
         routing: Routing::Nat,
         capture: false,
-        ..LabSpec::default()
+        ..LabSpec::dual_stack()
     })
     .and_then(|lab| {
         let served = lab.serve_file(FILE_BYTES, 1)?;
@@ -883,7 +927,7 @@ fn run_native(ftpnat: &Path) -> KernelRun {
         return run;
     }
 
-    let agent = match lab.start_ftpnat(&[]) {
+    let agent = match lab.start_ftpnat(&["--nat64", NATIVE_NAT64_PREFIX]) {
         Ok(agent) => agent,
         Err(err) => {
             *run.outcome_mut(Step::Attaches) = Outcome::Failed(last_lines(&format!("{err:#}"), 12));
@@ -906,6 +950,19 @@ fn run_native(ftpnat: &Path) -> KernelRun {
         if failed {
             break;
         }
+    }
+    if run
+        .outcomes
+        .iter()
+        .take(STEPS.len() - 1)
+        .all(Outcome::passed)
+    {
+        let outcome = match native_nat64_downloads(&lab, &server, &file) {
+            Ok(()) => Outcome::Passed,
+            Err(err) => Outcome::Failed(last_lines(&format!("{err:#}"), 12)),
+        };
+        progress(Step::Nat64, &outcome);
+        *run.outcome_mut(Step::Nat64) = outcome;
     }
     drop(agent);
     drop(server);

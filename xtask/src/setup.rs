@@ -40,6 +40,10 @@ const PACKAGES: &[(&str, &str)] = &[
         "the NAT64 test's self-signed certificate for vsftpd's AUTH TLS",
     ),
     (
+        "tayga",
+        "the NAT64 coexistence test (another NAT64 for the prefix)",
+    ),
+    (
         "qemu-system-x86",
         "the kernel matrix (boots Debian's kernels under TCG)",
     ),

@@ -5,7 +5,10 @@
 //! Input layout (the seeds in `seeds/control_channel` follow it):
 //!
 //! - byte 0, policy: bit 0 allows privileged data ports, bit 1 lifts the "227 address must be the
-//!   server" rule, bits 2–4 are the expectation limit, bit 5 makes the control connection IPv6.
+//!   server" rule, bits 2–4 are the expectation limit, bit 5 makes the control connection IPv6,
+//!   bit 6 narrows the passive ports to unprivileged ones and bit 7 excludes port 21 — except
+//!   that bits 5 and 6 together make a NAT64 session (an IPv6 client, an IPv4 server, the NAT64
+//!   ALG on), whose EPSV bit 7 passes as it is rather than sending it as PASV.
 //! - then segments, each `header, length, payload[length]` (a short last payload is taken as is):
 //!   header bit 0 is the direction (0 client, 1 server); bits 1–2 choose the sequence number
 //!   (0 next in order, 1 the previous segment's again, 2 after a gap of `length` bytes, 3 starting
@@ -16,10 +19,12 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use ftp_common::maps::ip;
 
 use ftp_common::{
-    ActiveKind, ClientVerdict, Command, CommandScanner, LineTracker, MAX_FIELD_LEN, MAX_LINE_LEN,
-    PassiveEndpoint, Policy, PolicyContext, Reply, ReplyBody, ReplyScanner, SegmentVerdict,
-    ServerVerdict, Session, Span, format_227_field, format_229_field, format_eprt_field,
-    format_port_field, parse_command, parse_reply, splice,
+    ActiveKind, AlgReply, AlgsArg, ClientVerdict, Command, CommandScanner, EpsvArg, LineTracker,
+    MAX_FIELD_LEN, MAX_LINE_LEN, PassiveEndpoint, Policy, PolicyContext, PublicAddress, Reply,
+    ReplyBody, ReplyScanner, SegmentVerdict, ServerVerdict, Session, Span, format_227_field,
+    format_229_field, format_eprt_field, format_port_field, format_rewrite,
+    maps::{RewriteRecord, rewrite_kind},
+    parse_command, parse_reply, splice,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -97,20 +102,39 @@ fuzz_target!(|data: &[u8]| {
                 let command = commands.command();
                 // The scanner fed across segments agrees with the parser on the whole line.
                 assert_eq!(command, parse_command(&line));
-                check_client_verdict(&line, session.on_client_command(command, &ctx));
+                check_client_verdict(&line, session.on_client_command(command, &ctx), &ctx);
             } else {
                 assert_eq!(usize::from(replies.line_len()), line.len());
                 let reply = replies.reply();
                 assert_eq!(reply, parse_reply(&line));
-                check_server_verdict(&line, session.on_server_reply(reply, &ctx), &ctx.policy);
+                check_server_verdict(&line, session.on_server_reply(reply, &ctx), &ctx);
             }
             assert!(session.open_expectations() <= ctx.policy.max_outstanding_expectations);
         }
     }
 });
 
+/// The NAT64 session's addresses and the pool address its PORT lines announce.
+const NAT64_CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const NAT64_SERVER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+const NAT64_POOL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
 fn context(policy_byte: u8) -> PolicyContext {
     let ipv6 = policy_byte & 0x20 != 0;
+    if ipv6 && policy_byte & 0x40 != 0 {
+        return PolicyContext {
+            client: ip::from_ip(IpAddr::V6(NAT64_CLIENT)),
+            server: ip::from_ip(IpAddr::V4(NAT64_SERVER)),
+            policy: Policy {
+                allow_privileged_data_ports: policy_byte & 1 != 0,
+                passive_address_must_match_server: policy_byte & 2 == 0,
+                max_outstanding_expectations: (policy_byte >> 2) & 7,
+                nat64_alg: true,
+                epsv_as_pasv: policy_byte & 0x80 == 0,
+                ..Policy::new()
+            },
+        };
+    }
     PolicyContext {
         client: ip::from_ip(if ipv6 {
             IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2))
@@ -133,12 +157,90 @@ fn context(policy_byte: u8) -> PolicyContext {
                 [0, u16::MAX]
             },
             passive_port_excluded: if policy_byte & 0x80 != 0 { 21 } else { 0 },
+            ..Policy::new()
         },
     }
 }
 
-fn check_client_verdict(line: &[u8], verdict: ClientVerdict) {
+/// What the datapath writes over a whole line for `kind` (the pool address and `port` where it
+/// needs them), with the LF it keeps.
+fn whole_line(kind: u8, port: u16, delimiter: u8) -> Vec<u8> {
+    let record = RewriteRecord {
+        kind,
+        public_port: port,
+        delimiter,
+        ..RewriteRecord::default()
+    };
+    let mut text = [0u8; MAX_FIELD_LEN];
+    let len = format_rewrite(&record, PublicAddress::V4(NAT64_POOL), &mut text)
+        .expect("a whole-line replacement formats");
+    assert_eq!(text[len - 1], b'\r');
+    [&text[..len], b"\n"].concat()
+}
+
+fn check_client_verdict(line: &[u8], verdict: ClientVerdict, ctx: &PolicyContext) {
+    let alg = ctx.policy.nat64_alg;
     match verdict {
+        ClientVerdict::OpenActive {
+            addr,
+            field,
+            kind: ActiveKind::EprtAsPort,
+        } => {
+            // Only the client's own IPv6 address goes to the server as the pool's, in a PORT that
+            // names exactly that.
+            assert!(alg, "EPRT as PORT without the NAT64 ALG");
+            assert_eq!(addr.ip(), IpAddr::V6(NAT64_CLIENT));
+            assert!(matches!(
+                parse_command(line),
+                Command::Eprt { addr: parsed, field: parsed_field, .. }
+                    if parsed == addr && parsed_field == field
+            ));
+            for port in [addr.port(), 1, 65535] {
+                assert_eq!(
+                    parse_command(&whole_line(rewrite_kind::EPRT_AS_PORT, port, 0)),
+                    Command::Port {
+                        addr: core::net::SocketAddrV4::new(NAT64_POOL, port),
+                        field: Span {
+                            start: 5,
+                            len: format_port_field(NAT64_POOL, port, &mut [0; MAX_FIELD_LEN])
+                                .unwrap() as u16,
+                        },
+                    }
+                );
+            }
+        }
+        ClientVerdict::EpsvAsPasv => {
+            assert!(
+                alg && ctx.policy.epsv_as_pasv,
+                "EPSV as PASV without the ALG"
+            );
+            assert!(matches!(
+                parse_command(line),
+                Command::Epsv(EpsvArg::Any | EpsvArg::Ipv6)
+            ));
+            assert_eq!(
+                parse_command(&whole_line(rewrite_kind::EPSV_AS_PASV, 0, 0)),
+                Command::Pasv
+            );
+        }
+        ClientVerdict::AnsweredByAlg(reply) => {
+            assert!(alg, "answered by an ALG that is off");
+            let answers = match parse_command(line) {
+                Command::Epsv(EpsvArg::All) => reply == AlgReply::EpsvAllAccepted,
+                Command::Algs(AlgsArg::Status64) => {
+                    matches!(reply, AlgReply::Enabled | AlgReply::Disabled)
+                }
+                Command::Algs(AlgsArg::Enable64) => reply == AlgReply::Enabled,
+                Command::Algs(AlgsArg::Disable64) => reply == AlgReply::Disabled,
+                Command::Algs(AlgsArg::Other) => reply == AlgReply::UnknownArgument,
+                _ => false,
+            };
+            assert!(answers, "{reply:?} answering {line:?}");
+            assert_eq!(
+                parse_command(&whole_line(rewrite_kind::LOCAL_COMMAND, 0, 0)),
+                Command::Other
+            );
+        }
         ClientVerdict::OpenActive { addr, field, kind } => {
             let expected = match kind {
                 ActiveKind::Port => {
@@ -152,6 +254,7 @@ fn check_client_verdict(line: &[u8], verdict: ClientVerdict) {
                     delimiter,
                     field,
                 },
+                ActiveKind::EprtAsPort => unreachable!("matched above"),
             };
             assert_eq!(parse_command(line), expected);
             check_command(line, expected);
@@ -163,19 +266,61 @@ fn check_client_verdict(line: &[u8], verdict: ClientVerdict) {
     }
 }
 
-/// An opened passive endpoint is what the reply says, and a port the policy allows.
-fn check_server_verdict(line: &[u8], verdict: ServerVerdict, policy: &Policy) {
+/// An opened passive endpoint is what the reply says, and a port the policy allows; the NAT64
+/// ALG's replacements are what they replace.
+fn check_server_verdict(line: &[u8], verdict: ServerVerdict, ctx: &PolicyContext) {
+    let policy = &ctx.policy;
+    match verdict {
+        ServerVerdict::AlgRefused(_) => {
+            assert!(policy.nat64_alg && policy.epsv_as_pasv);
+            assert!(matches!(
+                parse_reply(line),
+                Reply::Final {
+                    code: 227,
+                    body: ReplyBody::Passive227 { .. }
+                }
+            ));
+        }
+        ServerVerdict::AlgReply(reply) => {
+            assert!(policy.nat64_alg);
+            assert!(matches!(parse_reply(line), Reply::Final { code, .. } if code != 421));
+            let replacement = whole_line(rewrite_kind::ALG_REPLY, 0, reply as u8);
+            assert!(matches!(
+                parse_reply(&replacement),
+                Reply::Final {
+                    body: ReplyBody::Plain,
+                    ..
+                }
+            ));
+        }
+        _ => {}
+    }
     if let ServerVerdict::OpenPassive { endpoint, field } = verdict {
         let port = match endpoint {
-            PassiveEndpoint::Pasv(addr) => addr.port(),
+            PassiveEndpoint::Pasv(addr) | PassiveEndpoint::PasvAs229(addr) => addr.port(),
             PassiveEndpoint::Epsv { port, .. } => port,
         };
         assert!(
             policy.allows_passive_port(port),
             "{port} opened against {policy:?}"
         );
+        if let PassiveEndpoint::PasvAs229(addr) = endpoint {
+            // A 229 names no address: only the server's may be announced as one.
+            assert!(policy.nat64_alg && policy.epsv_as_pasv);
+            assert_eq!(*addr.ip(), NAT64_SERVER);
+            let replacement = whole_line(rewrite_kind::PASV_AS_229, port, 0);
+            assert!(matches!(
+                parse_reply(&replacement),
+                Reply::Final {
+                    code: 229,
+                    body: ReplyBody::Passive229 { port: parsed, delimiter: b'|', .. }
+                } if parsed == port
+            ));
+        }
         let body = match endpoint {
-            PassiveEndpoint::Pasv(addr) => ReplyBody::Passive227 { addr, field },
+            PassiveEndpoint::Pasv(addr) | PassiveEndpoint::PasvAs229(addr) => {
+                ReplyBody::Passive227 { addr, field }
+            }
             PassiveEndpoint::Epsv { port, delimiter } => ReplyBody::Passive229 {
                 port,
                 delimiter,

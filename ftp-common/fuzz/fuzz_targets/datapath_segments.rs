@@ -2,7 +2,11 @@
 //! client and server stages run it (ftp-ebpf's scan.rs, examine.rs, held.rs, rewrite.rs): the line
 //! trackers, the scanners fed byte by byte, the session state machine, the rewrite of PORT/EPRT
 //! with `format_rewrite`, the hold of an address cut at a segment end (`ftp_common::hold`), its
-//! give-back, the replay on retransmissions and the sequence adjustment (`SeqAdjust`). The
+//! give-back, the replay on retransmissions and the sequence adjustment (`SeqAdjust`). Or, as a
+//! NAT64 session (an IPv6 client, an IPv4 server, the NAT64 ALG on), the ALG's whole-line
+//! replacements of the client's EPRT, EPSV, EPSV ALL and ALGS lines, held from the line's first
+//! byte when a segment ends inside one (the server's lines the ALG replaces are not modelled: only
+//! the client's stream is checked). The
 //! decisions are ftp-common's own functions; what is mirrored here is only the order the stages
 //! call them in, and the packet edit (a splice of the payload).
 //!
@@ -12,14 +16,18 @@
 //! - after the client finally sends what the receiver has not acknowledged (its ACK mapped back
 //!   with `backward_ack`), the receiver holds the whole stream, and it re-parses line by line to
 //!   the client's lines, except PORT/EPRT addresses rewritten to the public address and a window
-//!   port (or to the refusal form when the window is empty);
+//!   port (or to the refusal form when the window is empty), and in a NAT64 session the lines
+//!   the ALG replaced (EPRT by a PORT of the pool address and a window port, EPSV by PASV, EPSV
+//!   ALL and ALGS by NOOP);
 //! - `forward_seq` is monotonic over the stream and `backward_ack` inverts it at segment starts;
 //! - the session, fed the same lines whole in the same order (and told of the same rewrites that
 //!   were given up), gives the same verdicts: segmentation, retransmission and holds change
 //!   nothing in what the state machine sees.
 //!
 //! Input layout: byte 0 is the policy (bit 0 privileged ports allowed, bits 2–4 expectation limit,
-//! bit 5 an empty window), then segments `header, length, payload[length]`: header bit 0 is the
+//! bit 5 an empty window, bit 6 a NAT64 session, bit 7 its EPSV passed as it is rather than sent
+//! as PASV; the pool address is the public one, and with an empty window an EPRT passes as it
+//! is), then segments `header, length, payload[length]`: header bit 0 is the
 //! direction (0 client, 1 server), bits 1–2 the kind (0 the payload's bytes, new, in order, and
 //! if bit 3 is set lost after the datapath and resent after the next segment; 1 the previous segment again; 2 the previous segment
 //! again with the segments after it merged in, through `length` bytes more; 3 the segments from
@@ -37,12 +45,13 @@
 //! receiver drops it).
 #![no_main]
 
-use core::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use ftp_common::maps::ip;
 
 use ftp_common::{
-    ClientVerdict, Command, CommandScanner, LineTracker, Policy, PolicyContext, PublicAddress,
-    ReplyScanner, SegmentVerdict, SeqAdjust, ServerVerdict, Session, format_rewrite, hold,
+    ActiveKind, ClientVerdict, Command, CommandScanner, EpsvArg, LineTracker, NOOP_LINE, PASV_LINE,
+    Policy, PolicyContext, PublicAddress, ReplyScanner, SegmentVerdict, SeqAdjust, ServerVerdict,
+    Session, format_rewrite, hold,
     maps::{HELD_FIELD_MAX, HeldField, RewriteRecord, hold_state, rewrite_kind},
     parse_command,
     seqadj::seq_after,
@@ -56,6 +65,8 @@ const ISN: [u32; 2] = [u32::MAX - 200, 0x7fff_fff0];
 const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 10);
+/// A NAT64 session's client.
+const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 /// The first window port handed out; each rewrite takes the next.
 const WINDOW_LOW: u16 = 40000;
 /// The datapath's scratch area (ftp-ebpf's SCRATCH_LEN): a longer segment is never rewritten.
@@ -72,11 +83,15 @@ enum Seen {
     Line(usize, Vec<u8>),
     /// `expectation_closed` after a rewrite that was given up (or the header's report).
     Closed,
+    /// `alg_line_passed` after a whole-line replacement that was given up.
+    AlgLinePassed,
 }
 
 /// The datapath's state for one control connection (the parts of `SessionEntry` the stages use).
 struct Datapath {
     ctx: PolicyContext,
+    /// A NAT64 session: whole lines may be replaced.
+    nat64: bool,
     window_empty: bool,
     next_port: u16,
     session: Session,
@@ -106,6 +121,8 @@ struct Request {
     delimiter: u8,
     field_off: u16,
     field_len: u16,
+    /// The verdict opened an expectation (closed again if the rewrite is given up).
+    opens: bool,
 }
 
 impl Datapath {
@@ -113,17 +130,25 @@ impl Datapath {
         let mut trackers = [LineTracker::new(), LineTracker::new()];
         trackers[CLIENT].on_syn(ISN[CLIENT]);
         trackers[SERVER].on_syn(ISN[SERVER]);
+        let nat64 = policy_byte & 0x40 != 0;
         Self {
             ctx: PolicyContext {
-                client: ip::from_ip(IpAddr::V4(CLIENT_ADDR)),
+                client: ip::from_ip(if nat64 {
+                    IpAddr::V6(CLIENT_ADDR6)
+                } else {
+                    IpAddr::V4(CLIENT_ADDR)
+                }),
                 server: ip::from_ip(IpAddr::V4(SERVER_ADDR)),
                 policy: Policy {
                     allow_privileged_data_ports: policy_byte & 1 != 0,
                     passive_address_must_match_server: true,
                     max_outstanding_expectations: (policy_byte >> 2) & 7,
+                    nat64_alg: nat64,
+                    epsv_as_pasv: nat64 && policy_byte & 0x80 == 0,
                     ..Policy::new()
                 },
             },
+            nat64,
             window_empty: policy_byte & 0x20 != 0,
             next_port: WINDOW_LOW,
             session: Session::new(),
@@ -145,6 +170,16 @@ impl Datapath {
     fn expectation_closed(&mut self) {
         self.session.expectation_closed();
         self.seen.push(Seen::Closed);
+    }
+
+    /// A rewrite asked for was given up: what its verdict opened or requested is undone.
+    fn rewrite_given_up(&mut self, request: Request) {
+        if request.opens {
+            self.expectation_closed();
+        } else {
+            self.session.alg_line_passed();
+            self.seen.push(Seen::AlgLinePassed);
+        }
     }
 
     /// A server segment: followed, never changed (masquerading rewrites only the client's).
@@ -243,38 +278,57 @@ impl Datapath {
             let verdict = self.session.on_client_command(command, &self.ctx);
             self.verdicts.push(format!("{verdict:?}"));
             self.seen.push(Seen::Line(CLIENT, line));
-            let line_off = (i + 1) as i64 - i64::from(self.commands.line_len());
-            match verdict {
+            let line_len = self.commands.line_len();
+            let line_off = (i + 1) as i64 - i64::from(line_len);
+            // The whole line but its LF, for the ALG's replacements.
+            let whole_line = ftp_common::Span {
+                start: 0,
+                len: line_len - 1,
+            };
+            let wanted = match verdict {
                 ClientVerdict::OpenActive {
                     addr: SocketAddr::V4(_),
                     field,
-                    kind,
-                } => {
-                    let (kind, delimiter) = match kind {
-                        ftp_common::ActiveKind::Port => (rewrite_kind::PORT, 0),
-                        ftp_common::ActiveKind::Eprt { delimiter } => {
-                            (rewrite_kind::EPRT, delimiter)
-                        }
-                    };
-                    // examine.rs's request_rewrite (offsets as u32 there: a line begun in an
-                    // earlier segment has a "negative" start, which wraps above the end).
-                    let field_off = line_off + i64::from(field.start);
-                    if request.is_none()
-                        && field_off >= field_floor as i64
-                        && field_off < end as i64
-                    {
-                        request = Some(Request {
-                            kind,
-                            delimiter,
-                            field_off: field_off as u16,
-                            field_len: field.len,
-                        });
-                    } else {
-                        self.expectation_closed();
-                    }
+                    kind: ActiveKind::Port,
+                } => Some((rewrite_kind::PORT, 0, field, true)),
+                ClientVerdict::OpenActive {
+                    addr: SocketAddr::V4(_),
+                    field,
+                    kind: ActiveKind::Eprt { delimiter },
+                } => Some((rewrite_kind::EPRT, delimiter, field, true)),
+                ClientVerdict::OpenActive {
+                    kind: ActiveKind::EprtAsPort,
+                    ..
+                } => Some((rewrite_kind::EPRT_AS_PORT, 0, whole_line, true)),
+                // An IPv6 EPRT without the ALG: this datapath translates no IPv6 address.
+                ClientVerdict::OpenActive { .. } => {
+                    self.expectation_closed();
+                    None
                 }
-                ClientVerdict::OpenActive { .. } => self.expectation_closed(),
-                _ => {}
+                ClientVerdict::EpsvAsPasv => {
+                    Some((rewrite_kind::EPSV_AS_PASV, 0, whole_line, false))
+                }
+                ClientVerdict::AnsweredByAlg(_) => {
+                    Some((rewrite_kind::LOCAL_COMMAND, 0, whole_line, false))
+                }
+                _ => None,
+            };
+            if let Some((kind, delimiter, field, opens)) = wanted {
+                // examine.rs's request_rewrite (offsets as u32 there: a line begun in an
+                // earlier segment has a "negative" start, which wraps above the end).
+                let field_off = line_off + i64::from(field.start);
+                let wanted = Request {
+                    kind,
+                    delimiter,
+                    field_off: field_off as u16,
+                    field_len: field.len,
+                    opens,
+                };
+                if request.is_none() && field_off >= field_floor as i64 && field_off < end as i64 {
+                    request = Some(wanted);
+                } else {
+                    self.rewrite_given_up(wanted);
+                }
             }
             examined += 1;
             if examined >= MAX_LINE_PASSES && i + 1 < end {
@@ -292,8 +346,8 @@ impl Datapath {
                 r.field_len -= held_len as u16;
                 return Some(self.rewrite(seq, payload, r, true));
             }
-            if request.is_some() {
-                self.expectation_closed();
+            if let Some(r) = request {
+                self.rewrite_given_up(r);
             }
             return Some(self.restore(seq, payload));
         }
@@ -302,7 +356,7 @@ impl Datapath {
         }
         if !self.session.is_encrypted()
             && let Some((off, len)) =
-                hold::cut_at_segment_end(&self.commands, start as u32, end as u32)
+                hold::cut_at_segment_end(&self.commands, self.nat64, start as u32, end as u32)
         {
             return Some(self.cut(seq, payload, off, len));
         }
@@ -349,6 +403,15 @@ impl Datapath {
             if payload.len() > SCRATCH_LEN || !self.client_seq.can_record(seq) {
                 return None;
             }
+            // Only PORT and EPRT take a window port; with none free, an EPRT the ALG would send
+            // as PORT passes as it is (the IPv4 server refuses it).
+            let takes_port = matches!(
+                r.kind,
+                rewrite_kind::PORT | rewrite_kind::EPRT | rewrite_kind::EPRT_AS_PORT
+            );
+            if self.window_empty && r.kind == rewrite_kind::EPRT_AS_PORT {
+                return None;
+            }
             let mut record = RewriteRecord {
                 seq,
                 payload_len: payload.len() as u16,
@@ -359,21 +422,21 @@ impl Datapath {
                 delimiter: r.delimiter,
                 _pad: [0; 2],
             };
-            if self.window_empty {
+            if takes_port && self.window_empty {
                 record.kind = if r.kind == rewrite_kind::PORT {
                     rewrite_kind::PORT_REFUSED
                 } else {
                     rewrite_kind::EPRT_REFUSED
                 };
-            } else {
+            } else if takes_port {
                 record.public_port = self.next_port;
             }
             let (out, delta) = splice(payload, &record, &self.held)?;
-            if !self.window_empty {
-                self.next_port += 1;
-            } else {
+            if takes_port && self.window_empty {
                 self.session.expectation_closed();
                 self.seen.push(Seen::Closed);
+            } else if takes_port {
+                self.next_port += 1;
             }
             assert!(self.client_seq.record(seq, delta));
             self.corrections.push(seq);
@@ -388,7 +451,7 @@ impl Datapath {
                 (wire_seq, out)
             }
             None => {
-                self.expectation_closed();
+                self.rewrite_given_up(r);
                 if completes_hold {
                     self.restore(seq, payload)
                 } else {
@@ -712,7 +775,7 @@ fuzz_target!(|data: &[u8]| {
     if datapath.partly_examined {
         return;
     }
-    check_rewritten_stream(&streams[CLIENT], &received);
+    check_rewritten_stream(&streams[CLIENT], &received, datapath.nat64);
     check_same_verdicts(&datapath);
 });
 
@@ -735,7 +798,7 @@ fn send_client(
 }
 
 /// `forward_seq` keeps the order of the segment starts it may be asked about, and `backward_ack`
-/// takes each back.
+/// takes each back (to the first of those a whole cut gave the same image).
 fn check_seqadj(adjust: &SeqAdjust, starts: &[u32]) {
     let base = ISN[CLIENT].wrapping_add(1);
     let mut sorted: Vec<u32> = starts.to_vec();
@@ -750,14 +813,31 @@ fn check_seqadj(adjust: &SeqAdjust, starts: &[u32]) {
         assert!(!seq_after(a, b), "forward_seq reorders {pair:?}");
     }
     for &s in &sorted {
-        assert_eq!(adjust.backward_ack(adjust.forward_seq(s)), s);
+        let image = adjust.forward_seq(s);
+        // A segment whose whole payload was held forwards none of it: its start and the next
+        // segment's have one image, which goes back to the first (the held bytes are not
+        // acknowledged until they are sent).
+        let first = sorted
+            .iter()
+            .copied()
+            .find(|&t| adjust.forward_seq(t) == image)
+            .unwrap_or(s);
+        assert_eq!(adjust.backward_ack(image), first);
     }
 }
 
-/// The received stream's lines are the client's, PORT/EPRT addresses aside.
-fn check_rewritten_stream(sent: &[u8], received: &[u8]) {
-    let sent_lines: Vec<&[u8]> = sent.split_inclusive(|&b| b == b'\n').collect();
+/// The received stream's lines are the client's, PORT/EPRT addresses (or in a NAT64 session, the
+/// lines the ALG replaced) aside.
+fn check_rewritten_stream(sent: &[u8], received: &[u8], nat64: bool) {
+    let mut sent_lines: Vec<&[u8]> = sent.split_inclusive(|&b| b == b'\n').collect();
     let received_lines: Vec<&[u8]> = received.split_inclusive(|&b| b == b'\n').collect();
+    if nat64
+        && sent_lines.len() == received_lines.len() + 1
+        && sent_lines.last().is_some_and(|line| !line.ends_with(b"\n"))
+    {
+        // The last line, unfinished, may still be replaced whole: it is held from its first byte.
+        sent_lines.pop();
+    }
     assert_eq!(
         sent_lines.len(),
         received_lines.len(),
@@ -771,6 +851,16 @@ fn check_rewritten_stream(sent: &[u8], received: &[u8]) {
         if !original.ends_with(b"\n") {
             // The last line, unfinished: the address it ends in is held for the next segment.
             assert!(original.starts_with(forwarded), "unfinished line changed");
+            continue;
+        }
+        if nat64 {
+            let Some(new_port) = alg_replacement(original, forwarded) else {
+                panic!("line changed other than by the ALG: {original:?} as {forwarded:?}");
+            };
+            if let Some(p) = new_port {
+                assert!(p >= port, "window ports out of order");
+                port = p + 1;
+            }
             continue;
         }
         let (before, after) = (parse_command(original), parse_command(forwarded));
@@ -834,6 +924,26 @@ fn check_rewritten_stream(sent: &[u8], received: &[u8]) {
     }
 }
 
+/// A line the NAT64 ALG replaced whole (`forwarded`, an LF ending both) is what `original`
+/// asks for: `Some` with the window port of a PORT replacing an EPRT, `None` if it is not.
+fn alg_replacement(original: &[u8], forwarded: &[u8]) -> Option<Option<u16>> {
+    let (replacement, port): (Vec<u8>, _) = match parse_command(original) {
+        Command::Epsv(EpsvArg::Any | EpsvArg::Ipv6) => (PASV_LINE.to_vec(), None),
+        Command::Epsv(EpsvArg::All) | Command::Algs(_) => (NOOP_LINE.to_vec(), None),
+        Command::Eprt { addr, .. } if addr.ip() == IpAddr::V6(CLIENT_ADDR6) => {
+            let Command::Port { addr: new, .. } = parse_command(forwarded) else {
+                return None;
+            };
+            assert_eq!(*new.ip(), PUBLIC);
+            let mut text = [0u8; ftp_common::MAX_FIELD_LEN];
+            let len = ftp_common::format_port_line(PUBLIC, new.port(), &mut text)?;
+            (text[..len].to_vec(), Some(new.port()))
+        }
+        _ => return None,
+    };
+    (forwarded == [&replacement[..], b"\n"].concat()).then_some(port)
+}
+
 /// The session fed whole lines, in the order the datapath completed them, gives the same verdicts.
 fn check_same_verdicts(datapath: &Datapath) {
     let mut session = Session::new();
@@ -841,6 +951,7 @@ fn check_same_verdicts(datapath: &Datapath) {
     for seen in &datapath.seen {
         match seen {
             Seen::Closed => session.expectation_closed(),
+            Seen::AlgLinePassed => session.alg_line_passed(),
             Seen::Line(CLIENT, line) => {
                 verdicts.push(format!("{:?}", session.on_client_line(line, &datapath.ctx)));
             }

@@ -58,6 +58,10 @@ pub struct DatapathConfig {
     pub nat64_pool: IpBytes,
 }
 
+/// The well-known NAT64 prefix, `64:ff9b::/96` (RFC 6052 section 2.1).
+pub const WELL_KNOWN_NAT64_PREFIX: IpBytes =
+    IpBytes::from_octets([0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+
 /// [`DatapathConfig::nat64_flags`] bits.
 pub mod nat64_flags {
     /// NAT64 is on: `nat64_prefix` and `nat64_pool` hold addresses.
@@ -137,6 +141,14 @@ impl DatapathConfig {
             && addr.0[0] == self.nat64_prefix.0[0]
             && addr.0[1] == self.nat64_prefix.0[1]
             && addr.0[2] == self.nat64_prefix.0[2]
+    }
+
+    /// Whether NAT64 may take a client to the IPv4 address `v4` (IPv4-mapped): any address under
+    /// a network-specific prefix, a global one only under the well-known `64:ff9b::/96` (RFC 6052
+    /// section 3.1: it never names a private or other special-purpose address).
+    #[inline(always)]
+    pub fn nat64_reaches(&self, v4: &IpBytes) -> bool {
+        self.nat64_prefix != WELL_KNOWN_NAT64_PREFIX || ip::is_global_v4(ip::v4_octets(v4))
     }
 
     /// The IPv6 address a NAT64 client sees for the IPv4 address `v4` (IPv4-mapped): the prefix

@@ -103,10 +103,13 @@ pub enum Counter {
     /// Replies of the NAT64 ALG's own written over the server's (to `EPSV ALL`, `ALGS`, or over a
     /// refused 227 answering a translated EPSV).
     Nat64AlgAnswers = 30,
+    /// IPv6 clients' FTP connections to the well-known NAT64 prefix naming a non-global IPv4
+    /// address (RFC 6052 section 3.1): not translated, left to the stack.
+    Nat64NotGlobal = 31,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 31] = [
+    pub const ALL: [Counter; 32] = [
         Counter::ControlSessionsOpened,
         Counter::WindowExhausted,
         Counter::PacketsTranslated,
@@ -138,6 +141,7 @@ impl Counter {
         Counter::Nat64Translated,
         Counter::Nat64Untranslatable,
         Counter::Nat64AlgAnswers,
+        Counter::Nat64NotGlobal,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -174,6 +178,7 @@ impl Counter {
             Counter::Nat64Translated => "nat64_translated",
             Counter::Nat64Untranslatable => "nat64_untranslatable",
             Counter::Nat64AlgAnswers => "nat64_alg_answers",
+            Counter::Nat64NotGlobal => "nat64_not_global",
         }
     }
 }

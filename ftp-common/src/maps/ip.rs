@@ -137,6 +137,30 @@ pub const fn from_ip(addr: IpAddr) -> IpBytes {
     }
 }
 
+/// Whether the IPv4 address `octets` is global: none of the special-purpose blocks that RFC 6890
+/// (after RFC 5735) marks not global — this network, private, shared, loopback, link-local, IETF
+/// protocol assignments, the documentation and benchmarking networks, 6to4 relay anycast,
+/// multicast, reserved and broadcast. The well-known NAT64 prefix must not name any other
+/// (RFC 6052 section 3.1).
+#[inline(always)]
+pub fn is_global_v4(octets: [u8; 4]) -> bool {
+    let [a, b, c, _] = octets;
+    let not_global = a == 0
+        || a == 10
+        || (a == 100 && (64..128).contains(&b))
+        || a == 127
+        || (a == 169 && b == 254)
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 0 && (c == 0 || c == 2))
+        || (a == 192 && b == 88 && c == 99)
+        || (a == 192 && b == 168)
+        || (a == 198 && (b == 18 || b == 19))
+        || (a == 198 && b == 51 && c == 100)
+        || (a == 203 && b == 0 && c == 113)
+        || a >= 224;
+    !not_global
+}
+
 /// Clears the bits of `addr` past the first `prefix_len`, in place, a word at a time.
 #[inline(always)]
 pub fn clear_host_bits(addr: &mut IpBytes, prefix_len: u8) {
@@ -155,6 +179,55 @@ pub fn clear_host_bits(addr: &mut IpBytes, prefix_len: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_global_ipv4_addresses_are_global() {
+        for global in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.15.0.1",
+            "172.32.0.1",
+            "192.0.1.1",
+            "192.0.3.1",
+            "192.88.98.1",
+            "192.169.0.1",
+            "198.17.0.1",
+            "198.20.0.1",
+            "198.51.99.1",
+            "203.0.112.1",
+            "223.255.255.255",
+        ] {
+            let addr: core::net::Ipv4Addr = global.parse().unwrap();
+            assert!(is_global_v4(addr.octets()), "{global}");
+        }
+        for special in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.0.0.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "127.0.0.1",
+            "169.254.1.1",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.7",
+            "192.88.99.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.10",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            let addr: core::net::Ipv4Addr = special.parse().unwrap();
+            assert!(!is_global_v4(addr.octets()), "{special}");
+        }
+    }
 
     #[test]
     fn ipv4_addresses_are_mapped_and_come_back() {

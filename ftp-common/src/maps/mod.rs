@@ -36,7 +36,7 @@ pub mod sessions;
 pub mod sources;
 pub mod stage;
 
-pub use config::{DatapathConfig, MAX_FTP_PORTS, nat64_flags};
+pub use config::{DatapathConfig, MAX_FTP_PORTS, WELL_KNOWN_NAT64_PREFIX, nat64_flags};
 pub use counters::Counter;
 pub use events::{
     EVENT_TEXT_LEN, EVENTS_BYTES, EVENTS_POLL_INTERVAL_MS, EVENTS_WAKEUP_BYTES, Event, EventBudget,

@@ -3,7 +3,8 @@
 #
 # Builds the lab of tests/src/lab.rs inside the VM (client | router | server namespaces joined by
 # veth, the server with no route back to the client's network, so only ftpnat's masquerade can
-# make FTP work), then runs the matrix's steps in order. Each step reports on the console, which
+# make FTP work; the client has an IPv6 address too, which reaches the IPv4-only server only
+# through ftpnat's NAT64), then runs the matrix's steps in order. Each step reports on the console, which
 # the host reads:
 #   @@ftpnat-kernels start STEP
 #   @@ftpnat-kernels detail STEP TEXT     the last lines of a failed step's output, one per line
@@ -22,6 +23,12 @@ CLIENT=10.0.0.2
 ROUTER_LAN=10.0.0.1
 ROUTER_WAN=203.0.113.254
 SERVER=203.0.113.10
+CLIENT6=2001:db8:10::2
+ROUTER_LAN6=2001:db8:10::1
+# The server's address in the NAT64 prefix (a network-specific one: the well-known 64:ff9b::/96
+# never names a documentation address).
+NAT64_PREFIX=2001:db8:ff64::/96
+SERVER_NAT64=2001:db8:ff64::cb00:710a
 # Small: TCG emulates every instruction of the transfer (data path, eBPF JIT code, curl, vsftpd).
 FILE_BYTES=4194304
 # Generous: the verifier runs several times slower under TCG than natively (a program at 54% of
@@ -95,6 +102,9 @@ lab() {
     ip -n client addr add "$CLIENT/24" dev eth0
     ip -n client link set eth0 up
     ip -n client route add default via "$ROUTER_LAN"
+    ip -n router addr add "$ROUTER_LAN6/64" dev lan0 nodad
+    ip -n client addr add "$CLIENT6/64" dev eth0 nodad
+    ip -n client -6 route add default via "$ROUTER_LAN6"
     ip -n router link add wan0 type veth peer name eth0 netns server
     ip -n router addr add "$ROUTER_WAN/24" dev wan0
     ip -n router link set wan0 up
@@ -151,7 +161,7 @@ agent_running() {
 
 attaches() {
     RUST_LOG=info ip netns exec router ftpnat run --wan wan0 --lan lan0 \
-        --pin-dir "$PIN_ROOT/ftpnat" </dev/null >/tmp/ftpnat-run.log 2>&1 &
+        --pin-dir "$PIN_ROOT/ftpnat" --nat64 "$NAT64_PREFIX" </dev/null >/tmp/ftpnat-run.log 2>&1 &
     echo $! >/tmp/ftpnat-run.pid
     tries=0
     until attached; do
@@ -171,12 +181,14 @@ attaches() {
     cat /tmp/ftpnat-run.log
 }
 
-# Downloads data.bin from the client with curl's MODE_ARGS into /tmp/NAME.bin; checks its sha256.
+# Downloads data.bin from the client at HOST (an address as a URL names it) with curl's
+# MODE_ARGS into /tmp/NAME.bin; checks its sha256.
 download() {
     name=$1
-    shift
+    host=$2
+    shift 2
     ip netns exec client curl -sS --fail --max-time "$TRANSFER_SECONDS" "$@" \
-        -o "/tmp/$name.bin" "ftp://$SERVER/data.bin"
+        -o "/tmp/$name.bin" "ftp://$host/data.bin"
     got=$(sha256sum "/tmp/$name.bin" | cut -d' ' -f1)
     if [ "$got" != "$(cat /tmp/data.sha256)" ]; then
         echo "sha256 $got of the download differs from the served file's $(cat /tmp/data.sha256)"
@@ -187,16 +199,22 @@ download() {
 
 # PORT only: with -P - and EPRT disabled, curl has no other mode to fall back to.
 active() {
-    download active -P - --disable-eprt
+    download active "$SERVER" -P - --disable-eprt
 }
 
 # PASV only.
 passive() {
-    download passive --disable-epsv
+    download passive "$SERVER" --disable-epsv
+}
+
+# NAT64: the client's IPv6 to the server's IPv4, EPSV (the server gets a PASV) and EPRT (a PORT).
+nat64() {
+    download nat64-epsv "[$SERVER_NAT64]" &&
+        download nat64-eprt "[$SERVER_NAT64]" -P -
 }
 
 run_all() {
-    for step in lab loads attaches active passive; do
+    for step in lab loads attaches active passive nat64; do
         run_step "$step"
         [ "$?" -eq 0 ] || return
     done
