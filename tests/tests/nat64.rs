@@ -1725,3 +1725,68 @@ fn nat64_sessions_drain_and_return_their_window_ports() {
     );
     assert!(lab.datapath_counter("nat64_translated") > 0);
 }
+
+/// A 227 the server cut in two (after `227 Enter`) whose 229 is then lost before the client once:
+/// the server sends the 227 again from its first byte, its two parts merged into one segment (as
+/// Linux resends after a timeout), and the router gives that copy the same whole 229 at the same
+/// place in the stream; the download is intact (sha256).
+#[test]
+fn a_cut_227_resent_merged_gets_the_same_whole_229() {
+    let lab = Lab::new(LabSpec::nat64()).expect("lab");
+    let root = lab.subdir("srv").expect("server root");
+    let file = TestFile::create(&root.join("merged.bin"), 2 * MIB, 7).expect("test file");
+    let mut server = lab
+        .python_stepped(
+            &lab.server,
+            SERVER_CUTTING_ITS_227,
+            &[
+                &lab.spec.server.to_string(),
+                &file.path.to_string_lossy(),
+                "9",
+            ],
+            90,
+        )
+        .expect("server");
+    server.expect("listening").expect("the server listening");
+    lab.client_drops_first_reply6("229 ");
+    let _agent = start_nat64(&lab, &[]);
+    let out = lab
+        .client_python(
+            PASSIVE_DOWNLOADS,
+            &[&lab.server_via_nat64().to_string(), file.name(), "1"],
+            90,
+        )
+        .unwrap_or_else(|err| panic!("{err:#}\n{}", datapath_counters(&lab)));
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.lines().any(|l| l == format!("sha256 {}", file.sha256)),
+        "{out}"
+    );
+    server.finish().unwrap_or_else(|err| panic!("{err:#}"));
+    let wan: Vec<(u32, String)> = lab
+        .capture_segments(ROUTER_WAN_IF)
+        .expect("capture")
+        .iter()
+        .filter(|s| s.src.port() == 21 && !s.payload.is_empty())
+        .map(|s| (s.seq, s.text()))
+        .collect();
+    assert!(
+        wan.iter()
+            .any(|(_, t)| t.starts_with("227 ") && t.ends_with(").\r\n")),
+        "the server did not resend its 227 merged (the test did not bite): {wan:?}"
+    );
+    let lan: Vec<(u32, String)> = lab
+        .capture_segments6(ROUTER_LAN_IF)
+        .expect("capture")
+        .iter()
+        .filter(|s| s.src.port() == 21 && s.text().starts_with("229 "))
+        .map(|s| (s.seq, s.text()))
+        .collect();
+    assert!(
+        lan.len() >= 2 && lan.iter().all(|copy| *copy == lan[0]),
+        "the 229's copies differ in bytes or place: {lan:?}"
+    );
+    assert_epsv_answered_229_on_the_lan(&lab);
+    let stats = lab.ftpnat_json(&["stats"]);
+    assert_eq!(stats["datapath"]["rewrites_skipped"], 0, "{stats}");
+}
