@@ -886,12 +886,24 @@ impl Lab {
         file: &crate::TestFile,
         mode: crate::Mode,
     ) -> anyhow::Result<()> {
+        self.curl_from_client_at(server.addr.into(), server.port, file, mode)
+    }
+
+    /// [`Lab::curl_from_client`] from the server reached at `address:port` (such as its address
+    /// in a NAT64 prefix).
+    pub fn curl_from_client_at(
+        &self,
+        address: std::net::IpAddr,
+        port: u16,
+        file: &crate::TestFile,
+        mode: crate::Mode,
+    ) -> anyhow::Result<()> {
         let local = self.subdir("client")?.join(format!("{mode:?}.bin"));
         crate::Transfer {
             client: crate::Client::Curl,
             mode,
-            server: server.addr.into(),
-            port: server.port,
+            server: address,
+            port,
             remote: file.name(),
             local: &local,
             timeout_secs: 120,

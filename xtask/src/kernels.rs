@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ftpnat_tests::{Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer};
+use ftpnat_tests::{FtpServer, Lab, LabSpec, Mode, Routing, TestFile};
 
 use crate::{
     build,
@@ -843,24 +843,8 @@ fn native_nat64_downloads(lab: &Lab, server: &FtpServer, file: &TestFile) -> any
         .context("the NAT64 prefix")?;
     let address = IpAddr::V6(ftpnat_tests::lab::nat64_address(prefix, server.addr));
     for mode in [Mode::Epsv, Mode::Eprt] {
-        let local = lab.subdir("client")?.join(format!("nat64-{mode:?}.bin"));
-        Transfer {
-            client: Client::Curl,
-            mode,
-            server: address,
-            port: server.port,
-            remote: file.name(),
-            local: &local,
-            timeout_secs: 60,
-        }
-        .run(&lab.client)?;
-        let digest = ftpnat_tests::files::sha256_of(&local)?;
-        if digest != file.sha256 {
-            bail!(
-                "NAT64 {mode:?} download is corrupt: sha256 {digest}, expected {}",
-                file.sha256
-            );
-        }
+        lab.curl_from_client_at(address, server.port, file, mode)
+            .with_context(|| format!("NAT64 {mode:?} download"))?;
     }
     Ok(())
 }
