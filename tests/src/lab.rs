@@ -419,21 +419,7 @@ impl Lab {
             &spec.router_lan.to_string(),
         ])?;
         if let Some(v6) = &spec.ipv6 {
-            self.address6(
-                ROUTER_LAN_IF,
-                (v6.router_lan, v6.client),
-                v6.lan_prefix_len,
-                &self.client,
-            )?;
-            self.router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-            self.client.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &v6.router_lan.to_string(),
-            ])?;
+            self.ipv6_lan((v6.router_lan, v6.client), v6.lan_prefix_len)?;
         }
         self.wire_wan()
     }
@@ -442,13 +428,15 @@ impl Lab {
     /// the router (so the NAT64 prefix goes there), forwarding on; then the IPv4-only WAN.
     fn wire_ipv6_only_lan(&self, nat64: &Nat64Spec) -> anyhow::Result<()> {
         self.veth(ROUTER_LAN_IF, None, &self.client)?;
-        self.address6(
-            ROUTER_LAN_IF,
-            (nat64.router_lan, nat64.client),
-            nat64.lan_prefix_len,
-            &self.client,
-        )?;
         self.router.sysctl("net.ipv4.ip_forward", "1")?;
+        self.ipv6_lan((nat64.router_lan, nat64.client), nat64.lan_prefix_len)?;
+        self.wire_wan()
+    }
+
+    /// IPv6 on the LAN veth: the router's and the client's `addresses` in one `/prefix_len`,
+    /// forwarding on, the client's default route through the router.
+    fn ipv6_lan(&self, addresses: (Ipv6Addr, Ipv6Addr), prefix_len: u8) -> anyhow::Result<()> {
+        self.address6(ROUTER_LAN_IF, addresses, prefix_len, &self.client)?;
         self.router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         self.client.ip(&[
             "-6",
@@ -456,9 +444,9 @@ impl Lab {
             "add",
             "default",
             "via",
-            &nat64.router_lan.to_string(),
+            &addresses.0.to_string(),
         ])?;
-        self.wire_wan()
+        Ok(())
     }
 
     /// IPv6 `addresses` (router's, host's) in one `/prefix_len` on the veth from the router's

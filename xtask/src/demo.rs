@@ -6,26 +6,17 @@
 //! client's IPv6 to the server's IPv4 through a NAT64 prefix, with the RFC 6384 ALG), sessions of
 //! each side by side in the live session table, the counters, and a full teardown.
 
-use std::{
-    net::{IpAddr, Ipv6Addr},
-    process::Stdio,
-    thread,
-    time::Duration,
-};
+use std::{net::IpAddr, process::Stdio, thread, time::Duration};
 
 use anyhow::{Context as _, bail};
 use ftpnat_tests::{
     Client, FtpServer, Lab, LabSpec, Mode, Routing, TestFile, Transfer, files::sha256_of,
-    lab::nat64_address, servers::VsftpdOptions,
+    lab::Nat64Spec, servers::VsftpdOptions,
 };
 
 use crate::build;
 
 const FILE_SIZE: u64 = 20 * 1024 * 1024;
-
-/// The demo's NAT64 prefix: a network-specific one (RFC 6052 section 2.2), since the lab's IPv4
-/// server has a documentation address, which the well-known `64:ff9b::/96` never names.
-const NAT64_PREFIX: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff64, 0, 0, 0, 0, 0);
 
 pub fn run() -> anyhow::Result<()> {
     let binary = build(false)?;
@@ -75,7 +66,10 @@ pub fn run() -> anyhow::Result<()> {
         FILE_SIZE >> 20
     );
 
-    let mut agent = lab.start_ftpnat(&["--nat64", &format!("{NAT64_PREFIX}/96")])?;
+    // The NAT64 labs' prefix, a network-specific one (RFC 6052 section 2.2): the lab's IPv4
+    // server has a documentation address, which the well-known `64:ff9b::/96` never names.
+    let nat64 = Nat64Spec::default();
+    let mut agent = lab.start_ftpnat(&["--nat64", &nat64.prefix_arg()])?;
     println!("demo: ftpnat run on the router:");
     for line in agent.log_text().lines() {
         println!("  | {line}");
@@ -83,7 +77,7 @@ pub fn run() -> anyhow::Result<()> {
 
     let downloads = lab.subdir("client")?;
     let (v4, v6_server) = (IpAddr::V4(server.addr), IpAddr::V6(v6.server));
-    let via_nat64 = IpAddr::V6(nat64_address(NAT64_PREFIX, server.addr));
+    let via_nat64 = IpAddr::V6(nat64.address_of(server.addr));
     for (mode, address, label) in [
         (Mode::Port, v4, "IPv4 active (PORT)"),
         (Mode::Eprt, v4, "IPv4 active (EPRT)"),

@@ -14,7 +14,7 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ftpnat_tests::{FtpServer, Lab, LabSpec, Mode, Routing, TestFile};
+use ftpnat_tests::{FtpServer, Lab, LabSpec, Mode, Routing, TestFile, lab::Nat64Spec};
 
 use crate::{
     build,
@@ -830,18 +830,10 @@ fn boot_and_read(
 
 /// The same scenario on this machine's kernel, in a lab of uniquely named namespaces (removed when
 /// the lab drops, whatever failed).
-/// The native row's NAT64 prefix, as init.sh's (a network-specific one: the lab's server has a
-/// documentation address, which the well-known prefix never names).
-const NATIVE_NAT64_PREFIX: &str = "2001:db8:ff64::/96";
-
 /// The native row's NAT64 step: EPSV and EPRT downloads from the client's IPv6 to the server's
 /// IPv4 address in the prefix, sha256-checked.
 fn native_nat64_downloads(lab: &Lab, server: &FtpServer, file: &TestFile) -> anyhow::Result<()> {
-    let prefix: Ipv6Addr = NATIVE_NAT64_PREFIX
-        .trim_end_matches("/96")
-        .parse()
-        .context("the NAT64 prefix")?;
-    let address = IpAddr::V6(ftpnat_tests::lab::nat64_address(prefix, server.addr));
+    let address = IpAddr::V6(Nat64Spec::default().address_of(server.addr));
     for mode in [Mode::Epsv, Mode::Eprt] {
         lab.curl_from_client_at(address, server.port, file, mode)
             .with_context(|| format!("NAT64 {mode:?} download"))?;
@@ -911,7 +903,9 @@ fn run_native(ftpnat: &Path) -> KernelRun {
         return run;
     }
 
-    let agent = match lab.start_ftpnat(&["--nat64", NATIVE_NAT64_PREFIX]) {
+    // The NAT64 labs' prefix, as init.sh's (a network-specific one: the lab's server has a
+    // documentation address, which the well-known prefix never names).
+    let agent = match lab.start_ftpnat(&["--nat64", &Nat64Spec::default().prefix_arg()]) {
         Ok(agent) => agent,
         Err(err) => {
             *run.outcome_mut(Step::Attaches) = Outcome::Failed(last_lines(&format!("{err:#}"), 12));

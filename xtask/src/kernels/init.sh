@@ -25,8 +25,8 @@ ROUTER_WAN=203.0.113.254
 SERVER=203.0.113.10
 CLIENT6=2001:db8:10::2
 ROUTER_LAN6=2001:db8:10::1
-# The server's address in the NAT64 prefix (a network-specific one: the well-known 64:ff9b::/96
-# never names a documentation address).
+# The server's address in the NAT64 labs' prefix (tests/src/lab.rs's Nat64Spec: a
+# network-specific one, since the well-known 64:ff9b::/96 never names a documentation address).
 NAT64_PREFIX=2001:db8:ff64::/96
 SERVER_NAT64=2001:db8:ff64::cb00:710a
 # Small: TCG emulates every instruction of the transfer (data path, eBPF JIT code, curl, vsftpd).
