@@ -175,9 +175,11 @@ pub fn parse_public_ip6(s: &str) -> Result<Ipv6Addr, String> {
     Ok(addr)
 }
 
-/// The NAT64 prefix `--nat64` takes when given no value: the well-known prefix of RFC 6052.
-pub const DEFAULT_NAT64_PREFIX: Nat64Prefix =
-    Nat64Prefix(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0));
+/// The NAT64 prefix `--nat64` takes when given no value: the well-known prefix of RFC 6052, the
+/// one the datapath limits to global IPv4 addresses.
+pub const DEFAULT_NAT64_PREFIX: Nat64Prefix = Nat64Prefix(Ipv6Addr::from_bits(
+    u128::from_be_bytes(ftp_common::maps::WELL_KNOWN_NAT64_PREFIX.octets()),
+));
 
 /// `--nat64`'s prefix: an IPv6 /96 whose last 32 bits carry an IPv4 address (RFC 6052 section
 /// 2.2). Other lengths spread the IPv4 address around the `u` octet; the datapath takes the last
